@@ -1,0 +1,171 @@
+//! The one interface every backend implements (CPU in f64 and f32, GPU in f32): the cost J(θ)
+//! and its gradient on a batch of the loaded examples, forward activations and predictions.
+//! Optimizers, gradient checking and the CLI are written against this trait and nothing else.
+//!
+//! θ and the gradient cross this interface as f64 in the layout of [`crate::model::ThetaLayout`];
+//! a backend computes in its own precision. Data is loaded once with [`Backend::set_data`]
+//! (so a GPU uploads it once) and batches select rows of it.
+
+use std::ops::Range;
+
+use ndarray::{Array2, ArrayView2, Axis};
+
+use crate::Result;
+use crate::model::NetSpec;
+
+/// Examples as rows (m × n), in either precision; a backend converts once to its own.
+#[derive(Clone, Copy, Debug)]
+pub enum Inputs<'a> {
+    F32(ArrayView2<'a, f32>),
+    F64(ArrayView2<'a, f64>),
+}
+
+impl Inputs<'_> {
+    pub fn nrows(&self) -> usize {
+        match self {
+            Inputs::F32(x) => x.nrows(),
+            Inputs::F64(x) => x.nrows(),
+        }
+    }
+
+    pub fn ncols(&self) -> usize {
+        match self {
+            Inputs::F32(x) => x.ncols(),
+            Inputs::F64(x) => x.ncols(),
+        }
+    }
+
+    /// The first row and column holding a NaN or infinity, if any.
+    pub fn first_non_finite(&self) -> Option<(usize, usize)> {
+        fn find<T: Copy>(x: &ArrayView2<'_, T>, finite: impl Fn(T) -> bool) -> Option<(usize, usize)> {
+            x.indexed_iter().find(|(_, v)| !finite(**v)).map(|(ix, _)| ix)
+        }
+        match self {
+            Inputs::F32(x) => find(x, f32::is_finite),
+            Inputs::F64(x) => find(x, f64::is_finite),
+        }
+    }
+}
+
+impl<'a> From<ArrayView2<'a, f64>> for Inputs<'a> {
+    fn from(x: ArrayView2<'a, f64>) -> Self {
+        Inputs::F64(x)
+    }
+}
+
+impl<'a> From<ArrayView2<'a, f32>> for Inputs<'a> {
+    fn from(x: ArrayView2<'a, f32>) -> Self {
+        Inputs::F32(x)
+    }
+}
+
+impl<'a> From<&'a Array2<f64>> for Inputs<'a> {
+    fn from(x: &'a Array2<f64>) -> Self {
+        Inputs::F64(x.view())
+    }
+}
+
+impl<'a> From<&'a Array2<f32>> for Inputs<'a> {
+    fn from(x: &'a Array2<f32>) -> Self {
+        Inputs::F32(x.view())
+    }
+}
+
+/// What the network's output is compared with.
+#[derive(Clone, Copy, Debug)]
+pub enum Targets<'a> {
+    /// y = x: an autoencoder reconstructs its input.
+    Inputs,
+    /// Class labels 0..k for a softmax output, one per example.
+    Labels(&'a [usize]),
+    /// Real-valued targets (m × outputs) for a squared-error output.
+    Values(Inputs<'a>),
+}
+
+/// Which of the loaded examples a cost is taken on.
+#[derive(Clone, Debug)]
+pub enum Batch<'a> {
+    All,
+    Rows(Range<usize>),
+    /// Any rows, in any order (a shuffled minibatch).
+    Indices(&'a [usize]),
+}
+
+impl Batch<'_> {
+    /// Number of examples in the batch, checked against the `n` loaded.
+    pub fn len_checked(&self, n: usize) -> Result<usize> {
+        let (len, bad) = match self {
+            Batch::All => (n, None),
+            Batch::Rows(r) => (r.len(), (r.end > n).then(|| r.end - 1)),
+            Batch::Indices(ix) => (ix.len(), ix.iter().copied().find(|&i| i >= n)),
+        };
+        if let Some(i) = bad {
+            return Err(crate::Error::Shape(format!("batch asks for example {i}, but only {n} are loaded")));
+        }
+        if len == 0 {
+            return Err(crate::Error::Data("the batch is empty: the cost of no examples is undefined".into()));
+        }
+        Ok(len)
+    }
+}
+
+/// J(θ) split into its terms (MATH.md): data term (squared error or cross-entropy), weight
+/// decay (λ/2)‖W‖², sparsity β Σ KL(ρ‖ρ̂).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Cost {
+    pub data: f64,
+    pub weight_decay: f64,
+    pub sparsity: f64,
+}
+
+impl Cost {
+    pub fn total(&self) -> f64 {
+        self.data + self.weight_decay + self.sparsity
+    }
+}
+
+pub trait Backend {
+    /// Which backend and precision, e.g. `cpu f64`; shown to users.
+    fn name(&self) -> String;
+
+    fn spec(&self) -> &NetSpec;
+
+    /// Loads the examples that batches select from, replacing any loaded before. Checks sizes
+    /// against the spec, labels against the classes, and refuses NaN and infinities.
+    fn set_data(&mut self, x: Inputs<'_>, targets: Targets<'_>) -> Result<()>;
+
+    /// Number of examples loaded by [`Backend::set_data`].
+    fn num_examples(&self) -> usize;
+
+    /// J(θ) on `batch`, and ∇J(θ) written into `grad` (same length and layout as θ).
+    fn cost_and_grad(&mut self, theta: &[f64], batch: Batch<'_>, grad: &mut [f64]) -> Result<Cost>;
+
+    /// J(θ) on `batch` alone (no backward pass).
+    fn cost(&mut self, theta: &[f64], batch: Batch<'_>) -> Result<Cost>;
+
+    /// Activations a⁽²⁾ … a⁽ᴸ⁾ of every layer after the input for the rows of `x`; the last is
+    /// the network's output (class probabilities for a softmax output).
+    fn forward(&mut self, theta: &[f64], x: Inputs<'_>) -> Result<Vec<Array2<f64>>>;
+
+    /// The network's output h(x) for each row of `x`.
+    fn predict(&mut self, theta: &[f64], x: Inputs<'_>) -> Result<Array2<f64>> {
+        Ok(self.forward(theta, x)?.pop().expect("a network has an output layer"))
+    }
+
+    /// The most probable class of each row (argmax of the output).
+    fn classify(&mut self, theta: &[f64], x: Inputs<'_>) -> Result<Vec<usize>> {
+        let out = self.predict(theta, x)?;
+        Ok(out.axis_iter(Axis(0)).map(|row| argmax(row.iter().copied())).collect())
+    }
+}
+
+/// Index of the largest value (the first of equals); NaN never wins.
+pub fn argmax(values: impl Iterator<Item = f64>) -> usize {
+    let mut best = (0, f64::NEG_INFINITY);
+    for (i, v) in values.enumerate() {
+        if v > best.1 {
+            best = (i, v);
+        }
+    }
+    best.0
+}

@@ -1,0 +1,233 @@
+//! The CPU backend: ndarray, generic over f64 and f32. In f64 it is the reference every test
+//! trusts; in f32 it is the fast path on machines without a GPU (threaded GEMM through
+//! ndarray's `matrixmultiply-threading`). The maths lives in [`net`] and reads like MATH.md;
+//! this file only holds the loaded data and converts at the f64 interface.
+
+pub mod net;
+mod real;
+
+pub use real::Real;
+
+use ndarray::{Array2, ArrayView2, Axis};
+
+use crate::backend::{Backend, Batch, Cost, Inputs, Targets};
+use crate::model::{NetSpec, Output, ThetaLayout};
+use crate::{Error, Result};
+use net::TargetView;
+
+/// Targets held by the backend, in its precision.
+#[derive(Clone, Debug)]
+enum OwnedTargets<F> {
+    Inputs,
+    Labels(Vec<usize>),
+    Values(Array2<F>),
+}
+
+pub struct CpuBackend<F: Real> {
+    spec: NetSpec,
+    layout: ThetaLayout,
+    x: Array2<F>,
+    targets: OwnedTargets<F>,
+}
+
+/// Converts examples to the backend's precision.
+pub fn to_real<F: Real>(x: Inputs<'_>) -> Array2<F> {
+    match x {
+        Inputs::F32(x) => x.mapv(F::of_f32),
+        Inputs::F64(x) => x.mapv(F::of),
+    }
+}
+
+/// Checks that `x` fits the network's input and holds only finite values; `what` names it in
+/// the error.
+pub fn check_inputs(spec: &NetSpec, x: &Inputs<'_>, what: &str) -> Result<()> {
+    if x.ncols() != spec.inputs() {
+        return Err(Error::Shape(format!(
+            "{what} has {} columns but the network's input layer has {} units: each row must be one example of {} values",
+            x.ncols(),
+            spec.inputs(),
+            spec.inputs()
+        )));
+    }
+    if let Some((r, c)) = x.first_non_finite() {
+        return Err(Error::Data(format!(
+            "{what} holds a NaN or infinite value at row {r}, column {c}: clean or drop that example"
+        )));
+    }
+    Ok(())
+}
+
+impl<F: Real> CpuBackend<F> {
+    pub fn new(spec: NetSpec) -> Result<CpuBackend<F>> {
+        spec.validate()?;
+        let layout = ThetaLayout::new(&spec);
+        Ok(CpuBackend { spec, layout, x: Array2::zeros((0, 0)), targets: OwnedTargets::Inputs })
+    }
+
+    pub fn layout(&self) -> &ThetaLayout {
+        &self.layout
+    }
+
+    fn theta(&self, theta: &[f64]) -> Result<Vec<F>> {
+        if theta.len() != self.layout.len() {
+            return Err(Error::Shape(format!(
+                "θ has {} values but the network {} needs {}",
+                theta.len(),
+                self.spec.describe(),
+                self.layout.len()
+            )));
+        }
+        Ok(theta.iter().map(|&v| F::of(v)).collect())
+    }
+
+    /// Runs `f` on the selected rows of the loaded data: views for `All` and `Rows`, a gathered
+    /// copy for `Indices`.
+    fn with_batch<R>(&self, batch: Batch<'_>, f: impl FnOnce(ArrayView2<F>, TargetView<F>) -> R) -> Result<R> {
+        batch.len_checked(self.x.nrows())?;
+        let out = match batch {
+            Batch::All => f(self.x.view(), self.target_view(|v| v, |l| l)),
+            Batch::Rows(r) => {
+                let x = rows_of(self.x.view(), r.clone());
+                f(x, self.target_view(|v| rows_of(v, r.clone()), |l| &l[r.clone()]))
+            }
+            Batch::Indices(ix) => {
+                let x = self.x.select(Axis(0), ix);
+                let (values, labels);
+                let y = match &self.targets {
+                    OwnedTargets::Inputs => TargetView::Inputs,
+                    OwnedTargets::Labels(l) => {
+                        labels = ix.iter().map(|&i| l[i]).collect::<Vec<_>>();
+                        TargetView::Labels(&labels)
+                    }
+                    OwnedTargets::Values(v) => {
+                        values = v.select(Axis(0), ix);
+                        TargetView::Values(values.view())
+                    }
+                };
+                f(x.view(), y)
+            }
+        };
+        Ok(out)
+    }
+
+    fn target_view<'a>(
+        &'a self,
+        values: impl FnOnce(ArrayView2<'a, F>) -> ArrayView2<'a, F>,
+        labels: impl FnOnce(&'a [usize]) -> &'a [usize],
+    ) -> TargetView<'a, F> {
+        match &self.targets {
+            OwnedTargets::Inputs => TargetView::Inputs,
+            OwnedTargets::Labels(l) => TargetView::Labels(labels(l)),
+            OwnedTargets::Values(v) => TargetView::Values(values(v.view())),
+        }
+    }
+}
+
+impl<F: Real> Backend for CpuBackend<F> {
+    fn name(&self) -> String {
+        format!("cpu {}", F::NAME)
+    }
+
+    fn spec(&self) -> &NetSpec {
+        &self.spec
+    }
+
+    fn set_data(&mut self, x: Inputs<'_>, targets: Targets<'_>) -> Result<()> {
+        check_inputs(&self.spec, &x, "the data")?;
+        let m = x.nrows();
+        if m == 0 {
+            return Err(Error::Data("the data holds no examples".into()));
+        }
+        let targets = match (self.spec.output, targets) {
+            (Output::Softmax, Targets::Labels(labels)) => {
+                let k = self.spec.outputs();
+                if labels.len() != m {
+                    return Err(Error::Shape(format!(
+                        "{} labels for {m} examples: give one label per row",
+                        labels.len()
+                    )));
+                }
+                if let Some((i, &l)) = labels.iter().enumerate().find(|&(_, &l)| l >= k) {
+                    return Err(Error::Data(format!(
+                        "label {l} of example {i} is out of range: the softmax output has {k} classes (0..{})",
+                        k - 1
+                    )));
+                }
+                OwnedTargets::Labels(labels.to_vec())
+            }
+            (Output::Softmax, _) => {
+                return Err(Error::Data("a softmax output needs class labels: give --labels".into()));
+            }
+            (Output::SquaredError(_), Targets::Labels(_)) => {
+                return Err(Error::Data(
+                    "class labels need a softmax output (--output softmax); a squared-error output takes real-valued targets".into(),
+                ));
+            }
+            (Output::SquaredError(_), Targets::Inputs) => {
+                if self.spec.outputs() != self.spec.inputs() {
+                    return Err(Error::Shape(format!(
+                        "without targets the network reconstructs its input, so its output ({}) must match its input ({})",
+                        self.spec.outputs(),
+                        self.spec.inputs()
+                    )));
+                }
+                OwnedTargets::Inputs
+            }
+            (Output::SquaredError(_), Targets::Values(y)) => {
+                if y.nrows() != m || y.ncols() != self.spec.outputs() {
+                    return Err(Error::Shape(format!(
+                        "targets are {}×{} but need to be {m}×{} (one row per example, one column per output)",
+                        y.nrows(),
+                        y.ncols(),
+                        self.spec.outputs()
+                    )));
+                }
+                check_inputs_finite(&y, "the targets")?;
+                OwnedTargets::Values(to_real(y))
+            }
+        };
+        self.x = to_real(x);
+        self.targets = targets;
+        Ok(())
+    }
+
+    fn num_examples(&self) -> usize {
+        self.x.nrows()
+    }
+
+    fn cost_and_grad(&mut self, theta: &[f64], batch: Batch<'_>, grad: &mut [f64]) -> Result<Cost> {
+        let theta = self.theta(theta)?;
+        if grad.len() != theta.len() {
+            return Err(Error::Shape(format!("gradient buffer has {} values, θ has {}", grad.len(), theta.len())));
+        }
+        let mut g = vec![F::zero(); theta.len()];
+        let cost =
+            self.with_batch(batch, |x, y| net::cost_and_grad(&self.spec, &self.layout, &theta, x, y, Some(&mut g)))?;
+        grad.iter_mut().zip(&g).for_each(|(o, &v)| *o = v.f64());
+        Ok(cost)
+    }
+
+    fn cost(&mut self, theta: &[f64], batch: Batch<'_>) -> Result<Cost> {
+        let theta = self.theta(theta)?;
+        self.with_batch(batch, |x, y| net::cost_and_grad(&self.spec, &self.layout, &theta, x, y, None))
+    }
+
+    fn forward(&mut self, theta: &[f64], x: Inputs<'_>) -> Result<Vec<Array2<f64>>> {
+        let theta = self.theta(theta)?;
+        check_inputs(&self.spec, &x, "the input")?;
+        let x: Array2<F> = to_real(x);
+        let fwd = net::forward(&self.spec, &self.layout, &theta, x.view());
+        Ok(fwd.activations.into_iter().map(|a| a.mapv(F::f64)).collect())
+    }
+}
+
+fn rows_of<F>(x: ArrayView2<'_, F>, rows: std::ops::Range<usize>) -> ArrayView2<'_, F> {
+    x.slice_move(ndarray::s![rows, ..])
+}
+
+fn check_inputs_finite(y: &Inputs<'_>, what: &str) -> Result<()> {
+    match y.first_non_finite() {
+        Some((r, c)) => Err(Error::Data(format!("{what} hold a NaN or infinite value at row {r}, column {c}"))),
+        None => Ok(()),
+    }
+}

@@ -1,0 +1,14 @@
+//! wgnn: feedforward networks — sparse autoencoders, softmax regression, MLPs — trained on
+//! the CPU (ndarray) or any GPU wgpu reaches, every GPU result checked against the f64 CPU
+//! reference. See README.md for the θ layout and DESIGN.md for the architecture.
+
+pub mod backend;
+pub mod cpu;
+mod error;
+pub mod gradcheck;
+pub mod model;
+pub mod npy;
+
+pub use backend::{Backend, Batch, Cost, Inputs, Targets};
+pub use cpu::CpuBackend;
+pub use error::{Error, Result};

@@ -1,0 +1,288 @@
+//! The network specification: layer sizes, activations, output and loss, weight decay and
+//! sparsity. It describes a network; it holds no parameters and computes nothing.
+//! Serialised as JSON (checkpoints, fixtures, `--config`), so field names are part of the
+//! file format.
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+/// An elementwise activation f and, through [`Activation::derivative_from_value`], its
+/// derivative written with the stored value a = f(z) (MATH.md, "Activations").
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Activation {
+    Sigmoid,
+    Tanh,
+    Relu,
+    LeakyRelu { alpha: f64 },
+    Identity,
+}
+
+impl Activation {
+    /// Leaky ReLU with the default slope α = 0.01.
+    pub const LEAKY_RELU: Activation = Activation::LeakyRelu { alpha: 0.01 };
+
+    /// Parses the names the CLI accepts: `sigmoid`, `tanh`, `relu`, `leaky-relu`
+    /// (α = 0.01), `leaky-relu:ALPHA`, `identity` (also `linear`).
+    pub fn parse(name: &str) -> Result<Activation, SpecError> {
+        let lower = name.trim().to_ascii_lowercase();
+        let (base, arg) = match lower.split_once(':') {
+            Some((b, a)) => (b.to_string(), Some(a.to_string())),
+            None => (lower.clone(), None),
+        };
+        let act = match (base.replace('_', "-").as_str(), arg) {
+            ("sigmoid", None) => Activation::Sigmoid,
+            ("tanh", None) => Activation::Tanh,
+            ("relu", None) => Activation::Relu,
+            ("identity" | "linear", None) => Activation::Identity,
+            ("leaky-relu" | "leakyrelu", None) => Activation::LEAKY_RELU,
+            ("leaky-relu" | "leakyrelu", Some(a)) => {
+                let alpha =
+                    a.parse::<f64>().map_err(|_| SpecError::new(format!("leaky ReLU slope `{a}` is not a number")))?;
+                Activation::LeakyRelu { alpha }
+            }
+            _ => {
+                return Err(SpecError::new(format!(
+                    "unknown activation `{name}`: use sigmoid, tanh, relu, leaky-relu[:ALPHA] or identity"
+                )));
+            }
+        };
+        act.validate()?;
+        Ok(act)
+    }
+
+    /// The open range of values f can take, used to check where sparsity makes sense.
+    pub fn range(&self) -> (f64, f64) {
+        match self {
+            Activation::Sigmoid => (0.0, 1.0),
+            Activation::Tanh => (-1.0, 1.0),
+            Activation::Relu => (0.0, f64::INFINITY),
+            Activation::LeakyRelu { .. } | Activation::Identity => (f64::NEG_INFINITY, f64::INFINITY),
+        }
+    }
+
+    pub fn name(&self) -> String {
+        match self {
+            Activation::Sigmoid => "sigmoid".into(),
+            Activation::Tanh => "tanh".into(),
+            Activation::Relu => "relu".into(),
+            Activation::LeakyRelu { alpha } => format!("leaky-relu:{alpha}"),
+            Activation::Identity => "identity".into(),
+        }
+    }
+
+    fn validate(&self) -> Result<(), SpecError> {
+        if let Activation::LeakyRelu { alpha } = *self {
+            // α ≥ 0 keeps sign(f(z)) = sign(z), which lets f′ be read off the stored value.
+            if !(alpha.is_finite() && (0.0..1.0).contains(&alpha)) {
+                return Err(SpecError::new(format!("leaky ReLU slope α = {alpha} must be in [0, 1)")));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The output layer and the loss that goes with it.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Output {
+    /// An elementwise activation with the squared-error loss ½‖h(x) − y‖².
+    SquaredError(Activation),
+    /// Softmax with the cross-entropy loss; targets are class labels 0..k.
+    Softmax,
+}
+
+impl Output {
+    /// Parses `softmax` or any activation name (squared-error loss).
+    pub fn parse(name: &str) -> Result<Output, SpecError> {
+        if name.trim().eq_ignore_ascii_case("softmax") {
+            Ok(Output::Softmax)
+        } else {
+            Activation::parse(name).map(Output::SquaredError)
+        }
+    }
+
+    pub fn name(&self) -> String {
+        match self {
+            Output::SquaredError(a) => a.name(),
+            Output::Softmax => "softmax".into(),
+        }
+    }
+}
+
+/// KL sparsity on the first hidden layer (MATH.md, "Sparsity"): target mean activation ρ and
+/// weight β.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Sparsity {
+    pub target: f64,
+    pub weight: f64,
+}
+
+/// A feedforward network: `layers[0]` inputs, `layers[L-1]` outputs, one activation per hidden
+/// layer. Weight decay λ applies to weights only, never biases.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct NetSpec {
+    pub layers: Vec<usize>,
+    pub hidden_activations: Vec<Activation>,
+    pub output: Output,
+    #[serde(default)]
+    pub weight_decay: f64,
+    #[serde(default)]
+    pub sparsity: Option<Sparsity>,
+}
+
+#[derive(Debug, Error, Clone, PartialEq)]
+#[error("invalid network: {0}")]
+pub struct SpecError(pub String);
+
+impl SpecError {
+    fn new(msg: impl Into<String>) -> SpecError {
+        SpecError(msg.into())
+    }
+}
+
+impl NetSpec {
+    /// A network with the same activation on every hidden layer. Validated.
+    pub fn new(layers: &[usize], hidden: Activation, output: Output) -> Result<NetSpec, SpecError> {
+        let spec = NetSpec {
+            layers: layers.to_vec(),
+            hidden_activations: vec![hidden; layers.len().saturating_sub(2)],
+            output,
+            weight_decay: 0.0,
+            sparsity: None,
+        };
+        spec.validate()?;
+        Ok(spec)
+    }
+
+    /// The UFLDL sparse autoencoder n → hidden → n, sigmoid throughout, squared error.
+    pub fn sparse_autoencoder(
+        visible: usize,
+        hidden: usize,
+        weight_decay: f64,
+        sparsity: Sparsity,
+    ) -> Result<NetSpec, SpecError> {
+        NetSpec::new(&[visible, hidden, visible], Activation::Sigmoid, Output::SquaredError(Activation::Sigmoid))?
+            .with_weight_decay(weight_decay)?
+            .with_sparsity(Some(sparsity))
+    }
+
+    /// Softmax regression: a single softmax layer on the raw inputs.
+    pub fn softmax_regression(inputs: usize, classes: usize, weight_decay: f64) -> Result<NetSpec, SpecError> {
+        NetSpec::new(&[inputs, classes], Activation::Identity, Output::Softmax)?.with_weight_decay(weight_decay)
+    }
+
+    pub fn with_weight_decay(mut self, lambda: f64) -> Result<NetSpec, SpecError> {
+        self.weight_decay = lambda;
+        self.validate()?;
+        Ok(self)
+    }
+
+    pub fn with_sparsity(mut self, sparsity: Option<Sparsity>) -> Result<NetSpec, SpecError> {
+        self.sparsity = sparsity;
+        self.validate()?;
+        Ok(self)
+    }
+
+    /// Number of weight layers (L − 1 in MATH.md's notation).
+    pub fn num_weight_layers(&self) -> usize {
+        self.layers.len() - 1
+    }
+
+    pub fn inputs(&self) -> usize {
+        self.layers[0]
+    }
+
+    pub fn outputs(&self) -> usize {
+        *self.layers.last().expect("validated spec has layers")
+    }
+
+    /// Number of classes for a softmax output.
+    pub fn classes(&self) -> Option<usize> {
+        matches!(self.output, Output::Softmax).then(|| self.outputs())
+    }
+
+    /// The activation applied after weight layer `l` (0-based), hidden or output.
+    /// For a softmax output this returns `None` for the last layer.
+    pub fn activation_after(&self, l: usize) -> Option<Activation> {
+        if l + 1 < self.num_weight_layers() {
+            Some(self.hidden_activations[l])
+        } else {
+            match self.output {
+                Output::SquaredError(a) => Some(a),
+                Output::Softmax => None,
+            }
+        }
+    }
+
+    /// Checks every rule a spec must obey; each error says what to change.
+    pub fn validate(&self) -> Result<(), SpecError> {
+        if self.layers.len() < 2 {
+            return Err(SpecError::new(format!(
+                "need at least an input and an output layer, got layers {:?}",
+                self.layers
+            )));
+        }
+        if let Some(i) = self.layers.iter().position(|&s| s == 0) {
+            return Err(SpecError::new(format!("layer {i} has size 0 in {:?}", self.layers)));
+        }
+        if self.hidden_activations.len() != self.layers.len() - 2 {
+            return Err(SpecError::new(format!(
+                "{} hidden layers but {} hidden activations",
+                self.layers.len() - 2,
+                self.hidden_activations.len()
+            )));
+        }
+        for a in &self.hidden_activations {
+            a.validate()?;
+        }
+        match self.output {
+            Output::SquaredError(a) => a.validate()?,
+            Output::Softmax if self.outputs() < 2 => {
+                return Err(SpecError::new("a softmax output needs at least 2 classes"));
+            }
+            Output::Softmax => {}
+        }
+        if !(self.weight_decay.is_finite() && self.weight_decay >= 0.0) {
+            return Err(SpecError::new(format!("weight decay λ = {} must be a finite number ≥ 0", self.weight_decay)));
+        }
+        if let Some(s) = self.sparsity {
+            if self.layers.len() < 3 {
+                return Err(SpecError::new("sparsity acts on the first hidden layer, and this network has none"));
+            }
+            if !(s.target > 0.0 && s.target < 1.0) {
+                return Err(SpecError::new(format!(
+                    "sparsity target ρ = {} must lie strictly between 0 and 1",
+                    s.target
+                )));
+            }
+            if !(s.weight.is_finite() && s.weight >= 0.0) {
+                return Err(SpecError::new(format!("sparsity weight β = {} must be a finite number ≥ 0", s.weight)));
+            }
+            let act = self.hidden_activations[0];
+            if act.range() != (0.0, 1.0) {
+                return Err(SpecError::new(format!(
+                    "KL sparsity needs hidden activations in (0,1), but the first hidden layer is {}: use --activation sigmoid or drop --sparsity",
+                    act.name()
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// A one-line description, e.g. `64-25-64 sigmoid→sigmoid (squared error), λ=0.0001, ρ=0.01 β=3`.
+    pub fn describe(&self) -> String {
+        let sizes: Vec<String> = self.layers.iter().map(|s| s.to_string()).collect();
+        let mut acts: Vec<String> = self.hidden_activations.iter().map(|a| a.name()).collect();
+        acts.push(self.output.name());
+        let loss = match self.output {
+            Output::Softmax => "cross-entropy",
+            Output::SquaredError(_) => "squared error",
+        };
+        let mut s = format!("{} {} ({loss}), λ={}", sizes.join("-"), acts.join("→"), self.weight_decay);
+        if let Some(sp) = self.sparsity {
+            s.push_str(&format!(", ρ={} β={}", sp.target, sp.weight));
+        }
+        s
+    }
+}

@@ -1,0 +1,121 @@
+//! Networks and data shared by the test suites, so every backend is tested on the same cases.
+#![allow(dead_code)]
+
+use ndarray::Array2;
+use rand::{RngExt, SeedableRng, rngs::StdRng};
+use rand_distr::{Distribution, StandardNormal};
+use wgnn::model::{Activation, Init, NetSpec, Output, Sparsity};
+use wgnn::{Backend, Targets};
+
+/// A network, a θ and a batch to evaluate it on.
+pub struct Case {
+    pub name: &'static str,
+    pub spec: NetSpec,
+    pub theta: Vec<f64>,
+    pub x: Array2<f64>,
+    pub labels: Option<Vec<usize>>,
+    pub values: Option<Array2<f64>>,
+}
+
+impl Case {
+    pub fn targets(&self) -> Targets<'_> {
+        match (&self.labels, &self.values) {
+            (Some(l), _) => Targets::Labels(l),
+            (_, Some(v)) => Targets::Values(v.into()),
+            _ => Targets::Inputs,
+        }
+    }
+
+    pub fn load(&self, backend: &mut dyn Backend) {
+        backend.set_data((&self.x).into(), self.targets()).expect("case data fits its network");
+    }
+}
+
+pub fn uniform(rows: usize, cols: usize, lo: f64, hi: f64, rng: &mut StdRng) -> Array2<f64> {
+    Array2::from_shape_simple_fn((rows, cols), || rng.random_range(lo..hi))
+}
+
+pub fn normal(rows: usize, cols: usize, rng: &mut StdRng) -> Array2<f64> {
+    Array2::from_shape_simple_fn((rows, cols), || StandardNormal.sample(rng))
+}
+
+/// Labels 0..k with every class present (k ≤ m).
+pub fn labels(m: usize, k: usize, rng: &mut StdRng) -> Vec<usize> {
+    (0..m).map(|i| if i < k { i } else { rng.random_range(0..k) }).collect()
+}
+
+/// The networks the gradient is checked on (issue 2): a sparse autoencoder 64-25-64, softmax
+/// regression, a 3-hidden-layer MLP with tanh and leaky ReLU and a softmax output, and a
+/// regression net with an identity output.
+pub fn gradcheck_cases() -> Vec<Case> {
+    let mut rng = StdRng::seed_from_u64(2);
+    let sae = NetSpec::sparse_autoencoder(64, 25, 1e-4, Sparsity { target: 0.01, weight: 3.0 }).unwrap();
+    let softmax = NetSpec::softmax_regression(20, 5, 1e-4).unwrap();
+    let mlp = NetSpec {
+        layers: vec![10, 12, 9, 7, 4],
+        hidden_activations: vec![Activation::Tanh, Activation::LEAKY_RELU, Activation::LEAKY_RELU],
+        output: Output::Softmax,
+        weight_decay: 1e-3,
+        sparsity: None,
+    };
+    let regression = NetSpec::new(&[6, 8, 3], Activation::Sigmoid, Output::SquaredError(Activation::Identity))
+        .unwrap()
+        .with_weight_decay(3e-3)
+        .unwrap();
+    vec![
+        Case {
+            name: "sparse autoencoder 64-25-64",
+            theta: Init::Uniform.theta(&sae, 1),
+            spec: sae,
+            x: uniform(10, 64, 0.0, 1.0, &mut rng),
+            labels: None,
+            values: None,
+        },
+        Case {
+            name: "softmax regression 20→5",
+            theta: Init::Normal { epsilon: 0.1 }.theta(&softmax, 2),
+            spec: softmax,
+            x: uniform(12, 20, 0.0, 1.0, &mut rng),
+            labels: Some(labels(12, 5, &mut rng)),
+            values: None,
+        },
+        Case {
+            name: "MLP 10-12-9-7-4 tanh/leaky-ReLU/leaky-ReLU → softmax",
+            theta: Init::Uniform.theta(&mlp, 3),
+            spec: mlp,
+            x: uniform(9, 10, -1.0, 1.0, &mut rng),
+            labels: Some(labels(9, 4, &mut rng)),
+            values: None,
+        },
+        Case {
+            name: "regression 6-8-3 sigmoid → identity",
+            theta: Init::Uniform.theta(&regression, 4),
+            spec: regression,
+            x: normal(7, 6, &mut rng),
+            labels: None,
+            values: Some(normal(7, 3, &mut rng)),
+        },
+    ]
+}
+
+/// Smallest |z| over units whose activation has a kink at 0 (ReLU, leaky ReLU), recovered
+/// from stored activations. A central difference that straddles a kink is meaningless, so
+/// gradient checks assert their point is farther than the step from every kink.
+pub fn kink_margin(case: &Case, backend: &mut dyn Backend) -> f64 {
+    let acts = backend.forward(&case.theta, (&case.x).into()).unwrap();
+    let mut margin = f64::INFINITY;
+    for (l, a) in acts.iter().enumerate() {
+        match case.spec.activation_after(l) {
+            Some(Activation::Relu) => {
+                // z ≤ 0 is invisible in a = max(0, z); only positive z can be measured.
+                margin = margin.min(a.iter().filter(|&&v| v > 0.0).fold(f64::INFINITY, |m, v| m.min(v.abs())));
+            }
+            Some(Activation::LeakyRelu { alpha }) => {
+                let z = a.mapv(|v| if v >= 0.0 { v } else { v / alpha });
+                margin = margin.min(z.iter().fold(f64::INFINITY, |m, v| m.min(v.abs())));
+            }
+            _ => {}
+        }
+    }
+    margin
+}
