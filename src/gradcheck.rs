@@ -3,7 +3,8 @@
 //! any [`Backend`] through its cost.
 
 use crate::Result;
-use crate::backend::{Backend, Batch};
+use crate::backend::{Backend, Batch, Inputs};
+use crate::model::{Activation, ThetaLayout};
 
 /// The step of the central difference, as UFLDL prescribes.
 pub const EPSILON: f64 = 1e-4;
@@ -50,4 +51,27 @@ pub fn check_backend(backend: &mut dyn Backend, theta: &[f64], batch: Batch<'_>)
     let numerical = numerical_gradient(|t| backend.cost(t, batch.clone()).map(|c| c.total()), theta, EPSILON)?;
     let relative_difference = relative_difference(&analytic, &numerical);
     Ok(Report { analytic, numerical, relative_difference })
+}
+
+/// The smallest |z| over units whose activation has a kink at z = 0 (ReLU, leaky ReLU), with
+/// z recomputed from the forward pass on `x` as A Wᵀ + b; infinity when there are none. A
+/// central difference whose step crosses a kink measures nothing, so a check is only
+/// meaningful when this is well above the change a step of ε makes to z.
+pub fn kink_margin(backend: &mut dyn Backend, theta: &[f64], x: Inputs<'_>) -> Result<f64> {
+    let spec = backend.spec().clone();
+    let layout = ThetaLayout::new(&spec);
+    let activations = backend.forward(theta, x)?;
+    let input = match x {
+        Inputs::F32(x) => x.mapv(f64::from),
+        Inputs::F64(x) => x.to_owned(),
+    };
+    let mut margin = f64::INFINITY;
+    for l in 0..layout.num_layers() {
+        if let Some(Activation::Relu | Activation::LeakyRelu { .. }) = spec.activation_after(l) {
+            let a_prev = if l == 0 { &input } else { &activations[l - 1] };
+            let z = a_prev.dot(&layout.weight(theta, l).t()) + layout.bias(theta, l);
+            margin = z.iter().fold(margin, |m, v| m.min(v.abs()));
+        }
+    }
+    Ok(margin)
 }

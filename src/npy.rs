@@ -3,7 +3,7 @@
 //! writes by default is accepted where it makes sense; nothing else is guessed.
 
 use std::fs::File;
-use std::io::BufReader;
+use std::io::{BufReader, Read, Seek, SeekFrom};
 use std::path::Path;
 
 use ndarray::{Array1, Array2, ArrayD, Ix1, Ix2};
@@ -13,7 +13,15 @@ use crate::{Error, Result};
 
 /// Reads `path` as an array of `T`; `None` when the file holds another dtype.
 fn try_read<T: ReadableElement>(path: &Path) -> Result<Option<ArrayD<T>>> {
-    let file = File::open(path).map_err(|e| Error::file(path, format!("cannot open: {e}")))?;
+    let mut file = File::open(path).map_err(|e| Error::file(path, format!("cannot open: {e}")))?;
+    let mut magic = [0u8; 6];
+    if file.read_exact(&mut magic).is_err() || &magic != b"\x93NUMPY" {
+        return Err(Error::file(
+            path,
+            "is not a .npy file (it lacks NumPy's magic bytes): save arrays with numpy.save",
+        ));
+    }
+    file.seek(SeekFrom::Start(0)).map_err(|e| Error::file(path, e.to_string()))?;
     match ArrayD::<T>::read_npy(BufReader::new(file)) {
         Ok(a) => Ok(Some(a)),
         Err(ReadNpyError::WrongDescriptor(_)) => Ok(None),

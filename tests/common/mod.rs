@@ -97,25 +97,3 @@ pub fn gradcheck_cases() -> Vec<Case> {
         },
     ]
 }
-
-/// Smallest |z| over units whose activation has a kink at 0 (ReLU, leaky ReLU), recovered
-/// from stored activations. A central difference that straddles a kink is meaningless, so
-/// gradient checks assert their point is farther than the step from every kink.
-pub fn kink_margin(case: &Case, backend: &mut dyn Backend) -> f64 {
-    let acts = backend.forward(&case.theta, (&case.x).into()).unwrap();
-    let mut margin = f64::INFINITY;
-    for (l, a) in acts.iter().enumerate() {
-        match case.spec.activation_after(l) {
-            Some(Activation::Relu) => {
-                // z ≤ 0 is invisible in a = max(0, z); only positive z can be measured.
-                margin = margin.min(a.iter().filter(|&&v| v > 0.0).fold(f64::INFINITY, |m, v| m.min(v.abs())));
-            }
-            Some(Activation::LeakyRelu { alpha }) => {
-                let z = a.mapv(|v| if v >= 0.0 { v } else { v / alpha });
-                margin = margin.min(z.iter().fold(f64::INFINITY, |m, v| m.min(v.abs())));
-            }
-            _ => {}
-        }
-    }
-    margin
-}

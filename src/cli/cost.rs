@@ -1,0 +1,67 @@
+//! `wgnn cost`: J(θ) on data from .npy files, optionally writing ∇J(θ).
+
+use anyhow::Context;
+use clap::Args;
+
+use wgnn::{Batch, Targets, npy};
+
+use super::{BackendArgs, NetArgs, npy_path, read_theta};
+
+#[derive(Args, Debug)]
+pub struct CostArgs {
+    #[command(flatten)]
+    pub net: NetArgs,
+    /// Parameters θ as a .npy vector (float64 or float32): all weights (each out × in,
+    /// row-major) in layer order, then all biases.
+    #[arg(long)]
+    pub theta: String,
+    /// Examples as a .npy matrix (float32 or float64), one example per row.
+    #[arg(long)]
+    pub data: String,
+    /// Class labels 0..k−1 as a .npy integer vector, one per row (for --output softmax).
+    #[arg(long, conflicts_with = "targets")]
+    pub labels: Option<String>,
+    /// Real-valued targets as a .npy matrix (rows × outputs). Without --labels or --targets
+    /// the network is an autoencoder: the target is the input.
+    #[arg(long)]
+    pub targets: Option<String>,
+    /// Also compute the gradient ∇J(θ) and write it here as a float64 .npy vector.
+    #[arg(long)]
+    pub grad_out: Option<std::path::PathBuf>,
+    #[command(flatten)]
+    pub backend: BackendArgs,
+}
+
+pub fn run(args: CostArgs) -> anyhow::Result<()> {
+    let spec = args.net.spec()?;
+    let theta = read_theta(&args.theta)?;
+    let x = npy::read_matrix(&npy_path(&args.data)?).context("reading the data")?;
+    let labels =
+        args.labels.as_deref().map(|p| npy::read_labels(&npy_path(p)?).context("reading the labels")).transpose()?;
+    let values =
+        args.targets.as_deref().map(|p| npy::read_matrix(&npy_path(p)?).context("reading the targets")).transpose()?;
+    let targets = match (&labels, &values) {
+        (Some(l), _) => Targets::Labels(l),
+        (_, Some(v)) => Targets::Values(v.inputs()),
+        _ => Targets::Inputs,
+    };
+
+    let mut backend = args.backend.build(spec.clone())?;
+    backend.set_data(x.inputs(), targets)?;
+    println!("network  {}", spec.describe());
+    println!("backend  {}", backend.name());
+    println!("examples {}", backend.num_examples());
+    let cost = match &args.grad_out {
+        Some(path) => {
+            let mut grad = vec![0.0; theta.len()];
+            let cost = backend.cost_and_grad(&theta, Batch::All, &mut grad)?;
+            npy::write_vector(path, &grad.into()).context("writing the gradient")?;
+            println!("gradient written to {}", path.display());
+            cost
+        }
+        None => backend.cost(&theta, Batch::All)?,
+    };
+    println!("terms    data {}  weight decay {}  sparsity {}", cost.data, cost.weight_decay, cost.sparsity);
+    println!("cost {}", cost.total());
+    Ok(())
+}

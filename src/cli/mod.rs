@@ -1,0 +1,140 @@
+//! The `wgnn` command line: parses arguments, calls the library, prints. No maths here.
+//! Every failure reaches `main` as one error whose message says what was wrong and what to do.
+
+mod cost;
+mod gradcheck;
+
+use anyhow::{Context, bail};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use wgnn::Backend;
+use wgnn::model::{Activation, NetSpec, Output, Sparsity};
+
+#[derive(Parser, Debug)]
+#[command(name = "wgnn", version, about = "Train and check neural networks — sparse autoencoders, softmax regression, MLPs — on the CPU or any GPU wgpu reaches", long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Evaluate the cost J(θ) (and optionally its gradient) of a network on data from .npy files.
+    /// The last line printed is `cost <value>`.
+    Cost(cost::CostArgs),
+    /// Check the analytic gradient against central differences (ε = 1e-4) on a random network
+    /// and random data. The last line printed is `relative difference <value>`.
+    Gradcheck(gradcheck::GradcheckArgs),
+}
+
+pub fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Cost(args) => cost::run(args),
+        Command::Gradcheck(args) => gradcheck::run(args),
+    }
+}
+
+/// The network, as flags shared by every command that builds one.
+#[derive(Args, Debug, Clone)]
+pub struct NetArgs {
+    /// Layer sizes from input to output, e.g. 64,25,64 (a 64-25-64 autoencoder) or 784,10.
+    #[arg(long, value_delimiter = ',', default_value = "64,25,64")]
+    pub layers: Vec<usize>,
+    /// Hidden activation: sigmoid, tanh, relu, leaky-relu[:ALPHA] (α defaults to 0.01) or
+    /// identity. One name for every hidden layer, or a comma-separated list, one per hidden layer.
+    #[arg(long, value_delimiter = ',', default_value = "sigmoid")]
+    pub activation: Vec<String>,
+    /// Output layer: an activation name (squared-error loss) or softmax (cross-entropy loss,
+    /// needs --labels).
+    #[arg(long, default_value = "sigmoid")]
+    pub output: String,
+    /// L2 weight decay λ on the weights (never the biases).
+    #[arg(long, default_value_t = 0.0)]
+    pub weight_decay: f64,
+    /// Target mean activation ρ of the first hidden layer: turns on the KL sparsity penalty
+    /// (needs a sigmoid first hidden layer).
+    #[arg(long)]
+    pub sparsity: Option<f64>,
+    /// Weight β of the sparsity penalty (used with --sparsity).
+    #[arg(long, default_value_t = 3.0, requires = "sparsity")]
+    pub sparsity_weight: f64,
+}
+
+impl NetArgs {
+    pub fn spec(&self) -> anyhow::Result<NetSpec> {
+        let hidden = self.layers.len().saturating_sub(2);
+        let acts = self.activation.iter().map(|a| Activation::parse(a)).collect::<Result<Vec<_>, _>>()?;
+        let hidden_activations = match acts.len() {
+            1 => vec![acts[0]; hidden],
+            n if n == hidden => acts,
+            n => bail!(
+                "--activation lists {n} activations but --layers has {hidden} hidden layers: give one, or one per hidden layer"
+            ),
+        };
+        let spec = NetSpec {
+            layers: self.layers.clone(),
+            hidden_activations,
+            output: Output::parse(&self.output)?,
+            weight_decay: self.weight_decay,
+            sparsity: self.sparsity.map(|target| Sparsity { target, weight: self.sparsity_weight }),
+        };
+        spec.validate()?;
+        Ok(spec)
+    }
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BackendChoice {
+    /// A real GPU when wgpu finds one, otherwise the CPU backend.
+    Auto,
+    /// The CPU backend (ndarray).
+    Cpu,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Precision {
+    F32,
+    F64,
+}
+
+/// Where the network is computed.
+#[derive(Args, Debug, Clone)]
+pub struct BackendArgs {
+    /// Which backend computes: auto picks a real GPU when there is one, else the CPU.
+    /// (The GPU backend is not built yet: auto uses the CPU.)
+    #[arg(long, value_enum, default_value_t = BackendChoice::Auto)]
+    pub backend: BackendChoice,
+    /// Precision of the CPU backend: f64 is the reference, f32 the fast path.
+    #[arg(long, value_enum, default_value_t = Precision::F64)]
+    pub precision: Precision,
+}
+
+impl BackendArgs {
+    pub fn build(&self, spec: NetSpec) -> anyhow::Result<Box<dyn Backend>> {
+        let backend: Box<dyn Backend> = match self.precision {
+            Precision::F64 => Box::new(wgnn::CpuBackend::<f64>::new(spec)?),
+            Precision::F32 => Box::new(wgnn::CpuBackend::<f32>::new(spec)?),
+        };
+        Ok(backend)
+    }
+}
+
+/// A path given as `FILE` or `npy:FILE`.
+pub fn npy_path(arg: &str) -> anyhow::Result<std::path::PathBuf> {
+    let path = arg.strip_prefix("npy:").unwrap_or(arg);
+    let path = std::path::PathBuf::from(path);
+    if !path.exists() {
+        bail!("{}: no such file", path.display());
+    }
+    Ok(path)
+}
+
+/// θ from a .npy vector, checked finite.
+pub fn read_theta(arg: &str) -> anyhow::Result<Vec<f64>> {
+    let path = npy_path(arg)?;
+    let theta = wgnn::npy::read_vector(&path).context("reading θ")?;
+    if let Some(i) = theta.iter().position(|v| !v.is_finite()) {
+        bail!("{}: θ[{i}] is {}; θ must be finite", path.display(), theta[i]);
+    }
+    Ok(theta.to_vec())
+}

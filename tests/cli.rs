@@ -1,0 +1,164 @@
+//! The `wgnn` binary as a user meets it: the first commands work, their last lines are
+//! machine-readable, and bad input ends with one clear line and a non-zero exit — never a panic.
+
+use std::path::{Path, PathBuf};
+
+use assert_cmd::Command;
+use ndarray::{Array1, Array2};
+use ndarray_npy::WriteNpyExt;
+
+fn wgnn() -> Command {
+    Command::cargo_bin("wgnn").unwrap()
+}
+
+fn fixture(case: &str, file: &str) -> String {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(case).join(file).display().to_string()
+}
+
+fn last_line(out: &[u8]) -> String {
+    String::from_utf8_lossy(out).lines().last().unwrap_or_default().to_string()
+}
+
+/// Runs and expects failure with a single-line error containing `needle`.
+fn fails_with(cmd: &mut Command, needle: &str) {
+    let out = cmd.output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "expected failure, got success; stderr: {stderr}");
+    assert!(!stderr.contains("panicked"), "panic: {stderr}");
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "expected one error line, got: {stderr}");
+    assert!(lines[0].starts_with("error: ") && lines[0].contains(needle), "expected `{needle}` in: {stderr}");
+}
+
+fn write_npy<T: WriteNpyExt>(dir: &Path, name: &str, a: &T) -> String {
+    let p: PathBuf = dir.join(name);
+    a.write_npy(std::fs::File::create(&p).unwrap()).unwrap();
+    p.display().to_string()
+}
+
+fn sparse_autoencoder_cost() -> Command {
+    let mut cmd = wgnn();
+    cmd.args([
+        "cost",
+        "--layers",
+        "64,25,64",
+        "--weight-decay",
+        "1e-4",
+        "--sparsity",
+        "0.01",
+        "--sparsity-weight",
+        "3",
+    ]);
+    cmd
+}
+
+#[test]
+fn cost_matches_the_jax_fixture_and_writes_the_gradient() {
+    let dir = tempfile::tempdir().unwrap();
+    let grad_path = dir.path().join("g.npy");
+    let out = sparse_autoencoder_cost()
+        .args(["--theta", &fixture("sparse_autoencoder", "theta.npy")])
+        .args(["--data", &format!("npy:{}", fixture("sparse_autoencoder", "x.npy"))])
+        .args(["--backend", "cpu", "--grad-out", grad_path.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let line = last_line(&out.stdout);
+    let cost: f64 = line.strip_prefix("cost ").expect("last line is `cost <value>`").parse().unwrap();
+    let reference = wgnn::npy::read_vector(Path::new(&fixture("sparse_autoencoder", "cost.npy"))).unwrap()[0];
+    assert!(((cost - reference) / reference).abs() < 1e-12, "{cost} vs {reference}");
+    let grad = wgnn::npy::read_vector(&grad_path).unwrap();
+    let grad_ref = wgnn::npy::read_vector(Path::new(&fixture("sparse_autoencoder", "grad.npy"))).unwrap();
+    let err = (&grad - &grad_ref).mapv(|v| v * v).sum().sqrt() / grad_ref.mapv(|v| v * v).sum().sqrt();
+    assert!(err < 1e-12, "gradient differs from JAX by {err:e}");
+}
+
+#[test]
+fn cost_of_softmax_regression_with_labels_in_f32() {
+    let out = wgnn()
+        .args(["cost", "--layers", "20,5", "--output", "softmax", "--weight-decay", "1e-4", "--precision", "f32"])
+        .args(["--theta", &fixture("softmax_regression", "theta.npy")])
+        .args(["--data", &fixture("softmax_regression", "x.npy")])
+        .args(["--labels", &fixture("softmax_regression", "labels.npy")])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let cost: f64 = last_line(&out.stdout).strip_prefix("cost ").unwrap().parse().unwrap();
+    let reference = wgnn::npy::read_vector(Path::new(&fixture("softmax_regression", "cost.npy"))).unwrap()[0];
+    assert!(((cost - reference) / reference).abs() < 1e-6, "{cost} vs {reference}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("cpu f32"));
+}
+
+#[test]
+fn gradcheck_with_no_arguments_passes_and_ends_with_the_difference() {
+    let out = wgnn().arg("gradcheck").output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let d: f64 = last_line(&out.stdout).strip_prefix("relative difference ").unwrap().parse().unwrap();
+    assert!(d < 1e-8, "relative difference {d:e}");
+}
+
+#[test]
+fn gradcheck_of_a_deep_softmax_mlp() {
+    let out = wgnn()
+        .args(["gradcheck", "--layers", "10,12,9,7,4", "--activation", "tanh,leaky-relu,leaky-relu"])
+        .args(["--output", "softmax", "--weight-decay", "1e-3", "--examples", "9", "--seed", "3"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let d: f64 = last_line(&out.stdout).strip_prefix("relative difference ").unwrap().parse().unwrap();
+    assert!(d < 1e-8, "relative difference {d:e}");
+}
+
+#[test]
+fn bad_input_ends_with_one_clear_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let theta = fixture("sparse_autoencoder", "theta.npy");
+    let x = fixture("sparse_autoencoder", "x.npy");
+
+    // A file that is not .npy.
+    let text = d.join("notes.npy");
+    std::fs::write(&text, "this is not numpy").unwrap();
+    fails_with(sparse_autoencoder_cost().args(["--theta", text.to_str().unwrap(), "--data", &x]), "notes.npy");
+    // A truncated .npy.
+    let bytes = std::fs::read(&x).unwrap();
+    let cut = d.join("cut.npy");
+    std::fs::write(&cut, &bytes[..bytes.len() - 100]).unwrap();
+    fails_with(sparse_autoencoder_cost().args(["--theta", &theta, "--data", cut.to_str().unwrap()]), "cut.npy");
+    // A missing file.
+    fails_with(sparse_autoencoder_cost().args(["--theta", &theta, "--data", "/no/such.npy"]), "no such file");
+    // θ of the wrong length.
+    let short = write_npy(d, "short.npy", &Array1::<f64>::zeros(10));
+    fails_with(sparse_autoencoder_cost().args(["--theta", &short, "--data", &x]), "θ has 10 values");
+    // Data whose width does not match the first layer.
+    let wide = write_npy(d, "wide.npy", &Array2::<f32>::zeros((4, 65)));
+    fails_with(sparse_autoencoder_cost().args(["--theta", &theta, "--data", &wide]), "65 columns");
+    // NaN in the data.
+    let mut nan = Array2::<f64>::zeros((3, 64));
+    nan[[1, 7]] = f64::NAN;
+    let nan = write_npy(d, "nan.npy", &nan);
+    fails_with(sparse_autoencoder_cost().args(["--theta", &theta, "--data", &nan]), "row 1, column 7");
+    // Labels out of range.
+    let labels =
+        write_npy(d, "labels.npy", &ndarray::Array1::from(vec![0i64, 1, 2, 9, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]));
+    fails_with(
+        wgnn()
+            .args(["cost", "--layers", "20,5", "--output", "softmax"])
+            .args(["--theta", &fixture("softmax_regression", "theta.npy")])
+            .args(["--data", &fixture("softmax_regression", "x.npy"), "--labels", &labels]),
+        "label 9 of example 3",
+    );
+    // A network the maths cannot do.
+    fails_with(wgnn().args(["gradcheck", "--activation", "relu", "--sparsity", "0.05"]), "KL sparsity");
+    fails_with(wgnn().args(["gradcheck", "--activation", "swish"]), "unknown activation");
+    fails_with(wgnn().args(["gradcheck", "--layers", "5,4,3,2", "--activation", "tanh,relu,tanh"]), "3 activations");
+}
+
+#[test]
+fn help_explains_the_options_and_their_defaults() {
+    let out = wgnn().args(["cost", "--help"]).output().unwrap();
+    let help = String::from_utf8_lossy(&out.stdout);
+    for needle in ["--theta", "--labels", "--grad-out", "--sparsity-weight", "[default: 64,25,64]", "row-major"] {
+        assert!(help.contains(needle), "`{needle}` missing from cost --help:\n{help}");
+    }
+}

@@ -1,0 +1,220 @@
+//! The CPU backend's contract: f32 agrees with the f64 reference, batches select the right
+//! rows, the maths is stable at extreme inputs, results are deterministic, and bad input is
+//! refused with a clear error.
+
+mod common;
+
+use ndarray::{Array2, array};
+use wgnn::model::{Activation, Init, NetSpec, Output, Sparsity, ThetaLayout};
+use wgnn::{Backend, Batch, CpuBackend, Error, Targets};
+
+fn rel(a: &[f64], b: &[f64]) -> f64 {
+    let d: f64 = a.iter().zip(b).map(|(x, y)| (x - y).powi(2)).sum();
+    let n: f64 = b.iter().map(|y| y * y).sum();
+    (d / n).sqrt()
+}
+
+fn eval(backend: &mut dyn Backend, theta: &[f64], batch: Batch) -> (f64, Vec<f64>) {
+    let mut g = vec![f64::NAN; theta.len()];
+    let c = backend.cost_and_grad(theta, batch, &mut g).unwrap();
+    (c.total(), g)
+}
+
+#[test]
+fn f32_agrees_with_the_f64_reference() {
+    for case in common::gradcheck_cases() {
+        let mut reference = CpuBackend::<f64>::new(case.spec.clone()).unwrap();
+        let mut fast = CpuBackend::<f32>::new(case.spec.clone()).unwrap();
+        case.load(&mut reference);
+        case.load(&mut fast);
+        let (c64, g64) = eval(&mut reference, &case.theta, Batch::All);
+        let (c32, g32) = eval(&mut fast, &case.theta, Batch::All);
+        let (dc, dg) = (((c32 - c64) / c64).abs(), rel(&g32, &g64));
+        println!("{}: cost {dc:e}, gradient {dg:e}", case.name);
+        assert!(dc < 1e-5 && dg < 1e-4, "{}: f32 differs from f64 by {dc:e} (cost), {dg:e} (gradient)", case.name);
+    }
+}
+
+#[test]
+fn cost_alone_equals_cost_with_gradient() {
+    for case in common::gradcheck_cases() {
+        let mut backend = CpuBackend::<f64>::new(case.spec.clone()).unwrap();
+        case.load(&mut backend);
+        let with_grad = eval(&mut backend, &case.theta, Batch::All).0;
+        let alone = backend.cost(&case.theta, Batch::All).unwrap().total();
+        assert_eq!(with_grad, alone, "{}", case.name);
+    }
+}
+
+#[test]
+fn batches_select_the_right_rows() {
+    for case in common::gradcheck_cases() {
+        let m = case.x.nrows();
+        let rows: Vec<usize> = vec![m - 1, 0, 2, 2];
+        let mut full = CpuBackend::<f64>::new(case.spec.clone()).unwrap();
+        case.load(&mut full);
+        // The same rows loaded on their own are the reference.
+        let subset = |ix: &[usize]| {
+            let x = case.x.select(ndarray::Axis(0), ix);
+            let labels = case.labels.as_ref().map(|l| ix.iter().map(|&i| l[i]).collect::<Vec<_>>());
+            let values = case.values.as_ref().map(|v| v.select(ndarray::Axis(0), ix));
+            let mut b = CpuBackend::<f64>::new(case.spec.clone()).unwrap();
+            let targets = match (&labels, &values) {
+                (Some(l), _) => Targets::Labels(l),
+                (_, Some(v)) => Targets::Values(v.into()),
+                _ => Targets::Inputs,
+            };
+            b.set_data((&x).into(), targets).unwrap();
+            eval(&mut b, &case.theta, Batch::All)
+        };
+        let (c, g) = eval(&mut full, &case.theta, Batch::Indices(&rows));
+        let (cr, gr) = subset(&rows);
+        assert_eq!((c, &g), (cr, &gr), "{}: Batch::Indices", case.name);
+        let (c, g) = eval(&mut full, &case.theta, Batch::Rows(1..m - 1));
+        let (cr, gr) = subset(&(1..m - 1).collect::<Vec<_>>());
+        assert_eq!((c, &g), (cr, &gr), "{}: Batch::Rows", case.name);
+        // A different batch gives a different cost: the selection is not ignored.
+        assert_ne!(eval(&mut full, &case.theta, Batch::All).0, c, "{}", case.name);
+    }
+}
+
+#[test]
+fn results_are_deterministic_bit_for_bit() {
+    let case = &common::gradcheck_cases()[0];
+    let run = || {
+        let mut b = CpuBackend::<f32>::new(case.spec.clone()).unwrap();
+        case.load(&mut b);
+        eval(&mut b, &case.theta, Batch::All)
+    };
+    let (c1, g1) = run();
+    let (c2, g2) = run();
+    assert_eq!(c1.to_bits(), c2.to_bits());
+    assert!(g1.iter().zip(&g2).all(|(a, b)| a.to_bits() == b.to_bits()));
+}
+
+#[test]
+fn sigmoid_and_softmax_are_stable_at_extreme_inputs() {
+    // One input, weights that push z to ±1000: no NaN, no infinity, probabilities in [0,1].
+    let spec = NetSpec::new(&[1, 2, 3], Activation::Sigmoid, Output::Softmax).unwrap();
+    let layout = ThetaLayout::new(&spec);
+    let mut theta = vec![0.0; layout.len()];
+    theta[layout.weight_range(0)].copy_from_slice(&[1000.0, -1000.0]);
+    theta[layout.weight_range(1)].copy_from_slice(&[900.0, 0.0, 0.0, 900.0, -900.0, 0.0]);
+    let x = array![[1.0], [-1.0]];
+    for f32_backend in [false, true] {
+        let mut b: Box<dyn Backend> = if f32_backend {
+            Box::new(CpuBackend::<f32>::new(spec.clone()).unwrap())
+        } else {
+            Box::new(CpuBackend::<f64>::new(spec.clone()).unwrap())
+        };
+        b.set_data((&x).into(), Targets::Labels(&[2, 1])).unwrap();
+        let (cost, grad) = eval(b.as_mut(), &theta, Batch::All);
+        assert!(cost.is_finite() && grad.iter().all(|g| g.is_finite()), "{}: cost {cost}", b.name());
+        // Row 0: hidden (1, 0), logits (900, 0, -900), label 2 → −log P = 1800.
+        // Row 1: hidden (0, 1), logits (0, 900, 0), label 1 → −log P ≈ 0.
+        assert!((cost - 900.0).abs() < 1e-3, "{}: cost {cost}", b.name());
+        let p = b.predict(&theta, (&x).into()).unwrap();
+        assert!(p.iter().all(|v| (0.0..=1.0).contains(v)));
+        assert_eq!(b.classify(&theta, (&x).into()).unwrap(), vec![0, 1]);
+    }
+}
+
+#[test]
+fn forward_gives_every_layer_and_probabilities_sum_to_one() {
+    let case = &common::gradcheck_cases()[2];
+    let mut b = CpuBackend::<f64>::new(case.spec.clone()).unwrap();
+    let acts = b.forward(&case.theta, (&case.x).into()).unwrap();
+    let sizes: Vec<(usize, usize)> = acts.iter().map(|a| a.dim()).collect();
+    assert_eq!(sizes, vec![(9, 12), (9, 9), (9, 7), (9, 4)]);
+    for row in acts[3].rows() {
+        assert!((row.sum() - 1.0).abs() < 1e-12);
+    }
+    assert!(acts[0].iter().all(|a| a.abs() < 1.0), "tanh layer out of range");
+}
+
+#[test]
+fn theta_layout_is_ufldl_order() {
+    let spec = NetSpec::sparse_autoencoder(64, 25, 0.0, Sparsity { target: 0.01, weight: 3.0 }).unwrap();
+    let layout = ThetaLayout::new(&spec);
+    assert_eq!(layout.len(), 64 * 25 * 2 + 25 + 64);
+    assert_eq!(layout.weight_range(0), 0..1600);
+    assert_eq!(layout.weight_range(1), 1600..3200);
+    assert_eq!(layout.bias_range(0), 3200..3225);
+    assert_eq!(layout.bias_range(1), 3225..3289);
+    let theta: Vec<f64> = (0..layout.len()).map(|i| i as f64).collect();
+    // W⁽¹⁾ is 25 × 64, row-major: W[1][0] is the 65th number.
+    assert_eq!(layout.weight(&theta, 0)[[1, 0]], 64.0);
+    assert_eq!(layout.weight(&theta, 1).dim(), (64, 25));
+}
+
+#[test]
+fn initialisers_follow_the_notes_and_the_seed() {
+    let spec = NetSpec::new(&[100, 50, 10], Activation::Tanh, Output::Softmax).unwrap();
+    let layout = ThetaLayout::new(&spec);
+    let a = Init::Uniform.theta(&spec, 9);
+    assert_eq!(a, Init::Uniform.theta(&spec, 9));
+    assert_ne!(a, Init::Uniform.theta(&spec, 10));
+    let r0 = (6.0f64 / 151.0).sqrt();
+    let w0 = &a[layout.weight_range(0)];
+    assert!(w0.iter().all(|w| w.abs() <= r0));
+    assert!(w0.iter().any(|w| w.abs() > 0.9 * r0), "uniform draws should reach near ±r");
+    assert!(a[layout.bias_range(0).start..].iter().all(|&b| b == 0.0), "biases start at 0");
+    let n = Init::DEFAULT_NORMAL.theta(&spec, 9);
+    let w = &n[layout.all_weights()];
+    let std = (w.iter().map(|v| v * v).sum::<f64>() / w.len() as f64).sqrt();
+    assert!((std - 0.01).abs() < 0.0005, "N(0, 0.01²) has std {std}");
+}
+
+#[test]
+fn spec_round_trips_through_json_and_refuses_bad_networks() {
+    for case in common::gradcheck_cases() {
+        let json = serde_json::to_string(&case.spec).unwrap();
+        assert_eq!(serde_json::from_str::<NetSpec>(&json).unwrap(), case.spec);
+    }
+    let tanh_sparse = NetSpec::new(&[4, 3, 4], Activation::Tanh, Output::SquaredError(Activation::Tanh))
+        .unwrap()
+        .with_sparsity(Some(Sparsity { target: 0.05, weight: 3.0 }));
+    let msg = tanh_sparse.unwrap_err().to_string();
+    assert!(msg.contains("(0,1)") && msg.contains("tanh"), "{msg}");
+    assert!(NetSpec::new(&[4], Activation::Sigmoid, Output::Softmax).is_err());
+    assert!(NetSpec::new(&[4, 1], Activation::Sigmoid, Output::Softmax).is_err());
+    assert!(NetSpec::new(&[4, 0, 2], Activation::Sigmoid, Output::Softmax).is_err());
+    assert!(Activation::parse("leaky-relu:-1").is_err());
+    assert_eq!(Activation::parse("leaky-relu:0.2").unwrap(), Activation::LeakyRelu { alpha: 0.2 });
+    assert!(Activation::parse("swish").unwrap_err().to_string().contains("sigmoid, tanh"));
+}
+
+#[test]
+fn bad_input_is_refused_with_a_clear_error() {
+    let spec = NetSpec::new(&[3, 2, 4], Activation::Sigmoid, Output::Softmax).unwrap();
+    let theta = Init::Uniform.theta(&spec, 0);
+    let mut b = CpuBackend::<f64>::new(spec).unwrap();
+    let x = Array2::<f64>::zeros((5, 3));
+    let err = |e: Error| e.to_string();
+
+    let wide = Array2::<f64>::zeros((5, 4));
+    let e = err(b.set_data((&wide).into(), Targets::Labels(&[0; 5])).unwrap_err());
+    assert!(e.contains("4 columns") && e.contains("3 units"), "{e}");
+    let e = err(b.set_data((&x).into(), Targets::Labels(&[0, 1, 2, 4, 0])).unwrap_err());
+    assert!(e.contains("label 4 of example 3") && e.contains("4 classes"), "{e}");
+    let e = err(b.set_data((&x).into(), Targets::Labels(&[0, 1])).unwrap_err());
+    assert!(e.contains("2 labels for 5 examples"), "{e}");
+    let e = err(b.set_data((&x).into(), Targets::Inputs).unwrap_err());
+    assert!(e.contains("needs class labels"), "{e}");
+    let mut nan = x.clone();
+    nan[[2, 1]] = f64::NAN;
+    let e = err(b.set_data((&nan).into(), Targets::Labels(&[0; 5])).unwrap_err());
+    assert!(e.contains("row 2, column 1"), "{e}");
+    let empty = Array2::<f64>::zeros((0, 3));
+    assert!(b.set_data((&empty).into(), Targets::Labels(&[])).is_err());
+
+    b.set_data((&x).into(), Targets::Labels(&[0; 5])).unwrap();
+    let mut g = vec![0.0; theta.len()];
+    let e = err(b.cost_and_grad(&theta[1..], Batch::All, &mut g).unwrap_err());
+    assert!(e.contains(&format!("θ has {} values", theta.len() - 1)), "{e}");
+    let e = err(b.cost_and_grad(&theta, Batch::Indices(&[0, 5]), &mut g).unwrap_err());
+    assert!(e.contains("example 5") && e.contains("only 5"), "{e}");
+    assert!(b.cost(&theta, Batch::Rows(2..2)).is_err());
+    // Nothing was lost: the loaded data still works after the refusals.
+    assert!(b.cost(&theta, Batch::All).unwrap().total().is_finite());
+}
