@@ -15,6 +15,9 @@ pub enum Error {
     /// Values that cannot be used: NaN, labels out of range, an empty set.
     #[error("{0}")]
     Data(String),
+    /// No usable GPU, a device error, or work beyond the device's limits.
+    #[error("GPU: {0}")]
+    Gpu(String),
     /// A file that could not be read or written, or is not in the expected format.
     #[error("{path}: {message}")]
     File { path: String, message: String },

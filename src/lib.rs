@@ -5,6 +5,7 @@
 pub mod backend;
 pub mod cpu;
 mod error;
+pub mod gpu;
 pub mod gradcheck;
 pub mod model;
 pub mod npy;
@@ -12,3 +13,4 @@ pub mod npy;
 pub use backend::{Backend, Batch, Cost, Inputs, Targets};
 pub use cpu::CpuBackend;
 pub use error::{Error, Result};
+pub use gpu::GpuBackend;

@@ -133,61 +133,13 @@ impl<F: Real> Backend for CpuBackend<F> {
     }
 
     fn set_data(&mut self, x: Inputs<'_>, targets: Targets<'_>) -> Result<()> {
-        check_inputs(&self.spec, &x, "the data")?;
-        let m = x.nrows();
-        if m == 0 {
-            return Err(Error::Data("the data holds no examples".into()));
-        }
-        let targets = match (self.spec.output, targets) {
-            (Output::Softmax, Targets::Labels(labels)) => {
-                let k = self.spec.outputs();
-                if labels.len() != m {
-                    return Err(Error::Shape(format!(
-                        "{} labels for {m} examples: give one label per row",
-                        labels.len()
-                    )));
-                }
-                if let Some((i, &l)) = labels.iter().enumerate().find(|&(_, &l)| l >= k) {
-                    return Err(Error::Data(format!(
-                        "label {l} of example {i} is out of range: the softmax output has {k} classes (0..{})",
-                        k - 1
-                    )));
-                }
-                OwnedTargets::Labels(labels.to_vec())
-            }
-            (Output::Softmax, _) => {
-                return Err(Error::Data("a softmax output needs class labels: give --labels".into()));
-            }
-            (Output::SquaredError(_), Targets::Labels(_)) => {
-                return Err(Error::Data(
-                    "class labels need a softmax output (--output softmax); a squared-error output takes real-valued targets".into(),
-                ));
-            }
-            (Output::SquaredError(_), Targets::Inputs) => {
-                if self.spec.outputs() != self.spec.inputs() {
-                    return Err(Error::Shape(format!(
-                        "without targets the network reconstructs its input, so its output ({}) must match its input ({})",
-                        self.spec.outputs(),
-                        self.spec.inputs()
-                    )));
-                }
-                OwnedTargets::Inputs
-            }
-            (Output::SquaredError(_), Targets::Values(y)) => {
-                if y.nrows() != m || y.ncols() != self.spec.outputs() {
-                    return Err(Error::Shape(format!(
-                        "targets are {}×{} but need to be {m}×{} (one row per example, one column per output)",
-                        y.nrows(),
-                        y.ncols(),
-                        self.spec.outputs()
-                    )));
-                }
-                check_inputs_finite(&y, "the targets")?;
-                OwnedTargets::Values(to_real(y))
-            }
+        validate_data(&self.spec, &x, &targets)?;
+        self.targets = match targets {
+            Targets::Inputs => OwnedTargets::Inputs,
+            Targets::Labels(labels) => OwnedTargets::Labels(labels.to_vec()),
+            Targets::Values(y) => OwnedTargets::Values(to_real(y)),
         };
         self.x = to_real(x);
-        self.targets = targets;
         Ok(())
     }
 
@@ -219,6 +171,60 @@ impl<F: Real> Backend for CpuBackend<F> {
         let fwd = net::forward(&self.spec, &self.layout, &theta, x.view());
         Ok(fwd.activations.into_iter().map(|a| a.mapv(F::f64)).collect())
     }
+}
+
+/// The checks every backend makes before it accepts data: sizes against the spec, labels
+/// against the classes, targets against the outputs, no NaN or infinity anywhere.
+pub fn validate_data(spec: &NetSpec, x: &Inputs<'_>, targets: &Targets<'_>) -> Result<()> {
+    check_inputs(spec, x, "the data")?;
+    let m = x.nrows();
+    if m == 0 {
+        return Err(Error::Data("the data holds no examples".into()));
+    }
+    match (spec.output, targets) {
+        (Output::Softmax, Targets::Labels(labels)) => {
+            let k = spec.outputs();
+            if labels.len() != m {
+                return Err(Error::Shape(format!("{} labels for {m} examples: give one label per row", labels.len())));
+            }
+            if let Some((i, &l)) = labels.iter().enumerate().find(|&(_, &l)| l >= k) {
+                return Err(Error::Data(format!(
+                    "label {l} of example {i} is out of range: the softmax output has {k} classes (0..{})",
+                    k - 1
+                )));
+            }
+        }
+        (Output::Softmax, _) => {
+            return Err(Error::Data("a softmax output needs class labels: give --labels".into()));
+        }
+        (Output::SquaredError(_), Targets::Labels(_)) => {
+            return Err(Error::Data(
+                "class labels need a softmax output (--output softmax); a squared-error output takes real-valued targets"
+                    .into(),
+            ));
+        }
+        (Output::SquaredError(_), Targets::Inputs) => {
+            if spec.outputs() != spec.inputs() {
+                return Err(Error::Shape(format!(
+                    "without targets the network reconstructs its input, so its output ({}) must match its input ({})",
+                    spec.outputs(),
+                    spec.inputs()
+                )));
+            }
+        }
+        (Output::SquaredError(_), Targets::Values(y)) => {
+            if y.nrows() != m || y.ncols() != spec.outputs() {
+                return Err(Error::Shape(format!(
+                    "targets are {}×{} but need to be {m}×{} (one row per example, one column per output)",
+                    y.nrows(),
+                    y.ncols(),
+                    spec.outputs()
+                )));
+            }
+            check_inputs_finite(y, "the targets")?;
+        }
+    }
+    Ok(())
 }
 
 fn rows_of<F>(x: ArrayView2<'_, F>, rows: std::ops::Range<usize>) -> ArrayView2<'_, F> {

@@ -1,0 +1,19 @@
+// Elementwise activations and derivatives over a rows × cols block, in place. The training
+// path fuses these into the matmul epilogues; these standalone kernels serve the forward
+// pass of arbitrary data and the parity tests of the activation maths.
+
+@group(0) @binding(0) var<storage, read> src: array<f32>;
+@group(0) @binding(2) var<storage, read_write> dst: array<f32>;
+
+// dst[i, j] = f(src[i, j])           (flag 0)
+// dst[i, j] = f'(a = src[i, j])      (flag 1)
+@compute @workgroup_size(16, 16, 1)
+fn elementwise(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let i = gid.y;
+    let j = gid.x;
+    if (i >= p.rows || j >= p.cols) { return; }
+    let v = src[p.in_off + i * p.in_rs + j];
+    var out: f32;
+    if (p.flag == 0u) { out = activate(p.act, v, p.leaky_alpha); } else { out = derivative_from_value(p.act, v, p.leaky_alpha); }
+    dst[p.out_off + i * p.cols + j] = out;
+}

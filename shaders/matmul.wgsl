@@ -1,0 +1,105 @@
+// C = alpha * op(A) op(B) (+ C) followed by a fused epilogue. Operands are addressed through
+// (offset, row stride, column stride), so a transposed operand is a swap of strides — never a
+// copy. Tiled for real GPUs: a 64×64 tile of C per workgroup of 16×16 invocations, each
+// computing a 4×4 register block; A and B tiles of depth 16 staged in workgroup memory.
+// Bounds are checked only when a tile is loaded, never in the multiply-add loop.
+//
+// Epilogues (params.epilogue):
+//   0 PLAIN:   c = alpha*acc + accumulate*c + decay*aux[aux_off + i*c_rs + j]
+//              (weight gradient: (1/m) δᵀA, plus λW on the first chunk)
+//   1 BIAS_ACT: c = f(acc + aux[aux_off + j])              (forward layer)
+//   2 DELTA:   c = (acc + kl[j]) * f'(aux2[i, j])           (hidden delta; kl from aux
+//              when has_kl = 1, else 0)
+
+struct Params {
+    m: u32, n: u32, k: u32, epilogue: u32,
+    a_off: u32, a_rs: u32, a_cs: u32, act: u32,
+    b_off: u32, b_rs: u32, b_cs: u32, accumulate: u32,
+    c_off: u32, c_rs: u32, aux_off: u32, has_kl: u32,
+    aux2_off: u32, aux2_rs: u32, alpha: f32, decay: f32,
+    leaky_alpha: f32, _pad0: u32, _pad1: u32, _pad2: u32,
+}
+
+@group(0) @binding(0) var<storage, read> a: array<f32>;
+@group(0) @binding(1) var<storage, read> b: array<f32>;
+@group(0) @binding(2) var<storage, read_write> c: array<f32>;
+@group(0) @binding(3) var<storage, read> aux: array<f32>;
+@group(0) @binding(4) var<storage, read> aux2: array<f32>;
+@group(0) @binding(5) var<uniform> p: Params;
+
+const TILE: u32 = 64u;
+const DEPTH: u32 = 16u;
+
+var<workgroup> tile_a: array<array<f32, 64>, 16>; // [kk][row]
+var<workgroup> tile_b: array<array<f32, 64>, 16>; // [kk][col]
+
+@compute @workgroup_size(16, 16, 1)
+fn matmul(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
+    let row0 = wid.y * TILE;
+    let col0 = wid.x * TILE;
+    let tid = lid.y * 16u + lid.x;
+    var acc: array<array<f32, 4>, 4>;
+    for (var i = 0u; i < 4u; i++) { for (var j = 0u; j < 4u; j++) { acc[i][j] = 0.0; } }
+
+    for (var k0 = 0u; k0 < p.k; k0 += DEPTH) {
+        // 256 invocations load 64×16 values of each operand, 4 apiece.
+        for (var e = 0u; e < 4u; e++) {
+            let idx = tid + e * 256u;
+            // A tile: row r, depth kk. Consecutive invocations take consecutive depths
+            // when A is row-major (a_cs = 1) and consecutive rows otherwise.
+            let r = idx / DEPTH;
+            let kk = idx % DEPTH;
+            let gr = row0 + r;
+            let gk = k0 + kk;
+            var va = 0.0;
+            if (gr < p.m && gk < p.k) { va = a[p.a_off + gr * p.a_rs + gk * p.a_cs]; }
+            tile_a[kk][r] = va;
+            // B tile: depth kk2, column cc.
+            let kk2 = idx / TILE;
+            let cc = idx % TILE;
+            let gk2 = k0 + kk2;
+            let gc = col0 + cc;
+            var vb = 0.0;
+            if (gk2 < p.k && gc < p.n) { vb = b[p.b_off + gk2 * p.b_rs + gc * p.b_cs]; }
+            tile_b[kk2][cc] = vb;
+        }
+        workgroupBarrier();
+        for (var kk = 0u; kk < DEPTH; kk++) {
+            var ra: array<f32, 4>;
+            var rb: array<f32, 4>;
+            for (var i = 0u; i < 4u; i++) { ra[i] = tile_a[kk][lid.y + 16u * i]; }
+            for (var j = 0u; j < 4u; j++) { rb[j] = tile_b[kk][lid.x + 16u * j]; }
+            for (var i = 0u; i < 4u; i++) {
+                for (var j = 0u; j < 4u; j++) { acc[i][j] = fma(ra[i], rb[j], acc[i][j]); }
+            }
+        }
+        workgroupBarrier();
+    }
+
+    for (var i = 0u; i < 4u; i++) {
+        let gr = row0 + lid.y + 16u * i;
+        if (gr >= p.m) { continue; }
+        for (var j = 0u; j < 4u; j++) {
+            let gc = col0 + lid.x + 16u * j;
+            if (gc >= p.n) { continue; }
+            let ci = p.c_off + gr * p.c_rs + gc;
+            let v = acc[i][j];
+            switch p.epilogue {
+                case 0u: {
+                    var out = p.alpha * v;
+                    if (p.accumulate == 1u) { out += c[ci]; }
+                    if (p.decay != 0.0) { out += p.decay * aux[p.aux_off + gr * p.c_rs + gc]; }
+                    c[ci] = out;
+                }
+                case 1u: {
+                    c[ci] = activate(p.act, v + aux[p.aux_off + gc], p.leaky_alpha);
+                }
+                default: {
+                    var d = v;
+                    if (p.has_kl == 1u) { d += aux[p.aux_off + gc]; }
+                    c[ci] = d * derivative_from_value(p.act, aux2[p.aux2_off + gr * p.aux2_rs + gc], p.leaky_alpha);
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,137 @@
+//! Finding a GPU: enumerate adapters, pick one (a real GPU before a software one, or the one
+//! the user named), and open a device with the adapter's own limits rather than WebGPU's
+//! defaults (whose 128 MiB storage bindings are too small for MNIST).
+
+use crate::{Error, Result};
+
+/// Which graphics API to look through.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Api {
+    #[default]
+    Auto,
+    Vulkan,
+    Metal,
+    Dx12,
+    Gl,
+}
+
+impl Api {
+    pub fn backends(self) -> wgpu::Backends {
+        match self {
+            // GL is only a fallback (see `adapters`): probing it prints noise on headless machines.
+            Api::Auto => wgpu::Backends::PRIMARY,
+            Api::Vulkan => wgpu::Backends::VULKAN,
+            Api::Metal => wgpu::Backends::METAL,
+            Api::Dx12 => wgpu::Backends::DX12,
+            Api::Gl => wgpu::Backends::GL,
+        }
+    }
+}
+
+/// How to choose an adapter.
+#[derive(Clone, Debug, Default)]
+pub struct GpuOptions {
+    pub api: Api,
+    /// Case-insensitive substring of the adapter's name (also read from `WGNN_ADAPTER`).
+    pub adapter: Option<String>,
+}
+
+/// An open device and what it can do.
+pub struct Gpu {
+    pub device: wgpu::Device,
+    pub queue: wgpu::Queue,
+    pub info: wgpu::AdapterInfo,
+    pub limits: wgpu::Limits,
+}
+
+fn instance(api: Api) -> wgpu::Instance {
+    let mut desc = wgpu::InstanceDescriptor::new_without_display_handle();
+    desc.backends = api.backends();
+    wgpu::Instance::new(desc)
+}
+
+/// Every adapter wgpu can see through `api`; for `Auto`, the primary APIs (Vulkan, Metal,
+/// DX12) and GL only when those find nothing.
+pub fn adapters(api: Api) -> Vec<wgpu::Adapter> {
+    let found = pollster::block_on(instance(api).enumerate_adapters(api.backends()));
+    if found.is_empty() && api == Api::Auto {
+        return adapters(Api::Gl);
+    }
+    found
+}
+
+/// Higher is preferred: real GPUs first, software rasterisers last.
+pub fn rank(kind: wgpu::DeviceType) -> u8 {
+    match kind {
+        wgpu::DeviceType::DiscreteGpu => 4,
+        wgpu::DeviceType::IntegratedGpu => 3,
+        wgpu::DeviceType::VirtualGpu => 2,
+        wgpu::DeviceType::Other => 1,
+        wgpu::DeviceType::Cpu => 0,
+    }
+}
+
+/// True for a hardware GPU (not a CPU rasteriser such as lavapipe or llvmpipe).
+pub fn is_real_gpu(info: &wgpu::AdapterInfo) -> bool {
+    rank(info.device_type) >= 2
+}
+
+pub fn kind_name(kind: wgpu::DeviceType) -> &'static str {
+    match kind {
+        wgpu::DeviceType::DiscreteGpu => "discrete GPU",
+        wgpu::DeviceType::IntegratedGpu => "integrated GPU",
+        wgpu::DeviceType::VirtualGpu => "virtual GPU",
+        wgpu::DeviceType::Other => "other",
+        wgpu::DeviceType::Cpu => "CPU (software)",
+    }
+}
+
+const NO_ADAPTER_HINT: &str = "no GPU adapter found: install a Vulkan driver (on Debian/Ubuntu: apt-get install mesa-vulkan-drivers, which includes the lavapipe software driver), or use --backend cpu";
+
+/// The adapter `options` select, best first.
+pub fn choose_adapter(options: &GpuOptions) -> Result<wgpu::Adapter> {
+    let wanted = options.adapter.clone().or_else(|| std::env::var("WGNN_ADAPTER").ok()).filter(|s| !s.is_empty());
+    let mut found = adapters(options.api);
+    if found.is_empty() {
+        return Err(Error::Gpu(NO_ADAPTER_HINT.into()));
+    }
+    if let Some(name) = &wanted {
+        let all: Vec<String> = found.iter().map(|a| a.get_info().name).collect();
+        found.retain(|a| a.get_info().name.to_lowercase().contains(&name.to_lowercase()));
+        if found.is_empty() {
+            return Err(Error::Gpu(format!(
+                "no adapter's name contains `{name}`; the adapters are: {} (see wgnn devices)",
+                all.join(", ")
+            )));
+        }
+    }
+    found.sort_by_key(|a| std::cmp::Reverse(rank(a.get_info().device_type)));
+    Ok(found.remove(0))
+}
+
+impl Gpu {
+    /// Opens the adapter `options` select with its own limits.
+    pub fn open(options: &GpuOptions) -> Result<Gpu> {
+        let adapter = choose_adapter(options)?;
+        Gpu::from_adapter(&adapter)
+    }
+
+    pub fn from_adapter(adapter: &wgpu::Adapter) -> Result<Gpu> {
+        let info = adapter.get_info();
+        let limits = adapter.limits();
+        let desc = wgpu::DeviceDescriptor {
+            label: Some("wgnn"),
+            required_features: wgpu::Features::empty(),
+            required_limits: limits.clone(),
+            ..Default::default()
+        };
+        let (device, queue) = pollster::block_on(adapter.request_device(&desc))
+            .map_err(|e| Error::Gpu(format!("cannot open {} ({:?}): {e}", info.name, info.backend)))?;
+        Ok(Gpu { device, queue, info, limits })
+    }
+
+    /// e.g. `NVIDIA H100 (Vulkan, discrete GPU)`.
+    pub fn describe(&self) -> String {
+        format!("{} ({:?}, {})", self.info.name, self.info.backend, kind_name(self.info.device_type))
+    }
+}

@@ -1,0 +1,341 @@
+//! The WGSL kernels of `shaders/`, compiled once per device, and the recorded operations
+//! ([`Op`]: pipeline + bind group + grid) that the backend strings together. Parameter blocks
+//! mirror the WGSL `Params` structs field for field.
+
+use bytemuck::{Pod, Zeroable};
+use wgpu::util::DeviceExt;
+
+use crate::model::Activation;
+
+const COMMON: &str = include_str!("../../shaders/common.wgsl");
+const SMALL_PARAMS: &str = include_str!("../../shaders/small_params.wgsl");
+const MATMUL: &str = include_str!("../../shaders/matmul.wgsl");
+const ELEMENTWISE: &str = include_str!("../../shaders/elementwise.wgsl");
+const LOSS: &str = include_str!("../../shaders/loss.wgsl");
+const SOFTMAX: &str = include_str!("../../shaders/softmax.wgsl");
+const REDUCE: &str = include_str!("../../shaders/reduce.wgsl");
+const SPARSITY: &str = include_str!("../../shaders/sparsity.wgsl");
+
+/// Rows of a column-sum block (BLOCK_ROWS in reduce.wgsl).
+pub const BLOCK_ROWS: u32 = 256;
+/// Edge of the output tile one matmul workgroup computes.
+pub const MATMUL_TILE: u32 = 64;
+
+/// Activation codes of common.wgsl, and the leaky slope.
+pub fn act_code(act: Activation) -> (u32, f32) {
+    match act {
+        Activation::Sigmoid => (0, 0.0),
+        Activation::Tanh => (1, 0.0),
+        Activation::Relu => (2, 0.0),
+        Activation::LeakyRelu { alpha } => (3, alpha as f32),
+        Activation::Identity => (4, 0.0),
+    }
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
+pub struct MatmulParams {
+    pub m: u32,
+    pub n: u32,
+    pub k: u32,
+    pub epilogue: u32,
+    pub a_off: u32,
+    pub a_rs: u32,
+    pub a_cs: u32,
+    pub act: u32,
+    pub b_off: u32,
+    pub b_rs: u32,
+    pub b_cs: u32,
+    pub accumulate: u32,
+    pub c_off: u32,
+    pub c_rs: u32,
+    pub aux_off: u32,
+    pub has_kl: u32,
+    pub aux2_off: u32,
+    pub aux2_rs: u32,
+    pub alpha: f32,
+    pub decay: f32,
+    pub leaky_alpha: f32,
+    pub _pad: [u32; 3],
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
+pub struct SmallParams {
+    pub rows: u32,
+    pub cols: u32,
+    pub in_off: u32,
+    pub in_rs: u32,
+    pub out_off: u32,
+    pub aux_off: u32,
+    pub act: u32,
+    pub flag: u32,
+    pub alpha: f32,
+    pub leaky_alpha: f32,
+    pub rho: f32,
+    pub beta: f32,
+    pub partial_off: u32,
+    pub aux_rs: u32,
+    pub len: u32,
+    pub _pad: u32,
+}
+
+/// The small kernels, all sharing one bind-group layout (two inputs, two outputs, params).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Small {
+    Elementwise,
+    SquaredError,
+    Softmax,
+    ColumnPartials,
+    ColumnFinish,
+    SumRange,
+    KlTerms,
+}
+
+/// A matrix operand: element offset, row stride and column stride into a buffer. A transpose
+/// swaps the strides.
+#[derive(Clone, Copy)]
+pub struct Operand<'a> {
+    pub buf: &'a wgpu::Buffer,
+    pub off: u32,
+    pub rs: u32,
+    pub cs: u32,
+}
+
+impl<'a> Operand<'a> {
+    pub fn row_major(buf: &'a wgpu::Buffer, off: u32, cols: u32) -> Self {
+        Operand { buf, off, rs: cols, cs: 1 }
+    }
+
+    pub fn t(self) -> Self {
+        Operand { rs: self.cs, cs: self.rs, ..self }
+    }
+}
+
+/// What a matmul does with each result before storing it (see matmul.wgsl).
+pub enum Epilogue<'a> {
+    /// c = alpha·acc (+ c) (+ decay·w), w read at the same (row, col) from `weights`.
+    Plain { alpha: f32, accumulate: bool, decay: Option<(f32, &'a wgpu::Buffer, u32)> },
+    /// c = f(acc + bias[col]).
+    BiasAct { bias: (&'a wgpu::Buffer, u32), act: Activation },
+    /// c = (acc + kl[col]) · f′(a_prev[row, col]).
+    Delta { kl: Option<(&'a wgpu::Buffer, u32)>, a_prev: Operand<'a>, act: Activation },
+}
+
+/// One recorded dispatch.
+pub struct Op {
+    pipeline: wgpu::ComputePipeline,
+    bind_group: wgpu::BindGroup,
+    groups: [u32; 3],
+}
+
+impl Op {
+    pub fn record(&self, pass: &mut wgpu::ComputePass<'_>) {
+        pass.set_pipeline(&self.pipeline);
+        pass.set_bind_group(0, &self.bind_group, &[]);
+        pass.dispatch_workgroups(self.groups[0], self.groups[1], self.groups[2]);
+    }
+}
+
+pub struct Kernels {
+    matmul_layout: wgpu::BindGroupLayout,
+    small_layout: wgpu::BindGroupLayout,
+    matmul: wgpu::ComputePipeline,
+    small: Vec<(Small, wgpu::ComputePipeline)>,
+    /// Bound where a kernel has no use for a slot (storage bindings may not be left empty).
+    dummy_read: wgpu::Buffer,
+    dummy_write: [wgpu::Buffer; 2],
+}
+
+fn layout(device: &wgpu::Device, label: &str, kinds: &[Option<bool>]) -> wgpu::BindGroupLayout {
+    // Some(read_only) for a storage buffer, None for the uniform block.
+    let entries: Vec<wgpu::BindGroupLayoutEntry> = kinds
+        .iter()
+        .enumerate()
+        .map(|(i, kind)| wgpu::BindGroupLayoutEntry {
+            binding: i as u32,
+            visibility: wgpu::ShaderStages::COMPUTE,
+            ty: wgpu::BindingType::Buffer {
+                ty: match kind {
+                    Some(read_only) => wgpu::BufferBindingType::Storage { read_only: *read_only },
+                    None => wgpu::BufferBindingType::Uniform,
+                },
+                has_dynamic_offset: false,
+                min_binding_size: None,
+            },
+            count: None,
+        })
+        .collect();
+    device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor { label: Some(label), entries: &entries })
+}
+
+fn pipeline(device: &wgpu::Device, layout: &wgpu::BindGroupLayout, source: &str, entry: &str) -> wgpu::ComputePipeline {
+    let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
+        label: Some(entry),
+        source: wgpu::ShaderSource::Wgsl(source.into()),
+    });
+    let pipeline_layout = device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
+        label: Some(entry),
+        bind_group_layouts: &[Some(layout)],
+        immediate_size: 0,
+    });
+    device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+        label: Some(entry),
+        layout: Some(&pipeline_layout),
+        module: &module,
+        entry_point: Some(entry),
+        compilation_options: Default::default(),
+        cache: None,
+    })
+}
+
+impl Kernels {
+    /// Compiles every kernel for `device`.
+    pub fn new(device: &wgpu::Device) -> Kernels {
+        let matmul_layout =
+            layout(device, "matmul", &[Some(true), Some(true), Some(false), Some(true), Some(true), None]);
+        let small_layout = layout(device, "small", &[Some(true), Some(true), Some(false), Some(false), None]);
+        let matmul = pipeline(device, &matmul_layout, &format!("{COMMON}\n{MATMUL}"), "matmul");
+        let with_params = |body: &str| format!("{COMMON}\n{SMALL_PARAMS}\n{body}");
+        let small = [
+            (Small::Elementwise, ELEMENTWISE, "elementwise"),
+            (Small::SquaredError, LOSS, "squared_error"),
+            (Small::Softmax, SOFTMAX, "softmax"),
+            (Small::ColumnPartials, REDUCE, "column_partials"),
+            (Small::ColumnFinish, REDUCE, "column_finish"),
+            (Small::SumRange, REDUCE, "sum_range"),
+            (Small::KlTerms, SPARSITY, "kl_terms"),
+        ]
+        .into_iter()
+        .map(|(kind, body, entry)| (kind, pipeline(device, &small_layout, &with_params(body), entry)))
+        .collect();
+        let dummy = |label| {
+            device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some(label),
+                size: 16,
+                usage: wgpu::BufferUsages::STORAGE,
+                mapped_at_creation: false,
+            })
+        };
+        Kernels {
+            matmul_layout,
+            small_layout,
+            matmul,
+            small,
+            dummy_read: dummy("unused input"),
+            dummy_write: [dummy("unused output 0"), dummy("unused output 1")],
+        }
+    }
+
+    fn uniform(device: &wgpu::Device, bytes: &[u8]) -> wgpu::Buffer {
+        device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+            label: Some("params"),
+            contents: bytes,
+            usage: wgpu::BufferUsages::UNIFORM,
+        })
+    }
+
+    /// C (m × n, row-major with row stride `c.1`, at element offset `c.2`) = op(A) op(B) then
+    /// the epilogue; A is m × k and B is k × n as addressed by their operands.
+    #[allow(clippy::too_many_arguments)]
+    pub fn matmul(
+        &self,
+        device: &wgpu::Device,
+        a: Operand,
+        b: Operand,
+        c: (&wgpu::Buffer, u32, u32),
+        (m, n, k): (u32, u32, u32),
+        epilogue: Epilogue,
+    ) -> Op {
+        let mut p = MatmulParams {
+            m,
+            n,
+            k,
+            a_off: a.off,
+            a_rs: a.rs,
+            a_cs: a.cs,
+            b_off: b.off,
+            b_rs: b.rs,
+            b_cs: b.cs,
+            c_off: c.1,
+            c_rs: c.2,
+            alpha: 1.0,
+            ..Default::default()
+        };
+        let (mut aux, mut aux2) = (&self.dummy_read, &self.dummy_read);
+        match epilogue {
+            Epilogue::Plain { alpha, accumulate, decay } => {
+                p.epilogue = 0;
+                p.alpha = alpha;
+                p.accumulate = accumulate as u32;
+                if let Some((lambda, weights, off)) = decay {
+                    p.decay = lambda;
+                    p.aux_off = off;
+                    aux = weights;
+                }
+            }
+            Epilogue::BiasAct { bias, act } => {
+                p.epilogue = 1;
+                (p.act, p.leaky_alpha) = act_code(act);
+                aux = bias.0;
+                p.aux_off = bias.1;
+            }
+            Epilogue::Delta { kl, a_prev, act } => {
+                p.epilogue = 2;
+                (p.act, p.leaky_alpha) = act_code(act);
+                if let Some((buf, off)) = kl {
+                    p.has_kl = 1;
+                    aux = buf;
+                    p.aux_off = off;
+                }
+                aux2 = a_prev.buf;
+                p.aux2_off = a_prev.off;
+                p.aux2_rs = a_prev.rs;
+            }
+        }
+        let params = Self::uniform(device, bytemuck::bytes_of(&p));
+        let buffers = [a.buf, b.buf, c.0, aux, aux2, &params];
+        let bind_group = self.bind(device, &self.matmul_layout, &buffers);
+        Op { pipeline: self.matmul.clone(), bind_group, groups: [n.div_ceil(MATMUL_TILE), m.div_ceil(MATMUL_TILE), 1] }
+    }
+
+    /// A small kernel over inputs (`src`, `src2`) and outputs (`dst`, `dst2`); `None` slots are
+    /// bound to placeholders.
+    #[allow(clippy::too_many_arguments)]
+    pub fn small(
+        &self,
+        device: &wgpu::Device,
+        kind: Small,
+        src: Option<&wgpu::Buffer>,
+        src2: Option<&wgpu::Buffer>,
+        dst: Option<&wgpu::Buffer>,
+        dst2: Option<&wgpu::Buffer>,
+        params: SmallParams,
+        groups: [u32; 3],
+    ) -> Op {
+        let uniform = Self::uniform(device, bytemuck::bytes_of(&params));
+        let buffers = [
+            src.unwrap_or(&self.dummy_read),
+            src2.unwrap_or(&self.dummy_read),
+            dst.unwrap_or(&self.dummy_write[0]),
+            dst2.unwrap_or(&self.dummy_write[1]),
+            &uniform,
+        ];
+        let pipeline = self.small.iter().find(|(k, _)| *k == kind).expect("every small kernel is compiled").1.clone();
+        Op { pipeline, bind_group: self.bind(device, &self.small_layout, &buffers), groups }
+    }
+
+    fn bind(
+        &self,
+        device: &wgpu::Device,
+        layout: &wgpu::BindGroupLayout,
+        buffers: &[&wgpu::Buffer],
+    ) -> wgpu::BindGroup {
+        let entries: Vec<wgpu::BindGroupEntry> = buffers
+            .iter()
+            .enumerate()
+            .map(|(i, buf)| wgpu::BindGroupEntry { binding: i as u32, resource: buf.as_entire_binding() })
+            .collect();
+        device.create_bind_group(&wgpu::BindGroupDescriptor { label: None, layout, entries: &entries })
+    }
+}

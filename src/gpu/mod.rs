@@ -1,0 +1,696 @@
+//! The GPU backend: the same cost, gradient and forward pass as the CPU reference, in f32
+//! WGSL kernels (`shaders/`) through wgpu. One call of cost-and-gradient records the whole
+//! forward and backward pass — over every chunk of the data — into one command encoder and
+//! submits once; only the three cost terms and (when asked) the gradient are read back.
+//!
+//! Data is uploaded once, in chunks of rows that each fit the device's storage-binding limit;
+//! the gradient accumulates across chunks on the device. With sparsity, ρ̂ needs the whole
+//! batch's first hidden layer before any backward step, so the chunks are visited twice.
+//! Recorded operations (bind groups, parameter blocks, workspace) are built once per batch
+//! shape and reused.
+
+mod device;
+pub mod kernels;
+
+use std::collections::HashMap;
+
+use ndarray::{Array2, ArrayView2};
+use wgpu::util::DeviceExt;
+
+pub use device::{Api, Gpu, GpuOptions, adapters, choose_adapter, is_real_gpu, kind_name};
+use kernels::{BLOCK_ROWS, Epilogue, Kernels, Op, Operand, Small, SmallParams};
+
+use crate::backend::{Backend, Batch, Cost, Inputs, Targets};
+use crate::cpu::{check_inputs, validate_data};
+use crate::model::{Activation, NetSpec, Output, ThetaLayout};
+use crate::{Error, Result};
+
+/// Rows of the loaded data held in one set of device buffers.
+struct Chunk {
+    x: wgpu::Buffer,
+    /// Real-valued targets (rows × outputs), when the targets are not the inputs.
+    y: Option<wgpu::Buffer>,
+    /// Class labels as u32.
+    labels: Option<wgpu::Buffer>,
+    rows: usize,
+}
+
+/// Which stored rows a pass over the data visits.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct Segment {
+    /// Index into the loaded chunks, or `usize::MAX` for the gathered minibatch.
+    chunk: usize,
+    row: usize,
+    rows: usize,
+}
+
+const GATHERED: usize = usize::MAX;
+
+/// Recorded operations for one batch shape, with the workspace they write.
+struct Plan {
+    ops: Vec<Op>,
+    examples: usize,
+    _workspace: Vec<wgpu::Buffer>,
+}
+
+pub struct GpuBackend {
+    spec: NetSpec,
+    layout: ThetaLayout,
+    gpu: Gpu,
+    kernels: Kernels,
+    theta: wgpu::Buffer,
+    grad: wgpu::Buffer,
+    /// [data sum, Σ W², Σ β KL, unused] of the last evaluation.
+    scalars: wgpu::Buffer,
+    grad_staging: wgpu::Buffer,
+    scalar_staging: wgpu::Buffer,
+    chunks: Vec<Chunk>,
+    /// A host copy of the data for gathering shuffled minibatches.
+    host_x: Array2<f32>,
+    host_y: Option<Array2<f32>>,
+    host_labels: Option<Vec<u32>>,
+    gathered: Option<Chunk>,
+    max_chunk_rows: usize,
+    plans: HashMap<(Vec<Segment>, bool), Plan>,
+}
+
+fn storage(device: &wgpu::Device, label: &str, floats: usize) -> wgpu::Buffer {
+    device.create_buffer(&wgpu::BufferDescriptor {
+        label: Some(label),
+        size: (floats.max(4) * 4) as u64,
+        usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
+        mapped_at_creation: false,
+    })
+}
+
+fn upload(device: &wgpu::Device, label: &str, bytes: &[u8]) -> wgpu::Buffer {
+    // Buffers must not be empty; a 16-byte pad keeps tiny ones valid.
+    let mut padded;
+    let contents = if bytes.len() < 16 {
+        padded = bytes.to_vec();
+        padded.resize(16, 0);
+        &padded[..]
+    } else {
+        bytes
+    };
+    device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+        label: Some(label),
+        contents,
+        usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
+    })
+}
+
+fn u32_of(v: usize, what: &str) -> Result<u32> {
+    u32::try_from(v).map_err(|_| Error::Gpu(format!("{what} = {v} is beyond 32-bit indexing")))
+}
+
+impl GpuBackend {
+    /// A GPU backend for `spec` on the adapter `options` select.
+    pub fn new(spec: NetSpec, options: &GpuOptions) -> Result<GpuBackend> {
+        GpuBackend::on(spec, Gpu::open(options)?)
+    }
+
+    pub fn on(spec: NetSpec, gpu: Gpu) -> Result<GpuBackend> {
+        spec.validate()?;
+        let layout = ThetaLayout::new(&spec);
+        let device = &gpu.device;
+        let kernels = Kernels::new(device);
+        let staging = |label, bytes| {
+            device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some(label),
+                size: bytes,
+                usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+                mapped_at_creation: false,
+            })
+        };
+        let params = layout.len();
+        let binding = gpu.limits.max_storage_buffer_binding_size.min(gpu.limits.max_buffer_size);
+        if (params as u64) * 4 > binding {
+            return Err(Error::Gpu(format!(
+                "θ has {params} values ({} MB), more than one storage binding of this device holds ({} MB): use a smaller network or --backend cpu",
+                params * 4 / 1_000_000,
+                binding / 1_000_000
+            )));
+        }
+        let widest = spec.layers.iter().copied().max().unwrap_or(1) as u64;
+        let max_chunk_rows = ((binding / 4 / widest) as usize).clamp(1, 1 << 20);
+        Ok(GpuBackend {
+            theta: storage(device, "θ", params),
+            grad: storage(device, "∇J", params),
+            scalars: storage(device, "cost terms", 4),
+            grad_staging: staging("∇J readback", (params.max(4) * 4) as u64),
+            scalar_staging: staging("cost readback", 16),
+            kernels,
+            spec,
+            layout,
+            chunks: Vec::new(),
+            host_x: Array2::zeros((0, 0)),
+            host_y: None,
+            host_labels: None,
+            gathered: None,
+            max_chunk_rows,
+            plans: HashMap::new(),
+            gpu,
+        })
+    }
+
+    /// Caps the rows per chunk (tests use this to exercise chunking on small data).
+    pub fn set_max_chunk_rows(&mut self, rows: usize) {
+        self.max_chunk_rows = rows.max(1);
+        self.plans.clear();
+    }
+
+    pub fn gpu(&self) -> &Gpu {
+        &self.gpu
+    }
+
+    fn upload_chunk(&self, x: ArrayView2<f32>, y: Option<ArrayView2<f32>>, labels: Option<&[u32]>) -> Chunk {
+        let device = &self.gpu.device;
+        let contiguous = |a: ArrayView2<f32>| a.as_standard_layout().into_owned().into_raw_vec_and_offset().0;
+        Chunk {
+            x: upload(device, "examples", bytemuck::cast_slice(&contiguous(x))),
+            y: y.map(|y| upload(device, "targets", bytemuck::cast_slice(&contiguous(y)))),
+            labels: labels.map(|l| upload(device, "labels", bytemuck::cast_slice(l))),
+            rows: x.nrows(),
+        }
+    }
+
+    fn chunk(&self, index: usize) -> &Chunk {
+        if index == GATHERED { self.gathered.as_ref().expect("gathered batch uploaded") } else { &self.chunks[index] }
+    }
+
+    /// The segments a batch visits; uploads a gathered minibatch when the rows are scattered.
+    fn segments(&mut self, batch: &Batch) -> Result<Vec<Segment>> {
+        let n = self.host_x.nrows();
+        batch.len_checked(n)?;
+        let (start, end) = match batch {
+            Batch::All => (0, n),
+            Batch::Rows(r) => (r.start, r.end),
+            Batch::Indices(ix) => {
+                let x = self.host_x.select(ndarray::Axis(0), ix);
+                let y = self.host_y.as_ref().map(|y| y.select(ndarray::Axis(0), ix));
+                let labels = self.host_labels.as_ref().map(|l| ix.iter().map(|&i| l[i]).collect::<Vec<u32>>());
+                if ix.len() > self.max_chunk_rows {
+                    return Err(Error::Gpu(format!(
+                        "a minibatch of {} rows exceeds one chunk ({} rows): use a smaller batch",
+                        ix.len(),
+                        self.max_chunk_rows
+                    )));
+                }
+                let same_shape = self.gathered.as_ref().is_some_and(|g| g.rows == ix.len());
+                if same_shape {
+                    // Reuse the buffers (and every plan bound to them).
+                    let g = self.gathered.as_ref().expect("checked");
+                    let q = &self.gpu.queue;
+                    q.write_buffer(&g.x, 0, bytemuck::cast_slice(x.as_slice().expect("select is contiguous")));
+                    if let (Some(buf), Some(y)) = (&g.y, &y) {
+                        q.write_buffer(buf, 0, bytemuck::cast_slice(y.as_slice().expect("contiguous")));
+                    }
+                    if let (Some(buf), Some(l)) = (&g.labels, &labels) {
+                        q.write_buffer(buf, 0, bytemuck::cast_slice(l));
+                    }
+                } else {
+                    self.plans.retain(|(segs, _), _| segs.iter().all(|s| s.chunk != GATHERED));
+                    self.gathered = Some(self.upload_chunk(x.view(), y.as_ref().map(|y| y.view()), labels.as_deref()));
+                }
+                return Ok(vec![Segment { chunk: GATHERED, row: 0, rows: ix.len() }]);
+            }
+        };
+        let mut segments = Vec::new();
+        let mut first = 0;
+        for (i, c) in self.chunks.iter().enumerate() {
+            let (lo, hi) = (start.max(first), end.min(first + c.rows));
+            if lo < hi {
+                segments.push(Segment { chunk: i, row: lo - first, rows: hi - lo });
+            }
+            first += c.rows;
+        }
+        Ok(segments)
+    }
+
+    /// Builds the recorded operations for a pass over `segments`.
+    fn build_plan(&self, segments: &[Segment], want_grad: bool) -> Result<Plan> {
+        let device = &self.gpu.device;
+        let k = &self.kernels;
+        let spec = &self.spec;
+        let lay = &self.layout;
+        let nl = lay.num_layers();
+        let examples: usize = segments.iter().map(|s| s.rows).sum();
+        let rows_max = segments.iter().map(|s| s.rows).max().unwrap_or(1);
+        let widest_hidden = spec.layers[1..].iter().copied().max().unwrap_or(1);
+        let u = |v: usize| u32_of(v, "an index");
+        let inv_m = 1.0 / examples as f32;
+
+        // Workspace, sized for the largest segment and reused by every segment in turn.
+        let acts: Vec<wgpu::Buffer> =
+            (0..nl).map(|l| storage(device, "activations", rows_max * spec.layers[l + 1])).collect();
+        let deltas = [storage(device, "δ", rows_max * widest_hidden), storage(device, "δ'", rows_max * widest_hidden)];
+        let col_partials = storage(device, "column partials", rows_max.div_ceil(BLOCK_ROWS as usize) * widest_hidden);
+        let per_seg_loss = |rows: usize| match spec.output {
+            Output::Softmax => rows,
+            Output::SquaredError(_) => rows.div_ceil(16) * spec.outputs().div_ceil(16),
+        };
+        let loss_partials = storage(device, "loss partials", per_seg_loss(rows_max));
+        let hidden1 = spec.layers.get(1).copied().unwrap_or(1);
+        let colsum = storage(device, "Σ a⁽²⁾", hidden1);
+        let kl = storage(device, "KL terms", 2 * hidden1);
+
+        let mut ops = Vec::new();
+        // Column sums of rows × cols at `src`, times alpha, into dst[off..] (accumulating).
+        let column_sum = |ops: &mut Vec<Op>,
+                          src: &wgpu::Buffer,
+                          rows: usize,
+                          cols: usize,
+                          dst: &wgpu::Buffer,
+                          off: u32,
+                          alpha: f32,
+                          accumulate: bool|
+         -> Result<()> {
+            let blocks = rows.div_ceil(BLOCK_ROWS as usize);
+            let p = SmallParams { rows: u(rows)?, cols: u(cols)?, in_rs: u(cols)?, ..Default::default() };
+            ops.push(k.small(
+                device,
+                Small::ColumnPartials,
+                Some(src),
+                None,
+                Some(&col_partials),
+                None,
+                p,
+                [u(cols.div_ceil(64))?, u(blocks)?, 1],
+            ));
+            let p = SmallParams {
+                cols: u(cols)?,
+                out_off: off,
+                alpha,
+                flag: accumulate as u32,
+                len: u(blocks)?,
+                ..Default::default()
+            };
+            ops.push(k.small(
+                device,
+                Small::ColumnFinish,
+                Some(&col_partials),
+                None,
+                Some(dst),
+                None,
+                p,
+                [u(cols.div_ceil(64))?, 1, 1],
+            ));
+            Ok(())
+        };
+        let forward_layer = |ops: &mut Vec<Op>, seg: &Segment, l: usize| -> Result<()> {
+            let (out, inp) = lay.shapes[l];
+            let input = if l == 0 {
+                Operand::row_major(&self.chunk(seg.chunk).x, u(seg.row * inp)?, u(inp)?)
+            } else {
+                Operand::row_major(&acts[l - 1], 0, u(inp)?)
+            };
+            let w_t = Operand::row_major(&self.theta, u(lay.weight_range(l).start)?, u(inp)?).t();
+            let act = spec.activation_after(l).unwrap_or(Activation::Identity);
+            let epilogue = Epilogue::BiasAct { bias: (&self.theta, u(lay.bias_range(l).start)?), act };
+            ops.push(k.matmul(device, input, w_t, (&acts[l], 0, u(out)?), (u(seg.rows)?, u(out)?, u(inp)?), epilogue));
+            Ok(())
+        };
+
+        // Pass 1 (sparsity only): ρ̂ over the whole batch before any backward step.
+        let sparsity = spec.sparsity;
+        if let Some(s) = sparsity {
+            for (i, seg) in segments.iter().enumerate() {
+                forward_layer(&mut ops, seg, 0)?;
+                column_sum(&mut ops, &acts[0], seg.rows, hidden1, &colsum, 0, 1.0, i > 0)?;
+            }
+            let p = SmallParams {
+                cols: u(hidden1)?,
+                alpha: inv_m,
+                rho: s.target as f32,
+                beta: s.weight as f32,
+                ..Default::default()
+            };
+            ops.push(k.small(
+                device,
+                Small::KlTerms,
+                Some(&colsum),
+                None,
+                Some(&kl),
+                None,
+                p,
+                [u(hidden1.div_ceil(64))?, 1, 1],
+            ));
+            let p = SmallParams { in_off: u(hidden1)?, out_off: 2, len: u(hidden1)?, ..Default::default() };
+            ops.push(k.small(device, Small::SumRange, Some(&kl), None, Some(&self.scalars), None, p, [1, 1, 1]));
+        }
+
+        // Pass 2: forward, loss and backward, segment by segment.
+        for (i, seg) in segments.iter().enumerate() {
+            let chunk = self.chunk(seg.chunk);
+            for l in 0..nl {
+                forward_layer(&mut ops, seg, l)?;
+            }
+            let out = &acts[nl - 1];
+            let outputs = spec.outputs();
+            let loss_len = per_seg_loss(seg.rows);
+            // δ⁽ᴸ⁾ lands in `deltas[0]` (squared error) or in place of the probabilities (softmax).
+            let delta_out: &wgpu::Buffer = match spec.output {
+                Output::SquaredError(act) => {
+                    let (y, y_off, y_rs) = match &chunk.y {
+                        Some(y) => (y, seg.row * outputs, outputs),
+                        None => (&chunk.x, seg.row * spec.inputs(), spec.inputs()),
+                    };
+                    let (code, leaky) = kernels::act_code(act);
+                    let p = SmallParams {
+                        rows: u(seg.rows)?,
+                        cols: u(outputs)?,
+                        in_off: u(y_off)?,
+                        in_rs: u(y_rs)?,
+                        act: code,
+                        leaky_alpha: leaky,
+                        flag: want_grad as u32,
+                        ..Default::default()
+                    };
+                    let groups = [u(outputs.div_ceil(16))?, u(seg.rows.div_ceil(16))?, 1];
+                    ops.push(k.small(
+                        device,
+                        Small::SquaredError,
+                        Some(out),
+                        Some(y),
+                        Some(&deltas[0]),
+                        Some(&loss_partials),
+                        p,
+                        groups,
+                    ));
+                    &deltas[0]
+                }
+                Output::Softmax => {
+                    let labels = chunk.labels.as_ref().expect("softmax data has labels");
+                    let p = SmallParams {
+                        rows: u(seg.rows)?,
+                        cols: u(outputs)?,
+                        aux_off: u(seg.row)?,
+                        flag: 1,
+                        ..Default::default()
+                    };
+                    ops.push(k.small(
+                        device,
+                        Small::Softmax,
+                        None,
+                        Some(labels),
+                        Some(out),
+                        Some(&loss_partials),
+                        p,
+                        [u(seg.rows.div_ceil(64))?, 1, 1],
+                    ));
+                    out
+                }
+            };
+            let p = SmallParams { len: u(loss_len)?, out_off: 0, flag: (i > 0) as u32, ..Default::default() };
+            ops.push(k.small(
+                device,
+                Small::SumRange,
+                Some(&loss_partials),
+                None,
+                Some(&self.scalars),
+                None,
+                p,
+                [1, 1, 1],
+            ));
+            if !want_grad {
+                continue;
+            }
+
+            let mut delta = delta_out;
+            let mut spare = 1;
+            for l in (0..nl).rev() {
+                let (out_w, inp) = lay.shapes[l];
+                let a_prev = if l == 0 {
+                    Operand::row_major(&chunk.x, u(seg.row * inp)?, u(inp)?)
+                } else {
+                    Operand::row_major(&acts[l - 1], 0, u(inp)?)
+                };
+                // ∇W = (1/m) δᵀ A (+ λW once), accumulated over segments.
+                let decay = (i == 0 && spec.weight_decay != 0.0)
+                    .then(|| (spec.weight_decay as f32, &self.theta, lay.weight_range(l).start as u32));
+                let epilogue = Epilogue::Plain { alpha: inv_m, accumulate: i > 0, decay };
+                let delta_t = Operand::row_major(delta, 0, u(out_w)?).t();
+                let gw = (&self.grad, u(lay.weight_range(l).start)?, u(inp)?);
+                ops.push(k.matmul(device, delta_t, a_prev, gw, (u(out_w)?, u(inp)?, u(seg.rows)?), epilogue));
+                // ∇b = (1/m) Σᵢ δ
+                column_sum(&mut ops, delta, seg.rows, out_w, &self.grad, u(lay.bias_range(l).start)?, inv_m, i > 0)?;
+                if l == 0 {
+                    break;
+                }
+                // δ⁽ˡ⁾ = (δ⁽ˡ⁺¹⁾ W (+ sparsity term)) ⊙ f′(a⁽ˡ⁾)
+                let w = Operand::row_major(&self.theta, u(lay.weight_range(l).start)?, u(inp)?);
+                let kl_term = (l == 1 && sparsity.is_some()).then_some((&kl, 0));
+                let epilogue = Epilogue::Delta { kl: kl_term, a_prev, act: spec.hidden_activations[l - 1] };
+                let next = &deltas[spare];
+                let d = Operand::row_major(delta, 0, u(out_w)?);
+                ops.push(k.matmul(device, d, w, (next, 0, u(inp)?), (u(seg.rows)?, u(inp)?, u(out_w)?), epilogue));
+                delta = next;
+                spare = 1 - spare;
+            }
+        }
+        // (λ/2)‖W‖²: Σ W² over the weight prefix of θ.
+        let p = SmallParams { act: 1, out_off: 1, len: u(lay.all_weights().len())?, ..Default::default() };
+        ops.push(k.small(device, Small::SumRange, Some(&self.theta), None, Some(&self.scalars), None, p, [1, 1, 1]));
+
+        let mut workspace = acts;
+        workspace.extend(deltas);
+        workspace.extend([col_partials, loss_partials, colsum, kl]);
+        Ok(Plan { ops, examples, _workspace: workspace })
+    }
+
+    fn check_theta(&self, theta: &[f64]) -> Result<()> {
+        if theta.len() != self.layout.len() {
+            return Err(Error::Shape(format!(
+                "θ has {} values but the network {} needs {}",
+                theta.len(),
+                self.spec.describe(),
+                self.layout.len()
+            )));
+        }
+        Ok(())
+    }
+
+    /// Runs one evaluation: uploads θ, records the plan, submits once, reads back the cost
+    /// terms and, when `grad` is given, the gradient.
+    fn evaluate(&mut self, theta: &[f64], batch: Batch<'_>, grad: Option<&mut [f64]>) -> Result<Cost> {
+        self.check_theta(theta)?;
+        if self.chunks.is_empty() {
+            return Err(Error::Data("no data loaded: call set_data first".into()));
+        }
+        let segments = self.segments(&batch)?;
+        let want_grad = grad.is_some();
+        let key = (segments.clone(), want_grad);
+        if !self.plans.contains_key(&key) {
+            let plan = self.build_plan(&segments, want_grad)?;
+            self.plans.insert(key.clone(), plan);
+        }
+        let theta32: Vec<f32> = theta.iter().map(|&v| v as f32).collect();
+        let gpu = &self.gpu;
+        let scope = gpu.device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let oom = gpu.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+        gpu.queue.write_buffer(&self.theta, 0, bytemuck::cast_slice(&theta32));
+        let plan = &self.plans[&key];
+        let mut encoder = gpu.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("cost") });
+        {
+            let mut pass = encoder
+                .begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("cost"), timestamp_writes: None });
+            for op in &plan.ops {
+                op.record(&mut pass);
+            }
+        }
+        encoder.copy_buffer_to_buffer(&self.scalars, 0, &self.scalar_staging, 0, 16);
+        if want_grad {
+            encoder.copy_buffer_to_buffer(&self.grad, 0, &self.grad_staging, 0, (theta.len() * 4) as u64);
+        }
+        gpu.queue.submit([encoder.finish()]);
+        let scalars = read_back(gpu, &self.scalar_staging, 4)?;
+        if let Some(grad) = grad {
+            let g = read_back(gpu, &self.grad_staging, theta.len())?;
+            grad.iter_mut().zip(&g).for_each(|(o, &v)| *o = v as f64);
+        }
+        for s in [oom, scope] {
+            if let Some(e) = pollster::block_on(s.pop()) {
+                return Err(Error::Gpu(format!("the device refused the work: {e}")));
+            }
+        }
+        let m = plan.examples as f64;
+        let data = match self.spec.output {
+            Output::Softmax => scalars[0] as f64 / m,
+            Output::SquaredError(_) => 0.5 * scalars[0] as f64 / m,
+        };
+        let sparsity = if self.spec.sparsity.is_some() { scalars[2] as f64 } else { 0.0 };
+        Ok(Cost { data, weight_decay: 0.5 * self.spec.weight_decay * scalars[1] as f64, sparsity })
+    }
+}
+
+/// Maps a staging buffer and copies out `len` floats.
+fn read_back(gpu: &Gpu, staging: &wgpu::Buffer, len: usize) -> Result<Vec<f32>> {
+    let slice = staging.slice(..(len.max(1) * 4) as u64);
+    let (tx, rx) = std::sync::mpsc::channel();
+    slice.map_async(wgpu::MapMode::Read, move |r| {
+        let _ = tx.send(r);
+    });
+    gpu.device
+        .poll(wgpu::PollType::wait_indefinitely())
+        .map_err(|e| Error::Gpu(format!("waiting for the device: {e}")))?;
+    rx.recv()
+        .map_err(|_| Error::Gpu("the device never answered the read-back".into()))?
+        .map_err(|e| Error::Gpu(format!("reading results back: {e}")))?;
+    let out = {
+        let view = slice.get_mapped_range().map_err(|e| Error::Gpu(format!("reading results back: {e}")))?;
+        bytemuck::cast_slice::<u8, f32>(&view[..len * 4]).to_vec()
+    };
+    staging.unmap();
+    Ok(out)
+}
+
+fn to_f32(x: Inputs<'_>) -> Array2<f32> {
+    match x {
+        Inputs::F32(x) => x.to_owned(),
+        Inputs::F64(x) => x.mapv(|v| v as f32),
+    }
+}
+
+impl Backend for GpuBackend {
+    fn name(&self) -> String {
+        format!("gpu f32: {}", self.gpu.describe())
+    }
+
+    fn spec(&self) -> &NetSpec {
+        &self.spec
+    }
+
+    fn set_data(&mut self, x: Inputs<'_>, targets: Targets<'_>) -> Result<()> {
+        // The same checks as the CPU backend, so both refuse alike.
+        validate_data(&self.spec, &x, &targets)?;
+        let x = to_f32(x);
+        let y = match targets {
+            Targets::Values(v) => Some(to_f32(v)),
+            _ => None,
+        };
+        let labels = match targets {
+            Targets::Labels(l) => Some(l.iter().map(|&v| v as u32).collect::<Vec<u32>>()),
+            _ => None,
+        };
+        self.plans.clear();
+        self.gathered = None;
+        let rows = self.max_chunk_rows;
+        let mut chunks = Vec::new();
+        let mut start = 0;
+        while start < x.nrows() {
+            let end = (start + rows).min(x.nrows());
+            let r = ndarray::s![start..end, ..];
+            chunks.push(self.upload_chunk(
+                x.slice(r),
+                y.as_ref().map(|y| y.slice(r)),
+                labels.as_ref().map(|l| &l[start..end]),
+            ));
+            start = end;
+        }
+        self.chunks = chunks;
+        self.host_x = x;
+        self.host_y = y;
+        self.host_labels = labels;
+        Ok(())
+    }
+
+    fn num_examples(&self) -> usize {
+        self.host_x.nrows()
+    }
+
+    fn cost_and_grad(&mut self, theta: &[f64], batch: Batch<'_>, grad: &mut [f64]) -> Result<Cost> {
+        if grad.len() != self.layout.len() {
+            return Err(Error::Shape(format!(
+                "gradient buffer has {} values, θ has {}",
+                grad.len(),
+                self.layout.len()
+            )));
+        }
+        self.evaluate(theta, batch, Some(grad))
+    }
+
+    fn cost(&mut self, theta: &[f64], batch: Batch<'_>) -> Result<Cost> {
+        self.evaluate(theta, batch, None)
+    }
+
+    fn forward(&mut self, theta: &[f64], x: Inputs<'_>) -> Result<Vec<Array2<f64>>> {
+        self.check_theta(theta)?;
+        check_inputs(&self.spec, &x, "the input")?;
+        let x = to_f32(x);
+        let theta32: Vec<f32> = theta.iter().map(|&v| v as f32).collect();
+        self.gpu.queue.write_buffer(&self.theta, 0, bytemuck::cast_slice(&theta32));
+        let nl = self.layout.num_layers();
+        let mut outputs: Vec<Array2<f64>> = (0..nl).map(|l| Array2::zeros((0, self.spec.layers[l + 1]))).collect();
+        let mut start = 0;
+        while start < x.nrows() {
+            let end = (start + self.max_chunk_rows).min(x.nrows());
+            let chunk = self.upload_chunk(x.slice(ndarray::s![start..end, ..]), None, None);
+            let acts = self.forward_chunk(&chunk)?;
+            for (o, a) in outputs.iter_mut().zip(acts) {
+                o.append(ndarray::Axis(0), a.view()).expect("same width");
+            }
+            start = end;
+        }
+        Ok(outputs)
+    }
+}
+
+impl GpuBackend {
+    fn forward_chunk(&self, chunk: &Chunk) -> Result<Vec<Array2<f64>>> {
+        let device = &self.gpu.device;
+        let (lay, spec, k) = (&self.layout, &self.spec, &self.kernels);
+        let u = |v: usize| u32_of(v, "an index");
+        let rows = chunk.rows;
+        let acts: Vec<wgpu::Buffer> =
+            (0..lay.num_layers()).map(|l| storage(device, "activations", rows * spec.layers[l + 1])).collect();
+        let mut ops = Vec::new();
+        for l in 0..lay.num_layers() {
+            let (out, inp) = lay.shapes[l];
+            let input = if l == 0 {
+                Operand::row_major(&chunk.x, 0, u(inp)?)
+            } else {
+                Operand::row_major(&acts[l - 1], 0, u(inp)?)
+            };
+            let w_t = Operand::row_major(&self.theta, u(lay.weight_range(l).start)?, u(inp)?).t();
+            let act = spec.activation_after(l).unwrap_or(Activation::Identity);
+            let epilogue = Epilogue::BiasAct { bias: (&self.theta, u(lay.bias_range(l).start)?), act };
+            ops.push(k.matmul(device, input, w_t, (&acts[l], 0, u(out)?), (u(rows)?, u(out)?, u(inp)?), epilogue));
+        }
+        if spec.output == Output::Softmax {
+            let p = SmallParams { rows: u(rows)?, cols: u(spec.outputs())?, flag: 0, ..Default::default() };
+            ops.push(k.small(device, Small::Softmax, None, None, acts.last(), None, p, [u(rows.div_ceil(64))?, 1, 1]));
+        }
+        let total: usize = spec.layers[1..].iter().map(|w| w * rows).sum();
+        let staging = device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("activations readback"),
+            size: (total.max(4) * 4) as u64,
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        let mut encoder = device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("forward") });
+        {
+            let mut pass = encoder
+                .begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("forward"), timestamp_writes: None });
+            ops.iter().for_each(|op| op.record(&mut pass));
+        }
+        let mut off = 0u64;
+        for (l, a) in acts.iter().enumerate() {
+            let bytes = (rows * spec.layers[l + 1] * 4) as u64;
+            encoder.copy_buffer_to_buffer(a, 0, &staging, off, bytes);
+            off += bytes;
+        }
+        self.gpu.queue.submit([encoder.finish()]);
+        let flat = read_back(&self.gpu, &staging, total)?;
+        let mut out = Vec::new();
+        let mut at = 0;
+        for l in 0..lay.num_layers() {
+            let w = spec.layers[l + 1];
+            let a = Array2::from_shape_vec((rows, w), flat[at..at + rows * w].iter().map(|&v| v as f64).collect())
+                .expect("sizes match");
+            at += rows * w;
+            out.push(a);
+        }
+        Ok(out)
+    }
+}
