@@ -7,6 +7,13 @@ use std::process::ExitCode;
 use clap::Parser;
 
 fn main() -> ExitCode {
+    // On a headless machine Mesa's Wayland probe prints "error: XDG_RUNTIME_DIR is invalid"
+    // on every adapter scan, which users would read as wgnn's own error. Any existing
+    // directory silences it; nothing is written there.
+    if std::env::var_os("XDG_RUNTIME_DIR").is_none() {
+        // SAFETY: no other thread exists yet.
+        unsafe { std::env::set_var("XDG_RUNTIME_DIR", std::env::temp_dir()) };
+    }
     let cli = cli::Cli::parse();
     match cli::run(cli) {
         Ok(()) => ExitCode::SUCCESS,

@@ -19,15 +19,16 @@ fn last_line(out: &[u8]) -> String {
     String::from_utf8_lossy(out).lines().last().unwrap_or_default().to_string()
 }
 
-/// Runs and expects failure with a single-line error containing `needle`.
+/// Runs and expects failure with a single-line error containing `needle` (notes such as the
+/// backend choice may come before it).
 fn fails_with(cmd: &mut Command, needle: &str) {
     let out = cmd.output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "expected failure, got success; stderr: {stderr}");
     assert!(!stderr.contains("panicked"), "panic: {stderr}");
-    let lines: Vec<&str> = stderr.lines().collect();
-    assert_eq!(lines.len(), 1, "expected one error line, got: {stderr}");
-    assert!(lines[0].starts_with("error: ") && lines[0].contains(needle), "expected `{needle}` in: {stderr}");
+    let errors: Vec<&str> = stderr.lines().filter(|l| !l.starts_with("note: ")).collect();
+    assert_eq!(errors.len(), 1, "expected one error line, got: {stderr}");
+    assert!(errors[0].starts_with("error: ") && errors[0].contains(needle), "expected `{needle}` in: {stderr}");
 }
 
 fn write_npy<T: WriteNpyExt>(dir: &Path, name: &str, a: &T) -> String {
@@ -161,4 +162,41 @@ fn help_explains_the_options_and_their_defaults() {
     for needle in ["--theta", "--labels", "--grad-out", "--sparsity-weight", "[default: 64,25,64]", "row-major"] {
         assert!(help.contains(needle), "`{needle}` missing from cost --help:\n{help}");
     }
+}
+
+#[test]
+fn devices_lists_the_adapters_and_what_auto_picks() {
+    let out = wgnn().arg("devices").output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "wgnn devices failed (is mesa-vulkan-drivers installed?): {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("[0] ") && stdout.contains("max storage binding"), "{stdout}");
+    assert!(stdout.contains("--backend auto uses the"), "{stdout}");
+}
+
+#[test]
+fn gpu_cost_and_gradcheck_agree_with_the_reference() {
+    let out = wgnn()
+        .args(["cost", "--backend", "gpu", "--layers", "20,5", "--output", "softmax", "--weight-decay", "1e-4"])
+        .args(["--theta", &fixture("softmax_regression", "theta.npy")])
+        .args(["--data", &fixture("softmax_regression", "x.npy")])
+        .args(["--labels", &fixture("softmax_regression", "labels.npy")])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("backend  gpu f32"));
+    let cost: f64 = last_line(&out.stdout).strip_prefix("cost ").unwrap().parse().unwrap();
+    let reference = wgnn::npy::read_vector(Path::new(&fixture("softmax_regression", "cost.npy"))).unwrap()[0];
+    assert!(((cost - reference) / reference).abs() < 1e-6, "{cost} vs {reference}");
+
+    let out = wgnn()
+        .args(["gradcheck", "--backend", "gpu", "--sparsity", "0.05", "--weight-decay", "1e-3"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let d: f64 = last_line(&out.stdout).strip_prefix("relative difference ").unwrap().parse().unwrap();
+    assert!(d < 1e-5, "GPU gradient vs central differences: {d:e}");
 }

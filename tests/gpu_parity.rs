@@ -1,7 +1,8 @@
 //! The GPU backend against the f64 CPU reference: cost, gradient and forward pass on fresh
-//! random inputs of awkward shapes, every activation, both losses, with and without sparsity,
-//! 1 to 4 hidden layers, data split into chunks. Runs on whatever adapter wgpu finds (lavapipe
-//! in CI), so shapes stay small.
+//! random inputs of awkward shapes (batches 1, 7, 65, 1000; widths 1, 3, 63, 64, 65, 257,
+//! 784), every activation, both losses, with and without sparsity, 1 to 4 hidden layers, data
+//! split into several chunks, and every output buffer poisoned with NaN before each run. Runs
+//! on whatever adapter wgpu finds (lavapipe in CI), so shapes stay small.
 
 mod common;
 
@@ -11,6 +12,8 @@ use wgnn::gpu::{GpuBackend, GpuOptions};
 use wgnn::model::{Activation, Init, NetSpec, Output, Sparsity};
 use wgnn::{Backend, Batch, CpuBackend};
 
+const TOLERANCE: f64 = 1e-4;
+
 fn rel(a: &[f64], b: &[f64]) -> f64 {
     let d: f64 = a.iter().zip(b).map(|(x, y)| (x - y).powi(2)).sum();
     let n: f64 = b.iter().map(|y| y * y).sum();
@@ -18,31 +21,208 @@ fn rel(a: &[f64], b: &[f64]) -> f64 {
 }
 
 fn gpu(spec: &NetSpec) -> GpuBackend {
-    GpuBackend::new(spec.clone(), &GpuOptions::default())
-        .expect("a GPU adapter (lavapipe in CI: apt-get install mesa-vulkan-drivers)")
+    let mut g = GpuBackend::new(spec.clone(), &GpuOptions::default())
+        .expect("a GPU adapter (lavapipe in CI: apt-get install mesa-vulkan-drivers)");
+    g.set_poison(true);
+    g
 }
 
-/// Cost and gradient on both backends; returns (cost error, gradient error).
-fn compare(case: &common::Case, gpu: &mut GpuBackend, batch: Batch) -> (f64, f64) {
-    let mut cpu = CpuBackend::<f64>::new(case.spec.clone()).unwrap();
-    case.load(&mut cpu);
-    case.load(gpu);
+/// Cost and gradient on both backends for `batch`; asserts agreement and returns the errors.
+fn check(case: &common::Case, cpu: &mut CpuBackend<f64>, gpu: &mut GpuBackend, batch: Batch, what: &str) -> (f64, f64) {
     let mut g_cpu = vec![0.0; case.theta.len()];
     let mut g_gpu = vec![f64::NAN; case.theta.len()];
-    let c_cpu = cpu.cost_and_grad(&case.theta, batch.clone(), &mut g_cpu).unwrap();
-    let c_gpu = gpu.cost_and_grad(&case.theta, batch.clone(), &mut g_gpu).unwrap();
-    assert!(g_gpu.iter().all(|g| g.is_finite()), "{}: non-finite GPU gradient", case.name);
-    let cost_alone = gpu.cost(&case.theta, batch).unwrap();
-    assert_eq!(cost_alone.total(), c_gpu.total(), "{}: cost alone differs from cost with gradient", case.name);
-    (((c_gpu.total() - c_cpu.total()) / c_cpu.total()).abs(), rel(&g_gpu, &g_cpu))
+    let c_cpu = cpu.cost_and_grad(&case.theta, batch.clone(), &mut g_cpu).unwrap().total();
+    let c_gpu = gpu.cost_and_grad(&case.theta, batch.clone(), &mut g_gpu).unwrap().total();
+    let alone = gpu.cost(&case.theta, batch).unwrap().total();
+    let (dc, dg) = (((c_gpu - c_cpu) / c_cpu).abs(), rel(&g_gpu, &g_cpu));
+    assert!(
+        g_gpu.iter().all(|g| g.is_finite()) && c_gpu.is_finite(),
+        "{} {what}: unwritten or non-finite output",
+        case.name
+    );
+    assert!(dc < TOLERANCE && dg < TOLERANCE, "{} {what}: cost error {dc:e}, gradient error {dg:e}", case.name);
+    assert!(((alone - c_gpu) / c_gpu).abs() < 1e-6, "{} {what}: cost alone {alone} vs {c_gpu}", case.name);
+    (dc, dg)
+}
+
+struct Config {
+    layers: &'static [usize],
+    hidden: &'static [Activation],
+    output: Output,
+    sparsity: bool,
+    batch: usize,
+    chunk_rows: Option<usize>,
+}
+
+const S: Activation = Activation::Sigmoid;
+const T: Activation = Activation::Tanh;
+const R: Activation = Activation::Relu;
+const L: Activation = Activation::LEAKY_RELU;
+const I: Activation = Activation::Identity;
+
+fn configs() -> Vec<Config> {
+    let se = Output::SquaredError;
+    let c = |layers, hidden, output, sparsity, batch, chunk_rows| Config {
+        layers,
+        hidden,
+        output,
+        sparsity,
+        batch,
+        chunk_rows,
+    };
+    vec![
+        c(&[1, 3, 1], &[S], se(S), false, 1, None),
+        c(&[3, 7, 3], &[T], se(T), false, 7, None),
+        c(&[63, 64, 63], &[S], se(S), true, 65, Some(16)),
+        c(&[65, 63, 10], &[R], Output::Softmax, false, 1000, Some(300)),
+        c(&[64, 65, 65, 3], &[L, L], se(I), false, 65, None),
+        c(&[784, 65, 10], &[S], Output::Softmax, false, 65, Some(20)),
+        c(&[257, 64, 63, 7, 5], &[T, R, L], Output::Softmax, false, 7, None),
+        c(&[10, 9, 8, 7, 6, 5], &[S, T, R, L], se(R), true, 65, Some(30)),
+        c(&[20, 1, 20], &[I], se(S), false, 7, None),
+        c(&[5, 4, 5], &[S], se(L), true, 1000, Some(64)),
+        c(&[784, 257, 784], &[S], se(S), true, 7, None),
+        c(&[63, 4], &[], Output::Softmax, false, 1000, Some(333)),
+        c(&[3, 2, 4], &[S], se(T), false, 1, None),
+    ]
+}
+
+fn build(config: &Config, seed: u64) -> common::Case {
+    let spec = NetSpec {
+        layers: config.layers.to_vec(),
+        hidden_activations: config.hidden.to_vec(),
+        output: config.output,
+        weight_decay: 1e-3,
+        sparsity: config.sparsity.then_some(Sparsity { target: 0.05, weight: 0.5 }),
+    };
+    spec.validate().unwrap();
+    let mut rng = StdRng::seed_from_u64(seed);
+    let m = config.batch;
+    let mut theta = Init::Uniform.theta(&spec, seed);
+    // Random biases too, so bias paths carry non-zero values.
+    let layout = wgnn::model::ThetaLayout::new(&spec);
+    for v in &mut theta[layout.all_weights().end..] {
+        *v = rng.random_range(-0.1..0.1);
+    }
+    let x = common::uniform(m, spec.inputs(), 0.0, 1.0, &mut rng);
+    let (labels, values) = match spec.output {
+        Output::Softmax => (Some((0..m).map(|_| rng.random_range(0..spec.outputs())).collect()), None),
+        Output::SquaredError(_) if spec.outputs() == spec.inputs() => (None, None),
+        Output::SquaredError(_) => (None, Some(common::uniform(m, spec.outputs(), -0.9, 0.9, &mut rng))),
+    };
+    let name = Box::leak(format!("{} m={m}", spec.describe()).into_boxed_str());
+    common::Case { name, spec, theta, x, labels, values }
 }
 
 #[test]
 fn gradcheck_cases_agree_with_the_cpu_reference() {
     for case in common::gradcheck_cases() {
         let mut g = gpu(&case.spec);
-        let (dc, dg) = compare(&case, &mut g, Batch::All);
+        let mut cpu = CpuBackend::<f64>::new(case.spec.clone()).unwrap();
+        case.load(&mut cpu);
+        case.load(&mut g);
+        let (dc, dg) = check(&case, &mut cpu, &mut g, Batch::All, "all");
         println!("{}: cost {dc:e}, gradient {dg:e}", case.name);
-        assert!(dc < 1e-4 && dg < 1e-4, "{}: cost {dc:e}, gradient {dg:e}", case.name);
     }
+}
+
+#[test]
+fn every_shape_activation_and_loss_agrees_with_the_cpu_reference() {
+    for (i, config) in configs().iter().enumerate() {
+        let case = build(config, 100 + i as u64);
+        let mut g = gpu(&case.spec);
+        if let Some(rows) = config.chunk_rows {
+            g.set_max_chunk_rows(rows);
+        }
+        let mut cpu = CpuBackend::<f64>::new(case.spec.clone()).unwrap();
+        case.load(&mut cpu);
+        case.load(&mut g);
+        let (dc, dg) = check(&case, &mut cpu, &mut g, Batch::All, "all");
+        println!("{}: cost {dc:e}, gradient {dg:e}", case.name);
+        let m = config.batch;
+        // A range that crosses chunk boundaries, and scattered rows with a repeat.
+        if m > 2 {
+            check(&case, &mut cpu, &mut g, Batch::Rows(1..m - 1), "rows");
+        }
+        let ix: Vec<usize> = (0..m.min(40)).rev().chain([0]).collect();
+        check(&case, &mut cpu, &mut g, Batch::Indices(&ix), "indices");
+        // Twice more, so the cached plan and the reused gather buffers are exercised.
+        check(&case, &mut cpu, &mut g, Batch::Indices(&ix), "indices again");
+        check(&case, &mut cpu, &mut g, Batch::All, "all again");
+
+        let a_cpu = cpu.forward(&case.theta, (&case.x).into()).unwrap();
+        let a_gpu = g.forward(&case.theta, (&case.x).into()).unwrap();
+        for (l, (c, gp)) in a_cpu.iter().zip(&a_gpu).enumerate() {
+            assert_eq!(c.dim(), gp.dim());
+            let d = rel(gp.as_slice().unwrap(), c.as_slice().unwrap());
+            assert!(d < TOLERANCE, "{}: forward layer {l} differs by {d:e}", case.name);
+        }
+        if case.spec.output == Output::Softmax {
+            assert_eq!(
+                cpu.classify(&case.theta, (&case.x).into()).unwrap(),
+                g.classify(&case.theta, (&case.x).into()).unwrap()
+            );
+        }
+    }
+}
+
+#[test]
+fn chunked_and_whole_data_give_the_same_cost_and_gradient() {
+    let config = Config {
+        layers: &[30, 20, 30],
+        hidden: &[S],
+        output: Output::SquaredError(S),
+        sparsity: true,
+        batch: 200,
+        chunk_rows: None,
+    };
+    let case = build(&config, 7);
+    let eval = |chunk: Option<usize>| {
+        let mut g = gpu(&case.spec);
+        if let Some(r) = chunk {
+            g.set_max_chunk_rows(r);
+        }
+        case.load(&mut g);
+        let mut grad = vec![0.0; case.theta.len()];
+        let c = g.cost_and_grad(&case.theta, Batch::All, &mut grad).unwrap().total();
+        (c, grad)
+    };
+    let (c1, g1) = eval(None);
+    for rows in [1, 17, 199] {
+        let (c, g) = eval(Some(rows));
+        assert!(
+            ((c - c1) / c1).abs() < 1e-5 && rel(&g, &g1) < 1e-5,
+            "chunks of {rows}: {c} vs {c1}, {:e}",
+            rel(&g, &g1)
+        );
+    }
+}
+
+#[test]
+fn results_are_deterministic() {
+    let case = &common::gradcheck_cases()[0];
+    let mut g = gpu(&case.spec);
+    case.load(&mut g);
+    let mut a = vec![0.0; case.theta.len()];
+    let mut b = vec![0.0; case.theta.len()];
+    let ca = g.cost_and_grad(&case.theta, Batch::All, &mut a).unwrap().total();
+    let cb = g.cost_and_grad(&case.theta, Batch::All, &mut b).unwrap().total();
+    assert_eq!(ca.to_bits(), cb.to_bits());
+    assert!(a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()));
+}
+
+#[test]
+fn bad_input_is_refused_like_the_cpu_backend() {
+    let spec = NetSpec::new(&[3, 2, 4], Activation::Sigmoid, Output::Softmax).unwrap();
+    let theta = Init::Uniform.theta(&spec, 0);
+    let mut g = gpu(&spec);
+    let x = Array2::<f64>::zeros((5, 3));
+    let e = g.set_data((&x).into(), wgnn::Targets::Labels(&[0, 1, 2, 4, 0])).unwrap_err().to_string();
+    assert!(e.contains("label 4 of example 3"), "{e}");
+    let e = g.cost(&theta, Batch::All).unwrap_err().to_string();
+    assert!(e.contains("no data loaded"), "{e}");
+    g.set_data((&x).into(), wgnn::Targets::Labels(&[0; 5])).unwrap();
+    let e = g.cost(&theta[1..], Batch::All).unwrap_err().to_string();
+    assert!(e.contains("θ has"), "{e}");
+    assert!(g.cost(&theta, Batch::Indices(&[9])).is_err());
 }

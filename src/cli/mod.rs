@@ -2,6 +2,7 @@
 //! Every failure reaches `main` as one error whose message says what was wrong and what to do.
 
 mod cost;
+mod devices;
 mod gradcheck;
 
 use anyhow::{Context, bail};
@@ -25,12 +26,15 @@ pub enum Command {
     /// Check the analytic gradient against central differences (ε = 1e-4) on a random network
     /// and random data. The last line printed is `relative difference <value>`.
     Gradcheck(gradcheck::GradcheckArgs),
+    /// List every GPU adapter wgpu can see: name, API, type, driver and the limits that matter.
+    Devices(devices::DevicesArgs),
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Cost(args) => cost::run(args),
         Command::Gradcheck(args) => gradcheck::run(args),
+        Command::Devices(args) => devices::run(args),
     }
 }
 
@@ -85,10 +89,13 @@ impl NetArgs {
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum BackendChoice {
-    /// A real GPU when wgpu finds one, otherwise the CPU backend.
+    /// A hardware GPU when wgpu finds one, otherwise the CPU backend (a software Vulkan
+    /// adapter such as lavapipe is slower than the CPU backend, so auto never picks it).
     Auto,
     /// The CPU backend (ndarray).
     Cpu,
+    /// The GPU backend on the best adapter, even a software one.
+    Gpu,
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -97,25 +104,77 @@ pub enum Precision {
     F64,
 }
 
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GpuApi {
+    Auto,
+    Vulkan,
+    Metal,
+    Dx12,
+    Gl,
+}
+
 /// Where the network is computed.
 #[derive(Args, Debug, Clone)]
 pub struct BackendArgs {
-    /// Which backend computes: auto picks a real GPU when there is one, else the CPU.
-    /// (The GPU backend is not built yet: auto uses the CPU.)
+    /// Which backend computes: auto uses a hardware GPU when there is one, else the CPU.
     #[arg(long, value_enum, default_value_t = BackendChoice::Auto)]
     pub backend: BackendChoice,
-    /// Precision of the CPU backend: f64 is the reference, f32 the fast path.
+    /// Precision of the CPU backend: f64 is the reference, f32 the fast path. The GPU
+    /// computes in f32.
     #[arg(long, value_enum, default_value_t = Precision::F64)]
     pub precision: Precision,
+    /// Graphics API to look for GPUs through (auto: Vulkan, Metal or DX12, then GL).
+    #[arg(long, value_enum, default_value_t = GpuApi::Auto)]
+    pub gpu_api: GpuApi,
+    /// Use the GPU adapter whose name contains this text (see `wgnn devices`); also read
+    /// from the environment variable WGNN_ADAPTER.
+    #[arg(long)]
+    pub adapter: Option<String>,
 }
 
 impl BackendArgs {
-    pub fn build(&self, spec: NetSpec) -> anyhow::Result<Box<dyn Backend>> {
-        let backend: Box<dyn Backend> = match self.precision {
-            Precision::F64 => Box::new(wgnn::CpuBackend::<f64>::new(spec)?),
-            Precision::F32 => Box::new(wgnn::CpuBackend::<f32>::new(spec)?),
+    pub fn gpu_options(&self) -> wgnn::gpu::GpuOptions {
+        let api = match self.gpu_api {
+            GpuApi::Auto => wgnn::gpu::Api::Auto,
+            GpuApi::Vulkan => wgnn::gpu::Api::Vulkan,
+            GpuApi::Metal => wgnn::gpu::Api::Metal,
+            GpuApi::Dx12 => wgnn::gpu::Api::Dx12,
+            GpuApi::Gl => wgnn::gpu::Api::Gl,
         };
-        Ok(backend)
+        wgnn::gpu::GpuOptions { api, adapter: self.adapter.clone() }
+    }
+
+    /// The backend the flags ask for; `auto` says on stderr why it chose the CPU.
+    pub fn build(&self, spec: NetSpec) -> anyhow::Result<Box<dyn Backend>> {
+        let cpu = |spec| -> anyhow::Result<Box<dyn Backend>> {
+            Ok(match self.precision {
+                Precision::F64 => Box::new(wgnn::CpuBackend::<f64>::new(spec)?),
+                Precision::F32 => Box::new(wgnn::CpuBackend::<f32>::new(spec)?),
+            })
+        };
+        match self.backend {
+            BackendChoice::Cpu => cpu(spec),
+            BackendChoice::Gpu => Ok(Box::new(wgnn::GpuBackend::new(spec, &self.gpu_options())?)),
+            BackendChoice::Auto => match wgnn::gpu::choose_adapter(&self.gpu_options()) {
+                Ok(adapter) if wgnn::gpu::is_real_gpu(&adapter.get_info()) => {
+                    let gpu = wgnn::gpu::Gpu::from_adapter(&adapter)?;
+                    Ok(Box::new(wgnn::GpuBackend::on(spec, gpu)?))
+                }
+                Ok(adapter) => {
+                    eprintln!(
+                        "note: the only GPU adapter is {} (software), slower than the CPU backend: using the CPU (--backend gpu forces it)",
+                        adapter.get_info().name
+                    );
+                    cpu(spec)
+                }
+                Err(_) => cpu(spec),
+            },
+        }
+    }
+
+    /// True when the chosen backend is the f64 CPU reference itself.
+    pub fn is_reference(&self, backend: &dyn Backend) -> bool {
+        backend.name() == "cpu f64"
     }
 }
 

@@ -135,3 +135,45 @@ impl Gpu {
         format!("{} ({:?}, {})", self.info.name, self.info.backend, kind_name(self.info.device_type))
     }
 }
+
+impl Gpu {
+    /// A storage buffer holding `data` (also usable as a copy source and destination).
+    pub fn upload_f32(&self, label: &str, data: &[f32]) -> wgpu::Buffer {
+        use wgpu::util::DeviceExt;
+        let mut bytes = bytemuck::cast_slice::<f32, u8>(data).to_vec();
+        bytes.resize(bytes.len().max(16), 0);
+        self.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+            label: Some(label),
+            contents: &bytes,
+            usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
+        })
+    }
+
+    /// Records `ops` into one compute pass, submits, and waits for the device.
+    pub fn run(&self, ops: &[super::kernels::Op]) -> Result<()> {
+        let mut encoder = self.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("run") });
+        {
+            let mut pass =
+                encoder.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("run"), timestamp_writes: None });
+            ops.iter().for_each(|op| op.record(&mut pass));
+        }
+        self.queue.submit([encoder.finish()]);
+        self.device.poll(wgpu::PollType::wait_indefinitely()).map_err(|e| Error::Gpu(format!("waiting: {e}")))?;
+        Ok(())
+    }
+
+    /// The first `len` floats of `buf`, copied back to the host.
+    pub fn download_f32(&self, buf: &wgpu::Buffer, len: usize) -> Result<Vec<f32>> {
+        let staging = self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("readback"),
+            size: (len.max(4) * 4) as u64,
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        let mut encoder =
+            self.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("readback") });
+        encoder.copy_buffer_to_buffer(buf, 0, &staging, 0, (len * 4) as u64);
+        self.queue.submit([encoder.finish()]);
+        super::read_back(self, &staging, len)
+    }
+}

@@ -38,19 +38,23 @@ struct Chunk {
 /// Which stored rows a pass over the data visits.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 struct Segment {
-    /// Index into the loaded chunks, or `usize::MAX` for the gathered minibatch.
-    chunk: usize,
+    chunk: Source,
     row: usize,
     rows: usize,
 }
 
-const GATHERED: usize = usize::MAX;
+/// The loaded data's chunks, or those of the last gathered minibatch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum Source {
+    Loaded(usize),
+    Gathered(usize),
+}
 
 /// Recorded operations for one batch shape, with the workspace they write.
 struct Plan {
     ops: Vec<Op>,
     examples: usize,
-    _workspace: Vec<wgpu::Buffer>,
+    workspace: Vec<wgpu::Buffer>,
 }
 
 pub struct GpuBackend {
@@ -69,9 +73,10 @@ pub struct GpuBackend {
     host_x: Array2<f32>,
     host_y: Option<Array2<f32>>,
     host_labels: Option<Vec<u32>>,
-    gathered: Option<Chunk>,
+    gathered: Vec<Chunk>,
     max_chunk_rows: usize,
     plans: HashMap<(Vec<Segment>, bool), Plan>,
+    poison: bool,
 }
 
 fn storage(device: &wgpu::Device, label: &str, floats: usize) -> wgpu::Buffer {
@@ -147,9 +152,10 @@ impl GpuBackend {
             host_x: Array2::zeros((0, 0)),
             host_y: None,
             host_labels: None,
-            gathered: None,
+            gathered: Vec::new(),
             max_chunk_rows,
             plans: HashMap::new(),
+            poison: false,
             gpu,
         })
     }
@@ -160,13 +166,29 @@ impl GpuBackend {
         self.plans.clear();
     }
 
+    /// Before every evaluation, fill the gradient, the cost terms and every workspace buffer
+    /// with NaN, so that an element a kernel forgot to write shows up in the result. For tests.
+    pub fn set_poison(&mut self, on: bool) {
+        self.poison = on;
+    }
+
     pub fn gpu(&self) -> &Gpu {
         &self.gpu
     }
 
+    /// Device buffers for a chunk of `rows` examples, to be filled later.
+    fn empty_chunk(&self, rows: usize, values: bool, labels: bool) -> Chunk {
+        let device = &self.gpu.device;
+        Chunk {
+            x: storage(device, "examples", rows * self.spec.inputs()),
+            y: values.then(|| storage(device, "targets", rows * self.spec.outputs())),
+            labels: labels.then(|| storage(device, "labels", rows)),
+            rows,
+        }
+    }
+
     fn upload_chunk(&self, x: ArrayView2<f32>, y: Option<ArrayView2<f32>>, labels: Option<&[u32]>) -> Chunk {
         let device = &self.gpu.device;
-        let contiguous = |a: ArrayView2<f32>| a.as_standard_layout().into_owned().into_raw_vec_and_offset().0;
         Chunk {
             x: upload(device, "examples", bytemuck::cast_slice(&contiguous(x))),
             y: y.map(|y| upload(device, "targets", bytemuck::cast_slice(&contiguous(y)))),
@@ -175,8 +197,11 @@ impl GpuBackend {
         }
     }
 
-    fn chunk(&self, index: usize) -> &Chunk {
-        if index == GATHERED { self.gathered.as_ref().expect("gathered batch uploaded") } else { &self.chunks[index] }
+    fn chunk(&self, source: Source) -> &Chunk {
+        match source {
+            Source::Loaded(i) => &self.chunks[i],
+            Source::Gathered(i) => &self.gathered[i],
+        }
     }
 
     /// The segments a batch visits; uploads a gathered minibatch when the rows are scattered.
@@ -190,30 +215,34 @@ impl GpuBackend {
                 let x = self.host_x.select(ndarray::Axis(0), ix);
                 let y = self.host_y.as_ref().map(|y| y.select(ndarray::Axis(0), ix));
                 let labels = self.host_labels.as_ref().map(|l| ix.iter().map(|&i| l[i]).collect::<Vec<u32>>());
-                if ix.len() > self.max_chunk_rows {
-                    return Err(Error::Gpu(format!(
-                        "a minibatch of {} rows exceeds one chunk ({} rows): use a smaller batch",
-                        ix.len(),
-                        self.max_chunk_rows
-                    )));
+                let sizes = chunk_sizes(ix.len(), self.max_chunk_rows);
+                let same_shape = self.gathered.iter().map(|c| c.rows).eq(sizes.iter().copied());
+                if !same_shape {
+                    // New buffers: the plans bound to the old ones go with them.
+                    self.plans.retain(|(segs, _), _| segs.iter().all(|s| matches!(s.chunk, Source::Loaded(_))));
+                    self.gathered =
+                        sizes.iter().map(|&rows| self.empty_chunk(rows, y.is_some(), labels.is_some())).collect();
                 }
-                let same_shape = self.gathered.as_ref().is_some_and(|g| g.rows == ix.len());
-                if same_shape {
-                    // Reuse the buffers (and every plan bound to them).
-                    let g = self.gathered.as_ref().expect("checked");
-                    let q = &self.gpu.queue;
-                    q.write_buffer(&g.x, 0, bytemuck::cast_slice(x.as_slice().expect("select is contiguous")));
+                let q = &self.gpu.queue;
+                let mut start = 0;
+                for g in &self.gathered {
+                    let r = start..start + g.rows;
+                    let rows = ndarray::s![r.clone(), ..];
+                    q.write_buffer(&g.x, 0, bytemuck::cast_slice(&contiguous(x.slice(rows))));
                     if let (Some(buf), Some(y)) = (&g.y, &y) {
-                        q.write_buffer(buf, 0, bytemuck::cast_slice(y.as_slice().expect("contiguous")));
+                        q.write_buffer(buf, 0, bytemuck::cast_slice(&contiguous(y.slice(rows))));
                     }
                     if let (Some(buf), Some(l)) = (&g.labels, &labels) {
-                        q.write_buffer(buf, 0, bytemuck::cast_slice(l));
+                        q.write_buffer(buf, 0, bytemuck::cast_slice(&l[r]));
                     }
-                } else {
-                    self.plans.retain(|(segs, _), _| segs.iter().all(|s| s.chunk != GATHERED));
-                    self.gathered = Some(self.upload_chunk(x.view(), y.as_ref().map(|y| y.view()), labels.as_deref()));
+                    start += g.rows;
                 }
-                return Ok(vec![Segment { chunk: GATHERED, row: 0, rows: ix.len() }]);
+                let segments = self.gathered.iter().enumerate().map(|(i, g)| Segment {
+                    chunk: Source::Gathered(i),
+                    row: 0,
+                    rows: g.rows,
+                });
+                return Ok(segments.collect());
             }
         };
         let mut segments = Vec::new();
@@ -221,7 +250,7 @@ impl GpuBackend {
         for (i, c) in self.chunks.iter().enumerate() {
             let (lo, hi) = (start.max(first), end.min(first + c.rows));
             if lo < hi {
-                segments.push(Segment { chunk: i, row: lo - first, rows: hi - lo });
+                segments.push(Segment { chunk: Source::Loaded(i), row: lo - first, rows: hi - lo });
             }
             first += c.rows;
         }
@@ -456,7 +485,7 @@ impl GpuBackend {
         let mut workspace = acts;
         workspace.extend(deltas);
         workspace.extend([col_partials, loss_partials, colsum, kl]);
-        Ok(Plan { ops, examples, _workspace: workspace })
+        Ok(Plan { ops, examples, workspace })
     }
 
     fn check_theta(&self, theta: &[f64]) -> Result<()> {
@@ -491,6 +520,12 @@ impl GpuBackend {
         let oom = gpu.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
         gpu.queue.write_buffer(&self.theta, 0, bytemuck::cast_slice(&theta32));
         let plan = &self.plans[&key];
+        if self.poison {
+            for buf in plan.workspace.iter().chain([&self.grad, &self.scalars]) {
+                let nan = vec![f32::NAN; (buf.size() / 4) as usize];
+                gpu.queue.write_buffer(buf, 0, bytemuck::cast_slice(&nan));
+            }
+        }
         let mut encoder = gpu.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("cost") });
         {
             let mut pass = encoder
@@ -525,7 +560,7 @@ impl GpuBackend {
 }
 
 /// Maps a staging buffer and copies out `len` floats.
-fn read_back(gpu: &Gpu, staging: &wgpu::Buffer, len: usize) -> Result<Vec<f32>> {
+pub(crate) fn read_back(gpu: &Gpu, staging: &wgpu::Buffer, len: usize) -> Result<Vec<f32>> {
     let slice = staging.slice(..(len.max(1) * 4) as u64);
     let (tx, rx) = std::sync::mpsc::channel();
     slice.map_async(wgpu::MapMode::Read, move |r| {
@@ -543,6 +578,16 @@ fn read_back(gpu: &Gpu, staging: &wgpu::Buffer, len: usize) -> Result<Vec<f32>> 
     };
     staging.unmap();
     Ok(out)
+}
+
+/// The values of `a` in row-major order.
+fn contiguous(a: ArrayView2<f32>) -> Vec<f32> {
+    a.as_standard_layout().into_owned().into_raw_vec_and_offset().0
+}
+
+/// Rows per chunk when `n` rows are split into chunks of at most `max`.
+fn chunk_sizes(n: usize, max: usize) -> Vec<usize> {
+    (0..n.div_ceil(max)).map(|i| max.min(n - i * max)).collect()
 }
 
 fn to_f32(x: Inputs<'_>) -> Array2<f32> {
@@ -574,7 +619,7 @@ impl Backend for GpuBackend {
             _ => None,
         };
         self.plans.clear();
-        self.gathered = None;
+        self.gathered.clear();
         let rows = self.max_chunk_rows;
         let mut chunks = Vec::new();
         let mut start = 0;

@@ -1,0 +1,301 @@
+//! Each WGSL kernel against its CPU twin (llm.c style): fresh random inputs, shapes that are
+//! not multiples of the tile, every transpose and epilogue, outputs poisoned with NaN so an
+//! unwritten element fails. ‖gpu − cpu‖/‖cpu‖ < 1e-4 (f32), never NaN.
+
+use ndarray::{Array1, Array2};
+use rand::{RngExt, SeedableRng, rngs::StdRng};
+use wgnn::cpu::net::{activate, derivative_from_value};
+use wgnn::gpu::kernels::{Epilogue, Kernels, Operand, Small, SmallParams, act_code};
+use wgnn::gpu::{Gpu, GpuOptions};
+use wgnn::model::Activation;
+
+const TOLERANCE: f64 = 1e-4;
+
+fn open() -> (Gpu, Kernels) {
+    let gpu =
+        Gpu::open(&GpuOptions::default()).expect("a GPU adapter (lavapipe in CI: apt-get install mesa-vulkan-drivers)");
+    let k = Kernels::new(&gpu.device);
+    (gpu, k)
+}
+
+fn random(rows: usize, cols: usize, lo: f64, hi: f64, rng: &mut StdRng) -> Array2<f64> {
+    Array2::from_shape_simple_fn((rows, cols), || rng.random_range(lo..hi))
+}
+
+fn f32s(a: &Array2<f64>) -> Vec<f32> {
+    a.iter().map(|&v| v as f32).collect()
+}
+
+fn rel(gpu: &[f32], cpu: &[f64]) -> f64 {
+    assert_eq!(gpu.len(), cpu.len());
+    assert!(gpu.iter().all(|v| v.is_finite()), "unwritten (NaN) or non-finite GPU output");
+    let d: f64 = gpu.iter().zip(cpu).map(|(&g, &c)| (g as f64 - c).powi(2)).sum();
+    let n: f64 = cpu.iter().map(|c| c * c).sum();
+    if n == 0.0 { d.sqrt() } else { (d / n).sqrt() }
+}
+
+fn poisoned(gpu: &Gpu, len: usize) -> wgpu::Buffer {
+    gpu.upload_f32("poisoned output", &vec![f32::NAN; len])
+}
+
+const ACTIVATIONS: [Activation; 5] = [
+    Activation::Sigmoid,
+    Activation::Tanh,
+    Activation::Relu,
+    Activation::LeakyRelu { alpha: 0.1 },
+    Activation::Identity,
+];
+
+#[test]
+fn matmul_every_transpose_and_awkward_shape() {
+    let (gpu, k) = open();
+    let mut rng = StdRng::seed_from_u64(1);
+    for (m, n, kk) in [(1, 1, 1), (7, 3, 65), (65, 63, 64), (64, 257, 7), (130, 1, 129), (1, 65, 300)] {
+        for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {
+            let a = random(m, kk, -1.0, 1.0, &mut rng);
+            let b = random(kk, n, -1.0, 1.0, &mut rng);
+            // Store each operand as given or transposed; the kernel reads it through strides.
+            let (a_stored, a_cols) = if ta { (a.t().to_owned(), m) } else { (a.clone(), kk) };
+            let (b_stored, b_cols) = if tb { (b.t().to_owned(), kk) } else { (b.clone(), n) };
+            let a_buf = gpu.upload_f32("a", &f32s(&a_stored.as_standard_layout().to_owned()));
+            let b_buf = gpu.upload_f32("b", &f32s(&b_stored.as_standard_layout().to_owned()));
+            let op_a = Operand::row_major(&a_buf, 0, a_cols as u32);
+            let op_b = Operand::row_major(&b_buf, 0, b_cols as u32);
+            let (op_a, op_b) = (if ta { op_a.t() } else { op_a }, if tb { op_b.t() } else { op_b });
+            let c0 = random(m, n, -1.0, 1.0, &mut rng);
+            let w = random(m, n, -1.0, 1.0, &mut rng);
+            let w_buf = gpu.upload_f32("w", &f32s(&w));
+
+            // Plain: c = 0.5·AB + c0 + 0.3·w (the weight-gradient epilogue).
+            let c_buf = gpu.upload_f32("c", &f32s(&c0));
+            let epi = Epilogue::Plain { alpha: 0.5, accumulate: true, decay: Some((0.3, &w_buf, 0)) };
+            let op = k.matmul(&gpu.device, op_a, op_b, (&c_buf, 0, n as u32), (m as u32, n as u32, kk as u32), epi);
+            gpu.run(&[op]).unwrap();
+            let expected = a.dot(&b) * 0.5 + &c0 + &(&w * 0.3);
+            let d = rel(&gpu.download_f32(&c_buf, m * n).unwrap(), expected.as_slice().unwrap());
+            assert!(d < TOLERANCE, "plain {m}×{n}×{kk} ta={ta} tb={tb}: {d:e}");
+
+            // Plain without accumulation into a poisoned output.
+            let c_buf = poisoned(&gpu, m * n);
+            let epi = Epilogue::Plain { alpha: 1.0, accumulate: false, decay: None };
+            let op = k.matmul(&gpu.device, op_a, op_b, (&c_buf, 0, n as u32), (m as u32, n as u32, kk as u32), epi);
+            gpu.run(&[op]).unwrap();
+            let d = rel(&gpu.download_f32(&c_buf, m * n).unwrap(), a.dot(&b).as_slice().unwrap());
+            assert!(d < TOLERANCE, "product {m}×{n}×{kk} ta={ta} tb={tb}: {d:e}");
+        }
+    }
+}
+
+#[test]
+fn matmul_epilogues_apply_bias_activation_and_derivative() {
+    let (gpu, k) = open();
+    let mut rng = StdRng::seed_from_u64(2);
+    let (m, n, kk) = (33, 65, 17);
+    let a = random(m, kk, -1.0, 1.0, &mut rng);
+    let b = random(kk, n, -1.0, 1.0, &mut rng);
+    let bias = random(1, n, -0.5, 0.5, &mut rng);
+    let kl = random(1, n, -0.5, 0.5, &mut rng);
+    let a_prev = random(m, n, 0.05, 0.95, &mut rng);
+    let (a_buf, b_buf) = (gpu.upload_f32("a", &f32s(&a)), gpu.upload_f32("b", &f32s(&b)));
+    // Offsets inside a larger buffer, as the bias sits inside θ.
+    let mut packed = vec![9.0f32; 5];
+    packed.extend(f32s(&bias));
+    packed.extend(f32s(&kl));
+    let packed_buf = gpu.upload_f32("bias and kl", &packed);
+    let prev_buf = gpu.upload_f32("a_prev", &f32s(&a_prev));
+    let z = a.dot(&b);
+    for act in ACTIVATIONS {
+        let c_buf = poisoned(&gpu, m * n);
+        let epi = Epilogue::BiasAct { bias: (&packed_buf, 5), act };
+        let op = k.matmul(
+            &gpu.device,
+            Operand::row_major(&a_buf, 0, kk as u32),
+            Operand::row_major(&b_buf, 0, n as u32),
+            (&c_buf, 0, n as u32),
+            (m as u32, n as u32, kk as u32),
+            epi,
+        );
+        gpu.run(&[op]).unwrap();
+        let expected = Array2::from_shape_fn((m, n), |(i, j)| activate(act, z[[i, j]] + bias[[0, j]]));
+        let d = rel(&gpu.download_f32(&c_buf, m * n).unwrap(), expected.as_slice().unwrap());
+        assert!(d < TOLERANCE, "bias+{act:?}: {d:e}");
+
+        for with_kl in [false, true] {
+            let c_buf = poisoned(&gpu, m * n);
+            let kl_arg = with_kl.then_some((&packed_buf, 5 + n as u32));
+            let epi = Epilogue::Delta { kl: kl_arg, a_prev: Operand::row_major(&prev_buf, 0, n as u32), act };
+            let op = k.matmul(
+                &gpu.device,
+                Operand::row_major(&a_buf, 0, kk as u32),
+                Operand::row_major(&b_buf, 0, n as u32),
+                (&c_buf, 0, n as u32),
+                (m as u32, n as u32, kk as u32),
+                epi,
+            );
+            gpu.run(&[op]).unwrap();
+            let expected = Array2::from_shape_fn((m, n), |(i, j)| {
+                let extra = if with_kl { kl[[0, j]] } else { 0.0 };
+                (z[[i, j]] + extra) * derivative_from_value(act, a_prev[[i, j]])
+            });
+            let d = rel(&gpu.download_f32(&c_buf, m * n).unwrap(), expected.as_slice().unwrap());
+            assert!(d < TOLERANCE, "delta {act:?} kl={with_kl}: {d:e}");
+        }
+    }
+}
+
+#[test]
+fn activations_match_at_ordinary_and_extreme_inputs() {
+    let (gpu, k) = open();
+    let mut rng = StdRng::seed_from_u64(3);
+    let (rows, cols) = (7, 65);
+    let mut z = random(rows, cols, -30.0, 30.0, &mut rng);
+    for (j, v) in [-1000.0, -89.0, -1e-30, 0.0, 1e-30, 89.0, 1000.0].into_iter().enumerate() {
+        z[[0, j]] = v;
+    }
+    let z_buf = gpu.upload_f32("z", &f32s(&z));
+    for act in ACTIVATIONS {
+        let (code, leaky) = act_code(act);
+        for derivative in [false, true] {
+            let src = if derivative { z.mapv(|v| activate(act, v)) } else { z.clone() };
+            let src_buf = if derivative { gpu.upload_f32("a", &f32s(&src)) } else { z_buf.clone() };
+            let out = poisoned(&gpu, rows * cols);
+            let p = SmallParams {
+                rows: rows as u32,
+                cols: cols as u32,
+                in_rs: cols as u32,
+                act: code,
+                leaky_alpha: leaky,
+                flag: derivative as u32,
+                ..Default::default()
+            };
+            let op = k.small(
+                &gpu.device,
+                Small::Elementwise,
+                Some(&src_buf),
+                None,
+                Some(&out),
+                None,
+                p,
+                [(cols as u32).div_ceil(16), (rows as u32).div_ceil(16), 1],
+            );
+            gpu.run(&[op]).unwrap();
+            let expected =
+                if derivative { src.mapv(|a| derivative_from_value(act, a)) } else { z.mapv(|v| activate(act, v)) };
+            let got = gpu.download_f32(&out, rows * cols).unwrap();
+            let d = rel(&got, expected.as_slice().unwrap());
+            assert!(d < TOLERANCE, "{act:?} derivative={derivative}: {d:e}");
+            // Saturation must be exact at the extremes, not NaN.
+            if !derivative && act == Activation::Sigmoid {
+                assert_eq!((got[0], got[6]), (0.0, 1.0));
+            }
+            if !derivative && act == Activation::Tanh {
+                assert_eq!((got[0], got[6]), (-1.0, 1.0));
+            }
+        }
+    }
+}
+
+#[test]
+fn reductions_are_right_and_deterministic() {
+    let (gpu, k) = open();
+    let mut rng = StdRng::seed_from_u64(4);
+    // Column sums over 1000 rows: four blocks of 256, the last ragged.
+    let (rows, cols) = (1000, 63);
+    let x = random(rows, cols, -1.0, 1.0, &mut rng);
+    let x_buf = gpu.upload_f32("x", &f32s(&x));
+    let partials = poisoned(&gpu, rows.div_ceil(256) * cols);
+    let out0 = random(1, 3 + cols, -1.0, 1.0, &mut rng);
+    let out = gpu.upload_f32("out", &f32s(&out0));
+    let blocks = rows.div_ceil(256) as u32;
+    let p = SmallParams { rows: rows as u32, cols: cols as u32, in_rs: cols as u32, ..Default::default() };
+    let op1 = k.small(
+        &gpu.device,
+        Small::ColumnPartials,
+        Some(&x_buf),
+        None,
+        Some(&partials),
+        None,
+        p,
+        [(cols as u32).div_ceil(64), blocks, 1],
+    );
+    let p = SmallParams { cols: cols as u32, out_off: 3, alpha: 0.25, flag: 1, len: blocks, ..Default::default() };
+    let op2 = k.small(
+        &gpu.device,
+        Small::ColumnFinish,
+        Some(&partials),
+        None,
+        Some(&out),
+        None,
+        p,
+        [(cols as u32).div_ceil(64), 1, 1],
+    );
+    gpu.run(&[op1, op2]).unwrap();
+    let sums = x.sum_axis(ndarray::Axis(0));
+    let expected: Vec<f64> = (0..cols).map(|j| 0.25 * sums[j] + out0[[0, 3 + j]]).collect();
+    let got = gpu.download_f32(&out, 3 + cols).unwrap();
+    assert_eq!(&got[..3], &f32s(&out0)[..3], "elements before the offset were touched");
+    assert!(rel(&got[3..], &expected) < TOLERANCE);
+
+    // One-workgroup sums of a range, plain and of squares.
+    let len = 100_003;
+    let v: Array1<f64> = Array1::from_shape_simple_fn(len + 5, || rng.random_range(-1.0..1.0));
+    let v_buf = gpu.upload_f32("v", &v.iter().map(|&x| x as f32).collect::<Vec<_>>());
+    let mut results = Vec::new();
+    for _ in 0..2 {
+        let dst = poisoned(&gpu, 4);
+        let p0 = SmallParams { in_off: 5, len: len as u32, out_off: 0, ..Default::default() };
+        let p1 = SmallParams { in_off: 5, len: len as u32, out_off: 1, act: 1, ..Default::default() };
+        let ops =
+            [p0, p1].map(|p| k.small(&gpu.device, Small::SumRange, Some(&v_buf), None, Some(&dst), None, p, [1, 1, 1]));
+        gpu.run(&ops).unwrap();
+        results.push(gpu.download_f32(&dst, 2).unwrap());
+    }
+    let tail = v.slice(ndarray::s![5..]);
+    let (sum, sumsq) = (tail.sum(), tail.mapv(|x| x * x).sum());
+    assert!(((results[0][0] as f64 - sum) / sumsq).abs() < 1e-5, "{} vs {sum}", results[0][0]);
+    assert!(((results[0][1] as f64 - sumsq) / sumsq).abs() < 1e-5, "{} vs {sumsq}", results[0][1]);
+    assert_eq!(results[0], results[1], "reductions must be deterministic");
+}
+
+#[test]
+fn softmax_and_kl_terms_match_the_cpu() {
+    let (gpu, k) = open();
+    let mut rng = StdRng::seed_from_u64(5);
+    let (rows, cols) = (65, 10);
+    let mut z = random(rows, cols, -5.0, 5.0, &mut rng);
+    z[[0, 3]] = 500.0; // would overflow exp without the row maximum
+    let labels: Vec<u32> = (0..rows).map(|i| (i % cols) as u32).collect();
+    let labels_buf = gpu.upload_f32("labels", bytemuck::cast_slice(&labels));
+    let z_buf = gpu.upload_f32("z", &f32s(&z));
+    let loss = poisoned(&gpu, rows);
+    let p = SmallParams { rows: rows as u32, cols: cols as u32, flag: 1, ..Default::default() };
+    let op = k.small(&gpu.device, Small::Softmax, None, Some(&labels_buf), Some(&z_buf), Some(&loss), p, [2, 1, 1]);
+    gpu.run(&[op]).unwrap();
+    let mut delta = Array2::<f64>::zeros((rows, cols));
+    let mut nll = vec![0.0; rows];
+    for i in 0..rows {
+        let mx = z.row(i).fold(f64::NEG_INFINITY, |a, &b| a.max(b));
+        let s: f64 = z.row(i).iter().map(|v| (v - mx).exp()).sum();
+        for j in 0..cols {
+            delta[[i, j]] = (z[[i, j]] - mx).exp() / s - if j == labels[i] as usize { 1.0 } else { 0.0 };
+        }
+        nll[i] = s.ln() + mx - z[[i, labels[i] as usize]];
+    }
+    assert!(rel(&gpu.download_f32(&z_buf, rows * cols).unwrap(), delta.as_slice().unwrap()) < TOLERANCE);
+    assert!(rel(&gpu.download_f32(&loss, rows).unwrap(), &nll) < TOLERANCE);
+
+    // KL terms from column sums: ρ̂ = colsum/m.
+    let m = 40.0;
+    let rho_hat: Vec<f64> = (0..63).map(|_| rng.random_range(0.01..0.99)).collect();
+    let colsum: Vec<f32> = rho_hat.iter().map(|r| (r * m) as f32).collect();
+    let colsum_buf = gpu.upload_f32("colsum", &colsum);
+    let out = poisoned(&gpu, 2 * 63);
+    let (rho, beta) = (0.05, 3.0);
+    let p = SmallParams { cols: 63, alpha: 1.0 / m as f32, rho: rho as f32, beta: beta as f32, ..Default::default() };
+    let op = k.small(&gpu.device, Small::KlTerms, Some(&colsum_buf), None, Some(&out), None, p, [1, 1, 1]);
+    gpu.run(&[op]).unwrap();
+    let mut expected: Vec<f64> = rho_hat.iter().map(|&r| beta * (-rho / r + (1.0 - rho) / (1.0 - r))).collect();
+    expected
+        .extend(rho_hat.iter().map(|&r| beta * (rho * (rho / r).ln() + (1.0 - rho) * ((1.0 - rho) / (1.0 - r)).ln())));
+    assert!(rel(&gpu.download_f32(&out, 2 * 63).unwrap(), &expected) < TOLERANCE);
+}
