@@ -3,6 +3,7 @@
 //! reference. See README.md for the θ layout and DESIGN.md for the architecture.
 
 pub mod backend;
+pub mod checkpoint;
 pub mod cpu;
 mod error;
 pub mod gpu;
