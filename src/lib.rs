@@ -5,11 +5,13 @@
 pub mod backend;
 pub mod checkpoint;
 pub mod cpu;
+pub mod data;
 mod error;
 pub mod gpu;
 pub mod gradcheck;
 pub mod model;
 pub mod npy;
+pub mod viz;
 
 pub use backend::{Backend, Batch, Cost, Inputs, Targets};
 pub use cpu::CpuBackend;

@@ -1,0 +1,222 @@
+//! Numbers in CSV form, plain or gzip-compressed: one example per line, one column of which is
+//! its class label (the last by default). The separator is a comma, or else a semicolon, tab
+//! or spaces, judged from the first line. A first line with no number in it is a header and is
+//! skipped. Blank lines and lines starting with `#` are skipped. Errors name the line and
+//! column (both counted from 1, as an editor shows them). No quoting: the files this reads
+//! hold numbers only.
+
+use std::fmt;
+use std::path::Path;
+use std::str::FromStr;
+
+use ndarray::Array2;
+
+use super::read_maybe_gz;
+use crate::{Error, Result};
+
+/// Which column of a CSV file holds the class label.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum LabelColumn {
+    /// The last column (the default).
+    #[default]
+    Last,
+    /// The first column.
+    First,
+    /// Column number n, counted from 1.
+    Number(usize),
+    /// No labels: every column is a feature.
+    None,
+}
+
+impl FromStr for LabelColumn {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<LabelColumn> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "last" => Ok(LabelColumn::Last),
+            "first" => Ok(LabelColumn::First),
+            "none" => Ok(LabelColumn::None),
+            other => match other.parse::<usize>() {
+                Ok(n) if n >= 1 => Ok(LabelColumn::Number(n)),
+                _ => Err(Error::Data(format!(
+                    "unknown label column `{s}`: use last, first, none or a column number counted from 1"
+                ))),
+            },
+        }
+    }
+}
+
+impl fmt::Display for LabelColumn {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            LabelColumn::Last => f.write_str("last"),
+            LabelColumn::First => f.write_str("first"),
+            LabelColumn::Number(n) => write!(f, "{n}"),
+            LabelColumn::None => f.write_str("none"),
+        }
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Separator {
+    Char(char),
+    Whitespace,
+}
+
+impl Separator {
+    fn of(line: &str) -> Separator {
+        [',', ';', '\t'].into_iter().find(|&c| line.contains(c)).map_or(Separator::Whitespace, Separator::Char)
+    }
+
+    fn split<'a>(&self, line: &'a str) -> Vec<&'a str> {
+        match *self {
+            Separator::Char(c) => line.split(c).map(str::trim).collect(),
+            Separator::Whitespace => line.split_whitespace().collect(),
+        }
+    }
+}
+
+/// Reads a CSV file (plain or `.gz`): the feature columns as an m × n matrix and, unless
+/// `label` is [`LabelColumn::None`], the labels (whole numbers ≥ 0).
+pub fn read_csv(path: &Path, label: LabelColumn) -> Result<(Array2<f32>, Option<Vec<usize>>)> {
+    let bytes = read_maybe_gz(path)?;
+    let text = std::str::from_utf8(&bytes)
+        .map_err(|e| Error::file(path, format!("is not a text file ({e}): expected numbers separated by commas")))?;
+    parse_csv(text, label).map_err(|message| Error::file(path, message))
+}
+
+/// The parser behind [`read_csv`]; errors are messages without the file name.
+pub fn parse_csv(text: &str, label: LabelColumn) -> Result<(Array2<f32>, Option<Vec<usize>>), String> {
+    let mut lines =
+        text.lines().enumerate().map(|(i, l)| (i + 1, l.trim())).filter(|(_, l)| !l.is_empty() && !l.starts_with('#'));
+    let Some((first_no, first)) = lines.next() else {
+        return Err("holds no data: expected one example per line".into());
+    };
+    let separator = Separator::of(first);
+    let first_fields = separator.split(first);
+    let is_header = first_fields.iter().all(|f| f.parse::<f64>().is_err());
+    let mut data_lines: Box<dyn Iterator<Item = (usize, &str)>> =
+        if is_header { Box::new(lines) } else { Box::new(std::iter::once((first_no, first)).chain(lines)) };
+
+    let mut values = Vec::new();
+    let mut labels = Vec::new();
+    let mut shape: Option<(usize, usize)> = None; // (columns, first data line)
+    let mut rows = 0;
+    for (line_no, line) in &mut data_lines {
+        let fields = separator.split(line);
+        let (columns, label_at) = match shape {
+            Some((columns, first_line)) => {
+                if fields.len() != columns {
+                    return Err(format!(
+                        "line {line_no} has {} columns but line {first_line} has {columns}: every row needs the same number of values",
+                        fields.len()
+                    ));
+                }
+                (columns, label_index(label, columns))
+            }
+            None => {
+                let columns = fields.len();
+                let label_at = label_index(label, columns);
+                if let Some(at) = label_at.filter(|&a| a >= columns) {
+                    return Err(format!(
+                        "the label column is {} but line {line_no} has only {columns} columns",
+                        at + 1
+                    ));
+                }
+                if label_at.is_some() && columns < 2 {
+                    return Err(format!(
+                        "line {line_no} has {columns} column: with a label column there must be at least one value besides it"
+                    ));
+                }
+                shape = Some((columns, line_no));
+                (columns, label_at)
+            }
+        };
+        debug_assert_eq!(fields.len(), columns);
+        for (c, field) in fields.iter().enumerate() {
+            let at = || format!("line {line_no}, column {}", c + 1);
+            let v: f64 = field.parse().map_err(|_| {
+                if field.is_empty() {
+                    format!("{}: the value is missing", at())
+                } else {
+                    format!("{}: `{field}` is not a number", at())
+                }
+            })?;
+            if !v.is_finite() {
+                return Err(format!("{}: `{field}` is not a finite number; remove or replace it", at()));
+            }
+            if Some(c) == label_at {
+                if v < 0.0 || v.fract() != 0.0 || v > u32::MAX as f64 {
+                    return Err(format!("{}: the label `{field}` is not a class number 0, 1, 2, …", at()));
+                }
+                labels.push(v as usize);
+            } else {
+                values.push(v as f32);
+            }
+        }
+        rows += 1;
+    }
+    let Some((columns, _)) = shape else {
+        return Err("holds a header line but no data rows".into());
+    };
+    let features = columns - usize::from(label_index(label, columns).is_some());
+    let x = Array2::from_shape_vec((rows, features), values).expect("every row has the same width");
+    Ok((x, (label != LabelColumn::None).then_some(labels)))
+}
+
+/// The 0-based label column for rows of `columns` values; out of range is left for the caller.
+fn label_index(label: LabelColumn, columns: usize) -> Option<usize> {
+    match label {
+        LabelColumn::Last => Some(columns.saturating_sub(1)),
+        LabelColumn::First => Some(0),
+        LabelColumn::Number(n) => Some(n.saturating_sub(1)),
+        LabelColumn::None => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_values_labels_and_header() {
+        let text = "a,b,label\n1, 2 ,3\n\n# comment\n4.5,-6,0\n";
+        let (x, labels) = parse_csv(text, LabelColumn::Last).unwrap();
+        assert_eq!(x, ndarray::array![[1.0, 2.0], [4.5, -6.0]]);
+        assert_eq!(labels, Some(vec![3, 0]));
+        let (x, labels) = parse_csv("7 1 2\n8 3 4\n", LabelColumn::First).unwrap();
+        assert_eq!(x, ndarray::array![[1.0, 2.0], [3.0, 4.0]]);
+        assert_eq!(labels, Some(vec![7, 8]));
+        let (x, labels) = parse_csv("1;2\n3;4\n", LabelColumn::None).unwrap();
+        assert_eq!(x.dim(), (2, 2));
+        assert_eq!(labels, None);
+        let (x, labels) = parse_csv("1,9,2\n3,8,4\n", LabelColumn::Number(2)).unwrap();
+        assert_eq!(x, ndarray::array![[1.0, 2.0], [3.0, 4.0]]);
+        assert_eq!(labels, Some(vec![9, 8]));
+    }
+
+    #[test]
+    fn errors_name_line_and_column() {
+        let e = parse_csv("1,2,3\n4,x,6\n", LabelColumn::Last).unwrap_err();
+        assert!(e.contains("line 2, column 2") && e.contains("`x` is not a number"), "{e}");
+        let e = parse_csv("1,2,3\n4,5\n", LabelColumn::Last).unwrap_err();
+        assert!(e.contains("line 2 has 2 columns but line 1 has 3"), "{e}");
+        let e = parse_csv("1,2,3.5\n", LabelColumn::Last).unwrap_err();
+        assert!(e.contains("line 1, column 3") && e.contains("label"), "{e}");
+        let e = parse_csv("1,2,3\n1,nan,3\n", LabelColumn::Last).unwrap_err();
+        assert!(e.contains("line 2, column 2") && e.contains("finite"), "{e}");
+        let e = parse_csv("1,,3\n", LabelColumn::Last).unwrap_err();
+        assert!(e.contains("line 1, column 2: the value is missing"), "{e}");
+        assert!(parse_csv("a,b\n", LabelColumn::Last).unwrap_err().contains("no data rows"));
+        assert!(parse_csv("\n\n", LabelColumn::Last).unwrap_err().contains("no data"));
+        assert!(parse_csv("1,2\n", LabelColumn::Number(5)).unwrap_err().contains("label column is 5"));
+    }
+
+    #[test]
+    fn label_column_parses() {
+        assert_eq!("LAST".parse::<LabelColumn>().unwrap(), LabelColumn::Last);
+        assert_eq!("3".parse::<LabelColumn>().unwrap(), LabelColumn::Number(3));
+        assert!("0".parse::<LabelColumn>().is_err());
+        assert!("middle".parse::<LabelColumn>().is_err());
+    }
+}
