@@ -2,6 +2,9 @@
 //! found through WGNN_DATA_DIR), on small corrupt files written into a temporary folder, and
 //! the synthetic images' statistics; whitening on real patches.
 
+mod common;
+
+use common::data_dir;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
@@ -13,24 +16,6 @@ use wgnn::data::{DataSource, Digits, LabelColumn, LoadOptions, Mnist, Split, csv
 
 /// The folder of real data sets. Tests that need it fail loudly without it: a suite that
 /// silently skips its real-data checks proves nothing.
-fn data_dir() -> PathBuf {
-    let Some(dir) = std::env::var_os("WGNN_DATA_DIR") else {
-        let message = "WGNN_DATA_DIR is not set: this test reads the real data sets; \
-                       run it as `WGNN_DATA_DIR=../shared/data cargo test` from the project's root";
-        eprintln!("\n*** {message} ***\n");
-        panic!("{message}");
-    };
-    let dir = PathBuf::from(dir);
-    if !dir.is_dir() {
-        let message = format!(
-            "WGNN_DATA_DIR={} is not a folder: set WGNN_DATA_DIR=../shared/data (relative to the project's root)",
-            dir.display()
-        );
-        eprintln!("\n*** {message} ***\n");
-        panic!("{message}");
-    }
-    dir
-}
 
 const TRAIN_COUNTS: [usize; 10] = [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949];
 const TEST_COUNTS: [usize; 10] = [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009];

@@ -226,3 +226,29 @@ fn bad_input_is_refused_like_the_cpu_backend() {
     assert!(e.contains("θ has"), "{e}");
     assert!(g.cost(&theta, Batch::Indices(&[9])).is_err());
 }
+
+#[test]
+fn all_of_mnist_in_one_full_batch_evaluation_fits_the_binding_limits() {
+    // 60,000 × 784 f32 is 188 MB, over the 128 MiB storage binding lavapipe (and WebGPU's
+    // default) allows: the backend must chunk it and accumulate the gradient on the device.
+    use wgnn::data::{DataSource, LoadOptions};
+    let dir = common::data_dir().join("mnist");
+    let data = DataSource::Mnist(dir).load(&LoadOptions::default()).unwrap();
+    assert_eq!(data.x.dim(), (60_000, 784));
+    let labels = data.labels.clone().unwrap();
+    let spec = NetSpec::softmax_regression(784, 10, 1e-4).unwrap();
+    let theta = Init::Normal { epsilon: 0.005 }.theta(&spec, 1);
+    let mut g = gpu(&spec);
+    g.set_data((&data.x).into(), wgnn::Targets::Labels(&labels)).unwrap();
+    let binding = g.gpu().limits.max_storage_buffer_binding_size;
+    println!("max storage binding {} MiB; data {} MB", binding >> 20, 60_000 * 784 * 4 / 1_000_000);
+    let mut cpu = CpuBackend::<f64>::new(spec.clone()).unwrap();
+    cpu.set_data((&data.x).into(), wgnn::Targets::Labels(&labels)).unwrap();
+    let mut g_gpu = vec![f64::NAN; theta.len()];
+    let mut g_cpu = vec![0.0; theta.len()];
+    let c_gpu = g.cost_and_grad(&theta, Batch::All, &mut g_gpu).unwrap().total();
+    let c_cpu = cpu.cost_and_grad(&theta, Batch::All, &mut g_cpu).unwrap().total();
+    let (dc, dg) = (((c_gpu - c_cpu) / c_cpu).abs(), rel(&g_gpu, &g_cpu));
+    println!("MNIST 60,000: cost {c_gpu} (cpu {c_cpu}), errors {dc:e} {dg:e}");
+    assert!(dc < TOLERANCE && dg < TOLERANCE, "cost {dc:e}, gradient {dg:e}");
+}

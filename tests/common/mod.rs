@@ -97,3 +97,24 @@ pub fn gradcheck_cases() -> Vec<Case> {
         },
     ]
 }
+
+/// The real data sets (`../shared/data`), from `WGNN_DATA_DIR`. Unset, the test says so
+/// loudly and fails: a test that needs data never passes silently without it.
+pub fn data_dir() -> std::path::PathBuf {
+    let Some(dir) = std::env::var_os("WGNN_DATA_DIR") else {
+        let message = "WGNN_DATA_DIR is not set: this test reads the real data sets; \
+                       run it as `WGNN_DATA_DIR=../shared/data cargo test` from the project's root";
+        eprintln!("\n*** {message} ***\n");
+        panic!("{message}");
+    };
+    let dir = std::path::PathBuf::from(dir);
+    if !dir.is_dir() {
+        let message = format!(
+            "WGNN_DATA_DIR={} is not a folder: set WGNN_DATA_DIR=../shared/data (relative to the project's root)",
+            dir.display()
+        );
+        eprintln!("\n*** {message} ***\n");
+        panic!("{message}");
+    }
+    dir
+}
