@@ -11,6 +11,7 @@ pub mod gpu;
 pub mod gradcheck;
 pub mod model;
 pub mod npy;
+pub mod optim;
 pub mod viz;
 
 pub use backend::{Backend, Batch, Cost, Inputs, Targets};

@@ -11,7 +11,7 @@ use wgnn::model::{Init, NetSpec, Sparsity};
 fn sample() -> Checkpoint {
     let spec = NetSpec::sparse_autoencoder(64, 25, 1e-4, Sparsity { target: 0.01, weight: 3.0 }).unwrap();
     let mut theta = Init::Uniform.theta(&spec, 5);
-    theta[3200] = 0.1234567890123456789; // a bias with full f64 precision
+    theta[3200] = 0.123_456_789_012_345_68; // a bias with full f64 precision
     let mut metadata =
         Metadata { seed: Some(5), history: serde_json::json!([{"cost": 1.5}, {"cost": 0.5}]), ..Default::default() };
     metadata.extra.insert("final_cost".into(), serde_json::json!(0.5));

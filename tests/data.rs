@@ -14,9 +14,6 @@ use wgnn::data::patches::{self, GrayImage};
 use wgnn::data::whiten::{Components, Whitening, covariance};
 use wgnn::data::{DataSource, Digits, LabelColumn, LoadOptions, Mnist, Split, csv, mnist, synthetic};
 
-/// The folder of real data sets. Tests that need it fail loudly without it: a suite that
-/// silently skips its real-data checks proves nothing.
-
 const TRAIN_COUNTS: [usize; 10] = [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949];
 const TEST_COUNTS: [usize; 10] = [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009];
 

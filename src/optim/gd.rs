@@ -1,0 +1,46 @@
+//! Full-batch gradient descent with a fixed learning rate, θ ← θ − η∇J(θ) (MATH.md,
+//! "Optimisation"). The step is [`UpdateRule::Plain`], the same piece the minibatch methods
+//! and the GPU kernels use.
+
+use serde::{Deserialize, Serialize};
+
+use super::linalg::{all_finite, norm};
+use super::update::{UpdateRule, UpdateState};
+use super::{Iterated, Outcome, Point, Run};
+use crate::Result;
+use crate::backend::Batch;
+
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct GradientDescent {
+    pub learning_rate: f64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub(super) struct State {
+    pub(super) point: Point,
+    update: UpdateState,
+}
+
+impl State {
+    pub(super) fn new(dim: usize) -> State {
+        State { point: Point::default(), update: UpdateState::new(UpdateRule::Plain, dim) }
+    }
+
+    pub(super) fn dim(&self) -> Option<usize> {
+        (!self.point.grad.is_empty()).then_some(self.point.grad.len())
+    }
+
+    pub(super) fn iterate(&mut self, m: &GradientDescent, run: &mut Run, theta: &mut [f64]) -> Result<Outcome> {
+        let before = theta.to_vec();
+        self.update.apply(theta, &self.point.grad, m.learning_rate);
+        let cost = run.eval(theta, Batch::All, &mut self.point.grad)?;
+        if !(cost.is_finite() && all_finite(&self.point.grad)) {
+            theta.copy_from_slice(&before);
+            return Err(
+                run.diverged("the cost or gradient became NaN or infinite", "Lower the learning rate and try again.")
+            );
+        }
+        self.point.cost = Some(cost);
+        Ok(Outcome::Iterated(Iterated { cost, grad_norm: norm(&self.point.grad), step_size: m.learning_rate }))
+    }
+}

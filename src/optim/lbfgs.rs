@@ -1,0 +1,142 @@
+//! Limited-memory BFGS (Nocedal & Wright, Algorithms 7.4 and 7.5), as minFunc runs it for the
+//! UFLDL exercises: the two-loop recursion over the last m correction pairs (s, y) with the
+//! initial Hessian γI, γ = sᵀy/yᵀy; a strong-Wolfe line search from α = 1 (the first step,
+//! along −∇J, from min(1, 1/‖∇J‖₁)); pairs with too little curvature are skipped. Full batch
+//! only: L-BFGS needs the same J at every evaluation.
+
+use std::collections::VecDeque;
+
+use serde::{Deserialize, Serialize};
+
+use super::control::StopReason;
+use super::linalg::{axpy, descends, dot, norm, norm_l1};
+use super::line_search::{LineSearch, LineSearchOutcome};
+use super::{Iterated, Outcome, Point, Run};
+use crate::{Error, Result};
+
+/// L-BFGS settings. Defaults: memory m = 100 (minFunc's `Corr`, which the UFLDL exercises
+/// run with; scipy uses 10, and large networks should too: memory costs 2m|θ| f64) and the
+/// quasi-Newton line search (c₁ = 1e-4, c₂ = 0.9, at most 25 evaluations).
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Lbfgs {
+    /// Correction pairs kept.
+    pub memory: usize,
+    pub line_search: LineSearch,
+}
+
+impl Lbfgs {
+    pub const DEFAULT_MEMORY: usize = 100;
+
+    pub fn with_memory(self, memory: usize) -> Lbfgs {
+        Lbfgs { memory, ..self }
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        if self.memory == 0 {
+            return Err(Error::Data("L-BFGS memory must be at least 1 correction pair (usual: 10 to 100)".into()));
+        }
+        self.line_search.validate()
+    }
+}
+
+impl Default for Lbfgs {
+    fn default() -> Lbfgs {
+        Lbfgs { memory: Lbfgs::DEFAULT_MEMORY, line_search: LineSearch::QUASI_NEWTON }
+    }
+}
+
+/// s = θₖ₊₁ − θₖ, y = ∇Jₖ₊₁ − ∇Jₖ and ρ = 1/yᵀs.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+struct Pair {
+    s: Vec<f64>,
+    y: Vec<f64>,
+    rho: f64,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub(super) struct State {
+    pub(super) point: Point,
+    /// Oldest first.
+    pairs: VecDeque<Pair>,
+}
+
+impl State {
+    pub(super) fn dim(&self) -> Option<usize> {
+        (!self.point.grad.is_empty()).then_some(self.point.grad.len())
+    }
+
+    pub(super) fn iterate(&mut self, m: &Lbfgs, run: &mut Run, theta: &mut [f64]) -> Result<Outcome> {
+        let mut d = vec![0.0; theta.len()];
+        loop {
+            let steepest = self.pairs.is_empty();
+            direction(&self.pairs, &self.point.grad, &mut d);
+            if !descends(dot(&self.point.grad, &d)) {
+                // Rounding can spoil H's positive definiteness: forget it and use −∇J.
+                if steepest {
+                    return Ok(Outcome::Stopped(StopReason::LineSearchFailed));
+                }
+                self.pairs.clear();
+                continue;
+            }
+            let alpha0 = if steepest { (1.0 / norm_l1(&self.point.grad)).min(1.0) } else { 1.0 };
+            let g_old = self.point.grad.clone();
+            let mut cost = self.point.cost();
+            let outcome =
+                m.line_search.search(&mut run.full_batch(), theta, &mut cost, &mut self.point.grad, &d, alpha0)?;
+            match outcome {
+                LineSearchOutcome::Accepted { alpha, .. } => {
+                    self.point.cost = Some(cost);
+                    remember(&mut self.pairs, m.memory, alpha, &d, &g_old, &self.point.grad);
+                    let it = Iterated { cost, grad_norm: norm(&self.point.grad), step_size: alpha };
+                    return Ok(Outcome::Iterated(it));
+                }
+                LineSearchOutcome::Failed { .. } if !steepest => self.pairs.clear(),
+                LineSearchOutcome::Failed { evaluations, non_finite } if non_finite > 0 => {
+                    return Err(run.diverged(
+                        &format!(
+                            "no step lowered the cost and the cost or gradient was NaN or infinite at {non_finite} of the {evaluations} steps the line search tried"
+                        ),
+                        "Check the data for extreme values and the initial θ.",
+                    ));
+                }
+                LineSearchOutcome::Failed { .. } => return Ok(Outcome::Stopped(StopReason::LineSearchFailed)),
+            }
+        }
+    }
+}
+
+/// d = −H∇J by the two-loop recursion (Nocedal & Wright Algorithm 7.4); −∇J without pairs.
+fn direction(pairs: &VecDeque<Pair>, grad: &[f64], d: &mut [f64]) {
+    for (di, &gi) in d.iter_mut().zip(grad) {
+        *di = -gi;
+    }
+    let Some(newest) = pairs.back() else { return };
+    let mut alphas = vec![0.0; pairs.len()];
+    for (a, p) in alphas.iter_mut().zip(pairs).rev() {
+        *a = p.rho * dot(&p.s, d);
+        axpy(-*a, &p.y, d);
+    }
+    let gamma = 1.0 / (newest.rho * dot(&newest.y, &newest.y));
+    d.iter_mut().for_each(|di| *di *= gamma);
+    for (a, p) in alphas.iter().zip(pairs) {
+        let b = p.rho * dot(&p.y, d);
+        axpy(a - b, &p.s, d);
+    }
+}
+
+/// Adds the pair of the step just taken, dropping the oldest beyond `memory`; skips it
+/// when yᵀs ≤ ε yᵀy (no usable curvature, e.g. after a step accepted without the curvature
+/// condition), as scipy's L-BFGS-B does.
+fn remember(pairs: &mut VecDeque<Pair>, memory: usize, alpha: f64, d: &[f64], g_old: &[f64], g_new: &[f64]) {
+    let s: Vec<f64> = d.iter().map(|di| alpha * di).collect();
+    let y: Vec<f64> = g_new.iter().zip(g_old).map(|(a, b)| a - b).collect();
+    let ys = dot(&y, &s);
+    let enough_curvature = ys > f64::EPSILON * dot(&y, &y);
+    if !enough_curvature {
+        return;
+    }
+    while pairs.len() >= memory {
+        pairs.pop_front();
+    }
+    pairs.push_back(Pair { s, y, rho: 1.0 / ys });
+}

@@ -1,0 +1,195 @@
+//! Minibatch training — SGD (plain, momentum, Nesterov) and Adam — one epoch per iteration:
+//! visit the examples in an order drawn from the seed and the epoch number alone (so a resumed
+//! run draws the same batches), take a step of the [`UpdateRule`] on each minibatch's
+//! gradient, then let the [`Schedule`] set the learning rate of the next epoch. The update
+//! itself lives in `update.rs`, where the GPU kernels find their specification.
+
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
+use serde::{Deserialize, Serialize};
+
+use super::control::StopReason;
+use super::linalg::{all_finite, norm};
+use super::schedule::{Schedule, ScheduleState};
+use super::update::{UpdateRule, UpdateState};
+use super::{Iterated, Outcome, Run, non_finite_start, positive};
+use crate::backend::Batch;
+use crate::{Error, Result};
+
+/// A minibatch method: the update rule, the initial learning rate η₀ and its schedule,
+/// the batch size (the last batch of an epoch takes what is left) and the shuffling seed.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Minibatch {
+    pub rule: UpdateRule,
+    pub learning_rate: f64,
+    #[serde(default)]
+    pub schedule: Schedule,
+    pub batch_size: usize,
+    /// Visit examples in a fresh random order each epoch (else in their stored order).
+    pub shuffle: bool,
+    pub seed: u64,
+}
+
+impl Minibatch {
+    /// scikit-learn's `batch_size="auto"`: min(200, number of examples).
+    pub const DEFAULT_BATCH_SIZE: usize = 200;
+
+    /// SGD with Nesterov momentum 0.9 (scikit-learn's `solver="sgd"` defaults; its default
+    /// η₀ is 0.001).
+    pub fn sgd(learning_rate: f64) -> Minibatch {
+        Minibatch {
+            rule: UpdateRule::NESTEROV,
+            learning_rate,
+            schedule: Schedule::Constant,
+            batch_size: Minibatch::DEFAULT_BATCH_SIZE,
+            shuffle: true,
+            seed: 0,
+        }
+    }
+
+    /// Adam with β₁ = 0.9, β₂ = 0.999, ε = 1e-8 (scikit-learn's default η₀ is 0.001).
+    pub fn adam(learning_rate: f64) -> Minibatch {
+        Minibatch { rule: UpdateRule::ADAM, ..Minibatch::sgd(learning_rate) }
+    }
+
+    pub fn with_rule(self, rule: UpdateRule) -> Minibatch {
+        Minibatch { rule, ..self }
+    }
+
+    pub fn with_batch_size(self, batch_size: usize) -> Minibatch {
+        Minibatch { batch_size, ..self }
+    }
+
+    pub fn with_schedule(self, schedule: Schedule) -> Minibatch {
+        Minibatch { schedule, ..self }
+    }
+
+    pub fn with_seed(self, seed: u64) -> Minibatch {
+        Minibatch { seed, ..self }
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        positive("learning rate", self.learning_rate)?;
+        if self.batch_size == 0 {
+            return Err(Error::Data("batch size must be at least 1".into()));
+        }
+        self.rule.validate()?;
+        self.schedule.validate()
+    }
+
+    /// The order examples 0..n are visited in during epoch `epoch` (0-based).
+    pub fn epoch_order(&self, epoch: usize, n: usize) -> Vec<usize> {
+        let mut order: Vec<usize> = (0..n).collect();
+        if self.shuffle {
+            // Each epoch's generator depends on (seed, epoch) only: no position to save.
+            let mut rng = StdRng::seed_from_u64(self.seed ^ (epoch as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+            order.shuffle(&mut rng);
+        }
+        order
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub(super) struct State {
+    update: UpdateState,
+    /// η for the current epoch.
+    learning_rate: f64,
+    schedule: ScheduleState,
+    /// Examples of all completed epochs (scikit-learn's `t_`, for inverse scaling).
+    examples_seen: u64,
+    /// Steps done in the current epoch, and the epoch's batch-size-weighted sums so far, so
+    /// that a run interrupted mid-epoch resumes it exactly.
+    step_in_epoch: usize,
+    epoch_cost: f64,
+    epoch_grad_norm: f64,
+    epoch_examples: usize,
+    /// θ before the latest update, to go back to if the next cost is not finite. Not saved:
+    /// the first step after a resume has none.
+    #[serde(skip)]
+    before: Option<Vec<f64>>,
+}
+
+impl State {
+    pub(super) fn new(m: &Minibatch, dim: usize) -> State {
+        State {
+            update: UpdateState::new(m.rule, dim),
+            learning_rate: m.learning_rate,
+            schedule: ScheduleState::default(),
+            examples_seen: 0,
+            step_in_epoch: 0,
+            epoch_cost: 0.0,
+            epoch_grad_norm: 0.0,
+            epoch_examples: 0,
+            before: None,
+        }
+    }
+
+    pub(super) fn rule(&self) -> UpdateRule {
+        self.update.rule
+    }
+
+    pub(super) fn dim(&self) -> Option<usize> {
+        self.update.dim()
+    }
+
+    /// The rest of the current epoch (all of it unless resumed mid-epoch).
+    pub(super) fn iterate(&mut self, m: &Minibatch, run: &mut Run, theta: &mut [f64]) -> Result<Outcome> {
+        let n = run.num_examples();
+        let size = m.batch_size.min(n);
+        let steps = n.div_ceil(size);
+        run.steps_per_iteration = steps;
+        let order = m.epoch_order(run.counters.iteration, n);
+        let mut grad = vec![0.0; theta.len()];
+        while self.step_in_epoch < steps {
+            let rows = &order[self.step_in_epoch * size..((self.step_in_epoch + 1) * size).min(n)];
+            let batch = if steps == 1 { Batch::All } else { Batch::Indices(rows) };
+            let cost = run.eval(theta, batch, &mut grad)?;
+            if !(cost.is_finite() && all_finite(&grad)) {
+                return Err(match &self.before {
+                    Some(b) => {
+                        theta.copy_from_slice(b);
+                        run.diverged(
+                            "a minibatch cost or gradient became NaN or infinite",
+                            "Lower the learning rate and try again.",
+                        )
+                    }
+                    None if run.counters.evaluations == 1 => non_finite_start(cost),
+                    None => run.diverged("a minibatch cost or gradient is NaN or infinite", "Lower the learning rate."),
+                });
+            }
+            let weight = rows.len() as f64;
+            self.epoch_cost += weight * cost;
+            self.epoch_grad_norm += weight * norm(&grad);
+            self.epoch_examples += rows.len();
+            match &mut self.before {
+                Some(b) => b.copy_from_slice(theta),
+                None => self.before = Some(theta.to_vec()),
+            }
+            self.update.apply(theta, &grad, self.learning_rate);
+            self.step_in_epoch += 1;
+            // The last step of an epoch is reported with the epoch's record instead.
+            if self.step_in_epoch < steps && run.report_step(self.step_in_epoch, cost) {
+                return Ok(Outcome::Stopped(StopReason::Interrupted));
+            }
+        }
+        let examples = self.epoch_examples as f64;
+        let it = Iterated {
+            cost: self.epoch_cost / examples,
+            grad_norm: self.epoch_grad_norm / examples,
+            step_size: self.learning_rate,
+        };
+        self.examples_seen += self.epoch_examples as u64;
+        self.step_in_epoch = 0;
+        self.epoch_cost = 0.0;
+        self.epoch_grad_norm = 0.0;
+        self.epoch_examples = 0;
+        Ok(Outcome::Iterated(it))
+    }
+
+    /// After an epoch's record: the schedule sets η for the next epoch.
+    pub(super) fn observe(&mut self, m: &Minibatch, monitored: f64) {
+        self.learning_rate =
+            m.schedule.next(m.learning_rate, self.learning_rate, self.examples_seen, monitored, &mut self.schedule);
+    }
+}

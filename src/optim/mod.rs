@@ -1,0 +1,541 @@
+//! Optimizers: minimise J(θ) knowing only J and ∇J (MATH.md, "Optimisation"). Full-batch
+//! gradient descent; minibatch SGD with momentum or Nesterov momentum and Adam, with
+//! learning-rate schedules and seeded shuffling; L-BFGS and Polak–Ribière+ conjugate
+//! gradient with a strong-Wolfe line search.
+//!
+//! Everything is written against [`Objective`]: a backend, CPU or GPU, through
+//! [`BackendObjective`], or a plain function through [`FnObjective`]. Nothing here reads
+//! files, prints or draws: the CLI watches a run through [`Hooks`], saves the serde-
+//! serialisable [`Optimizer`] (method, counters, per-method state, [`History`]) in checkpoints
+//! and resumes by deserialising it and calling [`Optimizer::run`] again with the θ saved
+//! beside it. For every method a run stopped by [`Control::Stop`] or by a limit and then
+//! resumed gives the same θ, bit for bit, as one uninterrupted run (provided the JSON
+//! round trip keeps f64 exactly: serde_json needs its `float_roundtrip` feature for that).
+//!
+//! Evaluations cross the backend interface as θ (host → backend) and ∇J plus the scalar cost
+//! (backend → host), nothing more. L-BFGS and CG keep their vectors on the host: L-BFGS
+//! about 2m + 6 vectors of |θ| f64 (m = memory, 100 by default: 5 MB for the 64-25-64
+//! sparse autoencoder, 0.5 GB for a 784-196-784 one, where `memory: 10` is wiser), CG 6.
+//! A checkpoint should store those vectors as tensors: as JSON text they are ~20 bytes a
+//! number.
+//! The first-order update rules are a separate piece ([`UpdateState`]) so the GPU backend
+//! can run the same formulas as kernels on θ in device memory and be tested against them.
+//!
+//! NaN or infinity in a cost or gradient ends a run with [`crate::Error::Data`], θ left at the
+//! last point where both were finite and the history up to it kept in the optimizer. A
+//! line-search trial that overflows is not an error: the search backs off.
+
+mod cg;
+mod control;
+mod gd;
+mod history;
+mod lbfgs;
+mod linalg;
+mod line_search;
+mod minibatch;
+mod objective;
+mod schedule;
+mod update;
+
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+
+pub use cg::ConjugateGradient;
+pub use control::{Control, EarlyStopping, Hooks, Progress, Stop, StopReason, Summary};
+pub use gd::GradientDescent;
+pub use history::{History, Record};
+pub use lbfgs::Lbfgs;
+pub use line_search::{CostAndGrad, LineSearch, LineSearchOutcome};
+pub use minibatch::Minibatch;
+pub use objective::{BackendObjective, FnObjective, Objective};
+pub use schedule::{Plateau, Schedule, ScheduleState};
+pub use update::{UpdateRule, UpdateScalars, UpdateState};
+
+use crate::backend::Batch;
+use crate::{Error, Result};
+use linalg::{all_finite, norm};
+
+/// An optimization method and its hyperparameters. Serialised with a `method` tag, e.g.
+/// `{"method": "lbfgs", "memory": 100, "line_search": {...}}`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "method", rename_all = "snake_case")]
+pub enum Method {
+    GradientDescent(GradientDescent),
+    /// SGD (plain, momentum, Nesterov) and Adam: the update rule is part of the config.
+    Minibatch(Minibatch),
+    Lbfgs(Lbfgs),
+    ConjugateGradient(ConjugateGradient),
+}
+
+impl Method {
+    pub fn gradient_descent(learning_rate: f64) -> Method {
+        Method::GradientDescent(GradientDescent { learning_rate })
+    }
+
+    /// SGD with scikit-learn's defaults: Nesterov momentum 0.9, batches of 200, constant η.
+    pub fn sgd(learning_rate: f64) -> Method {
+        Method::Minibatch(Minibatch::sgd(learning_rate))
+    }
+
+    /// Adam with β₁ = 0.9, β₂ = 0.999, ε = 1e-8, batches of 200, constant η.
+    pub fn adam(learning_rate: f64) -> Method {
+        Method::Minibatch(Minibatch::adam(learning_rate))
+    }
+
+    pub fn lbfgs() -> Method {
+        Method::Lbfgs(Lbfgs::default())
+    }
+
+    pub fn cg() -> Method {
+        Method::ConjugateGradient(ConjugateGradient::default())
+    }
+
+    /// Short name for logs: `gd`, `sgd`, `sgd+momentum`, `sgd+nesterov`, `adam`, `lbfgs`, `cg`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Method::GradientDescent(_) => "gd",
+            Method::Minibatch(m) => m.rule.name(),
+            Method::Lbfgs(_) => "lbfgs",
+            Method::ConjugateGradient(_) => "cg",
+        }
+    }
+
+    /// [`Stop::MINIBATCH`] for minibatch methods, [`Stop::FULL_BATCH`] for the others.
+    pub fn default_stop(&self) -> Stop {
+        match self {
+            Method::Minibatch(_) => Stop::MINIBATCH,
+            _ => Stop::FULL_BATCH,
+        }
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        match self {
+            Method::GradientDescent(m) => positive("learning rate", m.learning_rate),
+            Method::Minibatch(m) => m.validate(),
+            Method::Lbfgs(m) => m.validate(),
+            Method::ConjugateGradient(m) => m.line_search.validate(),
+        }
+    }
+}
+
+pub(crate) fn positive(name: &str, v: f64) -> Result<()> {
+    if v > 0.0 && v.is_finite() { Ok(()) } else { Err(Error::Data(format!("{name} {v} must be a positive number"))) }
+}
+
+/// A method with everything it has learned about the problem so far: iteration and
+/// evaluation counts, its vectors (moments, L-BFGS pairs, CG direction, the current cost and
+/// gradient), early-stopping state and the history. Serialise it to checkpoint; deserialise
+/// and [`Optimizer::run`] again, with the θ it left, to resume.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Optimizer {
+    method: Method,
+    counters: Counters,
+    /// Made on the first run, when |θ| is known.
+    state: Option<MethodState>,
+    history: History,
+}
+
+/// Progress shared by every method. Only finite numbers and `Option`s: JSON has no
+/// infinity.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+struct Counters {
+    iteration: usize,
+    evaluations: usize,
+    seconds: f64,
+    best_cost: Option<f64>,
+    /// Iterations in a row whose relative cost decrease was within the cost tolerance.
+    stalled: usize,
+    best_validation: Option<f64>,
+    best_theta: Option<Vec<f64>>,
+    checks_without_improvement: usize,
+}
+
+impl Optimizer {
+    pub fn new(method: Method) -> Result<Optimizer> {
+        method.validate()?;
+        Ok(Optimizer { method, counters: Counters::default(), state: None, history: History::default() })
+    }
+
+    pub fn method(&self) -> &Method {
+        &self.method
+    }
+
+    pub fn history(&self) -> &History {
+        &self.history
+    }
+
+    /// Iterations (epochs) completed over all runs.
+    pub fn iterations(&self) -> usize {
+        self.counters.iteration
+    }
+
+    pub fn evaluations(&self) -> usize {
+        self.counters.evaluations
+    }
+
+    /// The best validation metric and the θ that gave it, when a validation metric was
+    /// given. A run restores it only on early stopping; take it from here to use it after a
+    /// run that ended otherwise.
+    pub fn best(&self) -> Option<(&[f64], f64)> {
+        Some((self.counters.best_theta.as_deref()?, self.counters.best_validation?))
+    }
+
+    /// Minimises `objective` from θ, in place, until a [`Stop`] criterion is met, an error
+    /// occurs, or the progress callback asks to stop. Called again (or after
+    /// deserialising), it continues where it stopped; θ must then be the one it left.
+    ///
+    /// On error θ holds the last point where the cost and gradient were finite, and
+    /// [`Optimizer::history`] the records up to it; the optimizer should not be resumed.
+    pub fn run(
+        &mut self,
+        objective: &mut dyn Objective,
+        theta: &mut [f64],
+        stop: &Stop,
+        hooks: &mut Hooks<'_>,
+    ) -> Result<Summary> {
+        self.method.validate()?;
+        stop.validate()?;
+        hooks.validate()?;
+        let dim = objective.dim();
+        if theta.len() != dim {
+            return Err(Error::Shape(format!("θ has {} values but the objective takes {dim}", theta.len())));
+        }
+        if objective.num_examples() == 0 {
+            return Err(Error::Data("there are no examples to train on".into()));
+        }
+        let state = match &mut self.state {
+            Some(state) => {
+                state.check(&self.method, dim)?;
+                state
+            }
+            None => self.state.insert(MethodState::new(&self.method, dim)),
+        };
+        let mut run = Run {
+            objective,
+            stop,
+            hooks,
+            seconds_before: self.counters.seconds,
+            counters: &mut self.counters,
+            history: &mut self.history,
+            started: Instant::now(),
+            stop_requested: false,
+            steps_per_iteration: 1,
+        };
+        let result = drive(&self.method, state, &mut run, theta);
+        run.counters.seconds = run.seconds();
+        result
+    }
+}
+
+/// The loop every method shares: iterate, record, validate, test the stopping rules, call
+/// back.
+fn drive(method: &Method, state: &mut MethodState, run: &mut Run, theta: &mut [f64]) -> Result<Summary> {
+    let reason = 'run: {
+        if let Some(initial) = state.start(run, theta)?
+            && run.counters.iteration == 0
+            && run.history.is_empty()
+        {
+            run.record(initial, theta)?;
+            if let Some(reason) = run.finish_iteration(theta) {
+                break 'run reason;
+            }
+        }
+        loop {
+            if run.counters.iteration >= run.stop.max_iterations {
+                break StopReason::MaxIterations;
+            }
+            if run.stop.max_evaluations.is_some_and(|max| run.counters.evaluations >= max) {
+                break StopReason::MaxEvaluations;
+            }
+            match state.iterate(method, run, theta)? {
+                Outcome::Stopped(reason) => break reason,
+                Outcome::Iterated(it) => {
+                    run.counters.iteration += 1;
+                    let monitored = run.record(it, theta)?;
+                    state.observe(method, monitored);
+                    if let Some(reason) = run.finish_iteration(theta) {
+                        break reason;
+                    }
+                }
+            }
+        }
+    };
+    if reason == StopReason::EarlyStopping
+        && let Some((_, early)) = &run.hooks.validation
+        && early.restore_best
+        && let Some(best) = &run.counters.best_theta
+    {
+        theta.copy_from_slice(best);
+    }
+    let last = run.history.last();
+    Ok(Summary {
+        reason,
+        iterations: run.counters.iteration,
+        evaluations: run.counters.evaluations,
+        cost: last.map(|r| r.cost),
+        grad_norm: last.map(|r| r.grad_norm),
+        best_validation: run.counters.best_validation,
+        seconds: run.seconds(),
+    })
+}
+
+/// One run's view of the objective, settings and bookkeeping, handed to the methods.
+struct Run<'r, 'h> {
+    objective: &'r mut dyn Objective,
+    stop: &'r Stop,
+    hooks: &'r mut Hooks<'h>,
+    counters: &'r mut Counters,
+    history: &'r mut History,
+    started: Instant,
+    seconds_before: f64,
+    /// The callback asked to stop at a minibatch step that ended an epoch.
+    stop_requested: bool,
+    /// Minibatch steps per iteration, for [`Progress`] (1 for full-batch methods).
+    steps_per_iteration: usize,
+}
+
+/// What an iteration produced, before it becomes a [`Record`].
+#[derive(Clone, Copy, Debug)]
+struct Iterated {
+    cost: f64,
+    grad_norm: f64,
+    step_size: f64,
+}
+
+enum Outcome {
+    Iterated(Iterated),
+    Stopped(StopReason),
+}
+
+impl Run<'_, '_> {
+    fn seconds(&self) -> f64 {
+        self.seconds_before + self.started.elapsed().as_secs_f64()
+    }
+
+    fn num_examples(&self) -> usize {
+        self.objective.num_examples()
+    }
+
+    /// J and ∇J on `batch`, counted.
+    fn eval(&mut self, theta: &[f64], batch: Batch<'_>, grad: &mut [f64]) -> Result<f64> {
+        self.counters.evaluations += 1;
+        self.objective.eval(theta, batch, grad)
+    }
+
+    /// Full-batch J and ∇J, counted: the function the line search probes.
+    fn full_batch(&mut self) -> impl FnMut(&[f64], &mut [f64]) -> Result<f64> + '_ {
+        |x, g| self.eval(x, Batch::All, g)
+    }
+
+    /// Reports a minibatch step to the callback; true when it asks to stop.
+    fn report_step(&mut self, step: usize, cost: f64) -> bool {
+        let Some(callback) = &mut self.hooks.progress else { return false };
+        let progress = Progress {
+            iteration: self.counters.iteration,
+            step,
+            steps_per_iteration: self.steps_per_iteration,
+            evaluations: self.counters.evaluations,
+            cost,
+            record: None,
+            theta: None,
+        };
+        let stop = callback(&progress) == Control::Stop;
+        self.stop_requested |= stop;
+        stop
+    }
+
+    /// Appends the record of the iteration just completed (validating first when due) and
+    /// updates the cost-tolerance and early-stopping counters. Returns the value a
+    /// reduce-on-plateau schedule watches: the validation metric if computed, else the cost.
+    fn record(&mut self, it: Iterated, theta: &[f64]) -> Result<f64> {
+        let c = &mut *self.counters;
+        let mut validation = None;
+        if let Some((metric, early)) = &mut self.hooks.validation
+            && c.iteration.is_multiple_of(early.every)
+        {
+            let m = metric(theta)?;
+            if !m.is_finite() {
+                return Err(Error::Data(format!(
+                    "the validation metric is {m} at iteration {}: it must be a finite number (lower is better)",
+                    c.iteration
+                )));
+            }
+            validation = Some(m);
+            if c.best_validation.is_none_or(|best| m < best - early.min_delta) {
+                c.best_validation = Some(m);
+                match &mut c.best_theta {
+                    Some(best) => best.copy_from_slice(theta),
+                    None => c.best_theta = Some(theta.to_vec()),
+                }
+                c.checks_without_improvement = 0;
+            } else {
+                c.checks_without_improvement += 1;
+            }
+        }
+        if let Some(best) = c.best_cost {
+            let decrease = (best - it.cost) / best.abs().max(it.cost.abs()).max(1.0);
+            c.stalled = if decrease <= self.stop.cost_tol { c.stalled + 1 } else { 0 };
+        }
+        c.best_cost = Some(c.best_cost.map_or(it.cost, |b| b.min(it.cost)));
+        self.history.records.push(Record {
+            iteration: c.iteration,
+            cost: it.cost,
+            grad_norm: it.grad_norm,
+            step_size: it.step_size,
+            evaluations: c.evaluations,
+            seconds: self.seconds_before + self.started.elapsed().as_secs_f64(),
+            validation,
+        });
+        Ok(validation.unwrap_or(it.cost))
+    }
+
+    /// Tests the convergence and early-stopping rules on the newest record, then calls back.
+    fn finish_iteration(&mut self, theta: &[f64]) -> Option<StopReason> {
+        let record = self.history.records.last().expect("an iteration was just recorded");
+        let c = &*self.counters;
+        let mut reason = if record.grad_norm <= self.stop.grad_tol {
+            Some(StopReason::GradientTolerance)
+        } else if self.stop.cost_tol > 0.0 && c.stalled >= self.stop.cost_patience {
+            Some(StopReason::CostTolerance)
+        } else if let Some((_, early)) = &self.hooks.validation
+            && early.patience.is_some_and(|p| c.checks_without_improvement >= p)
+        {
+            Some(StopReason::EarlyStopping)
+        } else {
+            None
+        };
+        if let Some(callback) = &mut self.hooks.progress {
+            let progress = Progress {
+                iteration: c.iteration,
+                step: self.steps_per_iteration,
+                steps_per_iteration: self.steps_per_iteration,
+                evaluations: c.evaluations,
+                cost: record.cost,
+                record: Some(record),
+                theta: Some(theta),
+            };
+            self.stop_requested |= callback(&progress) == Control::Stop;
+        }
+        if self.stop_requested {
+            reason.get_or_insert(StopReason::Interrupted);
+        }
+        reason
+    }
+
+    /// The error for a NaN or infinite cost or gradient met at the next iteration.
+    fn diverged(&self, what: &str, advice: &str) -> Error {
+        let last = self.history.last().map(|r| format!(" (last recorded cost {:.6e})", r.cost)).unwrap_or_default();
+        Error::Data(format!(
+            "training diverged: {what} at iteration {} (evaluation {}); θ is left at the last point where cost and gradient were finite{last}. {advice}",
+            self.counters.iteration + 1,
+            self.counters.evaluations,
+        ))
+    }
+}
+
+/// The error for a NaN or infinite cost or gradient at the starting θ.
+fn non_finite_start(cost: f64) -> Error {
+    Error::Data(format!(
+        "the cost ({cost}) or its gradient is NaN or infinite at the initial θ: check the data for extreme values and the initial parameters"
+    ))
+}
+
+/// The cost and gradient at the current θ, kept by the full-batch methods so an iteration
+/// (and a resumed run) needs no extra evaluation.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+struct Point {
+    cost: Option<f64>,
+    grad: Vec<f64>,
+}
+
+impl Point {
+    /// Evaluates J and ∇J at θ unless already known (a resumed run). Returns the values when
+    /// it evaluated.
+    fn ensure(&mut self, run: &mut Run, theta: &[f64]) -> Result<Option<Iterated>> {
+        if self.cost.is_some() && self.grad.len() == theta.len() {
+            return Ok(None);
+        }
+        self.grad = vec![0.0; theta.len()];
+        let cost = run.eval(theta, Batch::All, &mut self.grad)?;
+        if !(cost.is_finite() && all_finite(&self.grad)) {
+            return Err(non_finite_start(cost));
+        }
+        self.cost = Some(cost);
+        Ok(Some(Iterated { cost, grad_norm: norm(&self.grad), step_size: 0.0 }))
+    }
+
+    fn cost(&self) -> f64 {
+        self.cost.expect("the point was evaluated at the start of the run")
+    }
+}
+
+/// Per-method state, tagged with the method's kind.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+enum MethodState {
+    GradientDescent(gd::State),
+    Minibatch(minibatch::State),
+    Lbfgs(lbfgs::State),
+    ConjugateGradient(cg::State),
+}
+
+impl MethodState {
+    fn new(method: &Method, dim: usize) -> MethodState {
+        match method {
+            Method::GradientDescent(_) => MethodState::GradientDescent(gd::State::new(dim)),
+            Method::Minibatch(m) => MethodState::Minibatch(minibatch::State::new(m, dim)),
+            Method::Lbfgs(_) => MethodState::Lbfgs(lbfgs::State::default()),
+            Method::ConjugateGradient(_) => MethodState::ConjugateGradient(cg::State::default()),
+        }
+    }
+
+    /// Refuses a state made for another method or another |θ| (a mismatched checkpoint).
+    fn check(&self, method: &Method, dim: usize) -> Result<()> {
+        let (matches, state_dim) = match (self, method) {
+            (MethodState::GradientDescent(s), Method::GradientDescent(_)) => (true, s.dim()),
+            (MethodState::Minibatch(s), Method::Minibatch(m)) => (s.rule() == m.rule, s.dim()),
+            (MethodState::Lbfgs(s), Method::Lbfgs(_)) => (true, s.dim()),
+            (MethodState::ConjugateGradient(s), Method::ConjugateGradient(_)) => (true, s.dim()),
+            _ => (false, None),
+        };
+        if !matches {
+            return Err(Error::Data(format!(
+                "the optimizer state does not belong to method {}: the checkpoint is inconsistent; start afresh",
+                method.name()
+            )));
+        }
+        match state_dim {
+            Some(n) if n != dim => Err(Error::Shape(format!(
+                "the optimizer state was made for θ of {n} values but θ has {dim}: resume with the checkpoint's own network"
+            ))),
+            _ => Ok(()),
+        }
+    }
+
+    fn start(&mut self, run: &mut Run, theta: &mut [f64]) -> Result<Option<Iterated>> {
+        match self {
+            MethodState::GradientDescent(s) => s.point.ensure(run, theta),
+            MethodState::Minibatch(_) => Ok(None),
+            MethodState::Lbfgs(s) => s.point.ensure(run, theta),
+            MethodState::ConjugateGradient(s) => s.point.ensure(run, theta),
+        }
+    }
+
+    fn iterate(&mut self, method: &Method, run: &mut Run, theta: &mut [f64]) -> Result<Outcome> {
+        match (self, method) {
+            (MethodState::GradientDescent(s), Method::GradientDescent(m)) => s.iterate(m, run, theta),
+            (MethodState::Minibatch(s), Method::Minibatch(m)) => s.iterate(m, run, theta),
+            (MethodState::Lbfgs(s), Method::Lbfgs(m)) => s.iterate(m, run, theta),
+            (MethodState::ConjugateGradient(s), Method::ConjugateGradient(m)) => s.iterate(m, run, theta),
+            _ => unreachable!("checked by MethodState::check"),
+        }
+    }
+
+    /// After each iteration's record: the minibatch schedules update η.
+    fn observe(&mut self, method: &Method, monitored: f64) {
+        if let (MethodState::Minibatch(s), Method::Minibatch(m)) = (self, method) {
+            s.observe(m, monitored);
+        }
+    }
+}

@@ -1,0 +1,143 @@
+//! Learning-rate schedules for the minibatch methods, applied at the end of each epoch:
+//! constant, inverse scaling (scikit-learn's `invscaling`) and reduce-on-plateau (PyTorch's
+//! `ReduceLROnPlateau`). Pure functions of their state, so a resumed run schedules exactly as
+//! an uninterrupted one.
+
+use serde::{Deserialize, Serialize};
+
+use crate::{Error, Result};
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Schedule {
+    #[default]
+    Constant,
+    /// η = η₀ / (t + 1)^power with t the number of examples seen so far, updated after each
+    /// epoch — scikit-learn's `invscaling` exactly (its default power is 0.5).
+    InvScaling {
+        power: f64,
+    },
+    ReduceOnPlateau(Plateau),
+}
+
+/// Multiply η by `factor` when the monitored value (the validation metric when there is one,
+/// else the epoch's mean training cost) has not improved for more than `patience` epochs.
+/// Defaults are PyTorch's: factor 0.1, patience 10, relative threshold 1e-4, no cooldown.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Plateau {
+    pub factor: f64,
+    pub patience: usize,
+    /// An improvement must beat the best value by this fraction of it.
+    pub threshold: f64,
+    /// Epochs to wait after a reduction before counting bad epochs again.
+    pub cooldown: usize,
+    pub min_learning_rate: f64,
+}
+
+impl Default for Plateau {
+    fn default() -> Plateau {
+        Plateau { factor: 0.1, patience: 10, threshold: 1e-4, cooldown: 0, min_learning_rate: 0.0 }
+    }
+}
+
+/// What a schedule remembers between epochs.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ScheduleState {
+    /// Best monitored value so far (reduce-on-plateau).
+    pub best: Option<f64>,
+    pub bad_epochs: usize,
+    pub cooldown_left: usize,
+}
+
+impl Schedule {
+    /// scikit-learn's default power for `invscaling`.
+    pub const INV_SCALING: Schedule = Schedule::InvScaling { power: 0.5 };
+
+    pub fn validate(&self) -> Result<()> {
+        match *self {
+            Schedule::Constant => Ok(()),
+            Schedule::InvScaling { power } if power >= 0.0 && power.is_finite() => Ok(()),
+            Schedule::InvScaling { power } => {
+                Err(Error::Data(format!("inverse-scaling power {power} must be a finite number ≥ 0 (usual: 0.5)")))
+            }
+            Schedule::ReduceOnPlateau(p) => {
+                if !(p.factor > 0.0 && p.factor < 1.0) {
+                    return Err(Error::Data(format!("plateau factor {} must lie in (0, 1) (usual: 0.1)", p.factor)));
+                }
+                if !(p.threshold >= 0.0 && p.threshold.is_finite()) {
+                    return Err(Error::Data(format!("plateau threshold {} must be a finite number ≥ 0", p.threshold)));
+                }
+                if !(p.min_learning_rate >= 0.0 && p.min_learning_rate.is_finite()) {
+                    return Err(Error::Data(format!(
+                        "minimum learning rate {} must be a finite number ≥ 0",
+                        p.min_learning_rate
+                    )));
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// The learning rate for the next epoch, after an epoch that ran with `current`.
+    /// `initial` is η₀, `examples_seen` counts all examples of all epochs so far, and
+    /// `monitored` is the value reduce-on-plateau watches.
+    pub fn next(
+        &self,
+        initial: f64,
+        current: f64,
+        examples_seen: u64,
+        monitored: f64,
+        state: &mut ScheduleState,
+    ) -> f64 {
+        match *self {
+            Schedule::Constant => current,
+            Schedule::InvScaling { power } => initial / ((examples_seen + 1) as f64).powf(power),
+            Schedule::ReduceOnPlateau(p) => {
+                let improved = state.best.is_none_or(|best| monitored < best - p.threshold * best.abs());
+                if improved {
+                    state.best = Some(monitored);
+                    state.bad_epochs = 0;
+                } else {
+                    state.bad_epochs += 1;
+                }
+                if state.cooldown_left > 0 {
+                    state.cooldown_left -= 1;
+                    state.bad_epochs = 0;
+                }
+                if state.bad_epochs > p.patience {
+                    state.cooldown_left = p.cooldown;
+                    state.bad_epochs = 0;
+                    (current * p.factor).max(p.min_learning_rate)
+                } else {
+                    current
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn inverse_scaling_matches_scikit_learn() {
+        // After one epoch of 99 examples: 0.1 / 100^0.5.
+        let mut s = ScheduleState::default();
+        assert_eq!(Schedule::INV_SCALING.next(0.1, 0.1, 99, 0.0, &mut s), 0.01);
+    }
+
+    #[test]
+    fn plateau_reduces_after_patience_bad_epochs() {
+        let sched = Schedule::ReduceOnPlateau(Plateau { patience: 2, ..Plateau::default() });
+        let mut s = ScheduleState::default();
+        let mut lr = 1.0;
+        let mut lrs = Vec::new();
+        for cost in [5.0, 4.0, 4.0, 4.0, 4.0, 3.0, 3.0] {
+            lr = sched.next(1.0, lr, 0, cost, &mut s);
+            lrs.push(lr);
+        }
+        // Three epochs without improvement (more than patience 2) cut η tenfold.
+        assert_eq!(lrs, [1.0, 1.0, 1.0, 1.0, 0.1, 0.1, 0.1]);
+    }
+}

@@ -1,0 +1,207 @@
+//! First-order update rules — plain gradient step, momentum, Nesterov momentum, Adam — as one
+//! piece apart from the training loop: given θ, a gradient and a learning rate, move θ and
+//! the rule's moment vectors. The GPU backend runs exactly these formulas as WGSL kernels on
+//! θ in device memory and tests them against [`UpdateState::apply`], so each formula below
+//! is the specification: change one only together with its kernel.
+//!
+//! Scalars that depend on the step count (Adam's bias corrections) are computed once per
+//! step on the host, in f64, by [`UpdateRule::scalars`]; a kernel receives them as uniforms.
+
+use serde::{Deserialize, Serialize};
+
+use crate::{Error, Result};
+
+/// How a gradient becomes a step. Per element i, with learning rate η:
+/// - `Plain`: θᵢ ← θᵢ − η gᵢ
+/// - `Momentum` (scikit-learn's form, velocity in parameter units): vᵢ ← μ vᵢ − η gᵢ, then
+///   θᵢ ← θᵢ + vᵢ, or with Nesterov θᵢ ← θᵢ + μ vᵢ − η gᵢ (Sutskever et al. 2013).
+/// - `Adam` (Kingma & Ba 2015, Algorithm 1): t ← t + 1, mᵢ ← β₁ mᵢ + (1 − β₁) gᵢ,
+///   vᵢ ← β₂ vᵢ + (1 − β₂) gᵢ², θᵢ ← θᵢ − η (mᵢ / c₁) / (√(vᵢ / c₂) + ε) with
+///   c₁ = 1 − β₁ᵗ, c₂ = 1 − β₂ᵗ.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum UpdateRule {
+    Plain,
+    Momentum { momentum: f64, nesterov: bool },
+    Adam { beta1: f64, beta2: f64, epsilon: f64 },
+}
+
+impl UpdateRule {
+    /// scikit-learn's defaults: μ = 0.9 with Nesterov momentum.
+    pub const NESTEROV: UpdateRule = UpdateRule::Momentum { momentum: 0.9, nesterov: true };
+    /// The paper's (and scikit-learn's, PyTorch's) defaults: β₁ = 0.9, β₂ = 0.999, ε = 1e-8.
+    pub const ADAM: UpdateRule = UpdateRule::Adam { beta1: 0.9, beta2: 0.999, epsilon: 1e-8 };
+
+    pub fn name(&self) -> &'static str {
+        match self {
+            UpdateRule::Plain => "sgd",
+            UpdateRule::Momentum { nesterov: false, .. } => "sgd+momentum",
+            UpdateRule::Momentum { nesterov: true, .. } => "sgd+nesterov",
+            UpdateRule::Adam { .. } => "adam",
+        }
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        let unit = |name: &str, v: f64| {
+            if (0.0..1.0).contains(&v) { Ok(()) } else { Err(Error::Data(format!("{name} = {v} must lie in [0, 1)"))) }
+        };
+        match *self {
+            UpdateRule::Plain => Ok(()),
+            UpdateRule::Momentum { momentum, .. } => unit("momentum μ", momentum),
+            UpdateRule::Adam { beta1, beta2, epsilon } => {
+                unit("Adam β₁", beta1)?;
+                unit("Adam β₂", beta2)?;
+                if epsilon > 0.0 && epsilon.is_finite() {
+                    Ok(())
+                } else {
+                    Err(Error::Data(format!("Adam ε = {epsilon} must be a positive number (the usual value is 1e-8)")))
+                }
+            }
+        }
+    }
+
+    /// Moment vectors the rule keeps: 0, 1 (velocity) or 2 (m and v).
+    pub fn num_moments(&self) -> usize {
+        match self {
+            UpdateRule::Plain => 0,
+            UpdateRule::Momentum { .. } => 1,
+            UpdateRule::Adam { .. } => 2,
+        }
+    }
+
+    /// The scalars of update number `t` (1 for the first) with learning rate η.
+    pub fn scalars(&self, t: u64, learning_rate: f64) -> UpdateScalars {
+        let mut s = UpdateScalars {
+            learning_rate,
+            momentum: 0.0,
+            beta1: 0.0,
+            beta2: 0.0,
+            epsilon: 0.0,
+            bias_correction1: 1.0,
+            bias_correction2: 1.0,
+        };
+        match *self {
+            UpdateRule::Plain => {}
+            UpdateRule::Momentum { momentum, .. } => s.momentum = momentum,
+            UpdateRule::Adam { beta1, beta2, epsilon } => {
+                s.beta1 = beta1;
+                s.beta2 = beta2;
+                s.epsilon = epsilon;
+                s.bias_correction1 = 1.0 - beta1.powf(t as f64);
+                s.bias_correction2 = 1.0 - beta2.powf(t as f64);
+            }
+        }
+        s
+    }
+}
+
+/// Everything one update step needs besides θ, g and the moments (a kernel's uniforms).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct UpdateScalars {
+    pub learning_rate: f64,
+    pub momentum: f64,
+    pub beta1: f64,
+    pub beta2: f64,
+    pub epsilon: f64,
+    /// c₁ = 1 − β₁ᵗ (1 for rules without it).
+    pub bias_correction1: f64,
+    /// c₂ = 1 − β₂ᵗ (1 for rules without it).
+    pub bias_correction2: f64,
+}
+
+/// A rule with its state: the step count t and the moment vectors, all that a checkpoint
+/// must keep to resume bit for bit.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct UpdateState {
+    pub rule: UpdateRule,
+    /// Updates applied so far (Adam's t).
+    pub steps: u64,
+    /// Momentum: the velocity v. Adam: the first moment m. Empty for `Plain`.
+    pub first_moment: Vec<f64>,
+    /// Adam: the second moment v. Empty otherwise.
+    pub second_moment: Vec<f64>,
+}
+
+impl UpdateState {
+    /// Zero moments for θ of length `dim`.
+    pub fn new(rule: UpdateRule, dim: usize) -> UpdateState {
+        let moments = rule.num_moments();
+        UpdateState {
+            rule,
+            steps: 0,
+            first_moment: if moments >= 1 { vec![0.0; dim] } else { Vec::new() },
+            second_moment: if moments >= 2 { vec![0.0; dim] } else { Vec::new() },
+        }
+    }
+
+    /// Length of θ this state was made for, when it holds vectors.
+    pub fn dim(&self) -> Option<usize> {
+        (self.rule.num_moments() > 0).then_some(self.first_moment.len())
+    }
+
+    /// One step: moves θ (and the moments) by the rule's formula with learning rate η.
+    pub fn apply(&mut self, theta: &mut [f64], grad: &[f64], learning_rate: f64) {
+        assert_eq!(theta.len(), grad.len(), "θ and gradient differ in length");
+        self.steps += 1;
+        let s = self.rule.scalars(self.steps, learning_rate);
+        let eta = s.learning_rate;
+        match self.rule {
+            UpdateRule::Plain => {
+                for (t, &g) in theta.iter_mut().zip(grad) {
+                    *t -= eta * g;
+                }
+            }
+            UpdateRule::Momentum { nesterov, .. } => {
+                let mu = s.momentum;
+                for ((t, v), &g) in theta.iter_mut().zip(&mut self.first_moment).zip(grad) {
+                    *v = mu * *v - eta * g;
+                    *t += if nesterov { mu * *v - eta * g } else { *v };
+                }
+            }
+            UpdateRule::Adam { .. } => {
+                let (b1, b2) = (s.beta1, s.beta2);
+                let moments = self.first_moment.iter_mut().zip(&mut self.second_moment);
+                for ((t, (m, v)), &g) in theta.iter_mut().zip(moments).zip(grad) {
+                    *m = b1 * *m + (1.0 - b1) * g;
+                    *v = b2 * *v + (1.0 - b2) * g * g;
+                    *t -= eta * (*m / s.bias_correction1) / ((*v / s.bias_correction2).sqrt() + s.epsilon);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn formulas_by_hand() {
+        let g = [2.0, -4.0];
+        let mut plain = UpdateState::new(UpdateRule::Plain, 2);
+        let mut theta = [1.0, 1.0];
+        plain.apply(&mut theta, &g, 0.5);
+        assert_eq!(theta, [0.0, 3.0]);
+
+        // Two momentum steps with μ = 0.5, η = 1: v = −g, then v = −1.5 g.
+        let mut heavy = UpdateState::new(UpdateRule::Momentum { momentum: 0.5, nesterov: false }, 2);
+        let mut theta = [0.0, 0.0];
+        heavy.apply(&mut theta, &g, 1.0);
+        heavy.apply(&mut theta, &g, 1.0);
+        assert_eq!(theta, [-5.0, 10.0]);
+        // Nesterov: step μv − ηg: first −1.5g, then μ(−1.5g) − g = −1.75g.
+        let mut nag = UpdateState::new(UpdateRule::Momentum { momentum: 0.5, nesterov: true }, 2);
+        let mut theta = [0.0, 0.0];
+        nag.apply(&mut theta, &g, 1.0);
+        assert_eq!(theta, [-3.0, 6.0]);
+        nag.apply(&mut theta, &g, 1.0);
+        assert_eq!(theta, [-6.5, 13.0]);
+
+        // Adam's first step is −η sign(g) (up to ε): m̂ = g, v̂ = g².
+        let mut adam = UpdateState::new(UpdateRule::ADAM, 2);
+        let mut theta = [0.0, 0.0];
+        adam.apply(&mut theta, &g, 0.1);
+        assert!((theta[0] + 0.1).abs() < 1e-8 && (theta[1] - 0.1).abs() < 1e-8, "{theta:?}");
+        assert_eq!(adam.steps, 1);
+    }
+}
