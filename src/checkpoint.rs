@@ -19,6 +19,8 @@ use crate::{Error, Result};
 /// The header key holding the JSON metadata.
 const KEY: &str = "wgnn";
 const FORMAT: &str = "wgnn-checkpoint-1";
+/// The byte tensor holding the optimizer state as JSON.
+const OPTIMIZER: &str = "optimizer_state_json";
 
 /// Everything a checkpoint holds besides the weights. The values are JSON so that the
 /// optimizer, data and training code own their own formats.
@@ -93,6 +95,20 @@ impl Checkpoint {
         }
         let mut metadata = self.metadata.clone();
         metadata.wgnn_version = env!("CARGO_PKG_VERSION").to_string();
+        // The optimizer state (L-BFGS history pairs, Adam moments) can be far larger than the
+        // 100 MB a safetensors header may hold: it travels as a byte tensor of JSON instead.
+        let optimizer = std::mem::take(&mut metadata.optimizer);
+        let optimizer_json = if optimizer.is_null() {
+            None
+        } else {
+            Some(serde_json::to_vec(&optimizer).map_err(|e| Error::Data(format!("optimizer state: {e}")))?)
+        };
+        if let Some(json) = &optimizer_json {
+            tensors.push((
+                OPTIMIZER.to_string(),
+                TensorView::new(Dtype::U8, vec![json.len()], json).expect("sizes match"),
+            ));
+        }
         let header = Header { format: FORMAT.into(), spec: self.spec.clone(), metadata };
         let json = serde_json::to_string(&header).map_err(|e| Error::Data(format!("metadata: {e}")))?;
         safetensors::serialize(tensors, Some(HashMap::from([(KEY.to_string(), json)])))
@@ -161,9 +177,14 @@ impl Checkpoint {
                 }
             }
         }
+        let mut metadata = header.metadata;
+        if let Ok(t) = tensors.tensor(OPTIMIZER) {
+            metadata.optimizer = serde_json::from_slice(t.data())
+                .map_err(|e| Error::Data(format!("the checkpoint's optimizer state is unreadable: {e}")))?;
+        }
         if let Some(i) = theta.iter().position(|v| !v.is_finite()) {
             return Err(Error::Data(format!("θ[{i}] is {}: the checkpoint holds non-finite weights", theta[i])));
         }
-        Ok(Checkpoint { spec: header.spec, theta, metadata: header.metadata })
+        Ok(Checkpoint { spec: header.spec, theta, metadata })
     }
 }

@@ -12,6 +12,7 @@ pub mod gradcheck;
 pub mod model;
 pub mod npy;
 pub mod optim;
+pub mod train;
 pub mod viz;
 
 pub use backend::{Backend, Batch, Cost, Inputs, Targets};

@@ -200,3 +200,36 @@ fn gpu_cost_and_gradcheck_agree_with_the_reference() {
     let d: f64 = last_line(&out.stdout).strip_prefix("relative difference ").unwrap().parse().unwrap();
     assert!(d < 1e-5, "GPU gradient vs central differences: {d:e}");
 }
+
+#[test]
+fn train_writes_a_run_folder_and_refuses_what_it_cannot_do() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("run");
+    let result = wgnn()
+        .args(["train", "--iterations", "15", "--count", "500", "--out", out.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&result.stderr);
+    assert!(result.status.success(), "{stderr}");
+    assert!(stderr.contains("final cost") && stderr.contains("filters.png"), "{stderr}");
+    for f in ["model.safetensors", "metrics.json", "loss.png", "filters.png", "reconstructions.png"] {
+        assert!(out.join(f).exists(), "{f} missing");
+    }
+    // Quiet means quiet.
+    let quiet = wgnn()
+        .args([
+            "train",
+            "--iterations",
+            "2",
+            "--count",
+            "200",
+            "--quiet",
+            "--out",
+            dir.path().join("q").to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert!(quiet.status.success() && quiet.stderr.is_empty() && quiet.stdout.is_empty());
+    fails_with(wgnn().args(["train", "softmax"]), "needs labelled data");
+    fails_with(wgnn().args(["train", "--data", "mnist:/no/such/dir", "--iterations", "1"]), "/no/such/dir");
+}

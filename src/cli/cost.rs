@@ -46,7 +46,7 @@ pub fn run(args: CostArgs) -> anyhow::Result<()> {
         _ => Targets::Inputs,
     };
 
-    let mut backend = args.backend.build(spec.clone())?;
+    let mut backend = args.backend.build(spec.clone(), super::Precision::F64)?;
     backend.set_data(x.inputs(), targets)?;
     println!("network  {}", spec.describe());
     println!("backend  {}", backend.name());

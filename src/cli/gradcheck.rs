@@ -66,7 +66,7 @@ pub fn run(args: GradcheckArgs) -> anyhow::Result<()> {
         }
     };
 
-    let mut backend = args.backend.build(spec.clone())?;
+    let mut backend = args.backend.build(spec.clone(), super::Precision::F64)?;
     backend.set_data((&x).into(), targets)?;
     println!("network  {} ({params} parameters)", spec.describe());
     println!("backend  {}", backend.name());

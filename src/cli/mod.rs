@@ -4,6 +4,7 @@
 mod cost;
 mod devices;
 mod gradcheck;
+mod train;
 
 use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -20,6 +21,9 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
+    /// Train a network and write its run folder (model, metrics, loss curve, pictures). With
+    /// no arguments: a sparse autoencoder learns edge filters from built-in synthetic images.
+    Train(train::TrainArgs),
     /// Evaluate the cost J(θ) (and optionally its gradient) of a network on data from .npy files.
     /// The last line printed is `cost <value>`.
     Cost(cost::CostArgs),
@@ -32,6 +36,7 @@ pub enum Command {
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
+        Command::Train(args) => train::run(args),
         Command::Cost(args) => cost::run(args),
         Command::Gradcheck(args) => gradcheck::run(args),
         Command::Devices(args) => devices::run(args),
@@ -119,10 +124,10 @@ pub struct BackendArgs {
     /// Which backend computes: auto uses a hardware GPU when there is one, else the CPU.
     #[arg(long, value_enum, default_value_t = BackendChoice::Auto)]
     pub backend: BackendChoice,
-    /// Precision of the CPU backend: f64 is the reference, f32 the fast path. The GPU
-    /// computes in f32.
-    #[arg(long, value_enum, default_value_t = Precision::F64)]
-    pub precision: Precision,
+    /// Precision of the CPU backend: f64 is the reference, f32 the fast path. Default: f32
+    /// for train, f64 for cost and gradcheck. The GPU computes in f32.
+    #[arg(long, value_enum)]
+    pub precision: Option<Precision>,
     /// Graphics API to look for GPUs through (auto: Vulkan, Metal or DX12, then GL).
     #[arg(long, value_enum, default_value_t = GpuApi::Auto)]
     pub gpu_api: GpuApi,
@@ -144,30 +149,44 @@ impl BackendArgs {
         wgnn::gpu::GpuOptions { api, adapter: self.adapter.clone() }
     }
 
-    /// The backend the flags ask for; `auto` says on stderr why it chose the CPU.
-    pub fn build(&self, spec: NetSpec) -> anyhow::Result<Box<dyn Backend>> {
+    /// The backend the flags ask for, with `precision` unless --precision says otherwise;
+    /// `auto` says on stderr why it chose the CPU.
+    pub fn build(&self, spec: NetSpec, precision: Precision) -> anyhow::Result<Box<dyn Backend>> {
+        let (backend, note) = self.build_quietly(spec, precision)?;
+        if let Some(note) = note {
+            eprintln!("note: {note}");
+        }
+        Ok(backend)
+    }
+
+    /// As [`BackendArgs::build`], returning the note about `auto`'s choice instead of printing it.
+    pub fn build_quietly(
+        &self,
+        spec: NetSpec,
+        precision: Precision,
+    ) -> anyhow::Result<(Box<dyn Backend>, Option<String>)> {
         let cpu = |spec| -> anyhow::Result<Box<dyn Backend>> {
-            Ok(match self.precision {
+            Ok(match self.precision.unwrap_or(precision) {
                 Precision::F64 => Box::new(wgnn::CpuBackend::<f64>::new(spec)?),
                 Precision::F32 => Box::new(wgnn::CpuBackend::<f32>::new(spec)?),
             })
         };
         match self.backend {
-            BackendChoice::Cpu => cpu(spec),
-            BackendChoice::Gpu => Ok(Box::new(wgnn::GpuBackend::new(spec, &self.gpu_options())?)),
+            BackendChoice::Cpu => Ok((cpu(spec)?, None)),
+            BackendChoice::Gpu => Ok((Box::new(wgnn::GpuBackend::new(spec, &self.gpu_options())?), None)),
             BackendChoice::Auto => match wgnn::gpu::choose_adapter(&self.gpu_options()) {
                 Ok(adapter) if wgnn::gpu::is_real_gpu(&adapter.get_info()) => {
                     let gpu = wgnn::gpu::Gpu::from_adapter(&adapter)?;
-                    Ok(Box::new(wgnn::GpuBackend::on(spec, gpu)?))
+                    Ok((Box::new(wgnn::GpuBackend::on(spec, gpu)?), None))
                 }
                 Ok(adapter) => {
-                    eprintln!(
-                        "note: the only GPU adapter is {} (software), slower than the CPU backend: using the CPU (--backend gpu forces it)",
+                    let note = format!(
+                        "the only GPU adapter is {} (software), slower than the CPU backend: using the CPU (--backend gpu forces it)",
                         adapter.get_info().name
                     );
-                    cpu(spec)
+                    Ok((cpu(spec)?, Some(note)))
                 }
-                Err(_) => cpu(spec),
+                Err(_) => Ok((cpu(spec)?, Some("no GPU adapter found: using the CPU backend".into()))),
             },
         }
     }

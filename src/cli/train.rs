@@ -1,0 +1,361 @@
+//! `wgnn train`: the main job. With no arguments it trains the UFLDL sparse autoencoder
+//! (64-25-64, ρ = 0.01, λ = 1e-4, β = 3, L-BFGS, 400 iterations) on 10,000 8×8 patches of
+//! built-in synthetic images and writes `runs/autoencoder-N/` with the model, metrics, loss
+//! curve and the learned filters.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use anyhow::{Context, bail};
+use clap::{Args, ValueEnum};
+
+use wgnn::checkpoint::Checkpoint;
+use wgnn::data::{DataSource, Digits, LoadOptions, Split};
+use wgnn::model::{Activation, Init, NetSpec, Output, Sparsity};
+use wgnn::optim::{Lbfgs, Method, Minibatch, Progress, UpdateRule};
+use wgnn::train::{TrainJob, train};
+
+use super::BackendArgs;
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// A sparse autoencoder n-h-n (sigmoid, KL sparsity): learns features without labels.
+    Autoencoder,
+    /// Softmax regression: one softmax layer on the raw inputs (needs labels).
+    Softmax,
+    /// A multilayer perceptron: hidden layers and a softmax output (needs labels).
+    Mlp,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OptimizerChoice {
+    /// L-BFGS with a strong-Wolfe line search (full batch).
+    Lbfgs,
+    /// Nonlinear conjugate gradient, Polak–Ribière+ (full batch).
+    Cg,
+    /// Gradient descent with a fixed learning rate (full batch).
+    Gd,
+    /// Minibatch SGD with Nesterov momentum 0.9.
+    Sgd,
+    /// Minibatch Adam (β₁ 0.9, β₂ 0.999).
+    Adam,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum InitChoice {
+    /// Uniform in ±√(6/(n_in+n_out+1)).
+    Uniform,
+    /// N(0, 0.01²).
+    Normal,
+}
+
+#[derive(Args, Debug)]
+pub struct TrainArgs {
+    /// What to train.
+    #[arg(value_enum, default_value_t = Kind::Autoencoder)]
+    pub kind: Kind,
+    /// Examples: synthetic (built-in images, cut into patches), mnist:DIR, patches:DIR (a
+    /// folder of PNG/JPEG photographs), npy:FILE (with --labels), csv:FILE (label in the last
+    /// column). Default: synthetic for an autoencoder; softmax and mlp need labelled data.
+    #[arg(long)]
+    pub data: Option<String>,
+    /// Side of the square patches cut from synthetic or patches: images.
+    #[arg(long, default_value_t = 8)]
+    pub patch: usize,
+    /// Number of patches.
+    #[arg(long, default_value_t = 10_000)]
+    pub count: usize,
+    /// Keep only these labels, e.g. 5-9 or 0,2,4 (labelled data).
+    #[arg(long)]
+    pub digits: Option<String>,
+    /// MNIST split to train on: train or test.
+    #[arg(long)]
+    pub split: Option<String>,
+    /// Use only the first N examples.
+    #[arg(long)]
+    pub limit: Option<usize>,
+    /// Class labels for npy: data, as a .npy integer vector.
+    #[arg(long)]
+    pub labels: Option<PathBuf>,
+    /// Hidden layer sizes, e.g. 25 or 256,128. Default: 25 (autoencoder), 256,128 (mlp);
+    /// softmax has none.
+    #[arg(long, value_delimiter = ',')]
+    pub hidden: Option<Vec<usize>>,
+    /// Hidden activation (sigmoid, tanh, relu, leaky-relu[:α], identity). Default: sigmoid
+    /// (autoencoder), relu (mlp).
+    #[arg(long)]
+    pub activation: Option<String>,
+    /// Autoencoder output activation.
+    #[arg(long, default_value = "sigmoid")]
+    pub output: String,
+    /// L2 weight decay λ. Default: 1e-4 (autoencoder, softmax), 1e-5 (mlp).
+    #[arg(long)]
+    pub weight_decay: Option<f64>,
+    /// Autoencoder sparsity target ρ (0 turns the penalty off).
+    #[arg(long, default_value_t = 0.01)]
+    pub sparsity: f64,
+    /// Weight β of the sparsity penalty.
+    #[arg(long, default_value_t = 3.0)]
+    pub sparsity_weight: f64,
+    /// Optimizer. Default: lbfgs (autoencoder, softmax), adam (mlp).
+    #[arg(long, value_enum)]
+    pub optimizer: Option<OptimizerChoice>,
+    /// Iterations (epochs for sgd and adam). Default: 400 (autoencoder), 100 (softmax), 30 (mlp).
+    #[arg(long)]
+    pub iterations: Option<usize>,
+    /// Learning rate for gd, sgd and adam. Default: 0.1 (gd), 0.01 (sgd), 0.001 (adam).
+    #[arg(long)]
+    pub learning_rate: Option<f64>,
+    /// Minibatch size for sgd and adam.
+    #[arg(long, default_value_t = 200)]
+    pub batch_size: usize,
+    /// L-BFGS history size. Default: 100 (minFunc's) up to 50,000 parameters, 10 above.
+    #[arg(long)]
+    pub lbfgs_memory: Option<usize>,
+    /// Weight initialisation (biases start at 0).
+    #[arg(long, value_enum, default_value_t = InitChoice::Uniform)]
+    pub init: InitChoice,
+    /// Start from these parameters instead (a .npy vector in wgnn's θ layout).
+    #[arg(long, conflicts_with = "resume")]
+    pub init_theta: Option<String>,
+    /// Seed for the data (patches, synthetic images, validation split), the weights and the
+    /// minibatch order.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Fraction of the examples held out to watch for overfitting (early stopping).
+    #[arg(long, default_value_t = 0.0)]
+    pub validation: f64,
+    /// Stop after this many checks without a better validation metric, keeping the best θ.
+    #[arg(long, requires = "validation")]
+    pub patience: Option<usize>,
+    /// Save the model every N iterations as well as at the end (and on Ctrl-C).
+    #[arg(long)]
+    pub checkpoint_every: Option<usize>,
+    /// Continue the run saved in this folder (same network and data options).
+    #[arg(long)]
+    pub resume: Option<PathBuf>,
+    /// Where to write the run. Default: runs/<kind>-N (the first unused N).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Print nothing but errors.
+    #[arg(long)]
+    pub quiet: bool,
+    #[command(flatten)]
+    pub backend: BackendArgs,
+}
+
+fn kind_name(kind: Kind) -> &'static str {
+    match kind {
+        Kind::Autoencoder => "autoencoder",
+        Kind::Softmax => "softmax",
+        Kind::Mlp => "mlp",
+    }
+}
+
+fn default_out(kind: Kind) -> PathBuf {
+    let name = kind_name(kind);
+    (1..).map(|n| PathBuf::from(format!("runs/{name}-{n}"))).find(|p| !p.exists()).expect("some number is free")
+}
+
+pub fn run(args: TrainArgs) -> anyhow::Result<()> {
+    let say = |s: String| {
+        if !args.quiet {
+            eprintln!("{s}");
+        }
+    };
+    // Data.
+    let source: DataSource = match (&args.data, args.kind) {
+        (Some(d), _) => d.parse()?,
+        (None, Kind::Autoencoder) => DataSource::Synthetic,
+        (None, _) => bail!(
+            "{} needs labelled data: give --data mnist:DIR (e.g. --data mnist:../shared/data/mnist)",
+            kind_name(args.kind)
+        ),
+    };
+    let options = LoadOptions {
+        patch_size: args.patch,
+        patch_count: args.count,
+        seed: args.seed,
+        digits: args.digits.as_deref().map(str::parse::<Digits>).transpose()?,
+        split: args.split.as_deref().map(str::parse::<Split>).transpose()?,
+        limit: args.limit,
+        labels: args.labels.clone(),
+        ..Default::default()
+    };
+    let data = source.load(&options).with_context(|| format!("loading {source}"))?;
+    say(format!("data     {}", data.description));
+    let n = data.num_features();
+
+    // Network.
+    let activation = |default: Activation| -> anyhow::Result<Activation> {
+        Ok(args.activation.as_deref().map(Activation::parse).transpose()?.unwrap_or(default))
+    };
+    let spec = match args.kind {
+        Kind::Autoencoder => {
+            let hidden = args.hidden.clone().unwrap_or(vec![25]);
+            let mut layers = vec![n];
+            layers.extend(&hidden);
+            layers.push(n);
+            let sparsity =
+                (args.sparsity > 0.0).then_some(Sparsity { target: args.sparsity, weight: args.sparsity_weight });
+            NetSpec::new(&layers, activation(Activation::Sigmoid)?, Output::parse(&args.output)?)?
+                .with_weight_decay(args.weight_decay.unwrap_or(1e-4))?
+                .with_sparsity(sparsity)?
+        }
+        Kind::Softmax | Kind::Mlp => {
+            let classes = data.num_classes().context("this data has no labels: softmax and mlp need them")?;
+            let hidden = match args.kind {
+                Kind::Softmax => args.hidden.clone().unwrap_or_default(),
+                _ => args.hidden.clone().unwrap_or(vec![256, 128]),
+            };
+            let mut layers = vec![n];
+            layers.extend(&hidden);
+            layers.push(classes);
+            let lambda = args.weight_decay.unwrap_or(if args.kind == Kind::Mlp { 1e-5 } else { 1e-4 });
+            NetSpec::new(&layers, activation(Activation::Relu)?, Output::Softmax)?.with_weight_decay(lambda)?
+        }
+    };
+    let params = wgnn::model::ThetaLayout::new(&spec).len();
+    say(format!("network  {} ({params} parameters)", spec.describe()));
+
+    // Optimizer.
+    let choice =
+        args.optimizer.unwrap_or(if args.kind == Kind::Mlp { OptimizerChoice::Adam } else { OptimizerChoice::Lbfgs });
+    let iterations = args.iterations.unwrap_or(match args.kind {
+        Kind::Autoencoder => 400,
+        Kind::Softmax => 100,
+        Kind::Mlp => 30,
+    });
+    let minibatch = |rule: UpdateRule, lr: f64| {
+        Method::Minibatch(
+            Minibatch::sgd(args.learning_rate.unwrap_or(lr))
+                .with_rule(rule)
+                .with_batch_size(args.batch_size)
+                .with_seed(args.seed),
+        )
+    };
+    let method = match choice {
+        OptimizerChoice::Lbfgs => {
+            let memory = args.lbfgs_memory.unwrap_or(if params <= 50_000 { 100 } else { 10 });
+            Method::Lbfgs(Lbfgs::default().with_memory(memory))
+        }
+        OptimizerChoice::Cg => Method::cg(),
+        OptimizerChoice::Gd => Method::gradient_descent(args.learning_rate.unwrap_or(0.1)),
+        OptimizerChoice::Sgd => minibatch(UpdateRule::NESTEROV, 0.01),
+        OptimizerChoice::Adam => minibatch(UpdateRule::ADAM, 0.001),
+    };
+    method.validate()?;
+    let stop = method.default_stop().with_max_iterations(iterations);
+
+    let resume = args.resume.as_ref().map(|dir| Checkpoint::load(&dir.join("model.safetensors"))).transpose()?;
+    let initial_theta = args.init_theta.as_deref().map(super::read_theta).transpose()?;
+    let out_dir = match (&args.out, &args.resume) {
+        (Some(o), _) => o.clone(),
+        (None, Some(r)) => r.clone(),
+        (None, None) => default_out(args.kind),
+    };
+    let (mut backend, note) = args.backend.build_quietly(spec.clone(), super::Precision::F32)?;
+    if let Some(note) = note {
+        say(format!("note: {note}"));
+    }
+    say(format!("backend  {}", backend.name()));
+    say(format!(
+        "training {} for up to {iterations} {}",
+        method.name(),
+        if matches!(method, Method::Minibatch(_)) { "epochs" } else { "iterations" }
+    ));
+
+    let job = TrainJob {
+        spec,
+        method,
+        stop,
+        init: match args.init {
+            InitChoice::Uniform => Init::Uniform,
+            InitChoice::Normal => Init::DEFAULT_NORMAL,
+        },
+        seed: args.seed,
+        initial_theta,
+        resume,
+        validation_fraction: args.validation,
+        patience: args.patience,
+        checkpoint_every: args.checkpoint_every,
+        out_dir: out_dir.clone(),
+        data_description: data.description.clone(),
+        image_shape: data.image_shape,
+        preprocessing: serde_json::json!({ "source": source.to_string(), "patch": args.patch, "count": args.count }),
+    };
+
+    // Ctrl-C stops after the current step; the run is saved and can be resumed.
+    let interrupt = Arc::new(AtomicBool::new(false));
+    {
+        let flag = interrupt.clone();
+        let _ = ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst));
+    }
+    let mut reporter = Reporter::new(args.quiet, iterations);
+    let outcome =
+        train(job, backend.as_mut(), &data.x, data.labels.as_deref(), &mut |p| reporter.update(p), &interrupt);
+    reporter.finish();
+    let outcome = outcome?;
+
+    let s = &outcome.summary;
+    if outcome.interrupted {
+        say(format!(
+            "interrupted after {} iterations; resume with: wgnn train {} --resume {}",
+            s.iterations,
+            kind_name(args.kind),
+            out_dir.display()
+        ));
+    }
+    say(format!(
+        "done     {} iterations, {} evaluations, {:.1} s: {}",
+        s.iterations, s.evaluations, s.seconds, s.reason
+    ));
+    say(format!("final cost {}", outcome.final_cost));
+    for f in &outcome.files {
+        say(format!("wrote    {}", f.display()));
+    }
+    Ok(())
+}
+
+/// A progress bar on a terminal, a line every few iterations otherwise, nothing when quiet.
+struct Reporter {
+    bar: Option<indicatif::ProgressBar>,
+    plain: bool,
+    every: usize,
+}
+
+impl Reporter {
+    fn new(quiet: bool, iterations: usize) -> Reporter {
+        let terminal = std::io::stderr().is_terminal();
+        let bar = (!quiet && terminal).then(|| {
+            let bar = indicatif::ProgressBar::new(iterations as u64);
+            bar.set_style(
+                indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} {msg} [{elapsed_precise}]")
+                    .expect("valid template"),
+            );
+            bar
+        });
+        Reporter { bar, plain: !quiet && !terminal, every: (iterations / 20).max(1) }
+    }
+
+    fn update(&mut self, p: &Progress<'_>) {
+        let Some(record) = p.record else { return };
+        if let Some(bar) = &self.bar {
+            bar.set_position(record.iteration as u64);
+            bar.set_message(format!("J = {:.6}  ‖∇J‖ = {:.2e}", record.cost, record.grad_norm));
+        } else if self.plain && record.iteration % self.every == 0 {
+            eprintln!(
+                "iteration {:>5}  J = {:<14.8}  ‖∇J‖ = {:.3e}  evaluations {}  {:.1} s",
+                record.iteration, record.cost, record.grad_norm, record.evaluations, record.seconds
+            );
+        }
+    }
+
+    fn finish(&self) {
+        if let Some(bar) = &self.bar {
+            bar.finish_and_clear();
+        }
+    }
+}

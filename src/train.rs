@@ -1,0 +1,315 @@
+//! A training run from start to finish: load the examples into a backend, hold some out for
+//! validation, run an optimizer (resuming one from a checkpoint when asked), save a checkpoint
+//! every N iterations and when interrupted, and write the run's folder: `model.safetensors`,
+//! `metrics.json` (history, `final_cost`, timings), `loss.png` and, when the inputs are
+//! pictures, `filters.png` (and `reconstructions.png` for an autoencoder).
+//!
+//! It prints nothing: the caller watches through a progress callback.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use ndarray::{Array2, Axis};
+use rand::{SeedableRng, rngs::StdRng, seq::SliceRandom};
+use serde::Serialize;
+
+use crate::backend::{Backend, Batch, Targets};
+use crate::checkpoint::{Checkpoint, Metadata};
+use crate::model::{Init, NetSpec, Output, ThetaLayout};
+use crate::optim::{
+    BackendObjective, Control, EarlyStopping, Hooks, Method, Optimizer, Progress, Stop, StopReason, Summary,
+};
+use crate::{CpuBackend, Error, Result, viz};
+
+/// Everything a run needs besides the data and the backend.
+pub struct TrainJob {
+    pub spec: NetSpec,
+    pub method: Method,
+    pub stop: Stop,
+    /// Initial weights: drawn with `init` and `seed` unless `initial_theta` is given.
+    pub init: Init,
+    pub seed: u64,
+    pub initial_theta: Option<Vec<f64>>,
+    /// A checkpoint to continue: its θ and optimizer state replace the above.
+    pub resume: Option<Checkpoint>,
+    /// Fraction of the examples (after a seeded shuffle) held out for early stopping.
+    pub validation_fraction: f64,
+    /// Stop after this many validation checks without improvement (and restore the best θ).
+    pub patience: Option<usize>,
+    /// Save `model.safetensors` every this many iterations (epochs) as well as at the end.
+    pub checkpoint_every: Option<usize>,
+    pub out_dir: PathBuf,
+    /// For metrics.json and the checkpoint: what the data was and how it was prepared.
+    pub data_description: String,
+    pub image_shape: Option<(usize, usize)>,
+    pub preprocessing: serde_json::Value,
+}
+
+/// What a finished (or interrupted) run leaves behind.
+pub struct TrainOutcome {
+    pub theta: Vec<f64>,
+    pub summary: Summary,
+    /// J(θ) on all training examples at the end (for minibatch methods the history holds
+    /// epoch means instead).
+    pub final_cost: f64,
+    pub validation: Option<f64>,
+    pub files: Vec<PathBuf>,
+    pub interrupted: bool,
+}
+
+#[derive(Serialize)]
+struct Metrics<'a> {
+    wgnn_version: &'a str,
+    spec: &'a NetSpec,
+    method: &'a Method,
+    backend: String,
+    data: &'a str,
+    train_examples: usize,
+    validation_examples: usize,
+    seed: u64,
+    final_cost: f64,
+    initial_cost: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    train_accuracy: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    validation_metric: Option<f64>,
+    stop_reason: String,
+    iterations: usize,
+    evaluations: usize,
+    seconds: f64,
+    history: &'a crate::optim::History,
+}
+
+const VALIDATION_STREAM: u64 = 0x7661_6c69_6461_7465;
+
+/// Shuffles rows by seed and splits off the last `fraction` for validation.
+fn split(x: &Array2<f32>, fraction: f64, seed: u64) -> Result<(Vec<usize>, Vec<usize>)> {
+    let m = x.nrows();
+    if !(0.0..1.0).contains(&fraction) {
+        return Err(Error::Data(format!("validation fraction {fraction} must be in [0, 1)")));
+    }
+    let mut order: Vec<usize> = (0..m).collect();
+    if fraction > 0.0 {
+        // Its own stream, so the split does not repeat the weights' or the minibatches' draws.
+        order.shuffle(&mut StdRng::seed_from_u64(seed ^ VALIDATION_STREAM));
+    }
+    let n_val = (m as f64 * fraction).round() as usize;
+    if fraction > 0.0 && (n_val == 0 || n_val == m) {
+        return Err(Error::Data(format!(
+            "a validation fraction of {fraction} of {m} examples leaves no examples on one side"
+        )));
+    }
+    let val = order.split_off(m - n_val);
+    Ok((order, val))
+}
+
+fn gather(x: &Array2<f32>, labels: Option<&[usize]>, rows: &[usize]) -> (Array2<f32>, Option<Vec<usize>>) {
+    (x.select(Axis(0), rows), labels.map(|l| rows.iter().map(|&i| l[i]).collect()))
+}
+
+/// What the output is compared with: the labels for softmax, the inputs for an autoencoder.
+fn targets<'a>(spec: &NetSpec, labels: &'a Option<Vec<usize>>) -> Result<Targets<'a>> {
+    match (spec.output, labels) {
+        (Output::Softmax, Some(l)) => Ok(Targets::Labels(l)),
+        (Output::Softmax, None) => Err(Error::Data("a softmax network needs labelled data".into())),
+        (Output::SquaredError(_), _) => Ok(Targets::Inputs),
+    }
+}
+
+fn accuracy(predicted: &[usize], labels: &[usize]) -> f64 {
+    predicted.iter().zip(labels).filter(|(p, l)| p == l).count() as f64 / labels.len().max(1) as f64
+}
+
+/// Trains `job.spec` on (x, labels) with `backend`, calling `progress` after every step.
+/// Sets `interrupt` (e.g. from Ctrl-C) to stop after the current step: the run is then saved
+/// and can be resumed.
+pub fn train(
+    job: TrainJob,
+    backend: &mut dyn Backend,
+    x: &Array2<f32>,
+    labels: Option<&[usize]>,
+    progress: &mut dyn FnMut(&Progress<'_>),
+    interrupt: &AtomicBool,
+) -> Result<TrainOutcome> {
+    let spec = job.spec.clone();
+    let layout = ThetaLayout::new(&spec);
+    std::fs::create_dir_all(&job.out_dir)
+        .map_err(|e| Error::file(&job.out_dir, format!("cannot create the run folder: {e}")))?;
+
+    let (train_rows, val_rows) = split(x, job.validation_fraction, job.seed)?;
+    let (x_train, y_train) = gather(x, labels, &train_rows);
+    let (x_val, y_val) = gather(x, labels, &val_rows);
+    backend.set_data((&x_train).into(), targets(&spec, &y_train)?)?;
+
+    let (mut theta, mut optimizer) = match &job.resume {
+        Some(ck) => {
+            if ck.spec != spec {
+                return Err(Error::Data(format!(
+                    "the checkpoint holds {} but this run asks for {}: resume with the same network",
+                    ck.spec.describe(),
+                    spec.describe()
+                )));
+            }
+            let opt: Optimizer = serde_json::from_value(ck.metadata.optimizer.clone()).map_err(|e| {
+                Error::Data(format!("the checkpoint's optimizer state is unreadable ({e}): it cannot be resumed"))
+            })?;
+            (ck.theta.clone(), opt)
+        }
+        None => {
+            let theta = job.initial_theta.clone().unwrap_or_else(|| job.init.theta(&spec, job.seed));
+            if theta.len() != layout.len() {
+                return Err(Error::Shape(format!(
+                    "initial θ has {} values, the network needs {}",
+                    theta.len(),
+                    layout.len()
+                )));
+            }
+            (theta, Optimizer::new(job.method.clone())?)
+        }
+    };
+
+    // Validation runs on its own CPU backend so that it never competes with the training
+    // backend for the data it holds.
+    let mut validator = if val_rows.is_empty() {
+        None
+    } else {
+        let mut v = CpuBackend::<f32>::new(spec.clone())?;
+        v.set_data((&x_val).into(), targets(&spec, &y_val)?)?;
+        Some(v)
+    };
+
+    let save =
+        |theta: &[f64], optimizer: &Optimizer, extra: serde_json::Map<String, serde_json::Value>| -> Result<PathBuf> {
+            let metadata = Metadata {
+                seed: Some(job.seed),
+                history: serde_json::to_value(optimizer.history()).unwrap_or_default(),
+                optimizer: serde_json::to_value(optimizer).map_err(|e| Error::Data(format!("optimizer state: {e}")))?,
+                preprocessing: job.preprocessing.clone(),
+                extra,
+                ..Default::default()
+            };
+            let path = job.out_dir.join("model.safetensors");
+            Checkpoint::new(spec.clone(), theta.to_vec(), metadata)?.save(&path)?;
+            Ok(path)
+        };
+
+    let interrupted;
+    let summary = loop {
+        let next_save = job.checkpoint_every.map(|n| (optimizer.iterations() / n + 1) * n);
+        let mut stop_for_save = false;
+        let mut hooks = Hooks::new().on_progress(|p: &Progress<'_>| {
+            progress(p);
+            if interrupt.load(Ordering::SeqCst) {
+                return Control::Stop;
+            }
+            if p.record.is_some() && next_save.is_some_and(|n| p.iteration >= n) {
+                stop_for_save = true;
+                return Control::Stop;
+            }
+            Control::Continue
+        });
+        if let Some(v) = validator.as_mut() {
+            let (x_val, y_val, spec) = (&x_val, &y_val, &spec);
+            let metric = move |t: &[f64]| -> Result<f64> {
+                match y_val {
+                    // Classification error rate on the held-out examples.
+                    Some(l) if spec.output == Output::Softmax => Ok(1.0 - accuracy(&v.classify(t, x_val.into())?, l)),
+                    _ => Ok(v.cost(t, Batch::All)?.data),
+                }
+            };
+            let early = EarlyStopping { every: 1, patience: job.patience, min_delta: 0.0, restore_best: true };
+            hooks = hooks.validation(metric, early);
+        }
+        let mut objective = BackendObjective::new(backend);
+        let result = optimizer.run(&mut objective, &mut theta, &job.stop, &mut hooks);
+        drop(hooks);
+        let summary = match result {
+            Ok(s) => s,
+            Err(e) => {
+                // Keep what was learned: θ holds the last finite point.
+                let _ = save(&theta, &optimizer, Default::default());
+                return Err(e);
+            }
+        };
+        if summary.reason == StopReason::Interrupted && stop_for_save && !interrupt.load(Ordering::SeqCst) {
+            save(&theta, &optimizer, Default::default())?;
+            continue;
+        }
+        interrupted = summary.reason == StopReason::Interrupted;
+        break summary;
+    };
+
+    let final_cost = backend.cost(&theta, Batch::All)?.total();
+    let train_accuracy = match (&y_train, spec.output) {
+        (Some(l), Output::Softmax) => Some(accuracy(&backend.classify(&theta, (&x_train).into())?, l)),
+        _ => None,
+    };
+    let mut extra = serde_json::Map::new();
+    extra.insert("final_cost".into(), final_cost.into());
+    let model = save(&theta, &optimizer, extra)?;
+    let mut files = vec![model];
+
+    let history = optimizer.history();
+    let metrics = Metrics {
+        wgnn_version: env!("CARGO_PKG_VERSION"),
+        spec: &spec,
+        method: optimizer.method(),
+        backend: backend.name(),
+        data: &job.data_description,
+        train_examples: train_rows.len(),
+        validation_examples: val_rows.len(),
+        seed: job.seed,
+        final_cost,
+        initial_cost: history.records.first().map(|r| r.cost),
+        train_accuracy,
+        validation_metric: summary.best_validation,
+        stop_reason: summary.reason.to_string(),
+        iterations: summary.iterations,
+        evaluations: summary.evaluations,
+        seconds: summary.seconds,
+        history,
+    };
+    let json = serde_json::to_string_pretty(&metrics).map_err(|e| Error::Data(format!("metrics: {e}")))?;
+    let metrics_path = job.out_dir.join("metrics.json");
+    crate::npy::write_atomic(&metrics_path, |w| {
+        std::io::Write::write_all(w, json.as_bytes()).map_err(|e| e.to_string())
+    })?;
+    files.push(metrics_path);
+
+    let loss_path = job.out_dir.join("loss.png");
+    viz::save_png(&viz::loss_curve(&history.costs()), &loss_path)?;
+    files.push(loss_path);
+    files.extend(draw_pictures(&spec, &theta, backend, &x_train, job.image_shape, &job.out_dir)?);
+
+    Ok(TrainOutcome { theta, summary, final_cost, validation: metrics.validation_metric, files, interrupted })
+}
+
+/// Filters of the first layer, and originals above reconstructions for an autoencoder, when
+/// the inputs are square pictures.
+fn draw_pictures(
+    spec: &NetSpec,
+    theta: &[f64],
+    backend: &mut dyn Backend,
+    x: &Array2<f32>,
+    image_shape: Option<(usize, usize)>,
+    dir: &Path,
+) -> Result<Vec<PathBuf>> {
+    let square = image_shape.is_some_and(|(h, w)| h == w) || viz::square_side(spec.inputs()).is_ok();
+    if !square || spec.layers.len() < 3 {
+        return Ok(Vec::new());
+    }
+    let layout = ThetaLayout::new(spec);
+    let mut files = Vec::new();
+    let path = dir.join("filters.png");
+    viz::save_png(&viz::filter_grid(layout.weight(theta, 0))?, &path)?;
+    files.push(path);
+    if spec.output != Output::Softmax && spec.outputs() == spec.inputs() {
+        let count = x.nrows().min(10);
+        let originals = x.slice(ndarray::s![..count, ..]).mapv(f64::from);
+        let recon = backend.predict(theta, (&originals).into())?;
+        let path = dir.join("reconstructions.png");
+        viz::save_png(&viz::reconstructions(originals.view(), recon.view())?, &path)?;
+        files.push(path);
+    }
+    Ok(files)
+}

@@ -1,0 +1,140 @@
+//! Training runs end to end: the run folder, resuming bit for bit, interrupting, early
+//! stopping, and learning that actually happens.
+
+mod common;
+
+use std::sync::atomic::AtomicBool;
+
+use wgnn::data::{DataSource, LoadOptions};
+use wgnn::model::{Init, NetSpec, Sparsity};
+use wgnn::optim::{Lbfgs, Method, Minibatch, Stop, UpdateRule};
+use wgnn::train::{TrainJob, train};
+use wgnn::{Backend, CpuBackend};
+
+fn job(spec: NetSpec, method: Method, iterations: usize, out: &std::path::Path) -> TrainJob {
+    TrainJob {
+        stop: method.default_stop().with_max_iterations(iterations),
+        spec,
+        method,
+        init: Init::Uniform,
+        seed: 3,
+        initial_theta: None,
+        resume: None,
+        validation_fraction: 0.0,
+        patience: None,
+        checkpoint_every: None,
+        out_dir: out.to_path_buf(),
+        data_description: "test".into(),
+        image_shape: Some((8, 8)),
+        preprocessing: serde_json::Value::Null,
+    }
+}
+
+fn patches() -> ndarray::Array2<f32> {
+    let options = LoadOptions { patch_count: 400, ..Default::default() };
+    DataSource::Synthetic.load(&options).unwrap().x
+}
+
+fn sae() -> NetSpec {
+    NetSpec::sparse_autoencoder(64, 16, 1e-4, Sparsity { target: 0.01, weight: 3.0 }).unwrap()
+}
+
+#[test]
+fn a_run_writes_its_folder_and_learns() {
+    let dir = tempfile::tempdir().unwrap();
+    let x = patches();
+    let mut backend = CpuBackend::<f32>::new(sae()).unwrap();
+    let never = AtomicBool::new(false);
+    let outcome =
+        train(job(sae(), Method::lbfgs(), 40, dir.path()), &mut backend, &x, None, &mut |_| {}, &never).unwrap();
+    for f in ["model.safetensors", "metrics.json", "loss.png", "filters.png", "reconstructions.png"] {
+        assert!(dir.path().join(f).exists(), "{f} missing");
+    }
+    let metrics: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("metrics.json")).unwrap()).unwrap();
+    let (initial, final_cost) = (metrics["initial_cost"].as_f64().unwrap(), metrics["final_cost"].as_f64().unwrap());
+    assert!(final_cost < initial / 10.0, "J went from {initial} to {final_cost}");
+    assert_eq!(metrics["history"].as_array().unwrap().len(), 41);
+    let filters = image::open(dir.path().join("filters.png")).unwrap();
+    // 16 tiles of 8×8 drawn 6× larger in a 4×4 grid with 1-pixel borders.
+    assert_eq!((filters.width(), filters.height()), (4 * 49 + 1, 4 * 49 + 1));
+    let ck = wgnn::checkpoint::Checkpoint::load(&dir.path().join("model.safetensors")).unwrap();
+    assert_eq!(ck.theta, outcome.theta);
+    assert_eq!(backend.cost(&ck.theta, wgnn::Batch::All).unwrap().total(), final_cost);
+}
+
+#[test]
+fn resuming_from_checkpoints_equals_one_uninterrupted_run() {
+    let x = patches();
+    let never = AtomicBool::new(false);
+    let straight_dir = tempfile::tempdir().unwrap();
+    let mut backend = CpuBackend::<f32>::new(sae()).unwrap();
+    let method = Method::Lbfgs(Lbfgs::default().with_memory(10));
+    let straight =
+        train(job(sae(), method.clone(), 30, straight_dir.path()), &mut backend, &x, None, &mut |_| {}, &never)
+            .unwrap();
+
+    // 12 iterations with a checkpoint every 5, then resume from the file to 30.
+    let dir = tempfile::tempdir().unwrap();
+    let mut first = job(sae(), method.clone(), 12, dir.path());
+    first.checkpoint_every = Some(5);
+    train(first, &mut backend, &x, None, &mut |_| {}, &never).unwrap();
+    let mut second = job(sae(), method, 30, dir.path());
+    second.resume = Some(wgnn::checkpoint::Checkpoint::load(&dir.path().join("model.safetensors")).unwrap());
+    let resumed = train(second, &mut backend, &x, None, &mut |_| {}, &never).unwrap();
+    assert!(resumed.theta.iter().zip(&straight.theta).all(|(a, b)| a.to_bits() == b.to_bits()), "resumed θ differs");
+    assert_eq!(resumed.final_cost, straight.final_cost);
+}
+
+#[test]
+fn an_interrupted_run_is_saved_and_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let x = patches();
+    let mut backend = CpuBackend::<f32>::new(sae()).unwrap();
+    let stop = AtomicBool::new(false);
+    let mut seen = 0;
+    let outcome = train(
+        job(sae(), Method::lbfgs(), 100, dir.path()),
+        &mut backend,
+        &x,
+        None,
+        &mut |p| {
+            if p.record.is_some() {
+                seen += 1;
+                if seen == 5 {
+                    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+                }
+            }
+        },
+        &stop,
+    )
+    .unwrap();
+    assert!(outcome.interrupted);
+    assert_eq!(outcome.summary.iterations, 4);
+    let ck = wgnn::checkpoint::Checkpoint::load(&dir.path().join("model.safetensors")).unwrap();
+    assert!(!ck.metadata.optimizer.is_null(), "the optimizer state is saved for resuming");
+}
+
+#[test]
+fn softmax_on_real_digits_with_early_stopping() {
+    let path = common::data_dir().join("digits8x8/digits.csv.gz");
+    let data = DataSource::Csv(path).load(&LoadOptions::default()).unwrap();
+    let spec = NetSpec::new(&[64, 32, 10], wgnn::model::Activation::Relu, wgnn::model::Output::Softmax).unwrap();
+    let x = data.x.mapv(|v| v / 16.0);
+    let dir = tempfile::tempdir().unwrap();
+    let method = Method::Minibatch(Minibatch::adam(0.01).with_rule(UpdateRule::ADAM).with_batch_size(64).with_seed(1));
+    let mut j = job(spec.clone(), method, 60, dir.path());
+    j.stop = Stop { max_iterations: 60, ..Stop::MINIBATCH };
+    j.validation_fraction = 0.2;
+    j.patience = Some(5);
+    let mut backend = CpuBackend::<f32>::new(spec).unwrap();
+    let never = AtomicBool::new(false);
+    let outcome = train(j, &mut backend, &x, data.labels.as_deref(), &mut |_| {}, &never).unwrap();
+    let error = outcome.validation.unwrap();
+    println!("validation error {error}, stop: {}", outcome.summary.reason);
+    assert!(error < 0.06, "held-out error rate {error}");
+    let metrics: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("metrics.json")).unwrap()).unwrap();
+    assert_eq!(metrics["validation_examples"].as_u64().unwrap(), 359);
+    assert!(metrics["train_accuracy"].as_f64().unwrap() > 0.97);
+}
