@@ -233,3 +233,99 @@ fn train_writes_a_run_folder_and_refuses_what_it_cannot_do() {
     fails_with(wgnn().args(["train", "softmax"]), "needs labelled data");
     fails_with(wgnn().args(["train", "--data", "mnist:/no/such/dir", "--iterations", "1"]), "/no/such/dir");
 }
+
+#[test]
+fn visualize_reconstruct_and_eval_a_trained_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    let ok = wgnn()
+        .args(["train", "--iterations", "10", "--count", "300", "--quiet", "--out", run.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+
+    let filters = dir.path().join("f.png");
+    let out = wgnn()
+        .args(["visualize", "--model", run.to_str().unwrap(), "--out", filters.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let img = image::open(&filters).unwrap();
+    assert_eq!((img.width(), img.height()), (5 * 49 + 1, 5 * 49 + 1), "25 tiles of 8×8 at 6×");
+
+    let recon = dir.path().join("r.png");
+    let out = wgnn()
+        .args(["reconstruct", "--model", run.join("model.safetensors").to_str().unwrap(), "--count", "7"])
+        .args(["--out", recon.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let img = image::open(&recon).unwrap();
+    assert_eq!((img.width(), img.height()), (7 * 49 + 1, 2 * 49 + 1), "7 originals above 7 reconstructions");
+
+    let out = wgnn().args(["eval", "--model", run.to_str().unwrap(), "--count", "500", "--json"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["examples"], 500);
+    let (cost, recon_err) = (v["cost"].as_f64().unwrap(), v["reconstruction_error"].as_f64().unwrap());
+    assert!(recon_err > 0.0 && recon_err < cost, "{v}");
+
+    fails_with(wgnn().args(["visualize", "--model", "/no/such/model"]), "--model /no/such/model");
+    fails_with(wgnn().args(["eval", "--model", run.to_str().unwrap(), "--patch", "9", "--count", "50"]), "81 columns");
+}
+
+#[test]
+fn bad_data_is_refused_with_one_line_and_no_output_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let write = |name: &str, bytes: &[u8]| {
+        let p = d.join(name);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(&p, bytes).unwrap();
+    };
+    let idx_images = |count: u32, magic: u32| {
+        let mut b = magic.to_be_bytes().to_vec();
+        for v in [count, 28, 28] {
+            b.extend(v.to_be_bytes());
+        }
+        b.extend(vec![7u8; count as usize * 784]);
+        b
+    };
+    let idx_labels = |count: u32| {
+        let mut b = 0x801u32.to_be_bytes().to_vec();
+        b.extend(count.to_be_bytes());
+        b.extend(vec![3u8; count as usize]);
+        b
+    };
+    // Truncated images.
+    let mut cut = idx_images(10, 0x803);
+    cut.truncate(3000);
+    write("truncated/train-images-idx3-ubyte", &cut);
+    write("truncated/train-labels-idx1-ubyte", &idx_labels(10));
+    // Wrong magic.
+    write("magic/train-images-idx3-ubyte", &idx_images(10, 0x1234));
+    write("magic/train-labels-idx1-ubyte", &idx_labels(10));
+    // Mismatched labels.
+    write("mismatch/train-images-idx3-ubyte", &idx_images(10, 0x803));
+    write("mismatch/train-labels-idx1-ubyte", &idx_labels(9));
+    // An unreadable image among photographs.
+    write("photos/broken.png", b"\x89PNG\r\n\x1a\nnot really");
+    // NaN in a .npy matrix.
+    let mut nan = Array2::<f32>::zeros((4, 64));
+    nan[[2, 5]] = f32::NAN;
+    let nan_path = write_npy(d, "nan.npy", &nan);
+
+    let cases: Vec<(Vec<String>, &str)> = vec![
+        (vec!["--data".into(), format!("mnist:{}", d.join("truncated").display())], "truncated"),
+        (vec!["--data".into(), format!("mnist:{}", d.join("magic").display())], "magic"),
+        (vec!["--data".into(), format!("mnist:{}", d.join("mismatch").display())], "9"),
+        (vec!["--data".into(), format!("patches:{}", d.join("photos").display())], "broken.png"),
+        (vec!["--count".into(), "0".into()], "0"),
+        (vec!["--data".into(), format!("npy:{nan_path}")], "row 2, column 5"),
+    ];
+    for (i, (args, needle)) in cases.iter().enumerate() {
+        let out = d.join(format!("out{i}"));
+        fails_with(wgnn().arg("train").args(args).args(["--iterations", "1", "--out", out.to_str().unwrap()]), needle);
+        assert!(!out.exists(), "case {i} ({args:?}) left {}", out.display());
+    }
+}

@@ -4,6 +4,7 @@
 mod cost;
 mod devices;
 mod gradcheck;
+mod inspect;
 mod train;
 
 use anyhow::{Context, bail};
@@ -30,6 +31,13 @@ pub enum Command {
     /// Check the analytic gradient against central differences (ε = 1e-4) on a random network
     /// and random data. The last line printed is `relative difference <value>`.
     Gradcheck(gradcheck::GradcheckArgs),
+    /// Draw what each hidden unit of a trained model learned, as a grid of tiles.
+    Visualize(inspect::VisualizeArgs),
+    /// Draw examples (top row) above the model's reconstructions of them (bottom row).
+    Reconstruct(inspect::ReconstructArgs),
+    /// Evaluate a trained model on data: cost, reconstruction error, or accuracy and a
+    /// confusion matrix for classifiers.
+    Eval(inspect::EvalArgs),
     /// List every GPU adapter wgpu can see: name, API, type, driver and the limits that matter.
     Devices(devices::DevicesArgs),
 }
@@ -40,6 +48,9 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Cost(args) => cost::run(args),
         Command::Gradcheck(args) => gradcheck::run(args),
         Command::Devices(args) => devices::run(args),
+        Command::Visualize(args) => inspect::visualize(args),
+        Command::Reconstruct(args) => inspect::reconstruct(args),
+        Command::Eval(args) => inspect::eval(args),
     }
 }
 
@@ -194,6 +205,67 @@ impl BackendArgs {
     /// True when the chosen backend is the f64 CPU reference itself.
     pub fn is_reference(&self, backend: &dyn Backend) -> bool {
         backend.name() == "cpu f64"
+    }
+}
+
+/// Where examples come from, as flags shared by every command that reads data.
+#[derive(Args, Debug, Clone)]
+pub struct DataArgs {
+    /// Examples: synthetic (built-in images, cut into patches), mnist:DIR, patches:DIR (a
+    /// folder of PNG/JPEG photographs), npy:FILE (with --labels), csv:FILE (label in the last
+    /// column). Default: synthetic.
+    #[arg(long)]
+    pub data: Option<String>,
+    /// Side of the square patches cut from synthetic or patches: images.
+    #[arg(long, default_value_t = 8)]
+    pub patch: usize,
+    /// Number of patches to cut (default 10,000); `reconstruct` shows this many examples
+    /// (default 10).
+    #[arg(long)]
+    pub count: Option<usize>,
+    /// Keep only these labels, e.g. 5-9 or 0,2,4 (labelled data).
+    #[arg(long)]
+    pub digits: Option<String>,
+    /// MNIST split: train or test.
+    #[arg(long)]
+    pub split: Option<String>,
+    /// Use only the first N examples.
+    #[arg(long)]
+    pub limit: Option<usize>,
+    /// Class labels for npy: data, as a .npy integer vector.
+    #[arg(long)]
+    pub labels: Option<std::path::PathBuf>,
+}
+
+impl DataArgs {
+    /// Loads the examples; `seed` drives patch sampling and the synthetic images.
+    pub fn load(&self, seed: u64) -> anyhow::Result<(wgnn::data::DataSource, wgnn::data::Dataset)> {
+        self.load_counting(seed, 10_000)
+    }
+
+    /// As [`DataArgs::load`], cutting `default_count` patches unless --count says otherwise.
+    pub fn load_counting(
+        &self,
+        seed: u64,
+        default_count: usize,
+    ) -> anyhow::Result<(wgnn::data::DataSource, wgnn::data::Dataset)> {
+        use wgnn::data::{DataSource, Digits, LoadOptions, Split};
+        let source: DataSource = match &self.data {
+            Some(d) => d.parse().context("--data")?,
+            None => DataSource::Synthetic,
+        };
+        let options = LoadOptions {
+            patch_size: self.patch,
+            patch_count: self.count.unwrap_or(default_count),
+            seed,
+            digits: self.digits.as_deref().map(str::parse::<Digits>).transpose().context("--digits")?,
+            split: self.split.as_deref().map(str::parse::<Split>).transpose().context("--split")?,
+            limit: self.limit,
+            labels: self.labels.clone(),
+            ..Default::default()
+        };
+        let data = source.load(&options).with_context(|| format!("loading --data {source}"))?;
+        Ok((source, data))
     }
 }
 

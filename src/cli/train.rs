@@ -12,12 +12,11 @@ use anyhow::{Context, bail};
 use clap::{Args, ValueEnum};
 
 use wgnn::checkpoint::Checkpoint;
-use wgnn::data::{DataSource, Digits, LoadOptions, Split};
 use wgnn::model::{Activation, Init, NetSpec, Output, Sparsity};
 use wgnn::optim::{Lbfgs, Method, Minibatch, Progress, UpdateRule};
 use wgnn::train::{TrainJob, train};
 
-use super::BackendArgs;
+use super::{BackendArgs, DataArgs};
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {
@@ -56,29 +55,8 @@ pub struct TrainArgs {
     /// What to train.
     #[arg(value_enum, default_value_t = Kind::Autoencoder)]
     pub kind: Kind,
-    /// Examples: synthetic (built-in images, cut into patches), mnist:DIR, patches:DIR (a
-    /// folder of PNG/JPEG photographs), npy:FILE (with --labels), csv:FILE (label in the last
-    /// column). Default: synthetic for an autoencoder; softmax and mlp need labelled data.
-    #[arg(long)]
-    pub data: Option<String>,
-    /// Side of the square patches cut from synthetic or patches: images.
-    #[arg(long, default_value_t = 8)]
-    pub patch: usize,
-    /// Number of patches.
-    #[arg(long, default_value_t = 10_000)]
-    pub count: usize,
-    /// Keep only these labels, e.g. 5-9 or 0,2,4 (labelled data).
-    #[arg(long)]
-    pub digits: Option<String>,
-    /// MNIST split to train on: train or test.
-    #[arg(long)]
-    pub split: Option<String>,
-    /// Use only the first N examples.
-    #[arg(long)]
-    pub limit: Option<usize>,
-    /// Class labels for npy: data, as a .npy integer vector.
-    #[arg(long)]
-    pub labels: Option<PathBuf>,
+    #[command(flatten)]
+    pub data: DataArgs,
     /// Hidden layer sizes, e.g. 25 or 256,128. Default: 25 (autoencoder), 256,128 (mlp);
     /// softmax has none.
     #[arg(long, value_delimiter = ',')]
@@ -166,25 +144,13 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
         }
     };
     // Data.
-    let source: DataSource = match (&args.data, args.kind) {
-        (Some(d), _) => d.parse()?,
-        (None, Kind::Autoencoder) => DataSource::Synthetic,
-        (None, _) => bail!(
+    if args.data.data.is_none() && args.kind != Kind::Autoencoder {
+        bail!(
             "{} needs labelled data: give --data mnist:DIR (e.g. --data mnist:../shared/data/mnist)",
             kind_name(args.kind)
-        ),
-    };
-    let options = LoadOptions {
-        patch_size: args.patch,
-        patch_count: args.count,
-        seed: args.seed,
-        digits: args.digits.as_deref().map(str::parse::<Digits>).transpose()?,
-        split: args.split.as_deref().map(str::parse::<Split>).transpose()?,
-        limit: args.limit,
-        labels: args.labels.clone(),
-        ..Default::default()
-    };
-    let data = source.load(&options).with_context(|| format!("loading {source}"))?;
+        );
+    }
+    let (source, data) = args.data.load(args.seed)?;
     say(format!("data     {}", data.description));
     let n = data.num_features();
 
@@ -284,7 +250,7 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
         out_dir: out_dir.clone(),
         data_description: data.description.clone(),
         image_shape: data.image_shape,
-        preprocessing: serde_json::json!({ "source": source.to_string(), "patch": args.patch, "count": args.count }),
+        preprocessing: serde_json::json!({ "source": source.to_string(), "patch": args.data.patch, "count": args.data.count.unwrap_or(10_000) }),
     };
 
     // Ctrl-C stops after the current step; the run is saved and can be resumed.

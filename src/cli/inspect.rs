@@ -1,0 +1,176 @@
+//! `wgnn visualize`, `wgnn reconstruct` and `wgnn eval`: looking at a trained model.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use clap::Args;
+use serde::Serialize;
+
+use wgnn::checkpoint::Checkpoint;
+use wgnn::model::{Output, ThetaLayout};
+use wgnn::{Batch, Targets, viz};
+
+use super::{BackendArgs, DataArgs, Precision};
+
+/// A model file, or a run folder holding `model.safetensors`.
+fn load_model(path: &Path) -> anyhow::Result<Checkpoint> {
+    let file = if path.is_dir() { path.join("model.safetensors") } else { path.to_path_buf() };
+    if !file.exists() {
+        bail!("--model {}: no such file (give a model.safetensors or the run folder holding one)", path.display());
+    }
+    Ok(Checkpoint::load(&file)?)
+}
+
+#[derive(Args, Debug)]
+pub struct VisualizeArgs {
+    /// The trained model: a model.safetensors file or its run folder.
+    #[arg(long)]
+    pub model: PathBuf,
+    /// Where to write the PNG.
+    #[arg(long, default_value = "filters.png")]
+    pub out: PathBuf,
+}
+
+pub fn visualize(args: VisualizeArgs) -> anyhow::Result<()> {
+    let ck = load_model(&args.model)?;
+    let layout = ThetaLayout::new(&ck.spec);
+    if ck.spec.layers.len() < 3 && ck.spec.output != Output::Softmax {
+        bail!("this model has no hidden layer to draw");
+    }
+    let img = viz::filter_grid(layout.weight(&ck.theta, 0))?;
+    viz::save_png(&img, &args.out)?;
+    println!("{} filters of {} inputs drawn to {}", layout.shapes[0].0, layout.shapes[0].1, args.out.display());
+    Ok(())
+}
+
+#[derive(Args, Debug)]
+pub struct ReconstructArgs {
+    /// The trained autoencoder: a model.safetensors file or its run folder.
+    #[arg(long)]
+    pub model: PathBuf,
+    #[command(flatten)]
+    pub data: DataArgs,
+    /// Seed for patch sampling and the synthetic images.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Where to write the PNG.
+    #[arg(long, default_value = "reconstructions.png")]
+    pub out: PathBuf,
+    #[command(flatten)]
+    pub backend: BackendArgs,
+}
+
+pub fn reconstruct(args: ReconstructArgs) -> anyhow::Result<()> {
+    let ck = load_model(&args.model)?;
+    if ck.spec.output == Output::Softmax || ck.spec.outputs() != ck.spec.inputs() {
+        bail!(
+            "{} is not an autoencoder: only a network whose output has its input's size reconstructs",
+            ck.spec.describe()
+        );
+    }
+    let (_, data) = args.data.load_counting(args.seed, 10)?;
+    let shown = args.data.count.unwrap_or(10).min(data.len());
+    let x = data.x.slice(ndarray::s![..shown, ..]).mapv(f64::from);
+    let mut backend = args.backend.build(ck.spec.clone(), Precision::F32)?;
+    let recon = backend.predict(&ck.theta, (&x).into())?;
+    viz::save_png(&viz::reconstructions(x.view(), recon.view())?, &args.out)?;
+    let err = (&recon - &x).mapv(|v| v * v).sum() / (2.0 * shown as f64);
+    println!("{shown} examples and their reconstructions drawn to {} (mean ½‖x − x̂‖² = {err:.6})", args.out.display());
+    Ok(())
+}
+
+#[derive(Args, Debug)]
+pub struct EvalArgs {
+    /// The trained model: a model.safetensors file or its run folder.
+    #[arg(long)]
+    pub model: PathBuf,
+    #[command(flatten)]
+    pub data: DataArgs,
+    /// Seed for patch sampling and the synthetic images.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Print the results as one JSON object.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub backend: BackendArgs,
+}
+
+#[derive(Serialize)]
+struct Evaluation {
+    network: String,
+    data: String,
+    examples: usize,
+    cost: f64,
+    data_term: f64,
+    weight_decay_term: f64,
+    sparsity_term: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reconstruction_error: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    accuracy: Option<f64>,
+    /// confusion[true][predicted]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    confusion: Option<Vec<Vec<usize>>>,
+}
+
+pub fn eval(args: EvalArgs) -> anyhow::Result<()> {
+    let ck = load_model(&args.model)?;
+    let spec = &ck.spec;
+    let (_, data) = args.data.load(args.seed)?;
+    let mut backend = args.backend.build(spec.clone(), Precision::F32)?;
+    let labels = data.labels.clone();
+    let targets = match (spec.output, &labels) {
+        (Output::Softmax, Some(l)) => Targets::Labels(l),
+        (Output::Softmax, None) => bail!("{} is a classifier: evaluate it on labelled data", spec.describe()),
+        _ => Targets::Inputs,
+    };
+    backend.set_data((&data.x).into(), targets).context("the data does not fit the model")?;
+    let cost = backend.cost(&ck.theta, Batch::All)?;
+    let (accuracy, confusion) = match (spec.classes(), &labels) {
+        (Some(k), Some(l)) => {
+            let predicted = backend.classify(&ck.theta, (&data.x).into())?;
+            let mut confusion = vec![vec![0usize; k]; k];
+            for (&t, &p) in l.iter().zip(&predicted) {
+                confusion[t][p] += 1;
+            }
+            let correct = l.iter().zip(&predicted).filter(|(a, b)| a == b).count();
+            (Some(correct as f64 / l.len() as f64), Some(confusion))
+        }
+        _ => (None, None),
+    };
+    let result = Evaluation {
+        network: spec.describe(),
+        data: data.description.clone(),
+        examples: data.len(),
+        cost: cost.total(),
+        data_term: cost.data,
+        weight_decay_term: cost.weight_decay,
+        sparsity_term: cost.sparsity,
+        reconstruction_error: (spec.output != Output::Softmax).then_some(cost.data),
+        accuracy,
+        confusion,
+    };
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&result)?);
+        return Ok(());
+    }
+    println!("network  {}", result.network);
+    println!("data     {} ({} examples)", result.data, result.examples);
+    println!(
+        "cost     {} (data {}, weight decay {}, sparsity {})",
+        result.cost, cost.data, cost.weight_decay, cost.sparsity
+    );
+    if let Some(e) = result.reconstruction_error {
+        println!("reconstruction error (mean ½‖x − x̂‖²) {e}");
+    }
+    if let (Some(a), Some(c)) = (result.accuracy, &result.confusion) {
+        println!("confusion matrix (rows: true class, columns: predicted)");
+        for (i, row) in c.iter().enumerate() {
+            let cells: Vec<String> = row.iter().map(|v| format!("{v:>5}")).collect();
+            println!("  {i:>3} {}", cells.join(""));
+        }
+        println!("accuracy {a}");
+    }
+    Ok(())
+}
