@@ -4,8 +4,6 @@ mod cli;
 
 use std::process::ExitCode;
 
-use clap::Parser;
-
 fn main() -> ExitCode {
     // On a headless machine Mesa's Wayland probe prints "error: XDG_RUNTIME_DIR is invalid"
     // on every adapter scan, which users would read as wgnn's own error. Any existing
@@ -14,8 +12,7 @@ fn main() -> ExitCode {
         // SAFETY: no other thread exists yet.
         unsafe { std::env::set_var("XDG_RUNTIME_DIR", std::env::temp_dir()) };
     }
-    let cli = cli::Cli::parse();
-    match cli::run(cli) {
+    match cli::parse().and_then(cli::run) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             // One line: the error and its causes, outermost first.

@@ -329,3 +329,42 @@ fn bad_data_is_refused_with_one_line_and_no_output_files() {
         assert!(!out.exists(), "case {i} ({args:?}) left {}", out.display());
     }
 }
+
+#[test]
+fn config_files_set_flags_and_the_command_line_overrides_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    let json = dir.path().join("c.json");
+    let settings =
+        format!(r#"{{"iterations": 3, "count": 300, "hidden": [16], "quiet": true, "out": "{}"}}"#, run.display());
+    std::fs::write(&json, settings).unwrap();
+    let out = wgnn().args(["train", "--config", json.to_str().unwrap(), "--iterations", "5"]).output().unwrap();
+    assert!(out.status.success() && out.stderr.is_empty(), "{}", String::from_utf8_lossy(&out.stderr));
+    let m: serde_json::Value = serde_json::from_slice(&std::fs::read(run.join("metrics.json")).unwrap()).unwrap();
+    assert_eq!(m["iterations"], 5, "the command line's --iterations wins");
+    assert_eq!(m["spec"]["layers"], serde_json::json!([64, 16, 64]), "the file's hidden size is used");
+
+    let toml = dir.path().join("c.toml");
+    std::fs::write(&toml, "iterations = 2\nweight_decay = 0.003\n").unwrap();
+    let run2 = dir.path().join("run2");
+    let out = wgnn()
+        .args([
+            "train",
+            "--config",
+            toml.to_str().unwrap(),
+            "--count",
+            "200",
+            "--quiet",
+            "--out",
+            run2.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let m: serde_json::Value = serde_json::from_slice(&std::fs::read(run2.join("metrics.json")).unwrap()).unwrap();
+    assert_eq!(m["spec"]["weight_decay"], 0.003);
+
+    std::fs::write(&json, "[1, 2]").unwrap();
+    fails_with(wgnn().args(["train", "--config", json.to_str().unwrap()]), "expected an object");
+    fails_with(wgnn().args(["train", "--init", "/no/theta.npy"]), "--init");
+}

@@ -1,6 +1,7 @@
 //! The `wgnn` command line: parses arguments, calls the library, prints. No maths here.
 //! Every failure reaches `main` as one error whose message says what was wrong and what to do.
 
+mod config;
 mod cost;
 mod devices;
 mod gradcheck;
@@ -14,10 +15,20 @@ use wgnn::Backend;
 use wgnn::model::{Activation, NetSpec, Output, Sparsity};
 
 #[derive(Parser, Debug)]
-#[command(name = "wgnn", version, about = "Train and check neural networks — sparse autoencoders, softmax regression, MLPs — on the CPU or any GPU wgpu reaches", long_about = None)]
+#[command(name = "wgnn", version, about = "Train and check neural networks — sparse autoencoders, softmax regression, MLPs — on the CPU or any GPU wgpu reaches", long_about = None, args_override_self = true)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
+    /// Settings from a JSON or TOML file (keys are flag names, e.g. {"iterations": 100,
+    /// "hidden": [196]}); flags on the command line override them.
+    #[arg(long, global = true)]
+    pub config: Option<std::path::PathBuf>,
+}
+
+/// Parses the command line, with `--config` files expanded into flags first.
+pub fn parse() -> anyhow::Result<Cli> {
+    let args = config::expand(std::env::args_os().collect())?;
+    Ok(Cli::parse_from(args))
 }
 
 #[derive(Subcommand, Debug)]

@@ -42,14 +42,6 @@ pub enum OptimizerChoice {
     Adam,
 }
 
-#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
-pub enum InitChoice {
-    /// Uniform in ±√(6/(n_in+n_out+1)).
-    Uniform,
-    /// N(0, 0.01²).
-    Normal,
-}
-
 #[derive(Args, Debug)]
 pub struct TrainArgs {
     /// What to train.
@@ -92,12 +84,10 @@ pub struct TrainArgs {
     /// L-BFGS history size. Default: 100 (minFunc's) up to 50,000 parameters, 10 above.
     #[arg(long)]
     pub lbfgs_memory: Option<usize>,
-    /// Weight initialisation (biases start at 0).
-    #[arg(long, value_enum, default_value_t = InitChoice::Uniform)]
-    pub init: InitChoice,
-    /// Start from these parameters instead (a .npy vector in wgnn's θ layout).
-    #[arg(long, conflicts_with = "resume")]
-    pub init_theta: Option<String>,
+    /// Initial weights: uniform (±√(6/(n_in+n_out+1))), normal (N(0, 0.01²)), or a .npy
+    /// vector of parameters θ in wgnn's layout to start from. Biases start at 0.
+    #[arg(long, default_value = "uniform", conflicts_with = "resume")]
+    pub init: String,
     /// Seed for the data (patches, synthetic images, validation split), the weights and the
     /// minibatch order.
     #[arg(long, default_value_t = 0)]
@@ -216,7 +206,11 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
     let stop = method.default_stop().with_max_iterations(iterations);
 
     let resume = args.resume.as_ref().map(|dir| Checkpoint::load(&dir.join("model.safetensors"))).transpose()?;
-    let initial_theta = args.init_theta.as_deref().map(super::read_theta).transpose()?;
+    let (init, initial_theta) = match args.init.as_str() {
+        "uniform" => (Init::Uniform, None),
+        "normal" => (Init::DEFAULT_NORMAL, None),
+        path => (Init::Uniform, Some(super::read_theta(path).context("--init")?)),
+    };
     let out_dir = match (&args.out, &args.resume) {
         (Some(o), _) => o.clone(),
         (None, Some(r)) => r.clone(),
@@ -237,10 +231,7 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
         spec,
         method,
         stop,
-        init: match args.init {
-            InitChoice::Uniform => Init::Uniform,
-            InitChoice::Normal => Init::DEFAULT_NORMAL,
-        },
+        init,
         seed: args.seed,
         initial_theta,
         resume,

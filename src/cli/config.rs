@@ -1,0 +1,65 @@
+//! `--config FILE`: settings from a JSON or TOML file, overridden by flags on the command line.
+//! Each key is a flag's long name (`weight_decay` or `weight-decay`); values are strings,
+//! numbers, booleans (a switch such as `quiet = true`) or lists (joined by commas). The file's
+//! settings are placed before the command line's flags, and a flag given twice keeps its last
+//! value, so the command line wins.
+
+use std::ffi::OsString;
+use std::path::Path;
+
+use anyhow::{Context, bail};
+
+fn settings(path: &Path) -> anyhow::Result<serde_json::Map<String, serde_json::Value>> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("--config {}: cannot read", path.display()))?;
+    let is_toml = path.extension().is_some_and(|e| e.eq_ignore_ascii_case("toml"));
+    let value: serde_json::Value = if is_toml {
+        toml::from_str(&text).with_context(|| format!("--config {}: not valid TOML", path.display()))?
+    } else {
+        serde_json::from_str(&text)
+            .with_context(|| format!("--config {}: not valid JSON (name it .toml for TOML)", path.display()))?
+    };
+    match value {
+        serde_json::Value::Object(map) => Ok(map),
+        _ => bail!("--config {}: expected an object of settings, e.g. {{\"iterations\": 100}}", path.display()),
+    }
+}
+
+fn scalar(v: &serde_json::Value) -> Option<String> {
+    match v {
+        serde_json::Value::String(s) => Some(s.clone()),
+        serde_json::Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    }
+}
+
+/// The command line with the settings of every `--config FILE` inserted after the
+/// subcommand's name.
+pub fn expand(args: Vec<OsString>) -> anyhow::Result<Vec<OsString>> {
+    let config_at = args.iter().position(|a| a == "--config");
+    let Some(i) = config_at else { return Ok(args) };
+    let Some(path) = args.get(i + 1) else { bail!("--config needs a file") };
+    let map = settings(Path::new(path))?;
+    let mut inserted: Vec<OsString> = Vec::new();
+    for (key, value) in &map {
+        let flag = format!("--{}", key.replace('_', "-"));
+        match value {
+            serde_json::Value::Bool(true) => inserted.push(flag.into()),
+            serde_json::Value::Bool(false) | serde_json::Value::Null => {}
+            serde_json::Value::Array(items) => {
+                let parts: Option<Vec<String>> = items.iter().map(scalar).collect();
+                let Some(parts) = parts else { bail!("--config: `{key}` must be a list of numbers or strings") };
+                inserted.extend([flag.into(), parts.join(",").into()]);
+            }
+            v => match scalar(v) {
+                Some(s) => inserted.extend([flag.into(), s.into()]),
+                None => bail!("--config: `{key}` must be a string, number, boolean or list"),
+            },
+        }
+    }
+    // After the program and subcommand names: argv[0] and the first non-flag word.
+    let sub = args.iter().skip(1).position(|a| !a.to_string_lossy().starts_with('-')).map_or(1, |p| p + 2);
+    let mut out = args[..sub.min(args.len())].to_vec();
+    out.extend(inserted);
+    out.extend(args[sub.min(args.len())..].iter().cloned());
+    Ok(out)
+}
