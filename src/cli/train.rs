@@ -133,6 +133,14 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
             eprintln!("{s}");
         }
     };
+    // Files named on the command line are read first, so a typo fails before any work.
+    let (init, initial_theta) = match args.init.as_str() {
+        "uniform" => (Init::Uniform, None),
+        "normal" => (Init::DEFAULT_NORMAL, None),
+        path => (Init::Uniform, Some(super::read_theta(path).context("--init")?)),
+    };
+    let resume = args.resume.as_ref().map(|dir| Checkpoint::load(&dir.join("model.safetensors"))).transpose()?;
+
     // Data.
     if args.data.data.is_none() && args.kind != Kind::Autoencoder {
         bail!(
@@ -205,12 +213,6 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
     method.validate()?;
     let stop = method.default_stop().with_max_iterations(iterations);
 
-    let resume = args.resume.as_ref().map(|dir| Checkpoint::load(&dir.join("model.safetensors"))).transpose()?;
-    let (init, initial_theta) = match args.init.as_str() {
-        "uniform" => (Init::Uniform, None),
-        "normal" => (Init::DEFAULT_NORMAL, None),
-        path => (Init::Uniform, Some(super::read_theta(path).context("--init")?)),
-    };
     let out_dir = match (&args.out, &args.resume) {
         (Some(o), _) => o.clone(),
         (None, Some(r)) => r.clone(),
