@@ -138,3 +138,26 @@ fn softmax_on_real_digits_with_early_stopping() {
     assert_eq!(metrics["validation_examples"].as_u64().unwrap(), 359);
     assert!(metrics["train_accuracy"].as_f64().unwrap() > 0.97);
 }
+
+#[test]
+fn the_gpu_trains_the_ufldl_autoencoder_to_the_cpu_cost() {
+    // The training issue's check, reduced for lavapipe: 2,000 normalised 8×8 natural-image
+    // patches, 64-25-64, ρ = 0.01, λ = 1e-4, β = 3, 100 L-BFGS iterations, uniform init.
+    let dir = common::data_dir().join("natural");
+    let options = LoadOptions { patch_count: 2_000, seed: 0, ..Default::default() };
+    let x = DataSource::Patches(dir).load(&options).unwrap().x;
+    let spec = NetSpec::sparse_autoencoder(64, 25, 1e-4, Sparsity { target: 0.01, weight: 3.0 }).unwrap();
+    let never = AtomicBool::new(false);
+    let run = |backend: &mut dyn Backend| {
+        let out = tempfile::tempdir().unwrap();
+        train(job(spec.clone(), Method::lbfgs(), 100, out.path()), backend, &x, None, &mut |_| {}, &never).unwrap()
+    };
+    let cpu = run(&mut CpuBackend::<f32>::new(spec.clone()).unwrap());
+    let mut gpu =
+        wgnn::GpuBackend::new(spec.clone(), &wgnn::gpu::GpuOptions::default()).expect("a GPU adapter (lavapipe in CI)");
+    let gpu = run(&mut gpu);
+    let gap = (gpu.final_cost - cpu.final_cost).abs() / cpu.final_cost;
+    println!("final cost: cpu {} gpu {} (gap {gap:e})", cpu.final_cost, gpu.final_cost);
+    assert!(gap < 0.01, "GPU final cost {} vs CPU {}", gpu.final_cost, cpu.final_cost);
+    assert!(cpu.final_cost < 1.0, "the autoencoder did not learn: J = {}", cpu.final_cost);
+}
