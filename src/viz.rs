@@ -93,10 +93,77 @@ pub fn reconstructions(originals: ArrayView2<f64>, reconstructed: ArrayView2<f64
     Ok(grid(&tiles, side, side, originals.nrows(), upscale(side)))
 }
 
-/// The cost per iteration, on a log scale when it spans more than a factor of 10, with light
-/// grid lines at each power of ten.
+/// 3×5 pixel glyphs for tick labels, row by row from the top, 3 bits a row.
+fn glyph(c: char) -> Option<[u8; 5]> {
+    Some(match c {
+        '0' => [0b111, 0b101, 0b101, 0b101, 0b111],
+        '1' => [0b010, 0b110, 0b010, 0b010, 0b111],
+        '2' => [0b111, 0b001, 0b111, 0b100, 0b111],
+        '3' => [0b111, 0b001, 0b111, 0b001, 0b111],
+        '4' => [0b101, 0b101, 0b111, 0b001, 0b001],
+        '5' => [0b111, 0b100, 0b111, 0b001, 0b111],
+        '6' => [0b111, 0b100, 0b111, 0b101, 0b111],
+        '7' => [0b111, 0b001, 0b010, 0b010, 0b010],
+        '8' => [0b111, 0b101, 0b111, 0b101, 0b111],
+        '9' => [0b111, 0b101, 0b111, 0b001, 0b111],
+        '.' => [0b000, 0b000, 0b000, 0b000, 0b010],
+        '-' => [0b000, 0b000, 0b111, 0b000, 0b000],
+        'e' => [0b000, 0b111, 0b111, 0b100, 0b111],
+        _ => return None,
+    })
+}
+
+const GLYPH_SCALE: u32 = 2;
+
+fn text_width(text: &str) -> u32 {
+    text.chars().count() as u32 * 4 * GLYPH_SCALE
+}
+
+/// Draws `text` with its top-left corner at (x, y).
+fn draw_text(img: &mut RgbImage, text: &str, x: u32, y: u32) {
+    for (i, c) in text.chars().enumerate() {
+        let Some(rows) = glyph(c) else { continue };
+        for (r, bits) in rows.iter().enumerate() {
+            for col in 0..3u32 {
+                if bits & (0b100 >> col) == 0 {
+                    continue;
+                }
+                for dy in 0..GLYPH_SCALE {
+                    for dx in 0..GLYPH_SCALE {
+                        let px = x + (i as u32 * 4 + col) * GLYPH_SCALE + dx;
+                        let py = y + r as u32 * GLYPH_SCALE + dy;
+                        if px < img.width() && py < img.height() {
+                            img.put_pixel(px, py, Rgb([60, 60, 60]));
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// A short label for a tick value: 3 significant digits, exponent form when far from 1.
+fn tick_label(v: f64) -> String {
+    if v == 0.0 {
+        return "0".into();
+    }
+    let a = v.abs();
+    if !(1e-3..1e5).contains(&a) {
+        let p = a.log10().floor() as i32;
+        let m = v / 10f64.powi(p);
+        return if (m - m.round()).abs() < 1e-9 { format!("{}e{p}", m.round()) } else { format!("{m:.1}e{p}") };
+    }
+    let s = format!("{v:.3}");
+    let s = s.trim_end_matches('0').trim_end_matches('.');
+    s.to_string()
+}
+
+/// The cost per iteration against the iteration, with labelled axes: a log scale with a
+/// grid line and label at each power of ten when the cost spans more than a factor of 10,
+/// otherwise five evenly spaced ticks.
 pub fn loss_curve(costs: &[f64]) -> RgbImage {
-    let (w, h, margin) = (640u32, 360u32, 20u32);
+    let (w, h) = (640u32, 360u32);
+    let (left, right, top, bottom) = (64u32, 16u32, 12u32, 28u32);
     let mut img = RgbImage::from_pixel(w, h, Rgb([255, 255, 255]));
     let finite: Vec<f64> = costs.iter().copied().filter(|c| c.is_finite()).collect();
     if finite.len() < 2 {
@@ -106,39 +173,51 @@ pub fn loss_curve(costs: &[f64]) -> RgbImage {
     let log = lo > 0.0 && hi / lo > 10.0;
     let f = |c: f64| if log { c.log10() } else { c };
     let (flo, fhi) = (f(lo), f(hi).max(f(lo) + 1e-12));
-    let (pw, ph) = ((w - 2 * margin) as f64, (h - 2 * margin) as f64);
-    let y_of = |c: f64| margin as f64 + ph * (1.0 - (f(c) - flo) / (fhi - flo));
-    if log {
-        for p in flo.floor() as i32..=fhi.ceil() as i32 {
-            let y = y_of(10f64.powi(p));
-            if (margin as f64..(h - margin) as f64).contains(&y) {
-                for x in margin..w - margin {
-                    img.put_pixel(x, y as u32, Rgb([225, 225, 225]));
-                }
-            }
+    let (pw, ph) = ((w - left - right) as f64, (h - top - bottom) as f64);
+    let y_of = |c: f64| top as f64 + ph * (1.0 - (f(c) - flo) / (fhi - flo));
+    let x_of = |i: f64| left as f64 + pw * i / (costs.len() - 1) as f64;
+    let ticks: Vec<f64> = if log {
+        (flo.ceil() as i32..=fhi.floor() as i32).map(|p| 10f64.powi(p)).collect()
+    } else {
+        (0..5).map(|i| lo + (hi - lo) * i as f64 / 4.0).collect()
+    };
+    for t in ticks {
+        let y = y_of(t).round() as u32;
+        for x in left..w - right {
+            img.put_pixel(x, y.min(h - 1), Rgb([225, 225, 225]));
         }
+        let label = tick_label(t);
+        draw_text(&mut img, &label, left.saturating_sub(text_width(&label) + 6), y.saturating_sub(5));
     }
-    for x in margin..w - margin {
-        img.put_pixel(x, h - margin, Rgb([0, 0, 0]));
+    for x in left..w - right {
+        img.put_pixel(x, h - bottom, Rgb([0, 0, 0]));
     }
-    for y in margin..=h - margin {
-        img.put_pixel(margin, y, Rgb([0, 0, 0]));
+    for y in top..=h - bottom {
+        img.put_pixel(left, y, Rgb([0, 0, 0]));
     }
-    let n = costs.len();
+    let n = costs.len() - 1;
+    for i in [0, n / 2, n] {
+        let x = x_of(i as f64).round() as u32;
+        for y in h - bottom..h - bottom + 4 {
+            img.put_pixel(x.min(w - 1), y, Rgb([0, 0, 0]));
+        }
+        let label = i.to_string();
+        let lx = x.saturating_sub(text_width(&label) / 2).min(w - text_width(&label) - 4);
+        draw_text(&mut img, &label, lx, h - bottom + 8);
+    }
     let mut last: Option<(f64, f64)> = None;
     for (i, &c) in costs.iter().enumerate() {
         if !c.is_finite() {
             continue;
         }
-        let x = margin as f64 + pw * i as f64 / (n - 1) as f64;
-        let y = y_of(c);
+        let (x, y) = (x_of(i as f64), y_of(c));
         if let Some((x0, y0)) = last {
-            let steps = ((x - x0).abs().max((y - y0).abs()) as usize).max(1);
+            let steps = ((x - x0).abs().max((y - y0).abs()).ceil() as usize).max(1);
             for s in 0..=steps {
                 let t = s as f64 / steps as f64;
-                let (px, py) = (x0 + t * (x - x0), y0 + t * (y - y0));
-                for d in 0..2u32 {
-                    img.put_pixel((px as u32).min(w - 1), (py as u32 + d).min(h - 1), Rgb([200, 40, 40]));
+                let (px, py) = ((x0 + t * (x - x0)).round() as u32, (y0 + t * (y - y0)).round() as u32);
+                for (dx, dy) in [(0, 0), (1, 0), (0, 1), (1, 1)] {
+                    img.put_pixel((px + dx).min(w - 1), (py + dy).min(h - 1), Rgb([200, 40, 40]));
                 }
             }
         }
