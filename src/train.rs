@@ -43,6 +43,9 @@ pub struct TrainJob {
     pub data_description: String,
     pub image_shape: Option<(usize, usize)>,
     pub preprocessing: serde_json::Value,
+    /// Labelled held-out test examples: their accuracy goes into metrics.json as
+    /// `test_accuracy`.
+    pub test_set: Option<(Array2<f32>, Vec<usize>)>,
 }
 
 /// What a finished (or interrupted) run leaves behind.
@@ -53,6 +56,7 @@ pub struct TrainOutcome {
     /// epoch means instead).
     pub final_cost: f64,
     pub validation: Option<f64>,
+    pub test_accuracy: Option<f64>,
     pub files: Vec<PathBuf>,
     pub interrupted: bool,
 }
@@ -73,6 +77,10 @@ struct Metrics<'a> {
     train_accuracy: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     validation_metric: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    test_accuracy: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    test_examples: Option<usize>,
     stop_reason: String,
     iterations: usize,
     evaluations: usize,
@@ -116,7 +124,18 @@ fn targets<'a>(spec: &NetSpec, labels: &'a Option<Vec<usize>>) -> Result<Targets
     }
 }
 
-fn accuracy(predicted: &[usize], labels: &[usize]) -> f64 {
+/// The first hidden layer's activations for each row of `x`: the features a trained
+/// autoencoder extracts (self-taught learning).
+pub fn hidden_features(backend: &mut dyn Backend, theta: &[f64], x: &Array2<f32>) -> Result<Array2<f32>> {
+    if backend.spec().layers.len() < 3 {
+        return Err(Error::Data(format!("{} has no hidden layer to take features from", backend.spec().describe())));
+    }
+    let mut acts = backend.forward(theta, x.into())?;
+    Ok(acts.swap_remove(0).mapv(|v| v as f32))
+}
+
+/// The fraction of `predicted` equal to `labels`.
+pub fn accuracy(predicted: &[usize], labels: &[usize]) -> f64 {
     predicted.iter().zip(labels).filter(|(p, l)| p == l).count() as f64 / labels.len().max(1) as f64
 }
 
@@ -244,8 +263,17 @@ pub fn train(
         (Some(l), Output::Softmax) => Some(accuracy(&backend.classify(&theta, (&x_train).into())?, l)),
         _ => None,
     };
+    let test_accuracy = match &job.test_set {
+        Some((x_test, l)) if spec.output == Output::Softmax => {
+            Some(accuracy(&backend.classify(&theta, x_test.into())?, l))
+        }
+        _ => None,
+    };
     let mut extra = serde_json::Map::new();
     extra.insert("final_cost".into(), final_cost.into());
+    if let Some(a) = test_accuracy {
+        extra.insert("test_accuracy".into(), a.into());
+    }
     let model = save(&theta, &optimizer, extra)?;
     let mut files = vec![model];
 
@@ -263,6 +291,8 @@ pub fn train(
         initial_cost: history.records.first().map(|r| r.cost),
         train_accuracy,
         validation_metric: summary.best_validation,
+        test_accuracy,
+        test_examples: job.test_set.as_ref().map(|t| t.1.len()),
         stop_reason: summary.reason.to_string(),
         iterations: summary.iterations,
         evaluations: summary.evaluations,
@@ -281,7 +311,15 @@ pub fn train(
     files.push(loss_path);
     files.extend(draw_pictures(&spec, &theta, backend, &x_train, job.image_shape, &job.out_dir)?);
 
-    Ok(TrainOutcome { theta, summary, final_cost, validation: metrics.validation_metric, files, interrupted })
+    Ok(TrainOutcome {
+        theta,
+        summary,
+        final_cost,
+        validation: metrics.validation_metric,
+        test_accuracy,
+        files,
+        interrupted,
+    })
 }
 
 /// Filters of the first layer, and originals above reconstructions for an autoencoder, when

@@ -27,6 +27,7 @@ fn job(spec: NetSpec, method: Method, iterations: usize, out: &std::path::Path) 
         data_description: "test".into(),
         image_shape: Some((8, 8)),
         preprocessing: serde_json::Value::Null,
+        test_set: None,
     }
 }
 

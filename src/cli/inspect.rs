@@ -13,7 +13,7 @@ use wgnn::{Batch, Targets, viz};
 use super::{BackendArgs, DataArgs, Precision};
 
 /// A model file, or a run folder holding `model.safetensors`.
-fn load_model(path: &Path) -> anyhow::Result<Checkpoint> {
+pub fn load_model(path: &Path) -> anyhow::Result<Checkpoint> {
     let file = if path.is_dir() { path.join("model.safetensors") } else { path.to_path_buf() };
     if !file.exists() {
         bail!("--model {}: no such file (give a model.safetensors or the run folder holding one)", path.display());

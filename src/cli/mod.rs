@@ -6,6 +6,7 @@ mod cost;
 mod devices;
 mod gradcheck;
 mod inspect;
+mod stacked;
 mod train;
 
 use anyhow::{Context, bail};
@@ -35,7 +36,7 @@ pub fn parse() -> anyhow::Result<Cli> {
 pub enum Command {
     /// Train a network and write its run folder (model, metrics, loss curve, pictures). With
     /// no arguments: a sparse autoencoder learns edge filters from built-in synthetic images.
-    Train(train::TrainArgs),
+    Train(Box<train::TrainArgs>),
     /// Evaluate the cost J(θ) (and optionally its gradient) of a network on data from .npy files.
     /// The last line printed is `cost <value>`.
     Cost(cost::CostArgs),
@@ -55,7 +56,7 @@ pub enum Command {
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Train(args) => train::run(args),
+        Command::Train(args) => train::run(*args),
         Command::Cost(args) => cost::run(args),
         Command::Gradcheck(args) => gradcheck::run(args),
         Command::Devices(args) => devices::run(args),

@@ -26,6 +26,10 @@ pub enum Kind {
     Softmax,
     /// A multilayer perceptron: hidden layers and a softmax output (needs labels).
     Mlp,
+    /// A stacked autoencoder (needs labels): sparse autoencoders trained greedily layer by
+    /// layer (--hidden 200,200, ρ = 0.1, λ = 3e-3), a softmax on the last features, then the
+    /// whole stack fine-tuned by backpropagation. Writes one folder per stage.
+    Stacked,
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -49,6 +53,15 @@ pub struct TrainArgs {
     pub kind: Kind,
     #[command(flatten)]
     pub data: DataArgs,
+    /// Labelled test examples to report `test_accuracy` on (softmax, mlp): a data source as
+    /// for --data; for mnist: the test split is used. Same --digits and --limit as --data.
+    #[arg(long)]
+    pub test_data: Option<String>,
+    /// Train on the features a trained autoencoder extracts (its first hidden layer's
+    /// activations) instead of the raw inputs: self-taught learning. A model.safetensors or its
+    /// run folder.
+    #[arg(long)]
+    pub features_from: Option<PathBuf>,
     /// Hidden layer sizes, e.g. 25 or 256,128. Default: 25 (autoencoder), 256,128 (mlp);
     /// softmax has none.
     #[arg(long, value_delimiter = ',')]
@@ -63,9 +76,10 @@ pub struct TrainArgs {
     /// L2 weight decay λ. Default: 1e-4 (autoencoder, softmax), 1e-5 (mlp).
     #[arg(long)]
     pub weight_decay: Option<f64>,
-    /// Autoencoder sparsity target ρ (0 turns the penalty off).
-    #[arg(long, default_value_t = 0.01)]
-    pub sparsity: f64,
+    /// Autoencoder sparsity target ρ (0 turns the penalty off). Default: 0.01 (autoencoder),
+    /// 0.1 (stacked).
+    #[arg(long)]
+    pub sparsity: Option<f64>,
     /// Weight β of the sparsity penalty.
     #[arg(long, default_value_t = 3.0)]
     pub sparsity_weight: f64,
@@ -114,15 +128,16 @@ pub struct TrainArgs {
     pub backend: BackendArgs,
 }
 
-fn kind_name(kind: Kind) -> &'static str {
+pub fn kind_name(kind: Kind) -> &'static str {
     match kind {
         Kind::Autoencoder => "autoencoder",
         Kind::Softmax => "softmax",
         Kind::Mlp => "mlp",
+        Kind::Stacked => "stacked",
     }
 }
 
-fn default_out(kind: Kind) -> PathBuf {
+pub fn default_out(kind: Kind) -> PathBuf {
     let name = kind_name(kind);
     (1..).map(|n| PathBuf::from(format!("runs/{name}-{n}"))).find(|p| !p.exists()).expect("some number is free")
 }
@@ -148,9 +163,37 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
             kind_name(args.kind)
         );
     }
-    let (source, data) = args.data.load(args.seed)?;
+    let (source, mut data) = args.data.load(args.seed)?;
     say(format!("data     {}", data.description));
+    let mut test = match &args.test_data {
+        Some(t) => {
+            let mut test_args = args.data.clone();
+            test_args.data = Some(t.clone());
+            if t.starts_with("mnist:") {
+                test_args.split = Some("test".into());
+            }
+            let (_, d) = test_args.load(args.seed).context("--test-data")?;
+            let labels = d.labels.clone().context("--test-data has no labels")?;
+            say(format!("test     {}", d.description));
+            Some((d.x, labels))
+        }
+        None => None,
+    };
+    if let Some(path) = &args.features_from {
+        let ck = super::inspect::load_model(path)?;
+        let (mut encoder, _) = args.backend.build_quietly(ck.spec.clone(), super::Precision::F32)?;
+        data.x = wgnn::train::hidden_features(encoder.as_mut(), &ck.theta, &data.x).context("--features-from")?;
+        if let Some((x, _)) = test.as_mut() {
+            *x = wgnn::train::hidden_features(encoder.as_mut(), &ck.theta, x)?;
+        }
+        data.image_shape = None;
+        say(format!("features {} hidden activations of {}", data.num_features(), ck.spec.describe()));
+    }
     let n = data.num_features();
+    if args.kind == Kind::Stacked {
+        let out_dir = args.out.clone().unwrap_or_else(|| default_out(args.kind));
+        return super::stacked::run(&args, &data, test, &out_dir);
+    }
 
     // Network.
     let activation = |default: Activation| -> anyhow::Result<Activation> {
@@ -162,13 +205,13 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
             let mut layers = vec![n];
             layers.extend(&hidden);
             layers.push(n);
-            let sparsity =
-                (args.sparsity > 0.0).then_some(Sparsity { target: args.sparsity, weight: args.sparsity_weight });
+            let rho = args.sparsity.unwrap_or(0.01);
+            let sparsity = (rho > 0.0).then_some(Sparsity { target: rho, weight: args.sparsity_weight });
             NetSpec::new(&layers, activation(Activation::Sigmoid)?, Output::parse(&args.output)?)?
                 .with_weight_decay(args.weight_decay.unwrap_or(1e-4))?
                 .with_sparsity(sparsity)?
         }
-        Kind::Softmax | Kind::Mlp => {
+        Kind::Softmax | Kind::Mlp | Kind::Stacked => {
             let classes = data.num_classes().context("this data has no labels: softmax and mlp need them")?;
             let hidden = match args.kind {
                 Kind::Softmax => args.hidden.clone().unwrap_or_default(),
@@ -190,7 +233,7 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
     let iterations = args.iterations.unwrap_or(match args.kind {
         Kind::Autoencoder => 400,
         Kind::Softmax => 100,
-        Kind::Mlp => 30,
+        Kind::Mlp | Kind::Stacked => 30,
     });
     let minibatch = |rule: UpdateRule, lr: f64| {
         Method::Minibatch(
@@ -243,7 +286,13 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
         out_dir: out_dir.clone(),
         data_description: data.description.clone(),
         image_shape: data.image_shape,
-        preprocessing: serde_json::json!({ "source": source.to_string(), "patch": args.data.patch, "count": args.data.count.unwrap_or(10_000) }),
+        preprocessing: serde_json::json!({
+            "source": source.to_string(),
+            "patch": args.data.patch,
+            "count": args.data.count.unwrap_or(10_000),
+            "features_from": args.features_from.as_ref().map(|p| p.display().to_string()),
+        }),
+        test_set: test,
     };
 
     // Ctrl-C stops after the current step; the run is saved and can be resumed.
@@ -272,6 +321,9 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
         s.iterations, s.evaluations, s.seconds, s.reason
     ));
     say(format!("final cost {}", outcome.final_cost));
+    if let Some(a) = outcome.test_accuracy {
+        say(format!("test accuracy {:.2}%", 100.0 * a));
+    }
     for f in &outcome.files {
         say(format!("wrote    {}", f.display()));
     }
