@@ -159,6 +159,18 @@ pub trait Backend {
     }
 }
 
+/// Refuses a θ whose length does not fit `spec`, saying what it should be.
+pub fn check_theta_len(spec: &NetSpec, len: usize) -> Result<()> {
+    let needed = crate::model::ThetaLayout::new(spec).len();
+    if len != needed {
+        return Err(crate::Error::Shape(format!(
+            "θ has {len} values but the network {} needs {needed}",
+            spec.describe()
+        )));
+    }
+    Ok(())
+}
+
 /// Index of the largest value (the first of equals); NaN never wins.
 pub fn argmax(values: impl Iterator<Item = f64>) -> usize {
     let mut best = (0, f64::NEG_INFINITY);

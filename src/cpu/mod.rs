@@ -69,14 +69,7 @@ impl<F: Real> CpuBackend<F> {
     }
 
     fn theta(&self, theta: &[f64]) -> Result<Vec<F>> {
-        if theta.len() != self.layout.len() {
-            return Err(Error::Shape(format!(
-                "θ has {} values but the network {} needs {}",
-                theta.len(),
-                self.spec.describe(),
-                self.layout.len()
-            )));
-        }
+        crate::backend::check_theta_len(&self.spec, theta.len())?;
         Ok(theta.iter().map(|&v| F::of(v)).collect())
     }
 

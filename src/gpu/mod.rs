@@ -328,16 +328,9 @@ impl GpuBackend {
             Ok(())
         };
         let forward_layer = |ops: &mut Vec<Op>, seg: &Segment, l: usize| -> Result<()> {
-            let (out, inp) = lay.shapes[l];
-            let input = if l == 0 {
-                Operand::row_major(&self.chunk(seg.chunk).x, u(seg.row * inp)?, u(inp)?)
-            } else {
-                Operand::row_major(&acts[l - 1], 0, u(inp)?)
-            };
-            let w_t = Operand::row_major(&self.theta, u(lay.weight_range(l).start)?, u(inp)?).t();
-            let act = spec.activation_after(l).unwrap_or(Activation::Identity);
-            let epilogue = Epilogue::BiasAct { bias: (&self.theta, u(lay.bias_range(l).start)?), act };
-            ops.push(k.matmul(device, input, w_t, (&acts[l], 0, u(out)?), (u(seg.rows)?, u(out)?, u(inp)?), epilogue));
+            let inp = lay.shapes[l].1;
+            let input = if l == 0 { (&self.chunk(seg.chunk).x, seg.row * inp) } else { (&acts[l - 1], 0) };
+            ops.push(self.layer_op(l, input, seg.rows, &acts[l])?);
             Ok(())
         };
 
@@ -488,16 +481,22 @@ impl GpuBackend {
         Ok(Plan { ops, examples, workspace })
     }
 
+    /// One forward layer, Z = A Wᵀ + b then f, as a fused matmul: A is `rows` rows of the
+    /// layer's input starting at element `input.1` of `input.0`; the activations go to `out`.
+    /// A softmax output gets the identity here and its softmax from a separate kernel.
+    fn layer_op(&self, l: usize, input: (&wgpu::Buffer, usize), rows: usize, out: &wgpu::Buffer) -> Result<Op> {
+        let u = |v: usize| u32_of(v, "an index");
+        let lay = &self.layout;
+        let (out_w, inp) = lay.shapes[l];
+        let a = Operand::row_major(input.0, u(input.1)?, u(inp)?);
+        let w_t = Operand::row_major(&self.theta, u(lay.weight_range(l).start)?, u(inp)?).t();
+        let act = self.spec.activation_after(l).unwrap_or(Activation::Identity);
+        let epilogue = Epilogue::BiasAct { bias: (&self.theta, u(lay.bias_range(l).start)?), act };
+        Ok(self.kernels.matmul(&self.gpu.device, a, w_t, (out, 0, u(out_w)?), (u(rows)?, u(out_w)?, u(inp)?), epilogue))
+    }
+
     fn check_theta(&self, theta: &[f64]) -> Result<()> {
-        if theta.len() != self.layout.len() {
-            return Err(Error::Shape(format!(
-                "θ has {} values but the network {} needs {}",
-                theta.len(),
-                self.spec.describe(),
-                self.layout.len()
-            )));
-        }
-        Ok(())
+        crate::backend::check_theta_len(&self.spec, theta.len())
     }
 
     /// Runs one evaluation: uploads θ, records the plan, submits once, reads back the cost
@@ -691,16 +690,8 @@ impl GpuBackend {
             (0..lay.num_layers()).map(|l| storage(device, "activations", rows * spec.layers[l + 1])).collect();
         let mut ops = Vec::new();
         for l in 0..lay.num_layers() {
-            let (out, inp) = lay.shapes[l];
-            let input = if l == 0 {
-                Operand::row_major(&chunk.x, 0, u(inp)?)
-            } else {
-                Operand::row_major(&acts[l - 1], 0, u(inp)?)
-            };
-            let w_t = Operand::row_major(&self.theta, u(lay.weight_range(l).start)?, u(inp)?).t();
-            let act = spec.activation_after(l).unwrap_or(Activation::Identity);
-            let epilogue = Epilogue::BiasAct { bias: (&self.theta, u(lay.bias_range(l).start)?), act };
-            ops.push(k.matmul(device, input, w_t, (&acts[l], 0, u(out)?), (u(rows)?, u(out)?, u(inp)?), epilogue));
+            let input = if l == 0 { (&chunk.x, 0) } else { (&acts[l - 1], 0) };
+            ops.push(self.layer_op(l, input, rows, &acts[l])?);
         }
         if spec.output == Output::Softmax {
             let p = SmallParams { rows: u(rows)?, cols: u(spec.outputs())?, flag: 0, ..Default::default() };
