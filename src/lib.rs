@@ -7,6 +7,7 @@ pub mod checkpoint;
 pub mod cpu;
 pub mod data;
 mod error;
+pub mod features;
 pub mod gpu;
 pub mod gradcheck;
 pub mod model;

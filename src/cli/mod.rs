@@ -2,6 +2,7 @@
 //! Every failure reaches `main` as one error whose message says what was wrong and what to do.
 
 mod config;
+mod convolve;
 mod cost;
 mod devices;
 mod gradcheck;
@@ -50,6 +51,9 @@ pub enum Command {
     /// Evaluate a trained model on data: cost, reconstruction error, or accuracy and a
     /// confusion matrix for classifiers.
     Eval(inspect::EvalArgs),
+    /// Convolve the features a trained autoencoder learned on patches over whole images and pool
+    /// them; writes a float32 .npy of images × features × pooled rows × pooled columns.
+    Convolve(convolve::ConvolveArgs),
     /// List every GPU adapter wgpu can see: name, API, type, driver and the limits that matter.
     Devices(devices::DevicesArgs),
 }
@@ -60,6 +64,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Cost(args) => cost::run(args),
         Command::Gradcheck(args) => gradcheck::run(args),
         Command::Devices(args) => devices::run(args),
+        Command::Convolve(args) => convolve::run(args),
         Command::Visualize(args) => inspect::visualize(args),
         Command::Reconstruct(args) => inspect::reconstruct(args),
         Command::Eval(args) => inspect::eval(args),

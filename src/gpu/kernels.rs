@@ -15,6 +15,8 @@ const LOSS: &str = include_str!("../../shaders/loss.wgsl");
 const SOFTMAX: &str = include_str!("../../shaders/softmax.wgsl");
 const REDUCE: &str = include_str!("../../shaders/reduce.wgsl");
 const SPARSITY: &str = include_str!("../../shaders/sparsity.wgsl");
+const CONV: &str = include_str!("../../shaders/conv.wgsl");
+const POOL: &str = include_str!("../../shaders/pool.wgsl");
 
 /// Rows of a column-sum block (BLOCK_ROWS in reduce.wgsl).
 pub const BLOCK_ROWS: u32 = 256;
@@ -338,4 +340,120 @@ impl Kernels {
             .collect();
         device.create_bind_group(&wgpu::BindGroupDescriptor { label: None, layout, entries: &entries })
     }
+}
+
+/// Edge of the tile of (patch positions × features) one convolution workgroup computes.
+pub const CONV_TILE: u32 = 64;
+/// Invocations per pooling workgroup.
+pub const POOL_GROUP: u32 = 64;
+
+/// The parameter block of conv.wgsl: a chunk of `images` images of `channels` × n × n
+/// (n = `image_size`), p × p features (p = `patch`), d = n − p + 1 (`conv_size`), k =
+/// `features`, depth c·p²; the biases sit at `bias_off` in the weights buffer.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
+pub struct ConvParams {
+    pub images: u32,
+    pub image_size: u32,
+    pub channels: u32,
+    pub patch: u32,
+    pub conv_size: u32,
+    pub features: u32,
+    pub depth: u32,
+    pub act: u32,
+    pub bias_off: u32,
+    pub leaky_alpha: f32,
+    pub _pad: [u32; 2],
+}
+
+/// The parameter block of pool.wgsl: `maps` feature maps of d × d (d = `conv_size`) pooled
+/// over disjoint `pool` × `pool` regions into `pooled` × `pooled`; `kind` 0 mean, 1 max.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
+pub struct PoolParams {
+    pub maps: u32,
+    pub conv_size: u32,
+    pub pool: u32,
+    pub pooled: u32,
+    pub kind: u32,
+    pub _pad: [u32; 3],
+}
+
+/// The convolution and pooling kernels (`shaders/conv.wgsl`, `shaders/pool.wgsl`), compiled
+/// apart from [`Kernels`] so that training pays nothing for them. Both share one bind-group
+/// layout: input, second input, output, parameters.
+pub struct FeatureKernels {
+    layout: wgpu::BindGroupLayout,
+    convolve: wgpu::ComputePipeline,
+    pool: wgpu::ComputePipeline,
+    /// Bound where the pooling kernel has no use for the second input.
+    dummy_read: wgpu::Buffer,
+}
+
+impl FeatureKernels {
+    pub fn new(device: &wgpu::Device) -> FeatureKernels {
+        let layout = layout(device, "features", &[Some(true), Some(true), Some(false), None]);
+        let convolve = pipeline(device, &layout, &format!("{COMMON}\n{CONV}"), "convolve");
+        let pool = pipeline(device, &layout, &format!("{COMMON}\n{POOL}"), "pool");
+        let dummy_read = device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("unused input"),
+            size: 16,
+            usage: wgpu::BufferUsages::STORAGE,
+            mapped_at_creation: false,
+        });
+        FeatureKernels { layout, convolve, pool, dummy_read }
+    }
+
+    /// The workgroups `convolve` dispatches for `p`: patch-position tiles along x, feature
+    /// tiles along y.
+    pub fn convolve_groups(p: &ConvParams) -> [u32; 3] {
+        let rows = p.images * p.conv_size * p.conv_size;
+        [rows.div_ceil(CONV_TILE), p.features.div_ceil(CONV_TILE), 1]
+    }
+
+    /// The workgroups `pool` dispatches for `p`, at most `max_per_dimension` along x.
+    pub fn pool_groups(p: &PoolParams, max_per_dimension: u32) -> [u32; 3] {
+        let groups = (p.maps * p.pooled * p.pooled).div_ceil(POOL_GROUP).max(1);
+        let x = groups.min(max_per_dimension.max(1));
+        [x, groups.div_ceil(x), 1]
+    }
+
+    /// out (B × k × d × d) = f(patches of `images` · W + b); `weights` holds Wᵀ (c·p² × k,
+    /// row-major) and then b at `p.bias_off`.
+    pub fn convolve(
+        &self,
+        device: &wgpu::Device,
+        images: &wgpu::Buffer,
+        weights: &wgpu::Buffer,
+        out: &wgpu::Buffer,
+        p: ConvParams,
+    ) -> Op {
+        let params = Kernels::uniform(device, bytemuck::bytes_of(&p));
+        let bind_group = bind_all(device, &self.layout, &[images, weights, out, &params]);
+        Op { pipeline: self.convolve.clone(), bind_group, groups: Self::convolve_groups(&p) }
+    }
+
+    /// out (maps × q × q) = mean or max of `conv` (maps × d × d) over disjoint regions.
+    pub fn pool(
+        &self,
+        device: &wgpu::Device,
+        conv: &wgpu::Buffer,
+        out: &wgpu::Buffer,
+        p: PoolParams,
+        max_per_dimension: u32,
+    ) -> Op {
+        let params = Kernels::uniform(device, bytemuck::bytes_of(&p));
+        let bind_group = bind_all(device, &self.layout, &[conv, &self.dummy_read, out, &params]);
+        Op { pipeline: self.pool.clone(), bind_group, groups: Self::pool_groups(&p, max_per_dimension) }
+    }
+}
+
+/// A bind group binding `buffers` in order, each whole.
+fn bind_all(device: &wgpu::Device, layout: &wgpu::BindGroupLayout, buffers: &[&wgpu::Buffer]) -> wgpu::BindGroup {
+    let entries: Vec<wgpu::BindGroupEntry> = buffers
+        .iter()
+        .enumerate()
+        .map(|(i, buf)| wgpu::BindGroupEntry { binding: i as u32, resource: buf.as_entire_binding() })
+        .collect();
+    device.create_bind_group(&wgpu::BindGroupDescriptor { label: None, layout, entries: &entries })
 }
