@@ -58,6 +58,14 @@ pub fn gradcheck_cases() -> Vec<Case> {
         weight_decay: 1e-3,
         sparsity: None,
     };
+    // The linear decoder (UFLDL): sigmoid hidden units with sparsity, identity output, for
+    // real-valued inputs such as whitened colour patches.
+    let linear_decoder = NetSpec::new(&[48, 20, 48], Activation::Sigmoid, Output::SquaredError(Activation::Identity))
+        .unwrap()
+        .with_weight_decay(3e-3)
+        .unwrap()
+        .with_sparsity(Some(Sparsity { target: 0.035, weight: 5.0 }))
+        .unwrap();
     let regression = NetSpec::new(&[6, 8, 3], Activation::Sigmoid, Output::SquaredError(Activation::Identity))
         .unwrap()
         .with_weight_decay(3e-3)
@@ -85,6 +93,15 @@ pub fn gradcheck_cases() -> Vec<Case> {
             spec: mlp,
             x: uniform(9, 10, -1.0, 1.0, &mut rng),
             labels: Some(labels(9, 4, &mut rng)),
+            values: None,
+        },
+        Case {
+            name: "linear decoder 48-20-48 sigmoid → identity, sparsity",
+            theta: Init::Uniform.theta(&linear_decoder, 5),
+            spec: linear_decoder,
+            // As UFLDL's own check of the linear decoder: rand(visible, m).
+            x: uniform(12, 48, 0.0, 1.0, &mut rng),
+            labels: None,
             values: None,
         },
         Case {
