@@ -368,3 +368,30 @@ fn config_files_set_flags_and_the_command_line_overrides_them() {
     fails_with(wgnn().args(["train", "--config", json.to_str().unwrap()]), "expected an object");
     fails_with(wgnn().args(["train", "--init", "/no/theta.npy"]), "--init");
 }
+
+#[test]
+fn a_whitened_linear_decoder_is_stored_with_its_whitening_and_evaluated_alike() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("ld");
+    let out = wgnn()
+        .args(["train", "--whiten", "zca", "--output", "identity", "--sparsity", "0.035", "--sparsity-weight", "5"])
+        .args(["--iterations", "10", "--count", "500", "--quiet", "--out", run.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let ck = wgnn::checkpoint::Checkpoint::load(&run.join("model.safetensors")).unwrap();
+    assert!(ck.metadata.preprocessing["whitening"].is_object(), "the whitening is stored with the model");
+    let m: serde_json::Value = serde_json::from_slice(&std::fs::read(run.join("metrics.json")).unwrap()).unwrap();
+    // eval on the same examples (same seed and count) whitens them the same way: same cost.
+    let out = wgnn()
+        .args(["eval", "--model", run.to_str().unwrap(), "--count", "500", "--seed", "0", "--json"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let (a, b) = (v["cost"].as_f64().unwrap(), m["final_cost"].as_f64().unwrap());
+    assert!(((a - b) / b).abs() < 1e-5, "eval {a} vs training's final cost {b}");
+    let out = wgnn().args(["train", "--whiten", "pcx"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2), "a usage error");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("[possible values: zca, pca]"));
+}

@@ -10,10 +10,10 @@ use clap::{Args, ValueEnum};
 use ndarray::{Array2, Array4};
 use ndarray_npy::WriteNpyExt;
 
-use wgnn::checkpoint::Checkpoint;
-use wgnn::data::{DataSource, Mnist, Split, Whitening};
+use wgnn::data::{DataSource, Mnist, Split};
 use wgnn::features::{FeatureBank, GpuConvolution, PoolKind, Pooling, convolve_and_pool_cpu};
 
+use super::inspect::{load_model, stored_whitening};
 use super::{BackendArgs, BackendChoice, Precision};
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -58,25 +58,6 @@ pub struct ConvolveArgs {
     pub limit: Option<usize>,
     #[command(flatten)]
     pub backend: BackendArgs,
-}
-
-/// A model file, or a run folder holding `model.safetensors`.
-fn load_model(path: &Path) -> anyhow::Result<Checkpoint> {
-    let file = if path.is_dir() { path.join("model.safetensors") } else { path.to_path_buf() };
-    if !file.exists() {
-        bail!("--model {}: no such file (give a model.safetensors or the run folder holding one)", path.display());
-    }
-    Ok(Checkpoint::load(&file)?)
-}
-
-/// The whitening stored under `preprocessing.whitening`, if any.
-fn stored_whitening(ck: &Checkpoint) -> anyhow::Result<Option<Whitening>> {
-    match ck.metadata.preprocessing.get("whitening") {
-        None | Some(serde_json::Value::Null) => Ok(None),
-        Some(v) => {
-            Ok(Some(serde_json::from_value(v.clone()).context("the model's preprocessing.whitening is unreadable")?))
-        }
-    }
 }
 
 /// Images as rows (m × c·n²), with n and c.

@@ -21,6 +21,24 @@ pub fn load_model(path: &Path) -> anyhow::Result<Checkpoint> {
     Ok(Checkpoint::load(&file)?)
 }
 
+/// The whitening stored under `preprocessing.whitening`, if any.
+pub fn stored_whitening(ck: &Checkpoint) -> anyhow::Result<Option<wgnn::data::whiten::Whitening>> {
+    match ck.metadata.preprocessing.get("whitening") {
+        None | Some(serde_json::Value::Null) => Ok(None),
+        Some(v) => {
+            Ok(Some(serde_json::from_value(v.clone()).context("the model's preprocessing.whitening is unreadable")?))
+        }
+    }
+}
+
+/// Data prepared as the model's training data was: whitened when the model says so.
+fn prepared(ck: &Checkpoint, x: ndarray::Array2<f32>) -> anyhow::Result<ndarray::Array2<f32>> {
+    Ok(match stored_whitening(ck)? {
+        Some(w) => w.apply(x.view())?,
+        None => x,
+    })
+}
+
 #[derive(Args, Debug)]
 pub struct VisualizeArgs {
     /// The trained model: a model.safetensors file or its run folder.
@@ -70,7 +88,7 @@ pub fn reconstruct(args: ReconstructArgs) -> anyhow::Result<()> {
     }
     let (_, data) = args.data.load_counting(args.seed, 10)?;
     let shown = args.data.count.unwrap_or(10).min(data.len());
-    let x = data.x.slice(ndarray::s![..shown, ..]).mapv(f64::from);
+    let x = prepared(&ck, data.x.slice(ndarray::s![..shown, ..]).to_owned())?.mapv(f64::from);
     let mut backend = args.backend.build(ck.spec.clone(), Precision::F32)?;
     let recon = backend.predict(&ck.theta, (&x).into())?;
     viz::save_png(&viz::reconstructions(x.view(), recon.view())?, &args.out)?;
@@ -117,7 +135,8 @@ struct Evaluation {
 pub fn eval(args: EvalArgs) -> anyhow::Result<()> {
     let ck = load_model(&args.model)?;
     let spec = &ck.spec;
-    let (_, data) = args.data.load(args.seed)?;
+    let (_, mut data) = args.data.load(args.seed)?;
+    data.x = prepared(&ck, data.x)?;
     let mut backend = args.backend.build(spec.clone(), Precision::F32)?;
     let labels = data.labels.clone();
     let targets = match (spec.output, &labels) {

@@ -46,6 +46,14 @@ pub enum OptimizerChoice {
     Adam,
 }
 
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WhitenChoice {
+    /// ZCA: decorrelated, unit variance, as close to the original pixels as possible.
+    Zca,
+    /// PCA: coordinates on the principal components, unit variance.
+    Pca,
+}
+
 #[derive(Args, Debug)]
 pub struct TrainArgs {
     /// What to train.
@@ -62,6 +70,15 @@ pub struct TrainArgs {
     /// run folder.
     #[arg(long)]
     pub features_from: Option<PathBuf>,
+    /// Whiten the inputs before training: zca or pca (all components). The whitening is
+    /// fitted on the training examples, stored with the model (preprocessing.whitening) and
+    /// applied the same way by eval, reconstruct and convolve. Use with --output identity (a
+    /// linear decoder): whitened values leave the sigmoid's range.
+    #[arg(long, value_enum)]
+    pub whiten: Option<WhitenChoice>,
+    /// The whitening's regulariser ε, added to each eigenvalue.
+    #[arg(long, default_value_t = 0.1)]
+    pub whiten_epsilon: f64,
     /// Hidden layer sizes, e.g. 25 or 256,128. Default: 25 (autoencoder), 256,128 (mlp);
     /// softmax has none.
     #[arg(long, value_delimiter = ',')]
@@ -189,6 +206,23 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
         data.image_shape = None;
         say(format!("features {} hidden activations of {}", data.num_features(), ck.spec.describe()));
     }
+    let whitening = match args.whiten {
+        None => None,
+        Some(choice) => {
+            use wgnn::data::whiten::{Components, Whitening, WhiteningKind};
+            let kind = match choice {
+                WhitenChoice::Zca => WhiteningKind::Zca,
+                WhitenChoice::Pca => WhiteningKind::Pca,
+            };
+            let w = Whitening::fit(data.x.view(), kind, args.whiten_epsilon, Components::All).context("--whiten")?;
+            data.x = w.apply(data.x.view())?;
+            if let Some((x, _)) = test.as_mut() {
+                *x = w.apply(x.view())?;
+            }
+            say(format!("whitened {kind:?} with ε = {}", args.whiten_epsilon));
+            Some(w)
+        }
+    };
     let n = data.num_features();
     if args.kind == Kind::Stacked {
         let out_dir = args.out.clone().unwrap_or_else(|| default_out(args.kind));
@@ -291,6 +325,7 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
             "patch": args.data.patch,
             "count": args.data.count.unwrap_or(10_000),
             "features_from": args.features_from.as_ref().map(|p| p.display().to_string()),
+            "whitening": whitening,
         }),
         test_set: test,
     };
