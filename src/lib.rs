@@ -2,6 +2,10 @@
 //! the CPU (ndarray) or any GPU wgpu reaches, every GPU result checked against the f64 CPU
 //! reference. See README.md for the θ layout and DESIGN.md for the architecture.
 
+// Links the BLAS that ndarray's `blas` feature calls.
+#[cfg(feature = "blas")]
+extern crate blas_src;
+
 pub mod backend;
 pub mod checkpoint;
 pub mod cpu;
