@@ -545,7 +545,11 @@ impl GpuBackend {
         }
         for s in [oom, scope] {
             if let Some(e) = pollster::block_on(s.pop()) {
-                return Err(Error::Gpu(format!("the device refused the work: {e}")));
+                return Err(Error::Gpu(format!(
+                    "the device refused the work ({e}): it may be out of memory or over a limit ({} MiB per storage binding, {} MiB per buffer); try a smaller --batch-size, fewer examples (--limit), or --backend cpu",
+                    gpu.limits.max_storage_buffer_binding_size >> 20,
+                    gpu.limits.max_buffer_size >> 20
+                )));
             }
         }
         let m = plan.examples as f64;
