@@ -1,6 +1,7 @@
 //! The `wgnn` command line: parses arguments, calls the library, prints. No maths here.
 //! Every failure reaches `main` as one error whose message says what was wrong and what to do.
 
+mod bench;
 mod config;
 mod convolve;
 mod cost;
@@ -56,6 +57,9 @@ pub enum Command {
     Convolve(convolve::ConvolveArgs),
     /// List every GPU adapter wgpu can see: name, API, type, driver and the limits that matter.
     Devices(devices::DevicesArgs),
+    /// Time matrix products and full cost-and-gradient steps on the CPU backend and a GPU
+    /// adapter (median of repeated runs, to completion); a table with GPU/CPU ratios, or --json.
+    Bench(bench::BenchArgs),
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
@@ -68,6 +72,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Visualize(args) => inspect::visualize(args),
         Command::Reconstruct(args) => inspect::reconstruct(args),
         Command::Eval(args) => inspect::eval(args),
+        Command::Bench(args) => bench::run(args),
     }
 }
 
