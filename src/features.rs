@@ -41,8 +41,8 @@ use ndarray::{Array1, Array2, Array4, ArrayView2, ArrayView4, Axis, s};
 use crate::cpu::Real;
 use crate::cpu::net::activate;
 use crate::data::Whitening;
-use crate::gpu::Gpu;
 use crate::gpu::kernels::{ConvParams, FeatureKernels, PoolParams, act_code};
+use crate::gpu::{Gpu, storage};
 use crate::model::{Activation, NetSpec, ThetaLayout};
 use crate::{Error, Result};
 
@@ -627,13 +627,4 @@ impl<'g> GpuConvolution<'g> {
 /// Patch positions one convolution workgroup covers (its dispatch is limited per dimension).
 fn kernel_tile() -> u64 {
     crate::gpu::kernels::CONV_TILE as u64
-}
-
-fn storage(device: &wgpu::Device, label: &str, floats: usize) -> wgpu::Buffer {
-    device.create_buffer(&wgpu::BufferDescriptor {
-        label: Some(label),
-        size: (floats.max(4) * 4) as u64,
-        usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
-        mapped_at_creation: false,
-    })
 }

@@ -79,7 +79,8 @@ pub struct GpuBackend {
     poison: bool,
 }
 
-fn storage(device: &wgpu::Device, label: &str, floats: usize) -> wgpu::Buffer {
+/// A storage buffer of `floats` f32 values (at least 4), usable as a copy source and target.
+pub(crate) fn storage(device: &wgpu::Device, label: &str, floats: usize) -> wgpu::Buffer {
     device.create_buffer(&wgpu::BufferDescriptor {
         label: Some(label),
         size: (floats.max(4) * 4) as u64,
