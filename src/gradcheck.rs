@@ -10,6 +10,14 @@ use crate::model::{Activation, ThetaLayout};
 pub const EPSILON: f64 = 1e-4;
 
 /// ĝᵢ = (J(θ + ε eᵢ) − J(θ − ε eᵢ)) / 2ε for every i. θ is restored before returning.
+///
+/// MATH.md's first check, J(x) = x₁² + 3x₁x₂ at (4, 10), whose gradient is (38, 12):
+/// ```
+/// use wgnn::gradcheck::{numerical_gradient, relative_difference, EPSILON};
+/// let j = |x: &[f64]| Ok::<f64, ()>(x[0] * x[0] + 3.0 * x[0] * x[1]);
+/// let g = numerical_gradient(j, &[4.0, 10.0], EPSILON).unwrap();
+/// assert!(relative_difference(&g, &[38.0, 12.0]) < 1e-9);
+/// ```
 pub fn numerical_gradient<E>(
     mut cost: impl FnMut(&[f64]) -> std::result::Result<f64, E>,
     theta: &[f64],
