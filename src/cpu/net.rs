@@ -1,7 +1,9 @@
 //! Forward and backward passes of a dense network on a batch, written to read like MATH.md
 //! (examples are rows: Z = A Wᵀ + 1 bᵀ). Pure functions of (spec, θ, X, y): no state, no I/O.
 //! Elementwise work is fused with the pass that produces it (bias + activation in one sweep,
-//! error × f′ in one sweep), and the matrix products go through ndarray's threaded GEMM.
+//! error × f′ in one sweep) and split across cores by rows (rayon; every element and every
+//! reduction is computed in a fixed order, so results stay bit-for-bit reproducible), and the
+//! matrix products go through ndarray's threaded GEMM.
 
 use ndarray::linalg::general_mat_mul;
 use ndarray::{Array1, Array2, ArrayView2, Axis, Zip};
@@ -111,7 +113,7 @@ pub fn forward<F: Real>(spec: &NetSpec, layout: &ThetaLayout, theta: &[F], x: Ar
         let b = layout.bias(theta, l);
         match spec.activation_after(l) {
             Some(act) => {
-                Zip::from(z.rows_mut()).for_each(|mut row| {
+                Zip::from(z.rows_mut()).par_for_each(|mut row| {
                     Zip::from(&mut row).and(&b).for_each(|zij, &bj| *zij = activate(act, *zij + bj));
                 });
             }
@@ -183,19 +185,13 @@ fn output_cost_and_delta<F: Real>(
                 TargetView::Values(v) => v,
                 TargetView::Labels(_) => unreachable!("labels with a squared-error output are refused by set_data"),
             };
-            let mut sum_sq = 0.0;
-            let delta = if want_delta {
-                let mut d = Array2::<F>::zeros(out.raw_dim());
-                Zip::from(&mut d).and(out).and(&y).for_each(|d, &a, &y| {
-                    let e = a - y;
-                    sum_sq += e.f64() * e.f64();
-                    *d = e * derivative_from_value(act, a);
-                });
-                Some(d)
-            } else {
-                Zip::from(out).and(&y).for_each(|&a, &y| sum_sq += (a - y).f64() * (a - y).f64());
-                None
-            };
+            // Per-row sums in parallel, then added in row order: the same cost on every run.
+            let row_sq = Zip::from(out.rows())
+                .and(y.rows())
+                .par_map_collect(|a, y| a.iter().zip(y).map(|(&a, &y)| (a - y).f64() * (a - y).f64()).sum::<f64>());
+            let sum_sq: f64 = row_sq.iter().sum();
+            let delta = want_delta
+                .then(|| Zip::from(out).and(&y).par_map_collect(|&a, &y| (a - y) * derivative_from_value(act, a)));
             (0.5 * sum_sq / m, delta)
         }
         (Output::Softmax, _) => unreachable!("softmax without labels is refused by set_data"),
@@ -253,13 +249,13 @@ pub fn cost_and_grad<F: Real>(
                 let (rho, beta) = (s.target, s.weight);
                 let kl_delta: Array1<F> =
                     rho_hat.mapv(|rh| F::of(beta * (-rho / rh.f64() + (1.0 - rho) / (1.0 - rh.f64()))));
-                Zip::from(delta_prev.rows_mut()).and(a_prev.rows()).for_each(|mut d, a| {
+                Zip::from(delta_prev.rows_mut()).and(a_prev.rows()).par_for_each(|mut d, a| {
                     Zip::from(&mut d).and(&a).and(&kl_delta).for_each(|d, &a, &k| {
                         *d = (*d + k) * derivative_from_value(act, a);
                     });
                 });
             }
-            _ => Zip::from(&mut delta_prev).and(&a_prev).for_each(|d, &a| *d *= derivative_from_value(act, a)),
+            _ => Zip::from(&mut delta_prev).and(&a_prev).par_for_each(|d, &a| *d *= derivative_from_value(act, a)),
         }
         delta = delta_prev;
     }
