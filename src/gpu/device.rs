@@ -139,14 +139,7 @@ impl Gpu {
 impl Gpu {
     /// A storage buffer holding `data` (also usable as a copy source and destination).
     pub fn upload_f32(&self, label: &str, data: &[f32]) -> wgpu::Buffer {
-        use wgpu::util::DeviceExt;
-        let mut bytes = bytemuck::cast_slice::<f32, u8>(data).to_vec();
-        bytes.resize(bytes.len().max(16), 0);
-        self.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
-            label: Some(label),
-            contents: &bytes,
-            usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
-        })
+        super::upload(&self.device, label, bytemuck::cast_slice(data))
     }
 
     /// Records `ops` into one compute pass, submits, and waits for the device.

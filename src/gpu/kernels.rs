@@ -297,7 +297,7 @@ impl Kernels {
         }
         let params = Self::uniform(device, bytemuck::bytes_of(&p));
         let buffers = [a.buf, b.buf, c.0, aux, aux2, &params];
-        let bind_group = self.bind(device, &self.matmul_layout, &buffers);
+        let bind_group = bind_all(device, &self.matmul_layout, &buffers);
         Op { pipeline: self.matmul.clone(), bind_group, groups: [n.div_ceil(MATMUL_TILE), m.div_ceil(MATMUL_TILE), 1] }
     }
 
@@ -324,21 +324,7 @@ impl Kernels {
             &uniform,
         ];
         let pipeline = self.small.iter().find(|(k, _)| *k == kind).expect("every small kernel is compiled").1.clone();
-        Op { pipeline, bind_group: self.bind(device, &self.small_layout, &buffers), groups }
-    }
-
-    fn bind(
-        &self,
-        device: &wgpu::Device,
-        layout: &wgpu::BindGroupLayout,
-        buffers: &[&wgpu::Buffer],
-    ) -> wgpu::BindGroup {
-        let entries: Vec<wgpu::BindGroupEntry> = buffers
-            .iter()
-            .enumerate()
-            .map(|(i, buf)| wgpu::BindGroupEntry { binding: i as u32, resource: buf.as_entire_binding() })
-            .collect();
-        device.create_bind_group(&wgpu::BindGroupDescriptor { label: None, layout, entries: &entries })
+        Op { pipeline, bind_group: bind_all(device, &self.small_layout, &buffers), groups }
     }
 }
 

@@ -21,7 +21,7 @@ pub use device::{Api, Gpu, GpuOptions, adapters, choose_adapter, is_real_gpu, ki
 use kernels::{BLOCK_ROWS, Epilogue, Kernels, Op, Operand, Small, SmallParams};
 
 use crate::backend::{Backend, Batch, Cost, Inputs, Targets};
-use crate::cpu::{check_inputs, validate_data};
+use crate::cpu::{check_inputs, to_real, validate_data};
 use crate::model::{Activation, NetSpec, Output, ThetaLayout};
 use crate::{Error, Result};
 
@@ -89,7 +89,8 @@ pub(crate) fn storage(device: &wgpu::Device, label: &str, floats: usize) -> wgpu
     })
 }
 
-fn upload(device: &wgpu::Device, label: &str, bytes: &[u8]) -> wgpu::Buffer {
+/// A storage buffer holding `bytes`, usable as a copy source and target.
+pub(crate) fn upload(device: &wgpu::Device, label: &str, bytes: &[u8]) -> wgpu::Buffer {
     // Buffers must not be empty; a 16-byte pad keeps tiny ones valid.
     let mut padded;
     let contents = if bytes.len() < 16 {
@@ -594,13 +595,6 @@ fn chunk_sizes(n: usize, max: usize) -> Vec<usize> {
     (0..n.div_ceil(max)).map(|i| max.min(n - i * max)).collect()
 }
 
-fn to_f32(x: Inputs<'_>) -> Array2<f32> {
-    match x {
-        Inputs::F32(x) => x.to_owned(),
-        Inputs::F64(x) => x.mapv(|v| v as f32),
-    }
-}
-
 impl Backend for GpuBackend {
     fn name(&self) -> String {
         format!("gpu f32: {}", self.gpu.describe())
@@ -613,9 +607,9 @@ impl Backend for GpuBackend {
     fn set_data(&mut self, x: Inputs<'_>, targets: Targets<'_>) -> Result<()> {
         // The same checks as the CPU backend, so both refuse alike.
         validate_data(&self.spec, &x, &targets)?;
-        let x = to_f32(x);
+        let x = to_real::<f32>(x);
         let y = match targets {
-            Targets::Values(v) => Some(to_f32(v)),
+            Targets::Values(v) => Some(to_real::<f32>(v)),
             _ => None,
         };
         let labels = match targets {
@@ -666,7 +660,7 @@ impl Backend for GpuBackend {
     fn forward(&mut self, theta: &[f64], x: Inputs<'_>) -> Result<Vec<Array2<f64>>> {
         self.check_theta(theta)?;
         check_inputs(&self.spec, &x, "the input")?;
-        let x = to_f32(x);
+        let x = to_real::<f32>(x);
         let theta32: Vec<f32> = theta.iter().map(|&v| v as f32).collect();
         self.gpu.queue.write_buffer(&self.theta, 0, bytemuck::cast_slice(&theta32));
         let nl = self.layout.num_layers();
