@@ -1,6 +1,9 @@
 //! The CPU reference against an independent implementation: JAX autograd in float64
 //! (tests/fixtures/make_fixtures.py, run by hand). Cost and gradient must agree to 1e-10.
 
+mod common;
+
+use common::relative_error;
 use std::path::{Path, PathBuf};
 
 use wgnn::model::NetSpec;
@@ -15,12 +18,6 @@ fn fixture_dirs() -> Vec<PathBuf> {
         .collect();
     dirs.sort();
     dirs
-}
-
-fn relative_error(a: &[f64], reference: &[f64]) -> f64 {
-    let diff: f64 = a.iter().zip(reference).map(|(x, y)| (x - y).powi(2)).sum();
-    let norm: f64 = reference.iter().map(|y| y * y).sum();
-    (diff / norm).sqrt()
 }
 
 #[test]

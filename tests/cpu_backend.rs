@@ -8,11 +8,7 @@ use ndarray::{Array2, array};
 use wgnn::model::{Activation, Init, NetSpec, Output, Sparsity, ThetaLayout};
 use wgnn::{Backend, Batch, CpuBackend, Error, Targets};
 
-fn rel(a: &[f64], b: &[f64]) -> f64 {
-    let d: f64 = a.iter().zip(b).map(|(x, y)| (x - y).powi(2)).sum();
-    let n: f64 = b.iter().map(|y| y * y).sum();
-    (d / n).sqrt()
-}
+use common::relative_error as rel;
 
 fn eval(backend: &mut dyn Backend, theta: &[f64], batch: Batch) -> (f64, Vec<f64>) {
     let mut g = vec![f64::NAN; theta.len()];

@@ -14,11 +14,7 @@ use wgnn::{Backend, Batch, CpuBackend};
 
 const TOLERANCE: f64 = 1e-4;
 
-fn rel(a: &[f64], b: &[f64]) -> f64 {
-    let d: f64 = a.iter().zip(b).map(|(x, y)| (x - y).powi(2)).sum();
-    let n: f64 = b.iter().map(|y| y * y).sum();
-    if n == 0.0 { d.sqrt() } else { (d / n).sqrt() }
-}
+use common::relative_error as rel;
 
 fn gpu(spec: &NetSpec) -> GpuBackend {
     let mut g = GpuBackend::new(spec.clone(), &GpuOptions::default())

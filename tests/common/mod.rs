@@ -135,3 +135,11 @@ pub fn data_dir() -> std::path::PathBuf {
     }
     dir
 }
+
+/// ‖got − reference‖ / ‖reference‖ (the absolute norm when the reference is zero).
+pub fn relative_error(got: &[f64], reference: &[f64]) -> f64 {
+    assert_eq!(got.len(), reference.len());
+    let diff: f64 = got.iter().zip(reference).map(|(x, y)| (x - y).powi(2)).sum();
+    let norm: f64 = reference.iter().map(|y| y * y).sum();
+    if norm == 0.0 { diff.sqrt() } else { (diff / norm).sqrt() }
+}
