@@ -6,7 +6,8 @@
 //! matrix products go through ndarray's threaded GEMM.
 
 use ndarray::linalg::general_mat_mul;
-use ndarray::{Array1, Array2, ArrayView2, Axis, Zip};
+use ndarray::parallel::prelude::*;
+use ndarray::{Array1, Array2, ArrayView1, ArrayView2, Axis, Zip};
 
 use super::Real;
 use crate::backend::Cost;
@@ -25,12 +26,8 @@ pub enum TargetView<'a, F> {
 #[inline]
 pub fn activate<F: Real>(act: Activation, z: F) -> F {
     match act {
-        Activation::Sigmoid => {
-            // e^{−|z|} never overflows; pick the form that divides by a number ≥ 1.
-            let e = (-z.abs()).exp();
-            if z >= F::zero() { F::one() / (F::one() + e) } else { e / (F::one() + e) }
-        }
-        Activation::Tanh => z.tanh(),
+        Activation::Sigmoid => z.sigmoid(),
+        Activation::Tanh => z.tanh_act(),
         Activation::Relu => z.max(F::zero()),
         Activation::LeakyRelu { alpha } => {
             if z >= F::zero() {
@@ -78,7 +75,7 @@ fn times_weights_t<F: Real>(a: ArrayView2<F>, w: ArrayView2<F>) -> Array2<F> {
 
 /// Replaces each row of logits with softmax probabilities (row maximum subtracted) and
 /// returns, per row, log Σ_j exp(z_j − max) + max, i.e. log of the normaliser.
-fn softmax_rows<F: Real>(z: &mut Array2<F>) -> Array1<F> {
+pub fn softmax_rows<F: Real>(z: &mut Array2<F>) -> Array1<F> {
     let mut log_norm = Array1::<F>::zeros(z.nrows());
     for (mut row, ln) in z.axis_iter_mut(Axis(0)).zip(log_norm.iter_mut()) {
         let max = row.fold(F::neg_infinity(), |m, &v| m.max(v));
@@ -93,6 +90,65 @@ fn softmax_rows<F: Real>(z: &mut Array2<F>) -> Array1<F> {
         *ln = max + sum.ln();
     }
     log_norm
+}
+
+/// Z ← f(Z + 1 bᵀ) in one sweep, rows split across cores.
+pub fn bias_activate<F: Real>(z: &mut Array2<F>, b: ArrayView1<F>, act: Activation) {
+    // One loop per activation, so that each inner loop is straight-line code to vectorise.
+    fn sweep<F: Real>(z: &mut Array2<F>, b: ArrayView1<F>, f: impl Fn(F) -> F + Sync) {
+        Zip::from(z.rows_mut()).par_for_each(|mut row| {
+            Zip::from(&mut row).and(&b).for_each(|zij, &bj| *zij = f(*zij + bj));
+        });
+    }
+    match act {
+        Activation::Sigmoid => sweep(z, b, F::sigmoid),
+        Activation::Tanh => sweep(z, b, F::tanh_act),
+        Activation::Relu => sweep(z, b, |v| v.max(F::zero())),
+        _ => sweep(z, b, |v| activate(act, v)),
+    }
+}
+
+/// δ ← (δ + 1 kᵀ) ⊙ f′(A), with f′ written through the stored activations A; `k` is the
+/// sparsity term of each hidden unit (none: plain backpropagation).
+pub fn times_derivative<F: Real>(delta: &mut Array2<F>, a: ArrayView2<F>, act: Activation, k: Option<&Array1<F>>) {
+    match k {
+        Some(k) => Zip::from(delta.rows_mut()).and(a.rows()).par_for_each(|mut d, a| {
+            Zip::from(&mut d).and(&a).and(k).for_each(|d, &a, &k| *d = (*d + k) * derivative_from_value(act, a));
+        }),
+        None => Zip::from(delta).and(&a).par_for_each(|d, &a| *d *= derivative_from_value(act, a)),
+    }
+}
+
+/// The KL-sparsity term of the hidden delta: β(−ρ/ρ̂ⱼ + (1−ρ)/(1−ρ̂ⱼ)) per unit.
+pub fn kl_delta<F: Real>(rho: f64, beta: f64, rho_hat: &Array1<F>) -> Array1<F> {
+    rho_hat.mapv(|rh| F::of(beta * (-rho / rh.f64() + (1.0 - rho) / (1.0 - rh.f64()))))
+}
+
+/// Σᵢ ½‖aᵢ − yᵢ‖² (in f64, rows summed in order: the same value on every run) and, when
+/// asked, δ = (A − Y) ⊙ f′(A) — one sweep over A and Y for both.
+pub fn squared_error<F: Real>(
+    out: &Array2<F>,
+    y: ArrayView2<F>,
+    act: Activation,
+    want_delta: bool,
+) -> (f64, Option<Array2<F>>) {
+    if !want_delta {
+        let row_sq = Zip::from(out.rows())
+            .and(y.rows())
+            .par_map_collect(|a, y| a.iter().zip(y).map(|(&a, &y)| (a - y).f64() * (a - y).f64()).sum::<f64>());
+        return (0.5 * row_sq.iter().sum::<f64>(), None);
+    }
+    let mut delta = Array2::<F>::zeros(out.raw_dim());
+    let row_sq = Zip::from(delta.rows_mut()).and(out.rows()).and(y.rows()).par_map_collect(|mut d, a, y| {
+        let mut sum = 0.0;
+        Zip::from(&mut d).and(&a).and(&y).for_each(|d, &a, &y| {
+            let e = a - y;
+            sum += e.f64() * e.f64();
+            *d = e * derivative_from_value(act, a);
+        });
+        sum
+    });
+    (0.5 * row_sq.iter().sum::<f64>(), Some(delta))
 }
 
 /// The forward pass: activations a⁽²⁾ … a⁽ᴸ⁾ (the last one: probabilities for softmax).
@@ -112,11 +168,7 @@ pub fn forward<F: Real>(spec: &NetSpec, layout: &ThetaLayout, theta: &[F], x: Ar
         let mut z = times_weights_t(input, layout.weight(theta, l));
         let b = layout.bias(theta, l);
         match spec.activation_after(l) {
-            Some(act) => {
-                Zip::from(z.rows_mut()).par_for_each(|mut row| {
-                    Zip::from(&mut row).and(&b).for_each(|zij, &bj| *zij = activate(act, *zij + bj));
-                });
-            }
+            Some(act) => bias_activate(&mut z, b, act),
             None => {
                 z += &b;
                 let logits = z.clone();
@@ -129,9 +181,21 @@ pub fn forward<F: Real>(spec: &NetSpec, layout: &ThetaLayout, theta: &[F], x: Ar
     Forward { activations, softmax }
 }
 
+/// Rows per block of [`column_sums`]: the blocks are summed in parallel and their partial sums
+/// added in block order, so the result does not depend on the number of threads.
+const SUM_BLOCK_ROWS: usize = 512;
+
+/// Σᵢ aᵢ: the sum of the rows (bias gradients, ρ̂), in a fixed order.
+pub fn column_sums<F: Real>(a: ArrayView2<F>) -> Array1<F> {
+    let partials: Vec<Array1<F>> =
+        a.axis_chunks_iter(Axis(0), SUM_BLOCK_ROWS).into_par_iter().map(|block| block.sum_axis(Axis(0))).collect();
+    partials.into_iter().fold(Array1::zeros(a.ncols()), |acc, p| acc + p)
+}
+
 /// ρ̂: the mean activation of each unit over the batch.
 pub fn mean_activation<F: Real>(a: &Array2<F>) -> Array1<F> {
-    a.mean_axis(Axis(0)).expect("batch is not empty")
+    assert!(a.nrows() > 0, "batch is not empty");
+    column_sums(a.view()) * F::of(1.0 / a.nrows() as f64)
 }
 
 /// β Σ_j KL(ρ‖ρ̂_j), accumulated in f64.
@@ -185,14 +249,8 @@ fn output_cost_and_delta<F: Real>(
                 TargetView::Values(v) => v,
                 TargetView::Labels(_) => unreachable!("labels with a squared-error output are refused by set_data"),
             };
-            // Per-row sums in parallel, then added in row order: the same cost on every run.
-            let row_sq = Zip::from(out.rows())
-                .and(y.rows())
-                .par_map_collect(|a, y| a.iter().zip(y).map(|(&a, &y)| (a - y).f64() * (a - y).f64()).sum::<f64>());
-            let sum_sq: f64 = row_sq.iter().sum();
-            let delta = want_delta
-                .then(|| Zip::from(out).and(&y).par_map_collect(|&a, &y| (a - y) * derivative_from_value(act, a)));
-            (0.5 * sum_sq / m, delta)
+            let (sum_sq, delta) = squared_error(out, y, act, want_delta);
+            (sum_sq / m, delta)
         }
         (Output::Softmax, _) => unreachable!("softmax without labels is refused by set_data"),
     }
@@ -234,7 +292,7 @@ pub fn cost_and_grad<F: Real>(
         let mut grad_w = layout.weight_mut(grad, l);
         grad_w.assign(&w);
         general_mat_mul(inv_m, &delta.t(), &a_prev, lambda, &mut grad_w);
-        let grad_b = delta.sum_axis(Axis(0));
+        let grad_b = column_sums(delta.view());
         Zip::from(layout.bias_mut(grad, l)).and(&grad_b).for_each(|g, &s| *g = s * inv_m);
 
         if l == 0 {
@@ -244,19 +302,11 @@ pub fn cost_and_grad<F: Real>(
         let mut delta_prev = Array2::<F>::zeros(a_prev.raw_dim());
         general_mat_mul(F::one(), &delta, &w, F::zero(), &mut delta_prev);
         let act = spec.hidden_activations[l - 1];
-        match (&sparsity, l) {
-            (Some((s, rho_hat, _)), 1) => {
-                let (rho, beta) = (s.target, s.weight);
-                let kl_delta: Array1<F> =
-                    rho_hat.mapv(|rh| F::of(beta * (-rho / rh.f64() + (1.0 - rho) / (1.0 - rh.f64()))));
-                Zip::from(delta_prev.rows_mut()).and(a_prev.rows()).par_for_each(|mut d, a| {
-                    Zip::from(&mut d).and(&a).and(&kl_delta).for_each(|d, &a, &k| {
-                        *d = (*d + k) * derivative_from_value(act, a);
-                    });
-                });
-            }
-            _ => Zip::from(&mut delta_prev).and(&a_prev).par_for_each(|d, &a| *d *= derivative_from_value(act, a)),
-        }
+        let kl = match (&sparsity, l) {
+            (Some((s, rho_hat, _)), 1) => Some(kl_delta(s.target, s.weight, rho_hat)),
+            _ => None,
+        };
+        times_derivative(&mut delta_prev, a_prev, act, kl.as_ref());
         delta = delta_prev;
     }
     cost

@@ -13,6 +13,10 @@ pub trait Real:
     fn of(v: f64) -> Self;
     fn of_f32(v: f32) -> Self;
     fn f64(self) -> f64;
+    /// σ(z) = 1/(1 + e^{−z}), overflow-safe.
+    fn sigmoid(self) -> Self;
+    /// tanh(z).
+    fn tanh_act(self) -> Self;
 }
 
 impl Real for f64 {
@@ -26,6 +30,17 @@ impl Real for f64 {
     fn f64(self) -> f64 {
         self
     }
+    /// The reference: libm's exp.
+    #[inline]
+    fn sigmoid(self) -> f64 {
+        // e^{−|z|} never overflows; pick the form that divides by a number ≥ 1.
+        let e = (-self.abs()).exp();
+        if self >= 0.0 { 1.0 / (1.0 + e) } else { e / (1.0 + e) }
+    }
+    #[inline]
+    fn tanh_act(self) -> f64 {
+        self.tanh()
+    }
 }
 
 impl Real for f32 {
@@ -38,5 +53,99 @@ impl Real for f32 {
     }
     fn f64(self) -> f64 {
         self as f64
+    }
+    /// The fast path: branch-free, so a sweep over a row compiles to vector code (libm's
+    /// `expf` is a call per element, and was most of the elementwise time).
+    #[inline]
+    fn sigmoid(self) -> f32 {
+        let e = exp_nonpositive(-self.abs());
+        let s = 1.0 / (1.0 + e);
+        if self >= 0.0 { s } else { e * s }
+    }
+    #[inline]
+    fn tanh_act(self) -> f32 {
+        let x = self.abs();
+        // Near 0: Cephes' odd polynomial (1 − e over 1 + e would cancel).
+        let z = x * x;
+        let p =
+            ((((-5.704_988_7e-3 * z + 2.063_909e-2) * z - 5.373_971_6e-2) * z + 1.333_144_2e-1) * z - 3.333_328e-1) * z;
+        let small = x + x * p;
+        // Elsewhere: (1 − e)/(1 + e) with e = e^{−2|z|} ≤ 1, which never overflows.
+        let e = exp_nonpositive(-2.0 * x);
+        let large = (1.0 - e) / (1.0 + e);
+        let t = if x < 0.625 { small } else { large };
+        t.copysign(self)
+    }
+}
+
+/// e^x for x ≤ 0 in f32 without branches or calls (Cephes' expf: x = n ln 2 + r, |r| ≤ ½ ln 2,
+/// a degree-6 polynomial for e^r, 2ⁿ built in the exponent bits); within 2 ulp of e^x down to
+/// x = −87.3, below which it returns e^{−87.3} ≈ 1.2e-38 instead of a subnormal (or 0).
+/// NaN stays NaN.
+#[inline(always)]
+fn exp_nonpositive(x: f32) -> f32 {
+    const LOG2E: f32 = std::f32::consts::LOG2_E;
+    const LN2_HI: f32 = 0.693_359_4;
+    const LN2_LO: f32 = -2.121_944_4e-4;
+    // 1.5·2²³: adding it rounds to an integer, kept in the low mantissa bits.
+    const SHIFTER: f32 = 12_582_912.0;
+    let x = if x < -87.3 { -87.3 } else { x }; // (not max: NaN must stay NaN)
+    let t = x * LOG2E + SHIFTER;
+    let n = t - SHIFTER;
+    let r = x - n * LN2_HI - n * LN2_LO;
+    let p = (((((1.987_569_1e-4 * r + 1.398_199_9e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2) * r + 1.666_666_5e-1)
+        * r
+        + 0.5)
+        * r
+        * r
+        + r
+        + 1.0;
+    // t's bits are SHIFTER's plus n: move n into the exponent field of 1.0.
+    let two_n = f32::from_bits((t.to_bits().wrapping_sub(SHIFTER.to_bits()) << 23).wrapping_add(1.0f32.to_bits()));
+    p * two_n
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Real;
+
+    /// Units in the last place between an f32 result and the f64 reference.
+    fn ulps(got: f32, want: f64) -> f64 {
+        let want32 = want as f32;
+        let ulp = (f32::from_bits(want32.abs().to_bits() + 1) - want32.abs()) as f64;
+        (got as f64 - want).abs() / ulp
+    }
+
+    #[test]
+    fn fast_f32_activations_are_within_a_few_ulp_of_libm() {
+        let (mut worst_sigmoid, mut worst_tanh) = (0.0f64, 0.0f64);
+        // Dense sweep over [−90, 90] plus the switch points and tiny arguments.
+        let mut zs: Vec<f32> = (-900_000..=900_000).map(|i| i as f32 * 1e-4).collect();
+        zs.extend([0.625, -0.625, 0.624_999_94, 1e-30, -1e-30, 1e-8, 0.0, -0.0, 87.3, -87.3]);
+        for z in zs {
+            let zd = z as f64;
+            let s_ref = 1.0 / (1.0 + (-zd).exp());
+            if z >= -87.0 {
+                worst_sigmoid = worst_sigmoid.max(ulps(z.sigmoid(), s_ref));
+            }
+            worst_tanh = worst_tanh.max(ulps(z.tanh_act(), zd.tanh()));
+        }
+        eprintln!("worst: sigmoid {worst_sigmoid} ulp, tanh {worst_tanh} ulp");
+        assert!(worst_sigmoid <= 4.0, "sigmoid is {worst_sigmoid} ulp from the f64 reference");
+        assert!(worst_tanh <= 4.0, "tanh is {worst_tanh} ulp from the f64 reference");
+    }
+
+    #[test]
+    fn fast_f32_activations_saturate_cleanly() {
+        for z in [88.0f32, 100.0, 1e30, f32::INFINITY] {
+            assert_eq!(z.sigmoid(), 1.0);
+            assert_eq!(z.tanh_act(), 1.0);
+            assert_eq!((-z).tanh_act(), -1.0);
+            let s = (-z).sigmoid();
+            assert!((0.0..=1.3e-38).contains(&s), "σ({}) = {s}", -z);
+        }
+        assert!(f32::NAN.sigmoid().is_nan() && f32::NAN.tanh_act().is_nan());
+        assert_eq!(0.0f32.sigmoid(), 0.5);
+        assert_eq!(0.0f32.tanh_act(), 0.0);
     }
 }
