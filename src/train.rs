@@ -15,6 +15,7 @@ use serde::Serialize;
 
 use crate::backend::{Backend, Batch, Targets};
 use crate::checkpoint::{Checkpoint, Metadata};
+use crate::data::whiten::Whitening;
 use crate::model::{Init, NetSpec, Output, ThetaLayout};
 use crate::optim::{
     BackendObjective, Control, EarlyStopping, Hooks, Method, Optimizer, Progress, Stop, StopReason, Summary,
@@ -309,7 +310,7 @@ pub fn train(
     let loss_path = job.out_dir.join("loss.png");
     viz::save_png(&viz::loss_curve(&history.costs()), &loss_path)?;
     files.push(loss_path);
-    files.extend(draw_pictures(&spec, &theta, backend, &x_train, job.image_shape, &job.out_dir)?);
+    files.extend(draw_pictures(&spec, &theta, backend, &x_train, job.image_shape, &job.preprocessing, &job.out_dir)?);
 
     Ok(TrainOutcome {
         theta,
@@ -330,6 +331,7 @@ fn draw_pictures(
     backend: &mut dyn Backend,
     x: &Array2<f32>,
     image_shape: Option<(usize, usize)>,
+    preprocessing: &serde_json::Value,
     dir: &Path,
 ) -> Result<Vec<PathBuf>> {
     let square = image_shape.is_some_and(|(h, w)| h == w) || viz::square_side(spec.inputs()).is_ok();
@@ -339,7 +341,12 @@ fn draw_pictures(
     let layout = ThetaLayout::new(spec);
     let mut files = Vec::new();
     let path = dir.join("filters.png");
-    viz::save_png(&viz::filter_grid(layout.weight(theta, 0))?, &path)?;
+    // Trained on whitened data: draw the filters as the pixels see them.
+    let filters = match Whitening::from_preprocessing(preprocessing)? {
+        Some(white) => viz::filter_grid(white.filters_in_pixels(layout.weight(theta, 0))?.view())?,
+        None => viz::filter_grid(layout.weight(theta, 0))?,
+    };
+    viz::save_png(&filters, &path)?;
     files.push(path);
     if spec.output != Output::Softmax && spec.outputs() == spec.inputs() {
         let count = x.nrows().min(10);

@@ -23,12 +23,7 @@ pub fn load_model(path: &Path) -> anyhow::Result<Checkpoint> {
 
 /// The whitening stored under `preprocessing.whitening`, if any.
 pub fn stored_whitening(ck: &Checkpoint) -> anyhow::Result<Option<wgnn::data::whiten::Whitening>> {
-    match ck.metadata.preprocessing.get("whitening") {
-        None | Some(serde_json::Value::Null) => Ok(None),
-        Some(v) => {
-            Ok(Some(serde_json::from_value(v.clone()).context("the model's preprocessing.whitening is unreadable")?))
-        }
-    }
+    Ok(wgnn::data::whiten::Whitening::from_preprocessing(&ck.metadata.preprocessing)?)
 }
 
 /// Data prepared as the model's training data was: whitened when the model says so.
@@ -55,9 +50,15 @@ pub fn visualize(args: VisualizeArgs) -> anyhow::Result<()> {
     if ck.spec.layers.len() < 3 && ck.spec.output != Output::Softmax {
         bail!("this model has no hidden layer to draw");
     }
-    let img = viz::filter_grid(layout.weight(&ck.theta, 0))?;
+    let w = layout.weight(&ck.theta, 0);
+    let (img, space) = match stored_whitening(&ck)? {
+        Some(white) => {
+            (viz::filter_grid(white.filters_in_pixels(w)?.view())?, " (W·M: seen from the pixels, before whitening)")
+        }
+        None => (viz::filter_grid(w)?, ""),
+    };
     viz::save_png(&img, &args.out)?;
-    println!("{} filters of {} inputs drawn to {}", layout.shapes[0].0, layout.shapes[0].1, args.out.display());
+    println!("{} filters of {} inputs{space} drawn to {}", layout.shapes[0].0, layout.shapes[0].1, args.out.display());
     Ok(())
 }
 

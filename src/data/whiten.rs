@@ -183,6 +183,31 @@ impl Whitening {
         Array2::from_shape_vec((self.outputs, self.inputs), self.matrix.clone()).expect("sizes kept consistent")
     }
 
+    /// The whitening a model stored under `preprocessing.whitening`, if any.
+    pub fn from_preprocessing(preprocessing: &serde_json::Value) -> Result<Option<Whitening>> {
+        match preprocessing.get("whitening") {
+            None | Some(serde_json::Value::Null) => Ok(None),
+            Some(v) => serde_json::from_value(v.clone())
+                .map(Some)
+                .map_err(|e| Error::Data(format!("the model's preprocessing.whitening is unreadable: {e}"))),
+        }
+    }
+
+    /// First-layer weights W (k × outputs) seen from the pixels: W M (k × inputs), since
+    /// W (M (x − μ)) = (W M) x − W M μ. These are the filters to draw (UFLDL shows
+    /// W·ZCAWhite); W itself lives in the whitened space and looks like noise.
+    pub fn filters_in_pixels(&self, w: ArrayView2<'_, f64>) -> Result<Array2<f64>> {
+        self.check(&Array2::<f64>::zeros((0, self.inputs)).view())?;
+        if w.ncols() != self.outputs {
+            return Err(Error::Shape(format!(
+                "the weights take {} inputs, the whitening gives {}",
+                w.ncols(),
+                self.outputs
+            )));
+        }
+        Ok(w.dot(&self.matrix()))
+    }
+
     /// The fraction of the total variance in the kept components (1 for ZCA).
     pub fn retained_variance(&self) -> f64 {
         let total: f64 = self.eigenvalues.iter().sum();
@@ -257,6 +282,30 @@ mod tests {
 
     fn max_abs_diff(a: &Array2<f64>, b: &Array2<f64>) -> f64 {
         (a - b).iter().fold(0.0, |m, v| m.max(v.abs()))
+    }
+
+    #[test]
+    fn filters_in_pixels_act_on_centred_pixels_as_w_on_whitened_values() {
+        let x = correlated(200, 3);
+        for white in [
+            Whitening::fit_zca(x.view(), 1e-3).unwrap(),
+            Whitening::fit(x.view(), WhiteningKind::Pca, 1e-3, Components::Count(3)).unwrap(),
+        ] {
+            let w = Array2::from_shape_fn((4, white.outputs), |(i, j)| ((i * 7 + j) as f64).cos());
+            let seen_through_whitening = white.apply_f64(x.view()).unwrap().dot(&w.t());
+            let folded = white.filters_in_pixels(w.view()).unwrap();
+            assert_eq!(folded.dim(), (4, 5));
+            let centred = &x - &Array1::from(white.mean.clone());
+            let diff = max_abs_diff(&centred.dot(&folded.t()), &seen_through_whitening);
+            assert!(diff < 1e-9, "{:?}: W M (x − μ) differs from W white(x) by {diff}", white.kind);
+        }
+        let white = Whitening::fit_zca(x.view(), 1e-3).unwrap();
+        let err = white.filters_in_pixels(Array2::zeros((4, 6)).view()).unwrap_err().to_string();
+        assert!(err.contains("6 inputs") && err.contains("gives 5"), "{err}");
+        let stored = serde_json::json!({ "whitening": white });
+        assert_eq!(Whitening::from_preprocessing(&stored).unwrap(), Some(white));
+        assert_eq!(Whitening::from_preprocessing(&serde_json::json!({})).unwrap(), None);
+        assert!(Whitening::from_preprocessing(&serde_json::json!({ "whitening": 3 })).is_err());
     }
 
     #[test]
