@@ -14,6 +14,7 @@ mod error;
 pub mod features;
 pub mod gpu;
 pub mod gradcheck;
+pub mod linear;
 pub mod model;
 pub mod npy;
 pub mod optim;

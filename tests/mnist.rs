@@ -12,7 +12,7 @@ use wgnn::data::{DataSource, Dataset, Digits, LoadOptions, Split};
 use wgnn::model::{Init, NetSpec, Sparsity};
 use wgnn::optim::{Lbfgs, Method};
 use wgnn::train::{TrainJob, TrainOutcome, hidden_features, train};
-use wgnn::{Backend, CpuBackend, GpuBackend};
+use wgnn::{Backend, CpuBackend, GpuBackend, Targets};
 
 fn mnist(split: Split, digits: Option<&str>, limit: usize) -> Dataset {
     let options = LoadOptions {
@@ -50,9 +50,10 @@ fn fit(
         data_description: "test".into(),
         image_shape: None,
         preprocessing: serde_json::Value::Null,
-        test_set: test,
+        test_set: test.map(|(x, l)| (x, l.into())),
     };
-    train(job, backend, x, labels, &mut |_| {}, &AtomicBool::new(false)).unwrap()
+    let y = labels.map_or(Targets::Inputs, Targets::Labels);
+    train(job, backend, x, y, &mut |_| {}, &AtomicBool::new(false)).unwrap()
 }
 
 /// UFLDL's softmax initialisation, 0.005 · N(0, 1).

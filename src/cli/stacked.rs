@@ -11,11 +11,11 @@ use anyhow::Context;
 use ndarray::Array2;
 use serde_json::json;
 
-use wgnn::Backend;
 use wgnn::data::Dataset;
 use wgnn::model::{Activation, Init, NetSpec, Output, Sparsity, ThetaLayout};
 use wgnn::optim::{Lbfgs, Method};
 use wgnn::train::{TrainJob, TrainOutcome, accuracy, hidden_features, train};
+use wgnn::{Backend, Targets};
 
 use super::train::TrainArgs;
 
@@ -52,10 +52,11 @@ fn stage(
         data_description: "stacked autoencoder stage".into(),
         image_shape: None,
         preprocessing: serde_json::Value::Null,
-        test_set: test,
+        test_set: test.map(|(x, l)| (x, l.into())),
     };
     let never = AtomicBool::new(false);
-    let outcome = train(job, backend.as_mut(), x, labels, &mut |_| {}, &never)?;
+    let y = labels.map_or(Targets::Inputs, Targets::Labels);
+    let outcome = train(job, backend.as_mut(), x, y, &mut |_| {}, &never)?;
     if !args.quiet {
         eprintln!("         final cost {} after {} iterations", outcome.final_cost, outcome.summary.iterations);
     }
