@@ -682,6 +682,19 @@ mod tests {
     }
 
     #[test]
+    fn target_sources_parse_and_print() {
+        let t: TargetSource = "columns:33-64".parse().unwrap();
+        assert_eq!(t, TargetSource::Columns((32..64).collect()));
+        assert_eq!(t.to_string(), "columns:33-64");
+        assert_eq!("columns:2,5-7".parse::<TargetSource>().unwrap(), TargetSource::Columns(vec![1, 4, 5, 6]));
+        assert_eq!("npy:y.npy".parse::<TargetSource>().unwrap(), TargetSource::Npy("y.npy".into()));
+        assert_eq!("CSV:y.csv".parse::<TargetSource>().unwrap().to_string(), "csv:y.csv");
+        for bad in ["columns:0", "columns:", "columns:a-b", "y.npy", "parquet:y.pq"] {
+            assert!(bad.parse::<TargetSource>().is_err(), "{bad:?} should be refused");
+        }
+    }
+
+    #[test]
     fn split_parse() {
         assert_eq!("TEST".parse::<Split>().unwrap(), Split::Test);
         assert_eq!("train".parse::<Split>().unwrap(), Split::Train);
