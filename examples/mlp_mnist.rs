@@ -1,9 +1,9 @@
-//! An MLP classifier on MNIST: 784-512-256-10, ReLU, softmax output, λ = 1e-4, Adam
+//! An MLP classifier on MNIST: 784-1024-512-10, ReLU, softmax output, λ = 1e-4, Adam
 //! (η = 1e-3, batches of 200), η divided by 10 when the validation error has not improved for
 //! two epochs, early stopping after five epochs without improvement (10% of the training
 //! images held out for it), at most 30 epochs; accuracy on the 10,000 test images.
 //! The same run as README's
-//! `wgnn train mlp --data mnist:DIR --test-data mnist:DIR --hidden 512,256 --weight-decay 1e-4 \
+//! `wgnn train mlp --data mnist:DIR --test-data mnist:DIR --hidden 1024,512 --weight-decay 1e-4 \
 //!  --schedule plateau:0.1:1 --validation 0.1 --patience 5`.
 //!
 //! Run: `WGNN_DATA_DIR=../shared/data cargo run --release --example mlp_mnist`; writes
@@ -22,7 +22,7 @@ fn main() {
 
 fn run() -> Result<()> {
     let (train, test) = (common::mnist(Split::Train, None)?, common::mnist(Split::Test, None)?);
-    let spec = NetSpec::new(&[784, 512, 256, 10], Activation::Relu, Output::Softmax)?.with_weight_decay(1e-4)?;
+    let spec = NetSpec::new(&[784, 1024, 512, 10], Activation::Relu, Output::Softmax)?.with_weight_decay(1e-4)?;
     let schedule = Schedule::ReduceOnPlateau(Plateau { factor: 0.1, patience: 1, ..Plateau::default() });
     let method = Method::Minibatch(Minibatch::adam(1e-3).with_schedule(schedule).with_batch_size(200));
     let mut job = common::job("mlp-mnist", spec.clone(), method, 30, Some((test.x, test.labels.unwrap().into())));
