@@ -14,7 +14,7 @@ use std::sync::atomic::AtomicBool;
 use ndarray::Array2;
 use serde_json::json;
 
-use crate::model::{Activation, Init, NetSpec, Output, Sparsity, ThetaLayout};
+use crate::model::{Activation, NetSpec, Output, Sparsity, ThetaLayout};
 use crate::optim::{Lbfgs, Method};
 use crate::train::{TrainJob, TrainOutcome, accuracy, hidden_features, train};
 use crate::{Backend, CpuBackend, Error, Result, Targets};
@@ -94,26 +94,17 @@ pub fn train_stacked(
                      initial_theta: Option<Vec<f64>>,
                      dir: &Path|
      -> Result<(TrainOutcome, Box<dyn Backend>)> {
-        let params = ThetaLayout::new(&spec).len();
-        let method = Method::Lbfgs(Lbfgs::default().with_memory(if params <= 50_000 { 100 } else { 10 }));
+        let memory = Lbfgs::memory_for(ThetaLayout::new(&spec).len());
+        let method = Method::Lbfgs(Lbfgs::default().with_memory(memory));
         on_stage(StageEvent::Start { spec: &spec, dir });
         let mut b = backend(&spec)?;
         let job = TrainJob {
-            stop: method.default_stop().with_max_iterations(iterations),
-            spec,
-            method,
-            init: Init::Uniform,
             seed: config.seed,
             initial_theta,
-            resume: None,
-            validation_fraction: 0.0,
-            patience: None,
             checkpoint_every: config.checkpoint_every,
-            out_dir: dir.to_path_buf(),
             data_description: "stacked autoencoder stage".into(),
-            image_shape: None,
-            preprocessing: serde_json::Value::Null,
             test_set: test.map(|(x, l)| (x.clone(), l.to_vec().into())),
+            ..TrainJob::new(spec, method, iterations, dir)
         };
         let outcome = train(job, b.as_mut(), x, y, &mut |_| {}, &AtomicBool::new(false))?;
         on_stage(StageEvent::Done { outcome: &outcome });

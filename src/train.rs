@@ -11,7 +11,6 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use ndarray::{Array2, ArrayView2, Axis};
-use rand::{SeedableRng, rngs::StdRng, seq::SliceRandom};
 use serde::Serialize;
 
 use crate::backend::{Backend, Batch, Inputs, Targets};
@@ -47,6 +46,31 @@ pub struct TrainJob {
     /// Held-out test examples and what they should give: with labels, their accuracy goes
     /// into metrics.json as `test_accuracy`; with real-valued targets, R² as `r2`.
     pub test_set: Option<(Array2<f32>, TestTargets)>,
+}
+
+impl TrainJob {
+    /// A job with the usual settings, to change field by field: at most `iterations`
+    /// iterations (epochs) under the method's default stopping rules, uniform initialisation,
+    /// seed 0, no validation split, a checkpoint only at the end, no test set.
+    pub fn new(spec: NetSpec, method: Method, iterations: usize, out_dir: impl Into<PathBuf>) -> TrainJob {
+        TrainJob {
+            stop: method.default_stop().with_max_iterations(iterations),
+            spec,
+            method,
+            init: Init::Uniform,
+            seed: 0,
+            initial_theta: None,
+            resume: None,
+            validation_fraction: 0.0,
+            patience: None,
+            checkpoint_every: None,
+            out_dir: out_dir.into(),
+            data_description: String::new(),
+            image_shape: None,
+            preprocessing: serde_json::Value::Null,
+            test_set: None,
+        }
+    }
 }
 
 /// What held-out test examples should give: class labels (a classifier) or real-valued
@@ -128,23 +152,8 @@ const VALIDATION_STREAM: u64 = 0x7661_6c69_6461_7465;
 
 /// Shuffles rows by seed and splits off the last `fraction` for validation.
 fn split(x: &Array2<f32>, fraction: f64, seed: u64) -> Result<(Vec<usize>, Vec<usize>)> {
-    let m = x.nrows();
-    if !(0.0..1.0).contains(&fraction) {
-        return Err(Error::Data(format!("validation fraction {fraction} must be in [0, 1)")));
-    }
-    let mut order: Vec<usize> = (0..m).collect();
-    if fraction > 0.0 {
-        // Its own stream, so the split does not repeat the weights' or the minibatches' draws.
-        order.shuffle(&mut StdRng::seed_from_u64(seed ^ VALIDATION_STREAM));
-    }
-    let n_val = (m as f64 * fraction).round() as usize;
-    if fraction > 0.0 && (n_val == 0 || n_val == m) {
-        return Err(Error::Data(format!(
-            "a validation fraction of {fraction} of {m} examples leaves no examples on one side"
-        )));
-    }
-    let val = order.split_off(m - n_val);
-    Ok((order, val))
+    // Its own stream, so the split does not repeat the weights' or the minibatches' draws.
+    crate::data::hold_out(x.nrows(), fraction, seed ^ VALIDATION_STREAM, "validation")
 }
 
 /// The targets of some rows, owned (the training and validation sides of a split).

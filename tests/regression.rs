@@ -12,7 +12,7 @@ use std::sync::atomic::AtomicBool;
 use ndarray::{Array2, array};
 use wgnn::data::{DataSource, Dataset, LoadOptions};
 use wgnn::linear::{Ridge, mean_prediction};
-use wgnn::model::{Activation, Init, NetSpec, Output};
+use wgnn::model::{Activation, NetSpec, Output};
 use wgnn::optim::{Lbfgs, Method};
 use wgnn::train::{TestTargets, TrainJob, r2_per_output, r2_score, train};
 use wgnn::{Backend, CpuBackend, GpuBackend, Targets};
@@ -69,21 +69,8 @@ fn fit_mlp(backend: &mut dyn Backend, spec: NetSpec, train_set: &Dataset, test: 
     let out = tempfile::tempdir().unwrap();
     let method = Method::Lbfgs(Lbfgs::default().with_memory(100));
     let job = TrainJob {
-        stop: method.default_stop().with_max_iterations(iterations),
-        spec,
-        method,
-        init: Init::Uniform,
-        seed: 0,
-        initial_theta: None,
-        resume: None,
-        validation_fraction: 0.0,
-        patience: None,
-        checkpoint_every: None,
-        out_dir: out.path().to_path_buf(),
-        data_description: "digit halves".into(),
-        image_shape: None,
-        preprocessing: serde_json::Value::Null,
         test_set: Some((test.x.clone(), TestTargets::Values(test.targets.clone().unwrap()))),
+        ..TrainJob::new(spec, method, iterations, out.path())
     };
     let y = Targets::Values(train_set.targets.as_ref().unwrap().into());
     let outcome = train(job, backend, &train_set.x, y, &mut |_| {}, &AtomicBool::new(false)).unwrap();

@@ -8,7 +8,7 @@ use std::sync::atomic::AtomicBool;
 
 use ndarray::Array2;
 use wgnn::data::{DataSource, Dataset, Digits, LoadOptions, Split};
-use wgnn::model::{Init, NetSpec, ThetaLayout};
+use wgnn::model::{NetSpec, ThetaLayout};
 use wgnn::optim::{Lbfgs, Method};
 use wgnn::train::{TestTargets, TrainJob, TrainOutcome, train};
 use wgnn::{Backend, Error, Result, Targets};
@@ -43,8 +43,7 @@ pub fn mnist(split: Split, digits: Option<&str>) -> Result<Dataset> {
 
 /// L-BFGS as `wgnn train` sets it up: minFunc's history of 100 up to 50,000 parameters, 10 above.
 pub fn lbfgs(spec: &NetSpec) -> Method {
-    let memory = if ThetaLayout::new(spec).len() <= 50_000 { 100 } else { 10 };
-    Method::Lbfgs(Lbfgs::default().with_memory(memory))
+    Method::Lbfgs(Lbfgs::default().with_memory(Lbfgs::memory_for(ThetaLayout::new(spec).len())))
 }
 
 /// A job with the CLI's defaults (uniform initialisation, seed 0, no validation split) that
@@ -56,23 +55,8 @@ pub fn job(
     iterations: usize,
     test: Option<(Array2<f32>, TestTargets)>,
 ) -> TrainJob {
-    TrainJob {
-        stop: method.default_stop().with_max_iterations(iterations),
-        spec,
-        method,
-        init: Init::Uniform,
-        seed: 0,
-        initial_theta: None,
-        resume: None,
-        validation_fraction: 0.0,
-        patience: None,
-        checkpoint_every: None,
-        out_dir: PathBuf::from("runs/examples").join(name),
-        data_description: name.into(),
-        image_shape: None,
-        preprocessing: serde_json::Value::Null,
-        test_set: test,
-    }
+    let out = PathBuf::from("runs/examples").join(name);
+    TrainJob { data_description: name.into(), test_set: test, ..TrainJob::new(spec, method, iterations, out) }
 }
 
 /// Trains, printing the cost every `every` iterations, and says where the run went.

@@ -372,7 +372,7 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
     };
     let method = match choice {
         OptimizerChoice::Lbfgs => {
-            let memory = args.lbfgs_memory.unwrap_or(if params <= 50_000 { 100 } else { 10 });
+            let memory = args.lbfgs_memory.unwrap_or(Lbfgs::memory_for(params));
             Method::Lbfgs(Lbfgs::default().with_memory(memory))
         }
         OptimizerChoice::Cg => Method::cg(),

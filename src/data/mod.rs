@@ -94,21 +94,11 @@ impl Dataset {
     /// random_state=seed)` does, though not its generator). Returns (train, test), each in
     /// the shuffled order. Refuses a split that leaves either side empty.
     pub fn split_test(&self, fraction: f64, seed: u64) -> Result<(Dataset, Dataset)> {
-        use rand::{SeedableRng, rngs::StdRng, seq::SliceRandom};
-        let m = self.len();
-        if !(fraction > 0.0 && fraction < 1.0) {
-            return Err(Error::Data(format!("a test fraction of {fraction} must lie strictly between 0 and 1")));
+        if fraction == 0.0 {
+            return Err(Error::Data("a test fraction of 0 holds out nothing: give e.g. 0.2".into()));
         }
-        let n_test = (m as f64 * fraction).round() as usize;
-        if n_test == 0 || n_test == m {
-            return Err(Error::Data(format!(
-                "a test fraction of {fraction} of {m} examples leaves no examples on one side"
-            )));
-        }
-        let mut order: Vec<usize> = (0..m).collect();
         // Its own stream, so the split does not repeat the validation split's or the weights' draws.
-        order.shuffle(&mut StdRng::seed_from_u64(seed ^ TEST_SPLIT_STREAM));
-        let test_rows = order.split_off(m - n_test);
+        let (order, test_rows) = hold_out(self.len(), fraction, seed ^ TEST_SPLIT_STREAM, "test")?;
         let mut train = self.rows(&order);
         let mut test = self.rows(&test_rows);
         train.description = format!("{}, {} for training", self.description, order.len());
@@ -133,6 +123,29 @@ impl Dataset {
 }
 
 const TEST_SPLIT_STREAM: u64 = 0x7465_7374_7370_6c74;
+
+/// Row indices 0..m shuffled by `seed`, split into (kept, held out) with the last
+/// round(m · fraction) held out. A fraction of 0 holds out nothing and keeps the order.
+/// `what` names the split in errors (`validation`, `test`).
+pub fn hold_out(m: usize, fraction: f64, seed: u64, what: &str) -> Result<(Vec<usize>, Vec<usize>)> {
+    use rand::{SeedableRng, rngs::StdRng, seq::SliceRandom};
+    if !(0.0..1.0).contains(&fraction) {
+        return Err(Error::Data(format!("a {what} fraction of {fraction} must be in [0, 1)")));
+    }
+    let mut order: Vec<usize> = (0..m).collect();
+    if fraction == 0.0 {
+        return Ok((order, Vec::new()));
+    }
+    let n_held = (m as f64 * fraction).round() as usize;
+    if n_held == 0 || n_held == m {
+        return Err(Error::Data(format!(
+            "a {what} fraction of {fraction} of {m} examples leaves no examples on one side"
+        )));
+    }
+    order.shuffle(&mut StdRng::seed_from_u64(seed));
+    let held = order.split_off(m - n_held);
+    Ok((order, held))
+}
 
 /// Rows of `x` whose label is in `digits`; an error when none is.
 pub(crate) fn select_labels(x: &Array2<f32>, labels: &[usize], digits: &Digits) -> Result<(Array2<f32>, Vec<usize>)> {
