@@ -6,29 +6,13 @@ mod common;
 use std::sync::atomic::AtomicBool;
 
 use wgnn::data::{DataSource, LoadOptions};
-use wgnn::model::{Init, NetSpec, Sparsity};
+use wgnn::model::{NetSpec, Sparsity};
 use wgnn::optim::{Lbfgs, Method, Minibatch, Stop, UpdateRule};
 use wgnn::train::{TrainJob, train};
 use wgnn::{Backend, CpuBackend, Targets};
 
 fn job(spec: NetSpec, method: Method, iterations: usize, out: &std::path::Path) -> TrainJob {
-    TrainJob {
-        stop: method.default_stop().with_max_iterations(iterations),
-        spec,
-        method,
-        init: Init::Uniform,
-        seed: 3,
-        initial_theta: None,
-        resume: None,
-        validation_fraction: 0.0,
-        patience: None,
-        checkpoint_every: None,
-        out_dir: out.to_path_buf(),
-        data_description: "test".into(),
-        image_shape: Some((8, 8)),
-        preprocessing: serde_json::Value::Null,
-        test_set: None,
-    }
+    TrainJob { seed: 3, image_shape: Some((8, 8)), ..TrainJob::new(spec, method, iterations, out) }
 }
 
 fn patches() -> ndarray::Array2<f32> {
