@@ -8,8 +8,8 @@
 //! Run: `WGNN_DATA_DIR=../shared/data cargo run --release --example stacked_autoencoder
 //! [-- ITERATIONS]` (L-BFGS iterations per autoencoder and for fine-tuning; default 400, which
 //! takes ~37 minutes on 2 cores); writes `runs/examples/stacked-autoencoder/` (metrics.json
-//! there has `test_accuracy_before_finetuning` and `test_accuracy`; each stage's folder has
-//! its own metrics.json with `seconds`).
+//! there has `test_accuracy_before_finetuning`, `test_accuracy`, `seconds` and
+//! `stage_seconds`; each stage's folder has its own run files).
 
 mod common;
 

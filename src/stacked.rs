@@ -3,7 +3,7 @@
 //! network (sigmoid hidden layers, softmax output) fine-tuned by backpropagation from those
 //! weights. Every stage is an ordinary [`train`] run with L-BFGS and writes its own run folder
 //! under the output folder (`layer1/`, …, `softmax/`, `finetune/`); `metrics.json` there
-//! compares test accuracy before and after fine-tuning.
+//! compares test accuracy before and after fine-tuning and adds up the stages' seconds.
 //!
 //! It prints nothing; the caller chooses the backend of each stage and hears of each stage
 //! through a callback.
@@ -86,6 +86,8 @@ pub fn train_stacked(
 ) -> Result<StackedOutcome> {
     let classes = labels.iter().max().map_or(0, |&m| m + 1);
     std::fs::create_dir_all(out).map_err(|e| Error::file(out, format!("cannot create the folder: {e}")))?;
+    // Training seconds of each stage, by folder name, for metrics.json.
+    let mut seconds = serde_json::Map::new();
     let mut stage = |spec: NetSpec,
                      iterations: usize,
                      x: &Array2<f32>,
@@ -108,6 +110,8 @@ pub fn train_stacked(
         };
         let outcome = train(job, b.as_mut(), x, y, &mut |_| {}, &AtomicBool::new(false))?;
         on_stage(StageEvent::Done { outcome: &outcome });
+        let stage_name = dir.file_name().map_or_else(String::new, |n| n.to_string_lossy().into_owned());
+        seconds.insert(stage_name, outcome.summary.seconds.into());
         Ok((outcome, b))
     };
 
@@ -181,6 +185,8 @@ pub fn train_stacked(
         "test_accuracy_before_finetuning": before,
         "test_accuracy": finetuned.test_accuracy,
         "final_cost": finetuned.final_cost,
+        "seconds": seconds.values().filter_map(serde_json::Value::as_f64).sum::<f64>(),
+        "stage_seconds": seconds,
     });
     let path = out.join("metrics.json");
     let text = serde_json::to_string_pretty(&summary).map_err(|e| Error::Data(format!("metrics: {e}")))?;
