@@ -361,6 +361,12 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
         Kind::Mlp | Kind::Stacked => 30,
     });
     let schedule = parse_schedule(&args.schedule).context("--schedule")?;
+    if schedule != Schedule::Constant && !matches!(choice, OptimizerChoice::Sgd | OptimizerChoice::Adam) {
+        bail!(
+            "--schedule {} sets the learning rate of sgd and adam: use it with --optimizer sgd or adam",
+            args.schedule
+        );
+    }
     let minibatch = |rule: UpdateRule, lr: f64| {
         Method::Minibatch(
             Minibatch::sgd(args.learning_rate.unwrap_or(lr))
@@ -533,6 +539,25 @@ impl Reporter {
     fn finish(&self) {
         if let Some(bar) = &self.bar {
             bar.finish_and_clear();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schedules_parse_with_their_defaults() {
+        assert_eq!(parse_schedule("constant").unwrap(), Schedule::Constant);
+        assert_eq!(parse_schedule("invscaling").unwrap(), Schedule::InvScaling { power: 0.5 });
+        assert_eq!(parse_schedule("invscaling:0.25").unwrap(), Schedule::InvScaling { power: 0.25 });
+        let plateau = |factor, patience| Schedule::ReduceOnPlateau(Plateau { factor, patience, ..Plateau::default() });
+        assert_eq!(parse_schedule("plateau").unwrap(), plateau(0.1, 10));
+        assert_eq!(parse_schedule("plateau:0.1:1").unwrap(), plateau(0.1, 1));
+        assert_eq!(parse_schedule("Plateau:0.5").unwrap(), plateau(0.5, 10));
+        for bad in ["", "cosine", "constant:1", "plateau:2", "plateau:0.1:1.5", "plateau:x", "invscaling:-1"] {
+            assert!(parse_schedule(bad).is_err(), "{bad:?} should be refused");
         }
     }
 }
