@@ -232,6 +232,8 @@ fn train_writes_a_run_folder_and_refuses_what_it_cannot_do() {
     assert!(quiet.status.success() && quiet.stderr.is_empty() && quiet.stdout.is_empty());
     fails_with(wgnn().args(["train", "softmax"]), "needs labelled data");
     fails_with(wgnn().args(["train", "--data", "mnist:/no/such/dir", "--iterations", "1"]), "/no/such/dir");
+    fails_with(wgnn().args(["train", "--schedule", "plateau"]), "use it with --optimizer sgd or adam");
+    fails_with(wgnn().args(["train", "mlp", "--schedule", "cosine"]), "unknown schedule `cosine`");
 }
 
 #[test]

@@ -191,6 +191,16 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
         path => (Init::Uniform, Some(super::read_theta(path).context("--init")?)),
     };
     let resume = args.resume.as_ref().map(|dir| Checkpoint::load(&dir.join("model.safetensors"))).transpose()?;
+    // The optimizer's flags too.
+    let choice =
+        args.optimizer.unwrap_or(if args.kind == Kind::Mlp { OptimizerChoice::Adam } else { OptimizerChoice::Lbfgs });
+    let schedule = parse_schedule(&args.schedule).context("--schedule")?;
+    if schedule != Schedule::Constant && !matches!(choice, OptimizerChoice::Sgd | OptimizerChoice::Adam) {
+        bail!(
+            "--schedule {} sets the learning rate of sgd and adam: use it with --optimizer sgd or adam",
+            args.schedule
+        );
+    }
 
     // Data.
     if args.data.data.is_none() && args.kind != Kind::Autoencoder {
@@ -353,20 +363,11 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
     say(format!("network  {} ({params} parameters)", spec.describe()));
 
     // Optimizer.
-    let choice =
-        args.optimizer.unwrap_or(if args.kind == Kind::Mlp { OptimizerChoice::Adam } else { OptimizerChoice::Lbfgs });
     let iterations = args.iterations.unwrap_or(match args.kind {
         Kind::Autoencoder => 400,
         Kind::Softmax => 100,
         Kind::Mlp | Kind::Stacked => 30,
     });
-    let schedule = parse_schedule(&args.schedule).context("--schedule")?;
-    if schedule != Schedule::Constant && !matches!(choice, OptimizerChoice::Sgd | OptimizerChoice::Adam) {
-        bail!(
-            "--schedule {} sets the learning rate of sgd and adam: use it with --optimizer sgd or adam",
-            args.schedule
-        );
-    }
     let minibatch = |rule: UpdateRule, lr: f64| {
         Method::Minibatch(
             Minibatch::sgd(args.learning_rate.unwrap_or(lr))
