@@ -14,9 +14,11 @@ mod error;
 pub mod features;
 pub mod gpu;
 pub mod gradcheck;
+pub mod linear;
 pub mod model;
 pub mod npy;
 pub mod optim;
+pub mod stacked;
 pub mod train;
 pub mod viz;
 

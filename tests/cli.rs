@@ -232,6 +232,8 @@ fn train_writes_a_run_folder_and_refuses_what_it_cannot_do() {
     assert!(quiet.status.success() && quiet.stderr.is_empty() && quiet.stdout.is_empty());
     fails_with(wgnn().args(["train", "softmax"]), "needs labelled data");
     fails_with(wgnn().args(["train", "--data", "mnist:/no/such/dir", "--iterations", "1"]), "/no/such/dir");
+    fails_with(wgnn().args(["train", "--schedule", "plateau"]), "use it with --optimizer sgd or adam");
+    fails_with(wgnn().args(["train", "mlp", "--schedule", "cosine"]), "unknown schedule `cosine`");
 }
 
 #[test]
@@ -394,4 +396,135 @@ fn a_whitened_linear_decoder_is_stored_with_its_whitening_and_evaluated_alike() 
     let out = wgnn().args(["train", "--whiten", "pcx"]).output().unwrap();
     assert_eq!(out.status.code(), Some(2), "a usage error");
     assert!(String::from_utf8_lossy(&out.stderr).contains("[possible values: zca, pca]"));
+}
+
+/// A small regression problem: 4 inputs in [−1, 1], 2 smooth targets of them.
+fn regression_data(m: usize, seed: u64) -> (Array2<f64>, Array2<f64>) {
+    use rand::{RngExt, SeedableRng, rngs::StdRng};
+    let mut rng = StdRng::seed_from_u64(seed);
+    let x: Array2<f64> = Array2::from_shape_simple_fn((m, 4), || rng.random_range(-1.0..1.0));
+    let y = Array2::from_shape_fn((m, 2), |(i, j)| {
+        let r = x.row(i);
+        if j == 0 { r[0] * r[1] + (2.0 * r[2]).sin() } else { r[3].powi(2) - 0.5 * r[0] }
+    });
+    (x, y)
+}
+
+#[test]
+fn train_mlp_regressor_from_npy_and_csv_targets_and_eval_reports_r2() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (x, y) = regression_data(200, 1);
+    let (xp, yp) = (write_npy(d, "x.npy", &x), write_npy(d, "y.npy", &y));
+    let run = d.join("reg");
+    let out = wgnn()
+        .args(["train", "mlp", "--data", &format!("npy:{xp}"), "--targets", &format!("npy:{yp}")])
+        .args(["--test-fraction", "0.25", "--hidden", "16", "--optimizer", "lbfgs", "--iterations", "100"])
+        .args(["--backend", "cpu", "--out", run.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("test R²"), "{stderr}");
+    let m: serde_json::Value = serde_json::from_slice(&std::fs::read(run.join("metrics.json")).unwrap()).unwrap();
+    assert_eq!(m["spec"]["layers"], serde_json::json!([4, 16, 2]));
+    assert_eq!(m["spec"]["output"], serde_json::json!({"squared_error": "identity"}), "identity output by default");
+    assert_eq!((m["train_examples"].as_u64(), m["test_examples"].as_u64()), (Some(150), Some(50)));
+    let r2 = m["r2"].as_f64().expect("metrics.json has r2");
+    // A smooth function of 4 inputs: 100 L-BFGS iterations explain most of its variance.
+    assert!(r2 > 0.8, "test R² {r2}");
+    assert!(m["train_r2"].as_f64().unwrap() >= r2 - 0.05 && m["seconds"].as_f64().unwrap() > 0.0, "{m}");
+
+    // eval on all 200 examples reports R² too.
+    let out = wgnn()
+        .args(["eval", "--model", run.to_str().unwrap(), "--data", &format!("npy:{xp}")])
+        .args(["--targets", &format!("npy:{yp}"), "--backend", "cpu", "--json"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(v["r2"].as_f64().unwrap() > 0.8, "{v}");
+    assert!(v.get("reconstruction_error").is_none(), "a regressor reconstructs nothing: {v}");
+
+    // The CSV form: targets are columns of the data file (here the last two, no label column).
+    let csv = d.join("xy.csv");
+    let lines: Vec<String> = (0..x.nrows())
+        .map(|i| x.row(i).iter().chain(y.row(i)).map(|v| v.to_string()).collect::<Vec<_>>().join(","))
+        .collect();
+    std::fs::write(&csv, format!("a,b,c,d,y1,y2\n{}\n", lines.join("\n"))).unwrap();
+    let run_csv = d.join("reg-csv");
+    let out = wgnn()
+        .args(["train", "mlp", "--data", &format!("csv:{}", csv.display()), "--label-column", "none"])
+        .args(["--targets", "columns:5-6", "--test-fraction", "0.25", "--hidden", "16", "--optimizer", "lbfgs"])
+        .args(["--iterations", "100", "--backend", "cpu", "--quiet", "--out", run_csv.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let m2: serde_json::Value = serde_json::from_slice(&std::fs::read(run_csv.join("metrics.json")).unwrap()).unwrap();
+    assert_eq!(m2["spec"]["layers"], serde_json::json!([4, 16, 2]));
+    // Same rows, same seed, same split: the CSV run learns what the .npy run learned (the
+    // CSV's decimal text is f32-exact here only up to rounding).
+    assert!((m2["r2"].as_f64().unwrap() - r2).abs() < 0.02, "csv {} vs npy {r2}", m2["r2"]);
+}
+
+#[test]
+fn bad_targets_are_refused_with_one_line_and_no_output_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (x, y) = regression_data(20, 2);
+    let xp = write_npy(d, "x.npy", &x);
+    let short = write_npy(d, "short.npy", &y.slice(ndarray::s![..19, ..]).to_owned());
+    let mut with_nan = y.clone();
+    with_nan[[3, 1]] = f64::NAN;
+    let nan = write_npy(d, "nan.npy", &with_nan);
+    let yp = write_npy(d, "y.npy", &y);
+    let wide = write_npy(d, "wide.npy", &Array2::<f64>::zeros((20, 3)));
+    let text = d.join("y.csv");
+    std::fs::write(&text, "1,2\n3,oops\n").unwrap();
+    let npy = |p: &str| format!("npy:{p}");
+
+    let cases: Vec<(Vec<String>, &str)> = vec![
+        (vec!["mlp".into(), "--targets".into(), npy(&short)], "19 rows"),
+        (vec!["mlp".into(), "--targets".into(), npy(&nan)], "row 3, column 1"),
+        (vec!["mlp".into(), "--targets".into(), format!("csv:{}", text.display())], "`oops` is not a number"),
+        (vec!["mlp".into(), "--targets".into(), "columns:9".into()], "beyond the 4 columns"),
+        (vec!["mlp".into(), "--targets".into(), "columns:1-4".into()], "leave some as inputs"),
+        (vec!["mlp".into(), "--targets".into(), "parquet:y.pq".into()], "unknown target source"),
+        (vec!["mlp".into(), "--targets".into(), "npy:/no/such.npy".into()], "/no/such.npy"),
+        // Test targets narrower or wider than the training targets.
+        (
+            vec![
+                "mlp".into(),
+                "--targets".into(),
+                npy(&yp),
+                "--test-data".into(),
+                npy(&xp),
+                "--test-targets".into(),
+                npy(&wide),
+            ],
+            "3 values per example but the training targets 2",
+        ),
+        (vec!["mlp".into(), "--targets".into(), npy(&yp), "--test-data".into(), npy(&xp)], "--test-targets"),
+        (vec!["softmax".into(), "--targets".into(), npy(&yp)], "go with `train mlp`"),
+        (vec!["autoencoder".into(), "--targets".into(), npy(&yp)], "go with `train mlp`"),
+        (vec!["mlp".into(), "--targets".into(), npy(&yp), "--output".into(), "softmax".into()], "squared-error output"),
+        (vec!["mlp".into(), "--output".into(), "identity".into()], "needs real-valued targets"),
+    ];
+    for (i, (args, needle)) in cases.iter().enumerate() {
+        let out = d.join(format!("out{i}"));
+        fails_with(
+            wgnn().arg("train").args(args).args([
+                "--data",
+                &npy(&xp),
+                "--iterations",
+                "2",
+                "--backend",
+                "cpu",
+                "--out",
+                out.to_str().unwrap(),
+            ]),
+            needle,
+        );
+        assert!(!out.exists(), "case {i} ({args:?}) left {}", out.display());
+    }
 }

@@ -12,7 +12,7 @@ use wgnn::data::{DataSource, Dataset, Digits, LoadOptions, Split};
 use wgnn::model::{Init, NetSpec, Sparsity};
 use wgnn::optim::{Lbfgs, Method};
 use wgnn::train::{TrainJob, TrainOutcome, hidden_features, train};
-use wgnn::{Backend, CpuBackend, GpuBackend};
+use wgnn::{Backend, CpuBackend, GpuBackend, Targets};
 
 fn mnist(split: Split, digits: Option<&str>, limit: usize) -> Dataset {
     let options = LoadOptions {
@@ -36,23 +36,12 @@ fn fit(
     let out = tempfile::tempdir().unwrap();
     let method = Method::Lbfgs(Lbfgs::default().with_memory(10));
     let job = TrainJob {
-        stop: method.default_stop().with_max_iterations(iterations),
-        spec,
-        method,
         init,
-        seed: 0,
-        initial_theta: None,
-        resume: None,
-        validation_fraction: 0.0,
-        patience: None,
-        checkpoint_every: None,
-        out_dir: out.path().to_path_buf(),
-        data_description: "test".into(),
-        image_shape: None,
-        preprocessing: serde_json::Value::Null,
-        test_set: test,
+        test_set: test.map(|(x, l)| (x, l.into())),
+        ..TrainJob::new(spec, method, iterations, out.path())
     };
-    train(job, backend, x, labels, &mut |_| {}, &AtomicBool::new(false)).unwrap()
+    let y = labels.map_or(Targets::Inputs, Targets::Labels);
+    train(job, backend, x, y, &mut |_| {}, &AtomicBool::new(false)).unwrap()
 }
 
 /// UFLDL's softmax initialisation, 0.005 · N(0, 1).

@@ -6,29 +6,13 @@ mod common;
 use std::sync::atomic::AtomicBool;
 
 use wgnn::data::{DataSource, LoadOptions};
-use wgnn::model::{Init, NetSpec, Sparsity};
+use wgnn::model::{NetSpec, Sparsity};
 use wgnn::optim::{Lbfgs, Method, Minibatch, Stop, UpdateRule};
 use wgnn::train::{TrainJob, train};
-use wgnn::{Backend, CpuBackend};
+use wgnn::{Backend, CpuBackend, Targets};
 
 fn job(spec: NetSpec, method: Method, iterations: usize, out: &std::path::Path) -> TrainJob {
-    TrainJob {
-        stop: method.default_stop().with_max_iterations(iterations),
-        spec,
-        method,
-        init: Init::Uniform,
-        seed: 3,
-        initial_theta: None,
-        resume: None,
-        validation_fraction: 0.0,
-        patience: None,
-        checkpoint_every: None,
-        out_dir: out.to_path_buf(),
-        data_description: "test".into(),
-        image_shape: Some((8, 8)),
-        preprocessing: serde_json::Value::Null,
-        test_set: None,
-    }
+    TrainJob { seed: 3, image_shape: Some((8, 8)), ..TrainJob::new(spec, method, iterations, out) }
 }
 
 fn patches() -> ndarray::Array2<f32> {
@@ -47,7 +31,8 @@ fn a_run_writes_its_folder_and_learns() {
     let mut backend = CpuBackend::<f32>::new(sae()).unwrap();
     let never = AtomicBool::new(false);
     let outcome =
-        train(job(sae(), Method::lbfgs(), 40, dir.path()), &mut backend, &x, None, &mut |_| {}, &never).unwrap();
+        train(job(sae(), Method::lbfgs(), 40, dir.path()), &mut backend, &x, Targets::Inputs, &mut |_| {}, &never)
+            .unwrap();
     for f in ["model.safetensors", "metrics.json", "loss.png", "filters.png", "reconstructions.png"] {
         assert!(dir.path().join(f).exists(), "{f} missing");
     }
@@ -71,18 +56,24 @@ fn resuming_from_checkpoints_equals_one_uninterrupted_run() {
     let straight_dir = tempfile::tempdir().unwrap();
     let mut backend = CpuBackend::<f32>::new(sae()).unwrap();
     let method = Method::Lbfgs(Lbfgs::default().with_memory(10));
-    let straight =
-        train(job(sae(), method.clone(), 30, straight_dir.path()), &mut backend, &x, None, &mut |_| {}, &never)
-            .unwrap();
+    let straight = train(
+        job(sae(), method.clone(), 30, straight_dir.path()),
+        &mut backend,
+        &x,
+        Targets::Inputs,
+        &mut |_| {},
+        &never,
+    )
+    .unwrap();
 
     // 12 iterations with a checkpoint every 5, then resume from the file to 30.
     let dir = tempfile::tempdir().unwrap();
     let mut first = job(sae(), method.clone(), 12, dir.path());
     first.checkpoint_every = Some(5);
-    train(first, &mut backend, &x, None, &mut |_| {}, &never).unwrap();
+    train(first, &mut backend, &x, Targets::Inputs, &mut |_| {}, &never).unwrap();
     let mut second = job(sae(), method, 30, dir.path());
     second.resume = Some(wgnn::checkpoint::Checkpoint::load(&dir.path().join("model.safetensors")).unwrap());
-    let resumed = train(second, &mut backend, &x, None, &mut |_| {}, &never).unwrap();
+    let resumed = train(second, &mut backend, &x, Targets::Inputs, &mut |_| {}, &never).unwrap();
     assert!(resumed.theta.iter().zip(&straight.theta).all(|(a, b)| a.to_bits() == b.to_bits()), "resumed θ differs");
     assert_eq!(resumed.final_cost, straight.final_cost);
 }
@@ -98,7 +89,7 @@ fn an_interrupted_run_is_saved_and_says_so() {
         job(sae(), Method::lbfgs(), 100, dir.path()),
         &mut backend,
         &x,
-        None,
+        Targets::Inputs,
         &mut |p| {
             if p.record.is_some() {
                 seen += 1;
@@ -130,7 +121,8 @@ fn softmax_on_real_digits_with_early_stopping() {
     j.patience = Some(5);
     let mut backend = CpuBackend::<f32>::new(spec).unwrap();
     let never = AtomicBool::new(false);
-    let outcome = train(j, &mut backend, &x, data.labels.as_deref(), &mut |_| {}, &never).unwrap();
+    let y = Targets::Labels(data.labels.as_deref().unwrap());
+    let outcome = train(j, &mut backend, &x, y, &mut |_| {}, &never).unwrap();
     let error = outcome.validation.unwrap();
     println!("validation error {error}, stop: {}", outcome.summary.reason);
     assert!(error < 0.06, "held-out error rate {error}");
@@ -151,7 +143,8 @@ fn the_gpu_trains_the_ufldl_autoencoder_to_the_cpu_cost() {
     let never = AtomicBool::new(false);
     let run = |backend: &mut dyn Backend| {
         let out = tempfile::tempdir().unwrap();
-        train(job(spec.clone(), Method::lbfgs(), 100, out.path()), backend, &x, None, &mut |_| {}, &never).unwrap()
+        train(job(spec.clone(), Method::lbfgs(), 100, out.path()), backend, &x, Targets::Inputs, &mut |_| {}, &never)
+            .unwrap()
     };
     let cpu = run(&mut CpuBackend::<f32>::new(spec.clone()).unwrap());
     let mut gpu =

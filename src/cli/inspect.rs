@@ -128,6 +128,9 @@ struct Evaluation {
     reconstruction_error: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     accuracy: Option<f64>,
+    /// Coefficient of determination (regression, with --targets): scikit-learn's r2_score.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    r2: Option<f64>,
     /// confusion[true][predicted]
     #[serde(skip_serializing_if = "Option::is_none")]
     confusion: Option<Vec<Vec<usize>>>,
@@ -140,9 +143,10 @@ pub fn eval(args: EvalArgs) -> anyhow::Result<()> {
     data.x = prepared(&ck, data.x)?;
     let mut backend = args.backend.build(spec.clone(), Precision::F32)?;
     let labels = data.labels.clone();
-    let targets = match (spec.output, &labels) {
-        (Output::Softmax, Some(l)) => Targets::Labels(l),
-        (Output::Softmax, None) => bail!("{} is a classifier: evaluate it on labelled data", spec.describe()),
+    let targets = match (spec.output, &labels, &data.targets) {
+        (Output::Softmax, Some(l), _) => Targets::Labels(l),
+        (Output::Softmax, None, _) => bail!("{} is a classifier: evaluate it on labelled data", spec.describe()),
+        (_, _, Some(t)) => Targets::Values(t.into()),
         _ => Targets::Inputs,
     };
     backend.set_data((&data.x).into(), targets).context("the data does not fit the model")?;
@@ -159,6 +163,10 @@ pub fn eval(args: EvalArgs) -> anyhow::Result<()> {
         }
         _ => (None, None),
     };
+    let r2 = match &data.targets {
+        Some(t) if spec.output != Output::Softmax => Some(wgnn::train::r2_of(backend.as_mut(), &ck.theta, &data.x, t)?),
+        _ => None,
+    };
     let result = Evaluation {
         network: spec.describe(),
         data: data.description.clone(),
@@ -167,8 +175,9 @@ pub fn eval(args: EvalArgs) -> anyhow::Result<()> {
         data_term: cost.data,
         weight_decay_term: cost.weight_decay,
         sparsity_term: cost.sparsity,
-        reconstruction_error: (spec.output != Output::Softmax).then_some(cost.data),
+        reconstruction_error: (spec.output != Output::Softmax && r2.is_none()).then_some(cost.data),
         accuracy,
+        r2,
         confusion,
     };
     if args.json {
@@ -183,6 +192,10 @@ pub fn eval(args: EvalArgs) -> anyhow::Result<()> {
     );
     if let Some(e) = result.reconstruction_error {
         println!("reconstruction error (mean ½‖x − x̂‖²) {e}");
+    }
+    if let Some(r2) = result.r2 {
+        println!("squared error (mean ½‖y − ŷ‖²) {}", cost.data);
+        println!("r2 {r2}");
     }
     if let (Some(a), Some(c)) = (result.accuracy, &result.confusion) {
         println!("confusion matrix (rows: true class, columns: predicted)");

@@ -234,8 +234,8 @@ impl BackendArgs {
 #[derive(Args, Debug, Clone)]
 pub struct DataArgs {
     /// Examples: synthetic (built-in images, cut into patches), mnist:DIR, patches:DIR (a
-    /// folder of PNG/JPEG photographs), npy:FILE (with --labels), csv:FILE (label in the last
-    /// column). Default: synthetic.
+    /// folder of PNG/JPEG photographs), npy:FILE (with --labels or --targets), csv:FILE (label
+    /// in the last column). Default: synthetic.
     #[arg(long)]
     pub data: Option<String>,
     /// Side of the square patches cut from synthetic or patches: images.
@@ -257,6 +257,16 @@ pub struct DataArgs {
     /// Class labels for npy: data, as a .npy integer vector.
     #[arg(long)]
     pub labels: Option<std::path::PathBuf>,
+    /// csv: data only: the column holding the class label — last, first, a number counted
+    /// from 1, or none (every column is a value).
+    #[arg(long, default_value = "last")]
+    pub label_column: String,
+    /// Real-valued targets for regression (`train mlp`, `eval`), one row per example:
+    /// npy:FILE (a float matrix, rows × outputs, or a vector), csv:FILE (numbers only), or
+    /// columns:SPEC — columns of the --data file itself, counted from 1 as in the file, e.g.
+    /// columns:33-64; they are taken out of the inputs (a CSV's label column is dropped).
+    #[arg(long)]
+    pub targets: Option<String>,
 }
 
 impl DataArgs {
@@ -284,7 +294,8 @@ impl DataArgs {
             split: self.split.as_deref().map(str::parse::<Split>).transpose().context("--split")?,
             limit: self.limit,
             labels: self.labels.clone(),
-            ..Default::default()
+            targets: self.targets.as_deref().map(str::parse).transpose().context("--targets")?,
+            label_column: self.label_column.parse().context("--label-column")?,
         };
         let data = source.load(&options).with_context(|| format!("loading --data {source}"))?;
         Ok((source, data))

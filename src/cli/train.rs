@@ -11,10 +11,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use anyhow::{Context, bail};
 use clap::{Args, ValueEnum};
 
+use wgnn::Targets;
 use wgnn::checkpoint::Checkpoint;
+use wgnn::data::Dataset;
 use wgnn::model::{Activation, Init, NetSpec, Output, Sparsity};
-use wgnn::optim::{Lbfgs, Method, Minibatch, Progress, UpdateRule};
-use wgnn::train::{TrainJob, train};
+use wgnn::optim::{Lbfgs, Method, Minibatch, Plateau, Progress, Schedule, UpdateRule};
+use wgnn::train::{TestTargets, TrainJob, train};
 
 use super::{BackendArgs, DataArgs};
 
@@ -24,7 +26,8 @@ pub enum Kind {
     Autoencoder,
     /// Softmax regression: one softmax layer on the raw inputs (needs labels).
     Softmax,
-    /// A multilayer perceptron: hidden layers and a softmax output (needs labels).
+    /// A multilayer perceptron: hidden layers and a softmax output (needs labels); with
+    /// --targets, a regressor instead: an identity output (--output) and the squared error.
     Mlp,
     /// A stacked autoencoder (needs labels): sparse autoencoders trained greedily layer by
     /// layer (--hidden 200,200, ρ = 0.1, λ = 3e-3), a softmax on the last features, then the
@@ -61,10 +64,18 @@ pub struct TrainArgs {
     pub kind: Kind,
     #[command(flatten)]
     pub data: DataArgs,
-    /// Labelled test examples to report `test_accuracy` on (softmax, mlp): a data source as
-    /// for --data; for mnist: the test split is used. Same --digits and --limit as --data.
-    #[arg(long)]
+    /// Test examples to report `test_accuracy` (classifiers) or `r2` (regression) on: a data
+    /// source as for --data; for mnist: the test split is used. Same --digits, --limit and
+    /// --label-column as --data, and the same --targets when they are columns:.
+    #[arg(long, conflicts_with = "test_fraction")]
     pub test_data: Option<String>,
+    /// The test examples' targets when --targets names a file: npy:FILE or csv:FILE.
+    #[arg(long, requires = "test_data")]
+    pub test_targets: Option<String>,
+    /// Hold out this fraction of the --data examples, drawn by --seed, as the test set (before
+    /// any --validation split, whitening or --features-from, which see the rest only).
+    #[arg(long)]
+    pub test_fraction: Option<f64>,
     /// Train on the features a trained autoencoder extracts (its first hidden layer's
     /// activations) instead of the raw inputs: self-taught learning. A model.safetensors or its
     /// run folder.
@@ -87,9 +98,11 @@ pub struct TrainArgs {
     /// (autoencoder), relu (mlp).
     #[arg(long)]
     pub activation: Option<String>,
-    /// Autoencoder output activation.
-    #[arg(long, default_value = "sigmoid")]
-    pub output: String,
+    /// Output activation, with the squared-error loss: for an autoencoder (default sigmoid)
+    /// and an mlp regressor, i.e. with --targets (default identity; sigmoid, tanh, relu, …).
+    /// Classifiers end in softmax.
+    #[arg(long)]
+    pub output: Option<String>,
     /// L2 weight decay λ. Default: 1e-4 (autoencoder, softmax), 1e-5 (mlp).
     #[arg(long)]
     pub weight_decay: Option<f64>,
@@ -109,6 +122,12 @@ pub struct TrainArgs {
     /// Learning rate for gd, sgd and adam. Default: 0.1 (gd), 0.01 (sgd), 0.001 (adam).
     #[arg(long)]
     pub learning_rate: Option<f64>,
+    /// Learning-rate schedule for sgd and adam, applied after each epoch: constant,
+    /// invscaling[:POWER] (η₀/(t+1)^POWER, t examples seen; scikit-learn's, POWER 0.5) or
+    /// plateau[:FACTOR[:PATIENCE]] (η × FACTOR after more than PATIENCE epochs without a
+    /// better validation metric — or epoch cost without --validation; default 0.1:10, PyTorch's).
+    #[arg(long, default_value = "constant")]
+    pub schedule: String,
     /// Minibatch size for sgd and adam.
     #[arg(long, default_value_t = 200)]
     pub batch_size: usize,
@@ -172,6 +191,16 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
         path => (Init::Uniform, Some(super::read_theta(path).context("--init")?)),
     };
     let resume = args.resume.as_ref().map(|dir| Checkpoint::load(&dir.join("model.safetensors"))).transpose()?;
+    // The optimizer's flags too.
+    let choice =
+        args.optimizer.unwrap_or(if args.kind == Kind::Mlp { OptimizerChoice::Adam } else { OptimizerChoice::Lbfgs });
+    let schedule = parse_schedule(&args.schedule).context("--schedule")?;
+    if schedule != Schedule::Constant && !matches!(choice, OptimizerChoice::Sgd | OptimizerChoice::Adam) {
+        bail!(
+            "--schedule {} sets the learning rate of sgd and adam: use it with --optimizer sgd or adam",
+            args.schedule
+        );
+    }
 
     // Data.
     if args.data.data.is_none() && args.kind != Kind::Autoencoder {
@@ -181,21 +210,79 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
         );
     }
     let (source, mut data) = args.data.load(args.seed)?;
-    say(format!("data     {}", data.description));
-    let mut test = match &args.test_data {
-        Some(t) => {
+    let regression = data.targets.is_some();
+    if regression && args.kind != Kind::Mlp {
+        bail!("--targets (real-valued targets) go with `train mlp` (a regressor), not {}", kind_name(args.kind));
+    }
+    match (args.kind, args.output.as_deref().map(Output::parse).transpose()?) {
+        (Kind::Mlp, Some(Output::Softmax)) if regression => {
+            bail!("a regressor (--targets) needs a squared-error output: --output identity, sigmoid, tanh or relu")
+        }
+        (Kind::Softmax | Kind::Mlp | Kind::Stacked, Some(o)) if !regression && o != Output::Softmax => bail!(
+            "--output {} needs real-valued targets: a classifier ends in softmax; give --targets for a regressor",
+            o.name()
+        ),
+        _ => {}
+    }
+    // What test examples must bring: targets for a regressor, labels for a classifier.
+    let test_targets = |d: &Dataset, what: &str| -> anyhow::Result<TestTargets> {
+        Ok(if regression {
+            TestTargets::Values(d.targets.clone().with_context(|| format!("{what} has no targets"))?)
+        } else {
+            TestTargets::Labels(d.labels.clone().with_context(|| format!("{what} has no labels"))?)
+        })
+    };
+    let mut test_description = None;
+    let mut test = match (&args.test_data, args.test_fraction) {
+        (Some(t), _) => {
             let mut test_args = args.data.clone();
             test_args.data = Some(t.clone());
             if t.starts_with("mnist:") {
                 test_args.split = Some("test".into());
             }
+            match (&args.test_targets, args.data.targets.as_deref()) {
+                (Some(tt), _) => test_args.targets = Some(tt.clone()),
+                (None, Some(tt)) if !tt.trim_start().starts_with("columns:") => bail!(
+                    "--test-data needs its own targets: give --test-targets npy:FILE or csv:FILE (--targets {tt} belongs to --data)"
+                ),
+                _ => {}
+            }
             let (_, d) = test_args.load(args.seed).context("--test-data")?;
-            let labels = d.labels.clone().context("--test-data has no labels")?;
-            say(format!("test     {}", d.description));
-            Some((d.x, labels))
+            test_description = Some(d.description.clone());
+            Some((test_targets(&d, "--test-data")?, d.x))
         }
-        None => None,
-    };
+        (None, Some(fraction)) => {
+            let (train, held_out) = data.split_test(fraction, args.seed).context("--test-fraction")?;
+            data = train;
+            test_description = Some(held_out.description.clone());
+            Some((test_targets(&held_out, "the data")?, held_out.x))
+        }
+        (None, None) => None,
+    }
+    .map(|(t, x)| (x, t));
+    if let Some((x, y)) = &test {
+        // Checked here, before any message or file, as well as by train() itself.
+        if x.ncols() != data.num_features() {
+            bail!(
+                "--test-data has {} values per example but --data has {}: give test data like the training data",
+                x.ncols(),
+                data.num_features()
+            );
+        }
+        if let (TestTargets::Values(t), Some(train_targets)) = (y, &data.targets)
+            && t.ncols() != train_targets.ncols()
+        {
+            bail!(
+                "the test targets have {} values per example but the training targets {}: give test targets of the same width",
+                t.ncols(),
+                train_targets.ncols()
+            );
+        }
+    }
+    if let Some(t) = test_description {
+        say(format!("test     {t}"));
+    }
+    say(format!("data     {}", data.description));
     if let Some(path) = &args.features_from {
         let ck = super::inspect::load_model(path)?;
         let (mut encoder, _) = args.backend.build_quietly(ck.spec.clone(), super::Precision::F32)?;
@@ -226,6 +313,10 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
     let n = data.num_features();
     if args.kind == Kind::Stacked {
         let out_dir = args.out.clone().unwrap_or_else(|| default_out(args.kind));
+        let test = test.map(|(x, t)| match t {
+            TestTargets::Labels(l) => (x, l),
+            TestTargets::Values(_) => unreachable!("regression was refused above for stacked"),
+        });
         return super::stacked::run(&args, &data, test, &out_dir);
     }
 
@@ -241,9 +332,19 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
             layers.push(n);
             let rho = args.sparsity.unwrap_or(0.01);
             let sparsity = (rho > 0.0).then_some(Sparsity { target: rho, weight: args.sparsity_weight });
-            NetSpec::new(&layers, activation(Activation::Sigmoid)?, Output::parse(&args.output)?)?
+            let output = Output::parse(args.output.as_deref().unwrap_or("sigmoid"))?;
+            NetSpec::new(&layers, activation(Activation::Sigmoid)?, output)?
                 .with_weight_decay(args.weight_decay.unwrap_or(1e-4))?
                 .with_sparsity(sparsity)?
+        }
+        Kind::Mlp if regression => {
+            let outputs = data.targets.as_ref().map_or(0, |t| t.ncols());
+            let mut layers = vec![n];
+            layers.extend(args.hidden.clone().unwrap_or(vec![256, 128]));
+            layers.push(outputs);
+            let output = Output::parse(args.output.as_deref().unwrap_or("identity"))?;
+            NetSpec::new(&layers, activation(Activation::Relu)?, output)?
+                .with_weight_decay(args.weight_decay.unwrap_or(1e-5))?
         }
         Kind::Softmax | Kind::Mlp | Kind::Stacked => {
             let classes = data.num_classes().context("this data has no labels: softmax and mlp need them")?;
@@ -262,8 +363,6 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
     say(format!("network  {} ({params} parameters)", spec.describe()));
 
     // Optimizer.
-    let choice =
-        args.optimizer.unwrap_or(if args.kind == Kind::Mlp { OptimizerChoice::Adam } else { OptimizerChoice::Lbfgs });
     let iterations = args.iterations.unwrap_or(match args.kind {
         Kind::Autoencoder => 400,
         Kind::Softmax => 100,
@@ -273,13 +372,14 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
         Method::Minibatch(
             Minibatch::sgd(args.learning_rate.unwrap_or(lr))
                 .with_rule(rule)
+                .with_schedule(schedule)
                 .with_batch_size(args.batch_size)
                 .with_seed(args.seed),
         )
     };
     let method = match choice {
         OptimizerChoice::Lbfgs => {
-            let memory = args.lbfgs_memory.unwrap_or(if params <= 50_000 { 100 } else { 10 });
+            let memory = args.lbfgs_memory.unwrap_or(Lbfgs::memory_for(params));
             Method::Lbfgs(Lbfgs::default().with_memory(memory))
         }
         OptimizerChoice::Cg => Method::cg(),
@@ -326,6 +426,8 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
             "count": args.data.count.unwrap_or(10_000),
             "features_from": args.features_from.as_ref().map(|p| p.display().to_string()),
             "whitening": whitening,
+            "targets": args.data.targets,
+            "test_fraction": args.test_fraction,
         }),
         test_set: test,
     };
@@ -337,8 +439,12 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
         let _ = ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst));
     }
     let mut reporter = Reporter::new(args.quiet, iterations);
-    let outcome =
-        train(job, backend.as_mut(), &data.x, data.labels.as_deref(), &mut |p| reporter.update(p), &interrupt);
+    let y = match (&data.targets, &data.labels) {
+        (Some(t), _) => Targets::Values(t.into()),
+        (None, Some(l)) => Targets::Labels(l),
+        (None, None) => Targets::Inputs,
+    };
+    let outcome = train(job, backend.as_mut(), &data.x, y, &mut |p| reporter.update(p), &interrupt);
     reporter.finish();
     let outcome = outcome?;
 
@@ -359,10 +465,42 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
     if let Some(a) = outcome.test_accuracy {
         say(format!("test accuracy {:.2}%", 100.0 * a));
     }
+    if let Some(r2) = outcome.r2 {
+        say(format!("test R² {r2:.4}"));
+    }
     for f in &outcome.files {
         say(format!("wrote    {}", f.display()));
     }
     Ok(())
+}
+
+/// `constant`, `invscaling[:POWER]` or `plateau[:FACTOR[:PATIENCE]]`.
+fn parse_schedule(text: &str) -> anyhow::Result<Schedule> {
+    let mut parts = text.trim().split(':');
+    let name = parts.next().unwrap_or_default().to_ascii_lowercase();
+    let args: Vec<&str> = parts.collect();
+    let number = |i: usize| -> anyhow::Result<Option<f64>> {
+        args.get(i).map(|a| a.parse::<f64>().with_context(|| format!("`{a}` in `{text}` is not a number"))).transpose()
+    };
+    let schedule = match (name.as_str(), args.len()) {
+        ("constant", 0) => Schedule::Constant,
+        ("invscaling", 0..=1) => Schedule::InvScaling { power: number(0)?.unwrap_or(0.5) },
+        ("plateau", 0..=2) => {
+            let default = Plateau::default();
+            let patience = number(1)?.unwrap_or(default.patience as f64);
+            if patience < 0.0 || patience.fract() != 0.0 {
+                bail!("the plateau patience in `{text}` must be a whole number of epochs");
+            }
+            Schedule::ReduceOnPlateau(Plateau {
+                factor: number(0)?.unwrap_or(default.factor),
+                patience: patience as usize,
+                ..default
+            })
+        }
+        _ => bail!("unknown schedule `{text}`: use constant, invscaling[:POWER] or plateau[:FACTOR[:PATIENCE]]"),
+    };
+    schedule.validate()?;
+    Ok(schedule)
 }
 
 /// A progress bar on a terminal, a line every few iterations otherwise, nothing when quiet.
@@ -402,6 +540,25 @@ impl Reporter {
     fn finish(&self) {
         if let Some(bar) = &self.bar {
             bar.finish_and_clear();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schedules_parse_with_their_defaults() {
+        assert_eq!(parse_schedule("constant").unwrap(), Schedule::Constant);
+        assert_eq!(parse_schedule("invscaling").unwrap(), Schedule::InvScaling { power: 0.5 });
+        assert_eq!(parse_schedule("invscaling:0.25").unwrap(), Schedule::InvScaling { power: 0.25 });
+        let plateau = |factor, patience| Schedule::ReduceOnPlateau(Plateau { factor, patience, ..Plateau::default() });
+        assert_eq!(parse_schedule("plateau").unwrap(), plateau(0.1, 10));
+        assert_eq!(parse_schedule("plateau:0.1:1").unwrap(), plateau(0.1, 1));
+        assert_eq!(parse_schedule("Plateau:0.5").unwrap(), plateau(0.5, 10));
+        for bad in ["", "cosine", "constant:1", "plateau:2", "plateau:0.1:1.5", "plateau:x", "invscaling:-1"] {
+            assert!(parse_schedule(bad).is_err(), "{bad:?} should be refused");
         }
     }
 }

@@ -165,7 +165,7 @@ pub fn parse_csv(text: &str, label: LabelColumn) -> Result<(Array2<f32>, Option<
 }
 
 /// The 0-based label column for rows of `columns` values; out of range is left for the caller.
-fn label_index(label: LabelColumn, columns: usize) -> Option<usize> {
+pub(crate) fn label_index(label: LabelColumn, columns: usize) -> Option<usize> {
     match label {
         LabelColumn::Last => Some(columns.saturating_sub(1)),
         LabelColumn::First => Some(0),

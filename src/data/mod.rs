@@ -1,10 +1,12 @@
 //! Data sources: MNIST IDX files, folders of images cut into patches, `.npy` matrices, CSV
-//! files with a label column, and an embedded synthetic image generator; plus ZCA / PCA
-//! whitening. Everything arrives as a [`Dataset`] of f32 rows (one example per row).
-//! This module reads and checks data; it knows nothing of networks, backends or the CLI.
+//! files with a label column, and an embedded synthetic image generator; real-valued targets
+//! for regression; plus ZCA / PCA whitening. Everything arrives as a [`Dataset`] of f32 rows
+//! (one example per row). This module reads and checks data; it knows nothing of networks,
+//! backends or the CLI.
 //!
 //! [`DataSource`] parses the strings the CLI accepts (`mnist:DIR`, `patches:DIR`, `npy:FILE`,
-//! `csv:FILE`, `synthetic`) and [`DataSource::load`] turns one into a [`Dataset`].
+//! `csv:FILE`, `synthetic`) and [`DataSource::load`] turns one into a [`Dataset`];
+//! [`TargetSource`] does the same for `--targets` (`npy:FILE`, `csv:FILE`, `columns:SPEC`).
 
 pub mod csv;
 pub mod mnist;
@@ -33,6 +35,8 @@ pub struct Dataset {
     pub x: Array2<f32>,
     /// One class label per row, when the source has them.
     pub labels: Option<Vec<usize>>,
+    /// Real-valued targets (m × outputs, one row per example) for regression, when asked for.
+    pub targets: Option<Array2<f32>>,
     /// What was loaded, for people: source, counts, preprocessing.
     pub description: String,
     /// (height, width) when each row is a picture (MNIST 28×28, p×p patches), for drawing.
@@ -69,9 +73,37 @@ impl Dataset {
                 self.description
             )));
         };
-        let (x, labels) = select_labels(&self.x, labels, digits)?;
-        let description = format!("{}, digits {digits} ({} kept)", self.description, labels.len());
-        Ok(Dataset { x, labels: Some(labels), description, image_shape: self.image_shape })
+        let keep = rows_with_labels(labels, digits)?;
+        let description = format!("{}, digits {digits} ({} kept)", self.description, keep.len());
+        Ok(Dataset { description, ..self.rows(&keep) })
+    }
+
+    /// The examples at `rows`, in that order, with their labels and targets.
+    pub fn rows(&self, rows: &[usize]) -> Dataset {
+        Dataset {
+            x: self.x.select(Axis(0), rows),
+            labels: self.labels.as_ref().map(|l| rows.iter().map(|&i| l[i]).collect()),
+            targets: self.targets.as_ref().map(|t| t.select(Axis(0), rows)),
+            description: self.description.clone(),
+            image_shape: self.image_shape,
+        }
+    }
+
+    /// Splits off a held-out test set: a `fraction` of the examples, drawn by `seed`
+    /// (a seeded shuffle, as scikit-learn's `train_test_split(test_size=fraction,
+    /// random_state=seed)` does, though not its generator). Returns (train, test), each in
+    /// the shuffled order. Refuses a split that leaves either side empty.
+    pub fn split_test(&self, fraction: f64, seed: u64) -> Result<(Dataset, Dataset)> {
+        if fraction == 0.0 {
+            return Err(Error::Data("a test fraction of 0 holds out nothing: give e.g. 0.2".into()));
+        }
+        // Its own stream, so the split does not repeat the validation split's or the weights' draws.
+        let (order, test_rows) = hold_out(self.len(), fraction, seed ^ TEST_SPLIT_STREAM, "test")?;
+        let mut train = self.rows(&order);
+        let mut test = self.rows(&test_rows);
+        train.description = format!("{}, {} for training", self.description, order.len());
+        test.description = format!("{}, {} held out for testing (seed {seed})", self.description, test_rows.len());
+        Ok((train, test))
     }
 
     /// The first `n` examples (all of them when there are fewer).
@@ -81,21 +113,55 @@ impl Dataset {
             if let Some(labels) = &mut self.labels {
                 labels.truncate(n);
             }
+            if let Some(t) = &mut self.targets {
+                *t = t.slice(ndarray::s![..n, ..]).to_owned();
+            }
             self.description = format!("{}, first {n}", self.description);
         }
         self
     }
 }
 
+const TEST_SPLIT_STREAM: u64 = 0x7465_7374_7370_6c74;
+
+/// Row indices 0..m shuffled by `seed`, split into (kept, held out) with the last
+/// round(m · fraction) held out. A fraction of 0 holds out nothing and keeps the order.
+/// `what` names the split in errors (`validation`, `test`).
+pub fn hold_out(m: usize, fraction: f64, seed: u64, what: &str) -> Result<(Vec<usize>, Vec<usize>)> {
+    use rand::{SeedableRng, rngs::StdRng, seq::SliceRandom};
+    if !(0.0..1.0).contains(&fraction) {
+        return Err(Error::Data(format!("a {what} fraction of {fraction} must be in [0, 1)")));
+    }
+    let mut order: Vec<usize> = (0..m).collect();
+    if fraction == 0.0 {
+        return Ok((order, Vec::new()));
+    }
+    let n_held = (m as f64 * fraction).round() as usize;
+    if n_held == 0 || n_held == m {
+        return Err(Error::Data(format!(
+            "a {what} fraction of {fraction} of {m} examples leaves no examples on one side"
+        )));
+    }
+    order.shuffle(&mut StdRng::seed_from_u64(seed));
+    let held = order.split_off(m - n_held);
+    Ok((order, held))
+}
+
 /// Rows of `x` whose label is in `digits`; an error when none is.
 pub(crate) fn select_labels(x: &Array2<f32>, labels: &[usize], digits: &Digits) -> Result<(Array2<f32>, Vec<usize>)> {
+    let keep = rows_with_labels(labels, digits)?;
+    Ok((x.select(Axis(0), &keep), keep.iter().map(|&i| labels[i]).collect()))
+}
+
+/// Indices of the labels in `digits`; an error when there are none.
+fn rows_with_labels(labels: &[usize], digits: &Digits) -> Result<Vec<usize>> {
     let keep: Vec<usize> = (0..labels.len()).filter(|&i| digits.contains(labels[i])).collect();
     if keep.is_empty() {
         return Err(Error::Data(format!(
             "no example has a label in {digits}: the filter leaves an empty set; check the digits asked for"
         )));
     }
-    Ok((x.select(Axis(0), &keep), keep.iter().map(|&i| labels[i]).collect()))
+    Ok(keep)
 }
 
 /// A set of class labels to keep, written as the CLI takes it: `5-9`, `0,2,4`, `0-4,7`.
@@ -219,6 +285,8 @@ pub struct LoadOptions {
     pub labels: Option<PathBuf>,
     /// `csv:` only: which column holds the label. Default: the last.
     pub label_column: LabelColumn,
+    /// Real-valued targets for regression, one row per example. Default: none.
+    pub targets: Option<TargetSource>,
 }
 
 impl Default for LoadOptions {
@@ -232,6 +300,7 @@ impl Default for LoadOptions {
             limit: None,
             labels: None,
             label_column: LabelColumn::Last,
+            targets: None,
         }
     }
 }
@@ -307,6 +376,13 @@ impl DataSource {
         if options.limit == Some(0) {
             return Err(Error::Data("a limit of 0 examples leaves nothing to train on: give at least 1".into()));
         }
+        if let (Some(TargetSource::Columns(_)), DataSource::Mnist(_) | DataSource::Patches(_) | DataSource::Synthetic) =
+            (&options.targets, self)
+        {
+            return Err(Error::Data(format!(
+                "targets taken from columns apply to csv: and npy: data, not {self}: give --targets npy:FILE or csv:FILE"
+            )));
+        }
         let data = match self {
             DataSource::Mnist(dir) => {
                 let split = options.split.unwrap_or_default();
@@ -319,7 +395,7 @@ impl DataSource {
                     mnist.cols
                 );
                 let image_shape = Some((mnist.rows, mnist.cols));
-                Dataset { x: mnist.images, labels: Some(mnist.labels), description, image_shape }
+                Dataset { x: mnist.images, labels: Some(mnist.labels), targets: None, description, image_shape }
             }
             DataSource::Patches(dir) => {
                 let (x, n_images) = patches::load_patches(dir, options.patch_size, options.patch_count, options.seed)?;
@@ -330,7 +406,7 @@ impl DataSource {
                     dir.display(),
                     options.seed
                 );
-                Dataset { x, labels: None, description, image_shape: Some((p, p)) }
+                Dataset { x, labels: None, targets: None, description, image_shape: Some((p, p)) }
             }
             DataSource::Synthetic => {
                 let x = synthetic::patches(options.patch_size, options.patch_count, options.seed)?;
@@ -344,7 +420,7 @@ impl DataSource {
                     config.size,
                     options.seed
                 );
-                Dataset { x, labels: None, description, image_shape: Some((p, p)) }
+                Dataset { x, labels: None, targets: None, description, image_shape: Some((p, p)) }
             }
             DataSource::Npy(path) => load_npy(path, options.labels.as_deref())?,
             DataSource::Csv(path) => {
@@ -357,8 +433,12 @@ impl DataSource {
                     if labels.is_some() { " and a label" } else { "" }
                 );
                 let image_shape = square_shape(x.ncols());
-                Dataset { x, labels, description, image_shape }
+                Dataset { x, labels, targets: None, description, image_shape }
             }
+        };
+        let data = match &options.targets {
+            Some(t) => self.attach_targets(data, t, options.label_column)?,
+            None => data,
         };
         let data = match &options.digits {
             Some(digits) => data.keep_labels(digits)?,
@@ -368,6 +448,156 @@ impl DataSource {
             Some(n) => data.take(n),
             None => data,
         })
+    }
+}
+
+impl DataSource {
+    /// Adds the targets `source` names to `data` (just loaded from `self`, before any filter):
+    /// checks one row per example and finite values; `columns:` moves columns of the data
+    /// file from the inputs to the targets.
+    fn attach_targets(&self, mut data: Dataset, source: &TargetSource, label: LabelColumn) -> Result<Dataset> {
+        let m = data.len();
+        let (targets, what) = match source {
+            TargetSource::Npy(path) => (read_npy_targets(path)?, path.display().to_string()),
+            TargetSource::Csv(path) => (csv::read_csv(path, LabelColumn::None)?.0, path.display().to_string()),
+            TargetSource::Columns(columns) => {
+                // Columns are numbered as in the file; a CSV's label column is not a feature.
+                let label_at = match self {
+                    DataSource::Csv(_) if data.labels.is_some() => csv::label_index(label, data.num_features() + 1),
+                    _ => None,
+                };
+                let file_columns = data.num_features() + usize::from(label_at.is_some());
+                let mut take = Vec::with_capacity(columns.len());
+                for &c in columns {
+                    if c >= file_columns {
+                        return Err(Error::Data(format!(
+                            "target column {} is beyond the {file_columns} columns of {self}",
+                            c + 1
+                        )));
+                    }
+                    if Some(c) == label_at {
+                        return Err(Error::Data(format!(
+                            "target column {} of {self} is its label column: pick value columns",
+                            c + 1
+                        )));
+                    }
+                    take.push(if label_at.is_some_and(|l| c > l) { c - 1 } else { c });
+                }
+                let keep: Vec<usize> = (0..data.num_features()).filter(|c| !take.contains(c)).collect();
+                if keep.is_empty() {
+                    return Err(Error::Data(format!(
+                        "target columns {} take every value column of {self}: leave some as inputs",
+                        source.columns_text()
+                    )));
+                }
+                let t = data.x.select(Axis(1), &take);
+                data.x = data.x.select(Axis(1), &keep);
+                data.image_shape = square_shape(data.num_features());
+                (t, format!("columns {} of {self}", source.columns_text()))
+            }
+        };
+        if targets.nrows() != m {
+            return Err(Error::Shape(format!(
+                "the targets ({what}) have {} rows but {self} has {m} examples: give one row of targets per example",
+                targets.nrows()
+            )));
+        }
+        if targets.ncols() == 0 {
+            return Err(Error::Shape(format!("the targets ({what}) have no columns: give at least one value per row")));
+        }
+        if let Some(((r, c), v)) = targets.indexed_iter().find(|(_, v)| !v.is_finite()) {
+            return Err(Error::Data(format!(
+                "the targets ({what}) hold {v} at row {r}, column {c}: every target must be a finite number"
+            )));
+        }
+        data.description = format!("{}, {} targets per example from {what}", data.description, targets.ncols());
+        data.targets = Some(targets);
+        Ok(data)
+    }
+}
+
+/// A `.npy` of targets: a float matrix (rows × outputs), or a vector (one output per row).
+fn read_npy_targets(path: &Path) -> Result<Array2<f32>> {
+    let a = crate::npy::read_f64_dyn(path)?;
+    let shape = a.shape().to_vec();
+    let a = match shape.len() {
+        1 => a.into_shape_with_order((shape[0], 1)).expect("a vector is one column"),
+        2 => a.into_dimensionality::<ndarray::Ix2>().expect("checked 2-D"),
+        _ => {
+            return Err(Error::file(
+                path,
+                format!("has shape {shape:?}; expected targets as a matrix (examples × outputs) or a vector"),
+            ));
+        }
+    };
+    Ok(a.mapv(|v| v as f32))
+}
+
+/// Where real-valued targets (regression) come from, as the CLI's `--targets` names them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TargetSource {
+    /// `npy:FILE`: a float matrix (one row per example, one column per output) or a vector.
+    Npy(PathBuf),
+    /// `csv:FILE`: numbers only, no label column (plain or `.gz`), one line per example.
+    Csv(PathBuf),
+    /// `columns:SPEC`: these columns of the `csv:` or `npy:` data file itself, e.g. `33-64`
+    /// or `2,5-7`, counted from 1 as in the file (a CSV's label column included in the
+    /// count, though it cannot be a target). They leave the inputs. Stored 0-based.
+    Columns(Vec<usize>),
+}
+
+impl TargetSource {
+    /// The column list as written: 1-based, runs as ranges.
+    fn columns_text(&self) -> String {
+        match self {
+            TargetSource::Columns(c) => {
+                Digits::new(c.iter().map(|&i| i + 1)).map(|d| d.to_string()).unwrap_or_default()
+            }
+            _ => String::new(),
+        }
+    }
+}
+
+impl FromStr for TargetSource {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<TargetSource> {
+        const FORMS: &str = "npy:FILE, csv:FILE or columns:SPEC (e.g. columns:33-64)";
+        let s = s.trim();
+        let Some((kind, rest)) = s.split_once(':') else {
+            return Err(Error::Data(format!("unknown target source `{s}`: use {FORMS}")));
+        };
+        if rest.is_empty() {
+            return Err(Error::Data(format!("target source `{s}` is missing what follows the colon: use {FORMS}")));
+        }
+        match kind.to_ascii_lowercase().as_str() {
+            "npy" => Ok(TargetSource::Npy(rest.into())),
+            "csv" => Ok(TargetSource::Csv(rest.into())),
+            "columns" | "cols" => {
+                // The same syntax as the digits filter: numbers and ranges, no repeats.
+                let bad = || {
+                    Error::Data(format!(
+                        "cannot read the target columns `{rest}`: write column numbers counted from 1 and ranges, e.g. 33-64 or 2,5-7"
+                    ))
+                };
+                let set: Digits = rest.parse().map_err(|_| bad())?;
+                if set.contains(0) {
+                    return Err(bad());
+                }
+                Ok(TargetSource::Columns(set.labels().iter().map(|&c| c - 1).collect()))
+            }
+            _ => Err(Error::Data(format!("unknown target source `{kind}:` in `{s}`: use {FORMS}"))),
+        }
+    }
+}
+
+impl fmt::Display for TargetSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TargetSource::Npy(p) => write!(f, "npy:{}", p.display()),
+            TargetSource::Csv(p) => write!(f, "csv:{}", p.display()),
+            TargetSource::Columns(_) => write!(f, "columns:{}", self.columns_text()),
+        }
     }
 }
 
@@ -415,7 +645,7 @@ fn load_npy(path: &Path, labels_path: Option<&Path>) -> Result<Dataset> {
         if labels.is_some() { ", with labels" } else { "" }
     );
     let image_shape = square_shape(x.ncols());
-    Ok(Dataset { x, labels, description, image_shape })
+    Ok(Dataset { x, labels, targets: None, description, image_shape })
 }
 
 /// The whole file, gunzipped when it is gzip (by its first two bytes, whatever its name).
@@ -465,6 +695,19 @@ mod tests {
     }
 
     #[test]
+    fn target_sources_parse_and_print() {
+        let t: TargetSource = "columns:33-64".parse().unwrap();
+        assert_eq!(t, TargetSource::Columns((32..64).collect()));
+        assert_eq!(t.to_string(), "columns:33-64");
+        assert_eq!("columns:2,5-7".parse::<TargetSource>().unwrap(), TargetSource::Columns(vec![1, 4, 5, 6]));
+        assert_eq!("npy:y.npy".parse::<TargetSource>().unwrap(), TargetSource::Npy("y.npy".into()));
+        assert_eq!("CSV:y.csv".parse::<TargetSource>().unwrap().to_string(), "csv:y.csv");
+        for bad in ["columns:0", "columns:", "columns:a-b", "y.npy", "parquet:y.pq"] {
+            assert!(bad.parse::<TargetSource>().is_err(), "{bad:?} should be refused");
+        }
+    }
+
+    #[test]
     fn split_parse() {
         assert_eq!("TEST".parse::<Split>().unwrap(), Split::Test);
         assert_eq!("train".parse::<Split>().unwrap(), Split::Train);
@@ -474,7 +717,13 @@ mod tests {
     #[test]
     fn filter_and_take() {
         let x = Array2::from_shape_fn((6, 2), |(i, j)| (i * 2 + j) as f32);
-        let data = Dataset { x, labels: Some(vec![0, 5, 7, 1, 9, 5]), description: "toy".into(), image_shape: None };
+        let data = Dataset {
+            x,
+            labels: Some(vec![0, 5, 7, 1, 9, 5]),
+            targets: None,
+            description: "toy".into(),
+            image_shape: None,
+        };
         let kept = data.clone().keep_labels(&"5-9".parse().unwrap()).unwrap();
         assert_eq!(kept.labels.as_deref(), Some(&[5, 7, 9, 5][..]));
         assert_eq!(kept.x.column(0).to_vec(), vec![2.0, 4.0, 8.0, 10.0]);

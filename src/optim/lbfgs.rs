@@ -27,6 +27,12 @@ pub struct Lbfgs {
 impl Lbfgs {
     pub const DEFAULT_MEMORY: usize = 100;
 
+    /// The memory `wgnn train` uses for a network of `parameters` values: minFunc's 100 up to
+    /// 50,000 parameters, 10 above (where 100 pairs would cost 200|θ| f64 and little gain).
+    pub fn memory_for(parameters: usize) -> usize {
+        if parameters <= 50_000 { Lbfgs::DEFAULT_MEMORY } else { 10 }
+    }
+
     pub fn with_memory(self, memory: usize) -> Lbfgs {
         Lbfgs { memory, ..self }
     }

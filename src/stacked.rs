@@ -1,0 +1,202 @@
+//! The UFLDL stacked autoencoder: sparse autoencoders trained greedily, each on the previous
+//! one's hidden activations; a softmax layer trained on the last features; then the whole
+//! network (sigmoid hidden layers, softmax output) fine-tuned by backpropagation from those
+//! weights. Every stage is an ordinary [`train`] run with L-BFGS and writes its own run folder
+//! under the output folder (`layer1/`, …, `softmax/`, `finetune/`); `metrics.json` there
+//! compares test accuracy before and after fine-tuning and adds up the stages' seconds.
+//!
+//! It prints nothing; the caller chooses the backend of each stage and hears of each stage
+//! through a callback.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+
+use ndarray::Array2;
+use serde_json::json;
+
+use crate::model::{Activation, NetSpec, Output, Sparsity, ThetaLayout};
+use crate::optim::{Lbfgs, Method};
+use crate::train::{TrainJob, TrainOutcome, accuracy, hidden_features, train};
+use crate::{Backend, CpuBackend, Error, Result, Targets};
+
+/// The settings of the whole pipeline (UFLDL's exercise: 200, 200; ρ = 0.1, β = 3, λ = 3e-3;
+/// 400 iterations per autoencoder and for fine-tuning; softmax λ = 1e-4, 100 iterations).
+#[derive(Clone, Debug)]
+pub struct StackedConfig {
+    pub hidden: Vec<usize>,
+    /// KL sparsity of each autoencoder (`None`: plain autoencoders).
+    pub sparsity: Option<Sparsity>,
+    /// λ of the autoencoders.
+    pub weight_decay: f64,
+    /// L-BFGS iterations of each autoencoder and of fine-tuning.
+    pub iterations: usize,
+    /// λ and iterations of the softmax stage, λ of fine-tuning.
+    pub softmax_weight_decay: f64,
+    pub softmax_iterations: usize,
+    pub seed: u64,
+    pub checkpoint_every: Option<usize>,
+    /// What the data was, for `metrics.json`.
+    pub data_description: String,
+}
+
+impl Default for StackedConfig {
+    fn default() -> StackedConfig {
+        StackedConfig {
+            hidden: vec![200, 200],
+            sparsity: Some(Sparsity { target: 0.1, weight: 3.0 }),
+            weight_decay: 3e-3,
+            iterations: 400,
+            softmax_weight_decay: 1e-4,
+            softmax_iterations: 100,
+            seed: 0,
+            checkpoint_every: None,
+            data_description: String::new(),
+        }
+    }
+}
+
+/// What the pipeline leaves besides its folders.
+pub struct StackedOutcome {
+    /// The fine-tuned network and its θ.
+    pub spec: NetSpec,
+    pub theta: Vec<f64>,
+    pub test_accuracy_before_finetuning: Option<f64>,
+    pub test_accuracy: Option<f64>,
+    pub final_cost: f64,
+    /// The summary `metrics.json` in the output folder.
+    pub metrics: PathBuf,
+}
+
+/// One stage as the caller hears of it: its network and folder before, its outcome after.
+pub enum StageEvent<'a> {
+    Start { spec: &'a NetSpec, dir: &'a Path },
+    Done { outcome: &'a TrainOutcome },
+}
+
+/// Runs the pipeline on (x, labels), with test accuracy on `test` when given. `backend`
+/// builds the backend for each stage's network.
+pub fn train_stacked(
+    config: &StackedConfig,
+    backend: &mut dyn FnMut(&NetSpec) -> Result<Box<dyn Backend>>,
+    x: &Array2<f32>,
+    labels: &[usize],
+    test: Option<(&Array2<f32>, &[usize])>,
+    out: &Path,
+    on_stage: &mut dyn FnMut(StageEvent<'_>),
+) -> Result<StackedOutcome> {
+    let classes = labels.iter().max().map_or(0, |&m| m + 1);
+    std::fs::create_dir_all(out).map_err(|e| Error::file(out, format!("cannot create the folder: {e}")))?;
+    // Training seconds of each stage, by folder name, for metrics.json.
+    let mut seconds = serde_json::Map::new();
+    let mut stage = |spec: NetSpec,
+                     iterations: usize,
+                     x: &Array2<f32>,
+                     y: Targets<'_>,
+                     test: Option<(&Array2<f32>, &[usize])>,
+                     initial_theta: Option<Vec<f64>>,
+                     dir: &Path|
+     -> Result<(TrainOutcome, Box<dyn Backend>)> {
+        let memory = Lbfgs::memory_for(ThetaLayout::new(&spec).len());
+        let method = Method::Lbfgs(Lbfgs::default().with_memory(memory));
+        on_stage(StageEvent::Start { spec: &spec, dir });
+        let mut b = backend(&spec)?;
+        let job = TrainJob {
+            seed: config.seed,
+            initial_theta,
+            checkpoint_every: config.checkpoint_every,
+            data_description: "stacked autoencoder stage".into(),
+            test_set: test.map(|(x, l)| (x.clone(), l.to_vec().into())),
+            ..TrainJob::new(spec, method, iterations, dir)
+        };
+        let outcome = train(job, b.as_mut(), x, y, &mut |_| {}, &AtomicBool::new(false))?;
+        on_stage(StageEvent::Done { outcome: &outcome });
+        let stage_name = dir.file_name().map_or_else(String::new, |n| n.to_string_lossy().into_owned());
+        seconds.insert(stage_name, outcome.summary.seconds.into());
+        Ok((outcome, b))
+    };
+
+    // Greedy layer-wise pretraining.
+    let mut features = x.clone();
+    let mut test_features = test.map(|(t, _)| t.clone());
+    let mut layers_theta = Vec::new();
+    for (i, &h) in config.hidden.iter().enumerate() {
+        let n = features.ncols();
+        let spec = NetSpec::new(&[n, h, n], Activation::Sigmoid, Output::SquaredError(Activation::Sigmoid))?
+            .with_weight_decay(config.weight_decay)?
+            .with_sparsity(config.sparsity)?;
+        let dir = out.join(format!("layer{}", i + 1));
+        let (outcome, mut b) = stage(spec.clone(), config.iterations, &features, Targets::Inputs, None, None, &dir)?;
+        features = hidden_features(b.as_mut(), &outcome.theta, &features)?;
+        if let Some(t) = test_features.as_mut() {
+            *t = hidden_features(b.as_mut(), &outcome.theta, t)?;
+        }
+        layers_theta.push((spec, outcome.theta));
+    }
+
+    // Softmax on the last features.
+    let softmax_spec = NetSpec::softmax_regression(features.ncols(), classes, config.softmax_weight_decay)?;
+    let test_on_features = test.zip(test_features.as_ref()).map(|((_, l), f)| (f, l));
+    let (softmax, _) = stage(
+        softmax_spec.clone(),
+        config.softmax_iterations,
+        &features,
+        Targets::Labels(labels),
+        test_on_features,
+        None,
+        &out.join("softmax"),
+    )?;
+
+    // The whole stack as one network, its θ assembled from the stages.
+    let mut sizes = vec![x.ncols()];
+    sizes.extend(&config.hidden);
+    sizes.push(classes);
+    let stack =
+        NetSpec::new(&sizes, Activation::Sigmoid, Output::Softmax)?.with_weight_decay(config.softmax_weight_decay)?;
+    let layout = ThetaLayout::new(&stack);
+    let mut theta = vec![0.0; layout.len()];
+    let parts = layers_theta
+        .iter()
+        .map(|(s, t)| (ThetaLayout::new(s), t))
+        .chain([(ThetaLayout::new(&softmax_spec), &softmax.theta)]);
+    for (l, (part, t)) in parts.enumerate() {
+        theta[layout.weight_range(l)].copy_from_slice(&t[part.weight_range(0)]);
+        theta[layout.bias_range(l)].copy_from_slice(&t[part.bias_range(0)]);
+    }
+    let before = match test {
+        Some((x_test, y_test)) => {
+            let mut cpu = CpuBackend::<f32>::new(stack.clone())?;
+            Some(accuracy(&cpu.classify(&theta, x_test.into())?, y_test))
+        }
+        None => None,
+    };
+    let (finetuned, _) =
+        stage(stack.clone(), config.iterations, x, Targets::Labels(labels), test, Some(theta), &out.join("finetune"))?;
+
+    let summary = json!({
+        "network": stack.describe(),
+        "data": config.data_description,
+        "train_examples": x.nrows(),
+        "test_examples": test.map(|t| t.1.len()),
+        "hidden": config.hidden,
+        "sparsity": config.sparsity.map(|s| s.target),
+        "weight_decay_pretraining": config.weight_decay,
+        "weight_decay_finetuning": config.softmax_weight_decay,
+        "iterations": config.iterations,
+        "test_accuracy_before_finetuning": before,
+        "test_accuracy": finetuned.test_accuracy,
+        "final_cost": finetuned.final_cost,
+        "seconds": seconds.values().filter_map(serde_json::Value::as_f64).sum::<f64>(),
+        "stage_seconds": seconds,
+    });
+    let path = out.join("metrics.json");
+    let text = serde_json::to_string_pretty(&summary).map_err(|e| Error::Data(format!("metrics: {e}")))?;
+    crate::npy::write_atomic(&path, |w| std::io::Write::write_all(w, text.as_bytes()).map_err(|e| e.to_string()))?;
+    Ok(StackedOutcome {
+        spec: stack,
+        theta: finetuned.theta,
+        test_accuracy_before_finetuning: before,
+        test_accuracy: finetuned.test_accuracy,
+        final_cost: finetuned.final_cost,
+        metrics: path,
+    })
+}
