@@ -21,6 +21,10 @@
 //! The first-order update rules are a separate piece ([`UpdateState`]) so the GPU backend
 //! can run the same formulas as kernels on θ in device memory and be tested against them.
 //!
+//! On a backend that offers [`crate::backend::DeviceTraining`] (the GPU), the minibatch methods
+//! keep θ and the moments in device memory for the whole run: per step only the minibatch
+//! cost and ‖∇J‖ cross the bus, θ comes back at each epoch end (records, hooks, checkpoints).
+//!
 //! NaN or infinity in a cost or gradient ends a run with [`crate::Error::Data`], θ left at the
 //! last point where both were finite and the history up to it kept in the optimizer. A
 //! line-search trial that overflows is not an error: the search backs off.
@@ -221,6 +225,7 @@ impl Optimizer {
             started: Instant::now(),
             stop_requested: false,
             steps_per_iteration: 1,
+            on_device: false,
         };
         let result = drive(&self.method, state, &mut run, theta);
         run.counters.seconds = run.seconds();
@@ -293,6 +298,10 @@ struct Run<'r, 'h> {
     stop_requested: bool,
     /// Minibatch steps per iteration, for [`Progress`] (1 for full-batch methods).
     steps_per_iteration: usize,
+    /// θ and the update state are loaded into the objective's [`crate::backend::DeviceTraining`] (minibatch
+    /// methods on a GPU): loaded once per run, since nothing else can use the objective
+    /// while the run holds it.
+    on_device: bool,
 }
 
 /// What an iteration produced, before it becomes a [`Record`].
