@@ -46,7 +46,9 @@ struct UpdateParams {
     epsilon: f32,
     bias_correction1: f32,
     bias_correction2: f32,
-    _pad: u32,
+    one_minus_beta1: f32,
+    one_minus_beta2: f32,
+    _pad: [u32; 2],
 }
 
 fn rule_code(rule: UpdateRule) -> u32 {
@@ -180,7 +182,9 @@ impl DeviceUpdate {
             epsilon: s.epsilon as f32,
             bias_correction1: s.bias_correction1 as f32,
             bias_correction2: s.bias_correction2 as f32,
-            _pad: 0,
+            one_minus_beta1: (1.0 - s.beta1) as f32,
+            one_minus_beta2: (1.0 - s.beta2) as f32,
+            _pad: [0; 2],
         };
         queue.write_buffer(&self.params, 0, bytemuck::bytes_of(&p));
     }
@@ -295,7 +299,8 @@ impl DeviceTraining for GpuBackend {
         if !fits {
             let sparsity = self.spec.sparsity.is_some();
             let len = theta.len();
-            let u = DeviceUpdate::new(device, kernels, update.rule, len, &self.theta, &self.grad, &self.scalars, sparsity)?;
+            let u =
+                DeviceUpdate::new(device, kernels, update.rule, len, &self.theta, &self.grad, &self.scalars, sparsity)?;
             self.resident.update = Some(u);
         }
         let theta32: Vec<f32> = theta.iter().map(|&v| v as f32).collect();
