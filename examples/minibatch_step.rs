@@ -1,0 +1,79 @@
+//! Time per minibatch step of Adam on the GPU backend, with θ kept on the device (the default)
+//! and with the host path (θ uploaded and ∇J read back every step, update on the host), for a
+//! 784-256-128-10 ReLU MLP with a softmax output on random MNIST-shaped data. Also times the
+//! parts of the host path that the device path removes — θ up and ∇J back — and the host-side
+//! gather of a shuffled minibatch, which both paths still do.
+//!
+//! Run: `cargo run --release --example minibatch_step -- [BATCH ...]` (default 256 32);
+//! `WGNN_STEP_EPOCHS` epochs of 10 steps each per measurement (default 2). Synchronised: every
+//! step reads back at least the cost. Prints one line per batch size and path.
+
+use std::time::Instant;
+
+use ndarray::Array2;
+use rand::{RngExt, SeedableRng, rngs::StdRng};
+use wgnn::gpu::{GpuBackend, GpuOptions};
+use wgnn::model::{Activation, Init, NetSpec, Output};
+use wgnn::optim::{BackendObjective, Hooks, Method, Minibatch, Optimizer, Stop};
+use wgnn::{Backend, Batch, Targets};
+
+fn main() -> wgnn::Result<()> {
+    let batches: Vec<usize> = std::env::args().skip(1).filter_map(|a| a.parse().ok()).collect();
+    let batches = if batches.is_empty() { vec![256, 32] } else { batches };
+    let epochs: usize = std::env::var("WGNN_STEP_EPOCHS").ok().and_then(|s| s.parse().ok()).unwrap_or(2);
+    let spec = NetSpec::new(&[784, 256, 128, 10], Activation::Relu, Output::Softmax)?.with_weight_decay(1e-4)?;
+    let theta0 = Init::Uniform.theta(&spec, 1);
+    let mut gpu = GpuBackend::new(spec.clone(), &GpuOptions::default())?;
+    println!("adapter: {}; |θ| = {}", gpu.gpu().describe(), theta0.len());
+    let mut rng = StdRng::seed_from_u64(0);
+    for &batch in &batches {
+        // Ten steps per epoch.
+        let m = 10 * batch;
+        let x = Array2::from_shape_simple_fn((m, 784), || rng.random_range(0.0f32..1.0));
+        let labels: Vec<usize> = (0..m).map(|_| rng.random_range(0..10)).collect();
+        gpu.set_data((&x).into(), Targets::Labels(&labels))?;
+        let method = Method::Minibatch(Minibatch::adam(1e-3).with_batch_size(batch).with_seed(3));
+        let mut run = |gpu: &mut GpuBackend, epochs: usize| -> wgnn::Result<f64> {
+            let mut theta = theta0.clone();
+            let mut opt = Optimizer::new(method.clone())?;
+            let stop = Stop { cost_tol: 0.0, ..Stop::MINIBATCH.with_max_iterations(epochs) };
+            let start = Instant::now();
+            opt.run(&mut BackendObjective::new(gpu), &mut theta, &stop, &mut Hooks::new())?;
+            Ok(start.elapsed().as_secs_f64() / (10 * epochs) as f64)
+        };
+        for device in [true, false] {
+            gpu.set_device_training(device);
+            run(&mut gpu, 1)?; // warm-up: plans, pipelines, buffers
+            let per_step = run(&mut gpu, epochs)?;
+            let path = if device { "θ on the device" } else { "host path      " };
+            println!("batch {batch:>4}  {path}  {:8.2} ms per step ({} steps)", per_step * 1e3, 10 * epochs);
+        }
+        gpu.set_device_training(true);
+
+        // The host path's extra traffic alone: a cost and gradient on one example uploads θ
+        // and reads back ∇J (plus a forward/backward pass of one row).
+        let theta = theta0.clone();
+        let mut grad = vec![0.0; theta.len()];
+        let reps = 20;
+        let one = [0usize];
+        gpu.cost_and_grad(&theta, Batch::Indices(&one), &mut grad)?;
+        let start = Instant::now();
+        for _ in 0..reps {
+            gpu.cost_and_grad(&theta, Batch::Indices(&one), &mut grad)?;
+        }
+        let round_trip = start.elapsed().as_secs_f64() / reps as f64;
+        // The host-side gather of a shuffled minibatch (both paths).
+        let order: Vec<usize> = (0..m).rev().collect();
+        let start = Instant::now();
+        for _ in 0..reps {
+            std::hint::black_box(x.select(ndarray::Axis(0), &order[..batch]));
+        }
+        let gather = start.elapsed().as_secs_f64() / reps as f64;
+        println!(
+            "batch {batch:>4}  cost+grad of 1 row (θ up, ∇J back) {:.2} ms; host gather of {batch} rows {:.3} ms",
+            round_trip * 1e3,
+            gather * 1e3
+        );
+    }
+    Ok(())
+}
