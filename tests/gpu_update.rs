@@ -9,7 +9,7 @@ use ndarray::Array2;
 use rand::{RngExt, SeedableRng, rngs::StdRng};
 use rand_distr::{Distribution, StandardNormal};
 use wgnn::gpu::{Gpu, GpuBackend, GpuOptions, StandaloneUpdate, Transfers};
-use wgnn::model::{Activation, Init, NetSpec, Output};
+use wgnn::model::{Activation, Init, NetSpec, Output, Sparsity};
 use wgnn::optim::{
     BackendObjective, Control, Hooks, Method, Minibatch, Optimizer, Stop, StopReason, UpdateRule, UpdateState,
 };
@@ -181,6 +181,33 @@ fn minibatch_training_on_the_gpu_follows_the_cpu_with_theta_on_the_device() {
         let last = costs(&opt_dev);
         assert!(last[EPOCHS - 1] < 0.5 * last[0], "{}: no learning: {last:?}", rule.name());
     }
+}
+
+#[test]
+fn a_sparse_autoencoder_trains_alike_on_the_device_with_whole_and_partial_batches() {
+    // Sparsity adds a cost term the device's finiteness check must include; one batch of
+    // all 50 examples is `Batch::All`, batches of 20 are shuffled `Batch::Indices` (the last
+    // one of 10).
+    let spec = NetSpec::sparse_autoencoder(16, 5, 1e-3, Sparsity { target: 0.1, weight: 3.0 }).unwrap();
+    let mut rng = StdRng::seed_from_u64(8);
+    let x = common::uniform(50, 16, 0.0, 1.0, &mut rng);
+    let theta0 = Init::Uniform.theta(&spec, 3);
+    let mut cpu = CpuBackend::<f32>::new(spec.clone()).unwrap();
+    cpu.set_data((&x).into(), Targets::Inputs).unwrap();
+    let mut gpu = gpu_backend(&spec);
+    gpu.set_data((&x).into(), Targets::Inputs).unwrap();
+    for batch in [50, 20] {
+        let method = Method::Minibatch(Minibatch::adam(0.02).with_batch_size(batch).with_seed(1));
+        let (theta_cpu, opt_cpu) = train(&mut cpu, &method, &theta0);
+        let (theta_gpu, opt_gpu) = train(&mut gpu, &method, &theta0);
+        let e = rel(&difference(&theta_gpu, &theta0), &difference(&theta_cpu, &theta0));
+        let (c_cpu, c_gpu) = (opt_cpu.history().costs(), opt_gpu.history().costs());
+        println!("batch {batch}: θ − θ₀ vs CPU f32 {e:.2e}; epoch costs {c_gpu:?} vs {c_cpu:?}");
+        assert!(e < 1e-4, "batch {batch}: θ − θ₀ differs from the CPU's by {e:e}");
+        assert!(rel(&c_gpu, &c_cpu) < 1e-5, "batch {batch}: epoch costs {c_gpu:?} vs {c_cpu:?}");
+        assert!(c_gpu[EPOCHS - 1] < c_gpu[0], "batch {batch}: no learning: {c_gpu:?}");
+    }
+    assert_eq!(gpu.transfers().grad_readbacks, 0, "the device path was taken");
 }
 
 fn since(now: Transfers, start: Transfers) -> Transfers {
