@@ -86,30 +86,34 @@ fn update(@builtin(local_invocation_index) lix: u32, @builtin(workgroup_id) wid:
     let finite = is_finite(scalars[0]) && is_finite(scalars[1]) && is_finite(scalars[3])
         && (u.check_sparsity == 0u || is_finite(scalars[2]));
     if (!finite) { return; }
-    let eta = u.learning_rate;
     for (var k = 0u; k < PER_INVOCATION; k++) {
         let i = wid.x * BLOCK + k * GROUP + lix;
-        if (i >= u.len) { return; }
-        let g = grad[i];
-        let t = theta[i];
-        before[i] = t;
-        switch u.rule {
-            case 0u: {
-                theta[i] = t - eta * g;
-            }
-            case 1u, 2u: {
-                let mu = u.momentum;
-                let v = mu * first_moment[i] - eta * g;
-                first_moment[i] = v;
-                theta[i] = t + select(v, mu * v - eta * g, u.rule == 2u);
-            }
-            default: {
-                let m = u.beta1 * first_moment[i] + u.one_minus_beta1 * g;
-                let v = u.beta2 * second_moment[i] + u.one_minus_beta2 * g * g;
-                first_moment[i] = m;
-                second_moment[i] = v;
-                theta[i] = t - eta * (m / u.bias_correction1) / (sqrt(v / u.bias_correction2) + u.epsilon);
-            }
+        if (i < u.len) { step(i); }
+    }
+}
+
+// θᵢ (and its moments) by the rule; θᵢ's old value kept in `before`.
+fn step(i: u32) {
+    let eta = u.learning_rate;
+    let g = grad[i];
+    let t = theta[i];
+    before[i] = t;
+    switch u.rule {
+        case 0u: {
+            theta[i] = t - eta * g;
+        }
+        case 1u, 2u: {
+            let mu = u.momentum;
+            let v = mu * first_moment[i] - eta * g;
+            first_moment[i] = v;
+            theta[i] = t + select(v, mu * v - eta * g, u.rule == 2u);
+        }
+        default: {
+            let m = u.beta1 * first_moment[i] + u.one_minus_beta1 * g;
+            let v = u.beta2 * second_moment[i] + u.one_minus_beta2 * g * g;
+            first_moment[i] = m;
+            second_moment[i] = v;
+            theta[i] = t - eta * (m / u.bias_correction1) / (sqrt(v / u.bias_correction2) + u.epsilon);
         }
     }
 }
