@@ -247,6 +247,25 @@ fn a_diverging_gpu_run_goes_back_to_the_last_finite_theta_like_the_cpu() {
 }
 
 #[test]
+fn a_non_finite_start_on_the_gpu_is_an_error_and_leaves_theta_untouched() {
+    // θ₀ = 1e30 everywhere overflows f32 at the first forward pass. θ must come back as it
+    // was given, not as its f32 rounding from the device.
+    let spec = NetSpec::new(&[6, 8, 3], Activation::Relu, Output::SquaredError(Activation::Identity)).unwrap();
+    let mut rng = StdRng::seed_from_u64(4);
+    let (x, y) = (common::normal(32, 6, &mut rng), common::normal(32, 3, &mut rng));
+    let mut gpu = gpu_backend(&spec);
+    gpu.set_data((&x).into(), Targets::Values((&y).into())).unwrap();
+    let theta0 = vec![1.000000001e30; wgnn::model::ThetaLayout::new(&spec).len()];
+    let mut theta = theta0.clone();
+    let mut opt = Optimizer::new(Method::Minibatch(Minibatch::adam(0.01).with_batch_size(8))).unwrap();
+    let stop = Stop::MINIBATCH.with_max_iterations(2);
+    let err = opt.run(&mut BackendObjective::new(&mut gpu), &mut theta, &stop, &mut Hooks::new()).unwrap_err();
+    assert!(err.to_string().contains("initial θ"), "{err}");
+    assert!(theta.iter().zip(&theta0).all(|(a, b)| a.to_bits() == b.to_bits()), "θ changed");
+    assert_eq!(gpu.transfers().theta_uploads, 1, "the device path was taken");
+}
+
+#[test]
 fn resuming_gpu_training_mid_epoch_gives_the_uninterrupted_theta() {
     let (spec, x, labels) = blobs();
     let theta0 = Init::Uniform.theta(&spec, 7);

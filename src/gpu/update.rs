@@ -22,8 +22,9 @@ const UPDATE: &str = include_str!("../../shaders/update.wgsl");
 /// Elements of θ one workgroup updates (BLOCK in update.wgsl): 256 invocations × 8.
 pub const UPDATE_BLOCK: usize = 2048;
 
-/// How much crossed the bus, counted by the GPU backend: θ uploads (one per evaluation on the
-/// host path, one per run on the device path), θ read-backs and gradient read-backs.
+/// How often θ and ∇J crossed the bus, counted by the GPU backend: θ uploads (one per
+/// evaluation on the host path, one per run on the device path), θ read-backs (device path:
+/// one per epoch and at a stop) and gradient read-backs (host path: one per evaluation).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Transfers {
     pub theta_uploads: u64,
@@ -116,7 +117,12 @@ impl DeviceUpdate {
         check_sparsity: bool,
     ) -> Result<DeviceUpdate> {
         let blocks = len.div_ceil(UPDATE_BLOCK).max(1);
-        let blocks = u32::try_from(blocks).map_err(|_| Error::Gpu(format!("θ of {len} values is too long")))?;
+        let max_groups = device.limits().max_compute_workgroups_per_dimension;
+        let blocks = u32::try_from(blocks).ok().filter(|&b| b <= max_groups).ok_or_else(|| {
+            Error::Gpu(format!(
+                "θ of {len} values needs {blocks} update workgroups, more than this device dispatches ({max_groups}): use a smaller network or --backend cpu"
+            ))
+        })?;
         // Rules without moments bind 4-value placeholders.
         let moment = |i: usize, label| storage(device, label, if rule.num_moments() > i { len } else { 4 });
         let (first_moment, second_moment) = (moment(0, "first moment"), moment(1, "second moment"));

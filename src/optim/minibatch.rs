@@ -203,17 +203,25 @@ impl State {
             let batch = if steps == 1 { Batch::All } else { Batch::Indices(rows) };
             run.counters.evaluations += 1;
             let scalars = self.update.rule.scalars(self.update.steps + 1, self.learning_rate);
-            let step = device(run).step(batch, &scalars)?;
+            let step = match device(run).step(batch, &scalars) {
+                Ok(step) => step,
+                Err(e) => {
+                    // Keep what was learned if the device still answers.
+                    let _ = device(run).read(theta, &mut self.update);
+                    return Err(e);
+                }
+            };
             if !(step.cost.is_finite() && step.grad_norm.is_finite()) {
                 // The device skipped the update: θ there is the point just evaluated.
-                let rolled_back = device(run).roll_back()?;
-                device(run).read(theta, &mut self.update)?;
-                return Err(if rolled_back {
-                    run.diverged(
+                if device(run).roll_back()? {
+                    device(run).read(theta, &mut self.update)?;
+                    return Err(run.diverged(
                         "a minibatch cost or gradient became NaN or infinite",
                         "Lower the learning rate and try again.",
-                    )
-                } else if run.counters.evaluations == 1 {
+                    ));
+                }
+                // No update since θ was loaded: the host's θ and moments are still current.
+                return Err(if run.counters.evaluations == 1 {
                     non_finite_start(step.cost)
                 } else {
                     run.diverged("a minibatch cost or gradient is NaN or infinite", "Lower the learning rate.")
