@@ -12,6 +12,7 @@ use ndarray::{Array2, ArrayView2, Axis};
 
 use crate::Result;
 use crate::model::NetSpec;
+use crate::optim::{UpdateScalars, UpdateState};
 
 /// Examples as rows (m × n), in either precision; a backend converts once to its own.
 #[derive(Clone, Copy, Debug)]
@@ -152,6 +153,13 @@ pub trait Backend {
         Ok(self.forward(theta, x)?.pop().expect("a network has an output layer"))
     }
 
+    /// Minibatch training with θ and the update rule's moments kept in the backend's own
+    /// memory, when it offers that (the GPU backend does); `None` (the default) means the
+    /// optimizer reads the gradient and updates θ on the host.
+    fn device_training(&mut self) -> Option<&mut dyn DeviceTraining> {
+        None
+    }
+
     /// The most probable class of each row (argmax of the output).
     fn classify(&mut self, theta: &[f64], x: Inputs<'_>) -> Result<Vec<usize>> {
         let out = self.predict(theta, x)?;
@@ -180,4 +188,39 @@ pub fn argmax(values: impl Iterator<Item = f64>) -> usize {
         }
     }
     best.0
+}
+
+/// What one [`DeviceTraining::step`] reports: the minibatch cost J (all terms) and ‖∇J‖₂,
+/// either of them NaN or infinite when the step went wrong.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct DeviceStep {
+    pub cost: f64,
+    pub grad_norm: f64,
+}
+
+/// Minibatch training with θ resident in the backend (GPU memory): θ and the rule's moments
+/// go in once ([`DeviceTraining::load`]), each step evaluates the gradient and applies the
+/// update where they live and reports two numbers, and θ comes back only when asked
+/// ([`DeviceTraining::read`]: at epoch ends, for hooks and checkpoints). The update is that
+/// of [`UpdateState::apply`], formula for formula.
+///
+/// Any other use of the backend (a cost, a forward pass) may replace θ on the device: load
+/// again after it.
+pub trait DeviceTraining {
+    /// Puts θ and the rule's state on the device, replacing what it held. The device then
+    /// has no "θ before the last update" until its first step.
+    fn load(&mut self, theta: &[f64], update: &UpdateState) -> Result<()>;
+
+    /// J and ∇J on `batch` at the device's θ, then — only if the cost and the gradient are
+    /// finite — one update with `scalars` (those of [`crate::optim::UpdateRule::scalars`] for
+    /// the step about to be taken). A non-finite step changes nothing: θ stays at the point
+    /// just evaluated.
+    fn step(&mut self, batch: Batch<'_>, scalars: &UpdateScalars) -> Result<DeviceStep>;
+
+    /// Puts θ back to where it was before the latest update; false (and nothing changed) when
+    /// no update was made since [`DeviceTraining::load`].
+    fn roll_back(&mut self) -> Result<bool>;
+
+    /// Reads θ and the rule's moment vectors back (the step count stays the caller's).
+    fn read(&mut self, theta: &mut [f64], update: &mut UpdateState) -> Result<()>;
 }

@@ -149,7 +149,7 @@ pub struct Kernels {
     dummy_write: [wgpu::Buffer; 2],
 }
 
-fn layout(device: &wgpu::Device, label: &str, kinds: &[Option<bool>]) -> wgpu::BindGroupLayout {
+pub(crate) fn layout(device: &wgpu::Device, label: &str, kinds: &[Option<bool>]) -> wgpu::BindGroupLayout {
     // Some(read_only) for a storage buffer, None for the uniform block.
     let entries: Vec<wgpu::BindGroupLayoutEntry> = kinds
         .iter()
@@ -171,7 +171,12 @@ fn layout(device: &wgpu::Device, label: &str, kinds: &[Option<bool>]) -> wgpu::B
     device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor { label: Some(label), entries: &entries })
 }
 
-fn pipeline(device: &wgpu::Device, layout: &wgpu::BindGroupLayout, source: &str, entry: &str) -> wgpu::ComputePipeline {
+pub(crate) fn pipeline(
+    device: &wgpu::Device,
+    layout: &wgpu::BindGroupLayout,
+    source: &str,
+    entry: &str,
+) -> wgpu::ComputePipeline {
     let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
         label: Some(entry),
         source: wgpu::ShaderSource::Wgsl(source.into()),
@@ -435,7 +440,11 @@ impl FeatureKernels {
 }
 
 /// A bind group binding `buffers` in order, each whole.
-fn bind_all(device: &wgpu::Device, layout: &wgpu::BindGroupLayout, buffers: &[&wgpu::Buffer]) -> wgpu::BindGroup {
+pub(crate) fn bind_all(
+    device: &wgpu::Device,
+    layout: &wgpu::BindGroupLayout,
+    buffers: &[&wgpu::Buffer],
+) -> wgpu::BindGroup {
     let entries: Vec<wgpu::BindGroupEntry> = buffers
         .iter()
         .enumerate()

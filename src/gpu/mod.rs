@@ -11,6 +11,7 @@
 
 mod device;
 pub mod kernels;
+mod update;
 
 use std::collections::HashMap;
 
@@ -19,8 +20,9 @@ use wgpu::util::DeviceExt;
 
 pub use device::{Api, Gpu, GpuOptions, adapters, choose_adapter, is_real_gpu, kind_name};
 use kernels::{BLOCK_ROWS, Epilogue, Kernels, Op, Operand, Small, SmallParams};
+pub use update::{StandaloneUpdate, Transfers, UPDATE_BLOCK};
 
-use crate::backend::{Backend, Batch, Cost, Inputs, Targets};
+use crate::backend::{Backend, Batch, Cost, DeviceTraining, Inputs, Targets};
 use crate::cpu::{check_inputs, to_real, validate_data};
 use crate::model::{Activation, NetSpec, Output, ThetaLayout};
 use crate::{Error, Result};
@@ -77,6 +79,8 @@ pub struct GpuBackend {
     max_chunk_rows: usize,
     plans: HashMap<(Vec<Segment>, bool), Plan>,
     poison: bool,
+    /// Minibatch training with θ kept on the device (`update.rs`), and the transfer counts.
+    resident: update::Resident,
 }
 
 /// A storage buffer of `floats` f32 values (at least 4), usable as a copy source and target.
@@ -158,6 +162,7 @@ impl GpuBackend {
             max_chunk_rows,
             plans: HashMap::new(),
             poison: false,
+            resident: update::Resident::default(),
             gpu,
         })
     }
@@ -516,6 +521,8 @@ impl GpuBackend {
             self.plans.insert(key.clone(), plan);
         }
         let theta32: Vec<f32> = theta.iter().map(|&v| v as f32).collect();
+        self.resident.transfers.theta_uploads += 1;
+        self.resident.transfers.grad_readbacks += want_grad as u64;
         let gpu = &self.gpu;
         let scope = gpu.device.push_error_scope(wgpu::ErrorFilter::Validation);
         let oom = gpu.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
@@ -547,21 +554,31 @@ impl GpuBackend {
         }
         for s in [oom, scope] {
             if let Some(e) = pollster::block_on(s.pop()) {
-                return Err(Error::Gpu(format!(
-                    "the device refused the work ({e}): it may be out of memory or over a limit ({} MiB per storage binding, {} MiB per buffer); try a smaller --batch-size, fewer examples (--limit), or --backend cpu",
-                    gpu.limits.max_storage_buffer_binding_size >> 20,
-                    gpu.limits.max_buffer_size >> 20
-                )));
+                return Err(refused(gpu, e));
             }
         }
-        let m = plan.examples as f64;
+        Ok(self.cost_terms(&scalars, plan.examples))
+    }
+
+    /// J's terms from the cost-terms buffer [data sum, Σ W², Σ β KL, …] of `examples` examples.
+    fn cost_terms(&self, scalars: &[f32], examples: usize) -> Cost {
+        let m = examples as f64;
         let data = match self.spec.output {
             Output::Softmax => scalars[0] as f64 / m,
             Output::SquaredError(_) => 0.5 * scalars[0] as f64 / m,
         };
         let sparsity = if self.spec.sparsity.is_some() { scalars[2] as f64 } else { 0.0 };
-        Ok(Cost { data, weight_decay: 0.5 * self.spec.weight_decay * scalars[1] as f64, sparsity })
+        Cost { data, weight_decay: 0.5 * self.spec.weight_decay * scalars[1] as f64, sparsity }
     }
+}
+
+/// The error for work the device refused (a validation or out-of-memory error scope).
+fn refused(gpu: &Gpu, e: wgpu::Error) -> Error {
+    Error::Gpu(format!(
+        "the device refused the work ({e}): it may be out of memory or over a limit ({} MiB per storage binding, {} MiB per buffer); try a smaller --batch-size, fewer examples (--limit), or --backend cpu",
+        gpu.limits.max_storage_buffer_binding_size >> 20,
+        gpu.limits.max_buffer_size >> 20
+    ))
 }
 
 /// Maps a staging buffer and copies out `len` floats.
@@ -657,12 +674,17 @@ impl Backend for GpuBackend {
         self.evaluate(theta, batch, None)
     }
 
+    fn device_training(&mut self) -> Option<&mut dyn DeviceTraining> {
+        if self.resident.disabled { None } else { Some(self) }
+    }
+
     fn forward(&mut self, theta: &[f64], x: Inputs<'_>) -> Result<Vec<Array2<f64>>> {
         self.check_theta(theta)?;
         check_inputs(&self.spec, &x, "the input")?;
         let x = to_real::<f32>(x);
         let theta32: Vec<f32> = theta.iter().map(|&v| v as f32).collect();
         self.gpu.queue.write_buffer(&self.theta, 0, bytemuck::cast_slice(&theta32));
+        self.resident.transfers.theta_uploads += 1;
         let nl = self.layout.num_layers();
         let mut outputs: Vec<Array2<f64>> = (0..nl).map(|l| Array2::zeros((0, self.spec.layers[l + 1]))).collect();
         let mut start = 0;

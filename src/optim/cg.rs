@@ -43,6 +43,8 @@ impl State {
         (!self.point.grad.is_empty()).then_some(self.point.grad.len())
     }
 
+    /// One iteration with its line search. Its vectors live on the host, so every evaluation
+    /// sends θ to the backend and takes ∇J back: on a GPU, 2·|θ|·4 bytes (f32) per evaluation.
     pub(super) fn iterate(&mut self, m: &ConjugateGradient, run: &mut Run, theta: &mut [f64]) -> Result<Outcome> {
         let n = theta.len();
         let restart_every = m.restart_every.unwrap_or(n).max(1);

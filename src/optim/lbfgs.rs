@@ -71,6 +71,8 @@ impl State {
         (!self.point.grad.is_empty()).then_some(self.point.grad.len())
     }
 
+    /// One iteration with its line search. Its vectors live on the host, so every evaluation
+    /// sends θ to the backend and takes ∇J back: on a GPU, 2·|θ|·4 bytes (f32) per evaluation.
     pub(super) fn iterate(&mut self, m: &Lbfgs, run: &mut Run, theta: &mut [f64]) -> Result<Outcome> {
         let mut d = vec![0.0; theta.len()];
         loop {

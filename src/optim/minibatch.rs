@@ -14,7 +14,7 @@ use super::linalg::{all_finite, norm};
 use super::schedule::{Schedule, ScheduleState};
 use super::update::{UpdateRule, UpdateState};
 use super::{Iterated, Outcome, Run, non_finite_start, positive};
-use crate::backend::Batch;
+use crate::backend::{Batch, DeviceTraining};
 use crate::{Error, Result};
 
 /// A minibatch method: the update rule, the initial learning rate η₀ and its schedule,
@@ -135,6 +135,9 @@ impl State {
 
     /// The rest of the current epoch (all of it unless resumed mid-epoch).
     pub(super) fn iterate(&mut self, m: &Minibatch, run: &mut Run, theta: &mut [f64]) -> Result<Outcome> {
+        if run.objective.device_training().is_some() {
+            return self.iterate_on_device(m, run, theta);
+        }
         let n = run.num_examples();
         let size = m.batch_size.min(n);
         let steps = n.div_ceil(size);
@@ -173,6 +176,74 @@ impl State {
                 return Ok(Outcome::Stopped(StopReason::Interrupted));
             }
         }
+        Ok(Outcome::Iterated(self.end_epoch()))
+    }
+
+    /// The same epoch as [`State::iterate`] with θ, the gradient and the moments in device
+    /// memory ([`DeviceTraining`]): θ and the moments are loaded at the run's first step
+    /// and read back when the epoch ends or the run stops; each step reports only the
+    /// minibatch cost and ‖∇J‖. Same batches, same update formulas, same errors.
+    fn iterate_on_device(&mut self, m: &Minibatch, run: &mut Run, theta: &mut [f64]) -> Result<Outcome> {
+        fn device<'a>(run: &'a mut Run) -> &'a mut dyn DeviceTraining {
+            run.objective.device_training().expect("checked by State::iterate")
+        }
+        let n = run.num_examples();
+        let size = m.batch_size.min(n);
+        let steps = n.div_ceil(size);
+        run.steps_per_iteration = steps;
+        let order = m.epoch_order(run.counters.iteration, n);
+        if !run.on_device {
+            device(run).load(theta, &self.update)?;
+            run.on_device = true;
+            // The device has no θ before the last update yet; ours would be out of date.
+            self.before = None;
+        }
+        while self.step_in_epoch < steps {
+            let rows = &order[self.step_in_epoch * size..((self.step_in_epoch + 1) * size).min(n)];
+            let batch = if steps == 1 { Batch::All } else { Batch::Indices(rows) };
+            run.counters.evaluations += 1;
+            let scalars = self.update.rule.scalars(self.update.steps + 1, self.learning_rate);
+            let step = match device(run).step(batch, &scalars) {
+                Ok(step) => step,
+                Err(e) => {
+                    // Keep what was learned if the device still answers.
+                    let _ = device(run).read(theta, &mut self.update);
+                    return Err(e);
+                }
+            };
+            if !(step.cost.is_finite() && step.grad_norm.is_finite()) {
+                // The device skipped the update: θ there is the point just evaluated.
+                if device(run).roll_back()? {
+                    device(run).read(theta, &mut self.update)?;
+                    return Err(run.diverged(
+                        "a minibatch cost or gradient became NaN or infinite",
+                        "Lower the learning rate and try again.",
+                    ));
+                }
+                // No update since θ was loaded: the host's θ and moments are still current.
+                return Err(if run.counters.evaluations == 1 {
+                    non_finite_start(step.cost)
+                } else {
+                    run.diverged("a minibatch cost or gradient is NaN or infinite", "Lower the learning rate.")
+                });
+            }
+            let weight = rows.len() as f64;
+            self.epoch_cost += weight * step.cost;
+            self.epoch_grad_norm += weight * step.grad_norm;
+            self.epoch_examples += rows.len();
+            self.update.steps += 1;
+            self.step_in_epoch += 1;
+            if self.step_in_epoch < steps && run.report_step(self.step_in_epoch, step.cost) {
+                device(run).read(theta, &mut self.update)?;
+                return Ok(Outcome::Stopped(StopReason::Interrupted));
+            }
+        }
+        device(run).read(theta, &mut self.update)?;
+        Ok(Outcome::Iterated(self.end_epoch()))
+    }
+
+    /// The epoch's record from its weighted sums, which start again from zero.
+    fn end_epoch(&mut self) -> Iterated {
         let examples = self.epoch_examples as f64;
         let it = Iterated {
             cost: self.epoch_cost / examples,
@@ -184,7 +255,7 @@ impl State {
         self.epoch_cost = 0.0;
         self.epoch_grad_norm = 0.0;
         self.epoch_examples = 0;
-        Ok(Outcome::Iterated(it))
+        it
     }
 
     /// After an epoch's record: the schedule sets η for the next epoch.

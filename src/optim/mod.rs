@@ -13,13 +13,19 @@
 //! round trip keeps f64 exactly: serde_json needs its `float_roundtrip` feature for that).
 //!
 //! Evaluations cross the backend interface as θ (host → backend) and ∇J plus the scalar cost
-//! (backend → host), nothing more. L-BFGS and CG keep their vectors on the host: L-BFGS
-//! about 2m + 6 vectors of |θ| f64 (m = memory, 100 by default: 5 MB for the 64-25-64
-//! sparse autoencoder, 0.5 GB for a 784-196-784 one, where `memory: 10` is wiser), CG 6.
+//! (backend → host), nothing more: on a GPU, 2·|θ|·4 bytes over the bus per evaluation, which
+//! L-BFGS, CG and full-batch gradient descent pay every time. They keep their vectors on the
+//! host: L-BFGS about 2m + 6 vectors of |θ| f64 (m = memory, 100 by default: 5 MB for the
+//! 64-25-64 sparse autoencoder, 0.5 GB for a 784-196-784 one, where `memory: 10` is wiser),
+//! CG 6.
 //! A checkpoint should store those vectors as tensors: as JSON text they are ~20 bytes a
 //! number.
 //! The first-order update rules are a separate piece ([`UpdateState`]) so the GPU backend
 //! can run the same formulas as kernels on θ in device memory and be tested against them.
+//!
+//! On a backend that offers [`crate::backend::DeviceTraining`] (the GPU), the minibatch methods
+//! keep θ and the moments in device memory for the whole run: per step only the minibatch
+//! cost and ‖∇J‖ cross the bus, θ comes back at each epoch end (records, hooks, checkpoints).
 //!
 //! NaN or infinity in a cost or gradient ends a run with [`crate::Error::Data`], θ left at the
 //! last point where both were finite and the history up to it kept in the optimizer. A
@@ -221,6 +227,7 @@ impl Optimizer {
             started: Instant::now(),
             stop_requested: false,
             steps_per_iteration: 1,
+            on_device: false,
         };
         let result = drive(&self.method, state, &mut run, theta);
         run.counters.seconds = run.seconds();
@@ -293,6 +300,10 @@ struct Run<'r, 'h> {
     stop_requested: bool,
     /// Minibatch steps per iteration, for [`Progress`] (1 for full-batch methods).
     steps_per_iteration: usize,
+    /// θ and the update state are loaded into the objective's [`crate::backend::DeviceTraining`] (minibatch
+    /// methods on a GPU): loaded once per run, since nothing else can use the objective
+    /// while the run holds it.
+    on_device: bool,
 }
 
 /// What an iteration produced, before it becomes a [`Record`].

@@ -3,7 +3,7 @@
 //! [`BackendObjective`]) and minimises test functions such as Rosenbrock (through
 //! [`FnObjective`]). It must not hold optimizer state.
 
-use crate::backend::{Backend, Batch};
+use crate::backend::{Backend, Batch, DeviceTraining};
 use crate::model::ThetaLayout;
 use crate::{Error, Result};
 
@@ -20,11 +20,19 @@ pub trait Objective {
     /// J(θ) on `batch`, with ∇J(θ) written into `grad`. NaN and infinities are returned as
     /// they are: the optimizer decides what they mean.
     fn eval(&mut self, theta: &[f64], batch: Batch<'_>, grad: &mut [f64]) -> Result<f64>;
+
+    /// Minibatch training with θ kept where the cost is computed (GPU memory), when offered:
+    /// the minibatch methods then call [`Objective::eval`] not at all.
+    fn device_training(&mut self) -> Option<&mut dyn DeviceTraining> {
+        None
+    }
 }
 
 /// A backend's total cost (data term + weight decay + sparsity) as an objective. On a GPU
-/// each evaluation uploads θ and reads back the gradient and the scalar cost; nothing else
-/// crosses the bus.
+/// each [`Objective::eval`] uploads θ and reads back the gradient and the scalar cost:
+/// 2·|θ|·4 bytes across the bus per evaluation (f32), the price L-BFGS, CG and full-batch
+/// gradient descent pay, since they keep their vectors on the host. Minibatch SGD and Adam
+/// avoid it through [`Objective::device_training`], which this forwards from the backend.
 pub struct BackendObjective<'a> {
     backend: &'a mut dyn Backend,
     dim: usize,
@@ -53,6 +61,10 @@ impl Objective for BackendObjective<'_> {
 
     fn eval(&mut self, theta: &[f64], batch: Batch<'_>, grad: &mut [f64]) -> Result<f64> {
         Ok(self.backend.cost_and_grad(theta, batch, grad)?.total())
+    }
+
+    fn device_training(&mut self) -> Option<&mut dyn DeviceTraining> {
+        self.backend.device_training()
     }
 }
 
