@@ -88,16 +88,22 @@ fn resuming_gpu_minibatch_training_from_a_checkpoint_equals_one_uninterrupted_ru
         wgnn::GpuBackend::new(sae(), &wgnn::gpu::GpuOptions::default()).expect("a GPU adapter (lavapipe in CI)");
     let method = Method::Minibatch(Minibatch::adam(0.01).with_batch_size(50).with_seed(2));
     let straight_dir = tempfile::tempdir().unwrap();
-    let straight =
-        train(job(sae(), method.clone(), 10, straight_dir.path()), &mut backend, &x, None, &mut |_| {}, &never)
-            .unwrap();
+    let straight = train(
+        job(sae(), method.clone(), 10, straight_dir.path()),
+        &mut backend,
+        &x,
+        Targets::Inputs,
+        &mut |_| {},
+        &never,
+    )
+    .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let mut first = job(sae(), method.clone(), 6, dir.path());
     first.checkpoint_every = Some(4);
-    train(first, &mut backend, &x, None, &mut |_| {}, &never).unwrap();
+    train(first, &mut backend, &x, Targets::Inputs, &mut |_| {}, &never).unwrap();
     let mut second = job(sae(), method, 10, dir.path());
     second.resume = Some(wgnn::checkpoint::Checkpoint::load(&dir.path().join("model.safetensors")).unwrap());
-    let resumed = train(second, &mut backend, &x, None, &mut |_| {}, &never).unwrap();
+    let resumed = train(second, &mut backend, &x, Targets::Inputs, &mut |_| {}, &never).unwrap();
     assert_eq!(resumed.summary.evaluations, straight.summary.evaluations);
     assert!(resumed.theta.iter().zip(&straight.theta).all(|(a, b)| a.to_bits() == b.to_bits()), "resumed θ differs");
     assert_eq!(resumed.final_cost, straight.final_cost);
