@@ -36,7 +36,7 @@ fn main() {
     let big = std::env::var("WGNN_BENCH_BIG").is_ok_and(|v| v == "1");
     let gpu = Gpu::open(&GpuOptions::default()).expect("a GPU adapter");
     println!("adapter: {}", gpu.describe());
-    let k = Kernels::new(&gpu.device);
+    let k = Kernels::new(&gpu);
     let mut rng = StdRng::seed_from_u64(0);
 
     println!("{:<44} {:>10} {:>9}", "matmul (m×n×k, form)", "median s", "GFLOP/s");

@@ -389,7 +389,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     let mut rows = Vec::new();
 
     let gpu = adapter.as_ref().map(Gpu::from_adapter).transpose()?;
-    let kernels = gpu.as_ref().map(|g| Kernels::new(&g.device));
+    let kernels = gpu.as_ref().map(|g| Kernels::new(g));
     for p in &products {
         let work = Work { name: p.name(), shape: format!("{}x{}x{}", p.m, p.n, p.k), flops: p.flops() };
         bar.set_message(work.describe());

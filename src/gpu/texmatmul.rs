@@ -1,0 +1,239 @@
+//! The texture-fed matmul for software adapters (lavapipe): each product packs its operands
+//! into rgba32float textures (`shaders/pack_tex.wgsl`) and multiplies them with texel fetches
+//! (`shaders/matmul_tex.wgsl`), three dispatches recorded as one [`Op`]. Why textures: on
+//! llvmpipe buffer loads run lane by lane with a bounds check each while texel fetches are
+//! vectorised (`../shared/notes/lavapipe.md`; the rates are in BENCHMARKS.md).
+//!
+//! It must not decide when it is used (`MatmulKernel` in device.rs does, and
+//! [`super::kernels::Kernels::matmul`] falls back to the tiled kernel for products whose
+//! textures would exceed the device's texture size limit), and it must not have epilogues of
+//! its own: `shaders/matmul_epilogue.wgsl` is shared with the tiled kernel.
+//!
+//! Textures are pooled by (operand, size rounded up to [`POOL_GRAIN`] texels): operations
+//! recorded later may overwrite a texture an earlier one used, which is safe because every
+//! operation packs its operands right before its multiply and the device runs dispatches in
+//! recorded order. So a cached plan allocates its textures once, when it is built, and the
+//! chunks of a large batch share them.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use bytemuck::{Pod, Zeroable};
+
+use super::kernels::{Op, pipeline};
+
+const COMMON: &str = include_str!("../../shaders/common.wgsl");
+const EPILOGUE: &str = include_str!("../../shaders/matmul_epilogue.wgsl");
+const PACK: &str = include_str!("../../shaders/pack_tex.wgsl");
+const MATMUL_TEX: &str = include_str!("../../shaders/matmul_tex.wgsl");
+
+/// Invocations of a matmul workgroup, side by side along the columns (workgroup_size in
+/// matmul_tex.wgsl); each covers 4 columns.
+const GROUP: u32 = 8;
+/// Texture sides are rounded up to a multiple of this, so that products of nearly equal
+/// shapes share pooled textures.
+pub const POOL_GRAIN: u32 = 64;
+
+/// The parameter block of pack_tex.wgsl.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
+struct PackParams {
+    rows: u32,
+    cols: u32,
+    off: u32,
+    rs: u32,
+    cs: u32,
+    width: u32,
+    height: u32,
+    _pad: u32,
+}
+
+/// A matrix operand as [`super::kernels::Operand`] addresses it, with its logical shape.
+pub(super) struct Packed<'a> {
+    pub buf: &'a wgpu::Buffer,
+    pub off: u32,
+    pub rs: u32,
+    pub cs: u32,
+    pub rows: u32,
+    pub cols: u32,
+}
+
+pub(super) struct TexMatmul {
+    pack_layout: wgpu::BindGroupLayout,
+    matmul_layout: wgpu::BindGroupLayout,
+    pack: wgpu::ComputePipeline,
+    matmul: wgpu::ComputePipeline,
+    /// Rows of C per invocation (4 or 8: matmul_tex_4x4 or matmul_tex_8x4).
+    rows: u32,
+    max_side: u32,
+    pool: Mutex<HashMap<(u8, u32, u32), wgpu::Texture>>,
+}
+
+fn entry(binding: u32, ty: wgpu::BindingType) -> wgpu::BindGroupLayoutEntry {
+    wgpu::BindGroupLayoutEntry { binding, visibility: wgpu::ShaderStages::COMPUTE, ty, count: None }
+}
+
+fn buffer(read_only: Option<bool>) -> wgpu::BindingType {
+    wgpu::BindingType::Buffer {
+        ty: match read_only {
+            Some(read_only) => wgpu::BufferBindingType::Storage { read_only },
+            None => wgpu::BufferBindingType::Uniform,
+        },
+        has_dynamic_offset: false,
+        min_binding_size: None,
+    }
+}
+
+impl TexMatmul {
+    /// Compiles the pack and multiply kernels; `max_side` is the device's
+    /// `max_texture_dimension_2d`.
+    pub fn new(device: &wgpu::Device, max_side: u32) -> TexMatmul {
+        let rows = match std::env::var("WGNN_TEX_ROWS").as_deref() {
+            Ok("4") => 4,
+            _ => 8,
+        };
+        let texture = wgpu::BindingType::Texture {
+            sample_type: wgpu::TextureSampleType::Float { filterable: false },
+            view_dimension: wgpu::TextureViewDimension::D2,
+            multisampled: false,
+        };
+        let storage_texture = wgpu::BindingType::StorageTexture {
+            access: wgpu::StorageTextureAccess::WriteOnly,
+            format: wgpu::TextureFormat::Rgba32Float,
+            view_dimension: wgpu::TextureViewDimension::D2,
+        };
+        let pack_layout = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
+            label: Some("pack"),
+            entries: &[entry(0, buffer(Some(true))), entry(1, storage_texture), entry(2, buffer(None))],
+        });
+        let matmul_layout = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
+            label: Some("matmul_tex"),
+            entries: &[
+                entry(0, texture),
+                entry(1, texture),
+                entry(2, buffer(Some(false))),
+                entry(3, buffer(Some(true))),
+                entry(4, buffer(Some(true))),
+                entry(5, buffer(None)),
+            ],
+        });
+        let pack = pipeline(device, &pack_layout, PACK, "pack");
+        let source = format!("{COMMON}\n{EPILOGUE}\n{MATMUL_TEX}");
+        let name = if rows == 4 { "matmul_tex_4x4" } else { "matmul_tex_8x4" };
+        let matmul = pipeline(device, &matmul_layout, &source, name);
+        TexMatmul { pack_layout, matmul_layout, pack, matmul, rows, max_side, pool: Mutex::new(HashMap::new()) }
+    }
+
+    /// The texel extents (width, height) of the packed A and B of an m × n × k product: A is m
+    /// rows (padded to whole row blocks) of k/4 texels, B is k rows (padded to a multiple of 4)
+    /// of n/4 texels (padded to whole workgroups).
+    fn extents(&self, (m, n, k): (u32, u32, u32)) -> ([u32; 2], [u32; 2]) {
+        let depth = k.div_ceil(4);
+        ([depth, m.div_ceil(self.rows) * self.rows], [n.div_ceil(4).div_ceil(GROUP) * GROUP, 4 * depth])
+    }
+
+    /// Whether both packed operands fit in textures of this device.
+    pub fn fits(&self, (m, n, k): (u32, u32, u32)) -> bool {
+        if m == 0 || n == 0 || k == 0 {
+            return false;
+        }
+        let (a, b) = self.extents((m, n, k));
+        a.iter().chain(&b).all(|&side| side <= self.max_side)
+    }
+
+    /// A pooled texture of at least `extent` texels for operand `slot` (0: A, 1: B).
+    fn texture(&self, device: &wgpu::Device, slot: u8, extent: [u32; 2]) -> wgpu::Texture {
+        let [w, h] = extent.map(|side| side.next_multiple_of(POOL_GRAIN).min(self.max_side));
+        let mut pool = self.pool.lock().unwrap_or_else(|e| e.into_inner());
+        pool.entry((slot, w, h))
+            .or_insert_with(|| {
+                device.create_texture(&wgpu::TextureDescriptor {
+                    label: Some(if slot == 0 { "packed A" } else { "packed B" }),
+                    size: wgpu::Extent3d { width: w, height: h, depth_or_array_layers: 1 },
+                    mip_level_count: 1,
+                    sample_count: 1,
+                    dimension: wgpu::TextureDimension::D2,
+                    format: wgpu::TextureFormat::Rgba32Float,
+                    usage: wgpu::TextureUsages::STORAGE_BINDING | wgpu::TextureUsages::TEXTURE_BINDING,
+                    view_formats: &[],
+                })
+            })
+            .clone()
+    }
+
+    fn uniform(device: &wgpu::Device, bytes: &[u8]) -> wgpu::Buffer {
+        use wgpu::util::DeviceExt;
+        device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+            label: Some("params"),
+            contents: bytes,
+            usage: wgpu::BufferUsages::UNIFORM,
+        })
+    }
+
+    /// The dispatch packing `operand` into `texture`'s top-left `extent` texels.
+    fn pack_step(
+        &self,
+        device: &wgpu::Device,
+        operand: &Packed,
+        view: &wgpu::TextureView,
+        extent: [u32; 2],
+    ) -> (wgpu::ComputePipeline, wgpu::BindGroup, [u32; 3]) {
+        let p = PackParams {
+            rows: operand.rows,
+            cols: operand.cols,
+            off: operand.off,
+            rs: operand.rs,
+            cs: operand.cs,
+            width: extent[0],
+            height: extent[1],
+            _pad: 0,
+        };
+        let params = Self::uniform(device, bytemuck::bytes_of(&p));
+        let bind_group = device.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: Some("pack"),
+            layout: &self.pack_layout,
+            entries: &[
+                wgpu::BindGroupEntry { binding: 0, resource: operand.buf.as_entire_binding() },
+                wgpu::BindGroupEntry { binding: 1, resource: wgpu::BindingResource::TextureView(view) },
+                wgpu::BindGroupEntry { binding: 2, resource: params.as_entire_binding() },
+            ],
+        });
+        (self.pack.clone(), bind_group, [extent[0].div_ceil(8), extent[1].div_ceil(8), 1])
+    }
+
+    /// C = A B then the epilogue `params` describes (its m, n, k and epilogue fields; the
+    /// operand fields are unused): pack A, pack B, multiply. `buffers` are C, aux and aux2.
+    pub fn matmul(
+        &self,
+        device: &wgpu::Device,
+        a: Packed,
+        b: Packed,
+        buffers: [&wgpu::Buffer; 3],
+        params: &super::kernels::MatmulParams,
+    ) -> Op {
+        let dims = (params.m, params.n, params.k);
+        let (extent_a, extent_b) = self.extents(dims);
+        let view = |t: &wgpu::Texture| t.create_view(&wgpu::TextureViewDescriptor::default());
+        let view_a = view(&self.texture(device, 0, extent_a));
+        let view_b = view(&self.texture(device, 1, extent_b));
+        let uniform = Self::uniform(device, bytemuck::bytes_of(params));
+        let bind_group = device.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: Some("matmul_tex"),
+            layout: &self.matmul_layout,
+            entries: &[
+                wgpu::BindGroupEntry { binding: 0, resource: wgpu::BindingResource::TextureView(&view_a) },
+                wgpu::BindGroupEntry { binding: 1, resource: wgpu::BindingResource::TextureView(&view_b) },
+                wgpu::BindGroupEntry { binding: 2, resource: buffers[0].as_entire_binding() },
+                wgpu::BindGroupEntry { binding: 3, resource: buffers[1].as_entire_binding() },
+                wgpu::BindGroupEntry { binding: 4, resource: buffers[2].as_entire_binding() },
+                wgpu::BindGroupEntry { binding: 5, resource: uniform.as_entire_binding() },
+            ],
+        });
+        let multiply = (self.matmul.clone(), bind_group, [extent_b[0] / GROUP, extent_a[1] / self.rows, 1]);
+        Op::steps(vec![
+            self.pack_step(device, &a, &view_a, extent_a),
+            self.pack_step(device, &b, &view_b, extent_b),
+            multiply,
+        ])
+    }
+}
