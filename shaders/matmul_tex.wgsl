@@ -7,8 +7,9 @@
 // A texture: texel (q, i) = A[i, 4q .. 4q+3]; B texture: texel (j, kk) = B[kk, 4j .. 4j+3].
 // Both are zero-padded (depth to a multiple of 4, rows of A to a whole row block, columns of
 // B to whole workgroups), so the loop has no bounds checks. Each invocation computes a block
-// of ROWS rows × 4 columns; the 8 invocations of a workgroup take consecutive column groups,
-// so the lanes of llvmpipe's SIMD vector fetch neighbouring texels.
+// of 8 rows × 4 columns (ROWS in src/gpu/texmatmul.rs; 8 × 4 beat 4 × 4 on lavapipe, see
+// BENCHMARKS.md); the 8 invocations of a workgroup take consecutive column groups, so the
+// lanes of llvmpipe's SIMD vector fetch neighbouring texels.
 
 @group(0) @binding(0) var ta: texture_2d<f32>;
 @group(0) @binding(1) var tb: texture_2d<f32>;
@@ -27,33 +28,7 @@ fn store_row(gr: u32, col4: u32, v: vec4<f32>) {
 }
 
 @compute @workgroup_size(8, 1, 1)
-fn matmul_tex_4x4(@builtin(global_invocation_id) gid: vec3<u32>) {
-    let col4 = gid.x;
-    let row0 = gid.y * 4u;
-    let depth = (p.k + 3u) / 4u;
-    var c0 = vec4<f32>(0.0);
-    var c1 = vec4<f32>(0.0);
-    var c2 = vec4<f32>(0.0);
-    var c3 = vec4<f32>(0.0);
-    for (var q = 0u; q < depth; q++) {
-        let kb = 4u * q;
-        let b0 = textureLoad(tb, vec2<u32>(col4, kb), 0);
-        let b1 = textureLoad(tb, vec2<u32>(col4, kb + 1u), 0);
-        let b2 = textureLoad(tb, vec2<u32>(col4, kb + 2u), 0);
-        let b3 = textureLoad(tb, vec2<u32>(col4, kb + 3u), 0);
-        c0 = step4(c0, textureLoad(ta, vec2<u32>(q, row0), 0), b0, b1, b2, b3);
-        c1 = step4(c1, textureLoad(ta, vec2<u32>(q, row0 + 1u), 0), b0, b1, b2, b3);
-        c2 = step4(c2, textureLoad(ta, vec2<u32>(q, row0 + 2u), 0), b0, b1, b2, b3);
-        c3 = step4(c3, textureLoad(ta, vec2<u32>(q, row0 + 3u), 0), b0, b1, b2, b3);
-    }
-    store_row(row0, col4, c0);
-    store_row(row0 + 1u, col4, c1);
-    store_row(row0 + 2u, col4, c2);
-    store_row(row0 + 3u, col4, c3);
-}
-
-@compute @workgroup_size(8, 1, 1)
-fn matmul_tex_8x4(@builtin(global_invocation_id) gid: vec3<u32>) {
+fn matmul_tex(@builtin(global_invocation_id) gid: vec3<u32>) {
     let col4 = gid.x;
     let row0 = gid.y * 8u;
     let depth = (p.k + 3u) / 4u;

@@ -222,7 +222,7 @@ fn matmul_reads_offset_and_strided_operands_and_writes_only_its_block(kernel: Ma
     let got = gpu.download_f32(&c_buf, (m + 3) * (n + 6)).unwrap();
     let got = Array2::from_shape_vec((m + 3, n + 6), got.iter().map(|&v| v as f64).collect()).unwrap();
     let mut expected = big_c.mapv(|v| v as f32 as f64);
-    let block = a.dot(&b) * 2.0 + &expected.slice(ndarray::s![1..1 + m, 2..2 + n]) + &(&w * 0.5);
+    let block = a.dot(&b) * 2.0 + expected.slice(ndarray::s![1..1 + m, 2..2 + n]) + &w * 0.5;
     expected.slice_mut(ndarray::s![1..1 + m, 2..2 + n]).assign(&block);
     let d = rel(&f32s(&got), expected.as_slice().unwrap());
     assert!(d < TOLERANCE, "strided block: {d:e}");

@@ -30,6 +30,9 @@ const MATMUL_TEX: &str = include_str!("../../shaders/matmul_tex.wgsl");
 /// Invocations of a matmul workgroup, side by side along the columns (workgroup_size in
 /// matmul_tex.wgsl); each covers 4 columns.
 const GROUP: u32 = 8;
+/// Rows of C per invocation (ROWS in matmul_tex.wgsl): 8 × 4 blocks measured faster than
+/// 4 × 4 on lavapipe (BENCHMARKS.md).
+const ROWS: u32 = 8;
 /// Texture sides are rounded up to a multiple of this, so that products of nearly equal
 /// shapes share pooled textures.
 pub const POOL_GRAIN: u32 = 64;
@@ -63,8 +66,6 @@ pub(super) struct TexMatmul {
     matmul_layout: wgpu::BindGroupLayout,
     pack: wgpu::ComputePipeline,
     matmul: wgpu::ComputePipeline,
-    /// Rows of C per invocation (4 or 8: matmul_tex_4x4 or matmul_tex_8x4).
-    rows: u32,
     max_side: u32,
     pool: Mutex<HashMap<(u8, u32, u32), wgpu::Texture>>,
 }
@@ -88,10 +89,6 @@ impl TexMatmul {
     /// Compiles the pack and multiply kernels; `max_side` is the device's
     /// `max_texture_dimension_2d`.
     pub fn new(device: &wgpu::Device, max_side: u32) -> TexMatmul {
-        let rows = match std::env::var("WGNN_TEX_ROWS").as_deref() {
-            Ok("4") => 4,
-            _ => 8,
-        };
         let texture = wgpu::BindingType::Texture {
             sample_type: wgpu::TextureSampleType::Float { filterable: false },
             view_dimension: wgpu::TextureViewDimension::D2,
@@ -119,9 +116,8 @@ impl TexMatmul {
         });
         let pack = pipeline(device, &pack_layout, PACK, "pack");
         let source = format!("{COMMON}\n{EPILOGUE}\n{MATMUL_TEX}");
-        let name = if rows == 4 { "matmul_tex_4x4" } else { "matmul_tex_8x4" };
-        let matmul = pipeline(device, &matmul_layout, &source, name);
-        TexMatmul { pack_layout, matmul_layout, pack, matmul, rows, max_side, pool: Mutex::new(HashMap::new()) }
+        let matmul = pipeline(device, &matmul_layout, &source, "matmul_tex");
+        TexMatmul { pack_layout, matmul_layout, pack, matmul, max_side, pool: Mutex::new(HashMap::new()) }
     }
 
     /// The texel extents (width, height) of the packed A and B of an m × n × k product: A is m
@@ -129,7 +125,7 @@ impl TexMatmul {
     /// of n/4 texels (padded to whole workgroups).
     fn extents(&self, (m, n, k): (u32, u32, u32)) -> ([u32; 2], [u32; 2]) {
         let depth = k.div_ceil(4);
-        ([depth, m.div_ceil(self.rows) * self.rows], [n.div_ceil(4).div_ceil(GROUP) * GROUP, 4 * depth])
+        ([depth, m.div_ceil(ROWS) * ROWS], [n.div_ceil(4).div_ceil(GROUP) * GROUP, 4 * depth])
     }
 
     /// Whether both packed operands fit in textures of this device.
@@ -229,7 +225,7 @@ impl TexMatmul {
                 wgpu::BindGroupEntry { binding: 5, resource: uniform.as_entire_binding() },
             ],
         });
-        let multiply = (self.matmul.clone(), bind_group, [extent_b[0] / GROUP, extent_a[1] / self.rows, 1]);
+        let multiply = (self.matmul.clone(), bind_group, [extent_b[0] / GROUP, extent_a[1] / ROWS, 1]);
         Op::steps(vec![
             self.pack_step(device, &a, &view_a, extent_a),
             self.pack_step(device, &b, &view_b, extent_b),
