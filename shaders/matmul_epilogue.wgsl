@@ -16,7 +16,7 @@ struct Params {
     b_off: u32, b_rs: u32, b_cs: u32, accumulate: u32,
     c_off: u32, c_rs: u32, aux_off: u32, has_kl: u32,
     aux2_off: u32, aux2_rs: u32, alpha: f32, decay: f32,
-    leaky_alpha: f32, _pad0: u32, _pad1: u32, _pad2: u32,
+    leaky_alpha: f32, rows_first: u32, _pad1: u32, _pad2: u32,
 }
 
 @group(0) @binding(2) var<storage, read_write> c: array<f32>;

@@ -28,9 +28,13 @@ fn store_row(gr: u32, col4: u32, v: vec4<f32>) {
 }
 
 @compute @workgroup_size(8, 1, 1)
-fn matmul_tex(@builtin(global_invocation_id) gid: vec3<u32>) {
-    let col4 = gid.x;
-    let row0 = gid.y * 8u;
+fn matmul_tex(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    // Workgroup x runs fastest. With rows_first, x counts row blocks, so consecutive
+    // workgroups share one strip of B and each block of A is read once per strip.
+    let strip = select(wid.x, wid.y, p.rows_first == 1u);
+    let block = select(wid.y, wid.x, p.rows_first == 1u);
+    let col4 = strip * 8u + lid.x;
+    let row0 = block * 8u;
     let depth = (p.k + 3u) / 4u;
     var c0 = vec4<f32>(0.0);
     var c1 = vec4<f32>(0.0);

@@ -61,7 +61,10 @@ pub struct MatmulParams {
     pub alpha: f32,
     pub decay: f32,
     pub leaky_alpha: f32,
-    pub _pad: [u32; 3],
+    /// The texture-fed kernel only: 1 when consecutive workgroups go down the rows of C
+    /// rather than along its columns (see texmatmul.rs).
+    pub rows_first: u32,
+    pub _pad: [u32; 2],
 }
 
 #[repr(C)]
