@@ -269,6 +269,11 @@ fn matmul_beyond_the_texture_limit_still_agrees(kernel: MatmulKernel) {
     let mut rng = StdRng::seed_from_u64(8);
     let fits = (side as u32, 5, 3);
     assert_eq!(k.matmul_kernel(fits), kernel, "{fits:?} fits a texture");
+    // B as a side × side texture: 16 side² bytes, 4 GiB on lavapipe, over its largest buffer.
+    let widest = (1, 4 * side as u32, side as u32);
+    let too_big = 16 * (side as u64).pow(2) > gpu.limits.max_buffer_size;
+    let expected = if too_big { MatmulKernel::Tiled } else { kernel };
+    assert_eq!(k.matmul_kernel(widest), expected, "{widest:?}: {} bytes per buffer", gpu.limits.max_buffer_size);
     for (m, n, kk) in [(side + 1, 5, 3), (3, 6, side + 1)] {
         assert_eq!(k.matmul_kernel((m as u32, n as u32, kk as u32)), MatmulKernel::Tiled, "{m}×{n}×{kk}");
         let a = random(m, kk, -1.0, 1.0, &mut rng);

@@ -220,8 +220,7 @@ impl Kernels {
             layout(device, "matmul", &[Some(true), Some(true), Some(false), Some(true), Some(true), None]);
         let small_layout = layout(device, "small", &[Some(true), Some(true), Some(false), Some(false), None]);
         let matmul = pipeline(device, &matmul_layout, &format!("{COMMON}\n{MATMUL_EPILOGUE}\n{MATMUL}"), "matmul");
-        let tex =
-            (gpu.matmul == MatmulKernel::Texture).then(|| TexMatmul::new(device, gpu.limits.max_texture_dimension_2d));
+        let tex = (gpu.matmul == MatmulKernel::Texture).then(|| TexMatmul::new(device, &gpu.limits));
         let with_params = |body: &str| format!("{COMMON}\n{SMALL_PARAMS}\n{body}");
         let small = [
             (Small::Elementwise, ELEMENTWISE, "elementwise"),

@@ -13,7 +13,8 @@
 //! recorded later may overwrite a texture an earlier one used, which is safe because every
 //! operation packs its operands right before its multiply and the device runs dispatches in
 //! recorded order. So a cached plan allocates its textures once, when it is built, and the
-//! chunks of a large batch share them.
+//! chunks of a large batch share them. The pool only grows: batches of many different sizes
+//! each add textures (sizes within 64 rows of each other share one).
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -67,6 +68,8 @@ pub(super) struct TexMatmul {
     pack: wgpu::ComputePipeline,
     matmul: wgpu::ComputePipeline,
     max_side: u32,
+    /// The largest texture, in bytes, this kernel will make (the device's largest buffer).
+    max_bytes: u64,
     pool: Mutex<HashMap<(u8, u32, u32), wgpu::Texture>>,
 }
 
@@ -86,9 +89,9 @@ fn buffer(read_only: Option<bool>) -> wgpu::BindingType {
 }
 
 impl TexMatmul {
-    /// Compiles the pack and multiply kernels; `max_side` is the device's
-    /// `max_texture_dimension_2d`.
-    pub fn new(device: &wgpu::Device, max_side: u32) -> TexMatmul {
+    /// Compiles the pack and multiply kernels for a device with `limits`.
+    pub fn new(device: &wgpu::Device, limits: &wgpu::Limits) -> TexMatmul {
+        let (max_side, max_bytes) = (limits.max_texture_dimension_2d, limits.max_buffer_size);
         let texture = wgpu::BindingType::Texture {
             sample_type: wgpu::TextureSampleType::Float { filterable: false },
             view_dimension: wgpu::TextureViewDimension::D2,
@@ -117,24 +120,30 @@ impl TexMatmul {
         let pack = pipeline(device, &pack_layout, PACK, "pack");
         let source = format!("{COMMON}\n{EPILOGUE}\n{MATMUL_TEX}");
         let matmul = pipeline(device, &matmul_layout, &source, "matmul_tex");
-        TexMatmul { pack_layout, matmul_layout, pack, matmul, max_side, pool: Mutex::new(HashMap::new()) }
+        let pool = Mutex::new(HashMap::new());
+        TexMatmul { pack_layout, matmul_layout, pack, matmul, max_side, max_bytes, pool }
     }
 
     /// The texel extents (width, height) of the packed A and B of an m × n × k product: A is m
     /// rows (padded to whole row blocks) of k/4 texels, B is k rows (padded to a multiple of 4)
     /// of n/4 texels (padded to whole workgroups).
-    fn extents(&self, (m, n, k): (u32, u32, u32)) -> ([u32; 2], [u32; 2]) {
+    /// In u64, so that no shape overflows before [`TexMatmul::fits`] refuses it.
+    fn extents((m, n, k): (u32, u32, u32)) -> ([u64; 2], [u64; 2]) {
+        let (m, n, k, rows, group) = (m as u64, n as u64, k as u64, ROWS as u64, GROUP as u64);
         let depth = k.div_ceil(4);
-        ([depth, m.div_ceil(ROWS) * ROWS], [n.div_ceil(4).div_ceil(GROUP) * GROUP, 4 * depth])
+        ([depth, m.div_ceil(rows) * rows], [n.div_ceil(4).div_ceil(group) * group, 4 * depth])
     }
 
-    /// Whether both packed operands fit in textures of this device.
+    /// Whether both packed operands fit in textures of this device: sides within
+    /// `max_texture_dimension_2d`, bytes within `max_buffer_size` (a 16384² rgba32float texture
+    /// would be 4 GiB; the tiled kernel needs no copy at all).
     pub fn fits(&self, (m, n, k): (u32, u32, u32)) -> bool {
         if m == 0 || n == 0 || k == 0 {
             return false;
         }
-        let (a, b) = self.extents((m, n, k));
-        a.iter().chain(&b).all(|&side| side <= self.max_side)
+        let (a, b) = Self::extents((m, n, k));
+        let bytes = |e: [u64; 2]| e.iter().map(|side| side.next_multiple_of(POOL_GRAIN as u64)).product::<u64>() * 16;
+        a.iter().chain(&b).all(|&side| side <= self.max_side as u64) && bytes(a).max(bytes(b)) <= self.max_bytes
     }
 
     /// A pooled texture of at least `extent` texels for operand `slot` (0: A, 1: B).
@@ -208,7 +217,9 @@ impl TexMatmul {
         params: &super::kernels::MatmulParams,
     ) -> Op {
         let dims = (params.m, params.n, params.k);
-        let (extent_a, extent_b) = self.extents(dims);
+        let (extent_a, extent_b) = Self::extents(dims);
+        // fits() has checked that every side is within max_texture_dimension_2d (a u32).
+        let (extent_a, extent_b) = (extent_a.map(|v| v as u32), extent_b.map(|v| v as u32));
         let (strips, blocks) = (extent_b[0] / GROUP, extent_a[1] / ROWS);
         let area = |e: [u32; 2]| e[0] as u64 * e[1] as u64;
         // Walk the grid so that the larger operand streams through the cache once and the
