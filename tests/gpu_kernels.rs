@@ -1,21 +1,62 @@
 //! Each WGSL kernel against its CPU twin (llm.c style): fresh random inputs, shapes that are
 //! not multiples of the tile, every transpose and epilogue, outputs poisoned with NaN so an
-//! unwritten element fails. ‖gpu − cpu‖/‖cpu‖ < 1e-4 (f32), never NaN.
+//! unwritten element fails. ‖gpu − cpu‖/‖cpu‖ < 1e-4 (f32), never NaN. The matmul tests run
+//! once per matmul kernel (tiled and texture-fed), whatever the adapter.
 
 use ndarray::{Array1, Array2};
 use rand::{RngExt, SeedableRng, rngs::StdRng};
 use wgnn::cpu::net::{activate, derivative_from_value};
 use wgnn::gpu::kernels::{Epilogue, Kernels, Operand, Small, SmallParams, act_code};
-use wgnn::gpu::{Gpu, GpuOptions};
+use wgnn::gpu::{Gpu, GpuOptions, MatmulKernel};
 use wgnn::model::Activation;
 
 const TOLERANCE: f64 = 1e-4;
 
-fn open() -> (Gpu, Kernels) {
-    let gpu =
-        Gpu::open(&GpuOptions::default()).expect("a GPU adapter (lavapipe in CI: apt-get install mesa-vulkan-drivers)");
-    let k = Kernels::new(&gpu.device);
+fn open_with(matmul: Option<MatmulKernel>) -> (Gpu, Kernels) {
+    let options = GpuOptions { matmul, ..Default::default() };
+    let gpu = Gpu::open(&options).expect("a GPU adapter (lavapipe in CI: apt-get install mesa-vulkan-drivers)");
+    let k = Kernels::new(&gpu);
     (gpu, k)
+}
+
+fn open() -> (Gpu, Kernels) {
+    open_with(None)
+}
+
+/// One test per matmul kernel for each function named: `tiled::f` and `texture::f` call
+/// `f(MatmulKernel::Tiled)` and `f(MatmulKernel::Texture)`.
+macro_rules! for_each_matmul_kernel {
+    ($($name:ident),* $(,)?) => {
+        mod tiled {
+            $(#[test] fn $name() { super::$name(wgnn::gpu::MatmulKernel::Tiled) })*
+        }
+        mod texture {
+            $(#[test] fn $name() { super::$name(wgnn::gpu::MatmulKernel::Texture) })*
+        }
+    };
+}
+
+for_each_matmul_kernel!(
+    matmul_every_transpose_and_awkward_shape,
+    matmul_epilogues_apply_bias_activation_and_derivative,
+    matmul_reads_offset_and_strided_operands_and_writes_only_its_block,
+    matmul_ops_recorded_together_do_not_disturb_each_other,
+    matmul_beyond_the_texture_limit_still_agrees,
+);
+
+/// Uploads `a` (m × k) and `b` (k × n), each stored as given or transposed, and returns them
+/// with operands that read them back as `a` and `b`.
+fn operands(gpu: &Gpu, a: &Array2<f64>, b: &Array2<f64>, ta: bool, tb: bool) -> (wgpu::Buffer, wgpu::Buffer, [u32; 2]) {
+    let (a_stored, a_cols) = if ta { (a.t().to_owned(), a.nrows()) } else { (a.clone(), a.ncols()) };
+    let (b_stored, b_cols) = if tb { (b.t().to_owned(), b.nrows()) } else { (b.clone(), b.ncols()) };
+    let a_buf = gpu.upload_f32("a", &f32s(&a_stored.as_standard_layout().to_owned()));
+    let b_buf = gpu.upload_f32("b", &f32s(&b_stored.as_standard_layout().to_owned()));
+    (a_buf, b_buf, [a_cols as u32, b_cols as u32])
+}
+
+fn operand(buf: &wgpu::Buffer, cols: u32, transposed: bool) -> Operand<'_> {
+    let op = Operand::row_major(buf, 0, cols);
+    if transposed { op.t() } else { op }
 }
 
 fn random(rows: usize, cols: usize, lo: f64, hi: f64, rng: &mut StdRng) -> Array2<f64> {
@@ -46,22 +87,29 @@ const ACTIVATIONS: [Activation; 5] = [
     Activation::Identity,
 ];
 
-#[test]
-fn matmul_every_transpose_and_awkward_shape() {
-    let (gpu, k) = open();
+fn matmul_every_transpose_and_awkward_shape(kernel: MatmulKernel) {
+    let (gpu, k) = open_with(Some(kernel));
     let mut rng = StdRng::seed_from_u64(1);
-    for (m, n, kk) in [(1, 1, 1), (7, 3, 65), (65, 63, 64), (64, 257, 7), (130, 1, 129), (1, 65, 300)] {
+    let shapes = [
+        (1, 1, 1),
+        (7, 3, 65),
+        (65, 63, 64),
+        (64, 257, 7),
+        (130, 1, 129),
+        (1, 65, 300),
+        (3, 784, 63),
+        (257, 7, 784),
+        (784, 65, 3),
+        (9, 33, 5),
+    ];
+    for (m, n, kk) in shapes {
+        assert_eq!(k.matmul_kernel((m as u32, n as u32, kk as u32)), kernel, "{m}×{n}×{kk} took the other kernel");
         for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {
             let a = random(m, kk, -1.0, 1.0, &mut rng);
             let b = random(kk, n, -1.0, 1.0, &mut rng);
             // Store each operand as given or transposed; the kernel reads it through strides.
-            let (a_stored, a_cols) = if ta { (a.t().to_owned(), m) } else { (a.clone(), kk) };
-            let (b_stored, b_cols) = if tb { (b.t().to_owned(), kk) } else { (b.clone(), n) };
-            let a_buf = gpu.upload_f32("a", &f32s(&a_stored.as_standard_layout().to_owned()));
-            let b_buf = gpu.upload_f32("b", &f32s(&b_stored.as_standard_layout().to_owned()));
-            let op_a = Operand::row_major(&a_buf, 0, a_cols as u32);
-            let op_b = Operand::row_major(&b_buf, 0, b_cols as u32);
-            let (op_a, op_b) = (if ta { op_a.t() } else { op_a }, if tb { op_b.t() } else { op_b });
+            let (a_buf, b_buf, [a_cols, b_cols]) = operands(&gpu, &a, &b, ta, tb);
+            let (op_a, op_b) = (operand(&a_buf, a_cols, ta), operand(&b_buf, b_cols, tb));
             let c0 = random(m, n, -1.0, 1.0, &mut rng);
             let w = random(m, n, -1.0, 1.0, &mut rng);
             let w_buf = gpu.upload_f32("w", &f32s(&w));
@@ -86,9 +134,8 @@ fn matmul_every_transpose_and_awkward_shape() {
     }
 }
 
-#[test]
-fn matmul_epilogues_apply_bias_activation_and_derivative() {
-    let (gpu, k) = open();
+fn matmul_epilogues_apply_bias_activation_and_derivative(kernel: MatmulKernel) {
+    let (gpu, k) = open_with(Some(kernel));
     let mut rng = StdRng::seed_from_u64(2);
     let (m, n, kk) = (33, 65, 17);
     let a = random(m, kk, -1.0, 1.0, &mut rng);
@@ -141,6 +188,116 @@ fn matmul_epilogues_apply_bias_activation_and_derivative() {
             assert!(d < TOLERANCE, "delta {act:?} kl={with_kl}: {d:e}");
         }
     }
+}
+
+fn matmul_reads_offset_and_strided_operands_and_writes_only_its_block(kernel: MatmulKernel) {
+    // A, B and C are blocks inside larger matrices (element offsets, row strides wider than
+    // the block), as the weights sit inside θ; the elements around C's block must survive.
+    let (gpu, k) = open_with(Some(kernel));
+    let mut rng = StdRng::seed_from_u64(6);
+    let (m, n, kk) = (13, 10, 9);
+    let big_a = random(m + 4, kk + 5, -1.0, 1.0, &mut rng);
+    let big_b = random(kk + 2, n + 7, -1.0, 1.0, &mut rng);
+    let big_c = random(m + 3, n + 6, -1.0, 1.0, &mut rng);
+    let w = random(m, n, -1.0, 1.0, &mut rng);
+    let (a_buf, b_buf) = (gpu.upload_f32("a", &f32s(&big_a)), gpu.upload_f32("b", &f32s(&big_b)));
+    let c_buf = gpu.upload_f32("c", &f32s(&big_c));
+    // A = big_a[2.., 3..], B = big_b[1.., 4..], C = big_c[1.., 2..].
+    let a_op = Operand { buf: &a_buf, off: (2 * (kk + 5) + 3) as u32, rs: (kk + 5) as u32, cs: 1 };
+    let b_op = Operand { buf: &b_buf, off: (n + 7 + 4) as u32, rs: (n + 7) as u32, cs: 1 };
+    let c_off = (n + 6 + 2) as u32;
+    let a = big_a.slice(ndarray::s![2..2 + m, 3..3 + kk]).to_owned();
+    let b = big_b.slice(ndarray::s![1..1 + kk, 4..4 + n]).to_owned();
+    // The decay term reads w at (row, col) with C's row stride, so lay w out that way.
+    let mut w_strided = vec![0.0f32; m * (n + 6)];
+    for i in 0..m {
+        for j in 0..n {
+            w_strided[i * (n + 6) + j] = w[[i, j]] as f32;
+        }
+    }
+    let w_buf = gpu.upload_f32("w strided", &w_strided);
+    let epi = Epilogue::Plain { alpha: 2.0, accumulate: true, decay: Some((0.5, &w_buf, 0)) };
+    let op = k.matmul(&gpu.device, a_op, b_op, (&c_buf, c_off, (n + 6) as u32), (m as u32, n as u32, kk as u32), epi);
+    gpu.run(&[op]).unwrap();
+    let got = gpu.download_f32(&c_buf, (m + 3) * (n + 6)).unwrap();
+    let got = Array2::from_shape_vec((m + 3, n + 6), got.iter().map(|&v| v as f64).collect()).unwrap();
+    let mut expected = big_c.mapv(|v| v as f32 as f64);
+    let block = a.dot(&b) * 2.0 + expected.slice(ndarray::s![1..1 + m, 2..2 + n]) + &w * 0.5;
+    expected.slice_mut(ndarray::s![1..1 + m, 2..2 + n]).assign(&block);
+    let d = rel(&f32s(&got), expected.as_slice().unwrap());
+    assert!(d < TOLERANCE, "strided block: {d:e}");
+    let outside = got.indexed_iter().filter(|((i, j), _)| !(1..1 + m).contains(i) || !(2..2 + n).contains(j));
+    for ((i, j), &v) in outside {
+        assert_eq!(v as f32, big_c[[i, j]] as f32, "element ({i}, {j}) outside C's block was written");
+    }
+}
+
+fn matmul_ops_recorded_together_do_not_disturb_each_other(kernel: MatmulKernel) {
+    // Products of one shape share pooled textures in the texture-fed kernel: recorded into one
+    // pass, each must still see its own operands.
+    let (gpu, k) = open_with(Some(kernel));
+    let mut rng = StdRng::seed_from_u64(7);
+    let (m, n, kk) = (37, 21, 45);
+    let mut ops = Vec::new();
+    let mut expected = Vec::new();
+    let mut outputs = Vec::new();
+    let mut keep = Vec::new();
+    for t in 0..3 {
+        let a = random(m, kk, -1.0, 1.0, &mut rng);
+        let b = random(kk, n, -1.0, 1.0, &mut rng);
+        let (a_buf, b_buf, [a_cols, b_cols]) = operands(&gpu, &a, &b, t == 1, t == 2);
+        let c_buf = poisoned(&gpu, m * n);
+        let epi = Epilogue::Plain { alpha: 1.0, accumulate: false, decay: None };
+        let (op_a, op_b) = (operand(&a_buf, a_cols, t == 1), operand(&b_buf, b_cols, t == 2));
+        ops.push(k.matmul(&gpu.device, op_a, op_b, (&c_buf, 0, n as u32), (m as u32, n as u32, kk as u32), epi));
+        expected.push(a.dot(&b));
+        outputs.push(c_buf);
+        keep.push((a_buf, b_buf));
+    }
+    gpu.run(&ops).unwrap();
+    for (t, (c_buf, e)) in outputs.iter().zip(&expected).enumerate() {
+        let d = rel(&gpu.download_f32(c_buf, m * n).unwrap(), e.as_slice().unwrap());
+        assert!(d < TOLERANCE, "product {t} of 3 recorded together: {d:e}");
+    }
+}
+
+fn matmul_beyond_the_texture_limit_still_agrees(kernel: MatmulKernel) {
+    // An operand taller or deeper than the largest texture: the texture-fed kernel hands the
+    // product to the tiled one, with the same result.
+    let (gpu, k) = open_with(Some(kernel));
+    let side = gpu.limits.max_texture_dimension_2d as usize;
+    let mut rng = StdRng::seed_from_u64(8);
+    let fits = (side as u32, 5, 3);
+    assert_eq!(k.matmul_kernel(fits), kernel, "{fits:?} fits a texture");
+    // B as a side × side texture: 16 side² bytes, 4 GiB on lavapipe, over its largest buffer.
+    let widest = (1, 4 * side as u32, side as u32);
+    let too_big = 16 * (side as u64).pow(2) > gpu.limits.max_buffer_size;
+    let expected = if too_big { MatmulKernel::Tiled } else { kernel };
+    assert_eq!(k.matmul_kernel(widest), expected, "{widest:?}: {} bytes per buffer", gpu.limits.max_buffer_size);
+    for (m, n, kk) in [(side + 1, 5, 3), (3, 6, side + 1)] {
+        assert_eq!(k.matmul_kernel((m as u32, n as u32, kk as u32)), MatmulKernel::Tiled, "{m}×{n}×{kk}");
+        let a = random(m, kk, -1.0, 1.0, &mut rng);
+        let b = random(kk, n, -1.0, 1.0, &mut rng);
+        let (a_buf, b_buf, [a_cols, b_cols]) = operands(&gpu, &a, &b, false, true);
+        let c_buf = poisoned(&gpu, m * n);
+        let epi = Epilogue::Plain { alpha: 1.0, accumulate: false, decay: None };
+        let (op_a, op_b) = (operand(&a_buf, a_cols, false), operand(&b_buf, b_cols, true));
+        let op = k.matmul(&gpu.device, op_a, op_b, (&c_buf, 0, n as u32), (m as u32, n as u32, kk as u32), epi);
+        gpu.run(&[op]).unwrap();
+        let d = rel(&gpu.download_f32(&c_buf, m * n).unwrap(), a.dot(&b).as_slice().unwrap());
+        assert!(d < TOLERANCE, "{m}×{n}×{kk}: {d:e}");
+    }
+}
+
+#[test]
+fn software_adapters_default_to_the_texture_kernel() {
+    let (gpu, _) = open();
+    if std::env::var("WGNN_MATMUL").is_ok_and(|v| !v.is_empty()) {
+        return;
+    }
+    let expected =
+        if gpu.info.device_type == wgpu::DeviceType::Cpu { MatmulKernel::Texture } else { MatmulKernel::Tiled };
+    assert_eq!(gpu.matmul, expected, "{}", gpu.describe());
 }
 
 #[test]

@@ -2,13 +2,14 @@
 //! random inputs of awkward shapes (batches 1, 7, 65, 1000; widths 1, 3, 63, 64, 65, 257,
 //! 784), every activation, both losses, with and without sparsity, 1 to 4 hidden layers, data
 //! split into several chunks, and every output buffer poisoned with NaN before each run. Runs
-//! on whatever adapter wgpu finds (lavapipe in CI), so shapes stay small.
+//! on whatever adapter wgpu finds (lavapipe in CI), so shapes stay small. Every test runs once
+//! per matmul kernel (`tiled::…` and `texture::…`).
 
 mod common;
 
 use ndarray::Array2;
 use rand::{RngExt, SeedableRng, rngs::StdRng};
-use wgnn::gpu::{GpuBackend, GpuOptions};
+use wgnn::gpu::{GpuBackend, GpuOptions, MatmulKernel};
 use wgnn::model::{Activation, Init, NetSpec, Output, Sparsity};
 use wgnn::{Backend, Batch, CpuBackend};
 
@@ -16,12 +17,36 @@ const TOLERANCE: f64 = 1e-4;
 
 use common::relative_error as rel;
 
-fn gpu(spec: &NetSpec) -> GpuBackend {
-    let mut g = GpuBackend::new(spec.clone(), &GpuOptions::default())
+fn gpu(spec: &NetSpec, kernel: MatmulKernel) -> GpuBackend {
+    let options = GpuOptions { matmul: Some(kernel), ..Default::default() };
+    let mut g = GpuBackend::new(spec.clone(), &options)
         .expect("a GPU adapter (lavapipe in CI: apt-get install mesa-vulkan-drivers)");
+    assert_eq!(g.gpu().matmul, kernel);
     g.set_poison(true);
     g
 }
+
+/// One test per matmul kernel for each function named: `tiled::f` and `texture::f` call
+/// `f(MatmulKernel::Tiled)` and `f(MatmulKernel::Texture)`.
+macro_rules! for_each_matmul_kernel {
+    ($($name:ident),* $(,)?) => {
+        mod tiled {
+            $(#[test] fn $name() { super::$name(wgnn::gpu::MatmulKernel::Tiled) })*
+        }
+        mod texture {
+            $(#[test] fn $name() { super::$name(wgnn::gpu::MatmulKernel::Texture) })*
+        }
+    };
+}
+
+for_each_matmul_kernel!(
+    gradcheck_cases_agree_with_the_cpu_reference,
+    every_shape_activation_and_loss_agrees_with_the_cpu_reference,
+    chunked_and_whole_data_give_the_same_cost_and_gradient,
+    results_are_deterministic,
+    bad_input_is_refused_like_the_cpu_backend,
+    all_of_mnist_in_one_full_batch_evaluation_fits_the_binding_limits,
+);
 
 /// Cost and gradient on both backends for `batch`; asserts agreement and returns the errors.
 fn check(case: &common::Case, cpu: &mut CpuBackend<f64>, gpu: &mut GpuBackend, batch: Batch, what: &str) -> (f64, f64) {
@@ -110,10 +135,9 @@ fn build(config: &Config, seed: u64) -> common::Case {
     common::Case { name, spec, theta, x, labels, values }
 }
 
-#[test]
-fn gradcheck_cases_agree_with_the_cpu_reference() {
+fn gradcheck_cases_agree_with_the_cpu_reference(kernel: MatmulKernel) {
     for case in common::gradcheck_cases() {
-        let mut g = gpu(&case.spec);
+        let mut g = gpu(&case.spec, kernel);
         let mut cpu = CpuBackend::<f64>::new(case.spec.clone()).unwrap();
         case.load(&mut cpu);
         case.load(&mut g);
@@ -122,11 +146,10 @@ fn gradcheck_cases_agree_with_the_cpu_reference() {
     }
 }
 
-#[test]
-fn every_shape_activation_and_loss_agrees_with_the_cpu_reference() {
+fn every_shape_activation_and_loss_agrees_with_the_cpu_reference(kernel: MatmulKernel) {
     for (i, config) in configs().iter().enumerate() {
         let case = build(config, 100 + i as u64);
-        let mut g = gpu(&case.spec);
+        let mut g = gpu(&case.spec, kernel);
         if let Some(rows) = config.chunk_rows {
             g.set_max_chunk_rows(rows);
         }
@@ -162,8 +185,7 @@ fn every_shape_activation_and_loss_agrees_with_the_cpu_reference() {
     }
 }
 
-#[test]
-fn chunked_and_whole_data_give_the_same_cost_and_gradient() {
+fn chunked_and_whole_data_give_the_same_cost_and_gradient(kernel: MatmulKernel) {
     let config = Config {
         layers: &[30, 20, 30],
         hidden: &[S],
@@ -174,7 +196,7 @@ fn chunked_and_whole_data_give_the_same_cost_and_gradient() {
     };
     let case = build(&config, 7);
     let eval = |chunk: Option<usize>| {
-        let mut g = gpu(&case.spec);
+        let mut g = gpu(&case.spec, kernel);
         if let Some(r) = chunk {
             g.set_max_chunk_rows(r);
         }
@@ -194,10 +216,9 @@ fn chunked_and_whole_data_give_the_same_cost_and_gradient() {
     }
 }
 
-#[test]
-fn results_are_deterministic() {
+fn results_are_deterministic(kernel: MatmulKernel) {
     let case = &common::gradcheck_cases()[0];
-    let mut g = gpu(&case.spec);
+    let mut g = gpu(&case.spec, kernel);
     case.load(&mut g);
     let mut a = vec![0.0; case.theta.len()];
     let mut b = vec![0.0; case.theta.len()];
@@ -207,11 +228,10 @@ fn results_are_deterministic() {
     assert!(a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()));
 }
 
-#[test]
-fn bad_input_is_refused_like_the_cpu_backend() {
+fn bad_input_is_refused_like_the_cpu_backend(kernel: MatmulKernel) {
     let spec = NetSpec::new(&[3, 2, 4], Activation::Sigmoid, Output::Softmax).unwrap();
     let theta = Init::Uniform.theta(&spec, 0);
-    let mut g = gpu(&spec);
+    let mut g = gpu(&spec, kernel);
     let x = Array2::<f64>::zeros((5, 3));
     let e = g.set_data((&x).into(), wgnn::Targets::Labels(&[0, 1, 2, 4, 0])).unwrap_err().to_string();
     assert!(e.contains("label 4 of example 3"), "{e}");
@@ -223,8 +243,7 @@ fn bad_input_is_refused_like_the_cpu_backend() {
     assert!(g.cost(&theta, Batch::Indices(&[9])).is_err());
 }
 
-#[test]
-fn all_of_mnist_in_one_full_batch_evaluation_fits_the_binding_limits() {
+fn all_of_mnist_in_one_full_batch_evaluation_fits_the_binding_limits(kernel: MatmulKernel) {
     // 60,000 × 784 f32 is 188 MB, over the 128 MiB storage binding lavapipe (and WebGPU's
     // default) allows: the backend must chunk it and accumulate the gradient on the device.
     use wgnn::data::{DataSource, LoadOptions};
@@ -234,7 +253,7 @@ fn all_of_mnist_in_one_full_batch_evaluation_fits_the_binding_limits() {
     let labels = data.labels.clone().unwrap();
     let spec = NetSpec::softmax_regression(784, 10, 1e-4).unwrap();
     let theta = Init::Normal { epsilon: 0.005 }.theta(&spec, 1);
-    let mut g = gpu(&spec);
+    let mut g = gpu(&spec, kernel);
     g.set_data((&data.x).into(), wgnn::Targets::Labels(&labels)).unwrap();
     let binding = g.gpu().limits.max_storage_buffer_binding_size;
     println!("max storage binding {} MiB; data {} MB", binding >> 20, 60_000 * 784 * 4 / 1_000_000);

@@ -389,7 +389,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     let mut rows = Vec::new();
 
     let gpu = adapter.as_ref().map(Gpu::from_adapter).transpose()?;
-    let kernels = gpu.as_ref().map(|g| Kernels::new(&g.device));
+    let kernels = gpu.as_ref().map(Kernels::new);
     for p in &products {
         let work = Work { name: p.name(), shape: format!("{}x{}x{}", p.m, p.n, p.k), flops: p.flops() };
         bar.set_message(work.describe());
@@ -452,6 +452,7 @@ fn print_table(rows: &[Row], repeats: u32, gpu: Option<&Gpu>, cpu: &str, data: O
     println!("cpu      {cpu}");
     if let Some(gpu) = gpu {
         println!("adapter  {}", gpu.describe());
+        println!("matmul   {} kernel (WGNN_MATMUL=tex|tiled chooses)", gpu.matmul.name());
     }
     if let Some(load) = load_average() {
         println!("load     {load} (1, 5, 15 min): a busy machine reads slow");

@@ -179,7 +179,7 @@ impl BackendArgs {
             GpuApi::Dx12 => wgnn::gpu::Api::Dx12,
             GpuApi::Gl => wgnn::gpu::Api::Gl,
         };
-        wgnn::gpu::GpuOptions { api, adapter: self.adapter.clone() }
+        wgnn::gpu::GpuOptions { api, adapter: self.adapter.clone(), matmul: None }
     }
 
     /// The backend the flags ask for, with `precision` unless --precision says otherwise;

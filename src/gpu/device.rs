@@ -34,6 +34,47 @@ pub struct GpuOptions {
     pub api: Api,
     /// Case-insensitive substring of the adapter's name (also read from `WGNN_ADAPTER`).
     pub adapter: Option<String>,
+    /// The matmul kernel; `None`: `WGNN_MATMUL` when set, else [`MatmulKernel::for_adapter`].
+    pub matmul: Option<MatmulKernel>,
+}
+
+/// Which kernel computes the matrix products.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MatmulKernel {
+    /// `shaders/matmul.wgsl`: tiles in workgroup memory, operands straight from storage
+    /// buffers. The kernel for real GPUs.
+    Tiled,
+    /// `shaders/matmul_tex.wgsl`: operands packed into textures first. ~8× faster on software
+    /// adapters such as lavapipe, where texel fetches are vectorised and buffer loads are not;
+    /// products whose packed operands would exceed the texture size limit fall back to `Tiled`.
+    Texture,
+}
+
+impl MatmulKernel {
+    /// Textures on a software (CPU) adapter, the tiled kernel everywhere else.
+    pub fn for_adapter(info: &wgpu::AdapterInfo) -> MatmulKernel {
+        if info.device_type == wgpu::DeviceType::Cpu { MatmulKernel::Texture } else { MatmulKernel::Tiled }
+    }
+
+    /// The kernel the environment variable `WGNN_MATMUL` (`tex` or `tiled`) asks for, if any.
+    pub fn from_env() -> Result<Option<MatmulKernel>> {
+        match std::env::var("WGNN_MATMUL") {
+            Err(_) => Ok(None),
+            Ok(v) => match v.trim().to_lowercase().as_str() {
+                "" => Ok(None),
+                "tex" | "texture" => Ok(Some(MatmulKernel::Texture)),
+                "tiled" => Ok(Some(MatmulKernel::Tiled)),
+                other => Err(Error::Gpu(format!("WGNN_MATMUL={other}: expected `tex` or `tiled` (or leave it unset)"))),
+            },
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            MatmulKernel::Tiled => "tiled",
+            MatmulKernel::Texture => "texture",
+        }
+    }
 }
 
 /// An open device and what it can do.
@@ -42,6 +83,8 @@ pub struct Gpu {
     pub queue: wgpu::Queue,
     pub info: wgpu::AdapterInfo,
     pub limits: wgpu::Limits,
+    /// The matmul kernel that [`super::kernels::Kernels`] built on this device will use.
+    pub matmul: MatmulKernel,
 }
 
 fn instance(api: Api) -> wgpu::Instance {
@@ -113,11 +156,18 @@ impl Gpu {
     /// Opens the adapter `options` select with its own limits.
     pub fn open(options: &GpuOptions) -> Result<Gpu> {
         let adapter = choose_adapter(options)?;
-        Gpu::from_adapter(&adapter)
+        let mut gpu = Gpu::from_adapter(&adapter)?;
+        if let Some(kind) = options.matmul {
+            gpu.matmul = kind;
+        }
+        Ok(gpu)
     }
 
+    /// Opens `adapter` with its own limits; the matmul kernel is `WGNN_MATMUL`'s or the one
+    /// [`MatmulKernel::for_adapter`] picks.
     pub fn from_adapter(adapter: &wgpu::Adapter) -> Result<Gpu> {
         let info = adapter.get_info();
+        let matmul = MatmulKernel::from_env()?.unwrap_or_else(|| MatmulKernel::for_adapter(&info));
         let limits = adapter.limits();
         let desc = wgpu::DeviceDescriptor {
             label: Some("wgnn"),
@@ -127,7 +177,7 @@ impl Gpu {
         };
         let (device, queue) = pollster::block_on(adapter.request_device(&desc))
             .map_err(|e| Error::Gpu(format!("cannot open {} ({:?}): {e}", info.name, info.backend)))?;
-        Ok(Gpu { device, queue, info, limits })
+        Ok(Gpu { device, queue, info, limits, matmul })
     }
 
     /// e.g. `NVIDIA H100 (Vulkan, discrete GPU)`.

@@ -5,10 +5,13 @@
 use bytemuck::{Pod, Zeroable};
 use wgpu::util::DeviceExt;
 
+use super::device::{Gpu, MatmulKernel};
+use super::texmatmul::{Packed, TexMatmul};
 use crate::model::Activation;
 
 const COMMON: &str = include_str!("../../shaders/common.wgsl");
 const SMALL_PARAMS: &str = include_str!("../../shaders/small_params.wgsl");
+const MATMUL_EPILOGUE: &str = include_str!("../../shaders/matmul_epilogue.wgsl");
 const MATMUL: &str = include_str!("../../shaders/matmul.wgsl");
 const ELEMENTWISE: &str = include_str!("../../shaders/elementwise.wgsl");
 const LOSS: &str = include_str!("../../shaders/loss.wgsl");
@@ -58,7 +61,10 @@ pub struct MatmulParams {
     pub alpha: f32,
     pub decay: f32,
     pub leaky_alpha: f32,
-    pub _pad: [u32; 3],
+    /// The texture-fed kernel only: 1 when consecutive workgroups go down the rows of C
+    /// rather than along its columns (see texmatmul.rs).
+    pub rows_first: u32,
+    pub _pad: [u32; 2],
 }
 
 #[repr(C)]
@@ -124,18 +130,26 @@ pub enum Epilogue<'a> {
     Delta { kl: Option<(&'a wgpu::Buffer, u32)>, a_prev: Operand<'a>, act: Activation },
 }
 
-/// One recorded dispatch.
+/// One recorded operation: one dispatch, or (the texture-fed matmul) a few in order.
 pub struct Op {
-    pipeline: wgpu::ComputePipeline,
-    bind_group: wgpu::BindGroup,
-    groups: [u32; 3],
+    steps: Vec<(wgpu::ComputePipeline, wgpu::BindGroup, [u32; 3])>,
 }
 
 impl Op {
+    fn one(pipeline: wgpu::ComputePipeline, bind_group: wgpu::BindGroup, groups: [u32; 3]) -> Op {
+        Op { steps: vec![(pipeline, bind_group, groups)] }
+    }
+
+    pub(super) fn steps(steps: Vec<(wgpu::ComputePipeline, wgpu::BindGroup, [u32; 3])>) -> Op {
+        Op { steps }
+    }
+
     pub fn record(&self, pass: &mut wgpu::ComputePass<'_>) {
-        pass.set_pipeline(&self.pipeline);
-        pass.set_bind_group(0, &self.bind_group, &[]);
-        pass.dispatch_workgroups(self.groups[0], self.groups[1], self.groups[2]);
+        for (pipeline, bind_group, groups) in &self.steps {
+            pass.set_pipeline(pipeline);
+            pass.set_bind_group(0, bind_group, &[]);
+            pass.dispatch_workgroups(groups[0], groups[1], groups[2]);
+        }
     }
 }
 
@@ -143,6 +157,8 @@ pub struct Kernels {
     matmul_layout: wgpu::BindGroupLayout,
     small_layout: wgpu::BindGroupLayout,
     matmul: wgpu::ComputePipeline,
+    /// The texture-fed matmul, when the device's [`MatmulKernel`] is `Texture`.
+    tex: Option<TexMatmul>,
     small: Vec<(Small, wgpu::ComputePipeline)>,
     /// Bound where a kernel has no use for a slot (storage bindings may not be left empty).
     dummy_read: wgpu::Buffer,
@@ -197,12 +213,14 @@ pub(crate) fn pipeline(
 }
 
 impl Kernels {
-    /// Compiles every kernel for `device`.
-    pub fn new(device: &wgpu::Device) -> Kernels {
+    /// Compiles every kernel for `gpu`, with the matmul kernel `gpu.matmul` names.
+    pub fn new(gpu: &Gpu) -> Kernels {
+        let device = &gpu.device;
         let matmul_layout =
             layout(device, "matmul", &[Some(true), Some(true), Some(false), Some(true), Some(true), None]);
         let small_layout = layout(device, "small", &[Some(true), Some(true), Some(false), Some(false), None]);
-        let matmul = pipeline(device, &matmul_layout, &format!("{COMMON}\n{MATMUL}"), "matmul");
+        let matmul = pipeline(device, &matmul_layout, &format!("{COMMON}\n{MATMUL_EPILOGUE}\n{MATMUL}"), "matmul");
+        let tex = (gpu.matmul == MatmulKernel::Texture).then(|| TexMatmul::new(device, &gpu.limits));
         let with_params = |body: &str| format!("{COMMON}\n{SMALL_PARAMS}\n{body}");
         let small = [
             (Small::Elementwise, ELEMENTWISE, "elementwise"),
@@ -228,6 +246,7 @@ impl Kernels {
             matmul_layout,
             small_layout,
             matmul,
+            tex,
             small,
             dummy_read: dummy("unused input"),
             dummy_write: [dummy("unused output 0"), dummy("unused output 1")],
@@ -242,7 +261,17 @@ impl Kernels {
         })
     }
 
-    /// C (m × n, row-major with row stride `c.1`, at element offset `c.2`) = op(A) op(B) then
+    /// The kernel [`Kernels::matmul`] uses for an m × n × k product: the device's, except that
+    /// the texture-fed kernel hands products whose packed operands exceed the texture size
+    /// limit to the tiled one.
+    pub fn matmul_kernel(&self, (m, n, k): (u32, u32, u32)) -> MatmulKernel {
+        match &self.tex {
+            Some(tex) if tex.fits((m, n, k)) => MatmulKernel::Texture,
+            _ => MatmulKernel::Tiled,
+        }
+    }
+
+    /// C (m × n, row-major with row stride `c.2`, at element offset `c.1`) = op(A) op(B) then
     /// the epilogue; A is m × k and B is k × n as addressed by their operands.
     #[allow(clippy::too_many_arguments)]
     pub fn matmul(
@@ -300,10 +329,15 @@ impl Kernels {
                 p.aux2_rs = a_prev.rs;
             }
         }
+        if let (Some(tex), MatmulKernel::Texture) = (&self.tex, self.matmul_kernel((m, n, k))) {
+            let a = Packed { buf: a.buf, off: a.off, rs: a.rs, cs: a.cs, rows: m, cols: k };
+            let b = Packed { buf: b.buf, off: b.off, rs: b.rs, cs: b.cs, rows: k, cols: n };
+            return tex.matmul(device, a, b, [c.0, aux, aux2], &p);
+        }
         let params = Self::uniform(device, bytemuck::bytes_of(&p));
         let buffers = [a.buf, b.buf, c.0, aux, aux2, &params];
         let bind_group = bind_all(device, &self.matmul_layout, &buffers);
-        Op { pipeline: self.matmul.clone(), bind_group, groups: [n.div_ceil(MATMUL_TILE), m.div_ceil(MATMUL_TILE), 1] }
+        Op::one(self.matmul.clone(), bind_group, [n.div_ceil(MATMUL_TILE), m.div_ceil(MATMUL_TILE), 1])
     }
 
     /// A small kernel over inputs (`src`, `src2`) and outputs (`dst`, `dst2`); `None` slots are
@@ -329,7 +363,7 @@ impl Kernels {
             &uniform,
         ];
         let pipeline = self.small.iter().find(|(k, _)| *k == kind).expect("every small kernel is compiled").1.clone();
-        Op { pipeline, bind_group: bind_all(device, &self.small_layout, &buffers), groups }
+        Op::one(pipeline, bind_all(device, &self.small_layout, &buffers), groups)
     }
 }
 
@@ -421,7 +455,7 @@ impl FeatureKernels {
     ) -> Op {
         let params = Kernels::uniform(device, bytemuck::bytes_of(&p));
         let bind_group = bind_all(device, &self.layout, &[images, weights, out, &params]);
-        Op { pipeline: self.convolve.clone(), bind_group, groups: Self::convolve_groups(&p) }
+        Op::one(self.convolve.clone(), bind_group, Self::convolve_groups(&p))
     }
 
     /// out (maps × q × q) = mean or max of `conv` (maps × d × d) over disjoint regions.
@@ -435,7 +469,7 @@ impl FeatureKernels {
     ) -> Op {
         let params = Kernels::uniform(device, bytemuck::bytes_of(&p));
         let bind_group = bind_all(device, &self.layout, &[conv, &self.dummy_read, out, &params]);
-        Op { pipeline: self.pool.clone(), bind_group, groups: Self::pool_groups(&p, max_per_dimension) }
+        Op::one(self.pool.clone(), bind_group, Self::pool_groups(&p, max_per_dimension))
     }
 }
 

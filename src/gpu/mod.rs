@@ -11,6 +11,7 @@
 
 mod device;
 pub mod kernels;
+mod texmatmul;
 mod update;
 
 use std::collections::HashMap;
@@ -18,7 +19,7 @@ use std::collections::HashMap;
 use ndarray::{Array2, ArrayView2};
 use wgpu::util::DeviceExt;
 
-pub use device::{Api, Gpu, GpuOptions, adapters, choose_adapter, is_real_gpu, kind_name};
+pub use device::{Api, Gpu, GpuOptions, MatmulKernel, adapters, choose_adapter, is_real_gpu, kind_name};
 use kernels::{BLOCK_ROWS, Epilogue, Kernels, Op, Operand, Small, SmallParams};
 pub use update::{StandaloneUpdate, Transfers, UPDATE_BLOCK};
 
@@ -125,7 +126,7 @@ impl GpuBackend {
         spec.validate()?;
         let layout = ThetaLayout::new(&spec);
         let device = &gpu.device;
-        let kernels = Kernels::new(device);
+        let kernels = Kernels::new(&gpu);
         let staging = |label, bytes| {
             device.create_buffer(&wgpu::BufferDescriptor {
                 label: Some(label),
@@ -144,7 +145,12 @@ impl GpuBackend {
             )));
         }
         let widest = spec.layers.iter().copied().max().unwrap_or(1) as u64;
-        let max_chunk_rows = ((binding / 4 / widest) as usize).clamp(1, 1 << 20);
+        let mut max_chunk_rows = ((binding / 4 / widest) as usize).clamp(1, 1 << 20);
+        if gpu.matmul == MatmulKernel::Texture {
+            // Chunks no taller than a texture, so that every product of a chunk (the data as A
+            // in the forward pass, as B in the weight gradient) takes the texture-fed kernel.
+            max_chunk_rows = max_chunk_rows.min(gpu.limits.max_texture_dimension_2d as usize);
+        }
         Ok(GpuBackend {
             theta: storage(device, "θ", params),
             grad: storage(device, "∇J", params),
