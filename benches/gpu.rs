@@ -182,6 +182,10 @@ fn kernel_families(gpu: &Gpu, k: &Kernels, reps: usize, smoke: bool) {
     };
     let grid = [h.div_ceil(16), m.div_ceil(16), 1];
     let values = Work::Values(mh as f64);
+    // The same product with the plain epilogue: the tile machinery alone, so the rows below
+    // read as this plus what their epilogue costs.
+    let op = outer(Epilogue::Plain { alpha: 1.0, accumulate: false, decay: None });
+    report(&format!("no epilogue (plain product, depth 1) {m}×{h}"), time_ops(gpu, reps, &[op]), values);
     for act in [Activation::Sigmoid, Activation::Tanh, Activation::Relu] {
         let name = act.name();
         let op = outer(Epilogue::BiasAct { bias: (&bias_kl, 0), act });
