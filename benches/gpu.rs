@@ -19,11 +19,12 @@ use std::time::Instant;
 use ndarray::{Array1, Array2};
 use rand::{RngExt, SeedableRng, rngs::StdRng};
 use wgnn::features::{FeatureBank, GpuConvolution, PoolKind, Pooling};
-use wgnn::gpu::kernels::{
-    BLOCK_ROWS, ConvParams, Epilogue, FeatureKernels, Kernels, Op, Operand, PoolParams, Small, SmallParams, act_code,
-};
-use wgnn::gpu::{Gpu, GpuBackend, GpuOptions, StandaloneUpdate};
-use wgnn::model::{Activation, Init, NetSpec, Output, Sparsity};
+use wgnn::gpu::StandaloneUpdate;
+use wgnn::gpu::kernels::{BLOCK_ROWS, ConvParams, FeatureKernels, Op, PoolParams, Small, SmallParams, act_code};
+use wgnn::gpu::kernels::{Epilogue, Kernels, Operand};
+use wgnn::gpu::{Gpu, GpuBackend, GpuOptions};
+use wgnn::model::{Activation, Output};
+use wgnn::model::{Init, NetSpec, Sparsity};
 use wgnn::optim::{UpdateRule, UpdateState};
 use wgnn::{Backend, Batch, CpuBackend, Targets};
 
