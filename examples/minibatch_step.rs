@@ -2,7 +2,9 @@
 //! and with the host path (θ uploaded and ∇J read back every step, update on the host), for a
 //! 784-256-128-10 ReLU MLP with a softmax output on random MNIST-shaped data. Also times the
 //! part of the host path that the device path removes — θ up and ∇J back — and the host-side
-//! gather of a shuffled minibatch, which both paths still do.
+//! gather of a shuffled minibatch. Each path runs with the minibatch gathered on the device
+//! from an uploaded index list (the default for resident data) and gathered on the host and
+//! uploaded row by row (as before `src/gpu/data.rs`), with the bytes of data sent per step.
 //!
 //! Run: `cargo run --release --example minibatch_step -- [BATCH ...]` (default 256 32);
 //! `WGNN_STEP_EPOCHS` epochs of 10 steps per run (default 2), `WGNN_STEP_ROUNDS` alternating
@@ -42,23 +44,33 @@ fn main() -> wgnn::Result<()> {
             opt.run(&mut BackendObjective::new(gpu), &mut theta, &stop, &mut Hooks::new())?;
             Ok(start.elapsed().as_secs_f64() / (10 * epochs) as f64)
         };
-        for device in [true, false] {
+        // (θ on the device, minibatch gathered on the device)
+        let paths = [(true, true), (true, false), (false, true), (false, false)];
+        for (device, gather) in paths {
             gpu.set_device_training(device);
+            gpu.set_device_gather(gather);
             run(&mut gpu, 1)?; // warm-up: plans, pipelines, buffers
         }
-        // Alternating rounds, so both paths see the same machine load; medians.
-        let mut times = [Vec::new(), Vec::new()];
+        // Alternating rounds, so every path sees the same machine load; medians.
+        let mut times = vec![Vec::new(); paths.len()];
+        let mut bytes = vec![0u64; paths.len()];
         for _ in 0..rounds {
-            for (device, t) in [true, false].into_iter().zip(&mut times) {
+            for (i, &(device, gather)) in paths.iter().enumerate() {
                 gpu.set_device_training(device);
-                t.push(run(&mut gpu, epochs)?);
+                gpu.set_device_gather(gather);
+                let before = gpu.data_uploaded_bytes();
+                times[i].push(run(&mut gpu, epochs)?);
+                bytes[i] = (gpu.data_uploaded_bytes() - before) / (10 * epochs) as u64;
             }
         }
         gpu.set_device_training(true);
-        for (path, t) in ["θ on the device", "host path      "].into_iter().zip(times) {
+        gpu.set_device_gather(true);
+        for ((device, gather), (t, b)) in paths.into_iter().zip(times.into_iter().zip(bytes)) {
+            let path = if device { "θ on the device" } else { "host path      " };
+            let gather = if gather { "device gather" } else { "host gather  " };
             let (lo, mid, hi) = spread(t);
             println!(
-                "batch {batch:>4}  {path}  {:8.2} ms per step (median of {rounds} runs of {} steps; {:.2}–{:.2})",
+                "batch {batch:>4}  {path}, {gather}  {:8.2} ms per step (median of {rounds} runs of {} steps; {:.2}–{:.2}); {b} B of data per step",
                 mid * 1e3,
                 10 * epochs,
                 lo * 1e3,
@@ -78,7 +90,7 @@ fn main() -> wgnn::Result<()> {
             std::hint::black_box(back);
         }
         let round_trip = start.elapsed().as_secs_f64() / reps as f64;
-        // The host-side gather of a shuffled minibatch (both paths still do it).
+        // The host-side gather of a shuffled minibatch (what the device gather removes).
         let order: Vec<usize> = (0..m).rev().collect();
         let start = Instant::now();
         for _ in 0..reps {

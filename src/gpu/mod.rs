@@ -1,24 +1,43 @@
 //! The GPU backend: the same cost, gradient and forward pass as the CPU reference, in f32
 //! WGSL kernels (`shaders/`) through wgpu. One call of cost-and-gradient records the whole
-//! forward and backward pass — over every chunk of the data — into one command encoder and
-//! submits once; only the three cost terms and (when asked) the gradient are read back.
+//! forward and backward pass — over every chunk of the data — and submits it; only the three
+//! cost terms and (when asked) the gradient are read back.
 //!
-//! Data is uploaded once, in chunks of rows that each fit the device's storage-binding limit;
-//! the gradient accumulates across chunks on the device. With sparsity, ρ̂ needs the whole
-//! batch's first hidden layer before any backward step, so the chunks are visited twice.
+//! Data handling (`data.rs` holds the budget, the size check and the gather kernel):
+//! - **Chunks.** The loaded rows are split into chunks that each fit one storage binding;
+//!   a pass visits them in order and the gradient accumulates across them on the device.
+//!   With sparsity, ρ̂ needs the whole batch's first hidden layer before any backward step,
+//!   so the chunks are visited twice.
+//! - **Resident** (data within `set_max_resident_bytes`, by default
+//!   [`default_max_resident_bytes`]): the chunks are uploaded once by `set_data`, and an
+//!   evaluation is one submission.
+//! - **Streamed** (larger data): the rows stay on the host; each chunk is written into one
+//!   of two ring buffers just before the submission that reads it, one submission per chunk
+//!   visit. A `write_buffer` lands before the next submission and after the earlier ones,
+//!   so reusing a ring buffer is safe; writes within one submission would not be ordered per
+//!   dispatch, which is why there is no single-submission streaming. The recorded operations
+//!   and chunk boundaries are those of the resident path, so the results are the same bits.
+//! - **Shuffled minibatches** (`Batch::Indices`) are copied into gathered-batch buffers:
+//!   with resident data by `shaders/gather.wgsl` from an uploaded u32 index list (4 bytes per
+//!   row cross the bus), with streamed data (or `set_device_gather(false)`) on the host.
+//! - A chunk or batch larger than one buffer may be is a clear error, not a wgpu panic.
+//!
 //! Recorded operations (bind groups, parameter blocks, workspace) are built once per batch
 //! shape and reused.
 
+mod data;
 mod device;
 pub mod kernels;
 mod texmatmul;
 mod update;
 
 use std::collections::HashMap;
+use std::ops::Range;
 
 use ndarray::{Array2, ArrayView2};
 use wgpu::util::DeviceExt;
 
+pub use data::default_max_resident_bytes;
 pub use device::{Api, Gpu, GpuOptions, MatmulKernel, adapters, choose_adapter, is_real_gpu, kind_name};
 use kernels::{BLOCK_ROWS, Epilogue, Kernels, Op, Operand, Small, SmallParams};
 pub use update::{StandaloneUpdate, Transfers, UPDATE_BLOCK};
@@ -46,16 +65,31 @@ struct Segment {
     rows: usize,
 }
 
-/// The loaded data's chunks, or those of the last gathered minibatch.
+/// The loaded data's chunks, those of the last gathered minibatch, or a ring buffer that
+/// streamed rows are uploaded into just before the submission that reads them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 enum Source {
     Loaded(usize),
     Gathered(usize),
+    Streamed(usize),
+}
+
+/// How one evaluation reaches its rows: the segments it visits, the global rows each
+/// segment holds (what a streamed segment uploads), and whether the gathered batch is
+/// assembled on the device first.
+struct Visit {
+    segments: Vec<Segment>,
+    rows: Vec<Range<usize>>,
+    gather: bool,
 }
 
 /// Recorded operations for one batch shape, with the workspace they write.
 struct Plan {
     ops: Vec<Op>,
+    /// (segment, first op) for each stretch of `ops` that reads one segment's rows (the
+    /// ops between segments, ρ̂'s KL terms and Σ W², go with the stretch before them).
+    /// Streamed data submit one stretch at a time, after uploading its segment.
+    stages: Vec<(usize, usize)>,
     examples: usize,
     workspace: Vec<wgpu::Buffer>,
 }
@@ -71,12 +105,27 @@ pub struct GpuBackend {
     scalars: wgpu::Buffer,
     grad_staging: wgpu::Buffer,
     scalar_staging: wgpu::Buffer,
+    /// Rows in each chunk of the loaded data, resident or streamed.
+    chunk_rows: Vec<usize>,
+    /// The resident chunks; empty when the data are streamed.
     chunks: Vec<Chunk>,
-    /// A host copy of the data for gathering shuffled minibatches.
+    /// The chunk buffers streamed rows are uploaded into (empty when resident).
+    ring: Vec<Chunk>,
+    /// Loaded data larger than this stay on the host and are streamed chunk by chunk.
+    max_resident_bytes: u64,
+    /// A host copy of the data: streamed from, and gathered from when streaming.
     host_x: Array2<f32>,
     host_y: Option<Array2<f32>>,
     host_labels: Option<Vec<u32>>,
     gathered: Vec<Chunk>,
+    /// Gathering on the device: the kernel, the batch's row indices (u32) and the recorded
+    /// copies from every resident chunk into `gathered`; `device_gather` off forces the host.
+    gather_kernel: Option<data::GatherKernel>,
+    batch_indices: Option<wgpu::Buffer>,
+    gather_ops: Vec<data::GatherOp>,
+    device_gather: bool,
+    /// Bytes of examples, targets, labels and row indices written to the device so far.
+    data_bytes: u64,
     max_chunk_rows: usize,
     plans: HashMap<(Vec<Segment>, bool), Plan>,
     poison: bool,
@@ -160,11 +209,19 @@ impl GpuBackend {
             kernels,
             spec,
             layout,
+            chunk_rows: Vec::new(),
             chunks: Vec::new(),
+            ring: Vec::new(),
+            max_resident_bytes: data::default_max_resident_bytes(&gpu.limits),
             host_x: Array2::zeros((0, 0)),
             host_y: None,
             host_labels: None,
             gathered: Vec::new(),
+            gather_kernel: None,
+            batch_indices: None,
+            gather_ops: Vec::new(),
+            device_gather: true,
+            data_bytes: 0,
             max_chunk_rows,
             plans: HashMap::new(),
             poison: false,
@@ -173,10 +230,37 @@ impl GpuBackend {
         })
     }
 
-    /// Caps the rows per chunk (tests use this to exercise chunking on small data).
+    /// Caps the rows per chunk (tests use this to exercise chunking on small data). Takes
+    /// effect at the next `set_data`.
     pub fn set_max_chunk_rows(&mut self, rows: usize) {
         self.max_chunk_rows = rows.max(1);
         self.plans.clear();
+    }
+
+    /// Loaded data needing more than `bytes` of device memory (examples, targets and labels)
+    /// stay on the host and are streamed through two chunk buffers, one submission per
+    /// chunk, instead of being uploaded once. Default: [`default_max_resident_bytes`]; tests
+    /// set it low to stream small data. Takes effect at the next `set_data`.
+    pub fn set_max_resident_bytes(&mut self, bytes: u64) {
+        self.max_resident_bytes = bytes;
+    }
+
+    /// Whether the loaded data are streamed from the host (see `set_max_resident_bytes`).
+    pub fn is_streaming(&self) -> bool {
+        !self.ring.is_empty()
+    }
+
+    /// Whether shuffled minibatches of resident data are gathered on the device from an
+    /// uploaded index list (the default) or on the host and uploaded row by row (for
+    /// comparisons). Streamed data are always gathered on the host.
+    pub fn set_device_gather(&mut self, on: bool) {
+        self.device_gather = on;
+    }
+
+    /// Bytes of examples, targets, labels and batch row indices written to the device since
+    /// the backend was made (θ is counted by [`GpuBackend::transfers`]).
+    pub fn data_uploaded_bytes(&self) -> u64 {
+        self.data_bytes
     }
 
     /// Before every evaluation, fill the gradient, the cost terms and every workspace buffer
@@ -190,86 +274,175 @@ impl GpuBackend {
     }
 
     /// Device buffers for a chunk of `rows` examples, to be filled later.
-    fn empty_chunk(&self, rows: usize, values: bool, labels: bool) -> Chunk {
+    fn empty_chunk(&self, rows: usize, values: bool, labels: bool) -> Result<Chunk> {
         let device = &self.gpu.device;
-        Chunk {
-            x: storage(device, "examples", rows * self.spec.inputs()),
-            y: values.then(|| storage(device, "targets", rows * self.spec.outputs())),
+        let (inputs, outputs) = (self.spec.inputs(), self.spec.outputs());
+        data::check_buffer(&self.gpu.limits, "a chunk of examples", rows, rows * inputs.max(outputs))?;
+        Ok(Chunk {
+            x: storage(device, "examples", rows * inputs),
+            y: values.then(|| storage(device, "targets", rows * outputs)),
             labels: labels.then(|| storage(device, "labels", rows)),
             rows,
-        }
+        })
     }
 
-    fn upload_chunk(&self, x: ArrayView2<f32>, y: Option<ArrayView2<f32>>, labels: Option<&[u32]>) -> Chunk {
+    fn upload_chunk(&self, x: ArrayView2<f32>, y: Option<ArrayView2<f32>>, labels: Option<&[u32]>) -> Result<Chunk> {
         let device = &self.gpu.device;
-        Chunk {
+        let widest = x.ncols().max(y.map_or(0, |y| y.ncols()));
+        data::check_buffer(&self.gpu.limits, "a chunk of examples", x.nrows(), x.nrows() * widest)?;
+        Ok(Chunk {
             x: upload(device, "examples", bytemuck::cast_slice(&contiguous(x))),
             y: y.map(|y| upload(device, "targets", bytemuck::cast_slice(&contiguous(y)))),
             labels: labels.map(|l| upload(device, "labels", bytemuck::cast_slice(l))),
             rows: x.nrows(),
+        })
+    }
+
+    /// Writes the loaded rows `rows` into the first rows of `chunk`; returns the bytes written.
+    fn write_rows(&self, chunk: &Chunk, rows: Range<usize>) -> u64 {
+        let q = &self.gpu.queue;
+        let r = ndarray::s![rows.clone(), ..];
+        let x = contiguous(self.host_x.slice(r));
+        q.write_buffer(&chunk.x, 0, bytemuck::cast_slice(&x));
+        let mut bytes = x.len() * 4;
+        if let (Some(buf), Some(y)) = (&chunk.y, &self.host_y) {
+            let y = contiguous(y.slice(r));
+            q.write_buffer(buf, 0, bytemuck::cast_slice(&y));
+            bytes += y.len() * 4;
         }
+        if let (Some(buf), Some(l)) = (&chunk.labels, &self.host_labels) {
+            q.write_buffer(buf, 0, bytemuck::cast_slice(&l[rows.clone()]));
+            bytes += rows.len() * 4;
+        }
+        bytes as u64
     }
 
     fn chunk(&self, source: Source) -> &Chunk {
         match source {
             Source::Loaded(i) => &self.chunks[i],
             Source::Gathered(i) => &self.gathered[i],
+            Source::Streamed(i) => &self.ring[i],
         }
     }
 
-    /// The segments a batch visits; uploads a gathered minibatch when the rows are scattered.
-    fn segments(&mut self, batch: &Batch) -> Result<Vec<Segment>> {
+    /// The segments a batch visits. Contiguous rows are visited where they lie (resident) or
+    /// in the ring buffers (streamed), in the loaded chunks' order and boundaries either way,
+    /// so both give the same numbers; scattered rows are gathered first.
+    fn visit(&mut self, batch: &Batch) -> Result<Visit> {
         let n = self.host_x.nrows();
         batch.len_checked(n)?;
         let (start, end) = match batch {
             Batch::All => (0, n),
             Batch::Rows(r) => (r.start, r.end),
-            Batch::Indices(ix) => {
-                let x = self.host_x.select(ndarray::Axis(0), ix);
-                let y = self.host_y.as_ref().map(|y| y.select(ndarray::Axis(0), ix));
-                let labels = self.host_labels.as_ref().map(|l| ix.iter().map(|&i| l[i]).collect::<Vec<u32>>());
-                let sizes = chunk_sizes(ix.len(), self.max_chunk_rows);
-                let same_shape = self.gathered.iter().map(|c| c.rows).eq(sizes.iter().copied());
-                if !same_shape {
-                    // New buffers: the plans bound to the old ones go with them.
-                    self.plans.retain(|(segs, _), _| segs.iter().all(|s| matches!(s.chunk, Source::Loaded(_))));
-                    self.gathered =
-                        sizes.iter().map(|&rows| self.empty_chunk(rows, y.is_some(), labels.is_some())).collect();
-                }
-                let q = &self.gpu.queue;
-                let mut start = 0;
-                for g in &self.gathered {
-                    let r = start..start + g.rows;
-                    let rows = ndarray::s![r.clone(), ..];
-                    q.write_buffer(&g.x, 0, bytemuck::cast_slice(&contiguous(x.slice(rows))));
-                    if let (Some(buf), Some(y)) = (&g.y, &y) {
-                        q.write_buffer(buf, 0, bytemuck::cast_slice(&contiguous(y.slice(rows))));
-                    }
-                    if let (Some(buf), Some(l)) = (&g.labels, &labels) {
-                        q.write_buffer(buf, 0, bytemuck::cast_slice(&l[r]));
-                    }
-                    start += g.rows;
-                }
-                let segments = self.gathered.iter().enumerate().map(|(i, g)| Segment {
-                    chunk: Source::Gathered(i),
-                    row: 0,
-                    rows: g.rows,
-                });
-                return Ok(segments.collect());
-            }
+            Batch::Indices(ix) => return self.gather(ix),
         };
-        let mut segments = Vec::new();
+        let streaming = self.is_streaming();
+        let mut visit = Visit { segments: Vec::new(), rows: Vec::new(), gather: false };
         let mut first = 0;
-        for (i, c) in self.chunks.iter().enumerate() {
-            let (lo, hi) = (start.max(first), end.min(first + c.rows));
+        for (i, &rows) in self.chunk_rows.iter().enumerate() {
+            let (lo, hi) = (start.max(first), end.min(first + rows));
             if lo < hi {
-                segments.push(Segment { chunk: Source::Loaded(i), row: lo - first, rows: hi - lo });
+                let (chunk, row) = if streaming {
+                    (Source::Streamed(visit.segments.len() % data::RING), 0)
+                } else {
+                    (Source::Loaded(i), lo - first)
+                };
+                visit.segments.push(Segment { chunk, row, rows: hi - lo });
+                visit.rows.push(lo..hi);
             }
-            first += c.rows;
+            first += rows;
         }
-        Ok(segments)
+        Ok(visit)
     }
 
+    /// Gathers the rows `ix` into the gathered-batch buffers: on the device from an uploaded
+    /// index list when the data are resident, else on the host.
+    fn gather(&mut self, ix: &[usize]) -> Result<Visit> {
+        let (values, labels) = (self.host_y.is_some(), self.host_labels.is_some());
+        let sizes = chunk_sizes(ix.len(), self.max_chunk_rows);
+        let same_shape = self.gathered.iter().map(|c| c.rows).eq(sizes.iter().copied());
+        if !same_shape {
+            // New buffers: the plans and gather copies bound to the old ones go with them.
+            self.plans.retain(|(segs, _), _| segs.iter().all(|s| !matches!(s.chunk, Source::Gathered(_))));
+            self.gathered = sizes.iter().map(|&rows| self.empty_chunk(rows, values, labels)).collect::<Result<_>>()?;
+            self.gather_ops.clear();
+            self.batch_indices = None;
+        }
+        let on_device = self.device_gather && !self.is_streaming();
+        if on_device {
+            if self.gather_ops.is_empty() {
+                self.record_gather(ix.len())?;
+            }
+            let ix32: Vec<u32> = ix.iter().map(|&i| i as u32).collect();
+            let q = &self.gpu.queue;
+            if self.poison {
+                for g in &self.gathered {
+                    for buf in [Some(&g.x), g.y.as_ref(), g.labels.as_ref()].into_iter().flatten() {
+                        q.write_buffer(buf, 0, bytemuck::cast_slice(&vec![f32::NAN; (buf.size() / 4) as usize]));
+                    }
+                }
+            }
+            q.write_buffer(self.batch_indices.as_ref().expect("made with the copies"), 0, bytemuck::cast_slice(&ix32));
+            self.data_bytes += ix32.len() as u64 * 4;
+        } else {
+            let x = self.host_x.select(ndarray::Axis(0), ix);
+            let y = self.host_y.as_ref().map(|y| y.select(ndarray::Axis(0), ix));
+            let labels = self.host_labels.as_ref().map(|l| ix.iter().map(|&i| l[i]).collect::<Vec<u32>>());
+            let q = &self.gpu.queue;
+            let mut start = 0;
+            for g in &self.gathered {
+                let r = start..start + g.rows;
+                let rows = ndarray::s![r.clone(), ..];
+                let xs = contiguous(x.slice(rows));
+                q.write_buffer(&g.x, 0, bytemuck::cast_slice(&xs));
+                self.data_bytes += xs.len() as u64 * 4;
+                if let (Some(buf), Some(y)) = (&g.y, &y) {
+                    let ys = contiguous(y.slice(rows));
+                    q.write_buffer(buf, 0, bytemuck::cast_slice(&ys));
+                    self.data_bytes += ys.len() as u64 * 4;
+                }
+                if let (Some(buf), Some(l)) = (&g.labels, &labels) {
+                    q.write_buffer(buf, 0, bytemuck::cast_slice(&l[r]));
+                    self.data_bytes += g.rows as u64 * 4;
+                }
+                start += g.rows;
+            }
+        }
+        let segments =
+            self.gathered.iter().enumerate().map(|(i, g)| Segment { chunk: Source::Gathered(i), row: 0, rows: g.rows });
+        Ok(Visit { segments: segments.collect(), rows: Vec::new(), gather: on_device })
+    }
+
+    /// Records the device gather of a batch of `len` rows: for each gathered chunk, one copy
+    /// from every resident chunk (each writes the rows whose index falls in its chunk).
+    fn record_gather(&mut self, len: usize) -> Result<()> {
+        let device = &self.gpu.device;
+        let kernel = self.gather_kernel.get_or_insert_with(|| data::GatherKernel::new(device));
+        let indices = storage(device, "batch row indices", len);
+        let u = |v: usize| u32_of(v, "a row index");
+        let mut ops = Vec::new();
+        let mut position = 0;
+        for g in &self.gathered {
+            let mut first = 0;
+            for c in &self.chunks {
+                let pairs = [(Some(&c.x), Some(&g.x), self.spec.inputs())].into_iter().chain([
+                    (c.y.as_ref(), g.y.as_ref(), self.spec.outputs()),
+                    (c.labels.as_ref(), g.labels.as_ref(), 1),
+                ]);
+                for (src, dst, width) in pairs {
+                    if let (Some(src), Some(dst)) = (src, dst) {
+                        let rows = data::SourceRows { buf: src, first: u(first)?, rows: u(c.rows)? };
+                        ops.push(kernel.op(device, &indices, u(position)?, u(g.rows)?, rows, u(width)?, dst));
+                    }
+                }
+                first += c.rows;
+            }
+            position += g.rows;
+        }
+        self.gather_ops = ops;
+        self.batch_indices = Some(indices);
+        Ok(())
+    }
     /// Builds the recorded operations for a pass over `segments`.
     fn build_plan(&self, segments: &[Segment], want_grad: bool) -> Result<Plan> {
         let device = &self.gpu.device;
@@ -298,6 +471,7 @@ impl GpuBackend {
         let kl = storage(device, "KL terms", 2 * hidden1);
 
         let mut ops = Vec::new();
+        let mut stages = Vec::new();
         // Column sums of rows × cols at `src`, times alpha, into dst[off..] (accumulating).
         let column_sum = |ops: &mut Vec<Op>,
                           src: &wgpu::Buffer,
@@ -351,6 +525,7 @@ impl GpuBackend {
         let sparsity = spec.sparsity;
         if let Some(s) = sparsity {
             for (i, seg) in segments.iter().enumerate() {
+                stages.push((i, ops.len()));
                 forward_layer(&mut ops, seg, 0)?;
                 column_sum(&mut ops, &acts[0], seg.rows, hidden1, &colsum, 0, 1.0, i > 0)?;
             }
@@ -377,6 +552,7 @@ impl GpuBackend {
 
         // Pass 2: forward, loss and backward, segment by segment.
         for (i, seg) in segments.iter().enumerate() {
+            stages.push((i, ops.len()));
             let chunk = self.chunk(seg.chunk);
             for l in 0..nl {
                 forward_layer(&mut ops, seg, l)?;
@@ -491,7 +667,7 @@ impl GpuBackend {
         let mut workspace = acts;
         workspace.extend(deltas);
         workspace.extend([col_partials, loss_partials, colsum, kl]);
-        Ok(Plan { ops, examples, workspace })
+        Ok(Plan { ops, stages, examples, workspace })
     }
 
     /// One forward layer, Z = A Wᵀ + b then f, as a fused matmul: A is `rows` rows of the
@@ -512,20 +688,93 @@ impl GpuBackend {
         crate::backend::check_theta_len(&self.spec, theta.len())
     }
 
-    /// Runs one evaluation: uploads θ, records the plan, submits once, reads back the cost
-    /// terms and, when `grad` is given, the gradient.
-    fn evaluate(&mut self, theta: &[f64], batch: Batch<'_>, grad: Option<&mut [f64]>) -> Result<Cost> {
-        self.check_theta(theta)?;
-        if self.chunks.is_empty() {
+    /// The plan for `visit`'s segments (built on first use); its key.
+    fn plan_for(&mut self, visit: &Visit, want_grad: bool) -> Result<(Vec<Segment>, bool)> {
+        if self.chunk_rows.is_empty() {
             return Err(Error::Data("no data loaded: call set_data first".into()));
         }
-        let segments = self.segments(&batch)?;
-        let want_grad = grad.is_some();
-        let key = (segments.clone(), want_grad);
+        let key = (visit.segments.clone(), want_grad);
         if !self.plans.contains_key(&key) {
-            let plan = self.build_plan(&segments, want_grad)?;
+            let plan = self.build_plan(&visit.segments, want_grad)?;
             self.plans.insert(key.clone(), plan);
         }
+        Ok(key)
+    }
+
+    /// Fills the plan's workspace, the gradient and the cost terms with NaN (`set_poison`).
+    fn poison_plan(&self, key: &(Vec<Segment>, bool)) {
+        if self.poison {
+            for buf in self.plans[key].workspace.iter().chain([&self.grad, &self.scalars]) {
+                let nan = vec![f32::NAN; (buf.size() / 4) as usize];
+                self.gpu.queue.write_buffer(buf, 0, bytemuck::cast_slice(&nan));
+            }
+        }
+    }
+
+    /// Records and submits the plan `key` over `visit`: the device gather first (when the
+    /// visit asks for it), then the plan's operations — in one submission when every segment
+    /// is on the device, else one submission per stretch of a streamed segment, each after
+    /// uploading that segment's rows into its ring buffer — then `last` at the end of the
+    /// final compute pass and `finish` on the final encoder. Returns the bytes of data
+    /// uploaded.
+    fn submit_plan(
+        &self,
+        key: &(Vec<Segment>, bool),
+        visit: &Visit,
+        last: impl FnOnce(&mut wgpu::ComputePass<'_>),
+        finish: impl FnOnce(&mut wgpu::CommandEncoder),
+    ) -> u64 {
+        let (gpu, plan) = (&self.gpu, &self.plans[key]);
+        let streamed = visit.segments.iter().any(|s| matches!(s.chunk, Source::Streamed(_)));
+        let stages: Vec<(Option<usize>, Range<usize>)> = if streamed {
+            let ends = plan.stages.iter().skip(1).map(|s| s.1).chain([plan.ops.len()]);
+            plan.stages.iter().zip(ends).map(|(&(seg, start), end)| (Some(seg), start..end)).collect()
+        } else {
+            vec![(None, 0..plan.ops.len())]
+        };
+        let (mut last, mut finish) = (Some(last), Some(finish));
+        let mut holds = [None; data::RING];
+        let mut bytes = 0;
+        for (k, (seg, ops)) in stages.iter().enumerate() {
+            if let Some(s) = *seg
+                && let Source::Streamed(slot) = visit.segments[s].chunk
+                && holds[slot] != Some(s)
+            {
+                bytes += self.write_rows(&self.ring[slot], visit.rows[s].clone());
+                holds[slot] = Some(s);
+            }
+            let final_stage = k + 1 == stages.len();
+            let mut encoder =
+                gpu.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("cost") });
+            {
+                let mut pass = encoder
+                    .begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("cost"), timestamp_writes: None });
+                if k == 0 && visit.gather {
+                    self.gather_ops.iter().for_each(|op| op.record(&mut pass));
+                }
+                plan.ops[ops.clone()].iter().for_each(|op| op.record(&mut pass));
+                if final_stage && let Some(last) = last.take() {
+                    last(&mut pass);
+                }
+            }
+            if final_stage && let Some(finish) = finish.take() {
+                finish(&mut encoder);
+            }
+            gpu.queue.submit([encoder.finish()]);
+        }
+        bytes
+    }
+
+    /// Runs one evaluation: uploads θ, records the plan, submits it (once, or once per
+    /// streamed chunk), reads back the cost terms and, when `grad` is given, the gradient.
+    fn evaluate(&mut self, theta: &[f64], batch: Batch<'_>, grad: Option<&mut [f64]>) -> Result<Cost> {
+        self.check_theta(theta)?;
+        if self.chunk_rows.is_empty() {
+            return Err(Error::Data("no data loaded: call set_data first".into()));
+        }
+        let visit = self.visit(&batch)?;
+        let want_grad = grad.is_some();
+        let key = self.plan_for(&visit, want_grad)?;
         let theta32: Vec<f32> = theta.iter().map(|&v| v as f32).collect();
         self.resident.transfers.theta_uploads += 1;
         self.resident.transfers.grad_readbacks += want_grad as u64;
@@ -533,26 +782,20 @@ impl GpuBackend {
         let scope = gpu.device.push_error_scope(wgpu::ErrorFilter::Validation);
         let oom = gpu.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
         gpu.queue.write_buffer(&self.theta, 0, bytemuck::cast_slice(&theta32));
-        let plan = &self.plans[&key];
-        if self.poison {
-            for buf in plan.workspace.iter().chain([&self.grad, &self.scalars]) {
-                let nan = vec![f32::NAN; (buf.size() / 4) as usize];
-                gpu.queue.write_buffer(buf, 0, bytemuck::cast_slice(&nan));
-            }
-        }
-        let mut encoder = gpu.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("cost") });
-        {
-            let mut pass = encoder
-                .begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("cost"), timestamp_writes: None });
-            for op in &plan.ops {
-                op.record(&mut pass);
-            }
-        }
-        encoder.copy_buffer_to_buffer(&self.scalars, 0, &self.scalar_staging, 0, 16);
-        if want_grad {
-            encoder.copy_buffer_to_buffer(&self.grad, 0, &self.grad_staging, 0, (theta.len() * 4) as u64);
-        }
-        gpu.queue.submit([encoder.finish()]);
+        self.poison_plan(&key);
+        let bytes = self.submit_plan(
+            &key,
+            &visit,
+            |_| {},
+            |encoder| {
+                encoder.copy_buffer_to_buffer(&self.scalars, 0, &self.scalar_staging, 0, 16);
+                if want_grad {
+                    encoder.copy_buffer_to_buffer(&self.grad, 0, &self.grad_staging, 0, (theta.len() * 4) as u64);
+                }
+            },
+        );
+        self.data_bytes += bytes;
+        let gpu = &self.gpu;
         let scalars = read_back(gpu, &self.scalar_staging, 4)?;
         if let Some(grad) = grad {
             let g = read_back(gpu, &self.grad_staging, theta.len())?;
@@ -563,7 +806,7 @@ impl GpuBackend {
                 return Err(refused(gpu, e));
             }
         }
-        Ok(self.cost_terms(&scalars, plan.examples))
+        Ok(self.cost_terms(&scalars, self.plans[&key].examples))
     }
 
     /// J's terms from the cost-terms buffer [data sum, Σ W², Σ β KL, …] of `examples` examples.
@@ -630,6 +873,8 @@ impl Backend for GpuBackend {
     fn set_data(&mut self, x: Inputs<'_>, targets: Targets<'_>) -> Result<()> {
         // The same checks as the CPU backend, so both refuse alike.
         validate_data(&self.spec, &x, &targets)?;
+        // Row indices travel to the gather kernel as u32.
+        u32_of(x.nrows(), "the number of examples")?;
         let x = to_real::<f32>(x);
         let y = match targets {
             Targets::Values(v) => Some(to_real::<f32>(v)),
@@ -639,22 +884,38 @@ impl Backend for GpuBackend {
             Targets::Labels(l) => Some(l.iter().map(|&v| v as u32).collect::<Vec<u32>>()),
             _ => None,
         };
+        // Forget the old data's buffers before making new ones.
         self.plans.clear();
         self.gathered.clear();
-        let rows = self.max_chunk_rows;
-        let mut chunks = Vec::new();
-        let mut start = 0;
-        while start < x.nrows() {
-            let end = (start + rows).min(x.nrows());
-            let r = ndarray::s![start..end, ..];
-            chunks.push(self.upload_chunk(
-                x.slice(r),
-                y.as_ref().map(|y| y.slice(r)),
-                labels.as_ref().map(|l| &l[start..end]),
-            ));
-            start = end;
+        self.gather_ops.clear();
+        self.batch_indices = None;
+        self.chunks.clear();
+        self.ring.clear();
+        self.chunk_rows.clear();
+        let n = x.nrows();
+        let sizes = chunk_sizes(n, self.max_chunk_rows);
+        let per_row = x.ncols() + y.as_ref().map_or(0, |y| y.ncols()) + labels.is_some() as usize;
+        let streaming = (n as u64).saturating_mul(per_row as u64 * 4) > self.max_resident_bytes;
+        if streaming {
+            let rows = sizes.iter().copied().max().unwrap_or(1);
+            self.ring = (0..data::RING)
+                .map(|_| self.empty_chunk(rows, y.is_some(), labels.is_some()))
+                .collect::<Result<_>>()?;
+        } else {
+            let mut start = 0;
+            for &rows in &sizes {
+                let r = ndarray::s![start..start + rows, ..];
+                let chunk = self.upload_chunk(
+                    x.slice(r),
+                    y.as_ref().map(|y| y.slice(r)),
+                    labels.as_ref().map(|l| &l[start..start + rows]),
+                )?;
+                self.chunks.push(chunk);
+                start += rows;
+            }
+            self.data_bytes += (n * per_row * 4) as u64;
         }
-        self.chunks = chunks;
+        self.chunk_rows = sizes;
         self.host_x = x;
         self.host_y = y;
         self.host_labels = labels;
@@ -696,7 +957,7 @@ impl Backend for GpuBackend {
         let mut start = 0;
         while start < x.nrows() {
             let end = (start + self.max_chunk_rows).min(x.nrows());
-            let chunk = self.upload_chunk(x.slice(ndarray::s![start..end, ..]), None, None);
+            let chunk = self.upload_chunk(x.slice(ndarray::s![start..end, ..]), None, None)?;
             let acts = self.forward_chunk(&chunk)?;
             for (o, a) in outputs.iter_mut().zip(acts) {
                 o.append(ndarray::Axis(0), a.view()).expect("same width");

@@ -318,46 +318,37 @@ impl DeviceTraining for GpuBackend {
 
     fn step(&mut self, batch: Batch<'_>, scalars: &UpdateScalars) -> Result<DeviceStep> {
         self.device_update()?;
-        if self.chunks.is_empty() {
+        if self.chunk_rows.is_empty() {
             return Err(Error::Data("no data loaded: call set_data first".into()));
         }
-        let segments = self.segments(&batch)?;
-        let key = (segments.clone(), true);
-        if !self.plans.contains_key(&key) {
-            let plan = self.build_plan(&segments, true)?;
-            self.plans.insert(key.clone(), plan);
-        }
-        let (gpu, plan) = (&self.gpu, &self.plans[&key]);
+        let visit = self.visit(&batch)?;
+        let key = self.plan_for(&visit, true)?;
+        let gpu = &self.gpu;
         let kernels = self.resident.kernels.as_ref().expect("compiled by load");
         let update = self.resident.update.as_ref().expect("checked above");
         let scope = gpu.device.push_error_scope(wgpu::ErrorFilter::Validation);
         let oom = gpu.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+        self.poison_plan(&key);
         if self.poison {
-            for buf in plan.workspace.iter().chain([&self.grad, &self.scalars]) {
-                let nan = vec![f32::NAN; (buf.size() / 4) as usize];
-                gpu.queue.write_buffer(buf, 0, bytemuck::cast_slice(&nan));
-            }
             update.poison(&gpu.queue);
         }
         update.set_scalars(&gpu.queue, scalars);
-        let mut encoder = gpu.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("step") });
-        {
-            let mut pass = encoder
-                .begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("step"), timestamp_writes: None });
-            for op in &plan.ops {
-                op.record(&mut pass);
-            }
-            update.record(kernels, &mut pass);
-        }
-        encoder.copy_buffer_to_buffer(&self.scalars, 0, &self.scalar_staging, 0, 16);
-        gpu.queue.submit([encoder.finish()]);
+        // With streamed data the update goes into the last chunk's submission.
+        let bytes = self.submit_plan(
+            &key,
+            &visit,
+            |pass| update.record(kernels, pass),
+            |encoder| encoder.copy_buffer_to_buffer(&self.scalars, 0, &self.scalar_staging, 0, 16),
+        );
+        self.data_bytes += bytes;
+        let gpu = &self.gpu;
         let terms = read_back(gpu, &self.scalar_staging, 4)?;
         for s in [oom, scope] {
             if let Some(e) = pollster::block_on(s.pop()) {
                 return Err(super::refused(gpu, e));
             }
         }
-        let cost = self.cost_terms(&terms, plan.examples).total();
+        let cost = self.cost_terms(&terms, self.plans[&key].examples).total();
         let grad_norm = (terms[3] as f64).sqrt();
         if cost.is_finite() && grad_norm.is_finite() {
             self.resident.update.as_mut().expect("checked above").stepped();
