@@ -3,6 +3,9 @@
 //! unwritten element fails. ‖gpu − cpu‖/‖cpu‖ < 1e-4 (f32), never NaN. The matmul tests run
 //! once per matmul kernel (tiled and texture-fed), whatever the adapter.
 
+#[macro_use]
+mod common;
+
 use ndarray::{Array1, Array2};
 use rand::{RngExt, SeedableRng, rngs::StdRng};
 use wgnn::cpu::net::{activate, derivative_from_value};
@@ -21,19 +24,6 @@ fn open_with(matmul: Option<MatmulKernel>) -> (Gpu, Kernels) {
 
 fn open() -> (Gpu, Kernels) {
     open_with(None)
-}
-
-/// One test per matmul kernel for each function named: `tiled::f` and `texture::f` call
-/// `f(MatmulKernel::Tiled)` and `f(MatmulKernel::Texture)`.
-macro_rules! for_each_matmul_kernel {
-    ($($name:ident),* $(,)?) => {
-        mod tiled {
-            $(#[test] fn $name() { super::$name(wgnn::gpu::MatmulKernel::Tiled) })*
-        }
-        mod texture {
-            $(#[test] fn $name() { super::$name(wgnn::gpu::MatmulKernel::Texture) })*
-        }
-    };
 }
 
 for_each_matmul_kernel!(

@@ -5,6 +5,7 @@
 //! on whatever adapter wgpu finds (lavapipe in CI), so shapes stay small. Every test runs once
 //! per matmul kernel (`tiled::…` and `texture::…`).
 
+#[macro_use]
 mod common;
 
 use ndarray::Array2;
@@ -24,19 +25,6 @@ fn gpu(spec: &NetSpec, kernel: MatmulKernel) -> GpuBackend {
     assert_eq!(g.gpu().matmul, kernel);
     g.set_poison(true);
     g
-}
-
-/// One test per matmul kernel for each function named: `tiled::f` and `texture::f` call
-/// `f(MatmulKernel::Tiled)` and `f(MatmulKernel::Texture)`.
-macro_rules! for_each_matmul_kernel {
-    ($($name:ident),* $(,)?) => {
-        mod tiled {
-            $(#[test] fn $name() { super::$name(wgnn::gpu::MatmulKernel::Tiled) })*
-        }
-        mod texture {
-            $(#[test] fn $name() { super::$name(wgnn::gpu::MatmulKernel::Texture) })*
-        }
-    };
 }
 
 for_each_matmul_kernel!(

@@ -24,6 +24,29 @@ fn sae() -> NetSpec {
     NetSpec::sparse_autoencoder(64, 16, 1e-4, Sparsity { target: 0.01, weight: 3.0 }).unwrap()
 }
 
+/// One uninterrupted run of `total` iterations, and one that stops after `first` with a
+/// checkpoint every `every` and is resumed from the file to `total`.
+fn straight_and_resumed(
+    backend: &mut dyn wgnn::Backend,
+    method: Method,
+    total: usize,
+    first: usize,
+    every: usize,
+) -> (wgnn::train::TrainOutcome, wgnn::train::TrainOutcome) {
+    let (x, never) = (patches(), AtomicBool::new(false));
+    let straight_dir = tempfile::tempdir().unwrap();
+    let straight_job = job(sae(), method.clone(), total, straight_dir.path());
+    let straight = train(straight_job, backend, &x, Targets::Inputs, &mut |_| {}, &never).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut stopped = job(sae(), method.clone(), first, dir.path());
+    stopped.checkpoint_every = Some(every);
+    train(stopped, backend, &x, Targets::Inputs, &mut |_| {}, &never).unwrap();
+    let mut resumed_job = job(sae(), method, total, dir.path());
+    resumed_job.resume = Some(wgnn::checkpoint::Checkpoint::load(&dir.path().join("model.safetensors")).unwrap());
+    let resumed = train(resumed_job, backend, &x, Targets::Inputs, &mut |_| {}, &never).unwrap();
+    (straight, resumed)
+}
+
 #[test]
 fn a_run_writes_its_folder_and_learns() {
     let dir = tempfile::tempdir().unwrap();
@@ -51,29 +74,10 @@ fn a_run_writes_its_folder_and_learns() {
 
 #[test]
 fn resuming_from_checkpoints_equals_one_uninterrupted_run() {
-    let x = patches();
-    let never = AtomicBool::new(false);
-    let straight_dir = tempfile::tempdir().unwrap();
     let mut backend = CpuBackend::<f32>::new(sae()).unwrap();
     let method = Method::Lbfgs(Lbfgs::default().with_memory(10));
-    let straight = train(
-        job(sae(), method.clone(), 30, straight_dir.path()),
-        &mut backend,
-        &x,
-        Targets::Inputs,
-        &mut |_| {},
-        &never,
-    )
-    .unwrap();
-
     // 12 iterations with a checkpoint every 5, then resume from the file to 30.
-    let dir = tempfile::tempdir().unwrap();
-    let mut first = job(sae(), method.clone(), 12, dir.path());
-    first.checkpoint_every = Some(5);
-    train(first, &mut backend, &x, Targets::Inputs, &mut |_| {}, &never).unwrap();
-    let mut second = job(sae(), method, 30, dir.path());
-    second.resume = Some(wgnn::checkpoint::Checkpoint::load(&dir.path().join("model.safetensors")).unwrap());
-    let resumed = train(second, &mut backend, &x, Targets::Inputs, &mut |_| {}, &never).unwrap();
+    let (straight, resumed) = straight_and_resumed(&mut backend, method, 30, 12, 5);
     assert!(resumed.theta.iter().zip(&straight.theta).all(|(a, b)| a.to_bits() == b.to_bits()), "resumed θ differs");
     assert_eq!(resumed.final_cost, straight.final_cost);
 }
@@ -82,28 +86,10 @@ fn resuming_from_checkpoints_equals_one_uninterrupted_run() {
 fn resuming_gpu_minibatch_training_from_a_checkpoint_equals_one_uninterrupted_run() {
     // Adam keeps θ and its moments on the device; the checkpoint every 4 epochs reads them
     // back, and the resumed run loads them again: the same θ, bit for bit.
-    let x = patches();
-    let never = AtomicBool::new(false);
     let mut backend =
         wgnn::GpuBackend::new(sae(), &wgnn::gpu::GpuOptions::default()).expect("a GPU adapter (lavapipe in CI)");
     let method = Method::Minibatch(Minibatch::adam(0.01).with_batch_size(50).with_seed(2));
-    let straight_dir = tempfile::tempdir().unwrap();
-    let straight = train(
-        job(sae(), method.clone(), 10, straight_dir.path()),
-        &mut backend,
-        &x,
-        Targets::Inputs,
-        &mut |_| {},
-        &never,
-    )
-    .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let mut first = job(sae(), method.clone(), 6, dir.path());
-    first.checkpoint_every = Some(4);
-    train(first, &mut backend, &x, Targets::Inputs, &mut |_| {}, &never).unwrap();
-    let mut second = job(sae(), method, 10, dir.path());
-    second.resume = Some(wgnn::checkpoint::Checkpoint::load(&dir.path().join("model.safetensors")).unwrap());
-    let resumed = train(second, &mut backend, &x, Targets::Inputs, &mut |_| {}, &never).unwrap();
+    let (straight, resumed) = straight_and_resumed(&mut backend, method, 10, 6, 4);
     assert_eq!(resumed.summary.evaluations, straight.summary.evaluations);
     assert!(resumed.theta.iter().zip(&straight.theta).all(|(a, b)| a.to_bits() == b.to_bits()), "resumed θ differs");
     assert_eq!(resumed.final_cost, straight.final_cost);

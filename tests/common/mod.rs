@@ -1,11 +1,24 @@
 //! Networks and data shared by the test suites, so every backend is tested on the same cases.
-#![allow(dead_code)]
+#![allow(dead_code, unused_macros)]
 
 use ndarray::Array2;
 use rand::{RngExt, SeedableRng, rngs::StdRng};
 use rand_distr::{Distribution, StandardNormal};
 use wgnn::model::{Activation, Init, NetSpec, Output, Sparsity};
 use wgnn::{Backend, Targets};
+
+/// One test per matmul kernel for each function named: `tiled::f` and `texture::f` call
+/// `f(MatmulKernel::Tiled)` and `f(MatmulKernel::Texture)`.
+macro_rules! for_each_matmul_kernel {
+    ($($name:ident),* $(,)?) => {
+        mod tiled {
+            $(#[test] fn $name() { super::$name(wgnn::gpu::MatmulKernel::Tiled) })*
+        }
+        mod texture {
+            $(#[test] fn $name() { super::$name(wgnn::gpu::MatmulKernel::Texture) })*
+        }
+    };
+}
 
 /// A network, a θ and a batch to evaluate it on.
 pub struct Case {
