@@ -171,6 +171,20 @@ fn error_row_plain<F: Real>(d: &mut [F], a: &[F], y: &[F], fp: impl Fn(F) -> F) 
     acc.iter().sum::<f64>() + tail
 }
 
+/// Σ (a − y)² along one row, summed exactly as [`error_row`] sums it.
+fn squares_row<F: Real>(a: &[F], y: &[F]) -> f64 {
+    let mut acc = [0.0f64; LANES];
+    let split = a.len() / LANES * LANES;
+    for (a, y) in a[..split].chunks_exact(LANES).zip(y[..split].chunks_exact(LANES)) {
+        for l in 0..LANES {
+            let e = a[l] - y[l];
+            acc[l] += e.f64() * e.f64();
+        }
+    }
+    let tail: f64 = a[split..].iter().zip(&y[split..]).map(|(&a, &y)| (a - y).f64() * (a - y).f64()).sum();
+    acc.iter().sum::<f64>() + tail
+}
+
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
 fn error_row_avx2<F: Real>(d: &mut [F], a: &[F], y: &[F], fp: impl Fn(F) -> F) -> f64 {
@@ -202,9 +216,12 @@ pub fn squared_error<F: Real>(
     want_delta: bool,
 ) -> (f64, Option<Array2<F>>) {
     if !want_delta {
-        let row_sq = Zip::from(out.rows())
-            .and(y.rows())
-            .par_map_collect(|a, y| a.iter().zip(y).map(|(&a, &y)| (a - y).f64() * (a - y).f64()).sum::<f64>());
+        // The same sums, lane for lane, as the sweep below: J(θ) has the same bits whether or
+        // not the gradient is asked for.
+        let row_sq = Zip::from(out.rows()).and(y.rows()).par_map_collect(|a, y| match (a.as_slice(), y.as_slice()) {
+            (Some(a), Some(y)) => squares_row(a, y),
+            _ => a.iter().zip(y).map(|(&a, &y)| (a - y).f64() * (a - y).f64()).sum::<f64>(),
+        });
         return (0.5 * row_sq.iter().sum::<f64>(), None);
     }
     let mut delta = Array2::<F>::zeros(out.raw_dim());
@@ -428,6 +445,7 @@ mod tests {
         // SAFETY: AVX2 was detected above.
         let s_wide = unsafe { error_row_avx2(&mut d_wide, &a, &y, fp) };
         assert_eq!(s_plain.to_bits(), s_wide.to_bits());
+        assert_eq!(s_plain.to_bits(), squares_row(&a, &y).to_bits(), "cost without the delta sums differently");
         assert!(d_plain.iter().zip(&d_wide).all(|(p, w)| p.to_bits() == w.to_bits()));
         let direct: f64 = a.iter().zip(&y).map(|(&a, &y)| ((a - y) as f64).powi(2)).sum();
         assert!((s_plain - direct).abs() <= 1e-12 * direct, "lane sums {s_plain} vs in order {direct}");
