@@ -42,7 +42,7 @@ use crate::cpu::Real;
 use crate::cpu::net::activate;
 use crate::data::Whitening;
 use crate::gpu::kernels::{ConvParams, FeatureKernels, PoolParams, act_code};
-use crate::gpu::{Gpu, storage};
+use crate::gpu::{Gpu, poison, staging, storage};
 use crate::model::{Activation, NetSpec, ThetaLayout};
 use crate::{Error, Result};
 
@@ -546,12 +546,7 @@ impl<'g> GpuConvolution<'g> {
         let image_buf = storage(device, "images", chunk * g.image_len());
         let conv_buf = storage(device, "convolved features", chunk * k * d * d);
         let pooled_buf = storage(device, "pooled features", chunk * k * q * q);
-        let staging = device.create_buffer(&wgpu::BufferDescriptor {
-            label: Some("pooled features readback"),
-            size: ((chunk * k * q * q).max(4) * 4) as u64,
-            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
-            mapped_at_creation: false,
-        });
+        let staging = staging(device, "pooled features readback", chunk * k * q * q);
         let (act, leaky_alpha) = act_code(features.activation);
         let mut out: Vec<f32> = Vec::with_capacity(m * k * q * q);
         let mut chunks = 0;
@@ -563,8 +558,7 @@ impl<'g> GpuConvolution<'g> {
             gpu.queue.write_buffer(&image_buf, 0, bytemuck::cast_slice(block.as_slice().expect("standard layout")));
             if self.poison {
                 for buf in [&conv_buf, &pooled_buf] {
-                    let nan = vec![f32::NAN; (buf.size() / 4) as usize];
-                    gpu.queue.write_buffer(buf, 0, bytemuck::cast_slice(&nan));
+                    poison(&gpu.queue, buf);
                 }
             }
             let conv_params = ConvParams {

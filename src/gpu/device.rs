@@ -207,12 +207,7 @@ impl Gpu {
 
     /// The first `len` floats of `buf`, copied back to the host.
     pub fn download_f32(&self, buf: &wgpu::Buffer, len: usize) -> Result<Vec<f32>> {
-        let staging = self.device.create_buffer(&wgpu::BufferDescriptor {
-            label: Some("readback"),
-            size: (len.max(4) * 4) as u64,
-            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
-            mapped_at_creation: false,
-        });
+        let staging = super::staging(&self.device, "readback", len);
         let mut encoder =
             self.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("readback") });
         encoder.copy_buffer_to_buffer(buf, 0, &staging, 0, (len * 4) as u64);

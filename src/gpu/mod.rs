@@ -143,6 +143,27 @@ pub(crate) fn storage(device: &wgpu::Device, label: &str, floats: usize) -> wgpu
     })
 }
 
+/// A buffer to copy `floats` f32 values (at least 4) into and map for reading.
+pub(crate) fn staging(device: &wgpu::Device, label: &str, floats: usize) -> wgpu::Buffer {
+    device.create_buffer(&wgpu::BufferDescriptor {
+        label: Some(label),
+        size: (floats.max(4) * 4) as u64,
+        usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+        mapped_at_creation: false,
+    })
+}
+
+/// Fills `buf` with NaN, so that a value a kernel should have written and did not shows.
+pub(crate) fn poison(queue: &wgpu::Queue, buf: &wgpu::Buffer) {
+    queue.write_buffer(buf, 0, bytemuck::cast_slice(&vec![f32::NAN; (buf.size() / 4) as usize]));
+}
+
+/// Writes `values` (θ, a gradient, moments) into `buf` as f32.
+pub(crate) fn write_f64(queue: &wgpu::Queue, buf: &wgpu::Buffer, values: &[f64]) {
+    let v: Vec<f32> = values.iter().map(|&x| x as f32).collect();
+    queue.write_buffer(buf, 0, bytemuck::cast_slice(&v));
+}
+
 /// A storage buffer holding `bytes`, usable as a copy source and target.
 pub(crate) fn upload(device: &wgpu::Device, label: &str, bytes: &[u8]) -> wgpu::Buffer {
     // Buffers must not be empty; a 16-byte pad keeps tiny ones valid.
@@ -176,14 +197,6 @@ impl GpuBackend {
         let layout = ThetaLayout::new(&spec);
         let device = &gpu.device;
         let kernels = Kernels::new(&gpu);
-        let staging = |label, bytes| {
-            device.create_buffer(&wgpu::BufferDescriptor {
-                label: Some(label),
-                size: bytes,
-                usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
-                mapped_at_creation: false,
-            })
-        };
         let params = layout.len();
         let binding = gpu.limits.max_storage_buffer_binding_size.min(gpu.limits.max_buffer_size);
         if (params as u64) * 4 > binding {
@@ -204,8 +217,8 @@ impl GpuBackend {
             theta: storage(device, "θ", params),
             grad: storage(device, "∇J", params),
             scalars: storage(device, "cost terms", 4),
-            grad_staging: staging("∇J readback", (params.max(4) * 4) as u64),
-            scalar_staging: staging("cost readback", 16),
+            grad_staging: staging(device, "∇J readback", params),
+            scalar_staging: staging(device, "cost readback", 4),
             kernels,
             spec,
             layout,
@@ -378,7 +391,7 @@ impl GpuBackend {
             if self.poison {
                 for g in &self.gathered {
                     for buf in [Some(&g.x), g.y.as_ref(), g.labels.as_ref()].into_iter().flatten() {
-                        q.write_buffer(buf, 0, bytemuck::cast_slice(&vec![f32::NAN; (buf.size() / 4) as usize]));
+                        poison(q, buf);
                     }
                 }
             }
@@ -705,8 +718,7 @@ impl GpuBackend {
     fn poison_plan(&self, key: &(Vec<Segment>, bool)) {
         if self.poison {
             for buf in self.plans[key].workspace.iter().chain([&self.grad, &self.scalars]) {
-                let nan = vec![f32::NAN; (buf.size() / 4) as usize];
-                self.gpu.queue.write_buffer(buf, 0, bytemuck::cast_slice(&nan));
+                poison(&self.gpu.queue, buf);
             }
         }
     }
@@ -775,13 +787,12 @@ impl GpuBackend {
         let visit = self.visit(&batch)?;
         let want_grad = grad.is_some();
         let key = self.plan_for(&visit, want_grad)?;
-        let theta32: Vec<f32> = theta.iter().map(|&v| v as f32).collect();
         self.resident.transfers.theta_uploads += 1;
         self.resident.transfers.grad_readbacks += want_grad as u64;
         let gpu = &self.gpu;
         let scope = gpu.device.push_error_scope(wgpu::ErrorFilter::Validation);
         let oom = gpu.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
-        gpu.queue.write_buffer(&self.theta, 0, bytemuck::cast_slice(&theta32));
+        write_f64(&gpu.queue, &self.theta, theta);
         self.poison_plan(&key);
         let bytes = self.submit_plan(
             &key,
@@ -949,8 +960,7 @@ impl Backend for GpuBackend {
         self.check_theta(theta)?;
         check_inputs(&self.spec, &x, "the input")?;
         let x = to_real::<f32>(x);
-        let theta32: Vec<f32> = theta.iter().map(|&v| v as f32).collect();
-        self.gpu.queue.write_buffer(&self.theta, 0, bytemuck::cast_slice(&theta32));
+        write_f64(&self.gpu.queue, &self.theta, theta);
         self.resident.transfers.theta_uploads += 1;
         let nl = self.layout.num_layers();
         let mut outputs: Vec<Array2<f64>> = (0..nl).map(|l| Array2::zeros((0, self.spec.layers[l + 1]))).collect();
@@ -986,12 +996,7 @@ impl GpuBackend {
             ops.push(k.small(device, Small::Softmax, None, None, acts.last(), None, p, [u(rows.div_ceil(64))?, 1, 1]));
         }
         let total: usize = spec.layers[1..].iter().map(|w| w * rows).sum();
-        let staging = device.create_buffer(&wgpu::BufferDescriptor {
-            label: Some("activations readback"),
-            size: (total.max(4) * 4) as u64,
-            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
-            mapped_at_creation: false,
-        });
+        let staging = staging(device, "activations readback", total);
         let mut encoder = device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("forward") });
         {
             let mut pass = encoder

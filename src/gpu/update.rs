@@ -12,7 +12,7 @@
 use bytemuck::{Pod, Zeroable};
 
 use super::kernels::{bind_all, layout, pipeline};
-use super::{Gpu, GpuBackend, read_back, storage};
+use super::{Gpu, GpuBackend, poison, read_back, staging, storage, write_f64};
 use crate::backend::{Batch, DeviceStep, DeviceTraining};
 use crate::optim::{UpdateRule, UpdateScalars, UpdateState};
 use crate::{Error, Result};
@@ -165,8 +165,7 @@ impl DeviceUpdate {
         for (moment, buf) in [(&update.first_moment, &self.first_moment), (&update.second_moment, &self.second_moment)]
         {
             if !moment.is_empty() {
-                let v: Vec<f32> = moment.iter().map(|&x| x as f32).collect();
-                queue.write_buffer(buf, 0, bytemuck::cast_slice(&v));
+                write_f64(queue, buf, moment);
             }
         }
         self.has_before = false;
@@ -223,8 +222,7 @@ impl DeviceUpdate {
 
     /// Fills the unwritten outputs (partial sums) with NaN: for tests.
     pub fn poison(&self, queue: &wgpu::Queue) {
-        let nan = vec![f32::NAN; (self.partials.size() / 4) as usize];
-        queue.write_buffer(&self.partials, 0, bytemuck::cast_slice(&nan));
+        poison(queue, &self.partials);
     }
 
     /// Reads θ from `theta` and the moments back into `update` (as f64).
@@ -248,12 +246,7 @@ impl DeviceUpdate {
 /// The first `len` floats of each buffer, through one staging buffer and one submission.
 fn read_buffers(gpu: &Gpu, sources: &[&wgpu::Buffer], len: usize) -> Result<Vec<Vec<f32>>> {
     let bytes = (len * 4) as u64;
-    let staging = gpu.device.create_buffer(&wgpu::BufferDescriptor {
-        label: Some("θ and moments readback"),
-        size: bytes.max(16) * sources.len() as u64,
-        usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
-        mapped_at_creation: false,
-    });
+    let staging = staging(&gpu.device, "θ and moments readback", len.max(4) * sources.len());
     let mut encoder = gpu.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("read θ") });
     for (i, src) in sources.iter().enumerate() {
         encoder.copy_buffer_to_buffer(src, 0, &staging, i as u64 * bytes, bytes);
@@ -309,8 +302,7 @@ impl DeviceTraining for GpuBackend {
                 DeviceUpdate::new(device, kernels, update.rule, len, &self.theta, &self.grad, &self.scalars, sparsity)?;
             self.resident.update = Some(u);
         }
-        let theta32: Vec<f32> = theta.iter().map(|&v| v as f32).collect();
-        self.gpu.queue.write_buffer(&self.theta, 0, bytemuck::cast_slice(&theta32));
+        write_f64(&self.gpu.queue, &self.theta, theta);
         self.resident.transfers.theta_uploads += 1;
         self.resident.uploads_at_load = Some(self.resident.transfers.theta_uploads);
         self.resident.update.as_mut().expect("made above").load(&self.gpu.queue, update)
@@ -397,18 +389,11 @@ impl StandaloneUpdate {
         let (t, g, s) = (storage(device, "θ", len), storage(device, "∇J", len), storage(device, "cost terms", 4));
         let mut update = DeviceUpdate::new(device, &kernels, state.rule, len, &t, &g, &s, false)?;
         for buf in [&t, &g, &update.first_moment, &update.second_moment, &update.before] {
-            let nan = vec![f32::NAN; (buf.size() / 4) as usize];
-            gpu.queue.write_buffer(buf, 0, bytemuck::cast_slice(&nan));
+            poison(&gpu.queue, buf);
         }
-        let theta32: Vec<f32> = theta.iter().map(|&v| v as f32).collect();
-        gpu.queue.write_buffer(&t, 0, bytemuck::cast_slice(&theta32));
+        write_f64(&gpu.queue, &t, theta);
         update.load(&gpu.queue, state)?;
-        let staging = device.create_buffer(&wgpu::BufferDescriptor {
-            label: Some("‖∇J‖² readback"),
-            size: 16,
-            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
-            mapped_at_creation: false,
-        });
+        let staging = staging(device, "‖∇J‖² readback", 4);
         Ok(StandaloneUpdate { kernels, update, theta: t, grad: g, scalars: s, staging, len })
     }
 
@@ -418,8 +403,7 @@ impl StandaloneUpdate {
         if grad.len() != self.len {
             return Err(Error::Shape(format!("gradient of {} values for θ of {}", grad.len(), self.len)));
         }
-        let g32: Vec<f32> = grad.iter().map(|&v| v as f32).collect();
-        gpu.queue.write_buffer(&self.grad, 0, bytemuck::cast_slice(&g32));
+        write_f64(&gpu.queue, &self.grad, grad);
         gpu.queue.write_buffer(&self.scalars, 0, bytemuck::cast_slice(&[0.0f32, 0.0, 0.0, f32::NAN]));
         self.update.poison(&gpu.queue);
         self.update.set_scalars(&gpu.queue, scalars);
