@@ -7,7 +7,6 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::control::StopReason;
 use super::linalg::{descends, dot, norm, norm_l1};
 use super::line_search::{LineSearch, LineSearchOutcome};
 use super::{Iterated, Outcome, Point, Run};
@@ -80,15 +79,9 @@ impl State {
                     return Ok(Outcome::Iterated(it));
                 }
                 LineSearchOutcome::Failed { .. } if !steepest => steepest = true,
-                LineSearchOutcome::Failed { evaluations, non_finite } if non_finite > 0 => {
-                    return Err(run.diverged(
-                        &format!(
-                            "no step lowered the cost and the cost or gradient was NaN or infinite at {non_finite} of the {evaluations} steps the line search tried"
-                        ),
-                        "Check the data for extreme values and the initial θ.",
-                    ));
+                LineSearchOutcome::Failed { evaluations, non_finite } => {
+                    return run.line_search_failed(evaluations, non_finite);
                 }
-                LineSearchOutcome::Failed { .. } => return Ok(Outcome::Stopped(StopReason::LineSearchFailed)),
             }
         }
     }

@@ -435,6 +435,20 @@ impl Run<'_, '_> {
     }
 
     /// The error for a NaN or infinite cost or gradient met at the next iteration.
+    /// A line search from the steepest direction found no lower cost: a stop when every
+    /// step it tried was finite, an error when some cost or gradient was NaN or infinite.
+    fn line_search_failed(&self, evaluations: usize, non_finite: usize) -> Result<Outcome> {
+        if non_finite == 0 {
+            return Ok(Outcome::Stopped(StopReason::LineSearchFailed));
+        }
+        Err(self.diverged(
+            &format!(
+                "no step lowered the cost and the cost or gradient was NaN or infinite at {non_finite} of the {evaluations} steps the line search tried"
+            ),
+            "Check the data for extreme values and the initial θ.",
+        ))
+    }
+
     fn diverged(&self, what: &str, advice: &str) -> Error {
         let last = self.history.last().map(|r| format!(" (last recorded cost {:.6e})", r.cost)).unwrap_or_default();
         Error::Data(format!(
