@@ -62,9 +62,11 @@ pub fn visualize(args: VisualizeArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A trained model and the data to run it on: what `reconstruct` and `eval` both take.
 #[derive(Args, Debug)]
-pub struct ReconstructArgs {
-    /// The trained autoencoder: a model.safetensors file or its run folder.
+pub struct ModelOnData {
+    /// The trained model (for `reconstruct`, an autoencoder): a model.safetensors file or its
+    /// run folder.
     #[arg(long)]
     pub model: PathBuf,
     #[command(flatten)]
@@ -72,6 +74,12 @@ pub struct ReconstructArgs {
     /// Seed for patch sampling and the synthetic images.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
+}
+
+#[derive(Args, Debug)]
+pub struct ReconstructArgs {
+    #[command(flatten)]
+    pub input: ModelOnData,
     /// Where to write the PNG.
     #[arg(long, default_value = "reconstructions.png")]
     pub out: PathBuf,
@@ -80,15 +88,15 @@ pub struct ReconstructArgs {
 }
 
 pub fn reconstruct(args: ReconstructArgs) -> anyhow::Result<()> {
-    let ck = load_model(&args.model)?;
+    let ck = load_model(&args.input.model)?;
     if ck.spec.output == Output::Softmax || ck.spec.outputs() != ck.spec.inputs() {
         bail!(
             "{} is not an autoencoder: only a network whose output has its input's size reconstructs",
             ck.spec.describe()
         );
     }
-    let (_, data) = args.data.load_counting(args.seed, 10)?;
-    let shown = args.data.count.unwrap_or(10).min(data.len());
+    let (_, data) = args.input.data.load_counting(args.input.seed, 10)?;
+    let shown = args.input.data.count.unwrap_or(10).min(data.len());
     let x = prepared(&ck, data.x.slice(ndarray::s![..shown, ..]).to_owned())?.mapv(f64::from);
     let mut backend = args.backend.build(ck.spec.clone(), Precision::F32)?;
     let recon = backend.predict(&ck.theta, (&x).into())?;
@@ -100,14 +108,8 @@ pub fn reconstruct(args: ReconstructArgs) -> anyhow::Result<()> {
 
 #[derive(Args, Debug)]
 pub struct EvalArgs {
-    /// The trained model: a model.safetensors file or its run folder.
-    #[arg(long)]
-    pub model: PathBuf,
     #[command(flatten)]
-    pub data: DataArgs,
-    /// Seed for patch sampling and the synthetic images.
-    #[arg(long, default_value_t = 1)]
-    pub seed: u64,
+    pub input: ModelOnData,
     /// Print the results as one JSON object.
     #[arg(long)]
     pub json: bool,
@@ -137,9 +139,9 @@ struct Evaluation {
 }
 
 pub fn eval(args: EvalArgs) -> anyhow::Result<()> {
-    let ck = load_model(&args.model)?;
+    let ck = load_model(&args.input.model)?;
     let spec = &ck.spec;
-    let (_, mut data) = args.data.load(args.seed)?;
+    let (_, mut data) = args.input.data.load(args.input.seed)?;
     data.x = prepared(&ck, data.x)?;
     let mut backend = args.backend.build(spec.clone(), Precision::F32)?;
     let labels = data.labels.clone();
