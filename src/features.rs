@@ -42,7 +42,7 @@ use crate::cpu::Real;
 use crate::cpu::net::activate;
 use crate::data::Whitening;
 use crate::gpu::kernels::{ConvParams, FeatureKernels, PoolParams, act_code};
-use crate::gpu::{Gpu, poison, staging, storage};
+use crate::gpu::{Gpu, max_buffer_bytes, poison, staging, storage};
 use crate::model::{Activation, NetSpec, ThetaLayout};
 use crate::{Error, Result};
 
@@ -494,7 +494,7 @@ impl<'g> GpuConvolution<'g> {
     /// The most images one chunk holds for `g`, k features and q×q pooled maps on this device.
     pub fn chunk_images(&self, g: &Geometry, k: usize, q: usize) -> Result<usize> {
         let limits = &self.gpu.limits;
-        let binding = limits.max_storage_buffer_binding_size.min(limits.max_buffer_size) / 4;
+        let binding = max_buffer_bytes(limits) / 4;
         let (image, conv, pooled) = (g.image_len() as u64, (k * g.conv_size().pow(2)) as u64, (k * q * q) as u64);
         let by_binding = binding / image.max(conv).max(pooled);
         let by_budget = GPU_CHUNK_BYTES / 4 / (image + conv + 2 * pooled);

@@ -294,7 +294,7 @@ fn time_cpu_product<F: Real>(p: &Product, repeats: u32) -> anyhow::Result<f64> {
 /// binding of the adapter holds.
 fn time_gpu_product(gpu: &Gpu, kernels: &Kernels, p: &Product, repeats: u32) -> anyhow::Result<Option<f64>> {
     let ((ar, ac), (br, bc)) = p.stored_shapes();
-    let binding = gpu.limits.max_storage_buffer_binding_size.min(gpu.limits.max_buffer_size);
+    let binding = wgnn::gpu::max_buffer_bytes(&gpu.limits);
     if [ar * ac, br * bc, p.m * p.n].iter().any(|&len| len as u64 * 4 > binding) {
         return Ok(None);
     }

@@ -6,9 +6,8 @@
 //! gathered row is a bit copy of the loaded row.
 
 use bytemuck::{Pod, Zeroable};
-use wgpu::util::DeviceExt;
 
-use super::kernels::{bind_all, layout, pipeline};
+use super::kernels::{Op, bind_all, layout, pipeline, uniform};
 use crate::{Error, Result};
 
 const GATHER: &str = include_str!("../../shaders/gather.wgsl");
@@ -30,7 +29,7 @@ pub fn default_max_resident_bytes(limits: &wgpu::Limits) -> u64 {
 }
 
 /// The largest buffer this backend may make: every buffer is bound whole as storage.
-pub(super) fn max_buffer_bytes(limits: &wgpu::Limits) -> u64 {
+pub fn max_buffer_bytes(limits: &wgpu::Limits) -> u64 {
     limits.max_storage_buffer_binding_size.min(limits.max_buffer_size)
 }
 
@@ -69,21 +68,6 @@ pub(super) struct GatherKernel {
     pipeline: wgpu::ComputePipeline,
 }
 
-/// One recorded gather dispatch.
-pub(super) struct GatherOp {
-    pipeline: wgpu::ComputePipeline,
-    bind_group: wgpu::BindGroup,
-    groups: u32,
-}
-
-impl GatherOp {
-    pub fn record(&self, pass: &mut wgpu::ComputePass<'_>) {
-        pass.set_pipeline(&self.pipeline);
-        pass.set_bind_group(0, &self.bind_group, &[]);
-        pass.dispatch_workgroups(self.groups, 1, 1);
-    }
-}
-
 /// Rows of one source chunk for [`GatherKernel::op`]: its buffer, the global index of its
 /// first row, its rows.
 pub(super) struct SourceRows<'a> {
@@ -111,7 +95,7 @@ impl GatherKernel {
         src: SourceRows<'_>,
         width: u32,
         dst: &wgpu::Buffer,
-    ) -> GatherOp {
+    ) -> Op {
         let max_groups = device.limits().max_compute_workgroups_per_dimension;
         let total = count.saturating_mul(width);
         let groups = total.div_ceil(GATHER_GROUP).clamp(1, max_groups);
@@ -124,12 +108,8 @@ impl GatherKernel {
             stride: groups * GATHER_GROUP,
             _pad: [0; 2],
         };
-        let params = device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
-            label: Some("gather params"),
-            contents: bytemuck::bytes_of(&p),
-            usage: wgpu::BufferUsages::UNIFORM,
-        });
+        let params = uniform(device, bytemuck::bytes_of(&p));
         let bind_group = bind_all(device, &self.layout, &[indices, src.buf, dst, &params]);
-        GatherOp { pipeline: self.pipeline.clone(), bind_group, groups }
+        Op::one(self.pipeline.clone(), bind_group, [groups, 1, 1])
     }
 }

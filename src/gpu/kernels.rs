@@ -136,7 +136,7 @@ pub struct Op {
 }
 
 impl Op {
-    fn one(pipeline: wgpu::ComputePipeline, bind_group: wgpu::BindGroup, groups: [u32; 3]) -> Op {
+    pub(super) fn one(pipeline: wgpu::ComputePipeline, bind_group: wgpu::BindGroup, groups: [u32; 3]) -> Op {
         Op { steps: vec![(pipeline, bind_group, groups)] }
     }
 
@@ -165,26 +165,37 @@ pub struct Kernels {
     dummy_write: [wgpu::Buffer; 2],
 }
 
+/// The layout entry of a compute binding of type `ty`.
+pub(crate) fn entry(binding: u32, ty: wgpu::BindingType) -> wgpu::BindGroupLayoutEntry {
+    wgpu::BindGroupLayoutEntry { binding, visibility: wgpu::ShaderStages::COMPUTE, ty, count: None }
+}
+
+/// A buffer binding: Some(read_only) for a storage buffer, None for the uniform block.
+pub(crate) fn buffer(kind: Option<bool>) -> wgpu::BindingType {
+    wgpu::BindingType::Buffer {
+        ty: match kind {
+            Some(read_only) => wgpu::BufferBindingType::Storage { read_only },
+            None => wgpu::BufferBindingType::Uniform,
+        },
+        has_dynamic_offset: false,
+        min_binding_size: None,
+    }
+}
+
+/// A layout of buffer bindings 0, 1, … of the kinds [`buffer`] takes.
 pub(crate) fn layout(device: &wgpu::Device, label: &str, kinds: &[Option<bool>]) -> wgpu::BindGroupLayout {
-    // Some(read_only) for a storage buffer, None for the uniform block.
-    let entries: Vec<wgpu::BindGroupLayoutEntry> = kinds
-        .iter()
-        .enumerate()
-        .map(|(i, kind)| wgpu::BindGroupLayoutEntry {
-            binding: i as u32,
-            visibility: wgpu::ShaderStages::COMPUTE,
-            ty: wgpu::BindingType::Buffer {
-                ty: match kind {
-                    Some(read_only) => wgpu::BufferBindingType::Storage { read_only: *read_only },
-                    None => wgpu::BufferBindingType::Uniform,
-                },
-                has_dynamic_offset: false,
-                min_binding_size: None,
-            },
-            count: None,
-        })
-        .collect();
+    let entries: Vec<wgpu::BindGroupLayoutEntry> =
+        kinds.iter().enumerate().map(|(i, &kind)| entry(i as u32, buffer(kind))).collect();
     device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor { label: Some(label), entries: &entries })
+}
+
+/// A uniform buffer holding a kernel's parameter block.
+pub(crate) fn uniform(device: &wgpu::Device, bytes: &[u8]) -> wgpu::Buffer {
+    device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+        label: Some("params"),
+        contents: bytes,
+        usage: wgpu::BufferUsages::UNIFORM,
+    })
 }
 
 pub(crate) fn pipeline(
@@ -251,14 +262,6 @@ impl Kernels {
             dummy_read: dummy("unused input"),
             dummy_write: [dummy("unused output 0"), dummy("unused output 1")],
         }
-    }
-
-    fn uniform(device: &wgpu::Device, bytes: &[u8]) -> wgpu::Buffer {
-        device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
-            label: Some("params"),
-            contents: bytes,
-            usage: wgpu::BufferUsages::UNIFORM,
-        })
     }
 
     /// The kernel [`Kernels::matmul`] uses for an m × n × k product: the device's, except that
@@ -334,7 +337,7 @@ impl Kernels {
             let b = Packed { buf: b.buf, off: b.off, rs: b.rs, cs: b.cs, rows: k, cols: n };
             return tex.matmul(device, a, b, [c.0, aux, aux2], &p);
         }
-        let params = Self::uniform(device, bytemuck::bytes_of(&p));
+        let params = uniform(device, bytemuck::bytes_of(&p));
         let buffers = [a.buf, b.buf, c.0, aux, aux2, &params];
         let bind_group = bind_all(device, &self.matmul_layout, &buffers);
         Op::one(self.matmul.clone(), bind_group, [n.div_ceil(MATMUL_TILE), m.div_ceil(MATMUL_TILE), 1])
@@ -354,7 +357,7 @@ impl Kernels {
         params: SmallParams,
         groups: [u32; 3],
     ) -> Op {
-        let uniform = Self::uniform(device, bytemuck::bytes_of(&params));
+        let uniform = uniform(device, bytemuck::bytes_of(&params));
         let buffers = [
             src.unwrap_or(&self.dummy_read),
             src2.unwrap_or(&self.dummy_read),
@@ -453,7 +456,7 @@ impl FeatureKernels {
         out: &wgpu::Buffer,
         p: ConvParams,
     ) -> Op {
-        let params = Kernels::uniform(device, bytemuck::bytes_of(&p));
+        let params = uniform(device, bytemuck::bytes_of(&p));
         let bind_group = bind_all(device, &self.layout, &[images, weights, out, &params]);
         Op::one(self.convolve.clone(), bind_group, Self::convolve_groups(&p))
     }
@@ -467,7 +470,7 @@ impl FeatureKernels {
         p: PoolParams,
         max_per_dimension: u32,
     ) -> Op {
-        let params = Kernels::uniform(device, bytemuck::bytes_of(&p));
+        let params = uniform(device, bytemuck::bytes_of(&p));
         let bind_group = bind_all(device, &self.layout, &[conv, &self.dummy_read, out, &params]);
         Op::one(self.pool.clone(), bind_group, Self::pool_groups(&p, max_per_dimension))
     }

@@ -37,7 +37,7 @@ use std::ops::Range;
 use ndarray::{Array2, ArrayView2};
 use wgpu::util::DeviceExt;
 
-pub use data::default_max_resident_bytes;
+pub use data::{default_max_resident_bytes, max_buffer_bytes};
 pub use device::{Api, Gpu, GpuOptions, MatmulKernel, adapters, choose_adapter, is_real_gpu, kind_name};
 use kernels::{BLOCK_ROWS, Epilogue, Kernels, Op, Operand, Small, SmallParams};
 pub use update::{StandaloneUpdate, Transfers, UPDATE_BLOCK};
@@ -122,7 +122,7 @@ pub struct GpuBackend {
     /// copies from every resident chunk into `gathered`; `device_gather` off forces the host.
     gather_kernel: Option<data::GatherKernel>,
     batch_indices: Option<wgpu::Buffer>,
-    gather_ops: Vec<data::GatherOp>,
+    gather_ops: Vec<Op>,
     device_gather: bool,
     /// Bytes of examples, targets, labels and row indices written to the device so far.
     data_bytes: u64,
@@ -198,7 +198,7 @@ impl GpuBackend {
         let device = &gpu.device;
         let kernels = Kernels::new(&gpu);
         let params = layout.len();
-        let binding = gpu.limits.max_storage_buffer_binding_size.min(gpu.limits.max_buffer_size);
+        let binding = max_buffer_bytes(&gpu.limits);
         if (params as u64) * 4 > binding {
             return Err(Error::Gpu(format!(
                 "θ has {params} values ({} MB), more than one storage binding of this device holds ({} MB): use a smaller network or --backend cpu",

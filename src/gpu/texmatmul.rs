@@ -21,7 +21,7 @@ use std::sync::Mutex;
 
 use bytemuck::{Pod, Zeroable};
 
-use super::kernels::{Op, pipeline};
+use super::kernels::{Op, buffer, entry, pipeline, uniform};
 
 const COMMON: &str = include_str!("../../shaders/common.wgsl");
 const EPILOGUE: &str = include_str!("../../shaders/matmul_epilogue.wgsl");
@@ -71,21 +71,6 @@ pub(super) struct TexMatmul {
     /// The largest texture, in bytes, this kernel will make (the device's largest buffer).
     max_bytes: u64,
     pool: Mutex<HashMap<(u8, u32, u32), wgpu::Texture>>,
-}
-
-fn entry(binding: u32, ty: wgpu::BindingType) -> wgpu::BindGroupLayoutEntry {
-    wgpu::BindGroupLayoutEntry { binding, visibility: wgpu::ShaderStages::COMPUTE, ty, count: None }
-}
-
-fn buffer(read_only: Option<bool>) -> wgpu::BindingType {
-    wgpu::BindingType::Buffer {
-        ty: match read_only {
-            Some(read_only) => wgpu::BufferBindingType::Storage { read_only },
-            None => wgpu::BufferBindingType::Uniform,
-        },
-        has_dynamic_offset: false,
-        min_binding_size: None,
-    }
 }
 
 impl TexMatmul {
@@ -166,15 +151,6 @@ impl TexMatmul {
             .clone()
     }
 
-    fn uniform(device: &wgpu::Device, bytes: &[u8]) -> wgpu::Buffer {
-        use wgpu::util::DeviceExt;
-        device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
-            label: Some("params"),
-            contents: bytes,
-            usage: wgpu::BufferUsages::UNIFORM,
-        })
-    }
-
     /// The dispatch packing `operand` into `texture`'s top-left `extent` texels.
     fn pack_step(
         &self,
@@ -193,7 +169,7 @@ impl TexMatmul {
             height: extent[1],
             _pad: 0,
         };
-        let params = Self::uniform(device, bytemuck::bytes_of(&p));
+        let params = uniform(device, bytemuck::bytes_of(&p));
         let bind_group = device.create_bind_group(&wgpu::BindGroupDescriptor {
             label: Some("pack"),
             layout: &self.pack_layout,
@@ -232,7 +208,7 @@ impl TexMatmul {
         let view = |t: &wgpu::Texture| t.create_view(&wgpu::TextureViewDescriptor::default());
         let view_a = view(&self.texture(device, 0, extent_a));
         let view_b = view(&self.texture(device, 1, extent_b));
-        let uniform = Self::uniform(device, bytemuck::bytes_of(params));
+        let uniform = uniform(device, bytemuck::bytes_of(params));
         let bind_group = device.create_bind_group(&wgpu::BindGroupDescriptor {
             label: Some("matmul_tex"),
             layout: &self.matmul_layout,
