@@ -313,21 +313,9 @@ impl GpuBackend {
 
     /// Writes the loaded rows `rows` into the first rows of `chunk`; returns the bytes written.
     fn write_rows(&self, chunk: &Chunk, rows: Range<usize>) -> u64 {
-        let q = &self.gpu.queue;
         let r = ndarray::s![rows.clone(), ..];
-        let x = contiguous(self.host_x.slice(r));
-        q.write_buffer(&chunk.x, 0, bytemuck::cast_slice(&x));
-        let mut bytes = x.len() * 4;
-        if let (Some(buf), Some(y)) = (&chunk.y, &self.host_y) {
-            let y = contiguous(y.slice(r));
-            q.write_buffer(buf, 0, bytemuck::cast_slice(&y));
-            bytes += y.len() * 4;
-        }
-        if let (Some(buf), Some(l)) = (&chunk.labels, &self.host_labels) {
-            q.write_buffer(buf, 0, bytemuck::cast_slice(&l[rows.clone()]));
-            bytes += rows.len() * 4;
-        }
-        bytes as u64
+        let labels = self.host_labels.as_ref().map(|l| &l[rows]);
+        write_chunk(&self.gpu.queue, chunk, self.host_x.slice(r), self.host_y.as_ref().map(|y| y.slice(r)), labels)
     }
 
     fn chunk(&self, source: Source) -> &Chunk {
@@ -401,23 +389,12 @@ impl GpuBackend {
             let x = self.host_x.select(ndarray::Axis(0), ix);
             let y = self.host_y.as_ref().map(|y| y.select(ndarray::Axis(0), ix));
             let labels = self.host_labels.as_ref().map(|l| ix.iter().map(|&i| l[i]).collect::<Vec<u32>>());
-            let q = &self.gpu.queue;
             let mut start = 0;
             for g in &self.gathered {
                 let r = start..start + g.rows;
                 let rows = ndarray::s![r.clone(), ..];
-                let xs = contiguous(x.slice(rows));
-                q.write_buffer(&g.x, 0, bytemuck::cast_slice(&xs));
-                self.data_bytes += xs.len() as u64 * 4;
-                if let (Some(buf), Some(y)) = (&g.y, &y) {
-                    let ys = contiguous(y.slice(rows));
-                    q.write_buffer(buf, 0, bytemuck::cast_slice(&ys));
-                    self.data_bytes += ys.len() as u64 * 4;
-                }
-                if let (Some(buf), Some(l)) = (&g.labels, &labels) {
-                    q.write_buffer(buf, 0, bytemuck::cast_slice(&l[r]));
-                    self.data_bytes += g.rows as u64 * 4;
-                }
+                let (ys, ls) = (y.as_ref().map(|y| y.slice(rows)), labels.as_ref().map(|l| &l[r]));
+                self.data_bytes += write_chunk(&self.gpu.queue, g, x.slice(rows), ys, ls);
                 start += g.rows;
             }
         }
@@ -863,6 +840,30 @@ pub(crate) fn read_back(gpu: &Gpu, staging: &wgpu::Buffer, len: usize) -> Result
 }
 
 /// The values of `a` in row-major order.
+/// Writes rows (examples, and targets and labels where the chunk has buffers for them) into
+/// the first rows of `chunk`; returns the bytes written.
+fn write_chunk(
+    q: &wgpu::Queue,
+    chunk: &Chunk,
+    x: ArrayView2<f32>,
+    y: Option<ArrayView2<f32>>,
+    labels: Option<&[u32]>,
+) -> u64 {
+    let x = contiguous(x);
+    q.write_buffer(&chunk.x, 0, bytemuck::cast_slice(&x));
+    let mut bytes = x.len() * 4;
+    if let (Some(buf), Some(y)) = (&chunk.y, y) {
+        let y = contiguous(y);
+        q.write_buffer(buf, 0, bytemuck::cast_slice(&y));
+        bytes += y.len() * 4;
+    }
+    if let (Some(buf), Some(l)) = (&chunk.labels, labels) {
+        q.write_buffer(buf, 0, bytemuck::cast_slice(l));
+        bytes += l.len() * 4;
+    }
+    bytes as u64
+}
+
 fn contiguous(a: ArrayView2<f32>) -> Vec<f32> {
     a.as_standard_layout().into_owned().into_raw_vec_and_offset().0
 }
