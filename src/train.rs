@@ -323,20 +323,8 @@ pub fn train(
 
     let y = targets(&spec, y)?;
     let (train_rows, val_rows) = split(x, job.validation_fraction, job.seed)?;
-    if let Targets::Labels(l) = y
-        && l.len() != x.nrows()
-    {
-        return Err(Error::Shape(format!("{} labels for {} examples: give one label per row", l.len(), x.nrows())));
-    }
-    if let Targets::Values(v) = y
-        && v.nrows() != x.nrows()
-    {
-        return Err(Error::Shape(format!(
-            "{} rows of targets for {} examples: give one row of targets per example",
-            v.nrows(),
-            x.nrows()
-        )));
-    }
+    // The backend's own checks, on all the data before the split indexes into it.
+    crate::cpu::validate_data(&spec, &x.into(), &y)?;
     let (x_train, y_train) = gather(x, &y, &train_rows);
     let (x_val, y_val) = gather(x, &y, &val_rows);
     backend.set_data((&x_train).into(), y_train.view())?;
