@@ -13,12 +13,11 @@
 //! shapes (criterion's test mode, debug build), so the benches cannot rot.
 
 use criterion::{BenchmarkGroup, Criterion, Throughput, criterion_group, criterion_main, measurement::WallTime};
-use ndarray::linalg::general_mat_mul;
 use ndarray::{Array1, Array2};
 use rand::{RngExt, SeedableRng, rngs::StdRng};
 use std::hint::black_box;
 use std::time::Duration;
-use wgnn::cpu::{Real, net};
+use wgnn::cpu::{Real, gemm, net};
 use wgnn::features::{FeatureBank, PoolKind, Pooling, convolve_and_pool_cpu};
 use wgnn::model::{Activation, Init, NetSpec, Output, Sparsity, ThetaLayout};
 use wgnn::optim::{UpdateRule, UpdateState};
@@ -55,9 +54,9 @@ fn matmul_form<F: Real>(g: &mut BenchmarkGroup<WallTime>, (m, n, k): (usize, usi
     g.throughput(Throughput::Elements(2 * (m * n * k) as u64));
     g.bench_function(format!("{m}x{n}x{k}_{form}"), |bench| {
         bench.iter(|| match form {
-            "NN" => general_mat_mul(F::one(), &a, &b, F::zero(), &mut out),
-            "NT" => general_mat_mul(F::one(), &a, &b.t(), F::zero(), &mut out),
-            _ => general_mat_mul(F::one(), &a.t(), &b, F::zero(), &mut out),
+            "NN" => gemm(F::one(), &a.view(), &b.view(), F::zero(), &mut out.view_mut()),
+            "NT" => gemm(F::one(), &a.view(), &b.t(), F::zero(), &mut out.view_mut()),
+            _ => gemm(F::one(), &a.t(), &b.view(), F::zero(), &mut out.view_mut()),
         });
     });
 }

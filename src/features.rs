@@ -35,11 +35,10 @@
 
 use std::time::Instant;
 
-use ndarray::linalg::general_mat_mul;
 use ndarray::{Array1, Array2, Array4, ArrayView2, ArrayView4, Axis, s};
 
-use crate::cpu::Real;
 use crate::cpu::net::activate;
+use crate::cpu::{Real, gemm};
 use crate::data::Whitening;
 use crate::gpu::kernels::{ConvParams, FeatureKernels, PoolParams, act_code};
 use crate::gpu::{Gpu, max_buffer_bytes, poison, staging, storage};
@@ -361,7 +360,7 @@ pub fn convolve_and_pool_cpu_in_chunks<F: Real>(
             }
         });
         let mut zs = z.slice_mut(s![..rows, ..]);
-        general_mat_mul(F::one(), &patches.slice(s![..rows, ..]), &w.t(), F::zero(), &mut zs);
+        gemm(F::one(), &patches.slice(s![..rows, ..]), &w.t(), F::zero(), &mut zs);
         std::thread::scope(|scope| {
             let outs = out.slice_mut(s![start..end, .., .., ..]).into_axis_chunks_iter_mut(Axis(0), per_thread);
             let zs = zs.view().into_axis_chunks_iter(Axis(0), per_thread * d * d);

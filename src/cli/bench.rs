@@ -9,12 +9,11 @@ use std::time::Instant;
 
 use anyhow::{Context, bail};
 use clap::{Args, ValueEnum};
-use ndarray::linalg::general_mat_mul;
 use ndarray::{Array2, s};
 use rand::{RngExt, SeedableRng, rngs::StdRng};
 use serde::Serialize;
 
-use wgnn::cpu::Real;
+use wgnn::cpu::{Real, gemm};
 use wgnn::data::{DataSource, Mnist, Split};
 use wgnn::gpu::kernels::{Epilogue, Kernels, Operand};
 use wgnn::gpu::{Gpu, GpuBackend};
@@ -285,7 +284,7 @@ fn time_cpu_product<F: Real>(p: &Product, repeats: u32) -> anyhow::Result<f64> {
     let b_op = if p.b_transposed() { b.t() } else { b.view() };
     let mut c = Array2::<F>::zeros((p.m, p.n));
     median_seconds(repeats, || {
-        general_mat_mul(F::one(), &a_op, &b_op, F::zero(), &mut c);
+        gemm(F::one(), &a_op, &b_op, F::zero(), &mut c.view_mut());
         Ok(())
     })
 }

@@ -1,11 +1,13 @@
 //! The CPU backend: ndarray, generic over f64 and f32. In f64 it is the reference every test
-//! trusts; in f32 it is the fast path on machines without a GPU (threaded GEMM through
-//! ndarray's `matrixmultiply-threading`). The maths lives in [`net`] and reads like MATH.md;
-//! this file only holds the loaded data and converts at the f64 interface.
+//! trusts; in f32 it is the fast path on machines without a GPU (threaded GEMM, [`gemm()`]).
+//! The maths lives in [`net`] and reads like MATH.md; this file only holds the loaded data and
+//! converts at the f64 interface.
 
+mod gemm;
 pub mod net;
 mod real;
 
+pub use gemm::gemm;
 pub use real::Real;
 
 use ndarray::{Array2, ArrayView2, Axis};

@@ -3,13 +3,12 @@
 //! Elementwise work is fused with the pass that produces it (bias + activation in one sweep,
 //! error × f′ in one sweep) and split across cores by rows (rayon; every element and every
 //! reduction is computed in a fixed order, so results stay bit-for-bit reproducible), and the
-//! matrix products go through ndarray's threaded GEMM.
+//! matrix products go through [`gemm()`](super::gemm).
 
-use ndarray::linalg::general_mat_mul;
 use ndarray::parallel::prelude::*;
 use ndarray::{Array1, Array2, ArrayView1, ArrayView2, Axis, Zip};
 
-use super::Real;
+use super::{Real, gemm};
 use crate::backend::Cost;
 use crate::model::{Activation, NetSpec, Output, ThetaLayout};
 
@@ -69,7 +68,7 @@ pub fn derivative_from_value<F: Real>(act: Activation, a: F) -> F {
 /// same sweep as the activation.
 fn times_weights_t<F: Real>(a: ArrayView2<F>, w: ArrayView2<F>) -> Array2<F> {
     let mut z = Array2::<F>::zeros((a.nrows(), w.nrows()));
-    general_mat_mul(F::one(), &a, &w.t(), F::zero(), &mut z);
+    gemm(F::one(), &a, &w.t(), F::zero(), &mut z.view_mut());
     z
 }
 
@@ -386,7 +385,7 @@ pub fn cost_and_grad<F: Real>(
         // ∇W = (1/m) δᵀ A + λ W;   ∇b = (1/m) Σᵢ δ
         let mut grad_w = layout.weight_mut(grad, l);
         grad_w.assign(&w);
-        general_mat_mul(inv_m, &delta.t(), &a_prev, lambda, &mut grad_w);
+        gemm(inv_m, &delta.t(), &a_prev, lambda, &mut grad_w);
         let grad_b = column_sums(delta.view());
         Zip::from(layout.bias_mut(grad, l)).and(&grad_b).for_each(|g, &s| *g = s * inv_m);
 
@@ -395,7 +394,7 @@ pub fn cost_and_grad<F: Real>(
         }
         // δ⁽ˡ⁾ = (δ⁽ˡ⁺¹⁾ W + sparsity term) ⊙ f′(a⁽ˡ⁾)
         let mut delta_prev = Array2::<F>::zeros(a_prev.raw_dim());
-        general_mat_mul(F::one(), &delta, &w, F::zero(), &mut delta_prev);
+        gemm(F::one(), &delta.view(), &w, F::zero(), &mut delta_prev.view_mut());
         let act = spec.hidden_activations[l - 1];
         let kl = match (&sparsity, l) {
             (Some((s, rho_hat, _)), 1) => Some(kl_delta(s.target, s.weight, rho_hat)),
