@@ -111,7 +111,12 @@ fn elementwise_family<F: Real>(c: &mut Criterion) {
     let (out, y): (Array2<F>, Array2<F>) = (random(m, n, 5), random(m, n, 6));
     g.throughput(Throughput::Elements((m * n) as u64));
     g.bench_function(format!("squared_error_and_delta_{m}x{n}"), |bench| {
-        bench.iter(|| black_box(net::squared_error(&out, y.view(), Activation::Sigmoid, true)))
+        let mut scratch = net::Scratch::default();
+        bench.iter(|| {
+            let (cost, delta) = net::squared_error(&mut scratch, &out, y.view(), Activation::Sigmoid, true);
+            scratch.recycle(delta.expect("asked for the delta"));
+            black_box(cost)
+        })
     });
     g.finish();
 

@@ -88,6 +88,37 @@ fn results_are_deterministic_bit_for_bit() {
     assert!(g1.iter().zip(&g2).all(|(a, b)| a.to_bits() == b.to_bits()));
 }
 
+/// The backend reuses its buffers from call to call, and they keep stale values: every result
+/// of a backend that has already run other batches, other θ and other calls must be the bits
+/// of a fresh backend's.
+#[test]
+fn reused_buffers_change_no_result() {
+    for case in common::gradcheck_cases() {
+        let m = case.x.nrows();
+        let ix: Vec<usize> = (0..m).rev().step_by(2).collect();
+        let batches = [Batch::All, Batch::Rows(1..m), Batch::Indices(&ix), Batch::Rows(0..1), Batch::All];
+        let other: Vec<f64> = case.theta.iter().map(|t| 0.5 - 2.0 * t).collect();
+        let mut used = CpuBackend::<f32>::new(case.spec.clone()).unwrap();
+        case.load(&mut used);
+        for batch in batches {
+            let mut fresh = CpuBackend::<f32>::new(case.spec.clone()).unwrap();
+            case.load(&mut fresh);
+            let (c_fresh, g_fresh) = eval(&mut fresh, &case.theta, batch.clone());
+            let (c_used, g_used) = eval(&mut used, &case.theta, batch.clone());
+            let cost_only = used.cost(&case.theta, batch.clone()).unwrap().total();
+            assert_eq!(c_fresh.to_bits(), c_used.to_bits(), "{}: cost after reuse", case.name);
+            assert_eq!(c_fresh.to_bits(), cost_only.to_bits(), "{}: cost() after reuse", case.name);
+            let same = g_fresh.iter().zip(&g_used).all(|(a, b)| a.to_bits() == b.to_bits());
+            assert!(same, "{}: gradient after reuse on {batch:?}", case.name);
+            let out_fresh = fresh.forward(&case.theta, (&case.x).into()).unwrap();
+            let out_used = used.forward(&case.theta, (&case.x).into()).unwrap();
+            assert_eq!(out_fresh, out_used, "{}: forward after reuse", case.name);
+            // Leave the buffers full of another θ's values before the next batch.
+            eval(&mut used, &other, batch);
+        }
+    }
+}
+
 #[test]
 fn sigmoid_and_softmax_are_stable_at_extreme_inputs() {
     // One input, weights that push z to ±1000: no NaN, no infinity, probabilities in [0,1].

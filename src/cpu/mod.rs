@@ -30,6 +30,10 @@ pub struct CpuBackend<F: Real> {
     layout: ThetaLayout,
     x: Array2<F>,
     targets: OwnedTargets<F>,
+    /// Buffers reused from call to call (see [`net::Scratch`]).
+    scratch: net::Scratch<F>,
+    /// ∇J in the backend's precision, before it is widened to f64.
+    grad: Vec<F>,
 }
 
 /// Converts examples to the backend's precision.
@@ -63,7 +67,14 @@ impl<F: Real> CpuBackend<F> {
     pub fn new(spec: NetSpec) -> Result<CpuBackend<F>> {
         spec.validate()?;
         let layout = ThetaLayout::new(&spec);
-        Ok(CpuBackend { spec, layout, x: Array2::zeros((0, 0)), targets: OwnedTargets::Inputs })
+        Ok(CpuBackend {
+            spec,
+            layout,
+            x: Array2::zeros((0, 0)),
+            targets: OwnedTargets::Inputs,
+            scratch: net::Scratch::default(),
+            grad: Vec::new(),
+        })
     }
 
     pub fn layout(&self) -> &ThetaLayout {
@@ -147,24 +158,34 @@ impl<F: Real> Backend for CpuBackend<F> {
         if grad.len() != theta.len() {
             return Err(Error::Shape(format!("gradient buffer has {} values, θ has {}", grad.len(), theta.len())));
         }
-        let mut g = vec![F::zero(); theta.len()];
-        let cost =
-            self.with_batch(batch, |x, y| net::cost_and_grad(&self.spec, &self.layout, &theta, x, y, Some(&mut g)))?;
+        // Every value of g is written by the pass (∇W from λW and δᵀA, ∇b from the sums).
+        let (mut g, mut scratch) = (std::mem::take(&mut self.grad), std::mem::take(&mut self.scratch));
+        g.resize(theta.len(), F::zero());
+        let cost = self.with_batch(batch, |x, y| {
+            net::cost_and_grad(&mut scratch, &self.spec, &self.layout, &theta, x, y, Some(&mut g))
+        });
         grad.iter_mut().zip(&g).for_each(|(o, &v)| *o = v.f64());
-        Ok(cost)
+        (self.grad, self.scratch) = (g, scratch);
+        cost
     }
 
     fn cost(&mut self, theta: &[f64], batch: Batch<'_>) -> Result<Cost> {
         let theta = self.theta(theta)?;
-        self.with_batch(batch, |x, y| net::cost_and_grad(&self.spec, &self.layout, &theta, x, y, None))
+        let mut scratch = std::mem::take(&mut self.scratch);
+        let cost = self
+            .with_batch(batch, |x, y| net::cost_and_grad(&mut scratch, &self.spec, &self.layout, &theta, x, y, None));
+        self.scratch = scratch;
+        cost
     }
 
     fn forward(&mut self, theta: &[f64], x: Inputs<'_>) -> Result<Vec<Array2<f64>>> {
         let theta = self.theta(theta)?;
         check_inputs(&self.spec, &x, "the input")?;
         let x: Array2<F> = to_real(x);
-        let fwd = net::forward(&self.spec, &self.layout, &theta, x.view());
-        Ok(fwd.activations.into_iter().map(|a| a.mapv(F::f64)).collect())
+        let fwd = net::forward(&mut self.scratch, &self.spec, &self.layout, &theta, x.view());
+        let activations = fwd.activations.iter().map(|a| a.mapv(F::f64)).collect();
+        self.scratch.recycle_forward(fwd);
+        Ok(activations)
     }
 }
 

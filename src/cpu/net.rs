@@ -64,10 +64,75 @@ pub fn derivative_from_value<F: Real>(act: Activation, a: F) -> F {
     }
 }
 
+/// Most buffers a pass needs, kept between calls. A cost-and-gradient of the autoencoder on
+/// 10,000 rows fills ~80 MB of fresh arrays; allocated anew each call they come straight from
+/// the kernel (zeroed pages, one fault per page, with the two threads queueing on the same
+/// lock), which cost ~20% of the step (BENCHMARKS.md). Arrays handed out here keep whatever
+/// values their buffer held: only for results that are then written in full.
+#[derive(Debug)]
+pub struct Scratch<F> {
+    free: Vec<Vec<F>>,
+}
+
+impl<F> Default for Scratch<F> {
+    fn default() -> Scratch<F> {
+        Scratch { free: Vec::new() }
+    }
+}
+
+/// Buffers kept at most; beyond it the smallest is dropped (batch sizes that change keep
+/// adding new ones).
+const SCRATCH_BUFFERS: usize = 16;
+
+impl<F: Real> Scratch<F> {
+    /// A rows × cols array in standard layout with unspecified (but initialised) values.
+    pub fn array(&mut self, rows: usize, cols: usize) -> Array2<F> {
+        let n = rows * cols;
+        // The smallest kept buffer that holds n values, else the largest one, grown.
+        let fits = self.free.iter().enumerate().filter(|(_, v)| v.len() >= n).min_by_key(|(_, v)| v.len());
+        let pick = fits.or_else(|| self.free.iter().enumerate().max_by_key(|(_, v)| v.len())).map(|(i, _)| i);
+        let mut v = pick.map_or_else(Vec::new, |i| self.free.swap_remove(i));
+        v.resize(n, F::zero());
+        Array2::from_shape_vec((rows, cols), v).expect("the buffer has rows × cols values")
+    }
+
+    /// A copy of `a` in a kept buffer.
+    pub fn copy_of(&mut self, a: &Array2<F>) -> Array2<F> {
+        let mut c = self.array(a.nrows(), a.ncols());
+        c.assign(a);
+        c
+    }
+
+    /// Takes an array's buffer back for later calls.
+    pub fn recycle(&mut self, a: Array2<F>) {
+        let (mut v, offset) = a.into_raw_vec_and_offset();
+        if offset.unwrap_or(0) != 0 {
+            return;
+        }
+        // Lengths only shrink by truncation, which keeps the values: grow back to capacity
+        // so that a later, larger request does not pay for a fresh buffer.
+        let cap = v.capacity();
+        v.resize(cap, F::zero());
+        self.free.push(v);
+        if self.free.len() > SCRATCH_BUFFERS {
+            let smallest = (0..self.free.len()).min_by_key(|&i| self.free[i].len()).expect("not empty");
+            self.free.swap_remove(smallest);
+        }
+    }
+
+    /// Returns every array of a forward pass.
+    pub fn recycle_forward(&mut self, fwd: Forward<F>) {
+        fwd.activations.into_iter().for_each(|a| self.recycle(a));
+        if let Some((logits, _)) = fwd.softmax {
+            self.recycle(logits);
+        }
+    }
+}
+
 /// A Wᵀ: the pre-activation of the next layer before its bias, which the caller adds in the
 /// same sweep as the activation.
-fn times_weights_t<F: Real>(a: ArrayView2<F>, w: ArrayView2<F>) -> Array2<F> {
-    let mut z = Array2::<F>::zeros((a.nrows(), w.nrows()));
+fn times_weights_t<F: Real>(scratch: &mut Scratch<F>, a: ArrayView2<F>, w: ArrayView2<F>) -> Array2<F> {
+    let mut z = scratch.array(a.nrows(), w.nrows());
     gemm(F::one(), &a, &w.t(), F::zero(), &mut z.view_mut());
     z
 }
@@ -209,6 +274,7 @@ pub fn kl_delta<F: Real>(rho: f64, beta: f64, rho_hat: &Array1<F>) -> Array1<F> 
 /// Σᵢ ½‖aᵢ − yᵢ‖² (in f64, rows summed in order: the same value on every run) and, when
 /// asked, δ = (A − Y) ⊙ f′(A) — one sweep over A and Y for both.
 pub fn squared_error<F: Real>(
+    scratch: &mut Scratch<F>,
     out: &Array2<F>,
     y: ArrayView2<F>,
     act: Activation,
@@ -223,7 +289,7 @@ pub fn squared_error<F: Real>(
         });
         return (0.5 * row_sq.iter().sum::<f64>(), None);
     }
-    let mut delta = Array2::<F>::zeros(out.raw_dim());
+    let mut delta = scratch.array(out.nrows(), out.ncols());
     let row_sq = Zip::from(delta.rows_mut()).and(out.rows()).and(y.rows()).par_map_collect(|mut d, a, y| {
         match (d.as_slice_mut(), a.as_slice(), y.as_slice()) {
             (Some(d), Some(a), Some(y)) => match act {
@@ -253,19 +319,25 @@ pub struct Forward<F> {
     pub softmax: Option<(Array2<F>, Array1<F>)>,
 }
 
-pub fn forward<F: Real>(spec: &NetSpec, layout: &ThetaLayout, theta: &[F], x: ArrayView2<F>) -> Forward<F> {
+pub fn forward<F: Real>(
+    scratch: &mut Scratch<F>,
+    spec: &NetSpec,
+    layout: &ThetaLayout,
+    theta: &[F],
+    x: ArrayView2<F>,
+) -> Forward<F> {
     let mut activations: Vec<Array2<F>> = Vec::with_capacity(layout.num_layers());
     let mut softmax = None;
     for l in 0..layout.num_layers() {
         let input = if l == 0 { x } else { activations[l - 1].view() };
         // Z = A Wᵀ + 1 bᵀ; A = f(Z)
-        let mut z = times_weights_t(input, layout.weight(theta, l));
+        let mut z = times_weights_t(scratch, input, layout.weight(theta, l));
         let b = layout.bias(theta, l);
         match spec.activation_after(l) {
             Some(act) => bias_activate(&mut z, b, act),
             None => {
                 z += &b;
-                let logits = z.clone();
+                let logits = scratch.copy_of(&z);
                 let log_norm = softmax_rows(&mut z);
                 softmax = Some((logits, log_norm));
             }
@@ -313,6 +385,7 @@ pub fn weight_decay_cost<F: Real>(spec: &NetSpec, layout: &ThetaLayout, theta: &
 /// Squared error: J = (1/m) Σ ½‖a − y‖², δ = (a − y) ⊙ f′(a).
 /// Softmax: J = −(1/m) Σ log P(yᵢ|xᵢ), δ = P − onehot(y).
 fn output_cost_and_delta<F: Real>(
+    scratch: &mut Scratch<F>,
     spec: &NetSpec,
     fwd: &Forward<F>,
     x: ArrayView2<F>,
@@ -329,7 +402,7 @@ fn output_cost_and_delta<F: Real>(
                 nll -= (z[label] - ln).f64();
             }
             let delta = want_delta.then(|| {
-                let mut d = out.clone();
+                let mut d = scratch.copy_of(out);
                 for (mut row, &label) in d.axis_iter_mut(Axis(0)).zip(labels) {
                     row[label] -= F::one();
                 }
@@ -343,7 +416,7 @@ fn output_cost_and_delta<F: Real>(
                 TargetView::Values(v) => v,
                 TargetView::Labels(_) => unreachable!("labels with a squared-error output are refused by set_data"),
             };
-            let (sum_sq, delta) = squared_error(out, y, act, want_delta);
+            let (sum_sq, delta) = squared_error(scratch, out, y, act, want_delta);
             (sum_sq / m, delta)
         }
         (Output::Softmax, _) => unreachable!("softmax without labels is refused by set_data"),
@@ -353,6 +426,7 @@ fn output_cost_and_delta<F: Real>(
 /// J(θ) on the batch (x, y) and, when `grad` is given, ∇J(θ) written into it (MATH.md,
 /// "Backpropagation").
 pub fn cost_and_grad<F: Real>(
+    scratch: &mut Scratch<F>,
     spec: &NetSpec,
     layout: &ThetaLayout,
     theta: &[F],
@@ -361,8 +435,8 @@ pub fn cost_and_grad<F: Real>(
     grad: Option<&mut [F]>,
 ) -> Cost {
     let m = x.nrows();
-    let fwd = forward(spec, layout, theta, x);
-    let (data, delta_out) = output_cost_and_delta(spec, &fwd, x, y, grad.is_some());
+    let fwd = forward(scratch, spec, layout, theta, x);
+    let (data, delta_out) = output_cost_and_delta(scratch, spec, &fwd, x, y, grad.is_some());
     let weight_decay = weight_decay_cost(spec, layout, theta);
 
     // ρ̂ needs the forward pass over the whole batch before any backward step.
@@ -374,6 +448,7 @@ pub fn cost_and_grad<F: Real>(
     let cost = Cost { data, weight_decay, sparsity: sparsity.as_ref().map_or(0.0, |s| s.2) };
 
     let (Some(grad), Some(mut delta)) = (grad, delta_out) else {
+        scratch.recycle_forward(fwd);
         return cost;
     };
     let inv_m = F::of(1.0 / m as f64);
@@ -393,7 +468,7 @@ pub fn cost_and_grad<F: Real>(
             break;
         }
         // δ⁽ˡ⁾ = (δ⁽ˡ⁺¹⁾ W + sparsity term) ⊙ f′(a⁽ˡ⁾)
-        let mut delta_prev = Array2::<F>::zeros(a_prev.raw_dim());
+        let mut delta_prev = scratch.array(a_prev.nrows(), a_prev.ncols());
         gemm(F::one(), &delta.view(), &w, F::zero(), &mut delta_prev.view_mut());
         let act = spec.hidden_activations[l - 1];
         let kl = match (&sparsity, l) {
@@ -401,8 +476,10 @@ pub fn cost_and_grad<F: Real>(
             _ => None,
         };
         times_derivative(&mut delta_prev, a_prev, act, kl.as_ref());
-        delta = delta_prev;
+        scratch.recycle(std::mem::replace(&mut delta, delta_prev));
     }
+    scratch.recycle(delta);
+    scratch.recycle_forward(fwd);
     cost
 }
 
