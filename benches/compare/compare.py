@@ -238,7 +238,7 @@ def load_average():
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--wgnn", help="the wgnn binary (default: $CARGO_TARGET_DIR or target/release/wgnn)")
-    ap.add_argument("--shapes", default="medium", choices=["small", "medium", "large"])
+    ap.add_argument("--shapes", default="medium", choices=["small", "medium", "large", "xlarge"])
     ap.add_argument("--backend", choices=["cpu", "gpu", "both"], help="passed to wgnn bench (default: its own)")
     ap.add_argument("--batch", default="10000", help="rows of the cost-and-gradient steps (default 10000)")
     ap.add_argument("--data", help="mnist:DIR for the autoencoder rows (default: random values in [0, 1])")
@@ -343,25 +343,35 @@ def main():
 
     print("\nratios (one run, this machine)")
     for key in keys:
-        ours = seconds.get((*key, "wgnn cpu f32"))
-        if ours is None:
-            continue
         parts = []
-        for peer in peers:
-            theirs = seconds.get((*key, peer))
-            if theirs is None:
-                continue
-            if key[0].startswith("matmul"):
-                parts.append(f"wgnn cpu f32 rate = {100 * theirs / ours:.0f}% of {peer}'s")
-            else:
-                parts.append(f"wgnn cpu f32 time / {peer}'s = {ours / theirs:.2f}")
-        step = seconds.get((*key, "torch cpu step"))
-        if step is not None:
-            parts.append(f"/ torch cpu's whole step = {ours / step:.2f}")
+        ours = seconds.get((*key, "wgnn cpu f32"))
+        if ours is not None:
+            for peer in peers:
+                theirs = seconds.get((*key, peer))
+                if theirs is None:
+                    continue
+                if key[0].startswith("matmul"):
+                    parts.append(f"wgnn cpu f32 rate = {100 * theirs / ours:.0f}% of {peer}'s")
+                else:
+                    parts.append(f"wgnn cpu f32 time / {peer}'s = {ours / theirs:.2f}")
+            step = seconds.get((*key, "torch cpu step"))
+            if step is not None:
+                parts.append(f"/ torch cpu's whole step = {ours / step:.2f}")
         gpu = seconds.get((*key, "wgnn gpu"))
-        if gpu is not None:
+        if gpu is not None and ours is not None:
             parts.append(f"wgnn gpu time / cpu f32's = {gpu / ours:.2f}")
-        print(f"  {key[0]} {key[1]}: " + "; ".join(parts))
+        # The NVIDIA targets: wgnn's GPU backend against PyTorch on CUDA (float32, TF32 off).
+        cuda = seconds.get((*key, "torch cuda"))
+        if gpu is not None and cuda is not None:
+            if key[0].startswith("matmul"):
+                parts.append(f"wgnn gpu rate = {100 * cuda / gpu:.0f}% of torch cuda's")
+            else:
+                parts.append(f"wgnn gpu time / torch cuda's = {gpu / cuda:.2f}")
+                cuda_step = seconds.get((*key, "torch cuda step"))
+                if cuda_step is not None:
+                    parts.append(f"/ torch cuda's whole step = {gpu / cuda_step:.2f}")
+        if parts:
+            print(f"  {key[0]} {key[1]}: " + "; ".join(parts))
     print("  (a time ratio below 1: wgnn is faster; a rate above 100%: wgnn is faster)")
 
 

@@ -29,7 +29,8 @@ const F64_MAX_GFLOP: f64 = 20.0;
 pub struct BenchArgs {
     /// Shape preset. small: 256³ and a 1,000-row layer, steps on 256 rows (10–20 s on a
     /// software adapter); medium: 1024³ and the MNIST autoencoder's 10,000×784×196 layer, steps
-    /// on 256 and 10,000 rows; large: adds 2048³, the 60,000-row layer and steps on 60,000 rows.
+    /// on 256 and 10,000 rows; large: adds 2048³, the 60,000-row layer and steps on 60,000 rows;
+    /// xlarge: adds 4096³ (for real GPUs: issue 6's NVIDIA target; ~1 s per run on 2 CPU cores).
     #[arg(long, value_enum, default_value_t = Shapes::Small)]
     pub shapes: Shapes,
     /// Backends to time. Default: both when wgpu finds an adapter, else cpu.
@@ -62,6 +63,7 @@ pub enum Shapes {
     Small,
     Medium,
     Large,
+    Xlarge,
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -88,6 +90,11 @@ impl Shapes {
             Shapes::Medium => Preset { squares: &[1024], layers: &[(10_000, 784, 196)], batches: &[256, 10_000] },
             Shapes::Large => Preset {
                 squares: &[1024, 2048],
+                layers: &[(10_000, 784, 196), (60_000, 784, 196)],
+                batches: &[256, 10_000, 60_000],
+            },
+            Shapes::Xlarge => Preset {
+                squares: &[1024, 2048, 4096],
                 layers: &[(10_000, 784, 196), (60_000, 784, 196)],
                 batches: &[256, 10_000, 60_000],
             },

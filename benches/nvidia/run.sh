@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# Issue 6's NVIDIA measurements in one command, for a session lent a GPU (device tool `run`,
+# carry [".gl", ".device"], after benches/nvidia/prepare.sh here). About 4–6 minutes: the
+# GPU test suites, `wgnn bench` and PyTorch CUDA side by side (compare.py --shapes xlarge:
+# 4096³ with TF32 off), and the 400-iteration L-BFGS autoencoder on all 60,000 images. Every
+# output lands in $OUT (log.txt, compare.txt, bench.json, train60k.json); a step that fails
+# is logged and the next one still runs. Read $OUT/log.txt first.
+set -uo pipefail
+cd "$(dirname "$0")/../.."
+OUT=${OUT:-/tmp/wgnn-out}
+mkdir -p "$OUT"
+log() { echo "== $* ($(date +%T))" | tee -a "$OUT/log.txt"; }
+step() { "$@" 2>&1 | tee -a "$OUT/log.txt"; echo "exit ${PIPESTATUS[0]}" | tee -a "$OUT/log.txt"; }
+
+if ! ldconfig -p | grep -q libvulkan.so.1; then
+    for f in .gl/*.deb; do dpkg -x "$f" /; done
+    ldconfig
+fi
+icd=/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json
+[ -f "$icd" ] && export VK_DRIVER_FILES=$icd
+data=.device/data
+export WGNN_DATA_DIR=$data
+# Smaller settings for a dry run on lavapipe: SHAPES=small BATCH=256 TRAIN_ARGS="--limit 1000 --iterations 5".
+SHAPES=${SHAPES:-xlarge}
+BATCH=${BATCH:-10000,60000}
+TRAIN_ARGS=${TRAIN_ARGS:-}
+
+log "machine"
+step nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv
+step .device/wgnn devices
+
+log "GPU tests (the suites CI runs on lavapipe, here on the real adapter)"
+for t in gpu_kernels gpu_parity gpu_update gpu_data; do
+    step timeout 180 ".device/tests/$t" --quiet
+done
+step timeout 120 .device/tests/gpu --bench
+
+log "wgnn bench and PyTorch (CPU and CUDA, TF32 off) side by side"
+PYTHONUNBUFFERED=1 timeout 300 python3 benches/compare/compare.py --wgnn .device/wgnn --shapes "$SHAPES" \
+    --backend both --batch "$BATCH" --data mnist:$data/mnist --repeats 5 --rounds 2 2>&1 | tee "$OUT/compare.txt" >> "$OUT/log.txt"
+echo "exit ${PIPESTATUS[0]}" >> "$OUT/log.txt"
+timeout 120 .device/wgnn bench --json --shapes "$SHAPES" --backend gpu --repeats 5 --batch "$BATCH" \
+    --data mnist:$data/mnist > "$OUT/bench.json" 2>> "$OUT/log.txt"
+echo "exit $? (wgnn bench --json)" >> "$OUT/log.txt"
+
+log "400 L-BFGS iterations, 784-196-784 sparse autoencoder, all 60,000 images, GPU backend"
+rm -rf /tmp/train60k
+start=$(date +%s%N)
+# shellcheck disable=SC2086 # TRAIN_ARGS is a list of flags
+step timeout 180 .device/wgnn train --data mnist:$data/mnist --hidden 196 --sparsity 0.1 --weight-decay 3e-3 \
+    --backend gpu --quiet --out /tmp/train60k $TRAIN_ARGS
+echo "wall $(( ($(date +%s%N) - start) / 1000000 )) ms" | tee -a "$OUT/log.txt"
+cp /tmp/train60k/metrics.json "$OUT/train60k.json" 2>/dev/null
+log "done"
