@@ -235,6 +235,17 @@ def load_average():
         return "unknown"
 
 
+def ratio_parts(key, who, ours, peer, theirs, step):
+    """A product: who's rate as a percentage of peer's. A step: who's time over peer's, and over
+    peer's whole step (with the update) where that was timed."""
+    if key[0].startswith("matmul"):
+        return [f"{who} rate = {100 * theirs / ours:.0f}% of {peer}'s"]
+    parts = [f"{who} time / {peer}'s = {ours / theirs:.2f}"]
+    if step is not None:
+        parts.append(f"/ {peer}'s whole step = {ours / step:.2f}")
+    return parts
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--wgnn", help="the wgnn binary (default: $CARGO_TARGET_DIR or target/release/wgnn)")
@@ -345,31 +356,17 @@ def main():
     for key in keys:
         parts = []
         ours = seconds.get((*key, "wgnn cpu f32"))
-        if ours is not None:
-            for peer in peers:
-                theirs = seconds.get((*key, peer))
-                if theirs is None:
-                    continue
-                if key[0].startswith("matmul"):
-                    parts.append(f"wgnn cpu f32 rate = {100 * theirs / ours:.0f}% of {peer}'s")
-                else:
-                    parts.append(f"wgnn cpu f32 time / {peer}'s = {ours / theirs:.2f}")
-            step = seconds.get((*key, "torch cpu step"))
-            if step is not None:
-                parts.append(f"/ torch cpu's whole step = {ours / step:.2f}")
         gpu = seconds.get((*key, "wgnn gpu"))
+        for peer in peers if ours is not None else []:
+            theirs = seconds.get((*key, peer))
+            if theirs is not None:
+                parts += ratio_parts(key, "wgnn cpu f32", ours, peer, theirs, seconds.get((*key, f"{peer} step")))
         if gpu is not None and ours is not None:
             parts.append(f"wgnn gpu time / cpu f32's = {gpu / ours:.2f}")
         # The NVIDIA targets: wgnn's GPU backend against PyTorch on CUDA (float32, TF32 off).
         cuda = seconds.get((*key, "torch cuda"))
         if gpu is not None and cuda is not None:
-            if key[0].startswith("matmul"):
-                parts.append(f"wgnn gpu rate = {100 * cuda / gpu:.0f}% of torch cuda's")
-            else:
-                parts.append(f"wgnn gpu time / torch cuda's = {gpu / cuda:.2f}")
-                cuda_step = seconds.get((*key, "torch cuda step"))
-                if cuda_step is not None:
-                    parts.append(f"/ torch cuda's whole step = {gpu / cuda_step:.2f}")
+            parts += ratio_parts(key, "wgnn gpu", gpu, "torch cuda", cuda, seconds.get((*key, "torch cuda step")))
         if parts:
             print(f"  {key[0]} {key[1]}: " + "; ".join(parts))
     print("  (a time ratio below 1: wgnn is faster; a rate above 100%: wgnn is faster)")
