@@ -88,6 +88,31 @@ fn results_are_deterministic_bit_for_bit() {
     assert!(g1.iter().zip(&g2).all(|(a, b)| a.to_bits() == b.to_bits()));
 }
 
+/// The README promises the same bits whatever RAYON_NUM_THREADS is: every product, sweep and
+/// sum is split so that no element's arithmetic depends on the number of threads. The batch
+/// is large enough (1,500 rows, 3 blocks of the column sums) for every split to happen.
+#[test]
+fn the_bits_do_not_depend_on_the_number_of_threads() {
+    let spec = NetSpec::sparse_autoencoder(196, 64, 3e-3, Sparsity { target: 0.1, weight: 3.0 }).unwrap();
+    let theta = Init::Uniform.theta(&spec, 7);
+    let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(3);
+    let x = common::uniform(1500, 196, 0.0, 1.0, &mut rng);
+    let run = |threads: usize| {
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+        pool.install(|| {
+            let mut b = CpuBackend::<f32>::new(spec.clone()).unwrap();
+            b.set_data((&x).into(), Targets::Inputs).unwrap();
+            eval(&mut b, &theta, Batch::All)
+        })
+    };
+    let (c1, g1) = run(1);
+    for threads in [2, 3, 8] {
+        let (c, g) = run(threads);
+        assert_eq!(c1.to_bits(), c.to_bits(), "{threads} threads: another cost");
+        assert!(g1.iter().zip(&g).all(|(a, b)| a.to_bits() == b.to_bits()), "{threads} threads: another gradient");
+    }
+}
+
 /// The backend reuses its buffers from call to call, and they keep stale values: every result
 /// of a backend that has already run other batches, other θ and other calls must be the bits
 /// of a fresh backend's.

@@ -336,9 +336,10 @@ fn time_step(backend: &mut dyn Backend, ex: &Examples, rows: usize, repeats: u32
     })
 }
 
-/// e.g. `AMD EPYC 7B13 (2 threads)`: the CPU's model name where the OS tells it.
+/// e.g. `AMD EPYC 7B13 (2 threads)`: the CPU's model name where the OS tells it, and the
+/// threads the CPU backend computes on (rayon's pool: every core, or RAYON_NUM_THREADS).
 fn cpu_name() -> String {
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let threads = rayon::current_num_threads();
     let model = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|s| {
@@ -348,7 +349,7 @@ fn cpu_name() -> String {
         })
         .filter(|m| !m.is_empty())
         .unwrap_or_else(|| std::env::consts::ARCH.to_string());
-    format!("{model} ({threads} threads)")
+    format!("{model} ({threads} thread{})", if threads == 1 { "" } else { "s" })
 }
 
 /// The 1-, 5- and 15-minute load averages where the OS tells them: benchmarks on a busy

@@ -36,20 +36,24 @@ pub fn gemm<F: Real>(alpha: F, a: &ArrayView2<F>, b: &ArrayView2<F>, beta: F, c:
 #[cfg(not(feature = "blas"))]
 const SERIAL_BELOW: usize = 1 << 18;
 
-/// The narrowest slice of C, in rows or columns, worth a thread of its own.
+/// The narrowest part of C, in rows or columns, handed to a thread. Over 64 for the bits as
+/// well as for speed: the crate runs a product whose sides are both ≤ 64 with another depth
+/// blocking (k in blocks of 512 instead of its cache-derived ones), so a part that thin
+/// would sum its elements in another order than the whole product does.
 #[cfg(not(feature = "blas"))]
-const MIN_PART: usize = 64;
+const MIN_PART: usize = 65;
 
-/// Splits C along its longer side into one contiguous part per thread, each part a
-/// single-threaded product. On the autoencoder's weight gradients (196×784 and 784×196 over
-/// 10,000 rows) this runs at ~185 GFLOP/s where the crate's own threading gives ~160; the
-/// other shapes gain 0–5% (BENCHMARKS.md). The depth blocking of the crate depends only on k
-/// and the caches, never on m or n, so each element is summed in the same order however C is
-/// split: the bits do not depend on the number of threads (tested below).
+/// Splits C along its longer side into one contiguous part per thread (sizes differing by at
+/// most one), each part a single-threaded product. On the autoencoder's weight gradients
+/// (196×784 and 784×196 over 10,000 rows) this runs at ~185 GFLOP/s where the crate's own
+/// threading gives ~160; the other shapes gain 0–5% (BENCHMARKS.md). The crate's depth
+/// blocking depends only on k and the caches once a side is over 64, so each element is summed
+/// in the same order however C is split: the bits do not depend on the number of threads
+/// (tested below and in tests/cpu_backend.rs).
 #[cfg(not(feature = "blas"))]
 fn product<F: Real>(alpha: F, a: &ArrayView2<F>, b: &ArrayView2<F>, beta: F, c: &mut ArrayViewMut2<F>) {
     use ndarray::Axis;
-    use ndarray::parallel::prelude::*;
+    use rayon::prelude::*;
 
     let (m, k, n) = (a.nrows(), a.ncols(), b.ncols());
     let threads = rayon::current_num_threads();
@@ -61,18 +65,22 @@ fn product<F: Real>(alpha: F, a: &ArrayView2<F>, b: &ArrayView2<F>, beta: F, c: 
         // Too thin to split by hand: the crate splits inside the panels.
         return serial_or_crate_threads(alpha, a, b, beta, c, gemm::Parallelism::Rayon(threads));
     }
-    let part = long.div_ceil(threads);
-    if m >= n {
-        c.axis_chunks_iter_mut(Axis(0), part)
-            .into_par_iter()
-            .zip(a.axis_chunks_iter(Axis(0), part))
-            .for_each(|(mut c, a)| serial_or_crate_threads(alpha, &a, b, beta, &mut c, gemm::Parallelism::None));
-    } else {
-        c.axis_chunks_iter_mut(Axis(1), part)
-            .into_par_iter()
-            .zip(b.axis_chunks_iter(Axis(1), part))
-            .for_each(|(mut c, b)| serial_or_crate_threads(alpha, a, &b, beta, &mut c, gemm::Parallelism::None));
+    // Part i covers [i·long/threads, (i+1)·long/threads): every part at least MIN_PART long.
+    let axis = if m >= n { Axis(0) } else { Axis(1) };
+    let mut parts = Vec::with_capacity(threads);
+    let (mut c_rest, mut operand_rest) = (c.view_mut(), if m >= n { a.view() } else { b.view() });
+    for i in (1..threads).rev() {
+        let cut = i * long / threads;
+        let (c_head, c_part) = c_rest.split_at(axis, cut);
+        let (o_head, o_part) = operand_rest.split_at(axis, cut);
+        parts.push((c_part, o_part));
+        (c_rest, operand_rest) = (c_head, o_head);
     }
+    parts.push((c_rest, operand_rest));
+    parts.into_par_iter().for_each(|(mut c, operand)| {
+        let (a, b) = if m >= n { (operand, b.view()) } else { (a.view(), operand) };
+        serial_or_crate_threads(alpha, &a, &b, beta, &mut c, gemm::Parallelism::None)
+    });
 }
 
 #[cfg(not(feature = "blas"))]
@@ -196,10 +204,17 @@ mod tests {
     #[test]
     #[cfg(not(feature = "blas"))]
     fn the_bits_do_not_depend_on_the_number_of_threads() {
-        // The autoencoder's forward, weight-gradient and input-delta forms, at a tenth of the rows.
-        for (m, k, n, ta, tb) in
-            [(1000, 784, 196, false, true), (196, 1000, 784, true, false), (784, 1000, 196, true, false)]
-        {
+        // The autoencoder's forward, weight-gradient and input-delta forms, at a tenth of the
+        // rows; and 64 × 196 and 64 × 192 weight gradients, whose parts at 3 threads must each
+        // stay over 64 wide (a part of 64 is summed in another order).
+        let shapes = [
+            (1000, 784, 196, false, true),
+            (196, 1000, 784, true, false),
+            (784, 1000, 196, true, false),
+            (64, 1500, 196, true, false),
+            (64, 1500, 192, true, false),
+        ];
+        for (m, k, n, ta, tb) in shapes {
             let a = if ta { filled(k, m, 1).reversed_axes() } else { filled(m, k, 1) }.mapv(|v| v as f32);
             let b = if tb { filled(n, k, 2).reversed_axes() } else { filled(k, n, 2) }.mapv(|v| v as f32);
             let run = |threads: usize| {
