@@ -526,7 +526,8 @@ fn draw_pictures(
     let mut files = Vec::new();
     let path = dir.join("filters.png");
     // Trained on whitened data: draw the filters as the pixels see them.
-    let filters = match Whitening::from_preprocessing(&job.preprocessing)? {
+    let whitening = Whitening::from_preprocessing(&job.preprocessing)?;
+    let filters = match &whitening {
         Some(white) => viz::filter_grid(white.filters_in_pixels(layout.weight(theta, 0))?.view())?,
         None => viz::filter_grid(layout.weight(theta, 0))?,
     };
@@ -537,7 +538,14 @@ fn draw_pictures(
         let originals = x.slice(ndarray::s![..count, ..]).mapv(f64::from);
         let recon = backend.predict(theta, (&originals).into())?;
         let path = dir.join("reconstructions.png");
-        viz::save_png(&viz::reconstructions(originals.view(), recon.view())?, &path)?;
+        // Whitened values look like edge noise: draw both rows back in pixels.
+        let picture = match &whitening {
+            Some(white) => {
+                viz::reconstructions(white.unwhiten(originals.view())?.view(), white.unwhiten(recon.view())?.view())?
+            }
+            None => viz::reconstructions(originals.view(), recon.view())?,
+        };
+        viz::save_png(&picture, &path)?;
         files.push(path);
     }
     Ok(files)

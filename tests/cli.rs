@@ -393,6 +393,25 @@ fn a_whitened_linear_decoder_is_stored_with_its_whitening_and_evaluated_alike() 
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let (a, b) = (v["cost"].as_f64().unwrap(), m["final_cost"].as_f64().unwrap());
     assert!(((a - b) / b).abs() < 1e-5, "eval {a} vs training's final cost {b}");
+    // reconstruct draws the originals in pixels (ZCA inverts exactly): the top row is the raw
+    // patches, within a grey level of f32 rounding, not their whitened values.
+    let recon = dir.path().join("r.png");
+    let out = wgnn()
+        .args(["reconstruct", "--model", run.to_str().unwrap(), "--count", "6", "--seed", "0"])
+        .args(["--out", recon.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(said.contains("in pixels") && said.contains("on the whitened values"), "{said}");
+    let options = wgnn::data::LoadOptions { patch_count: 6, seed: 0, ..Default::default() };
+    let raw = wgnn::data::DataSource::Synthetic.load(&options).unwrap().x.mapv(f64::from);
+    let want = wgnn::viz::reconstructions(raw.view(), raw.view()).unwrap();
+    let got = image::open(&recon).unwrap().to_luma8();
+    assert_eq!(got.dimensions(), want.dimensions());
+    let top_row = |img: &image::GrayImage| img.rows().take(49).flat_map(|r| r.map(|p| p[0])).collect::<Vec<u8>>();
+    let worst = top_row(&got).iter().zip(&top_row(&want)).map(|(a, b)| a.abs_diff(*b)).max().unwrap();
+    assert!(worst <= 1, "the drawn originals differ from the raw patches by {worst} grey levels");
     let out = wgnn().args(["train", "--whiten", "pcx"]).output().unwrap();
     assert_eq!(out.status.code(), Some(2), "a usage error");
     assert!(String::from_utf8_lossy(&out.stderr).contains("[possible values: zca, pca]"));

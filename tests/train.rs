@@ -173,3 +173,65 @@ fn the_gpu_trains_the_ufldl_autoencoder_to_the_cpu_cost() {
     assert!(gap < 0.01, "GPU final cost {} vs CPU {}", gpu.final_cost, cpu.final_cost);
     assert!(cpu.final_cost < 1.0, "the autoencoder did not learn: J = {}", cpu.final_cost);
 }
+
+/// The top row of tiles (originals) of a reconstructions.png: its first 6·8 + 1 pixel rows.
+fn top_row(picture: &image::GrayImage) -> Vec<u8> {
+    let cell = 8 * 6 + 1;
+    picture.rows().take(cell).flat_map(|row| row.map(|p| p[0])).collect()
+}
+
+#[test]
+fn reconstructions_of_a_model_trained_on_whitened_patches_are_drawn_in_pixels() {
+    use wgnn::data::whiten::{Components, Whitening};
+    use wgnn::model::{Activation, Output};
+    let raw = patches();
+    let never = AtomicBool::new(false);
+    // ZCA: the top row is the raw patches themselves. PCA with 20 of 64 components: it is the
+    // patches projected onto the top 20 principal components (UFLDL's approximate recovery),
+    // and the 20 whitened values are no square picture at all.
+    for white in [
+        Whitening::fit_zca(raw.view(), 0.1).unwrap(),
+        Whitening::fit_pca(raw.view(), 0.1, Components::Count(20)).unwrap(),
+    ] {
+        let x = white.apply(raw.view()).unwrap();
+        let n = white.outputs;
+        let spec = NetSpec::new(&[n, 16, n], Activation::Sigmoid, Output::SquaredError(Activation::Identity)).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let mut job = job(spec.clone(), Method::lbfgs(), 3, dir.path());
+        job.preprocessing = serde_json::json!({ "whitening": white });
+        let mut backend = CpuBackend::<f32>::new(spec).unwrap();
+        train(job, &mut backend, &x, Targets::Inputs, &mut |_| {}, &never).unwrap();
+        let drawn = image::open(dir.path().join("reconstructions.png")).unwrap().to_luma8();
+        // 10 originals over 10 reconstructions, 8×8 tiles drawn 6× larger with 1-pixel borders.
+        assert_eq!((drawn.width(), drawn.height()), (10 * 49 + 1, 2 * 49 + 1));
+
+        // The reference, from the raw patches and M alone: M's rows are uᵢᵀ/√(λᵢ + ε), so its
+        // normalised rows are the kept eigenvectors U_kᵀ and the drawn originals should be
+        // μ + (x − μ) U_k U_kᵀ (for ZCA, k = n and U U ᵀ = I: x itself).
+        let raw10 = raw.slice(ndarray::s![..10, ..]).mapv(f64::from);
+        let mean = ndarray::Array1::from(white.mean.clone());
+        let expected = match white.kind {
+            wgnn::data::whiten::WhiteningKind::Zca => raw10.clone(),
+            wgnn::data::whiten::WhiteningKind::Pca => {
+                let mut u_t = white.matrix();
+                for mut row in u_t.rows_mut() {
+                    let norm = row.dot(&row).sqrt();
+                    row /= norm;
+                }
+                (&raw10 - &mean).dot(&u_t.t()).dot(&u_t) + &mean
+            }
+        };
+        let reference = wgnn::viz::reconstructions(expected.view(), expected.view()).unwrap();
+        let (got, want) = (top_row(&drawn), top_row(&reference));
+        // f32 whitening and back may move a pixel across a rounding boundary: one grey level.
+        let worst = got.iter().zip(&want).map(|(a, b)| a.abs_diff(*b)).max().unwrap();
+        assert!(worst <= 1, "{:?}: the drawn originals differ from the patches by {worst} grey levels", white.kind);
+        // And the pixels are not the whitened values: drawn directly, those look different.
+        if n == 64 {
+            let whitened = x.slice(ndarray::s![..10, ..]).mapv(f64::from);
+            let as_whitened = top_row(&wgnn::viz::reconstructions(whitened.view(), whitened.view()).unwrap());
+            let far = got.iter().zip(&as_whitened).filter(|(a, b)| a.abs_diff(**b) > 20).count();
+            assert!(far > got.len() / 10, "{:?}: only {far} pixels differ from the whitened drawing", white.kind);
+        }
+    }
+}

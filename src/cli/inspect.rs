@@ -100,9 +100,22 @@ pub fn reconstruct(args: ReconstructArgs) -> anyhow::Result<()> {
     let x = prepared(&ck, data.x.slice(ndarray::s![..shown, ..]).to_owned())?.mapv(f64::from);
     let mut backend = args.backend.build(ck.spec.clone(), Precision::F32)?;
     let recon = backend.predict(&ck.theta, (&x).into())?;
-    viz::save_png(&viz::reconstructions(x.view(), recon.view())?, &args.out)?;
+    // Trained on whitened data: draw both rows back in pixels, where a person sees patches;
+    // the error below stays in the whitened space the model was trained in.
+    let (img, space) = match stored_whitening(&ck)? {
+        Some(white) => (
+            viz::reconstructions(white.unwhiten(x.view())?.view(), white.unwhiten(recon.view())?.view())?,
+            " in pixels (unwhitened)",
+        ),
+        None => (viz::reconstructions(x.view(), recon.view())?, ""),
+    };
+    viz::save_png(&img, &args.out)?;
     let err = (&recon - &x).mapv(|v| v * v).sum() / (2.0 * shown as f64);
-    println!("{shown} examples and their reconstructions drawn to {} (mean ½‖x − x̂‖² = {err:.6})", args.out.display());
+    let error_space = if space.is_empty() { "" } else { " on the whitened values" };
+    println!(
+        "{shown} examples and their reconstructions drawn{space} to {} (mean ½‖x − x̂‖²{error_space} = {err:.6})",
+        args.out.display()
+    );
     Ok(())
 }
 

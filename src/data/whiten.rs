@@ -208,6 +208,41 @@ impl Whitening {
         Ok(w.dot(&self.matrix()))
     }
 
+    /// Whitened rows `y` (m × outputs) mapped back to the input space (m × inputs):
+    /// x̂ = μ + M⁺ y, with M⁺ the pseudo-inverse of M. For ZCA M is invertible and x̂ = x; for
+    /// PCA with k < n components x̂ is x projected onto the top k principal components (UFLDL's
+    /// "recovering an approximation of the data"). This is how whitened inputs and their
+    /// reconstructions are drawn: a person recognises image patches, not whitened values.
+    pub fn unwhiten(&self, y: ArrayView2<'_, f64>) -> Result<Array2<f64>> {
+        self.check(&Array2::<f64>::zeros((0, self.inputs)).view())?;
+        if y.ncols() != self.outputs {
+            return Err(Error::Shape(format!(
+                "the whitening gives {} values per example, these have {}: only whitened data unwhitens",
+                self.outputs,
+                y.ncols()
+            )));
+        }
+        if self.matrix.iter().chain(&self.mean).any(|v| !v.is_finite()) {
+            return Err(Error::Data(
+                "the stored whitening holds a non-finite number: the model file is damaged".into(),
+            ));
+        }
+        // An SVD rather than Mᵀ(M Mᵀ)⁻¹: the condition number of M is √((λ₁ + ε)/(λₖ + ε)),
+        // up to 10⁶ with ε = 0, and forming M Mᵀ would square it.
+        let svd = nalgebra::DMatrix::from_row_slice(self.outputs, self.inputs, &self.matrix)
+            .try_svd(true, true, f64::EPSILON, 10_000)
+            .ok_or_else(|| Error::Data("the stored whitening matrix has no SVD: the model file is damaged".into()))?;
+        let largest = svd.singular_values.max();
+        if largest == 0.0 {
+            return Err(Error::Data("the stored whitening matrix is zero: the model file is damaged".into()));
+        }
+        // NumPy's default cut-off for pinv: singular values below this are rounding noise.
+        let tolerance = largest * self.inputs.max(self.outputs) as f64 * f64::EPSILON;
+        let inverse = svd.pseudo_inverse(tolerance).map_err(|e| Error::Data(e.into()))?;
+        let inverse = Array2::from_shape_fn((self.inputs, self.outputs), |(r, c)| inverse[(r, c)]);
+        Ok(y.dot(&inverse.t()) + Array1::from(self.mean.clone()))
+    }
+
     /// The fraction of the total variance in the kept components (1 for ZCA).
     pub fn retained_variance(&self) -> f64 {
         let total: f64 = self.eigenvalues.iter().sum();
@@ -306,6 +341,70 @@ mod tests {
         assert_eq!(Whitening::from_preprocessing(&stored).unwrap(), Some(white));
         assert_eq!(Whitening::from_preprocessing(&serde_json::json!({})).unwrap(), None);
         assert!(Whitening::from_preprocessing(&serde_json::json!({ "whitening": 3 })).is_err());
+    }
+
+    fn relative_diff(got: &Array2<f64>, want: &Array2<f64>) -> f64 {
+        let norm = |a: &Array2<f64>| a.iter().map(|v| v * v).sum::<f64>().sqrt();
+        norm(&(got - want)) / norm(want)
+    }
+
+    #[test]
+    fn unwhitening_zca_or_every_pca_component_gives_the_data_back() {
+        let x = correlated(300, 6);
+        for white in [
+            Whitening::fit_zca(x.view(), 1e-3).unwrap(),
+            Whitening::fit_zca(x.view(), 0.0).unwrap(),
+            Whitening::fit_pca(x.view(), 0.0, Components::All).unwrap(),
+            Whitening::fit_pca(x.view(), 0.1, Components::All).unwrap(),
+        ] {
+            let back = white.unwhiten(white.apply_f64(x.view()).unwrap().view()).unwrap();
+            let diff = relative_diff(&back, &x);
+            assert!(diff < 1e-9, "{:?} ε = {}: unwhiten(white(x)) is {diff} from x", white.kind, white.epsilon);
+        }
+    }
+
+    #[test]
+    fn unwhitening_k_pca_components_projects_onto_the_top_k_eigenvectors() {
+        let x = correlated(300, 7);
+        let mean = x.mean_axis(Axis(0)).unwrap();
+        let centred = &x - &mean;
+        // The reference: eigenvectors of the covariance from a separate eigendecomposition.
+        let cov = covariance(x.view());
+        let eigen = nalgebra::DMatrix::from_row_slice(5, 5, cov.as_slice().unwrap()).symmetric_eigen();
+        let mut order: Vec<usize> = (0..5).collect();
+        order.sort_by(|&i, &j| eigen.eigenvalues[j].total_cmp(&eigen.eigenvalues[i]));
+        for k in 1..5 {
+            let u_k = Array2::from_shape_fn((5, k), |(r, c)| eigen.eigenvectors[(r, order[c])]);
+            let projected = centred.dot(&u_k).dot(&u_k.t()) + &mean;
+            let white = Whitening::fit_pca(x.view(), 0.01, Components::Count(k)).unwrap();
+            let y = white.apply_f64(x.view()).unwrap();
+            let back = white.unwhiten(y.view()).unwrap();
+            assert_eq!(back.dim(), (300, 5));
+            let diff = relative_diff(&back, &projected);
+            assert!(diff < 1e-9, "k = {k}: unwhiten(white(x)) is {diff} from x projected on U_k");
+            // It is a real approximation, not x itself, and whitening it again gives y back.
+            assert!(relative_diff(&back, &x) > 1e-4, "k = {k}: nothing was dropped");
+            let again = white.apply_f64(back.view()).unwrap();
+            assert!(relative_diff(&again, &y) < 1e-9, "k = {k}: white(unwhiten(y)) ≠ y");
+        }
+    }
+
+    #[test]
+    fn unwhitening_refuses_the_wrong_width_and_a_damaged_whitening() {
+        let x = correlated(100, 8);
+        let white = Whitening::fit_pca(x.view(), 0.1, Components::Count(3)).unwrap();
+        let err = white.unwhiten(x.view()).unwrap_err();
+        assert!(matches!(err, Error::Shape(_)), "{err}");
+        assert!(err.to_string().contains("gives 3 values") && err.to_string().contains("these have 5"), "{err}");
+        let mut damaged = white.clone();
+        damaged.matrix.pop();
+        assert!(matches!(damaged.unwhiten(Array2::zeros((2, 3)).view()), Err(Error::Data(_))));
+        let mut damaged = white.clone();
+        damaged.matrix[4] = f64::NAN;
+        assert!(matches!(damaged.unwhiten(Array2::zeros((2, 3)).view()), Err(Error::Data(_))));
+        let mut damaged = white;
+        damaged.matrix.fill(0.0);
+        assert!(matches!(damaged.unwhiten(Array2::zeros((2, 3)).view()), Err(Error::Data(_))));
     }
 
     #[test]
