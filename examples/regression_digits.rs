@@ -72,7 +72,7 @@ fn run() -> Result<()> {
     });
     let path = out.join("baselines.json");
     let text = serde_json::to_string_pretty(&baselines).map_err(|e| wgnn::Error::Data(e.to_string()))?;
-    wgnn::npy::write_atomic(&path, |w| std::io::Write::write_all(w, text.as_bytes()).map_err(|e| e.to_string()))?;
+    wgnn::atomic::write_bytes(&path, text.as_bytes())?;
     println!(
         "test R²: MLP {r2:.4} ({:.1} s), ridge {best_ridge:.4} (α = {best_alpha}), training mean {mean:.4}",
         outcome.summary.seconds

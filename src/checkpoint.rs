@@ -118,7 +118,7 @@ impl Checkpoint {
     /// Writes atomically to `path`.
     pub fn save(&self, path: &Path) -> Result<()> {
         let bytes = self.to_bytes()?;
-        crate::npy::write_atomic(path, |w| std::io::Write::write_all(w, &bytes).map_err(|e| e.to_string()))
+        crate::atomic::write_bytes(path, &bytes)
     }
 
     pub fn load(path: &Path) -> Result<Checkpoint> {

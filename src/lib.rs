@@ -6,6 +6,7 @@
 #[cfg(feature = "blas")]
 extern crate blas_src;
 
+pub mod atomic;
 pub mod backend;
 pub mod checkpoint;
 pub mod cpu;

@@ -154,30 +154,9 @@ fn labels_from(path: &Path, a: ArrayD<i128>) -> Result<Vec<usize>> {
 /// Writes a vector atomically: a temporary file beside the target, then a rename, so an
 /// interrupted run never leaves a half-written file.
 pub fn write_vector(path: &Path, v: &Array1<f64>) -> Result<()> {
-    write_atomic(path, |file| v.write_npy(file).map_err(|e| e.to_string()))
+    crate::atomic::write_with(path, |file| v.write_npy(file).map_err(|e| e.to_string()))
 }
 
 pub fn write_matrix(path: &Path, m: &Array2<f64>) -> Result<()> {
-    write_atomic(path, |file| m.write_npy(file).map_err(|e| e.to_string()))
-}
-
-/// Writes through `write` into `path.tmp`, syncs, and renames over `path`.
-pub fn write_atomic(
-    path: &Path,
-    write: impl FnOnce(&mut std::io::BufWriter<File>) -> std::result::Result<(), String>,
-) -> Result<()> {
-    let file_name = path.file_name().ok_or_else(|| Error::file(path, "is not a file name"))?;
-    let tmp = path.with_file_name(format!(".{}.tmp", file_name.to_string_lossy()));
-    let result = (|| {
-        let file = File::create(&tmp).map_err(|e| format!("cannot create: {e}"))?;
-        let mut w = std::io::BufWriter::new(file);
-        write(&mut w)?;
-        let file = w.into_inner().map_err(|e| e.to_string())?;
-        file.sync_all().map_err(|e| e.to_string())?;
-        std::fs::rename(&tmp, path).map_err(|e| format!("cannot rename into place: {e}"))
-    })();
-    result.map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
-        Error::file(path, e)
-    })
+    crate::atomic::write_with(path, |file| m.write_npy(file).map_err(|e| e.to_string()))
 }

@@ -190,7 +190,7 @@ pub fn train_stacked(
     });
     let path = out.join("metrics.json");
     let text = serde_json::to_string_pretty(&summary).map_err(|e| Error::Data(format!("metrics: {e}")))?;
-    crate::npy::write_atomic(&path, |w| std::io::Write::write_all(w, text.as_bytes()).map_err(|e| e.to_string()))?;
+    crate::atomic::write_bytes(&path, text.as_bytes())?;
     Ok(StackedOutcome {
         spec: stack,
         theta: finetuned.theta,

@@ -484,9 +484,7 @@ pub fn train(
     };
     let json = serde_json::to_string_pretty(&metrics).map_err(|e| Error::Data(format!("metrics: {e}")))?;
     let metrics_path = job.out_dir.join("metrics.json");
-    crate::npy::write_atomic(&metrics_path, |w| {
-        std::io::Write::write_all(w, json.as_bytes()).map_err(|e| e.to_string())
-    })?;
+    crate::atomic::write_bytes(&metrics_path, json.as_bytes())?;
     files.push(metrics_path);
 
     let loss_path = job.out_dir.join("loss.png");

@@ -236,5 +236,5 @@ where
     let mut bytes = Vec::new();
     img.write_to(&mut std::io::Cursor::new(&mut bytes), image::ImageFormat::Png)
         .map_err(|e| Error::file(path, format!("cannot encode PNG: {e}")))?;
-    crate::npy::write_atomic(path, |w| std::io::Write::write_all(w, &bytes).map_err(|e| e.to_string()))
+    crate::atomic::write_bytes(path, &bytes)
 }

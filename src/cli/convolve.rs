@@ -232,7 +232,7 @@ pub fn run(args: ConvolveArgs) -> anyhow::Result<()> {
         },
     };
     let seconds = started.elapsed().as_secs_f64();
-    wgnn::npy::write_atomic(&args.out, |w| pooled.write_npy(w).map_err(|e| e.to_string()))?;
+    wgnn::atomic::write_with(&args.out, |w| pooled.write_npy(w).map_err(|e| e.to_string()))?;
     let (m, k, q, _) = pooled.dim();
     let (n, c, p) = (images.size, images.channels, features.patch);
     println!(
