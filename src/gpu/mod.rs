@@ -94,6 +94,15 @@ struct Plan {
     workspace: Vec<wgpu::Buffer>,
 }
 
+/// How many times the backend built device state that should be built once per shape and
+/// then reused: gathered-batch buffer sets (with their device gather) and evaluation plans
+/// (workspace, bind groups, parameter blocks). For tests and diagnostics.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Builds {
+    pub gather_sets: u64,
+    pub plans: u64,
+}
+
 pub struct GpuBackend {
     spec: NetSpec,
     layout: ThetaLayout,
@@ -128,6 +137,7 @@ pub struct GpuBackend {
     data_bytes: u64,
     max_chunk_rows: usize,
     plans: HashMap<(Vec<Segment>, bool), Plan>,
+    builds: Builds,
     poison: bool,
     /// Minibatch training with θ kept on the device (`update.rs`), and the transfer counts.
     resident: update::Resident,
@@ -237,6 +247,7 @@ impl GpuBackend {
             data_bytes: 0,
             max_chunk_rows,
             plans: HashMap::new(),
+            builds: Builds::default(),
             poison: false,
             resident: update::Resident::default(),
             gpu,
@@ -274,6 +285,12 @@ impl GpuBackend {
     /// the backend was made (θ is counted by [`GpuBackend::transfers`]).
     pub fn data_uploaded_bytes(&self) -> u64 {
         self.data_bytes
+    }
+
+    /// Gathered-batch buffer sets and evaluation plans built since the backend was made. For
+    /// tests and diagnostics: a run that rebuilds them each step or epoch shows here.
+    pub fn builds(&self) -> Builds {
+        self.builds
     }
 
     /// Before every evaluation, fill the gradient, the cost terms and every workspace buffer
@@ -368,6 +385,7 @@ impl GpuBackend {
             self.gathered = sizes.iter().map(|&rows| self.empty_chunk(rows, values, labels)).collect::<Result<_>>()?;
             self.gather_ops.clear();
             self.batch_indices = None;
+            self.builds.gather_sets += 1;
         }
         let on_device = self.device_gather && !self.is_streaming();
         if on_device {
@@ -687,6 +705,7 @@ impl GpuBackend {
         if !self.plans.contains_key(&key) {
             let plan = self.build_plan(&visit.segments, want_grad)?;
             self.plans.insert(key.clone(), plan);
+            self.builds.plans += 1;
         }
         Ok(key)
     }
