@@ -10,7 +10,7 @@ mod common;
 use ndarray::Array2;
 use rand::{RngExt, SeedableRng, rngs::StdRng};
 use wgnn::backend::{Batch, DeviceTraining};
-use wgnn::gpu::{Gpu, GpuBackend, GpuOptions};
+use wgnn::gpu::{GATHER_SHAPES, Gpu, GpuBackend, GpuOptions};
 use wgnn::model::{Activation, Init, NetSpec, Output, Sparsity};
 use wgnn::optim::{BackendObjective, Hooks, Method, Minibatch, Optimizer, Stop, UpdateRule, UpdateState};
 use wgnn::{Backend, CpuBackend, Targets};
@@ -191,6 +191,57 @@ fn device_gather_gives_the_host_gathers_batch_cost_and_gradient() {
     }
 }
 
+/// `len` row indices drawn at random (with repeats).
+fn random_indices(len: usize, rng: &mut StdRng) -> Vec<usize> {
+    (0..len).map(|_| rng.random_range(0..ROWS)).collect()
+}
+
+#[test]
+fn alternating_batch_sizes_keep_their_gathered_buffers_and_plans() {
+    // An epoch's full minibatches and its short last one take turns. Batches of 32 rows
+    // gather into chunks of 10, 10, 10 and 2; of 20 rows into 10 and 10; of 7 into one of 7.
+    let (a, b, c) = (32, 20, 7);
+    assert_eq!(GATHER_SHAPES, 2, "the counts below are for two kept batch shapes");
+    let mut rng = StdRng::seed_from_u64(17);
+    for net in nets() {
+        for device_gather in [true, false] {
+            let what = format!("{}, device gather {device_gather}", net.name);
+            let mut g = gpu(&net, false);
+            g.set_device_gather(device_gather);
+            eval(&mut g, &net.theta, Batch::All);
+            let start = g.builds();
+            // Each batch draws new rows, so a plan reading another batch's buffers, or rows
+            // left from an earlier batch of its size, gives numbers unlike a fresh backend's.
+            let mut check = |g: &mut GpuBackend, len: usize, sets: u64, step: &str| {
+                let ix = random_indices(len, &mut rng);
+                let (cost, grad) = eval(g, &net.theta, Batch::Indices(&ix));
+                let mut fresh = gpu(&net, false);
+                fresh.set_device_gather(device_gather);
+                let (c_fresh, g_fresh) = eval(&mut fresh, &net.theta, Batch::Indices(&ix));
+                assert!(cost.is_finite() && grad.iter().all(|v| v.is_finite()), "{what}, {step}: unwritten output");
+                assert_eq!(cost.to_bits(), c_fresh.to_bits(), "{what}, {step}: cost {cost} vs fresh {c_fresh}");
+                assert_eq!(grad, g_fresh, "{what}, {step}: gradient vs a fresh backend's");
+                let built = g.builds();
+                let (sets_built, plans_built) = (built.gather_sets - start.gather_sets, built.plans - start.plans);
+                assert_eq!((sets_built, plans_built), (sets, sets), "{what}, {step}: (buffer sets, plans) built");
+            };
+            // Built once per size, however often the sizes alternate.
+            for (step, (len, sets)) in [(a, 1), (b, 2), (a, 2), (b, 2), (a, 2)].into_iter().enumerate() {
+                check(&mut g, len, sets, &format!("batch {step} of {len} rows"));
+            }
+            // A third size evicts the least recently used (b); a stays, b comes back anew.
+            check(&mut g, c, 3, "a third size");
+            check(&mut g, a, 3, "the first size after the third");
+            check(&mut g, b, 4, "the evicted size again");
+            check(&mut g, c, 5, "the third size, evicted by the second");
+            // The whole data's plan survived every eviction.
+            let plans = g.builds().plans;
+            eval(&mut g, &net.theta, Batch::All);
+            assert_eq!(g.builds().plans, plans, "{what}: the loaded data's plan was rebuilt");
+        }
+    }
+}
+
 #[test]
 fn minibatch_adam_on_the_device_is_unchanged_by_the_device_gather() {
     let net = &nets()[1];
@@ -212,6 +263,10 @@ fn minibatch_adam_on_the_device_is_unchanged_by_the_device_gather() {
         // 47 rows per epoch; device gather: 4 bytes per row (its index); host: 21 floats.
         let per_row = if device_gather { 4 } else { (net.spec.inputs() + 1) * 4 };
         assert_eq!(bytes, (epochs * ROWS * per_row) as u64, "device gather {device_gather}: {steps} steps");
+        // Batches of 8 rows and each epoch's last of 7: one buffer set and one plan per size,
+        // not two rebuilds an epoch.
+        let built = g.builds();
+        assert_eq!((built.gather_sets, built.plans), (2, 2), "device gather {device_gather}: built");
         runs.push(theta);
     }
     assert!(rel(&runs[1], &net.theta) > 1e-3, "θ did not move");

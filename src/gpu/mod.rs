@@ -23,7 +23,9 @@
 //! - A chunk or batch larger than one buffer may be is a clear error, not a wgpu panic.
 //!
 //! Recorded operations (bind groups, parameter blocks, workspace) are built once per batch
-//! shape and reused.
+//! shape and reused. Gathered-batch buffers, with their device gather and plans, are kept for
+//! the [`GATHER_SHAPES`] most recently used batch shapes, so an epoch's full minibatches and
+//! its short last one do not rebuild them twice an epoch.
 
 mod data;
 mod device;
@@ -57,6 +59,11 @@ struct Chunk {
     rows: usize,
 }
 
+/// Batch shapes (rows per gathered chunk) whose gathered-batch buffers, device gather and
+/// plans are kept: two covers an epoch's full minibatches and its short last one. The least
+/// recently used shape goes first.
+pub const GATHER_SHAPES: usize = 2;
+
 /// Which stored rows a pass over the data visits.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 struct Segment {
@@ -65,13 +72,25 @@ struct Segment {
     rows: usize,
 }
 
-/// The loaded data's chunks, those of the last gathered minibatch, or a ring buffer that
-/// streamed rows are uploaded into just before the submission that reads them.
+/// The loaded data's chunks, a chunk of a gathered-batch buffer set (by the set's serial
+/// number, so that a plan built on one set's buffers never matches another set's visit), or a
+/// ring buffer that streamed rows are uploaded into just before the submission that reads them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 enum Source {
     Loaded(usize),
-    Gathered(usize),
+    Gathered { set: u64, chunk: usize },
     Streamed(usize),
+}
+
+/// The gathered-batch buffers of one batch shape and, once a batch of that shape is gathered
+/// on the device, the batch's row indices (u32) and the recorded copies from every resident
+/// chunk into `chunks`.
+struct GatherSet {
+    /// Serial number: `Source::Gathered`'s `set`.
+    serial: u64,
+    chunks: Vec<Chunk>,
+    indices: Option<wgpu::Buffer>,
+    ops: Vec<Op>,
 }
 
 /// How one evaluation reaches its rows: the segments it visits, the global rows each
@@ -92,6 +111,15 @@ struct Plan {
     stages: Vec<(usize, usize)>,
     examples: usize,
     workspace: Vec<wgpu::Buffer>,
+}
+
+/// How many times the backend built device state that should be built once per shape and
+/// then reused: gathered-batch buffer sets (with their device gather) and evaluation plans
+/// (workspace, bind groups, parameter blocks). For tests and diagnostics.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Builds {
+    pub gather_sets: u64,
+    pub plans: u64,
 }
 
 pub struct GpuBackend {
@@ -117,17 +145,16 @@ pub struct GpuBackend {
     host_x: Array2<f32>,
     host_y: Option<Array2<f32>>,
     host_labels: Option<Vec<u32>>,
-    gathered: Vec<Chunk>,
-    /// Gathering on the device: the kernel, the batch's row indices (u32) and the recorded
-    /// copies from every resident chunk into `gathered`; `device_gather` off forces the host.
+    /// Gathered-batch buffer sets, least recently used first; the last is the current batch's.
+    gathered: Vec<GatherSet>,
+    /// The gather kernel; `device_gather` off forces the host gather.
     gather_kernel: Option<data::GatherKernel>,
-    batch_indices: Option<wgpu::Buffer>,
-    gather_ops: Vec<Op>,
     device_gather: bool,
     /// Bytes of examples, targets, labels and row indices written to the device so far.
     data_bytes: u64,
     max_chunk_rows: usize,
     plans: HashMap<(Vec<Segment>, bool), Plan>,
+    builds: Builds,
     poison: bool,
     /// Minibatch training with θ kept on the device (`update.rs`), and the transfer counts.
     resident: update::Resident,
@@ -231,12 +258,11 @@ impl GpuBackend {
             host_labels: None,
             gathered: Vec::new(),
             gather_kernel: None,
-            batch_indices: None,
-            gather_ops: Vec::new(),
             device_gather: true,
             data_bytes: 0,
             max_chunk_rows,
             plans: HashMap::new(),
+            builds: Builds::default(),
             poison: false,
             resident: update::Resident::default(),
             gpu,
@@ -274,6 +300,12 @@ impl GpuBackend {
     /// the backend was made (θ is counted by [`GpuBackend::transfers`]).
     pub fn data_uploaded_bytes(&self) -> u64 {
         self.data_bytes
+    }
+
+    /// Gathered-batch buffer sets and evaluation plans built since the backend was made. For
+    /// tests and diagnostics: a run that rebuilds them each step or epoch shows here.
+    pub fn builds(&self) -> Builds {
+        self.builds
     }
 
     /// Before every evaluation, fill the gradient, the cost terms and every workspace buffer
@@ -321,7 +353,10 @@ impl GpuBackend {
     fn chunk(&self, source: Source) -> &Chunk {
         match source {
             Source::Loaded(i) => &self.chunks[i],
-            Source::Gathered(i) => &self.gathered[i],
+            Source::Gathered { set, chunk } => {
+                let set = self.gathered.iter().find(|g| g.serial == set);
+                &set.expect("a plan outlived its gathered buffers").chunks[chunk]
+            }
             Source::Streamed(i) => &self.ring[i],
         }
     }
@@ -356,41 +391,34 @@ impl GpuBackend {
         Ok(visit)
     }
 
-    /// Gathers the rows `ix` into the gathered-batch buffers: on the device from an uploaded
-    /// index list when the data are resident, else on the host.
+    /// Gathers the rows `ix` into the gathered-batch buffers of their shape (made, or taken
+    /// from the kept sets): on the device from an uploaded index list when the data are
+    /// resident, else on the host.
     fn gather(&mut self, ix: &[usize]) -> Result<Visit> {
-        let (values, labels) = (self.host_y.is_some(), self.host_labels.is_some());
-        let sizes = chunk_sizes(ix.len(), self.max_chunk_rows);
-        let same_shape = self.gathered.iter().map(|c| c.rows).eq(sizes.iter().copied());
-        if !same_shape {
-            // New buffers: the plans and gather copies bound to the old ones go with them.
-            self.plans.retain(|(segs, _), _| segs.iter().all(|s| !matches!(s.chunk, Source::Gathered(_))));
-            self.gathered = sizes.iter().map(|&rows| self.empty_chunk(rows, values, labels)).collect::<Result<_>>()?;
-            self.gather_ops.clear();
-            self.batch_indices = None;
-        }
+        self.gather_set(&chunk_sizes(ix.len(), self.max_chunk_rows))?;
         let on_device = self.device_gather && !self.is_streaming();
         if on_device {
-            if self.gather_ops.is_empty() {
+            if self.gathered.last().expect("made above").ops.is_empty() {
                 self.record_gather(ix.len())?;
             }
+            let set = self.gathered.last().expect("made above");
             let ix32: Vec<u32> = ix.iter().map(|&i| i as u32).collect();
             let q = &self.gpu.queue;
             if self.poison {
-                for g in &self.gathered {
+                for g in &set.chunks {
                     for buf in [Some(&g.x), g.y.as_ref(), g.labels.as_ref()].into_iter().flatten() {
                         poison(q, buf);
                     }
                 }
             }
-            q.write_buffer(self.batch_indices.as_ref().expect("made with the copies"), 0, bytemuck::cast_slice(&ix32));
+            q.write_buffer(set.indices.as_ref().expect("made with the copies"), 0, bytemuck::cast_slice(&ix32));
             self.data_bytes += ix32.len() as u64 * 4;
         } else {
             let x = self.host_x.select(ndarray::Axis(0), ix);
             let y = self.host_y.as_ref().map(|y| y.select(ndarray::Axis(0), ix));
             let labels = self.host_labels.as_ref().map(|l| ix.iter().map(|&i| l[i]).collect::<Vec<u32>>());
             let mut start = 0;
-            for g in &self.gathered {
+            for g in &self.gathered.last().expect("made above").chunks {
                 let r = start..start + g.rows;
                 let rows = ndarray::s![r.clone(), ..];
                 let (ys, ls) = (y.as_ref().map(|y| y.slice(rows)), labels.as_ref().map(|l| &l[r]));
@@ -398,21 +426,51 @@ impl GpuBackend {
                 start += g.rows;
             }
         }
-        let segments =
-            self.gathered.iter().enumerate().map(|(i, g)| Segment { chunk: Source::Gathered(i), row: 0, rows: g.rows });
+        let set = self.gathered.last().expect("made above");
+        let segments = set.chunks.iter().enumerate().map(|(chunk, g)| Segment {
+            chunk: Source::Gathered { set: set.serial, chunk },
+            row: 0,
+            rows: g.rows,
+        });
         Ok(Visit { segments: segments.collect(), rows: Vec::new(), gather: on_device })
     }
 
-    /// Records the device gather of a batch of `len` rows: for each gathered chunk, one copy
-    /// from every resident chunk (each writes the rows whose index falls in its chunk).
+    /// Makes the gathered-batch buffer set with chunks of `sizes` rows the current one (the
+    /// last of `gathered`): a kept set when there is one, else a new set, which replaces the
+    /// least recently used once [`GATHER_SHAPES`] are kept; that set's plans go with it.
+    fn gather_set(&mut self, sizes: &[usize]) -> Result<()> {
+        let kept = self.gathered.iter().position(|g| g.chunks.iter().map(|c| c.rows).eq(sizes.iter().copied()));
+        if let Some(i) = kept {
+            let set = self.gathered.remove(i);
+            self.gathered.push(set);
+            return Ok(());
+        }
+        let (values, labels) = (self.host_y.is_some(), self.host_labels.is_some());
+        let chunks = sizes.iter().map(|&rows| self.empty_chunk(rows, values, labels)).collect::<Result<_>>()?;
+        if self.gathered.len() >= GATHER_SHAPES {
+            let old = self.gathered.remove(0).serial;
+            self.plans.retain(|(segs, _), _| {
+                !segs.iter().any(|s| matches!(s.chunk, Source::Gathered { set, .. } if set == old))
+            });
+        }
+        // Serial numbers are the count of sets built, so no two sets share one.
+        self.builds.gather_sets += 1;
+        self.gathered.push(GatherSet { serial: self.builds.gather_sets, chunks, indices: None, ops: Vec::new() });
+        Ok(())
+    }
+
+    /// Records the device gather of a batch of `len` rows into the current gathered-batch
+    /// buffer set: for each of its chunks, one copy from every resident chunk (each writes
+    /// the rows whose index falls in its chunk).
     fn record_gather(&mut self, len: usize) -> Result<()> {
         let device = &self.gpu.device;
         let kernel = self.gather_kernel.get_or_insert_with(|| data::GatherKernel::new(device));
+        let set = self.gathered.last_mut().expect("a current set");
         let indices = storage(device, "batch row indices", len);
         let u = |v: usize| u32_of(v, "a row index");
         let mut ops = Vec::new();
         let mut position = 0;
-        for g in &self.gathered {
+        for g in &set.chunks {
             let mut first = 0;
             for c in &self.chunks {
                 let pairs = [(Some(&c.x), Some(&g.x), self.spec.inputs())].into_iter().chain([
@@ -429,8 +487,8 @@ impl GpuBackend {
             }
             position += g.rows;
         }
-        self.gather_ops = ops;
-        self.batch_indices = Some(indices);
+        set.ops = ops;
+        set.indices = Some(indices);
         Ok(())
     }
     /// Builds the recorded operations for a pass over `segments`.
@@ -687,6 +745,7 @@ impl GpuBackend {
         if !self.plans.contains_key(&key) {
             let plan = self.build_plan(&visit.segments, want_grad)?;
             self.plans.insert(key.clone(), plan);
+            self.builds.plans += 1;
         }
         Ok(key)
     }
@@ -739,7 +798,8 @@ impl GpuBackend {
                 let mut pass = encoder
                     .begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("cost"), timestamp_writes: None });
                 if k == 0 && visit.gather {
-                    self.gather_ops.iter().for_each(|op| op.record(&mut pass));
+                    let set = self.gathered.last().expect("the visit gathered into it");
+                    set.ops.iter().for_each(|op| op.record(&mut pass));
                 }
                 plan.ops[ops.clone()].iter().for_each(|op| op.record(&mut pass));
                 if final_stage && let Some(last) = last.take() {
@@ -899,8 +959,6 @@ impl Backend for GpuBackend {
         // Forget the old data's buffers before making new ones.
         self.plans.clear();
         self.gathered.clear();
-        self.gather_ops.clear();
-        self.batch_indices = None;
         self.chunks.clear();
         self.ring.clear();
         self.chunk_rows.clear();
