@@ -449,7 +449,7 @@ pub struct GpuRunStats {
 /// Convolution and pooling on a GPU (f32): `shaders/conv.wgsl` then `shaders/pool.wgsl` for
 /// each chunk of images, in one submission per chunk; only the pooled features come back.
 /// Chunks are as large as the device's storage-binding limit, its dispatch limit and
-/// [`GPU_CHUNK_BYTES`] allow, and the buffers are allocated once per call and reused.
+/// `GPU_CHUNK_BYTES` (512 MiB) allow, and the buffers are allocated once per call and reused.
 pub struct GpuConvolution<'g> {
     gpu: &'g Gpu,
     kernels: FeatureKernels,

@@ -124,9 +124,9 @@ impl<'a> Operand<'a> {
 pub enum Epilogue<'a> {
     /// c = alpha·acc (+ c) (+ decay·w), w read at the same (row, col) from `weights`.
     Plain { alpha: f32, accumulate: bool, decay: Option<(f32, &'a wgpu::Buffer, u32)> },
-    /// c = f(acc + bias[col]).
+    /// `c = f(acc + bias[col])`.
     BiasAct { bias: (&'a wgpu::Buffer, u32), act: Activation },
-    /// c = (acc + kl[col]) · f′(a_prev[row, col]).
+    /// `c = (acc + kl[col]) · f′(a_prev[row, col])`.
     Delta { kl: Option<(&'a wgpu::Buffer, u32)>, a_prev: Operand<'a>, act: Activation },
 }
 

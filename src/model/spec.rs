@@ -6,7 +6,7 @@
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-/// An elementwise activation f and, through [`Activation::derivative_from_value`], its
+/// An elementwise activation f and, through [`crate::cpu::net::derivative_from_value`], its
 /// derivative written with the stored value a = f(z) (MATH.md, "Activations").
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
