@@ -523,26 +523,16 @@ fn draw_pictures(
     let layout = ThetaLayout::new(spec);
     let mut files = Vec::new();
     let path = dir.join("filters.png");
-    // Trained on whitened data: draw the filters as the pixels see them.
+    // Trained on whitened data: both pictures are drawn as the pixels see them.
     let whitening = Whitening::from_preprocessing(&job.preprocessing)?;
-    let filters = match &whitening {
-        Some(white) => viz::filter_grid(white.filters_in_pixels(layout.weight(theta, 0))?.view())?,
-        None => viz::filter_grid(layout.weight(theta, 0))?,
-    };
-    viz::save_png(&filters, &path)?;
+    viz::save_png(&viz::filters_in_pixels(layout.weight(theta, 0), whitening.as_ref())?, &path)?;
     files.push(path);
     if autoencoder && spec.output != Output::Softmax && spec.outputs() == spec.inputs() {
         let count = x.nrows().min(10);
         let originals = x.slice(ndarray::s![..count, ..]).mapv(f64::from);
         let recon = backend.predict(theta, (&originals).into())?;
         let path = dir.join("reconstructions.png");
-        // Whitened values look like edge noise: draw both rows back in pixels.
-        let picture = match &whitening {
-            Some(white) => {
-                viz::reconstructions(white.unwhiten(originals.view())?.view(), white.unwhiten(recon.view())?.view())?
-            }
-            None => viz::reconstructions(originals.view(), recon.view())?,
-        };
+        let picture = viz::reconstructions_in_pixels(originals.view(), recon.view(), whitening.as_ref())?;
         viz::save_png(&picture, &path)?;
         files.push(path);
     }

@@ -7,6 +7,7 @@ use std::path::Path;
 use image::{GrayImage, Luma, Rgb, RgbImage};
 use ndarray::ArrayView2;
 
+use crate::data::whiten::Whitening;
 use crate::{Error, Result};
 
 /// Tiles laid out in a near-square grid with a 1-pixel border, each pixel drawn `scale`×`scale`.
@@ -91,6 +92,31 @@ pub fn reconstructions(originals: ArrayView2<f64>, reconstructed: ArrayView2<f64
         tiles.push(scaled(r, lo, hi));
     }
     Ok(grid(&tiles, side, side, originals.nrows(), upscale(side)))
+}
+
+/// [`filter_grid`] of first-layer weights as the pixels see them: W·M for a model trained on
+/// whitened data (W itself lives in the whitened space and looks like noise).
+pub fn filters_in_pixels(weights: ArrayView2<f64>, whitening: Option<&Whitening>) -> Result<GrayImage> {
+    match whitening {
+        Some(white) => filter_grid(white.filters_in_pixels(weights)?.view()),
+        None => filter_grid(weights),
+    }
+}
+
+/// [`reconstructions`] drawn in pixels: for a model trained on whitened data both rows are
+/// unwhitened first (whitened values look like edge noise).
+pub fn reconstructions_in_pixels(
+    originals: ArrayView2<f64>,
+    reconstructed: ArrayView2<f64>,
+    whitening: Option<&Whitening>,
+) -> Result<GrayImage> {
+    match whitening {
+        Some(white) => {
+            let [originals, reconstructed] = white.unwhiten_each([originals, reconstructed])?;
+            reconstructions(originals.view(), reconstructed.view())
+        }
+        None => reconstructions(originals, reconstructed),
+    }
 }
 
 /// 3×5 pixel glyphs for tick labels, row by row from the top, 3 bits a row.

@@ -51,13 +51,9 @@ pub fn visualize(args: VisualizeArgs) -> anyhow::Result<()> {
         bail!("this model has no hidden layer to draw");
     }
     let w = layout.weight(&ck.theta, 0);
-    let (img, space) = match stored_whitening(&ck)? {
-        Some(white) => {
-            (viz::filter_grid(white.filters_in_pixels(w)?.view())?, " (W·M: seen from the pixels, before whitening)")
-        }
-        None => (viz::filter_grid(w)?, ""),
-    };
-    viz::save_png(&img, &args.out)?;
+    let whitening = stored_whitening(&ck)?;
+    viz::save_png(&viz::filters_in_pixels(w, whitening.as_ref())?, &args.out)?;
+    let space = if whitening.is_some() { " (W·M: seen from the pixels, before whitening)" } else { "" };
     println!("{} filters of {} inputs{space} drawn to {}", layout.shapes[0].0, layout.shapes[0].1, args.out.display());
     Ok(())
 }
@@ -100,18 +96,13 @@ pub fn reconstruct(args: ReconstructArgs) -> anyhow::Result<()> {
     let x = prepared(&ck, data.x.slice(ndarray::s![..shown, ..]).to_owned())?.mapv(f64::from);
     let mut backend = args.backend.build(ck.spec.clone(), Precision::F32)?;
     let recon = backend.predict(&ck.theta, (&x).into())?;
-    // Trained on whitened data: draw both rows back in pixels, where a person sees patches;
-    // the error below stays in the whitened space the model was trained in.
-    let (img, space) = match stored_whitening(&ck)? {
-        Some(white) => (
-            viz::reconstructions(white.unwhiten(x.view())?.view(), white.unwhiten(recon.view())?.view())?,
-            " in pixels (unwhitened)",
-        ),
-        None => (viz::reconstructions(x.view(), recon.view())?, ""),
-    };
-    viz::save_png(&img, &args.out)?;
+    // Trained on whitened data: both rows are drawn back in pixels, where a person sees
+    // patches; the error below stays in the whitened space the model was trained in.
+    let whitening = stored_whitening(&ck)?;
+    viz::save_png(&viz::reconstructions_in_pixels(x.view(), recon.view(), whitening.as_ref())?, &args.out)?;
+    let (space, error_space) =
+        if whitening.is_some() { (" in pixels (unwhitened)", " on the whitened values") } else { ("", "") };
     let err = (&recon - &x).mapv(|v| v * v).sum() / (2.0 * shown as f64);
-    let error_space = if space.is_empty() { "" } else { " on the whitened values" };
     println!(
         "{shown} examples and their reconstructions drawn{space} to {} (mean ½‖x − x̂‖²{error_space} = {err:.6})",
         args.out.display()

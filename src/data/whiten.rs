@@ -214,8 +214,14 @@ impl Whitening {
     /// "recovering an approximation of the data"). This is how whitened inputs and their
     /// reconstructions are drawn: a person recognises image patches, not whitened values.
     pub fn unwhiten(&self, y: ArrayView2<'_, f64>) -> Result<Array2<f64>> {
+        let [x] = self.unwhiten_each([y])?;
+        Ok(x)
+    }
+
+    /// [`Whitening::unwhiten`] of several arrays, with one pseudo-inverse (an SVD of M) for all.
+    pub fn unwhiten_each<const N: usize>(&self, ys: [ArrayView2<'_, f64>; N]) -> Result<[Array2<f64>; N]> {
         self.check(&Array2::<f64>::zeros((0, self.inputs)).view())?;
-        if y.ncols() != self.outputs {
+        if let Some(y) = ys.iter().find(|y| y.ncols() != self.outputs) {
             return Err(Error::Shape(format!(
                 "the whitening gives {} values per example, these have {}: only whitened data unwhitens",
                 self.outputs,
@@ -240,7 +246,8 @@ impl Whitening {
         let tolerance = largest * self.inputs.max(self.outputs) as f64 * f64::EPSILON;
         let inverse = svd.pseudo_inverse(tolerance).map_err(|e| Error::Data(e.into()))?;
         let inverse = Array2::from_shape_fn((self.inputs, self.outputs), |(r, c)| inverse[(r, c)]);
-        Ok(y.dot(&inverse.t()) + Array1::from(self.mean.clone()))
+        let mean = Array1::from(self.mean.clone());
+        Ok(ys.map(|y| y.dot(&inverse.t()) + &mean))
     }
 
     /// The fraction of the total variance in the kept components (1 for ZCA).
