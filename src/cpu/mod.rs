@@ -25,11 +25,16 @@ enum OwnedTargets<F> {
     Values(Array2<F>),
 }
 
+/// The loaded examples and targets, in the backend's precision.
+struct Loaded<F> {
+    x: Array2<F>,
+    targets: OwnedTargets<F>,
+}
+
 pub struct CpuBackend<F: Real> {
     spec: NetSpec,
     layout: ThetaLayout,
-    x: Array2<F>,
-    targets: OwnedTargets<F>,
+    data: Loaded<F>,
     /// Buffers reused from call to call (see [`net::Scratch`]).
     scratch: net::Scratch<F>,
     /// ∇J in the backend's precision, before it is widened to f64.
@@ -70,8 +75,7 @@ impl<F: Real> CpuBackend<F> {
         Ok(CpuBackend {
             spec,
             layout,
-            x: Array2::zeros((0, 0)),
-            targets: OwnedTargets::Inputs,
+            data: Loaded { x: Array2::zeros((0, 0)), targets: OwnedTargets::Inputs },
             scratch: net::Scratch::default(),
             grad: Vec::new(),
         })
@@ -85,7 +89,9 @@ impl<F: Real> CpuBackend<F> {
         crate::backend::check_theta_len(&self.spec, theta.len())?;
         Ok(theta.iter().map(|&v| F::of(v)).collect())
     }
+}
 
+impl<F: Real> Loaded<F> {
     /// Runs `f` on the selected rows of the loaded data: views for `All` and `Rows`, a gathered
     /// copy for `Indices`.
     fn with_batch<R>(&self, batch: Batch<'_>, f: impl FnOnce(ArrayView2<F>, TargetView<F>) -> R) -> Result<R> {
@@ -140,17 +146,17 @@ impl<F: Real> Backend for CpuBackend<F> {
 
     fn set_data(&mut self, x: Inputs<'_>, targets: Targets<'_>) -> Result<()> {
         validate_data(&self.spec, &x, &targets)?;
-        self.targets = match targets {
+        self.data.targets = match targets {
             Targets::Inputs => OwnedTargets::Inputs,
             Targets::Labels(labels) => OwnedTargets::Labels(labels.to_vec()),
             Targets::Values(y) => OwnedTargets::Values(to_real(y)),
         };
-        self.x = to_real(x);
+        self.data.x = to_real(x);
         Ok(())
     }
 
     fn num_examples(&self) -> usize {
-        self.x.nrows()
+        self.data.x.nrows()
     }
 
     fn cost_and_grad(&mut self, theta: &[f64], batch: Batch<'_>, grad: &mut [f64]) -> Result<Cost> {
@@ -159,23 +165,17 @@ impl<F: Real> Backend for CpuBackend<F> {
             return Err(Error::Shape(format!("gradient buffer has {} values, θ has {}", grad.len(), theta.len())));
         }
         // Every value of g is written by the pass (∇W from λW and δᵀA, ∇b from the sums).
-        let (mut g, mut scratch) = (std::mem::take(&mut self.grad), std::mem::take(&mut self.scratch));
+        let (spec, layout, scratch, g) = (&self.spec, &self.layout, &mut self.scratch, &mut self.grad);
         g.resize(theta.len(), F::zero());
-        let cost = self.with_batch(batch, |x, y| {
-            net::cost_and_grad(&mut scratch, &self.spec, &self.layout, &theta, x, y, Some(&mut g))
-        });
-        grad.iter_mut().zip(&g).for_each(|(o, &v)| *o = v.f64());
-        (self.grad, self.scratch) = (g, scratch);
+        let cost = self.data.with_batch(batch, |x, y| net::cost_and_grad(scratch, spec, layout, &theta, x, y, Some(g)));
+        grad.iter_mut().zip(&self.grad).for_each(|(o, &v)| *o = v.f64());
         cost
     }
 
     fn cost(&mut self, theta: &[f64], batch: Batch<'_>) -> Result<Cost> {
         let theta = self.theta(theta)?;
-        let mut scratch = std::mem::take(&mut self.scratch);
-        let cost = self
-            .with_batch(batch, |x, y| net::cost_and_grad(&mut scratch, &self.spec, &self.layout, &theta, x, y, None));
-        self.scratch = scratch;
-        cost
+        let (spec, layout, scratch) = (&self.spec, &self.layout, &mut self.scratch);
+        self.data.with_batch(batch, |x, y| net::cost_and_grad(scratch, spec, layout, &theta, x, y, None))
     }
 
     fn forward(&mut self, theta: &[f64], x: Inputs<'_>) -> Result<Vec<Array2<f64>>> {
