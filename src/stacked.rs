@@ -210,6 +210,7 @@ pub fn train_stacked_until(
     }
 
     let summary = json!({
+        "status": RunStatus::Finished.name(),
         "network": stack.describe(),
         "data": config.data_description,
         "train_examples": x.nrows(),

@@ -208,11 +208,19 @@ fn open_run_folder(args: &TrainArgs) -> anyhow::Result<RunFolder> {
             .into_iter()
             .find(|f| out.join(f).exists());
         if let Some(f) = held {
-            let diverged = wgnn::train::recorded_status(&out).as_deref() == Some("diverged");
-            let (what, tip) = match f {
-                MODEL_FILE => ("a finished run", format!(", --resume {} to continue it", out.display())),
-                _ if diverged => ("a run that diverged", String::new()),
-                _ => ("an unfinished run", format!(", --resume {} to continue it", out.display())),
+            let status = wgnn::train::recorded_status(&out);
+            let finished = f == MODEL_FILE || status.as_deref() == Some("finished");
+            let diverged = status.as_deref() == Some("diverged");
+            let what = match (finished, diverged) {
+                (true, _) => "a finished run",
+                (false, true) => "a run that diverged",
+                (false, false) => "an unfinished run",
+            };
+            // A stacked pipeline and a diverged run cannot be continued.
+            let tip = if args.kind == Kind::Stacked || diverged {
+                String::new()
+            } else {
+                format!(", --resume {} to continue it", out.display())
             };
             bail!("{} holds {what} ({f}): give another --out{tip}, or --force to replace it", out.display());
         }
@@ -247,6 +255,34 @@ fn check_flags(args: &TrainArgs) -> anyhow::Result<()> {
         && !(0.0..1.0).contains(&rho)
     {
         bail!("--sparsity {rho}: the sparsity target ρ must be 0 (off) or lie strictly between 0 and 1");
+    }
+    let at_least_zero = [
+        ("--weight-decay", "the weight decay λ", args.weight_decay),
+        ("--sparsity-weight", "the sparsity weight β", Some(args.sparsity_weight)),
+        ("--whiten-epsilon", "the whitening ε", Some(args.whiten_epsilon)),
+    ];
+    for (flag, what, value) in at_least_zero {
+        if let Some(v) = value
+            && !(v >= 0.0 && v.is_finite())
+        {
+            bail!("{flag} {v}: {what} must be a finite number ≥ 0");
+        }
+    }
+    if args.batch_size == 0 {
+        bail!("--batch-size 0: a minibatch holds at least 1 example");
+    }
+    if args.lbfgs_memory == Some(0) {
+        bail!("--lbfgs-memory 0: L-BFGS keeps at least 1 correction pair (usual: 10 to 100)");
+    }
+    if let Some(eta) = args.learning_rate
+        && !(eta > 0.0 && eta.is_finite())
+    {
+        bail!("--learning-rate {eta}: the learning rate η must be a finite number > 0");
+    }
+    if let Some(fraction) = args.test_fraction
+        && !(fraction > 0.0 && fraction < 1.0)
+    {
+        bail!("--test-fraction {fraction}: the test fraction must lie strictly between 0 and 1");
     }
     Ok(())
 }
