@@ -14,7 +14,8 @@
 //!   `checkpoint.safetensors` (resumable); a finished run removes it;
 //! - a run that fails (a non-finite cost, divergence) keeps the θ the optimizer left in
 //!   `checkpoint.safetensors`, without optimizer state, and says why in `metrics.json`
-//!   (`"status": "diverged"`, `"error"`). A folder without `model.safetensors` is not a
+//!   (`"status": "diverged"`, `"error"`; `"failed"` for another error while training, such as a
+//!   device error, which `train` then returns). A folder without `model.safetensors` is not a
 //!   finished run ([`unfinished_reason`]).
 //!
 //! It prints nothing: the caller watches through a progress callback.
@@ -164,6 +165,7 @@ pub fn unfinished_reason(dir: &Path) -> Option<String> {
         if checkpoint { format!("; its last θ is in {}", dir.join(CHECKPOINT_FILE).display()) } else { String::new() };
     Some(match (status.as_deref(), error) {
         (Some("diverged"), Some(e)) => format!("it diverged ({e}){kept}"),
+        (Some("failed"), Some(e)) => format!("it failed ({e}){kept}"),
         (Some(s), _) => format!("it ended {s}, with no {MODEL_FILE}{kept}"),
         (None, _) if checkpoint => format!("it was stopped before the end (no {MODEL_FILE}){kept}"),
         (None, _) => format!("there is no {MODEL_FILE} in it"),
@@ -696,11 +698,12 @@ pub fn train(
             Ok(s) => s,
             Err(e) => {
                 // Keep what can be kept, under names that do not claim a finished model.
-                let failure = Failure { reason: &e.to_string(), theta: &theta, optimizer: &optimizer };
-                let files = failure.write(&job, &spec, backend, train_rows.len(), val_rows.len(), &save);
                 // After an evaluation, an Error::Data is the numbers going wrong (the
                 // settings and data were checked before): a diverged run, not bad input.
                 let diverged = matches!(e, Error::Data(_)) && optimizer.evaluations() > evaluations_before;
+                let status = if diverged { "diverged" } else { "failed" };
+                let failure = Failure { status, reason: &e.to_string(), theta: &theta, optimizer: &optimizer };
+                let files = failure.write(&job, &spec, backend, train_rows.len(), val_rows.len(), &save);
                 return match (diverged, files) {
                     (true, Ok((files, final_cost))) => Ok(failure.outcome(files, final_cost)),
                     _ => Err(e),
@@ -721,7 +724,7 @@ pub fn train(
             "the cost at the final θ is {final_cost} after {} iterations ({}): lower the learning rate, or check the data for extreme values",
             summary.iterations, summary.reason
         );
-        let failure = Failure { reason: &reason, theta: &theta, optimizer: &optimizer };
+        let failure = Failure { status: "diverged", reason: &reason, theta: &theta, optimizer: &optimizer };
         let (files, final_cost) = failure.write(&job, &spec, backend, train_rows.len(), val_rows.len(), &save)?;
         return Ok(failure.outcome(files, final_cost));
     }
@@ -815,6 +818,9 @@ pub fn train(
 
 /// A run that failed while training: what it keeps and how it says so.
 struct Failure<'a> {
+    /// `diverged` (numbers gone wrong: [`RunStatus::Diverged`]) or `failed` (any other error
+    /// while training, returned as the error).
+    status: &'static str,
     reason: &'a str,
     /// What the optimizer left (today: the last point where the cost and gradient were finite).
     theta: &'a [f64],
@@ -826,7 +832,7 @@ type Save<'s> =
 
 impl Failure<'_> {
     /// Writes `checkpoint.safetensors` (θ when finite, no optimizer state: it is not to be
-    /// resumed) and `metrics.json` with `"status": "diverged"` and the reason. Returns the
+    /// resumed) and `metrics.json` with the status and the reason. Returns the
     /// files and J at the kept θ (NaN when it cannot be computed).
     fn write(
         &self,
@@ -841,7 +847,7 @@ impl Failure<'_> {
         let finite = self.theta.iter().all(|v| v.is_finite());
         if finite {
             let mut extra = serde_json::Map::new();
-            extra.insert("status".into(), "diverged".into());
+            extra.insert("status".into(), self.status.into());
             extra.insert("error".into(), self.reason.into());
             // No optimizer state: it is not to be resumed (metrics.json holds the history).
             files.push(save(self.theta, None, extra, CHECKPOINT_FILE)?);
@@ -851,7 +857,7 @@ impl Failure<'_> {
         let history = self.optimizer.history();
         let metrics = serde_json::json!({
             "wgnn_version": env!("CARGO_PKG_VERSION"),
-            "status": "diverged",
+            "status": self.status,
             "error": self.reason,
             "kept": if finite { serde_json::json!(CHECKPOINT_FILE) } else { serde_json::Value::Null },
             "spec": spec,

@@ -210,14 +210,15 @@ fn open_run_folder(args: &TrainArgs) -> anyhow::Result<RunFolder> {
         if let Some(f) = held {
             let status = wgnn::train::recorded_status(&out);
             let finished = f == MODEL_FILE || status.as_deref() == Some("finished");
-            let diverged = status.as_deref() == Some("diverged");
-            let what = match (finished, diverged) {
+            let failed = matches!(status.as_deref(), Some("diverged" | "failed"));
+            let what = match (finished, status.as_deref()) {
                 (true, _) => "a finished run",
-                (false, true) => "a run that diverged",
-                (false, false) => "an unfinished run",
+                (false, Some("diverged")) => "a run that diverged",
+                (false, Some("failed")) => "a run that failed",
+                (false, _) => "an unfinished run",
             };
-            // A stacked pipeline and a diverged run cannot be continued.
-            let tip = if args.kind == Kind::Stacked || diverged {
+            // A stacked pipeline and a failed run (no optimizer state) cannot be continued.
+            let tip = if args.kind == Kind::Stacked || failed {
                 String::new()
             } else {
                 format!(", --resume {} to continue it", out.display())
@@ -593,8 +594,7 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
         RunStatus::Finished => {}
         RunStatus::Interrupted => {
             return Err(Exit::interrupted(format!(
-                "interrupted after {} iterations: θ after iteration {} and the optimizer state are in {} (no {MODEL_FILE} was written); resume with: wgnn train {} --resume {}",
-                s.iterations,
+                "interrupted after {} complete iterations: θ where it stopped and the optimizer state are in {} (no {MODEL_FILE} was written); resume with: wgnn train {} --resume {}",
                 s.iterations,
                 checkpoint.display(),
                 kind_name(args.kind),
