@@ -113,8 +113,8 @@ impl RunFolder {
     }
 
     /// As [`RunFolder::open`], but `dir` must not exist yet: it is created here, atomically,
-    /// so two processes picking the same new name cannot both get it. Errors with
-    /// [`std::io::ErrorKind::AlreadyExists`] in the message when the name is taken.
+    /// so two processes picking the same new name cannot both get it. `Ok(None)` when the
+    /// name is taken; errors as [`RunFolder::open`] otherwise.
     pub fn create_new(dir: &Path) -> Result<Option<RunFolder>> {
         if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
             std::fs::create_dir_all(parent)

@@ -148,7 +148,8 @@ pub struct TrainArgs {
     /// Stop after this many checks without a better validation metric, keeping the best θ.
     #[arg(long, requires = "validation")]
     pub patience: Option<usize>,
-    /// Save the model every N iterations as well as at the end (and on Ctrl-C).
+    /// Save checkpoint.safetensors (θ and the optimizer state, for --resume) every N iterations
+    /// while training; Ctrl-C saves it too. model.safetensors is written only at the end.
     #[arg(long)]
     pub checkpoint_every: Option<usize>,
     /// Continue the run saved in this folder (same network and data options): from its
