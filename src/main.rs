@@ -15,9 +15,10 @@ fn main() -> ExitCode {
     match cli::parse().and_then(cli::run) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            // One line: the error and its causes, outermost first.
+            // One line: the error and its causes, outermost first. The code: README.md,
+            // "Exit codes".
             eprintln!("error: {e:#}");
-            ExitCode::FAILURE
+            ExitCode::from(cli::code_of(&e))
         }
     }
 }

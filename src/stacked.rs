@@ -6,7 +6,10 @@
 //! compares test accuracy before and after fine-tuning and adds up the stages' seconds.
 //!
 //! It prints nothing; the caller chooses the backend of each stage and hears of each stage
-//! through a callback.
+//! through a callback. The output folder is locked ([`RunFolder`]) for the whole pipeline; a
+//! stage that does not finish (interrupted, diverged) ends the pipeline there, and its
+//! status is the pipeline's ([`StackedOutcome::status`]): no summary `metrics.json` is
+//! written then.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
@@ -16,7 +19,7 @@ use serde_json::json;
 
 use crate::model::{Activation, NetSpec, Output, Sparsity, ThetaLayout};
 use crate::optim::{Lbfgs, Method};
-use crate::train::{TrainJob, TrainOutcome, accuracy, hidden_features, train};
+use crate::train::{RunFolder, RunStatus, TrainJob, TrainOutcome, accuracy, hidden_features, train};
 use crate::{Backend, CpuBackend, Error, Result, Targets};
 
 /// The settings of the whole pipeline (UFLDL's exercise: 200, 200; ρ = 0.1, β = 3, λ = 3e-3;
@@ -57,13 +60,18 @@ impl Default for StackedConfig {
 
 /// What the pipeline leaves besides its folders.
 pub struct StackedOutcome {
+    /// [`RunStatus::Finished`] when every stage finished; else the status of the stage that
+    /// did not, which `stage` names, and the fields below are that stage's.
+    pub status: RunStatus,
+    /// The folder of the last stage that ran.
+    pub stage: PathBuf,
     /// The fine-tuned network and its θ.
     pub spec: NetSpec,
     pub theta: Vec<f64>,
     pub test_accuracy_before_finetuning: Option<f64>,
     pub test_accuracy: Option<f64>,
     pub final_cost: f64,
-    /// The summary `metrics.json` in the output folder.
+    /// The summary `metrics.json` in the output folder (a stage's, when one did not finish).
     pub metrics: PathBuf,
 }
 
@@ -84,8 +92,28 @@ pub fn train_stacked(
     out: &Path,
     on_stage: &mut dyn FnMut(StageEvent<'_>),
 ) -> Result<StackedOutcome> {
+    let folder = RunFolder::open(out)?;
+    train_stacked_until(config, backend, x, labels, test, folder, on_stage, &AtomicBool::new(false))
+}
+
+/// As [`train_stacked`], into a run folder the caller has opened and locked, stopping the
+/// running stage (saved, resumable) when `interrupt` is set.
+#[allow(clippy::too_many_arguments)]
+pub fn train_stacked_until(
+    config: &StackedConfig,
+    backend: &mut dyn FnMut(&NetSpec) -> Result<Box<dyn Backend>>,
+    x: &Array2<f32>,
+    labels: &[usize],
+    test: Option<(&Array2<f32>, &[usize])>,
+    folder: RunFolder,
+    on_stage: &mut dyn FnMut(StageEvent<'_>),
+    interrupt: &AtomicBool,
+) -> Result<StackedOutcome> {
+    let out = folder.path();
     let classes = labels.iter().max().map_or(0, |&m| m + 1);
-    std::fs::create_dir_all(out).map_err(|e| Error::file(out, format!("cannot create the folder: {e}")))?;
+    if config.iterations == 0 || config.softmax_iterations == 0 {
+        return Err(Error::Data("0 iterations would train nothing: give at least 1".into()));
+    }
     // Training seconds of each stage, by folder name, for metrics.json.
     let mut seconds = serde_json::Map::new();
     let mut stage = |spec: NetSpec,
@@ -108,7 +136,7 @@ pub fn train_stacked(
             test_set: test.map(|(x, l)| (x.clone(), l.to_vec().into())),
             ..TrainJob::new(spec, method, iterations, dir)
         };
-        let outcome = train(job, b.as_mut(), x, y, &mut |_| {}, &AtomicBool::new(false))?;
+        let outcome = train(job, b.as_mut(), x, y, &mut |_| {}, interrupt)?;
         on_stage(StageEvent::Done { outcome: &outcome });
         let stage_name = dir.file_name().map_or_else(String::new, |n| n.to_string_lossy().into_owned());
         seconds.insert(stage_name, outcome.summary.seconds.into());
@@ -126,6 +154,9 @@ pub fn train_stacked(
             .with_sparsity(config.sparsity)?;
         let dir = out.join(format!("layer{}", i + 1));
         let (outcome, mut b) = stage(spec.clone(), config.iterations, &features, Targets::Inputs, None, None, &dir)?;
+        if !outcome.status.is_finished() {
+            return Ok(stopped(spec, outcome, &dir));
+        }
         features = hidden_features(b.as_mut(), &outcome.theta, &features)?;
         if let Some(t) = test_features.as_mut() {
             *t = hidden_features(b.as_mut(), &outcome.theta, t)?;
@@ -145,6 +176,9 @@ pub fn train_stacked(
         None,
         &out.join("softmax"),
     )?;
+    if !softmax.status.is_finished() {
+        return Ok(stopped(softmax_spec, softmax, &out.join("softmax")));
+    }
 
     // The whole stack as one network, its θ assembled from the stages.
     let mut sizes = vec![x.ncols()];
@@ -171,8 +205,12 @@ pub fn train_stacked(
     };
     let (finetuned, _) =
         stage(stack.clone(), config.iterations, x, Targets::Labels(labels), test, Some(theta), &out.join("finetune"))?;
+    if !finetuned.status.is_finished() {
+        return Ok(stopped(stack, finetuned, &out.join("finetune")));
+    }
 
     let summary = json!({
+        "status": RunStatus::Finished.name(),
         "network": stack.describe(),
         "data": config.data_description,
         "train_examples": x.nrows(),
@@ -192,6 +230,8 @@ pub fn train_stacked(
     let text = serde_json::to_string_pretty(&summary).map_err(|e| Error::Data(format!("metrics: {e}")))?;
     crate::atomic::write_bytes(&path, text.as_bytes())?;
     Ok(StackedOutcome {
+        status: RunStatus::Finished,
+        stage: out.join("finetune"),
         spec: stack,
         theta: finetuned.theta,
         test_accuracy_before_finetuning: before,
@@ -199,4 +239,18 @@ pub fn train_stacked(
         final_cost: finetuned.final_cost,
         metrics: path,
     })
+}
+
+/// The pipeline's outcome when the stage in `dir` did not finish.
+fn stopped(spec: NetSpec, outcome: TrainOutcome, dir: &Path) -> StackedOutcome {
+    StackedOutcome {
+        status: outcome.status,
+        stage: dir.to_path_buf(),
+        spec,
+        theta: outcome.theta,
+        test_accuracy_before_finetuning: None,
+        test_accuracy: outcome.test_accuracy,
+        final_cost: outcome.final_cost,
+        metrics: dir.join(crate::train::METRICS_FILE),
+    }
 }

@@ -1,13 +1,28 @@
 //! A training run from start to finish: load the examples into a backend, hold some out for
 //! validation, run an optimizer (resuming one from a checkpoint when asked), save a checkpoint
-//! every N iterations and when interrupted, and write the run's folder: `model.safetensors`,
-//! `metrics.json` (history, `final_cost`, timings), `loss.png` and, when the inputs are
-//! pictures, `filters.png` (and `reconstructions.png` for an autoencoder). A held-out test
-//! set adds `test_accuracy` (classifiers) or `r2` (regression: [`r2_score`]).
+//! every N iterations and when interrupted, and write the run's folder.
+//!
+//! The run folder (DESIGN.md, "Run folders and exit codes"):
+//! - it is written by one process at a time: [`RunFolder`] creates it, proves it writable and
+//!   holds an OS lock on `.wgnn.lock` inside it from before training to the end;
+//! - `model.safetensors` appears only when the job did what was asked ([`RunStatus::Finished`]),
+//!   with `metrics.json` (history, `final_cost`, timings, `"status": "finished"`), `loss.png`
+//!   and, when the inputs are pictures, `filters.png` (and `reconstructions.png` for an
+//!   autoencoder). A held-out test set adds `test_accuracy` (classifiers) or `r2` (regression:
+//!   [`r2_score`]);
+//! - while training, and when a run is interrupted, θ and the optimizer state go to
+//!   `checkpoint.safetensors` (resumable); a finished run removes it;
+//! - a run that fails (a non-finite cost, divergence) keeps the θ the optimizer left in
+//!   `checkpoint.safetensors`, without optimizer state, and says why in `metrics.json`
+//!   (`"status": "diverged"`, `"error"`; `"failed"` for another error while training, such as a
+//!   device error, which `train` then returns). A folder without `model.safetensors` is not a
+//!   finished run ([`unfinished_reason`]).
 //!
 //! It prints nothing: the caller watches through a progress callback.
 
-use std::path::PathBuf;
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use ndarray::{Array2, ArrayView2, Axis};
@@ -21,6 +36,192 @@ use crate::optim::{
     BackendObjective, Control, EarlyStopping, Hooks, Method, Optimizer, Progress, Stop, StopReason, Summary,
 };
 use crate::{CpuBackend, Error, Result, viz};
+
+/// The finished model: written only when the job did what was asked.
+pub const MODEL_FILE: &str = "model.safetensors";
+/// θ (and, unless the run failed, the optimizer state) of a run in progress, interrupted or
+/// failed.
+pub const CHECKPOINT_FILE: &str = "checkpoint.safetensors";
+pub const METRICS_FILE: &str = "metrics.json";
+/// The file whose OS lock marks the folder as being written by a process.
+pub const LOCK_FILE: &str = ".wgnn.lock";
+
+/// A run folder held by this process: created when missing, proven writable, and locked
+/// (an advisory OS lock on `DIR/.wgnn.lock`, std's `File::try_lock`) until dropped, so a
+/// second process that asks for it is refused at once instead of racing this one. The lock
+/// file stays (removing it would let two processes lock two different files); a folder this
+/// value created that holds nothing else when dropped (the run failed before writing
+/// anything) is removed again.
+#[derive(Debug)]
+pub struct RunFolder {
+    dir: PathBuf,
+    /// Held open for the lock's sake.
+    _lock: File,
+    created: bool,
+}
+
+impl RunFolder {
+    /// Creates `dir` if needed, checks that files can be created in it, and locks it.
+    ///
+    /// Errors ([`Error::File`]): `dir` is a file or cannot be created, a file cannot be
+    /// created in it, or another process holds its lock.
+    pub fn open(dir: &Path) -> Result<RunFolder> {
+        if dir.exists() && !dir.is_dir() {
+            return Err(Error::file(dir, "is a file, not a folder: give the run a folder (e.g. --out runs/NAME)"));
+        }
+        let created = !dir.exists();
+        std::fs::create_dir_all(dir).map_err(|e| Error::file(dir, format!("cannot create the run folder: {e}")))?;
+        let folder = || -> Result<File> {
+            let unwritable = |e: std::io::Error| Error::file(dir, format!("cannot write in the run folder: {e}"));
+            let lock = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(dir.join(LOCK_FILE))
+                .map_err(unwritable)?;
+            match lock.try_lock() {
+                Ok(()) => {}
+                Err(std::fs::TryLockError::WouldBlock) => {
+                    return Err(Error::file(
+                        dir,
+                        "another wgnn process is writing this run folder (it holds .wgnn.lock): wait for it to finish or give another --out",
+                    ));
+                }
+                Err(std::fs::TryLockError::Error(e)) => {
+                    return Err(Error::file(dir, format!("cannot lock the run folder: {e}")));
+                }
+            }
+            // A new file, as the run's outputs will be (an existing lock file proves nothing).
+            let probe = dir.join(format!(".wgnn.probe.{}", std::process::id()));
+            let written =
+                OpenOptions::new().write(true).create_new(true).open(&probe).and_then(|mut f| f.write_all(b"ok"));
+            let _ = std::fs::remove_file(&probe);
+            written.map_err(unwritable)?;
+            Ok(lock)
+        };
+        match folder() {
+            Ok(lock) => Ok(RunFolder { dir: dir.to_path_buf(), _lock: lock, created }),
+            Err(e) => {
+                if created {
+                    let _ = std::fs::remove_file(dir.join(LOCK_FILE));
+                    let _ = std::fs::remove_dir(dir);
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// As [`RunFolder::open`], but `dir` must not exist yet: it is created here, atomically,
+    /// so two processes picking the same new name cannot both get it. `Ok(None)` when the
+    /// name is taken; errors as [`RunFolder::open`] otherwise.
+    pub fn create_new(dir: &Path) -> Result<Option<RunFolder>> {
+        if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent)
+                .map_err(|e| Error::file(parent, format!("cannot create the folder for runs: {e}")))?;
+        }
+        match std::fs::create_dir(dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => return Ok(None),
+            Err(e) => return Err(Error::file(dir, format!("cannot create the run folder: {e}"))),
+        }
+        let mut folder = RunFolder::open(dir)?;
+        folder.created = true;
+        Ok(Some(folder))
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.dir
+    }
+}
+
+impl Drop for RunFolder {
+    fn drop(&mut self) {
+        if !self.created {
+            return;
+        }
+        let only_the_lock = std::fs::read_dir(&self.dir)
+            .map(|entries| entries.filter_map(|e| e.ok()).all(|e| e.file_name() == LOCK_FILE))
+            .unwrap_or(false);
+        if only_the_lock {
+            let _ = std::fs::remove_file(self.dir.join(LOCK_FILE));
+            let _ = std::fs::remove_dir(&self.dir);
+        }
+    }
+}
+
+/// Why the run in `dir` is not a finished one, or `None` when `dir/model.safetensors` exists.
+/// Reads the status and error that `metrics.json` records; for `eval`, `visualize` and
+/// the CLI's checks before overwriting.
+pub fn unfinished_reason(dir: &Path) -> Option<String> {
+    if dir.join(MODEL_FILE).is_file() {
+        return None;
+    }
+    let metrics = recorded_metrics(dir);
+    let status = metrics.as_ref().and_then(|m| m["status"].as_str().map(str::to_owned));
+    let error = metrics.as_ref().and_then(|m| m["error"].as_str().map(str::to_owned));
+    let checkpoint = dir.join(CHECKPOINT_FILE).is_file();
+    let kept =
+        if checkpoint { format!("; its last θ is in {}", dir.join(CHECKPOINT_FILE).display()) } else { String::new() };
+    Some(match (status.as_deref(), error) {
+        (Some("diverged"), Some(e)) => format!("it diverged ({e}){kept}"),
+        (Some("failed"), Some(e)) => format!("it failed ({e}){kept}"),
+        (Some(s), _) => format!("it ended {s}, with no {MODEL_FILE}{kept}"),
+        (None, _) if checkpoint => format!("it was stopped before the end (no {MODEL_FILE}){kept}"),
+        (None, _) => format!("there is no {MODEL_FILE} in it"),
+    })
+}
+
+/// The `status` that `dir/metrics.json` records ([`RunStatus::name`]), if it can be read.
+pub fn recorded_status(dir: &Path) -> Option<String> {
+    recorded_metrics(dir)?["status"].as_str().map(str::to_owned)
+}
+
+fn recorded_metrics(dir: &Path) -> Option<serde_json::Value> {
+    std::fs::read(dir.join(METRICS_FILE)).ok().and_then(|b| serde_json::from_slice(&b).ok())
+}
+
+/// Refuses, before anything is written, settings that would divide by zero, loop for nothing
+/// or silently do nothing: 0 iterations (or evaluations), a validation fraction outside
+/// [0, 1), a patience of 0 or one without a validation fraction, a checkpoint every 0
+/// iterations, and the stopping rule's own tolerances ([`Stop::validate`]).
+pub fn check_settings(
+    stop: &Stop,
+    validation_fraction: f64,
+    patience: Option<usize>,
+    checkpoint_every: Option<usize>,
+) -> Result<()> {
+    if stop.max_iterations == 0 {
+        return Err(Error::Data("0 iterations would train nothing: give at least 1".into()));
+    }
+    if stop.max_evaluations == Some(0) {
+        return Err(Error::Data("a limit of 0 evaluations would train nothing: give at least 1".into()));
+    }
+    stop.validate()?;
+    if !(0.0..1.0).contains(&validation_fraction) {
+        return Err(Error::Data(format!(
+            "a validation fraction of {validation_fraction} must be in [0, 1) (0: no validation set)"
+        )));
+    }
+    match patience {
+        Some(0) => {
+            return Err(Error::Data("a patience of 0 checks would stop before the first: give at least 1".into()));
+        }
+        Some(p) if validation_fraction == 0.0 => {
+            return Err(Error::Data(format!(
+                "a patience of {p} watches the validation metric: give a validation fraction above 0 too"
+            )));
+        }
+        _ => {}
+    }
+    if checkpoint_every == Some(0) {
+        return Err(Error::Data(
+            "a checkpoint every 0 iterations is no period: give at least 1 (or none: a checkpoint at the end only)"
+                .into(),
+        ));
+    }
+    Ok(())
+}
 
 /// Everything a run needs besides the data and the backend.
 pub struct TrainJob {
@@ -37,9 +238,12 @@ pub struct TrainJob {
     pub validation_fraction: f64,
     /// Stop after this many validation checks without improvement (and restore the best θ).
     pub patience: Option<usize>,
-    /// Save `model.safetensors` every this many iterations (epochs) as well as at the end.
+    /// Save `checkpoint.safetensors` every this many iterations (epochs) while training.
     pub checkpoint_every: Option<usize>,
     pub out_dir: PathBuf,
+    /// `out_dir`, already opened and locked by the caller ([`RunFolder::open`]), e.g. to
+    /// refuse a busy folder before loading data; `train` opens it itself when `None`.
+    pub folder: Option<RunFolder>,
     /// For metrics.json and the checkpoint: what the data was and how it was prepared.
     pub data_description: String,
     pub image_shape: Option<(usize, usize)>,
@@ -66,11 +270,50 @@ impl TrainJob {
             patience: None,
             checkpoint_every: None,
             out_dir: out_dir.into(),
+            folder: None,
             data_description: String::new(),
             image_shape: None,
             preprocessing: serde_json::Value::Null,
             test_set: None,
         }
+    }
+
+    /// Refuses settings that cannot make a run ([`check_settings`], the method's and the
+    /// network's own checks) before anything is written.
+    pub fn validate(&self) -> Result<()> {
+        self.spec.validate()?;
+        self.method.validate()?;
+        check_settings(&self.stop, self.validation_fraction, self.patience, self.checkpoint_every)
+    }
+}
+
+/// How a run ended. Only [`RunStatus::Finished`] means the job did what was asked; the CLI
+/// exits 0 for it alone (README.md, "Exit codes").
+#[derive(Clone, Debug, PartialEq)]
+pub enum RunStatus {
+    /// A stopping rule was met: `model.safetensors` holds the result.
+    Finished,
+    /// The `interrupt` flag stopped it: `checkpoint.safetensors` holds θ after the last
+    /// completed iteration and the optimizer state, to resume from.
+    Interrupted,
+    /// Training failed numerically (a NaN or infinite cost or gradient, at the start or
+    /// later; divergence): `checkpoint.safetensors` holds the θ the optimizer kept, without
+    /// optimizer state (it cannot be resumed), and `metrics.json` the reason.
+    Diverged { reason: String },
+}
+
+impl RunStatus {
+    /// `finished`, `interrupted` or `diverged`, as `metrics.json` records it.
+    pub fn name(&self) -> &'static str {
+        match self {
+            RunStatus::Finished => "finished",
+            RunStatus::Interrupted => "interrupted",
+            RunStatus::Diverged { .. } => "diverged",
+        }
+    }
+
+    pub fn is_finished(&self) -> bool {
+        *self == RunStatus::Finished
     }
 }
 
@@ -101,9 +344,15 @@ impl From<Vec<usize>> for TestTargets {
     }
 }
 
-/// What a finished (or interrupted) run leaves behind.
+/// What a run leaves behind, finished or not: check [`TrainOutcome::status`].
 pub struct TrainOutcome {
+    /// How it ended; anything but [`RunStatus::Finished`] left no `model.safetensors`.
+    pub status: RunStatus,
+    /// The θ kept (the one saved).
     pub theta: Vec<f64>,
+    /// The optimizer's summary. A [`RunStatus::Diverged`] run got none: its counts are the
+    /// optimizer's so far and its `reason` is `Interrupted` (the failure stopped it); read
+    /// `status` for why.
     pub summary: Summary,
     /// J(θ) on all training examples at the end (for minibatch methods the history holds
     /// epoch means instead).
@@ -113,12 +362,13 @@ pub struct TrainOutcome {
     /// R² of a regression network on the test set ([`r2_score`]).
     pub r2: Option<f64>,
     pub files: Vec<PathBuf>,
-    pub interrupted: bool,
 }
 
 #[derive(Serialize)]
 struct Metrics<'a> {
     wgnn_version: &'a str,
+    /// [`RunStatus::name`].
+    status: &'a str,
     spec: &'a NetSpec,
     method: &'a Method,
     backend: String,
@@ -305,8 +555,15 @@ fn check_test_set(spec: &NetSpec, x: &Array2<f32>, y: &TestTargets) -> Result<()
 /// inputs themselves (an autoencoder; labels given to a squared-error network are unused).
 /// Sets `interrupt` (e.g. from Ctrl-C) to stop after the current step: the run is then saved
 /// and can be resumed.
+///
+/// Returns `Ok` with [`TrainOutcome::status`] when training ran: [`RunStatus::Finished`],
+/// [`RunStatus::Interrupted`], or [`RunStatus::Diverged`] (θ and the reason saved as the module
+/// docs say). Errors before training (bad settings: [`TrainJob::validate`]; data that does not
+/// fit; a run folder that is busy, a file, or not writable; a checkpoint that cannot be
+/// resumed) leave nothing behind; errors while training or writing (a device or file error)
+/// keep θ in `checkpoint.safetensors` when they can.
 pub fn train(
-    job: TrainJob,
+    mut job: TrainJob,
     backend: &mut dyn Backend,
     x: &Array2<f32>,
     y: Targets<'_>,
@@ -318,8 +575,19 @@ pub fn train(
     if let Some((x_test, y_test)) = &job.test_set {
         check_test_set(&spec, x_test, y_test)?;
     }
-    std::fs::create_dir_all(&job.out_dir)
-        .map_err(|e| Error::file(&job.out_dir, format!("cannot create the run folder: {e}")))?;
+    job.validate()?;
+    // Held until train returns: no other process writes this folder meanwhile.
+    let _folder = match job.folder.take() {
+        Some(f) if f.path() == job.out_dir => f,
+        Some(f) => {
+            return Err(Error::Data(format!(
+                "the job writes {} but holds the folder {}: open the run folder of out_dir",
+                job.out_dir.display(),
+                f.path().display()
+            )));
+        }
+        None => RunFolder::open(&job.out_dir)?,
+    };
 
     let y = targets(&spec, y)?;
     let (train_rows, val_rows) = split(x, job.validation_fraction, job.seed)?;
@@ -336,6 +604,12 @@ pub fn train(
                     "the checkpoint holds {} but this run asks for {}: resume with the same network",
                     ck.spec.describe(),
                     spec.describe()
+                )));
+            }
+            if ck.metadata.optimizer.is_null() {
+                let why = ck.metadata.extra.get("error").and_then(|e| e.as_str()).unwrap_or("no optimizer state");
+                return Err(Error::Data(format!(
+                    "this checkpoint cannot be resumed: it holds no optimizer state (its run failed: {why}); start a new run"
                 )));
             }
             let opt: Optimizer = serde_json::from_value(ck.metadata.optimizer.clone()).map_err(|e| {
@@ -366,20 +640,27 @@ pub fn train(
         Some(v)
     };
 
-    let save =
-        |theta: &[f64], optimizer: &Optimizer, extra: serde_json::Map<String, serde_json::Value>| -> Result<PathBuf> {
-            let metadata = Metadata {
-                seed: Some(job.seed),
-                history: serde_json::to_value(optimizer.history()).unwrap_or_default(),
-                optimizer: serde_json::to_value(optimizer).map_err(|e| Error::Data(format!("optimizer state: {e}")))?,
-                preprocessing: job.preprocessing.clone(),
-                extra,
-                ..Default::default()
-            };
-            let path = job.out_dir.join("model.safetensors");
-            Checkpoint::new(spec.clone(), theta.to_vec(), metadata)?.save(&path)?;
-            Ok(path)
+    let save = |theta: &[f64],
+                optimizer: Option<&Optimizer>,
+                extra: serde_json::Map<String, serde_json::Value>,
+                file: &str|
+     -> Result<PathBuf> {
+        let optimizer_state = match optimizer {
+            Some(o) => serde_json::to_value(o).map_err(|e| Error::Data(format!("optimizer state: {e}")))?,
+            None => serde_json::Value::Null,
         };
+        let metadata = Metadata {
+            seed: Some(job.seed),
+            history: serde_json::to_value(optimizer.map(|o| o.history())).unwrap_or_default(),
+            optimizer: optimizer_state,
+            preprocessing: job.preprocessing.clone(),
+            extra,
+            ..Default::default()
+        };
+        let path = job.out_dir.join(file);
+        Checkpoint::new(spec.clone(), theta.to_vec(), metadata)?.save(&path)?;
+        Ok(path)
+    };
 
     let interrupted;
     let summary = loop {
@@ -410,18 +691,27 @@ pub fn train(
             hooks = hooks.validation(metric, early);
         }
         let mut objective = BackendObjective::new(backend);
+        let evaluations_before = optimizer.evaluations();
         let result = optimizer.run(&mut objective, &mut theta, &job.stop, &mut hooks);
         drop(hooks);
         let summary = match result {
             Ok(s) => s,
             Err(e) => {
-                // Keep what was learned: θ holds the last finite point.
-                let _ = save(&theta, &optimizer, Default::default());
-                return Err(e);
+                // Keep what can be kept, under names that do not claim a finished model.
+                // After an evaluation, an Error::Data is the numbers going wrong (the
+                // settings and data were checked before): a diverged run, not bad input.
+                let diverged = matches!(e, Error::Data(_)) && optimizer.evaluations() > evaluations_before;
+                let status = if diverged { "diverged" } else { "failed" };
+                let failure = Failure { status, reason: &e.to_string(), theta: &theta, optimizer: &optimizer };
+                let files = failure.write(&job, &spec, backend, train_rows.len(), val_rows.len(), &save);
+                return match (diverged, files) {
+                    (true, Ok((files, final_cost))) => Ok(failure.outcome(files, final_cost)),
+                    _ => Err(e),
+                };
             }
         };
         if summary.reason == StopReason::Interrupted && stop_for_save && !interrupt.load(Ordering::SeqCst) {
-            save(&theta, &optimizer, Default::default())?;
+            save(&theta, Some(&optimizer), Default::default(), CHECKPOINT_FILE)?;
             continue;
         }
         interrupted = summary.reason == StopReason::Interrupted;
@@ -429,6 +719,15 @@ pub fn train(
     };
 
     let final_cost = backend.cost(&theta, Batch::All)?.total();
+    if !final_cost.is_finite() {
+        let reason = format!(
+            "the cost at the final θ is {final_cost} after {} iterations ({}): lower the learning rate, or check the data for extreme values",
+            summary.iterations, summary.reason
+        );
+        let failure = Failure { status: "diverged", reason: &reason, theta: &theta, optimizer: &optimizer };
+        let (files, final_cost) = failure.write(&job, &spec, backend, train_rows.len(), val_rows.len(), &save)?;
+        return Ok(failure.outcome(files, final_cost));
+    }
     let train_accuracy = match (&y_train, spec.output) {
         (RowTargets::Labels(l), Output::Softmax) => Some(accuracy(&backend.classify(&theta, (&x_train).into())?, l)),
         _ => None,
@@ -455,12 +754,24 @@ pub fn train(
     if let Some(r) = r2 {
         extra.insert("r2".into(), r.into());
     }
-    let model = save(&theta, &optimizer, extra)?;
+    let status = if interrupted { RunStatus::Interrupted } else { RunStatus::Finished };
+    // Only a finished run writes the model; the checkpoint of its progress then goes.
+    let file = if interrupted { CHECKPOINT_FILE } else { MODEL_FILE };
+    let model = save(&theta, Some(&optimizer), extra, file)?;
+    if !interrupted {
+        match std::fs::remove_file(job.out_dir.join(CHECKPOINT_FILE)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(Error::file(job.out_dir.join(CHECKPOINT_FILE), format!("cannot remove: {e}")));
+            }
+            _ => {}
+        }
+    }
     let mut files = vec![model];
 
     let history = optimizer.history();
     let metrics = Metrics {
         wgnn_version: env!("CARGO_PKG_VERSION"),
+        status: status.name(),
         spec: &spec,
         method: optimizer.method(),
         backend: backend.name(),
@@ -483,7 +794,7 @@ pub fn train(
         history,
     };
     let json = serde_json::to_string_pretty(&metrics).map_err(|e| Error::Data(format!("metrics: {e}")))?;
-    let metrics_path = job.out_dir.join("metrics.json");
+    let metrics_path = job.out_dir.join(METRICS_FILE);
     crate::atomic::write_bytes(&metrics_path, json.as_bytes())?;
     files.push(metrics_path);
 
@@ -494,6 +805,7 @@ pub fn train(
     files.extend(draw_pictures(&spec, &theta, backend, &x_train, autoencoder, &job)?);
 
     Ok(TrainOutcome {
+        status,
         theta,
         summary,
         final_cost,
@@ -501,8 +813,94 @@ pub fn train(
         test_accuracy,
         r2,
         files,
-        interrupted,
     })
+}
+
+/// A run that failed while training: what it keeps and how it says so.
+struct Failure<'a> {
+    /// `diverged` (numbers gone wrong: [`RunStatus::Diverged`]) or `failed` (any other error
+    /// while training, returned as the error).
+    status: &'static str,
+    reason: &'a str,
+    /// What the optimizer left (today: the last point where the cost and gradient were finite).
+    theta: &'a [f64],
+    optimizer: &'a Optimizer,
+}
+
+type Save<'s> =
+    dyn Fn(&[f64], Option<&Optimizer>, serde_json::Map<String, serde_json::Value>, &str) -> Result<PathBuf> + 's;
+
+impl Failure<'_> {
+    /// Writes `checkpoint.safetensors` (θ when finite, no optimizer state: it is not to be
+    /// resumed) and `metrics.json` with the status and the reason. Returns the
+    /// files and J at the kept θ (NaN when it cannot be computed).
+    fn write(
+        &self,
+        job: &TrainJob,
+        spec: &NetSpec,
+        backend: &mut dyn Backend,
+        train_examples: usize,
+        validation_examples: usize,
+        save: &Save<'_>,
+    ) -> Result<(Vec<PathBuf>, f64)> {
+        let mut files = Vec::new();
+        let finite = self.theta.iter().all(|v| v.is_finite());
+        if finite {
+            let mut extra = serde_json::Map::new();
+            extra.insert("status".into(), self.status.into());
+            extra.insert("error".into(), self.reason.into());
+            // No optimizer state: it is not to be resumed (metrics.json holds the history).
+            files.push(save(self.theta, None, extra, CHECKPOINT_FILE)?);
+        }
+        let final_cost =
+            if finite { backend.cost(self.theta, Batch::All).map(|c| c.total()).unwrap_or(f64::NAN) } else { f64::NAN };
+        let history = self.optimizer.history();
+        let metrics = serde_json::json!({
+            "wgnn_version": env!("CARGO_PKG_VERSION"),
+            "status": self.status,
+            "error": self.reason,
+            "kept": if finite { serde_json::json!(CHECKPOINT_FILE) } else { serde_json::Value::Null },
+            "spec": spec,
+            "method": self.optimizer.method(),
+            "backend": backend.name(),
+            "data": job.data_description,
+            "train_examples": train_examples,
+            "validation_examples": validation_examples,
+            "seed": job.seed,
+            "initial_cost": history.records.first().map(|r| r.cost),
+            // JSON has no NaN: null when J at the kept θ is not a number.
+            "final_cost": final_cost.is_finite().then_some(final_cost),
+            "iterations": self.optimizer.iterations(),
+            "evaluations": self.optimizer.evaluations(),
+            "history": history,
+        });
+        let json = serde_json::to_string_pretty(&metrics).map_err(|e| Error::Data(format!("metrics: {e}")))?;
+        let path = job.out_dir.join(METRICS_FILE);
+        crate::atomic::write_bytes(&path, json.as_bytes())?;
+        files.push(path);
+        Ok((files, final_cost))
+    }
+
+    fn outcome(&self, files: Vec<PathBuf>, final_cost: f64) -> TrainOutcome {
+        TrainOutcome {
+            status: RunStatus::Diverged { reason: self.reason.to_string() },
+            theta: self.theta.to_vec(),
+            summary: Summary {
+                reason: StopReason::Interrupted,
+                iterations: self.optimizer.iterations(),
+                evaluations: self.optimizer.evaluations(),
+                cost: self.optimizer.history().records.last().map(|r| r.cost),
+                grad_norm: self.optimizer.history().records.last().map(|r| r.grad_norm),
+                best_validation: None,
+                seconds: 0.0,
+            },
+            final_cost,
+            validation: None,
+            test_accuracy: None,
+            r2: None,
+            files,
+        }
+    }
 }
 
 /// Filters of the first layer, and originals above reconstructions for an autoencoder, when

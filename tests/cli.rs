@@ -547,3 +547,181 @@ fn bad_targets_are_refused_with_one_line_and_no_output_files() {
         assert!(!out.exists(), "case {i} ({args:?}) left {}", out.display());
     }
 }
+
+// ---- Run folders and exit codes (DESIGN.md "Run folders and exit codes"; README "Exit codes") ----
+
+/// `wgnn train` writing `out`, started as a child whose stderr is read line by line; returns
+/// once training has begun (its first progress line), so the lock is held and SIGINT lands
+/// mid-training.
+fn training_child(out: &Path) -> (std::process::Child, std::io::Lines<std::io::BufReader<std::process::ChildStderr>>) {
+    use std::io::BufRead;
+    let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("wgnn"))
+        .args(["train", "--backend", "cpu", "--count", "2000", "--iterations", "100000", "--out"])
+        .arg(out)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    loop {
+        let line = lines.next().expect("the child ended before training").unwrap();
+        if line.starts_with("iteration") {
+            break;
+        }
+    }
+    (child, lines)
+}
+
+/// A second run on a busy folder is refused at once; Ctrl-C (a real SIGINT) exits 130 after
+/// saving a checkpoint, not a model; eval refuses the unfinished run; a new run there needs
+/// --resume or --force.
+#[test]
+fn sigint_exits_130_and_a_busy_folder_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("run");
+    let (mut child, lines) = training_child(&out);
+    let started = std::time::Instant::now();
+    let second = wgnn()
+        .args(["train", "--backend", "cpu", "--count", "200", "--iterations", "2", "--out"])
+        .arg(&out)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    assert_eq!(second.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("another wgnn process is writing this run folder"), "{stderr}");
+    assert!(!stderr.contains("iteration"), "the second run trained before refusing: {stderr}");
+    assert!(started.elapsed().as_secs() < 30, "the refusal was not at once");
+
+    let status = std::process::Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
+    assert!(status.success());
+    let rest: Vec<String> = lines.map(|l| l.unwrap()).collect();
+    let code = child.wait().unwrap().code();
+    assert_eq!(code, Some(130), "after SIGINT: {rest:?}");
+    let last = rest.last().unwrap();
+    assert!(last.starts_with("error: interrupted after") && last.contains("checkpoint.safetensors"), "{rest:?}");
+    assert!(last.contains("--resume"), "{last}");
+    assert!(out.join("checkpoint.safetensors").exists() && !out.join("model.safetensors").exists());
+
+    fails_with(wgnn().args(["eval", "--count", "50", "--model"]).arg(&out), "this run did not finish");
+    fails_with(wgnn().args(["visualize", "--model"]).arg(&out), "this run did not finish");
+    fails_with(
+        wgnn().args(["train", "--backend", "cpu", "--count", "200", "--iterations", "2", "--out"]).arg(&out),
+        "holds an unfinished run",
+    );
+}
+
+/// A folder that cannot be written (here a path under a file: true for root as for anyone) is
+/// refused before any data is read or any training, and nothing there is touched.
+#[test]
+fn an_unwritable_run_folder_is_refused_before_training() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("a-file");
+    std::fs::write(&file, "keep me").unwrap();
+    for out in [file.join("run"), file.clone()] {
+        let result = wgnn()
+            .args(["train", "--backend", "cpu", "--count", "200", "--iterations", "2", "--out"])
+            .arg(&out)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&result.stderr);
+        assert_eq!(result.status.code(), Some(1), "{stderr}");
+        assert_eq!(stderr.lines().count(), 1, "one line, before any data or training: {stderr}");
+        assert!(stderr.starts_with("error: ") && stderr.contains(&out.display().to_string()), "{stderr}");
+        assert_eq!(std::fs::read(&file).unwrap(), b"keep me");
+    }
+}
+
+/// A finished run is not replaced without --force; with it, it is.
+#[test]
+fn a_finished_run_is_replaced_only_with_force() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("run");
+    let train = |seed: &str, force: bool| {
+        let mut cmd = wgnn();
+        cmd.args(["train", "--backend", "cpu", "--quiet", "--count", "200", "--iterations", "2", "--seed", seed]);
+        if force {
+            cmd.arg("--force");
+        }
+        cmd.arg("--out").arg(&out).output().unwrap()
+    };
+    assert_eq!(train("1", false).status.code(), Some(0));
+    let first = std::fs::read(out.join("model.safetensors")).unwrap();
+    let refused = train("2", false);
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("holds a finished run") && stderr.contains("--force"), "{stderr}");
+    assert_eq!(std::fs::read(out.join("model.safetensors")).unwrap(), first, "the refused run changed the model");
+    assert_eq!(train("2", true).status.code(), Some(0));
+    assert_ne!(std::fs::read(out.join("model.safetensors")).unwrap(), first, "--force did not replace the run");
+}
+
+/// A run that diverges exits 3, keeps its θ in checkpoint.safetensors and writes no model;
+/// eval refuses it; default numbering gives the next run the next number.
+#[test]
+fn a_diverged_run_exits_3_and_leaves_no_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let sgd = ["train", "--backend", "cpu", "--count", "200", "--optimizer", "sgd", "--batch-size", "50"];
+    let result = wgnn()
+        .current_dir(dir.path())
+        .args(sgd)
+        .args(["--learning-rate", "1e4", "--iterations", "20"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&result.stderr);
+    assert_eq!(result.status.code(), Some(3), "{stderr}");
+    let last = stderr.lines().last().unwrap();
+    assert!(last.starts_with("error: training diverged") && last.contains("checkpoint.safetensors"), "{stderr}");
+    let run1 = dir.path().join("runs/autoencoder-1");
+    assert!(run1.join("checkpoint.safetensors").exists() && !run1.join("model.safetensors").exists());
+    let metrics: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(run1.join("metrics.json")).unwrap()).unwrap();
+    assert_eq!(metrics["status"], "diverged");
+    fails_with(wgnn().args(["eval", "--count", "50", "--model"]).arg(&run1), "this run did not finish: it diverged");
+    fails_with(
+        wgnn().args(["train", "--backend", "cpu", "--count", "200", "--iterations", "2", "--out"]).arg(&run1),
+        "holds a run that diverged",
+    );
+    let next = wgnn().current_dir(dir.path()).args(sgd).args(["--iterations", "2", "--quiet"]).output().unwrap();
+    assert_eq!(next.status.code(), Some(0), "{}", String::from_utf8_lossy(&next.stderr));
+    assert!(dir.path().join("runs/autoencoder-2/model.safetensors").exists(), "the failed folder keeps its number");
+}
+
+/// Zeros and negatives reach the real checks — from the command line and from a config file —
+/// with one line, exit 1, and no run folder.
+#[test]
+fn zeros_and_negatives_are_refused_up_front_from_flags_and_config_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("run");
+    let config = |json: &str| {
+        let path = dir.path().join(format!("c{}.json", json.len()));
+        std::fs::write(&path, json).unwrap();
+        path.display().to_string()
+    };
+    let cases: Vec<(Vec<String>, &str)> = vec![
+        (vec!["--checkpoint-every".into(), "0".into()], "checkpoint every 0"),
+        (vec!["--config".into(), config(r#"{"checkpoint-every": 0}"#)], "checkpoint every 0"),
+        (vec!["--iterations".into(), "0".into()], "0 iterations"),
+        (vec!["--validation".into(), "0.2".into(), "--patience".into(), "0".into()], "patience of 0"),
+        (vec!["--validation".into(), "NaN".into()], "validation fraction of NaN"),
+        (vec!["--validation".into(), "-0.1".into()], "validation fraction of -0.1"),
+        (vec!["--weight-decay".into(), "-1".into()], "--weight-decay -1: the weight decay λ must be"),
+        (vec!["--config".into(), config(r#"{"weight-decay": -1}"#)], "--weight-decay -1: the weight decay λ must be"),
+        (vec!["--learning-rate=-0.1".into(), "--optimizer".into(), "gd".into()], "--learning-rate -0.1"),
+        (vec!["--test-fraction".into(), "-0.5".into()], "--test-fraction -0.5"),
+        (vec!["--sparsity".into(), "-0.5".into()], "--sparsity -0.5"),
+        (vec!["--optimizer".into(), "sgd".into(), "--batch-size".into(), "0".into()], "--batch-size 0"),
+        (vec!["--lbfgs-memory".into(), "0".into()], "--lbfgs-memory 0"),
+    ];
+    for (args, needle) in cases {
+        fails_with(
+            wgnn()
+                .args(["train", "--backend", "cpu", "--count", "200", "--iterations", "2"])
+                .args(&args)
+                .arg("--out")
+                .arg(&out),
+            needle,
+        );
+        assert!(!out.exists(), "{args:?} left {}", out.display());
+    }
+    // The other commands take negative values too, and check them.
+    fails_with(wgnn().args(["gradcheck", "--weight-decay", "-1"]), "weight decay λ = -1 must be");
+}

@@ -8,7 +8,7 @@ use std::sync::atomic::AtomicBool;
 use wgnn::data::{DataSource, LoadOptions};
 use wgnn::model::{NetSpec, Sparsity};
 use wgnn::optim::{Lbfgs, Method, Minibatch, Stop, UpdateRule};
-use wgnn::train::{TrainJob, train};
+use wgnn::train::{RunFolder, RunStatus, TrainJob, train};
 use wgnn::{Backend, CpuBackend, Targets};
 
 fn job(spec: NetSpec, method: Method, iterations: usize, out: &std::path::Path) -> TrainJob {
@@ -119,10 +119,199 @@ fn an_interrupted_run_is_saved_and_says_so() {
         &stop,
     )
     .unwrap();
-    assert!(outcome.interrupted);
+    assert_eq!(outcome.status, RunStatus::Interrupted);
     assert_eq!(outcome.summary.iterations, 4);
-    let ck = wgnn::checkpoint::Checkpoint::load(&dir.path().join("model.safetensors")).unwrap();
+    // Not a finished model: a checkpoint to resume from, and metrics that say so.
+    assert!(!dir.path().join("model.safetensors").exists(), "an interrupted run wrote model.safetensors");
+    let ck = wgnn::checkpoint::Checkpoint::load(&dir.path().join("checkpoint.safetensors")).unwrap();
     assert!(!ck.metadata.optimizer.is_null(), "the optimizer state is saved for resuming");
+    assert_eq!(ck.theta, outcome.theta);
+    assert_eq!(wgnn::train::recorded_status(dir.path()).as_deref(), Some("interrupted"));
+    assert!(wgnn::train::unfinished_reason(dir.path()).unwrap().contains("checkpoint.safetensors"));
+
+    // Resumed from that checkpoint to the end: the model appears and the checkpoint goes.
+    let mut resumed = job(sae(), Method::lbfgs(), 8, dir.path());
+    resumed.resume = Some(ck);
+    let outcome = train(resumed, &mut backend, &x, Targets::Inputs, &mut |_| {}, &AtomicBool::new(false)).unwrap();
+    assert_eq!((outcome.status, outcome.summary.iterations), (RunStatus::Finished, 8));
+    assert!(dir.path().join("model.safetensors").exists());
+    assert!(!dir.path().join("checkpoint.safetensors").exists(), "a finished run left its checkpoint");
+    assert_eq!(wgnn::train::unfinished_reason(dir.path()), None);
+}
+
+/// Settings that would divide by zero, loop for nothing or be silently ignored are refused
+/// by `train` itself (not only by the CLI), before the run folder is created.
+#[test]
+fn zero_and_out_of_range_settings_are_refused_before_anything_is_written() {
+    let parent = tempfile::tempdir().unwrap();
+    let out = parent.path().join("run");
+    let x = patches();
+    let mut backend = CpuBackend::<f32>::new(sae()).unwrap();
+    type Change = Box<dyn Fn(&mut TrainJob)>;
+    let cases: Vec<(Change, &str)> = vec![
+        (Box::new(|j| j.checkpoint_every = Some(0)), "checkpoint every 0"),
+        (Box::new(|j| j.stop.max_iterations = 0), "0 iterations"),
+        (Box::new(|j| j.stop.max_evaluations = Some(0)), "0 evaluations"),
+        (Box::new(|j| j.validation_fraction = 1.0), "validation fraction of 1"),
+        (Box::new(|j| j.validation_fraction = f64::NAN), "validation fraction of NaN"),
+        (Box::new(|j| j.validation_fraction = -0.1), "validation fraction of -0.1"),
+        (
+            Box::new(|j| {
+                j.validation_fraction = 0.2;
+                j.patience = Some(0);
+            }),
+            "patience of 0",
+        ),
+        (Box::new(|j| j.patience = Some(3)), "give a validation fraction above 0"),
+        (Box::new(|j| j.stop.cost_patience = 0), "cost patience"),
+        (Box::new(|j| j.method = Method::Minibatch(Minibatch::adam(0.01).with_batch_size(0))), "batch size"),
+    ];
+    for (change, needle) in cases {
+        let mut j = job(sae(), Method::lbfgs(), 5, &out);
+        change(&mut j);
+        let e = train(j, &mut backend, &x, Targets::Inputs, &mut |_| {}, &AtomicBool::new(false))
+            .err()
+            .unwrap_or_else(|| panic!("`{needle}` was accepted"))
+            .to_string();
+        assert!(e.contains(needle), "expected `{needle}` in: {e}");
+        assert!(!out.exists(), "`{needle}`: the refused run created its folder");
+    }
+}
+
+/// A run that diverges keeps what it can under names that do not claim a finished model, and
+/// says why; it cannot be resumed, and says so. On both backends.
+#[test]
+fn a_diverged_run_keeps_a_checkpoint_and_no_model() {
+    let x = patches();
+    let diverging = Method::Minibatch(Minibatch::sgd(1e4).with_batch_size(50).with_seed(1));
+    let gpu = wgnn::GpuBackend::new(sae(), &wgnn::gpu::GpuOptions::default()).expect("a GPU adapter (lavapipe in CI)");
+    let backends: Vec<Box<dyn Backend>> = vec![Box::new(CpuBackend::<f32>::new(sae()).unwrap()), Box::new(gpu)];
+    for mut backend in backends {
+        let name = backend.name();
+        let dir = tempfile::tempdir().unwrap();
+        let never = AtomicBool::new(false);
+        let outcome = train(
+            job(sae(), diverging.clone(), 20, dir.path()),
+            backend.as_mut(),
+            &x,
+            Targets::Inputs,
+            &mut |_| {},
+            &never,
+        )
+        .unwrap();
+        let RunStatus::Diverged { reason } = &outcome.status else {
+            panic!("{name}: SGD at η = 1e4 ended {:?}", outcome.status)
+        };
+        assert!(reason.contains("NaN or infinite"), "{name}: {reason}");
+        assert!(!dir.path().join("model.safetensors").exists(), "{name}: a diverged run wrote model.safetensors");
+        let ck = wgnn::checkpoint::Checkpoint::load(&dir.path().join("checkpoint.safetensors")).unwrap();
+        assert!(ck.theta.iter().all(|v| v.is_finite()), "{name}: the kept θ is not finite");
+        assert_eq!(ck.theta, outcome.theta, "{name}");
+        assert!(ck.metadata.optimizer.is_null(), "{name}: a failed optimizer's state is not for resuming");
+        let metrics: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(dir.path().join("metrics.json")).unwrap()).unwrap();
+        assert_eq!(metrics["status"], "diverged", "{name}");
+        assert_eq!(metrics["error"].as_str(), Some(reason.as_str()), "{name}");
+        assert!(wgnn::train::unfinished_reason(dir.path()).unwrap().contains("diverged"), "{name}");
+
+        let mut again = job(sae(), diverging.clone(), 20, dir.path());
+        again.resume = Some(ck);
+        let e = train(again, backend.as_mut(), &x, Targets::Inputs, &mut |_| {}, &never).err().unwrap().to_string();
+        assert!(e.contains("cannot be resumed") && e.contains("start a new run"), "{name}: {e}");
+    }
+}
+
+/// A cost that is not finite at the initial θ (here: λ/2·ΣW² overflows) fails at once: the
+/// run is a failure, not a model.
+#[test]
+fn a_non_finite_cost_at_the_initial_theta_leaves_no_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let x = patches();
+    let mut backend = CpuBackend::<f64>::new(sae()).unwrap();
+    let mut j = job(sae(), Method::lbfgs(), 5, dir.path());
+    let mut theta = wgnn::model::Init::Uniform.theta(&sae(), 1);
+    theta[0] = 1e200;
+    j.initial_theta = Some(theta);
+    let outcome = train(j, &mut backend, &x, Targets::Inputs, &mut |_| {}, &AtomicBool::new(false)).unwrap();
+    assert!(
+        matches!(&outcome.status, RunStatus::Diverged { reason } if reason.contains("initial θ")),
+        "{:?}",
+        outcome.status
+    );
+    assert!(!dir.path().join("model.safetensors").exists());
+    assert_eq!(wgnn::train::recorded_status(dir.path()).as_deref(), Some("diverged"));
+}
+
+/// One process at a time per run folder: a folder held by another writer is refused before
+/// any work; a path under a file (unwritable even for root) is refused and nothing is created.
+#[test]
+fn a_busy_or_unwritable_run_folder_is_refused_before_training() {
+    let parent = tempfile::tempdir().unwrap();
+    let x = patches();
+    let mut backend = CpuBackend::<f32>::new(sae()).unwrap();
+    let never = AtomicBool::new(false);
+    let busy = parent.path().join("busy");
+    let held = RunFolder::open(&busy).unwrap();
+    let mut trained = false;
+    let e = train(
+        job(sae(), Method::lbfgs(), 3, &busy),
+        &mut backend,
+        &x,
+        Targets::Inputs,
+        &mut |_| trained = true,
+        &never,
+    )
+    .err()
+    .unwrap()
+    .to_string();
+    assert!(e.contains("another wgnn process is writing this run folder"), "{e}");
+    assert!(!trained, "it trained before refusing the folder");
+    drop(held);
+    // Released: the next run may write there.
+    let outcome =
+        train(job(sae(), Method::lbfgs(), 2, &busy), &mut backend, &x, Targets::Inputs, &mut |_| {}, &never).unwrap();
+    assert_eq!(outcome.status, RunStatus::Finished);
+
+    let file = parent.path().join("a-file");
+    std::fs::write(&file, "not a folder").unwrap();
+    for out in [file.join("run"), file.clone()] {
+        let e = train(job(sae(), Method::lbfgs(), 2, &out), &mut backend, &x, Targets::Inputs, &mut |_| {}, &never)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains(&out.display().to_string()), "{e}");
+        assert_eq!(std::fs::read(&file).unwrap(), b"not a folder");
+    }
+}
+
+/// Checkpoints written while training are `checkpoint.safetensors`; a finished run replaces
+/// them by `model.safetensors`.
+#[test]
+fn periodic_checkpoints_are_not_the_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let x = patches();
+    let mut backend = CpuBackend::<f32>::new(sae()).unwrap();
+    let mut j = job(sae(), Method::lbfgs(), 6, dir.path());
+    j.checkpoint_every = Some(2);
+    let mut seen_during = Vec::new();
+    let path = dir.path().to_path_buf();
+    let outcome = train(
+        j,
+        &mut backend,
+        &x,
+        Targets::Inputs,
+        &mut |p| {
+            if p.record.is_some_and(|r| r.iteration == 5) {
+                seen_during
+                    .push((path.join("checkpoint.safetensors").exists(), path.join("model.safetensors").exists()));
+            }
+        },
+        &AtomicBool::new(false),
+    )
+    .unwrap();
+    assert_eq!(outcome.status, RunStatus::Finished);
+    assert_eq!(seen_during, [(true, false)], "during training: (checkpoint, model)");
+    assert!(dir.path().join("model.safetensors").exists() && !dir.path().join("checkpoint.safetensors").exists());
 }
 
 #[test]

@@ -2,7 +2,8 @@
 //! Each key is a flag's long name (`weight_decay` or `weight-decay`); values are strings,
 //! numbers, booleans (a switch such as `quiet = true`) or lists (joined by commas). The file's
 //! settings are placed before the command line's flags, and a flag given twice keeps its last
-//! value, so the command line wins.
+//! value, so the command line wins. Each setting becomes one `--flag=value` word, so a value
+//! that starts with `-` (a negative number) is a value, never read as another flag.
 
 use std::ffi::OsString;
 use std::path::Path;
@@ -48,10 +49,10 @@ pub fn expand(args: Vec<OsString>) -> anyhow::Result<Vec<OsString>> {
             serde_json::Value::Array(items) => {
                 let parts: Option<Vec<String>> = items.iter().map(scalar).collect();
                 let Some(parts) = parts else { bail!("--config: `{key}` must be a list of numbers or strings") };
-                inserted.extend([flag.into(), parts.join(",").into()]);
+                inserted.push(format!("{flag}={}", parts.join(",")).into());
             }
             v => match scalar(v) {
-                Some(s) => inserted.extend([flag.into(), s.into()]),
+                Some(s) => inserted.push(format!("{flag}={s}").into()),
                 None => bail!("--config: `{key}` must be a string, number, boolean or list"),
             },
         }

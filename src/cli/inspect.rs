@@ -14,6 +14,11 @@ use super::{BackendArgs, DataArgs, Precision};
 
 /// A model file, or a run folder holding `model.safetensors`.
 pub fn load_model(path: &Path) -> anyhow::Result<Checkpoint> {
+    if path.is_dir()
+        && let Some(why) = wgnn::train::unfinished_reason(path)
+    {
+        bail!("--model {}: this run did not finish: {why}", path.display());
+    }
     let file = if path.is_dir() { path.join("model.safetensors") } else { path.to_path_buf() };
     if !file.exists() {
         bail!("--model {}: no such file (give a model.safetensors or the run folder holding one)", path.display());

@@ -34,32 +34,85 @@ pub fn parse() -> anyhow::Result<Cli> {
     Ok(Cli::parse_from(args))
 }
 
+/// Every subcommand takes negative numbers as values (`--weight-decay -1`), so they reach the
+/// real check instead of clap's "unexpected argument" tip.
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Train a network and write its run folder (model, metrics, loss curve, pictures). With
     /// no arguments: a sparse autoencoder learns edge filters from built-in synthetic images.
+    #[command(allow_negative_numbers = true)]
     Train(Box<train::TrainArgs>),
     /// Evaluate the cost J(θ) (and optionally its gradient) of a network on data from .npy files.
     /// The last line printed is `cost <value>`.
+    #[command(allow_negative_numbers = true)]
     Cost(cost::CostArgs),
     /// Check the analytic gradient against central differences (ε = 1e-4) on a random network
     /// and random data. The last line printed is `relative difference <value>`.
+    #[command(allow_negative_numbers = true)]
     Gradcheck(gradcheck::GradcheckArgs),
     /// Draw what each hidden unit of a trained model learned, as a grid of tiles.
+    #[command(allow_negative_numbers = true)]
     Visualize(inspect::VisualizeArgs),
     /// Draw examples (top row) above the model's reconstructions of them (bottom row).
+    #[command(allow_negative_numbers = true)]
     Reconstruct(inspect::ReconstructArgs),
     /// Evaluate a trained model on data: cost, reconstruction error, or accuracy and a
     /// confusion matrix for classifiers.
+    #[command(allow_negative_numbers = true)]
     Eval(inspect::EvalArgs),
     /// Convolve the features a trained autoencoder learned on patches over whole images and pool
     /// them; writes a float32 .npy of images × features × pooled rows × pooled columns.
+    #[command(allow_negative_numbers = true)]
     Convolve(convolve::ConvolveArgs),
     /// List every GPU adapter wgpu can see: name, API, type, driver and the limits that matter.
+    #[command(allow_negative_numbers = true)]
     Devices(devices::DevicesArgs),
     /// Time matrix products and full cost-and-gradient steps on the CPU backend and a GPU
     /// adapter (median of repeated runs, to completion); a table with GPU/CPU ratios, or --json.
+    #[command(allow_negative_numbers = true)]
     Bench(bench::BenchArgs),
+}
+
+/// The exit codes scripts can rely on (README.md, "Exit codes"). 0 means the job did what
+/// was asked; clap's own usage errors exit 2.
+pub mod exit_code {
+    /// An error: bad input, a refused setting or folder, a file or device error.
+    pub const ERROR: u8 = 1;
+    /// Training ran but failed numerically (a NaN or infinite cost, divergence): the θ kept is
+    /// in the run's checkpoint.safetensors, and there is no model.safetensors.
+    pub const DIVERGED: u8 = 3;
+    /// Stopped by Ctrl-C (SIGINT) after saving: 128 + 2, as a shell reports a SIGINT death.
+    pub const INTERRUPTED: u8 = 130;
+}
+
+/// An error that ends the program with its own exit code instead of [`exit_code::ERROR`].
+#[derive(Debug)]
+pub struct Exit {
+    pub code: u8,
+    pub message: String,
+}
+
+impl Exit {
+    pub fn diverged(message: String) -> Exit {
+        Exit { code: exit_code::DIVERGED, message }
+    }
+
+    pub fn interrupted(message: String) -> Exit {
+        Exit { code: exit_code::INTERRUPTED, message }
+    }
+}
+
+impl std::fmt::Display for Exit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for Exit {}
+
+/// The exit code for an error that reached `main`.
+pub fn code_of(error: &anyhow::Error) -> u8 {
+    error.downcast_ref::<Exit>().map_or(exit_code::ERROR, |e| e.code)
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {

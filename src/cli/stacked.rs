@@ -2,29 +2,30 @@
 //! from the command line. Each stage writes its own run folder under the output folder, and
 //! `metrics.json` there compares accuracy before and after fine-tuning.
 
-use std::path::Path;
+use std::sync::atomic::AtomicBool;
 
 use anyhow::Context;
 use ndarray::Array2;
 
 use wgnn::data::Dataset;
-use wgnn::model::Sparsity;
-use wgnn::stacked::{StackedConfig, StageEvent, train_stacked};
+use wgnn::stacked::{StackedConfig, StageEvent, train_stacked_until};
+use wgnn::train::{CHECKPOINT_FILE, RunFolder, RunStatus};
 
+use super::Exit;
 use super::train::TrainArgs;
 
 pub fn run(
     args: &TrainArgs,
     data: &Dataset,
     test: Option<(Array2<f32>, Vec<usize>)>,
-    out: &Path,
+    folder: RunFolder,
+    interrupt: &AtomicBool,
 ) -> anyhow::Result<()> {
     let labels = data.labels.as_deref().context("a stacked autoencoder ends in a softmax: it needs labelled data")?;
     let defaults = StackedConfig::default();
-    let rho = args.sparsity.unwrap_or(0.1);
     let config = StackedConfig {
         hidden: args.hidden.clone().unwrap_or(defaults.hidden.clone()),
-        sparsity: (rho > 0.0).then_some(Sparsity { target: rho, weight: args.sparsity_weight }),
+        sparsity: super::train::sparsity(args.sparsity.unwrap_or(0.1), args.sparsity_weight),
         weight_decay: args.weight_decay.unwrap_or(defaults.weight_decay),
         iterations: args.iterations.unwrap_or(defaults.iterations),
         seed: args.seed,
@@ -50,7 +51,25 @@ pub fn run(
         }
     };
     let test = test.as_ref().map(|(x, l)| (x, l.as_slice()));
-    let outcome = train_stacked(&config, &mut backend, &data.x, labels, test, out, &mut report)?;
+    let outcome = train_stacked_until(&config, &mut backend, &data.x, labels, test, folder, &mut report, interrupt)?;
+    let (stage, checkpoint) = (outcome.stage.display(), outcome.stage.join(CHECKPOINT_FILE));
+    match &outcome.status {
+        RunStatus::Finished => {}
+        RunStatus::Interrupted => {
+            return Err(Exit::interrupted(format!(
+                "interrupted in stage {stage}: its θ and optimizer state are in {}; the later stages did not run",
+                checkpoint.display()
+            ))
+            .into());
+        }
+        RunStatus::Diverged { reason } => {
+            return Err(Exit::diverged(format!(
+                "stage {stage}: {reason} — the θ it kept is in {}; the later stages did not run",
+                checkpoint.display()
+            ))
+            .into());
+        }
+    }
     if !args.quiet {
         if let (Some(b), Some(a)) = (outcome.test_accuracy_before_finetuning, outcome.test_accuracy) {
             eprintln!("test accuracy before fine-tuning {:.2}%, after {:.2}%", 100.0 * b, 100.0 * a);

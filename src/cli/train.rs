@@ -16,9 +16,9 @@ use wgnn::checkpoint::Checkpoint;
 use wgnn::data::Dataset;
 use wgnn::model::{Activation, Init, NetSpec, Output, Sparsity};
 use wgnn::optim::{Lbfgs, Method, Minibatch, Plateau, Progress, Schedule, UpdateRule};
-use wgnn::train::{TestTargets, TrainJob, train};
+use wgnn::train::{CHECKPOINT_FILE, MODEL_FILE, RunFolder, RunStatus, TestTargets, TrainJob, check_settings, train};
 
-use super::{BackendArgs, DataArgs};
+use super::{BackendArgs, DataArgs, Exit};
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {
@@ -148,15 +148,23 @@ pub struct TrainArgs {
     /// Stop after this many checks without a better validation metric, keeping the best θ.
     #[arg(long, requires = "validation")]
     pub patience: Option<usize>,
-    /// Save the model every N iterations as well as at the end (and on Ctrl-C).
+    /// Save checkpoint.safetensors (θ and the optimizer state, for --resume) every N iterations
+    /// while training; Ctrl-C saves it too. model.safetensors is written only at the end.
     #[arg(long)]
     pub checkpoint_every: Option<usize>,
-    /// Continue the run saved in this folder (same network and data options).
+    /// Continue the run saved in this folder (same network and data options): from its
+    /// checkpoint.safetensors when it was interrupted, else from its model.safetensors.
     #[arg(long)]
     pub resume: Option<PathBuf>,
-    /// Where to write the run. Default: runs/<kind>-N (the first unused N).
+    /// Where to write the run. Default: runs/<kind>-N (the first N with no folder yet; folders
+    /// of failed or interrupted runs keep their number). A folder holding a run (finished or
+    /// not) is refused unless --force or --resume names it.
     #[arg(long)]
     pub out: Option<PathBuf>,
+    /// Replace the run already in --out: its model and checkpoint are removed once every
+    /// check has passed, just before training.
+    #[arg(long)]
+    pub force: bool,
     /// Print nothing but errors.
     #[arg(long)]
     pub quiet: bool,
@@ -173,9 +181,117 @@ pub fn kind_name(kind: Kind) -> &'static str {
     }
 }
 
-pub fn default_out(kind: Kind) -> PathBuf {
+/// `runs/<kind>-N` for the first N with no folder yet, created and locked here (atomically:
+/// two runs started together get two numbers). A failed or interrupted run's folder keeps
+/// its number: it holds a checkpoint to resume or inspect.
+fn default_folder(kind: Kind) -> anyhow::Result<RunFolder> {
     let name = kind_name(kind);
-    (1..).map(|n| PathBuf::from(format!("runs/{name}-{n}"))).find(|p| !p.exists()).expect("some number is free")
+    for n in 1.. {
+        if let Some(folder) = RunFolder::create_new(&PathBuf::from(format!("runs/{name}-{n}")))? {
+            return Ok(folder);
+        }
+    }
+    unreachable!("some number is free")
+}
+
+/// The run folder, checked and locked before any data is read: a file, a folder that cannot
+/// be written, a folder another process is writing, or one that holds a run (finished or
+/// not) without --force or --resume naming it, is refused now, not after training.
+fn open_run_folder(args: &TrainArgs) -> anyhow::Result<RunFolder> {
+    let out = match (&args.out, &args.resume) {
+        (Some(o), _) => o.clone(),
+        (None, Some(r)) => r.clone(),
+        (None, None) => return default_folder(args.kind),
+    };
+    let resuming_here = args.resume.as_ref().is_some_and(|r| same_folder(r, &out));
+    if !args.force && !resuming_here && out.is_dir() {
+        let held = [MODEL_FILE, CHECKPOINT_FILE, "metrics.json", "layer1", "finetune"]
+            .into_iter()
+            .find(|f| out.join(f).exists());
+        if let Some(f) = held {
+            let status = wgnn::train::recorded_status(&out);
+            let finished = f == MODEL_FILE || status.as_deref() == Some("finished");
+            let failed = matches!(status.as_deref(), Some("diverged" | "failed"));
+            let what = match (finished, status.as_deref()) {
+                (true, _) => "a finished run",
+                (false, Some("diverged")) => "a run that diverged",
+                (false, Some("failed")) => "a run that failed",
+                (false, _) => "an unfinished run",
+            };
+            // A stacked pipeline and a failed run (no optimizer state) cannot be continued.
+            let tip = if args.kind == Kind::Stacked || failed {
+                String::new()
+            } else {
+                format!(", --resume {} to continue it", out.display())
+            };
+            bail!("{} holds {what} ({f}): give another --out{tip}, or --force to replace it", out.display());
+        }
+    }
+    Ok(RunFolder::open(&out)?)
+}
+
+fn same_folder(a: &std::path::Path, b: &std::path::Path) -> bool {
+    match (a.canonicalize(), b.canonicalize()) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => a == b,
+    }
+}
+
+/// The checkpoint `--resume DIR` continues from: DIR/checkpoint.safetensors (interrupted, or a
+/// checkpoint written while training) when there is one, else DIR/model.safetensors.
+fn resume_checkpoint(dir: &std::path::Path) -> anyhow::Result<Checkpoint> {
+    let checkpoint = dir.join(CHECKPOINT_FILE);
+    let file = if checkpoint.is_file() { checkpoint } else { dir.join(MODEL_FILE) };
+    if !file.is_file() {
+        bail!("--resume {}: no {CHECKPOINT_FILE} or {MODEL_FILE} there to continue from", dir.display());
+    }
+    Ok(Checkpoint::load(&file)?)
+}
+
+/// Settings that no data can make right, refused before anything is read or written.
+fn check_flags(args: &TrainArgs) -> anyhow::Result<()> {
+    let iterations = args.iterations.unwrap_or(1);
+    let stop = wgnn::optim::Stop::FULL_BATCH.with_max_iterations(iterations);
+    check_settings(&stop, args.validation, args.patience, args.checkpoint_every)?;
+    if let Some(rho) = args.sparsity
+        && !(0.0..1.0).contains(&rho)
+    {
+        bail!("--sparsity {rho}: the sparsity target ρ must be 0 (off) or lie strictly between 0 and 1");
+    }
+    let at_least_zero = [
+        ("--weight-decay", "the weight decay λ", args.weight_decay),
+        ("--sparsity-weight", "the sparsity weight β", Some(args.sparsity_weight)),
+        ("--whiten-epsilon", "the whitening ε", Some(args.whiten_epsilon)),
+    ];
+    for (flag, what, value) in at_least_zero {
+        if let Some(v) = value
+            && !(v >= 0.0 && v.is_finite())
+        {
+            bail!("{flag} {v}: {what} must be a finite number ≥ 0");
+        }
+    }
+    if args.batch_size == 0 {
+        bail!("--batch-size 0: a minibatch holds at least 1 example");
+    }
+    if args.lbfgs_memory == Some(0) {
+        bail!("--lbfgs-memory 0: L-BFGS keeps at least 1 correction pair (usual: 10 to 100)");
+    }
+    if let Some(eta) = args.learning_rate
+        && !(eta > 0.0 && eta.is_finite())
+    {
+        bail!("--learning-rate {eta}: the learning rate η must be a finite number > 0");
+    }
+    if let Some(fraction) = args.test_fraction
+        && !(fraction > 0.0 && fraction < 1.0)
+    {
+        bail!("--test-fraction {fraction}: the test fraction must lie strictly between 0 and 1");
+    }
+    Ok(())
+}
+
+/// The sparsity penalty `--sparsity` asks for: none for ρ = 0.
+pub fn sparsity(rho: f64, weight: f64) -> Option<Sparsity> {
+    (rho != 0.0).then_some(Sparsity { target: rho, weight })
 }
 
 pub fn run(args: TrainArgs) -> anyhow::Result<()> {
@@ -184,13 +300,24 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
             eprintln!("{s}");
         }
     };
+    // Ctrl-C from here on stops the run after the current step (saved, resumable); before
+    // training it ends the command with nothing written.
+    let interrupt = Arc::new(AtomicBool::new(false));
+    {
+        let flag = interrupt.clone();
+        let _ = ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst));
+    }
+    check_flags(&args)?;
+    // The run folder is taken first: a busy or unwritable one is refused before any work.
+    let folder = open_run_folder(&args)?;
+    let out_dir = folder.path().to_path_buf();
     // Files named on the command line are read first, so a typo fails before any work.
     let (init, initial_theta) = match args.init.as_str() {
         "uniform" => (Init::Uniform, None),
         "normal" => (Init::DEFAULT_NORMAL, None),
         path => (Init::Uniform, Some(super::read_theta(path).context("--init")?)),
     };
-    let resume = args.resume.as_ref().map(|dir| Checkpoint::load(&dir.join("model.safetensors"))).transpose()?;
+    let resume = args.resume.as_deref().map(resume_checkpoint).transpose()?;
     // The optimizer's flags too.
     let choice =
         args.optimizer.unwrap_or(if args.kind == Kind::Mlp { OptimizerChoice::Adam } else { OptimizerChoice::Lbfgs });
@@ -312,12 +439,17 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
     };
     let n = data.num_features();
     if args.kind == Kind::Stacked {
-        let out_dir = args.out.clone().unwrap_or_else(|| default_out(args.kind));
         let test = test.map(|(x, t)| match t {
             TestTargets::Labels(l) => (x, l),
             TestTargets::Values(_) => unreachable!("regression was refused above for stacked"),
         });
-        return super::stacked::run(&args, &data, test, &out_dir);
+        if args.force {
+            for stage in ["layer1", "layer2", "layer3", "softmax", "finetune", "metrics.json"] {
+                let _ =
+                    std::fs::remove_dir_all(out_dir.join(stage)).or_else(|_| std::fs::remove_file(out_dir.join(stage)));
+            }
+        }
+        return super::stacked::run(&args, &data, test, folder, &interrupt);
     }
 
     // Network.
@@ -330,8 +462,7 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
             let mut layers = vec![n];
             layers.extend(&hidden);
             layers.push(n);
-            let rho = args.sparsity.unwrap_or(0.01);
-            let sparsity = (rho > 0.0).then_some(Sparsity { target: rho, weight: args.sparsity_weight });
+            let sparsity = sparsity(args.sparsity.unwrap_or(0.01), args.sparsity_weight);
             let output = Output::parse(args.output.as_deref().unwrap_or("sigmoid"))?;
             NetSpec::new(&layers, activation(Activation::Sigmoid)?, output)?
                 .with_weight_decay(args.weight_decay.unwrap_or(1e-4))?
@@ -390,11 +521,6 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
     method.validate()?;
     let stop = method.default_stop().with_max_iterations(iterations);
 
-    let out_dir = match (&args.out, &args.resume) {
-        (Some(o), _) => o.clone(),
-        (None, Some(r)) => r.clone(),
-        (None, None) => default_out(args.kind),
-    };
     let (mut backend, note) = args.backend.build_quietly(spec.clone(), super::Precision::F32)?;
     if let Some(note) = note {
         say(format!("note: {note}"));
@@ -418,6 +544,7 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
         patience: args.patience,
         checkpoint_every: args.checkpoint_every,
         out_dir: out_dir.clone(),
+        folder: Some(folder),
         data_description: data.description.clone(),
         image_shape: data.image_shape,
         preprocessing: serde_json::json!({
@@ -431,12 +558,21 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
         }),
         test_set: test,
     };
-
-    // Ctrl-C stops after the current step; the run is saved and can be resumed.
-    let interrupt = Arc::new(AtomicBool::new(false));
-    {
-        let flag = interrupt.clone();
-        let _ = ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst));
+    job.validate()?;
+    if interrupt.load(Ordering::SeqCst) {
+        return Err(Exit::interrupted("interrupted before training started; nothing was written".into()).into());
+    }
+    if args.force {
+        // Every check has passed: the run this one replaces goes now, so the folder never
+        // mixes two runs.
+        for f in [MODEL_FILE, CHECKPOINT_FILE] {
+            match std::fs::remove_file(out_dir.join(f)) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    bail!("--force: cannot remove {}: {e}", out_dir.join(f).display())
+                }
+                _ => {}
+            }
+        }
     }
     let mut reporter = Reporter::new(args.quiet, iterations);
     let y = match (&data.targets, &data.labels) {
@@ -449,13 +585,32 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
     let outcome = outcome?;
 
     let s = &outcome.summary;
-    if outcome.interrupted {
-        say(format!(
-            "interrupted after {} iterations; resume with: wgnn train {} --resume {}",
-            s.iterations,
-            kind_name(args.kind),
-            out_dir.display()
-        ));
+    for f in &outcome.files {
+        if !outcome.status.is_finished() {
+            say(format!("wrote    {}", f.display()));
+        }
+    }
+    let checkpoint = out_dir.join(CHECKPOINT_FILE);
+    match &outcome.status {
+        RunStatus::Finished => {}
+        RunStatus::Interrupted => {
+            return Err(Exit::interrupted(format!(
+                "interrupted after {} complete iterations: θ where it stopped and the optimizer state are in {} (no {MODEL_FILE} was written); resume with: wgnn train {} --resume {}",
+                s.iterations,
+                checkpoint.display(),
+                kind_name(args.kind),
+                out_dir.display()
+            ))
+            .into());
+        }
+        RunStatus::Diverged { reason } => {
+            let kept = if checkpoint.is_file() {
+                format!("the θ it kept is in {}", checkpoint.display())
+            } else {
+                "θ was not finite and was not kept".into()
+            };
+            return Err(Exit::diverged(format!("{reason} — {kept}; no {MODEL_FILE} was written")).into());
+        }
     }
     say(format!(
         "done     {} iterations, {} evaluations, {:.1} s: {}",
