@@ -12,8 +12,8 @@ use rand::{RngExt, SeedableRng, rngs::StdRng};
 use rand_distr::{Distribution, StandardNormal};
 use wgnn::model::{Init, NetSpec, Sparsity};
 use wgnn::optim::{
-    BackendObjective, ConjugateGradient, Control, EarlyStopping, FnObjective, Hooks, LineSearch, LineSearchOutcome,
-    Method, Minibatch, Optimizer, Plateau, Record, Schedule, Stop, StopReason, Summary, UpdateRule,
+    BackendObjective, ConjugateGradient, Control, Divergence, EarlyStopping, FnObjective, Hooks, LineSearch,
+    LineSearchOutcome, Method, Minibatch, Optimizer, Plateau, Record, Schedule, Stop, StopReason, Summary, UpdateRule,
 };
 use wgnn::{Backend, CpuBackend, Targets};
 
@@ -105,7 +105,14 @@ fn same_bits(a: &[f64], b: &[f64]) -> bool {
 
 /// Tight full-batch stopping: only the gradient test and an iteration limit.
 fn tight(max_iterations: usize, grad_tol: f64) -> Stop {
-    Stop { max_iterations, max_evaluations: None, grad_tol, cost_tol: 0.0, cost_patience: 1 }
+    Stop {
+        max_iterations,
+        max_evaluations: None,
+        grad_tol,
+        cost_tol: 0.0,
+        cost_patience: 1,
+        divergence: Divergence::DEFAULT,
+    }
 }
 
 /// Full-batch first-order methods on a plain function: one "example", one step per epoch.

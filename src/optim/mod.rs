@@ -48,7 +48,9 @@ use std::time::Instant;
 use serde::{Deserialize, Serialize};
 
 pub use cg::ConjugateGradient;
-pub use control::{Control, EarlyStopping, Hooks, Progress, Stop, StopReason, Summary};
+pub use control::{
+    Control, Diverged, Divergence, DivergenceCause, EarlyStopping, Hooks, Kept, Progress, Stop, StopReason, Summary,
+};
 pub use gd::GradientDescent;
 pub use history::{History, Record};
 pub use lbfgs::Lbfgs;
