@@ -431,6 +431,21 @@ fn the_cpu_and_the_gpu_judge_the_same_jobs_alike() {
         assert_eq!(result.unwrap().reason, StopReason::MaxIterations, "{name}");
         early_costs.push(opt.history().costs());
     }
+    // η = 1e30: the first step's cost is 4e58, beyond f32, and the GPU's f32 cost
+    // overflows where the CPU backends (which sum the cost in f64) see a finite blow-up: the
+    // cause differs with the precision of the sum, the outcome does not.
+    let backends: [(&str, &mut dyn Backend); 3] =
+        [("cpu f64", &mut f64_cpu), ("cpu f32", &mut f32_cpu), ("gpu", &mut on_gpu)];
+    for (name, backend) in backends {
+        let mut theta = theta0.clone();
+        let stop = Stop::FULL_BATCH.with_max_iterations(20);
+        let (result, opt) = run(Method::gradient_descent(1e30), &mut BackendObjective::new(backend), &mut theta, stop);
+        let d = diverged(result, &opt);
+        let expected = if name == "gpu" { "NonFinite" } else { "Exploded" };
+        assert!(format!("{:?}", d.cause).starts_with(expected), "{name}: {:?}", d.cause);
+        assert_eq!((d.iteration, d.kept.map(|k| k.iteration)), (1, Some(0)), "{name}");
+        assert!(same_bits(&theta, &theta0), "{name}: θ is not θ₀");
+    }
     let f64_costs = &early_costs[0];
     for (costs, name) in early_costs[1..].iter().zip(["cpu f32", "gpu"]) {
         let e = common::relative_error(costs, f64_costs);

@@ -49,7 +49,10 @@ pub struct Stop {
 /// for the full-batch methods the θ of J*; for the minibatch methods the θ at the end of the
 /// epoch with the best validation metric when one was computed, else of the epoch whose
 /// mean is J* (or the initial θ). The epoch mean is taken along the epoch, so it estimates
-/// that θ's cost; a noisy run at its minimum stays far below J* + 10·s.
+/// that θ's cost; a noisy run at its minimum stays far below J* + 10·s. Every backend and
+/// precision applies the same rules; only a cost beyond f32's range tells them apart: where
+/// the GPU's f32 cost overflows (non-finite) the CPU backends, which sum the cost in f64, see
+/// it explode — at the same iteration, keeping the same θ.
 ///
 /// Defaults ([`Divergence::DEFAULT`]): `explode` 10, `patience` 20, `rise` 1e-4. On the 8×8
 /// digits (softmax, λ = 1e-4, uniform initialisation, pixels 0–16) GD with η = 0.1 goes
