@@ -244,6 +244,43 @@ fn a_minibatch_run_that_turns_nan_keeps_its_best_epoch_not_its_last() {
     assert!(j_kept < j_last, "the kept θ is better than the last finite one");
 }
 
+#[test]
+fn with_a_validation_metric_a_diverging_minibatch_run_keeps_its_best_validated_epoch() {
+    // The same run with a validation metric (the error rate on the last 297 digits, which it
+    // also trains on: only the choice of θ is tested here): the kept θ is the best validated.
+    let spec = mlp();
+    let mut backend = cpu64(&spec);
+    let mut validator = cpu64(&spec);
+    let (x, labels) = digits();
+    let held = x.slice(ndarray::s![1500.., ..]).to_owned();
+    let held_labels = &labels[1500..];
+    let metric = |theta: &[f64]| -> Result<f64> {
+        let predicted = validator.classify(theta, (&held).into())?;
+        Ok(predicted.iter().zip(held_labels).filter(|(p, l)| p != l).count() as f64 / held_labels.len() as f64)
+    };
+    let early = wgnn::optim::EarlyStopping { patience: None, ..Default::default() };
+    let mut hooks = Hooks::new().validation(metric, early);
+    let calls = Cell::new(0);
+    let finite = 20 * STEPS_PER_EPOCH + 4;
+    let mut theta = Init::Uniform.theta(&spec, 0);
+    let mut opt = Optimizer::new(noisy_adam()).unwrap();
+    let stop = Stop { cost_tol: 0.0, ..Stop::MINIBATCH.with_max_iterations(30) };
+    let mut objective = NanAfter { inner: BackendObjective::new(&mut backend), calls: &calls, finite };
+    let result = opt.run(&mut objective, &mut theta, &stop, &mut hooks);
+    drop(hooks);
+    let d = diverged(result, &opt);
+    let kept = d.kept.unwrap();
+    let (best_theta, best_metric) = opt.best().unwrap();
+    let first_best = opt.history().records.iter().find(|r| r.validation == Some(best_metric)).unwrap();
+    println!("validation {:?}", opt.history().records.iter().map(|r| r.validation.unwrap()).collect::<Vec<_>>());
+    assert_eq!(kept.validation, Some(best_metric));
+    assert_eq!((kept.iteration, kept.cost), (first_best.iteration, first_best.cost));
+    assert!(same_bits(&theta, best_theta), "θ is the best validated one");
+    let by_cost = opt.best_cost().unwrap().0;
+    assert_ne!(kept.iteration, by_cost, "the case must tell the two choices apart");
+    assert!(d.to_string().contains("validation metric"), "{d}");
+}
+
 // ---------------------------------------------------------------- normal runs are untouched
 
 #[test]
