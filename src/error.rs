@@ -18,6 +18,11 @@ pub enum Error {
     /// No usable GPU, a device error, or work beyond the device's limits.
     #[error("GPU: {0}")]
     Gpu(String),
+    /// Training diverged: a cost or gradient became NaN or infinite, or the cost exploded or
+    /// rose without recovery ([`crate::optim::Divergence`]). θ was put back to the best point
+    /// seen, which the report names: save it, then fail.
+    #[error("{0}")]
+    Diverged(Box<crate::optim::Diverged>),
     /// A file that could not be read or written, or is not in the expected format.
     #[error("{path}: {message}")]
     File { path: String, message: String },

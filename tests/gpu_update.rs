@@ -219,9 +219,10 @@ fn since(now: Transfers, start: Transfers) -> Transfers {
 }
 
 #[test]
-fn a_diverging_gpu_run_goes_back_to_the_last_finite_theta_like_the_cpu() {
+fn a_diverging_gpu_run_goes_back_to_the_best_theta_like_the_cpu() {
     // A ReLU regression network and an absurd learning rate: the first step is finite, the
-    // second overflows f32 (outputs ~1e25, squared ~1e50), so θ must return to θ₀.
+    // second overflows f32 (outputs ~1e25, squared ~1e50), so θ must return to the best point
+    // seen: θ₀, where the first minibatch was evaluated.
     let spec = NetSpec::new(&[6, 8, 3], Activation::Relu, Output::SquaredError(Activation::Identity)).unwrap();
     let mut rng = StdRng::seed_from_u64(3);
     let (x, y) = (common::normal(64, 6, &mut rng), common::normal(64, 3, &mut rng));
@@ -233,16 +234,20 @@ fn a_diverging_gpu_run_goes_back_to_the_last_finite_theta_like_the_cpu() {
         let mut opt = Optimizer::new(method.clone()).unwrap();
         let stop = Stop::MINIBATCH.with_max_iterations(3);
         let err = opt.run(&mut BackendObjective::new(backend), &mut theta, &stop, &mut Hooks::new()).unwrap_err();
-        (err.to_string(), theta)
+        let wgnn::Error::Diverged(d) = &err else { panic!("not a divergence: {err}") };
+        (err.to_string(), (**d).clone(), theta)
     };
-    let (cpu_error, cpu_theta) = run(&mut CpuBackend::<f32>::new(spec.clone()).unwrap());
+    let (_, cpu, cpu_theta) = run(&mut CpuBackend::<f32>::new(spec.clone()).unwrap());
     let mut gpu = gpu_backend(&spec);
-    let (gpu_error, gpu_theta) = run(&mut gpu);
+    let (gpu_error, on_gpu, gpu_theta) = run(&mut gpu);
     println!("{gpu_error}");
-    assert!(gpu_error.contains("NaN") && gpu_error.contains("last point"), "{gpu_error}");
-    assert_eq!(gpu_error, cpu_error, "the same step fails with the same message");
+    assert!(gpu_error.contains("NaN") && gpu_error.contains("put back to the initial θ"), "{gpu_error}");
+    // The same step fails for the same reason (the kept cost is an f32 sum on each side).
+    assert_eq!((&on_gpu.cause, on_gpu.iteration, on_gpu.evaluations), (&cpu.cause, cpu.iteration, cpu.evaluations));
+    assert_eq!(on_gpu.kept.map(|k| k.iteration), Some(0));
+    assert_eq!(cpu.kept.map(|k| k.iteration), Some(0));
     assert_eq!(cpu_theta, theta0);
-    assert_eq!(gpu_theta, theta0, "θ on the GPU went back to the point before the update");
+    assert_eq!(gpu_theta, theta0, "θ went back to the initial θ");
     assert_eq!(gpu.transfers().grad_readbacks, 0, "the device path was taken");
 }
 

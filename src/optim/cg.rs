@@ -80,7 +80,7 @@ impl State {
                 }
                 LineSearchOutcome::Failed { .. } if !steepest => steepest = true,
                 LineSearchOutcome::Failed { evaluations, non_finite } => {
-                    return run.line_search_failed(evaluations, non_finite);
+                    return run.line_search_failed(theta, evaluations, non_finite);
                 }
             }
         }

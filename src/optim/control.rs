@@ -24,23 +24,114 @@ pub struct Stop {
     pub grad_tol: f64,
     /// Converged when the relative decrease of the best cost so far,
     /// (best − J) / max(|best|, |J|, 1), is ≤ `cost_tol` for `cost_patience` iterations in a
-    /// row. 0 turns it off.
+    /// row. 0 turns it off. For full-batch gradient descent an iteration whose cost rose
+    /// above the best by more than [`Divergence::rise`] does not count: a fixed step that
+    /// raised the cost has not converged. For the minibatch methods it counts, as in
+    /// scikit-learn (an epoch mean is noisy; [`Divergence::explode`] catches real rises).
     pub cost_tol: f64,
     pub cost_patience: usize,
+    /// When a run counts as diverged (an error, θ put back to the best point seen).
+    #[serde(default)]
+    pub divergence: Divergence,
+}
+
+/// When a run has diverged. With J* the best cost seen so far (full-batch methods: the lowest
+/// J(θ) recorded, iteration 0 included; minibatch methods: the lowest epoch-mean cost, or
+/// the first minibatch's cost, taken at the initial θ, if lower) and s = max(|J*|, 1):
+/// - **non-finite**: a cost or gradient is NaN or infinite (every method);
+/// - **exploded**: a recorded cost J (an epoch mean for SGD and Adam) exceeds
+///   J* + `explode`·s (every method; the line-search methods never get there, since each
+///   step lowers J);
+/// - **no recovery** (full-batch gradient descent only): `patience` iterations in a row each
+///   end with J > J* + `rise`·s.
+///
+/// A diverged run ends in [`crate::Error::Diverged`] with θ put back to the best point seen:
+/// for the full-batch methods the θ of J*; for the minibatch methods the θ at the end of the
+/// epoch with the best validation metric when one was computed, else of the epoch whose
+/// mean is J* (or the initial θ). The epoch mean is taken along the epoch, so it estimates
+/// that θ's cost; a noisy run at its minimum stays far below J* + 10·s. Every backend and
+/// precision applies the same rules; only a cost beyond f32's range tells them apart: where
+/// the GPU's f32 cost overflows (non-finite) the CPU backends, which sum the cost in f64, see
+/// it explode — at the same iteration, keeping the same θ.
+///
+/// Defaults ([`Divergence::DEFAULT`]): `explode` 10, `patience` 20, `rise` 1e-4. On the 8×8
+/// digits (softmax, λ = 1e-4, uniform initialisation, pixels 0–16) GD with η = 0.1 goes
+/// J = 14.5 → 26.2 → 36.4 (2.5 J*) and stays above 14.5 for 10 iterations before falling to
+/// 0.047 by iteration 200: a recovery, which these rules let run. GD with η = 1e10 gives
+/// J = 4e18 at iteration 1, Adam with η = 1e3 an epoch mean of 3e5 against a first
+/// minibatch cost of 15, SGD (Nesterov) with η = 1 one of 852: divergences. SGD with
+/// η = 0.1 (epoch mean 113, 7.3 J*) is the largest η of those that still passes.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Divergence {
+    /// How far above J*, in units of s, a cost may rise before the run counts as exploded.
+    pub explode: f64,
+    /// Full-batch gradient descent: iterations in a row above J* + `rise`·s before the run
+    /// counts as not recovering; 0 turns the rule off.
+    pub patience: usize,
+    /// A rise smaller than `rise`·s is rounding noise (f32 costs of a run at its minimum
+    /// wander by ~1e-6 relative), not a rise: it neither counts towards `patience` nor stops
+    /// gradient descent's cost-tolerance test from calling the run converged.
+    pub rise: f64,
+}
+
+impl Default for Divergence {
+    fn default() -> Divergence {
+        Divergence::DEFAULT
+    }
+}
+
+impl Divergence {
+    pub const DEFAULT: Divergence = Divergence { explode: 10.0, patience: 20, rise: 1e-4 };
+
+    /// max(|J*|, 1): what a rise is measured in.
+    pub fn scale(best: f64) -> f64 {
+        best.abs().max(1.0)
+    }
+
+    /// The cost above which a run has exploded, given the best cost J*.
+    pub fn explode_limit(&self, best: f64) -> f64 {
+        best + self.explode * Divergence::scale(best)
+    }
+
+    /// True when J is above J* by more than the `rise` tolerance.
+    pub fn rose(&self, best: f64, cost: f64) -> bool {
+        cost - best > self.rise * Divergence::scale(best)
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        for (name, v) in [("divergence factor (explode)", self.explode), ("divergence rise tolerance", self.rise)] {
+            if !(v > 0.0 && v.is_finite()) {
+                return Err(Error::Data(format!("{name} {v} must be a positive number")));
+            }
+        }
+        Ok(())
+    }
 }
 
 impl Stop {
     /// For full-batch methods, minFunc's defaults: 500 iterations, ‖∇J‖ ≤ 1e-5, cost change
     /// ≤ 1e-9 (minFunc's `progTol`, here relative as in scipy's `ftol`). No evaluation limit
     /// (minFunc's is 1000), so raising the iteration limit is always enough.
-    pub const FULL_BATCH: Stop =
-        Stop { max_iterations: 500, max_evaluations: None, grad_tol: 1e-5, cost_tol: 1e-9, cost_patience: 1 };
+    pub const FULL_BATCH: Stop = Stop {
+        max_iterations: 500,
+        max_evaluations: None,
+        grad_tol: 1e-5,
+        cost_tol: 1e-9,
+        cost_patience: 1,
+        divergence: Divergence::DEFAULT,
+    };
 
     /// For minibatch methods, scikit-learn's MLP defaults: 200 epochs, stop when the epoch's
     /// mean cost has not improved by 1e-4 for 10 epochs in a row; no gradient test (a
     /// minibatch gradient does not vanish at the minimum).
-    pub const MINIBATCH: Stop =
-        Stop { max_iterations: 200, max_evaluations: None, grad_tol: 0.0, cost_tol: 1e-4, cost_patience: 10 };
+    pub const MINIBATCH: Stop = Stop {
+        max_iterations: 200,
+        max_evaluations: None,
+        grad_tol: 0.0,
+        cost_tol: 1e-4,
+        cost_patience: 10,
+        divergence: Divergence::DEFAULT,
+    };
 
     pub fn with_max_iterations(self, max_iterations: usize) -> Stop {
         Stop { max_iterations, ..self }
@@ -55,7 +146,7 @@ impl Stop {
         if self.cost_patience == 0 {
             return Err(Error::Data("cost patience must be at least 1 iteration".into()));
         }
-        Ok(())
+        self.divergence.validate()
     }
 }
 
@@ -118,6 +209,99 @@ pub struct Summary {
     /// Best validation metric, when a validation metric was given.
     pub best_validation: Option<f64>,
     pub seconds: f64,
+}
+
+/// Why a run diverged (the rules are [`Divergence`]'s).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "cause", rename_all = "snake_case")]
+pub enum DivergenceCause {
+    /// A cost or gradient was NaN or infinite (gradient descent, a minibatch step).
+    NonFinite,
+    /// The line search (L-BFGS, CG) found no lower cost along −∇J and the cost or gradient
+    /// was NaN or infinite at `non_finite` of the `tried` steps.
+    LineSearchNonFinite { tried: usize, non_finite: usize },
+    /// The recorded cost J exceeded J* + `factor`·max(|J*|, 1), J* = `best`.
+    Exploded { cost: f64, best: f64, factor: f64 },
+    /// `iterations` iterations in a row ended above the best cost `best`; J is the last.
+    NoRecovery { cost: f64, best: f64, iterations: usize },
+}
+
+/// The point a diverged run was put back to: the best seen.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Kept {
+    /// Its iteration (epoch); 0 is the initial θ.
+    pub iteration: usize,
+    /// Its cost: J(θ) for full-batch methods; for minibatch methods the epoch's mean, or at
+    /// iteration 0 the first minibatch's cost.
+    pub cost: f64,
+    /// Its validation metric, when it was chosen by that (minibatch methods with a metric).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub validation: Option<f64>,
+}
+
+/// A diverged run, as [`crate::Error::Diverged`] reports it: what happened, where, and which
+/// θ it left. The θ given to [`super::Optimizer::run`] holds the kept point; the optimizer
+/// keeps the history up to and including the iteration that diverged and refuses to be run
+/// again (its state belongs to the point that diverged, not to the kept one).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Diverged {
+    pub cause: DivergenceCause,
+    /// The iteration (epoch) that diverged: the one recorded last for a rise, the one under
+    /// way for a NaN.
+    pub iteration: usize,
+    /// Cost-and-gradient evaluations done, the failing one included.
+    pub evaluations: usize,
+    /// `None` only if no finite point was ever seen (not reported as a divergence).
+    pub kept: Option<Kept>,
+    /// The learning rate in use (gradient descent, SGD, Adam), for the advice to lower it.
+    pub learning_rate: Option<f64>,
+    /// Iterations are epochs (SGD, Adam).
+    pub epochs: bool,
+}
+
+impl fmt::Display for Diverged {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let unit = if self.epochs { "epoch" } else { "iteration" };
+        write!(f, "training diverged at {unit} {} (evaluation {}): ", self.iteration, self.evaluations)?;
+        match &self.cause {
+            DivergenceCause::NonFinite if self.epochs => {
+                write!(f, "a minibatch cost or gradient became NaN or infinite")?
+            }
+            DivergenceCause::NonFinite => write!(f, "the cost or gradient became NaN or infinite")?,
+            DivergenceCause::LineSearchNonFinite { tried, non_finite } => write!(
+                f,
+                "no step lowered the cost and the cost or gradient was NaN or infinite at {non_finite} of the {tried} steps the line search tried"
+            )?,
+            DivergenceCause::Exploded { cost, best, factor } => write!(
+                f,
+                "the cost rose to {cost:.4e}, more than {factor}·max(|J*|, 1) above its best J* = {best:.4e}"
+            )?,
+            DivergenceCause::NoRecovery { cost, best, iterations } => write!(
+                f,
+                "the cost stayed above its best J* = {best:.4e} for {iterations} {unit}s in a row (now {cost:.4e})"
+            )?,
+        }
+        match &self.kept {
+            Some(Kept { iteration: 0, cost, .. }) if self.epochs => {
+                write!(f, "; θ is put back to the initial θ (first minibatch cost {cost:.4e})")?
+            }
+            Some(Kept { iteration: 0, cost, .. }) => write!(f, "; θ is put back to the initial θ (cost {cost:.4e})")?,
+            Some(Kept { iteration, validation: Some(v), .. }) => {
+                write!(f, "; θ is put back to the best seen, {unit} {iteration} (validation metric {v:.4e})")?
+            }
+            Some(Kept { iteration, cost, .. }) if self.epochs => {
+                write!(f, "; θ is put back to the best seen, epoch {iteration} (mean cost {cost:.4e})")?
+            }
+            Some(Kept { iteration, cost, .. }) => {
+                write!(f, "; θ is put back to the best seen, iteration {iteration} (cost {cost:.4e})")?
+            }
+            None => write!(f, "; no finite point to go back to")?,
+        }
+        match self.learning_rate {
+            Some(rate) => write!(f, ". Lower the learning rate (now {rate:e}) and try again."),
+            None => write!(f, ". Check the data for extreme values and the initial θ."),
+        }
+    }
 }
 
 /// Early stopping on a held-out validation metric (lower is better).

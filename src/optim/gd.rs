@@ -1,9 +1,11 @@
 //! Full-batch gradient descent with a fixed learning rate, θ ← θ − η∇J(θ) (MATH.md,
 //! "Optimisation"). The step is [`UpdateRule::Plain`], the same piece the minibatch methods
-//! and the GPU kernels use.
+//! and the GPU kernels use. A step may raise the cost: the [`super::Divergence`] rules decide
+//! when that is a divergence rather than a recovery.
 
 use serde::{Deserialize, Serialize};
 
+use super::control::DivergenceCause;
 use super::linalg::{all_finite, norm};
 use super::update::{UpdateRule, UpdateState};
 use super::{Iterated, Outcome, Point, Run};
@@ -31,14 +33,10 @@ impl State {
     }
 
     pub(super) fn iterate(&mut self, m: &GradientDescent, run: &mut Run, theta: &mut [f64]) -> Result<Outcome> {
-        let before = theta.to_vec();
         self.update.apply(theta, &self.point.grad, m.learning_rate);
         let cost = run.eval(theta, Batch::All, &mut self.point.grad)?;
         if !(cost.is_finite() && all_finite(&self.point.grad)) {
-            theta.copy_from_slice(&before);
-            return Err(
-                run.diverged("the cost or gradient became NaN or infinite", "Lower the learning rate and try again.")
-            );
+            return Err(run.diverge(DivergenceCause::NonFinite, Some(m.learning_rate), theta));
         }
         self.point.cost = Some(cost);
         Ok(Outcome::Iterated(Iterated { cost, grad_norm: norm(&self.point.grad), step_size: m.learning_rate }))

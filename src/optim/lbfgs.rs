@@ -100,7 +100,7 @@ impl State {
                 }
                 LineSearchOutcome::Failed { .. } if !steepest => self.pairs.clear(),
                 LineSearchOutcome::Failed { evaluations, non_finite } => {
-                    return run.line_search_failed(evaluations, non_finite);
+                    return run.line_search_failed(theta, evaluations, non_finite);
                 }
             }
         }

@@ -9,7 +9,7 @@ use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use serde::{Deserialize, Serialize};
 
-use super::control::StopReason;
+use super::control::{DivergenceCause, StopReason};
 use super::linalg::{all_finite, norm};
 use super::schedule::{Schedule, ScheduleState};
 use super::update::{UpdateRule, UpdateState};
@@ -104,10 +104,6 @@ pub(super) struct State {
     epoch_cost: f64,
     epoch_grad_norm: f64,
     epoch_examples: usize,
-    /// θ before the latest update, to go back to if the next cost is not finite. Not saved:
-    /// the first step after a resume has none.
-    #[serde(skip)]
-    before: Option<Vec<f64>>,
 }
 
 impl State {
@@ -121,7 +117,6 @@ impl State {
             epoch_cost: 0.0,
             epoch_grad_norm: 0.0,
             epoch_examples: 0,
-            before: None,
         }
     }
 
@@ -149,26 +144,13 @@ impl State {
             let batch = if steps == 1 { Batch::All } else { Batch::Indices(rows) };
             let cost = run.eval(theta, batch, &mut grad)?;
             if !(cost.is_finite() && all_finite(&grad)) {
-                return Err(match &self.before {
-                    Some(b) => {
-                        theta.copy_from_slice(b);
-                        run.diverged(
-                            "a minibatch cost or gradient became NaN or infinite",
-                            "Lower the learning rate and try again.",
-                        )
-                    }
-                    None if run.counters.evaluations == 1 => non_finite_start(cost),
-                    None => run.diverged("a minibatch cost or gradient is NaN or infinite", "Lower the learning rate."),
-                });
+                return Err(self.non_finite(run, cost, theta));
             }
+            run.offer_start(cost, theta);
             let weight = rows.len() as f64;
             self.epoch_cost += weight * cost;
             self.epoch_grad_norm += weight * norm(&grad);
             self.epoch_examples += rows.len();
-            match &mut self.before {
-                Some(b) => b.copy_from_slice(theta),
-                None => self.before = Some(theta.to_vec()),
-            }
             self.update.apply(theta, &grad, self.learning_rate);
             self.step_in_epoch += 1;
             // The last step of an epoch is reported with the epoch's record instead.
@@ -195,8 +177,6 @@ impl State {
         if !run.on_device {
             device(run).load(theta, &self.update)?;
             run.on_device = true;
-            // The device has no θ before the last update yet; ours would be out of date.
-            self.before = None;
         }
         while self.step_in_epoch < steps {
             let rows = &order[self.step_in_epoch * size..((self.step_in_epoch + 1) * size).min(n)];
@@ -212,21 +192,12 @@ impl State {
                 }
             };
             if !(step.cost.is_finite() && step.grad_norm.is_finite()) {
-                // The device skipped the update: θ there is the point just evaluated.
-                if device(run).roll_back()? {
-                    device(run).read(theta, &mut self.update)?;
-                    return Err(run.diverged(
-                        "a minibatch cost or gradient became NaN or infinite",
-                        "Lower the learning rate and try again.",
-                    ));
-                }
-                // No update since θ was loaded: the host's θ and moments are still current.
-                return Err(if run.counters.evaluations == 1 {
-                    non_finite_start(step.cost)
-                } else {
-                    run.diverged("a minibatch cost or gradient is NaN or infinite", "Lower the learning rate.")
-                });
+                // The host's θ is the initial θ (no step yet) or the last epoch's end; the
+                // best point to go back to is on the host too.
+                return Err(self.non_finite(run, step.cost, theta));
             }
+            // Before the first step the host's θ is still the one loaded.
+            run.offer_start(step.cost, theta);
             let weight = rows.len() as f64;
             self.epoch_cost += weight * step.cost;
             self.epoch_grad_norm += weight * step.grad_norm;
@@ -240,6 +211,16 @@ impl State {
         }
         device(run).read(theta, &mut self.update)?;
         Ok(Outcome::Iterated(self.end_epoch()))
+    }
+
+    /// The error for a NaN or infinite minibatch cost or gradient: at the first minibatch of
+    /// the run, nothing was learned (θ is untouched); later the run diverged and θ goes back
+    /// to the best point.
+    fn non_finite(&self, run: &mut Run, cost: f64, theta: &mut [f64]) -> Error {
+        if run.counters.best.is_none() {
+            return non_finite_start(cost);
+        }
+        run.diverge(DivergenceCause::NonFinite, Some(self.learning_rate), theta)
     }
 
     /// The epoch's record from its weighted sums, which start again from zero.

@@ -27,9 +27,12 @@
 //! keep θ and the moments in device memory for the whole run: per step only the minibatch
 //! cost and ‖∇J‖ cross the bus, θ comes back at each epoch end (records, hooks, checkpoints).
 //!
-//! NaN or infinity in a cost or gradient ends a run with [`crate::Error::Data`], θ left at the
-//! last point where both were finite and the history up to it kept in the optimizer. A
-//! line-search trial that overflows is not an error: the search backs off.
+//! A run that diverges — a NaN or infinite cost or gradient, a cost that explodes, or (fixed-step
+//! gradient descent) one that rises and does not come back: the rules are [`Divergence`]'s —
+//! ends in [`crate::Error::Diverged`] with θ put back to the best point seen and the history
+//! kept in the optimizer, on every backend alike. A line-search trial that overflows is not
+//! an error: the search backs off. A NaN or infinity at the initial θ is
+//! [`crate::Error::Data`], θ untouched.
 
 mod cg;
 mod control;
@@ -48,7 +51,9 @@ use std::time::Instant;
 use serde::{Deserialize, Serialize};
 
 pub use cg::ConjugateGradient;
-pub use control::{Control, EarlyStopping, Hooks, Progress, Stop, StopReason, Summary};
+pub use control::{
+    Control, Diverged, Divergence, DivergenceCause, EarlyStopping, Hooks, Kept, Progress, Stop, StopReason, Summary,
+};
 pub use gd::GradientDescent;
 pub use history::{History, Record};
 pub use lbfgs::Lbfgs;
@@ -115,6 +120,14 @@ impl Method {
         }
     }
 
+    fn kind(&self) -> Kind {
+        match self {
+            Method::GradientDescent(_) => Kind::GradientDescent,
+            Method::Minibatch(_) => Kind::Minibatch,
+            Method::Lbfgs(_) | Method::ConjugateGradient(_) => Kind::LineSearch,
+        }
+    }
+
     pub fn validate(&self) -> Result<()> {
         match self {
             Method::GradientDescent(m) => positive("learning rate", m.learning_rate),
@@ -155,6 +168,38 @@ struct Counters {
     best_validation: Option<f64>,
     best_theta: Option<Vec<f64>>,
     checks_without_improvement: usize,
+    /// The lowest cost seen for the [`Divergence`] rules (the initial θ's included) and the
+    /// θ that gave it.
+    #[serde(default)]
+    best: Option<Best>,
+    /// Gradient descent: iterations in a row that ended above `best` by more than the rise
+    /// tolerance.
+    #[serde(default)]
+    above_best: usize,
+    /// Set when the run diverged: it must not be run again.
+    #[serde(default)]
+    diverged: Option<Diverged>,
+}
+
+/// The lowest cost seen and where. θ is copied only by the fixed-step methods (gradient
+/// descent, SGD, Adam); the line-search methods lower the cost at every step, so their θ is
+/// always the best and `theta` stays empty.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+struct Best {
+    iteration: usize,
+    cost: f64,
+    theta: Vec<f64>,
+}
+
+/// How a method's costs are judged by the [`Divergence`] rules.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    /// L-BFGS, CG: every step lowers the cost.
+    LineSearch,
+    /// Full-batch gradient descent with a fixed step: the cost may rise.
+    GradientDescent,
+    /// SGD and Adam: noisy epoch means.
+    Minibatch,
 }
 
 impl Optimizer {
@@ -181,18 +226,31 @@ impl Optimizer {
     }
 
     /// The best validation metric and the θ that gave it, when a validation metric was
-    /// given. A run restores it only on early stopping; take it from here to use it after a
-    /// run that ended otherwise.
+    /// given. A run restores it only on early stopping (and, for minibatch methods, on
+    /// divergence); take it from here to use it after a run that ended otherwise.
     pub fn best(&self) -> Option<(&[f64], f64)> {
         Some((self.counters.best_theta.as_deref()?, self.counters.best_validation?))
+    }
+
+    /// The lowest cost seen so far and its iteration (see [`Divergence`] for what the cost is
+    /// for each method): the point a diverging run goes back to.
+    pub fn best_cost(&self) -> Option<(usize, f64)> {
+        self.counters.best.as_ref().map(|b| (b.iteration, b.cost))
+    }
+
+    /// How the run diverged, if it did (it then refuses to run again).
+    pub fn diverged(&self) -> Option<&Diverged> {
+        self.counters.diverged.as_ref()
     }
 
     /// Minimises `objective` from θ, in place, until a [`Stop`] criterion is met, an error
     /// occurs, or the progress callback asks to stop. Called again (or after
     /// deserialising), it continues where it stopped; θ must then be the one it left.
     ///
-    /// On error θ holds the last point where the cost and gradient were finite, and
-    /// [`Optimizer::history`] the records up to it; the optimizer should not be resumed.
+    /// A run that diverges ([`Divergence`]) returns [`Error::Diverged`] with θ put back to the
+    /// best point seen and [`Optimizer::history`] holding the records up to the divergence;
+    /// the optimizer then refuses to run again. After another error θ holds the last point
+    /// where the cost and gradient were finite; the optimizer should not be resumed.
     pub fn run(
         &mut self,
         objective: &mut dyn Objective,
@@ -203,6 +261,13 @@ impl Optimizer {
         self.method.validate()?;
         stop.validate()?;
         hooks.validate()?;
+        if let Some(d) = &self.counters.diverged {
+            return Err(Error::Data(format!(
+                "this run diverged at {} {} and cannot be continued; start afresh with a lower learning rate (or another method), from its saved θ if you like",
+                if d.epochs { "epoch" } else { "iteration" },
+                d.iteration
+            )));
+        }
         let dim = objective.dim();
         if theta.len() != dim {
             return Err(Error::Shape(format!("θ has {} values but the objective takes {dim}", theta.len())));
@@ -228,6 +293,7 @@ impl Optimizer {
             stop_requested: false,
             steps_per_iteration: 1,
             on_device: false,
+            kind: self.method.kind(),
         };
         let result = drive(&self.method, state, &mut run, theta);
         run.counters.seconds = run.seconds();
@@ -304,6 +370,7 @@ struct Run<'r, 'h> {
     /// methods on a GPU): loaded once per run, since nothing else can use the objective
     /// while the run holds it.
     on_device: bool,
+    kind: Kind,
 }
 
 /// What an iteration produced, before it becomes a [`Record`].
@@ -356,10 +423,30 @@ impl Run<'_, '_> {
         stop
     }
 
-    /// Appends the record of the iteration just completed (validating first when due) and
-    /// updates the cost-tolerance and early-stopping counters. Returns the value a
-    /// reduce-on-plateau schedule watches: the validation metric if computed, else the cost.
-    fn record(&mut self, it: Iterated, theta: &[f64]) -> Result<f64> {
+    /// Appends the record of the iteration just completed, first testing the [`Divergence`]
+    /// rules on its cost (a divergence is recorded, then returned as the error with θ put
+    /// back to the best point), then validating when due and updating the cost-tolerance,
+    /// early-stopping and best-point counters. Returns the value a reduce-on-plateau
+    /// schedule watches: the validation metric if computed, else the cost.
+    fn record(&mut self, it: Iterated, theta: &mut [f64]) -> Result<f64> {
+        let divergence = self.stop.divergence;
+        let c = &mut *self.counters;
+        let mut cause = None;
+        if let Some(best) = &c.best {
+            if it.cost > divergence.explode_limit(best.cost) {
+                cause = Some(DivergenceCause::Exploded { cost: it.cost, best: best.cost, factor: divergence.explode });
+            } else if self.kind == Kind::GradientDescent {
+                c.above_best = if divergence.rose(best.cost, it.cost) { c.above_best + 1 } else { 0 };
+                if divergence.patience > 0 && c.above_best >= divergence.patience {
+                    cause =
+                        Some(DivergenceCause::NoRecovery { cost: it.cost, best: best.cost, iterations: c.above_best });
+                }
+            }
+        }
+        if let Some(cause) = cause {
+            self.push_record(it, None);
+            return Err(self.diverge(cause, Some(it.step_size), theta));
+        }
         let c = &mut *self.counters;
         let mut validation = None;
         if let Some((metric, early)) = &mut self.hooks.validation
@@ -386,19 +473,96 @@ impl Run<'_, '_> {
         }
         if let Some(best) = c.best_cost {
             let decrease = (best - it.cost) / best.abs().max(it.cost.abs()).max(1.0);
-            c.stalled = if decrease <= self.stop.cost_tol { c.stalled + 1 } else { 0 };
+            // A fixed step that raised the cost has not converged (a line search never
+            // raises it; minibatch epoch means are noisy, and scikit-learn counts them).
+            let rose = self.kind == Kind::GradientDescent && divergence.rose(best, it.cost);
+            c.stalled = if decrease <= self.stop.cost_tol && !rose { c.stalled + 1 } else { 0 };
         }
         c.best_cost = Some(c.best_cost.map_or(it.cost, |b| b.min(it.cost)));
+        self.offer_best(it.cost, theta);
+        self.push_record(it, validation);
+        Ok(validation.unwrap_or(it.cost))
+    }
+
+    fn push_record(&mut self, it: Iterated, validation: Option<f64>) {
         self.history.records.push(Record {
-            iteration: c.iteration,
+            iteration: self.counters.iteration,
             cost: it.cost,
             grad_norm: it.grad_norm,
             step_size: it.step_size,
-            evaluations: c.evaluations,
+            evaluations: self.counters.evaluations,
             seconds: self.seconds_before + self.started.elapsed().as_secs_f64(),
             validation,
         });
-        Ok(validation.unwrap_or(it.cost))
+    }
+
+    /// The first minibatch's cost, taken at the initial θ, is the minibatch methods' first
+    /// best point (their first record comes only at the end of an epoch).
+    fn offer_start(&mut self, cost: f64, theta: &[f64]) {
+        if self.counters.best.is_none() {
+            self.offer_best(cost, theta);
+        }
+    }
+
+    /// Makes (cost, θ) at the current iteration the best point if it is the first or lower
+    /// than the best; the fixed-step methods keep a copy of θ.
+    fn offer_best(&mut self, cost: f64, theta: &[f64]) {
+        let iteration = self.counters.iteration;
+        let keep_theta = self.kind != Kind::LineSearch;
+        match &mut self.counters.best {
+            Some(best) if cost < best.cost => {
+                best.iteration = iteration;
+                best.cost = cost;
+                if keep_theta {
+                    best.theta.copy_from_slice(theta);
+                }
+            }
+            Some(_) => {}
+            None => {
+                let theta = if keep_theta { theta.to_vec() } else { Vec::new() };
+                self.counters.best = Some(Best { iteration, cost, theta });
+            }
+        }
+    }
+
+    /// Ends a diverging run: puts θ back to the best point (for minibatch methods the best
+    /// validated one when a metric was computed), marks the optimizer diverged and returns
+    /// the error that reports it.
+    fn diverge(&mut self, cause: DivergenceCause, learning_rate: Option<f64>, theta: &mut [f64]) -> Error {
+        let c = &mut *self.counters;
+        let validated = match (&c.best_theta, c.best_validation) {
+            (Some(t), Some(v)) if self.kind == Kind::Minibatch => Some((t, v)),
+            _ => None,
+        };
+        let kept = if let Some((best_theta, v)) = validated {
+            theta.copy_from_slice(best_theta);
+            self.history.records.iter().find(|r| r.validation == Some(v)).map(|r| Kept {
+                iteration: r.iteration,
+                cost: r.cost,
+                validation: Some(v),
+            })
+        } else if let Some(best) = &c.best {
+            if !best.theta.is_empty() {
+                theta.copy_from_slice(&best.theta);
+            }
+            Some(Kept { iteration: best.iteration, cost: best.cost, validation: None })
+        } else {
+            None
+        };
+        let iteration = match cause {
+            DivergenceCause::Exploded { .. } | DivergenceCause::NoRecovery { .. } => c.iteration,
+            DivergenceCause::NonFinite | DivergenceCause::LineSearchNonFinite { .. } => c.iteration + 1,
+        };
+        let diverged = Diverged {
+            cause,
+            iteration,
+            evaluations: c.evaluations,
+            kept,
+            learning_rate: learning_rate.filter(|_| self.kind != Kind::LineSearch),
+            epochs: self.kind == Kind::Minibatch,
+        };
+        c.diverged = Some(diverged.clone());
+        Error::Diverged(Box::new(diverged))
     }
 
     /// Tests the convergence and early-stopping rules on the newest record, then calls back.
@@ -434,28 +598,14 @@ impl Run<'_, '_> {
         reason
     }
 
-    /// The error for a NaN or infinite cost or gradient met at the next iteration.
     /// A line search from the steepest direction found no lower cost: a stop when every
-    /// step it tried was finite, an error when some cost or gradient was NaN or infinite.
-    fn line_search_failed(&self, evaluations: usize, non_finite: usize) -> Result<Outcome> {
+    /// step it tried was finite, a divergence when some cost or gradient was NaN or infinite
+    /// (θ, which the search left in place, is the best point).
+    fn line_search_failed(&mut self, theta: &mut [f64], tried: usize, non_finite: usize) -> Result<Outcome> {
         if non_finite == 0 {
             return Ok(Outcome::Stopped(StopReason::LineSearchFailed));
         }
-        Err(self.diverged(
-            &format!(
-                "no step lowered the cost and the cost or gradient was NaN or infinite at {non_finite} of the {evaluations} steps the line search tried"
-            ),
-            "Check the data for extreme values and the initial θ.",
-        ))
-    }
-
-    fn diverged(&self, what: &str, advice: &str) -> Error {
-        let last = self.history.last().map(|r| format!(" (last recorded cost {:.6e})", r.cost)).unwrap_or_default();
-        Error::Data(format!(
-            "training diverged: {what} at iteration {} (evaluation {}); θ is left at the last point where cost and gradient were finite{last}. {advice}",
-            self.counters.iteration + 1,
-            self.counters.evaluations,
-        ))
+        Err(self.diverge(DivergenceCause::LineSearchNonFinite { tried, non_finite }, None, theta))
     }
 }
 
