@@ -691,16 +691,15 @@ pub fn train(
             hooks = hooks.validation(metric, early);
         }
         let mut objective = BackendObjective::new(backend);
-        let evaluations_before = optimizer.evaluations();
         let result = optimizer.run(&mut objective, &mut theta, &job.stop, &mut hooks);
         drop(hooks);
         let summary = match result {
             Ok(s) => s,
             Err(e) => {
-                // Keep what can be kept, under names that do not claim a finished model.
-                // After an evaluation, an Error::Data is the numbers going wrong (the
-                // settings and data were checked before): a diverged run, not bad input.
-                let diverged = matches!(e, Error::Data(_)) && optimizer.evaluations() > evaluations_before;
+                // Keep what can be kept, under names that do not claim a finished model. The
+                // optimizer reports a run whose cost exploded, kept rising or stopped being
+                // finite as Error::Diverged, θ already put back to the best point it saw.
+                let diverged = matches!(e, Error::Diverged(_));
                 let status = if diverged { "diverged" } else { "failed" };
                 let failure = Failure { status, reason: &e.to_string(), theta: &theta, optimizer: &optimizer };
                 let files = failure.write(&job, &spec, backend, train_rows.len(), val_rows.len(), &save);

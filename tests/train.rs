@@ -221,8 +221,8 @@ fn a_diverged_run_keeps_a_checkpoint_and_no_model() {
     }
 }
 
-/// A cost that is not finite at the initial θ (here: λ/2·ΣW² overflows) fails at once: the
-/// run is a failure, not a model.
+/// A cost that is not finite at the initial θ (here: λ/2·ΣW² overflows) fails at once with an
+/// error: the run is a failure, not a model.
 #[test]
 fn a_non_finite_cost_at_the_initial_theta_leaves_no_model() {
     let dir = tempfile::tempdir().unwrap();
@@ -232,14 +232,12 @@ fn a_non_finite_cost_at_the_initial_theta_leaves_no_model() {
     let mut theta = wgnn::model::Init::Uniform.theta(&sae(), 1);
     theta[0] = 1e200;
     j.initial_theta = Some(theta);
-    let outcome = train(j, &mut backend, &x, Targets::Inputs, &mut |_| {}, &AtomicBool::new(false)).unwrap();
-    assert!(
-        matches!(&outcome.status, RunStatus::Diverged { reason } if reason.contains("initial θ")),
-        "{:?}",
-        outcome.status
-    );
+    // Not a divergence (no step was taken): bad data or a bad θ, so an error, and the folder
+    // records a failed run.
+    let e = train(j, &mut backend, &x, Targets::Inputs, &mut |_| {}, &AtomicBool::new(false)).err().unwrap();
+    assert!(e.to_string().contains("initial θ"), "{e}");
     assert!(!dir.path().join("model.safetensors").exists());
-    assert_eq!(wgnn::train::recorded_status(dir.path()).as_deref(), Some("diverged"));
+    assert_eq!(wgnn::train::recorded_status(dir.path()).as_deref(), Some("failed"));
 }
 
 /// One process at a time per run folder: a folder held by another writer is refused before
