@@ -24,7 +24,8 @@ pub fn run(
     let rho = args.sparsity.unwrap_or(0.1);
     let config = StackedConfig {
         hidden: args.hidden.clone().unwrap_or(defaults.hidden.clone()),
-        sparsity: (rho > 0.0).then_some(Sparsity { target: rho, weight: args.sparsity_weight }),
+        // Only 0 turns the penalty off: NaN or a negative ρ reaches the spec's validation.
+        sparsity: (rho != 0.0).then_some(Sparsity { target: rho, weight: args.sparsity_weight }),
         weight_decay: args.weight_decay.unwrap_or(defaults.weight_decay),
         iterations: args.iterations.unwrap_or(defaults.iterations),
         seed: args.seed,

@@ -331,7 +331,8 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
             layers.extend(&hidden);
             layers.push(n);
             let rho = args.sparsity.unwrap_or(0.01);
-            let sparsity = (rho > 0.0).then_some(Sparsity { target: rho, weight: args.sparsity_weight });
+            // Only 0 turns the penalty off: NaN or a negative ρ reaches the spec's validation and is refused.
+            let sparsity = (rho != 0.0).then_some(Sparsity { target: rho, weight: args.sparsity_weight });
             let output = Output::parse(args.output.as_deref().unwrap_or("sigmoid"))?;
             NetSpec::new(&layers, activation(Activation::Sigmoid)?, output)?
                 .with_weight_decay(args.weight_decay.unwrap_or(1e-4))?
