@@ -370,3 +370,25 @@ fn absurd_layer_sizes_are_refused_before_anything_is_allocated() {
     assert_eq!(big.parameter_count().unwrap(), (1 << 30) + (1 << 10) + (1 << 11) + 2);
     assert_eq!(big.parameter_count().unwrap(), ThetaLayout::new(&big).len());
 }
+
+/// Minibatch training with θ on the GPU: the device update checks the cost terms it sums
+/// (update.wgsl) and skipped every step when Σ W² overflowed f32, although λ = 0 makes the
+/// decay term 0. With λ = 0 and a weight of 1e20 (W² = 1e40 > f32::MAX) the step is taken.
+#[test]
+fn a_device_step_with_lambda_zero_is_taken_whatever_the_weights() {
+    use wgnn::optim::{UpdateRule, UpdateState};
+    let spec = NetSpec::new(&[4, 3, 4], Activation::Sigmoid, Output::SquaredError(Activation::Sigmoid)).unwrap();
+    let (_, mut theta, x) = saturated_autoencoder(0.0);
+    theta[0] = 1e20;
+    let mut b = Which::Gpu(MatmulKernel::Tiled).build(&spec);
+    b.set_data((&x).into(), wgnn::Targets::Inputs).unwrap();
+    let rule = UpdateRule::Plain;
+    let mut state = UpdateState::new(rule, theta.len());
+    let device = b.device_training().expect("the GPU trains on the device");
+    device.load(&theta, &state).unwrap();
+    let step = device.step(Batch::All, &rule.scalars(1, 0.1)).unwrap();
+    assert!(step.cost.is_finite() && step.grad_norm.is_finite(), "{step:?}");
+    let mut after = vec![f64::NAN; theta.len()];
+    device.read(&mut after, &mut state).unwrap();
+    assert!(after != theta && after.iter().all(|v| v.is_finite()), "the step was not taken: {after:?}");
+}

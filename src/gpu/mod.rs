@@ -737,20 +737,12 @@ impl GpuBackend {
                 spare = 1 - spare;
             }
         }
-        // (λ/2)‖W‖²: Σ W² over the weight prefix of θ (none with λ = 0: the term is exactly 0).
-        if spec.weight_decay != 0.0 {
-            let p = SmallParams { act: 1, out_off: 1, len: u(lay.all_weights().len())?, ..Default::default() };
-            ops.push(k.small(
-                device,
-                Small::SumRange,
-                Some(&self.theta),
-                None,
-                Some(&self.scalars),
-                None,
-                p,
-                [1, 1, 1],
-            ));
-        }
+        // (λ/2)‖W‖²: Σ W² over the weight prefix of θ. With λ = 0 an empty sum, 0: the term is
+        // exactly 0 however large W is, and the device update's finiteness check of this slot
+        // (update.wgsl) passes where Σ W² overflows f32.
+        let decayed = if spec.weight_decay != 0.0 { lay.all_weights().len() } else { 0 };
+        let p = SmallParams { act: 1, out_off: 1, len: u(decayed)?, ..Default::default() };
+        ops.push(k.small(device, Small::SumRange, Some(&self.theta), None, Some(&self.scalars), None, p, [1, 1, 1]));
 
         let mut workspace = acts;
         workspace.extend(deltas);
@@ -919,7 +911,7 @@ impl GpuBackend {
             Output::SquaredError(_) => 0.5 * scalars[0] as f64 / m,
         };
         let sparsity = if self.spec.sparsity.is_some() { scalars[2] as f64 } else { 0.0 };
-        // λ = 0: exactly 0, whatever Σ W² (which is not even computed then).
+        // λ = 0: exactly 0 (the plan sums no W² then).
         let lambda = self.spec.weight_decay;
         let weight_decay = if lambda == 0.0 { 0.0 } else { 0.5 * lambda * scalars[1] as f64 };
         Cost { data, weight_decay, sparsity }
