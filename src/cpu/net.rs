@@ -182,12 +182,38 @@ pub fn softmax_rows<F: Real>(z: &mut Array2<F>) -> Vec<RowNormaliser<F>> {
 /// safe forms"). Rows split across cores.
 pub fn bias_sigmoid_with_complement<F: Real>(z: &mut Array2<F>, b: ArrayView1<F>, c: &mut Array2<F>) {
     Zip::from(z.rows_mut()).and(c.rows_mut()).par_for_each(|mut z, mut c| {
-        Zip::from(&mut z).and(&mut c).and(&b).for_each(|zij, cij, &bj| {
-            let v = *zij + bj;
-            *zij = v.sigmoid();
-            *cij = (-v).sigmoid();
-        });
+        match (z.as_slice_mut(), c.as_slice_mut(), b.as_slice()) {
+            (Some(z), Some(c), Some(b)) => pair_row(z, c, b),
+            _ => Zip::from(&mut z)
+                .and(&mut c)
+                .and(&b)
+                .for_each(|zij, cij, &bj| (*zij, *cij) = (*zij + bj).sigmoid_pair()),
+        }
     });
+}
+
+/// (z, c) ← (σ(z + b), σ(−(z + b))) along one row; built for the baseline and for AVX2 like
+/// [`row_sweep`], with the same bits from both.
+fn pair_row<F: Real>(z: &mut [F], c: &mut [F], b: &[F]) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU has just been checked for AVX2.
+        return unsafe { pair_row_avx2(z, c, b) };
+    }
+    pair_row_plain(z, c, b)
+}
+
+#[inline(always)]
+fn pair_row_plain<F: Real>(z: &mut [F], c: &mut [F], b: &[F]) {
+    for ((zij, cij), &bj) in z.iter_mut().zip(c.iter_mut()).zip(b) {
+        (*zij, *cij) = (*zij + bj).sigmoid_pair();
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn pair_row_avx2<F: Real>(z: &mut [F], c: &mut [F], b: &[F]) {
+    pair_row_plain(z, c, b)
 }
 
 /// Z ← f(Z + 1 bᵀ) in one sweep, rows split across cores.

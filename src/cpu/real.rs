@@ -17,6 +17,9 @@ pub trait Real:
     fn sigmoid(self) -> Self;
     /// tanh(z).
     fn tanh_act(self) -> Self;
+    /// (σ(z), σ(−z)) from one exponential, each with the same bits as [`Real::sigmoid`] of z
+    /// and of −z: σ(−z) = 1 − σ(z) without the subtraction, which is 0 where σ(z) rounds to 1.
+    fn sigmoid_pair(self) -> (Self, Self);
 }
 
 impl Real for f64 {
@@ -40,6 +43,13 @@ impl Real for f64 {
     #[inline]
     fn tanh_act(self) -> f64 {
         self.tanh()
+    }
+    #[inline]
+    fn sigmoid_pair(self) -> (f64, f64) {
+        let e = (-self.abs()).exp();
+        let (one, tail) = (1.0 / (1.0 + e), e / (1.0 + e));
+        // −z ≥ 0 exactly when z ≤ 0 (σ(±0) are both 1/(1 + 1)).
+        (if self >= 0.0 { one } else { tail }, if self <= 0.0 { one } else { tail })
     }
 }
 
@@ -75,6 +85,12 @@ impl Real for f32 {
         let large = (1.0 - e) / (1.0 + e);
         let t = if x < 0.625 { small } else { large };
         t.copysign(self)
+    }
+    #[inline]
+    fn sigmoid_pair(self) -> (f32, f32) {
+        let e = exp_nonpositive(-self.abs());
+        let s = 1.0 / (1.0 + e);
+        (if self >= 0.0 { s } else { e * s }, if self <= 0.0 { s } else { e * s })
     }
 }
 
@@ -133,6 +149,24 @@ mod tests {
         eprintln!("worst: sigmoid {worst_sigmoid} ulp, tanh {worst_tanh} ulp");
         assert!(worst_sigmoid <= 4.0, "sigmoid is {worst_sigmoid} ulp from the f64 reference");
         assert!(worst_tanh <= 4.0, "tanh is {worst_tanh} ulp from the f64 reference");
+    }
+
+    /// σ(z) and σ(−z) from one exponential have the bits of two calls of `sigmoid`, and the
+    /// complement keeps e^{−z} where σ(z) rounds to 1.
+    #[test]
+    fn sigmoid_pair_is_two_sigmoids_bit_for_bit() {
+        fn check<F: Real>(zs: impl Iterator<Item = f64>) {
+            for z in zs.map(F::of) {
+                let (a, c) = z.sigmoid_pair();
+                assert_eq!(a.f64().to_bits(), z.sigmoid().f64().to_bits(), "{} σ({z})", F::NAME);
+                assert_eq!(c.f64().to_bits(), (-z).sigmoid().f64().to_bits(), "{} σ(−{z})", F::NAME);
+            }
+        }
+        let zs = || (-2000..=2000).map(|i| i as f64 * 0.05).chain([0.0, -0.0, 20.0, 50.0, 1e30, -1e30]);
+        check::<f32>(zs());
+        check::<f64>(zs());
+        assert_eq!(20.0f32.sigmoid(), 1.0);
+        assert!((20.0f32.sigmoid_pair().1 as f64 / (-20.0f64).exp() - 1.0).abs() < 1e-6);
     }
 
     #[test]
