@@ -219,16 +219,23 @@ fn the_safe_sparsity_gradient_passes_the_gradient_check_in_f64() {
     }
 }
 
-/// A hidden unit whose σ(z) underflows to 0 for every example has ρ̂ = 0 and an infinite KL:
-/// that is refused with a message naming the sparsity term, never reported as `inf`.
+/// A hidden unit whose σ(z) underflows to 0 for every example (f64: z = −1000) has ρ̂ = 0 and
+/// an infinite KL, and so does one at the floor of f32's fast sigmoid (z = −100: σ is
+/// e^{−87.3} there, which would give a finite but made-up KL): refused with a message naming
+/// the sparsity term, never reported as `inf` or as a wrong number.
 #[test]
-fn a_rho_hat_that_underflows_is_refused_not_reported() {
-    let (spec, theta, x) = saturated_autoencoder(-1000.0);
-    let mut b = CpuBackend::<f64>::new(spec).unwrap();
-    b.set_data((&x).into(), wgnn::Targets::Inputs).unwrap();
-    let err = b.cost(&theta, Batch::All).unwrap_err().to_string();
-    assert!(err.contains("not finite") && err.contains("sparsity inf") && err.contains("ρ̂"), "{err}");
-    assert!(!err.contains('\n'), "one line: {err}");
+fn a_rho_hat_below_the_precision_is_refused_not_reported() {
+    let check = |b: &mut dyn Backend, bias: f64| {
+        let (_, theta, x) = saturated_autoencoder(bias);
+        b.set_data((&x).into(), wgnn::Targets::Inputs).unwrap();
+        let err = b.cost(&theta, Batch::All).unwrap_err().to_string();
+        assert!(err.contains("not finite") && err.contains("sparsity inf") && err.contains("ρ̂"), "{err}");
+        assert!(!err.contains('\n'), "one line: {err}");
+    };
+    let spec = saturated_autoencoder(0.0).0;
+    check(&mut CpuBackend::<f64>::new(spec.clone()).unwrap(), -1000.0);
+    check(&mut CpuBackend::<f32>::new(spec.clone()).unwrap(), -100.0);
+    // Above the floor f32 stays finite and right (kl_sparsity_where_rho_hat_is_tiny_…).
 }
 
 // ---------------------------------------------------------------------------------------

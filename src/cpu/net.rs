@@ -465,14 +465,17 @@ impl<F: Real> Sparse<F> {
 
 /// β Σ_j KL(ρ‖ρ̂_j) = β Σ_j [ρ (ln ρ − ln ρ̂_j) + (1−ρ)(ln(1−ρ) − ln(1−ρ̂_j))], accumulated in
 /// f64, with 1 − ρ̂_j given as its own mean. Logarithms of the two sides are taken apart, so
-/// a ρ̂ as small as the precision allows still gives a finite term; it is infinite only when
-/// ρ̂_j (or 1 − ρ̂_j) is 0 in the working precision (every σ(z) underflowed).
+/// a ρ̂ as small as the precision allows still gives a finite term; it is infinite (and the
+/// cost refused, [`crate::backend::Cost::finite`]) when ρ̂_j or 1 − ρ̂_j is 0 in the working
+/// precision, or at the floor of f32's sigmoid ([`Real::SIGMOID_FLOOR`]), where its
+/// logarithm would be a made-up −87 instead of a wrong-but-finite cost.
 pub fn kl_sparsity<F: Real>(rho: f64, beta: f64, rho_hat: &Array1<F>, rho_hat_complement: &Array1<F>) -> f64 {
     let (ln_rho, ln_rho_c) = (rho.ln(), (1.0 - rho).ln());
+    let ln = |mean: F| if mean.f64() <= 2.0 * F::SIGMOID_FLOOR { f64::NEG_INFINITY } else { mean.f64().ln() };
     beta * rho_hat
         .iter()
         .zip(rho_hat_complement)
-        .map(|(&rh, &rc)| rho * (ln_rho - rh.f64().ln()) + (1.0 - rho) * (ln_rho_c - rc.f64().ln()))
+        .map(|(&rh, &rc)| rho * (ln_rho - ln(rh)) + (1.0 - rho) * (ln_rho_c - ln(rc)))
         .sum::<f64>()
 }
 

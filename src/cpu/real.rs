@@ -10,6 +10,10 @@ pub trait Real:
 {
     /// Short name shown to users: `f32` or `f64`.
     const NAME: &'static str;
+    /// The smallest value [`Real::sigmoid`] returns for a finite z: 0 in f64 (libm's exp
+    /// underflows gradually), e^{−87.3} ≈ 1.2e-38 in f32 (the fast exp's floor). A mean of
+    /// σ(z) that close to it says only "below the precision", not how far below.
+    const SIGMOID_FLOOR: f64;
     fn of(v: f64) -> Self;
     fn of_f32(v: f32) -> Self;
     fn f64(self) -> f64;
@@ -24,6 +28,7 @@ pub trait Real:
 
 impl Real for f64 {
     const NAME: &'static str = "f64";
+    const SIGMOID_FLOOR: f64 = 0.0;
     fn of(v: f64) -> f64 {
         v
     }
@@ -55,6 +60,7 @@ impl Real for f64 {
 
 impl Real for f32 {
     const NAME: &'static str = "f32";
+    const SIGMOID_FLOOR: f64 = 1.2e-38;
     fn of(v: f64) -> f32 {
         v as f32
     }
