@@ -100,7 +100,7 @@ fn elementwise_family<F: Real>(c: &mut Criterion) {
         });
     }
     let a: Array2<F> = random(m, h, 4);
-    let kl = net::kl_delta(0.1, 3.0, &net::mean_activation(&a));
+    let kl = net::kl_delta(0.1, 3.0, &net::mean_activation(&a), &net::mean_activation(&a.mapv(|v| F::one() - v)));
     g.bench_function(format!("times_sigmoid_derivative_kl_{m}x{h}"), |bench| {
         bench.iter_batched_ref(
             || z0.clone(),
@@ -135,10 +135,15 @@ fn elementwise_family<F: Real>(c: &mut Criterion) {
     g.finish();
 
     let mut g = group(c, &format!("sparsity_{}", F::NAME));
-    let rho_hat = net::mean_activation(&a);
+    let (rho_hat, rho_hat_c) = (net::mean_activation(&a), net::mean_activation(&a.mapv(|v| F::one() - v)));
     g.throughput(Throughput::Elements(h as u64));
     g.bench_function(format!("kl_cost_and_delta_{h}"), |bench| {
-        bench.iter(|| (black_box(net::kl_sparsity(0.1, 3.0, &rho_hat)), black_box(net::kl_delta(0.1, 3.0, &rho_hat))))
+        bench.iter(|| {
+            (
+                black_box(net::kl_sparsity(0.1, 3.0, &rho_hat, &rho_hat_c)),
+                black_box(net::kl_delta(0.1, 3.0, &rho_hat, &rho_hat_c)),
+            )
+        })
     });
     g.finish();
 

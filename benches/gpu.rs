@@ -300,7 +300,8 @@ fn kernel_families(gpu: &Gpu, k: &Kernels, reps: usize, smoke: bool) {
     report(&format!("weight decay Σ W² (one workgroup) {len}"), time_ops(gpu, reps, &[op]), Work::Values(len as f64));
 
     header("sparsity");
-    let colsum = gpu.upload_f32("column sums", &uniform(h as usize, 0.05 * m as f32, 0.95 * m as f32, 20));
+    // Σ σ(z) then Σ σ(−z), as the plan lays them out.
+    let colsum = gpu.upload_f32("column sums", &uniform(2 * h as usize, 0.05 * m as f32, 0.95 * m as f32, 20));
     let terms = gpu.upload_f32("kl terms", &vec![0.0; 2 * h as usize]);
     let p = SmallParams { cols: h, alpha: 1.0 / m as f32, rho: 0.1, beta: 3.0, ..Default::default() };
     let kl = k.small(dev, Small::KlTerms, Some(&colsum), None, Some(&terms), None, p, [h.div_ceil(64), 1, 1]);

@@ -1,6 +1,8 @@
 // Activations and their derivatives from stored values (MATH.md, "Activations"), shared by
 // every kernel through string concatenation at pipeline creation. Codes match
-// src/gpu/kernels.rs: 0 sigmoid, 1 tanh, 2 relu, 3 leaky relu, 4 identity.
+// src/gpu/kernels.rs: 0 sigmoid, 1 tanh, 2 relu, 3 leaky relu, 4 identity; and, for
+// derivative_from_value only, 5 FPRIME_GIVEN: the stored value is f′ itself (a sigmoid layer
+// under KL sparsity, whose f′ = σ(z)σ(−z) is computed from z: see elementwise.wgsl).
 
 fn activate(code: u32, z: f32, leaky_alpha: f32) -> f32 {
     switch code {
@@ -27,6 +29,7 @@ fn derivative_from_value(code: u32, a: f32, leaky_alpha: f32) -> f32 {
         case 1u: { return 1.0 - a * a; }
         case 2u: { return select(0.0, 1.0, a > 0.0); }
         case 3u: { return select(leaky_alpha, 1.0, a > 0.0); }
+        case 5u: { return a; }
         default: { return 1.0; }
     }
 }

@@ -8,7 +8,7 @@
 //              (weight gradient: (1/m) δᵀA, plus λW on the first chunk)
 //   1 BIAS_ACT: c = f(acc + aux[aux_off + j])              (forward layer)
 //   2 DELTA:   c = (acc + kl[j]) * f'(aux2[i, j])           (hidden delta; kl from aux
-//              when has_kl = 1, else 0)
+//              when has_kl = 1, else 0; with act = 5, FPRIME_GIVEN, aux2 holds f' itself)
 
 struct Params {
     m: u32, n: u32, k: u32, epilogue: u32,

@@ -123,6 +123,31 @@ impl Cost {
     pub fn total(&self) -> f64 {
         self.data + self.weight_decay + self.sparsity
     }
+
+    /// The cost itself when J and each of its terms are finite; otherwise an error
+    /// ([`crate::Error::Data`]) that names the term that is not and what to do. `computed_by`
+    /// names the backend and precision (e.g. `cpu f32`). A cost that cannot be represented is
+    /// never reported as a result: [`Backend::cost`] and every command that prints a cost go
+    /// through this.
+    pub fn finite(self, computed_by: &str) -> Result<Cost> {
+        if self.total().is_finite() {
+            return Ok(self);
+        }
+        let terms = format!("data term {}, weight decay {}, sparsity {}", self.data, self.weight_decay, self.sparsity);
+        let advice = if !self.sparsity.is_finite() {
+            "some hidden unit's mean activation ρ̂ is 0 or 1 in this precision (every σ(z) saturated): \
+             the first hidden layer's weights or biases are extreme; start from smaller parameters"
+                .to_string()
+        } else if !self.weight_decay.is_finite() {
+            "Σ W² overflows: the weights are too large for weight decay; start from smaller parameters".to_string()
+        } else {
+            format!(
+                "the parameters or the data are too large for the {computed_by} arithmetic: \
+                 check θ and the data for extreme values, or compute in f64 (--backend cpu --precision f64)"
+            )
+        };
+        Err(crate::Error::Data(format!("the cost J(θ) is not finite ({terms}) on the {computed_by} backend: {advice}")))
+    }
 }
 
 pub trait Backend {
@@ -138,10 +163,15 @@ pub trait Backend {
     /// Number of examples loaded by [`Backend::set_data`].
     fn num_examples(&self) -> usize;
 
-    /// J(θ) on `batch`, and ∇J(θ) written into `grad` (same length and layout as θ).
+    /// J(θ) on `batch`, and ∇J(θ) written into `grad` (same length and layout as θ). This is
+    /// what optimizers call: a cost or gradient that overflowed comes back as it is (NaN or
+    /// infinite), so that a line search can step back from it. Callers that report the
+    /// cost check it with [`Cost::finite`]. Errors: θ of the wrong length, or holding NaN,
+    /// infinities or values beyond the backend's precision ([`check_theta_values`]).
     fn cost_and_grad(&mut self, theta: &[f64], batch: Batch<'_>, grad: &mut [f64]) -> Result<Cost>;
 
-    /// J(θ) on `batch` alone (no backward pass).
+    /// J(θ) on `batch` alone (no backward pass): the reported cost. Errors as
+    /// [`Backend::cost_and_grad`], and when J is not finite ([`Cost::finite`]).
     fn cost(&mut self, theta: &[f64], batch: Batch<'_>) -> Result<Cost>;
 
     /// Activations a⁽²⁾ … a⁽ᴸ⁾ of every layer after the input for the rows of `x`; the last is
@@ -177,6 +207,39 @@ pub fn check_theta_len(spec: &NetSpec, len: usize) -> Result<()> {
         )));
     }
     Ok(())
+}
+
+/// Refuses a θ holding NaN or an infinity, or a value beyond ±`max` (the largest finite
+/// number of the precision the backend computes in, e.g. `f32::MAX` — such a value would
+/// become infinite there), saying which entry and what to do. `computed_by` names the backend.
+pub fn check_theta_values(theta: &[f64], max: f64, computed_by: &str) -> Result<()> {
+    let Some((i, &v)) = theta.iter().enumerate().find(|&(_, &v)| v.is_nan() || v.abs() > max) else {
+        return Ok(());
+    };
+    Err(crate::Error::Data(if v.is_finite() {
+        format!(
+            "θ[{i}] = {v:e} is beyond ±{max:.3e}, the range of the {computed_by} arithmetic: \
+             use --backend cpu --precision f64, or parameters of a sane size"
+        )
+    } else {
+        format!(
+            "θ[{i}] is {v}: these parameters are not usable (a diverged run?); start again from a fresh θ or an earlier checkpoint"
+        )
+    }))
+}
+
+/// Refuses a gradient holding NaN or an infinity (from [`Backend::cost_and_grad`], which
+/// returns such values as they are), naming the first such entry and what to do.
+pub fn check_gradient_finite(grad: &[f64], computed_by: &str) -> Result<()> {
+    match grad.iter().position(|v| !v.is_finite()) {
+        None => Ok(()),
+        Some(i) => Err(crate::Error::Data(format!(
+            "the gradient ∇J(θ) is not finite (entry {i} is {}) on the {computed_by} backend: the parameters or the \
+             data are too large for this arithmetic; check θ and the data for extreme values, or compute in f64 \
+             (--backend cpu --precision f64)",
+            grad[i]
+        ))),
+    }
 }
 
 /// Index of the largest value (the first of equals); NaN never wins.

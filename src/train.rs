@@ -717,16 +717,18 @@ pub fn train(
         break summary;
     };
 
-    let final_cost = backend.cost(&theta, Batch::All)?.total();
-    if !final_cost.is_finite() {
+    // Backend::cost refuses a J that is not finite (or a θ it cannot represent).
+    let final_cost = backend.cost(&theta, Batch::All).map(|c| c.total());
+    if let Err(e) = &final_cost {
         let reason = format!(
-            "the cost at the final θ is {final_cost} after {} iterations ({}): lower the learning rate, or check the data for extreme values",
+            "at the final θ after {} iterations ({}): {e}; lower the learning rate, or check the data for extreme values",
             summary.iterations, summary.reason
         );
         let failure = Failure { status: "diverged", reason: &reason, theta: &theta, optimizer: &optimizer };
         let (files, final_cost) = failure.write(&job, &spec, backend, train_rows.len(), val_rows.len(), &save)?;
         return Ok(failure.outcome(files, final_cost));
     }
+    let final_cost = final_cost?;
     let train_accuracy = match (&y_train, spec.output) {
         (RowTargets::Labels(l), Output::Softmax) => Some(accuracy(&backend.classify(&theta, (&x_train).into())?, l)),
         _ => None,

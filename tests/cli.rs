@@ -725,3 +725,170 @@ fn zeros_and_negatives_are_refused_up_front_from_flags_and_config_files() {
     // The other commands take negative values too, and check them.
     fails_with(wgnn().args(["gradcheck", "--weight-decay", "-1"]), "weight decay λ = -1 must be");
 }
+
+// ---------------------------------------------------------------------------------------
+// Numerics (issue 13, helper B): numerically safe losses and non-finite values refused.
+
+/// `cost <value>` from a successful run's last line.
+fn printed_cost(cmd: &mut Command) -> f64 {
+    let out = cmd.output().unwrap();
+    assert!(out.status.success(), "failed: {}", String::from_utf8_lossy(&out.stderr));
+    let line = last_line(&out.stdout);
+    line.strip_prefix("cost ").unwrap_or_else(|| panic!("last line: {line}")).parse().unwrap()
+}
+
+/// The handed 4-3-4 sparse autoencoder with hidden biases `bias`: (data path, θ path).
+fn saturated_autoencoder_files(d: &Path, bias: f64) -> (String, String) {
+    use rand::{RngExt, SeedableRng};
+    let mut rng = rand::rngs::StdRng::seed_from_u64(0);
+    let x = Array2::from_shape_simple_fn((20, 4), || rng.random_range(0.1..0.9));
+    let mut theta = Array1::from_shape_simple_fn(31, || rng.random_range(-0.02..0.02));
+    theta.slice_mut(ndarray::s![24..27]).fill(bias);
+    theta.slice_mut(ndarray::s![27..]).fill(0.0);
+    (write_npy(d, "x.npy", &x), write_npy(d, &format!("theta{bias}.npy"), &theta))
+}
+
+#[test]
+fn cost_of_huge_softmax_logits_is_ln_2_on_every_backend() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    // W = [[1e8, 0], [1e8, 0]], b = 0, x = [1, 0], label 1: equal logits of 1e8.
+    let theta = write_npy(d, "theta.npy", &Array1::from(vec![1e8, 0.0, 1e8, 0.0, 0.0, 0.0]));
+    let x = write_npy(d, "x.npy", &Array2::from_shape_vec((1, 2), vec![1.0, 0.0]).unwrap());
+    let labels = write_npy(d, "labels.npy", &Array1::from(vec![1i64]));
+    for backend in [
+        &["--backend", "cpu", "--precision", "f32"][..],
+        &["--backend", "cpu", "--precision", "f64"],
+        &["--backend", "gpu"],
+    ] {
+        let cost = printed_cost(
+            wgnn()
+                .args(["cost", "--layers", "2,2", "--output", "softmax", "--theta", &theta, "--data", &x])
+                .args(["--labels", &labels])
+                .args(backend),
+        );
+        assert!((cost - std::f64::consts::LN_2).abs() < 1e-6, "{backend:?}: cost {cost}, want ln 2");
+    }
+}
+
+#[test]
+fn cost_with_saturated_sparsity_is_finite_and_writes_a_finite_gradient() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (x, theta) = saturated_autoencoder_files(d, 20.0);
+    let cost = |extra: &[&str]| {
+        let grad = d.join(format!("g{}.npy", extra.join("")));
+        let c = printed_cost(
+            wgnn()
+                .args(["cost", "--layers", "4,3,4", "--sparsity", "0.01", "--theta", &theta, "--data", &x])
+                .args(["--grad-out", grad.to_str().unwrap()])
+                .args(extra),
+        );
+        let g: Array1<f64> = ndarray_npy::read_npy(&grad).unwrap();
+        assert!(g.iter().all(|v| v.is_finite()), "{extra:?}: gradient {g}");
+        (c, g)
+    };
+    let (c64, g64) = cost(&["--backend", "cpu", "--precision", "f64"]);
+    // β Σ KL with 1 − ρ̂ ≈ e^{−20}: about 3 · 3 · 0.99 · 20.
+    assert!(c64 > 150.0 && c64 < 200.0, "f64 cost {c64}");
+    for extra in [&["--backend", "cpu", "--precision", "f32"][..], &["--backend", "gpu"]] {
+        let (c, g) = cost(extra);
+        assert!(((c - c64) / c64).abs() < 1e-5, "{extra:?}: cost {c} vs f64 {c64}");
+        let err = (&g - &g64).mapv(|v| v * v).sum().sqrt() / g64.mapv(|v| v * v).sum().sqrt();
+        assert!(err < 1e-4, "{extra:?}: gradient {err:e} from f64");
+    }
+}
+
+#[test]
+fn costs_and_theta_that_are_not_finite_exit_non_zero_with_one_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (x, _) = saturated_autoencoder_files(d, 0.0);
+    let mut theta: Array1<f64> = Array1::zeros(31);
+    theta[0] = -1e300;
+    let theta = write_npy(d, "big.npy", &theta);
+    let run = |extra: &[&str]| {
+        let mut c = wgnn();
+        c.args(["cost", "--layers", "4,3,4", "--theta", &theta, "--data", &x]).args(extra);
+        c
+    };
+    // λ = 0: the decay term is exactly 0 (it printed NaN), in f64 where θ is representable.
+    let out = run(&["--backend", "cpu", "--precision", "f64"]).output().unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("weight decay 0 "), "{text}");
+    // Not representable in f32: refused on the f32 CPU and on the GPU.
+    fails_with(&mut run(&["--backend", "cpu", "--precision", "f32"]), "θ[0]");
+    fails_with(&mut run(&["--backend", "gpu"]), "θ[0]");
+    // λ > 0: (λ/2) Σ W² overflows; no gradient file is written.
+    let grad = d.join("g.npy");
+    fails_with(
+        &mut run(&[
+            "--backend",
+            "cpu",
+            "--precision",
+            "f64",
+            "--weight-decay",
+            "1e-4",
+            "--grad-out",
+            grad.to_str().unwrap(),
+        ]),
+        "weight decay inf",
+    );
+    assert!(!grad.exists(), "a failed cost left {}", grad.display());
+    // A checkpoint holding ±1e300 is refused by eval (f32 by default), and in f64 its
+    // overflowing decay term is an error, not `cost inf`.
+    let spec = wgnn::model::NetSpec::new(
+        &[4, 3, 4],
+        wgnn::model::Activation::Sigmoid,
+        wgnn::model::Output::SquaredError(wgnn::model::Activation::Sigmoid),
+    )
+    .unwrap()
+    .with_weight_decay(1e-4)
+    .unwrap();
+    let mut big = vec![0.01; 31];
+    big[0] = 1e300;
+    let model = d.join("model.safetensors");
+    wgnn::checkpoint::Checkpoint::new(spec, big, Default::default()).unwrap().save(&model).unwrap();
+    let data = format!("npy:{x}");
+    fails_with(wgnn().args(["eval", "--model", model.to_str().unwrap(), "--data", &data]), "θ[0]");
+    fails_with(
+        wgnn().args([
+            "eval",
+            "--model",
+            model.to_str().unwrap(),
+            "--data",
+            &data,
+            "--backend",
+            "cpu",
+            "--precision",
+            "f64",
+        ]),
+        "not finite",
+    );
+}
+
+#[test]
+fn invalid_sparsity_values_are_refused_not_switched_off() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (x, theta) = saturated_autoencoder_files(d, 0.0);
+    for rho in ["nan", "-0.1", "1", "1.5"] {
+        let flag = format!("--sparsity={rho}");
+        fails_with(
+            wgnn().args(["cost", "--layers", "4,3,4", "--theta", &theta, "--data", &x, &flag, "--backend", "cpu"]),
+            "sparsity target ρ",
+        );
+        // train prints its progress on stderr: its one error line comes last.
+        let out = d.join(format!("run{rho}"));
+        let run = wgnn()
+            .args(["train", &flag, "--iterations", "1", "--count", "200", "--out", out.to_str().unwrap()])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&run.stderr);
+        assert!(!run.status.success() && !stderr.contains("panicked"), "--sparsity={rho}: {stderr}");
+        let errors: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error")).collect();
+        assert_eq!(errors.len(), 1, "{stderr}");
+        assert!(last_line(&run.stderr).contains("sparsity target ρ"), "--sparsity={rho}: {stderr}");
+    }
+}

@@ -178,6 +178,24 @@ fn matmul_epilogues_apply_bias_activation_and_derivative(kernel: MatmulKernel) {
             assert!(d < TOLERANCE, "delta {act:?} kl={with_kl}: {d:e}");
         }
     }
+    // f′ given (a sigmoid layer under sparsity): c = (acc + kl) · f′, with f′ read as it is.
+    let c_buf = poisoned(&gpu, m * n);
+    let epi = Epilogue::DeltaGiven {
+        kl: Some((&packed_buf, 5 + n as u32)),
+        fprime: Operand::row_major(&prev_buf, 0, n as u32),
+    };
+    let op = k.matmul(
+        &gpu.device,
+        Operand::row_major(&a_buf, 0, kk as u32),
+        Operand::row_major(&b_buf, 0, n as u32),
+        (&c_buf, 0, n as u32),
+        (m as u32, n as u32, kk as u32),
+        epi,
+    );
+    gpu.run(&[op]).unwrap();
+    let expected = Array2::from_shape_fn((m, n), |(i, j)| (z[[i, j]] + kl[[0, j]]) * a_prev[[i, j]]);
+    let d = rel(&gpu.download_f32(&c_buf, m * n).unwrap(), expected.as_slice().unwrap());
+    assert!(d < TOLERANCE, "delta with f′ given: {d:e}");
 }
 
 fn matmul_reads_offset_and_strided_operands_and_writes_only_its_block(kernel: MatmulKernel) {
@@ -431,18 +449,64 @@ fn softmax_and_kl_terms_match_the_cpu() {
     assert!(rel(&gpu.download_f32(&z_buf, rows * cols).unwrap(), delta.as_slice().unwrap()) < TOLERANCE);
     assert!(rel(&gpu.download_f32(&loss, rows).unwrap(), &nll) < TOLERANCE);
 
-    // KL terms from column sums: ρ̂ = colsum/m.
+    // KL terms from the column sums of σ(z) and of σ(−z): ρ̂ = colsum/m, 1 − ρ̂ = colsum'/m,
+    // each its own sum (MATH.md, "Numerically safe forms"). The last two units are saturated:
+    // 1 − ρ̂ = 2e-9 (ρ̂ rounds to 1 in f32) and ρ̂ = 2e-9.
     let m = 40.0;
-    let rho_hat: Vec<f64> = (0..63).map(|_| rng.random_range(0.01..0.99)).collect();
-    let colsum: Vec<f32> = rho_hat.iter().map(|r| (r * m) as f32).collect();
+    let mut rho_hat: Vec<f64> = (0..63).map(|_| rng.random_range(0.01..0.99)).collect();
+    let mut rho_hat_c: Vec<f64> = rho_hat.iter().map(|r| 1.0 - r).collect();
+    (rho_hat[61], rho_hat_c[61]) = (1.0 - 2e-9, 2e-9);
+    (rho_hat[62], rho_hat_c[62]) = (2e-9, 1.0 - 2e-9);
+    let colsum: Vec<f32> = rho_hat.iter().chain(&rho_hat_c).map(|r| (r * m) as f32).collect();
     let colsum_buf = gpu.upload_f32("colsum", &colsum);
     let out = poisoned(&gpu, 2 * 63);
     let (rho, beta) = (0.05, 3.0);
     let p = SmallParams { cols: 63, alpha: 1.0 / m as f32, rho: rho as f32, beta: beta as f32, ..Default::default() };
     let op = k.small(&gpu.device, Small::KlTerms, Some(&colsum_buf), None, Some(&out), None, p, [1, 1, 1]);
     gpu.run(&[op]).unwrap();
-    let mut expected: Vec<f64> = rho_hat.iter().map(|&r| beta * (-rho / r + (1.0 - rho) / (1.0 - r))).collect();
-    expected
-        .extend(rho_hat.iter().map(|&r| beta * (rho * (rho / r).ln() + (1.0 - rho) * ((1.0 - rho) / (1.0 - r)).ln())));
-    assert!(rel(&gpu.download_f32(&out, 2 * 63).unwrap(), &expected) < TOLERANCE);
+    let pairs = || rho_hat.iter().zip(&rho_hat_c);
+    let mut expected: Vec<f64> = pairs().map(|(&r, &c)| beta * (-rho / r + (1.0 - rho) / c)).collect();
+    expected.extend(pairs().map(|(&r, &c)| beta * (rho * (rho / r).ln() + (1.0 - rho) * ((1.0 - rho) / c).ln())));
+    let got = gpu.download_f32(&out, 2 * 63).unwrap();
+    for (i, (g, e)) in got.iter().zip(&expected).enumerate() {
+        assert!(((*g as f64 - e) / e).abs() < TOLERANCE, "KL term {i}: {g} vs {e}");
+    }
+}
+
+/// σ(z) and σ(−z) (flag 0) or f′ = σ(z)σ(−z) (flag 1), each from z: where σ(z) rounds to 1 in
+/// f32 (z = 20, 40) the second output keeps e^{−z} instead of 0.
+#[test]
+fn sigmoid_complement_keeps_what_one_minus_a_loses() {
+    let (gpu, k) = open();
+    let mut rng = StdRng::seed_from_u64(6);
+    let (rows, cols) = (17, 5);
+    let mut z = random(rows, cols, -8.0, 8.0, &mut rng);
+    (z[[0, 0]], z[[1, 1]], z[[2, 2]], z[[3, 3]]) = (20.0, 40.0, -20.0, -40.0);
+    let z_buf = gpu.upload_f32("z", &f32s(&z));
+    let sig = |v: f64| if v >= 0.0 { 1.0 / (1.0 + (-v).exp()) } else { v.exp() / (1.0 + v.exp()) };
+    for flag in [0u32, 1] {
+        let (a, second) = (poisoned(&gpu, rows * cols), poisoned(&gpu, rows * cols));
+        let p = SmallParams { rows: rows as u32, cols: cols as u32, in_rs: cols as u32, flag, ..Default::default() };
+        let op =
+            k.small(&gpu.device, Small::SigmoidComplement, Some(&z_buf), None, Some(&a), Some(&second), p, [1, 2, 1]);
+        gpu.run(&[op]).unwrap();
+        let want_a: Vec<f64> = z.iter().map(|&v| sig(v)).collect();
+        let want: Vec<f64> = z.iter().map(|&v| if flag == 0 { sig(-v) } else { sig(v) * sig(-v) }).collect();
+        let (got_a, got) =
+            (gpu.download_f32(&a, rows * cols).unwrap(), gpu.download_f32(&second, rows * cols).unwrap());
+        for i in 0..rows * cols {
+            assert!(
+                ((got_a[i] as f64 - want_a[i]) / want_a[i]).abs() < TOLERANCE,
+                "flag {flag} σ at {i}: {} vs {}",
+                got_a[i],
+                want_a[i]
+            );
+            assert!(
+                ((got[i] as f64 - want[i]) / want[i]).abs() < TOLERANCE,
+                "flag {flag} second at {i}: {} vs {}",
+                got[i],
+                want[i]
+            );
+        }
+    }
 }

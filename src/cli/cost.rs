@@ -54,11 +54,15 @@ pub fn run(args: CostArgs) -> anyhow::Result<()> {
     let cost = match &args.grad_out {
         Some(path) => {
             let mut grad = vec![0.0; theta.len()];
-            let cost = backend.cost_and_grad(&theta, Batch::All, &mut grad)?;
+            // Checked before anything is written: a cost or gradient that overflowed is an
+            // error, never a file of NaN beside a printed `cost inf`.
+            let cost = backend.cost_and_grad(&theta, Batch::All, &mut grad)?.finite(&backend.name())?;
+            wgnn::backend::check_gradient_finite(&grad, &backend.name())?;
             npy::write_vector(path, &grad.into()).context("writing the gradient")?;
             println!("gradient written to {}", path.display());
             cost
         }
+        // `cost` refuses a J that is not finite (Cost::finite).
         None => backend.cost(&theta, Batch::All)?,
     };
     println!("terms    data {}  weight decay {}  sparsity {}", cost.data, cost.weight_decay, cost.sparsity);

@@ -85,8 +85,11 @@ impl<F: Real> CpuBackend<F> {
         &self.layout
     }
 
+    /// θ in the backend's precision, after checking its length and that every value is finite
+    /// there.
     fn theta(&self, theta: &[f64]) -> Result<Vec<F>> {
         crate::backend::check_theta_len(&self.spec, theta.len())?;
+        crate::backend::check_theta_values(theta, F::max_value().f64(), &self.name())?;
         Ok(theta.iter().map(|&v| F::of(v)).collect())
     }
 }
@@ -175,7 +178,8 @@ impl<F: Real> Backend for CpuBackend<F> {
     fn cost(&mut self, theta: &[f64], batch: Batch<'_>) -> Result<Cost> {
         let theta = self.theta(theta)?;
         let (spec, layout, scratch) = (&self.spec, &self.layout, &mut self.scratch);
-        self.data.with_batch(batch, |x, y| net::cost_and_grad(scratch, spec, layout, &theta, x, y, None))
+        let cost = self.data.with_batch(batch, |x, y| net::cost_and_grad(scratch, spec, layout, &theta, x, y, None))?;
+        cost.finite(&self.name())
     }
 
     fn forward(&mut self, theta: &[f64], x: Inputs<'_>) -> Result<Vec<Array2<f64>>> {

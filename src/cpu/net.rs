@@ -126,6 +126,9 @@ impl<F: Real> Scratch<F> {
         if let Some((logits, _)) = fwd.softmax {
             self.recycle(logits);
         }
+        if let Some(c) = fwd.complement {
+            self.recycle(c);
+        }
     }
 }
 
@@ -137,11 +140,29 @@ fn times_weights_t<F: Real>(scratch: &mut Scratch<F>, a: ArrayView2<F>, w: Array
     z
 }
 
+/// The normaliser of one row of logits, kept in two pieces: the row maximum and
+/// log Σ_j exp(z_j − max). Their sum would cancel against z_y in f32 (MATH.md, "Numerically
+/// safe forms"), so they are only ever used through [`RowNormaliser::log_prob`].
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct RowNormaliser<F> {
+    pub max: F,
+    pub log_sum: F,
+}
+
+impl<F: Real> RowNormaliser<F> {
+    /// log P(k|x) = (z_k − max_j z_j) − log Σ_j exp(z_j − max_j z_j), for the logit z_k of this
+    /// row, in f64: exact where P itself underflows, and free of cancellation when the logits
+    /// are large (logits of 1e8 give ln ½, not 0).
+    pub fn log_prob(&self, z_k: F) -> f64 {
+        (z_k - self.max).f64() - self.log_sum.f64()
+    }
+}
+
 /// Replaces each row of logits with softmax probabilities (row maximum subtracted) and
-/// returns, per row, log Σ_j exp(z_j − max) + max, i.e. log of the normaliser.
-pub fn softmax_rows<F: Real>(z: &mut Array2<F>) -> Array1<F> {
-    let mut log_norm = Array1::<F>::zeros(z.nrows());
-    for (mut row, ln) in z.axis_iter_mut(Axis(0)).zip(log_norm.iter_mut()) {
+/// returns each row's normaliser.
+pub fn softmax_rows<F: Real>(z: &mut Array2<F>) -> Vec<RowNormaliser<F>> {
+    let mut norms = Vec::with_capacity(z.nrows());
+    for mut row in z.axis_iter_mut(Axis(0)) {
         let max = row.fold(F::neg_infinity(), |m, &v| m.max(v));
         let mut sum = F::zero();
         row.mapv_inplace(|v| {
@@ -151,9 +172,48 @@ pub fn softmax_rows<F: Real>(z: &mut Array2<F>) -> Array1<F> {
         });
         let inv = F::one() / sum;
         row.mapv_inplace(|e| e * inv);
-        *ln = max + sum.ln();
+        norms.push(RowNormaliser { max, log_sum: sum.ln() });
     }
-    log_norm
+    norms
+}
+
+/// A ← σ(Z + 1 bᵀ) and C ← σ(−(Z + 1 bᵀ)) = 1 − A, each computed from z: where σ(z) rounds
+/// to 1 (z ≳ 17 in f32, ≳ 37 in f64) 1 − A is 0, while C keeps e^{−z} (MATH.md, "Numerically
+/// safe forms"). Rows split across cores.
+pub fn bias_sigmoid_with_complement<F: Real>(z: &mut Array2<F>, b: ArrayView1<F>, c: &mut Array2<F>) {
+    Zip::from(z.rows_mut()).and(c.rows_mut()).par_for_each(|mut z, mut c| {
+        match (z.as_slice_mut(), c.as_slice_mut(), b.as_slice()) {
+            (Some(z), Some(c), Some(b)) => pair_row(z, c, b),
+            _ => Zip::from(&mut z)
+                .and(&mut c)
+                .and(&b)
+                .for_each(|zij, cij, &bj| (*zij, *cij) = (*zij + bj).sigmoid_pair()),
+        }
+    });
+}
+
+/// (z, c) ← (σ(z + b), σ(−(z + b))) along one row; built for the baseline and for AVX2 like
+/// [`row_sweep`], with the same bits from both.
+fn pair_row<F: Real>(z: &mut [F], c: &mut [F], b: &[F]) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU has just been checked for AVX2.
+        return unsafe { pair_row_avx2(z, c, b) };
+    }
+    pair_row_plain(z, c, b)
+}
+
+#[inline(always)]
+fn pair_row_plain<F: Real>(z: &mut [F], c: &mut [F], b: &[F]) {
+    for ((zij, cij), &bj) in z.iter_mut().zip(c.iter_mut()).zip(b) {
+        (*zij, *cij) = (*zij + bj).sigmoid_pair();
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn pair_row_avx2<F: Real>(z: &mut [F], c: &mut [F], b: &[F]) {
+    pair_row_plain(z, c, b)
 }
 
 /// Z ← f(Z + 1 bᵀ) in one sweep, rows split across cores.
@@ -266,9 +326,21 @@ pub fn times_derivative<F: Real>(delta: &mut Array2<F>, a: ArrayView2<F>, act: A
     }
 }
 
-/// The KL-sparsity term of the hidden delta: β(−ρ/ρ̂ⱼ + (1−ρ)/(1−ρ̂ⱼ)) per unit.
-pub fn kl_delta<F: Real>(rho: f64, beta: f64, rho_hat: &Array1<F>) -> Array1<F> {
-    rho_hat.mapv(|rh| F::of(beta * (-rho / rh.f64() + (1.0 - rho) / (1.0 - rh.f64()))))
+/// δ ← (δ + 1 kᵀ) ⊙ A ⊙ C for a sigmoid layer whose complement C = σ(−Z) was kept
+/// ([`bias_sigmoid_with_complement`]): f′ = σ(z)σ(−z), which a(1 − a) loses where a rounds
+/// to 1 — exactly where the sparsity term k = β(1−ρ)/(1−ρ̂) is large.
+pub fn times_sigmoid_derivative<F: Real>(delta: &mut Array2<F>, a: ArrayView2<F>, c: ArrayView2<F>, k: &Array1<F>) {
+    Zip::from(delta.rows_mut()).and(a.rows()).and(c.rows()).par_for_each(|mut d, a, c| {
+        Zip::from(&mut d).and(&a).and(&c).and(k).for_each(|d, &a, &c, &k| *d = (*d + k) * (a * c));
+    });
+}
+
+/// The KL-sparsity term of the hidden delta: β(−ρ/ρ̂ⱼ + (1−ρ)/(1−ρ̂ⱼ)) per unit, with 1 − ρ̂ⱼ
+/// given as its own mean ([`Sparse::rho_hat_complement`]), never formed by subtraction.
+pub fn kl_delta<F: Real>(rho: f64, beta: f64, rho_hat: &Array1<F>, rho_hat_complement: &Array1<F>) -> Array1<F> {
+    Zip::from(rho_hat)
+        .and(rho_hat_complement)
+        .map_collect(|&rh, &rc| F::of(beta * (-rho / rh.f64() + (1.0 - rho) / rc.f64())))
 }
 
 /// Σᵢ ½‖aᵢ − yᵢ‖² (in f64, rows summed in order: the same value on every run) and, when
@@ -314,9 +386,12 @@ pub fn squared_error<F: Real>(
 /// The forward pass: activations a⁽²⁾ … a⁽ᴸ⁾ (the last one: probabilities for softmax).
 pub struct Forward<F> {
     pub activations: Vec<Array2<F>>,
-    /// Softmax output only: the logits Z⁽ᴸ⁾ and log Σ_j exp(z_j) per row, so that
-    /// log P(y|x) = z_y − log Σ exp(z) stays exact where P itself underflows.
-    pub softmax: Option<(Array2<F>, Array1<F>)>,
+    /// Softmax output only: the logits Z⁽ᴸ⁾ and each row's normaliser, so that log P(y|x)
+    /// ([`RowNormaliser::log_prob`]) stays exact where P itself underflows.
+    pub softmax: Option<(Array2<F>, Vec<RowNormaliser<F>>)>,
+    /// With KL sparsity only: 1 − a⁽²⁾ of the (sigmoid) first hidden layer, computed as
+    /// σ(−z⁽²⁾) ([`bias_sigmoid_with_complement`]).
+    pub complement: Option<Array2<F>>,
 }
 
 pub fn forward<F: Real>(
@@ -328,23 +403,30 @@ pub fn forward<F: Real>(
 ) -> Forward<F> {
     let mut activations: Vec<Array2<F>> = Vec::with_capacity(layout.num_layers());
     let mut softmax = None;
+    let mut complement = None;
     for l in 0..layout.num_layers() {
         let input = if l == 0 { x } else { activations[l - 1].view() };
         // Z = A Wᵀ + 1 bᵀ; A = f(Z)
         let mut z = times_weights_t(scratch, input, layout.weight(theta, l));
         let b = layout.bias(theta, l);
         match spec.activation_after(l) {
+            // KL sparsity needs 1 − a⁽²⁾ (validated: the layer is sigmoid).
+            Some(Activation::Sigmoid) if l == 0 && spec.sparsity.is_some() => {
+                let mut c = scratch.array(z.nrows(), z.ncols());
+                bias_sigmoid_with_complement(&mut z, b, &mut c);
+                complement = Some(c);
+            }
             Some(act) => bias_activate(&mut z, b, act),
             None => {
                 z += &b;
                 let logits = scratch.copy_of(&z);
-                let log_norm = softmax_rows(&mut z);
-                softmax = Some((logits, log_norm));
+                let norms = softmax_rows(&mut z);
+                softmax = Some((logits, norms));
             }
         }
         activations.push(z);
     }
-    Forward { activations, softmax }
+    Forward { activations, softmax, complement }
 }
 
 /// Rows per block of [`column_sums`]: the blocks are summed in parallel and their partial sums
@@ -364,19 +446,45 @@ pub fn mean_activation<F: Real>(a: &Array2<F>) -> Array1<F> {
     column_sums(a.view()) * F::of(1.0 / a.nrows() as f64)
 }
 
-/// β Σ_j KL(ρ‖ρ̂_j), accumulated in f64.
-pub fn kl_sparsity<F: Real>(rho: f64, beta: f64, rho_hat: &Array1<F>) -> f64 {
+/// ρ̂ and 1 − ρ̂ of the first hidden layer, each the mean of its own values over the batch
+/// (MATH.md, "Numerically safe forms"): 1 − ρ̂ is never ρ̂ subtracted from 1, which is 0 once
+/// ρ̂ rounds to 1 and makes KL infinite.
+pub struct Sparse<F> {
+    /// ρ̂_j = (1/m) Σᵢ σ(z_ij).
+    pub rho_hat: Array1<F>,
+    /// 1 − ρ̂_j = (1/m) Σᵢ σ(−z_ij).
+    pub rho_hat_complement: Array1<F>,
+}
+
+impl<F: Real> Sparse<F> {
+    /// From the first hidden layer's activations A = σ(Z) and complement C = σ(−Z).
+    pub fn of(a: &Array2<F>, c: &Array2<F>) -> Sparse<F> {
+        Sparse { rho_hat: mean_activation(a), rho_hat_complement: mean_activation(c) }
+    }
+}
+
+/// β Σ_j KL(ρ‖ρ̂_j) = β Σ_j [ρ (ln ρ − ln ρ̂_j) + (1−ρ)(ln(1−ρ) − ln(1−ρ̂_j))], accumulated in
+/// f64, with 1 − ρ̂_j given as its own mean. Logarithms of the two sides are taken apart, so
+/// a ρ̂ as small as the precision allows still gives a finite term; it is infinite (and the
+/// cost refused, [`crate::backend::Cost::finite`]) when ρ̂_j or 1 − ρ̂_j is 0 in the working
+/// precision, or at the floor of f32's sigmoid ([`Real::SIGMOID_FLOOR`]), where its
+/// logarithm would be a made-up −87 instead of a wrong-but-finite cost.
+pub fn kl_sparsity<F: Real>(rho: f64, beta: f64, rho_hat: &Array1<F>, rho_hat_complement: &Array1<F>) -> f64 {
+    let (ln_rho, ln_rho_c) = (rho.ln(), (1.0 - rho).ln());
+    let ln = |mean: F| if mean.f64() <= 2.0 * F::SIGMOID_FLOOR { f64::NEG_INFINITY } else { mean.f64().ln() };
     beta * rho_hat
         .iter()
-        .map(|&rh| {
-            let rh = rh.f64();
-            rho * (rho / rh).ln() + (1.0 - rho) * ((1.0 - rho) / (1.0 - rh)).ln()
-        })
+        .zip(rho_hat_complement)
+        .map(|(&rh, &rc)| rho * (ln_rho - ln(rh)) + (1.0 - rho) * (ln_rho_c - ln(rc)))
         .sum::<f64>()
 }
 
-/// (λ/2) Σ_l ‖W⁽ˡ⁾‖², accumulated in f64.
+/// (λ/2) Σ_l ‖W⁽ˡ⁾‖², accumulated in f64. Exactly 0 when λ = 0, whatever the weights (never
+/// 0 · ∞; MATH.md, "Numerically safe forms").
 pub fn weight_decay_cost<F: Real>(spec: &NetSpec, layout: &ThetaLayout, theta: &[F]) -> f64 {
+    if spec.weight_decay == 0.0 {
+        return 0.0;
+    }
     let sum_sq: f64 = theta[layout.all_weights()].iter().map(|&w| w.f64() * w.f64()).sum();
     0.5 * spec.weight_decay * sum_sq
 }
@@ -396,10 +504,10 @@ fn output_cost_and_delta<F: Real>(
     let m = out.nrows() as f64;
     match (spec.output, y) {
         (Output::Softmax, TargetView::Labels(labels)) => {
-            let (logits, log_norm) = fwd.softmax.as_ref().expect("softmax forward keeps its logits");
+            let (logits, norms) = fwd.softmax.as_ref().expect("softmax forward keeps its logits");
             let mut nll = 0.0;
-            for ((z, &ln), &label) in logits.axis_iter(Axis(0)).zip(log_norm).zip(labels) {
-                nll -= (z[label] - ln).f64();
+            for ((z, norm), &label) in logits.axis_iter(Axis(0)).zip(norms).zip(labels) {
+                nll -= norm.log_prob(z[label]);
             }
             let delta = want_delta.then(|| {
                 let mut d = scratch.copy_of(out);
@@ -441,9 +549,10 @@ pub fn cost_and_grad<F: Real>(
 
     // ρ̂ needs the forward pass over the whole batch before any backward step.
     let sparsity = spec.sparsity.map(|s| {
-        let rho_hat = mean_activation(&fwd.activations[0]);
-        let cost = kl_sparsity(s.target, s.weight, &rho_hat);
-        (s, rho_hat, cost)
+        let complement = fwd.complement.as_ref().expect("a sparse network's forward pass keeps 1 − a⁽²⁾");
+        let sparse = Sparse::of(&fwd.activations[0], complement);
+        let cost = kl_sparsity(s.target, s.weight, &sparse.rho_hat, &sparse.rho_hat_complement);
+        (s, sparse, cost)
     });
     let cost = Cost { data, weight_decay, sparsity: sparsity.as_ref().map_or(0.0, |s| s.2) };
 
@@ -471,11 +580,13 @@ pub fn cost_and_grad<F: Real>(
         let mut delta_prev = scratch.array(a_prev.nrows(), a_prev.ncols());
         gemm(F::one(), &delta.view(), &w, F::zero(), &mut delta_prev.view_mut());
         let act = spec.hidden_activations[l - 1];
-        let kl = match (&sparsity, l) {
-            (Some((s, rho_hat, _)), 1) => Some(kl_delta(s.target, s.weight, rho_hat)),
-            _ => None,
-        };
-        times_derivative(&mut delta_prev, a_prev, act, kl.as_ref());
+        match (&sparsity, &fwd.complement, l) {
+            (Some((s, sparse, _)), Some(c), 1) => {
+                let kl = kl_delta(s.target, s.weight, &sparse.rho_hat, &sparse.rho_hat_complement);
+                times_sigmoid_derivative(&mut delta_prev, a_prev, c.view(), &kl);
+            }
+            _ => times_derivative(&mut delta_prev, a_prev, act, None),
+        }
         scratch.recycle(std::mem::replace(&mut delta, delta_prev));
     }
     scratch.recycle(delta);

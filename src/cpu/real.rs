@@ -10,6 +10,10 @@ pub trait Real:
 {
     /// Short name shown to users: `f32` or `f64`.
     const NAME: &'static str;
+    /// The smallest value [`Real::sigmoid`] returns for a finite z: 0 in f64 (libm's exp
+    /// underflows gradually), e^{−87.3} ≈ 1.2e-38 in f32 (the fast exp's floor). A mean of
+    /// σ(z) that close to it says only "below the precision", not how far below.
+    const SIGMOID_FLOOR: f64;
     fn of(v: f64) -> Self;
     fn of_f32(v: f32) -> Self;
     fn f64(self) -> f64;
@@ -17,10 +21,14 @@ pub trait Real:
     fn sigmoid(self) -> Self;
     /// tanh(z).
     fn tanh_act(self) -> Self;
+    /// (σ(z), σ(−z)) from one exponential, each with the same bits as [`Real::sigmoid`] of z
+    /// and of −z: σ(−z) = 1 − σ(z) without the subtraction, which is 0 where σ(z) rounds to 1.
+    fn sigmoid_pair(self) -> (Self, Self);
 }
 
 impl Real for f64 {
     const NAME: &'static str = "f64";
+    const SIGMOID_FLOOR: f64 = 0.0;
     fn of(v: f64) -> f64 {
         v
     }
@@ -41,10 +49,18 @@ impl Real for f64 {
     fn tanh_act(self) -> f64 {
         self.tanh()
     }
+    #[inline]
+    fn sigmoid_pair(self) -> (f64, f64) {
+        let e = (-self.abs()).exp();
+        let (one, tail) = (1.0 / (1.0 + e), e / (1.0 + e));
+        // −z ≥ 0 exactly when z ≤ 0 (σ(±0) are both 1/(1 + 1)).
+        (if self >= 0.0 { one } else { tail }, if self <= 0.0 { one } else { tail })
+    }
 }
 
 impl Real for f32 {
     const NAME: &'static str = "f32";
+    const SIGMOID_FLOOR: f64 = 1.2e-38;
     fn of(v: f64) -> f32 {
         v as f32
     }
@@ -75,6 +91,12 @@ impl Real for f32 {
         let large = (1.0 - e) / (1.0 + e);
         let t = if x < 0.625 { small } else { large };
         t.copysign(self)
+    }
+    #[inline]
+    fn sigmoid_pair(self) -> (f32, f32) {
+        let e = exp_nonpositive(-self.abs());
+        let s = 1.0 / (1.0 + e);
+        (if self >= 0.0 { s } else { e * s }, if self <= 0.0 { s } else { e * s })
     }
 }
 
@@ -133,6 +155,24 @@ mod tests {
         eprintln!("worst: sigmoid {worst_sigmoid} ulp, tanh {worst_tanh} ulp");
         assert!(worst_sigmoid <= 4.0, "sigmoid is {worst_sigmoid} ulp from the f64 reference");
         assert!(worst_tanh <= 4.0, "tanh is {worst_tanh} ulp from the f64 reference");
+    }
+
+    /// σ(z) and σ(−z) from one exponential have the bits of two calls of `sigmoid`, and the
+    /// complement keeps e^{−z} where σ(z) rounds to 1.
+    #[test]
+    fn sigmoid_pair_is_two_sigmoids_bit_for_bit() {
+        fn check<F: Real>(zs: impl Iterator<Item = f64>) {
+            for z in zs.map(F::of) {
+                let (a, c) = z.sigmoid_pair();
+                assert_eq!(a.f64().to_bits(), z.sigmoid().f64().to_bits(), "{} σ({z})", F::NAME);
+                assert_eq!(c.f64().to_bits(), (-z).sigmoid().f64().to_bits(), "{} σ(−{z})", F::NAME);
+            }
+        }
+        let zs = || (-2000..=2000).map(|i| i as f64 * 0.05).chain([0.0, -0.0, 20.0, 50.0, 1e30, -1e30]);
+        check::<f32>(zs());
+        check::<f64>(zs());
+        assert_eq!(20.0f32.sigmoid(), 1.0);
+        assert!((20.0f32.sigmoid_pair().1 as f64 / (-20.0f64).exp() - 1.0).abs() < 1e-6);
     }
 
     #[test]

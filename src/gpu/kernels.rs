@@ -26,6 +26,10 @@ pub const BLOCK_ROWS: u32 = 256;
 /// Edge of the output tile one matmul workgroup computes.
 pub const MATMUL_TILE: u32 = 64;
 
+/// The derivative code of common.wgsl meaning "the stored value is f′ itself"
+/// ([`Epilogue::DeltaGiven`]).
+pub const FPRIME_GIVEN: u32 = 5;
+
 /// Activation codes of common.wgsl, and the leaky slope.
 pub fn act_code(act: Activation) -> (u32, f32) {
     match act {
@@ -98,6 +102,8 @@ pub enum Small {
     ColumnFinish,
     SumRange,
     KlTerms,
+    /// σ(z) and σ(−z) (or f′ = σ(z)σ(−z)) of a sigmoid layer under KL sparsity.
+    SigmoidComplement,
 }
 
 /// A matrix operand: element offset, row stride and column stride into a buffer. A transpose
@@ -128,6 +134,9 @@ pub enum Epilogue<'a> {
     BiasAct { bias: (&'a wgpu::Buffer, u32), act: Activation },
     /// `c = (acc + kl[col]) · f′(a_prev[row, col])`.
     Delta { kl: Option<(&'a wgpu::Buffer, u32)>, a_prev: Operand<'a>, act: Activation },
+    /// `c = (acc + kl[col]) · fprime[row, col]`: f′ given, for the sigmoid layer under KL
+    /// sparsity (from `Small::SigmoidComplement`, flag 1).
+    DeltaGiven { kl: Option<(&'a wgpu::Buffer, u32)>, fprime: Operand<'a> },
 }
 
 /// One recorded operation: one dispatch, or (the texture-fed matmul) a few in order.
@@ -241,6 +250,7 @@ impl Kernels {
             (Small::ColumnFinish, REDUCE, "column_finish"),
             (Small::SumRange, REDUCE, "sum_range"),
             (Small::KlTerms, SPARSITY, "kl_terms"),
+            (Small::SigmoidComplement, ELEMENTWISE, "sigmoid_complement"),
         ]
         .into_iter()
         .map(|(kind, body, entry)| (kind, pipeline(device, &small_layout, &with_params(body), entry)))
@@ -330,6 +340,18 @@ impl Kernels {
                 aux2 = a_prev.buf;
                 p.aux2_off = a_prev.off;
                 p.aux2_rs = a_prev.rs;
+            }
+            Epilogue::DeltaGiven { kl, fprime } => {
+                p.epilogue = 2;
+                p.act = FPRIME_GIVEN;
+                if let Some((buf, off)) = kl {
+                    p.has_kl = 1;
+                    aux = buf;
+                    p.aux_off = off;
+                }
+                aux2 = fprime.buf;
+                p.aux2_off = fprime.off;
+                p.aux2_rs = fprime.rs;
             }
         }
         if let (Some(tex), MatmulKernel::Texture) = (&self.tex, self.matmul_kernel((m, n, k))) {

@@ -515,8 +515,13 @@ impl GpuBackend {
         };
         let loss_partials = storage(device, "loss partials", per_seg_loss(rows_max));
         let hidden1 = spec.layers.get(1).copied().unwrap_or(1);
-        let colsum = storage(device, "Σ a⁽²⁾", hidden1);
+        // With sparsity: Σ σ(z⁽²⁾) then Σ σ(−z⁽²⁾) (ρ̂ and 1 − ρ̂, each summed on its own), the
+        // pre-activations z⁽²⁾, and σ(−z⁽²⁾) (pass 1) or f′ = σ(z⁽²⁾)σ(−z⁽²⁾) (pass 2).
+        let sparse_rows = if spec.sparsity.is_some() { rows_max } else { 0 };
+        let colsum = storage(device, "Σ σ(z⁽²⁾), Σ σ(−z⁽²⁾)", 2 * hidden1);
         let kl = storage(device, "KL terms", 2 * hidden1);
+        let z_hidden = storage(device, "z⁽²⁾", sparse_rows * hidden1);
+        let complement = storage(device, "σ(−z⁽²⁾) or f′", sparse_rows * hidden1);
 
         let mut ops = Vec::new();
         let mut stages = Vec::new();
@@ -562,20 +567,40 @@ impl GpuBackend {
             ));
             Ok(())
         };
-        let forward_layer = |ops: &mut Vec<Op>, seg: &Segment, l: usize| -> Result<()> {
+        let sparsity = spec.sparsity;
+        // `flag` (sparse first layer only): 0 keeps σ(−z) in `complement`, 1 keeps f′.
+        let forward_layer = |ops: &mut Vec<Op>, seg: &Segment, l: usize, flag: u32| -> Result<()> {
             let inp = lay.shapes[l].1;
             let input = if l == 0 { (&self.chunk(seg.chunk).x, seg.row * inp) } else { (&acts[l - 1], 0) };
-            ops.push(self.layer_op(l, input, seg.rows, &acts[l])?);
+            if l > 0 || sparsity.is_none() {
+                ops.push(self.layer_op(l, input, seg.rows, &acts[l])?);
+                return Ok(());
+            }
+            // z⁽²⁾ = x Wᵀ + b, then σ(z) and σ(−z) (or f′) each from z.
+            ops.push(self.layer_op_with(l, input, seg.rows, &z_hidden, Activation::Identity)?);
+            let p =
+                SmallParams { rows: u(seg.rows)?, cols: u(hidden1)?, in_rs: u(hidden1)?, flag, ..Default::default() };
+            let groups = [u(hidden1.div_ceil(16))?, u(seg.rows.div_ceil(16))?, 1];
+            ops.push(k.small(
+                device,
+                Small::SigmoidComplement,
+                Some(&z_hidden),
+                None,
+                Some(&acts[0]),
+                Some(&complement),
+                p,
+                groups,
+            ));
             Ok(())
         };
 
-        // Pass 1 (sparsity only): ρ̂ over the whole batch before any backward step.
-        let sparsity = spec.sparsity;
+        // Pass 1 (sparsity only): ρ̂ and 1 − ρ̂ over the whole batch before any backward step.
         if let Some(s) = sparsity {
             for (i, seg) in segments.iter().enumerate() {
                 stages.push((i, ops.len()));
-                forward_layer(&mut ops, seg, 0)?;
+                forward_layer(&mut ops, seg, 0, 0)?;
                 column_sum(&mut ops, &acts[0], seg.rows, hidden1, &colsum, 0, 1.0, i > 0)?;
+                column_sum(&mut ops, &complement, seg.rows, hidden1, &colsum, u(hidden1)?, 1.0, i > 0)?;
             }
             let p = SmallParams {
                 cols: u(hidden1)?,
@@ -603,7 +628,7 @@ impl GpuBackend {
             stages.push((i, ops.len()));
             let chunk = self.chunk(seg.chunk);
             for l in 0..nl {
-                forward_layer(&mut ops, seg, l)?;
+                forward_layer(&mut ops, seg, l, 1)?;
             }
             let out = &acts[nl - 1];
             let outputs = spec.outputs();
@@ -699,8 +724,12 @@ impl GpuBackend {
                 }
                 // δ⁽ˡ⁾ = (δ⁽ˡ⁺¹⁾ W (+ sparsity term)) ⊙ f′(a⁽ˡ⁾)
                 let w = Operand::row_major(&self.theta, u(lay.weight_range(l).start)?, u(inp)?);
-                let kl_term = (l == 1 && sparsity.is_some()).then_some((&kl, 0));
-                let epilogue = Epilogue::Delta { kl: kl_term, a_prev, act: spec.hidden_activations[l - 1] };
+                let epilogue = if l == 1 && sparsity.is_some() {
+                    let fprime = Operand::row_major(&complement, 0, u(inp)?);
+                    Epilogue::DeltaGiven { kl: Some((&kl, 0)), fprime }
+                } else {
+                    Epilogue::Delta { kl: None, a_prev, act: spec.hidden_activations[l - 1] }
+                };
                 let next = &deltas[spare];
                 let d = Operand::row_major(delta, 0, u(out_w)?);
                 ops.push(k.matmul(device, d, w, (next, 0, u(inp)?), (u(seg.rows)?, u(inp)?, u(out_w)?), epilogue));
@@ -708,13 +737,16 @@ impl GpuBackend {
                 spare = 1 - spare;
             }
         }
-        // (λ/2)‖W‖²: Σ W² over the weight prefix of θ.
-        let p = SmallParams { act: 1, out_off: 1, len: u(lay.all_weights().len())?, ..Default::default() };
+        // (λ/2)‖W‖²: Σ W² over the weight prefix of θ. With λ = 0 an empty sum, 0: the term is
+        // exactly 0 however large W is, and the device update's finiteness check of this slot
+        // (update.wgsl) passes where Σ W² overflows f32.
+        let decayed = if spec.weight_decay != 0.0 { lay.all_weights().len() } else { 0 };
+        let p = SmallParams { act: 1, out_off: 1, len: u(decayed)?, ..Default::default() };
         ops.push(k.small(device, Small::SumRange, Some(&self.theta), None, Some(&self.scalars), None, p, [1, 1, 1]));
 
         let mut workspace = acts;
         workspace.extend(deltas);
-        workspace.extend([col_partials, loss_partials, colsum, kl]);
+        workspace.extend([col_partials, loss_partials, colsum, kl, z_hidden, complement]);
         Ok(Plan { ops, stages, examples, workspace })
     }
 
@@ -722,18 +754,32 @@ impl GpuBackend {
     /// layer's input starting at element `input.1` of `input.0`; the activations go to `out`.
     /// A softmax output gets the identity here and its softmax from a separate kernel.
     fn layer_op(&self, l: usize, input: (&wgpu::Buffer, usize), rows: usize, out: &wgpu::Buffer) -> Result<Op> {
+        let act = self.spec.activation_after(l).unwrap_or(Activation::Identity);
+        self.layer_op_with(l, input, rows, out, act)
+    }
+
+    /// [`GpuBackend::layer_op`] with the activation `act` in place of the layer's own.
+    fn layer_op_with(
+        &self,
+        l: usize,
+        input: (&wgpu::Buffer, usize),
+        rows: usize,
+        out: &wgpu::Buffer,
+        act: Activation,
+    ) -> Result<Op> {
         let u = |v: usize| u32_of(v, "an index");
         let lay = &self.layout;
         let (out_w, inp) = lay.shapes[l];
         let a = Operand::row_major(input.0, u(input.1)?, u(inp)?);
         let w_t = Operand::row_major(&self.theta, u(lay.weight_range(l).start)?, u(inp)?).t();
-        let act = self.spec.activation_after(l).unwrap_or(Activation::Identity);
         let epilogue = Epilogue::BiasAct { bias: (&self.theta, u(lay.bias_range(l).start)?), act };
         Ok(self.kernels.matmul(&self.gpu.device, a, w_t, (out, 0, u(out_w)?), (u(rows)?, u(out_w)?, u(inp)?), epilogue))
     }
 
+    /// θ's length, and that every value is finite in f32.
     fn check_theta(&self, theta: &[f64]) -> Result<()> {
-        crate::backend::check_theta_len(&self.spec, theta.len())
+        crate::backend::check_theta_len(&self.spec, theta.len())?;
+        crate::backend::check_theta_values(theta, f32::MAX as f64, "gpu f32")
     }
 
     /// The plan for `visit`'s segments (built on first use); its key.
@@ -865,7 +911,10 @@ impl GpuBackend {
             Output::SquaredError(_) => 0.5 * scalars[0] as f64 / m,
         };
         let sparsity = if self.spec.sparsity.is_some() { scalars[2] as f64 } else { 0.0 };
-        Cost { data, weight_decay: 0.5 * self.spec.weight_decay * scalars[1] as f64, sparsity }
+        // λ = 0: exactly 0 (the plan sums no W² then).
+        let lambda = self.spec.weight_decay;
+        let weight_decay = if lambda == 0.0 { 0.0 } else { 0.5 * lambda * scalars[1] as f64 };
+        Cost { data, weight_decay, sparsity }
     }
 }
 
@@ -1008,7 +1057,7 @@ impl Backend for GpuBackend {
     }
 
     fn cost(&mut self, theta: &[f64], batch: Batch<'_>) -> Result<Cost> {
-        self.evaluate(theta, batch, None)
+        self.evaluate(theta, batch, None)?.finite("gpu f32")
     }
 
     fn device_training(&mut self) -> Option<&mut dyn DeviceTraining> {

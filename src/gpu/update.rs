@@ -359,7 +359,8 @@ impl DeviceTraining for GpuBackend {
     }
 
     fn read(&mut self, theta: &mut [f64], update: &mut UpdateState) -> Result<()> {
-        self.check_theta(theta)?;
+        // Only the length: `theta` is where the device's θ goes, whatever it holds now.
+        crate::backend::check_theta_len(&self.spec, theta.len())?;
         self.device_update()?;
         let u = self.resident.update.as_ref().expect("checked above");
         u.read(&self.gpu, &self.theta, theta, update)?;

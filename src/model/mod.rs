@@ -5,4 +5,4 @@ mod params;
 mod spec;
 
 pub use params::{Init, ThetaLayout};
-pub use spec::{Activation, NetSpec, Output, Sparsity, SpecError};
+pub use spec::{Activation, MAX_PARAMETERS, NetSpec, Output, Sparsity, SpecError};

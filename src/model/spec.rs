@@ -118,6 +118,11 @@ pub struct Sparsity {
     pub weight: f64,
 }
 
+/// The most parameters (length of θ) a network may have: 2^31, ~8.6 GB of f32 and twice that
+/// in f64 for θ alone, beyond any network this crate trains (and beyond the GPU's 32-bit
+/// indexing).
+pub const MAX_PARAMETERS: usize = 1 << 31;
+
 /// A feedforward network: `layers[0]` inputs, `layers[L-1]` outputs, one activation per hidden
 /// layer. Weight decay λ applies to weights only, never biases.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -215,6 +220,25 @@ impl NetSpec {
         }
     }
 
+    /// The length of θ, Σ_l (s_{l+1}·s_l + s_{l+1}), in checked arithmetic: an error when it
+    /// exceeds [`MAX_PARAMETERS`] (or overflows `usize` on the way), so that sizes from a flag,
+    /// a config file or a checkpoint are refused before anything is allocated.
+    pub fn parameter_count(&self) -> Result<usize, SpecError> {
+        let too_many = || {
+            SpecError::new(format!(
+                "layer sizes {:?} need more than {MAX_PARAMETERS} (2^31) parameters: use smaller layers",
+                self.layers
+            ))
+        };
+        let mut total: usize = 0;
+        for pair in self.layers.windows(2) {
+            let (inputs, outputs) = (pair[0], pair[1]);
+            let layer = outputs.checked_mul(inputs).and_then(|w| w.checked_add(outputs)).ok_or_else(too_many)?;
+            total = total.checked_add(layer).filter(|&t| t <= MAX_PARAMETERS).ok_or_else(too_many)?;
+        }
+        Ok(total)
+    }
+
     /// Checks every rule a spec must obey; each error says what to change.
     pub fn validate(&self) -> Result<(), SpecError> {
         if self.layers.len() < 2 {
@@ -226,6 +250,7 @@ impl NetSpec {
         if let Some(i) = self.layers.iter().position(|&s| s == 0) {
             return Err(SpecError::new(format!("layer {i} has size 0 in {:?}", self.layers)));
         }
+        self.parameter_count()?;
         if self.hidden_activations.len() != self.layers.len() - 2 {
             return Err(SpecError::new(format!(
                 "{} hidden layers but {} hidden activations",
