@@ -152,7 +152,7 @@ impl Conv2d {
     }
 
     /// The f64 reference, MATH.md's formula as loops: out[n, f, y, x] = b_f +
-    /// Σ_{c,i,j} W[f,c,i,j] · in[n, c, y·s+i−p, x·s+j−p], the terms in the padding being 0.
+    /// Σ_{c,i,j} W\[f,c,i,j\] · in[n, c, y·s+i−p, x·s+j−p], the terms in the padding being 0.
     /// `w` is f × c·k·k, `b` has f values, `x` is m × c·h·w; the result is m × f·h′·w′.
     pub fn forward_reference(&self, w: ArrayView2<f64>, b: ArrayView1<f64>, x: ArrayView2<f64>) -> Result<Array2<f64>> {
         self.check_forward(w.dim(), b.len(), x.dim())?;
@@ -184,8 +184,8 @@ impl Conv2d {
     }
 
     /// The f64 reference of the backward pass, δ = ∂L/∂out being m × f·h′·w′: every output
-    /// value's δ added to ∂L/∂b_f, and, for each term W[f,c,i,j]·in[…] of its sum, δ·in[…] to
-    /// ∂L/∂W[f,c,i,j] and δ·W[f,c,i,j] to ∂L/∂in[…]. Sums over the batch (no 1/m).
+    /// value's δ added to ∂L/∂b_f, and, for each term W\[f,c,i,j\]·in[…] of its sum, δ·in[…] to
+    /// ∂L/∂W\[f,c,i,j\] and δ·W\[f,c,i,j\] to ∂L/∂in[…]. Sums over the batch (no 1/m).
     pub fn backward_reference(
         &self,
         w: ArrayView2<f64>,
