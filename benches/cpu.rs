@@ -2,7 +2,8 @@
 //! matrix products in each transpose form (1024³, 2048³, the MNIST autoencoder's
 //! 10,000×784×196 and 60,000×784×196 layer, a 256-row minibatch), the elementwise passes
 //! (bias + activation, × f′, squared error), the reductions (column sums, ρ̂, weight decay),
-//! the sparsity term, softmax, the optimizer updates, convolution + pooling, and one full
+//! the sparsity term, softmax, the optimizer updates, convolution + pooling of learned features,
+//! the layer stack's conv2d (forward, backward) and pool2d on LeNet's shapes, and one full
 //! step — cost, gradient and update — for the sparse autoencoder, softmax regression and a
 //! 784-256-128-10 MLP, in f32 (the fast path) and f64 (the reference).
 //!
@@ -19,6 +20,7 @@ use std::hint::black_box;
 use std::time::Duration;
 use wgnn::cpu::{Real, gemm, net};
 use wgnn::features::{FeatureBank, PoolKind, Pooling, convolve_and_pool_cpu};
+use wgnn::layers::{ImageShape, conv2d::Conv2d, pool2d};
 use wgnn::model::{Activation, Init, NetSpec, Output, Sparsity, ThetaLayout};
 use wgnn::optim::{UpdateRule, UpdateState};
 use wgnn::{Backend, Batch, CpuBackend, Targets};
@@ -210,6 +212,64 @@ fn for_precision<F: Real>(g: &mut BenchmarkGroup<WallTime>, bank: &FeatureBank, 
     });
 }
 
+/// The layer stack's conv2d on LeNet's two convolutions (batch 64: 1×28×28 → 20 filters of
+/// 5×5, then 20×12×12 → 50 filters of 5×5), forward and backward: counted in FLOPs (2 per
+/// multiply-add of the products; the backward pass is ∇W plus, for the second layer, ∇input —
+/// the first layer's input needs no gradient), so "elem/s" reads as FLOP/s.
+fn conv_layers(c: &mut Criterion) {
+    conv_layers_in::<f32>(c);
+    conv_layers_in::<f64>(c);
+}
+
+fn conv_layers_in<F: Real>(c: &mut Criterion) {
+    let m = rows(64);
+    let mut g = group(c, &format!("conv2d_{}", F::NAME));
+    for (name, input, filters, input_grad) in
+        [("lenet1", ImageShape::new(1, 28, 28), 20, false), ("lenet2", ImageShape::new(20, 12, 12), 50, true)]
+    {
+        let conv = Conv2d::new(input, filters, 5, 1, 0).unwrap();
+        let (f, depth) = conv.weight_shape();
+        let w: Array2<F> = random(f, depth, 11);
+        let b = Array1::from_elem(f, F::of(0.1));
+        let x: Array2<F> = random(m, input.len(), 12);
+        let delta: Array2<F> = random(m, conv.output().len(), 13);
+        let shape = format!("{m}x{}_{f}x{}x5x5", input.describe().replace('×', "x"), input.channels);
+        g.throughput(Throughput::Elements(conv.forward_flops(m)));
+        g.bench_function(format!("{name}_forward_{shape}"), |bench| {
+            bench.iter(|| black_box(conv.forward(w.view(), b.view(), x.view()).unwrap()))
+        });
+        let (mut gw, mut gb, mut gx) = (Array2::zeros(w.dim()), Array1::zeros(f), Array2::zeros(x.dim()));
+        g.throughput(Throughput::Elements(conv.forward_flops(m) * if input_grad { 2 } else { 1 }));
+        let which = if input_grad { "dW_db_dx" } else { "dW_db" };
+        g.bench_function(format!("{name}_backward_{which}_{shape}"), |bench| {
+            bench.iter(|| {
+                let gx = input_grad.then(|| gx.view_mut());
+                conv.backward(w.view(), x.view(), delta.view(), F::one(), gw.view_mut(), gb.view_mut(), gx).unwrap()
+            })
+        });
+    }
+    g.finish();
+
+    // LeNet's pooling: 2×2 max and mean over the first convolution's 64×20×24×24 maps,
+    // counted in input values.
+    let mut g = group(c, &format!("pool2d_{}", F::NAME));
+    let maps = ImageShape::new(20, 24, 24);
+    let x: Array2<F> = random(m, maps.len(), 14);
+    g.throughput(Throughput::Elements((m * maps.len()) as u64));
+    for kind in [pool2d::PoolKind::Max, pool2d::PoolKind::Mean] {
+        let pool = pool2d::Pool2d::new(maps, kind, 2).unwrap();
+        let fwd = pool.forward(x.view()).unwrap();
+        let delta: Array2<F> = random(m, pool.output().len(), 15);
+        g.bench_function(format!("{}_forward_{m}x20x24x24_2x2", kind.name()), |bench| {
+            bench.iter(|| black_box(pool.forward(x.view()).unwrap()))
+        });
+        g.bench_function(format!("{}_backward_{m}x20x24x24_2x2", kind.name()), |bench| {
+            bench.iter(|| black_box(pool.backward(delta.view(), fwd.winners.as_ref().map(|w| w.view())).unwrap()))
+        });
+    }
+    g.finish();
+}
+
 /// FLOPs of one cost-and-gradient: forward (2mnk per layer) and backward (two products per
 /// layer, minus the input delta of the first layer).
 fn step_flops(spec: &NetSpec, m: usize) -> u64 {
@@ -255,5 +315,5 @@ fn steps(c: &mut Criterion) {
     step::<f32>(c, "mlp_784_256_128_10", mlp, 10_000, true, UpdateRule::ADAM);
 }
 
-criterion_group!(benches, matmul, elementwise, updates, convolution, steps);
+criterion_group!(benches, matmul, elementwise, updates, convolution, conv_layers, steps);
 criterion_main!(benches);

@@ -15,6 +15,7 @@ mod error;
 pub mod features;
 pub mod gpu;
 pub mod gradcheck;
+pub mod layers;
 pub mod linear;
 pub mod model;
 pub mod npy;
