@@ -6,6 +6,10 @@
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
+/// The most parameters (entries of θ) a network may have: 2³⁰, 8 GiB as f64, before the
+/// gradient and the optimizer's state.
+pub const MAX_PARAMS: usize = 1 << 30;
+
 /// An elementwise activation f and, through [`crate::cpu::net::derivative_from_value`], its
 /// derivative written with the stored value a = f(z) (MATH.md, "Activations").
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
@@ -225,6 +229,16 @@ impl NetSpec {
         }
         if let Some(i) = self.layers.iter().position(|&s| s == 0) {
             return Err(SpecError::new(format!("layer {i} has size 0 in {:?}", self.layers)));
+        }
+        // Checked before anything sizes θ from the layers (a `--hidden 3000000000`, a forged
+        // checkpoint): the sum of out·in + out over the layers, without overflow.
+        let params =
+            self.layers.windows(2).try_fold(0usize, |n, w| w[0].checked_mul(w[1])?.checked_add(w[1])?.checked_add(n));
+        if params.is_none_or(|p| p > MAX_PARAMS) {
+            return Err(SpecError::new(format!(
+                "layers {:?} would need more than {MAX_PARAMS} parameters: use smaller layers",
+                self.layers
+            )));
         }
         if self.hidden_activations.len() != self.layers.len() - 2 {
             return Err(SpecError::new(format!(
