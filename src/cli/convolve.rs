@@ -54,7 +54,7 @@ pub struct ConvolveArgs {
     #[arg(long)]
     pub split: Option<String>,
     /// Convolve only the first N images.
-    #[arg(long)]
+    #[arg(long, value_parser = super::limit)]
     pub limit: Option<usize>,
     #[command(flatten)]
     pub backend: BackendArgs,
