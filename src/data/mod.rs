@@ -665,7 +665,7 @@ fn load_npy(path: &Path, labels_path: Option<&Path>) -> Result<Dataset> {
 /// about 1032 times, reached by long runs of one byte, which is how decompression bombs are
 /// made. The bound keeps a few megabytes of gzip from filling the memory; a real file beyond
 /// it can be decompressed by hand and given plain, whose length is then its own bound.
-pub const GZ_MIN_CAP: u64 = 1 << 30;
+pub const GZ_MIN_CAP: u64 = 1 << 28;
 /// See [`GZ_MIN_CAP`].
 pub const GZ_RATIO: u64 = 64;
 
