@@ -320,14 +320,23 @@ impl Mnist {
         let n = rows * cols;
         let mut x: Vec<f32> = Vec::with_capacity(reserve_for(&idx, selected.saturating_mul(n)));
         let mut labels = Vec::with_capacity(selected);
-        let mut image = vec![0u8; n];
+        // In chunks, not one image at a time: a gzip header may declare images of 2³² pixels.
+        let mut chunk = vec![0u8; n.min(1 << 16)];
         for &label in &all_labels {
             if labels.len() == selected {
                 break;
             }
-            idx.next(images_path, &mut image)?;
-            if keep(label) {
-                x.extend(image.iter().map(|&b| f32::from(b) / 255.0));
+            let kept = keep(label);
+            let mut left = n;
+            while left > 0 {
+                let k = left.min(chunk.len());
+                idx.next(images_path, &mut chunk[..k])?;
+                if kept {
+                    x.extend(chunk[..k].iter().map(|&b| f32::from(b) / 255.0));
+                }
+                left -= k;
+            }
+            if kept {
                 labels.push(usize::from(label));
             }
         }
