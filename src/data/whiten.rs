@@ -187,9 +187,15 @@ impl Whitening {
     pub fn from_preprocessing(preprocessing: &serde_json::Value) -> Result<Option<Whitening>> {
         match preprocessing.get("whitening") {
             None | Some(serde_json::Value::Null) => Ok(None),
-            Some(v) => serde_json::from_value(v.clone())
-                .map(Some)
-                .map_err(|e| Error::Data(format!("the model's preprocessing.whitening is unreadable: {e}"))),
+            Some(v) => {
+                let w: Whitening = serde_json::from_value(v.clone()).map_err(|e| {
+                    Error::Data(crate::one_line(&format!("the model's preprocessing.whitening is unreadable: {e}")))
+                })?;
+                // Sizes that disagree with the stored values are refused here, once, rather
+                // than met later by code that sizes arrays from them.
+                w.check_sizes()?;
+                Ok(Some(w))
+            }
         }
     }
 
@@ -197,7 +203,7 @@ impl Whitening {
     /// W (M (x − μ)) = (W M) x − W M μ. These are the filters to draw (UFLDL shows
     /// W·ZCAWhite); W itself lives in the whitened space and looks like noise.
     pub fn filters_in_pixels(&self, w: ArrayView2<'_, f64>) -> Result<Array2<f64>> {
-        self.check(&Array2::<f64>::zeros((0, self.inputs)).view())?;
+        self.check_sizes()?;
         if w.ncols() != self.outputs {
             return Err(Error::Shape(format!(
                 "the weights take {} inputs, the whitening gives {}",
@@ -220,7 +226,7 @@ impl Whitening {
 
     /// [`Whitening::unwhiten`] of several arrays, with one pseudo-inverse (an SVD of M) for all.
     pub fn unwhiten_each<const N: usize>(&self, ys: [ArrayView2<'_, f64>; N]) -> Result<[Array2<f64>; N]> {
-        self.check(&Array2::<f64>::zeros((0, self.inputs)).view())?;
+        self.check_sizes()?;
         if let Some(y) = ys.iter().find(|y| y.ncols() != self.outputs) {
             return Err(Error::Shape(format!(
                 "the whitening gives {} values per example, these have {}: only whitened data unwhitens",
@@ -256,8 +262,9 @@ impl Whitening {
         if total == 0.0 { 1.0 } else { self.eigenvalues[..self.outputs].iter().sum::<f64>() / total }
     }
 
-    fn check<T>(&self, x: &ArrayView2<'_, T>) -> Result<()> {
-        if self.matrix.len() != self.outputs * self.inputs || self.mean.len() != self.inputs {
+    /// The stored values agree with the stored sizes.
+    fn check_sizes(&self) -> Result<()> {
+        if self.outputs.checked_mul(self.inputs) != Some(self.matrix.len()) || self.mean.len() != self.inputs {
             return Err(Error::Data(format!(
                 "the stored whitening is inconsistent ({} means, a {}-value matrix for {}→{}): the model file is damaged",
                 self.mean.len(),
@@ -266,6 +273,11 @@ impl Whitening {
                 self.outputs
             )));
         }
+        Ok(())
+    }
+
+    fn check<T>(&self, x: &ArrayView2<'_, T>) -> Result<()> {
+        self.check_sizes()?;
         if x.ncols() != self.inputs {
             return Err(Error::Shape(format!(
                 "the whitening was fitted on examples of {} values, these have {}",
@@ -393,6 +405,22 @@ mod tests {
             assert!(relative_diff(&back, &x) > 1e-4, "k = {k}: nothing was dropped");
             let again = white.apply_f64(back.view()).unwrap();
             assert!(relative_diff(&again, &y) < 1e-9, "k = {k}: white(unwhiten(y)) ≠ y");
+        }
+    }
+
+    #[test]
+    fn a_stored_whitening_with_sizes_that_disagree_is_refused_on_reading() {
+        let x = correlated(100, 4);
+        let white = Whitening::fit_zca(x.view(), 0.1).unwrap();
+        let stored = serde_json::json!({ "whitening": white });
+        assert_eq!(Whitening::from_preprocessing(&stored).unwrap(), Some(white.clone()));
+        // Sizes whose product overflows, or disagrees with the values: an error, not a panic.
+        for (inputs, outputs) in [(usize::MAX, 2), (1usize << 40, 1usize << 40), (5, 4)] {
+            let mut forged = stored.clone();
+            forged["whitening"]["inputs"] = serde_json::json!(inputs);
+            forged["whitening"]["outputs"] = serde_json::json!(outputs);
+            let e = Whitening::from_preprocessing(&forged).unwrap_err().to_string();
+            assert!(e.contains("inconsistent") && !e.contains('\n'), "{e}");
         }
     }
 
