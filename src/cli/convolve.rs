@@ -77,7 +77,8 @@ fn read_images(args: &ConvolveArgs) -> anyhow::Result<Images> {
         DataSource::Mnist(dir) => {
             let split: Split =
                 args.split.as_deref().map(str::parse).transpose().context("--split")?.unwrap_or_default();
-            let mnist = Mnist::load(dir, split)?;
+            // Only the images --limit keeps are decoded.
+            let mnist = Mnist::load_selected(dir, split, None, args.limit)?;
             if mnist.rows != mnist.cols {
                 bail!("{}: the images are {}×{}, not square", dir.display(), mnist.rows, mnist.cols);
             }
