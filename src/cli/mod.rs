@@ -308,7 +308,8 @@ impl DataArgs {
 fn bounded(text: &str, low: usize, high: usize, what: &str) -> Result<usize, String> {
     let n: u128 = text.trim().parse().map_err(|_| format!("`{text}` is not a whole number ({what})"))?;
     if n < low as u128 || n > high as u128 {
-        return Err(format!("{n} is out of range: {what} must be from {low} to {high}"));
+        let range = if low == 0 { format!("at most {high}") } else { format!("from {low} to {high}") };
+        return Err(format!("{n} is out of range: {what} must be {range}"));
     }
     Ok(n as usize)
 }
@@ -316,25 +317,29 @@ fn bounded(text: &str, low: usize, high: usize, what: &str) -> Result<usize, Str
 /// The most units a layer may have on the command line (--hidden, --layers): 2²⁴.
 pub const MAX_LAYER_SIZE: usize = 1 << 24;
 
-/// A layer size for --hidden and --layers: 1 to [`MAX_LAYER_SIZE`].
+// Zero passes these parsers: the library refuses it with a message that says what it means
+// (a layer of size 0, a limit of 0 examples); they bound the top, which nothing else does
+// before memory is sized from it.
+
+/// A layer size for --hidden and --layers: at most [`MAX_LAYER_SIZE`].
 pub fn layer_size(text: &str) -> Result<usize, String> {
-    bounded(text, 1, MAX_LAYER_SIZE, "a layer size")
+    bounded(text, 0, MAX_LAYER_SIZE, "a layer size")
 }
 
-/// --patch: a patch side of 1 to 4096 pixels.
+/// --patch: a patch side of at most 4096 pixels.
 fn patch_side(text: &str) -> Result<usize, String> {
-    bounded(text, 1, 4096, "the patch side in pixels")
+    bounded(text, 0, 4096, "the patch side in pixels")
 }
 
-/// --count: 1 to 2²⁹ (the most values a set of patches may hold, see
+/// --count: at most 2²⁹ (the most values a set of patches may hold, see
 /// `wgnn::data::patches::MAX_PATCH_VALUES`, which also bounds count × patch²).
 fn count(text: &str) -> Result<usize, String> {
-    bounded(text, 1, wgnn::data::patches::MAX_PATCH_VALUES, "the count")
+    bounded(text, 0, wgnn::data::patches::MAX_PATCH_VALUES, "the count")
 }
 
-/// --limit: 1 to 2³² examples.
+/// --limit: at most 2³² examples.
 pub fn limit(text: &str) -> Result<usize, String> {
-    bounded(text, 1, 1 << 32, "the limit (a number of examples)")
+    bounded(text, 0, 1 << 32, "the limit (a number of examples)")
 }
 
 /// A path given as `FILE` or `npy:FILE`.
