@@ -663,6 +663,11 @@ fn csv_labels_and_configs_are_refused_in_one_line() {
     fails_with(&mut train(&csv("big.csv", "1e9"), &[]), "line 31, column 3: the label `1e9` is above 65535");
     fails_with(&mut train(&csv("tiny.csv", "1e-400"), &[]), "the label `1e-400` is not a class number");
     fails_with(&mut train(&csv("stray.csv", "27"), &[]), "classes 10-26 have none");
+    // A digits filter is a set of class numbers: a range to 4e9 is not spelled out.
+    fails_with(
+        &mut train(&csv("ok.csv", "3"), &["--digits", "0-4000000000"]),
+        "the label 4000000000 in the digits filter",
+    );
     let digits = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/data/digits8x8/digits.csv.gz");
     if digits.exists() {
         fails_with(&mut train(&digits, &["--label-column", "first"]), "every one of the 1797 labels is 0");

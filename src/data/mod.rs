@@ -201,7 +201,18 @@ impl FromStr for Digits {
         };
         let mut labels = Vec::new();
         for part in s.split(',').map(str::trim) {
-            let number = |t: &str| t.trim().parse::<usize>().map_err(|_| bad(part));
+            // A label is a class number: above MAX_CLASSES − 1 it is refused before a range
+            // such as 0-4000000000 is spelled out.
+            let number = |t: &str| {
+                let n = t.trim().parse::<usize>().map_err(|_| bad(part))?;
+                if n >= MAX_CLASSES {
+                    return Err(Error::Data(format!(
+                        "the label {n} in the digits filter `{s}` is above {}, the largest class number",
+                        MAX_CLASSES - 1
+                    )));
+                }
+                Ok(n)
+            };
             match part.split_once('-') {
                 Some((lo, hi)) => {
                     let (lo, hi) = (number(lo)?, number(hi)?);
@@ -211,6 +222,11 @@ impl FromStr for Digits {
                     labels.extend(lo..=hi);
                 }
                 None => labels.push(number(part)?),
+            }
+            if labels.len() > MAX_CLASSES {
+                // Repeated ranges: keep at most MAX_CLASSES distinct labels (and their copies).
+                labels.sort_unstable();
+                labels.dedup();
             }
         }
         Digits::new(labels)
@@ -810,9 +826,11 @@ mod tests {
         assert_eq!(d.labels(), &[0, 2, 4, 5, 6]);
         assert_eq!(d.to_string(), "0,2,4-6");
         assert!(d.contains(5) && !d.contains(3));
-        for bad in ["", "9-5", "a", "1-", "1,,2", "-3"] {
+        for bad in ["", "9-5", "a", "1-", "1,,2", "-3", "0-4000000000", "65536"] {
             assert!(bad.parse::<Digits>().is_err(), "{bad:?} should be refused");
         }
+        let many: Digits = ["0-65535"; 4].join(",").parse().unwrap();
+        assert_eq!(many.labels().len(), 65536);
     }
 
     #[test]
