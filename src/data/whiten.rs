@@ -62,12 +62,23 @@ pub struct Whitening {
     pub eigenvalues: Vec<f64>,
 }
 
+/// The most values per example whitening is fitted on: the covariance is n × n f64 (128 MiB
+/// at this bound) and its eigendecomposition takes O(n³) time, so a wide file (a CSV line of
+/// 100,000 values) is refused instead of asking for 80 GB.
+pub const MAX_INPUTS: usize = 4096;
+
 /// Rows of data per block when accumulating the covariance, to bound the f64 copy.
 const BLOCK: usize = 4096;
 
 /// μ, and the eigenvalues (descending, clamped at 0) and unit eigenvectors (columns) of Σ.
 fn eigen_of_covariance<T: Copy + Into<f64>>(x: ArrayView2<'_, T>) -> Result<(Array1<f64>, Vec<f64>, Array2<f64>)> {
     let (m, n) = x.dim();
+    if n > MAX_INPUTS {
+        return Err(Error::Data(format!(
+            "cannot fit whitening on examples of {n} values: its covariance would be {n}×{n}; \
+             whitening takes at most {MAX_INPUTS} values per example"
+        )));
+    }
     if m < 2 || n == 0 {
         return Err(Error::Data(format!(
             "cannot fit whitening on {m} example(s) of {n} values: it needs at least 2 examples of at least 1 value"
@@ -406,6 +417,13 @@ mod tests {
             let again = white.apply_f64(back.view()).unwrap();
             assert!(relative_diff(&again, &y) < 1e-9, "k = {k}: white(unwhiten(y)) ≠ y");
         }
+    }
+
+    #[test]
+    fn whitening_refuses_examples_too_wide_for_a_covariance() {
+        let wide = Array2::<f32>::zeros((2, MAX_INPUTS + 1));
+        let e = Whitening::fit_zca(wide.view(), 0.1).unwrap_err().to_string();
+        assert!(e.contains("4097 values") && e.contains("at most 4096"), "{e}");
     }
 
     #[test]
