@@ -36,7 +36,7 @@ impl Error {
 /// The longest message [`one_line`] keeps, in characters, before cutting it with "…".
 pub const MAX_LINE: usize = 300;
 
-/// `text` as a single line of at most [`MAX_LINE`] characters: every run of whitespace
+/// `text` as a single line of at most 300 characters (`MAX_LINE`): every run of whitespace
 /// (newlines and tabs included) becomes one space, control characters are dropped, and a
 /// longer text is cut, ending in "…". For errors of other crates (a TOML parser echoing the
 /// offending line, a JPEG decoder's message with a newline in it) before they reach a person.
