@@ -125,13 +125,16 @@ impl Checkpoint {
         let bytes = std::fs::read(path).map_err(|e| Error::file(path, format!("cannot read: {e}")))?;
         Checkpoint::from_bytes(&bytes).map_err(|e| match e {
             Error::Data(m) | Error::Shape(m) => Error::file(path, m),
+            Error::Spec(e) => Error::file(path, format!("the checkpoint's network is invalid: {e}")),
             other => other,
         })
     }
 
     pub fn from_bytes(bytes: &[u8]) -> Result<Checkpoint> {
         let corrupt = |e: safetensors::SafeTensorError| {
-            Error::Data(format!("not a readable safetensors checkpoint ({e}): the file is corrupt or truncated"))
+            Error::Data(crate::one_line(&format!(
+                "not a readable safetensors checkpoint ({e}): the file is corrupt or truncated"
+            )))
         };
         let (_, meta) = SafeTensors::read_metadata(bytes).map_err(corrupt)?;
         let json =
@@ -139,13 +142,22 @@ impl Checkpoint {
                 Error::Data("a safetensors file, but not a wgnn checkpoint (no `wgnn` metadata)".into())
             })?;
         let header: Header = serde_json::from_str(json)
-            .map_err(|e| Error::Data(format!("the checkpoint's metadata is unreadable: {e}")))?;
+            .map_err(|e| Error::Data(crate::one_line(&format!("the checkpoint's metadata is unreadable: {e}"))))?;
         if header.format != FORMAT {
             return Err(Error::Data(format!("checkpoint format `{}`; this wgnn reads `{FORMAT}`", header.format)));
         }
         header.spec.validate()?;
         let tensors = SafeTensors::deserialize(bytes).map_err(corrupt)?;
         let layout = ThetaLayout::new(&header.spec);
+        // θ is sized from the spec: its tensors (4 bytes a value at least) must be in the file.
+        if layout.len().saturating_mul(4) > bytes.len() {
+            return Err(Error::Data(format!(
+                "the network {} has {} parameters, more than the file's {} bytes can hold: it is truncated or corrupt",
+                header.spec.describe(),
+                layout.len(),
+                bytes.len()
+            )));
+        }
         let mut theta = vec![0.0; layout.len()];
         for l in 0..layout.num_layers() {
             let (out, inp) = layout.shapes[l];
@@ -179,8 +191,9 @@ impl Checkpoint {
         }
         let mut metadata = header.metadata;
         if let Ok(t) = tensors.tensor(OPTIMIZER) {
-            metadata.optimizer = serde_json::from_slice(t.data())
-                .map_err(|e| Error::Data(format!("the checkpoint's optimizer state is unreadable: {e}")))?;
+            metadata.optimizer = serde_json::from_slice(t.data()).map_err(|e| {
+                Error::Data(crate::one_line(&format!("the checkpoint's optimizer state is unreadable: {e}")))
+            })?;
         }
         if let Some(i) = theta.iter().position(|v| !v.is_finite()) {
             return Err(Error::Data(format!("θ[{i}] is {}: the checkpoint holds non-finite weights", theta[i])));

@@ -31,7 +31,62 @@ pub enum Error {
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
+    /// A file's error. The path and the message are each made [`one_line`]: underlying errors
+    /// (parsers, decoders) may span lines or echo whole inputs, and a person reads one line.
     pub fn file(path: impl AsRef<std::path::Path>, message: impl Into<String>) -> Error {
-        Error::File { path: path.as_ref().display().to_string(), message: message.into() }
+        Error::File { path: one_line(&path.as_ref().display().to_string()), message: one_line(&message.into()) }
+    }
+}
+
+/// The longest message [`one_line`] keeps, in characters, before cutting it with "…".
+pub const MAX_LINE: usize = 300;
+
+/// `text` as a single line of at most 300 characters (`MAX_LINE`): every run of whitespace
+/// (newlines and tabs included) becomes one space, control characters are dropped, and a
+/// longer text is cut, ending in "…". For errors of other crates (a TOML parser echoing the
+/// offending line, a JPEG decoder's message with a newline in it) before they reach a person.
+pub fn one_line(text: &str) -> String {
+    let mut out = String::with_capacity(text.len().min(MAX_LINE * 4));
+    let mut chars = 0;
+    for word in text.split_whitespace() {
+        let word: String = word.chars().filter(|c| !c.is_control()).collect();
+        if word.is_empty() {
+            continue;
+        }
+        let sep = usize::from(!out.is_empty());
+        let len = word.chars().count();
+        if chars + sep + len > MAX_LINE {
+            let room = MAX_LINE.saturating_sub(chars + sep + 1);
+            if sep == 1 && room > 0 {
+                out.push(' ');
+            }
+            out.extend(word.chars().take(room));
+            out.push('…');
+            return out;
+        }
+        if sep == 1 {
+            out.push(' ');
+        }
+        out.push_str(&word);
+        chars += sep + len;
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_line_collapses_and_cuts() {
+        assert_eq!(one_line("  a\n\tb  c\r\n"), "a b c");
+        assert_eq!(one_line("x\u{7}y"), "xy");
+        let long = "word ".repeat(200);
+        let cut = one_line(&long);
+        assert_eq!(cut.chars().count(), MAX_LINE, "{cut}");
+        assert!(cut.ends_with('…') && !cut.contains('\n'));
+        let one_word = "z".repeat(1000);
+        assert_eq!(one_line(&one_word).chars().count(), MAX_LINE);
+        assert_eq!(one_line(""), "");
     }
 }

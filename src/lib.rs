@@ -26,5 +26,5 @@ pub mod viz;
 
 pub use backend::{Backend, Batch, Cost, Inputs, Targets};
 pub use cpu::CpuBackend;
-pub use error::{Error, Result};
+pub use error::{Error, Result, one_line};
 pub use gpu::GpuBackend;

@@ -1,31 +1,114 @@
 //! Reading and writing `.npy` files (NumPy's format) for θ, data, labels and gradients, with
 //! errors that name the file and say what was expected. Any float or integer dtype NumPy
-//! writes by default is accepted where it makes sense; nothing else is guessed.
+//! writes by default is accepted where it makes sense; nothing else is guessed. A header's
+//! declared size is checked against the file's length before anything is allocated from it.
 
-use std::fs::File;
-use std::io::{BufReader, Read, Seek, SeekFrom};
 use std::path::Path;
 
 use ndarray::{Array1, Array2, ArrayD, Ix1, Ix2};
-use ndarray_npy::{ReadNpyError, ReadNpyExt, ReadableElement, WriteNpyExt};
+use ndarray_npy::npy::header::Header;
+use ndarray_npy::{ReadNpyError, ReadableElement, WriteNpyExt};
 
 use crate::{Error, Result};
 
-/// Reads `path` as an array of `T`; `None` when the file holds another dtype.
-fn try_read<T: ReadableElement>(path: &Path) -> Result<Option<ArrayD<T>>> {
-    let mut file = File::open(path).map_err(|e| Error::file(path, format!("cannot open: {e}")))?;
-    let mut magic = [0u8; 6];
-    if file.read_exact(&mut magic).is_err() || &magic != b"\x93NUMPY" {
+/// A `.npy` file read whole (its own length bounds the read), with a header whose declared
+/// size has been checked against that length: `ndarray-npy` allocates what the header
+/// declares, so nothing reaches it before this check.
+struct Npy {
+    bytes: Vec<u8>,
+    /// NumPy's type string, e.g. `<f8`, `|u1`.
+    descr: String,
+    shape: Vec<usize>,
+}
+
+/// Python's spelling of a shape: `(20, 4)`, `(7,)`, `()`.
+fn shape_text(shape: &[usize]) -> String {
+    match shape {
+        [n] => format!("({n},)"),
+        _ => format!("({})", shape.iter().map(|n| n.to_string()).collect::<Vec<_>>().join(", ")),
+    }
+}
+
+/// Reads `path` and checks its header: the magic bytes, a header length within the file, a
+/// plain numeric dtype, and a data length equal to the shape's product times the item size
+/// (NumPy's format, <https://numpy.org/doc/stable/reference/generated/numpy.lib.format.html>).
+fn open(path: &Path) -> Result<Npy> {
+    let bytes = std::fs::read(path).map_err(|e| Error::file(path, format!("cannot read: {e}")))?;
+    if bytes.len() < 6 || &bytes[..6] != b"\x93NUMPY" {
         return Err(Error::file(
             path,
             "is not a .npy file (it lacks NumPy's magic bytes): save arrays with numpy.save",
         ));
     }
-    file.seek(SeekFrom::Start(0)).map_err(|e| Error::file(path, e.to_string()))?;
-    match ArrayD::<T>::read_npy(BufReader::new(file)) {
-        Ok(a) => Ok(Some(a)),
-        Err(ReadNpyError::WrongDescriptor(_)) => Ok(None),
-        Err(e) => Err(npy_error(path, e)),
+    let truncated =
+        || Error::file(path, format!("holds {} bytes, too few for a .npy header: it is truncated", bytes.len()));
+    let major = *bytes.get(6).ok_or_else(truncated)?;
+    let length_bytes = match major {
+        1 => 2,
+        2 | 3 => 4,
+        v => {
+            return Err(Error::file(path, format!("is a .npy file of format version {v}; this reads versions 1 to 3")));
+        }
+    };
+    let field = bytes.get(8..8 + length_bytes).ok_or_else(truncated)?;
+    let header_len = field.iter().rev().fold(0usize, |n, &b| (n << 8) | usize::from(b));
+    let data_at = 8 + length_bytes + header_len;
+    if data_at > bytes.len() {
+        return Err(Error::file(
+            path,
+            format!(
+                "declares a header of {header_len} bytes but the file holds {}: it is truncated or not a .npy file",
+                bytes.len()
+            ),
+        ));
+    }
+    let header = Header::from_reader(&mut &bytes[..])
+        .map_err(|e| Error::file(path, format!("has an unreadable .npy header ({e}): save arrays with numpy.save")))?;
+    let literal = header.type_descriptor.to_string();
+    let descr = literal.trim_matches(|c| c == '\'' || c == '"').to_string();
+    // A plain dtype is a byte order, a kind and an item size: `<f8`, `|u1`, `>i4`.
+    let item_size = descr
+        .get(2..)
+        .filter(|_| descr.len() > 2 && !literal.starts_with('['))
+        .and_then(|n| n.parse::<usize>().ok())
+        .ok_or_else(|| {
+            Error::file(path, format!("holds dtype {literal}, not plain numbers: save a float or integer array"))
+        })?;
+    let shape = header.shape;
+    let values = shape.iter().try_fold(1usize, |n, &d| n.checked_mul(d));
+    let held = bytes.len() - data_at;
+    let needed = values.and_then(|n| n.checked_mul(item_size));
+    if needed != Some(held) {
+        let needed = needed.map_or_else(|| "more than can exist".to_string(), |n| format!("{n} bytes"));
+        return Err(Error::file(
+            path,
+            format!(
+                "its header declares shape {} of {descr}, which needs {needed} of data, but the file holds {held}: \
+                 it is truncated or its header is damaged",
+                shape_text(&shape)
+            ),
+        ));
+    }
+    Ok(Npy { bytes, descr, shape })
+}
+
+impl Npy {
+    /// The array as `T`; `None` when the file holds another dtype.
+    fn read<T: ReadableElement>(&self, path: &Path) -> Result<Option<ArrayD<T>>> {
+        use ndarray_npy::ReadNpyExt;
+        match ArrayD::<T>::read_npy(&self.bytes[..]) {
+            Ok(a) => Ok(Some(a)),
+            Err(ReadNpyError::WrongDescriptor(_)) => Ok(None),
+            Err(e) => Err(npy_error(path, e)),
+        }
+    }
+
+    /// Any float array as f64 (f32 converts exactly); `None` for other dtypes.
+    fn floats(&self, path: &Path) -> Result<Option<ArrayD<f64>>> {
+        if let Some(a) = self.read::<f64>(path)? {
+            return Ok(Some(a));
+        }
+        Ok(self.read::<f32>(path)?.map(|a| a.mapv(f64::from)))
     }
 }
 
@@ -45,13 +128,10 @@ fn npy_error(path: &Path, e: ReadNpyError) -> Error {
 
 /// Any float array, as f64 (f32 converts exactly).
 pub fn read_f64_dyn(path: &Path) -> Result<ArrayD<f64>> {
-    if let Some(a) = try_read::<f64>(path)? {
-        return Ok(a);
-    }
-    if let Some(a) = try_read::<f32>(path)? {
-        return Ok(a.mapv(f64::from));
-    }
-    Err(Error::file(path, "holds neither float32 nor float64 values"))
+    let npy = open(path)?;
+    npy.floats(path)?.ok_or_else(|| {
+        Error::file(path, format!("holds {} values, neither float32 nor float64: save a float array", npy.descr))
+    })
 }
 
 /// A matrix of float64 or float32 values; f32 stays f32 so the fast path converts nothing.
@@ -93,13 +173,17 @@ fn into_2d<T>(path: &Path, a: ArrayD<T>) -> Result<Array2<T>> {
 
 /// A 2-D float matrix (rows are examples), float32 or float64.
 pub fn read_matrix(path: &Path) -> Result<Matrix> {
-    if let Some(a) = try_read::<f32>(path)? {
+    let npy = open(path)?;
+    if let Some(a) = npy.read::<f32>(path)? {
         return Ok(Matrix::F32(into_2d(path, a)?));
     }
-    if let Some(a) = try_read::<f64>(path)? {
+    if let Some(a) = npy.read::<f64>(path)? {
         return Ok(Matrix::F64(into_2d(path, a)?));
     }
-    Err(Error::file(path, "holds neither float32 nor float64 values: save the matrix as a float array"))
+    Err(Error::file(
+        path,
+        format!("holds {} values, neither float32 nor float64: save the matrix as a float array", npy.descr),
+    ))
 }
 
 /// A 1-D float vector (θ, a gradient), float32 or float64, as f64. A matrix is refused.
@@ -109,44 +193,70 @@ pub fn read_vector(path: &Path) -> Result<Array1<f64>> {
     a.into_dimensionality::<Ix1>().map_err(|_| Error::file(path, format!("has shape {shape:?}; expected a 1-D vector")))
 }
 
-/// Class labels: a 1-D array of integers (any integer dtype), or of floats that are whole
-/// numbers. Negative or fractional values are refused.
+/// Class labels: a 1-D array (or one column) of integers of any integer dtype, or of floats
+/// that are exact whole numbers. Refused: negative, fractional or non-finite values, and label
+/// sets that cannot be class numbers ([`crate::data::check_labels`]: a label above
+/// [`crate::data::MAX_CLASSES`], a single class, more classes without examples than with).
 pub fn read_labels(path: &Path) -> Result<Vec<usize>> {
-    let ints: ArrayD<i128> = if let Some(a) = try_read::<i64>(path)? {
-        a.mapv(i128::from)
-    } else if let Some(a) = try_read::<i32>(path)? {
-        a.mapv(i128::from)
-    } else if let Some(a) = try_read::<u8>(path)? {
-        a.mapv(i128::from)
-    } else if let Some(a) = try_read::<u64>(path)? {
-        a.mapv(i128::from)
-    } else if let Some(a) = try_read::<u32>(path)? {
-        a.mapv(i128::from)
-    } else if let Some(a) = try_read::<i16>(path)? {
-        a.mapv(i128::from)
-    } else {
-        let floats = read_f64_dyn(path)
-            .map_err(|_| Error::file(path, "holds neither integers nor floats: save labels as an integer vector"))?;
-        if let Some(v) = floats.iter().find(|v| v.fract() != 0.0 || !v.is_finite()) {
-            return Err(Error::file(path, format!("holds the value {v}; labels must be whole numbers 0, 1, 2, …")));
-        }
-        floats.mapv(|v| v as i128)
-    };
-    labels_from(path, ints)
-}
-
-fn labels_from(path: &Path, a: ArrayD<i128>) -> Result<Vec<usize>> {
-    if a.ndim() != 1 && !(a.ndim() == 2 && a.shape()[1] == 1) {
+    let npy = open(path)?;
+    // The shape first: a matrix of labels is refused before its values are converted.
+    if !(npy.shape.len() == 1 || (npy.shape.len() == 2 && npy.shape[1] == 1)) {
         return Err(Error::file(
             path,
-            format!("has shape {:?}; expected a vector of labels, one per example", a.shape()),
+            format!("has shape {}; expected a vector of labels, one per example", shape_text(&npy.shape)),
         ));
     }
+    let labels: Vec<usize> = if let Some(a) = npy.read::<i64>(path)? {
+        integer_labels(path, a)?
+    } else if let Some(a) = npy.read::<i32>(path)? {
+        integer_labels(path, a)?
+    } else if let Some(a) = npy.read::<i16>(path)? {
+        integer_labels(path, a)?
+    } else if let Some(a) = npy.read::<i8>(path)? {
+        integer_labels(path, a)?
+    } else if let Some(a) = npy.read::<u64>(path)? {
+        integer_labels(path, a)?
+    } else if let Some(a) = npy.read::<u32>(path)? {
+        integer_labels(path, a)?
+    } else if let Some(a) = npy.read::<u16>(path)? {
+        integer_labels(path, a)?
+    } else if let Some(a) = npy.read::<u8>(path)? {
+        integer_labels(path, a)?
+    } else if let Some(a) = npy.floats(path)? {
+        a.iter()
+            .enumerate()
+            .map(|(i, &v)| {
+                // The value read is exact (binary), so a zero fraction means a whole number.
+                if v.is_finite() && v >= 0.0 && v.fract() == 0.0 && v <= crate::data::MAX_CLASSES as f64 {
+                    Ok(v as usize)
+                } else {
+                    Err(bad_label(path, i, &v.to_string()))
+                }
+            })
+            .collect::<Result<_>>()?
+    } else {
+        return Err(Error::file(
+            path,
+            format!("holds {} values, neither integers nor floats: save labels as an integer vector", npy.descr),
+        ));
+    };
+    crate::data::check_labels(&labels, &|i| format!("example {i}")).map_err(|m| Error::file(path, m))?;
+    Ok(labels)
+}
+
+fn bad_label(path: &Path, i: usize, v: &str) -> Error {
+    let bound = crate::data::MAX_CLASSES - 1;
+    Error::file(path, format!("label {v} of example {i} is not a class number: labels are whole numbers 0 to {bound}"))
+}
+
+fn integer_labels<T: Copy + TryInto<usize> + ToString>(path: &Path, a: ArrayD<T>) -> Result<Vec<usize>> {
     a.iter()
         .enumerate()
         .map(|(i, &v)| {
-            usize::try_from(v)
-                .map_err(|_| Error::file(path, format!("label {v} of example {i} is negative; labels are 0, 1, 2, …")))
+            v.try_into()
+                .ok()
+                .filter(|&l| l < crate::data::MAX_CLASSES)
+                .ok_or_else(|| bad_label(path, i, &v.to_string()))
         })
         .collect()
 }

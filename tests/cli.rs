@@ -892,3 +892,138 @@ fn invalid_sparsity_values_are_refused_not_switched_off() {
         assert!(last_line(&run.stderr).contains("sparsity target ρ"), "--sparsity={rho}: {stderr}");
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Issue 13, readers: sizes from headers and values are refused in one line with exit code 1,
+// never an abort (134) or a panic (101).
+
+/// A version-1 `.npy` of little-endian f64 `values` under a header declaring `shape`.
+fn forged_npy(dir: &Path, name: &str, shape: &str, values: usize) -> String {
+    let mut header = format!("{{'descr': '<f8', 'fortran_order': False, 'shape': {shape}, }}");
+    while (10 + header.len() + 1) % 64 != 0 {
+        header.push(' ');
+    }
+    header.push('\n');
+    let mut b = b"\x93NUMPY\x01\x00".to_vec();
+    b.extend((header.len() as u16).to_le_bytes());
+    b.extend(header.as_bytes());
+    b.extend((0..values).flat_map(|i| (i as f64 / 100.0).to_le_bytes()));
+    let p = dir.join(name);
+    std::fs::write(&p, b).unwrap();
+    p.display().to_string()
+}
+
+#[test]
+fn forged_npy_headers_are_refused_in_one_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let x = write_npy(d, "X.npy", &Array2::<f64>::from_elem((20, 4), 0.5));
+    // θ of a 4-3 network: 4·3 weights and 3 biases.
+    let theta = forged_npy(d, "theta.npy", "(15,)", 15);
+    let cost = || {
+        let mut c = wgnn();
+        c.args(["cost", "--layers", "4,3", "--output", "identity", "--backend", "cpu"]);
+        c
+    };
+    // The issue's recipe: `(20, 4)` replaced by `(2147483648, 4)` in numpy's file.
+    let bytes = std::fs::read(&x).unwrap();
+    let at = bytes.windows(7).position(|w| w == b"(20, 4)").unwrap();
+    let mut edited = bytes[..at].to_vec();
+    edited.extend(b"(2147483648, 4)");
+    edited.extend(&bytes[at + 7..]);
+    let edited_path = d.join("edited.npy");
+    std::fs::write(&edited_path, edited).unwrap();
+    let out = cost().args(["--theta", &theta, "--data", edited_path.to_str().unwrap()]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
+    fails_with(cost().args(["--theta", &theta, "--data", edited_path.to_str().unwrap()]), "edited.npy");
+    // The same shape under a well-formed header: the size is named.
+    let big = forged_npy(d, "big.npy", "(2147483648, 4)", 80);
+    fails_with(
+        cost().args(["--theta", &theta, "--data", &big]),
+        "(2147483648, 4) of <f8, which needs 68719476736 bytes",
+    );
+    let big_theta = forged_npy(d, "bigtheta.npy", "(2147483648,)", 15);
+    fails_with(
+        cost().args(["--theta", &big_theta, "--data", &x]),
+        "bigtheta.npy: its header declares shape (2147483648,)",
+    );
+    // A label of 1e9 in a .npy of float labels.
+    let labels = write_npy(
+        d,
+        "labels.npy",
+        &Array1::from(vec![
+            0.0f64, 1.0, 1e9, 2.0, 1.0, 0.0, 2.0, 1.0, 0.0, 1.0, 2.0, 0.0, 1.0, 2.0, 0.0, 1.0, 2.0, 0.0, 1.0, 2.0,
+        ]),
+    );
+    fails_with(
+        wgnn()
+            .args(["cost", "--layers", "4,3", "--output", "softmax", "--backend", "cpu"])
+            .args(["--theta", &theta, "--data", &x, "--labels", &labels]),
+        "label 1000000000 of example 2",
+    );
+}
+
+#[test]
+fn sizes_on_the_command_line_are_bounded_where_they_are_parsed() {
+    let dir = tempfile::tempdir().unwrap();
+    for (flag, value) in [
+        ("--hidden", "3000000000"),
+        ("--hidden", "9223372036854775808"),
+        ("--count", "4000000000"),
+        ("--patch", "100000"),
+    ] {
+        let out_dir = dir.path().join("run");
+        let out = wgnn()
+            .args(["train", flag, value, "--iterations", "1", "--backend", "cpu", "--out", out_dir.to_str().unwrap()])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        // clap's usage error (exit code 2), not an abort (134) or a panic (101).
+        assert_eq!(out.status.code(), Some(2), "{flag} {value}: {stderr}");
+        let first = stderr.lines().next().unwrap_or_default();
+        assert!(first.contains(value) && first.contains("out of range"), "{flag} {value}: {stderr}");
+        assert!(!out_dir.exists());
+    }
+}
+
+#[test]
+fn csv_labels_and_configs_are_refused_in_one_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let train = |data: &Path, extra: &[&str]| {
+        let mut c = wgnn();
+        c.args(["train", "softmax", "--iterations", "1", "--backend", "cpu"])
+            .args(["--data", &format!("csv:{}", data.display())])
+            .args(["--out", d.join("run").to_str().unwrap()])
+            .args(extra);
+        c
+    };
+    let csv = |name: &str, stray: &str| {
+        let mut text: String = (0..30).map(|i| format!("{},{},{}\n", i, i % 7, i % 10)).collect();
+        text.push_str(&format!("1,2,{stray}\n"));
+        let p = d.join(name);
+        std::fs::write(&p, text).unwrap();
+        p
+    };
+    fails_with(&mut train(&csv("big.csv", "1e9"), &[]), "line 31, column 3: the label `1e9` is above 65535");
+    fails_with(&mut train(&csv("tiny.csv", "1e-400"), &[]), "the label `1e-400` is not a class number");
+    fails_with(&mut train(&csv("stray.csv", "27"), &[]), "classes 10-26 have none");
+    // A digits filter is a set of class numbers: a range to 4e9 is not spelled out.
+    fails_with(
+        &mut train(&csv("ok.csv", "3"), &["--digits", "0-4000000000"]),
+        "the label 4000000000 in the digits filter",
+    );
+    let digits = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/data/digits8x8/digits.csv.gz");
+    if digits.exists() {
+        fails_with(&mut train(&digits, &["--label-column", "first"]), "every one of the 1797 labels is 0");
+    }
+    assert!(!d.join("run").exists());
+    // A deeply nested TOML config: one short line, not the 200 KB line echoed back.
+    let deep = d.join("deep.toml");
+    std::fs::write(&deep, format!("a = {}\n", "[".repeat(200_000))).unwrap();
+    let out = wgnn().args(["train", "--config", deep.to_str().unwrap()]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.len() < 400 && stderr.contains("deep.toml") && stderr.contains("not valid TOML"), "{stderr}");
+}

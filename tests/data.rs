@@ -544,3 +544,263 @@ fn pca_on_digits_keeps_99_percent_of_the_variance() {
     assert_eq!(y.ncols(), w.outputs);
     assert!(max_abs_diff(&covariance(y.view()), &Array2::eye(w.outputs)) < 1e-6);
 }
+
+// ---------------------------------------------------------------------------------------------
+// Hostile inputs (issue 13): sizes from headers and values are checked before anything is
+// allocated from them, labels are class numbers, and every refusal is one line naming the
+// file and the number.
+
+/// Asserts `e` is one line that contains every one of `needles`.
+fn one_line_with(e: &str, needles: &[&str]) {
+    assert!(!e.contains('\n') && !e.contains('\r'), "not one line: {e:?}");
+    assert!(e.chars().count() <= 700, "{} characters: {e}", e.chars().count());
+    for n in needles {
+        assert!(e.contains(n), "expected `{n}` in: {e}");
+    }
+}
+
+/// A version-1 `.npy` file: `descr` (e.g. `<f8`), the shape as Python writes it, then `data`
+/// as given (which need not match the shape: that is the point).
+fn npy_bytes(descr: &str, shape: &str, data: &[u8]) -> Vec<u8> {
+    let mut header = format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape}, }}");
+    while (10 + header.len() + 1) % 64 != 0 {
+        header.push(' ');
+    }
+    header.push('\n');
+    let mut b = b"\x93NUMPY\x01\x00".to_vec();
+    b.extend((header.len() as u16).to_le_bytes());
+    b.extend(header.as_bytes());
+    b.extend(data);
+    b
+}
+
+fn f64_bytes(values: &[f64]) -> Vec<u8> {
+    values.iter().flat_map(|v| v.to_le_bytes()).collect()
+}
+
+#[test]
+fn npy_headers_declaring_more_than_the_file_holds_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let data = f64_bytes(&[0.5; 80]);
+    // The issue's file: 20 × 4 values under a header that says 2³¹ × 4 (34 GB as f32 rows).
+    let big = write(d, "big.npy", &npy_bytes("<f8", "(2147483648, 4)", &data));
+    let e = wgnn::npy::read_matrix(&big).err().unwrap().to_string();
+    one_line_with(&e, &["big.npy", "(2147483648, 4)", "68719476736 bytes", "holds 640"]);
+    // θ as a vector of 2³¹ values.
+    let theta = write(d, "theta.npy", &npy_bytes("<f8", "(2147483648,)", &data[..160]));
+    let e = wgnn::npy::read_vector(&theta).unwrap_err().to_string();
+    one_line_with(&e, &["theta.npy", "(2147483648,)", "17179869184 bytes"]);
+    // A shape whose product overflows, and labels under a forged header.
+    let e = wgnn::npy::read_f64_dyn(&write(d, "o.npy", &npy_bytes("<f8", "(4294967296, 4294967296, 2)", &data)))
+        .unwrap_err()
+        .to_string();
+    one_line_with(&e, &["o.npy", "more than can exist"]);
+    let e = wgnn::npy::read_labels(&write(d, "l.npy", &npy_bytes("<i8", "(1000000000,)", &data))).unwrap_err();
+    one_line_with(&e.to_string(), &["l.npy", "(1000000000,)", "8000000000 bytes"]);
+    // A version-2 header whose length field says 4 GiB.
+    let mut v2 = npy_bytes("<f8", "(20, 4)", &data);
+    v2[6] = 2;
+    v2.splice(8..10, [0xff, 0xff, 0xff, 0xff]);
+    let e = wgnn::npy::read_matrix(&write(d, "v2.npy", &v2)).err().unwrap().to_string();
+    one_line_with(&e, &["v2.npy", "4294967295 bytes"]);
+    // A header that is not a Python dict: ndarray-npy's error, as one line.
+    let mut broken = npy_bytes("<f8", "(20, 4)", &data);
+    broken[20] = b'\n';
+    let e = wgnn::npy::read_matrix(&write(d, "broken.npy", &broken)).err().unwrap().to_string();
+    one_line_with(&e, &["broken.npy", "header"]);
+    // The honest file still reads.
+    let ok = wgnn::npy::read_matrix(&write(d, "ok.npy", &npy_bytes("<f8", "(20, 4)", &data))).unwrap();
+    assert_eq!(ok.to_f64(), Array2::from_elem((20, 4), 0.5));
+}
+
+#[test]
+fn npy_labels_must_be_exact_class_numbers() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let floats = |name: &str, v: &[f64]| write(d, name, &npy_bytes("<f8", &format!("({},)", v.len()), &f64_bytes(v)));
+    let ints = |name: &str, v: &[i64]| {
+        let data: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+        write(d, name, &npy_bytes("<i8", &format!("({},)", v.len()), &data))
+    };
+    let err = |p: &Path| wgnn::npy::read_labels(p).unwrap_err().to_string();
+    // 1e9 would be a one-hot of a billion classes: refused before any is built.
+    one_line_with(&err(&floats("f.npy", &[0.0, 1.0, 1e9, 2.0])), &["f.npy", "label 1000000000 of example 2", "65535"]);
+    one_line_with(&err(&ints("i.npy", &[0, 1, 1_000_000_000, 2])), &["i.npy", "label 1000000000 of example 2"]);
+    one_line_with(&err(&floats("half.npy", &[0.0, 1.5])), &["label 1.5 of example 1"]);
+    one_line_with(&err(&floats("nan.npy", &[0.0, f64::NAN])), &["label NaN of example 1"]);
+    one_line_with(&err(&ints("neg.npy", &[0, -1])), &["label -1 of example 1"]);
+    // A stray 27 among forty labels 0–9: 17 empty classes against 11 with examples.
+    let mut stray: Vec<i64> = (0..40).map(|i| i % 10).collect();
+    stray[13] = 27;
+    one_line_with(&err(&ints("stray.npy", &stray)), &["up to 27 (example 13)", "classes 10-26 have none"]);
+    one_line_with(&err(&ints("one.npy", &[4; 6])), &["every one of the 6 labels is 4"]);
+    // Exact whole floats are labels; a missing class 0 (labels counted from 1) is let
+    // through and said in the description.
+    assert_eq!(wgnn::npy::read_labels(&floats("ok.npy", &[1.0, 2.0, 3.0, 1.0])).unwrap(), vec![1, 2, 3, 1]);
+    let x = write(d, "x.npy", &npy_bytes("<f8", "(4, 2)", &f64_bytes(&[0.25; 8])));
+    let options = LoadOptions { labels: Some(d.join("ok.npy")), ..LoadOptions::default() };
+    let data = DataSource::Npy(x).load(&options).unwrap();
+    assert!(data.description.contains("no examples of class 0"), "{}", data.description);
+    assert_eq!(data.num_classes(), Some(4));
+}
+
+#[test]
+fn csv_labels_must_be_exact_class_numbers() {
+    let rows = |labels: &[&str]| -> String {
+        labels.iter().enumerate().map(|(i, l)| format!("{i},{},{l}\n", i * 2)).collect()
+    };
+    let err = |labels: &[&str]| csv::parse_csv(&rows(labels), LabelColumn::Last).unwrap_err();
+    // 1e-400 is not 0, though it parses as 0.0; 2.0000000000000000001 is not 2.
+    one_line_with(&err(&["0", "1", "1e-400", "1"]), &["line 3, column 3", "`1e-400` is not a class number"]);
+    one_line_with(&err(&["0", "2.0000000000000000001"]), &["line 2, column 3"]);
+    one_line_with(&err(&["0", "1e9"]), &["line 2, column 3", "`1e9` is above 65535"]);
+    one_line_with(&err(&["0", "-1"]), &["line 2, column 3"]);
+    // A stray 27 among 0–9: the classes without examples are named, and the line.
+    let mut labels: Vec<String> = (0..30).map(|i| (i % 10).to_string()).collect();
+    labels[21] = "27".into();
+    let labels: Vec<&str> = labels.iter().map(String::as_str).collect();
+    one_line_with(&err(&labels), &["column 3", "up to 27 (line 22)", "classes 10-26 have none"]);
+    // Whole numbers written as decimals are the classes they name.
+    let (_, got) = csv::parse_csv(&rows(&["0", "3.0", "+2", "0.1e1", "20e-1", "-0"]), LabelColumn::Last).unwrap();
+    assert_eq!(got, Some(vec![0, 3, 2, 1, 2, 0]));
+}
+
+#[test]
+fn a_label_column_of_one_value_is_named() {
+    let path = data_dir().join("digits8x8/digits.csv.gz");
+    let e = csv::read_csv(&path, LabelColumn::First).unwrap_err().to_string();
+    one_line_with(&e, &["digits.csv.gz", "column 1", "every one of the 1797 labels is 0", "label column"]);
+}
+
+#[test]
+fn mnist_labels_are_digits() {
+    let dir = tempfile::tempdir().unwrap();
+    let (images, _) = tiny_mnist();
+    let images = write(dir.path(), "i", &images);
+    let labels = write(dir.path(), "l", &idx_labels(&[7, 0, 128]));
+    let e = Mnist::from_files(&images, &labels).unwrap_err().to_string();
+    one_line_with(&e, &["l:", "label 128 of example 2", "0 to 9"]);
+}
+
+/// `n` bytes of zeros as a gzip file of several members (MultiGzDecoder reads them all),
+/// quick to build: one member of 16 MiB, compressed once, repeated.
+fn gzip_of_zeros(head: &[u8], n: usize) -> Vec<u8> {
+    let block = 1 << 24;
+    let member = gzip(&vec![0u8; block]);
+    let mut out = gzip(head);
+    for _ in 0..n / block {
+        out.extend_from_slice(&member);
+    }
+    out
+}
+
+#[test]
+fn gzip_bombs_are_refused_without_inflating_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    // A header that declares 200 images of 28×28, then 512 MiB of zeros (500 KB of gzip):
+    // reading stops one byte past what the header declares.
+    let head = idx_images(200, 28, 28, &vec![0; 200 * 784]);
+    let bomb = write(d, "bomb-images.gz", &gzip_of_zeros(&head, 1 << 29));
+    let labels = write(d, "labels", &idx_labels(&[1; 200]));
+    let start = std::time::Instant::now();
+    let e = Mnist::from_files(&bomb, &labels).unwrap_err().to_string();
+    one_line_with(&e, &["bomb-images.gz", "more data after the 200 images of 28×28", "156800 bytes"]);
+    assert!(start.elapsed().as_secs_f64() < 5.0, "took {:?}: was the bomb inflated?", start.elapsed());
+    // A header declaring more than a gzip file of this size may inflate to.
+    let liar = write(d, "liar.gz", &gzip(&idx_images(1_000_000, 28, 28, &[0; 784])));
+    let e = mnist::read_images(&liar).unwrap_err().to_string();
+    one_line_with(&e, &["liar.gz", "1000000 images of 28×28", "784000000 bytes", "may inflate to"]);
+    // A CSV that inflates past max(256 MiB, 64 × its size).
+    let csv_bomb = write(d, "bomb.csv.gz", &gzip_of_zeros(b"1,2,3\n", (1 << 28) + (1 << 24)));
+    let e = csv::read_csv(&csv_bomb, LabelColumn::Last).unwrap_err().to_string();
+    one_line_with(&e, &["bomb.csv.gz", "inflates to more than 268435456 bytes", "decompression bomb"]);
+}
+
+#[test]
+fn mnist_limit_and_digits_decode_only_the_kept_images() {
+    let dir = data_dir().join("mnist");
+    let full = mnist_train();
+    let first = Mnist::load_selected(&dir, Split::Train, None, Some(5)).unwrap();
+    assert_eq!(first.labels, full.labels[..5]);
+    assert_eq!(first.images, full.images.slice(ndarray::s![..5, ..]));
+    let sevens = Mnist::load_selected(&dir, Split::Train, Some(&"7".parse().unwrap()), Some(3)).unwrap();
+    let rows: Vec<usize> = (0..full.len()).filter(|&i| full.labels[i] == 7).take(3).collect();
+    assert_eq!(sevens.labels, vec![7, 7, 7]);
+    assert_eq!(sevens.images, full.images.select(Axis(0), &rows));
+    // Through the data source: the description says what was kept.
+    let options = LoadOptions { limit: Some(1000), ..LoadOptions::default() };
+    let data = DataSource::Mnist(dir.clone()).load(&options).unwrap();
+    assert_eq!(data.len(), 1000);
+    assert!(data.description.contains("first 1000 images"), "{}", data.description);
+    // A file damaged after the kept images is still refused.
+    let tmp = tempfile::tempdir().unwrap();
+    let (images, labels) = tiny_mnist();
+    let mut long = images.clone();
+    long.push(0);
+    let (i, l) = (write(tmp.path(), "i", &long), write(tmp.path(), "l", &labels));
+    let e = Mnist::from_files_selected(&i, &l, None, Some(1)).unwrap_err().to_string();
+    one_line_with(&e, &["1 bytes after the 3 images of 2×3"]);
+    let gz = write(tmp.path(), "i.gz", &gzip(&long));
+    let e = Mnist::from_files_selected(&gz, &l, None, Some(1)).unwrap_err().to_string();
+    one_line_with(&e, &["more data after the 3 images of 2×3"]);
+}
+
+/// A PNG of `width` × `height` 8-bit gray pixels whose IDAT holds `idat` (not necessarily
+/// enough for the pixels), with correct chunk checksums.
+fn forged_png(width: u32, height: u32, idat: &[u8]) -> Vec<u8> {
+    fn chunk(out: &mut Vec<u8>, kind: &[u8], data: &[u8]) {
+        out.extend((data.len() as u32).to_be_bytes());
+        let mut crc = flate2::Crc::new();
+        crc.update(kind);
+        crc.update(data);
+        out.extend(kind);
+        out.extend(data);
+        out.extend(crc.sum().to_be_bytes());
+    }
+    let mut out = b"\x89PNG\r\n\x1a\n".to_vec();
+    let mut ihdr = Vec::new();
+    ihdr.extend(width.to_be_bytes());
+    ihdr.extend(height.to_be_bytes());
+    ihdr.extend([8, 0, 0, 0, 0]);
+    chunk(&mut out, b"IHDR", &ihdr);
+    chunk(&mut out, b"IDAT", idat);
+    chunk(&mut out, b"IEND", &[]);
+    out
+}
+
+#[test]
+fn picture_sizes_are_checked_before_decoding() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let idat = {
+        let mut e = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::best());
+        e.write_all(&vec![0u8; 1 << 16]).unwrap();
+        e.finish().unwrap()
+    };
+    // The issue's 23000 × 23000 picture (2.1 GB as f32), refused from its header.
+    let huge = write(d, "huge.png", &forged_png(23000, 23000, &idat));
+    let e = patches::read_image(&huge).unwrap_err().to_string();
+    one_line_with(&e, &["huge.png", "23000×23000", "529000000", "67108864"]);
+    // Within the bound, but far more pixels than 200 bytes can hold.
+    let liar = write(d, "liar.png", &forged_png(4000, 4000, &idat));
+    let e = patches::read_image(&liar).unwrap_err().to_string();
+    one_line_with(&e, &["liar.png", "4000×4000", "truncated or forged"]);
+    // A folder of them is refused at the first, and nothing is trained.
+    let options = LoadOptions { patch_size: 8, patch_count: 100, ..LoadOptions::default() };
+    let e = DataSource::Patches(d.to_path_buf()).load(&options).unwrap_err().to_string();
+    one_line_with(&e, &["huge.png"]);
+    // A truncated JPEG: the decoder's message, in one line.
+    let mut jpeg = Vec::new();
+    image::DynamicImage::ImageLuma8(image::GrayImage::from_fn(32, 32, |x, y| image::Luma([(x * y) as u8])))
+        .write_to(&mut std::io::Cursor::new(&mut jpeg), image::ImageFormat::Jpeg)
+        .unwrap();
+    let cut = write(d, "cut.jpg", &jpeg[..jpeg.len() / 3]);
+    if let Err(e) = patches::read_image(&cut) {
+        one_line_with(&e.to_string(), &["cut.jpg"]);
+    }
+    // Patch counts are bounded before any picture is read or made.
+    let e = synthetic::patches(8, 4_000_000_000, 0).unwrap_err().to_string();
+    one_line_with(&e, &["4000000000 patches of 8×8", "536870912"]);
+}

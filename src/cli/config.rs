@@ -8,16 +8,29 @@
 use std::ffi::OsString;
 use std::path::Path;
 
-use anyhow::{Context, bail};
+use anyhow::{Context, anyhow, bail};
 
 fn settings(path: &Path) -> anyhow::Result<serde_json::Map<String, serde_json::Value>> {
     let text = std::fs::read_to_string(path).with_context(|| format!("--config {}: cannot read", path.display()))?;
     let is_toml = path.extension().is_some_and(|e| e.eq_ignore_ascii_case("toml"));
+    // The parsers' own messages span lines and echo the offending line (200 KB for a deeply
+    // nested input): one line of bounded length instead.
+    let bad = |what: &str, e: &dyn std::fmt::Display| {
+        anyhow!("{}", wgnn::one_line(&format!("--config {}: {what}: {e}", path.display())))
+    };
     let value: serde_json::Value = if is_toml {
-        toml::from_str(&text).with_context(|| format!("--config {}: not valid TOML", path.display()))?
+        toml::from_str(&text).map_err(|e| {
+            // The message first, then where: the echoed line would crowd it out of one line.
+            let at = e.span().map_or_else(String::new, |span| {
+                let before = text.get(..span.start).unwrap_or("");
+                let line = before.matches('\n').count() + 1;
+                let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+                format!(" (line {line}, column {column})")
+            });
+            bad("not valid TOML", &format!("{}{at}", e.message()))
+        })?
     } else {
-        serde_json::from_str(&text)
-            .with_context(|| format!("--config {}: not valid JSON (name it .toml for TOML)", path.display()))?
+        serde_json::from_str(&text).map_err(|e| bad("not valid JSON (name it .toml for TOML)", &e))?
     };
     match value {
         serde_json::Value::Object(map) => Ok(map),

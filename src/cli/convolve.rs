@@ -54,7 +54,7 @@ pub struct ConvolveArgs {
     #[arg(long)]
     pub split: Option<String>,
     /// Convolve only the first N images.
-    #[arg(long)]
+    #[arg(long, value_parser = super::limit)]
     pub limit: Option<usize>,
     #[command(flatten)]
     pub backend: BackendArgs,
@@ -77,7 +77,8 @@ fn read_images(args: &ConvolveArgs) -> anyhow::Result<Images> {
         DataSource::Mnist(dir) => {
             let split: Split =
                 args.split.as_deref().map(str::parse).transpose().context("--split")?.unwrap_or_default();
-            let mnist = Mnist::load(dir, split)?;
+            // Only the images --limit keeps are decoded.
+            let mnist = Mnist::load_selected(dir, split, None, args.limit)?;
             if mnist.rows != mnist.cols {
                 bail!("{}: the images are {}×{}, not square", dir.display(), mnist.rows, mnist.cols);
             }

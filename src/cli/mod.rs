@@ -133,7 +133,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
 #[derive(Args, Debug, Clone)]
 pub struct NetArgs {
     /// Layer sizes from input to output, e.g. 64,25,64 (a 64-25-64 autoencoder) or 784,10.
-    #[arg(long, value_delimiter = ',', default_value = "64,25,64")]
+    #[arg(long, value_delimiter = ',', default_value = "64,25,64", value_parser = layer_size)]
     pub layers: Vec<usize>,
     /// Hidden activation: sigmoid, tanh, relu, leaky-relu[:ALPHA] (α defaults to 0.01) or
     /// identity. One name for every hidden layer, or a comma-separated list, one per hidden layer.
@@ -292,11 +292,11 @@ pub struct DataArgs {
     #[arg(long)]
     pub data: Option<String>,
     /// Side of the square patches cut from synthetic or patches: images.
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, default_value_t = 8, value_parser = patch_side)]
     pub patch: usize,
     /// Number of patches to cut (default 10,000); `reconstruct` shows this many examples
     /// (default 10).
-    #[arg(long)]
+    #[arg(long, value_parser = count)]
     pub count: Option<usize>,
     /// Keep only these labels, e.g. 5-9 or 0,2,4 (labelled data).
     #[arg(long)]
@@ -305,7 +305,7 @@ pub struct DataArgs {
     #[arg(long)]
     pub split: Option<String>,
     /// Use only the first N examples.
-    #[arg(long)]
+    #[arg(long, value_parser = limit)]
     pub limit: Option<usize>,
     /// Class labels for npy: data, as a .npy integer vector.
     #[arg(long)]
@@ -353,6 +353,46 @@ impl DataArgs {
         let data = source.load(&options).with_context(|| format!("loading --data {source}"))?;
         Ok((source, data))
     }
+}
+
+/// A whole number from `low` to `high` for the flag `what`, or one line saying why not:
+/// sizes from the command line are bounded where they are parsed, before anything is
+/// allocated from them.
+fn bounded(text: &str, low: usize, high: usize, what: &str) -> Result<usize, String> {
+    let n: u128 = text.trim().parse().map_err(|_| format!("`{text}` is not a whole number ({what})"))?;
+    if n < low as u128 || n > high as u128 {
+        let range = if low == 0 { format!("at most {high}") } else { format!("from {low} to {high}") };
+        return Err(format!("{n} is out of range: {what} must be {range}"));
+    }
+    Ok(n as usize)
+}
+
+/// The most units a layer may have on the command line (--hidden, --layers): 2²⁴.
+pub const MAX_LAYER_SIZE: usize = 1 << 24;
+
+// Zero passes these parsers: the library refuses it with a message that says what it means
+// (a layer of size 0, a limit of 0 examples); they bound the top, which nothing else does
+// before memory is sized from it.
+
+/// A layer size for --hidden and --layers: at most [`MAX_LAYER_SIZE`].
+pub fn layer_size(text: &str) -> Result<usize, String> {
+    bounded(text, 0, MAX_LAYER_SIZE, "a layer size")
+}
+
+/// --patch: a patch side of at most 4096 pixels.
+fn patch_side(text: &str) -> Result<usize, String> {
+    bounded(text, 0, 4096, "the patch side in pixels")
+}
+
+/// --count: at most 2²⁹ (the most values a set of patches may hold, see
+/// `wgnn::data::patches::MAX_PATCH_VALUES`, which also bounds count × patch²).
+fn count(text: &str) -> Result<usize, String> {
+    bounded(text, 0, wgnn::data::patches::MAX_PATCH_VALUES, "the count")
+}
+
+/// --limit: at most 2³² examples.
+pub fn limit(text: &str) -> Result<usize, String> {
+    bounded(text, 0, 1 << 32, "the limit (a number of examples)")
 }
 
 /// A path given as `FILE` or `npy:FILE`.

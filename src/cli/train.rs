@@ -92,7 +92,7 @@ pub struct TrainArgs {
     pub whiten_epsilon: f64,
     /// Hidden layer sizes, e.g. 25 or 256,128. Default: 25 (autoencoder), 256,128 (mlp);
     /// softmax has none.
-    #[arg(long, value_delimiter = ',')]
+    #[arg(long, value_delimiter = ',', value_parser = super::layer_size)]
     pub hidden: Option<Vec<usize>>,
     /// Hidden activation (sigmoid, tanh, relu, leaky-relu[:α], identity). Default: sigmoid
     /// (autoencoder), relu (mlp).

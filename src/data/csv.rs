@@ -11,7 +11,7 @@ use std::str::FromStr;
 
 use ndarray::Array2;
 
-use super::read_maybe_gz;
+use super::{MAX_CLASSES, check_labels, read_maybe_gz};
 use crate::{Error, Result};
 
 /// Which column of a CSV file holds the class label.
@@ -100,6 +100,8 @@ pub fn parse_csv(text: &str, label: LabelColumn) -> Result<(Array2<f32>, Option<
 
     let mut values = Vec::new();
     let mut labels = Vec::new();
+    // The line of each label, for messages about the label set as a whole.
+    let mut line_numbers = Vec::new();
     let mut shape: Option<(usize, usize)> = None; // (columns, first data line)
     let mut rows = 0;
     for (line_no, line) in &mut data_lines {
@@ -146,10 +148,23 @@ pub fn parse_csv(text: &str, label: LabelColumn) -> Result<(Array2<f32>, Option<
                 return Err(format!("{}: `{field}` is not a finite number; remove or replace it", at()));
             }
             if Some(c) == label_at {
-                if v < 0.0 || v.fract() != 0.0 || v > u32::MAX as f64 {
-                    return Err(format!("{}: the label `{field}` is not a class number 0, 1, 2, …", at()));
+                match exact_whole(field) {
+                    Some(l) if l < MAX_CLASSES as u128 => labels.push(l as usize),
+                    Some(_) => {
+                        return Err(format!(
+                            "{}: the label `{field}` is above {}, the largest class number wgnn takes",
+                            at(),
+                            MAX_CLASSES - 1
+                        ));
+                    }
+                    None => {
+                        return Err(format!(
+                            "{}: the label `{field}` is not a class number: labels are exact whole numbers 0, 1, 2, …",
+                            at()
+                        ));
+                    }
                 }
-                labels.push(v as usize);
+                line_numbers.push(line_no);
             } else {
                 values.push(v as f32);
             }
@@ -159,9 +174,60 @@ pub fn parse_csv(text: &str, label: LabelColumn) -> Result<(Array2<f32>, Option<
     let Some((columns, _)) = shape else {
         return Err("holds a header line but no data rows".into());
     };
+    if let Some(at) = label_index(label, columns) {
+        check_labels(&labels, &|i| format!("line {}", line_numbers[i]))
+            .map_err(|m| format!("the labels (column {}): {m}", at + 1))?;
+    }
     let features = columns - usize::from(label_index(label, columns).is_some());
     let x = Array2::from_shape_vec((rows, features), values).expect("every row has the same width");
     Ok((x, (label != LabelColumn::None).then_some(labels)))
+}
+
+/// The whole number a decimal `text` denotes exactly (`3`, `+3`, `3.0`, `3e0`, `0.3e1`,
+/// `-0`), saturating at `u128::MAX`; `None` when it denotes no whole number ≥ 0 (`3.5`,
+/// `-1`, `1e-400`, `nan`). Parsing as f64 first would round: `1e-400` would become 0 and
+/// `2.0000000000000000001` would become 2.
+pub(crate) fn exact_whole(text: &str) -> Option<u128> {
+    let (negative, text) = match text.as_bytes().first() {
+        Some(b'-') => (true, &text[1..]),
+        Some(b'+') => (false, &text[1..]),
+        _ => (false, text),
+    };
+    let (mantissa, exponent) = match text.find(['e', 'E']) {
+        Some(e) => (&text[..e], text[e + 1..].parse::<i64>().ok()?),
+        None => (text, 0),
+    };
+    let (whole, fraction) = mantissa.split_once('.').unwrap_or((mantissa, ""));
+    let all_digits = |t: &str| t.bytes().all(|b| b.is_ascii_digit());
+    if whole.len() + fraction.len() == 0 || !all_digits(whole) || !all_digits(fraction) {
+        return None;
+    }
+    // value = digits × 10^scale
+    let digits = format!("{whole}{fraction}");
+    let digits = digits.trim_start_matches('0');
+    if digits.is_empty() {
+        return Some(0);
+    }
+    if negative {
+        return None;
+    }
+    let scale = exponent.checked_sub(i64::try_from(fraction.len()).ok()?)?;
+    let digits = if scale < 0 {
+        let cut = usize::try_from(scale.unsigned_abs()).ok()?;
+        let kept = digits.len().checked_sub(cut)?;
+        if !digits[kept..].bytes().all(|b| b == b'0') {
+            return None;
+        }
+        &digits[..kept]
+    } else {
+        digits
+    };
+    let zeros = usize::try_from(scale.max(0)).ok()?;
+    if digits.len().saturating_add(zeros) > 38 {
+        return Some(u128::MAX);
+    }
+    let value: u128 = digits.parse().ok()?;
+    Some(value * 10u128.pow(zeros as u32))
 }
 
 /// The 0-based label column for rows of `columns` values; out of range is left for the caller.

@@ -201,7 +201,18 @@ impl FromStr for Digits {
         };
         let mut labels = Vec::new();
         for part in s.split(',').map(str::trim) {
-            let number = |t: &str| t.trim().parse::<usize>().map_err(|_| bad(part));
+            // A label is a class number: above MAX_CLASSES − 1 it is refused before a range
+            // such as 0-4000000000 is spelled out.
+            let number = |t: &str| {
+                let n = t.trim().parse::<usize>().map_err(|_| bad(part))?;
+                if n >= MAX_CLASSES {
+                    return Err(Error::Data(format!(
+                        "the label {n} in the digits filter `{s}` is above {}, the largest class number",
+                        MAX_CLASSES - 1
+                    )));
+                }
+                Ok(n)
+            };
             match part.split_once('-') {
                 Some((lo, hi)) => {
                     let (lo, hi) = (number(lo)?, number(hi)?);
@@ -211,6 +222,11 @@ impl FromStr for Digits {
                     labels.extend(lo..=hi);
                 }
                 None => labels.push(number(part)?),
+            }
+            if labels.len() > MAX_CLASSES {
+                // Repeated ranges: keep at most MAX_CLASSES distinct labels (and their copies).
+                labels.sort_unstable();
+                labels.dedup();
             }
         }
         Digits::new(labels)
@@ -386,9 +402,19 @@ impl DataSource {
         let data = match self {
             DataSource::Mnist(dir) => {
                 let split = options.split.unwrap_or_default();
-                let mnist = Mnist::load(dir, split)?;
+                // Without targets (one row per image of the whole file) the digits and the
+                // limit are applied while reading, so only the kept images are decoded.
+                let mnist = if options.targets.is_none() {
+                    Mnist::load_selected(dir, split, options.digits.as_ref(), options.limit)?
+                } else {
+                    Mnist::load(dir, split)?
+                };
+                let first = match (options.limit, &options.targets) {
+                    (Some(n), None) if n == mnist.len() => "first ",
+                    _ => "",
+                };
                 let description = format!(
-                    "MNIST {split} ({}): {} images of {}×{}",
+                    "MNIST {split} ({}): {first}{} images of {}×{}",
                     dir.display(),
                     mnist.len(),
                     mnist.rows,
@@ -426,11 +452,12 @@ impl DataSource {
             DataSource::Csv(path) => {
                 let (x, labels) = csv::read_csv(path, options.label_column)?;
                 let description = format!(
-                    "{}: {} rows of {} values{}",
+                    "{}: {} rows of {} values{}{}",
                     path.display(),
                     x.nrows(),
                     x.ncols(),
-                    if labels.is_some() { " and a label" } else { "" }
+                    if labels.is_some() { " and a label" } else { "" },
+                    empty_classes_note(labels.as_deref())
                 );
                 let image_shape = square_shape(x.ncols());
                 Dataset { x, labels, targets: None, description, image_shape }
@@ -638,27 +665,152 @@ fn load_npy(path: &Path, labels_path: Option<&Path>) -> Result<Dataset> {
         None => None,
     };
     let description = format!(
-        "{}: {} rows of {} values{}",
+        "{}: {} rows of {} values{}{}",
         path.display(),
         x.nrows(),
         x.ncols(),
-        if labels.is_some() { ", with labels" } else { "" }
+        if labels.is_some() { ", with labels" } else { "" },
+        empty_classes_note(labels.as_deref())
     );
     let image_shape = square_shape(x.ncols());
     Ok(Dataset { x, labels, targets: None, description, image_shape })
 }
 
-/// The whole file, gunzipped when it is gzip (by its first two bytes, whatever its name).
+/// A `.gz` file may inflate to at most this many bytes, or [`GZ_RATIO`] times its own size
+/// when that is more. Numbers compress 3 to 10 times (MNIST's images: 4.7); deflate's most is
+/// about 1032 times, reached by long runs of one byte, which is how decompression bombs are
+/// made. The bound keeps a few megabytes of gzip from filling the memory; a real file beyond
+/// it can be decompressed by hand and given plain, whose length is then its own bound.
+pub const GZ_MIN_CAP: u64 = 1 << 28;
+/// See [`GZ_MIN_CAP`].
+pub const GZ_RATIO: u64 = 64;
+
+/// The most bytes a gzip file of `compressed` bytes may inflate to ([`GZ_MIN_CAP`]).
+pub(crate) fn gz_cap(compressed: u64) -> u64 {
+    GZ_MIN_CAP.max(compressed.saturating_mul(GZ_RATIO))
+}
+
+/// A file opened for reading, through a gzip decoder when it is gzip (by its first two
+/// bytes, whatever its name).
+pub(crate) struct MaybeGz {
+    pub reader: Box<dyn Read>,
+    /// The length of the file on disk (compressed, for gzip).
+    pub file_len: u64,
+    pub gz: bool,
+}
+
+pub(crate) fn open_maybe_gz(path: &Path) -> Result<MaybeGz> {
+    use std::io::BufRead;
+    let file = std::fs::File::open(path).map_err(|e| Error::file(path, format!("cannot read: {e}")))?;
+    let file_len = file.metadata().map_err(|e| Error::file(path, format!("cannot read: {e}")))?.len();
+    let mut buffered = std::io::BufReader::new(file);
+    let head = buffered.fill_buf().map_err(|e| Error::file(path, format!("cannot read: {e}")))?;
+    let gz = head.len() >= 2 && head[..2] == [0x1f, 0x8b];
+    let reader: Box<dyn Read> =
+        if gz { Box::new(flate2::bufread::MultiGzDecoder::new(buffered)) } else { Box::new(buffered) };
+    Ok(MaybeGz { reader, file_len, gz })
+}
+
+/// The error for a gzip stream that fails to inflate.
+pub(crate) fn gz_error(path: &Path, e: &std::io::Error) -> Error {
+    Error::file(path, format!("cannot decompress ({e}): the gzip file is truncated or corrupt; fetch it again"))
+}
+
+/// The whole file, gunzipped when it is gzip; a `.gz` that inflates beyond [`gz_cap`] is
+/// refused as soon as it passes the bound, before more is inflated.
 pub(crate) fn read_maybe_gz(path: &Path) -> Result<Vec<u8>> {
-    let raw = std::fs::read(path).map_err(|e| Error::file(path, format!("cannot read: {e}")))?;
-    if raw.len() < 2 || raw[..2] != [0x1f, 0x8b] {
-        return Ok(raw);
+    let source = open_maybe_gz(path)?;
+    if !source.gz {
+        return std::fs::read(path).map_err(|e| Error::file(path, format!("cannot read: {e}")));
     }
-    let mut out = Vec::with_capacity(raw.len() * 4);
-    flate2::read::MultiGzDecoder::new(&raw[..]).read_to_end(&mut out).map_err(|e| {
-        Error::file(path, format!("cannot decompress ({e}): the gzip file is truncated or corrupt; fetch it again"))
-    })?;
+    let cap = gz_cap(source.file_len);
+    let mut out = Vec::new();
+    source.reader.take(cap + 1).read_to_end(&mut out).map_err(|e| gz_error(path, &e))?;
+    if out.len() as u64 > cap {
+        return Err(Error::file(
+            path,
+            format!(
+                "inflates to more than {cap} bytes ({GZ_RATIO} times its {} bytes, at least {GZ_MIN_CAP}): \
+                 it looks like a decompression bomb; if it is real data, decompress it and give the plain file",
+                source.file_len
+            ),
+        ));
+    }
     Ok(out)
+}
+
+/// `, no examples of class 0` when classes below the largest label have no example (the
+/// labels have passed [`check_labels`]).
+fn empty_classes_note(labels: Option<&[usize]>) -> String {
+    labels
+        .and_then(|l| check_labels(l, &|i| i.to_string()).ok().flatten())
+        .map_or_else(String::new, |n| format!(" ({n})"))
+}
+
+/// The most classes a label set may name: labels run from 0 to `MAX_CLASSES − 1`. The bound
+/// keeps a stray huge label (`1e9`) from sizing a one-hot matrix (examples × classes) that
+/// cannot be allocated; a softmax over more classes is beyond what wgnn is for.
+pub const MAX_CLASSES: usize = 1 << 16;
+
+/// Label sets of at most this many classes (the ten digits) may have more empty classes
+/// than full ones: see [`check_labels`].
+pub const SMALL_CLASS_SET: usize = 10;
+
+/// Checks that `labels` (one per example) can be the class numbers of one classifier, and
+/// returns a note naming the classes below the largest label that have no example (`None`
+/// when every class has one), for the data's description. `row` names example `i` in
+/// messages (`line 7`, `example 6`). Refused, with a message that does not name the file:
+/// - a label of [`MAX_CLASSES`] or more;
+/// - a single class among two or more examples: nothing to tell apart, and usually the wrong
+///   column was taken as the labels;
+/// - more than [`SMALL_CLASS_SET`] classes, and more of them without examples than with: a
+///   stray label (27 among 0–9) would silently make a model of mostly empty classes. (Up to
+///   ten classes, a subset such as the digits 7 and 8 alone is let through, with the note.)
+///
+/// Works in O(m log m) time and O(m) memory, whatever the labels' values.
+pub fn check_labels(labels: &[usize], row: &dyn Fn(usize) -> String) -> Result<Option<String>, String> {
+    let Some((at_max, &max)) = labels.iter().enumerate().max_by_key(|&(i, l)| (l, std::cmp::Reverse(i))) else {
+        return Ok(None);
+    };
+    if max >= MAX_CLASSES {
+        return Err(format!(
+            "the label {max} ({}) is above {}, the largest class number wgnn takes: labels are classes 0, 1, 2, …",
+            row(at_max),
+            MAX_CLASSES - 1
+        ));
+    }
+    let mut present = labels.to_vec();
+    present.sort_unstable();
+    present.dedup();
+    if present.len() == 1 && labels.len() > 1 {
+        return Err(format!(
+            "every one of the {} labels is {max}: a single class leaves nothing to tell apart; is this the label column?",
+            labels.len()
+        ));
+    }
+    let classes = max + 1;
+    if classes == present.len() {
+        return Ok(None);
+    }
+    let mut empty = Vec::with_capacity(classes - present.len());
+    let mut next = present.iter().peekable();
+    for c in 0..classes {
+        if next.peek() == Some(&&c) {
+            next.next();
+        } else {
+            empty.push(c);
+        }
+    }
+    let empty_text = Digits::new(empty.iter().copied()).map(|d| d.to_string()).unwrap_or_default();
+    if classes > SMALL_CLASS_SET && empty.len() > present.len() {
+        return Err(format!(
+            "the labels run up to {max} ({}) but only {} classes have examples; classes {empty_text} have none: \
+             is label {max} a mistake? Labels are class numbers 0, 1, 2, …",
+            row(at_max),
+            present.len()
+        ));
+    }
+    Ok(Some(format!("no examples of class {empty_text}")))
 }
 
 #[cfg(test)]
@@ -674,9 +826,11 @@ mod tests {
         assert_eq!(d.labels(), &[0, 2, 4, 5, 6]);
         assert_eq!(d.to_string(), "0,2,4-6");
         assert!(d.contains(5) && !d.contains(3));
-        for bad in ["", "9-5", "a", "1-", "1,,2", "-3"] {
+        for bad in ["", "9-5", "a", "1-", "1,,2", "-3", "0-4000000000", "65536"] {
             assert!(bad.parse::<Digits>().is_err(), "{bad:?} should be refused");
         }
+        let many: Digits = ["0-65535"; 4].join(",").parse().unwrap();
+        assert_eq!(many.labels().len(), 65536);
     }
 
     #[test]

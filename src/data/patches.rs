@@ -41,23 +41,84 @@ impl GrayImage {
     }
 }
 
+/// The most pixels a picture may have: 2²⁶ (67 million, e.g. 8192 × 8192), 256 MiB as f32
+/// intensities. Photographs from a camera have 12 to 50 million.
+pub const MAX_PIXELS: u64 = 1 << 26;
+
+/// The most pixels a compressed picture file can hold per byte of file. A PNG's pixels are
+/// deflate-compressed, which shrinks data at most about 1032 times, and a pixel takes at least
+/// one bit (8 per byte); a JPEG needs at least two bits per 8 × 8 block and channel (256
+/// pixels per byte). A header declaring more than this many pixels per byte belongs to a
+/// truncated or forged file (a decompression bomb), refused before anything is decoded.
+pub const MAX_PIXELS_PER_BYTE: u64 = 8 * 1032;
+
 /// Reads a PNG or JPEG file (recognised by its contents) as grayscale: RGB is converted to
 /// luma with the Rec. 709 weights, alpha is dropped, 16-bit depth is kept as precision.
+///
+/// The picture's size is read from its header and checked first: at most [`MAX_PIXELS`],
+/// and at most [`MAX_PIXELS_PER_BYTE`] times the file's length; the decoder also runs under
+/// `image`'s [`image::Limits`] (width, height, and 1 GiB of allocations).
 pub fn read_image(path: &Path) -> Result<GrayImage> {
-    let reader = image::ImageReader::open(path)
-        .and_then(|r| r.with_guessed_format())
-        .map_err(|e| Error::file(path, format!("cannot open: {e}")))?;
-    let picture = reader.decode().map_err(|e| {
+    let open = || {
+        image::ImageReader::open(path)
+            .and_then(|r| r.with_guessed_format())
+            .map_err(|e| Error::file(path, format!("cannot open: {e}")))
+    };
+    let file_len = std::fs::metadata(path).map_err(|e| Error::file(path, format!("cannot read: {e}")))?.len();
+    let not_decoded = |e: image::ImageError| {
         Error::file(path, format!("cannot decode as an image ({e}): only PNG and JPEG files are read; is it damaged?"))
-    })?;
+    };
+    let (w, h) = open()?.into_dimensions().map_err(not_decoded)?;
+    let pixels = u64::from(w) * u64::from(h);
+    if pixels > MAX_PIXELS {
+        return Err(Error::file(
+            path,
+            format!("is {w}×{h} pixels ({pixels}), more than the {MAX_PIXELS} wgnn reads: scale the picture down"),
+        ));
+    }
+    if pixels > file_len.saturating_mul(MAX_PIXELS_PER_BYTE) {
+        return Err(Error::file(
+            path,
+            format!(
+                "declares {w}×{h} pixels, more than a picture file of {file_len} bytes can hold: it is truncated or forged"
+            ),
+        ));
+    }
+    let mut reader = open()?;
+    let mut limits = image::Limits::default();
+    let side = u32::try_from(MAX_PIXELS).unwrap_or(u32::MAX);
+    limits.max_image_width = Some(side);
+    limits.max_image_height = Some(side);
+    limits.max_alloc = Some(1 << 30);
+    reader.limits(limits);
+    let picture = reader.decode().map_err(not_decoded)?;
     let luma = picture.to_luma32f();
+    drop(picture);
     let (width, height) = (luma.width() as usize, luma.height() as usize);
     if width == 0 || height == 0 {
         return Err(Error::file(path, "is an empty picture (0 pixels)"));
     }
     // Luma of white RGB can round a hair above 1.
-    let pixels = luma.into_raw().into_iter().map(|v| v.clamp(0.0, 1.0)).collect();
+    let mut pixels = luma.into_raw();
+    pixels.iter_mut().for_each(|v| *v = v.clamp(0.0, 1.0));
     GrayImage::new(width, height, pixels)
+}
+
+/// The most values a set of patches may hold: 2²⁹ (2 GiB as f32), e.g. 8 million 8 × 8
+/// patches.
+pub const MAX_PATCH_VALUES: usize = 1 << 29;
+
+/// Refuses `count` patches of `size` × `size` beyond [`MAX_PATCH_VALUES`], before any picture
+/// is read or made.
+pub fn check_patch_budget(size: usize, count: usize) -> Result<()> {
+    let values = size.checked_mul(size).and_then(|p| p.checked_mul(count));
+    if values.is_none_or(|v| v > MAX_PATCH_VALUES) {
+        return Err(Error::Data(format!(
+            "{count} patches of {size}×{size} would hold more than {MAX_PATCH_VALUES} values: \
+             ask for fewer or smaller patches"
+        )));
+    }
+    Ok(())
 }
 
 fn is_picture_name(path: &Path) -> bool {
@@ -118,6 +179,7 @@ pub fn sample_patches(images: &[GrayImage], size: usize, count: usize, seed: u64
             "cannot sample {count} patches of {size}×{size}: the patch size and the count must both be at least 1"
         )));
     }
+    check_patch_budget(size, count)?;
     if images.is_empty() {
         return Err(Error::Data("there are no images to cut patches from".into()));
     }
@@ -181,6 +243,7 @@ pub fn sample_normalized(images: &[GrayImage], size: usize, count: usize, seed: 
 /// Normalised patches from the pictures of a folder (or one picture file); also returns how
 /// many pictures were read.
 pub fn load_patches(path: &Path, size: usize, count: usize, seed: u64) -> Result<(Array2<f32>, usize)> {
+    check_patch_budget(size, count)?;
     let images = read_image_folder(path)?;
     if let Some((p, small)) = images.iter().find(|(_, im)| im.width < size || im.height < size) {
         return Err(Error::file(

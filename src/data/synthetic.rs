@@ -183,6 +183,7 @@ pub fn images(seed: u64) -> Vec<GrayImage> {
 /// `count` UFLDL-normalised p×p patches (p = `size`) of the default pictures for `seed`:
 /// the `synthetic` data source.
 pub fn patches(size: usize, count: usize, seed: u64) -> Result<Array2<f32>> {
+    super::patches::check_patch_budget(size, count)?;
     // A different stream for the positions than for the pictures, so they are not correlated.
     sample_normalized(&images(seed), size, count, seed ^ 0x9e37_79b9_7f4a_7c15)
 }

@@ -62,12 +62,23 @@ pub struct Whitening {
     pub eigenvalues: Vec<f64>,
 }
 
+/// The most values per example whitening is fitted on: the covariance is n × n f64 (128 MiB
+/// at this bound) and its eigendecomposition takes O(n³) time, so a wide file (a CSV line of
+/// 100,000 values) is refused instead of asking for 80 GB.
+pub const MAX_INPUTS: usize = 4096;
+
 /// Rows of data per block when accumulating the covariance, to bound the f64 copy.
 const BLOCK: usize = 4096;
 
 /// μ, and the eigenvalues (descending, clamped at 0) and unit eigenvectors (columns) of Σ.
 fn eigen_of_covariance<T: Copy + Into<f64>>(x: ArrayView2<'_, T>) -> Result<(Array1<f64>, Vec<f64>, Array2<f64>)> {
     let (m, n) = x.dim();
+    if n > MAX_INPUTS {
+        return Err(Error::Data(format!(
+            "cannot fit whitening on examples of {n} values: its covariance would be {n}×{n}; \
+             whitening takes at most {MAX_INPUTS} values per example"
+        )));
+    }
     if m < 2 || n == 0 {
         return Err(Error::Data(format!(
             "cannot fit whitening on {m} example(s) of {n} values: it needs at least 2 examples of at least 1 value"
@@ -187,9 +198,15 @@ impl Whitening {
     pub fn from_preprocessing(preprocessing: &serde_json::Value) -> Result<Option<Whitening>> {
         match preprocessing.get("whitening") {
             None | Some(serde_json::Value::Null) => Ok(None),
-            Some(v) => serde_json::from_value(v.clone())
-                .map(Some)
-                .map_err(|e| Error::Data(format!("the model's preprocessing.whitening is unreadable: {e}"))),
+            Some(v) => {
+                let w: Whitening = serde_json::from_value(v.clone()).map_err(|e| {
+                    Error::Data(crate::one_line(&format!("the model's preprocessing.whitening is unreadable: {e}")))
+                })?;
+                // Sizes that disagree with the stored values are refused here, once, rather
+                // than met later by code that sizes arrays from them.
+                w.check_sizes()?;
+                Ok(Some(w))
+            }
         }
     }
 
@@ -197,7 +214,7 @@ impl Whitening {
     /// W (M (x − μ)) = (W M) x − W M μ. These are the filters to draw (UFLDL shows
     /// W·ZCAWhite); W itself lives in the whitened space and looks like noise.
     pub fn filters_in_pixels(&self, w: ArrayView2<'_, f64>) -> Result<Array2<f64>> {
-        self.check(&Array2::<f64>::zeros((0, self.inputs)).view())?;
+        self.check_sizes()?;
         if w.ncols() != self.outputs {
             return Err(Error::Shape(format!(
                 "the weights take {} inputs, the whitening gives {}",
@@ -220,7 +237,7 @@ impl Whitening {
 
     /// [`Whitening::unwhiten`] of several arrays, with one pseudo-inverse (an SVD of M) for all.
     pub fn unwhiten_each<const N: usize>(&self, ys: [ArrayView2<'_, f64>; N]) -> Result<[Array2<f64>; N]> {
-        self.check(&Array2::<f64>::zeros((0, self.inputs)).view())?;
+        self.check_sizes()?;
         if let Some(y) = ys.iter().find(|y| y.ncols() != self.outputs) {
             return Err(Error::Shape(format!(
                 "the whitening gives {} values per example, these have {}: only whitened data unwhitens",
@@ -256,8 +273,9 @@ impl Whitening {
         if total == 0.0 { 1.0 } else { self.eigenvalues[..self.outputs].iter().sum::<f64>() / total }
     }
 
-    fn check<T>(&self, x: &ArrayView2<'_, T>) -> Result<()> {
-        if self.matrix.len() != self.outputs * self.inputs || self.mean.len() != self.inputs {
+    /// The stored values agree with the stored sizes.
+    fn check_sizes(&self) -> Result<()> {
+        if self.outputs.checked_mul(self.inputs) != Some(self.matrix.len()) || self.mean.len() != self.inputs {
             return Err(Error::Data(format!(
                 "the stored whitening is inconsistent ({} means, a {}-value matrix for {}→{}): the model file is damaged",
                 self.mean.len(),
@@ -266,6 +284,11 @@ impl Whitening {
                 self.outputs
             )));
         }
+        Ok(())
+    }
+
+    fn check<T>(&self, x: &ArrayView2<'_, T>) -> Result<()> {
+        self.check_sizes()?;
         if x.ncols() != self.inputs {
             return Err(Error::Shape(format!(
                 "the whitening was fitted on examples of {} values, these have {}",
@@ -393,6 +416,29 @@ mod tests {
             assert!(relative_diff(&back, &x) > 1e-4, "k = {k}: nothing was dropped");
             let again = white.apply_f64(back.view()).unwrap();
             assert!(relative_diff(&again, &y) < 1e-9, "k = {k}: white(unwhiten(y)) ≠ y");
+        }
+    }
+
+    #[test]
+    fn whitening_refuses_examples_too_wide_for_a_covariance() {
+        let wide = Array2::<f32>::zeros((2, MAX_INPUTS + 1));
+        let e = Whitening::fit_zca(wide.view(), 0.1).unwrap_err().to_string();
+        assert!(e.contains("4097 values") && e.contains("at most 4096"), "{e}");
+    }
+
+    #[test]
+    fn a_stored_whitening_with_sizes_that_disagree_is_refused_on_reading() {
+        let x = correlated(100, 4);
+        let white = Whitening::fit_zca(x.view(), 0.1).unwrap();
+        let stored = serde_json::json!({ "whitening": white });
+        assert_eq!(Whitening::from_preprocessing(&stored).unwrap(), Some(white.clone()));
+        // Sizes whose product overflows, or disagrees with the values: an error, not a panic.
+        for (inputs, outputs) in [(usize::MAX, 2), (1usize << 40, 1usize << 40), (5, 4)] {
+            let mut forged = stored.clone();
+            forged["whitening"]["inputs"] = serde_json::json!(inputs);
+            forged["whitening"]["outputs"] = serde_json::json!(outputs);
+            let e = Whitening::from_preprocessing(&forged).unwrap_err().to_string();
+            assert!(e.contains("inconsistent") && !e.contains('\n'), "{e}");
         }
     }
 
