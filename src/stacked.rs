@@ -40,6 +40,10 @@ pub struct StackedConfig {
     pub checkpoint_every: Option<usize>,
     /// What the data was, for `metrics.json`.
     pub data_description: String,
+    /// What the raw examples went through before `x` (whitening, an encoder: see
+    /// [`crate::predict`]), stored with the first autoencoder and the fine-tuned stack — the
+    /// stages that take `x` itself — so they predict from raw examples.
+    pub preprocessing: serde_json::Value,
 }
 
 impl Default for StackedConfig {
@@ -54,6 +58,7 @@ impl Default for StackedConfig {
             seed: 0,
             checkpoint_every: None,
             data_description: String::new(),
+            preprocessing: serde_json::Value::Null,
         }
     }
 }
@@ -122,6 +127,7 @@ pub fn train_stacked_until(
                      y: Targets<'_>,
                      test: Option<(&Array2<f32>, &[usize])>,
                      initial_theta: Option<Vec<f64>>,
+                     preprocessing: &serde_json::Value,
                      dir: &Path|
      -> Result<(TrainOutcome, Box<dyn Backend>)> {
         let memory = Lbfgs::memory_for(ThetaLayout::new(&spec).len());
@@ -134,6 +140,7 @@ pub fn train_stacked_until(
             checkpoint_every: config.checkpoint_every,
             data_description: "stacked autoencoder stage".into(),
             test_set: test.map(|(x, l)| (x.clone(), l.to_vec().into())),
+            preprocessing: preprocessing.clone(),
             ..TrainJob::new(spec, method, iterations, dir)
         };
         let outcome = train(job, b.as_mut(), x, y, &mut |_| {}, interrupt)?;
@@ -153,7 +160,11 @@ pub fn train_stacked_until(
             .with_weight_decay(config.weight_decay)?
             .with_sparsity(config.sparsity)?;
         let dir = out.join(format!("layer{}", i + 1));
-        let (outcome, mut b) = stage(spec.clone(), config.iterations, &features, Targets::Inputs, None, None, &dir)?;
+        // Only the first autoencoder takes the examples as they came.
+        let null = serde_json::Value::Null;
+        let pre = if i == 0 { &config.preprocessing } else { &null };
+        let (outcome, mut b) =
+            stage(spec.clone(), config.iterations, &features, Targets::Inputs, None, None, pre, &dir)?;
         if !outcome.status.is_finished() {
             return Ok(stopped(spec, outcome, &dir));
         }
@@ -174,6 +185,7 @@ pub fn train_stacked_until(
         Targets::Labels(labels),
         test_on_features,
         None,
+        &serde_json::Value::Null,
         &out.join("softmax"),
     )?;
     if !softmax.status.is_finished() {
@@ -203,8 +215,16 @@ pub fn train_stacked_until(
         }
         None => None,
     };
-    let (finetuned, _) =
-        stage(stack.clone(), config.iterations, x, Targets::Labels(labels), test, Some(theta), &out.join("finetune"))?;
+    let (finetuned, _) = stage(
+        stack.clone(),
+        config.iterations,
+        x,
+        Targets::Labels(labels),
+        test,
+        Some(theta),
+        &config.preprocessing,
+        &out.join("finetune"),
+    )?;
     if !finetuned.status.is_finished() {
         return Ok(stopped(stack, finetuned, &out.join("finetune")));
     }

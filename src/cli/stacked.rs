@@ -19,6 +19,7 @@ pub fn run(
     data: &Dataset,
     test: Option<(Array2<f32>, Vec<usize>)>,
     folder: RunFolder,
+    preprocessing: serde_json::Value,
     interrupt: &AtomicBool,
 ) -> anyhow::Result<()> {
     let labels = data.labels.as_deref().context("a stacked autoencoder ends in a softmax: it needs labelled data")?;
@@ -31,6 +32,7 @@ pub fn run(
         seed: args.seed,
         checkpoint_every: args.checkpoint_every,
         data_description: data.description.clone(),
+        preprocessing,
         ..defaults
     };
     let mut backend = |spec: &wgnn::model::NetSpec| -> wgnn::Result<Box<dyn wgnn::Backend>> {
