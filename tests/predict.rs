@@ -278,6 +278,15 @@ fn a_features_from_model_holds_its_encoder_and_older_ones_still_load() {
     std::fs::remove_dir_all(&encoder).unwrap();
     let second = data.predict(&run, "p2.npy", &[]);
     assert_eq!(std::fs::read(&first).unwrap(), std::fs::read(&second).unwrap(), "the model needs its encoder's folder");
+    // eval prepares the data the same way (it once applied only the whitening).
+    let eval = ok(wgnn()
+        .args(["eval", "--json", "--backend", "cpu", "--data", &data.npy(), "--labels", &labels, "--model"])
+        .arg(&run));
+    let eval: serde_json::Value = serde_json::from_str(&eval).unwrap();
+    let predicted =
+        expected.rows().into_iter().map(|r| wgnn::backend::argmax(r.iter().map(|&v| v as f64))).collect::<Vec<_>>();
+    let correct = predicted.iter().zip(&data.labels).filter(|(p, l)| p == l).count();
+    assert_eq!(eval["accuracy"].as_f64().unwrap(), correct as f64 / 60.0);
     refused(
         wgnn().args(["predict", "--data", &data.npy(), "--out", "never.npy", "--model"]).arg(&old_run),
         "which it does not hold",
@@ -293,6 +302,12 @@ fn a_stacked_run_predicts_with_its_fine_tuned_stack() {
     assert_eq!(ck.spec.layers, vec![6, 4, 3, 3]);
     let expected = cpu(&ck.spec).predict(&ck.theta, (&data.x).into()).unwrap().mapv(|v| v as f32);
     assert_eq!(read_f32(&data.predict(&run, "s.npy", &[])), expected);
+    // eval takes the stacked folder too.
+    let eval = ok(wgnn()
+        .args(["eval", "--json", "--backend", "cpu", "--data", &data.npy(), "--labels", &labels, "--model"])
+        .arg(&run));
+    let eval: serde_json::Value = serde_json::from_str(&eval).unwrap();
+    assert_eq!(eval["network"].as_str().unwrap(), ck.spec.describe());
 }
 
 #[test]
