@@ -103,6 +103,22 @@ fn an_interrupted_run_resumed_with_only_resume_gives_the_uninterrupted_bits() {
         serde_json::from_slice(&std::fs::read(stopped.join("metrics.json")).unwrap()).unwrap();
     assert_eq!(metrics["iterations"], 203, "--iterations beside --resume extends the budget");
     assert_eq!(metrics["spec"]["layers"], serde_json::json!([64, 16, 64]));
+
+    // A model written before runs stored their flags still resumes, given the flags again
+    // (and without them says which network it holds).
+    let model = stopped.join("model.safetensors");
+    let mut old = Checkpoint::load(&model).unwrap();
+    assert!(!old.metadata.command.is_null(), "the run stores its flags");
+    old.metadata.command = serde_json::Value::Null;
+    old.save(&model).unwrap();
+    refused(
+        &wgnn().args(["train", "--quiet", "--iterations", "205", "--resume"]).arg(&stopped).output().unwrap(),
+        "the checkpoint holds 64-16-64",
+    );
+    let mut again: Vec<&str> = JOB.to_vec();
+    again[6] = "205";
+    let out = wgnn().args(again).arg("--resume").arg(&stopped).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 }
 
 /// A stacked pipeline cannot be resumed yet: one line says so, whether the kind or the folder
