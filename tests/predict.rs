@@ -287,6 +287,17 @@ fn a_features_from_model_holds_its_encoder_and_older_ones_still_load() {
         expected.rows().into_iter().map(|r| wgnn::backend::argmax(r.iter().map(|&v| v as f64))).collect::<Vec<_>>();
     let correct = predicted.iter().zip(&data.labels).filter(|(p, l)| p == l).count();
     assert_eq!(eval["accuracy"].as_f64().unwrap(), correct as f64 / 60.0);
+    // convolve would slide its first layer over pixels, which it never saw: refused.
+    let pooled = data.path("pooled.npy");
+    refused(
+        wgnn()
+            .args(["convolve", "--pool", "2", "--images", &data.npy(), "--model"])
+            .arg(&run)
+            .arg("--out")
+            .arg(&pooled),
+        "trained on another encoder's features",
+    );
+    assert!(!pooled.exists());
     refused(
         wgnn().args(["predict", "--data", &data.npy(), "--out", "never.npy", "--model"]).arg(&old_run),
         "which it does not hold",
