@@ -344,4 +344,9 @@ fn an_exported_theta_and_spec_reproduce_the_models_cost() {
     let metrics: serde_json::Value = serde_json::from_slice(&std::fs::read(run.join("metrics.json")).unwrap()).unwrap();
     let recorded = metrics["final_cost"].as_f64().unwrap();
     assert!(((cost - recorded) / recorded).abs() < 1e-12, "cost {cost} vs the model's {recorded}");
+    // Given the run folder itself, cost says how to get θ out of it.
+    let theta_at = args.iter().position(|a| a == "--theta").unwrap() + 1;
+    let mut from_run = args.clone();
+    from_run[theta_at] = run.display().to_string();
+    refused(wgnn().args(&from_run), "wgnn export --model");
 }

@@ -418,6 +418,13 @@ pub fn npy_path(arg: &str) -> anyhow::Result<std::path::PathBuf> {
 /// θ from a .npy vector, checked finite.
 pub fn read_theta(arg: &str) -> anyhow::Result<Vec<f64>> {
     let path = npy_path(arg)?;
+    if path.is_dir() {
+        bail!(
+            "{}: a folder, not a .npy vector of θ; for a run folder, `wgnn export --model {} --out DIR` writes DIR/theta.npy",
+            path.display(),
+            path.display()
+        );
+    }
     let theta = wgnn::npy::read_vector(&path).context("reading θ")?;
     if let Some(i) = theta.iter().position(|v| !v.is_finite()) {
         bail!("{}: θ[{i}] is {}; θ must be finite", path.display(), theta[i]);

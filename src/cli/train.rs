@@ -160,8 +160,10 @@ pub struct TrainArgs {
     /// while training; Ctrl-C saves it too. model.safetensors is written only at the end.
     #[arg(long)]
     pub checkpoint_every: Option<usize>,
-    /// Continue the run saved in this folder (same network and data options): from its
-    /// checkpoint.safetensors when it was interrupted, else from its model.safetensors.
+    /// Continue the run saved in this folder as it was started — kind, network, data and its
+    /// options, optimizer, seed all come from its checkpoint.safetensors (interrupted) or
+    /// model.safetensors (finished: give a larger --iterations). Beside it only --iterations,
+    /// --checkpoint-every, --quiet, --out and the backend flags may take other values.
     #[arg(long)]
     pub resume: Option<PathBuf>,
     /// Where to write the run. Default: runs/<kind>-N (the first N with no folder yet; folders
