@@ -194,7 +194,9 @@ impl Model {
                 self.inputs()
             )));
         }
-        let mut x = x.clone();
+        // Row-major, whatever layout the reader produced (taking columns out gives a
+        // column-major array): the CPU products' bits depend on the layout, predictions must not.
+        let mut x = x.as_standard_layout().into_owned();
         for stage in &self.stages {
             x = match stage {
                 Stage::Encoder { spec, theta } => hidden_features(backends(spec)?.as_mut(), theta, &x)?,

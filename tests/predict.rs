@@ -183,6 +183,21 @@ fn a_regressor_and_an_autoencoder_write_what_their_backend_computes() {
     let got = Array2::from_shape_fn((60, 2), |(i, j)| rows[i][j] as f32);
     assert_eq!(got, expected);
 
+    // Trained on target columns of the data file itself: predict takes the same kind of
+    // file, target columns and all, and leaves them out as training did.
+    let csv = format!("csv:{}", data.path("x.csv").display());
+    let run = data.path("columns");
+    ok(wgnn()
+        .args(["train", "mlp", "--backend", "cpu", "--quiet", "--iterations", "5", "--hidden", "3"])
+        .args(["--optimizer", "lbfgs", "--label-column", "none", "--targets", "columns:5-6", "--data", &csv, "--out"])
+        .arg(&run));
+    let ck = model(&run);
+    let inputs = data.x.slice(ndarray::s![.., ..4]).to_owned();
+    let expected = cpu(&ck.spec).predict(&ck.theta, (&inputs).into()).unwrap().mapv(|v| v as f32);
+    let out = data.path("columns.npy");
+    ok(wgnn().args(["predict", "--label-column", "none", "--data", &csv, "--model"]).arg(&run).arg("--out").arg(&out));
+    assert_eq!(read_f32(&out), expected);
+
     let run = data.train("autoencoder", "ae", &["--hidden", "3"]);
     let ck = model(&run);
     let mut backend = cpu(&ck.spec);

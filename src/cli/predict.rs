@@ -70,11 +70,29 @@ fn labels_path(out: &Path) -> PathBuf {
 
 pub fn run(args: PredictArgs) -> anyhow::Result<()> {
     let format = format_of(&args.out)?;
-    let model = Model::load(&args.input.model).with_context(|| format!("--model {}", args.input.model.display()))?;
+    let context = || format!("--model {}", args.input.model.display());
+    let file = wgnn::predict::model_file(&args.input.model).with_context(context)?;
+    let checkpoint = wgnn::checkpoint::Checkpoint::load(&file)?;
+    let model = Model::from_checkpoint(&checkpoint).with_context(context)?;
     if args.features && model.spec.layers.len() < 3 {
         bail!("--features: {} has no hidden layer to take features from", model.spec.describe());
     }
-    let (_, data) = args.input.data.load(args.input.seed)?;
+    let (_, mut data) = args.input.data.load(args.input.seed)?;
+    // A regressor trained on `--targets columns:SPEC` takes the file without those columns:
+    // given the same kind of file, with them, they are taken out as training took them out.
+    let stored_targets = checkpoint.metadata.preprocessing.get("targets").and_then(|t| t.as_str());
+    if let Some(columns) = stored_targets.filter(|t| t.trim_start().starts_with("columns:"))
+        && data.num_features() != model.inputs()
+        && args.input.data.targets.is_none()
+    {
+        let mut with_targets = args.input.data.clone();
+        with_targets.targets = Some(columns.to_string());
+        if let Ok((_, without)) = with_targets.load(args.input.seed)
+            && without.num_features() == model.inputs()
+        {
+            data = without;
+        }
+    }
     let mut note = None;
     let mut backends = |spec: &NetSpec| -> wgnn::Result<Box<dyn wgnn::Backend>> {
         let (b, n) = args
