@@ -163,7 +163,8 @@ pub struct TrainArgs {
     /// Continue the run saved in this folder as it was started — kind, network, data and its
     /// options, optimizer, seed all come from its checkpoint.safetensors (interrupted) or
     /// model.safetensors (finished: give a larger --iterations). Beside it only --iterations,
-    /// --checkpoint-every, --quiet, --out and the backend flags may take other values.
+    /// --checkpoint-every, --quiet, --out, --backend, --gpu-api and --adapter may take other
+    /// values.
     #[arg(long)]
     pub resume: Option<PathBuf>,
     /// Where to write the run. Default: runs/<kind>-N (the first N with no folder yet; folders
@@ -295,7 +296,8 @@ fn restore_job(given: TrainArgs, dir: &std::path::Path) -> anyhow::Result<TrainA
     let mut stored: TrainArgs = serde_json::from_value(checkpoint.metadata.command.clone()).with_context(|| {
         format!("--resume {}: the run's stored flags are unreadable (written by another wgnn version?)", dir.display())
     })?;
-    let (given_values, stored_values) = (serde_json::to_value(&given)?, serde_json::to_value(&stored)?);
+    // Compared as stored (paths absolute): `--data npy:x.npy` names the run's own file.
+    let (given_values, stored_values) = (serde_json::to_value(stored_form(&given))?, serde_json::to_value(&stored)?);
     for id in &given.given {
         let (Some(g), Some(s)) = (given_values.get(id), stored_values.get(id)) else { continue };
         if MAY_CHANGE_ON_RESUME.contains(&id.as_str()) || g == s {
@@ -305,7 +307,7 @@ fn restore_job(given: TrainArgs, dir: &std::path::Path) -> anyhow::Result<TrainA
         let trained =
             if s.is_null() { format!("without {flag}: its default") } else { format!("with {flag} {}", shown(s)) };
         bail!(
-            "{flag} {} conflicts with the run in {} (trained {trained}): --resume continues that job as it was; beside it give only --iterations, --checkpoint-every, --quiet, --out or the backend flags, or start a new run",
+            "{flag} {} conflicts with the run in {} (trained {trained}): --resume continues that job as it was; beside it give only --iterations, --checkpoint-every, --quiet, --out, --backend, --gpu-api or --adapter, or start a new run",
             shown(g),
             dir.display(),
         );
@@ -842,6 +844,31 @@ impl Reporter {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// What a run stores for --resume names its files absolutely, drops the flags of one
+    /// invocation, and comes back through JSON unchanged; flags missing from an older record
+    /// take their defaults.
+    #[test]
+    fn stored_flags_name_files_absolutely_and_read_back() {
+        let mut args = TrainArgs::default();
+        args.data.data = Some("npy:x.npy".into());
+        args.data.targets = Some("columns:3-4".into());
+        args.features_from = Some("runs/ae-1".into());
+        args.out = Some("o".into());
+        args.quiet = true;
+        args.given = vec!["quiet".into()];
+        let stored = stored_form(&args);
+        let cwd = std::env::current_dir().unwrap();
+        assert_eq!(stored.data.data, Some(format!("npy:{}", cwd.join("x.npy").display())));
+        assert_eq!(stored.data.targets.as_deref(), Some("columns:3-4"));
+        assert_eq!(stored.features_from, Some(cwd.join("runs/ae-1")));
+        assert!(stored.out.is_none() && !stored.quiet && stored.given.is_empty());
+        let json = serde_json::to_value(&stored).unwrap();
+        let back: TrainArgs = serde_json::from_value(json.clone()).unwrap();
+        assert_eq!(serde_json::to_value(&back).unwrap(), json);
+        let old: TrainArgs = serde_json::from_str(r#"{"kind": "mlp", "seed": 7}"#).unwrap();
+        assert_eq!((old.kind, old.seed, old.batch_size, old.iterations), (Kind::Mlp, 7, 200, None));
+    }
 
     #[test]
     fn schedules_parse_with_their_defaults() {
