@@ -38,7 +38,7 @@ pub fn cost_flags(spec: &NetSpec) -> String {
 }
 
 pub fn run(args: ExportArgs) -> anyhow::Result<()> {
-    let file = wgnn::predict::model_file(&args.model).with_context(|| format!("--model {}", args.model.display()))?;
+    let file = super::model_file_for("--model", &args.model)?;
     let ck = Checkpoint::load(&file)?;
     if args.out.exists() && !args.out.is_dir() {
         bail!("--out {}: is a file; give a folder to write theta.npy and spec.json into", args.out.display());

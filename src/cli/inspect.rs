@@ -16,7 +16,7 @@ use super::{BackendArgs, DataArgs, Precision};
 /// fine-tuned stack).
 pub fn load_model(path: &Path) -> anyhow::Result<Checkpoint> {
     if path.is_dir() && !path.join("model.safetensors").exists() && path.join("layer1").is_dir() {
-        let file = wgnn::predict::model_file(path).with_context(|| format!("--model {}", path.display()))?;
+        let file = super::model_file_for("--model", path)?;
         return Ok(Checkpoint::load(&file)?);
     }
     if path.is_dir()

@@ -405,6 +405,15 @@ impl DataArgs {
     }
 }
 
+/// The finished model file `flag PATH` names ([`wgnn::predict::model_file`]: a file, a run
+/// folder or a `train stacked` folder); its error says the flag and the path once.
+pub fn model_file_for(flag: &str, path: &std::path::Path) -> anyhow::Result<std::path::PathBuf> {
+    wgnn::predict::model_file(path).map_err(|e| match e {
+        wgnn::Error::File { message, .. } => anyhow::anyhow!("{flag} {}: {message}", path.display()),
+        other => other.into(),
+    })
+}
+
 /// A path given as `FILE` or `npy:FILE`.
 pub fn npy_path(arg: &str) -> anyhow::Result<std::path::PathBuf> {
     let path = arg.strip_prefix("npy:").unwrap_or(arg);

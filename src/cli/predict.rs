@@ -71,7 +71,7 @@ fn labels_path(out: &Path) -> PathBuf {
 pub fn run(args: PredictArgs) -> anyhow::Result<()> {
     let format = format_of(&args.out)?;
     let context = || format!("--model {}", args.input.model.display());
-    let file = wgnn::predict::model_file(&args.input.model).with_context(context)?;
+    let file = super::model_file_for("--model", &args.input.model)?;
     let checkpoint = wgnn::checkpoint::Checkpoint::load(&file)?;
     let model = Model::from_checkpoint(&checkpoint).with_context(context)?;
     if args.features && model.spec.layers.len() < 3 {

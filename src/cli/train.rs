@@ -543,7 +543,7 @@ pub fn run(mut args: TrainArgs) -> anyhow::Result<()> {
     let mut encoder_stored = serde_json::Value::Null;
     if let Some(path) = &args.features_from {
         let context = || format!("--features-from {}", path.display());
-        let file = wgnn::predict::model_file(path).with_context(context)?;
+        let file = super::model_file_for("--features-from", path)?;
         let ck = Checkpoint::load(&file).with_context(context)?;
         let encoder = wgnn::predict::Model::from_checkpoint(&ck).with_context(context)?;
         let mut backends = |spec: &NetSpec| -> wgnn::Result<Box<dyn wgnn::Backend>> {
