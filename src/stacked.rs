@@ -17,8 +17,9 @@ use std::sync::atomic::AtomicBool;
 use ndarray::Array2;
 use serde_json::json;
 
+use crate::checkpoint::Checkpoint;
 use crate::model::{Activation, NetSpec, Output, Sparsity, ThetaLayout};
-use crate::optim::{Lbfgs, Method};
+use crate::optim::{Lbfgs, Method, StopReason, Summary};
 use crate::train::{RunFolder, RunStatus, TrainJob, TrainOutcome, accuracy, hidden_features, train};
 use crate::{Backend, CpuBackend, Error, Result, Targets};
 
@@ -44,6 +45,14 @@ pub struct StackedConfig {
     /// [`crate::predict`]), stored with the first autoencoder and the fine-tuned stack — the
     /// stages that take `x` itself — so they predict from raw examples.
     pub preprocessing: serde_json::Value,
+    /// Continue the pipeline already in the output folder: a stage whose folder holds a
+    /// finished model (of the same network) is kept, not trained again; a stage whose folder
+    /// holds a checkpoint continues from it (θ and optimizer state: the same bits as an
+    /// uninterrupted run); the rest train as usual.
+    pub resume: bool,
+    /// The command that started the pipeline, stored in every stage's checkpoint and model
+    /// ([`crate::checkpoint::Metadata::command`]).
+    pub command: serde_json::Value,
 }
 
 impl Default for StackedConfig {
@@ -59,6 +68,8 @@ impl Default for StackedConfig {
             checkpoint_every: None,
             data_description: String::new(),
             preprocessing: serde_json::Value::Null,
+            resume: false,
+            command: serde_json::Value::Null,
         }
     }
 }
@@ -134,7 +145,19 @@ pub fn train_stacked_until(
         let method = Method::Lbfgs(Lbfgs::default().with_memory(memory));
         on_stage(StageEvent::Start { spec: &spec, dir });
         let mut b = backend(&spec)?;
+        let stage_name = dir.file_name().map_or_else(String::new, |n| n.to_string_lossy().into_owned());
+        if config.resume
+            && let Some(kept) = finished_stage(&spec, dir)?
+        {
+            on_stage(StageEvent::Done { outcome: &kept });
+            seconds.insert(stage_name, kept.summary.seconds.into());
+            return Ok((kept, b));
+        }
+        let checkpoint = dir.join(crate::train::CHECKPOINT_FILE);
+        let resume = if config.resume && checkpoint.is_file() { Some(Checkpoint::load(&checkpoint)?) } else { None };
         let job = TrainJob {
+            resume,
+            command: config.command.clone(),
             seed: config.seed,
             initial_theta,
             checkpoint_every: config.checkpoint_every,
@@ -145,7 +168,6 @@ pub fn train_stacked_until(
         };
         let outcome = train(job, b.as_mut(), x, y, &mut |_| {}, interrupt)?;
         on_stage(StageEvent::Done { outcome: &outcome });
-        let stage_name = dir.file_name().map_or_else(String::new, |n| n.to_string_lossy().into_owned());
         seconds.insert(stage_name, outcome.summary.seconds.into());
         Ok((outcome, b))
     };
@@ -259,6 +281,51 @@ pub fn train_stacked_until(
         final_cost: finetuned.final_cost,
         metrics: path,
     })
+}
+
+/// The stage already finished in `dir` (its `model.safetensors`, of network `spec`), as the
+/// outcome its run had (counts, seconds, final cost and test accuracy from its
+/// `metrics.json`); `None` when there is no finished model there.
+///
+/// Errors: the model holds another network than `spec` (the pipeline's settings changed).
+fn finished_stage(spec: &NetSpec, dir: &Path) -> Result<Option<TrainOutcome>> {
+    let model = dir.join(crate::train::MODEL_FILE);
+    if !model.is_file() {
+        return Ok(None);
+    }
+    let ck = Checkpoint::load(&model)?;
+    if ck.spec != *spec {
+        return Err(Error::Data(format!(
+            "the finished stage in {} holds {} but the pipeline asks for {}: resume with the same settings",
+            dir.display(),
+            ck.spec.describe(),
+            spec.describe()
+        )));
+    }
+    let metrics: serde_json::Value = std::fs::read(dir.join(crate::train::METRICS_FILE))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default();
+    let number = |key: &str| metrics[key].as_f64();
+    let count = |key: &str| metrics[key].as_u64().unwrap_or(0) as usize;
+    Ok(Some(TrainOutcome {
+        status: RunStatus::Finished,
+        theta: ck.theta,
+        summary: Summary {
+            reason: StopReason::MaxIterations,
+            iterations: count("iterations"),
+            evaluations: count("evaluations"),
+            cost: number("final_cost"),
+            grad_norm: None,
+            best_validation: None,
+            seconds: number("seconds").unwrap_or(0.0),
+        },
+        final_cost: number("final_cost").unwrap_or(f64::NAN),
+        validation: None,
+        test_accuracy: number("test_accuracy"),
+        r2: None,
+        files: Vec::new(),
+    }))
 }
 
 /// The pipeline's outcome when the stage in `dir` did not finish.

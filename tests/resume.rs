@@ -121,16 +121,74 @@ fn an_interrupted_run_resumed_with_only_resume_gives_the_uninterrupted_bits() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 }
 
-/// A stacked pipeline cannot be resumed yet: one line says so, whether the kind or the folder
-/// shows it.
+/// A stacked pipeline interrupted in its second stage and resumed with only `--resume` keeps
+/// the finished first stage, continues the second from its checkpoint and ends with the
+/// uninterrupted pipeline's fine-tuned θ, bit for bit. One written before runs stored their
+/// flags is refused in one line.
 #[test]
-fn a_stacked_run_is_refused_resume_in_one_line() {
+fn an_interrupted_stacked_run_resumes_from_the_stage_it_stopped_in() {
+    use ndarray::Array2;
+    use ndarray_npy::WriteNpyExt;
+    use rand::{RngExt, SeedableRng, rngs::StdRng};
     let dir = tempfile::tempdir().unwrap();
-    let run = dir.path().join("stacked");
-    std::fs::create_dir_all(run.join("layer1")).unwrap();
-    refused(&wgnn().args(["train", "--resume"]).arg(&run).output().unwrap(), "stacked autoencoder cannot be resumed");
+    let mut rng = StdRng::seed_from_u64(5);
+    let x = Array2::from_shape_fn((600, 64), |_| rng.random_range(0.0f32..1.0));
+    let labels: ndarray::Array1<i64> =
+        x.rows().into_iter().map(|r| wgnn::backend::argmax(r.iter().take(3).map(|&v| v as f64)) as i64).collect();
+    let (x_path, labels_path) = (dir.path().join("x.npy"), dir.path().join("labels.npy"));
+    x.write_npy(std::fs::File::create(&x_path).unwrap()).unwrap();
+    labels.write_npy(std::fs::File::create(&labels_path).unwrap()).unwrap();
+    let data = format!("npy:{}", x_path.display());
+    let job = ["train", "stacked", "--backend", "cpu", "--data", &data, "--hidden", "24,12", "--iterations", "150"];
+    let (straight, stopped) = (dir.path().join("straight"), dir.path().join("stopped"));
+    let done =
+        wgnn().args(job).arg("--labels").arg(&labels_path).arg("--quiet").arg("--out").arg(&straight).output().unwrap();
+    assert!(done.status.success(), "{}", String::from_utf8_lossy(&done.stderr));
+
+    let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("wgnn"))
+        .args(job)
+        .arg("--labels")
+        .arg(&labels_path)
+        .arg("--out")
+        .arg(&stopped)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    loop {
+        let line = lines.next().expect("the child ended before its second stage").unwrap();
+        if line.starts_with("stage") && line.contains("layer2") {
+            break;
+        }
+    }
+    let kill = std::process::Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
+    assert!(kill.success());
+    let rest: Vec<String> = lines.map(|l| l.unwrap()).collect();
+    assert_eq!(child.wait().unwrap().code(), Some(130), "the pipeline ended before SIGINT reached it: {rest:?}");
+    let last = rest.last().unwrap();
+    assert!(last.ends_with(&format!("resume with: wgnn train --resume {}", stopped.display())), "{last}");
+    assert!(stopped.join("layer1/model.safetensors").exists() && !stopped.join("finetune/model.safetensors").exists());
+    let layer1 = std::fs::read(stopped.join("layer1/model.safetensors")).unwrap();
+
+    let resumed = wgnn().args(["train", "--quiet", "--resume"]).arg(&stopped).output().unwrap();
+    assert!(resumed.status.success(), "{}", String::from_utf8_lossy(&resumed.stderr));
+    assert_eq!(std::fs::read(stopped.join("layer1/model.safetensors")).unwrap(), layer1, "the finished stage was kept");
+    assert_eq!(
+        theta_of(&stopped.join("finetune/model.safetensors")),
+        theta_of(&straight.join("finetune/model.safetensors")),
+        "the resumed pipeline's fine-tuned θ differs from the uninterrupted one's"
+    );
+    let metrics: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(stopped.join("metrics.json")).unwrap()).unwrap();
+    assert_eq!(metrics["status"], "finished");
+
+    // Written before runs stored their flags: refused in one line.
+    let first = straight.join("layer1/model.safetensors");
+    let mut old = Checkpoint::load(&first).unwrap();
+    old.metadata.command = serde_json::Value::Null;
+    old.save(&first).unwrap();
     refused(
-        &wgnn().args(["train", "stacked", "--resume"]).arg(dir.path()).output().unwrap(),
-        "stacked autoencoder cannot be resumed",
+        &wgnn().args(["train", "--resume"]).arg(&straight).output().unwrap(),
+        "written before runs stored their flags",
     );
 }

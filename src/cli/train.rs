@@ -241,12 +241,8 @@ fn open_run_folder(args: &TrainArgs) -> anyhow::Result<RunFolder> {
                 (false, Some("failed")) => "a run that failed",
                 (false, _) => "an unfinished run",
             };
-            // A stacked pipeline and a failed run (no optimizer state) cannot be continued.
-            let tip = if args.kind == Kind::Stacked || failed {
-                String::new()
-            } else {
-                format!(", --resume {} to continue it", out.display())
-            };
+            // A failed run (no optimizer state) cannot be continued.
+            let tip = if failed { String::new() } else { format!(", --resume {} to continue it", out.display()) };
             bail!("{} holds {what} ({f}): give another --out{tip}, or --force to replace it", out.display());
         }
     }
@@ -283,14 +279,16 @@ const MAY_CHANGE_ON_RESUME: &[&str] =
 /// A checkpoint written before runs stored their flags (no `command`) leaves `given` as it is:
 /// its flags must then repeat the network, as before.
 fn restore_job(given: TrainArgs, dir: &std::path::Path) -> anyhow::Result<TrainArgs> {
-    if given.kind == Kind::Stacked || dir.join("layer1").is_dir() {
-        bail!(
-            "--resume {}: a stacked autoencoder cannot be resumed yet (its stages are separate runs): train it again with --force, or continue one stage's folder",
-            dir.display()
-        );
-    }
-    let checkpoint = resume_checkpoint(dir)?;
+    // A stacked pipeline's flags are stored with each stage: its first one always ran.
+    let stacked = dir.join("layer1").is_dir();
+    let checkpoint = resume_checkpoint(&if stacked { dir.join("layer1") } else { dir.to_path_buf() })?;
     if checkpoint.metadata.command.is_null() {
+        if stacked || given.kind == Kind::Stacked {
+            bail!(
+                "--resume {}: this stacked autoencoder was written before runs stored their flags, so it cannot be resumed: train it again with --force",
+                dir.display()
+            );
+        }
         return Ok(given);
     }
     let mut stored: TrainArgs = serde_json::from_value(checkpoint.metadata.command.clone()).with_context(|| {
@@ -327,6 +325,12 @@ fn restore_job(given: TrainArgs, dir: &std::path::Path) -> anyhow::Result<TrainA
     if changed("adapter") {
         stored.backend.adapter = given.backend.adapter.clone();
     }
+    if stored.kind == Kind::Stacked && given.out.as_ref().is_some_and(|o| !same_folder(o, dir)) {
+        bail!(
+            "--out beside --resume {}: a stacked autoencoder continues in its own folder; leave --out out",
+            dir.display()
+        );
+    }
     // θ comes from the checkpoint, never from --init.
     stored.init = "uniform".into();
     stored.given = given.given;
@@ -346,7 +350,7 @@ fn shown(v: &serde_json::Value) -> String {
 /// The flags a run stores for `--resume`: paths made absolute (the run may be resumed from
 /// another folder), without the flags that belong to one invocation (--resume, --out,
 /// --force, --quiet).
-fn stored_form(args: &TrainArgs) -> TrainArgs {
+pub(super) fn stored_form(args: &TrainArgs) -> TrainArgs {
     let absolute = |p: &std::path::Path| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
     // mnist:DIR, npy:FILE, … with DIR or FILE absolute; synthetic and columns:SPEC as given.
     let source = |s: &String| match s.split_once(':') {
@@ -445,7 +449,11 @@ pub fn run(mut args: TrainArgs) -> anyhow::Result<()> {
         "normal" => (Init::DEFAULT_NORMAL, None),
         path => (Init::Uniform, Some(super::read_theta(path).context("--init")?)),
     };
-    let resume = args.resume.as_deref().map(resume_checkpoint).transpose()?;
+    // A stacked pipeline finds each stage's checkpoint itself.
+    let resume = match args.kind {
+        Kind::Stacked => None,
+        _ => args.resume.as_deref().map(resume_checkpoint).transpose()?,
+    };
     // The optimizer's flags too.
     let choice =
         args.optimizer.unwrap_or(if args.kind == Kind::Mlp { OptimizerChoice::Adam } else { OptimizerChoice::Lbfgs });
