@@ -3,8 +3,9 @@
 //!
 //! 1. `--features-from`: the hidden activations a⁽²⁾ = f(W⁽¹⁾x + b⁽¹⁾) of an encoder
 //!    (UFLDL, "Self-Taught Learning"), stored in the model as `preprocessing.encoder`
-//!    (`{"spec": …, "theta": […]}`); models from before it was stored name only the encoder's
-//!    path (`preprocessing.features_from`), which is then read when it still exists;
+//!    (`{"spec": …, "theta": […], "preprocessing": …}`: the encoder's own stages come first,
+//!    recursively); models from before it was stored name only the encoder's path
+//!    (`preprocessing.features_from`), which is then read when it still exists;
 //! 2. whitening (`preprocessing.whitening`: x ↦ M (x − μ), ZCA or PCA; UFLDL, "Whitening").
 //!
 //! Nothing here needs labels or targets. A [`Model`] runs through any [`Backend`]: the caller
