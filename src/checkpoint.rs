@@ -40,6 +40,10 @@ pub struct Metadata {
     /// How inputs were preprocessed (scaling, whitening), so new data can be treated alike.
     #[serde(default)]
     pub preprocessing: serde_json::Value,
+    /// The command that started the run (the CLI's `train` flags as JSON), so `--resume DIR`
+    /// alone can restore the whole job; null in files written before it was recorded.
+    #[serde(default, skip_serializing_if = "serde_json::Value::is_null")]
+    pub command: serde_json::Value,
     /// Anything else (e.g. final metrics).
     #[serde(default)]
     pub extra: serde_json::Map<String, serde_json::Value>,

@@ -20,6 +20,7 @@ pub mod linear;
 pub mod model;
 pub mod npy;
 pub mod optim;
+pub mod predict;
 pub mod stacked;
 pub mod train;
 pub mod viz;

@@ -17,8 +17,9 @@ use std::sync::atomic::AtomicBool;
 use ndarray::Array2;
 use serde_json::json;
 
+use crate::checkpoint::Checkpoint;
 use crate::model::{Activation, NetSpec, Output, Sparsity, ThetaLayout};
-use crate::optim::{Lbfgs, Method};
+use crate::optim::{Lbfgs, Method, StopReason, Summary};
 use crate::train::{RunFolder, RunStatus, TrainJob, TrainOutcome, accuracy, hidden_features, train};
 use crate::{Backend, CpuBackend, Error, Result, Targets};
 
@@ -40,6 +41,18 @@ pub struct StackedConfig {
     pub checkpoint_every: Option<usize>,
     /// What the data was, for `metrics.json`.
     pub data_description: String,
+    /// What the raw examples went through before `x` (whitening, an encoder: see
+    /// [`crate::predict`]), stored with the first autoencoder and the fine-tuned stack — the
+    /// stages that take `x` itself — so they predict from raw examples.
+    pub preprocessing: serde_json::Value,
+    /// Continue the pipeline already in the output folder: a stage whose folder holds a
+    /// finished model (of the same network) is kept, not trained again; a stage whose folder
+    /// holds a checkpoint continues from it (θ and optimizer state: the same bits as an
+    /// uninterrupted run); the rest train as usual.
+    pub resume: bool,
+    /// The command that started the pipeline, stored in every stage's checkpoint and model
+    /// ([`crate::checkpoint::Metadata::command`]).
+    pub command: serde_json::Value,
 }
 
 impl Default for StackedConfig {
@@ -54,6 +67,9 @@ impl Default for StackedConfig {
             seed: 0,
             checkpoint_every: None,
             data_description: String::new(),
+            preprocessing: serde_json::Value::Null,
+            resume: false,
+            command: serde_json::Value::Null,
         }
     }
 }
@@ -122,23 +138,36 @@ pub fn train_stacked_until(
                      y: Targets<'_>,
                      test: Option<(&Array2<f32>, &[usize])>,
                      initial_theta: Option<Vec<f64>>,
+                     preprocessing: &serde_json::Value,
                      dir: &Path|
      -> Result<(TrainOutcome, Box<dyn Backend>)> {
         let memory = Lbfgs::memory_for(ThetaLayout::new(&spec).len());
         let method = Method::Lbfgs(Lbfgs::default().with_memory(memory));
         on_stage(StageEvent::Start { spec: &spec, dir });
         let mut b = backend(&spec)?;
+        let stage_name = dir.file_name().map_or_else(String::new, |n| n.to_string_lossy().into_owned());
+        if config.resume
+            && let Some(kept) = finished_stage(&spec, dir)?
+        {
+            on_stage(StageEvent::Done { outcome: &kept });
+            seconds.insert(stage_name, kept.summary.seconds.into());
+            return Ok((kept, b));
+        }
+        let checkpoint = dir.join(crate::train::CHECKPOINT_FILE);
+        let resume = if config.resume && checkpoint.is_file() { Some(Checkpoint::load(&checkpoint)?) } else { None };
         let job = TrainJob {
+            resume,
+            command: config.command.clone(),
             seed: config.seed,
             initial_theta,
             checkpoint_every: config.checkpoint_every,
             data_description: "stacked autoencoder stage".into(),
             test_set: test.map(|(x, l)| (x.clone(), l.to_vec().into())),
+            preprocessing: preprocessing.clone(),
             ..TrainJob::new(spec, method, iterations, dir)
         };
         let outcome = train(job, b.as_mut(), x, y, &mut |_| {}, interrupt)?;
         on_stage(StageEvent::Done { outcome: &outcome });
-        let stage_name = dir.file_name().map_or_else(String::new, |n| n.to_string_lossy().into_owned());
         seconds.insert(stage_name, outcome.summary.seconds.into());
         Ok((outcome, b))
     };
@@ -153,7 +182,11 @@ pub fn train_stacked_until(
             .with_weight_decay(config.weight_decay)?
             .with_sparsity(config.sparsity)?;
         let dir = out.join(format!("layer{}", i + 1));
-        let (outcome, mut b) = stage(spec.clone(), config.iterations, &features, Targets::Inputs, None, None, &dir)?;
+        // Only the first autoencoder takes the examples as they came.
+        let null = serde_json::Value::Null;
+        let pre = if i == 0 { &config.preprocessing } else { &null };
+        let (outcome, mut b) =
+            stage(spec.clone(), config.iterations, &features, Targets::Inputs, None, None, pre, &dir)?;
         if !outcome.status.is_finished() {
             return Ok(stopped(spec, outcome, &dir));
         }
@@ -174,6 +207,7 @@ pub fn train_stacked_until(
         Targets::Labels(labels),
         test_on_features,
         None,
+        &serde_json::Value::Null,
         &out.join("softmax"),
     )?;
     if !softmax.status.is_finished() {
@@ -203,8 +237,16 @@ pub fn train_stacked_until(
         }
         None => None,
     };
-    let (finetuned, _) =
-        stage(stack.clone(), config.iterations, x, Targets::Labels(labels), test, Some(theta), &out.join("finetune"))?;
+    let (finetuned, _) = stage(
+        stack.clone(),
+        config.iterations,
+        x,
+        Targets::Labels(labels),
+        test,
+        Some(theta),
+        &config.preprocessing,
+        &out.join("finetune"),
+    )?;
     if !finetuned.status.is_finished() {
         return Ok(stopped(stack, finetuned, &out.join("finetune")));
     }
@@ -239,6 +281,51 @@ pub fn train_stacked_until(
         final_cost: finetuned.final_cost,
         metrics: path,
     })
+}
+
+/// The stage already finished in `dir` (its `model.safetensors`, of network `spec`), as the
+/// outcome its run had (counts, seconds, final cost and test accuracy from its
+/// `metrics.json`); `None` when there is no finished model there.
+///
+/// Errors: the model holds another network than `spec` (the pipeline's settings changed).
+fn finished_stage(spec: &NetSpec, dir: &Path) -> Result<Option<TrainOutcome>> {
+    let model = dir.join(crate::train::MODEL_FILE);
+    if !model.is_file() {
+        return Ok(None);
+    }
+    let ck = Checkpoint::load(&model)?;
+    if ck.spec != *spec {
+        return Err(Error::Data(format!(
+            "the finished stage in {} holds {} but the pipeline asks for {}: resume with the same settings",
+            dir.display(),
+            ck.spec.describe(),
+            spec.describe()
+        )));
+    }
+    let metrics: serde_json::Value = std::fs::read(dir.join(crate::train::METRICS_FILE))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default();
+    let number = |key: &str| metrics[key].as_f64();
+    let count = |key: &str| metrics[key].as_u64().unwrap_or(0) as usize;
+    Ok(Some(TrainOutcome {
+        status: RunStatus::Finished,
+        theta: ck.theta,
+        summary: Summary {
+            reason: StopReason::MaxIterations,
+            iterations: count("iterations"),
+            evaluations: count("evaluations"),
+            cost: number("final_cost"),
+            grad_norm: None,
+            best_validation: None,
+            seconds: number("seconds").unwrap_or(0.0),
+        },
+        final_cost: number("final_cost").unwrap_or(f64::NAN),
+        validation: None,
+        test_accuracy: number("test_accuracy"),
+        r2: None,
+        files: Vec::new(),
+    }))
 }
 
 /// The pipeline's outcome when the stage in `dir` did not finish.

@@ -251,6 +251,10 @@ pub struct TrainJob {
     /// Held-out test examples and what they should give: with labels, their accuracy goes
     /// into metrics.json as `test_accuracy`; with real-valued targets, R² as `r2`.
     pub test_set: Option<(Array2<f32>, TestTargets)>,
+    /// The command that started the job (for the CLI, its `train` flags as JSON), stored in
+    /// the checkpoint and model ([`Metadata::command`]) so that `--resume DIR` alone can
+    /// restore the whole job. Null: none.
+    pub command: serde_json::Value,
 }
 
 impl TrainJob {
@@ -275,6 +279,7 @@ impl TrainJob {
             image_shape: None,
             preprocessing: serde_json::Value::Null,
             test_set: None,
+            command: serde_json::Value::Null,
         }
     }
 
@@ -654,6 +659,7 @@ pub fn train(
             history: serde_json::to_value(optimizer.map(|o| o.history())).unwrap_or_default(),
             optimizer: optimizer_state,
             preprocessing: job.preprocessing.clone(),
+            command: job.command.clone(),
             extra,
             ..Default::default()
         };

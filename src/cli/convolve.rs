@@ -198,6 +198,13 @@ pub fn run(args: ConvolveArgs) -> anyhow::Result<()> {
         bail!("--out {}: the pooled features are written as .npy; name the file F.npy", args.out.display());
     }
     let ck = load_model(&args.model)?;
+    // Its first layer reads another encoder's features, not pixels: no filters to slide.
+    if ck.metadata.preprocessing.get("features_from").is_some_and(|f| !f.is_null()) {
+        bail!(
+            "--model {}: it was trained on another encoder's features (--features-from), so its weights are not filters over pixels: give an autoencoder trained on patches",
+            args.model.display()
+        );
+    }
     let whitening = stored_whitening(&ck)?;
     let images = read_images(&args)?;
     let features = FeatureBank::from_autoencoder(&ck.spec, &ck.theta, images.channels, whitening.as_ref())

@@ -12,8 +12,13 @@ use wgnn::{Batch, Targets, viz};
 
 use super::{BackendArgs, DataArgs, Precision};
 
-/// A model file, or a run folder holding `model.safetensors`.
+/// A model file, a run folder holding `model.safetensors`, or a `train stacked` folder (its
+/// fine-tuned stack).
 pub fn load_model(path: &Path) -> anyhow::Result<Checkpoint> {
+    if path.is_dir() && !path.join("model.safetensors").exists() && path.join("layer1").is_dir() {
+        let file = super::model_file_for("--model", path)?;
+        return Ok(Checkpoint::load(&file)?);
+    }
     if path.is_dir()
         && let Some(why) = wgnn::train::unfinished_reason(path)
     {
@@ -31,12 +36,20 @@ pub fn stored_whitening(ck: &Checkpoint) -> anyhow::Result<Option<wgnn::data::wh
     Ok(wgnn::data::whiten::Whitening::from_preprocessing(&ck.metadata.preprocessing)?)
 }
 
-/// Data prepared as the model's training data was: whitened when the model says so.
-fn prepared(ck: &Checkpoint, x: ndarray::Array2<f32>) -> anyhow::Result<ndarray::Array2<f32>> {
-    Ok(match stored_whitening(ck)? {
-        Some(w) => w.apply(x.view())?,
-        None => x,
-    })
+/// Data prepared as the model's training data was: through every stage stored with it
+/// (`--features-from`'s encoder, whitening: [`wgnn::predict::Model::prepare`]).
+fn prepared(ck: &Checkpoint, x: ndarray::Array2<f32>, backend: &BackendArgs) -> anyhow::Result<ndarray::Array2<f32>> {
+    let model = wgnn::predict::Model::from_checkpoint(ck)?;
+    if model.stages.is_empty() {
+        return Ok(x);
+    }
+    let mut backends = |spec: &wgnn::model::NetSpec| -> wgnn::Result<Box<dyn wgnn::Backend>> {
+        backend
+            .build_quietly(spec.clone(), Precision::F32)
+            .map(|(b, _)| b)
+            .map_err(|e| wgnn::Error::Data(format!("{e:#}")))
+    };
+    Ok(model.prepare(&x, &mut backends)?)
 }
 
 #[derive(Args, Debug)]
@@ -98,7 +111,7 @@ pub fn reconstruct(args: ReconstructArgs) -> anyhow::Result<()> {
     }
     let (_, data) = args.input.data.load_counting(args.input.seed, 10)?;
     let shown = args.input.data.count.unwrap_or(10).min(data.len());
-    let x = prepared(&ck, data.x.slice(ndarray::s![..shown, ..]).to_owned())?.mapv(f64::from);
+    let x = prepared(&ck, data.x.slice(ndarray::s![..shown, ..]).to_owned(), &args.backend)?.mapv(f64::from);
     let mut backend = args.backend.build(ck.spec.clone(), Precision::F32)?;
     let recon = backend.predict(&ck.theta, (&x).into())?;
     // Trained on whitened data: both rows are drawn back in pixels, where a person sees
@@ -151,7 +164,7 @@ pub fn eval(args: EvalArgs) -> anyhow::Result<()> {
     let ck = load_model(&args.input.model)?;
     let spec = &ck.spec;
     let (_, mut data) = args.input.data.load(args.input.seed)?;
-    data.x = prepared(&ck, data.x)?;
+    data.x = prepared(&ck, data.x, &args.backend)?;
     let mut backend = args.backend.build(spec.clone(), Precision::F32)?;
     let labels = data.labels.clone();
     let targets = match (spec.output, &labels, &data.targets) {

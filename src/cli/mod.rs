@@ -6,13 +6,17 @@ mod config;
 mod convolve;
 mod cost;
 mod devices;
+mod export;
 mod gradcheck;
 mod inspect;
+mod predict;
 mod stacked;
 mod train;
 
 use anyhow::{Context, bail};
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::parser::ValueSource;
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
+use serde::{Deserialize, Serialize};
 
 use wgnn::Backend;
 use wgnn::model::{Activation, NetSpec, Output, Sparsity};
@@ -31,7 +35,18 @@ pub struct Cli {
 /// Parses the command line, with `--config` files expanded into flags first.
 pub fn parse() -> anyhow::Result<Cli> {
     let args = config::expand(std::env::args_os().collect())?;
-    Ok(Cli::parse_from(args))
+    let matches = Cli::command().get_matches_from(args);
+    let mut cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    // `train --resume` restores the run's own settings: it needs to know which flags the
+    // user gave (on the command line or in a --config file), not just their values.
+    if let (Command::Train(train), Some(("train", m))) = (&mut cli.command, matches.subcommand()) {
+        train.given = m
+            .ids()
+            .filter(|id| m.value_source(id.as_str()) == Some(ValueSource::CommandLine))
+            .map(|id| id.to_string())
+            .collect();
+    }
+    Ok(cli)
 }
 
 /// Every subcommand takes negative numbers as values (`--weight-decay -1`), so they reach the
@@ -60,6 +75,14 @@ pub enum Command {
     /// confusion matrix for classifiers.
     #[command(allow_negative_numbers = true)]
     Eval(inspect::EvalArgs),
+    /// Run a trained model on new data (no labels needed) and write what it gives to a .npy
+    /// or .csv file: labels and class probabilities (classifiers), predicted values
+    /// (regressors), reconstructions or hidden features (autoencoders).
+    #[command(allow_negative_numbers = true)]
+    Predict(predict::PredictArgs),
+    /// Write a trained model's θ as a .npy vector and its network as JSON, for other tools and
+    /// `wgnn cost --theta`.
+    Export(export::ExportArgs),
     /// Convolve the features a trained autoencoder learned on patches over whole images and pool
     /// them; writes a float32 .npy of images × features × pooled rows × pooled columns.
     #[command(allow_negative_numbers = true)]
@@ -125,6 +148,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Visualize(args) => inspect::visualize(args),
         Command::Reconstruct(args) => inspect::reconstruct(args),
         Command::Eval(args) => inspect::eval(args),
+        Command::Predict(args) => predict::run(args),
+        Command::Export(args) => export::run(args),
         Command::Bench(args) => bench::run(args),
     }
 }
@@ -178,7 +203,8 @@ impl NetArgs {
     }
 }
 
-#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum BackendChoice {
     /// A hardware GPU when wgpu finds one, otherwise the CPU backend (a software Vulkan
     /// adapter such as lavapipe is slower than the CPU backend, so auto never picks it).
@@ -189,13 +215,15 @@ pub enum BackendChoice {
     Gpu,
 }
 
-#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum Precision {
     F32,
     F64,
 }
 
-#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum GpuApi {
     Auto,
     Vulkan,
@@ -204,8 +232,10 @@ pub enum GpuApi {
     Gl,
 }
 
-/// Where the network is computed.
-#[derive(Args, Debug, Clone)]
+/// Where the network is computed. Serde: `train` stores its flags in the checkpoint
+/// (`--resume`).
+#[derive(Args, Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
 pub struct BackendArgs {
     /// Which backend computes: auto uses a hardware GPU when there is one, else the CPU.
     #[arg(long, value_enum, default_value_t = BackendChoice::Auto)]
@@ -221,6 +251,24 @@ pub struct BackendArgs {
     /// from the environment variable WGNN_ADAPTER.
     #[arg(long)]
     pub adapter: Option<String>,
+}
+
+impl Default for BackendArgs {
+    fn default() -> BackendArgs {
+        defaults()
+    }
+}
+
+impl Default for DataArgs {
+    fn default() -> DataArgs {
+        defaults()
+    }
+}
+
+/// Flags `T` with every value at its default, as an empty command line gives them.
+pub fn defaults<T: Args + FromArgMatches>() -> T {
+    let command = T::augment_args(clap::Command::new("wgnn"));
+    T::from_arg_matches(&command.get_matches_from(["wgnn"])).expect("every flag has a default")
 }
 
 impl BackendArgs {
@@ -283,8 +331,10 @@ impl BackendArgs {
     }
 }
 
-/// Where examples come from, as flags shared by every command that reads data.
-#[derive(Args, Debug, Clone)]
+/// Where examples come from, as flags shared by every command that reads data. Serde: `train`
+/// stores its flags in the checkpoint (`--resume`).
+#[derive(Args, Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
 pub struct DataArgs {
     /// Examples: synthetic (built-in images, cut into patches), mnist:DIR, patches:DIR (a
     /// folder of PNG/JPEG photographs), npy:FILE (with --labels or --targets), csv:FILE (label
@@ -395,6 +445,15 @@ pub fn limit(text: &str) -> Result<usize, String> {
     bounded(text, 0, 1 << 32, "the limit (a number of examples)")
 }
 
+/// The finished model file `flag PATH` names ([`wgnn::predict::model_file`]: a file, a run
+/// folder or a `train stacked` folder); its error says the flag and the path once.
+pub fn model_file_for(flag: &str, path: &std::path::Path) -> anyhow::Result<std::path::PathBuf> {
+    wgnn::predict::model_file(path).map_err(|e| match e {
+        wgnn::Error::File { message, .. } => anyhow::anyhow!("{flag} {}: {message}", path.display()),
+        other => other.into(),
+    })
+}
+
 /// A path given as `FILE` or `npy:FILE`.
 pub fn npy_path(arg: &str) -> anyhow::Result<std::path::PathBuf> {
     let path = arg.strip_prefix("npy:").unwrap_or(arg);
@@ -408,6 +467,13 @@ pub fn npy_path(arg: &str) -> anyhow::Result<std::path::PathBuf> {
 /// θ from a .npy vector, checked finite.
 pub fn read_theta(arg: &str) -> anyhow::Result<Vec<f64>> {
     let path = npy_path(arg)?;
+    if path.is_dir() {
+        bail!(
+            "{}: a folder, not a .npy vector of θ; for a run folder, `wgnn export --model {} --out DIR` writes DIR/theta.npy",
+            path.display(),
+            path.display()
+        );
+    }
     let theta = wgnn::npy::read_vector(&path).context("reading θ")?;
     if let Some(i) = theta.iter().position(|v| !v.is_finite()) {
         bail!("{}: θ[{i}] is {}; θ must be finite", path.display(), theta[i]);

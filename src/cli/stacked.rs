@@ -19,6 +19,7 @@ pub fn run(
     data: &Dataset,
     test: Option<(Array2<f32>, Vec<usize>)>,
     folder: RunFolder,
+    preprocessing: serde_json::Value,
     interrupt: &AtomicBool,
 ) -> anyhow::Result<()> {
     let labels = data.labels.as_deref().context("a stacked autoencoder ends in a softmax: it needs labelled data")?;
@@ -31,6 +32,9 @@ pub fn run(
         seed: args.seed,
         checkpoint_every: args.checkpoint_every,
         data_description: data.description.clone(),
+        preprocessing,
+        resume: args.resume.is_some(),
+        command: serde_json::to_value(super::train::stored_form(args))?,
         ..defaults
     };
     let mut backend = |spec: &wgnn::model::NetSpec| -> wgnn::Result<Box<dyn wgnn::Backend>> {
@@ -51,14 +55,16 @@ pub fn run(
         }
     };
     let test = test.as_ref().map(|(x, l)| (x, l.as_slice()));
+    let out = folder.path().to_path_buf();
     let outcome = train_stacked_until(&config, &mut backend, &data.x, labels, test, folder, &mut report, interrupt)?;
     let (stage, checkpoint) = (outcome.stage.display(), outcome.stage.join(CHECKPOINT_FILE));
     match &outcome.status {
         RunStatus::Finished => {}
         RunStatus::Interrupted => {
             return Err(Exit::interrupted(format!(
-                "interrupted in stage {stage}: its θ and optimizer state are in {}; the later stages did not run",
-                checkpoint.display()
+                "interrupted in stage {stage}: its θ and optimizer state are in {}; the later stages did not run; resume with: wgnn train --resume {}",
+                checkpoint.display(),
+                out.display()
             ))
             .into());
         }

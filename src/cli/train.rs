@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::{Context, bail};
 use clap::{Args, ValueEnum};
+use serde::{Deserialize, Serialize};
 
 use wgnn::Targets;
 use wgnn::checkpoint::Checkpoint;
@@ -20,7 +21,8 @@ use wgnn::train::{CHECKPOINT_FILE, MODEL_FILE, RunFolder, RunStatus, TestTargets
 
 use super::{BackendArgs, DataArgs, Exit};
 
-#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum Kind {
     /// A sparse autoencoder n-h-n (sigmoid, KL sparsity): learns features without labels.
     Autoencoder,
@@ -35,7 +37,8 @@ pub enum Kind {
     Stacked,
 }
 
-#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum OptimizerChoice {
     /// L-BFGS with a strong-Wolfe line search (full batch).
     Lbfgs,
@@ -49,7 +52,8 @@ pub enum OptimizerChoice {
     Adam,
 }
 
-#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum WhitenChoice {
     /// ZCA: decorrelated, unit variance, as close to the original pixels as possible.
     Zca,
@@ -57,12 +61,16 @@ pub enum WhitenChoice {
     Pca,
 }
 
-#[derive(Args, Debug)]
+/// The flags of `wgnn train`. Serde: a run stores them (paths made absolute) in its checkpoint
+/// and model (`Metadata::command`), so `--resume DIR` alone restores the whole job.
+#[derive(Args, Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
 pub struct TrainArgs {
     /// What to train.
     #[arg(value_enum, default_value_t = Kind::Autoencoder)]
     pub kind: Kind,
     #[command(flatten)]
+    #[serde(flatten)]
     pub data: DataArgs,
     /// Test examples to report `test_accuracy` (classifiers) or `r2` (regression) on: a data
     /// source as for --data; for mnist: the test split is used. Same --digits, --limit and
@@ -152,8 +160,11 @@ pub struct TrainArgs {
     /// while training; Ctrl-C saves it too. model.safetensors is written only at the end.
     #[arg(long)]
     pub checkpoint_every: Option<usize>,
-    /// Continue the run saved in this folder (same network and data options): from its
-    /// checkpoint.safetensors when it was interrupted, else from its model.safetensors.
+    /// Continue the run saved in this folder as it was started — kind, network, data and its
+    /// options, optimizer, seed all come from its checkpoint.safetensors (interrupted) or
+    /// model.safetensors (finished: give a larger --iterations). Beside it only --iterations,
+    /// --checkpoint-every, --quiet, --out, --backend, --gpu-api and --adapter may take other
+    /// values.
     #[arg(long)]
     pub resume: Option<PathBuf>,
     /// Where to write the run. Default: runs/<kind>-N (the first N with no folder yet; folders
@@ -169,7 +180,19 @@ pub struct TrainArgs {
     #[arg(long)]
     pub quiet: bool,
     #[command(flatten)]
+    #[serde(flatten)]
     pub backend: BackendArgs,
+    /// The flags given on the command line (or in a --config file), by their ids
+    /// (`checkpoint_every`): set by `cli::parse`, for `--resume`.
+    #[arg(skip)]
+    #[serde(skip)]
+    pub given: Vec<String>,
+}
+
+impl Default for TrainArgs {
+    fn default() -> TrainArgs {
+        super::defaults()
+    }
 }
 
 pub fn kind_name(kind: Kind) -> &'static str {
@@ -218,12 +241,8 @@ fn open_run_folder(args: &TrainArgs) -> anyhow::Result<RunFolder> {
                 (false, Some("failed")) => "a run that failed",
                 (false, _) => "an unfinished run",
             };
-            // A stacked pipeline and a failed run (no optimizer state) cannot be continued.
-            let tip = if args.kind == Kind::Stacked || failed {
-                String::new()
-            } else {
-                format!(", --resume {} to continue it", out.display())
-            };
+            // A failed run (no optimizer state) cannot be continued.
+            let tip = if failed { String::new() } else { format!(", --resume {} to continue it", out.display()) };
             bail!("{} holds {what} ({f}): give another --out{tip}, or --force to replace it", out.display());
         }
     }
@@ -246,6 +265,116 @@ fn resume_checkpoint(dir: &std::path::Path) -> anyhow::Result<Checkpoint> {
         bail!("--resume {}: no {CHECKPOINT_FILE} or {MODEL_FILE} there to continue from", dir.display());
     }
     Ok(Checkpoint::load(&file)?)
+}
+
+/// The flags that may be given beside `--resume` (by their ids): the iteration budget, where
+/// and how the run reports, and which device computes (on another device the bits may differ
+/// from an uninterrupted run). Any other flag must repeat the run's own value.
+const MAY_CHANGE_ON_RESUME: &[&str] =
+    &["resume", "iterations", "checkpoint_every", "quiet", "out", "backend", "gpu_api", "adapter"];
+
+/// `--resume DIR`: the job stored in DIR's checkpoint (kind, network, data and its options,
+/// optimizer and its settings, seed), with the flags of [`MAY_CHANGE_ON_RESUME`] taken from
+/// `given`; any other flag given with another value than the run's is refused in one line.
+/// A checkpoint written before runs stored their flags (no `command`) leaves `given` as it is:
+/// its flags must then repeat the network, as before.
+fn restore_job(given: TrainArgs, dir: &std::path::Path) -> anyhow::Result<TrainArgs> {
+    // A stacked pipeline's flags are stored with each stage: its first one always ran.
+    let stacked = dir.join("layer1").is_dir();
+    let checkpoint = resume_checkpoint(&if stacked { dir.join("layer1") } else { dir.to_path_buf() })?;
+    if checkpoint.metadata.command.is_null() {
+        if stacked || given.kind == Kind::Stacked {
+            bail!(
+                "--resume {}: this stacked autoencoder was written before runs stored their flags, so it cannot be resumed: train it again with --force",
+                dir.display()
+            );
+        }
+        return Ok(given);
+    }
+    let mut stored: TrainArgs = serde_json::from_value(checkpoint.metadata.command.clone()).with_context(|| {
+        format!("--resume {}: the run's stored flags are unreadable (written by another wgnn version?)", dir.display())
+    })?;
+    // Compared as stored (paths absolute): `--data npy:x.npy` names the run's own file.
+    let (given_values, stored_values) = (serde_json::to_value(stored_form(&given))?, serde_json::to_value(&stored)?);
+    for id in &given.given {
+        let (Some(g), Some(s)) = (given_values.get(id), stored_values.get(id)) else { continue };
+        if MAY_CHANGE_ON_RESUME.contains(&id.as_str()) || g == s {
+            continue;
+        }
+        let flag = if id == "kind" { "the kind".to_string() } else { format!("--{}", id.replace('_', "-")) };
+        let trained =
+            if s.is_null() { format!("without {flag}: its default") } else { format!("with {flag} {}", shown(s)) };
+        bail!(
+            "{flag} {} conflicts with the run in {} (trained {trained}): --resume continues that job as it was; beside it give only --iterations, --checkpoint-every, --quiet, --out, --backend, --gpu-api or --adapter, or start a new run",
+            shown(g),
+            dir.display(),
+        );
+    }
+    stored.resume = given.resume.clone();
+    stored.out = given.out.clone();
+    stored.quiet = given.quiet;
+    stored.iterations = given.iterations.or(stored.iterations);
+    stored.checkpoint_every = given.checkpoint_every.or(stored.checkpoint_every);
+    let changed = |id: &str| given.given.iter().any(|g| g == id);
+    if changed("backend") {
+        stored.backend.backend = given.backend.backend;
+    }
+    if changed("gpu_api") {
+        stored.backend.gpu_api = given.backend.gpu_api;
+    }
+    if changed("adapter") {
+        stored.backend.adapter = given.backend.adapter.clone();
+    }
+    if stored.kind == Kind::Stacked && given.out.as_ref().is_some_and(|o| !same_folder(o, dir)) {
+        bail!(
+            "--out beside --resume {}: a stacked autoencoder continues in its own folder; leave --out out",
+            dir.display()
+        );
+    }
+    // θ comes from the checkpoint, never from --init.
+    stored.init = "uniform".into();
+    stored.given = given.given;
+    Ok(stored)
+}
+
+/// A flag's value as a user would type it.
+fn shown(v: &serde_json::Value) -> String {
+    match v {
+        serde_json::Value::Null => "(none)".into(),
+        serde_json::Value::String(s) => s.clone(),
+        serde_json::Value::Array(items) => items.iter().map(shown).collect::<Vec<_>>().join(","),
+        other => other.to_string(),
+    }
+}
+
+/// The flags a run stores for `--resume`: paths made absolute (the run may be resumed from
+/// another folder), without the flags that belong to one invocation (--resume, --out,
+/// --force, --quiet).
+pub(super) fn stored_form(args: &TrainArgs) -> TrainArgs {
+    let absolute = |p: &std::path::Path| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
+    // mnist:DIR, npy:FILE, … with DIR or FILE absolute; synthetic and columns:SPEC as given.
+    let source = |s: &String| match s.split_once(':') {
+        Some((kind, path)) if ["mnist", "patches", "npy", "csv"].contains(&kind.to_ascii_lowercase().as_str()) => {
+            format!("{kind}:{}", absolute(std::path::Path::new(path)).display())
+        }
+        _ => s.clone(),
+    };
+    let mut a = args.clone();
+    a.data.data = a.data.data.as_ref().map(source);
+    a.data.targets = a.data.targets.as_ref().map(source);
+    a.data.labels = a.data.labels.as_deref().map(absolute);
+    a.test_data = a.test_data.as_ref().map(source);
+    a.test_targets = a.test_targets.as_ref().map(source);
+    a.features_from = a.features_from.as_deref().map(absolute);
+    if !matches!(a.init.as_str(), "uniform" | "normal") {
+        a.init = absolute(std::path::Path::new(&a.init)).display().to_string();
+    }
+    a.resume = None;
+    a.out = None;
+    a.force = false;
+    a.quiet = false;
+    a.given.clear();
+    a
 }
 
 /// Settings that no data can make right, refused before anything is read or written.
@@ -294,7 +423,10 @@ pub fn sparsity(rho: f64, weight: f64) -> Option<Sparsity> {
     (rho != 0.0).then_some(Sparsity { target: rho, weight })
 }
 
-pub fn run(args: TrainArgs) -> anyhow::Result<()> {
+pub fn run(mut args: TrainArgs) -> anyhow::Result<()> {
+    if let Some(dir) = args.resume.clone() {
+        args = restore_job(args, &dir)?;
+    }
     let say = |s: String| {
         if !args.quiet {
             eprintln!("{s}");
@@ -317,7 +449,11 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
         "normal" => (Init::DEFAULT_NORMAL, None),
         path => (Init::Uniform, Some(super::read_theta(path).context("--init")?)),
     };
-    let resume = args.resume.as_deref().map(resume_checkpoint).transpose()?;
+    // A stacked pipeline finds each stage's checkpoint itself.
+    let resume = match args.kind {
+        Kind::Stacked => None,
+        _ => args.resume.as_deref().map(resume_checkpoint).transpose()?,
+    };
     // The optimizer's flags too.
     let choice =
         args.optimizer.unwrap_or(if args.kind == Kind::Mlp { OptimizerChoice::Adam } else { OptimizerChoice::Lbfgs });
@@ -410,14 +546,26 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
         say(format!("test     {t}"));
     }
     say(format!("data     {}", data.description));
+    // The encoder with everything its own inputs went through (its whitening, its own
+    // encoder), stored whole in this model's preprocessing so the model needs no other folder.
+    let mut encoder_stored = serde_json::Value::Null;
     if let Some(path) = &args.features_from {
-        let ck = super::inspect::load_model(path)?;
-        let (mut encoder, _) = args.backend.build_quietly(ck.spec.clone(), super::Precision::F32)?;
-        data.x = wgnn::train::hidden_features(encoder.as_mut(), &ck.theta, &data.x).context("--features-from")?;
+        let context = || format!("--features-from {}", path.display());
+        let file = super::model_file_for("--features-from", path)?;
+        let ck = Checkpoint::load(&file).with_context(context)?;
+        let encoder = wgnn::predict::Model::from_checkpoint(&ck).with_context(context)?;
+        let mut backends = |spec: &NetSpec| -> wgnn::Result<Box<dyn wgnn::Backend>> {
+            args.backend
+                .build_quietly(spec.clone(), super::Precision::F32)
+                .map(|(b, _)| b)
+                .map_err(|e| wgnn::Error::Data(format!("{e:#}")))
+        };
+        data.x = encoder.transform(&data.x, &mut backends).with_context(context)?;
         if let Some((x, _)) = test.as_mut() {
-            *x = wgnn::train::hidden_features(encoder.as_mut(), &ck.theta, x)?;
+            *x = encoder.transform(x, &mut backends).with_context(context)?;
         }
         data.image_shape = None;
+        encoder_stored = wgnn::predict::encoder_json(&ck);
         say(format!("features {} hidden activations of {}", data.num_features(), ck.spec.describe()));
     }
     let whitening = match args.whiten {
@@ -437,6 +585,16 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
             Some(w)
         }
     };
+    let preprocessing = serde_json::json!({
+        "source": source.to_string(),
+        "patch": args.data.patch,
+        "count": args.data.count.unwrap_or(10_000),
+        "features_from": args.features_from.as_ref().map(|p| p.display().to_string()),
+        "encoder": encoder_stored,
+        "whitening": whitening,
+        "targets": args.data.targets,
+        "test_fraction": args.test_fraction,
+    });
     let n = data.num_features();
     if args.kind == Kind::Stacked {
         let test = test.map(|(x, t)| match t {
@@ -449,7 +607,7 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
                     std::fs::remove_dir_all(out_dir.join(stage)).or_else(|_| std::fs::remove_file(out_dir.join(stage)));
             }
         }
-        return super::stacked::run(&args, &data, test, folder, &interrupt);
+        return super::stacked::run(&args, &data, test, folder, preprocessing, &interrupt);
     }
 
     // Network.
@@ -547,16 +705,9 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
         folder: Some(folder),
         data_description: data.description.clone(),
         image_shape: data.image_shape,
-        preprocessing: serde_json::json!({
-            "source": source.to_string(),
-            "patch": args.data.patch,
-            "count": args.data.count.unwrap_or(10_000),
-            "features_from": args.features_from.as_ref().map(|p| p.display().to_string()),
-            "whitening": whitening,
-            "targets": args.data.targets,
-            "test_fraction": args.test_fraction,
-        }),
+        preprocessing,
         test_set: test,
+        command: serde_json::to_value(stored_form(&args))?,
     };
     job.validate()?;
     if interrupt.load(Ordering::SeqCst) {
@@ -595,10 +746,9 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
         RunStatus::Finished => {}
         RunStatus::Interrupted => {
             return Err(Exit::interrupted(format!(
-                "interrupted after {} complete iterations: θ where it stopped and the optimizer state are in {} (no {MODEL_FILE} was written); resume with: wgnn train {} --resume {}",
+                "interrupted after {} complete iterations: θ where it stopped and the optimizer state are in {} (no {MODEL_FILE} was written); resume with: wgnn train --resume {}",
                 s.iterations,
                 checkpoint.display(),
-                kind_name(args.kind),
                 out_dir.display()
             ))
             .into());
@@ -702,6 +852,31 @@ impl Reporter {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// What a run stores for --resume names its files absolutely, drops the flags of one
+    /// invocation, and comes back through JSON unchanged; flags missing from an older record
+    /// take their defaults.
+    #[test]
+    fn stored_flags_name_files_absolutely_and_read_back() {
+        let mut args = TrainArgs::default();
+        args.data.data = Some("npy:x.npy".into());
+        args.data.targets = Some("columns:3-4".into());
+        args.features_from = Some("runs/ae-1".into());
+        args.out = Some("o".into());
+        args.quiet = true;
+        args.given = vec!["quiet".into()];
+        let stored = stored_form(&args);
+        let cwd = std::env::current_dir().unwrap();
+        assert_eq!(stored.data.data, Some(format!("npy:{}", cwd.join("x.npy").display())));
+        assert_eq!(stored.data.targets.as_deref(), Some("columns:3-4"));
+        assert_eq!(stored.features_from, Some(cwd.join("runs/ae-1")));
+        assert!(stored.out.is_none() && !stored.quiet && stored.given.is_empty());
+        let json = serde_json::to_value(&stored).unwrap();
+        let back: TrainArgs = serde_json::from_value(json.clone()).unwrap();
+        assert_eq!(serde_json::to_value(&back).unwrap(), json);
+        let old: TrainArgs = serde_json::from_str(r#"{"kind": "mlp", "seed": 7}"#).unwrap();
+        assert_eq!((old.kind, old.seed, old.batch_size, old.iterations), (Kind::Mlp, 7, 200, None));
+    }
 
     #[test]
     fn schedules_parse_with_their_defaults() {

@@ -1,0 +1,194 @@
+//! `wgnn train --resume RUN` alone restores the whole job from the run's checkpoint (DESIGN.md,
+//! "Run folders and exit codes"): a run interrupted by a real SIGINT and resumed with nothing
+//! but `--resume` ends with the same θ, bit for bit, as the same run left alone; a flag that
+//! would change the job is refused in one line and changes nothing.
+
+use std::io::BufRead;
+use std::path::Path;
+
+use assert_cmd::Command;
+use wgnn::checkpoint::Checkpoint;
+
+fn wgnn() -> Command {
+    Command::cargo_bin("wgnn").unwrap()
+}
+
+/// Not the defaults, so a resume that forgot them would show: seed, count, hidden size,
+/// sparsity and an explicit L-BFGS memory all come back from the checkpoint.
+const JOB: [&str; 14] = [
+    "train",
+    "--backend",
+    "cpu",
+    "--count",
+    "500",
+    "--iterations",
+    "200",
+    "--seed",
+    "3",
+    "--hidden",
+    "16",
+    "--sparsity",
+    "0.05",
+    "--quiet",
+];
+
+fn theta_of(file: &Path) -> Vec<u64> {
+    Checkpoint::load(file).unwrap().theta.iter().map(|v| v.to_bits()).collect()
+}
+
+/// Exactly one line on stderr, starting `error: ` and holding `needle`, and exit code 1.
+fn refused(out: &std::process::Output, needle: &str) {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let lines: Vec<&str> = stderr.lines().filter(|l| !l.starts_with("note: ")).collect();
+    assert_eq!(lines.len(), 1, "one line: {stderr}");
+    assert!(lines[0].starts_with("error: ") && lines[0].contains(needle), "expected `{needle}` in: {stderr}");
+}
+
+#[test]
+fn an_interrupted_run_resumed_with_only_resume_gives_the_uninterrupted_bits() {
+    let dir = tempfile::tempdir().unwrap();
+    let (straight, stopped) = (dir.path().join("straight"), dir.path().join("stopped"));
+    let done = wgnn().args(JOB).arg("--out").arg(&straight).output().unwrap();
+    assert!(done.status.success(), "{}", String::from_utf8_lossy(&done.stderr));
+
+    // The same job, without --quiet (its progress lines say when training has begun), stopped
+    // by SIGINT. The command line is run from another folder than the resume, with a relative
+    // --out: what is stored must not depend on the folder it ran in.
+    let job: Vec<&str> = JOB.iter().copied().filter(|a| *a != "--quiet").collect();
+    let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("wgnn"))
+        .current_dir(dir.path())
+        .args(&job)
+        .args(["--out", "stopped"])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    while !lines.next().expect("the child ended before training").unwrap().starts_with("iteration") {}
+    let kill = std::process::Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
+    assert!(kill.success());
+    let rest: Vec<String> = lines.map(|l| l.unwrap()).collect();
+    assert_eq!(child.wait().unwrap().code(), Some(130), "the run ended before SIGINT reached it: {rest:?}");
+    let last = rest.last().unwrap();
+    assert!(last.ends_with("resume with: wgnn train --resume stopped"), "the printed resume line: {last}");
+    let checkpoint = std::fs::read(stopped.join("checkpoint.safetensors")).unwrap();
+    assert!(!stopped.join("model.safetensors").exists());
+
+    // A flag that would change the job is refused, in one line, before anything is touched.
+    for (flag, value, needle) in [
+        ("--hidden", "50", "--hidden 50 conflicts with the run in"),
+        ("--seed", "4", "--seed 4 conflicts with the run in"),
+        ("--optimizer", "adam", "--optimizer adam conflicts"),
+    ] {
+        let out = wgnn().arg("train").arg("--resume").arg(&stopped).args([flag, value]).output().unwrap();
+        refused(&out, needle);
+        assert_eq!(std::fs::read(stopped.join("checkpoint.safetensors")).unwrap(), checkpoint, "{flag} touched it");
+    }
+    // Repeating the run's own values is no conflict (the old printed line named the kind).
+    // Resumed as printed: `wgnn train --resume DIR`, from another folder.
+    let resumed = wgnn().args(["train", "autoencoder", "--seed", "3", "--resume"]).arg(&stopped).output().unwrap();
+    assert!(resumed.status.success(), "{}", String::from_utf8_lossy(&resumed.stderr));
+    assert!(!stopped.join("checkpoint.safetensors").exists(), "a finished run keeps no checkpoint");
+    assert_eq!(
+        theta_of(&stopped.join("model.safetensors")),
+        theta_of(&straight.join("model.safetensors")),
+        "θ after interrupting and resuming differs from the uninterrupted run's"
+    );
+
+    // A finished run resumed with a larger budget continues from its model (tests/train.rs
+    // checks those bits); --iterations beside --resume is allowed and counts.
+    let more = wgnn().args(["train", "--quiet", "--iterations", "203", "--resume"]).arg(&stopped).output().unwrap();
+    assert!(more.status.success(), "{}", String::from_utf8_lossy(&more.stderr));
+    let metrics: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(stopped.join("metrics.json")).unwrap()).unwrap();
+    assert_eq!(metrics["iterations"], 203, "--iterations beside --resume extends the budget");
+    assert_eq!(metrics["spec"]["layers"], serde_json::json!([64, 16, 64]));
+
+    // A model written before runs stored their flags still resumes, given the flags again
+    // (and without them says which network it holds).
+    let model = stopped.join("model.safetensors");
+    let mut old = Checkpoint::load(&model).unwrap();
+    assert!(!old.metadata.command.is_null(), "the run stores its flags");
+    old.metadata.command = serde_json::Value::Null;
+    old.save(&model).unwrap();
+    refused(
+        &wgnn().args(["train", "--quiet", "--iterations", "205", "--resume"]).arg(&stopped).output().unwrap(),
+        "the checkpoint holds 64-16-64",
+    );
+    let mut again: Vec<&str> = JOB.to_vec();
+    again[6] = "205";
+    let out = wgnn().args(again).arg("--resume").arg(&stopped).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// A stacked pipeline interrupted in its second stage and resumed with only `--resume` keeps
+/// the finished first stage, continues the second from its checkpoint and ends with the
+/// uninterrupted pipeline's fine-tuned θ, bit for bit. One written before runs stored their
+/// flags is refused in one line.
+#[test]
+fn an_interrupted_stacked_run_resumes_from_the_stage_it_stopped_in() {
+    use ndarray::Array2;
+    use ndarray_npy::WriteNpyExt;
+    use rand::{RngExt, SeedableRng, rngs::StdRng};
+    let dir = tempfile::tempdir().unwrap();
+    let mut rng = StdRng::seed_from_u64(5);
+    let x = Array2::from_shape_fn((600, 64), |_| rng.random_range(0.0f32..1.0));
+    let labels: ndarray::Array1<i64> =
+        x.rows().into_iter().map(|r| wgnn::backend::argmax(r.iter().take(3).map(|&v| v as f64)) as i64).collect();
+    let (x_path, labels_path) = (dir.path().join("x.npy"), dir.path().join("labels.npy"));
+    x.write_npy(std::fs::File::create(&x_path).unwrap()).unwrap();
+    labels.write_npy(std::fs::File::create(&labels_path).unwrap()).unwrap();
+    let data = format!("npy:{}", x_path.display());
+    let job = ["train", "stacked", "--backend", "cpu", "--data", &data, "--hidden", "24,12", "--iterations", "150"];
+    let (straight, stopped) = (dir.path().join("straight"), dir.path().join("stopped"));
+    let done =
+        wgnn().args(job).arg("--labels").arg(&labels_path).arg("--quiet").arg("--out").arg(&straight).output().unwrap();
+    assert!(done.status.success(), "{}", String::from_utf8_lossy(&done.stderr));
+
+    let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("wgnn"))
+        .args(job)
+        .arg("--labels")
+        .arg(&labels_path)
+        .arg("--out")
+        .arg(&stopped)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    loop {
+        let line = lines.next().expect("the child ended before its second stage").unwrap();
+        if line.starts_with("stage") && line.contains("layer2") {
+            break;
+        }
+    }
+    let kill = std::process::Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
+    assert!(kill.success());
+    let rest: Vec<String> = lines.map(|l| l.unwrap()).collect();
+    assert_eq!(child.wait().unwrap().code(), Some(130), "the pipeline ended before SIGINT reached it: {rest:?}");
+    let last = rest.last().unwrap();
+    assert!(last.ends_with(&format!("resume with: wgnn train --resume {}", stopped.display())), "{last}");
+    assert!(stopped.join("layer1/model.safetensors").exists() && !stopped.join("finetune/model.safetensors").exists());
+    let layer1 = std::fs::read(stopped.join("layer1/model.safetensors")).unwrap();
+
+    let resumed = wgnn().args(["train", "--quiet", "--resume"]).arg(&stopped).output().unwrap();
+    assert!(resumed.status.success(), "{}", String::from_utf8_lossy(&resumed.stderr));
+    assert_eq!(std::fs::read(stopped.join("layer1/model.safetensors")).unwrap(), layer1, "the finished stage was kept");
+    assert_eq!(
+        theta_of(&stopped.join("finetune/model.safetensors")),
+        theta_of(&straight.join("finetune/model.safetensors")),
+        "the resumed pipeline's fine-tuned θ differs from the uninterrupted one's"
+    );
+    let metrics: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(stopped.join("metrics.json")).unwrap()).unwrap();
+    assert_eq!(metrics["status"], "finished");
+
+    // Written before runs stored their flags: refused in one line.
+    let first = straight.join("layer1/model.safetensors");
+    let mut old = Checkpoint::load(&first).unwrap();
+    old.metadata.command = serde_json::Value::Null;
+    old.save(&first).unwrap();
+    refused(
+        &wgnn().args(["train", "--resume"]).arg(&straight).output().unwrap(),
+        "written before runs stored their flags",
+    );
+}
