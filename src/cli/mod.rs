@@ -35,8 +35,8 @@ pub struct Cli {
 /// Parses the command line, with `--config` files expanded into flags first.
 pub fn parse() -> anyhow::Result<Cli> {
     let args = config::expand(std::env::args_os().collect())?;
-    let matches = Cli::command().get_matches_from(args);
-    let mut cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    let matches = Cli::command().try_get_matches_from(args).map_err(usage_error)?;
+    let mut cli = Cli::from_arg_matches(&matches).map_err(usage_error)?;
     // `train --resume` restores the run's own settings: it needs to know which flags the
     // user gave (on the command line or in a --config file), not just their values.
     if let (Command::Train(train), Some(("train", m))) = (&mut cli.command, matches.subcommand()) {
@@ -97,10 +97,13 @@ pub enum Command {
 }
 
 /// The exit codes scripts can rely on (README.md, "Exit codes"). 0 means the job did what
-/// was asked; clap's own usage errors exit 2.
+/// was asked.
 pub mod exit_code {
     /// An error: bad input, a refused setting or folder, a file or device error.
     pub const ERROR: u8 = 1;
+    /// The command line itself is not valid (an unknown flag, a value out of range): clap's
+    /// verdict, as one line.
+    pub const USAGE: u8 = 2;
     /// Training ran but failed numerically (a NaN or infinite cost, divergence): the θ kept is
     /// in the run's checkpoint.safetensors, and there is no model.safetensors.
     pub const DIVERGED: u8 = 3;
@@ -132,6 +135,31 @@ impl std::fmt::Display for Exit {
 }
 
 impl std::error::Error for Exit {}
+
+/// clap's verdict on the command line as one line with exit code [`exit_code::USAGE`]; help
+/// and version requests are printed whole and exit 0, as clap does.
+fn usage_error(e: clap::Error) -> anyhow::Error {
+    use clap::error::ErrorKind;
+    if matches!(
+        e.kind(),
+        ErrorKind::DisplayHelp | ErrorKind::DisplayVersion | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+    ) {
+        e.exit();
+    }
+    // clap renders "error: WHAT\n  [possible values: …]\n\n  tip: …\n\nUsage: …\n\nFor more
+    // information, try '--help'.": keep what comes before "Usage:", joined into one line.
+    let text = e.render().to_string();
+    let parts: Vec<&str> = text
+        .lines()
+        .take_while(|l| !l.starts_with("Usage:") && !l.starts_with("For more information"))
+        .map(|l| l.trim())
+        .filter(|l| !l.is_empty())
+        .collect();
+    let what = parts.join("; ");
+    let what = what.strip_prefix("error:").unwrap_or(&what).trim();
+    let what = if what.is_empty() { "the command line is not valid" } else { what };
+    Exit { code: exit_code::USAGE, message: wgnn::one_line(&format!("{what} (see wgnn --help)")) }.into()
+}
 
 /// The exit code for an error that reached `main`.
 pub fn code_of(error: &anyhow::Error) -> u8 {
