@@ -436,6 +436,7 @@ fn gather(x: &Array2<f32>, y: &Targets<'_>, rows: &[usize]) -> (Array2<f32>, Row
         Targets::Inputs => RowTargets::Inputs,
         Targets::Labels(l) => RowTargets::Labels(rows.iter().map(|&i| l[i]).collect()),
         Targets::Values(Inputs::F32(v)) => RowTargets::Values(v.select(Axis(0), rows)),
+        Targets::Values(Inputs::Shared(v)) => RowTargets::Values(v.select(Axis(0), rows)),
         Targets::Values(Inputs::F64(v)) => RowTargets::Values(v.select(Axis(0), rows).mapv(|t| t as f32)),
     };
     (x.select(Axis(0), rows), y)
