@@ -201,6 +201,12 @@ pub trait Backend {
         Ok(self.forward(theta, x)?.pop().expect("a network has an output layer"))
     }
 
+    /// Lets go of the working memory a backend keeps from call to call for speed (the CPU
+    /// backend's reused buffers: a forward and backward pass over all of MNIST, some 330 MB
+    /// for the 784-196-784 autoencoder), e.g. before serialising a checkpoint beside them. The
+    /// next call allocates afresh; no result changes. The default keeps nothing to let go of.
+    fn release_buffers(&mut self) {}
+
     /// Minibatch training with θ and the update rule's moments kept in the backend's own
     /// memory, when it offers that (the GPU backend does); `None` (the default) means the
     /// optimizer reads the gradient and updates θ on the host.

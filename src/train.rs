@@ -787,6 +787,8 @@ pub fn train<'x>(
             }
         };
         if summary.reason == StopReason::Interrupted && stop_for_save && !interrupt.load(Ordering::SeqCst) {
+            // The backend's working buffers need not sit beside the serialised optimizer state.
+            backend.release_buffers();
             save(&theta, Some(&optimizer), Default::default(), CHECKPOINT_FILE)?;
             continue;
         }
@@ -835,6 +837,7 @@ pub fn train<'x>(
     let status = if interrupted { RunStatus::Interrupted } else { RunStatus::Finished };
     // Only a finished run writes the model; the checkpoint of its progress then goes.
     let file = if interrupted { CHECKPOINT_FILE } else { MODEL_FILE };
+    backend.release_buffers();
     let model = save(&theta, Some(&optimizer), extra, file)?;
     if !interrupted {
         match std::fs::remove_file(job.out_dir.join(CHECKPOINT_FILE)) {

@@ -320,3 +320,17 @@ fn shared_data_is_kept_not_copied_and_gives_the_same_bits() {
         same_results::<f64>(&case, &x, false);
     }
 }
+
+/// Letting go of the reused buffers changes no result: the next calls allocate afresh.
+#[test]
+fn released_buffers_change_no_result() {
+    for case in common::gradcheck_cases() {
+        let mut backend = CpuBackend::<f32>::new(case.spec.clone()).unwrap();
+        case.load(&mut backend);
+        let before = eval(&mut backend, &case.theta, Batch::All);
+        backend.release_buffers();
+        let after = eval(&mut backend, &case.theta, Batch::All);
+        assert_eq!(before.0.to_bits(), after.0.to_bits(), "{}: cost", case.name);
+        assert!(before.1.iter().zip(&after.1).all(|(a, b)| a.to_bits() == b.to_bits()), "{}: gradient", case.name);
+    }
+}

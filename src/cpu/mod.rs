@@ -201,6 +201,10 @@ impl<F: Real> Backend for CpuBackend<F> {
         cost.finite(&self.name())
     }
 
+    fn release_buffers(&mut self) {
+        self.scratch = net::Scratch::default();
+    }
+
     fn forward(&mut self, theta: &[f64], x: Inputs<'_>) -> Result<Vec<Array2<f64>>> {
         let theta = self.theta(theta)?;
         check_inputs(&self.spec, &x, "the input")?;
