@@ -731,7 +731,8 @@ pub fn run(mut args: TrainArgs) -> anyhow::Result<()> {
         (None, Some(l)) => Targets::Labels(l),
         (None, None) => Targets::Inputs,
     };
-    let outcome = train(job, backend.as_mut(), &data.x, y, &mut |p| reporter.update(p), &interrupt);
+    // The examples are handed over, not lent: the run holds the only copy of them.
+    let outcome = train(job, backend.as_mut(), data.x, y, &mut |p| reporter.update(p), &interrupt);
     reporter.finish();
     let outcome = outcome?;
 

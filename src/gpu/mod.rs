@@ -141,8 +141,9 @@ pub struct GpuBackend {
     ring: Vec<Chunk>,
     /// Loaded data larger than this stay on the host and are streamed chunk by chunk.
     max_resident_bytes: u64,
-    /// A host copy of the data: streamed from, and gathered from when streaming.
-    host_x: Array2<f32>,
+    /// The data on the host: streamed from, and gathered from when streaming. The caller's
+    /// own array when it was handed over as [`Inputs::Shared`], else a copy.
+    host_x: std::sync::Arc<Array2<f32>>,
     host_y: Option<Array2<f32>>,
     host_labels: Option<Vec<u32>>,
     /// Gathered-batch buffer sets, least recently used first; the last is the current batch's.
@@ -253,7 +254,7 @@ impl GpuBackend {
             chunks: Vec::new(),
             ring: Vec::new(),
             max_resident_bytes: data::default_max_resident_bytes(&gpu.limits),
-            host_x: Array2::zeros((0, 0)),
+            host_x: std::sync::Arc::new(Array2::zeros((0, 0))),
             host_y: None,
             host_labels: None,
             gathered: Vec::new(),
@@ -996,7 +997,10 @@ impl Backend for GpuBackend {
         validate_data(&self.spec, &x, &targets)?;
         // Row indices travel to the gather kernel as u32.
         u32_of(x.nrows(), "the number of examples")?;
-        let x = to_real::<f32>(x);
+        let x = match x {
+            Inputs::Shared(x) => std::sync::Arc::clone(x),
+            x => std::sync::Arc::new(to_real::<f32>(x)),
+        };
         let y = match targets {
             Targets::Values(v) => Some(to_real::<f32>(v)),
             _ => None,
