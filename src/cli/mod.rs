@@ -172,6 +172,7 @@ impl NetArgs {
             output: Output::parse(&self.output)?,
             weight_decay: self.weight_decay,
             sparsity: self.sparsity.map(|target| Sparsity { target, weight: self.sparsity_weight }),
+            net: None,
         };
         spec.validate()?;
         Ok(spec)
