@@ -492,7 +492,7 @@ pub fn weight_decay_cost<F: Real>(spec: &NetSpec, layout: &ThetaLayout, theta: &
 /// The data term of J and the output delta δ⁽ᴸ⁾ (not yet divided by m).
 /// Squared error: J = (1/m) Σ ½‖a − y‖², δ = (a − y) ⊙ f′(a).
 /// Softmax: J = −(1/m) Σ log P(yᵢ|xᵢ), δ = P − onehot(y).
-fn output_cost_and_delta<F: Real>(
+pub(crate) fn output_cost_and_delta<F: Real>(
     scratch: &mut Scratch<F>,
     spec: &NetSpec,
     fwd: &Forward<F>,
