@@ -373,3 +373,12 @@ fn accuracy(cpu: &mut CpuBackend<f32>, theta: &[f64], x: &Array2<f32>, labels: &
     let predicted = cpu.classify(theta, x.into()).unwrap();
     predicted.iter().zip(labels).filter(|(p, l)| p == l).count() as f64 / labels.len() as f64
 }
+
+#[test]
+fn the_gpu_backend_refuses_layer_stacks_in_one_line_before_opening_a_device() {
+    let (_, spec) = cases().swap_remove(0);
+    let err = wgnn::GpuBackend::new(spec, &Default::default()).err().expect("refused").to_string();
+    assert!(err.contains("conv2d/pool/maxout layers run on the CPU backend for now: use --backend cpu"), "{err}");
+    assert!(!err.contains('\n'));
+    assert!(wgnn::GpuBackend::supports(&NetSpec::new(&[4, 3, 2], Activation::Tanh, Output::Softmax).unwrap()).is_ok());
+}
