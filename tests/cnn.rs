@@ -382,3 +382,65 @@ fn the_gpu_backend_refuses_layer_stacks_in_one_line_before_opening_a_device() {
     assert!(!err.contains('\n'));
     assert!(wgnn::GpuBackend::supports(&NetSpec::new(&[4, 3, 2], Activation::Tanh, Output::Softmax).unwrap()).is_ok());
 }
+
+/// The binary, with its output and exit code.
+fn wgnn(args: &[&str]) -> (bool, String, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_wgnn")).args(args).output().unwrap();
+    (out.status.success(), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
+}
+
+/// Expects exit 1 and one error line (after any `note:` lines) holding `needle`.
+fn refused_by_cli(args: &[&str], needle: &str) {
+    let (ok, _, stderr) = wgnn(args);
+    assert!(!ok, "{args:?} succeeded");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    let errors: Vec<&str> = stderr.lines().filter(|l| !l.starts_with("note: ")).collect();
+    assert_eq!(errors.len(), 1, "one line: {stderr}");
+    assert!(errors[0].contains(needle), "`{}` should say `{needle}`", errors[0]);
+}
+
+#[test]
+fn cli_gradcheck_takes_a_net_and_refuses_stacks_that_do_not_fit() {
+    let net = "conv 3x3x3 tanh pad 1, maxpool 3 stride 2, maxout 4x2, softmax 3";
+    let (ok, stdout, stderr) = wgnn(&["gradcheck", "--net", net, "--input-shape", "1x7x7", "--examples", "4"]);
+    assert!(ok, "{stderr}");
+    let last = stdout.lines().last().unwrap();
+    let d: f64 = last.strip_prefix("relative difference ").unwrap().parse().unwrap();
+    assert!(d < 1e-8, "{last}");
+    refused_by_cli(&["gradcheck", "--net", "conv 3x9x9 tanh, softmax 3", "--input-shape", "1x7x7"], "layer 1");
+    refused_by_cli(&["gradcheck", "--net", net], "--input-shape");
+    refused_by_cli(&["gradcheck", "--net", net, "--input-shape", "1x7x7", "--backend", "gpu"], "use --backend cpu");
+}
+
+#[test]
+fn cli_train_cnn_runs_and_refuses_bad_shapes_before_writing_anything() {
+    let dir = std::env::var("WGNN_DATA_DIR").unwrap_or_else(|_| "../shared/data".into());
+    let mnist = format!("mnist:{dir}/mnist");
+    if !std::path::Path::new(&dir).join("mnist").exists() {
+        eprintln!("skipped: no MNIST under {dir}");
+        return;
+    }
+    let tmp = std::env::temp_dir().join(format!("wgnn-cnn-cli-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    let out = tmp.join("run");
+    let out_s = out.to_str().unwrap();
+    let base = ["train", "cnn", "--data", &mnist, "--limit", "64", "--quiet", "--out", out_s];
+    fn with<'a>(base: &[&'a str], extra: &[&'a str]) -> Vec<&'a str> {
+        base.iter().chain(extra).copied().collect()
+    }
+    refused_by_cli(&with(&base, &["--net", "conv 6x5x5 relu, maxpool 5, softmax"]), "layer 2 (maxpool 5)");
+    refused_by_cli(&with(&base, &["--input-shape", "2x28x28"]), "784");
+    refused_by_cli(&with(&base, &["--net", "conv 6x5x5 relu, softmax 5"]), "10 classes");
+    refused_by_cli(&with(&base, &["--backend", "gpu"]), "use --backend cpu");
+    refused_by_cli(&with(&base, &["--hidden", "30"]), "--net");
+    assert!(!out.join("model.safetensors").exists(), "a refused run writes no model");
+    let (ok, _, stderr) =
+        wgnn(&with(&base, &["--net", "conv 4x5x5 relu stride 2, maxpool 2, softmax", "--iterations", "1"]));
+    assert!(ok, "{stderr}");
+    let metrics: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("metrics.json")).unwrap()).unwrap();
+    assert_eq!(metrics["spec"]["net"]["layers"][0]["kind"], "conv2d");
+    let ck = wgnn::checkpoint::Checkpoint::load(&out.join("model.safetensors")).unwrap();
+    assert!(ck.spec.has_layer_stack());
+    let _ = std::fs::remove_dir_all(&tmp);
+}
