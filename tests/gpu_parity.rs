@@ -103,6 +103,7 @@ fn build(config: &Config, seed: u64) -> common::Case {
         output: config.output,
         weight_decay: 1e-3,
         sparsity: config.sparsity.then_some(Sparsity { target: 0.05, weight: 0.5 }),
+        net: None,
     };
     spec.validate().unwrap();
     let mut rng = StdRng::seed_from_u64(seed);

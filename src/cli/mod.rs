@@ -206,10 +206,36 @@ pub struct NetArgs {
     /// Weight β of the sparsity penalty (used with --sparsity).
     #[arg(long, default_value_t = 3.0, requires = "sparsity")]
     pub sparsity_weight: f64,
+    /// A stack of layers instead of --layers, comma-separated, ending in the output and its
+    /// size: conv FxKxK ACT [stride S] [pad P], maxpool K [stride S], meanpool K [stride S],
+    /// dense N ACT, maxout UNITSxPIECES, then softmax N (or ACT N: squared error), e.g.
+    /// "conv 4x3x3 relu, maxpool 2, dense 16 tanh, softmax 10". Needs --input-shape.
+    #[arg(long, conflicts_with_all = ["layers", "activation", "output", "sparsity"])]
+    pub net: Option<String>,
+    /// The shape of one example for --net: CHANNELSxHEIGHTxWIDTH, e.g. 1x28x28.
+    #[arg(long, requires = "net")]
+    pub input_shape: Option<String>,
 }
 
 impl NetArgs {
     pub fn spec(&self) -> anyhow::Result<NetSpec> {
+        if let Some(text) = &self.net {
+            let Some(shape) = &self.input_shape else {
+                bail!(
+                    "--net needs --input-shape CHANNELSxHEIGHTxWIDTH (e.g. 1x28x28): there is no data to read it from"
+                );
+            };
+            let input = wgnn::model::InputShape::parse(shape).context("--input-shape")?;
+            let parsed = wgnn::model::parse_net(text)?;
+            let Some(outputs) = parsed.outputs else {
+                bail!(
+                    "--net: give the output's size, e.g. `{} 10`: there is no data to read it from",
+                    parsed.output.name()
+                );
+            };
+            let stack = wgnn::model::LayerStack { input, layers: parsed.layers };
+            return Ok(NetSpec::stack(stack, outputs, parsed.output)?.with_weight_decay(self.weight_decay)?);
+        }
         let hidden = self.layers.len().saturating_sub(2);
         let acts = self.activation.iter().map(|a| Activation::parse(a)).collect::<Result<Vec<_>, _>>()?;
         let hidden_activations = match acts.len() {
@@ -225,6 +251,7 @@ impl NetArgs {
             output: Output::parse(&self.output)?,
             weight_decay: self.weight_decay,
             sparsity: self.sparsity.map(|target| Sparsity { target, weight: self.sparsity_weight }),
+            net: None,
         };
         spec.validate()?;
         Ok(spec)
@@ -336,6 +363,9 @@ impl BackendArgs {
         match self.backend {
             BackendChoice::Cpu => Ok((cpu(spec)?, None)),
             BackendChoice::Gpu => Ok((Box::new(wgnn::GpuBackend::new(spec, &self.gpu_options())?), None)),
+            BackendChoice::Auto if wgnn::GpuBackend::supports(&spec).is_err() => {
+                Ok((cpu(spec)?, Some("conv2d/pool/maxout layers run on the CPU backend for now: using the CPU".into())))
+            }
             BackendChoice::Auto => match wgnn::gpu::choose_adapter(&self.gpu_options()) {
                 Ok(adapter) if wgnn::gpu::is_real_gpu(&adapter.get_info()) => {
                     let gpu = wgnn::gpu::Gpu::from_adapter(&adapter)?;

@@ -6,6 +6,7 @@
 mod gemm;
 pub mod net;
 mod real;
+pub mod stack;
 
 pub use gemm::gemm;
 pub use real::Real;
@@ -49,6 +50,9 @@ pub struct CpuBackend<F: Real> {
     scratch: net::Scratch<F>,
     /// ∇J in the backend's precision, before it is widened to f64.
     grad: Vec<F>,
+    /// The layers of a stack spec (conv2d, pooling, maxout: [`stack`]); `None` for a dense
+    /// network, which runs [`net`]'s path unchanged.
+    plan: Option<stack::Plan>,
 }
 
 /// Converts examples to the backend's precision.
@@ -95,7 +99,8 @@ impl<F: Real> CpuBackend<F> {
     pub fn new(spec: NetSpec) -> Result<CpuBackend<F>> {
         spec.validate()?;
         let layout = ThetaLayout::new(&spec);
-        Ok(CpuBackend { spec, layout, data: Loaded::empty(), scratch: net::Scratch::default(), grad: Vec::new() })
+        let plan = stack::Plan::of(&spec)?;
+        Ok(CpuBackend { spec, layout, plan, data: Loaded::empty(), scratch: net::Scratch::default(), grad: Vec::new() })
     }
 
     pub fn layout(&self) -> &ThetaLayout {
@@ -189,7 +194,14 @@ impl<F: Real> Backend for CpuBackend<F> {
         // Every value of g is written by the pass (∇W from λW and δᵀA, ∇b from the sums).
         let (spec, layout, scratch, g) = (&self.spec, &self.layout, &mut self.scratch, &mut self.grad);
         g.resize(theta.len(), F::zero());
-        let cost = self.data.with_batch(batch, |x, y| net::cost_and_grad(scratch, spec, layout, &theta, x, y, Some(g)));
+        let cost = match &self.plan {
+            Some(plan) => self
+                .data
+                .with_batch(batch, |x, y| stack::cost_and_grad(plan, scratch, spec, layout, &theta, x, y, Some(g)))?,
+            None => {
+                self.data.with_batch(batch, |x, y| net::cost_and_grad(scratch, spec, layout, &theta, x, y, Some(g)))
+            }
+        };
         grad.iter_mut().zip(&self.grad).for_each(|(o, &v)| *o = v.f64());
         cost
     }
@@ -197,7 +209,14 @@ impl<F: Real> Backend for CpuBackend<F> {
     fn cost(&mut self, theta: &[f64], batch: Batch<'_>) -> Result<Cost> {
         let theta = self.theta(theta)?;
         let (spec, layout, scratch) = (&self.spec, &self.layout, &mut self.scratch);
-        let cost = self.data.with_batch(batch, |x, y| net::cost_and_grad(scratch, spec, layout, &theta, x, y, None))?;
+        let cost = match &self.plan {
+            Some(plan) => self
+                .data
+                .with_batch(batch, |x, y| stack::cost_and_grad(plan, scratch, spec, layout, &theta, x, y, None))??,
+            None => {
+                self.data.with_batch(batch, |x, y| net::cost_and_grad(scratch, spec, layout, &theta, x, y, None))?
+            }
+        };
         cost.finite(&self.name())
     }
 
@@ -209,6 +228,10 @@ impl<F: Real> Backend for CpuBackend<F> {
         let theta = self.theta(theta)?;
         check_inputs(&self.spec, &x, "the input")?;
         let x = real_rows::<F>(x);
+        if let Some(plan) = &self.plan {
+            let acts = stack::forward(plan, &self.spec, &self.layout, &theta, x.view())?;
+            return Ok(acts.iter().map(|a| a.mapv(F::f64)).collect());
+        }
         let fwd = net::forward(&mut self.scratch, &self.spec, &self.layout, &theta, x.view());
         let activations = fwd.activations.iter().map(|a| a.mapv(F::f64)).collect();
         self.scratch.recycle_forward(fwd);
@@ -216,11 +239,15 @@ impl<F: Real> Backend for CpuBackend<F> {
     }
 
     /// As [`Backend::forward`], but only the output is widened to f64: the hidden layers'
-    /// activations of 60,000 MNIST rows would be hundreds of MB in f64, for nothing.
+    /// activations of 60,000 MNIST rows would be hundreds of MB in f64, for nothing. A layer
+    /// stack predicts [`stack::CHUNK_ROWS`] rows at a time, keeping only the output.
     fn predict(&mut self, theta: &[f64], x: Inputs<'_>) -> Result<Array2<f64>> {
         let theta = self.theta(theta)?;
         check_inputs(&self.spec, &x, "the input")?;
         let x = real_rows::<F>(x);
+        if let Some(plan) = &self.plan {
+            return Ok(stack::predict(plan, &self.spec, &self.layout, &theta, x.view())?.mapv(F::f64));
+        }
         let fwd = net::forward(&mut self.scratch, &self.spec, &self.layout, &theta, x.view());
         let out = fwd.activations.last().expect("a network has an output layer").mapv(F::f64);
         self.scratch.recycle_forward(fwd);

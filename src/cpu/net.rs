@@ -492,7 +492,7 @@ pub fn weight_decay_cost<F: Real>(spec: &NetSpec, layout: &ThetaLayout, theta: &
 /// Softmax: J = −(1/m) Σ log P(yᵢ|xᵢ), δ = P − onehot(y).
 /// δ is written over the output activations, which it takes out of `fwd` (no later step
 /// reads them); without `want_delta`, `fwd` is left as it is.
-fn output_cost_and_delta<F: Real>(
+pub(crate) fn output_cost_and_delta<F: Real>(
     spec: &NetSpec,
     fwd: &mut Forward<F>,
     x: ArrayView2<F>,

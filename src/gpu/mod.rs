@@ -215,13 +215,29 @@ fn u32_of(v: usize, what: &str) -> Result<u32> {
 }
 
 impl GpuBackend {
-    /// A GPU backend for `spec` on the adapter `options` select.
+    /// A GPU backend for `spec` on the adapter `options` select. Errors: a spec with layers
+    /// beyond dense ([`GpuBackend::supports`]) before any adapter is opened.
     pub fn new(spec: NetSpec, options: &GpuOptions) -> Result<GpuBackend> {
+        GpuBackend::supports(&spec)?;
         GpuBackend::on(spec, Gpu::open(options)?)
+    }
+
+    /// Whether this backend computes `spec`: dense networks only for now. A layer stack
+    /// (conv2d, pooling, maxout) is refused in one line pointing at the CPU backend, which
+    /// trains it; `--backend auto` asks this to pick the CPU for such specs.
+    pub fn supports(spec: &NetSpec) -> Result<()> {
+        match &spec.net {
+            Some(stack) => Err(Error::Gpu(format!(
+                "conv2d/pool/maxout layers run on the CPU backend for now: use --backend cpu (the network: {})",
+                stack.describe()
+            ))),
+            None => Ok(()),
+        }
     }
 
     pub fn on(spec: NetSpec, gpu: Gpu) -> Result<GpuBackend> {
         spec.validate()?;
+        GpuBackend::supports(&spec)?;
         let layout = ThetaLayout::new(&spec);
         let device = &gpu.device;
         let kernels = Kernels::new(&gpu);
