@@ -1194,3 +1194,33 @@ fn minibatch_runs_report_epochs_and_the_kept_epoch_and_results_go_to_stdout() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("network  64-25-64") && stdout.lines().last().unwrap().starts_with("cost "), "{stdout}");
 }
+
+#[test]
+fn adaptive_schedule_sets_eta_from_the_epoch_costs_on_cpu_and_gpu() {
+    let dir = tempfile::tempdir().unwrap();
+    let (d, data) = (dir.path(), three_clouds_csv(dir.path()));
+    for backend in ["cpu", "gpu"] {
+        let run = d.join(backend);
+        let out = wgnn()
+            .args(["train", "mlp", "--hidden", "8", "--data", &data, "--backend", backend])
+            .args(["--optimizer", "sgd", "--learning-rate", "0.3", "--batch-size", "50", "--iterations", "12"])
+            .args(["--schedule", "adaptive", "--tol", "0.05", "--n-iter-no-change", "100"])
+            .args(["--out", run.to_str().unwrap()])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{backend}: {}", String::from_utf8_lossy(&out.stderr));
+        let m: serde_json::Value = serde_json::from_slice(&std::fs::read(run.join("metrics.json")).unwrap()).unwrap();
+        assert!(m["backend"].as_str().unwrap().contains(backend), "{}", m["backend"]);
+        // Replaying scikit-learn's rule on the run's own epoch costs gives every epoch's η.
+        let adaptive = wgnn::optim::Schedule::Adaptive { tol: 0.05 };
+        let mut state = wgnn::optim::ScheduleState::default();
+        let mut eta = 0.3;
+        let history = m["history"].as_array().unwrap();
+        assert_eq!(history.len(), 12, "{backend}");
+        for r in history {
+            assert_eq!(r["step_size"].as_f64(), Some(eta), "{backend}: epoch {}", r["iteration"]);
+            eta = adaptive.next(0.3, eta, 0, r["cost"].as_f64().unwrap(), &mut state);
+        }
+        assert!(history.last().unwrap()["step_size"].as_f64().unwrap() < 0.3, "{backend}: η was never cut");
+    }
+}
