@@ -1182,6 +1182,24 @@ fn minibatch_runs_report_epochs_and_the_kept_epoch_and_results_go_to_stdout() {
     let final_cost: f64 = stdout.lines().find_map(|l| l.strip_prefix("final cost ")).unwrap().parse().unwrap();
     assert_eq!(Some(final_cost), m["final_cost"].as_f64());
 
+    // The same job stopped one epoch before the end and resumed: the kept epoch is named from
+    // the epochs of both invocations.
+    let job = |iterations: &str| {
+        let mut c = wgnn();
+        c.args(["train", "mlp", "--hidden", "8", "--backend", "cpu", "--data", &data, "--iterations", iterations])
+            .args(["--learning-rate", "0.05", "--validation", "0.2", "--patience", "2", "--schedule", "adaptive"]);
+        c
+    };
+    let split = d.join("split");
+    let first = (epochs - 1).to_string();
+    let out = job(&first).args(["--out", split.to_str().unwrap()]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = wgnn().args(["train", "--resume", split.to_str().unwrap(), "--iterations", "20"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let resumed = String::from_utf8_lossy(&out.stdout);
+    assert!(resumed.contains(&format!("kept     θ of epoch {kept}, the best validation error")), "{resumed}");
+    assert!(resumed.contains(&format!("final cost {final_cost}\n")), "the same θ as uninterrupted: {resumed}");
+
     // cost: its whole report (what was computed, the terms, the cost) on stdout; nothing on
     // stderr, where an error would be its one line.
     let out = sparse_autoencoder_cost()

@@ -810,6 +810,9 @@ pub fn run(mut args: TrainArgs) -> anyhow::Result<()> {
         if matches!(method, Method::Minibatch(_)) { "epochs" } else { "iterations" }
     ));
 
+    // The epochs before a resume, so that the kept epoch can be named from all of them.
+    let earlier: Vec<wgnn::optim::Record> =
+        resume.as_ref().and_then(|ck| serde_json::from_value(ck.metadata.history.clone()).ok()).unwrap_or_default();
     let job = TrainJob {
         spec,
         method,
@@ -851,6 +854,7 @@ pub fn run(mut args: TrainArgs) -> anyhow::Result<()> {
         _ => "validation squared error",
     };
     let mut reporter = Reporter::new(args.quiet, iterations, epochs, schedule != Schedule::Constant, validation_label);
+    earlier.iter().for_each(|r| reporter.note(r));
     let y = match (&data.targets, &data.labels) {
         (Some(t), _) => Targets::Values(t.into()),
         (None, Some(l)) => Targets::Labels(l),
@@ -1023,14 +1027,19 @@ impl Reporter {
         }
     }
 
-    fn update(&mut self, p: &Progress<'_>) {
-        let Some(record) = p.record else { return };
+    /// Remembers a record's iteration and validation metric (for [`Reporter::kept`]).
+    fn note(&mut self, record: &wgnn::optim::Record) {
         self.last = Some(record.iteration);
         if let Some(v) = record.validation
             && self.best_validation.is_none_or(|(_, best)| v < best)
         {
             self.best_validation = Some((record.iteration, v));
         }
+    }
+
+    fn update(&mut self, p: &Progress<'_>) {
+        let Some(record) = p.record else { return };
+        self.note(record);
         let mut extra = String::new();
         if let Some(v) = record.validation {
             extra += &format!("  {} {v:.6}", self.validation_label);
