@@ -46,9 +46,9 @@ pub enum OptimizerChoice {
     Cg,
     /// Gradient descent with a fixed learning rate (full batch).
     Gd,
-    /// Minibatch SGD with Nesterov momentum 0.9.
+    /// Minibatch SGD with Nesterov momentum 0.9 (--momentum, --nesterov).
     Sgd,
-    /// Minibatch Adam (β₁ 0.9, β₂ 0.999).
+    /// Minibatch Adam (β₁ 0.9, β₂ 0.999, ε 1e-8: --beta1, --beta2, --adam-epsilon).
     Adam,
 }
 
