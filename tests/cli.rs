@@ -211,7 +211,8 @@ fn train_writes_a_run_folder_and_refuses_what_it_cannot_do() {
         .unwrap();
     let stderr = String::from_utf8_lossy(&result.stderr);
     assert!(result.status.success(), "{stderr}");
-    assert!(stderr.contains("final cost") && stderr.contains("filters.png"), "{stderr}");
+    let stdout = String::from_utf8_lossy(&result.stdout);
+    assert!(stdout.contains("final cost") && stdout.contains("filters.png"), "{stdout}");
     for f in ["model.safetensors", "metrics.json", "loss.png", "filters.png", "reconstructions.png"] {
         assert!(out.join(f).exists(), "{f} missing");
     }
@@ -444,7 +445,7 @@ fn train_mlp_regressor_from_npy_and_csv_targets_and_eval_reports_r2() {
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
-    assert!(stderr.contains("test R²"), "{stderr}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("test R²"), "{stderr}");
     let m: serde_json::Value = serde_json::from_slice(&std::fs::read(run.join("metrics.json")).unwrap()).unwrap();
     assert_eq!(m["spec"]["layers"], serde_json::json!([4, 16, 2]));
     assert_eq!(m["spec"]["output"], serde_json::json!({"squared_error": "identity"}), "identity output by default");
@@ -1051,5 +1052,219 @@ fn usage_errors_are_one_line_with_exit_code_2() {
         let out = wgnn().args(args).output().unwrap();
         assert_eq!(out.status.code(), Some(0), "{args:?}");
         assert!(!out.stdout.is_empty(), "{args:?}");
+    }
+}
+
+// ---------------------------------------------------------------- scikit-learn's flags, epochs, streams
+
+/// 150 labelled examples in 4-D (three separated clouds, no randomness), as a CSV file with
+/// the label last.
+fn three_clouds_csv(d: &Path) -> String {
+    let text: String = (0..150)
+        .map(|i| {
+            let (class, t) = (i % 3, i as f64);
+            let x: Vec<String> =
+                (0..4).map(|k| format!("{:.4}", 3.0 * class as f64 + (t * (k as f64 + 1.3)).sin())).collect();
+            format!("{},{class}\n", x.join(","))
+        })
+        .collect();
+    let p = d.join("clouds.csv");
+    std::fs::write(&p, text).unwrap();
+    format!("csv:{}", p.display())
+}
+
+/// `wgnn train mlp` on `data` into `d/name` with `extra` flags; returns the output and the
+/// run's metrics.json (Null when none was written).
+fn train_clouds(d: &Path, data: &str, name: &str, extra: &[&str]) -> (std::process::Output, serde_json::Value) {
+    let out = wgnn()
+        .args(["train", "mlp", "--hidden", "8", "--backend", "cpu", "--data", data])
+        .args(["--out", d.join(name).to_str().unwrap()])
+        .args(extra)
+        .output()
+        .unwrap();
+    let metrics = std::fs::read(d.join(name).join("metrics.json"))
+        .map(|b| serde_json::from_slice(&b).unwrap())
+        .unwrap_or(serde_json::Value::Null);
+    (out, metrics)
+}
+
+#[test]
+fn scikit_learn_flags_reach_the_optimizer() {
+    let dir = tempfile::tempdir().unwrap();
+    let (d, data) = (dir.path(), three_clouds_csv(dir.path()));
+    let ok = |name: &str, extra: &[&str]| {
+        let (out, m) = train_clouds(d, &data, name, extra);
+        assert!(out.status.success(), "{extra:?}: {}", String::from_utf8_lossy(&out.stderr));
+        m
+    };
+    // SGD's momentum; --batch-size auto is min(200, n): one batch of all 150 per epoch.
+    let m = ok("sgd", &["--optimizer", "sgd", "--momentum", "0.5", "--nesterov", "false", "--iterations", "2"]);
+    assert_eq!(m["method"]["rule"], serde_json::json!({"kind": "momentum", "momentum": 0.5, "nesterov": false}));
+    let m = ok("sgd0", &["--optimizer", "sgd", "--momentum", "0", "--batch-size", "auto", "--iterations", "2"]);
+    assert_eq!(m["method"]["rule"], serde_json::json!({"kind": "plain"}), "μ = 0 is plain SGD");
+    assert_eq!((m["method"]["batch_size"].as_u64(), m["evaluations"].as_u64()), (Some(200), Some(2)));
+    // Adam's β₁, β₂, ε and the adaptive schedule with --tol.
+    let m = ok(
+        "adam",
+        &["--beta1", "0.8", "--beta2", "0.99", "--epsilon", "1e-7", "--schedule", "adaptive", "--tol", "1e-3"],
+    );
+    assert_eq!(m["method"]["rule"], serde_json::json!({"kind": "adam", "beta1": 0.8, "beta2": 0.99, "epsilon": 1e-7}));
+    assert_eq!(m["method"]["schedule"], serde_json::json!({"kind": "adaptive", "tol": 1e-3}));
+    // --tol and --n-iter-no-change: with tol 10 every epoch after the first stalls, so the
+    // run converges after 1 + n_iter_no_change epochs.
+    let m = ok("tol", &["--tol", "10", "--n-iter-no-change", "2", "--iterations", "50"]);
+    assert_eq!(m["iterations"], 3, "{}", m["stop_reason"]);
+    assert!(m["stop_reason"].as_str().unwrap().contains("cost stopped decreasing"), "{}", m["stop_reason"]);
+    // --max-fun: L-BFGS stops at the evaluation limit, checked between iterations.
+    let m = ok("maxfun", &["--optimizer", "lbfgs", "--max-fun", "5", "--iterations", "100"]);
+    assert!(m["stop_reason"].as_str().unwrap().contains("evaluation limit"), "{}", m["stop_reason"]);
+    assert!(m["evaluations"].as_u64().unwrap() >= 5 && m["iterations"].as_u64().unwrap() < 100);
+    // --alpha α: λ = α/n, n the examples of each gradient — all 150 for L-BFGS; for Adam the
+    // batch, min(200, 120) after a validation split of 30.
+    let m = ok("alpha", &["--optimizer", "lbfgs", "--alpha", "1e-2", "--iterations", "2"]);
+    assert_eq!(m["spec"]["weight_decay"].as_f64(), Some(1e-2 / 150.0));
+    let m = ok("alpha-adam", &["--alpha", "1e-2", "--validation", "0.2", "--iterations", "1"]);
+    assert_eq!(m["spec"]["weight_decay"].as_f64(), Some(1e-2 / 120.0));
+    assert_eq!(m["train_examples"], 120);
+
+    // Refused in one line, before anything is written.
+    let refused = |name: &str, extra: &[&str], needle: &str| {
+        let (out, m) = train_clouds(d, &data, name, extra);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{extra:?}: {stderr}");
+        assert_eq!(stderr.lines().count(), 1, "{extra:?}: {stderr}");
+        assert!(stderr.starts_with("error: ") && stderr.contains(needle), "{extra:?}: {stderr}");
+        assert!(m.is_null() && !d.join(name).join("model.safetensors").exists());
+    };
+    refused("r1", &["--alpha", "1e-2", "--weight-decay", "1e-3"], "--alpha and --weight-decay both");
+    refused("r2", &["--momentum", "0.5"], "--momentum sets sgd's momentum: use it with --optimizer sgd");
+    refused("r3", &["--optimizer", "sgd", "--beta2", "0.9"], "--beta2 is Adam's");
+    refused("r4", &["--optimizer", "sgd", "--momentum", "1"], "--momentum 1: the momentum μ must lie in [0, 1)");
+    refused("r5", &["--adam-epsilon", "0"], "--adam-epsilon 0: Adam's ε must be a finite number > 0");
+    refused("r6", &["--alpha", "-1"], "--alpha -1");
+    refused("r7", &["--n-iter-no-change", "0"], "--n-iter-no-change 0");
+    refused("r8", &["--max-fun", "0"], "--max-fun 0");
+    refused("r9", &["--tol", "nan"], "--tol NaN");
+    let (out, _) = train_clouds(d, &data, "r10", &["--batch-size", "many"]);
+    assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("`many` is not a batch size"));
+
+    // The new flags are part of the job: --resume refuses another value.
+    let run = d.join("alpha").display().to_string();
+    for (flag, value) in [("--alpha", "0.02"), ("--weight-decay", "0.001"), ("--max-fun", "9")] {
+        let out = wgnn().args(["train", "--resume", &run, "--iterations", "3", flag, value]).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{stderr}");
+        assert!(stderr.contains(&format!("{flag} {value} conflicts with the run")), "{stderr}");
+    }
+    let out = wgnn().args(["train", "--resume", &run, "--iterations", "3", "--alpha", "1e-2"]).output().unwrap();
+    assert!(out.status.success(), "the run's own --alpha repeats: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
+fn minibatch_runs_report_epochs_and_the_kept_epoch_and_results_go_to_stdout() {
+    let dir = tempfile::tempdir().unwrap();
+    let (d, data) = (dir.path(), three_clouds_csv(dir.path()));
+    // `wgnn train … > file`: the summary lands in the file, the progress on stderr.
+    let log = d.join("log.txt");
+    let out = std::process::Command::new(assert_cmd::cargo::cargo_bin("wgnn"))
+        .args(["train", "mlp", "--hidden", "8", "--backend", "cpu", "--data", &data, "--iterations", "20"])
+        .args(["--learning-rate", "0.05", "--validation", "0.2", "--patience", "2", "--schedule", "adaptive"])
+        .args(["--out", d.join("run").to_str().unwrap()])
+        .stdout(std::fs::File::create(&log).unwrap())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let stdout = std::fs::read_to_string(&log).unwrap();
+    let m: serde_json::Value = serde_json::from_slice(&std::fs::read(d.join("run/metrics.json")).unwrap()).unwrap();
+    let epochs = m["iterations"].as_u64().unwrap() as usize;
+
+    // One line per epoch (20 epochs at most: every one is shown), named so, with the
+    // validation error and η that drive early stopping and the schedule.
+    assert!(stderr.contains("training adam for up to 20 epochs"), "{stderr}");
+    assert!(!stderr.contains("iteration"), "{stderr}");
+    let lines: Vec<&str> = stderr.lines().filter(|l| l.starts_with("epoch")).collect();
+    assert_eq!(lines.len(), epochs, "{stderr}");
+    for (k, line) in lines.iter().enumerate() {
+        assert!(line.starts_with(&format!("epoch {:>5}  mean J = ", k + 1)), "{line}");
+        assert!(line.contains("validation error ") && line.contains("η = "), "{line}");
+    }
+    // The summary is on stdout only, and names the epoch whose θ was kept: with early
+    // stopping the first with the lowest validation error, else the last.
+    for said in ["done     ", "kept     θ of epoch ", "final cost ", "wrote    "] {
+        assert!(stdout.contains(said), "{said} missing from stdout: {stdout}");
+        assert!(!stderr.contains(said), "{said} on stderr: {stderr}");
+    }
+    let history = m["history"].as_array().unwrap();
+    let validation: Vec<f64> = history.iter().filter_map(|r| r["validation"].as_f64()).collect();
+    assert_eq!(validation.len(), epochs);
+    // This run (η = 0.05, patience 2) stops early, two epochs after its best.
+    assert!(m["stop_reason"].as_str().unwrap().contains("stopped early"), "{stdout}");
+    let best = validation.iter().cloned().fold(f64::INFINITY, f64::min);
+    let kept = validation.iter().position(|&v| v == best).unwrap() + 1;
+    assert!(kept < epochs, "{stdout}");
+    assert!(stdout.contains(&format!("kept     θ of epoch {kept}, the best validation error")), "{stdout}");
+    let final_cost: f64 = stdout.lines().find_map(|l| l.strip_prefix("final cost ")).unwrap().parse().unwrap();
+    assert_eq!(Some(final_cost), m["final_cost"].as_f64());
+
+    // The same job stopped one epoch before the end and resumed: the kept epoch is named from
+    // the epochs of both invocations.
+    let job = |iterations: &str| {
+        let mut c = wgnn();
+        c.args(["train", "mlp", "--hidden", "8", "--backend", "cpu", "--data", &data, "--iterations", iterations])
+            .args(["--learning-rate", "0.05", "--validation", "0.2", "--patience", "2", "--schedule", "adaptive"]);
+        c
+    };
+    let split = d.join("split");
+    let first = (epochs - 1).to_string();
+    let out = job(&first).args(["--out", split.to_str().unwrap()]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = wgnn().args(["train", "--resume", split.to_str().unwrap(), "--iterations", "20"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let resumed = String::from_utf8_lossy(&out.stdout);
+    assert!(resumed.contains(&format!("kept     θ of epoch {kept}, the best validation error")), "{resumed}");
+    assert!(resumed.contains(&format!("final cost {final_cost}\n")), "the same θ as uninterrupted: {resumed}");
+
+    // cost: its whole report (what was computed, the terms, the cost) on stdout; nothing on
+    // stderr, where an error would be its one line.
+    let out = sparse_autoencoder_cost()
+        .args(["--theta", &fixture("sparse_autoencoder", "theta.npy")])
+        .args(["--data", &format!("npy:{}", fixture("sparse_autoencoder", "x.npy"))])
+        .args(["--backend", "cpu"])
+        .output()
+        .unwrap();
+    assert!(out.status.success() && out.stderr.is_empty(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("network  64-25-64") && stdout.lines().last().unwrap().starts_with("cost "), "{stdout}");
+}
+
+#[test]
+fn adaptive_schedule_sets_eta_from_the_epoch_costs_on_cpu_and_gpu() {
+    let dir = tempfile::tempdir().unwrap();
+    let (d, data) = (dir.path(), three_clouds_csv(dir.path()));
+    for backend in ["cpu", "gpu"] {
+        let run = d.join(backend);
+        let out = wgnn()
+            .args(["train", "mlp", "--hidden", "8", "--data", &data, "--backend", backend])
+            .args(["--optimizer", "sgd", "--learning-rate", "0.3", "--batch-size", "50", "--iterations", "12"])
+            .args(["--schedule", "adaptive", "--tol", "0.05", "--n-iter-no-change", "100"])
+            .args(["--out", run.to_str().unwrap()])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{backend}: {}", String::from_utf8_lossy(&out.stderr));
+        let m: serde_json::Value = serde_json::from_slice(&std::fs::read(run.join("metrics.json")).unwrap()).unwrap();
+        assert!(m["backend"].as_str().unwrap().contains(backend), "{}", m["backend"]);
+        // Replaying scikit-learn's rule on the run's own epoch costs gives every epoch's η.
+        let adaptive = wgnn::optim::Schedule::Adaptive { tol: 0.05 };
+        let mut state = wgnn::optim::ScheduleState::default();
+        let mut eta = 0.3;
+        let history = m["history"].as_array().unwrap();
+        assert_eq!(history.len(), 12, "{backend}");
+        for r in history {
+            assert_eq!(r["step_size"].as_f64(), Some(eta), "{backend}: epoch {}", r["iteration"]);
+            eta = adaptive.next(0.3, eta, 0, r["cost"].as_f64().unwrap(), &mut state);
+        }
+        assert!(history.last().unwrap()["step_size"].as_f64().unwrap() < 0.3, "{backend}: η was never cut");
     }
 }

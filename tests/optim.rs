@@ -13,7 +13,8 @@ use rand_distr::{Distribution, StandardNormal};
 use wgnn::model::{Init, NetSpec, Sparsity};
 use wgnn::optim::{
     BackendObjective, ConjugateGradient, Control, Divergence, EarlyStopping, FnObjective, Hooks, LineSearch,
-    LineSearchOutcome, Method, Minibatch, Optimizer, Plateau, Record, Schedule, Stop, StopReason, Summary, UpdateRule,
+    LineSearchOutcome, Method, Minibatch, Optimizer, Plateau, Record, Schedule, ScheduleState, Stop, StopReason,
+    Summary, UpdateRule,
 };
 use wgnn::{Backend, CpuBackend, Targets};
 
@@ -709,4 +710,69 @@ fn sgd_and_adam_train_softmax_regression_to_high_accuracy() {
         assert!(accuracy >= 0.97, "{}: accuracy {accuracy}", m.rule.name());
         assert!(s.cost.unwrap() < 0.5 * costs[0], "{}", m.rule.name());
     }
+}
+
+// ---------------------------------------------------------------- scikit-learn's adaptive schedule
+
+#[test]
+fn adaptive_divides_the_learning_rate_by_5_after_two_epochs_without_improvement() {
+    // A constructed sequence of epoch costs, tol = 1e-4: an epoch fails when the best cost
+    // falls by no more than tol·max(|best|, |J|, 1).
+    let adaptive = Schedule::Adaptive { tol: 1e-4 };
+    let costs = [
+        1.0,     // first epoch: the best so far
+        0.5,     // improves
+        0.49995, // fails (falls by 5e-5)
+        0.4999,  // fails again (5e-5 below the best 0.49995): η ÷ 5 for the next epoch
+        0.3,     // improves
+        0.3,     // fails
+        0.2,     // improves: the count starts again
+        0.2,     // fails
+        0.2,     // fails: η ÷ 5
+        0.2,     // fails
+        0.21,    // fails (a rise): η ÷ 5
+        150.0,   // a rise is a failure at any scale
+        99.995,  // still above the best 0.2: a failure, η ÷ 5
+    ];
+    // η after each epoch, from η₀ = 1.
+    let rates_of = |schedule: Schedule, costs: &[f64]| -> Vec<f64> {
+        let mut state = ScheduleState::default();
+        let mut eta = 1.0;
+        costs
+            .iter()
+            .map(|&j| {
+                eta = schedule.next(1.0, eta, 0, j, &mut state);
+                eta
+            })
+            .collect()
+    };
+    let a = 1.0 / 5.0;
+    let (b, c, d) = (a / 5.0, a / 5.0 / 5.0, a / 5.0 / 5.0 / 5.0);
+    assert_eq!(rates_of(adaptive, &costs), [1.0, 1.0, 1.0, a, a, a, a, a, b, b, c, c, d]);
+    // Above 1 the measure is relative: 100 → 99.995 falls by 5e-5 of 100, a failure.
+    assert_eq!(rates_of(adaptive, &[100.0, 99.995, 99.99]), [1.0, 1.0, a]);
+    // tol = 0: only a cost that does not fall at all fails.
+    let strict = Schedule::Adaptive { tol: 0.0 };
+    assert_eq!(rates_of(strict, &[1.0, 0.9999999, 0.9999998, 0.9999998, 0.9999998]), [1.0, 1.0, 1.0, 1.0, a]);
+    assert!(Schedule::Adaptive { tol: -1.0 }.validate().is_err());
+    assert!(Schedule::Adaptive { tol: f64::NAN }.validate().is_err());
+}
+
+#[test]
+fn adaptive_cuts_eta_when_plain_sgd_bounces() {
+    // η = 1 on x² bounces between ±1 (epoch cost 1): epochs 2 and 3 fail, so epoch 4 runs
+    // with η = 0.2, which converges (x ← 0.6 x).
+    let method = full_batch(Minibatch::sgd(1.0).with_rule(UpdateRule::Plain).with_schedule(Schedule::ADAPTIVE));
+    let bowl = |x: &[f64], g: &mut [f64]| {
+        g[0] = 2.0 * x[0];
+        x[0] * x[0]
+    };
+    let (x, _, opt) = minimize(method, bowl, &[1.0], tight(30, 0.0));
+    let rates: Vec<f64> = opt.history().records.iter().map(|r| r.step_size).collect();
+    assert_eq!(rates[..4], [1.0, 1.0, 1.0, 0.2]);
+    // J falls ×0.36 an epoch until a fall is below tol = 1e-4 (J ≲ 1.6e-4); from there on
+    // every second epoch divides η again, as in scikit-learn, and x stays near that level.
+    let cuts = rates.windows(2).filter(|w| w[1] < w[0]).count();
+    assert!(cuts >= 2 && rates.windows(2).all(|w| w[1] == w[0] || w[1] == w[0] / 5.0), "{rates:?}");
+    assert!(x[0] * x[0] < 2e-4, "x = {x:?}");
 }

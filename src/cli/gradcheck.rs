@@ -112,7 +112,8 @@ pub fn run(args: GradcheckArgs) -> anyhow::Result<()> {
         gradcheck::kink_margin(&mut reference, &theta, (&x).into())?
     };
     if margin < 10.0 * EPSILON {
-        println!(
+        // A diagnostic: on stderr, apart from the results.
+        eprintln!(
             "warning: a (leaky) ReLU unit has |z| = {margin:e}, within reach of the step ε: its kink can spoil the check; try another --seed"
         );
     }

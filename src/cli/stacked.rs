@@ -78,9 +78,9 @@ pub fn run(
     }
     if !args.quiet {
         if let (Some(b), Some(a)) = (outcome.test_accuracy_before_finetuning, outcome.test_accuracy) {
-            eprintln!("test accuracy before fine-tuning {:.2}%, after {:.2}%", 100.0 * b, 100.0 * a);
+            println!("test accuracy before fine-tuning {:.2}%, after {:.2}%", 100.0 * b, 100.0 * a);
         }
-        eprintln!("wrote    {}", outcome.metrics.display());
+        println!("wrote    {}", outcome.metrics.display());
     }
     Ok(())
 }

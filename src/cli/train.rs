@@ -51,9 +51,9 @@ pub enum OptimizerChoice {
     Cg,
     /// Gradient descent with a fixed learning rate (full batch).
     Gd,
-    /// Minibatch SGD with Nesterov momentum 0.9.
+    /// Minibatch SGD with Nesterov momentum 0.9 (--momentum, --nesterov).
     Sgd,
-    /// Minibatch Adam (β₁ 0.9, β₂ 0.999).
+    /// Minibatch Adam (β₁ 0.9, β₂ 0.999, ε 1e-8: --beta1, --beta2, --adam-epsilon).
     Adam,
 }
 
@@ -116,9 +116,18 @@ pub struct TrainArgs {
     /// Classifiers end in softmax.
     #[arg(long)]
     pub output: Option<String>,
-    /// L2 weight decay λ. Default: 1e-4 (autoencoder, softmax), 1e-5 (mlp).
+    /// L2 weight decay λ: the cost J gets + (λ/2)·‖W‖² (weights only, not biases) beside the
+    /// mean loss over the examples. Default: 1e-4 (autoencoder, softmax), 1e-5 (mlp). See
+    /// --alpha for scikit-learn's α.
     #[arg(long)]
     pub weight_decay: Option<f64>,
+    /// scikit-learn's L2 penalty α instead of --weight-decay: its loss adds α/(2 n)·‖W‖²
+    /// with n the examples of each gradient, so λ = α/n: n is the batch size (at most the
+    /// training examples) for sgd and adam, and the training examples (after the validation
+    /// split) for lbfgs, cg and gd. scikit-learn's default is 1e-4. Not with the weight-decay
+    /// flag, nor with stacked.
+    #[arg(long)]
+    pub alpha: Option<f64>,
     /// Autoencoder sparsity target ρ (0 turns the penalty off). Default: 0.01 (autoencoder),
     /// 0.1 (stacked).
     #[arg(long)]
@@ -136,14 +145,49 @@ pub struct TrainArgs {
     #[arg(long)]
     pub learning_rate: Option<f64>,
     /// Learning-rate schedule for sgd and adam, applied after each epoch: constant,
-    /// invscaling[:POWER] (η₀/(t+1)^POWER, t examples seen; scikit-learn's, POWER 0.5) or
+    /// invscaling[:POWER] (η₀/(t+1)^POWER, t examples seen; scikit-learn's, POWER 0.5),
+    /// adaptive (scikit-learn's: η ÷ 5 each time two epochs in a row fail to improve the
+    /// best validation metric — or epoch cost without --validation — by more than --tol) or
     /// plateau[:FACTOR[:PATIENCE]] (η × FACTOR after more than PATIENCE epochs without a
     /// better validation metric — or epoch cost without --validation; default 0.1:10, PyTorch's).
     #[arg(long, default_value = "constant")]
     pub schedule: String,
-    /// Minibatch size for sgd and adam. Default: 200 (64 for cnn).
-    #[arg(long)]
+    /// Minibatch size for sgd and adam: a number, or auto (scikit-learn's: min(200, n)); a
+    /// batch never holds more than the n training examples. Default: auto (64 for cnn).
+    #[arg(long, value_parser = batch_size)]
     pub batch_size: Option<usize>,
+    /// Momentum μ of sgd, in [0, 1) (scikit-learn's `momentum`). Default 0.9; 0 is plain SGD.
+    #[arg(long)]
+    pub momentum: Option<f64>,
+    /// Nesterov's momentum for sgd: true or false (scikit-learn's `nesterovs_momentum`).
+    /// Default true.
+    #[arg(long)]
+    pub nesterov: Option<bool>,
+    /// Adam's β₁, in [0, 1) (scikit-learn's `beta_1`). Default 0.9.
+    #[arg(long)]
+    pub beta1: Option<f64>,
+    /// Adam's β₂, in [0, 1) (scikit-learn's `beta_2`). Default 0.999.
+    #[arg(long)]
+    pub beta2: Option<f64>,
+    /// Adam's ε, > 0 (scikit-learn's `epsilon`; not --whiten-epsilon). Default 1e-8.
+    #[arg(long, visible_alias = "epsilon")]
+    pub adam_epsilon: Option<f64>,
+    /// Cost tolerance (scikit-learn's `tol`): converged once the best cost has fallen by no
+    /// more than tol·max(|J*|, |J|, 1) for --n-iter-no-change iterations (epochs) in a row;
+    /// 0 turns it off. Also the tolerance of --schedule adaptive. Default: 1e-4 (sgd, adam),
+    /// 1e-9 (lbfgs, cg, gd).
+    #[arg(long)]
+    pub tol: Option<f64>,
+    /// Iterations (epochs) in a row without a decrease by --tol before the run counts as
+    /// converged (scikit-learn's `n_iter_no_change`). Default: 10 (sgd, adam), 1 (lbfgs, cg,
+    /// gd). Early stopping on the validation metric has its own --patience.
+    #[arg(long)]
+    pub n_iter_no_change: Option<usize>,
+    /// Stop after this many cost-and-gradient evaluations (line-search trials and minibatches
+    /// count; checked between iterations), like scikit-learn's `max_fun` (15000 for lbfgs).
+    /// Default: no limit.
+    #[arg(long)]
+    pub max_fun: Option<usize>,
     /// L-BFGS history size. Default: 100 (minFunc's) up to 50,000 parameters, 10 above.
     #[arg(long)]
     pub lbfgs_memory: Option<usize>,
@@ -206,6 +250,14 @@ pub struct TrainArgs {
     pub given: Vec<String>,
 }
 
+impl TrainArgs {
+    /// The minibatch size: --batch-size, or by default scikit-learn's auto (200, capped at the
+    /// examples when used) — 64 for `train cnn`, LeNet's usual batch.
+    fn batch(&self) -> usize {
+        self.batch_size.unwrap_or(if self.kind == Kind::Cnn { 64 } else { wgnn::optim::Minibatch::DEFAULT_BATCH_SIZE })
+    }
+}
+
 impl Default for TrainArgs {
     fn default() -> TrainArgs {
         super::defaults()
@@ -251,6 +303,15 @@ fn cnn_spec(
     }
     let stack = LayerStack { input, layers: parsed.layers };
     Ok(NetSpec::stack(stack, classes, Output::Softmax)?.with_weight_decay(args.weight_decay.unwrap_or(0.0))?)
+}
+
+/// `--batch-size`: a whole number ≥ 1, or `auto`, scikit-learn's min(200, n) — 200, since a
+/// batch never holds more than the n training examples.
+fn batch_size(text: &str) -> Result<usize, String> {
+    if text.trim().eq_ignore_ascii_case("auto") {
+        return Ok(wgnn::optim::Minibatch::DEFAULT_BATCH_SIZE);
+    }
+    text.trim().parse::<usize>().map_err(|_| format!("`{text}` is not a batch size: give a whole number or auto"))
 }
 
 pub fn kind_name(kind: Kind) -> &'static str {
@@ -475,6 +536,37 @@ fn check_flags(args: &TrainArgs) -> anyhow::Result<()> {
     } else if args.net.is_some() || args.input_shape.is_some() {
         bail!("--net and --input-shape describe a layer stack: use them with `train cnn`");
     }
+    if args.alpha.is_some() && args.weight_decay.is_some() {
+        bail!("--alpha and --weight-decay both set the L2 penalty: give one (--alpha α is scikit-learn's, λ = α/n)");
+    }
+    type Check<'a> = (&'a str, &'a str, Option<f64>, fn(f64) -> bool, &'a str);
+    let checks: [Check; 6] = [
+        ("--alpha", "the L2 penalty α", args.alpha, |v| v >= 0.0 && v.is_finite(), "be a finite number ≥ 0"),
+        ("--tol", "the cost tolerance", args.tol, |v| v >= 0.0 && v.is_finite(), "be a finite number ≥ 0 (0: off)"),
+        ("--momentum", "the momentum μ", args.momentum, |v| (0.0..1.0).contains(&v), "lie in [0, 1) (usual: 0.9)"),
+        ("--beta1", "Adam's β₁", args.beta1, |v| (0.0..1.0).contains(&v), "lie in [0, 1) (usual: 0.9)"),
+        ("--beta2", "Adam's β₂", args.beta2, |v| (0.0..1.0).contains(&v), "lie in [0, 1) (usual: 0.999)"),
+        (
+            "--adam-epsilon",
+            "Adam's ε",
+            args.adam_epsilon,
+            |v| v > 0.0 && v.is_finite(),
+            "be a finite number > 0 (usual: 1e-8)",
+        ),
+    ];
+    for (flag, what, value, ok, rule) in checks {
+        if let Some(v) = value
+            && !ok(v)
+        {
+            bail!("{flag} {v}: {what} must {rule}");
+        }
+    }
+    if args.n_iter_no_change == Some(0) {
+        bail!("--n-iter-no-change 0: give at least 1 iteration (scikit-learn's default for sgd and adam is 10)");
+    }
+    if args.max_fun == Some(0) {
+        bail!("--max-fun 0: allow at least 1 evaluation (scikit-learn's default is 15000)");
+    }
     if args.lbfgs_memory == Some(0) {
         bail!("--lbfgs-memory 0: L-BFGS keeps at least 1 correction pair (usual: 10 to 100)");
     }
@@ -533,7 +625,9 @@ pub fn run(mut args: TrainArgs) -> anyhow::Result<()> {
     } else {
         OptimizerChoice::Lbfgs
     });
-    let schedule = parse_schedule(&args.schedule).context("--schedule")?;
+    check_optimizer_flags(&args, choice)?;
+    let schedule = parse_schedule(&args.schedule, args.tol.unwrap_or(wgnn::optim::Stop::MINIBATCH.cost_tol))
+        .context("--schedule")?;
     if schedule != Schedule::Constant && !matches!(choice, OptimizerChoice::Sgd | OptimizerChoice::Adam) {
         bail!(
             "--schedule {} sets the learning rate of sgd and adam: use it with --optimizer sgd or adam",
@@ -730,6 +824,20 @@ pub fn run(mut args: TrainArgs) -> anyhow::Result<()> {
             NetSpec::new(&layers, activation(Activation::Relu)?, Output::Softmax)?.with_weight_decay(lambda)?
         }
     };
+    let spec = match args.alpha {
+        None => spec,
+        Some(alpha) => {
+            // scikit-learn divides α by the examples of each gradient (its `n_samples`).
+            let n_train = wgnn::data::hold_out(data.x.nrows(), args.validation, 0, "validation")?.0.len();
+            let n = match choice {
+                OptimizerChoice::Sgd | OptimizerChoice::Adam => args.batch().min(n_train),
+                _ => n_train,
+            };
+            let lambda = alpha / n as f64;
+            say(format!("penalty  --alpha {alpha}: weight decay λ = α/n = {alpha}/{n} = {lambda:e}"));
+            spec.with_weight_decay(lambda)?
+        }
+    };
     let params = wgnn::model::ThetaLayout::new(&spec).len();
     say(format!("network  {} ({params} parameters)", spec.describe()));
 
@@ -745,7 +853,7 @@ pub fn run(mut args: TrainArgs) -> anyhow::Result<()> {
             Minibatch::sgd(args.learning_rate.unwrap_or(lr))
                 .with_rule(rule)
                 .with_schedule(schedule)
-                .with_batch_size(args.batch_size.unwrap_or(if args.kind == Kind::Cnn { 64 } else { 200 }))
+                .with_batch_size(args.batch())
                 .with_seed(args.seed),
         )
     };
@@ -756,11 +864,31 @@ pub fn run(mut args: TrainArgs) -> anyhow::Result<()> {
         }
         OptimizerChoice::Cg => Method::cg(),
         OptimizerChoice::Gd => Method::gradient_descent(args.learning_rate.unwrap_or(0.1)),
-        OptimizerChoice::Sgd => minibatch(UpdateRule::NESTEROV, 0.01),
-        OptimizerChoice::Adam => minibatch(UpdateRule::ADAM, 0.001),
+        OptimizerChoice::Sgd => {
+            // UpdateRule::NESTEROV's μ = 0.9, Nesterov, unless given; μ = 0 keeps no velocity.
+            let momentum = args.momentum.unwrap_or(0.9);
+            let rule = if momentum == 0.0 {
+                UpdateRule::Plain
+            } else {
+                UpdateRule::Momentum { momentum, nesterov: args.nesterov.unwrap_or(true) }
+            };
+            minibatch(rule, 0.01)
+        }
+        OptimizerChoice::Adam => {
+            let UpdateRule::Adam { beta1, beta2, epsilon } = UpdateRule::ADAM else { unreachable!() };
+            let rule = UpdateRule::Adam {
+                beta1: args.beta1.unwrap_or(beta1),
+                beta2: args.beta2.unwrap_or(beta2),
+                epsilon: args.adam_epsilon.unwrap_or(epsilon),
+            };
+            minibatch(rule, 0.001)
+        }
     };
     method.validate()?;
-    let stop = method.default_stop().with_max_iterations(iterations);
+    let mut stop = method.default_stop().with_max_iterations(iterations);
+    stop.cost_tol = args.tol.unwrap_or(stop.cost_tol);
+    stop.cost_patience = args.n_iter_no_change.unwrap_or(stop.cost_patience);
+    stop.max_evaluations = args.max_fun.or(stop.max_evaluations);
 
     let (mut backend, note) = args.backend.build_quietly(spec.clone(), super::Precision::F32)?;
     if let Some(note) = note {
@@ -773,6 +901,9 @@ pub fn run(mut args: TrainArgs) -> anyhow::Result<()> {
         if matches!(method, Method::Minibatch(_)) { "epochs" } else { "iterations" }
     ));
 
+    // The epochs before a resume, so that the kept epoch can be named from all of them.
+    let earlier: Vec<wgnn::optim::Record> =
+        resume.as_ref().and_then(|ck| serde_json::from_value(ck.metadata.history.clone()).ok()).unwrap_or_default();
     let job = TrainJob {
         spec,
         method,
@@ -808,7 +939,13 @@ pub fn run(mut args: TrainArgs) -> anyhow::Result<()> {
             }
         }
     }
-    let mut reporter = Reporter::new(args.quiet, iterations);
+    let epochs = matches!(job.method, Method::Minibatch(_));
+    let validation_label = match (&data.targets, &data.labels, args.kind) {
+        (None, Some(_), Kind::Softmax | Kind::Mlp) => "validation error",
+        _ => "validation squared error",
+    };
+    let mut reporter = Reporter::new(args.quiet, iterations, epochs, schedule != Schedule::Constant, validation_label);
+    earlier.iter().for_each(|r| reporter.note(r));
     let y = match (&data.targets, &data.labels) {
         (Some(t), _) => Targets::Values(t.into()),
         (None, Some(l)) => Targets::Labels(l),
@@ -820,6 +957,12 @@ pub fn run(mut args: TrainArgs) -> anyhow::Result<()> {
     let outcome = outcome?;
 
     let s = &outcome.summary;
+    // Results go to stdout (`wgnn train > log.txt` keeps them); progress stays on stderr.
+    let result = |s: String| {
+        if !args.quiet {
+            println!("{s}");
+        }
+    };
     for f in &outcome.files {
         if !outcome.status.is_finished() {
             say(format!("wrote    {}", f.display()));
@@ -846,25 +989,64 @@ pub fn run(mut args: TrainArgs) -> anyhow::Result<()> {
             return Err(Exit::diverged(format!("{reason} — {kept}; no {MODEL_FILE} was written")).into());
         }
     }
-    say(format!(
-        "done     {} iterations, {} evaluations, {:.1} s: {}",
+    let unit = if epochs { "epochs" } else { "iterations" };
+    result(format!(
+        "done     {} {unit}, {} evaluations, {:.1} s: {}",
         s.iterations, s.evaluations, s.seconds, s.reason
     ));
-    say(format!("final cost {}", outcome.final_cost));
+    result(reporter.kept(s));
+    result(format!("final cost {}", outcome.final_cost));
     if let Some(a) = outcome.test_accuracy {
-        say(format!("test accuracy {:.2}%", 100.0 * a));
+        result(format!("test accuracy {:.2}%", 100.0 * a));
     }
     if let Some(r2) = outcome.r2 {
-        say(format!("test R² {r2:.4}"));
+        result(format!("test R² {r2:.4}"));
     }
     for f in &outcome.files {
-        say(format!("wrote    {}", f.display()));
+        result(format!("wrote    {}", f.display()));
     }
     Ok(())
 }
 
-/// `constant`, `invscaling[:POWER]` or `plateau[:FACTOR[:PATIENCE]]`.
-fn parse_schedule(text: &str) -> anyhow::Result<Schedule> {
+/// The flags that belong to one optimizer (or that stacked does not take), refused in one
+/// line with another: they would be silently ignored.
+fn check_optimizer_flags(args: &TrainArgs, choice: OptimizerChoice) -> anyhow::Result<()> {
+    let given = |id: &str, set: bool| set.then(|| format!("--{}", id.replace('_', "-")));
+    if args.kind == Kind::Stacked {
+        let stacked_ignores = [
+            given("alpha", args.alpha.is_some()),
+            given("tol", args.tol.is_some()),
+            given("n_iter_no_change", args.n_iter_no_change.is_some()),
+            given("max_fun", args.max_fun.is_some()),
+        ];
+        if let Some(flag) = stacked_ignores.into_iter().flatten().next() {
+            bail!(
+                "{flag}: train stacked runs its own L-BFGS stages and does not take it (use --weight-decay, --iterations)"
+            );
+        }
+    }
+    let sgd_only = [given("momentum", args.momentum.is_some()), given("nesterov", args.nesterov.is_some())];
+    if choice != OptimizerChoice::Sgd
+        && let Some(flag) = sgd_only.into_iter().flatten().next()
+    {
+        bail!("{flag} sets sgd's momentum: use it with --optimizer sgd");
+    }
+    let adam_only = [
+        given("beta1", args.beta1.is_some()),
+        given("beta2", args.beta2.is_some()),
+        given("adam_epsilon", args.adam_epsilon.is_some()),
+    ];
+    if choice != OptimizerChoice::Adam
+        && let Some(flag) = adam_only.into_iter().flatten().next()
+    {
+        bail!("{flag} is Adam's: use it with --optimizer adam");
+    }
+    Ok(())
+}
+
+/// `constant`, `invscaling[:POWER]`, `adaptive` (with the tolerance `tol`, from --tol) or
+/// `plateau[:FACTOR[:PATIENCE]]`.
+fn parse_schedule(text: &str, tol: f64) -> anyhow::Result<Schedule> {
     let mut parts = text.trim().split(':');
     let name = parts.next().unwrap_or_default().to_ascii_lowercase();
     let args: Vec<&str> = parts.collect();
@@ -874,6 +1056,7 @@ fn parse_schedule(text: &str) -> anyhow::Result<Schedule> {
     let schedule = match (name.as_str(), args.len()) {
         ("constant", 0) => Schedule::Constant,
         ("invscaling", 0..=1) => Schedule::InvScaling { power: number(0)?.unwrap_or(0.5) },
+        ("adaptive", 0) => Schedule::Adaptive { tol },
         ("plateau", 0..=2) => {
             let default = Plateau::default();
             let patience = number(1)?.unwrap_or(default.patience as f64);
@@ -886,49 +1069,116 @@ fn parse_schedule(text: &str) -> anyhow::Result<Schedule> {
                 ..default
             })
         }
-        _ => bail!("unknown schedule `{text}`: use constant, invscaling[:POWER] or plateau[:FACTOR[:PATIENCE]]"),
+        _ => bail!(
+            "unknown schedule `{text}`: use constant, invscaling[:POWER], adaptive or plateau[:FACTOR[:PATIENCE]]"
+        ),
     };
     schedule.validate()?;
     Ok(schedule)
 }
 
-/// A progress bar on a terminal, a line every few iterations otherwise, nothing when quiet.
+/// A progress bar on a terminal, a line every few iterations (epochs) otherwise, nothing when
+/// quiet; all on stderr. Minibatch runs count epochs and show the validation metric and η
+/// when those drive early stopping or the schedule.
 struct Reporter {
     bar: Option<indicatif::ProgressBar>,
     plain: bool,
     every: usize,
+    epochs: bool,
+    show_rate: bool,
+    validation_label: &'static str,
+    /// The first iteration with the lowest validation metric, and that metric: the θ early
+    /// stopping restores.
+    best_validation: Option<(usize, f64)>,
+    last: Option<usize>,
 }
 
 impl Reporter {
-    fn new(quiet: bool, iterations: usize) -> Reporter {
+    fn new(quiet: bool, iterations: usize, epochs: bool, show_rate: bool, validation_label: &'static str) -> Reporter {
         let terminal = std::io::stderr().is_terminal();
         let bar = (!quiet && terminal).then(|| {
             let bar = indicatif::ProgressBar::new(iterations as u64);
+            let unit = if epochs { "epochs" } else { "iterations" };
             bar.set_style(
-                indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} {msg} [{elapsed_precise}]")
-                    .expect("valid template"),
+                indicatif::ProgressStyle::with_template(&format!(
+                    "{{bar:40}} {{pos}}/{{len}} {unit} {{msg}} [{{elapsed_precise}}]"
+                ))
+                .expect("valid template"),
             );
             bar
         });
-        Reporter { bar, plain: !quiet && !terminal, every: (iterations / 20).max(1) }
+        Reporter {
+            bar,
+            plain: !quiet && !terminal,
+            every: (iterations / 20).max(1),
+            epochs,
+            show_rate,
+            validation_label,
+            best_validation: None,
+            last: None,
+        }
+    }
+
+    /// Remembers a record's iteration and validation metric (for [`Reporter::kept`]).
+    fn note(&mut self, record: &wgnn::optim::Record) {
+        self.last = Some(record.iteration);
+        if let Some(v) = record.validation
+            && self.best_validation.is_none_or(|(_, best)| v < best)
+        {
+            self.best_validation = Some((record.iteration, v));
+        }
     }
 
     fn update(&mut self, p: &Progress<'_>) {
         let Some(record) = p.record else { return };
+        self.note(record);
+        let mut extra = String::new();
+        if let Some(v) = record.validation {
+            extra += &format!("  {} {v:.6}", self.validation_label);
+        }
+        if self.epochs && self.show_rate {
+            extra += &format!("  η = {:.3e}", record.step_size);
+        }
         if let Some(bar) = &self.bar {
             bar.set_position(record.iteration as u64);
-            bar.set_message(format!("J = {:.6}  ‖∇J‖ = {:.2e}", record.cost, record.grad_norm));
+            bar.set_message(format!("J = {:.6}  ‖∇J‖ = {:.2e}{extra}", record.cost, record.grad_norm));
         } else if self.plain && record.iteration % self.every == 0 {
-            eprintln!(
-                "iteration {:>5}  J = {:<14.8}  ‖∇J‖ = {:.3e}  evaluations {}  {:.1} s",
-                record.iteration, record.cost, record.grad_norm, record.evaluations, record.seconds
-            );
+            if self.epochs {
+                // An epoch's J and ‖∇J‖ are means over its minibatches, taken along the way.
+                eprintln!(
+                    "epoch {:>5}  mean J = {:<14.8}  mean ‖∇J‖ = {:.3e}{extra}  {:.1} s",
+                    record.iteration, record.cost, record.grad_norm, record.seconds
+                );
+            } else {
+                eprintln!(
+                    "iteration {:>5}  J = {:<14.8}  ‖∇J‖ = {:.3e}  evaluations {}  {:.1} s",
+                    record.iteration, record.cost, record.grad_norm, record.evaluations, record.seconds
+                );
+            }
         }
     }
 
     fn finish(&self) {
         if let Some(bar) = &self.bar {
             bar.finish_and_clear();
+        }
+    }
+
+    /// Which θ the run kept, in one line: the best validated one when early stopping restored
+    /// it, else the last; and what the final cost is measured on.
+    fn kept(&self, summary: &wgnn::optim::Summary) -> String {
+        let unit = if self.epochs { "epoch" } else { "iteration" };
+        let measured = "the final cost is J at that θ over all training examples";
+        match (summary.reason, self.best_validation) {
+            (wgnn::optim::StopReason::EarlyStopping, Some((at, v))) => format!(
+                "kept     θ of {unit} {at}, the best {} ({v:.6}), restored at early stopping; {measured}",
+                self.validation_label
+            ),
+            _ => {
+                let at = self.last.unwrap_or(summary.iterations);
+                let means = if self.epochs { " (epoch lines show means along each epoch)" } else { "" };
+                format!("kept     θ of {unit} {at}, the last; {measured}{means}")
+            }
         }
     }
 }
@@ -964,14 +1214,18 @@ mod tests {
 
     #[test]
     fn schedules_parse_with_their_defaults() {
+        let parse_schedule = |text: &str| parse_schedule(text, 1e-4);
         assert_eq!(parse_schedule("constant").unwrap(), Schedule::Constant);
+        assert_eq!(parse_schedule("adaptive").unwrap(), Schedule::ADAPTIVE);
         assert_eq!(parse_schedule("invscaling").unwrap(), Schedule::InvScaling { power: 0.5 });
         assert_eq!(parse_schedule("invscaling:0.25").unwrap(), Schedule::InvScaling { power: 0.25 });
         let plateau = |factor, patience| Schedule::ReduceOnPlateau(Plateau { factor, patience, ..Plateau::default() });
         assert_eq!(parse_schedule("plateau").unwrap(), plateau(0.1, 10));
         assert_eq!(parse_schedule("plateau:0.1:1").unwrap(), plateau(0.1, 1));
         assert_eq!(parse_schedule("Plateau:0.5").unwrap(), plateau(0.5, 10));
-        for bad in ["", "cosine", "constant:1", "plateau:2", "plateau:0.1:1.5", "plateau:x", "invscaling:-1"] {
+        for bad in
+            ["", "cosine", "constant:1", "adaptive:2", "plateau:2", "plateau:0.1:1.5", "plateau:x", "invscaling:-1"]
+        {
             assert!(parse_schedule(bad).is_err(), "{bad:?} should be refused");
         }
     }

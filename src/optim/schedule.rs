@@ -1,6 +1,6 @@
 //! Learning-rate schedules for the minibatch methods, applied at the end of each epoch:
-//! constant, inverse scaling (scikit-learn's `invscaling`) and reduce-on-plateau (PyTorch's
-//! `ReduceLROnPlateau`). Pure functions of their state, so a resumed run schedules exactly as
+//! constant, inverse scaling (scikit-learn's `invscaling`), scikit-learn's `adaptive` and
+//! reduce-on-plateau (PyTorch's `ReduceLROnPlateau`). Pure functions of their state, so a resumed run schedules exactly as
 //! an uninterrupted one.
 
 use serde::{Deserialize, Serialize};
@@ -18,6 +18,15 @@ pub enum Schedule {
         power: f64,
     },
     ReduceOnPlateau(Plateau),
+    /// scikit-learn's `learning_rate="adaptive"` as its documentation states it: η stays η₀
+    /// while the monitored value (the validation metric when there is one, else the epoch's
+    /// mean training cost) keeps improving; each time two consecutive epochs fail to lower
+    /// its best value by more than `tol`, η ← η / 5. An epoch fails when
+    /// (best − J) / max(|best|, |J|, 1) ≤ `tol`, the measure of [`super::Stop::cost_tol`]
+    /// (scikit-learn's absolute `tol` whenever the values are at most 1); its default 1e-4.
+    Adaptive {
+        tol: f64,
+    },
 }
 
 /// Multiply η by `factor` when the monitored value (the validation metric when there is one,
@@ -52,6 +61,12 @@ pub struct ScheduleState {
 impl Schedule {
     /// scikit-learn's default power for `invscaling`.
     pub const INV_SCALING: Schedule = Schedule::InvScaling { power: 0.5 };
+    /// scikit-learn's `adaptive` with its default `tol`.
+    pub const ADAPTIVE: Schedule = Schedule::Adaptive { tol: 1e-4 };
+    /// The divisor of `adaptive`: η ← η / 5.
+    pub const ADAPTIVE_DIVISOR: f64 = 5.0;
+    /// Failing epochs in a row after which `adaptive` divides η.
+    pub const ADAPTIVE_EPOCHS: usize = 2;
 
     pub fn validate(&self) -> Result<()> {
         match *self {
@@ -59,6 +74,10 @@ impl Schedule {
             Schedule::InvScaling { power } if power >= 0.0 && power.is_finite() => Ok(()),
             Schedule::InvScaling { power } => {
                 Err(Error::Data(format!("inverse-scaling power {power} must be a finite number ≥ 0 (usual: 0.5)")))
+            }
+            Schedule::Adaptive { tol } if tol >= 0.0 && tol.is_finite() => Ok(()),
+            Schedule::Adaptive { tol } => {
+                Err(Error::Data(format!("adaptive tolerance {tol} must be a finite number ≥ 0 (usual: 1e-4)")))
             }
             Schedule::ReduceOnPlateau(p) => {
                 if !(p.factor > 0.0 && p.factor < 1.0) {
@@ -80,7 +99,7 @@ impl Schedule {
 
     /// The learning rate for the next epoch, after an epoch that ran with `current`.
     /// `initial` is η₀, `examples_seen` counts all examples of all epochs so far, and
-    /// `monitored` is the value reduce-on-plateau watches.
+    /// `monitored` is the value reduce-on-plateau and adaptive watch (lower is better).
     pub fn next(
         &self,
         initial: f64,
@@ -92,6 +111,18 @@ impl Schedule {
         match *self {
             Schedule::Constant => current,
             Schedule::InvScaling { power } => initial / ((examples_seen + 1) as f64).powf(power),
+            Schedule::Adaptive { tol } => {
+                let failed =
+                    state.best.is_some_and(|best| (best - monitored) / best.abs().max(monitored.abs()).max(1.0) <= tol);
+                state.best = Some(state.best.map_or(monitored, |best| best.min(monitored)));
+                state.bad_epochs = if failed { state.bad_epochs + 1 } else { 0 };
+                if state.bad_epochs >= Schedule::ADAPTIVE_EPOCHS {
+                    state.bad_epochs = 0;
+                    current / Schedule::ADAPTIVE_DIVISOR
+                } else {
+                    current
+                }
+            }
             Schedule::ReduceOnPlateau(p) => {
                 let improved = state.best.is_none_or(|best| monitored < best - p.threshold * best.abs());
                 if improved {
