@@ -613,8 +613,9 @@ pub fn train(
             }
             if ck.metadata.optimizer.is_null() && ck.metadata.extra.contains_key("final_cost") {
                 return Err(Error::Data(format!(
-                    "this is a finished model: it keeps no optimizer state, so it cannot be continued; only a run \
-                     trained with --checkpoint-every keeps its {CHECKPOINT_FILE} for that: start a new run"
+                    "the run finished and its {MODEL_FILE} keeps no optimizer state, so it cannot be continued \
+                     (only a run trained with --checkpoint-every keeps its {CHECKPOINT_FILE} beside the model \
+                     for that): start a new run with the iterations you want"
                 )));
             }
             if ck.metadata.optimizer.is_null() {
