@@ -119,22 +119,21 @@ impl Checkpoint {
             tensors.push((weight_name(l), view(w, vec![out, inp])));
             tensors.push((bias_name(l), view(b, vec![out])));
         }
-        let mut metadata = self.metadata.clone();
-        metadata.wgnn_version = env!("CARGO_PKG_VERSION").to_string();
-        // Long numeric arrays leave the JSON: their bytes are kept here until serialised.
+        // Long numeric arrays leave the JSON: their bytes are kept here until serialised. The
+        // skeleton is built from borrowed values: the big arrays are never cloned as JSON.
         let mut arrays: Vec<(String, Dtype, Vec<u8>)> = Vec::new();
-        for (key, value) in [
-            ("history", &mut metadata.history),
-            ("optimizer", &mut metadata.optimizer),
-            ("preprocessing", &mut metadata.preprocessing),
-        ] {
-            extract_arrays(value, &mut format!("{TENSOR_PREFIX}{key}"), &mut arrays);
-        }
-        let mut extra = serde_json::Value::Object(std::mem::take(&mut metadata.extra));
-        extract_arrays(&mut extra, &mut format!("{TENSOR_PREFIX}extra"), &mut arrays);
-        if let serde_json::Value::Object(m) = extra {
-            metadata.extra = m;
-        }
+        let mut out =
+            |key: &str, value: &serde_json::Value| skeleton(value, &mut format!("{TENSOR_PREFIX}{key}"), &mut arrays);
+        let m = &self.metadata;
+        let metadata = Metadata {
+            wgnn_version: env!("CARGO_PKG_VERSION").to_string(),
+            seed: m.seed,
+            history: out("history", &m.history),
+            optimizer: out("optimizer", &m.optimizer),
+            preprocessing: out("preprocessing", &m.preprocessing),
+            command: m.command.clone(),
+            extra: m.extra.iter().map(|(k, v)| (k.clone(), out(&format!("extra/{k}"), v))).collect(),
+        };
         for (name, dtype, data) in &arrays {
             tensors.push((name.clone(), TensorView::new(*dtype, vec![data.len() / 8], data).expect("sizes match")));
         }
@@ -243,12 +242,22 @@ impl Checkpoint {
     }
 }
 
-/// Replaces every array in `value` of at least [`MIN_TENSOR`] numbers, all f64 (or all whole
-/// numbers ≥ 0), by `{"$tensor": NAME}` and appends (NAME, dtype, little-endian bytes) to
-/// `out`. NAME is `path` plus the JSON path, `/`-separated; `path` is left as it was.
-fn extract_arrays(value: &mut serde_json::Value, path: &mut String, out: &mut Vec<(String, Dtype, Vec<u8>)>) {
+/// `value` with every array of at least [`MIN_TENSOR`] numbers, all f64 (or all whole numbers
+/// ≥ 0), replaced by `{"$tensor": NAME}`; (NAME, dtype, little-endian bytes) go to `out`. NAME
+/// is `path` plus the JSON path, `/`-separated; `path` is left as it was.
+fn skeleton(
+    value: &serde_json::Value,
+    path: &mut String,
+    out: &mut Vec<(String, Dtype, Vec<u8>)>,
+) -> serde_json::Value {
     use serde_json::Value;
     let len = path.len();
+    let mut inner = |path: &mut String, key: &dyn std::fmt::Display, item: &Value| {
+        path.push_str(&format!("/{key}"));
+        let v = skeleton(item, path, out);
+        path.truncate(len);
+        v
+    };
     match value {
         Value::Array(items) if items.len() >= MIN_TENSOR => {
             let bytes = if items.iter().all(|v| v.as_number().is_some_and(|n| n.is_f64())) {
@@ -265,38 +274,19 @@ fn extract_arrays(value: &mut serde_json::Value, path: &mut String, out: &mut Ve
                     if out.iter().any(|(n, ..)| *n == name) {
                         name = format!("{name}#{}", out.len());
                     }
-                    *value = serde_json::json!({ TENSOR_REF: name });
-                    out.push((name, dtype, data));
+                    out.push((name.clone(), dtype, data));
+                    serde_json::json!({ TENSOR_REF: name })
                 }
-                None => {
-                    for (i, item) in items.iter_mut().enumerate() {
-                        path.push_str(&format!("/{i}"));
-                        extract_arrays(item, path, out);
-                        path.truncate(len);
-                    }
-                }
+                None => Value::Array(items.iter().enumerate().map(|(i, item)| inner(path, &i, item)).collect()),
             }
         }
-        Value::Array(items) => {
-            for (i, item) in items.iter_mut().enumerate() {
-                path.push_str(&format!("/{i}"));
-                extract_arrays(item, path, out);
-                path.truncate(len);
-            }
-        }
-        Value::Object(map) => {
-            for (k, item) in map.iter_mut() {
-                path.push('/');
-                path.push_str(k);
-                extract_arrays(item, path, out);
-                path.truncate(len);
-            }
-        }
-        _ => {}
+        Value::Array(items) => Value::Array(items.iter().enumerate().map(|(i, item)| inner(path, &i, item)).collect()),
+        Value::Object(map) => Value::Object(map.iter().map(|(k, item)| (k.clone(), inner(path, k, item))).collect()),
+        other => other.clone(),
     }
 }
 
-/// Puts back the arrays [`extract_arrays`] took out: each `{"$tensor": NAME}` becomes the
+/// Puts back the arrays [`skeleton`] took out: each `{"$tensor": NAME}` becomes the
 /// numbers of tensor NAME. A missing tensor, another dtype or a non-finite f64 is refused.
 fn restore_arrays(value: &mut serde_json::Value, tensors: &SafeTensors<'_>) -> Result<()> {
     use serde_json::Value;
