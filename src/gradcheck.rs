@@ -72,6 +72,7 @@ pub fn kink_margin(backend: &mut dyn Backend, theta: &[f64], x: Inputs<'_>) -> R
     let input = match x {
         Inputs::F32(x) => x.mapv(f64::from),
         Inputs::F64(x) => x.to_owned(),
+        Inputs::Shared(x) => x.mapv(f64::from),
     };
     let mut margin = f64::INFINITY;
     for l in 0..layout.num_layers() {

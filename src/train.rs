@@ -23,6 +23,7 @@
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use ndarray::{Array2, ArrayView2, Axis};
@@ -407,9 +408,63 @@ struct Metrics<'a> {
 const VALIDATION_STREAM: u64 = 0x7661_6c69_6461_7465;
 
 /// Shuffles rows by seed and splits off the last `fraction` for validation.
-fn split(x: &Array2<f32>, fraction: f64, seed: u64) -> Result<(Vec<usize>, Vec<usize>)> {
+fn split(x: ArrayView2<'_, f32>, fraction: f64, seed: u64) -> Result<(Vec<usize>, Vec<usize>)> {
     // Its own stream, so the split does not repeat the weights' or the minibatches' draws.
     crate::data::hold_out(x.nrows(), fraction, seed ^ VALIDATION_STREAM, "validation")
+}
+
+/// The examples [`train`] learns from (m × n, f32), lent or handed over.
+///
+/// Handed over ([`Examples::Owned`], from an `Array2<f32>` or an `Arc` of one), they are the
+/// one copy of the data for the whole run: the backend keeps a handle to them instead of a
+/// copy when it computes in f32 ([`Inputs::Shared`]), and a validation split drops them once
+/// the two sides are gathered. Lent ([`Examples::Borrowed`]), `train` makes its own copy, as
+/// the caller keeps theirs.
+#[derive(Clone, Debug)]
+pub enum Examples<'a> {
+    Borrowed(ArrayView2<'a, f32>),
+    Owned(Arc<Array2<f32>>),
+}
+
+impl Examples<'_> {
+    fn view(&self) -> ArrayView2<'_, f32> {
+        match self {
+            Examples::Borrowed(x) => x.view(),
+            Examples::Owned(x) => x.view(),
+        }
+    }
+
+    /// All the rows, shared: the handed-over array itself, or a copy of lent rows.
+    fn into_shared(self) -> Arc<Array2<f32>> {
+        match self {
+            Examples::Borrowed(x) => Arc::new(x.to_owned()),
+            Examples::Owned(x) => x,
+        }
+    }
+}
+
+impl<'a> From<&'a Array2<f32>> for Examples<'a> {
+    fn from(x: &'a Array2<f32>) -> Self {
+        Examples::Borrowed(x.view())
+    }
+}
+
+impl<'a> From<ArrayView2<'a, f32>> for Examples<'a> {
+    fn from(x: ArrayView2<'a, f32>) -> Self {
+        Examples::Borrowed(x)
+    }
+}
+
+impl From<Array2<f32>> for Examples<'_> {
+    fn from(x: Array2<f32>) -> Self {
+        Examples::Owned(Arc::new(x))
+    }
+}
+
+impl From<Arc<Array2<f32>>> for Examples<'_> {
+    fn from(x: Arc<Array2<f32>>) -> Self {
+        Examples::Owned(x)
+    }
 }
 
 /// The targets of some rows, owned (the training and validation sides of a split).
@@ -436,14 +491,26 @@ impl RowTargets {
     }
 }
 
-fn gather(x: &Array2<f32>, y: &Targets<'_>, rows: &[usize]) -> (Array2<f32>, RowTargets) {
+fn gather(x: ArrayView2<'_, f32>, y: &Targets<'_>, rows: &[usize]) -> (Arc<Array2<f32>>, RowTargets) {
     let y = match y {
         Targets::Inputs => RowTargets::Inputs,
         Targets::Labels(l) => RowTargets::Labels(rows.iter().map(|&i| l[i]).collect()),
         Targets::Values(Inputs::F32(v)) => RowTargets::Values(v.select(Axis(0), rows)),
+        Targets::Values(Inputs::Shared(v)) => RowTargets::Values(v.select(Axis(0), rows)),
         Targets::Values(Inputs::F64(v)) => RowTargets::Values(v.select(Axis(0), rows).mapv(|t| t as f32)),
     };
-    (x.select(Axis(0), rows), y)
+    (Arc::new(x.select(Axis(0), rows)), y)
+}
+
+/// The targets of all rows as [`gather`] would give them, but without copying the examples.
+fn all_targets(y: &Targets<'_>) -> RowTargets {
+    match y {
+        Targets::Inputs => RowTargets::Inputs,
+        Targets::Labels(l) => RowTargets::Labels(l.to_vec()),
+        Targets::Values(Inputs::F32(v)) => RowTargets::Values(v.to_owned()),
+        Targets::Values(Inputs::Shared(v)) => RowTargets::Values(v.as_ref().clone()),
+        Targets::Values(Inputs::F64(v)) => RowTargets::Values(v.mapv(|t| t as f32)),
+    }
 }
 
 /// What the output is trained against: the labels for softmax; for a squared-error output the
@@ -493,7 +560,7 @@ pub fn r2_per_output(truth: ArrayView2<'_, f64>, predicted: ArrayView2<'_, f64>)
 }
 
 /// R² ([`r2_score`]) of the network at θ on inputs `x` with true values `y`.
-pub fn r2_of(backend: &mut dyn Backend, theta: &[f64], x: &Array2<f32>, y: &Array2<f32>) -> Result<f64> {
+pub fn r2_of<'x>(backend: &mut dyn Backend, theta: &[f64], x: impl Into<Inputs<'x>>, y: &Array2<f32>) -> Result<f64> {
     let predicted = backend.predict(theta, x.into())?;
     if predicted.dim() != y.dim() {
         return Err(Error::Shape(format!(
@@ -558,6 +625,8 @@ fn check_test_set(spec: &NetSpec, x: &Array2<f32>, y: &TestTargets) -> Result<()
 /// Trains `job.spec` on (x, y) with `backend`, calling `progress` after every step. `y` is
 /// what the output learns: class labels (softmax), real-valued targets (regression) or the
 /// inputs themselves (an autoencoder; labels given to a squared-error network are unused).
+/// `x` is lent (`&Array2<f32>`: `train` copies it once) or handed over (an `Array2<f32>` or
+/// `Arc`: no copy at all when the backend computes in f32; see [`Examples`]).
 /// Sets `interrupt` (e.g. from Ctrl-C) to stop after the current step: the run is then saved
 /// and can be resumed.
 ///
@@ -567,10 +636,10 @@ fn check_test_set(spec: &NetSpec, x: &Array2<f32>, y: &TestTargets) -> Result<()
 /// fit; a run folder that is busy, a file, or not writable; a checkpoint that cannot be
 /// resumed) leave nothing behind; errors while training or writing (a device or file error)
 /// keep θ in `checkpoint.safetensors` when they can.
-pub fn train(
+pub fn train<'x>(
     mut job: TrainJob,
     backend: &mut dyn Backend,
-    x: &Array2<f32>,
+    x: impl Into<Examples<'x>>,
     y: Targets<'_>,
     progress: &mut dyn FnMut(&Progress<'_>),
     interrupt: &AtomicBool,
@@ -594,12 +663,20 @@ pub fn train(
         None => RunFolder::open(&job.out_dir)?,
     };
 
+    let x: Examples<'_> = x.into();
     let y = targets(&spec, y)?;
-    let (train_rows, val_rows) = split(x, job.validation_fraction, job.seed)?;
+    let (train_rows, val_rows) = split(x.view(), job.validation_fraction, job.seed)?;
     // The backend's own checks, on all the data before the split indexes into it.
-    crate::cpu::validate_data(&spec, &x.into(), &y)?;
-    let (x_train, y_train) = gather(x, &y, &train_rows);
-    let (x_val, y_val) = gather(x, &y, &val_rows);
+    crate::cpu::validate_data(&spec, &x.view().into(), &y)?;
+    // Without a validation split the rows are used as given (split keeps their order); with
+    // one, both sides are gathered and the examples handed over are dropped.
+    let ((x_train, y_train), (x_val, y_val)) = if val_rows.is_empty() {
+        ((x.into_shared(), all_targets(&y)), (Arc::new(Array2::zeros((0, spec.inputs()))), RowTargets::Inputs))
+    } else {
+        let sides = (gather(x.view(), &y, &train_rows), gather(x.view(), &y, &val_rows));
+        drop(x);
+        sides
+    };
     backend.set_data((&x_train).into(), y_train.view())?;
 
     let (mut theta, mut optimizer) = match &job.resume {
@@ -723,6 +800,8 @@ pub fn train(
             }
         };
         if summary.reason == StopReason::Interrupted && stop_for_save && !interrupt.load(Ordering::SeqCst) {
+            // The backend's working buffers need not sit beside the serialised optimizer state.
+            backend.release_buffers();
             save(&theta, Some(&optimizer), Default::default(), CHECKPOINT_FILE)?;
             continue;
         }
@@ -773,6 +852,7 @@ pub fn train(
     // no optimizer state (the size of the model, not of L-BFGS's memory). The checkpoint of
     // its progress then goes, unless the run asked for checkpoints (--checkpoint-every): then
     // it holds the final optimizer state, so that the run can be continued further.
+    backend.release_buffers();
     let mut files = Vec::new();
     if interrupted {
         files.push(save(&theta, Some(&optimizer), extra, CHECKPOINT_FILE)?);

@@ -1027,3 +1027,29 @@ fn csv_labels_and_configs_are_refused_in_one_line() {
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
     assert!(stderr.len() < 400 && stderr.contains("deep.toml") && stderr.contains("not valid TOML"), "{stderr}");
 }
+
+/// clap's usage errors (an unknown flag, a value out of range, a misspelt command) are one line
+/// with exit code 2, like every other refusal; help and version still print whole and exit 0.
+#[test]
+fn usage_errors_are_one_line_with_exit_code_2() {
+    for args in [
+        &["train", "--hidden", "3000000000"][..],
+        &["train", "--hidde", "5"],
+        &["trian"],
+        &["train", "--whiten", "pcx"],
+        &["cost", "--layers", "4,x"],
+    ] {
+        let out = wgnn().args(args).output().unwrap();
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(err.trim_end().lines().count(), 1, "{args:?}: {err}");
+        assert!(err.starts_with("error: ") && !err.contains("Usage:"), "{args:?}: {err}");
+    }
+    let out = wgnn().args(["train", "--whiten", "pcx"]).output().unwrap();
+    assert!(String::from_utf8_lossy(&out.stderr).contains("[possible values: zca, pca]"));
+    for args in [&["--help"][..], &["train", "--help"], &["--version"]] {
+        let out = wgnn().args(args).output().unwrap();
+        assert_eq!(out.status.code(), Some(0), "{args:?}");
+        assert!(!out.stdout.is_empty(), "{args:?}");
+    }
+}

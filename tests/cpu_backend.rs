@@ -270,3 +270,67 @@ fn bad_input_is_refused_with_a_clear_error() {
     // Nothing was lost: the loaded data still works after the refusals.
     assert!(b.cost(&theta, Batch::All).unwrap().total().is_finite());
 }
+
+/// Data handed over as `Inputs::Shared` is kept, not copied, by the f32 backend (it holds a
+/// second handle to the caller's array, and lets go of it when other data is loaded), and is
+/// converted by the f64 one; either way every result has the bits of the same data lent as a
+/// plain f32 view. `predict` (only the output widened to f64) gives the bits of `forward`'s
+/// last layer.
+#[test]
+fn shared_data_is_kept_not_copied_and_gives_the_same_bits() {
+    use std::sync::Arc;
+    use wgnn::backend::Inputs;
+    fn same_results<F: wgnn::cpu::Real>(case: &common::Case, x: &Arc<ndarray::Array2<f32>>, kept: bool) {
+        let values = case.values.as_ref().map(|v| Arc::new(v.mapv(|v| v as f32)));
+        let targets = |shared: bool| match (&case.labels, &values) {
+            (Some(l), _) => Targets::Labels(l),
+            (_, Some(v)) if shared => Targets::Values(Inputs::Shared(v)),
+            (_, Some(v)) => Targets::Values(Inputs::F32(v.view())),
+            _ => Targets::Inputs,
+        };
+        let mut lent = CpuBackend::<F>::new(case.spec.clone()).unwrap();
+        lent.set_data(Inputs::F32(x.view()), targets(false)).unwrap();
+        let mut shared = CpuBackend::<F>::new(case.spec.clone()).unwrap();
+        shared.set_data(Inputs::Shared(x), targets(true)).unwrap();
+        let handles = if kept { 2 } else { 1 };
+        assert_eq!(Arc::strong_count(x), handles, "{} cpu {}: handles on the shared examples", case.name, F::NAME);
+        if let Some(v) = &values {
+            assert_eq!(Arc::strong_count(v), handles, "{} cpu {}: handles on the shared targets", case.name, F::NAME);
+        }
+        let m = x.nrows();
+        let ix: Vec<usize> = (0..m).rev().step_by(2).collect();
+        for batch in [Batch::All, Batch::Rows(1..m), Batch::Indices(&ix)] {
+            let (c_lent, g_lent) = eval(&mut lent, &case.theta, batch.clone());
+            let (c_shared, g_shared) = eval(&mut shared, &case.theta, batch.clone());
+            assert_eq!(c_lent.to_bits(), c_shared.to_bits(), "{} cpu {}: cost on {batch:?}", case.name, F::NAME);
+            let same = g_lent.iter().zip(&g_shared).all(|(a, b)| a.to_bits() == b.to_bits());
+            assert!(same, "{} cpu {}: gradient on {batch:?}", case.name, F::NAME);
+        }
+        let out = lent.forward(&case.theta, Inputs::F32(x.view())).unwrap().pop().unwrap();
+        assert_eq!(shared.forward(&case.theta, Inputs::Shared(x)).unwrap().pop().unwrap(), out);
+        assert_eq!(shared.predict(&case.theta, Inputs::Shared(x)).unwrap(), out, "{}: predict", case.name);
+        assert_eq!(lent.predict(&case.theta, Inputs::F32(x.view())).unwrap(), out, "{}: predict", case.name);
+        // Other data loaded: the backend lets go of the caller's array.
+        shared.set_data(Inputs::F32(x.view()), targets(false)).unwrap();
+        assert_eq!(Arc::strong_count(x), 1, "{} cpu {}: the old data is still held", case.name, F::NAME);
+    }
+    for case in common::gradcheck_cases() {
+        let x = Arc::new(case.x.mapv(|v| v as f32));
+        same_results::<f32>(&case, &x, true);
+        same_results::<f64>(&case, &x, false);
+    }
+}
+
+/// Letting go of the reused buffers changes no result: the next calls allocate afresh.
+#[test]
+fn released_buffers_change_no_result() {
+    for case in common::gradcheck_cases() {
+        let mut backend = CpuBackend::<f32>::new(case.spec.clone()).unwrap();
+        case.load(&mut backend);
+        let before = eval(&mut backend, &case.theta, Batch::All);
+        backend.release_buffers();
+        let after = eval(&mut backend, &case.theta, Batch::All);
+        assert_eq!(before.0.to_bits(), after.0.to_bits(), "{}: cost", case.name);
+        assert!(before.1.iter().zip(&after.1).all(|(a, b)| a.to_bits() == b.to_bits()), "{}: gradient", case.name);
+    }
+}

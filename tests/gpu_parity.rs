@@ -103,6 +103,7 @@ fn build(config: &Config, seed: u64) -> common::Case {
         output: config.output,
         weight_decay: 1e-3,
         sparsity: config.sparsity.then_some(Sparsity { target: 0.05, weight: 0.5 }),
+        net: None,
     };
     spec.validate().unwrap();
     let mut rng = StdRng::seed_from_u64(seed);
@@ -254,4 +255,30 @@ fn all_of_mnist_in_one_full_batch_evaluation_fits_the_binding_limits(kernel: Mat
     let (dc, dg) = (((c_gpu - c_cpu) / c_cpu).abs(), rel(&g_gpu, &g_cpu));
     println!("MNIST 60,000: cost {c_gpu} (cpu {c_cpu}), errors {dc:e} {dg:e}");
     assert!(dc < TOLERANCE && dg < TOLERANCE, "cost {dc:e}, gradient {dg:e}");
+}
+
+/// Data handed over as `Inputs::Shared` is kept by the GPU backend as its host copy (a second
+/// handle, no copy), and gives the bits of the same data lent as a plain f32 view.
+#[test]
+fn shared_data_is_kept_not_copied_and_gives_the_same_bits() {
+    use std::sync::Arc;
+    use wgnn::backend::Inputs;
+    for case in common::gradcheck_cases() {
+        let x = Arc::new(case.x.mapv(|v| v as f32));
+        let mut lent = gpu(&case.spec, MatmulKernel::Tiled);
+        lent.set_data(Inputs::F32(x.view()), case.targets()).unwrap();
+        let mut shared = gpu(&case.spec, MatmulKernel::Tiled);
+        shared.set_data(Inputs::Shared(&x), case.targets()).unwrap();
+        assert_eq!(Arc::strong_count(&x), 2, "{}: the GPU backend copied the shared examples", case.name);
+        let (mut g_lent, mut g_shared) = (vec![0.0; case.theta.len()], vec![0.0; case.theta.len()]);
+        let ix: Vec<usize> = (0..x.nrows()).rev().step_by(2).collect();
+        for batch in [Batch::All, Batch::Indices(&ix)] {
+            let c_lent = lent.cost_and_grad(&case.theta, batch.clone(), &mut g_lent).unwrap().total();
+            let c_shared = shared.cost_and_grad(&case.theta, batch.clone(), &mut g_shared).unwrap().total();
+            assert_eq!(c_lent.to_bits(), c_shared.to_bits(), "{}: cost on {batch:?}", case.name);
+            assert!(g_lent.iter().zip(&g_shared).all(|(a, b)| a.to_bits() == b.to_bits()), "{}: gradient", case.name);
+        }
+        drop(shared);
+        assert_eq!(Arc::strong_count(&x), 1, "{}: the dropped backend still holds the examples", case.name);
+    }
 }

@@ -74,6 +74,7 @@ fn what_remains_is_truncation_error() {
         output: Output::Softmax,
         weight_decay: 1e-3,
         sparsity: None,
+        net: None,
     };
     let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(7);
     let x = common::uniform(9, 10, -1.0, 1.0, &mut rng);

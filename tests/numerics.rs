@@ -337,6 +337,7 @@ fn invalid_values_in_a_spec_are_refused() {
         output: Output::SquaredError(Activation::Sigmoid),
         weight_decay: lambda,
         sparsity: Some(Sparsity { target: rho, weight: beta }),
+        net: None,
     };
     for rho in [f64::NAN, -0.1, 0.0, 1.0, 1.5, f64::INFINITY] {
         refused(sae(rho, 3.0, 0.0), "sparsity target ρ");
@@ -364,6 +365,7 @@ fn absurd_layer_sizes_are_refused_before_anything_is_allocated() {
         output: Output::SquaredError(Activation::Sigmoid),
         weight_decay: 0.0,
         sparsity: None,
+        net: None,
     };
     // A layer of 3e9 units; sizes whose θ length overflows usize; just over 2^31 parameters.
     for layers in

@@ -428,3 +428,43 @@ fn reconstructions_of_a_model_trained_on_whitened_patches_are_drawn_in_pixels() 
         }
     }
 }
+
+/// Examples handed over to `train` (an `Array2` or an `Arc` of one) train to the bits of the
+/// same examples lent (`&Array2`), with and without a validation split. Without a split the
+/// f32 backend keeps the handed-over array itself (no copy: a second handle on it); with one,
+/// it holds the gathered training rows and `train` lets go of the original.
+#[test]
+fn handed_over_examples_train_the_bits_of_lent_ones() {
+    use std::sync::Arc;
+    let x = patches();
+    let never = AtomicBool::new(false);
+    for validation_fraction in [0.0, 0.25] {
+        let run = |data: &mut dyn FnMut(TrainJob, &mut CpuBackend<f32>) -> wgnn::train::TrainOutcome| {
+            let dir = tempfile::tempdir().unwrap();
+            let mut j = job(sae(), Method::lbfgs(), 4, dir.path());
+            j.validation_fraction = validation_fraction;
+            let mut backend = CpuBackend::<f32>::new(sae()).unwrap();
+            let outcome = data(j, &mut backend);
+            (outcome.theta, outcome.final_cost, backend.num_examples())
+        };
+        let lent = run(&mut |j, b| train(j, b, &x, Targets::Inputs, &mut |_| {}, &never).unwrap());
+        let owned = run(&mut |j, b| train(j, b, x.clone(), Targets::Inputs, &mut |_| {}, &never).unwrap());
+        let shared = Arc::new(x.clone());
+        let mut backend_after = 0;
+        let arc = run(&mut |j, b| {
+            let outcome = train(j, b, Arc::clone(&shared), Targets::Inputs, &mut |_| {}, &never).unwrap();
+            // The backend still holds its data here: the caller's array when unsplit.
+            backend_after = Arc::strong_count(&shared);
+            outcome
+        });
+        let bits = |t: &[f64]| t.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+        for (what, other) in [("an owned array", &owned), ("an Arc", &arc)] {
+            assert_eq!(bits(&lent.0), bits(&other.0), "θ from {what}, validation {validation_fraction}");
+            assert_eq!(lent.1.to_bits(), other.1.to_bits(), "final cost from {what}, validation {validation_fraction}");
+            assert_eq!(lent.2, other.2, "examples loaded from {what}");
+        }
+        let expected = if validation_fraction == 0.0 { 2 } else { 1 };
+        assert_eq!(backend_after, expected, "handles on the examples after train, validation {validation_fraction}");
+        assert_eq!(Arc::strong_count(&shared), 1, "the backend is gone: only the caller's handle is left");
+    }
+}

@@ -35,8 +35,8 @@ pub struct Cli {
 /// Parses the command line, with `--config` files expanded into flags first.
 pub fn parse() -> anyhow::Result<Cli> {
     let args = config::expand(std::env::args_os().collect())?;
-    let matches = Cli::command().get_matches_from(args);
-    let mut cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    let matches = Cli::command().try_get_matches_from(args).map_err(usage_error)?;
+    let mut cli = Cli::from_arg_matches(&matches).map_err(usage_error)?;
     // `train --resume` restores the run's own settings: it needs to know which flags the
     // user gave (on the command line or in a --config file), not just their values.
     if let (Command::Train(train), Some(("train", m))) = (&mut cli.command, matches.subcommand()) {
@@ -97,10 +97,13 @@ pub enum Command {
 }
 
 /// The exit codes scripts can rely on (README.md, "Exit codes"). 0 means the job did what
-/// was asked; clap's own usage errors exit 2.
+/// was asked.
 pub mod exit_code {
     /// An error: bad input, a refused setting or folder, a file or device error.
     pub const ERROR: u8 = 1;
+    /// The command line itself is not valid (an unknown flag, a value out of range): clap's
+    /// verdict, as one line.
+    pub const USAGE: u8 = 2;
     /// Training ran but failed numerically (a NaN or infinite cost, divergence): the θ kept is
     /// in the run's checkpoint.safetensors, and there is no model.safetensors.
     pub const DIVERGED: u8 = 3;
@@ -132,6 +135,31 @@ impl std::fmt::Display for Exit {
 }
 
 impl std::error::Error for Exit {}
+
+/// clap's verdict on the command line as one line with exit code [`exit_code::USAGE`]; help
+/// and version requests are printed whole and exit 0, as clap does.
+fn usage_error(e: clap::Error) -> anyhow::Error {
+    use clap::error::ErrorKind;
+    if matches!(
+        e.kind(),
+        ErrorKind::DisplayHelp | ErrorKind::DisplayVersion | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+    ) {
+        e.exit();
+    }
+    // clap renders "error: WHAT\n  [possible values: …]\n\n  tip: …\n\nUsage: …\n\nFor more
+    // information, try '--help'.": keep what comes before "Usage:", joined into one line.
+    let text = e.render().to_string();
+    let parts: Vec<&str> = text
+        .lines()
+        .take_while(|l| !l.starts_with("Usage:") && !l.starts_with("For more information"))
+        .map(|l| l.trim())
+        .filter(|l| !l.is_empty())
+        .collect();
+    let what = parts.join("; ");
+    let what = what.strip_prefix("error:").unwrap_or(&what).trim();
+    let what = if what.is_empty() { "the command line is not valid" } else { what };
+    Exit { code: exit_code::USAGE, message: wgnn::one_line(&format!("{what} (see wgnn --help)")) }.into()
+}
 
 /// The exit code for an error that reached `main`.
 pub fn code_of(error: &anyhow::Error) -> u8 {
@@ -178,10 +206,36 @@ pub struct NetArgs {
     /// Weight β of the sparsity penalty (used with --sparsity).
     #[arg(long, default_value_t = 3.0, requires = "sparsity")]
     pub sparsity_weight: f64,
+    /// A stack of layers instead of --layers, comma-separated, ending in the output and its
+    /// size: conv FxKxK ACT [stride S] [pad P], maxpool K [stride S], meanpool K [stride S],
+    /// dense N ACT, maxout UNITSxPIECES, then softmax N (or ACT N: squared error), e.g.
+    /// "conv 4x3x3 relu, maxpool 2, dense 16 tanh, softmax 10". Needs --input-shape.
+    #[arg(long, conflicts_with_all = ["layers", "activation", "output", "sparsity"])]
+    pub net: Option<String>,
+    /// The shape of one example for --net: CHANNELSxHEIGHTxWIDTH, e.g. 1x28x28.
+    #[arg(long, requires = "net")]
+    pub input_shape: Option<String>,
 }
 
 impl NetArgs {
     pub fn spec(&self) -> anyhow::Result<NetSpec> {
+        if let Some(text) = &self.net {
+            let Some(shape) = &self.input_shape else {
+                bail!(
+                    "--net needs --input-shape CHANNELSxHEIGHTxWIDTH (e.g. 1x28x28): there is no data to read it from"
+                );
+            };
+            let input = wgnn::model::InputShape::parse(shape).context("--input-shape")?;
+            let parsed = wgnn::model::parse_net(text)?;
+            let Some(outputs) = parsed.outputs else {
+                bail!(
+                    "--net: give the output's size, e.g. `{} 10`: there is no data to read it from",
+                    parsed.output.name()
+                );
+            };
+            let stack = wgnn::model::LayerStack { input, layers: parsed.layers };
+            return Ok(NetSpec::stack(stack, outputs, parsed.output)?.with_weight_decay(self.weight_decay)?);
+        }
         let hidden = self.layers.len().saturating_sub(2);
         let acts = self.activation.iter().map(|a| Activation::parse(a)).collect::<Result<Vec<_>, _>>()?;
         let hidden_activations = match acts.len() {
@@ -197,6 +251,7 @@ impl NetArgs {
             output: Output::parse(&self.output)?,
             weight_decay: self.weight_decay,
             sparsity: self.sparsity.map(|target| Sparsity { target, weight: self.sparsity_weight }),
+            net: None,
         };
         spec.validate()?;
         Ok(spec)
@@ -308,6 +363,9 @@ impl BackendArgs {
         match self.backend {
             BackendChoice::Cpu => Ok((cpu(spec)?, None)),
             BackendChoice::Gpu => Ok((Box::new(wgnn::GpuBackend::new(spec, &self.gpu_options())?), None)),
+            BackendChoice::Auto if wgnn::GpuBackend::supports(&spec).is_err() => {
+                Ok((cpu(spec)?, Some("conv2d/pool/maxout layers run on the CPU backend for now: using the CPU".into())))
+            }
             BackendChoice::Auto => match wgnn::gpu::choose_adapter(&self.gpu_options()) {
                 Ok(adapter) if wgnn::gpu::is_real_gpu(&adapter.get_info()) => {
                     let gpu = wgnn::gpu::Gpu::from_adapter(&adapter)?;

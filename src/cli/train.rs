@@ -35,6 +35,11 @@ pub enum Kind {
     /// layer (--hidden 200,200, ρ = 0.1, λ = 3e-3), a softmax on the last features, then the
     /// whole stack fine-tuned by backpropagation. Writes one folder per stage.
     Stacked,
+    /// A convolutional (or maxout) network (needs labels), on the CPU backend: --net (default
+    /// LeNet-like: conv 20x5x5 relu, maxpool 2, conv 50x5x5 relu, maxpool 2, dense 500 relu,
+    /// softmax) on --input-shape (default from the data: MNIST is 1x28x28); Adam, η = 1e-3,
+    /// batch 64, 10 epochs.
+    Cnn,
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -136,9 +141,9 @@ pub struct TrainArgs {
     /// better validation metric — or epoch cost without --validation; default 0.1:10, PyTorch's).
     #[arg(long, default_value = "constant")]
     pub schedule: String,
-    /// Minibatch size for sgd and adam.
-    #[arg(long, default_value_t = 200)]
-    pub batch_size: usize,
+    /// Minibatch size for sgd and adam. Default: 200 (64 for cnn).
+    #[arg(long)]
+    pub batch_size: Option<usize>,
     /// L-BFGS history size. Default: 100 (minFunc's) up to 50,000 parameters, 10 above.
     #[arg(long)]
     pub lbfgs_memory: Option<usize>,
@@ -182,6 +187,18 @@ pub struct TrainArgs {
     #[command(flatten)]
     #[serde(flatten)]
     pub backend: BackendArgs,
+    // ---- layer stacks (`train cnn`) ----
+    /// The network of `train cnn`, layers separated by commas: conv FxKxK ACT [stride S]
+    /// [pad P], maxpool K [stride S], meanpool K [stride S], dense N ACT, maxout UNITSxPIECES,
+    /// then softmax (the classes come from the data), e.g. "conv 20x5x5 relu, maxpool 2,
+    /// conv 50x5x5 relu, maxpool 2, dense 500 relu, softmax" or "maxout 240x5, maxout 240x5,
+    /// softmax".
+    #[arg(long)]
+    pub net: Option<String>,
+    /// The shape of one example for `train cnn`: CHANNELSxHEIGHTxWIDTH, e.g. 1x28x28. Default:
+    /// from the data (1×h×w for images such as MNIST).
+    #[arg(long)]
+    pub input_shape: Option<String>,
     /// The flags given on the command line (or in a --config file), by their ids
     /// (`checkpoint_every`): set by `cli::parse`, for `--resume`.
     #[arg(skip)]
@@ -195,12 +212,54 @@ impl Default for TrainArgs {
     }
 }
 
+/// `train cnn`'s default network: LeNet-5 as Caffe's MNIST example builds it.
+pub const LENET: &str = "conv 20x5x5 relu, maxpool 2, conv 50x5x5 relu, maxpool 2, dense 500 relu, softmax";
+
+/// The layer stack `train cnn` asks for, on data of `features` values per example with
+/// `classes` labels (`image` its h × w when the data knows it). A layer-stack block, kept
+/// apart from the dense kinds above.
+fn cnn_spec(
+    args: &TrainArgs,
+    features: usize,
+    image: Option<(usize, usize)>,
+    classes: usize,
+) -> anyhow::Result<NetSpec> {
+    use wgnn::model::{InputShape, LayerStack, parse_net};
+    let input = match (&args.input_shape, image) {
+        (Some(text), _) => InputShape::parse(text).context("--input-shape")?,
+        (None, Some((h, w))) => InputShape::image(1, h, w),
+        (None, None) => bail!(
+            "cnn needs the shape of an example: give --input-shape CHANNELSxHEIGHTxWIDTH (the data has {features} values per example)"
+        ),
+    };
+    if input.len() != features {
+        bail!(
+            "--input-shape {} holds {} values, but the data has {features} per example: give a shape whose product is {features}",
+            input.describe(),
+            input.len()
+        );
+    }
+    let text = args.net.as_deref().unwrap_or(LENET);
+    let parsed = parse_net(text).context("--net")?;
+    if parsed.output != Output::Softmax {
+        bail!("--net ends in {}: `train cnn` is a classifier, end it in softmax", parsed.output.name());
+    }
+    if let Some(n) = parsed.outputs.filter(|&n| n != classes) {
+        bail!(
+            "--net ends in softmax {n}, but the data has {classes} classes: write softmax (the data decides) or softmax {classes}"
+        );
+    }
+    let stack = LayerStack { input, layers: parsed.layers };
+    Ok(NetSpec::stack(stack, classes, Output::Softmax)?.with_weight_decay(args.weight_decay.unwrap_or(0.0))?)
+}
+
 pub fn kind_name(kind: Kind) -> &'static str {
     match kind {
         Kind::Autoencoder => "autoencoder",
         Kind::Softmax => "softmax",
         Kind::Mlp => "mlp",
         Kind::Stacked => "stacked",
+        Kind::Cnn => "cnn",
     }
 }
 
@@ -401,8 +460,22 @@ fn check_flags(args: &TrainArgs) -> anyhow::Result<()> {
             bail!("{flag} {v}: {what} must be a finite number ≥ 0");
         }
     }
-    if args.batch_size == 0 {
+    if args.batch_size == Some(0) {
         bail!("--batch-size 0: a minibatch holds at least 1 example");
+    }
+    if args.kind == Kind::Cnn {
+        let dense_only = [
+            ("--hidden", args.hidden.is_some()),
+            ("--activation", args.activation.is_some()),
+            ("--sparsity", args.sparsity.is_some()),
+            ("--whiten", args.whiten.is_some()),
+            ("--features-from", args.features_from.is_some()),
+        ];
+        if let Some((flag, _)) = dense_only.iter().find(|(_, given)| *given) {
+            bail!("{flag} does not go with `train cnn`: describe the network with --net");
+        }
+    } else if args.net.is_some() || args.input_shape.is_some() {
+        bail!("--net and --input-shape describe a layer stack: use them with `train cnn`");
     }
     if args.lbfgs_memory == Some(0) {
         bail!("--lbfgs-memory 0: L-BFGS keeps at least 1 correction pair (usual: 10 to 100)");
@@ -457,8 +530,11 @@ pub fn run(mut args: TrainArgs) -> anyhow::Result<()> {
         _ => args.resume.as_deref().map(resume_checkpoint).transpose()?,
     };
     // The optimizer's flags too.
-    let choice =
-        args.optimizer.unwrap_or(if args.kind == Kind::Mlp { OptimizerChoice::Adam } else { OptimizerChoice::Lbfgs });
+    let choice = args.optimizer.unwrap_or(if matches!(args.kind, Kind::Mlp | Kind::Cnn) {
+        OptimizerChoice::Adam
+    } else {
+        OptimizerChoice::Lbfgs
+    });
     let schedule = parse_schedule(&args.schedule).context("--schedule")?;
     if schedule != Schedule::Constant && !matches!(choice, OptimizerChoice::Sgd | OptimizerChoice::Adam) {
         bail!(
@@ -483,10 +559,12 @@ pub fn run(mut args: TrainArgs) -> anyhow::Result<()> {
         (Kind::Mlp, Some(Output::Softmax)) if regression => {
             bail!("a regressor (--targets) needs a squared-error output: --output identity, sigmoid, tanh or relu")
         }
-        (Kind::Softmax | Kind::Mlp | Kind::Stacked, Some(o)) if !regression && o != Output::Softmax => bail!(
-            "--output {} needs real-valued targets: a classifier ends in softmax; give --targets for a regressor",
-            o.name()
-        ),
+        (Kind::Softmax | Kind::Mlp | Kind::Stacked | Kind::Cnn, Some(o)) if !regression && o != Output::Softmax => {
+            bail!(
+                "--output {} needs real-valued targets: a classifier ends in softmax; give --targets for a regressor",
+                o.name()
+            )
+        }
         _ => {}
     }
     // What test examples must bring: targets for a regressor, labels for a classifier.
@@ -617,6 +695,10 @@ pub fn run(mut args: TrainArgs) -> anyhow::Result<()> {
         Ok(args.activation.as_deref().map(Activation::parse).transpose()?.unwrap_or(default))
     };
     let spec = match args.kind {
+        Kind::Cnn => {
+            let classes = data.num_classes().context("this data has no labels: cnn needs them")?;
+            cnn_spec(&args, n, data.image_shape, classes)?
+        }
         Kind::Autoencoder => {
             let hidden = args.hidden.clone().unwrap_or(vec![25]);
             let mut layers = vec![n];
@@ -658,13 +740,14 @@ pub fn run(mut args: TrainArgs) -> anyhow::Result<()> {
         Kind::Autoencoder => 400,
         Kind::Softmax => 100,
         Kind::Mlp | Kind::Stacked => 30,
+        Kind::Cnn => 10,
     });
     let minibatch = |rule: UpdateRule, lr: f64| {
         Method::Minibatch(
             Minibatch::sgd(args.learning_rate.unwrap_or(lr))
                 .with_rule(rule)
                 .with_schedule(schedule)
-                .with_batch_size(args.batch_size)
+                .with_batch_size(args.batch_size.unwrap_or(if args.kind == Kind::Cnn { 64 } else { 200 }))
                 .with_seed(args.seed),
         )
     };
@@ -733,7 +816,8 @@ pub fn run(mut args: TrainArgs) -> anyhow::Result<()> {
         (None, Some(l)) => Targets::Labels(l),
         (None, None) => Targets::Inputs,
     };
-    let outcome = train(job, backend.as_mut(), &data.x, y, &mut |p| reporter.update(p), &interrupt);
+    // The examples are handed over, not lent: the run holds the only copy of them.
+    let outcome = train(job, backend.as_mut(), data.x, y, &mut |p| reporter.update(p), &interrupt);
     reporter.finish();
     let outcome = outcome?;
 
@@ -877,7 +961,7 @@ mod tests {
         let back: TrainArgs = serde_json::from_value(json.clone()).unwrap();
         assert_eq!(serde_json::to_value(&back).unwrap(), json);
         let old: TrainArgs = serde_json::from_str(r#"{"kind": "mlp", "seed": 7}"#).unwrap();
-        assert_eq!((old.kind, old.seed, old.batch_size, old.iterations), (Kind::Mlp, 7, 200, None));
+        assert_eq!((old.kind, old.seed, old.batch_size, old.iterations), (Kind::Mlp, 7, None, None));
     }
 
     #[test]

@@ -6,9 +6,13 @@
 mod gemm;
 pub mod net;
 mod real;
+pub mod stack;
 
 pub use gemm::gemm;
 pub use real::Real;
+
+use std::any::Any;
+use std::sync::Arc;
 
 use ndarray::{Array2, ArrayView2, Axis};
 
@@ -22,13 +26,20 @@ use net::TargetView;
 enum OwnedTargets<F> {
     Inputs,
     Labels(Vec<usize>),
-    Values(Array2<F>),
+    Values(Arc<Array2<F>>),
 }
 
-/// The loaded examples and targets, in the backend's precision.
+/// The loaded examples and targets, in the backend's precision: shared with the caller when
+/// it handed them over as [`Inputs::Shared`] in this precision (see [`real_rows`]).
 struct Loaded<F> {
-    x: Array2<F>,
+    x: Arc<Array2<F>>,
     targets: OwnedTargets<F>,
+}
+
+impl<F: Real> Loaded<F> {
+    fn empty() -> Loaded<F> {
+        Loaded { x: Arc::new(Array2::zeros((0, 0))), targets: OwnedTargets::Inputs }
+    }
 }
 
 pub struct CpuBackend<F: Real> {
@@ -39,6 +50,9 @@ pub struct CpuBackend<F: Real> {
     scratch: net::Scratch<F>,
     /// ∇J in the backend's precision, before it is widened to f64.
     grad: Vec<F>,
+    /// The layers of a stack spec (conv2d, pooling, maxout: [`stack`]); `None` for a dense
+    /// network, which runs [`net`]'s path unchanged.
+    plan: Option<stack::Plan>,
 }
 
 /// Converts examples to the backend's precision.
@@ -46,7 +60,20 @@ pub fn to_real<F: Real>(x: Inputs<'_>) -> Array2<F> {
     match x {
         Inputs::F32(x) => x.mapv(F::of_f32),
         Inputs::F64(x) => x.mapv(F::of),
+        Inputs::Shared(x) => x.mapv(F::of_f32),
     }
+}
+
+/// Examples in the backend's precision without copying them when they can be had so: the
+/// caller's own array for [`Inputs::Shared`] data when `F` is f32, else a converted copy
+/// ([`to_real`]).
+fn real_rows<F: Real>(x: Inputs<'_>) -> Arc<Array2<F>> {
+    if let Inputs::Shared(shared) = x
+        && let Ok(same) = (Arc::clone(shared) as Arc<dyn Any + Send + Sync>).downcast::<Array2<F>>()
+    {
+        return same;
+    }
+    Arc::new(to_real(x))
 }
 
 /// Checks that `x` fits the network's input and holds only finite values; `what` names it in
@@ -72,13 +99,8 @@ impl<F: Real> CpuBackend<F> {
     pub fn new(spec: NetSpec) -> Result<CpuBackend<F>> {
         spec.validate()?;
         let layout = ThetaLayout::new(&spec);
-        Ok(CpuBackend {
-            spec,
-            layout,
-            data: Loaded { x: Array2::zeros((0, 0)), targets: OwnedTargets::Inputs },
-            scratch: net::Scratch::default(),
-            grad: Vec::new(),
-        })
+        let plan = stack::Plan::of(&spec)?;
+        Ok(CpuBackend { spec, layout, plan, data: Loaded::empty(), scratch: net::Scratch::default(), grad: Vec::new() })
     }
 
     pub fn layout(&self) -> &ThetaLayout {
@@ -149,12 +171,14 @@ impl<F: Real> Backend for CpuBackend<F> {
 
     fn set_data(&mut self, x: Inputs<'_>, targets: Targets<'_>) -> Result<()> {
         validate_data(&self.spec, &x, &targets)?;
+        // The old data goes first, so that it never sits beside the new.
+        self.data = Loaded::empty();
         self.data.targets = match targets {
             Targets::Inputs => OwnedTargets::Inputs,
             Targets::Labels(labels) => OwnedTargets::Labels(labels.to_vec()),
-            Targets::Values(y) => OwnedTargets::Values(to_real(y)),
+            Targets::Values(y) => OwnedTargets::Values(real_rows(y)),
         };
-        self.data.x = to_real(x);
+        self.data.x = real_rows(x);
         Ok(())
     }
 
@@ -170,7 +194,14 @@ impl<F: Real> Backend for CpuBackend<F> {
         // Every value of g is written by the pass (∇W from λW and δᵀA, ∇b from the sums).
         let (spec, layout, scratch, g) = (&self.spec, &self.layout, &mut self.scratch, &mut self.grad);
         g.resize(theta.len(), F::zero());
-        let cost = self.data.with_batch(batch, |x, y| net::cost_and_grad(scratch, spec, layout, &theta, x, y, Some(g)));
+        let cost = match &self.plan {
+            Some(plan) => self
+                .data
+                .with_batch(batch, |x, y| stack::cost_and_grad(plan, scratch, spec, layout, &theta, x, y, Some(g)))?,
+            None => {
+                self.data.with_batch(batch, |x, y| net::cost_and_grad(scratch, spec, layout, &theta, x, y, Some(g)))
+            }
+        };
         grad.iter_mut().zip(&self.grad).for_each(|(o, &v)| *o = v.f64());
         cost
     }
@@ -178,18 +209,49 @@ impl<F: Real> Backend for CpuBackend<F> {
     fn cost(&mut self, theta: &[f64], batch: Batch<'_>) -> Result<Cost> {
         let theta = self.theta(theta)?;
         let (spec, layout, scratch) = (&self.spec, &self.layout, &mut self.scratch);
-        let cost = self.data.with_batch(batch, |x, y| net::cost_and_grad(scratch, spec, layout, &theta, x, y, None))?;
+        let cost = match &self.plan {
+            Some(plan) => self
+                .data
+                .with_batch(batch, |x, y| stack::cost_and_grad(plan, scratch, spec, layout, &theta, x, y, None))??,
+            None => {
+                self.data.with_batch(batch, |x, y| net::cost_and_grad(scratch, spec, layout, &theta, x, y, None))?
+            }
+        };
         cost.finite(&self.name())
+    }
+
+    fn release_buffers(&mut self) {
+        self.scratch = net::Scratch::default();
     }
 
     fn forward(&mut self, theta: &[f64], x: Inputs<'_>) -> Result<Vec<Array2<f64>>> {
         let theta = self.theta(theta)?;
         check_inputs(&self.spec, &x, "the input")?;
-        let x: Array2<F> = to_real(x);
+        let x = real_rows::<F>(x);
+        if let Some(plan) = &self.plan {
+            let acts = stack::forward(plan, &self.spec, &self.layout, &theta, x.view())?;
+            return Ok(acts.iter().map(|a| a.mapv(F::f64)).collect());
+        }
         let fwd = net::forward(&mut self.scratch, &self.spec, &self.layout, &theta, x.view());
         let activations = fwd.activations.iter().map(|a| a.mapv(F::f64)).collect();
         self.scratch.recycle_forward(fwd);
         Ok(activations)
+    }
+
+    /// As [`Backend::forward`], but only the output is widened to f64: the hidden layers'
+    /// activations of 60,000 MNIST rows would be hundreds of MB in f64, for nothing. A layer
+    /// stack predicts [`stack::CHUNK_ROWS`] rows at a time, keeping only the output.
+    fn predict(&mut self, theta: &[f64], x: Inputs<'_>) -> Result<Array2<f64>> {
+        let theta = self.theta(theta)?;
+        check_inputs(&self.spec, &x, "the input")?;
+        let x = real_rows::<F>(x);
+        if let Some(plan) = &self.plan {
+            return Ok(stack::predict(plan, &self.spec, &self.layout, &theta, x.view())?.mapv(F::f64));
+        }
+        let fwd = net::forward(&mut self.scratch, &self.spec, &self.layout, &theta, x.view());
+        let out = fwd.activations.last().expect("a network has an output layer").mapv(F::f64);
+        self.scratch.recycle_forward(fwd);
+        Ok(out)
     }
 }
 

@@ -262,32 +262,33 @@ fn row_sweep_avx2<F: Real>(z: &mut [F], b: &[F], f: impl Fn(F) -> F) {
 /// not one long dependency chain and vectorises; added in a fixed order at the end.
 const LANES: usize = 8;
 
-/// δ = (a − y) ⊙ f′(a) along one row, returning Σ (a − y)² in f64. Built for the baseline
-/// and for AVX2 like [`row_sweep`], with the same bits from both.
-fn error_row<F: Real>(d: &mut [F], a: &[F], y: &[F], fp: impl Fn(F) -> F + Copy) -> f64 {
+/// δ = (a − y) ⊙ f′(a) along one row, written over a (`d` holds a on entry, δ on return),
+/// returning Σ (a − y)² in f64. Built for the baseline and for AVX2 like [`row_sweep`], with
+/// the same bits from both.
+fn error_row<F: Real>(d: &mut [F], y: &[F], fp: impl Fn(F) -> F + Copy) -> f64 {
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx2") {
         // SAFETY: the CPU has just been checked for AVX2.
-        return unsafe { error_row_avx2(d, a, y, fp) };
+        return unsafe { error_row_avx2(d, y, fp) };
     }
-    error_row_plain(d, a, y, fp)
+    error_row_plain(d, y, fp)
 }
 
 #[inline(always)]
-fn error_row_plain<F: Real>(d: &mut [F], a: &[F], y: &[F], fp: impl Fn(F) -> F) -> f64 {
+fn error_row_plain<F: Real>(d: &mut [F], y: &[F], fp: impl Fn(F) -> F) -> f64 {
     let mut acc = [0.0f64; LANES];
-    let split = a.len() / LANES * LANES;
-    let chunks =
-        d[..split].chunks_exact_mut(LANES).zip(a[..split].chunks_exact(LANES)).zip(y[..split].chunks_exact(LANES));
-    for ((d, a), y) in chunks {
+    let split = d.len() / LANES * LANES;
+    for (d, y) in d[..split].chunks_exact_mut(LANES).zip(y[..split].chunks_exact(LANES)) {
         for l in 0..LANES {
-            let e = a[l] - y[l];
+            let a = d[l];
+            let e = a - y[l];
             acc[l] += e.f64() * e.f64();
-            d[l] = e * fp(a[l]);
+            d[l] = e * fp(a);
         }
     }
     let mut tail = 0.0;
-    for ((d, &a), &y) in d[split..].iter_mut().zip(&a[split..]).zip(&y[split..]) {
+    for (d, &y) in d[split..].iter_mut().zip(&y[split..]) {
+        let a = *d;
         let e = a - y;
         tail += e.f64() * e.f64();
         *d = e * fp(a);
@@ -311,8 +312,8 @@ fn squares_row<F: Real>(a: &[F], y: &[F]) -> f64 {
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-fn error_row_avx2<F: Real>(d: &mut [F], a: &[F], y: &[F], fp: impl Fn(F) -> F) -> f64 {
-    error_row_plain(d, a, y, fp)
+fn error_row_avx2<F: Real>(d: &mut [F], y: &[F], fp: impl Fn(F) -> F) -> f64 {
+    error_row_plain(d, y, fp)
 }
 
 /// δ ← (δ + 1 kᵀ) ⊙ f′(A), with f′ written through the stored activations A; `k` is the
@@ -343,44 +344,41 @@ pub fn kl_delta<F: Real>(rho: f64, beta: f64, rho_hat: &Array1<F>, rho_hat_compl
         .map_collect(|&rh, &rc| F::of(beta * (-rho / rh.f64() + (1.0 - rho) / rc.f64())))
 }
 
-/// Σᵢ ½‖aᵢ − yᵢ‖² (in f64, rows summed in order: the same value on every run) and, when
-/// asked, δ = (A − Y) ⊙ f′(A) — one sweep over A and Y for both.
-pub fn squared_error<F: Real>(
-    scratch: &mut Scratch<F>,
-    out: &Array2<F>,
-    y: ArrayView2<F>,
-    act: Activation,
-    want_delta: bool,
-) -> (f64, Option<Array2<F>>) {
-    if !want_delta {
-        // The same sums, lane for lane, as the sweep below: J(θ) has the same bits whether or
-        // not the gradient is asked for.
-        let row_sq = Zip::from(out.rows()).and(y.rows()).par_map_collect(|a, y| match (a.as_slice(), y.as_slice()) {
-            (Some(a), Some(y)) => squares_row(a, y),
-            _ => a.iter().zip(y).map(|(&a, &y)| (a - y).f64() * (a - y).f64()).sum::<f64>(),
-        });
-        return (0.5 * row_sq.iter().sum::<f64>(), None);
-    }
-    let mut delta = scratch.array(out.nrows(), out.ncols());
-    let row_sq = Zip::from(delta.rows_mut()).and(out.rows()).and(y.rows()).par_map_collect(|mut d, a, y| {
-        match (d.as_slice_mut(), a.as_slice(), y.as_slice()) {
-            (Some(d), Some(a), Some(y)) => match act {
-                Activation::Sigmoid => error_row(d, a, y, |a| a * (F::one() - a)),
-                Activation::Identity => error_row(d, a, y, |_| F::one()),
-                _ => error_row(d, a, y, |a| derivative_from_value(act, a)),
+/// Σᵢ ½‖aᵢ − yᵢ‖² of the output activations A against the targets Y, in f64 with rows summed
+/// in order (the same value on every run).
+pub fn squared_error<F: Real>(out: &Array2<F>, y: ArrayView2<F>) -> f64 {
+    // The same sums, lane for lane, as squared_error_delta's sweep: J(θ) has the same bits
+    // whether or not the gradient is asked for.
+    let row_sq = Zip::from(out.rows()).and(y.rows()).par_map_collect(|a, y| match (a.as_slice(), y.as_slice()) {
+        (Some(a), Some(y)) => squares_row(a, y),
+        _ => a.iter().zip(y).map(|(&a, &y)| (a - y).f64() * (a - y).f64()).sum::<f64>(),
+    });
+    0.5 * row_sq.iter().sum::<f64>()
+}
+
+/// [`squared_error`] and δ = (A − Y) ⊙ f′(A) from one sweep over A and Y, δ written over A:
+/// the output activations are not read again once δ⁽ᴸ⁾ is formed, and at MNIST's size
+/// (60,000 × 784 in f32) a separate δ would be another 188 MB.
+pub fn squared_error_delta<F: Real>(mut out: Array2<F>, y: ArrayView2<F>, act: Activation) -> (f64, Array2<F>) {
+    let row_sq =
+        Zip::from(out.rows_mut()).and(y.rows()).par_map_collect(|mut d, y| match (d.as_slice_mut(), y.as_slice()) {
+            (Some(d), Some(y)) => match act {
+                Activation::Sigmoid => error_row(d, y, |a| a * (F::one() - a)),
+                Activation::Identity => error_row(d, y, |_| F::one()),
+                _ => error_row(d, y, |a| derivative_from_value(act, a)),
             },
             _ => {
                 let mut sum = 0.0;
-                Zip::from(&mut d).and(&a).and(&y).for_each(|d, &a, &y| {
+                Zip::from(&mut d).and(&y).for_each(|d, &y| {
+                    let a = *d;
                     let e = a - y;
                     sum += e.f64() * e.f64();
                     *d = e * derivative_from_value(act, a);
                 });
                 sum
             }
-        }
-    });
-    (0.5 * row_sq.iter().sum::<f64>(), Some(delta))
+        });
+    (0.5 * row_sq.iter().sum::<f64>(), out)
 }
 
 /// The forward pass: activations a⁽²⁾ … a⁽ᴸ⁾ (the last one: probabilities for softmax).
@@ -492,16 +490,17 @@ pub fn weight_decay_cost<F: Real>(spec: &NetSpec, layout: &ThetaLayout, theta: &
 /// The data term of J and the output delta δ⁽ᴸ⁾ (not yet divided by m).
 /// Squared error: J = (1/m) Σ ½‖a − y‖², δ = (a − y) ⊙ f′(a).
 /// Softmax: J = −(1/m) Σ log P(yᵢ|xᵢ), δ = P − onehot(y).
-fn output_cost_and_delta<F: Real>(
-    scratch: &mut Scratch<F>,
+/// δ is written over the output activations, which it takes out of `fwd` (no later step
+/// reads them); without `want_delta`, `fwd` is left as it is.
+pub(crate) fn output_cost_and_delta<F: Real>(
     spec: &NetSpec,
-    fwd: &Forward<F>,
+    fwd: &mut Forward<F>,
     x: ArrayView2<F>,
     y: TargetView<F>,
     want_delta: bool,
 ) -> (f64, Option<Array2<F>>) {
-    let out = fwd.activations.last().expect("a network has an output layer");
-    let m = out.nrows() as f64;
+    let m = fwd.activations.last().expect("a network has an output layer").nrows() as f64;
+    let take_out = |fwd: &mut Forward<F>| fwd.activations.pop().expect("a network has an output layer");
     match (spec.output, y) {
         (Output::Softmax, TargetView::Labels(labels)) => {
             let (logits, norms) = fwd.softmax.as_ref().expect("softmax forward keeps its logits");
@@ -510,7 +509,7 @@ fn output_cost_and_delta<F: Real>(
                 nll -= norm.log_prob(z[label]);
             }
             let delta = want_delta.then(|| {
-                let mut d = scratch.copy_of(out);
+                let mut d = take_out(fwd);
                 for (mut row, &label) in d.axis_iter_mut(Axis(0)).zip(labels) {
                     row[label] -= F::one();
                 }
@@ -524,7 +523,13 @@ fn output_cost_and_delta<F: Real>(
                 TargetView::Values(v) => v,
                 TargetView::Labels(_) => unreachable!("labels with a squared-error output are refused by set_data"),
             };
-            let (sum_sq, delta) = squared_error(scratch, out, y, act, want_delta);
+            let (sum_sq, delta) = match want_delta {
+                true => {
+                    let (sum_sq, delta) = squared_error_delta(take_out(fwd), y, act);
+                    (sum_sq, Some(delta))
+                }
+                false => (squared_error(fwd.activations.last().expect("a network has an output layer"), y), None),
+            };
             (sum_sq / m, delta)
         }
         (Output::Softmax, _) => unreachable!("softmax without labels is refused by set_data"),
@@ -543,8 +548,8 @@ pub fn cost_and_grad<F: Real>(
     grad: Option<&mut [F]>,
 ) -> Cost {
     let m = x.nrows();
-    let fwd = forward(scratch, spec, layout, theta, x);
-    let (data, delta_out) = output_cost_and_delta(scratch, spec, &fwd, x, y, grad.is_some());
+    let mut fwd = forward(scratch, spec, layout, theta, x);
+    let (data, delta_out) = output_cost_and_delta(spec, &mut fwd, x, y, grad.is_some());
     let weight_decay = weight_decay_cost(spec, layout, theta);
 
     // ρ̂ needs the forward pass over the whole batch before any backward step.
@@ -626,11 +631,11 @@ mod tests {
 
         let a: Vec<f32> = (0..1003).map(|i| ((i * 37) % 101) as f32 / 101.0).collect();
         let y: Vec<f32> = (0..1003).map(|i| ((i * 53) % 97) as f32 / 97.0).collect();
-        let (mut d_plain, mut d_wide) = (vec![0.0f32; 1003], vec![0.0f32; 1003]);
+        let (mut d_plain, mut d_wide) = (a.clone(), a.clone());
         let fp = |a: f32| a * (1.0 - a);
-        let s_plain = error_row_plain(&mut d_plain, &a, &y, fp);
+        let s_plain = error_row_plain(&mut d_plain, &y, fp);
         // SAFETY: AVX2 was detected above.
-        let s_wide = unsafe { error_row_avx2(&mut d_wide, &a, &y, fp) };
+        let s_wide = unsafe { error_row_avx2(&mut d_wide, &y, fp) };
         assert_eq!(s_plain.to_bits(), s_wide.to_bits());
         assert_eq!(s_plain.to_bits(), squares_row(&a, &y).to_bits(), "cost without the delta sums differently");
         assert!(d_plain.iter().zip(&d_wide).all(|(p, w)| p.to_bits() == w.to_bits()));

@@ -141,8 +141,9 @@ pub struct GpuBackend {
     ring: Vec<Chunk>,
     /// Loaded data larger than this stay on the host and are streamed chunk by chunk.
     max_resident_bytes: u64,
-    /// A host copy of the data: streamed from, and gathered from when streaming.
-    host_x: Array2<f32>,
+    /// The data on the host: streamed from, and gathered from when streaming. The caller's
+    /// own array when it was handed over as [`Inputs::Shared`], else a copy.
+    host_x: std::sync::Arc<Array2<f32>>,
     host_y: Option<Array2<f32>>,
     host_labels: Option<Vec<u32>>,
     /// Gathered-batch buffer sets, least recently used first; the last is the current batch's.
@@ -214,13 +215,29 @@ fn u32_of(v: usize, what: &str) -> Result<u32> {
 }
 
 impl GpuBackend {
-    /// A GPU backend for `spec` on the adapter `options` select.
+    /// A GPU backend for `spec` on the adapter `options` select. Errors: a spec with layers
+    /// beyond dense ([`GpuBackend::supports`]) before any adapter is opened.
     pub fn new(spec: NetSpec, options: &GpuOptions) -> Result<GpuBackend> {
+        GpuBackend::supports(&spec)?;
         GpuBackend::on(spec, Gpu::open(options)?)
+    }
+
+    /// Whether this backend computes `spec`: dense networks only for now. A layer stack
+    /// (conv2d, pooling, maxout) is refused in one line pointing at the CPU backend, which
+    /// trains it; `--backend auto` asks this to pick the CPU for such specs.
+    pub fn supports(spec: &NetSpec) -> Result<()> {
+        match &spec.net {
+            Some(stack) => Err(Error::Gpu(format!(
+                "conv2d/pool/maxout layers run on the CPU backend for now: use --backend cpu (the network: {})",
+                stack.describe()
+            ))),
+            None => Ok(()),
+        }
     }
 
     pub fn on(spec: NetSpec, gpu: Gpu) -> Result<GpuBackend> {
         spec.validate()?;
+        GpuBackend::supports(&spec)?;
         let layout = ThetaLayout::new(&spec);
         let device = &gpu.device;
         let kernels = Kernels::new(&gpu);
@@ -253,7 +270,7 @@ impl GpuBackend {
             chunks: Vec::new(),
             ring: Vec::new(),
             max_resident_bytes: data::default_max_resident_bytes(&gpu.limits),
-            host_x: Array2::zeros((0, 0)),
+            host_x: std::sync::Arc::new(Array2::zeros((0, 0))),
             host_y: None,
             host_labels: None,
             gathered: Vec::new(),
@@ -996,7 +1013,10 @@ impl Backend for GpuBackend {
         validate_data(&self.spec, &x, &targets)?;
         // Row indices travel to the gather kernel as u32.
         u32_of(x.nrows(), "the number of examples")?;
-        let x = to_real::<f32>(x);
+        let x = match x {
+            Inputs::Shared(x) => std::sync::Arc::clone(x),
+            x => std::sync::Arc::new(to_real::<f32>(x)),
+        };
         let y = match targets {
             Targets::Values(v) => Some(to_real::<f32>(v)),
             _ => None,

@@ -1,8 +1,10 @@
 //! What a network is: its spec ([`NetSpec`]) and the layout of its parameter vector θ
-//! ([`ThetaLayout`]). Depends on nothing else in wgnn.
+//! ([`ThetaLayout`]); a network beyond dense layers is a [`LayerStack`]. Depends on nothing else in wgnn.
 
 mod params;
 mod spec;
+mod stack;
 
 pub use params::{Init, ThetaLayout};
 pub use spec::{Activation, MAX_PARAMETERS, NetSpec, Output, Sparsity, SpecError};
+pub use stack::{InputShape, Layer, LayerStack, ParsedNet, parse_net};

@@ -3,7 +3,10 @@
 //! Layout (UFLDL's order, relied on by checkpoints, `.npy` files and the GPU backend):
 //! every weight matrix first, in layer order, each row-major with shape (out × in); then
 //! every bias vector, in layer order. For 64-25-64 that is W⁽¹⁾ (25×64), W⁽²⁾ (64×25),
-//! b⁽¹⁾ (25), b⁽²⁾ (64): 3,289 numbers.
+//! b⁽¹⁾ (25), b⁽²⁾ (64): 3,289 numbers. A layer stack ([`super::LayerStack`]) follows the
+//! same rule over its layers with parameters: a conv2d W is filters × (channels·k·k)
+//! (PyTorch's `Conv2d.weight` flattened), a maxout W is (units·pieces) × in; pooling holds
+//! none.
 
 use std::ops::Range;
 
@@ -25,7 +28,13 @@ pub struct ThetaLayout {
 
 impl ThetaLayout {
     pub fn new(spec: &NetSpec) -> ThetaLayout {
-        let shapes: Vec<(usize, usize)> = spec.layers.windows(2).map(|w| (w[1], w[0])).collect();
+        let dense = || spec.layers.windows(2).map(|w| (w[1], w[0])).collect();
+        // A layer stack's W shapes (conv: filters × c·k·k; maxout: units·k × in); a stack that
+        // does not fit its input is refused by validation before any layout is made.
+        let shapes: Vec<(usize, usize)> = match &spec.net {
+            Some(stack) => stack.weight_shapes(spec.outputs()).unwrap_or_else(|_| dense()),
+            None => dense(),
+        };
         let mut offset = 0;
         let weights = shapes
             .iter()

@@ -6,6 +6,8 @@
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
+use super::stack::{Layer, LayerStack};
+
 /// An elementwise activation f and, through [`crate::cpu::net::derivative_from_value`], its
 /// derivative written with the stored value a = f(z) (MATH.md, "Activations").
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
@@ -71,7 +73,7 @@ impl Activation {
         }
     }
 
-    fn validate(&self) -> Result<(), SpecError> {
+    pub(super) fn validate(&self) -> Result<(), SpecError> {
         if let Activation::LeakyRelu { alpha } = *self {
             // α ≥ 0 keeps sign(f(z)) = sign(z), which lets f′ be read off the stored value.
             if !(alpha.is_finite() && (0.0..1.0).contains(&alpha)) {
@@ -134,6 +136,13 @@ pub struct NetSpec {
     pub weight_decay: f64,
     #[serde(default)]
     pub sparsity: Option<Sparsity>,
+    /// A stack of layers beyond dense (conv2d, pooling, maxout; [`LayerStack`]): then
+    /// `layers` holds the input size, the output width of each layer with parameters and the
+    /// outputs, and `hidden_activations` one activation per hidden layer with parameters
+    /// (identity for maxout), both derived by [`NetSpec::stack`]. `None` for a dense network,
+    /// whose JSON then reads exactly as before this field existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub net: Option<LayerStack>,
 }
 
 #[derive(Debug, Error, Clone, PartialEq)]
@@ -155,9 +164,27 @@ impl NetSpec {
             output,
             weight_decay: 0.0,
             sparsity: None,
+            net: None,
         };
         spec.validate()?;
         Ok(spec)
+    }
+
+    /// A network of the hidden layers of `stack` and a dense output layer of `outputs` units
+    /// (softmax or squared error). Validated: a layer that does not fit its input is refused
+    /// in one line naming it and the shapes. A stack of dense layers only gives today's dense
+    /// spec (no `net` field: same JSON, θ layout and backends as [`NetSpec::new`]).
+    pub fn stack(stack: LayerStack, outputs: usize, output: Output) -> Result<NetSpec, SpecError> {
+        let (layers, hidden_activations) = derived_widths(&stack, outputs)?;
+        let net = (!stack.is_dense()).then_some(stack);
+        let spec = NetSpec { layers, hidden_activations, output, weight_decay: 0.0, sparsity: None, net };
+        spec.validate()?;
+        Ok(spec)
+    }
+
+    /// True when the network has layers beyond dense (conv2d, pooling, maxout).
+    pub fn has_layer_stack(&self) -> bool {
+        self.net.is_some()
     }
 
     /// The UFLDL sparse autoencoder n → hidden → n, sigmoid throughout, squared error.
@@ -231,8 +258,11 @@ impl NetSpec {
             ))
         };
         let mut total: usize = 0;
-        for pair in self.layers.windows(2) {
-            let (inputs, outputs) = (pair[0], pair[1]);
+        let shapes: Vec<(usize, usize)> = match &self.net {
+            Some(stack) => stack.weight_shapes(self.outputs())?,
+            None => self.layers.windows(2).map(|w| (w[1], w[0])).collect(),
+        };
+        for (outputs, inputs) in shapes {
             let layer = outputs.checked_mul(inputs).and_then(|w| w.checked_add(outputs)).ok_or_else(too_many)?;
             total = total.checked_add(layer).filter(|&t| t <= MAX_PARAMETERS).ok_or_else(too_many)?;
         }
@@ -249,6 +279,22 @@ impl NetSpec {
         }
         if let Some(i) = self.layers.iter().position(|&s| s == 0) {
             return Err(SpecError::new(format!("layer {i} has size 0 in {:?}", self.layers)));
+        }
+        if let Some(stack) = &self.net {
+            let (layers, acts) = derived_widths(stack, self.outputs())?;
+            if layers != self.layers || acts != self.hidden_activations {
+                return Err(SpecError::new(format!(
+                    "the layer sizes {:?} do not match the layer stack {} on {} inputs (they give {:?}): \
+                     build the spec with NetSpec::stack",
+                    self.layers,
+                    stack.describe(),
+                    stack.input.describe(),
+                    layers
+                )));
+            }
+            if self.sparsity.is_some() {
+                return Err(SpecError::new("KL sparsity is for dense autoencoders, not for layer stacks"));
+            }
         }
         self.parameter_count()?;
         if self.hidden_activations.len() != self.layers.len() - 2 {
@@ -297,6 +343,13 @@ impl NetSpec {
 
     /// A one-line description, e.g. `64-25-64 sigmoid→sigmoid (squared error), λ=0.0001, ρ=0.01 β=3`.
     pub fn describe(&self) -> String {
+        if let Some(stack) = &self.net {
+            let loss = match self.output {
+                Output::Softmax => format!("softmax {} (cross-entropy)", self.outputs()),
+                Output::SquaredError(a) => format!("{} {} (squared error)", a.name(), self.outputs()),
+            };
+            return format!("{} → {}, {loss}, λ={}", stack.input.describe(), stack.describe(), self.weight_decay);
+        }
         let sizes: Vec<String> = self.layers.iter().map(|s| s.to_string()).collect();
         let mut acts: Vec<String> = self.hidden_activations.iter().map(|a| a.name()).collect();
         acts.push(self.output.name());
@@ -310,4 +363,27 @@ impl NetSpec {
         }
         s
     }
+}
+
+/// `layers` and `hidden_activations` for a stack: the input size, the output width of each
+/// layer with parameters, the outputs; one activation per hidden layer with parameters.
+fn derived_widths(stack: &LayerStack, outputs: usize) -> Result<(Vec<usize>, Vec<Activation>), SpecError> {
+    let shapes = stack.shapes()?;
+    let mut layers = vec![stack.input.len()];
+    let mut acts = Vec::new();
+    for (layer, shape) in stack.layers.iter().zip(&shapes) {
+        match *layer {
+            Layer::Dense { activation, .. } | Layer::Conv2d { activation, .. } => {
+                layers.push(shape.len());
+                acts.push(activation);
+            }
+            Layer::Maxout { .. } => {
+                layers.push(shape.len());
+                acts.push(Activation::Identity);
+            }
+            Layer::MaxPool { .. } | Layer::MeanPool { .. } => {}
+        }
+    }
+    layers.push(outputs);
+    Ok((layers, acts))
 }

@@ -70,6 +70,7 @@ pub fn gradcheck_cases() -> Vec<Case> {
         output: Output::Softmax,
         weight_decay: 1e-3,
         sparsity: None,
+        net: None,
     };
     // The linear decoder (UFLDL): sigmoid hidden units with sparsity, identity output, for
     // real-valued inputs such as whitened colour patches.

@@ -1,0 +1,331 @@
+//! Forward and backward passes of a layer stack (conv2d, pooling, maxout and dense layers,
+//! then the dense output layer; [`crate::model::LayerStack`]) on a batch, through the
+//! [`crate::layers`] modules (MATH.md, "Layers beyond dense" and "Backpropagation"). Dense
+//! networks never come here: they keep [`super::net`]'s path and bits.
+//!
+//! θ holds every W in layer order, then every b ([`ThetaLayout`]); the output layer is last.
+//! Gradients are MATH.md's: ∇W = (1/m) Σ δᵀ A + λW, ∇b = (1/m) Σ δ, summed over the batch in
+//! a fixed order of row chunks ([`CHUNK_ROWS`], fixed, never the number of threads), so the
+//! bits are the same for any number of threads; chunking also bounds the memory a full-batch
+//! evaluation of a large training set needs.
+
+use ndarray::{Array2, ArrayView2, Axis, Zip, s};
+
+use super::net::{self, Forward, Scratch, TargetView, activate, column_sums, derivative_from_value, softmax_rows};
+use super::{Real, gemm};
+use crate::backend::Cost;
+use crate::layers::ImageShape;
+use crate::layers::conv2d::Conv2d;
+use crate::layers::maxout::Maxout;
+use crate::layers::pool2d::{Pool2d, PoolKind};
+use crate::model::{Activation, Layer, NetSpec, Output, ThetaLayout};
+use crate::{Error, Result};
+
+/// Rows evaluated at once: the examples of a batch are taken this many at a time and the
+/// chunks' sums added in order.
+pub const CHUNK_ROWS: usize = 256;
+
+/// One hidden layer, its geometry checked, with the index `l` of its W and b in θ.
+#[derive(Clone, Debug)]
+enum Op {
+    Dense { l: usize, act: Activation },
+    Maxout { l: usize, max: Maxout },
+    Conv { l: usize, conv: Conv2d, act: Activation },
+    Pool(Pool2d),
+}
+
+/// The layers of a stack spec, ready to run.
+#[derive(Clone, Debug)]
+pub struct Plan {
+    ops: Vec<Op>,
+    /// θ index of the output layer.
+    out_l: usize,
+}
+
+impl Plan {
+    /// The plan of a validated stack spec; `None` for a dense spec (no stack).
+    pub fn of(spec: &NetSpec) -> Result<Option<Plan>> {
+        let Some(stack) = &spec.net else { return Ok(None) };
+        let shapes = stack.shapes()?;
+        let mut ops = Vec::with_capacity(stack.layers.len());
+        let mut shape = stack.input;
+        let mut l = 0;
+        for (layer, &next) in stack.layers.iter().zip(&shapes) {
+            let image = ImageShape::new(shape.channels, shape.height, shape.width);
+            let op = match *layer {
+                Layer::Dense { activation, .. } => Op::Dense { l, act: activation },
+                Layer::Maxout { units, pieces } => Op::Maxout { l, max: Maxout::new(units, pieces)? },
+                Layer::Conv2d { filters, kernel, stride, padding, activation } => {
+                    Op::Conv { l, conv: Conv2d::new(image, filters, kernel, stride, padding)?, act: activation }
+                }
+                Layer::MaxPool { size, stride } => Op::Pool(Pool2d::with_stride(image, PoolKind::Max, size, stride)?),
+                Layer::MeanPool { size, stride } => Op::Pool(Pool2d::with_stride(image, PoolKind::Mean, size, stride)?),
+            };
+            if layer.has_parameters() {
+                l += 1;
+            }
+            ops.push(op);
+            shape = next;
+        }
+        Ok(Some(Plan { ops, out_l: l }))
+    }
+}
+
+/// What a hidden layer's forward pass keeps: its output A and, for max pooling and maxout,
+/// the winners.
+struct Kept<F> {
+    a: Array2<F>,
+    winners: Option<Array2<u32>>,
+}
+
+/// Z = A Wᵀ (no bias) for weight layer `l`.
+fn times_weights_t<F: Real>(layout: &ThetaLayout, theta: &[F], a: ArrayView2<F>, l: usize) -> Array2<F> {
+    let w = layout.weight(theta, l);
+    let mut z = Array2::zeros((a.nrows(), w.nrows()));
+    gemm(F::one(), &a, &w.t(), F::zero(), &mut z.view_mut());
+    z
+}
+
+/// The hidden layers' outputs on `x`, then the output layer as a [`Forward`] (its
+/// activations hold the output alone; softmax keeps its logits).
+fn forward_chunk<F: Real>(
+    plan: &Plan,
+    spec: &NetSpec,
+    layout: &ThetaLayout,
+    theta: &[F],
+    x: ArrayView2<F>,
+) -> Result<(Vec<Kept<F>>, Forward<F>)> {
+    let mut kept: Vec<Kept<F>> = Vec::with_capacity(plan.ops.len());
+    for op in &plan.ops {
+        let input = kept.last().map_or(x, |k| k.a.view());
+        let k = match op {
+            Op::Dense { l, act } => {
+                let mut z = times_weights_t(layout, theta, input, *l);
+                net::bias_activate(&mut z, layout.bias(theta, *l), *act);
+                Kept { a: z, winners: None }
+            }
+            Op::Maxout { l, max } => {
+                let mut z = times_weights_t(layout, theta, input, *l);
+                net::bias_activate(&mut z, layout.bias(theta, *l), Activation::Identity);
+                let out = max.forward(z.view())?;
+                Kept { a: out.out, winners: Some(out.winners) }
+            }
+            Op::Conv { l, conv, act } => {
+                let mut z = conv.forward(layout.weight(theta, *l), layout.bias(theta, *l), input)?;
+                let act = *act;
+                if act != Activation::Identity {
+                    z.par_mapv_inplace(|v| activate(act, v));
+                }
+                Kept { a: z, winners: None }
+            }
+            Op::Pool(pool) => {
+                let out = pool.forward(input)?;
+                Kept { a: out.out, winners: out.winners }
+            }
+        };
+        kept.push(k);
+    }
+    let input = kept.last().map_or(x, |k| k.a.view());
+    let mut z = times_weights_t(layout, theta, input, plan.out_l);
+    let b = layout.bias(theta, plan.out_l);
+    let softmax = match spec.output {
+        Output::SquaredError(act) => {
+            net::bias_activate(&mut z, b, act);
+            None
+        }
+        Output::Softmax => {
+            z += &b;
+            let logits = z.clone();
+            let norms = softmax_rows(&mut z);
+            Some((logits, norms))
+        }
+    };
+    Ok((kept, Forward { activations: vec![z], softmax, complement: None }))
+}
+
+/// The activations of every layer after the input (hidden layers in order, then the output),
+/// as [`crate::Backend::forward`] returns them; rows taken [`CHUNK_ROWS`] at a time.
+pub fn forward<F: Real>(
+    plan: &Plan,
+    spec: &NetSpec,
+    layout: &ThetaLayout,
+    theta: &[F],
+    x: ArrayView2<F>,
+) -> Result<Vec<Array2<F>>> {
+    let mut parts: Vec<Vec<Array2<F>>> = Vec::new();
+    for chunk in x.axis_chunks_iter(Axis(0), CHUNK_ROWS) {
+        let (kept, fwd) = forward_chunk(plan, spec, layout, theta, chunk)?;
+        let mut acts: Vec<Array2<F>> = kept.into_iter().map(|k| k.a).collect();
+        acts.extend(fwd.activations);
+        parts.push(acts);
+    }
+    let layers = plan.ops.len() + 1;
+    (0..layers)
+        .map(|i| {
+            let views: Vec<ArrayView2<F>> = parts.iter().map(|p| p[i].view()).collect();
+            if views.is_empty() {
+                return Ok(Array2::zeros((0, 0)));
+            }
+            ndarray::concatenate(Axis(0), &views).map_err(|e| Error::Shape(e.to_string()))
+        })
+        .collect()
+}
+
+/// The network's output h(x) alone (m × outputs), rows [`CHUNK_ROWS`] at a time, so a
+/// large test set never holds every hidden layer at once.
+pub fn predict<F: Real>(
+    plan: &Plan,
+    spec: &NetSpec,
+    layout: &ThetaLayout,
+    theta: &[F],
+    x: ArrayView2<F>,
+) -> Result<Array2<F>> {
+    let mut out = Array2::zeros((x.nrows(), spec.outputs()));
+    for (chunk, mut o) in x.axis_chunks_iter(Axis(0), CHUNK_ROWS).zip(out.axis_chunks_iter_mut(Axis(0), CHUNK_ROWS)) {
+        let (_, fwd) = forward_chunk(plan, spec, layout, theta, chunk)?;
+        o.assign(&fwd.activations[0]);
+    }
+    Ok(out)
+}
+
+/// The rows `r` of a target view.
+fn target_rows<'a, F>(y: TargetView<'a, F>, r: std::ops::Range<usize>) -> TargetView<'a, F> {
+    match y {
+        TargetView::Inputs => TargetView::Inputs,
+        TargetView::Labels(l) => TargetView::Labels(&l[r]),
+        TargetView::Values(v) => TargetView::Values(v.slice_move(s![r, ..])),
+    }
+}
+
+/// J(θ) on the batch (x, y) and, when `grad` is given, ∇J(θ) written into it (every value).
+/// The data term is the mean over the batch; weight decay (λ/2)‖W‖² covers every weight
+/// tensor (conv, maxout, dense, output), never a bias.
+#[allow(clippy::too_many_arguments)]
+pub fn cost_and_grad<F: Real>(
+    plan: &Plan,
+    scratch: &mut Scratch<F>,
+    spec: &NetSpec,
+    layout: &ThetaLayout,
+    theta: &[F],
+    x: ArrayView2<F>,
+    y: TargetView<F>,
+    mut grad: Option<&mut [F]>,
+) -> Result<Cost> {
+    let m = x.nrows();
+    let inv_m = F::of(1.0 / m as f64);
+    let mut data_sum = 0.0;
+    let mut chunk_grad = grad.as_ref().map(|g| vec![F::zero(); g.len()]);
+    if let Some(g) = grad.as_deref_mut() {
+        g.iter_mut().for_each(|v| *v = F::zero());
+    }
+    for start in (0..m).step_by(CHUNK_ROWS) {
+        let r = start..(start + CHUNK_ROWS).min(m);
+        let (xc, yc) = (x.slice(s![r.clone(), ..]), target_rows(y, r.clone()));
+        let (kept, mut fwd) = forward_chunk(plan, spec, layout, theta, xc)?;
+        let want = chunk_grad.is_some();
+        // With a gradient, δ is written over the output activations (taken out of fwd).
+        let (data, delta) = net::output_cost_and_delta(spec, &mut fwd, xc, yc, want);
+        data_sum += data * r.len() as f64;
+        if let (Some(cg), Some(delta)) = (chunk_grad.as_mut(), delta) {
+            backward_chunk(plan, layout, theta, xc, &kept, delta, inv_m, cg)?;
+            let g = grad.as_deref_mut().expect("a gradient buffer with the chunk gradient");
+            g.iter_mut().zip(cg.iter()).for_each(|(g, &c)| *g += c);
+        }
+        scratch.recycle_forward(fwd);
+    }
+    let weight_decay = net::weight_decay_cost(spec, layout, theta);
+    if let Some(g) = grad {
+        let lambda = F::of(spec.weight_decay);
+        let weights = layout.all_weights();
+        g[weights.clone()].iter_mut().zip(&theta[weights]).for_each(|(g, &w)| *g += lambda * w);
+    }
+    Ok(Cost { data: data_sum / m as f64, weight_decay, sparsity: 0.0 })
+}
+
+/// The gradient of one chunk's data term, scaled by α = 1/m of the whole batch, written
+/// into `g` (every value).
+#[allow(clippy::too_many_arguments)]
+fn backward_chunk<F: Real>(
+    plan: &Plan,
+    layout: &ThetaLayout,
+    theta: &[F],
+    x: ArrayView2<F>,
+    kept: &[Kept<F>],
+    mut delta: Array2<F>,
+    alpha: F,
+    g: &mut [F],
+) -> Result<()> {
+    let input_of = |i: usize| if i == 0 { x } else { kept[i - 1].a.view() };
+    // ∇W = α δᵀ A;  ∇b = α Σ δ;  δ_prev = δ W  (dense product layers: output, dense, maxout)
+    let dense_grads = |g: &mut [F], delta: &Array2<F>, a_prev: ArrayView2<F>, l: usize| {
+        let mut gw = layout.weight_mut(g, l);
+        gw.fill(F::zero());
+        gemm(alpha, &delta.t(), &a_prev, F::zero(), &mut gw);
+        let sums = column_sums(delta.view());
+        Zip::from(layout.bias_mut(g, l)).and(&sums).for_each(|gb, &s| *gb = s * alpha);
+    };
+    let times_w = |delta: &Array2<F>, l: usize| {
+        let w = layout.weight(theta, l);
+        let mut d = Array2::zeros((delta.nrows(), w.ncols()));
+        gemm(F::one(), &delta.view(), &w, F::zero(), &mut d.view_mut());
+        d
+    };
+    let n = plan.ops.len();
+    dense_grads(g, &delta, input_of(n), plan.out_l);
+    if n == 0 {
+        return Ok(());
+    }
+    delta = times_w(&delta, plan.out_l);
+    for i in (0..n).rev() {
+        let a_prev = input_of(i);
+        let k = &kept[i];
+        delta = match &plan.ops[i] {
+            Op::Dense { l, act } => {
+                times_derivative(&mut delta, k.a.view(), *act);
+                dense_grads(g, &delta, a_prev, *l);
+                if i == 0 {
+                    break;
+                }
+                times_w(&delta, *l)
+            }
+            Op::Maxout { l, max } => {
+                let winners = k.winners.as_ref().expect("maxout keeps its winners");
+                let dz = max.backward(delta.view(), winners.view())?;
+                dense_grads(g, &dz, a_prev, *l);
+                if i == 0 {
+                    break;
+                }
+                times_w(&dz, *l)
+            }
+            Op::Conv { l, conv, act } => {
+                times_derivative(&mut delta, k.a.view(), *act);
+                let w = layout.weight(theta, *l);
+                let mut grad_x = (i > 0).then(|| Array2::zeros(a_prev.dim()));
+                let (gw_range, gb_range) = (layout.weight_range(*l), layout.bias_range(*l));
+                let (lo, hi) = g.split_at_mut(gb_range.start);
+                let gw = ndarray::ArrayViewMut2::from_shape(conv.weight_shape(), &mut lo[gw_range])
+                    .expect("layout matches the conv's W");
+                let gb = ndarray::ArrayViewMut1::from(&mut hi[..gb_range.len()]);
+                conv.backward(w, a_prev, delta.view(), alpha, gw, gb, grad_x.as_mut().map(|a| a.view_mut()))?;
+                match grad_x {
+                    Some(d) => d,
+                    None => break,
+                }
+            }
+            Op::Pool(pool) => {
+                if i == 0 {
+                    break;
+                }
+                pool.backward(delta.view(), k.winners.as_ref().map(|w| w.view()))?
+            }
+        };
+    }
+    Ok(())
+}
+
+/// δ ← δ ⊙ f′(A), f′ written through the stored activations (identity: nothing to do).
+fn times_derivative<F: Real>(delta: &mut Array2<F>, a: ArrayView2<F>, act: Activation) {
+    if act != Activation::Identity {
+        Zip::from(delta).and(&a).par_for_each(|d, &a| *d *= derivative_from_value(act, a));
+    }
+}

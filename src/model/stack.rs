@@ -1,0 +1,350 @@
+//! A network as a stack of layers (DESIGN.md, "Wave 2: a network is a stack of layers"):
+//! an input shape, hidden layers of any kind — dense, maxout, conv2d, max or mean pooling —
+//! and then the output layer and loss of [`NetSpec`](super::NetSpec). Flattening between an
+//! image and a dense layer is implicit: an image batch m × c × h × w is the m × (c·h·w)
+//! matrix (PyTorch's `x.flatten(1)`).
+//!
+//! Shapes follow MATH.md, "Layers beyond dense": a convolution's output side is
+//! ⌊(h + 2p − k)/s⌋ + 1, a pooling's (h − k)/s + 1 (regions must cover the image exactly).
+//! Everything here is shape arithmetic in checked integers; nothing is allocated.
+
+use serde::{Deserialize, Serialize};
+
+use super::spec::{Activation, SpecError};
+
+/// The shape of one input example: `channels` × `height` × `width` (features: 1 × 1 × n).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InputShape {
+    pub channels: usize,
+    pub height: usize,
+    pub width: usize,
+}
+
+impl InputShape {
+    /// n plain features (no image structure): 1 × 1 × n.
+    pub fn features(n: usize) -> InputShape {
+        InputShape { channels: 1, height: 1, width: n }
+    }
+
+    pub fn image(channels: usize, height: usize, width: usize) -> InputShape {
+        InputShape { channels, height, width }
+    }
+
+    /// c·h·w (saturating; [`LayerStack::shapes`] refuses sizes that overflow).
+    pub fn len(&self) -> usize {
+        self.channels.saturating_mul(self.height).saturating_mul(self.width)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Parses `CxHxW` (also with `×`), e.g. `1x28x28`, or a plain feature count `N`.
+    pub fn parse(text: &str) -> Result<InputShape, SpecError> {
+        let parts: Vec<&str> = text.trim().split(['x', 'X', '×']).map(str::trim).collect();
+        let nums: Option<Vec<usize>> = parts.iter().map(|p| p.parse::<usize>().ok()).collect();
+        match nums.as_deref() {
+            Some(&[c, h, w]) => Ok(InputShape::image(c, h, w)),
+            Some(&[n]) => Ok(InputShape::features(n)),
+            _ => Err(SpecError(format!(
+                "input shape `{text}` is not CHANNELSxHEIGHTxWIDTH (e.g. 1x28x28) or a feature count"
+            ))),
+        }
+    }
+
+    /// "c×h×w", as messages show it.
+    pub fn describe(&self) -> String {
+        format!("{}×{}×{}", self.channels, self.height, self.width)
+    }
+}
+
+/// One hidden layer of a stack.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Layer {
+    /// `units` outputs, f(A Wᵀ + b); W is units × inputs.
+    Dense { units: usize, activation: Activation },
+    /// `units` outputs, each the max of `pieces` affine pieces (Goodfellow et al. 2013);
+    /// W is (units·pieces) × inputs, the pieces of unit u being rows u·k … u·k + k − 1.
+    Maxout { units: usize, pieces: usize },
+    /// `filters` k × k filters, stride s, zero padding p, then f elementwise; W is
+    /// filters × (channels·k·k), PyTorch's `Conv2d.weight` flattened.
+    Conv2d { filters: usize, kernel: usize, stride: usize, padding: usize, activation: Activation },
+    /// Max over `size` × `size` regions every `stride` pixels. No parameters.
+    MaxPool { size: usize, stride: usize },
+    /// Mean over `size` × `size` regions every `stride` pixels. No parameters.
+    MeanPool { size: usize, stride: usize },
+}
+
+impl Layer {
+    /// True for the kinds that hold a weight matrix and a bias vector in θ.
+    pub fn has_parameters(&self) -> bool {
+        !matches!(self, Layer::MaxPool { .. } | Layer::MeanPool { .. })
+    }
+
+    /// The layer as the `--net` grammar writes it, e.g. `conv 20x5x5 relu` (the inverse of
+    /// [`parse_net`] for one layer).
+    pub fn describe(&self) -> String {
+        match *self {
+            Layer::Dense { units, activation } => format!("dense {units} {}", activation.name()),
+            Layer::Maxout { units, pieces } => format!("maxout {units}x{pieces}"),
+            Layer::Conv2d { filters, kernel, stride, padding, activation } => {
+                let mut s = format!("conv {filters}x{kernel}x{kernel} {}", activation.name());
+                if stride != 1 {
+                    s.push_str(&format!(" stride {stride}"));
+                }
+                if padding != 0 {
+                    s.push_str(&format!(" pad {padding}"));
+                }
+                s
+            }
+            Layer::MaxPool { size, stride } | Layer::MeanPool { size, stride } => {
+                let name = if matches!(self, Layer::MaxPool { .. }) { "maxpool" } else { "meanpool" };
+                if stride == size { format!("{name} {size}") } else { format!("{name} {size} stride {stride}") }
+            }
+        }
+    }
+}
+
+/// The input shape and hidden layers of a network; the output layer (dense, `outputs` units,
+/// softmax or an activation with squared error) is the spec's.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LayerStack {
+    pub input: InputShape,
+    pub layers: Vec<Layer>,
+}
+
+/// What flows out of a layer: its shape (c × h × w; 1 × 1 × n for features).
+pub type Shape = InputShape;
+
+impl LayerStack {
+    /// The shape after each hidden layer (one entry per layer), or a one-line error naming
+    /// the first layer that does not fit its input and the shapes involved.
+    pub fn shapes(&self) -> Result<Vec<Shape>, SpecError> {
+        let s = self.input;
+        if s.channels == 0 || s.height == 0 || s.width == 0 {
+            return Err(SpecError(format!("the input shape {} has a zero side", s.describe())));
+        }
+        checked(&[s.channels, s.height, s.width], "the input")?;
+        let mut shape = s;
+        let mut out = Vec::with_capacity(self.layers.len());
+        for (i, layer) in self.layers.iter().enumerate() {
+            let name = || format!("layer {} ({})", i + 1, layer.describe());
+            shape = match *layer {
+                Layer::Dense { units, activation } => {
+                    activation.validate()?;
+                    if units == 0 {
+                        return Err(SpecError(format!("{}: a layer needs at least 1 unit", name())));
+                    }
+                    InputShape::features(units)
+                }
+                Layer::Maxout { units, pieces } => {
+                    if units == 0 || pieces == 0 {
+                        return Err(SpecError(format!("{}: units and pieces must both be at least 1", name())));
+                    }
+                    checked(&[units, pieces], &name())?;
+                    InputShape::features(units)
+                }
+                Layer::Conv2d { filters, kernel, stride, padding, activation } => {
+                    activation.validate()?;
+                    if filters == 0 || kernel == 0 || stride == 0 {
+                        return Err(SpecError(format!(
+                            "{}: filters, kernel and stride must all be at least 1",
+                            name()
+                        )));
+                    }
+                    let padded = |side: usize| padding.checked_mul(2).and_then(|p| p.checked_add(side));
+                    let (Some(ph), Some(pw)) = (padded(shape.height), padded(shape.width)) else {
+                        return Err(SpecError(format!("{}: the padding {padding} is too large", name())));
+                    };
+                    if kernel > ph || kernel > pw {
+                        return Err(SpecError(format!(
+                            "{}: the {kernel}×{kernel} kernel is larger than its {} input padded to {ph}×{pw}: \
+                             use a kernel of at most {} or more padding",
+                            name(),
+                            shape.describe(),
+                            ph.min(pw)
+                        )));
+                    }
+                    checked(&[filters, shape.channels, kernel, kernel], &name())?;
+                    let o = InputShape::image(filters, (ph - kernel) / stride + 1, (pw - kernel) / stride + 1);
+                    checked(&[o.height, o.width, shape.channels, kernel, kernel], &name())?;
+                    o
+                }
+                Layer::MaxPool { size, stride } | Layer::MeanPool { size, stride } => {
+                    if size == 0 || stride == 0 {
+                        return Err(SpecError(format!("{}: size and stride must both be at least 1", name())));
+                    }
+                    let (h, w) = (shape.height, shape.width);
+                    if size > h || size > w {
+                        return Err(SpecError(format!(
+                            "{}: the {size}×{size} region is larger than its {} input",
+                            name(),
+                            shape.describe()
+                        )));
+                    }
+                    if !(h - size).is_multiple_of(stride) || !(w - size).is_multiple_of(stride) {
+                        return Err(SpecError(format!(
+                            "{}: {size}×{size} regions every {stride} do not cover its {} input exactly \
+                             (the last rows or columns would be dropped): pick a size and stride with \
+                             (side − size) divisible by the stride",
+                            name(),
+                            shape.describe()
+                        )));
+                    }
+                    if u32::try_from(shape.len()).is_err() {
+                        return Err(SpecError(format!("{}: its input is beyond 32-bit indices", name())));
+                    }
+                    InputShape::image(shape.channels, (h - size) / stride + 1, (w - size) / stride + 1)
+                }
+            };
+            out.push(shape);
+        }
+        Ok(out)
+    }
+
+    /// (rows, columns) of the weight matrix of each layer with parameters, in layer order,
+    /// followed by the output layer's (outputs × the last hidden width). Requires valid
+    /// [`LayerStack::shapes`].
+    pub fn weight_shapes(&self, outputs: usize) -> Result<Vec<(usize, usize)>, SpecError> {
+        let shapes = self.shapes()?;
+        let mut prev = self.input;
+        let mut w = Vec::new();
+        for (layer, &shape) in self.layers.iter().zip(&shapes) {
+            match *layer {
+                Layer::Dense { units, .. } => w.push((units, prev.len())),
+                Layer::Maxout { units, pieces } => w.push((units * pieces, prev.len())),
+                Layer::Conv2d { filters, kernel, .. } => w.push((filters, prev.channels * kernel * kernel)),
+                Layer::MaxPool { .. } | Layer::MeanPool { .. } => {}
+            }
+            prev = shape;
+        }
+        w.push((outputs, prev.len()));
+        Ok(w)
+    }
+
+    /// The `--net` description of the hidden layers, comma-separated.
+    pub fn describe(&self) -> String {
+        self.layers.iter().map(Layer::describe).collect::<Vec<_>>().join(", ")
+    }
+
+    /// True when every layer is dense: such a stack is today's dense network.
+    pub fn is_dense(&self) -> bool {
+        self.layers.iter().all(|l| matches!(l, Layer::Dense { .. }))
+    }
+}
+
+fn checked(sizes: &[usize], what: &str) -> Result<usize, SpecError> {
+    sizes.iter().try_fold(1usize, |a, &s| a.checked_mul(s)).filter(|&n| n <= super::MAX_PARAMETERS).ok_or_else(|| {
+        let shown: Vec<String> = sizes.iter().map(|s| s.to_string()).collect();
+        SpecError(format!("{what}: {} values are too many (more than 2^31)", shown.join("×")))
+    })
+}
+
+/// A parsed `--net` description: hidden layers, then the output (`softmax [N]` or an
+/// activation name with an optional size: squared error) — N is `None` when the data decides.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ParsedNet {
+    pub layers: Vec<Layer>,
+    pub output: super::Output,
+    pub outputs: Option<usize>,
+}
+
+/// Parses the `--net` grammar, layers separated by commas:
+/// `conv FxKxK ACT [stride S] [pad P]`, `maxpool K [stride S]`, `meanpool K [stride S]`
+/// (also `avgpool`), `dense N ACT`, `maxout UxK` (units × pieces), and last the output:
+/// `softmax [N]` or `ACT [N]` (squared error). E.g.
+/// `conv 20x5x5 relu, maxpool 2, conv 50x5x5 relu, maxpool 2, dense 500 relu, softmax`.
+pub fn parse_net(text: &str) -> Result<ParsedNet, SpecError> {
+    let items: Vec<&str> = text.split(',').map(str::trim).collect();
+    let (last, hidden) = items.split_last().expect("split gives at least one item");
+    let err = |item: &str, why: &str| SpecError(format!("--net layer `{item}`: {why}"));
+    let num = |item: &str, s: &str, what: &str| -> Result<usize, SpecError> {
+        s.parse::<usize>().map_err(|_| err(item, &format!("{what} `{s}` is not a whole number")))
+    };
+    let mut layers = Vec::new();
+    for &item in hidden {
+        let words: Vec<&str> = item.split_whitespace().collect();
+        let Some((&kind, rest)) = words.split_first() else {
+            return Err(err(item, "empty layer: remove the extra comma"));
+        };
+        // Options `stride S` and `pad P` after the positional words.
+        let options = |rest: &[&str], positional: usize| -> Result<(usize, Option<usize>, usize), SpecError> {
+            let (mut stride, mut pad) = (None, 0);
+            let mut opts = rest[positional.min(rest.len())..].iter();
+            while let Some(&key) = opts.next() {
+                let Some(&value) = opts.next() else {
+                    return Err(err(item, &format!("`{key}` needs a value")));
+                };
+                match key {
+                    "stride" => stride = Some(num(item, value, "stride")?),
+                    "pad" | "padding" => pad = num(item, value, "padding")?,
+                    _ => return Err(err(item, &format!("unknown option `{key}`: use stride S or pad P"))),
+                }
+            }
+            Ok((positional, stride, pad))
+        };
+        let layer = match kind.to_ascii_lowercase().as_str() {
+            "conv" | "conv2d" => {
+                let (Some(size), Some(act)) = (rest.first(), rest.get(1)) else {
+                    return Err(err(item, "write conv FILTERSxKxK ACTIVATION, e.g. conv 20x5x5 relu"));
+                };
+                let dims: Vec<&str> = size.split(['x', 'X', '×']).collect();
+                let [f, k1, k2] = dims.as_slice() else {
+                    return Err(err(item, "the size is FILTERSxKxK, e.g. 20x5x5"));
+                };
+                let (f, k1, k2) = (num(item, f, "filters")?, num(item, k1, "kernel")?, num(item, k2, "kernel")?);
+                if k1 != k2 {
+                    return Err(err(item, "kernels are square: give KxK with equal sides"));
+                }
+                let (_, stride, padding) = options(rest, 2)?;
+                let activation = Activation::parse(act)?;
+                Layer::Conv2d { filters: f, kernel: k1, stride: stride.unwrap_or(1), padding, activation }
+            }
+            p @ ("maxpool" | "meanpool" | "avgpool") => {
+                let Some(size) = rest.first() else {
+                    return Err(err(item, "write maxpool K (or meanpool K), e.g. maxpool 2"));
+                };
+                let size = num(item, size, "size")?;
+                let (_, stride, padding) = options(rest, 1)?;
+                if padding != 0 {
+                    return Err(err(item, "pooling takes no padding"));
+                }
+                let stride = stride.unwrap_or(size);
+                if p == "maxpool" { Layer::MaxPool { size, stride } } else { Layer::MeanPool { size, stride } }
+            }
+            "dense" => {
+                let (Some(units), Some(act), None) = (rest.first(), rest.get(1), rest.get(2)) else {
+                    return Err(err(item, "write dense UNITS ACTIVATION, e.g. dense 500 relu"));
+                };
+                Layer::Dense { units: num(item, units, "units")?, activation: Activation::parse(act)? }
+            }
+            "maxout" => {
+                let dims: Vec<&str> = rest.first().map(|s| s.split(['x', 'X', '×']).collect()).unwrap_or_default();
+                let ([u, k], None) = (dims.as_slice(), rest.get(1)) else {
+                    return Err(err(item, "write maxout UNITSxPIECES, e.g. maxout 240x5"));
+                };
+                Layer::Maxout { units: num(item, u, "units")?, pieces: num(item, k, "pieces")? }
+            }
+            _ => {
+                return Err(err(
+                    item,
+                    "unknown layer: use conv, maxpool, meanpool, dense or maxout (the output, e.g. softmax, comes last)",
+                ));
+            }
+        };
+        layers.push(layer);
+    }
+    let words: Vec<&str> = last.split_whitespace().collect();
+    let (output, outputs) = match words.as_slice() {
+        [name] => (super::Output::parse(name)?, None),
+        [name, n] => (super::Output::parse(name)?, Some(num(last, n, "outputs")?)),
+        _ => {
+            return Err(err(
+                last,
+                "the last item is the output: softmax, softmax N, or an activation and size (e.g. identity 3)",
+            ));
+        }
+    };
+    Ok(ParsedNet { layers, output, outputs })
+}
