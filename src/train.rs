@@ -688,6 +688,13 @@ pub fn train<'x>(
                     spec.describe()
                 )));
             }
+            if ck.metadata.optimizer.is_null() && ck.metadata.extra.contains_key("final_cost") {
+                return Err(Error::Data(format!(
+                    "the run finished and its {MODEL_FILE} keeps no optimizer state, so it cannot be continued \
+                     (only a run trained with --checkpoint-every keeps its {CHECKPOINT_FILE} beside the model \
+                     for that): start a new run with the iterations you want"
+                )));
+            }
             if ck.metadata.optimizer.is_null() {
                 let why = ck.metadata.extra.get("error").and_then(|e| e.as_str()).unwrap_or("no optimizer state");
                 return Err(Error::Data(format!(
@@ -731,9 +738,9 @@ pub fn train<'x>(
             Some(o) => serde_json::to_value(o).map_err(|e| Error::Data(format!("optimizer state: {e}")))?,
             None => serde_json::Value::Null,
         };
+        // The history travels inside the optimizer state (and in metrics.json), not twice.
         let metadata = Metadata {
             seed: Some(job.seed),
-            history: serde_json::to_value(optimizer.map(|o| o.history())).unwrap_or_default(),
             optimizer: optimizer_state,
             preprocessing: job.preprocessing.clone(),
             command: job.command.clone(),
@@ -841,19 +848,30 @@ pub fn train<'x>(
         extra.insert("r2".into(), r.into());
     }
     let status = if interrupted { RunStatus::Interrupted } else { RunStatus::Finished };
-    // Only a finished run writes the model; the checkpoint of its progress then goes.
-    let file = if interrupted { CHECKPOINT_FILE } else { MODEL_FILE };
+    // Only a finished run writes the model: θ, spec, preprocessing, the flags and a summary,
+    // no optimizer state (the size of the model, not of L-BFGS's memory). The checkpoint of
+    // its progress then goes, unless the run asked for checkpoints (--checkpoint-every): then
+    // it holds the final optimizer state, so that the run can be continued further.
     backend.release_buffers();
-    let model = save(&theta, Some(&optimizer), extra, file)?;
-    if !interrupted {
-        match std::fs::remove_file(job.out_dir.join(CHECKPOINT_FILE)) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                return Err(Error::file(job.out_dir.join(CHECKPOINT_FILE), format!("cannot remove: {e}")));
+    let mut files = Vec::new();
+    if interrupted {
+        files.push(save(&theta, Some(&optimizer), extra, CHECKPOINT_FILE)?);
+    } else {
+        extra.insert("iterations".into(), summary.iterations.into());
+        extra.insert("evaluations".into(), summary.evaluations.into());
+        extra.insert("stop_reason".into(), summary.reason.to_string().into());
+        files.push(save(&theta, None, extra, MODEL_FILE)?);
+        if job.checkpoint_every.is_some() {
+            files.push(save(&theta, Some(&optimizer), Default::default(), CHECKPOINT_FILE)?);
+        } else {
+            match std::fs::remove_file(job.out_dir.join(CHECKPOINT_FILE)) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(Error::file(job.out_dir.join(CHECKPOINT_FILE), format!("cannot remove: {e}")));
+                }
+                _ => {}
             }
-            _ => {}
         }
     }
-    let mut files = vec![model];
 
     let history = optimizer.history();
     let metrics = Metrics {

@@ -90,3 +90,136 @@ fn a_failed_save_leaves_the_old_file_intact() {
     assert!(ck.save(&dir.path().join("missing/model.safetensors")).is_err());
     assert_eq!(std::fs::read(&path).unwrap(), before);
 }
+
+/// Numbers whose bits a text round trip could lose: 0.1 + 0.2, −0, a subnormal, the extremes.
+fn awkward(n: usize) -> Vec<f64> {
+    let special = [0.1 + 0.2, -0.0, 5e-324, f64::MAX / 4.0, f64::MIN_POSITIVE, -1.0 / 3.0];
+    (0..n).map(|i| special[i % special.len()] * (1.0 + i as f64 * 1e-7)).collect()
+}
+
+/// Long arrays of the optimizer state and the preprocessing leave the JSON header: each is a
+/// tensor with the exact bits, and loading gives back the same JSON.
+#[test]
+fn long_metadata_arrays_are_tensors_with_their_exact_bits() {
+    let (s, m) = (awkward(5000), awkward(20));
+    let optimizer = serde_json::json!({
+        "method": {"method": "lbfgs", "memory": 10},
+        "state": {"pairs": [{"s": s, "y": s}], "short": [1.5, 2.5], "mixed": [1.0, null, 2.0],
+                  "order": (0u64..100).collect::<Vec<_>>()},
+        "history": {"records": [{"cost": 0.1 + 0.2}]},
+    });
+    let preprocessing = serde_json::json!({"whitening": {"matrix": m, "inputs": 4, "outputs": 5}});
+    let mut ck = sample();
+    ck.metadata.optimizer = optimizer.clone();
+    ck.metadata.preprocessing = preprocessing.clone();
+    let bytes = ck.to_bytes().unwrap();
+    let back = Checkpoint::from_bytes(&bytes).unwrap();
+    assert_eq!(back.metadata.optimizer, optimizer);
+    assert_eq!(back.metadata.preprocessing, preprocessing);
+    let bits = |v: &serde_json::Value| -> Vec<u64> {
+        v.as_array().unwrap().iter().map(|x| x.as_f64().unwrap().to_bits()).collect()
+    };
+    let s_back = &back.metadata.optimizer["state"]["pairs"][0]["s"];
+    assert_eq!(bits(s_back), s.iter().map(|x| x.to_bits()).collect::<Vec<_>>());
+
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let pair = st.tensor("metadata/optimizer/state/pairs/0/s").unwrap();
+    assert_eq!((pair.dtype(), pair.shape()), (Dtype::F64, &[5000][..]));
+    assert_eq!(st.tensor("metadata/optimizer/state/order").unwrap().dtype(), Dtype::U64);
+    assert_eq!(st.tensor("metadata/preprocessing/whitening/matrix").unwrap().shape(), &[20]);
+    // Short and mixed arrays stay JSON; the header holds no long list of numbers.
+    assert!(
+        st.tensor("metadata/optimizer/state/short").is_err() && st.tensor("metadata/optimizer/state/mixed").is_err()
+    );
+    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+    let header = &meta.metadata().as_ref().unwrap()["wgnn"];
+    assert!(header.len() < 2000, "the header is {} bytes", header.len());
+    // 2 × 5000 + 20 f64 and 100 u64 as 8 bytes each, θ (3289 f64), and headers: not ~20 bytes a number.
+    let numbers = 2 * 5000 + 20 + 100 + 3289;
+    assert!(bytes.len() < numbers * 8 + 8000, "{} bytes for {numbers} numbers", bytes.len());
+
+    // A reference to a tensor the file lacks is refused, not read as something else.
+    let mut forged: serde_json::Value = serde_json::from_str(header).unwrap();
+    forged["metadata"]["optimizer"]["state"]["pairs"][0]["s"] = serde_json::json!({"$tensor": "metadata/nowhere"});
+    let st_tensors: Vec<(String, TensorView<'_>)> = st.tensors();
+    let bad = safetensors::serialize(st_tensors, Some(HashMap::from([("wgnn".into(), forged.to_string())]))).unwrap();
+    let e = Checkpoint::from_bytes(&bad).unwrap_err().to_string();
+    assert!(e.contains("metadata/nowhere") && e.contains("lacks"), "{e}");
+}
+
+/// A file of the first format (optimizer state as a byte tensor of JSON text) still loads,
+/// its optimizer state included, so older run folders can be evaluated and resumed.
+#[test]
+fn files_of_the_first_format_still_load() {
+    let optimizer = serde_json::json!({"method": {"method": "cg"}, "state": {"direction": awkward(40)}});
+    let ck = sample();
+    let bytes = ck.to_bytes().unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+    let mut header: serde_json::Value = serde_json::from_str(&meta.metadata().as_ref().unwrap()["wgnn"]).unwrap();
+    assert_eq!(header["format"], "wgnn-checkpoint-2");
+    header["format"] = "wgnn-checkpoint-1".into();
+    let json = serde_json::to_vec(&optimizer).unwrap();
+    let mut tensors = st.tensors();
+    tensors.push(("optimizer_state_json".into(), TensorView::new(Dtype::U8, vec![json.len()], &json).unwrap()));
+    let old = safetensors::serialize(tensors, Some(HashMap::from([("wgnn".into(), header.to_string())]))).unwrap();
+    let back = Checkpoint::from_bytes(&old).unwrap();
+    assert_eq!(back.metadata.optimizer, optimizer);
+    assert_eq!(back.theta, ck.theta);
+    header["format"] = "wgnn-checkpoint-9".into();
+    let newer =
+        safetensors::serialize(st.tensors(), Some(HashMap::from([("wgnn".into(), header.to_string())]))).unwrap();
+    let e = Checkpoint::from_bytes(&newer).unwrap_err().to_string();
+    assert!(e.contains("wgnn-checkpoint-9") && e.contains("another wgnn version"), "{e}");
+}
+
+/// A finished run's model holds θ, the spec and a summary, no optimizer state: the size of the
+/// model. Without --checkpoint-every no checkpoint is kept and continuing it is refused in one
+/// line; with it the checkpoint beside the model holds the final optimizer state.
+#[test]
+fn a_finished_model_is_the_size_of_the_model() {
+    use std::sync::atomic::AtomicBool;
+    use wgnn::data::{DataSource, LoadOptions};
+    use wgnn::optim::{Lbfgs, Method};
+    use wgnn::train::{TrainJob, train};
+    let spec = NetSpec::sparse_autoencoder(64, 16, 1e-4, Sparsity { target: 0.01, weight: 3.0 }).unwrap();
+    let x = DataSource::Synthetic.load(&LoadOptions { patch_count: 200, ..Default::default() }).unwrap().x;
+    let method = Method::Lbfgs(Lbfgs::default().with_memory(20));
+    let never = AtomicBool::new(false);
+    for every in [None, Some(4)] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut job = TrainJob { seed: 1, ..TrainJob::new(spec.clone(), method.clone(), 25, dir.path()) };
+        job.checkpoint_every = every;
+        let mut backend = wgnn::CpuBackend::<f32>::new(spec.clone()).unwrap();
+        let outcome = train(job, &mut backend, &x, wgnn::Targets::Inputs, &mut |_| {}, &never).unwrap();
+        let model_path = dir.path().join("model.safetensors");
+        let size = std::fs::metadata(&model_path).unwrap().len() as usize;
+        // θ is 2128 f64 (17,024 bytes); the rest is the spec, flags and summary.
+        assert!(size < 2128 * 8 + 4096, "model.safetensors is {size} bytes");
+        let model = Checkpoint::load(&model_path).unwrap();
+        assert!(model.metadata.optimizer.is_null() && model.metadata.history.is_null());
+        assert_eq!(model.metadata.extra["iterations"], outcome.summary.iterations);
+        assert_eq!(model.metadata.extra["stop_reason"], outcome.summary.reason.to_string());
+        let checkpoint = dir.path().join("checkpoint.safetensors");
+        assert_eq!(checkpoint.exists(), every.is_some());
+        let more = |from: Checkpoint| {
+            let dir2 = tempfile::tempdir().unwrap();
+            let mut job = TrainJob { seed: 1, ..TrainJob::new(spec.clone(), method.clone(), 30, dir2.path()) };
+            job.resume = Some(from);
+            let mut backend = wgnn::CpuBackend::<f32>::new(spec.clone()).unwrap();
+            train(job, &mut backend, &x, wgnn::Targets::Inputs, &mut |_| {}, &never)
+        };
+        if every.is_some() {
+            let kept = Checkpoint::load(&checkpoint).unwrap();
+            assert_eq!(kept.theta, outcome.theta);
+            assert_eq!(
+                kept.metadata.optimizer["counters"]["iteration"], 25,
+                "the final state, not the last periodic one"
+            );
+            assert_eq!(more(kept).unwrap().summary.iterations, 30);
+        } else {
+            let e = more(model).err().expect("a finished model is not continued").to_string();
+            assert!(e.contains("finished") && e.contains("--checkpoint-every") && !e.contains('\n'), "{e}");
+        }
+    }
+}

@@ -95,29 +95,43 @@ fn an_interrupted_run_resumed_with_only_resume_gives_the_uninterrupted_bits() {
         "θ after interrupting and resuming differs from the uninterrupted run's"
     );
 
-    // A finished run resumed with a larger budget continues from its model (tests/train.rs
-    // checks those bits); --iterations beside --resume is allowed and counts.
-    let more = wgnn().args(["train", "--quiet", "--iterations", "203", "--resume"]).arg(&stopped).output().unwrap();
+    // A finished run keeps no optimizer state in its model: continuing it is refused in one
+    // line that names the way (--checkpoint-every), and the model is untouched.
+    let model = stopped.join("model.safetensors");
+    let before = std::fs::read(&model).unwrap();
+    refused(
+        &wgnn().args(["train", "--quiet", "--iterations", "203", "--resume"]).arg(&stopped).output().unwrap(),
+        "--checkpoint-every",
+    );
+    assert_eq!(std::fs::read(&model).unwrap(), before, "the refusal touched the model");
+
+    // A run trained with --checkpoint-every keeps its final optimizer state beside the model
+    // and continues with a larger budget (tests/train.rs checks those bits); --iterations
+    // beside --resume is allowed and counts.
+    let kept = dir.path().join("kept");
+    let done = wgnn().args(JOB).args(["--checkpoint-every", "100", "--out"]).arg(&kept).output().unwrap();
+    assert!(done.status.success(), "{}", String::from_utf8_lossy(&done.stderr));
+    let more = wgnn().args(["train", "--quiet", "--iterations", "203", "--resume"]).arg(&kept).output().unwrap();
     assert!(more.status.success(), "{}", String::from_utf8_lossy(&more.stderr));
     let metrics: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(stopped.join("metrics.json")).unwrap()).unwrap();
+        serde_json::from_slice(&std::fs::read(kept.join("metrics.json")).unwrap()).unwrap();
     assert_eq!(metrics["iterations"], 203, "--iterations beside --resume extends the budget");
     assert_eq!(metrics["spec"]["layers"], serde_json::json!([64, 16, 64]));
 
-    // A model written before runs stored their flags still resumes, given the flags again
+    // A checkpoint written before runs stored their flags still resumes, given the flags again
     // (and without them says which network it holds).
-    let model = stopped.join("model.safetensors");
-    let mut old = Checkpoint::load(&model).unwrap();
+    let checkpoint = kept.join("checkpoint.safetensors");
+    let mut old = Checkpoint::load(&checkpoint).unwrap();
     assert!(!old.metadata.command.is_null(), "the run stores its flags");
     old.metadata.command = serde_json::Value::Null;
-    old.save(&model).unwrap();
+    old.save(&checkpoint).unwrap();
     refused(
-        &wgnn().args(["train", "--quiet", "--iterations", "205", "--resume"]).arg(&stopped).output().unwrap(),
+        &wgnn().args(["train", "--quiet", "--iterations", "205", "--resume"]).arg(&kept).output().unwrap(),
         "the checkpoint holds 64-16-64",
     );
     let mut again: Vec<&str> = JOB.to_vec();
     again[6] = "205";
-    let out = wgnn().args(again).arg("--resume").arg(&stopped).output().unwrap();
+    let out = wgnn().args(again).arg("--resume").arg(&kept).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 }
 

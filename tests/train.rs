@@ -42,7 +42,8 @@ fn straight_and_resumed(
     stopped.checkpoint_every = Some(every);
     train(stopped, backend, &x, Targets::Inputs, &mut |_| {}, &never).unwrap();
     let mut resumed_job = job(sae(), method, total, dir.path());
-    resumed_job.resume = Some(wgnn::checkpoint::Checkpoint::load(&dir.path().join("model.safetensors")).unwrap());
+    // The run asked for checkpoints: the final optimizer state is kept beside the model.
+    resumed_job.resume = Some(wgnn::checkpoint::Checkpoint::load(&dir.path().join("checkpoint.safetensors")).unwrap());
     let resumed = train(resumed_job, backend, &x, Targets::Inputs, &mut |_| {}, &never).unwrap();
     (straight, resumed)
 }
@@ -309,7 +310,12 @@ fn periodic_checkpoints_are_not_the_model() {
     .unwrap();
     assert_eq!(outcome.status, RunStatus::Finished);
     assert_eq!(seen_during, [(true, false)], "during training: (checkpoint, model)");
-    assert!(dir.path().join("model.safetensors").exists() && !dir.path().join("checkpoint.safetensors").exists());
+    // Finished: the model (no optimizer state), and, since the run asked for checkpoints, the
+    // final optimizer state beside it to continue from.
+    let model = wgnn::checkpoint::Checkpoint::load(&dir.path().join("model.safetensors")).unwrap();
+    let kept = wgnn::checkpoint::Checkpoint::load(&dir.path().join("checkpoint.safetensors")).unwrap();
+    assert!(model.metadata.optimizer.is_null() && !kept.metadata.optimizer.is_null());
+    assert_eq!(kept.theta, outcome.theta);
 }
 
 #[test]

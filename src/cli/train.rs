@@ -361,8 +361,10 @@ fn open_run_folder(args: &TrainArgs) -> anyhow::Result<RunFolder> {
                 (false, Some("failed")) => "a run that failed",
                 (false, _) => "an unfinished run",
             };
-            // A failed run (no optimizer state) cannot be continued.
-            let tip = if failed { String::new() } else { format!(", --resume {} to continue it", out.display()) };
+            // A failed run (no optimizer state) cannot be continued, nor a finished one that
+            // kept no checkpoint (only --checkpoint-every keeps it beside the model).
+            let resumable = !failed && (!finished || out.join(CHECKPOINT_FILE).is_file());
+            let tip = if resumable { format!(", --resume {} to continue it", out.display()) } else { String::new() };
             bail!("{} holds {what} ({f}): give another --out{tip}, or --force to replace it", out.display());
         }
     }
