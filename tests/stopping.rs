@@ -91,7 +91,7 @@ fn without_time(records: &[Record]) -> Vec<Record> {
 
 /// Divergence rules off, to compare a run with and without them.
 fn no_divergence(stop: Stop) -> Stop {
-    Stop { divergence: Divergence { explode: 1e300, patience: 0, rise: 1e300 }, ..stop }
+    Stop { divergence: Divergence { explode: 1e300, explode_fixed_step: 1e300, patience: 0, rise: 1e300 }, ..stop }
 }
 
 // ---------------------------------------------------------------- the handed cases
@@ -117,6 +117,26 @@ fn gd_on_the_digits_rides_out_its_early_rises_and_reaches_98_percent() {
     assert_eq!((s.reason, s.iterations), (StopReason::MaxIterations, 200));
     assert!(acc > 0.98, "train accuracy {acc}");
     assert!(costs[200] < 0.06 && costs[200] < costs[0] / 100.0, "J = {}", costs[200]);
+}
+
+/// Found by attacking the first version of these rules: plain gradient descent from θ = 0
+/// with η = 1 overshoots to J = 33.5 (14.5 × J(θ₀)) at its second step and then recovers, as
+/// NumPy's gradient descent with the same settings does (J 2.3026 → 1.3101 → 33.455, then
+/// 0.600 and 98% train accuracy at iteration 100). It was called "diverged" at iteration 2.
+#[test]
+fn gd_overshooting_far_from_zero_is_let_recover() {
+    let spec = softmax();
+    let mut backend = cpu64(&spec);
+    let mut theta = vec![0.0; wgnn::model::ThetaLayout::new(&spec).len()];
+    let stop = Stop::FULL_BATCH.with_max_iterations(100);
+    let (result, opt) = run(Method::gradient_descent(1.0), &mut BackendObjective::new(&mut backend), &mut theta, stop);
+    let costs = opt.history().costs();
+    assert!(costs[2] > 10.0 * costs[0], "the case must overshoot: {:?}", &costs[..3]);
+    let s = result.unwrap();
+    let acc = accuracy(&mut backend, &theta);
+    assert_eq!(s.iterations, 100, "{:?}", s.reason);
+    assert!(acc > 0.97, "train accuracy {acc}");
+    assert!(costs[100] < 1.0, "J = {}", costs[100]);
 }
 
 #[test]
@@ -166,7 +186,9 @@ fn gd_that_does_not_recover_diverges_and_one_that_converges_does_not() {
     let d = diverged(result, &opt);
     let patience = Divergence::DEFAULT.patience;
     assert!(matches!(d.cause, DivergenceCause::NoRecovery { iterations, .. } if iterations == patience), "{d:?}");
-    assert_eq!(d.iteration, patience);
+    // The first step above f(0.5) opens the excursion (its low); the next `patience` add no
+    // new low.
+    assert_eq!(d.iteration, patience + 1);
     assert_eq!(x, [0.5], "θ goes back to the start, the best point");
     let last = opt.history().last().unwrap().cost;
     assert!((last - 1.5).abs() < 1e-3, "the run ended in the 2-cycle: J = {last}");

@@ -43,7 +43,9 @@ pub struct Stop {
 ///   J* + `explode`·s (every method; the line-search methods never get there, since each
 ///   step lowers J);
 /// - **no recovery** (full-batch gradient descent only): `patience` iterations in a row each
-///   end with J > J* + `rise`·s.
+///   end with J > J* + `rise`·s without going below the lowest J since the run left J* (a
+///   run coming back down after an overshoot is recovering; one that stays up or
+///   oscillates there is not).
 ///
 /// A diverged run ends in [`crate::Error::Diverged`] with θ put back to the best point seen:
 /// for the full-batch methods the θ of J*; for the minibatch methods the θ at the end of the
@@ -54,7 +56,7 @@ pub struct Stop {
 /// the GPU's f32 cost overflows (non-finite) the CPU backends, which sum the cost in f64, see
 /// it explode — at the same iteration, keeping the same θ.
 ///
-/// Defaults ([`Divergence::DEFAULT`]): `explode` 10, `patience` 20, `rise` 1e-4. On the 8×8
+/// Defaults ([`Divergence::DEFAULT`]): `explode` 10 (full-batch GD: 1e4), `patience` 20, `rise` 1e-4. On the 8×8
 /// digits (softmax, λ = 1e-4, uniform initialisation, pixels 0–16) GD with η = 0.1 goes
 /// J = 14.5 → 26.2 → 36.4 (2.5 J*) and stays above 14.5 for 10 iterations before falling to
 /// 0.047 by iteration 200: a recovery, which these rules let run. GD with η = 1e10 gives
@@ -65,8 +67,15 @@ pub struct Stop {
 pub struct Divergence {
     /// How far above J*, in units of s, a cost may rise before the run counts as exploded.
     pub explode: f64,
-    /// Full-batch gradient descent: iterations in a row above J* + `rise`·s before the run
-    /// counts as not recovering; 0 turns the rule off.
+    /// The same for full-batch gradient descent, whose rises the no-recovery rule watches: a
+    /// fixed step can overshoot far and still recover (softmax on the digits from θ = 0 with
+    /// η = 1 goes J = 2.30 → 1.31 → 33.5, then falls to 0.60 and 98% train accuracy), so
+    /// only a cost this far above J* stops it at once, before it overflows.
+    #[serde(default = "Divergence::default_explode_fixed_step")]
+    pub explode_fixed_step: f64,
+    /// Full-batch gradient descent: iterations in a row above J* + `rise`·s, none of them a
+    /// new low of the excursion above J*, before the run counts as not recovering; 0 turns
+    /// the rule off.
     pub patience: usize,
     /// A rise smaller than `rise`·s is rounding noise (f32 costs of a run at its minimum
     /// wander by ~1e-6 relative), not a rise: it neither counts towards `patience` nor stops
@@ -81,7 +90,11 @@ impl Default for Divergence {
 }
 
 impl Divergence {
-    pub const DEFAULT: Divergence = Divergence { explode: 10.0, patience: 20, rise: 1e-4 };
+    pub const DEFAULT: Divergence = Divergence { explode: 10.0, explode_fixed_step: 1e4, patience: 20, rise: 1e-4 };
+
+    fn default_explode_fixed_step() -> f64 {
+        Divergence::DEFAULT.explode_fixed_step
+    }
 
     /// max(|J*|, 1): what a rise is measured in.
     pub fn scale(best: f64) -> f64 {
@@ -91,6 +104,11 @@ impl Divergence {
     /// The cost above which a run has exploded, given the best cost J*.
     pub fn explode_limit(&self, best: f64) -> f64 {
         best + self.explode * Divergence::scale(best)
+    }
+
+    /// [`Divergence::explode_limit`] for full-batch gradient descent (`explode_fixed_step`).
+    pub fn explode_limit_fixed_step(&self, best: f64) -> f64 {
+        best + self.explode_fixed_step * Divergence::scale(best)
     }
 
     /// True when J is above J* by more than the `rise` tolerance.

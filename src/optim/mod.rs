@@ -173,9 +173,12 @@ struct Counters {
     #[serde(default)]
     best: Option<Best>,
     /// Gradient descent: iterations in a row that ended above `best` by more than the rise
-    /// tolerance.
+    /// tolerance without a new low of the excursion above it (a run coming back down resets it).
     #[serde(default)]
     above_best: usize,
+    /// Gradient descent: the lowest cost since the run last left `best` (None at `best`).
+    #[serde(default)]
+    excursion_low: Option<f64>,
     /// Set when the run diverged: it must not be run again.
     #[serde(default)]
     diverged: Option<Diverged>,
@@ -433,10 +436,26 @@ impl Run<'_, '_> {
         let c = &mut *self.counters;
         let mut cause = None;
         if let Some(best) = &c.best {
-            if it.cost > divergence.explode_limit(best.cost) {
-                cause = Some(DivergenceCause::Exploded { cost: it.cost, best: best.cost, factor: divergence.explode });
+            let fixed_step = self.kind == Kind::GradientDescent;
+            let (limit, factor) = match fixed_step {
+                true => (divergence.explode_limit_fixed_step(best.cost), divergence.explode_fixed_step),
+                false => (divergence.explode_limit(best.cost), divergence.explode),
+            };
+            if it.cost > limit {
+                cause = Some(DivergenceCause::Exploded { cost: it.cost, best: best.cost, factor });
             } else if self.kind == Kind::GradientDescent {
-                c.above_best = if divergence.rose(best.cost, it.cost) { c.above_best + 1 } else { 0 };
+                // Above J*: progress only when the excursion reaches a new low (by more than
+                // the rise tolerance); a fixed step that overshot and is coming back is
+                // recovering, one that stays up or oscillates there is not.
+                if divergence.rose(best.cost, it.cost) {
+                    let new_low = c.excursion_low.is_none_or(|low| divergence.rose(it.cost, low));
+                    c.above_best = if new_low { 0 } else { c.above_best + 1 };
+                    if new_low {
+                        c.excursion_low = Some(it.cost);
+                    }
+                } else {
+                    (c.above_best, c.excursion_low) = (0, None);
+                }
                 if divergence.patience > 0 && c.above_best >= divergence.patience {
                     cause =
                         Some(DivergenceCause::NoRecovery { cost: it.cost, best: best.cost, iterations: c.above_best });
