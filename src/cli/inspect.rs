@@ -79,8 +79,8 @@ pub fn visualize(args: VisualizeArgs) -> anyhow::Result<()> {
 /// A trained model and the data to run it on: what `reconstruct` and `eval` both take.
 #[derive(Args, Debug)]
 pub struct ModelOnData {
-    /// The trained model (for `reconstruct`, an autoencoder): a model.safetensors file or its
-    /// run folder.
+    /// The trained model: a model.safetensors file, its run folder, or a `train stacked`
+    /// folder.
     #[arg(long)]
     pub model: PathBuf,
     #[command(flatten)]
@@ -90,7 +90,11 @@ pub struct ModelOnData {
     pub seed: u64,
 }
 
+/// `reconstruct`'s own words for the shared flags: its model is an autoencoder, and --count
+/// is how many examples it draws.
 #[derive(Args, Debug)]
+#[command(mut_arg("model", |a| a.help("The trained autoencoder: a model.safetensors file or its run folder")))]
+#[command(mut_arg("count", |a| a.help("Examples to draw, each above its reconstruction (default 10); for synthetic or patches: data, the number of patches cut")))]
 pub struct ReconstructArgs {
     #[command(flatten)]
     pub input: ModelOnData,
