@@ -648,6 +648,7 @@ pub fn run(mut args: TrainArgs) -> anyhow::Result<()> {
             NetSpec::new(&layers, activation(Activation::Relu)?, Output::Softmax)?.with_weight_decay(lambda)?
         }
     };
+    super::inspect::warn_whitened_range(&spec, whitening.is_some() && args.kind == Kind::Autoencoder);
     let params = wgnn::model::ThetaLayout::new(&spec).len();
     say(format!("network  {} ({params} parameters)", spec.describe()));
 
