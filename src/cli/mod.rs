@@ -71,8 +71,8 @@ pub enum Command {
     /// Draw examples (top row) above the model's reconstructions of them (bottom row).
     #[command(allow_negative_numbers = true)]
     Reconstruct(inspect::ReconstructArgs),
-    /// Evaluate a trained model on data: cost, reconstruction error, or accuracy and a
-    /// confusion matrix for classifiers.
+    /// Evaluate a trained model on data: cost, and the reconstruction error (autoencoders), R²
+    /// (regressors, with --targets) or accuracy and a confusion matrix (classifiers).
     #[command(allow_negative_numbers = true)]
     Eval(inspect::EvalArgs),
     /// Run a trained model on new data (no labels needed) and write what it gives to a .npy
