@@ -314,7 +314,13 @@ pub fn loss_curve(history: &crate::optim::History, axes: &LossAxes) -> RgbImage 
         draw_text(img, text, left + 22, legend_y, INK);
         legend_y += 14;
     };
-    let cost_title = format!("{} (left{})", axes.cost, if log { ", log scale" } else { "" });
+    // "left" and "right" only when there are two axes.
+    let cost_title = match (has_validation, log) {
+        (true, true) => format!("{} (left, log scale)", axes.cost),
+        (true, false) => format!("{} (left)", axes.cost),
+        (false, true) => format!("{} (log scale)", axes.cost),
+        (false, false) => axes.cost.to_string(),
+    };
     legend(&mut img, &cost_title, TRAINING_COLOUR);
     if has_validation {
         legend(&mut img, &format!("{} (right)", axes.validation), VALIDATION_COLOUR);
