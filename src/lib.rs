@@ -1,6 +1,8 @@
 //! wgnn: feedforward networks — sparse autoencoders, softmax regression, MLPs — trained on
 //! the CPU (ndarray) or any GPU wgpu reaches, every GPU result checked against the f64 CPU
-//! reference. See README.md for the θ layout and DESIGN.md for the architecture.
+//! reference. The formulas every backend computes are in [`maths`] (forward and backward
+//! passes, the costs, sparsity, softmax, gradient checking, the numerically safe forms); the
+//! θ layout is in [`model::ThetaLayout`] and README.md.
 
 // Links the BLAS that ndarray's `blas` feature calls.
 #[cfg(feature = "blas")]
@@ -17,6 +19,7 @@ pub mod gpu;
 pub mod gradcheck;
 pub mod layers;
 pub mod linear;
+pub mod maths;
 pub mod model;
 pub mod npy;
 pub mod optim;

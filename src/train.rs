@@ -904,7 +904,7 @@ pub fn train<'x>(
     files.push(metrics_path);
 
     let loss_path = job.out_dir.join("loss.png");
-    viz::save_png(&viz::loss_curve(&history.costs()), &loss_path)?;
+    viz::save_png(&viz::loss_curve(history, &viz::LossAxes::of(optimizer.method(), &spec)), &loss_path)?;
     files.push(loss_path);
     let autoencoder = matches!(y_train, RowTargets::Inputs);
     files.extend(draw_pictures(&spec, &theta, backend, &x_train, autoencoder, &job)?);

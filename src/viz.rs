@@ -69,8 +69,9 @@ pub fn filter_grid(weights: ArrayView2<f64>) -> Result<GrayImage> {
     Ok(grid(&tiles, side, side, columns, upscale(side)))
 }
 
-/// Originals (top row) above their reconstructions (bottom row), each image scaled by the
-/// range of its original so the two are comparable.
+/// Originals (top row, labelled "original") above their reconstructions (bottom row,
+/// labelled "reconstruction"), each image scaled by the range of its original so the two
+/// are comparable.
 pub fn reconstructions(originals: ArrayView2<f64>, reconstructed: ArrayView2<f64>) -> Result<GrayImage> {
     if originals.dim() != reconstructed.dim() {
         return Err(Error::Shape("originals and reconstructions differ in shape".into()));
@@ -91,8 +92,23 @@ pub fn reconstructions(originals: ArrayView2<f64>, reconstructed: ArrayView2<f64
     for (r, &(lo, hi)) in reconstructed.rows().into_iter().zip(&ranges) {
         tiles.push(scaled(r, lo, hi));
     }
-    Ok(grid(&tiles, side, side, originals.nrows(), upscale(side)))
+    let tiles = grid(&tiles, side, side, originals.nrows(), upscale(side));
+    // Each row named at its left, in the border's colour scheme: light text on dark grey.
+    let labels = ["original", "reconstruction"];
+    let margin = ROW_LABEL_MARGIN;
+    let mut img = GrayImage::from_pixel(tiles.width() + margin, tiles.height().max(20), Luma([40]));
+    image::imageops::replace(&mut img, &tiles, margin as i64, 0);
+    let row_h = (tiles.height() - 1) / 2;
+    for (r, label) in labels.iter().enumerate() {
+        let y = (1 + r as u32 * row_h + row_h / 2).saturating_sub(4);
+        draw_text(&mut img, label, 4, y, Luma([235]));
+    }
+    Ok(img)
 }
+
+/// The width in pixels of the row labels left of [`reconstructions`]' tiles: "reconstruction"
+/// (14 characters of 8 pixels) and 8 pixels of space.
+pub const ROW_LABEL_MARGIN: u32 = 14 * 8 + 8;
 
 /// [`filter_grid`] of first-layer weights as the pixels see them: W·M for a model trained on
 /// whitened data (W itself lives in the whitened space and looks like noise).
@@ -119,49 +135,33 @@ pub fn reconstructions_in_pixels(
     }
 }
 
-/// 3×5 pixel glyphs for tick labels, row by row from the top, 3 bits a row.
-fn glyph(c: char) -> Option<[u8; 5]> {
-    Some(match c {
-        '0' => [0b111, 0b101, 0b101, 0b101, 0b111],
-        '1' => [0b010, 0b110, 0b010, 0b010, 0b111],
-        '2' => [0b111, 0b001, 0b111, 0b100, 0b111],
-        '3' => [0b111, 0b001, 0b111, 0b001, 0b111],
-        '4' => [0b101, 0b101, 0b111, 0b001, 0b001],
-        '5' => [0b111, 0b100, 0b111, 0b001, 0b111],
-        '6' => [0b111, 0b100, 0b111, 0b101, 0b111],
-        '7' => [0b111, 0b001, 0b010, 0b010, 0b010],
-        '8' => [0b111, 0b101, 0b111, 0b101, 0b111],
-        '9' => [0b111, 0b101, 0b111, 0b001, 0b111],
-        '.' => [0b000, 0b000, 0b000, 0b000, 0b010],
-        '-' => [0b000, 0b000, 0b111, 0b000, 0b000],
-        'e' => [0b000, 0b111, 0b111, 0b100, 0b111],
-        _ => return None,
-    })
-}
+/// Text colour for labels and titles.
+const INK: Rgb<u8> = Rgb([40, 40, 40]);
+/// The training cost's colour in loss.png.
+pub const TRAINING_COLOUR: Rgb<u8> = Rgb([200, 40, 40]);
+/// The validation metric's colour in loss.png.
+pub const VALIDATION_COLOUR: Rgb<u8> = Rgb([30, 90, 200]);
 
-const GLYPH_SCALE: u32 = 2;
-
+/// Width in pixels of `text` in the 8×8 font.
 fn text_width(text: &str) -> u32 {
-    text.chars().count() as u32 * 4 * GLYPH_SCALE
+    text.chars().count() as u32 * 8
 }
 
-/// Draws `text` with its top-left corner at (x, y).
-fn draw_text(img: &mut RgbImage, text: &str, x: u32, y: u32) {
+/// Draws `text` in the embedded 8×8 bitmap font (font8x8: Basic Latin and Greek; other
+/// characters are left blank) with its top-left corner at (x, y), clipped to the image.
+fn draw_text<P: image::Pixel>(img: &mut image::ImageBuffer<P, Vec<P::Subpixel>>, text: &str, x: u32, y: u32, ink: P) {
+    use font8x8::UnicodeFonts;
     for (i, c) in text.chars().enumerate() {
-        let Some(rows) = glyph(c) else { continue };
+        let Some(rows) = font8x8::BASIC_FONTS.get(c).or_else(|| font8x8::GREEK_FONTS.get(c)) else { continue };
         for (r, bits) in rows.iter().enumerate() {
-            for col in 0..3u32 {
-                if bits & (0b100 >> col) == 0 {
+            for col in 0..8u32 {
+                // font8x8 stores each row with its leftmost pixel in bit 0.
+                if bits & (1 << col) == 0 {
                     continue;
                 }
-                for dy in 0..GLYPH_SCALE {
-                    for dx in 0..GLYPH_SCALE {
-                        let px = x + (i as u32 * 4 + col) * GLYPH_SCALE + dx;
-                        let py = y + r as u32 * GLYPH_SCALE + dy;
-                        if px < img.width() && py < img.height() {
-                            img.put_pixel(px, py, Rgb([60, 60, 60]));
-                        }
-                    }
+                let (px, py) = (x + i as u32 * 8 + col, y + r as u32);
+                if px < img.width() && py < img.height() {
+                    img.put_pixel(px, py, ink);
                 }
             }
         }
@@ -184,15 +184,79 @@ fn tick_label(v: f64) -> String {
     s.to_string()
 }
 
-/// The cost per iteration against the iteration, with labelled axes: a log scale with a
-/// grid line and label at each power of ten when the cost spans more than a factor of 10,
-/// otherwise five evenly spaced ticks.
-pub fn loss_curve(costs: &[f64]) -> RgbImage {
-    let (w, h) = (640u32, 360u32);
-    let (left, right, top, bottom) = (64u32, 16u32, 12u32, 28u32);
+/// What loss.png's axes say: the x axis counts iterations or epochs; the validation curve
+/// (drawn when the history holds validation values) is named by `validation`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LossAxes {
+    /// The x axis title: "iteration" or "epoch".
+    pub steps: &'static str,
+    /// The left axis title, for the training cost.
+    pub cost: &'static str,
+    /// The right axis title, for the held-out validation metric.
+    pub validation: &'static str,
+}
+
+impl LossAxes {
+    /// The axes of a run: minibatch methods (SGD, Adam) record one value per epoch, the
+    /// others one per iteration; the validation metric is the classification error rate for
+    /// a softmax output, else the squared-error data term (as `train` computes it).
+    pub fn of(method: &crate::optim::Method, spec: &crate::model::NetSpec) -> LossAxes {
+        let minibatch = matches!(method, crate::optim::Method::Minibatch(_));
+        LossAxes {
+            steps: if minibatch { "epoch" } else { "iteration" },
+            cost: if minibatch { "training cost J(θ), epoch mean" } else { "training cost J(θ)" },
+            validation: if spec.output == crate::model::Output::Softmax {
+                "validation error rate"
+            } else {
+                "validation squared error"
+            },
+        }
+    }
+}
+
+/// A thick polyline through the finite points of `values` (NaN and ∞ leave gaps).
+fn polyline(img: &mut RgbImage, points: &[(f64, f64)], colour: Rgb<u8>) {
+    let (w, h) = (img.width(), img.height());
+    for pair in points.windows(2) {
+        let ((x0, y0), (x, y)) = (pair[0], pair[1]);
+        if !(x0.is_finite() && y0.is_finite() && x.is_finite() && y.is_finite()) {
+            continue;
+        }
+        let steps = ((x - x0).abs().max((y - y0).abs()).ceil() as usize).max(1);
+        for s in 0..=steps {
+            let t = s as f64 / steps as f64;
+            let (px, py) = ((x0 + t * (x - x0)).round() as u32, (y0 + t * (y - y0)).round() as u32);
+            for (dx, dy) in [(0, 0), (1, 0), (0, 1), (1, 1)] {
+                img.put_pixel((px + dx).min(w - 1), (py + dy).min(h - 1), colour);
+            }
+        }
+    }
+}
+
+/// A step for about `target` ticks over `range`: 1, 2 or 5 times a power of ten.
+fn nice_step(range: f64, target: f64) -> f64 {
+    let raw = (range / target).max(f64::MIN_POSITIVE);
+    let p = 10f64.powf(raw.log10().floor());
+    [1.0, 2.0, 5.0, 10.0].into_iter().map(|m| m * p).find(|&s| s >= raw).unwrap_or(10.0 * p)
+}
+
+/// loss.png: the training cost of each record of `history` against its iteration (or epoch,
+/// [`LossAxes::steps`]), in red against the left axis; when the records hold validation
+/// values, the validation metric in blue against its own right axis (its units differ: an
+/// error rate, or the data term without the penalties). Titled axes and a legend. The cost
+/// axis is logarithmic, with a grid line at each power of ten, when the cost spans more than
+/// a factor of 10; otherwise it has five evenly spaced ticks.
+pub fn loss_curve(history: &crate::optim::History, axes: &LossAxes) -> RgbImage {
+    let records = &history.records;
+    let validation: Vec<f64> = records.iter().map(|r| r.validation.unwrap_or(f64::NAN)).collect();
+    let has_validation = validation.iter().filter(|v| v.is_finite()).count() >= 2;
+    let (w, h) = (720u32, 400u32);
+    let (left, right, top, bottom) = (72u32, if has_validation { 64 } else { 20 }, 36u32, 44u32);
     let mut img = RgbImage::from_pixel(w, h, Rgb([255, 255, 255]));
+    let costs: Vec<f64> = records.iter().map(|r| r.cost).collect();
     let finite: Vec<f64> = costs.iter().copied().filter(|c| c.is_finite()).collect();
     if finite.len() < 2 {
+        draw_text(&mut img, "fewer than 2 finite costs: no curve to draw", left, h / 2, INK);
         return img;
     }
     let (lo, hi) = finite.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &c| (a.min(c), b.max(c)));
@@ -201,19 +265,21 @@ pub fn loss_curve(costs: &[f64]) -> RgbImage {
     let (flo, fhi) = (f(lo), f(hi).max(f(lo) + 1e-12));
     let (pw, ph) = ((w - left - right) as f64, (h - top - bottom) as f64);
     let y_of = |c: f64| top as f64 + ph * (1.0 - (f(c) - flo) / (fhi - flo));
-    let x_of = |i: f64| left as f64 + pw * i / (costs.len() - 1) as f64;
+    let (first, last) = (records[0].iteration as f64, records[records.len() - 1].iteration as f64);
+    let span = (last - first).max(1.0);
+    let x_of = |i: f64| left as f64 + pw * (i - first) / span;
     let ticks: Vec<f64> = if log {
         (flo.ceil() as i32..=fhi.floor() as i32).map(|p| 10f64.powi(p)).collect()
     } else {
         (0..5).map(|i| lo + (hi - lo) * i as f64 / 4.0).collect()
     };
     for t in ticks {
-        let y = y_of(t).round() as u32;
+        let y = (y_of(t).round() as u32).min(h - 1);
         for x in left..w - right {
-            img.put_pixel(x, y.min(h - 1), Rgb([225, 225, 225]));
+            img.put_pixel(x, y, Rgb([225, 225, 225]));
         }
         let label = tick_label(t);
-        draw_text(&mut img, &label, left.saturating_sub(text_width(&label) + 6), y.saturating_sub(5));
+        draw_text(&mut img, &label, left.saturating_sub(text_width(&label) + 6), y.saturating_sub(4), INK);
     }
     for x in left..w - right {
         img.put_pixel(x, h - bottom, Rgb([0, 0, 0]));
@@ -221,34 +287,68 @@ pub fn loss_curve(costs: &[f64]) -> RgbImage {
     for y in top..=h - bottom {
         img.put_pixel(left, y, Rgb([0, 0, 0]));
     }
-    let n = costs.len() - 1;
-    for i in [0, n / 2, n] {
-        let x = x_of(i as f64).round() as u32;
+    // x ticks at whole multiples of a 1-2-5 step.
+    let step = nice_step(span, 6.0).max(1.0);
+    let mut t = (first / step).ceil() * step;
+    while t <= last + 1e-9 {
+        let x = (x_of(t).round() as u32).min(w - 1);
         for y in h - bottom..h - bottom + 4 {
-            img.put_pixel(x.min(w - 1), y, Rgb([0, 0, 0]));
+            img.put_pixel(x, y, Rgb([0, 0, 0]));
         }
-        let label = i.to_string();
-        let lx = x.saturating_sub(text_width(&label) / 2).min(w - text_width(&label) - 4);
-        draw_text(&mut img, &label, lx, h - bottom + 8);
+        let label = tick_label(t);
+        let lx = x.saturating_sub(text_width(&label) / 2).min(w - text_width(&label) - 2);
+        draw_text(&mut img, &label, lx, h - bottom + 7, INK);
+        t += step;
     }
-    let mut last: Option<(f64, f64)> = None;
-    for (i, &c) in costs.iter().enumerate() {
-        if !c.is_finite() {
-            continue;
-        }
-        let (x, y) = (x_of(i as f64), y_of(c));
-        if let Some((x0, y0)) = last {
-            let steps = ((x - x0).abs().max((y - y0).abs()).ceil() as usize).max(1);
-            for s in 0..=steps {
-                let t = s as f64 / steps as f64;
-                let (px, py) = ((x0 + t * (x - x0)).round() as u32, (y0 + t * (y - y0)).round() as u32);
-                for (dx, dy) in [(0, 0), (1, 0), (0, 1), (1, 1)] {
-                    img.put_pixel((px + dx).min(w - 1), (py + dy).min(h - 1), Rgb([200, 40, 40]));
-                }
+    let x_title = axes.steps;
+    draw_text(&mut img, x_title, left + (pw as u32).saturating_sub(text_width(x_title)) / 2, h - 16, INK);
+    // The legend doubles as the axis titles: a colour swatch, then the title.
+    // One line each, above the plot.
+    let mut legend_y = 4;
+    let mut legend = |img: &mut RgbImage, text: &str, colour: Rgb<u8>| {
+        for y in legend_y + 2..legend_y + 6 {
+            for x in left..left + 16 {
+                img.put_pixel(x, y, colour);
             }
         }
-        last = Some((x, y));
+        draw_text(img, text, left + 22, legend_y, INK);
+        legend_y += 14;
+    };
+    // "left" and "right" only when there are two axes.
+    let cost_title = match (has_validation, log) {
+        (true, true) => format!("{} (left, log scale)", axes.cost),
+        (true, false) => format!("{} (left)", axes.cost),
+        (false, true) => format!("{} (log scale)", axes.cost),
+        (false, false) => axes.cost.to_string(),
+    };
+    legend(&mut img, &cost_title, TRAINING_COLOUR);
+    if has_validation {
+        legend(&mut img, &format!("{} (right)", axes.validation), VALIDATION_COLOUR);
+        let finite: Vec<f64> = validation.iter().copied().filter(|v| v.is_finite()).collect();
+        let (vlo, vhi) = finite.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &v| (a.min(v), b.max(v)));
+        let vhi = vhi.max(vlo + 1e-12);
+        let vy_of = |v: f64| top as f64 + ph * (1.0 - (v - vlo) / (vhi - vlo));
+        let axis_x = w - right;
+        for y in top..=h - bottom {
+            img.put_pixel(axis_x, y, VALIDATION_COLOUR);
+        }
+        for i in 0..5 {
+            let v = vlo + (vhi - vlo) * i as f64 / 4.0;
+            let y = (vy_of(v).round() as u32).min(h - 1);
+            for x in axis_x..axis_x + 4 {
+                img.put_pixel(x, y, VALIDATION_COLOUR);
+            }
+            draw_text(&mut img, &tick_label(v), axis_x + 6, y.saturating_sub(4), VALIDATION_COLOUR);
+        }
+        let points: Vec<(f64, f64)> =
+            records.iter().zip(&validation).map(|(r, &v)| (x_of(r.iteration as f64), vy_of(v))).collect();
+        polyline(&mut img, &points, VALIDATION_COLOUR);
     }
+    let points: Vec<(f64, f64)> = records
+        .iter()
+        .map(|r| (x_of(r.iteration as f64), if r.cost.is_finite() { y_of(r.cost) } else { f64::NAN }))
+        .collect();
+    polyline(&mut img, &points, TRAINING_COLOUR);
     img
 }
 
@@ -263,4 +363,61 @@ where
     img.write_to(&mut std::io::Cursor::new(&mut bytes), image::ImageFormat::Png)
         .map_err(|e| Error::file(path, format!("cannot encode PNG: {e}")))?;
     crate::atomic::write_bytes(path, &bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::optim::{History, Record};
+
+    fn history(validation: bool) -> History {
+        let records = (1..=20)
+            .map(|i| Record {
+                iteration: i,
+                cost: 10.0 / i as f64,
+                grad_norm: 1.0,
+                step_size: 0.1,
+                evaluations: i,
+                seconds: 0.0,
+                validation: validation.then_some(0.5 - 0.01 * i as f64),
+            })
+            .collect();
+        History { records }
+    }
+
+    fn count(img: &RgbImage, colour: Rgb<u8>) -> usize {
+        img.pixels().filter(|p| **p == colour).count()
+    }
+
+    #[test]
+    fn the_validation_curve_is_drawn_only_when_the_history_has_one() {
+        let axes = LossAxes { steps: "epoch", cost: "training cost", validation: "validation error rate" };
+        let with = loss_curve(&history(true), &axes);
+        let without = loss_curve(&history(false), &axes);
+        // Its line and right axis: hundreds of pixels; none without validation values.
+        assert!(count(&with, VALIDATION_COLOUR) > 300, "{}", count(&with, VALIDATION_COLOUR));
+        assert_eq!(count(&without, VALIDATION_COLOUR), 0);
+        assert!(count(&without, TRAINING_COLOUR) > 300);
+        // The titles are drawn: ink in the legend band and under the x axis.
+        let ink_rows = |img: &RgbImage, ys: std::ops::Range<u32>| {
+            ys.flat_map(|y| (0..img.width()).map(move |x| (x, y))).filter(|&(x, y)| *img.get_pixel(x, y) == INK).count()
+        };
+        assert!(ink_rows(&without, 0..14) > 50, "no legend text");
+        assert!(ink_rows(&without, without.height() - 16..without.height()) > 20, "no x axis title");
+    }
+
+    #[test]
+    fn reconstructions_label_their_two_rows() {
+        let x = ndarray::Array2::from_shape_fn((3, 16), |(i, j)| (i + j) as f64 / 20.0);
+        let img = reconstructions(x.view(), x.view()).unwrap();
+        let light = |ys: std::ops::Range<u32>| {
+            ys.flat_map(|y| (0..ROW_LABEL_MARGIN).map(move |x| (x, y)))
+                .filter(|&(x, y)| img.get_pixel(x, y)[0] > 200)
+                .count()
+        };
+        let half = img.height() / 2;
+        // Text in the margin beside each row: "original" above, the longer "reconstruction" below.
+        let (top, bottom) = (light(0..half), light(half..img.height()));
+        assert!(top > 30 && bottom > top, "label pixels: top {top}, bottom {bottom}");
+    }
 }

@@ -264,7 +264,8 @@ fn visualize_reconstruct_and_eval_a_trained_model() {
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let img = image::open(&recon).unwrap();
-    assert_eq!((img.width(), img.height()), (7 * 49 + 1, 2 * 49 + 1), "7 originals above 7 reconstructions");
+    let size = (wgnn::viz::ROW_LABEL_MARGIN + 7 * 49 + 1, 2 * 49 + 1);
+    assert_eq!((img.width(), img.height()), size, "7 originals above 7 reconstructions, right of their labels");
 
     let out = wgnn().args(["eval", "--model", run.to_str().unwrap(), "--count", "500", "--json"]).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
@@ -1267,4 +1268,205 @@ fn adaptive_schedule_sets_eta_from_the_epoch_costs_on_cpu_and_gpu() {
         }
         assert!(history.last().unwrap()["step_size"].as_f64().unwrap() < 0.3, "{backend}: η was never cut");
     }
+}
+
+// ---- What the user sees (issue 14 §6): pictures, notes, help texts, config kind, eval ----
+
+/// csv:FILE of 160 rows: 4 values in [0, 1] and a class label 0–2 in the last column.
+fn small_csv(dir: &Path) -> String {
+    let text: String = (0..160)
+        .map(|i| {
+            let v: Vec<String> =
+                (0..4).map(|j| format!("{:.4}", ((i * 7 + j * 13 + i * j) % 17) as f64 / 17.0)).collect();
+            format!("{},{}\n", v.join(","), i % 3)
+        })
+        .collect();
+    let p = dir.join("small.csv");
+    std::fs::write(&p, text).unwrap();
+    format!("csv:{}", p.display())
+}
+
+fn metrics(run: &Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(run.join("metrics.json")).unwrap()).unwrap()
+}
+
+#[test]
+fn loss_png_draws_the_validation_curve_when_there_is_validation() {
+    let d = tempfile::tempdir().unwrap();
+    let data = small_csv(d.path());
+    let blue = |run: &Path| {
+        let img = image::open(run.join("loss.png")).unwrap().to_rgb8();
+        img.pixels().filter(|p| p.0 == wgnn::viz::VALIDATION_COLOUR.0).count()
+    };
+    for (name, extra) in [("with", &["--validation", "0.25"][..]), ("without", &[][..])] {
+        let run = d.path().join(name);
+        let out = wgnn()
+            .args(["train", "mlp", "--data", &data, "--hidden", "8", "--iterations", "6", "--quiet"])
+            .args(extra)
+            .args(["--out", run.to_str().unwrap()])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let drawn = blue(&run);
+        if name == "with" {
+            assert!(drawn > 200, "only {drawn} pixels of the validation colour");
+        } else {
+            assert_eq!(drawn, 0, "a validation colour without validation");
+        }
+    }
+}
+
+#[test]
+fn eval_refuses_a_regressor_without_targets_and_scores_the_rows_training_held_out() {
+    let d = tempfile::tempdir().unwrap();
+    let data = small_csv(d.path());
+    let regressor = d.path().join("reg");
+    let targets = ["--targets", "columns:3-4", "--test-fraction", "0.25"];
+    let out = wgnn()
+        .args(["train", "mlp", "--data", &data, "--hidden", "6", "--optimizer", "lbfgs", "--iterations", "8"])
+        .args(targets)
+        .args(["--seed", "7", "--quiet", "--out", regressor.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let trained_r2 = metrics(&regressor)["r2"].as_f64().unwrap();
+    let eval = |seed: &str, with_targets: bool| {
+        let mut cmd = wgnn();
+        cmd.args(["eval", "--model", regressor.to_str().unwrap(), "--data", &data, "--json", "--seed", seed]);
+        if with_targets {
+            cmd.args(targets);
+        }
+        cmd
+    };
+    let out = eval("7", true).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let scored: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(scored["examples"], 40, "a quarter of 160 rows");
+    let r2 = scored["r2"].as_f64().unwrap();
+    assert!((r2 - trained_r2).abs() <= 1e-9 * trained_r2.abs().max(1.0), "eval R² {r2} vs training's {trained_r2}");
+    // Another seed holds out other rows (and says the seeds differ).
+    let out = eval("8", true).output().unwrap();
+    assert!(String::from_utf8_lossy(&out.stderr).contains("trained with --seed 7"));
+    let other: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_ne!(other["r2"].as_f64().unwrap(), trained_r2);
+    fails_with(&mut eval("7", false), "is a regressor: give --targets");
+
+    // A classifier: eval's accuracy on the held-out rows is training's test accuracy.
+    let classifier = d.path().join("cls");
+    let out = wgnn()
+        .args(["train", "softmax", "--data", &data, "--iterations", "5", "--test-fraction", "0.3", "--seed", "4"])
+        .args(["--quiet", "--out", classifier.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = wgnn()
+        .args(["eval", "--model", classifier.to_str().unwrap(), "--data", &data, "--json"])
+        .args(["--test-fraction", "0.3", "--seed", "4"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let scored: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(scored["accuracy"], metrics(&classifier)["test_accuracy"]);
+    assert_eq!(scored["examples"], 48);
+}
+
+#[test]
+fn the_backend_note_comes_at_most_once_and_never_with_quiet() {
+    let d = tempfile::tempdir().unwrap();
+    let run = d.path().join("run");
+    let train = |quiet: bool, out: &Path| {
+        let mut cmd = wgnn();
+        cmd.args(["train", "--iterations", "2", "--count", "200", "--out", out.to_str().unwrap()]);
+        if quiet {
+            cmd.arg("--quiet");
+        }
+        cmd.output().unwrap()
+    };
+    let notes = |stderr: &[u8]| String::from_utf8_lossy(stderr).lines().filter(|l| l.starts_with("note:")).count();
+    let out = train(false, &run);
+    assert!(out.status.success());
+    assert!(notes(&out.stderr) <= 1, "{}", String::from_utf8_lossy(&out.stderr));
+    let out = train(true, &d.path().join("quiet"));
+    assert!(out.status.success());
+    assert_eq!(notes(&out.stderr), 0, "{}", String::from_utf8_lossy(&out.stderr));
+    let out = wgnn().args(["eval", "--model", run.to_str().unwrap(), "--count", "100"]).output().unwrap();
+    assert!(out.status.success());
+    assert!(notes(&out.stderr) <= 1, "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("XDG_RUNTIME_DIR"));
+}
+
+#[test]
+fn help_texts_describe_their_own_command() {
+    let help = |cmd: &str| {
+        let out = wgnn().args([cmd, "--help"]).output().unwrap();
+        assert!(out.status.success());
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let eval = help("eval");
+    // Its --model and --count are its own, not reconstruct's.
+    assert!(!eval.contains("`reconstruct`") && !eval.contains("for reconstruct"), "{eval}");
+    assert!(!eval.contains("autoencoder: a model"), "{eval}");
+    assert!(eval.contains("--test-fraction"));
+    assert!(help("reconstruct").contains("The trained autoencoder"));
+    let gradcheck = help("gradcheck");
+    assert!(!gradcheck.contains("--labels"), "{gradcheck}");
+    let bench = help("bench");
+    assert!(!bench.to_lowercase().contains("issue"), "{bench}");
+    // gradcheck names the number it checks and the tolerance it checks it against.
+    let out = wgnn().args(["gradcheck", "--backend", "cpu", "--precision", "f32"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let said = String::from_utf8_lossy(&out.stdout);
+    let verdict = said.lines().find(|l| l.starts_with("ok: ")).unwrap_or_default();
+    assert!(
+        verdict.contains("vs central differences of the f64 cost") && verdict.contains("≤ tolerance 1e-4"),
+        "{said}"
+    );
+    assert!(said.contains("(for information, not checked)"), "{said}");
+}
+
+#[test]
+fn a_config_file_sets_the_kind_train_trains() {
+    let d = tempfile::tempdir().unwrap();
+    let data = small_csv(d.path());
+    let config = d.path().join("c.toml");
+    std::fs::write(&config, format!("kind = \"softmax\"\niterations = 2\nquiet = true\ndata = \"{data}\"\n")).unwrap();
+    let layers = |run: &Path| metrics(run)["spec"]["layers"].as_array().unwrap().len();
+    let from_file = d.path().join("from-file");
+    let out = wgnn()
+        .args(["train", "--config", config.to_str().unwrap(), "--out", from_file.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(metrics(&from_file)["spec"]["output"], "softmax");
+    assert_eq!(layers(&from_file), 2, "softmax regression: inputs and classes");
+    // The command line's kind wins over the file's.
+    let mlp = d.path().join("mlp");
+    let out = wgnn()
+        .args(["train", "mlp", "--hidden", "4", "--config", config.to_str().unwrap(), "--out", mlp.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(layers(&mlp), 3);
+    fails_with(
+        wgnn().args(["eval", "--config", config.to_str().unwrap(), "--model", from_file.to_str().unwrap()]),
+        "only train takes it",
+    );
+}
+
+#[test]
+fn whitening_for_a_sigmoid_output_is_warned_about() {
+    let d = tempfile::tempdir().unwrap();
+    let warned = |output: &str| {
+        let run = d.path().join(output);
+        let out = wgnn()
+            .args(["train", "--whiten", "zca", "--output", output, "--iterations", "1", "--count", "200", "--quiet"])
+            .args(["--out", run.to_str().unwrap()])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        stderr.lines().any(|l| l.starts_with("warning: --whiten") && l.contains("--output identity"))
+    };
+    assert!(warned("sigmoid"));
+    assert!(!warned("identity"));
 }

@@ -395,8 +395,9 @@ fn reconstructions_of_a_model_trained_on_whitened_patches_are_drawn_in_pixels() 
         let mut backend = CpuBackend::<f32>::new(spec).unwrap();
         train(job, &mut backend, &x, Targets::Inputs, &mut |_| {}, &never).unwrap();
         let drawn = image::open(dir.path().join("reconstructions.png")).unwrap().to_luma8();
-        // 10 originals over 10 reconstructions, 8×8 tiles drawn 6× larger with 1-pixel borders.
-        assert_eq!((drawn.width(), drawn.height()), (10 * 49 + 1, 2 * 49 + 1));
+        // 10 originals over 10 reconstructions, 8×8 tiles drawn 6× larger with 1-pixel borders,
+        // right of the rows' labels.
+        assert_eq!((drawn.width(), drawn.height()), (wgnn::viz::ROW_LABEL_MARGIN + 10 * 49 + 1, 2 * 49 + 1));
 
         // The reference, from the raw patches and M alone: M's rows are uᵢᵀ/√(λᵢ + ε), so its
         // normalised rows are the kept eigenvectors U_kᵀ and the drawn originals should be

@@ -30,7 +30,7 @@ pub struct BenchArgs {
     /// Shape preset. small: 256³ and a 1,000-row layer, steps on 256 rows (10–20 s on a
     /// software adapter); medium: 1024³ and the MNIST autoencoder's 10,000×784×196 layer, steps
     /// on 256 and 10,000 rows; large: adds 2048³, the 60,000-row layer and steps on 60,000 rows;
-    /// xlarge: adds 4096³ (for real GPUs: issue 6's NVIDIA target; ~1 s per run on 2 CPU cores).
+    /// xlarge: adds 4096³ (for hardware GPUs such as a data-centre NVIDIA card; ~1 s per run on 2 CPU cores).
     #[arg(long, value_enum, default_value_t = Shapes::Small)]
     pub shapes: Shapes,
     /// Backends to time. Default: both when wgpu finds an adapter, else cpu.

@@ -1,5 +1,6 @@
 //! `--config FILE`: settings from a JSON or TOML file, overridden by flags on the command line.
-//! Each key is a flag's long name (`weight_decay` or `weight-decay`); values are strings,
+//! Each key is a flag's long name (`weight_decay` or `weight-decay`), or `kind` for the kind
+//! `wgnn train` trains (`kind = "softmax"`, used when the command line names none); values are strings,
 //! numbers, booleans (a switch such as `quiet = true`) or lists (joined by commas). The file's
 //! settings are placed before the command line's flags, and a flag given twice keeps its last
 //! value, so the command line wins. Each setting becomes one `--flag=value` word, so a value
@@ -53,8 +54,35 @@ pub fn expand(args: Vec<OsString>) -> anyhow::Result<Vec<OsString>> {
     let Some(i) = config_at else { return Ok(args) };
     let Some(path) = args.get(i + 1) else { bail!("--config needs a file") };
     let map = settings(Path::new(path))?;
+    // After the program and subcommand names: argv[0] and the first word that is neither a
+    // flag nor --config's file.
+    let mut command_at = None;
+    let mut j = 1;
+    while j < args.len() {
+        if args[j] == "--config" {
+            j += 2;
+        } else if args[j].to_string_lossy().starts_with('-') {
+            j += 1;
+        } else {
+            command_at = Some(j);
+            break;
+        }
+    }
+    let command = command_at.map(|i| args[i].to_string_lossy().into_owned());
+    let sub = command_at.map_or(args.len(), |i| i + 1);
+    let mut kind: Option<OsString> = None;
     let mut inserted: Vec<OsString> = Vec::new();
     for (key, value) in &map {
+        // `wgnn train KIND` takes its kind as a word, not a flag.
+        if key == "kind" {
+            let Some(k) = scalar(value).filter(|_| command.as_deref() == Some("train")) else {
+                bail!(
+                    "--config: `kind` is the kind `wgnn train` trains (autoencoder, softmax, mlp or stacked), a string; only train takes it"
+                );
+            };
+            kind = Some(k.into());
+            continue;
+        }
         let flag = format!("--{}", key.replace('_', "-"));
         match value {
             serde_json::Value::Bool(true) => inserted.push(flag.into()),
@@ -70,9 +98,13 @@ pub fn expand(args: Vec<OsString>) -> anyhow::Result<Vec<OsString>> {
             },
         }
     }
-    // After the program and subcommand names: argv[0] and the first non-flag word.
-    let sub = args.iter().skip(1).position(|a| !a.to_string_lossy().starts_with('-')).map_or(1, |p| p + 2);
-    let mut out = args[..sub.min(args.len())].to_vec();
+    let mut out = args[..sub].to_vec();
+    // The command line's own kind wins: the file's goes in only when none follows `train`.
+    if let Some(k) = kind
+        && args.get(sub).is_none_or(|a| a.to_string_lossy().starts_with('-'))
+    {
+        out.push(k);
+    }
     out.extend(inserted);
     out.extend(args[sub.min(args.len())..].iter().cloned());
     Ok(out)

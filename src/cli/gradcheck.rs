@@ -84,12 +84,14 @@ pub fn run(args: GradcheckArgs) -> anyhow::Result<()> {
         let mut g = vec![0.0; theta.len()];
         backend.cost_and_grad(&theta, Batch::All, &mut g)?;
         let d = gradcheck::relative_difference(&g, &report.analytic);
-        println!("against the f64 CPU gradient: relative difference {d:e}");
+        println!("its gradient vs the f64 CPU gradient: relative difference {d:e} (for information, not checked)");
         // Central differences of this backend's own f32 cost: a step of 1e-4 would drown in
         // f32 rounding, so this uses ε = 1e-2 and is a coarse check (expect ~1e-4 to 1e-3).
         let own = gradcheck::numerical_gradient(|t| backend.cost(t, Batch::All).map(|c| c.total()), &theta, 1e-2)?;
         let d_own = gradcheck::relative_difference(&g, &own);
-        println!("against central differences of its own cost (ε = 1e-2): relative difference {d_own:e}");
+        println!(
+            "its gradient vs central differences of its own cost (ε = 1e-2): relative difference {d_own:e} (coarse check: at most 1e-2)"
+        );
         if d_own > 1e-2 {
             bail!("the gradient disagrees with central differences of the backend's own cost ({d_own:e} > 1e-2)");
         }
@@ -119,8 +121,11 @@ pub fn run(args: GradcheckArgs) -> anyhow::Result<()> {
     }
     let tolerance = args.tolerance.unwrap_or(if is_reference { 1e-8 } else { 1e-4 });
     let d = gradcheck::relative_difference(&analytic, &report.numerical);
-    let verdict = if d <= tolerance { "ok" } else { "FAILED" };
-    println!("{verdict}: relative difference {d:e} against tolerance {tolerance:e}");
+    let (verdict, relation) = if d <= tolerance { ("ok", "≤") } else { ("FAILED", ">") };
+    let whose = if is_reference { "the f64 gradient" } else { "its gradient" };
+    println!(
+        "{verdict}: {whose} vs central differences of the f64 cost (ε = {EPSILON:e}): relative difference {d:e} {relation} tolerance {tolerance:e}"
+    );
     println!("relative difference {d:e}");
     if d > tolerance || !d.is_finite() {
         bail!("the analytic gradient disagrees with central differences ({d:e} > {tolerance:e})");

@@ -52,6 +52,26 @@ fn prepared(ck: &Checkpoint, x: ndarray::Array2<f32>, backend: &BackendArgs) -> 
     Ok(model.prepare(&x, &mut backends)?)
 }
 
+/// Warns on stderr when an autoencoder trained on whitened inputs has an output activation
+/// that cannot reach them: whitened values are centred with unit variance, about half of them
+/// negative and many beyond ±1, outside a sigmoid's (0, 1), a tanh's (−1, 1) and a ReLU's
+/// [0, ∞). Such a network cannot reconstruct its inputs and its filters come out as noise;
+/// a linear decoder (--output identity) can.
+pub fn warn_whitened_range(spec: &wgnn::model::NetSpec, whitened_autoencoder: bool) {
+    use wgnn::model::Activation;
+    let range = match spec.output {
+        Output::SquaredError(Activation::Sigmoid) => "(0, 1)",
+        Output::SquaredError(Activation::Tanh) => "(−1, 1)",
+        Output::SquaredError(Activation::Relu) => "[0, ∞)",
+        _ => return,
+    };
+    if whitened_autoencoder {
+        eprintln!(
+            "warning: --whiten with this output: whitened values are centred with unit variance, not in the output's range {range}, so the network cannot reconstruct them and its filters will look like noise; use --output identity (a linear decoder)"
+        );
+    }
+}
+
 #[derive(Args, Debug)]
 pub struct VisualizeArgs {
     /// The trained model: a model.safetensors file or its run folder.
@@ -79,8 +99,8 @@ pub fn visualize(args: VisualizeArgs) -> anyhow::Result<()> {
 /// A trained model and the data to run it on: what `reconstruct` and `eval` both take.
 #[derive(Args, Debug)]
 pub struct ModelOnData {
-    /// The trained model (for `reconstruct`, an autoencoder): a model.safetensors file or its
-    /// run folder.
+    /// The trained model: a model.safetensors file, its run folder, or a `train stacked`
+    /// folder.
     #[arg(long)]
     pub model: PathBuf,
     #[command(flatten)]
@@ -90,7 +110,11 @@ pub struct ModelOnData {
     pub seed: u64,
 }
 
+/// `reconstruct`'s own words for the shared flags: its model is an autoencoder, and --count
+/// is how many examples it draws.
 #[derive(Args, Debug)]
+#[command(mut_arg("model", |a| a.help("The trained autoencoder: a model.safetensors file or its run folder")))]
+#[command(mut_arg("count", |a| a.help("Examples to draw, each above its reconstruction (default 10); for synthetic or patches: data, the number of patches cut")))]
 pub struct ReconstructArgs {
     #[command(flatten)]
     pub input: ModelOnData,
@@ -132,6 +156,10 @@ pub fn reconstruct(args: ReconstructArgs) -> anyhow::Result<()> {
 pub struct EvalArgs {
     #[command(flatten)]
     pub input: ModelOnData,
+    /// Score only the examples `train --test-fraction F` held out: the same fraction of the
+    /// --data examples, drawn by --seed as training drew them (give the run's --seed).
+    #[arg(long)]
+    pub test_fraction: Option<f64>,
     /// Print the results as one JSON object.
     #[arg(long)]
     pub json: bool,
@@ -163,7 +191,31 @@ struct Evaluation {
 pub fn eval(args: EvalArgs) -> anyhow::Result<()> {
     let ck = load_model(&args.input.model)?;
     let spec = &ck.spec;
+    // A regressor (trained with --targets) has nothing to score without its targets: the
+    // "reconstruction error" of an input against a prediction of something else means nothing.
+    let trained_on_targets = !ck.metadata.preprocessing.get("targets").is_none_or(serde_json::Value::is_null);
+    if spec.output != Output::Softmax
+        && args.input.data.targets.is_none()
+        && (trained_on_targets || spec.outputs() != spec.inputs())
+    {
+        bail!(
+            "{} is a regressor: give --targets (npy:FILE, csv:FILE or columns:SPEC, as in training) to score its predictions",
+            spec.describe()
+        );
+    }
     let (_, mut data) = args.input.data.load(args.input.seed)?;
+    if let Some(fraction) = args.test_fraction {
+        if !(fraction > 0.0 && fraction < 1.0) {
+            bail!("--test-fraction {fraction}: the test fraction must lie strictly between 0 and 1");
+        }
+        if let Some(trained) = ck.metadata.seed.filter(|&s| s != args.input.seed) {
+            eprintln!(
+                "note: the model was trained with --seed {trained}, this is --seed {}: --test-fraction holds out the rows training held out only with the same seed",
+                args.input.seed
+            );
+        }
+        data = data.split_test(fraction, args.input.seed).context("--test-fraction")?.1;
+    }
     data.x = prepared(&ck, data.x, &args.backend)?;
     let mut backend = args.backend.build(spec.clone(), Precision::F32)?;
     let labels = data.labels.clone();

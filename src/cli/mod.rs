@@ -71,8 +71,8 @@ pub enum Command {
     /// Draw examples (top row) above the model's reconstructions of them (bottom row).
     #[command(allow_negative_numbers = true)]
     Reconstruct(inspect::ReconstructArgs),
-    /// Evaluate a trained model on data: cost, reconstruction error, or accuracy and a
-    /// confusion matrix for classifiers.
+    /// Evaluate a trained model on data: cost, and the reconstruction error (autoencoders), R²
+    /// (regressors, with --targets) or accuracy and a confusion matrix (classifiers).
     #[command(allow_negative_numbers = true)]
     Eval(inspect::EvalArgs),
     /// Run a trained model on new data (no labels needed) and write what it gives to a .npy
@@ -192,8 +192,8 @@ pub struct NetArgs {
     /// identity. One name for every hidden layer, or a comma-separated list, one per hidden layer.
     #[arg(long, value_delimiter = ',', default_value = "sigmoid")]
     pub activation: Vec<String>,
-    /// Output layer: an activation name (squared-error loss) or softmax (cross-entropy loss,
-    /// needs --labels).
+    /// Output layer: an activation name (squared-error loss) or softmax (cross-entropy loss
+    /// on class labels).
     #[arg(long, default_value = "sigmoid")]
     pub output: String,
     /// L2 weight decay λ on the weights (never the biases).
@@ -339,10 +339,14 @@ impl BackendArgs {
     }
 
     /// The backend the flags ask for, with `precision` unless --precision says otherwise;
-    /// `auto` says on stderr why it chose the CPU.
+    /// `auto` says on stderr why it chose the CPU, once per command however many backends it
+    /// builds (commands with --quiet use [`BackendArgs::build_quietly`] and decide themselves).
     pub fn build(&self, spec: NetSpec, precision: Precision) -> anyhow::Result<Box<dyn Backend>> {
+        static NOTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
         let (backend, note) = self.build_quietly(spec, precision)?;
-        if let Some(note) = note {
+        if let Some(note) = note
+            && !NOTED.swap(true, std::sync::atomic::Ordering::Relaxed)
+        {
             eprintln!("note: {note}");
         }
         Ok(backend)
@@ -402,8 +406,7 @@ pub struct DataArgs {
     /// Side of the square patches cut from synthetic or patches: images.
     #[arg(long, default_value_t = 8, value_parser = patch_side)]
     pub patch: usize,
-    /// Number of patches to cut (default 10,000); `reconstruct` shows this many examples
-    /// (default 10).
+    /// Number of patches to cut from synthetic or patches: data (default 10,000).
     #[arg(long, value_parser = count)]
     pub count: Option<usize>,
     /// Keep only these labels, e.g. 5-9 or 0,2,4 (labelled data).

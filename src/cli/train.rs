@@ -840,6 +840,7 @@ pub fn run(mut args: TrainArgs) -> anyhow::Result<()> {
             spec.with_weight_decay(lambda)?
         }
     };
+    super::inspect::warn_whitened_range(&spec, whitening.is_some() && args.kind == Kind::Autoencoder);
     let params = wgnn::model::ThetaLayout::new(&spec).len();
     say(format!("network  {} ({params} parameters)", spec.describe()));
 

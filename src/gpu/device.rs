@@ -87,7 +87,25 @@ pub struct Gpu {
     pub matmul: MatmulKernel,
 }
 
+/// On a headless machine (no XDG_RUNTIME_DIR) Mesa's Wayland probe prints "error:
+/// XDG_RUNTIME_DIR is invalid" at every adapter scan, which reads as a failure in a test run
+/// or a program that uses this library. Any existing directory silences it and nothing is
+/// written there, so when the variable is unset it is pointed at the temporary directory,
+/// once, before the first instance (the `wgnn` binary does the same at the top of `main`).
+fn quiet_wayland_probe() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        if std::env::var_os("XDG_RUNTIME_DIR").is_none() {
+            // SAFETY: this runs before any graphics driver is loaded (every instance is made
+            // here, after this), so no driver thread reads the environment; std's own readers
+            // take std's environment lock.
+            unsafe { std::env::set_var("XDG_RUNTIME_DIR", std::env::temp_dir()) };
+        }
+    });
+}
+
 fn instance(api: Api) -> wgpu::Instance {
+    quiet_wayland_probe();
     let mut desc = wgpu::InstanceDescriptor::new_without_display_handle();
     desc.backends = api.backends();
     wgpu::Instance::new(desc)
