@@ -156,6 +156,9 @@ impl Cost {
                 .to_string()
         } else if !self.weight_decay.is_finite() {
             "Σ W² overflows: the weights are too large for weight decay; start from smaller parameters".to_string()
+        } else if computed_by.contains("f64") {
+            "the parameters or the data are too large even for f64 arithmetic: check θ and the data for extreme values"
+                .to_string()
         } else {
             format!(
                 "the parameters or the data are too large for the {computed_by} arithmetic: \

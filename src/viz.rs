@@ -76,6 +76,9 @@ pub fn reconstructions(originals: ArrayView2<f64>, reconstructed: ArrayView2<f64
     if originals.dim() != reconstructed.dim() {
         return Err(Error::Shape("originals and reconstructions differ in shape".into()));
     }
+    if originals.nrows() == 0 {
+        return Err(Error::Data("no examples to draw: give at least one (--count 1 or more)".into()));
+    }
     let side = square_side(originals.ncols())?;
     let mut tiles = Vec::new();
     let scaled = |row: ndarray::ArrayView1<f64>, lo: f64, hi: f64| -> Vec<f64> {

@@ -1470,3 +1470,45 @@ fn whitening_for_a_sigmoid_output_is_warned_about() {
     assert!(warned("sigmoid"));
     assert!(!warned("identity"));
 }
+
+/// Found by attacking the reliability pass: an output that names one of the command's inputs
+/// overwrote it (predict, cost --grad-out, convolve), `reconstruct --count 0` panicked
+/// dividing by zero, and `gradcheck --tolerance nan` printed FAILED with exit 0.
+#[test]
+fn outputs_never_overwrite_inputs_and_degenerate_counts_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let x = Array2::from_shape_fn((20, 4), |(i, j)| 0.1 + 0.8 * (((i * 7 + j * 3) % 11) as f64) / 11.0);
+    let x_path = write_npy(d, "X.npy", &x);
+    let theta = write_npy(d, "T.npy", &Array1::from_shape_fn(31, |i| 0.01 * (i as f64 - 15.0)));
+    let before = std::fs::read(&x_path).unwrap();
+    for out in [&x_path, &theta] {
+        fails_with(
+            wgnn().args(["cost", "--layers", "4,3,4", "--theta", &theta, "--data", &x_path, "--grad-out", out]),
+            "is also an input",
+        );
+    }
+    let run = d.join("m");
+    let out = wgnn()
+        .args(["train", "autoencoder", "--data", &format!("npy:{x_path}"), "--hidden", "3", "--iterations", "3"])
+        .args(["--quiet", "--out", run.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let model = run.to_str().unwrap();
+    fails_with(
+        wgnn().args(["predict", "--model", model, "--data", &format!("npy:{x_path}"), "--out", &x_path]),
+        "is also an input",
+    );
+    assert_eq!(std::fs::read(&x_path).unwrap(), before, "the data file is untouched");
+    let png = d.join("r.png");
+    fails_with(
+        wgnn()
+            .args(["reconstruct", "--model", model, "--data", &format!("npy:{x_path}"), "--count", "0"])
+            .args(["--out", png.to_str().unwrap()]),
+        "no examples to draw",
+    );
+    for t in ["nan", "-1", "0", "inf"] {
+        fails_with(wgnn().args(["gradcheck", &format!("--tolerance={t}")]), "the tolerance must be");
+    }
+}

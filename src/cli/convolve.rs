@@ -197,6 +197,7 @@ pub fn run(args: ConvolveArgs) -> anyhow::Result<()> {
     if args.out.extension().is_none_or(|e| e != "npy") {
         bail!("--out {}: the pooled features are written as .npy; name the file F.npy", args.out.display());
     }
+    super::refuse_overwriting_inputs("--out", &args.out, [args.images.as_str()])?;
     let ck = load_model(&args.model)?;
     // Its first layer reads another encoder's features, not pixels: no filters to slide.
     if ck.metadata.preprocessing.get("features_from").is_some_and(|f| !f.is_null()) {

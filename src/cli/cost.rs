@@ -34,6 +34,10 @@ pub struct CostArgs {
 
 pub fn run(args: CostArgs) -> anyhow::Result<()> {
     let spec = args.net.spec()?;
+    if let Some(g) = &args.grad_out {
+        let inputs = [Some(&args.theta), Some(&args.data), args.labels.as_ref(), args.targets.as_ref()];
+        super::refuse_overwriting_inputs("--grad-out", g, inputs.into_iter().flatten().map(String::as_str))?;
+    }
     let theta = read_theta(&args.theta)?;
     let x = npy::read_matrix(&npy_path(&args.data)?).context("reading the data")?;
     let labels =

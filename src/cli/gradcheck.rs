@@ -37,6 +37,11 @@ pub fn run(args: GradcheckArgs) -> anyhow::Result<()> {
     if args.examples == 0 {
         bail!("--examples must be at least 1");
     }
+    if let Some(t) = args.tolerance
+        && !(t > 0.0 && t.is_finite())
+    {
+        bail!("--tolerance {t}: the tolerance must be a finite number > 0 (usual: 1e-8 in f64, 1e-4 in f32)");
+    }
     let params = wgnn::model::ThetaLayout::new(&spec).len();
     if params > 200_000 {
         bail!(

@@ -161,6 +161,24 @@ fn usage_error(e: clap::Error) -> anyhow::Error {
     Exit { code: exit_code::USAGE, message: wgnn::one_line(&format!("{what} (see wgnn --help)")) }.into()
 }
 
+/// Refuses an output path that names one of the command's input files (`wgnn predict --data
+/// npy:X.npy --out X.npy` overwrote its own data): inputs are given as `PATH` or `KIND:PATH`
+/// (`npy:X.npy`, `csv:F.csv`). Compared as canonical paths, so `./X.npy` and `X.npy` are one.
+pub fn refuse_overwriting_inputs<'a>(
+    flag: &str,
+    out: &std::path::Path,
+    inputs: impl IntoIterator<Item = &'a str>,
+) -> anyhow::Result<()> {
+    let Ok(out_canonical) = out.canonicalize() else { return Ok(()) }; // not there yet: no input
+    for input in inputs {
+        let path = input.split_once(':').filter(|(kind, _)| kind.len() > 1).map_or(input, |(_, p)| p);
+        if std::path::Path::new(path).canonicalize().is_ok_and(|p| p == out_canonical) {
+            bail!("{flag} {} is also an input of this command: write the output to another file", out.display());
+        }
+    }
+    Ok(())
+}
+
 /// The exit code for an error that reached `main`.
 pub fn code_of(error: &anyhow::Error) -> u8 {
     error.downcast_ref::<Exit>().map_or(exit_code::ERROR, |e| e.code)

@@ -70,6 +70,13 @@ fn labels_path(out: &Path) -> PathBuf {
 
 pub fn run(args: PredictArgs) -> anyhow::Result<()> {
     let format = format_of(&args.out)?;
+    let d = &args.input.data;
+    let labels = d.labels.as_ref().map(|p| p.to_string_lossy().into_owned());
+    let model = args.input.model.to_string_lossy().into_owned();
+    let inputs = [d.data.as_deref(), labels.as_deref(), d.targets.as_deref(), Some(model.as_str())];
+    for out in [args.out.clone(), labels_path(&args.out)] {
+        super::refuse_overwriting_inputs("--out", &out, inputs.into_iter().flatten())?;
+    }
     let context = || format!("--model {}", args.input.model.display());
     let file = super::model_file_for("--model", &args.input.model)?;
     let checkpoint = wgnn::checkpoint::Checkpoint::load(&file)?;
