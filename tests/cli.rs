@@ -1122,7 +1122,8 @@ fn scikit_learn_flags_reach_the_optimizer() {
     assert!(m["evaluations"].as_u64().unwrap() >= 5 && m["iterations"].as_u64().unwrap() < 100);
     // --alpha α: λ = α/n, n the examples of each gradient — all 150 for L-BFGS; for Adam the
     // batch, min(200, 120) after a validation split of 30.
-    let m = ok("alpha", &["--optimizer", "lbfgs", "--alpha", "1e-2", "--iterations", "2"]);
+    // --checkpoint-every keeps the finished run's optimizer state, so --resume can extend it.
+    let m = ok("alpha", &["--optimizer", "lbfgs", "--alpha", "1e-2", "--iterations", "2", "--checkpoint-every", "100"]);
     assert_eq!(m["spec"]["weight_decay"].as_f64(), Some(1e-2 / 150.0));
     let m = ok("alpha-adam", &["--alpha", "1e-2", "--validation", "0.2", "--iterations", "1"]);
     assert_eq!(m["spec"]["weight_decay"].as_f64(), Some(1e-2 / 120.0));
@@ -1208,24 +1209,6 @@ fn minibatch_runs_report_epochs_and_the_kept_epoch_and_results_go_to_stdout() {
     assert!(stdout.contains(&format!("kept     θ of epoch {kept}, the best validation error")), "{stdout}");
     let final_cost: f64 = stdout.lines().find_map(|l| l.strip_prefix("final cost ")).unwrap().parse().unwrap();
     assert_eq!(Some(final_cost), m["final_cost"].as_f64());
-
-    // The same job stopped one epoch before the end and resumed: the kept epoch is named from
-    // the epochs of both invocations.
-    let job = |iterations: &str| {
-        let mut c = wgnn();
-        c.args(["train", "mlp", "--hidden", "8", "--backend", "cpu", "--data", &data, "--iterations", iterations])
-            .args(["--learning-rate", "0.05", "--validation", "0.2", "--patience", "2", "--schedule", "adaptive"]);
-        c
-    };
-    let split = d.join("split");
-    let first = (epochs - 1).to_string();
-    let out = job(&first).args(["--out", split.to_str().unwrap()]).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let out = wgnn().args(["train", "--resume", split.to_str().unwrap(), "--iterations", "20"]).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let resumed = String::from_utf8_lossy(&out.stdout);
-    assert!(resumed.contains(&format!("kept     θ of epoch {kept}, the best validation error")), "{resumed}");
-    assert!(resumed.contains(&format!("final cost {final_cost}\n")), "the same θ as uninterrupted: {resumed}");
 
     // cost: its whole report (what was computed, the terms, the cost) on stdout; nothing on
     // stderr, where an error would be its one line.
@@ -1511,4 +1494,76 @@ fn outputs_never_overwrite_inputs_and_degenerate_counts_are_refused() {
     for t in ["nan", "-1", "0", "inf"] {
         fails_with(wgnn().args(["gradcheck", &format!("--tolerance={t}")]), "the tolerance must be");
     }
+}
+
+/// Found by attacking the reliability pass: a config key that is no flag got clap's "use
+/// '-- --key'" tip, which a file cannot follow; a float64 value beyond float32's range was
+/// reported as "inf" (the value after narrowing), in .npy data and CSV alike.
+#[test]
+fn unknown_config_keys_and_values_beyond_f32_are_named_as_they_are() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let config = d.join("c.json");
+    std::fs::write(&config, r#"{"nosuchkey": 1}"#).unwrap();
+    fails_with(
+        wgnn().args(["train", "--config", config.to_str().unwrap()]),
+        "`nosuchkey` is not a setting of `wgnn train`",
+    );
+    let mut x = Array2::from_elem((6, 4), 0.5);
+    x[[3, 2]] = 1e300;
+    let npy = write_npy(d, "X.npy", &x);
+    fails_with(
+        wgnn().args(["train", "--data", &format!("npy:{npy}"), "--out", d.join("r").to_str().unwrap()]),
+        "1e300",
+    );
+    let csv = d.join("d.csv");
+    std::fs::write(&csv, "0.5,1,0\n0.5,1e300,1\n0.2,0.3,0\n").unwrap();
+    fails_with(
+        wgnn().args([
+            "train",
+            "softmax",
+            "--data",
+            &format!("csv:{}", csv.display()),
+            "--out",
+            d.join("s").to_str().unwrap(),
+        ]),
+        "line 2, column 2: `1e300` is beyond float32's range",
+    );
+    assert!(!d.join("r").join("model.safetensors").exists() && !d.join("s").join("model.safetensors").exists());
+}
+
+/// The same job stopped one epoch before the end (kept by --checkpoint-every) and extended
+/// with --resume names the kept epoch from the epochs of both invocations and ends on the
+/// uninterrupted run's θ. (It named the last epoch once the checkpoint stopped carrying a
+/// second copy of the history: the records are read from the optimizer's state.)
+#[test]
+fn an_extended_run_keeps_the_best_validated_epoch_of_both_invocations() {
+    let dir = tempfile::tempdir().unwrap();
+    let (d, data) = (dir.path(), three_clouds_csv(dir.path()));
+    let job = |iterations: &str| {
+        let mut c = wgnn();
+        c.args(["train", "mlp", "--hidden", "8", "--backend", "cpu", "--data", &data, "--iterations", iterations])
+            .args(["--learning-rate", "0.05", "--validation", "0.2", "--patience", "2", "--schedule", "adaptive"]);
+        c
+    };
+    let out = job("20").args(["--out", d.join("run").to_str().unwrap()]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let m: serde_json::Value = serde_json::from_slice(&std::fs::read(d.join("run/metrics.json")).unwrap()).unwrap();
+    let epochs = m["iterations"].as_u64().unwrap() as usize;
+    let validation: Vec<f64> =
+        m["history"].as_array().unwrap().iter().filter_map(|r| r["validation"].as_f64()).collect();
+    let best = validation.iter().cloned().fold(f64::INFINITY, f64::min);
+    let kept = validation.iter().position(|&v| v == best).unwrap() + 1;
+    let final_cost: f64 = stdout.lines().find_map(|l| l.strip_prefix("final cost ")).unwrap().parse().unwrap();
+    let split = d.join("split");
+    let first = (epochs - 1).to_string();
+    // --checkpoint-every keeps the finished run's optimizer state, so --resume can extend it.
+    let out = job(&first).args(["--checkpoint-every", "100", "--out", split.to_str().unwrap()]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = wgnn().args(["train", "--resume", split.to_str().unwrap(), "--iterations", "20"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let resumed = String::from_utf8_lossy(&out.stdout);
+    assert!(resumed.contains(&format!("kept     θ of epoch {kept}, the best validation error")), "{resumed}");
+    assert!(resumed.contains(&format!("final cost {final_cost}\n")), "the same θ as uninterrupted: {resumed}");
 }

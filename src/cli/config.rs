@@ -49,6 +49,17 @@ fn scalar(v: &serde_json::Value) -> Option<String> {
 
 /// The command line with the settings of every `--config FILE` inserted after the
 /// subcommand's name.
+/// Whether `wgnn COMMAND` has the flag `--NAME` (or an alias of it). An unknown command is
+/// left to clap, which names it.
+fn takes_flag(command: &str, name: &str) -> bool {
+    use clap::CommandFactory;
+    let cli = super::Cli::command();
+    let Some(sub) = cli.find_subcommand(command) else { return true };
+    sub.get_arguments()
+        .chain(cli.get_arguments())
+        .any(|a| a.get_long() == Some(name) || a.get_all_aliases().is_some_and(|all| all.contains(&name)))
+}
+
 pub fn expand(args: Vec<OsString>) -> anyhow::Result<Vec<OsString>> {
     let config_at = args.iter().position(|a| a == "--config");
     let Some(i) = config_at else { return Ok(args) };
@@ -72,18 +83,31 @@ pub fn expand(args: Vec<OsString>) -> anyhow::Result<Vec<OsString>> {
     let sub = command_at.map_or(args.len(), |i| i + 1);
     let mut kind: Option<OsString> = None;
     let mut inserted: Vec<OsString> = Vec::new();
+    if map.contains_key("kind") && command.as_deref() != Some("train") {
+        bail!(
+            "--config: `kind` is the kind `wgnn train` trains (autoencoder, softmax, mlp, stacked or cnn), a string; only train takes it"
+        );
+    }
     for (key, value) in &map {
         // `wgnn train KIND` takes its kind as a word, not a flag.
         if key == "kind" {
             let Some(k) = scalar(value).filter(|_| command.as_deref() == Some("train")) else {
                 bail!(
-                    "--config: `kind` is the kind `wgnn train` trains (autoencoder, softmax, mlp or stacked), a string; only train takes it"
+                    "--config: `kind` is the kind `wgnn train` trains (autoencoder, softmax, mlp, stacked or cnn), a string; only train takes it"
                 );
             };
             kind = Some(k.into());
             continue;
         }
         let flag = format!("--{}", key.replace('_', "-"));
+        if let Some(command) = command.as_deref()
+            && !takes_flag(command, &flag[2..])
+        {
+            bail!(
+                "--config {}: `{key}` is not a setting of `wgnn {command}` (keys are its flags' names: see wgnn {command} --help)",
+                Path::new(path).display()
+            );
+        }
         match value {
             serde_json::Value::Bool(true) => inserted.push(flag.into()),
             serde_json::Value::Bool(false) | serde_json::Value::Null => {}

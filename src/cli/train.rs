@@ -905,8 +905,15 @@ pub fn run(mut args: TrainArgs) -> anyhow::Result<()> {
     ));
 
     // The epochs before a resume, so that the kept epoch can be named from all of them.
-    let earlier: Vec<wgnn::optim::Record> =
-        resume.as_ref().and_then(|ck| serde_json::from_value(ck.metadata.history.clone()).ok()).unwrap_or_default();
+    // They live in the optimizer's state (checkpoints written before it moved out of the
+    // metadata also kept a copy under `history`).
+    let earlier: Vec<wgnn::optim::Record> = resume
+        .as_ref()
+        .and_then(|ck| {
+            let history = ck.metadata.optimizer.get("history").filter(|h| !h.is_null()).unwrap_or(&ck.metadata.history);
+            serde_json::from_value(history.clone()).ok()
+        })
+        .unwrap_or_default();
     let job = TrainJob {
         spec,
         method,

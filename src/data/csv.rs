@@ -147,6 +147,12 @@ pub fn parse_csv(text: &str, label: LabelColumn) -> Result<(Array2<f32>, Option<
             if !v.is_finite() {
                 return Err(format!("{}: `{field}` is not a finite number; remove or replace it", at()));
             }
+            if Some(c) != label_at && v.abs() > f64::from(f32::MAX) {
+                return Err(format!(
+                    "{}: `{field}` is beyond float32's range (±3.4e38), in which wgnn keeps its data; rescale the column",
+                    at()
+                ));
+            }
             if Some(c) == label_at {
                 match exact_whole(field) {
                     Some(l) if l < MAX_CLASSES as u128 => labels.push(l as usize),

@@ -557,6 +557,21 @@ fn read_npy_targets(path: &Path) -> Result<Array2<f32>> {
             ));
         }
     };
+    narrow_to_f32(path, a)
+}
+
+/// float64 values as the float32 wgnn keeps its data in, refusing (one line, naming the file
+/// and the place) a finite value beyond float32's range, which would become an infinity that
+/// later checks could only call "inf".
+fn narrow_to_f32(path: &Path, a: Array2<f64>) -> Result<Array2<f32>> {
+    if let Some(((r, c), v)) = a.indexed_iter().find(|(_, v)| v.is_finite() && v.abs() > f64::from(f32::MAX)) {
+        return Err(Error::file(
+            path,
+            format!(
+                "row {r}, column {c} is {v:e}: beyond float32's range (±3.4e38), in which wgnn keeps its data; rescale it"
+            ),
+        ));
+    }
     Ok(a.mapv(|v| v as f32))
 }
 
@@ -637,7 +652,7 @@ fn square_shape(n: usize) -> Option<(usize, usize)> {
 fn load_npy(path: &Path, labels_path: Option<&Path>) -> Result<Dataset> {
     let x = match crate::npy::read_matrix(path)? {
         crate::npy::Matrix::F32(x) => x,
-        crate::npy::Matrix::F64(x) => x.mapv(|v| v as f32),
+        crate::npy::Matrix::F64(x) => narrow_to_f32(path, x)?,
     };
     if x.nrows() == 0 || x.ncols() == 0 {
         return Err(Error::file(path, format!("has shape {:?}: there are no examples in it", x.shape())));
