@@ -45,21 +45,8 @@ use crate::gpu::{Gpu, max_buffer_bytes, poison, staging, storage};
 use crate::model::{Activation, NetSpec, ThetaLayout};
 use crate::{Error, Result};
 
-/// How a pooling region is summarised.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum PoolKind {
-    Mean,
-    Max,
-}
-
-impl PoolKind {
-    pub fn name(self) -> &'static str {
-        match self {
-            PoolKind::Mean => "mean",
-            PoolKind::Max => "max",
-        }
-    }
-}
+/// How a pooling region is summarised: the same kind as the pooling layers'.
+pub use crate::layers::pool2d::PoolKind;
 
 /// Pooling over disjoint `size` × `size` regions. Size 1 keeps every convolved feature.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
