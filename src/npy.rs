@@ -72,7 +72,12 @@ fn open(path: &Path) -> Result<Npy> {
         .filter(|_| descr.len() > 2 && !literal.starts_with('['))
         .and_then(|n| n.parse::<usize>().ok())
         .ok_or_else(|| {
-            Error::file(path, format!("holds dtype {literal}, not plain numbers: save a float or integer array"))
+            Error::file(
+                path,
+                format!(
+                    "holds dtype {literal}, not plain numbers: save data as float32 or float64 (labels as integers)"
+                ),
+            )
         })?;
     let shape = header.shape;
     let values = shape.iter().try_fold(1usize, |n, &d| n.checked_mul(d));
