@@ -1,6 +1,8 @@
 //! The `wgnn` binary as a user meets it: the first commands work, their last lines are
 //! machine-readable, and bad input ends with one clear line and a non-zero exit — never a panic.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 
 use assert_cmd::Command;
@@ -901,15 +903,8 @@ fn invalid_sparsity_values_are_refused_not_switched_off() {
 
 /// A version-1 `.npy` of little-endian f64 `values` under a header declaring `shape`.
 fn forged_npy(dir: &Path, name: &str, shape: &str, values: usize) -> String {
-    let mut header = format!("{{'descr': '<f8', 'fortran_order': False, 'shape': {shape}, }}");
-    while (10 + header.len() + 1) % 64 != 0 {
-        header.push(' ');
-    }
-    header.push('\n');
-    let mut b = b"\x93NUMPY\x01\x00".to_vec();
-    b.extend((header.len() as u16).to_le_bytes());
-    b.extend(header.as_bytes());
-    b.extend((0..values).flat_map(|i| (i as f64 / 100.0).to_le_bytes()));
+    let data: Vec<u8> = (0..values).flat_map(|i| (i as f64 / 100.0).to_le_bytes()).collect();
+    let b = common::npy_bytes("<f8", shape, &data);
     let p = dir.join(name);
     std::fs::write(&p, b).unwrap();
     p.display().to_string()

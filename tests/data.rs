@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::data_dir;
+use common::{data_dir, npy_bytes};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
@@ -557,21 +557,6 @@ fn one_line_with(e: &str, needles: &[&str]) {
     for n in needles {
         assert!(e.contains(n), "expected `{n}` in: {e}");
     }
-}
-
-/// A version-1 `.npy` file: `descr` (e.g. `<f8`), the shape as Python writes it, then `data`
-/// as given (which need not match the shape: that is the point).
-fn npy_bytes(descr: &str, shape: &str, data: &[u8]) -> Vec<u8> {
-    let mut header = format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape}, }}");
-    while (10 + header.len() + 1) % 64 != 0 {
-        header.push(' ');
-    }
-    header.push('\n');
-    let mut b = b"\x93NUMPY\x01\x00".to_vec();
-    b.extend((header.len() as u16).to_le_bytes());
-    b.extend(header.as_bytes());
-    b.extend(data);
-    b
 }
 
 fn f64_bytes(values: &[f64]) -> Vec<u8> {

@@ -10,6 +10,9 @@
 //! `PROPTEST_CASES` for more of them and `PROPTEST_RNG_SEED` for others. The `cargo fuzz` targets under `tests/fuzz/` search the
 //! same readers without end, on nightly.
 
+mod common;
+
+use common::npy_bytes;
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -309,19 +312,6 @@ fn idx_images_and_labels() {
 
 // ---------------------------------------------------------------------------------------------
 // .npy
-
-fn npy_bytes(descr: &str, shape: &str, data: &[u8]) -> Vec<u8> {
-    let mut header = format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape}, }}");
-    while (10 + header.len() + 1) % 64 != 0 {
-        header.push(' ');
-    }
-    header.push('\n');
-    let mut b = b"\x93NUMPY\x01\x00".to_vec();
-    b.extend((header.len() as u16).to_le_bytes());
-    b.extend(header.as_bytes());
-    b.extend(data);
-    b
-}
 
 fn hostile_dim() -> impl Strategy<Value = u64> {
     prop_oneof![Just(0u64), 1..6u64, Just(1 << 31), Just(1 << 32), Just(u64::MAX / 2), Just(u64::MAX), any::<u64>()]

@@ -157,3 +157,18 @@ pub fn relative_error(got: &[f64], reference: &[f64]) -> f64 {
     let norm: f64 = reference.iter().map(|y| y * y).sum();
     if norm == 0.0 { diff.sqrt() } else { (diff / norm).sqrt() }
 }
+
+/// A version-1 `.npy` file: `descr` (e.g. `<f8`), the shape as Python writes it, then `data`
+/// as given (which need not match the shape: that is the point).
+pub fn npy_bytes(descr: &str, shape: &str, data: &[u8]) -> Vec<u8> {
+    let mut header = format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape}, }}");
+    while (10 + header.len() + 1) % 64 != 0 {
+        header.push(' ');
+    }
+    header.push('\n');
+    let mut b = b"\x93NUMPY\x01\x00".to_vec();
+    b.extend((header.len() as u16).to_le_bytes());
+    b.extend(header.as_bytes());
+    b.extend(data);
+    b
+}
