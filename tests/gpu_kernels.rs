@@ -141,9 +141,9 @@ fn matmul_epilogues_apply_bias_activation_and_derivative(kernel: MatmulKernel) {
     let packed_buf = gpu.upload_f32("bias and kl", &packed);
     let prev_buf = gpu.upload_f32("a_prev", &f32s(&a_prev));
     let z = a.dot(&b);
-    for act in ACTIVATIONS {
+    // A·B with the epilogue `epi`, into a poisoned output, read back.
+    let product_with = |epi: Epilogue| -> Vec<f32> {
         let c_buf = poisoned(&gpu, m * n);
-        let epi = Epilogue::BiasAct { bias: (&packed_buf, 5), act };
         let op = k.matmul(
             &gpu.device,
             Operand::row_major(&a_buf, 0, kk as u32),
@@ -153,48 +153,33 @@ fn matmul_epilogues_apply_bias_activation_and_derivative(kernel: MatmulKernel) {
             epi,
         );
         gpu.run(&[op]).unwrap();
+        gpu.download_f32(&c_buf, m * n).unwrap()
+    };
+    for act in ACTIVATIONS {
+        let got = product_with(Epilogue::BiasAct { bias: (&packed_buf, 5), act });
         let expected = Array2::from_shape_fn((m, n), |(i, j)| activate(act, z[[i, j]] + bias[[0, j]]));
-        let d = rel(&gpu.download_f32(&c_buf, m * n).unwrap(), expected.as_slice().unwrap());
+        let d = rel(&got, expected.as_slice().unwrap());
         assert!(d < TOLERANCE, "bias+{act:?}: {d:e}");
 
         for with_kl in [false, true] {
-            let c_buf = poisoned(&gpu, m * n);
             let kl_arg = with_kl.then_some((&packed_buf, 5 + n as u32));
-            let epi = Epilogue::Delta { kl: kl_arg, a_prev: Operand::row_major(&prev_buf, 0, n as u32), act };
-            let op = k.matmul(
-                &gpu.device,
-                Operand::row_major(&a_buf, 0, kk as u32),
-                Operand::row_major(&b_buf, 0, n as u32),
-                (&c_buf, 0, n as u32),
-                (m as u32, n as u32, kk as u32),
-                epi,
-            );
-            gpu.run(&[op]).unwrap();
+            let got =
+                product_with(Epilogue::Delta { kl: kl_arg, a_prev: Operand::row_major(&prev_buf, 0, n as u32), act });
             let expected = Array2::from_shape_fn((m, n), |(i, j)| {
                 let extra = if with_kl { kl[[0, j]] } else { 0.0 };
                 (z[[i, j]] + extra) * derivative_from_value(act, a_prev[[i, j]])
             });
-            let d = rel(&gpu.download_f32(&c_buf, m * n).unwrap(), expected.as_slice().unwrap());
+            let d = rel(&got, expected.as_slice().unwrap());
             assert!(d < TOLERANCE, "delta {act:?} kl={with_kl}: {d:e}");
         }
     }
     // f′ given (a sigmoid layer under sparsity): c = (acc + kl) · f′, with f′ read as it is.
-    let c_buf = poisoned(&gpu, m * n);
-    let epi = Epilogue::DeltaGiven {
+    let got = product_with(Epilogue::DeltaGiven {
         kl: Some((&packed_buf, 5 + n as u32)),
         fprime: Operand::row_major(&prev_buf, 0, n as u32),
-    };
-    let op = k.matmul(
-        &gpu.device,
-        Operand::row_major(&a_buf, 0, kk as u32),
-        Operand::row_major(&b_buf, 0, n as u32),
-        (&c_buf, 0, n as u32),
-        (m as u32, n as u32, kk as u32),
-        epi,
-    );
-    gpu.run(&[op]).unwrap();
+    });
     let expected = Array2::from_shape_fn((m, n), |(i, j)| (z[[i, j]] + kl[[0, j]]) * a_prev[[i, j]]);
-    let d = rel(&gpu.download_f32(&c_buf, m * n).unwrap(), expected.as_slice().unwrap());
+    let d = rel(&got, expected.as_slice().unwrap());
     assert!(d < TOLERANCE, "delta with f′ given: {d:e}");
 }
 
