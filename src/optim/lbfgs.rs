@@ -9,7 +9,7 @@ use std::collections::VecDeque;
 use serde::{Deserialize, Serialize};
 
 use super::control::StopReason;
-use super::linalg::{axpy, descends, dot, norm, norm_l1};
+use super::linalg::{axpy, axpy_dot, descends, dot, norm, norm_l1};
 use super::line_search::{LineSearch, LineSearchOutcome};
 use super::{Iterated, Outcome, Point, Run};
 use crate::{Error, Result};
@@ -108,21 +108,38 @@ impl State {
 }
 
 /// d = −H∇J by the two-loop recursion (Nocedal & Wright Algorithm 7.4); −∇J without pairs.
+/// Each step's update of d and the next step's dot product share one pass over d
+/// ([`axpy_dot`]): 2m + 2 passes over |θ|-long vectors instead of 4m + 1.
 fn direction(pairs: &VecDeque<Pair>, grad: &[f64], d: &mut [f64]) {
     for (di, &gi) in d.iter_mut().zip(grad) {
         *di = -gi;
     }
+    let n = pairs.len();
     let Some(newest) = pairs.back() else { return };
-    let mut alphas = vec![0.0; pairs.len()];
-    for (a, p) in alphas.iter_mut().zip(pairs).rev() {
-        *a = p.rho * dot(&p.s, d);
-        axpy(-*a, &p.y, d);
+    let mut alphas = vec![0.0; n];
+    // Newest to oldest: αᵢ = ρᵢ sᵢᵀd, d ← d − αᵢ yᵢ.
+    let mut s_dot_d = dot(&newest.s, d);
+    for i in (0..n).rev() {
+        let p = &pairs[i];
+        alphas[i] = p.rho * s_dot_d;
+        if i > 0 {
+            s_dot_d = axpy_dot(-alphas[i], &p.y, d, &pairs[i - 1].s);
+        } else {
+            axpy(-alphas[i], &p.y, d);
+        }
     }
     let gamma = 1.0 / (newest.rho * dot(&newest.y, &newest.y));
     d.iter_mut().for_each(|di| *di *= gamma);
-    for (a, p) in alphas.iter().zip(pairs) {
-        let b = p.rho * dot(&p.y, d);
-        axpy(a - b, &p.s, d);
+    // Oldest to newest: βᵢ = ρᵢ yᵢᵀd, d ← d + (αᵢ − βᵢ) sᵢ.
+    let mut y_dot_d = dot(&pairs[0].y, d);
+    for i in 0..n {
+        let p = &pairs[i];
+        let beta = p.rho * y_dot_d;
+        if i + 1 < n {
+            y_dot_d = axpy_dot(alphas[i] - beta, &p.s, d, &pairs[i + 1].y);
+        } else {
+            axpy(alphas[i] - beta, &p.s, d);
+        }
     }
 }
 
