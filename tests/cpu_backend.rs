@@ -1,12 +1,12 @@
-//! The CPU backend's contract: f32 agrees with the f64 reference, batches select the right
-//! rows, the maths is stable at extreme inputs, results are deterministic, and bad input is
-//! refused with a clear error.
+//! The CPU backend beyond the contract every backend keeps (`contract.rs`): f32 agrees with
+//! the f64 reference, the maths is stable at extreme inputs, the bits do not depend on the
+//! number of threads, shared data is kept rather than copied, and specs are checked.
 
 mod common;
 
-use ndarray::{Array2, array};
+use ndarray::array;
 use wgnn::model::{Activation, Init, NetSpec, Output, Sparsity, ThetaLayout};
-use wgnn::{Backend, Batch, CpuBackend, Error, Targets};
+use wgnn::{Backend, Batch, CpuBackend, Targets};
 
 use common::relative_error as rel;
 
@@ -31,63 +31,6 @@ fn f32_agrees_with_the_f64_reference() {
     }
 }
 
-#[test]
-fn cost_alone_equals_cost_with_gradient() {
-    for case in common::gradcheck_cases() {
-        let mut backend = CpuBackend::<f64>::new(case.spec.clone()).unwrap();
-        case.load(&mut backend);
-        let with_grad = eval(&mut backend, &case.theta, Batch::All).0;
-        let alone = backend.cost(&case.theta, Batch::All).unwrap().total();
-        assert_eq!(with_grad, alone, "{}", case.name);
-    }
-}
-
-#[test]
-fn batches_select_the_right_rows() {
-    for case in common::gradcheck_cases() {
-        let m = case.x.nrows();
-        let rows: Vec<usize> = vec![m - 1, 0, 2, 2];
-        let mut full = CpuBackend::<f64>::new(case.spec.clone()).unwrap();
-        case.load(&mut full);
-        // The same rows loaded on their own are the reference.
-        let subset = |ix: &[usize]| {
-            let x = case.x.select(ndarray::Axis(0), ix);
-            let labels = case.labels.as_ref().map(|l| ix.iter().map(|&i| l[i]).collect::<Vec<_>>());
-            let values = case.values.as_ref().map(|v| v.select(ndarray::Axis(0), ix));
-            let mut b = CpuBackend::<f64>::new(case.spec.clone()).unwrap();
-            let targets = match (&labels, &values) {
-                (Some(l), _) => Targets::Labels(l),
-                (_, Some(v)) => Targets::Values(v.into()),
-                _ => Targets::Inputs,
-            };
-            b.set_data((&x).into(), targets).unwrap();
-            eval(&mut b, &case.theta, Batch::All)
-        };
-        let (c, g) = eval(&mut full, &case.theta, Batch::Indices(&rows));
-        let (cr, gr) = subset(&rows);
-        assert_eq!((c, &g), (cr, &gr), "{}: Batch::Indices", case.name);
-        let (c, g) = eval(&mut full, &case.theta, Batch::Rows(1..m - 1));
-        let (cr, gr) = subset(&(1..m - 1).collect::<Vec<_>>());
-        assert_eq!((c, &g), (cr, &gr), "{}: Batch::Rows", case.name);
-        // A different batch gives a different cost: the selection is not ignored.
-        assert_ne!(eval(&mut full, &case.theta, Batch::All).0, c, "{}", case.name);
-    }
-}
-
-#[test]
-fn results_are_deterministic_bit_for_bit() {
-    let case = &common::gradcheck_cases()[0];
-    let run = || {
-        let mut b = CpuBackend::<f32>::new(case.spec.clone()).unwrap();
-        case.load(&mut b);
-        eval(&mut b, &case.theta, Batch::All)
-    };
-    let (c1, g1) = run();
-    let (c2, g2) = run();
-    assert_eq!(c1.to_bits(), c2.to_bits());
-    assert!(g1.iter().zip(&g2).all(|(a, b)| a.to_bits() == b.to_bits()));
-}
-
 /// The README promises the same bits whatever RAYON_NUM_THREADS is: every product, sweep and
 /// sum is split so that no element's arithmetic depends on the number of threads. The batch
 /// is large enough (1,500 rows, 3 blocks of the column sums) for every split to happen.
@@ -110,37 +53,6 @@ fn the_bits_do_not_depend_on_the_number_of_threads() {
         let (c, g) = run(threads);
         assert_eq!(c1.to_bits(), c.to_bits(), "{threads} threads: another cost");
         assert!(g1.iter().zip(&g).all(|(a, b)| a.to_bits() == b.to_bits()), "{threads} threads: another gradient");
-    }
-}
-
-/// The backend reuses its buffers from call to call, and they keep stale values: every result
-/// of a backend that has already run other batches, other θ and other calls must be the bits
-/// of a fresh backend's.
-#[test]
-fn reused_buffers_change_no_result() {
-    for case in common::gradcheck_cases() {
-        let m = case.x.nrows();
-        let ix: Vec<usize> = (0..m).rev().step_by(2).collect();
-        let batches = [Batch::All, Batch::Rows(1..m), Batch::Indices(&ix), Batch::Rows(0..1), Batch::All];
-        let other: Vec<f64> = case.theta.iter().map(|t| 0.5 - 2.0 * t).collect();
-        let mut used = CpuBackend::<f32>::new(case.spec.clone()).unwrap();
-        case.load(&mut used);
-        for batch in batches {
-            let mut fresh = CpuBackend::<f32>::new(case.spec.clone()).unwrap();
-            case.load(&mut fresh);
-            let (c_fresh, g_fresh) = eval(&mut fresh, &case.theta, batch.clone());
-            let (c_used, g_used) = eval(&mut used, &case.theta, batch.clone());
-            let cost_only = used.cost(&case.theta, batch.clone()).unwrap().total();
-            assert_eq!(c_fresh.to_bits(), c_used.to_bits(), "{}: cost after reuse", case.name);
-            assert_eq!(c_fresh.to_bits(), cost_only.to_bits(), "{}: cost() after reuse", case.name);
-            let same = g_fresh.iter().zip(&g_used).all(|(a, b)| a.to_bits() == b.to_bits());
-            assert!(same, "{}: gradient after reuse on {batch:?}", case.name);
-            let out_fresh = fresh.forward(&case.theta, (&case.x).into()).unwrap();
-            let out_used = used.forward(&case.theta, (&case.x).into()).unwrap();
-            assert_eq!(out_fresh, out_used, "{}: forward after reuse", case.name);
-            // Leave the buffers full of another θ's values before the next batch.
-            eval(&mut used, &other, batch);
-        }
     }
 }
 
@@ -236,41 +148,6 @@ fn spec_round_trips_through_json_and_refuses_bad_networks() {
     assert!(Activation::parse("swish").unwrap_err().to_string().contains("sigmoid, tanh"));
 }
 
-#[test]
-fn bad_input_is_refused_with_a_clear_error() {
-    let spec = NetSpec::new(&[3, 2, 4], Activation::Sigmoid, Output::Softmax).unwrap();
-    let theta = Init::Uniform.theta(&spec, 0);
-    let mut b = CpuBackend::<f64>::new(spec).unwrap();
-    let x = Array2::<f64>::zeros((5, 3));
-    let err = |e: Error| e.to_string();
-
-    let wide = Array2::<f64>::zeros((5, 4));
-    let e = err(b.set_data((&wide).into(), Targets::Labels(&[0; 5])).unwrap_err());
-    assert!(e.contains("4 columns") && e.contains("3 units"), "{e}");
-    let e = err(b.set_data((&x).into(), Targets::Labels(&[0, 1, 2, 4, 0])).unwrap_err());
-    assert!(e.contains("label 4 of example 3") && e.contains("4 classes"), "{e}");
-    let e = err(b.set_data((&x).into(), Targets::Labels(&[0, 1])).unwrap_err());
-    assert!(e.contains("2 labels for 5 examples"), "{e}");
-    let e = err(b.set_data((&x).into(), Targets::Inputs).unwrap_err());
-    assert!(e.contains("needs class labels"), "{e}");
-    let mut nan = x.clone();
-    nan[[2, 1]] = f64::NAN;
-    let e = err(b.set_data((&nan).into(), Targets::Labels(&[0; 5])).unwrap_err());
-    assert!(e.contains("row 2, column 1"), "{e}");
-    let empty = Array2::<f64>::zeros((0, 3));
-    assert!(b.set_data((&empty).into(), Targets::Labels(&[])).is_err());
-
-    b.set_data((&x).into(), Targets::Labels(&[0; 5])).unwrap();
-    let mut g = vec![0.0; theta.len()];
-    let e = err(b.cost_and_grad(&theta[1..], Batch::All, &mut g).unwrap_err());
-    assert!(e.contains(&format!("θ has {} values", theta.len() - 1)), "{e}");
-    let e = err(b.cost_and_grad(&theta, Batch::Indices(&[0, 5]), &mut g).unwrap_err());
-    assert!(e.contains("example 5") && e.contains("only 5"), "{e}");
-    assert!(b.cost(&theta, Batch::Rows(2..2)).is_err());
-    // Nothing was lost: the loaded data still works after the refusals.
-    assert!(b.cost(&theta, Batch::All).unwrap().total().is_finite());
-}
-
 /// Data handed over as `Inputs::Shared` is kept, not copied, by the f32 backend (it holds a
 /// second handle to the caller's array, and lets go of it when other data is loaded), and is
 /// converted by the f64 one; either way every result has the bits of the same data lent as a
@@ -318,19 +195,5 @@ fn shared_data_is_kept_not_copied_and_gives_the_same_bits() {
         let x = Arc::new(case.x.mapv(|v| v as f32));
         same_results::<f32>(&case, &x, true);
         same_results::<f64>(&case, &x, false);
-    }
-}
-
-/// Letting go of the reused buffers changes no result: the next calls allocate afresh.
-#[test]
-fn released_buffers_change_no_result() {
-    for case in common::gradcheck_cases() {
-        let mut backend = CpuBackend::<f32>::new(case.spec.clone()).unwrap();
-        case.load(&mut backend);
-        let before = eval(&mut backend, &case.theta, Batch::All);
-        backend.release_buffers();
-        let after = eval(&mut backend, &case.theta, Batch::All);
-        assert_eq!(before.0.to_bits(), after.0.to_bits(), "{}: cost", case.name);
-        assert!(before.1.iter().zip(&after.1).all(|(a, b)| a.to_bits() == b.to_bits()), "{}: gradient", case.name);
     }
 }

@@ -120,6 +120,11 @@ impl<F: Real> Loaded<F> {
     /// Runs `f` on the selected rows of the loaded data: views for `All` and `Rows`, a gathered
     /// copy for `Indices`.
     fn with_batch<R>(&self, batch: Batch<'_>, f: impl FnOnce(ArrayView2<F>, TargetView<F>) -> R) -> Result<R> {
+        // `set_data` refuses an empty data set, so no rows means nothing was loaded (the GPU
+        // backend says the same).
+        if self.x.nrows() == 0 {
+            return Err(Error::Data("no data loaded: call set_data first".into()));
+        }
         batch.len_checked(self.x.nrows())?;
         let out = match batch {
             Batch::All => f(self.x.view(), self.target_view(|v| v, |l| l)),

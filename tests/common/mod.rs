@@ -172,3 +172,51 @@ pub fn npy_bytes(descr: &str, shape: &str, data: &[u8]) -> Vec<u8> {
     b.extend(data);
     b
 }
+
+/// The backends every contract test runs on: the CPU in f64 (the reference) and f32 (the fast
+/// path), and the GPU with each matmul kernel (outputs poisoned with NaN before every run).
+#[derive(Clone, Copy, Debug)]
+pub enum BackendKind {
+    CpuF64,
+    CpuF32,
+    GpuTiled,
+    GpuTexture,
+}
+
+impl BackendKind {
+    pub fn make(self, spec: &NetSpec) -> Box<dyn Backend> {
+        use wgnn::gpu::{GpuBackend, GpuOptions, MatmulKernel};
+        let gpu = |kernel| {
+            let options = GpuOptions { matmul: Some(kernel), ..Default::default() };
+            let mut g = GpuBackend::new(spec.clone(), &options)
+                .expect("a GPU adapter (lavapipe in CI: apt-get install mesa-vulkan-drivers)");
+            g.set_poison(true);
+            Box::new(g) as Box<dyn Backend>
+        };
+        match self {
+            BackendKind::CpuF64 => Box::new(wgnn::CpuBackend::<f64>::new(spec.clone()).unwrap()),
+            BackendKind::CpuF32 => Box::new(wgnn::CpuBackend::<f32>::new(spec.clone()).unwrap()),
+            BackendKind::GpuTiled => gpu(MatmulKernel::Tiled),
+            BackendKind::GpuTexture => gpu(MatmulKernel::Texture),
+        }
+    }
+}
+
+/// One test per backend for each function named (DESIGN.md's `for_each_backend!`):
+/// `cpu_f64::f`, `cpu_f32::f`, `gpu_tiled::f` and `gpu_texture::f` call `f(BackendKind::…)`.
+macro_rules! for_each_backend {
+    ($($name:ident),* $(,)?) => {
+        mod cpu_f64 {
+            $(#[test] fn $name() { super::$name(crate::common::BackendKind::CpuF64) })*
+        }
+        mod cpu_f32 {
+            $(#[test] fn $name() { super::$name(crate::common::BackendKind::CpuF32) })*
+        }
+        mod gpu_tiled {
+            $(#[test] fn $name() { super::$name(crate::common::BackendKind::GpuTiled) })*
+        }
+        mod gpu_texture {
+            $(#[test] fn $name() { super::$name(crate::common::BackendKind::GpuTexture) })*
+        }
+    };
+}
