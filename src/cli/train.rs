@@ -661,12 +661,15 @@ pub fn run(mut args: TrainArgs) -> anyhow::Result<()> {
         }
         _ => {}
     }
-    // What test examples must bring: targets for a regressor, labels for a classifier.
+    // What test examples must bring: targets for a regressor, labels for a classifier (the
+    // training data's classes, matched by name: a test file numbers its own classes).
+    let (train_classes, train_k) = (data.classes.clone(), data.num_classes().unwrap_or(0));
     let test_targets = |d: &Dataset, what: &str| -> anyhow::Result<TestTargets> {
         Ok(if regression {
             TestTargets::Values(d.targets.clone().with_context(|| format!("{what} has no targets"))?)
         } else {
-            TestTargets::Labels(d.labels.clone().with_context(|| format!("{what} has no labels"))?)
+            let labels = d.labels_for(train_classes.as_deref(), train_k).with_context(|| what.to_string())?;
+            TestTargets::Labels(labels.with_context(|| format!("{what} has no labels"))?)
         })
     };
     let mut test_description = None;
@@ -768,6 +771,8 @@ pub fn run(mut args: TrainArgs) -> anyhow::Result<()> {
         "whitening": whitening,
         "targets": args.data.targets,
         "test_fraction": args.test_fraction,
+        // The labels as the data wrote them, class by class (CSV, .npy): predict and eval use them.
+        "classes": data.classes,
     });
     let n = data.num_features();
     if args.kind == Kind::Stacked {
