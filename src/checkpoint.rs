@@ -272,8 +272,8 @@ fn encode<S: Serialize + ?Sized>(spec: &NetSpec, theta: &[f64], m: &Metadata, op
         extra,
     };
     for a in &arrays {
-        tensors
-            .push((a.name.clone(), TensorView::new(a.dtype, vec![a.bytes.len() / 8], &a.bytes).expect("sizes match")));
+        let bytes: &[u8] = bytemuck::cast_slice(&a.words);
+        tensors.push((a.name.clone(), TensorView::new(a.dtype, vec![a.words.len()], bytes).expect("sizes match")));
     }
     let header = Header { format: FORMAT.into(), spec: spec.clone(), metadata };
     let json = serde_json::to_string(&header).map_err(|e| Error::Data(format!("metadata: {e}")))?;
@@ -281,11 +281,13 @@ fn encode<S: Serialize + ?Sized>(spec: &NetSpec, theta: &[f64], m: &Metadata, op
         .map_err(|e| Error::Data(format!("cannot serialise the checkpoint: {e}")))
 }
 
-/// A metadata array stored as a tensor: its name, dtype (F64 or U64) and little-endian bytes.
+/// A metadata array stored as a tensor: its name, dtype (F64 or U64) and its numbers as
+/// 64-bit words whose bytes in memory are little-endian (`to_le`: no work on the usual
+/// machines), so the tensor's bytes are the words themselves, not a copy.
 struct Array {
     name: String,
     dtype: Dtype,
-    bytes: Vec<u8>,
+    words: Vec<u64>,
 }
 
 /// Serialising through a `&dyn` (the metadata's values and the optimizer's state share one
@@ -524,21 +526,19 @@ impl<'a> SeqCapture<'a> {
     fn finish(mut self) -> Result<Value, JsonError> {
         let tensor = match &self.items {
             Items::F64(v) if v.len() >= MIN_TENSOR && v.iter().all(|x| x.is_finite()) => {
-                Some((Dtype::F64, v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>()))
+                Some((Dtype::F64, v.iter().map(|x| x.to_bits().to_le()).collect::<Vec<u64>>()))
             }
-            Items::U64(v) if v.len() >= MIN_TENSOR => {
-                Some((Dtype::U64, v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>()))
-            }
+            Items::U64(v) if v.len() >= MIN_TENSOR => Some((Dtype::U64, v.iter().map(|x| x.to_le()).collect())),
             _ => None,
         };
         let value = match tensor {
-            Some((dtype, bytes)) => {
+            Some((dtype, words)) => {
                 let mut name = self.capture.path.clone();
                 // Keys holding `/` could make two paths alike: keep names unique.
                 if self.capture.out.iter().any(|a| a.name == name) {
                     name = format!("{name}#{}", self.capture.out.len());
                 }
-                self.capture.out.push(Array { name: name.clone(), dtype, bytes });
+                self.capture.out.push(Array { name: name.clone(), dtype, words });
                 serde_json::json!({ TENSOR_REF: name })
             }
             None => Value::Array(std::mem::take(self.as_json())),
