@@ -1663,3 +1663,48 @@ fn named_and_sparse_labels_are_given_back_by_predict_and_eval() {
         .collect();
     assert_eq!(first, "virginica");
 }
+
+// ---- The lecture's comparison figure (issue 14 §7) ----
+
+/// `--compare-sparsity` trains the same job with β = 0 and with β into two run folders (same
+/// data, seed and settings otherwise) and draws both filter grids side by side; it is refused
+/// for other kinds and for β = 0.
+#[test]
+fn compare_sparsity_trains_both_and_draws_them_side_by_side() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("cmp");
+    let run = wgnn()
+        .args(["train", "autoencoder", "--compare-sparsity", "--iterations", "5", "--count", "500", "--quiet"])
+        .args(["--backend", "cpu", "--seed", "4", "--out", out.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    assert!(stdout.contains("compare.png"), "{stdout}");
+    let load = |name: &str| wgnn::checkpoint::Checkpoint::load(&out.join(name).join("model.safetensors")).unwrap();
+    let (plain, sparse) = (load("weight-decay"), load("sparse"));
+    let beta = |ck: &wgnn::checkpoint::Checkpoint| ck.spec.sparsity.map_or(0.0, |s| s.weight);
+    assert_eq!((beta(&plain), beta(&sparse)), (0.0, 3.0));
+    assert_eq!(plain.spec.layers, sparse.spec.layers);
+    assert_eq!(plain.metadata.seed, sparse.metadata.seed);
+    assert_ne!(plain.theta, sparse.theta, "β changes what is learned");
+    // Two 5×5 grids of 8×8 tiles (each ~241 px wide) side by side, under their titles.
+    let picture = image::open(out.join("compare.png")).unwrap();
+    let grid = image::open(out.join("sparse/filters.png")).unwrap();
+    assert!(
+        picture.width() > 2 * grid.width() && picture.height() > grid.height(),
+        "{}×{}",
+        picture.width(),
+        picture.height()
+    );
+    for (args, needle) in [
+        (vec!["softmax", "--data", "synthetic"], "use it with `train autoencoder`"),
+        (vec!["autoencoder", "--sparsity-weight", "0"], "give a β above 0"),
+    ] {
+        fails_with(
+            wgnn().args(["train", "--compare-sparsity", "--out", dir.path().join("x").to_str().unwrap()]).args(&args),
+            needle,
+        );
+    }
+    assert!(!dir.path().join("x").exists());
+}
