@@ -611,11 +611,16 @@ pub fn run(mut args: TrainArgs) -> anyhow::Result<()> {
     };
     // Ctrl-C from here on stops the run after the current step (saved, resumable); before
     // training it ends the command with nothing written.
-    let interrupt = Arc::new(AtomicBool::new(false));
-    {
-        let flag = interrupt.clone();
-        let _ = ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst));
-    }
+    // One flag for the process (ctrlc takes one handler): --compare-sparsity runs twice.
+    static INTERRUPT: std::sync::OnceLock<Arc<AtomicBool>> = std::sync::OnceLock::new();
+    let interrupt = INTERRUPT
+        .get_or_init(|| {
+            let flag = Arc::new(AtomicBool::new(false));
+            let handler = flag.clone();
+            let _ = ctrlc::set_handler(move || handler.store(true, Ordering::SeqCst));
+            flag
+        })
+        .clone();
     check_flags(&args)?;
     // The run folder is taken first: a busy or unwritable one is refused before any work.
     let folder = open_run_folder(&args)?;
