@@ -180,7 +180,9 @@ impl Model {
             }
             _ => Task::Regressor { outputs: spec.outputs() },
         };
-        let classes = match pre.get("classes").filter(|c| !c.is_null()) {
+        // Only a classifier's classes name its outputs (a regressor trained on a CSV with a
+        // label column has none).
+        let classes = match pre.get("classes").filter(|c| !c.is_null() && spec.classes().is_some()) {
             Some(c) => {
                 let names: Vec<String> = serde_json::from_value(c.clone())
                     .map_err(|e| Error::Data(format!("the model's preprocessing.classes is unreadable: {e}")))?;

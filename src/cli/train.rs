@@ -787,7 +787,7 @@ pub fn run(mut args: TrainArgs) -> anyhow::Result<()> {
         "targets": args.data.targets,
         "test_fraction": args.test_fraction,
         // The labels as the data wrote them, class by class (CSV, .npy): predict and eval use them.
-        "classes": data.classes,
+        "classes": if regression { None } else { data.classes.clone() },
     });
     let n = data.num_features();
     if args.kind == Kind::Stacked {
