@@ -106,41 +106,7 @@ impl Checkpoint {
 
     /// The file's bytes.
     pub fn to_bytes(&self) -> Result<Vec<u8>> {
-        let layout = ThetaLayout::new(&self.spec);
-        let bytes: &[u8] = bytemuck::cast_slice(&self.theta);
-        let mut tensors = Vec::new();
-        for l in 0..layout.num_layers() {
-            let (out, inp) = layout.shapes[l];
-            let w = layout.weight_range(l);
-            let b = layout.bias_range(l);
-            let view = |range: std::ops::Range<usize>, shape| {
-                TensorView::new(Dtype::F64, shape, &bytes[range.start * 8..range.end * 8]).expect("sizes match")
-            };
-            tensors.push((weight_name(l), view(w, vec![out, inp])));
-            tensors.push((bias_name(l), view(b, vec![out])));
-        }
-        // Long numeric arrays leave the JSON: their bytes are kept here until serialised. The
-        // skeleton is built from borrowed values: the big arrays are never cloned as JSON.
-        let mut arrays: Vec<(String, Dtype, Vec<u8>)> = Vec::new();
-        let mut out =
-            |key: &str, value: &serde_json::Value| skeleton(value, &mut format!("{TENSOR_PREFIX}{key}"), &mut arrays);
-        let m = &self.metadata;
-        let metadata = Metadata {
-            wgnn_version: env!("CARGO_PKG_VERSION").to_string(),
-            seed: m.seed,
-            history: out("history", &m.history),
-            optimizer: out("optimizer", &m.optimizer),
-            preprocessing: out("preprocessing", &m.preprocessing),
-            command: m.command.clone(),
-            extra: m.extra.iter().map(|(k, v)| (k.clone(), out(&format!("extra/{k}"), v))).collect(),
-        };
-        for (name, dtype, data) in &arrays {
-            tensors.push((name.clone(), TensorView::new(*dtype, vec![data.len() / 8], data).expect("sizes match")));
-        }
-        let header = Header { format: FORMAT.into(), spec: self.spec.clone(), metadata };
-        let json = serde_json::to_string(&header).map_err(|e| Error::Data(format!("metadata: {e}")))?;
-        safetensors::serialize(tensors, Some(HashMap::from([(KEY.to_string(), json)])))
-            .map_err(|e| Error::Data(format!("cannot serialise the checkpoint: {e}")))
+        encode(&self.spec, &self.theta, &self.metadata, &self.metadata.optimizer)
     }
 
     /// Writes atomically to `path`.
@@ -242,51 +208,591 @@ impl Checkpoint {
     }
 }
 
-/// `value` with every array of at least [`MIN_TENSOR`] numbers, all f64 (or all whole numbers
-/// ≥ 0), replaced by `{"$tensor": NAME}`; (NAME, dtype, little-endian bytes) go to `out`. NAME
-/// is `path` plus the JSON path, `/`-separated; `path` is left as it was.
-fn skeleton(
-    value: &serde_json::Value,
-    path: &mut String,
-    out: &mut Vec<(String, Dtype, Vec<u8>)>,
-) -> serde_json::Value {
-    use serde_json::Value;
-    let len = path.len();
-    let mut inner = |path: &mut String, key: &dyn std::fmt::Display, item: &Value| {
-        path.push_str(&format!("/{key}"));
-        let v = skeleton(item, path, out);
-        path.truncate(len);
-        v
+/// Writes a checkpoint of `spec`, `theta` and `metadata` atomically to `path`, with
+/// `optimizer` (any serde value: the optimizer's state) in place of `metadata.optimizer`.
+///
+/// The same file as [`Checkpoint::save`] of a checkpoint holding `serde_json::to_value(optimizer)`,
+/// but the state's long vectors go straight from `optimizer` into tensor bytes: no JSON value
+/// per number and no copy of θ. This is what makes `--checkpoint-every 1` cheap (BENCHMARKS.md,
+/// "Model and checkpoint files").
+///
+/// Errors: [`Error::Shape`] when θ's length does not fit `spec`, [`Error::Spec`] for an invalid
+/// spec, [`Error::Data`] when `optimizer` cannot be serialised, [`Error::File`] when the file
+/// cannot be written.
+pub fn save_state<S: Serialize + ?Sized>(
+    spec: &NetSpec,
+    theta: &[f64],
+    metadata: &Metadata,
+    optimizer: &S,
+    path: &Path,
+) -> Result<()> {
+    spec.validate()?;
+    let len = ThetaLayout::new(spec).len();
+    if theta.len() != len {
+        return Err(Error::Shape(format!("θ has {} values but the network needs {len}", theta.len())));
+    }
+    let bytes = encode(spec, theta, metadata, optimizer)?;
+    crate::atomic::write_bytes(path, &bytes)
+}
+
+/// The bytes of a checkpoint file: θ's tensors, then the metadata's long arrays as tensors (with
+/// `optimizer` standing for `metadata.optimizer`), then the header.
+fn encode<S: Serialize + ?Sized>(spec: &NetSpec, theta: &[f64], m: &Metadata, optimizer: &S) -> Result<Vec<u8>> {
+    let layout = ThetaLayout::new(spec);
+    let bytes: &[u8] = bytemuck::cast_slice(theta);
+    let mut tensors = Vec::new();
+    for l in 0..layout.num_layers() {
+        let (out, inp) = layout.shapes[l];
+        let w = layout.weight_range(l);
+        let b = layout.bias_range(l);
+        let view = |range: std::ops::Range<usize>, shape| {
+            TensorView::new(Dtype::F64, shape, &bytes[range.start * 8..range.end * 8]).expect("sizes match")
+        };
+        tensors.push((weight_name(l), view(w, vec![out, inp])));
+        tensors.push((bias_name(l), view(b, vec![out])));
+    }
+    // Long numeric arrays leave the JSON: their bytes are kept here until serialised.
+    let mut arrays: Vec<Array> = Vec::new();
+    let mut split = |key: &str, value: &dyn erased::Serialize| -> Result<serde_json::Value> {
+        value
+            .serialize_into(Capture { path: format!("{TENSOR_PREFIX}{key}"), out: &mut arrays })
+            .map_err(|e| Error::Data(format!("metadata `{key}` cannot be serialised: {e}")))
     };
-    match value {
-        Value::Array(items) if items.len() >= MIN_TENSOR => {
-            let bytes = if items.iter().all(|v| v.as_number().is_some_and(|n| n.is_f64())) {
-                Some((Dtype::F64, items.iter().flat_map(|v| v.as_f64().expect("f64").to_le_bytes()).collect()))
-            } else if items.iter().all(|v| v.is_u64()) {
-                Some((Dtype::U64, items.iter().flat_map(|v| v.as_u64().expect("u64").to_le_bytes()).collect()))
-            } else {
-                None
-            };
-            match bytes {
-                Some((dtype, data)) => {
-                    let mut name = path.clone();
-                    // Keys holding `/` could make two paths alike: keep names unique.
-                    if out.iter().any(|(n, ..)| *n == name) {
-                        name = format!("{name}#{}", out.len());
-                    }
-                    out.push((name.clone(), dtype, data));
-                    serde_json::json!({ TENSOR_REF: name })
-                }
-                None => Value::Array(items.iter().enumerate().map(|(i, item)| inner(path, &i, item)).collect()),
-            }
+    let mut extra = serde_json::Map::new();
+    for (k, v) in &m.extra {
+        extra.insert(k.clone(), split(&format!("extra/{k}"), v)?);
+    }
+    let metadata = Metadata {
+        wgnn_version: env!("CARGO_PKG_VERSION").to_string(),
+        seed: m.seed,
+        history: split("history", &m.history)?,
+        optimizer: split("optimizer", &erased::Of(optimizer))?,
+        preprocessing: split("preprocessing", &m.preprocessing)?,
+        command: m.command.clone(),
+        extra,
+    };
+    for a in &arrays {
+        let bytes: &[u8] = bytemuck::cast_slice(&a.words);
+        tensors.push((a.name.clone(), TensorView::new(a.dtype, vec![a.words.len()], bytes).expect("sizes match")));
+    }
+    let header = Header { format: FORMAT.into(), spec: spec.clone(), metadata };
+    let json = serde_json::to_string(&header).map_err(|e| Error::Data(format!("metadata: {e}")))?;
+    safetensors::serialize(tensors, Some(HashMap::from([(KEY.to_string(), json)])))
+        .map_err(|e| Error::Data(format!("cannot serialise the checkpoint: {e}")))
+}
+
+/// A metadata array stored as a tensor: its name, dtype (F64 or U64) and its numbers as
+/// 64-bit words whose bytes in memory are little-endian (`to_le`: no work on the usual
+/// machines), so the tensor's bytes are the words themselves, not a copy.
+struct Array {
+    name: String,
+    dtype: Dtype,
+    words: Vec<u64>,
+}
+
+/// Serialising through a `&dyn` (the metadata's values and the optimizer's state share one
+/// code path without making [`encode`]'s closure generic).
+mod erased {
+    use super::Capture;
+
+    pub trait Serialize {
+        fn serialize_into(&self, c: Capture<'_>) -> Result<serde_json::Value, serde_json::Error>;
+    }
+    impl Serialize for serde_json::Value {
+        fn serialize_into(&self, c: Capture<'_>) -> Result<serde_json::Value, serde_json::Error> {
+            serde::Serialize::serialize(self, c)
         }
-        Value::Array(items) => Value::Array(items.iter().enumerate().map(|(i, item)| inner(path, &i, item)).collect()),
-        Value::Object(map) => Value::Object(map.iter().map(|(k, item)| (k.clone(), inner(path, k, item))).collect()),
-        other => other.clone(),
+    }
+    /// Any serde value, borrowed.
+    pub struct Of<'a, S: ?Sized>(pub &'a S);
+    impl<S: serde::Serialize + ?Sized> Serialize for Of<'_, S> {
+        fn serialize_into(&self, c: Capture<'_>) -> Result<serde_json::Value, serde_json::Error> {
+            self.0.serialize(c)
+        }
     }
 }
 
-/// Puts back the arrays [`skeleton`] took out: each `{"$tensor": NAME}` becomes the
+/// A serde serializer that gives the JSON value `serde_json::to_value` would, except that every
+/// array of at least [`MIN_TENSOR`] numbers, all finite f64 (or all whole numbers ≥ 0), becomes
+/// `{"$tensor": NAME}` and its numbers go, as bytes, to `out`: they are never JSON values. NAME
+/// is `path` plus the value's JSON path, `/`-separated (e.g. `metadata/optimizer/state/pairs/0/s`).
+struct Capture<'a> {
+    path: String,
+    out: &'a mut Vec<Array>,
+}
+
+impl Capture<'_> {
+    fn child(&mut self, key: &dyn std::fmt::Display) -> Capture<'_> {
+        Capture { path: format!("{}/{key}", self.path), out: &mut *self.out }
+    }
+}
+
+type JsonError = serde_json::Error;
+type Value = serde_json::Value;
+
+fn json() -> serde_json::value::Serializer {
+    serde_json::value::Serializer
+}
+
+/// A number as the array probe sees it.
+enum Number {
+    F64(f64),
+    U64(u64),
+}
+
+/// Serialises a value when it is a number (any other value is an error, never built).
+struct NumberProbe;
+
+impl serde::Serializer for NumberProbe {
+    type Ok = Number;
+    type Error = JsonError;
+    type SerializeSeq = serde::ser::Impossible<Number, JsonError>;
+    type SerializeTuple = serde::ser::Impossible<Number, JsonError>;
+    type SerializeTupleStruct = serde::ser::Impossible<Number, JsonError>;
+    type SerializeTupleVariant = serde::ser::Impossible<Number, JsonError>;
+    type SerializeMap = serde::ser::Impossible<Number, JsonError>;
+    type SerializeStruct = serde::ser::Impossible<Number, JsonError>;
+    type SerializeStructVariant = serde::ser::Impossible<Number, JsonError>;
+
+    fn serialize_f64(self, v: f64) -> Result<Number, JsonError> {
+        Ok(Number::F64(v))
+    }
+    fn serialize_f32(self, v: f32) -> Result<Number, JsonError> {
+        Ok(Number::F64(v as f64))
+    }
+    fn serialize_u64(self, v: u64) -> Result<Number, JsonError> {
+        Ok(Number::U64(v))
+    }
+    fn serialize_u32(self, v: u32) -> Result<Number, JsonError> {
+        Ok(Number::U64(v as u64))
+    }
+    fn serialize_u16(self, v: u16) -> Result<Number, JsonError> {
+        Ok(Number::U64(v as u64))
+    }
+    fn serialize_u8(self, v: u8) -> Result<Number, JsonError> {
+        Ok(Number::U64(v as u64))
+    }
+    fn serialize_i64(self, v: i64) -> Result<Number, JsonError> {
+        u64::try_from(v).map(Number::U64).map_err(|_| not_number())
+    }
+    fn serialize_i32(self, v: i32) -> Result<Number, JsonError> {
+        self.serialize_i64(v as i64)
+    }
+    fn serialize_i16(self, v: i16) -> Result<Number, JsonError> {
+        self.serialize_i64(v as i64)
+    }
+    fn serialize_i8(self, v: i8) -> Result<Number, JsonError> {
+        self.serialize_i64(v as i64)
+    }
+    fn serialize_bool(self, _: bool) -> Result<Number, JsonError> {
+        Err(not_number())
+    }
+    fn serialize_char(self, _: char) -> Result<Number, JsonError> {
+        Err(not_number())
+    }
+    fn serialize_str(self, _: &str) -> Result<Number, JsonError> {
+        Err(not_number())
+    }
+    fn serialize_bytes(self, _: &[u8]) -> Result<Number, JsonError> {
+        Err(not_number())
+    }
+    fn serialize_none(self) -> Result<Number, JsonError> {
+        Err(not_number())
+    }
+    fn serialize_some<T: Serialize + ?Sized>(self, _: &T) -> Result<Number, JsonError> {
+        Err(not_number())
+    }
+    fn serialize_unit(self) -> Result<Number, JsonError> {
+        Err(not_number())
+    }
+    fn serialize_unit_struct(self, _: &'static str) -> Result<Number, JsonError> {
+        Err(not_number())
+    }
+    fn serialize_unit_variant(self, _: &'static str, _: u32, _: &'static str) -> Result<Number, JsonError> {
+        Err(not_number())
+    }
+    fn serialize_newtype_struct<T: Serialize + ?Sized>(self, _: &'static str, _: &T) -> Result<Number, JsonError> {
+        Err(not_number())
+    }
+    fn serialize_newtype_variant<T: Serialize + ?Sized>(
+        self,
+        _: &'static str,
+        _: u32,
+        _: &'static str,
+        _: &T,
+    ) -> Result<Number, JsonError> {
+        Err(not_number())
+    }
+    fn serialize_seq(self, _: Option<usize>) -> Result<Self::SerializeSeq, JsonError> {
+        Err(not_number())
+    }
+    fn serialize_tuple(self, _: usize) -> Result<Self::SerializeTuple, JsonError> {
+        Err(not_number())
+    }
+    fn serialize_tuple_struct(self, _: &'static str, _: usize) -> Result<Self::SerializeTupleStruct, JsonError> {
+        Err(not_number())
+    }
+    fn serialize_tuple_variant(
+        self,
+        _: &'static str,
+        _: u32,
+        _: &'static str,
+        _: usize,
+    ) -> Result<Self::SerializeTupleVariant, JsonError> {
+        Err(not_number())
+    }
+    fn serialize_map(self, _: Option<usize>) -> Result<Self::SerializeMap, JsonError> {
+        Err(not_number())
+    }
+    fn serialize_struct(self, _: &'static str, _: usize) -> Result<Self::SerializeStruct, JsonError> {
+        Err(not_number())
+    }
+    fn serialize_struct_variant(
+        self,
+        _: &'static str,
+        _: u32,
+        _: &'static str,
+        _: usize,
+    ) -> Result<Self::SerializeStructVariant, JsonError> {
+        Err(not_number())
+    }
+}
+
+fn not_number() -> JsonError {
+    <JsonError as serde::ser::Error>::custom("not a number")
+}
+
+/// The items of an array so far: numbers of one kind kept unboxed while they last.
+enum Items {
+    F64(Vec<f64>),
+    U64(Vec<u64>),
+    Json(Vec<Value>),
+}
+
+/// An array being serialised by [`Capture`]; `variant` wraps it as `{variant: [...]}`.
+struct SeqCapture<'a> {
+    capture: Capture<'a>,
+    items: Items,
+    variant: Option<&'static str>,
+}
+
+impl<'a> SeqCapture<'a> {
+    fn new(capture: Capture<'a>, variant: Option<&'static str>) -> SeqCapture<'a> {
+        let capture = match variant {
+            Some(v) => Capture { path: format!("{}/{v}", capture.path), out: capture.out },
+            None => capture,
+        };
+        SeqCapture { capture, items: Items::F64(Vec::new()), variant }
+    }
+
+    fn len(&self) -> usize {
+        match &self.items {
+            Items::F64(v) => v.len(),
+            Items::U64(v) => v.len(),
+            Items::Json(v) => v.len(),
+        }
+    }
+
+    /// The items, turned into JSON values from here on (a non-finite f64 is null, as in serde_json).
+    fn as_json(&mut self) -> &mut Vec<Value> {
+        let items = std::mem::replace(&mut self.items, Items::Json(Vec::new()));
+        self.items = Items::Json(match items {
+            Items::F64(v) => v.into_iter().map(Value::from).collect(),
+            Items::U64(v) => v.into_iter().map(Value::from).collect(),
+            Items::Json(v) => v,
+        });
+        match &mut self.items {
+            Items::Json(v) => v,
+            _ => unreachable!("just set"),
+        }
+    }
+
+    fn push<T: Serialize + ?Sized>(&mut self, item: &T) -> Result<(), JsonError> {
+        let i = self.len();
+        match (item.serialize(NumberProbe), &mut self.items) {
+            (Ok(Number::F64(x)), Items::F64(v)) => v.push(x),
+            (Ok(Number::U64(n)), Items::U64(v)) => v.push(n),
+            (Ok(Number::U64(n)), Items::F64(v)) if v.is_empty() => self.items = Items::U64(vec![n]),
+            (Ok(Number::F64(x)), _) => self.as_json().push(Value::from(x)),
+            (Ok(Number::U64(n)), _) => self.as_json().push(Value::from(n)),
+            (Err(_), _) => {
+                let value = item.serialize(self.capture.child(&i))?;
+                self.as_json().push(value);
+            }
+        }
+        Ok(())
+    }
+
+    fn finish(mut self) -> Result<Value, JsonError> {
+        let tensor = match &self.items {
+            Items::F64(v) if v.len() >= MIN_TENSOR && v.iter().all(|x| x.is_finite()) => {
+                Some((Dtype::F64, v.iter().map(|x| x.to_bits().to_le()).collect::<Vec<u64>>()))
+            }
+            Items::U64(v) if v.len() >= MIN_TENSOR => Some((Dtype::U64, v.iter().map(|x| x.to_le()).collect())),
+            _ => None,
+        };
+        let value = match tensor {
+            Some((dtype, words)) => {
+                let mut name = self.capture.path.clone();
+                // Keys holding `/` could make two paths alike: keep names unique.
+                if self.capture.out.iter().any(|a| a.name == name) {
+                    name = format!("{name}#{}", self.capture.out.len());
+                }
+                self.capture.out.push(Array { name: name.clone(), dtype, words });
+                serde_json::json!({ TENSOR_REF: name })
+            }
+            None => Value::Array(std::mem::take(self.as_json())),
+        };
+        Ok(match self.variant {
+            Some(v) => serde_json::json!({ v: value }),
+            None => value,
+        })
+    }
+}
+
+impl serde::ser::SerializeSeq for SeqCapture<'_> {
+    type Ok = Value;
+    type Error = JsonError;
+    fn serialize_element<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), JsonError> {
+        self.push(value)
+    }
+    fn end(self) -> Result<Value, JsonError> {
+        self.finish()
+    }
+}
+
+impl serde::ser::SerializeTuple for SeqCapture<'_> {
+    type Ok = Value;
+    type Error = JsonError;
+    fn serialize_element<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), JsonError> {
+        self.push(value)
+    }
+    fn end(self) -> Result<Value, JsonError> {
+        self.finish()
+    }
+}
+
+impl serde::ser::SerializeTupleStruct for SeqCapture<'_> {
+    type Ok = Value;
+    type Error = JsonError;
+    fn serialize_field<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), JsonError> {
+        self.push(value)
+    }
+    fn end(self) -> Result<Value, JsonError> {
+        self.finish()
+    }
+}
+
+impl serde::ser::SerializeTupleVariant for SeqCapture<'_> {
+    type Ok = Value;
+    type Error = JsonError;
+    fn serialize_field<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), JsonError> {
+        self.push(value)
+    }
+    fn end(self) -> Result<Value, JsonError> {
+        self.finish()
+    }
+}
+
+/// An object being serialised by [`Capture`]; `variant` wraps it as `{variant: {...}}`.
+struct MapCapture<'a> {
+    capture: Capture<'a>,
+    map: serde_json::Map<String, Value>,
+    key: Option<String>,
+    variant: Option<&'static str>,
+}
+
+impl<'a> MapCapture<'a> {
+    fn new(capture: Capture<'a>, variant: Option<&'static str>) -> MapCapture<'a> {
+        let capture = match variant {
+            Some(v) => Capture { path: format!("{}/{v}", capture.path), out: capture.out },
+            None => capture,
+        };
+        MapCapture { capture, map: serde_json::Map::new(), key: None, variant }
+    }
+
+    fn field<T: Serialize + ?Sized>(&mut self, key: String, value: &T) -> Result<(), JsonError> {
+        let value = value.serialize(self.capture.child(&key))?;
+        self.map.insert(key, value);
+        Ok(())
+    }
+
+    fn finish(self) -> Result<Value, JsonError> {
+        let value = Value::Object(self.map);
+        Ok(match self.variant {
+            Some(v) => serde_json::json!({ v: value }),
+            None => value,
+        })
+    }
+}
+
+impl serde::ser::SerializeMap for MapCapture<'_> {
+    type Ok = Value;
+    type Error = JsonError;
+    fn serialize_key<T: Serialize + ?Sized>(&mut self, key: &T) -> Result<(), JsonError> {
+        // JSON keys are strings: numbers and booleans as their text, as serde_json writes them.
+        self.key = Some(match key.serialize(json())? {
+            Value::String(s) => s,
+            Value::Number(n) => n.to_string(),
+            Value::Bool(b) => b.to_string(),
+            _ => return Err(<JsonError as serde::ser::Error>::custom("key must be a string")),
+        });
+        Ok(())
+    }
+    fn serialize_value<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), JsonError> {
+        let key = self.key.take().expect("serialize_key comes first");
+        self.field(key, value)
+    }
+    fn end(self) -> Result<Value, JsonError> {
+        self.finish()
+    }
+}
+
+impl serde::ser::SerializeStruct for MapCapture<'_> {
+    type Ok = Value;
+    type Error = JsonError;
+    fn serialize_field<T: Serialize + ?Sized>(&mut self, key: &'static str, value: &T) -> Result<(), JsonError> {
+        self.field(key.to_string(), value)
+    }
+    fn end(self) -> Result<Value, JsonError> {
+        self.finish()
+    }
+}
+
+impl serde::ser::SerializeStructVariant for MapCapture<'_> {
+    type Ok = Value;
+    type Error = JsonError;
+    fn serialize_field<T: Serialize + ?Sized>(&mut self, key: &'static str, value: &T) -> Result<(), JsonError> {
+        self.field(key.to_string(), value)
+    }
+    fn end(self) -> Result<Value, JsonError> {
+        self.finish()
+    }
+}
+
+impl<'a> serde::Serializer for Capture<'a> {
+    type Ok = Value;
+    type Error = JsonError;
+    type SerializeSeq = SeqCapture<'a>;
+    type SerializeTuple = SeqCapture<'a>;
+    type SerializeTupleStruct = SeqCapture<'a>;
+    type SerializeTupleVariant = SeqCapture<'a>;
+    type SerializeMap = MapCapture<'a>;
+    type SerializeStruct = MapCapture<'a>;
+    type SerializeStructVariant = MapCapture<'a>;
+
+    fn serialize_bool(self, v: bool) -> Result<Value, JsonError> {
+        Ok(Value::Bool(v))
+    }
+    fn serialize_i8(self, v: i8) -> Result<Value, JsonError> {
+        Ok(Value::from(v))
+    }
+    fn serialize_i16(self, v: i16) -> Result<Value, JsonError> {
+        Ok(Value::from(v))
+    }
+    fn serialize_i32(self, v: i32) -> Result<Value, JsonError> {
+        Ok(Value::from(v))
+    }
+    fn serialize_i64(self, v: i64) -> Result<Value, JsonError> {
+        Ok(Value::from(v))
+    }
+    fn serialize_u8(self, v: u8) -> Result<Value, JsonError> {
+        Ok(Value::from(v))
+    }
+    fn serialize_u16(self, v: u16) -> Result<Value, JsonError> {
+        Ok(Value::from(v))
+    }
+    fn serialize_u32(self, v: u32) -> Result<Value, JsonError> {
+        Ok(Value::from(v))
+    }
+    fn serialize_u64(self, v: u64) -> Result<Value, JsonError> {
+        Ok(Value::from(v))
+    }
+    fn serialize_i128(self, v: i128) -> Result<Value, JsonError> {
+        json().serialize_i128(v)
+    }
+    fn serialize_u128(self, v: u128) -> Result<Value, JsonError> {
+        json().serialize_u128(v)
+    }
+    fn serialize_f32(self, v: f32) -> Result<Value, JsonError> {
+        json().serialize_f32(v)
+    }
+    fn serialize_f64(self, v: f64) -> Result<Value, JsonError> {
+        Ok(Value::from(v))
+    }
+    fn serialize_char(self, v: char) -> Result<Value, JsonError> {
+        Ok(Value::String(v.to_string()))
+    }
+    fn serialize_str(self, v: &str) -> Result<Value, JsonError> {
+        Ok(Value::String(v.to_string()))
+    }
+    fn serialize_bytes(self, v: &[u8]) -> Result<Value, JsonError> {
+        json().serialize_bytes(v)
+    }
+    fn serialize_none(self) -> Result<Value, JsonError> {
+        Ok(Value::Null)
+    }
+    fn serialize_some<T: Serialize + ?Sized>(self, value: &T) -> Result<Value, JsonError> {
+        value.serialize(self)
+    }
+    fn serialize_unit(self) -> Result<Value, JsonError> {
+        Ok(Value::Null)
+    }
+    fn serialize_unit_struct(self, _: &'static str) -> Result<Value, JsonError> {
+        Ok(Value::Null)
+    }
+    fn serialize_unit_variant(self, _: &'static str, _: u32, variant: &'static str) -> Result<Value, JsonError> {
+        Ok(Value::String(variant.to_string()))
+    }
+    fn serialize_newtype_struct<T: Serialize + ?Sized>(self, _: &'static str, value: &T) -> Result<Value, JsonError> {
+        value.serialize(self)
+    }
+    fn serialize_newtype_variant<T: Serialize + ?Sized>(
+        mut self,
+        _: &'static str,
+        _: u32,
+        variant: &'static str,
+        value: &T,
+    ) -> Result<Value, JsonError> {
+        let inner = value.serialize(self.child(&variant))?;
+        Ok(serde_json::json!({ variant: inner }))
+    }
+    fn serialize_seq(self, _: Option<usize>) -> Result<SeqCapture<'a>, JsonError> {
+        Ok(SeqCapture::new(self, None))
+    }
+    fn serialize_tuple(self, _: usize) -> Result<SeqCapture<'a>, JsonError> {
+        Ok(SeqCapture::new(self, None))
+    }
+    fn serialize_tuple_struct(self, _: &'static str, _: usize) -> Result<SeqCapture<'a>, JsonError> {
+        Ok(SeqCapture::new(self, None))
+    }
+    fn serialize_tuple_variant(
+        self,
+        _: &'static str,
+        _: u32,
+        variant: &'static str,
+        _: usize,
+    ) -> Result<SeqCapture<'a>, JsonError> {
+        Ok(SeqCapture::new(self, Some(variant)))
+    }
+    fn serialize_map(self, _: Option<usize>) -> Result<MapCapture<'a>, JsonError> {
+        Ok(MapCapture::new(self, None))
+    }
+    fn serialize_struct(self, _: &'static str, _: usize) -> Result<MapCapture<'a>, JsonError> {
+        Ok(MapCapture::new(self, None))
+    }
+    fn serialize_struct_variant(
+        self,
+        _: &'static str,
+        _: u32,
+        variant: &'static str,
+        _: usize,
+    ) -> Result<MapCapture<'a>, JsonError> {
+        Ok(MapCapture::new(self, Some(variant)))
+    }
+}
+
+/// Puts back the arrays [`Capture`] took out: each `{"$tensor": NAME}` becomes the
 /// numbers of tensor NAME. A missing tensor, another dtype or a non-finite f64 is refused.
 fn restore_arrays(value: &mut serde_json::Value, tensors: &SafeTensors<'_>) -> Result<()> {
     use serde_json::Value;

@@ -249,6 +249,77 @@ pub fn read_labels(path: &Path) -> Result<Vec<usize>> {
     Ok(labels)
 }
 
+/// Class labels as users have them: a 1-D array (or one column) of integers of any integer
+/// dtype, or of floats that are exact whole numbers, any values (`{3, 7}`, `{-1, 1}`), mapped
+/// to classes 0..k−1 as scikit-learn's `LabelEncoder` maps them ([`crate::data::encode_labels`]).
+///
+/// Errors ([`Error::File`], one line): another shape, a fractional or non-finite float, an
+/// unsigned integer beyond 2⁶³, a single class among several examples, more than
+/// [`crate::data::MAX_CLASSES`] classes.
+pub fn read_class_labels(path: &Path) -> Result<crate::data::ClassLabels> {
+    use crate::data::RawLabel;
+    let npy = open(path)?;
+    if !(npy.shape.len() == 1 || (npy.shape.len() == 2 && npy.shape[1] == 1)) {
+        return Err(Error::file(
+            path,
+            format!("has shape {}; expected a vector of labels, one per example", shape_text(&npy.shape)),
+        ));
+    }
+    fn whole<T: Copy + TryInto<i64> + ToString>(path: &Path, a: ArrayD<T>) -> Result<Vec<RawLabel>> {
+        a.iter()
+            .enumerate()
+            .map(|(i, &v)| {
+                v.try_into().map(RawLabel::Whole).map_err(|_| {
+                    Error::file(
+                        path,
+                        format!("label {} of example {i} is beyond 2⁶³: labels are classes", v.to_string()),
+                    )
+                })
+            })
+            .collect()
+    }
+    let raw = if let Some(a) = npy.read::<i64>(path)? {
+        whole(path, a)?
+    } else if let Some(a) = npy.read::<i32>(path)? {
+        whole(path, a)?
+    } else if let Some(a) = npy.read::<i16>(path)? {
+        whole(path, a)?
+    } else if let Some(a) = npy.read::<i8>(path)? {
+        whole(path, a)?
+    } else if let Some(a) = npy.read::<u64>(path)? {
+        whole(path, a)?
+    } else if let Some(a) = npy.read::<u32>(path)? {
+        whole(path, a)?
+    } else if let Some(a) = npy.read::<u16>(path)? {
+        whole(path, a)?
+    } else if let Some(a) = npy.read::<u8>(path)? {
+        whole(path, a)?
+    } else if let Some(a) = npy.floats(path)? {
+        a.iter()
+            .enumerate()
+            .map(|(i, &v)| {
+                // The value read is exact (binary), so a zero fraction means a whole number.
+                if v.is_finite() && v.fract() == 0.0 && v.abs() <= 9.0e15 {
+                    Ok(RawLabel::Whole(v as i64))
+                } else {
+                    Err(Error::file(
+                        path,
+                        format!("label {v} of example {i} is not a class number: labels are whole numbers (0, 3, -1)"),
+                    ))
+                }
+            })
+            .collect::<Result<_>>()?
+    } else {
+        return Err(Error::file(
+            path,
+            format!("holds {} values, neither integers nor floats: save labels as an integer vector", npy.descr),
+        ));
+    };
+    let encoded = crate::data::encode_labels(raw);
+    crate::data::check_classes(&encoded).map_err(|m| Error::file(path, m))?;
+    Ok(encoded)
+}
+
 fn bad_label(path: &Path, i: usize, v: &str) -> Error {
     let bound = crate::data::MAX_CLASSES - 1;
     Error::file(path, format!("label {v} of example {i} is not a class number: labels are whole numbers 0 to {bound}"))

@@ -69,6 +69,10 @@ pub struct Model {
     /// In the order they are applied to raw examples.
     pub stages: Vec<Stage>,
     pub task: Task,
+    /// A classifier's labels as its training data wrote them, class by class (`setosa`, `7`),
+    /// stored as `preprocessing.classes`; `None` when the classes are the numbers 0..k−1
+    /// (MNIST, models from before names were stored).
+    pub classes: Option<Vec<String>>,
 }
 
 /// The `preprocessing.encoder` a model stores for `--features-from`: the encoder's network,
@@ -176,7 +180,35 @@ impl Model {
             }
             _ => Task::Regressor { outputs: spec.outputs() },
         };
-        Ok(Model { spec, theta: ck.theta.clone(), stages, task })
+        // Only a classifier's classes name its outputs (a regressor trained on a CSV with a
+        // label column has none).
+        let classes = match pre.get("classes").filter(|c| !c.is_null() && spec.classes().is_some()) {
+            Some(c) => {
+                let names: Vec<String> = serde_json::from_value(c.clone())
+                    .map_err(|e| Error::Data(format!("the model's preprocessing.classes is unreadable: {e}")))?;
+                if Some(names.len()) != spec.classes() {
+                    return Err(Error::Data(format!(
+                        "the model names {} classes but {} has {:?} outputs: the file is corrupt",
+                        names.len(),
+                        spec.describe(),
+                        spec.classes()
+                    )));
+                }
+                Some(names)
+            }
+            None => None,
+        };
+        Ok(Model { spec, theta: ck.theta.clone(), stages, task, classes })
+    }
+
+    /// The name of each class of a classifier: the stored labels, or `0`, `1`, … (`None` for
+    /// a model that is no classifier).
+    pub fn class_names(&self) -> Option<Vec<String>> {
+        match (&self.classes, self.task) {
+            (Some(c), _) => Some(c.clone()),
+            (None, Task::Classifier { classes }) => Some((0..classes).map(|l| l.to_string()).collect()),
+            _ => None,
+        }
     }
 
     /// Values per raw example the model takes (before its stages).

@@ -734,21 +734,17 @@ pub fn train<'x>(
                 extra: serde_json::Map<String, serde_json::Value>,
                 file: &str|
      -> Result<PathBuf> {
-        let optimizer_state = match optimizer {
-            Some(o) => serde_json::to_value(o).map_err(|e| Error::Data(format!("optimizer state: {e}")))?,
-            None => serde_json::Value::Null,
-        };
         // The history travels inside the optimizer state (and in metrics.json), not twice.
         let metadata = Metadata {
             seed: Some(job.seed),
-            optimizer: optimizer_state,
             preprocessing: job.preprocessing.clone(),
             command: job.command.clone(),
             extra,
             ..Default::default()
         };
         let path = job.out_dir.join(file);
-        Checkpoint::new(spec.clone(), theta.to_vec(), metadata)?.save(&path)?;
+        // The optimizer's vectors go straight into tensor bytes (no JSON value per number).
+        crate::checkpoint::save_state(&spec, theta, &metadata, &optimizer, &path)?;
         Ok(path)
     };
 

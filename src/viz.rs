@@ -138,6 +138,26 @@ pub fn reconstructions_in_pixels(
     }
 }
 
+/// Pictures side by side, each under its title (one line of the 8×8 font), light text on the
+/// dark grey of the tiles' borders: the lecture's comparison of filters learned with weight
+/// decay alone and with the sparsity constraint added (`wgnn train autoencoder
+/// --compare-sparsity`).
+pub fn side_by_side(panels: &[(&GrayImage, &str)]) -> GrayImage {
+    const TITLE: u32 = 20;
+    const GAP: u32 = 16;
+    let width = panels.iter().map(|(img, title)| img.width().max(text_width(title))).collect::<Vec<_>>();
+    let height = panels.iter().map(|(img, _)| img.height()).max().unwrap_or(0) + TITLE;
+    let total = width.iter().sum::<u32>() + GAP * (panels.len() as u32 + 1);
+    let mut out = GrayImage::from_pixel(total, height + GAP / 2, Luma([40]));
+    let mut x = GAP;
+    for ((img, title), w) in panels.iter().zip(&width) {
+        draw_text(&mut out, title, x + (w - text_width(title)) / 2, 6, Luma([235]));
+        image::imageops::replace(&mut out, *img, (x + (w - img.width()) / 2) as i64, TITLE as i64);
+        x += w + GAP;
+    }
+    out
+}
+
 /// Text colour for labels and titles.
 const INK: Rgb<u8> = Rgb([40, 40, 40]);
 /// The training cost's colour in loss.png.

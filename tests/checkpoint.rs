@@ -223,3 +223,95 @@ fn a_finished_model_is_the_size_of_the_model() {
         }
     }
 }
+
+/// Every serde shape an optimizer state may take, with arrays long and short, of f64, whole
+/// numbers, mixed numbers and non-finite values.
+#[derive(serde::Serialize)]
+struct State {
+    direction: Vec<f64>,
+    short: Vec<f64>,
+    order: Vec<u32>,
+    signed: Vec<i64>,
+    with_nan: Vec<f64>,
+    narrow: Vec<f32>,
+    pairs: Vec<Pair>,
+    tagged: Tagged,
+    newtype: Variant,
+    tuple: Variant,
+    unit: Variant,
+    by_epoch: std::collections::BTreeMap<u32, Vec<f64>>,
+    maybe: Option<Vec<f64>>,
+    nothing: Option<f64>,
+    words: Vec<String>,
+}
+
+#[derive(serde::Serialize)]
+struct Pair {
+    s: Vec<f64>,
+    y: Vec<f64>,
+    rho: f64,
+}
+
+#[derive(serde::Serialize)]
+#[serde(tag = "method", rename_all = "snake_case")]
+enum Tagged {
+    Lbfgs { memory: usize, moments: Vec<f64> },
+}
+
+#[derive(serde::Serialize)]
+enum Variant {
+    Newtype(Vec<f64>),
+    Tuple(f64, u64),
+    Unit,
+}
+
+/// `save_state` serialises the optimizer's state straight into tensor bytes; the file is the
+/// same, byte for byte, as the one written through `serde_json::to_value` (the slow route it
+/// replaces), and it loads back to that JSON.
+#[test]
+fn state_written_directly_is_the_file_written_through_json() {
+    let long = awkward(300);
+    let mut with_nan = awkward(20);
+    with_nan[7] = f64::NAN;
+    let state = State {
+        direction: long.clone(),
+        short: vec![1.5, 2.5],
+        order: (0..40).collect(),
+        signed: (-20..20).collect(),
+        with_nan,
+        narrow: (0..30).map(|i| i as f32 / 3.0).collect(),
+        pairs: (0..3).map(|k| Pair { s: awkward(50 + k), y: awkward(17), rho: 0.5 }).collect(),
+        tagged: Tagged::Lbfgs { memory: 10, moments: awkward(33) },
+        newtype: Variant::Newtype(awkward(18)),
+        tuple: Variant::Tuple(0.25, 7),
+        unit: Variant::Unit,
+        by_epoch: [(3, awkward(16)), (10, awkward(2))].into_iter().collect(),
+        maybe: Some(awkward(21)),
+        nothing: None,
+        words: vec!["a".into(); 20],
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("checkpoint.safetensors");
+    let ck = sample();
+    wgnn::checkpoint::save_state(&ck.spec, &ck.theta, &ck.metadata, &state, &path).unwrap();
+    let direct = std::fs::read(&path).unwrap();
+    let mut through_json = ck.clone();
+    through_json.metadata.optimizer = serde_json::to_value(&state).unwrap();
+    assert_eq!(direct, through_json.to_bytes().unwrap(), "the two routes wrote different files");
+    let back = Checkpoint::load(&path).unwrap();
+    assert_eq!(back.metadata.optimizer, through_json.metadata.optimizer);
+    let st = safetensors::SafeTensors::deserialize(&direct).unwrap();
+    for name in ["direction", "pairs/2/s", "tagged/moments", "newtype/Newtype", "by_epoch/3", "maybe", "narrow"] {
+        assert_eq!(st.tensor(&format!("metadata/optimizer/{name}")).unwrap().dtype(), Dtype::F64, "{name}");
+    }
+    assert_eq!(st.tensor("metadata/optimizer/order").unwrap().dtype(), Dtype::U64);
+    for json in ["short", "signed", "with_nan", "by_epoch/10", "words"] {
+        assert!(st.tensor(&format!("metadata/optimizer/{json}")).is_err(), "{json} should stay JSON");
+    }
+    // θ of the wrong length is refused before anything is written.
+    let e = wgnn::checkpoint::save_state(&ck.spec, &ck.theta[1..], &ck.metadata, &state, &dir.path().join("x"))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("θ has 3288 values"), "{e}");
+    assert!(!dir.path().join("x").exists());
+}

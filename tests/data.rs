@@ -620,14 +620,16 @@ fn npy_labels_must_be_exact_class_numbers() {
     stray[13] = 27;
     one_line_with(&err(&ints("stray.npy", &stray)), &["up to 27 (example 13)", "classes 10-26 have none"]);
     one_line_with(&err(&ints("one.npy", &[4; 6])), &["every one of the 6 labels is 4"]);
-    // Exact whole floats are labels; a missing class 0 (labels counted from 1) is let
-    // through and said in the description.
+    // Exact whole floats are labels (as class numbers for `cost`: class 0 without examples).
     assert_eq!(wgnn::npy::read_labels(&floats("ok.npy", &[1.0, 2.0, 3.0, 1.0])).unwrap(), vec![1, 2, 3, 1]);
+    // As a data set's labels they are mapped to classes, as scikit-learn's LabelEncoder does:
+    // 1, 2, 3 are three classes named by the labels (tests/labels.rs has more).
     let x = write(d, "x.npy", &npy_bytes("<f8", "(4, 2)", &f64_bytes(&[0.25; 8])));
     let options = LoadOptions { labels: Some(d.join("ok.npy")), ..LoadOptions::default() };
     let data = DataSource::Npy(x).load(&options).unwrap();
-    assert!(data.description.contains("no examples of class 0"), "{}", data.description);
-    assert_eq!(data.num_classes(), Some(4));
+    assert!(data.description.contains("3 classes: 1, 2, 3"), "{}", data.description);
+    assert_eq!(data.num_classes(), Some(3));
+    assert_eq!(data.labels, Some(vec![0, 1, 2, 0]));
 }
 
 #[test]
@@ -639,16 +641,19 @@ fn csv_labels_must_be_exact_class_numbers() {
     // 1e-400 is not 0, though it parses as 0.0; 2.0000000000000000001 is not 2.
     one_line_with(&err(&["0", "1", "1e-400", "1"]), &["line 3, column 3", "`1e-400` is not a class number"]);
     one_line_with(&err(&["0", "2.0000000000000000001"]), &["line 2, column 3"]);
-    one_line_with(&err(&["0", "1e9"]), &["line 2, column 3", "`1e9` is above 65535"]);
-    one_line_with(&err(&["0", "-1"]), &["line 2, column 3"]);
-    // A stray 27 among 0–9: the classes without examples are named, and the line.
+    // Labels are mapped to classes (LabelEncoder): 1e9, −1 and a stray 27 are classes of
+    // their own, named as written (no one-hot of a billion classes is built).
+    let classes = |labels: &[&str]| csv::parse_csv(&rows(labels), LabelColumn::Last).unwrap().1.unwrap().classes;
+    assert_eq!(classes(&["0", "1e9", "0"]), ["0", "1000000000"]);
+    assert_eq!(classes(&["0", "-1"]), ["-1", "0"]);
     let mut labels: Vec<String> = (0..30).map(|i| (i % 10).to_string()).collect();
     labels[21] = "27".into();
     let labels: Vec<&str> = labels.iter().map(String::as_str).collect();
-    one_line_with(&err(&labels), &["column 3", "up to 27 (line 22)", "classes 10-26 have none"]);
+    assert_eq!(classes(&labels).len(), 11);
+    one_line_with(&err(&["0", "1", "99999999999999999999"]), &["line 3, column 3", "beyond ±2⁶³"]);
     // Whole numbers written as decimals are the classes they name.
     let (_, got) = csv::parse_csv(&rows(&["0", "3.0", "+2", "0.1e1", "20e-1", "-0"]), LabelColumn::Last).unwrap();
-    assert_eq!(got, Some(vec![0, 3, 2, 1, 2, 0]));
+    assert_eq!(got.unwrap().labels, vec![0, 3, 2, 1, 2, 0]);
 }
 
 #[test]

@@ -131,6 +131,7 @@ fn split_test_is_seeded_and_disjoint() {
         targets: Some(x.column(0).to_owned().insert_axis(ndarray::Axis(1))),
         x,
         labels: Some((0..10).collect()),
+        classes: None,
         description: "toy".into(),
         image_shape: None,
     };

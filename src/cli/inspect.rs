@@ -186,6 +186,9 @@ struct Evaluation {
     /// confusion[true][predicted]
     #[serde(skip_serializing_if = "Option::is_none")]
     confusion: Option<Vec<Vec<usize>>>,
+    /// The classes of the confusion matrix's rows and columns, as the training data wrote them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    classes: Option<Vec<String>>,
 }
 
 pub fn eval(args: EvalArgs) -> anyhow::Result<()> {
@@ -218,7 +221,14 @@ pub fn eval(args: EvalArgs) -> anyhow::Result<()> {
     }
     data.x = prepared(&ck, data.x, &args.backend)?;
     let mut backend = args.backend.build(spec.clone(), Precision::F32)?;
-    let labels = data.labels.clone();
+    // The data's labels as the model numbers its classes, matched by name (a file numbers its
+    // own classes: `setosa` may be class 2 there and class 0 here).
+    let model = wgnn::predict::Model::from_checkpoint(&ck)?;
+    let labels = match spec.classes() {
+        Some(k) => data.labels_for(model.classes.as_deref(), k)?,
+        None => data.labels.clone(),
+    };
+    let class_names = model.class_names();
     let targets = match (spec.output, &labels, &data.targets) {
         (Output::Softmax, Some(l), _) => Targets::Labels(l),
         (Output::Softmax, None, _) => bail!("{} is a classifier: evaluate it on labelled data", spec.describe()),
@@ -254,6 +264,7 @@ pub fn eval(args: EvalArgs) -> anyhow::Result<()> {
         reconstruction_error: (spec.output != Output::Softmax && r2.is_none()).then_some(cost.data),
         accuracy,
         r2,
+        classes: confusion.as_ref().and(class_names),
         confusion,
     };
     if args.json {
@@ -275,9 +286,16 @@ pub fn eval(args: EvalArgs) -> anyhow::Result<()> {
     }
     if let (Some(a), Some(c)) = (result.accuracy, &result.confusion) {
         println!("confusion matrix (rows: true class, columns: predicted)");
-        for (i, row) in c.iter().enumerate() {
-            let cells: Vec<String> = row.iter().map(|v| format!("{v:>5}")).collect();
-            println!("  {i:>3} {}", cells.join(""));
+        let names = result.classes.clone().unwrap_or_default();
+        // Columns as wide as the longest class name or count; rows headed by the names.
+        let width = names.iter().map(|n| n.chars().count()).chain(c.iter().flatten().map(|v| v.to_string().len()));
+        let width = width.max().unwrap_or(1) + 2;
+        let head = names.iter().map(|n| n.chars().count()).max().unwrap_or(1).max(4);
+        let cells: Vec<String> = names.iter().map(|n| format!("{n:>width$}")).collect();
+        println!("  {:>head$} {}", "", cells.join(""));
+        for (row, name) in c.iter().zip(&names) {
+            let cells: Vec<String> = row.iter().map(|v| format!("{v:>width$}")).collect();
+            println!("  {name:>head$} {}", cells.join(""));
         }
         println!("accuracy {a}");
     }

@@ -3,7 +3,10 @@
 //!
 //! | model | `.npy` | `.csv` header |
 //! |---|---|---|
-//! | classifier | F.npy: probabilities (m × k, float32); F.labels.npy: labels (m, int64) | `label,p0,…,p{k-1}` |
+//! | classifier | F.npy: probabilities (m × k, float32); F.labels.npy: labels (m, int64, or unicode when the classes are names) | `label,p0,…,p{k-1}` (`p_setosa,…` for named classes) |
+//!
+//! A classifier's labels are given back as its training data wrote them (`setosa`, `7` of
+//! `{3, 7}`): the class names stored with the model.
 //! | regressor | F.npy: predicted values (m × outputs, float32) | `y0,…` |
 //! | autoencoder | F.npy: reconstructions (m × n, float32), whitened when the model whitens | `y0,…` |
 //! | `--features` | F.npy: first hidden layer's activations (m × h, float32) | `h0,…` |
@@ -114,21 +117,30 @@ pub fn run(args: PredictArgs) -> anyhow::Result<()> {
     if args.features {
         let h = model.transform(&data.x, &mut backends)?;
         what = format!("{} hidden features", h.ncols());
-        write(&args.out, format, "h", None, &h)?;
+        write(&args.out, format, &Columns::Prefix("h"), None, &h)?;
     } else {
         match model.task {
             Task::Classifier { classes } => {
                 let (p, labels) = model.predict_proba(&data.x, &mut backends)?;
                 what = format!("label and {classes} class probabilities");
                 let p = p.mapv(|v| v as f32);
+                // The labels as the training data wrote them (class numbers for MNIST).
+                let names = model.class_names().unwrap_or_default();
+                let written: Vec<String> = labels.iter().map(|&l| names[l].clone()).collect();
                 if format == Format::Npy {
-                    let labels = Array1::from_iter(labels.iter().map(|&l| l as i64));
                     // The probabilities last: their file appears only once the labels are there.
-                    wgnn::atomic::write_with(&labels_path(&args.out), |w| {
-                        labels.write_npy(w).map_err(|e| e.to_string())
-                    })?;
+                    let path = labels_path(&args.out);
+                    let numbers: Option<Vec<i64>> = written.iter().map(|n| n.parse().ok()).collect();
+                    match numbers {
+                        Some(numbers) => {
+                            let labels = Array1::from(numbers);
+                            wgnn::atomic::write_with(&path, |w| labels.write_npy(w).map_err(|e| e.to_string()))?
+                        }
+                        None => wgnn::atomic::write_with(&path, |w| write_unicode_npy(w, &written))?,
+                    }
                 }
-                write(&args.out, format, "p", Some(&labels), &p)?;
+                let columns: Vec<String> = names.iter().map(|n| probability_column(n)).collect();
+                write(&args.out, format, &Columns::Named(&columns), Some(&written), &p)?;
             }
             Task::Regressor { outputs } | Task::Autoencoder { hidden: outputs } => {
                 let y = model.predict(&data.x, &mut backends)?.mapv(|v| v as f32);
@@ -137,7 +149,7 @@ pub fn run(args: PredictArgs) -> anyhow::Result<()> {
                 } else {
                     format!("reconstructions of {} values", y.ncols())
                 };
-                write(&args.out, format, "y", None, &y)?;
+                write(&args.out, format, &Columns::Prefix("y"), None, &y)?;
             }
         }
     }
@@ -153,24 +165,65 @@ pub fn run(args: PredictArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// How the value columns of a CSV are named.
+enum Columns<'a> {
+    /// `{prefix}0` … `{prefix}{k-1}`.
+    Prefix(&'a str),
+    /// One name a column.
+    Named(&'a [String]),
+}
+
+/// The probability column of class `name`: `p7` for a class number, `p_setosa` for a name.
+fn probability_column(name: &str) -> String {
+    if name.parse::<i64>().is_ok() { format!("p{name}") } else { format!("p_{name}") }
+}
+
+/// A CSV cell: as it is, or quoted (RFC 4180) when it holds a separator, a quote or a line break.
+fn cell(text: &str) -> String {
+    if text.contains([',', '"', '\n', '\r']) { format!("\"{}\"", text.replace('"', "\"\"")) } else { text.to_string() }
+}
+
+/// `names` as a NumPy unicode vector (`<U{n}`, UTF-32 code units, `np.load` reads it as `str`).
+fn write_unicode_npy(w: &mut impl Write, names: &[String]) -> Result<(), String> {
+    let width = names.iter().map(|n| n.chars().count()).max().unwrap_or(0).max(1);
+    let dict = format!("{{'descr': '<U{width}', 'fortran_order': False, 'shape': ({},), }}", names.len());
+    // Magic, version 1.0, header length; the header padded with spaces to a multiple of 64.
+    let unpadded = 10 + dict.len() + 1;
+    let padding = unpadded.div_ceil(64) * 64 - unpadded;
+    let header = format!("{dict}{}\n", " ".repeat(padding));
+    let io = |e: std::io::Error| e.to_string();
+    w.write_all(b"\x93NUMPY\x01\x00").map_err(io)?;
+    w.write_all(&u16::try_from(header.len()).map_err(|e| e.to_string())?.to_le_bytes()).map_err(io)?;
+    w.write_all(header.as_bytes()).map_err(io)?;
+    for name in names {
+        let mut units: Vec<u32> = name.chars().map(u32::from).collect();
+        units.resize(width, 0);
+        units.iter().try_for_each(|u| w.write_all(&u.to_le_bytes())).map_err(io)?;
+    }
+    Ok(())
+}
+
 /// `values` (m × k) to `out`: a float32 .npy, or a CSV whose columns are `label` (when
-/// `labels` are given) then `{prefix}0` … `{prefix}{k-1}`.
+/// `labels` are given) then the value columns named by `columns`.
 fn write(
     out: &Path,
     format: Format,
-    prefix: &str,
-    labels: Option<&[usize]>,
+    columns: &Columns<'_>,
+    labels: Option<&[String]>,
     values: &Array2<f32>,
 ) -> anyhow::Result<()> {
     match format {
         Format::Npy => wgnn::atomic::write_with(out, |w| values.write_npy(w).map_err(|e| e.to_string()))?,
         Format::Csv => wgnn::atomic::write_with(out, |w| {
             let mut header: Vec<String> = labels.iter().map(|_| "label".to_string()).collect();
-            header.extend((0..values.ncols()).map(|j| format!("{prefix}{j}")));
+            match columns {
+                Columns::Prefix(prefix) => header.extend((0..values.ncols()).map(|j| format!("{prefix}{j}"))),
+                Columns::Named(names) => header.extend(names.iter().map(|n| cell(n))),
+            }
             let io = |e: std::io::Error| e.to_string();
             writeln!(w, "{}", header.join(",")).map_err(io)?;
             for (i, row) in values.rows().into_iter().enumerate() {
-                let mut cells: Vec<String> = labels.iter().map(|l| l[i].to_string()).collect();
+                let mut cells: Vec<String> = labels.iter().map(|l| cell(&l[i])).collect();
                 cells.extend(row.iter().map(|v| v.to_string()));
                 writeln!(w, "{}", cells.join(",")).map_err(io)?;
             }

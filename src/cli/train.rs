@@ -243,6 +243,13 @@ pub struct TrainArgs {
     /// from the data (1×h×w for images such as MNIST).
     #[arg(long)]
     pub input_shape: Option<String>,
+    /// `train autoencoder` twice on the same data, seed and settings, with β = 0 (weight decay
+    /// alone) and with --sparsity-weight β, into OUT/weight-decay and OUT/sparse, and draw both
+    /// filter grids side by side, labelled, in OUT/compare.png (the lecture's comparison).
+    /// OUT: --out, or runs/compare-sparsity-N.
+    #[arg(long)]
+    #[serde(default)]
+    pub compare_sparsity: bool,
     /// The flags given on the command line (or in a --config file), by their ids
     /// (`checkpoint_every`): set by `cli::parse`, for `--resume`.
     #[arg(skip)]
@@ -591,6 +598,9 @@ pub fn sparsity(rho: f64, weight: f64) -> Option<Sparsity> {
 }
 
 pub fn run(mut args: TrainArgs) -> anyhow::Result<()> {
+    if args.compare_sparsity {
+        return compare_sparsity(args);
+    }
     if let Some(dir) = args.resume.clone() {
         args = restore_job(args, &dir)?;
     }
@@ -601,11 +611,16 @@ pub fn run(mut args: TrainArgs) -> anyhow::Result<()> {
     };
     // Ctrl-C from here on stops the run after the current step (saved, resumable); before
     // training it ends the command with nothing written.
-    let interrupt = Arc::new(AtomicBool::new(false));
-    {
-        let flag = interrupt.clone();
-        let _ = ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst));
-    }
+    // One flag for the process (ctrlc takes one handler): --compare-sparsity runs twice.
+    static INTERRUPT: std::sync::OnceLock<Arc<AtomicBool>> = std::sync::OnceLock::new();
+    let interrupt = INTERRUPT
+        .get_or_init(|| {
+            let flag = Arc::new(AtomicBool::new(false));
+            let handler = flag.clone();
+            let _ = ctrlc::set_handler(move || handler.store(true, Ordering::SeqCst));
+            flag
+        })
+        .clone();
     check_flags(&args)?;
     // The run folder is taken first: a busy or unwritable one is refused before any work.
     let folder = open_run_folder(&args)?;
@@ -661,12 +676,15 @@ pub fn run(mut args: TrainArgs) -> anyhow::Result<()> {
         }
         _ => {}
     }
-    // What test examples must bring: targets for a regressor, labels for a classifier.
+    // What test examples must bring: targets for a regressor, labels for a classifier (the
+    // training data's classes, matched by name: a test file numbers its own classes).
+    let (train_classes, train_k) = (data.classes.clone(), data.num_classes().unwrap_or(0));
     let test_targets = |d: &Dataset, what: &str| -> anyhow::Result<TestTargets> {
         Ok(if regression {
             TestTargets::Values(d.targets.clone().with_context(|| format!("{what} has no targets"))?)
         } else {
-            TestTargets::Labels(d.labels.clone().with_context(|| format!("{what} has no labels"))?)
+            let labels = d.labels_for(train_classes.as_deref(), train_k).with_context(|| what.to_string())?;
+            TestTargets::Labels(labels.with_context(|| format!("{what} has no labels"))?)
         })
     };
     let mut test_description = None;
@@ -768,6 +786,8 @@ pub fn run(mut args: TrainArgs) -> anyhow::Result<()> {
         "whitening": whitening,
         "targets": args.data.targets,
         "test_fraction": args.test_fraction,
+        // The labels as the data wrote them, class by class (CSV, .npy): predict and eval use them.
+        "classes": if regression { None } else { data.classes.clone() },
     });
     let n = data.num_features();
     if args.kind == Kind::Stacked {
@@ -1191,6 +1211,60 @@ impl Reporter {
             }
         }
     }
+}
+
+/// `--compare-sparsity`: the same autoencoder job with β = 0 and with β, in two run folders,
+/// and OUT/compare.png with both filter grids labelled (UFLDL's lecture notes show MNIST
+/// filters learned with weight decay alone beside those learned with the sparsity penalty).
+fn compare_sparsity(args: TrainArgs) -> anyhow::Result<()> {
+    if args.kind != Kind::Autoencoder {
+        bail!("--compare-sparsity compares sparse autoencoders: use it with `train autoencoder`");
+    }
+    if args.resume.is_some() {
+        bail!("--compare-sparsity trains two new runs: it does not --resume (resume either folder on its own)");
+    }
+    if args.sparsity_weight <= 0.0 {
+        bail!(
+            "--compare-sparsity compares β = 0 with --sparsity-weight β: give a β above 0 (default 3), not {}",
+            args.sparsity_weight
+        );
+    }
+    let folder = match &args.out {
+        Some(out) => RunFolder::open(out)?,
+        None => (1..)
+            .find_map(|n| RunFolder::create_new(&PathBuf::from(format!("runs/compare-sparsity-{n}"))).transpose())
+            .expect("some number is free")?,
+    };
+    let base = folder.path().to_path_buf();
+    let beta = args.sparsity_weight;
+    let rho = args.sparsity.unwrap_or(0.01);
+    let runs = [
+        ("weight-decay", 0.0, "weight decay only (β = 0)".to_string()),
+        ("sparse", beta, format!("sparse (ρ = {rho}, β = {beta})")),
+    ];
+    let (mut grids, mut times) = (Vec::new(), Vec::new());
+    for (i, (name, weight, title)) in runs.iter().enumerate() {
+        let dir = base.join(name);
+        if !args.quiet {
+            eprintln!("compare  {}/2: {title} → {}", i + 1, dir.display());
+        }
+        let one =
+            TrainArgs { out: Some(dir.clone()), sparsity_weight: *weight, compare_sparsity: false, ..args.clone() };
+        let started = std::time::Instant::now();
+        run(one).with_context(|| format!("--compare-sparsity, {title}"))?;
+        let seconds = started.elapsed().as_secs_f64();
+        let ck = Checkpoint::load(&dir.join(MODEL_FILE))?;
+        let whitening = wgnn::data::whiten::Whitening::from_preprocessing(&ck.metadata.preprocessing)?;
+        let w1 = wgnn::model::ThetaLayout::new(&ck.spec).weight(&ck.theta, 0).to_owned();
+        grids.push((wgnn::viz::filters_in_pixels(w1.view(), whitening.as_ref())?, title.clone()));
+        times.push(format!("{name} {seconds:.1} s"));
+    }
+    let panels: Vec<(&image::GrayImage, &str)> = grids.iter().map(|(g, t)| (g, t.as_str())).collect();
+    let path = base.join("compare.png");
+    wgnn::viz::save_png(&wgnn::viz::side_by_side(&panels), &path)?;
+    println!("compare  {} and {} (training wall time: {})", runs[0].0, runs[1].0, times.join(", "));
+    println!("wrote    {}", path.display());
+    Ok(())
 }
 
 #[cfg(test)]

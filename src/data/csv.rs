@@ -2,8 +2,12 @@
 //! its class label (the last by default). The separator is a comma, or else a semicolon, tab
 //! or spaces, judged from the first line. A first line with no number in it is a header and is
 //! skipped. Blank lines and lines starting with `#` are skipped. Errors name the line and
-//! column (both counted from 1, as an editor shows them). No quoting: the files this reads
-//! hold numbers only.
+//! column (both counted from 1, as an editor shows them). No quoting in values: the feature
+//! columns hold numbers only.
+//!
+//! Class labels are whole numbers (`3`, `-1`, `7.0`) or names (`setosa`, also `"setosa"` as R
+//! writes it), mapped to classes 0..k−1 sorted as scikit-learn's `LabelEncoder` sorts them
+//! ([`super::encode_labels`]); the names are kept with the data, and with a model trained on it.
 
 use std::fmt;
 use std::path::Path;
@@ -11,7 +15,7 @@ use std::str::FromStr;
 
 use ndarray::Array2;
 
-use super::{MAX_CLASSES, check_labels, read_maybe_gz};
+use super::{ClassLabels, RawLabel, check_classes, encode_labels, read_maybe_gz};
 use crate::{Error, Result};
 
 /// Which column of a CSV file holds the class label.
@@ -77,8 +81,8 @@ impl Separator {
 }
 
 /// Reads a CSV file (plain or `.gz`): the feature columns as an m × n matrix and, unless
-/// `label` is [`LabelColumn::None`], the labels (whole numbers ≥ 0).
-pub fn read_csv(path: &Path, label: LabelColumn) -> Result<(Array2<f32>, Option<Vec<usize>>)> {
+/// `label` is [`LabelColumn::None`], the labels mapped to classes ([`super::encode_labels`]).
+pub fn read_csv(path: &Path, label: LabelColumn) -> Result<(Array2<f32>, Option<ClassLabels>)> {
     let bytes = read_maybe_gz(path)?;
     let text = std::str::from_utf8(&bytes)
         .map_err(|e| Error::file(path, format!("is not a text file ({e}): expected numbers separated by commas")))?;
@@ -86,7 +90,7 @@ pub fn read_csv(path: &Path, label: LabelColumn) -> Result<(Array2<f32>, Option<
 }
 
 /// The parser behind [`read_csv`]; errors are messages without the file name.
-pub fn parse_csv(text: &str, label: LabelColumn) -> Result<(Array2<f32>, Option<Vec<usize>>), String> {
+pub fn parse_csv(text: &str, label: LabelColumn) -> Result<(Array2<f32>, Option<ClassLabels>), String> {
     let mut lines =
         text.lines().enumerate().map(|(i, l)| (i + 1, l.trim())).filter(|(_, l)| !l.is_empty() && !l.starts_with('#'));
     let Some((first_no, first)) = lines.next() else {
@@ -100,8 +104,6 @@ pub fn parse_csv(text: &str, label: LabelColumn) -> Result<(Array2<f32>, Option<
 
     let mut values = Vec::new();
     let mut labels = Vec::new();
-    // The line of each label, for messages about the label set as a whole.
-    let mut line_numbers = Vec::new();
     let mut shape: Option<(usize, usize)> = None; // (columns, first data line)
     let mut rows = 0;
     for (line_no, line) in &mut data_lines {
@@ -137,6 +139,10 @@ pub fn parse_csv(text: &str, label: LabelColumn) -> Result<(Array2<f32>, Option<
         debug_assert_eq!(fields.len(), columns);
         for (c, field) in fields.iter().enumerate() {
             let at = || format!("line {line_no}, column {}", c + 1);
+            if Some(c) == label_at {
+                labels.push(raw_label(field).map_err(|m| format!("{}: {m}", at()))?);
+                continue;
+            }
             let v: f64 = field.parse().map_err(|_| {
                 if field.is_empty() {
                     format!("{}: the value is missing", at())
@@ -147,46 +153,59 @@ pub fn parse_csv(text: &str, label: LabelColumn) -> Result<(Array2<f32>, Option<
             if !v.is_finite() {
                 return Err(format!("{}: `{field}` is not a finite number; remove or replace it", at()));
             }
-            if Some(c) != label_at && v.abs() > f64::from(f32::MAX) {
+            if v.abs() > f64::from(f32::MAX) {
                 return Err(format!(
                     "{}: `{field}` is beyond float32's range (±3.4e38), in which wgnn keeps its data; rescale the column",
                     at()
                 ));
             }
-            if Some(c) == label_at {
-                match exact_whole(field) {
-                    Some(l) if l < MAX_CLASSES as u128 => labels.push(l as usize),
-                    Some(_) => {
-                        return Err(format!(
-                            "{}: the label `{field}` is above {}, the largest class number wgnn takes",
-                            at(),
-                            MAX_CLASSES - 1
-                        ));
-                    }
-                    None => {
-                        return Err(format!(
-                            "{}: the label `{field}` is not a class number: labels are exact whole numbers 0, 1, 2, …",
-                            at()
-                        ));
-                    }
-                }
-                line_numbers.push(line_no);
-            } else {
-                values.push(v as f32);
-            }
+            values.push(v as f32);
         }
         rows += 1;
     }
     let Some((columns, _)) = shape else {
         return Err("holds a header line but no data rows".into());
     };
-    if let Some(at) = label_index(label, columns) {
-        check_labels(&labels, &|i| format!("line {}", line_numbers[i]))
-            .map_err(|m| format!("the labels (column {}): {m}", at + 1))?;
-    }
+    let labels = match label_index(label, columns) {
+        Some(at) => {
+            let encoded = encode_labels(labels);
+            check_classes(&encoded).map_err(|m| format!("the labels (column {}): {m}", at + 1))?;
+            Some(encoded)
+        }
+        None => None,
+    };
     let features = columns - usize::from(label_index(label, columns).is_some());
     let x = Array2::from_shape_vec((rows, features), values).expect("every row has the same width");
-    Ok((x, (label != LabelColumn::None).then_some(labels)))
+    Ok((x, labels))
+}
+
+/// A label field: a whole number (exactly: `3`, `-1`, `7.0`, `0.3e1`), or a name when it is
+/// no number at all (`setosa`). A number with a fraction (`1.5`, `1e-400`) or beyond ±2⁶³ is
+/// refused: it is a value, not a class.
+fn raw_label(field: &str) -> Result<RawLabel, String> {
+    if field.is_empty() {
+        return Err("the label is missing".into());
+    }
+    if field.parse::<f64>().is_err() {
+        let unquoted = field.strip_prefix('"').and_then(|f| f.strip_suffix('"')).map(|f| f.replace("\"\"", "\""));
+        return Ok(RawLabel::Name(unquoted.unwrap_or_else(|| field.to_string())));
+    }
+    let (negative, digits) = match field.strip_prefix('-') {
+        Some(rest) => (true, rest),
+        None => (false, field),
+    };
+    // `-+2` and `--2` are no numbers; `+2` is.
+    let whole =
+        if negative { exact_whole(digits).filter(|_| !digits.starts_with(['-', '+'])) } else { exact_whole(field) };
+    match whole {
+        Some(n) if n <= i64::MAX as u128 => Ok(RawLabel::Whole(if negative { -(n as i64) } else { n as i64 })),
+        Some(_) => {
+            Err(format!("the label `{field}` is beyond ±2⁶³: labels are classes, written as whole numbers or names"))
+        }
+        None => Err(format!(
+            "the label `{field}` is not a class number: labels are whole numbers (0, 3, -1) or names (setosa); for real-valued targets use --targets"
+        )),
+    }
 }
 
 /// The whole number a decimal `text` denotes exactly (`3`, `+3`, `3.0`, `3e0`, `0.3e1`,
@@ -255,16 +274,18 @@ mod tests {
         let text = "a,b,label\n1, 2 ,3\n\n# comment\n4.5,-6,0\n";
         let (x, labels) = parse_csv(text, LabelColumn::Last).unwrap();
         assert_eq!(x, ndarray::array![[1.0, 2.0], [4.5, -6.0]]);
-        assert_eq!(labels, Some(vec![3, 0]));
+        // Labels are mapped to classes, sorted: 0 is class 0, 3 class 1.
+        let names = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(labels, Some(ClassLabels { labels: vec![1, 0], classes: names(&["0", "3"]) }));
         let (x, labels) = parse_csv("7 1 2\n8 3 4\n", LabelColumn::First).unwrap();
         assert_eq!(x, ndarray::array![[1.0, 2.0], [3.0, 4.0]]);
-        assert_eq!(labels, Some(vec![7, 8]));
+        assert_eq!(labels.unwrap().classes, names(&["7", "8"]));
         let (x, labels) = parse_csv("1;2\n3;4\n", LabelColumn::None).unwrap();
         assert_eq!(x.dim(), (2, 2));
         assert_eq!(labels, None);
         let (x, labels) = parse_csv("1,9,2\n3,8,4\n", LabelColumn::Number(2)).unwrap();
         assert_eq!(x, ndarray::array![[1.0, 2.0], [3.0, 4.0]]);
-        assert_eq!(labels, Some(vec![9, 8]));
+        assert_eq!(labels, Some(ClassLabels { labels: vec![1, 0], classes: names(&["8", "9"]) }));
     }
 
     #[test]

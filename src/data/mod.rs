@@ -33,8 +33,13 @@ pub use whiten::{Components, Whitening};
 pub struct Dataset {
     /// m × n, one example per row.
     pub x: Array2<f32>,
-    /// One class label per row, when the source has them.
+    /// One class label per row, when the source has them: the class's index, 0..k−1.
     pub labels: Option<Vec<usize>>,
+    /// The class names of a source whose labels are names or numbers as the user wrote them
+    /// (CSV, `.npy`): `classes[l]` is the label written for class `l`, sorted as
+    /// scikit-learn's `LabelEncoder` sorts them ([`encode_labels`]). `None` for sources whose
+    /// labels are class numbers themselves (MNIST's digits).
+    pub classes: Option<Vec<String>>,
     /// Real-valued targets (m × outputs, one row per example) for regression, when asked for.
     pub targets: Option<Array2<f32>>,
     /// What was loaded, for people: source, counts, preprocessing.
@@ -58,13 +63,87 @@ impl Dataset {
         self.x.ncols()
     }
 
-    /// One more than the largest label: the number of classes a softmax output needs.
+    /// The number of classes a softmax output needs: the number of class names, or one more
+    /// than the largest label when the labels are class numbers.
     pub fn num_classes(&self) -> Option<usize> {
-        self.labels.as_ref().map(|l| l.iter().max().map_or(0, |&m| m + 1))
+        let largest = self.labels.as_ref().map(|l| l.iter().max().map_or(0, |&m| m + 1))?;
+        Some(self.classes.as_ref().map_or(largest, |c| c.len().max(largest)))
     }
 
-    /// Keeps only the examples whose label is in `digits`, in their original order. Labels
-    /// are not renumbered (digits 5-9 stay 5…9). Refuses a set without labels, and an
+    /// The name of each class: the stored names, or `0`, `1`, … for class numbers.
+    pub fn class_names(&self) -> Option<Vec<String>> {
+        match &self.classes {
+            Some(c) => Some(c.clone()),
+            None => self.num_classes().map(|k| (0..k).map(|l| l.to_string()).collect()),
+        }
+    }
+
+    /// The labels as the classes `classes` (a model's, in its order) number them: each label
+    /// is matched by its name (for class numbers, their decimal text). With `classes` `None`
+    /// (a model that stores no names: its classes are the numbers 0..`k`−1) the names must be
+    /// those numbers. `None` when the data has no labels.
+    ///
+    /// Errors ([`Error::Data`], one line): a label that is not one of `classes` (or not a
+    /// class number below `k`), naming it, its example (counted from 1) and the classes.
+    pub fn labels_for(&self, classes: Option<&[String]>, k: usize) -> Result<Option<Vec<usize>>> {
+        let Some(labels) = &self.labels else { return Ok(None) };
+        let name = |l: usize| -> String {
+            match &self.classes {
+                Some(c) => c[l].clone(),
+                None => l.to_string(),
+            }
+        };
+        let listed = |names: &mut dyn Iterator<Item = String>| -> String {
+            let names: Vec<String> = names.collect();
+            if names.len() > 12 {
+                format!("{}, … {}", names[..10].join(", "), names[names.len() - 1])
+            } else {
+                names.join(", ")
+            }
+        };
+        match classes {
+            Some(classes) => {
+                let index: std::collections::HashMap<&str, usize> =
+                    classes.iter().enumerate().map(|(i, c)| (c.as_str(), i)).collect();
+                labels
+                    .iter()
+                    .enumerate()
+                    .map(|(i, &l)| {
+                        let n = name(l);
+                        index.get(n.as_str()).copied().ok_or_else(|| {
+                            Error::Data(format!(
+                                "the label `{n}` (example {}) is not one the model was trained on (its classes: {}): evaluate on data of the same classes",
+                                i + 1,
+                                listed(&mut classes.iter().cloned())
+                            ))
+                        })
+                    })
+                    .collect::<Result<Vec<_>>>()
+                    .map(Some)
+            }
+            None if self.classes.is_none() => Ok(Some(labels.clone())),
+            None => labels
+                .iter()
+                .enumerate()
+                .map(|(i, &l)| {
+                    let n = name(l);
+                    n.parse::<usize>().ok().filter(|&c| c < k).ok_or_else(|| {
+                        Error::Data(format!(
+                            "the label `{n}` (example {}) is not one the model was trained on (its classes: {}): evaluate on data of the same classes",
+                            i + 1,
+                            listed(&mut (0..k).map(|c| c.to_string()))
+                        ))
+                    })
+                })
+                .collect::<Result<Vec<_>>>()
+                .map(Some),
+        }
+    }
+
+    /// Keeps only the examples whose label is in `digits`, in their original order. Class
+    /// numbers are not renumbered (digits 5-9 stay 5…9); labels with names (CSV, `.npy`) are
+    /// matched by their written number and encoded again over the classes kept, as
+    /// [`encode_labels`] would encode the kept rows. Refuses a set without labels, and an
     /// empty result.
     pub fn keep_labels(self, digits: &Digits) -> Result<Dataset> {
         let Some(labels) = &self.labels else {
@@ -73,9 +152,23 @@ impl Dataset {
                 self.description
             )));
         };
-        let keep = rows_with_labels(labels, digits)?;
+        let written: Vec<usize> = match &self.classes {
+            // A class named by no number matches no digit.
+            Some(c) => labels.iter().map(|&l| c[l].parse::<usize>().unwrap_or(usize::MAX)).collect(),
+            None => labels.clone(),
+        };
+        let keep = rows_with_labels(&written, digits)?;
         let description = format!("{}, digits {digits} ({} kept)", self.description, keep.len());
-        Ok(Dataset { description, ..self.rows(&keep) })
+        let mut kept = Dataset { description, ..self.rows(&keep) };
+        if let (Some(classes), Some(labels)) = (&kept.classes, &kept.labels) {
+            let raw: Vec<RawLabel> = labels.iter().map(|&l| RawLabel::Name(classes[l].clone())).collect();
+            let numbers: Option<Vec<RawLabel>> =
+                raw.iter().map(|r| r.text().parse::<i64>().ok().map(RawLabel::Whole)).collect();
+            let encoded = encode_labels(numbers.unwrap_or(raw));
+            kept.labels = Some(encoded.labels);
+            kept.classes = Some(encoded.classes);
+        }
+        Ok(kept)
     }
 
     /// The examples at `rows`, in that order, with their labels and targets.
@@ -83,6 +176,7 @@ impl Dataset {
         Dataset {
             x: self.x.select(Axis(0), rows),
             labels: self.labels.as_ref().map(|l| rows.iter().map(|&i| l[i]).collect()),
+            classes: self.classes.clone(),
             targets: self.targets.as_ref().map(|t| t.select(Axis(0), rows)),
             description: self.description.clone(),
             image_shape: self.image_shape,
@@ -421,7 +515,14 @@ impl DataSource {
                     mnist.cols
                 );
                 let image_shape = Some((mnist.rows, mnist.cols));
-                Dataset { x: mnist.images, labels: Some(mnist.labels), targets: None, description, image_shape }
+                Dataset {
+                    x: mnist.images,
+                    labels: Some(mnist.labels),
+                    classes: None,
+                    targets: None,
+                    description,
+                    image_shape,
+                }
             }
             DataSource::Patches(dir) => {
                 let (x, n_images) = patches::load_patches(dir, options.patch_size, options.patch_count, options.seed)?;
@@ -432,7 +533,7 @@ impl DataSource {
                     dir.display(),
                     options.seed
                 );
-                Dataset { x, labels: None, targets: None, description, image_shape: Some((p, p)) }
+                Dataset { x, labels: None, classes: None, targets: None, description, image_shape: Some((p, p)) }
             }
             DataSource::Synthetic => {
                 let x = synthetic::patches(options.patch_size, options.patch_count, options.seed)?;
@@ -446,21 +547,21 @@ impl DataSource {
                     config.size,
                     options.seed
                 );
-                Dataset { x, labels: None, targets: None, description, image_shape: Some((p, p)) }
+                Dataset { x, labels: None, classes: None, targets: None, description, image_shape: Some((p, p)) }
             }
             DataSource::Npy(path) => load_npy(path, options.labels.as_deref())?,
             DataSource::Csv(path) => {
                 let (x, labels) = csv::read_csv(path, options.label_column)?;
                 let description = format!(
-                    "{}: {} rows of {} values{}{}",
+                    "{}: {} rows of {} values{}",
                     path.display(),
                     x.nrows(),
                     x.ncols(),
-                    if labels.is_some() { " and a label" } else { "" },
-                    empty_classes_note(labels.as_deref())
+                    labels.as_ref().map_or_else(String::new, |l| format!(" and a label ({})", l.describe()))
                 );
                 let image_shape = square_shape(x.ncols());
-                Dataset { x, labels, targets: None, description, image_shape }
+                let (labels, classes) = labels.map(|l| (l.labels, l.classes)).unzip();
+                Dataset { x, labels, classes, targets: None, description, image_shape }
             }
         };
         let data = match &options.targets {
@@ -665,7 +766,7 @@ fn load_npy(path: &Path, labels_path: Option<&Path>) -> Result<Dataset> {
     }
     let labels = match labels_path {
         Some(lp) => {
-            let labels = crate::npy::read_labels(lp)?;
+            let labels = crate::npy::read_class_labels(lp)?;
             if labels.len() != x.nrows() {
                 return Err(Error::Data(format!(
                     "{} has {} labels but {} has {} rows: give one label per example",
@@ -680,15 +781,15 @@ fn load_npy(path: &Path, labels_path: Option<&Path>) -> Result<Dataset> {
         None => None,
     };
     let description = format!(
-        "{}: {} rows of {} values{}{}",
+        "{}: {} rows of {} values{}",
         path.display(),
         x.nrows(),
         x.ncols(),
-        if labels.is_some() { ", with labels" } else { "" },
-        empty_classes_note(labels.as_deref())
+        labels.as_ref().map_or_else(String::new, |l| format!(", with labels ({})", l.describe()))
     );
     let image_shape = square_shape(x.ncols());
-    Ok(Dataset { x, labels, targets: None, description, image_shape })
+    let (labels, classes) = labels.map(|l| (l.labels, l.classes)).unzip();
+    Ok(Dataset { x, labels, classes, targets: None, description, image_shape })
 }
 
 /// A `.gz` file may inflate to at most this many bytes, or [`GZ_RATIO`] times its own size
@@ -754,12 +855,94 @@ pub(crate) fn read_maybe_gz(path: &Path) -> Result<Vec<u8>> {
     Ok(out)
 }
 
-/// `, no examples of class 0` when classes below the largest label have no example (the
-/// labels have passed [`check_labels`]).
-fn empty_classes_note(labels: Option<&[usize]>) -> String {
-    labels
-        .and_then(|l| check_labels(l, &|i| i.to_string()).ok().flatten())
-        .map_or_else(String::new, |n| format!(" ({n})"))
+/// A class label as a file writes it: a whole number (`3`, `-1`, `7.0`) or a name (`setosa`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RawLabel {
+    Whole(i64),
+    Name(String),
+}
+
+impl RawLabel {
+    /// The label's text: a whole number in decimal, a name as written.
+    pub fn text(&self) -> String {
+        match self {
+            RawLabel::Whole(n) => n.to_string(),
+            RawLabel::Name(s) => s.clone(),
+        }
+    }
+}
+
+/// Labels mapped to classes: `labels[i]` (0..k−1) is example i's class, `classes[l]` the label
+/// written for class `l`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClassLabels {
+    pub labels: Vec<usize>,
+    pub classes: Vec<String>,
+}
+
+impl ClassLabels {
+    /// Number of examples.
+    pub fn len(&self) -> usize {
+        self.labels.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.labels.is_empty()
+    }
+
+    /// `3 classes: setosa, versicolor, virginica` (at most 10 names, then `…`), for the data's
+    /// description.
+    pub fn describe(&self) -> String {
+        let k = self.classes.len();
+        let names = if k > 10 {
+            format!("{}, …, {}", self.classes[..8].join(", "), self.classes[k - 1])
+        } else {
+            self.classes.join(", ")
+        };
+        format!("{k} classes: {names}")
+    }
+}
+
+/// Checks that encoded labels can be one classifier's: more than one class among two or more
+/// examples (else nothing is told apart, and usually the wrong column was taken as the labels),
+/// at most [`MAX_CLASSES`] classes. Messages name the label as written, not the file.
+pub(crate) fn check_classes(encoded: &ClassLabels) -> std::result::Result<(), String> {
+    let k = encoded.classes.len();
+    if k == 1 && encoded.labels.len() > 1 {
+        return Err(format!(
+            "every one of the {} labels is {}: a single class leaves nothing to tell apart; is this the label column?",
+            encoded.labels.len(),
+            encoded.classes[0]
+        ));
+    }
+    if k > MAX_CLASSES {
+        return Err(format!(
+            "{k} different labels, more than the {MAX_CLASSES} classes wgnn takes: is this the label column?"
+        ));
+    }
+    Ok(())
+}
+
+/// Maps labels as users write them to classes 0..k−1, as scikit-learn's
+/// `sklearn.preprocessing.LabelEncoder` does: the classes are the distinct labels, sorted
+/// (numerically when every label is a whole number, `{3, 7}` ↦ 0, 1; else as text, by code
+/// point, as NumPy sorts strings, whole numbers then written in decimal), and each label
+/// becomes its class's index.
+pub fn encode_labels(raw: Vec<RawLabel>) -> ClassLabels {
+    if raw.iter().all(|l| matches!(l, RawLabel::Whole(_))) {
+        let numbers: Vec<i64> = raw.iter().map(|l| if let RawLabel::Whole(n) = l { *n } else { 0 }).collect();
+        let mut classes = numbers.clone();
+        classes.sort_unstable();
+        classes.dedup();
+        let labels = numbers.iter().map(|n| classes.binary_search(n).expect("a class")).collect();
+        return ClassLabels { labels, classes: classes.iter().map(i64::to_string).collect() };
+    }
+    let texts: Vec<String> = raw.iter().map(RawLabel::text).collect();
+    let mut classes = texts.clone();
+    classes.sort_unstable();
+    classes.dedup();
+    let labels = texts.iter().map(|t| classes.binary_search(t).expect("a class")).collect();
+    ClassLabels { labels, classes }
 }
 
 /// The most classes a label set may name: labels run from 0 to `MAX_CLASSES − 1`. The bound
@@ -889,6 +1072,7 @@ mod tests {
         let data = Dataset {
             x,
             labels: Some(vec![0, 5, 7, 1, 9, 5]),
+            classes: None,
             targets: None,
             description: "toy".into(),
             image_shape: None,
