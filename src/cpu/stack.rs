@@ -359,9 +359,21 @@ fn backward_chunk<F: Real>(
                 let patches = k.patches.as_mut().expect("a convolution keeps its patches");
                 let (act, a) = (*act, k.a.as_slice().expect("a kept output is contiguous"));
                 // δ ⊙ f′(A) as the layer rearranges δ, in one pass.
-                let times_derivative = |i: usize, d: F| match act {
-                    Activation::Identity => d,
-                    _ => d * derivative_from_value(act, a[i]),
+                let times_derivative = |at: usize, d: &[F], to: &mut [F]| {
+                    let a = &a[at..at + d.len()];
+                    // One loop per activation, so each is a plain vector loop.
+                    let run = |to: &mut [F], f: fn(F) -> F| {
+                        to.iter_mut().zip(d).zip(a).for_each(|((t, &d), &a)| *t = d * f(a));
+                    };
+                    match act {
+                        Activation::Identity => to.copy_from_slice(d),
+                        Activation::Relu => run(to, |a| derivative_from_value(Activation::Relu, a)),
+                        Activation::Sigmoid => run(to, |a| derivative_from_value(Activation::Sigmoid, a)),
+                        Activation::Tanh => run(to, |a| derivative_from_value(Activation::Tanh, a)),
+                        Activation::LeakyRelu { .. } => {
+                            to.iter_mut().zip(d).zip(a).for_each(|((t, &d), &a)| *t = d * derivative_from_value(act, a))
+                        }
+                    }
                 };
                 conv.backward_from_patches(
                     w,

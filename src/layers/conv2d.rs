@@ -6,12 +6,19 @@
 //! (tests/layers.rs):
 //! - [`Conv2d::forward_reference`], [`Conv2d::backward_reference`]: f64 loops that read like
 //!   MATH.md's formula, one output value (or one δ) at a time;
-//! - [`Conv2d::forward`], [`Conv2d::backward`]: the fast path in f32 or f64. For each chunk of
-//!   images, the patch matrix P (one row per output position (n, y, x), one column per
-//!   (c, i, j); "im2col") is gathered and multiplied by the project's GEMM: Z = P Wᵀ,
-//!   ∇W = α δᵀ P, ∇P = δ W, and ∇P is folded back onto the pixels that each entry read
-//!   ("col2im"). Gathering, folding and the bias run split over images; ∇W and ∇b sum the
-//!   chunks and images in order, so the bits do not depend on the number of threads.
+//! - [`Conv2d::forward`], [`Conv2d::backward`] (and [`Conv2d::forward_into`],
+//!   [`Conv2d::backward_from_patches`], which keep the patch matrix from one to the other in
+//!   the caller's buffers): the fast path in f32 or f64, with the patch matrix P (one row per
+//!   output position (n, y, x), one column per (c, i, j); "im2col") and the project's GEMM.
+//!   Forward, one image per task: P_n gathered, out_n = W P_nᵀ + b (f × h′w′, already the
+//!   image's NCHW output), the activation applied while it is in cache. Backward: δ
+//!   rearranged to D (f × m·h′w′, one row per filter; the activation's derivative applied on
+//!   the way), ∇W = α D P as one product over the batch, ∇b = α Σ D; per image
+//!   ∇P_nᵀ = Wᵀ D_n, written over the spent P_n and folded back onto the pixels that each
+//!   entry read ("col2im"). These forms are the fastest of those measured with the `gemm`
+//!   crate on LeNet's shapes (BENCHMARKS.md: ∇W against a transposed P ran at a fifth of the
+//!   rate). Each sum runs in an order fixed by the shapes, so the bits do not depend on the
+//!   number of threads.
 //!
 //! Layouts (see the [module notes](super)): images and outputs are m × (c·h·w) row-major
 //! batches; W is f × (c·k·k), row f being PyTorch's `weight[f]` flattened, so W[f, c, i, j]
@@ -269,13 +276,13 @@ impl Conv2d {
     }
 
     /// The fast path's forward pass into the caller's buffers. The patch matrix of the batch
-    /// is kept in `patches` as Pᵀ: c·k² rows × m·h′w′ columns, row (c·k + i)·k + j, column
-    /// n·h′w′ + y·w′ + x holding in[n, c, y·s+i−p, x·s+j−p] (0 in the padding), so that
-    /// each row is gathered by copying runs of pixels. One image per task: its block of
-    /// columns P_nᵀ is gathered, then out_n = W P_nᵀ + b (f × h′w′: the image's output, already
-    /// in NCHW order), then `epilogue(out_n)` (e.g. the activation, while the values are in
-    /// cache). `patches` (m·c·k²·h′w′ values) is what [`Conv2d::backward_from_patches`] reads;
-    /// `out` is m × f·h′·w′ row-major. Errors: `Error::Shape` when an array does not fit.
+    /// is kept in `patches`: m·h′w′ rows (n·h′w′ + y·w′ + x) × c·k² columns ((c·k + i)·k + j)
+    /// holding in[n, c, y·s+i−p, x·s+j−p] (0 in the padding), image n's rows P_n
+    /// contiguous. One image per task: P_n is gathered, then out_n = W P_nᵀ + b (f × h′w′:
+    /// the image's output, already in NCHW order), then `epilogue(out_n)` (e.g. the
+    /// activation, while the values are in cache). `patches` (m·h′w′·c·k² values) is what
+    /// [`Conv2d::backward_from_patches`] reads; `out` is m × f·h′·w′ row-major. Errors:
+    /// `Error::Shape` when an array does not fit the layer.
     pub fn forward_into<F: Real>(
         &self,
         w: ArrayView2<F>,
@@ -297,16 +304,15 @@ impl Conv2d {
         let pixels = x.as_slice().expect("standard layout");
         let b = b.as_standard_layout();
         let b = b.as_slice().expect("standard layout");
-        let mut columns = ArrayViewMut2::from_shape((self.patch_len(), m * positions), patches).expect("sizes checked");
-        columns
-            .axis_chunks_iter_mut(Axis(1), positions)
-            .into_par_iter()
+        patches
+            .par_chunks_mut(self.patches_per_image())
             .zip(out.par_chunks_mut(out_len))
             .zip(pixels.par_chunks(self.input.len()))
-            .for_each(|((mut p_n, out_n), image)| {
-                self.columns_of(image, p_n.view_mut());
+            .for_each(|((p_n, out_n), image)| {
+                self.patches_of(image, p_n);
+                let p_n = ArrayView2::from_shape((positions, self.patch_len()), &*p_n).expect("sizes agree");
                 let mut z_n = ArrayViewMut2::from_shape((self.filters, positions), &mut *out_n).expect("sizes agree");
-                gemm_serial(F::one(), &w, &p_n.view(), F::zero(), &mut z_n);
+                gemm_serial(F::one(), &w, &p_n.t(), F::zero(), &mut z_n);
                 for (z_f, &b_f) in out_n.chunks_mut(positions).zip(b) {
                     z_f.iter_mut().for_each(|z| *z += b_f);
                 }
@@ -372,12 +378,12 @@ impl Conv2d {
         for start in (0..m).step_by(chunk) {
             let images = chunk.min(m - start);
             let p = &mut patches[..images * self.patches_per_image()];
-            self.gather_columns(&pixels[start * in_len..(start + images) * in_len], p);
+            self.gather_patches(&pixels[start * in_len..(start + images) * in_len], p);
             let d = &delta[start * out_len..(start + images) * out_len];
             let gpix = grad_x.is_some().then(|| &mut grad_pixels[..images * in_len]);
             let by_filter = &mut by_filter[..images * out_len];
             let (gw, gb) = (grad_w.view_mut(), grad_b.view_mut());
-            self.backward_chunk(w, p, d, |_, d| d, alpha, gw, gb, gpix, by_filter, start > 0);
+            self.backward_chunk(w, p, d, |_, d, to| to.copy_from_slice(d), alpha, gw, gb, gpix, by_filter, start > 0);
             if let Some(gx) = grad_x.as_mut() {
                 let gpix =
                     ArrayView2::from_shape((images, in_len), &grad_pixels[..images * in_len]).expect("sizes agree");
@@ -388,9 +394,10 @@ impl Conv2d {
     }
 
     /// The fast path's backward pass from the patch matrix that [`Conv2d::forward_into`]
-    /// kept (`patches`, Pᵀ of m images), with δ = `times_derivative(i, δ_out[i])` for every
-    /// value i of `delta_out` (m × f·h′·w′ row-major; the layer's activation derivative, or
-    /// `|_, d| d` when δ_out is already δ):
+    /// kept (`patches`, P of m images), with δ = δ_out ⊙ f′ written by
+    /// `times_derivative(i, run of δ_out from value i, destination)` for runs of δ_out
+    /// (m × f·h′·w′ row-major; the layer's activation derivative, or
+    /// `|_, d, to| to.copy_from_slice(d)` when δ_out is already δ):
     /// - D = δ with one row per filter (f × m·h′w′, built in `by_filter`, f·m·h′w′ values of
     ///   scratch), ∇b ← α·Σ δ, the images added in order;
     /// - ∇W ← α·D P, one product over the whole batch;
@@ -406,7 +413,7 @@ impl Conv2d {
         w: ArrayView2<F>,
         patches: &mut [F],
         delta_out: &[F],
-        times_derivative: impl Fn(usize, F) -> F + Sync,
+        times_derivative: impl Fn(usize, &[F], &mut [F]) + Sync,
         alpha: F,
         grad_w: ArrayViewMut2<F>,
         grad_b: ArrayViewMut1<F>,
@@ -437,7 +444,7 @@ impl Conv2d {
         w: ArrayView2<F>,
         patches: &mut [F],
         delta_out: &[F],
-        times_derivative: impl Fn(usize, F) -> F + Sync,
+        times_derivative: impl Fn(usize, &[F], &mut [F]) + Sync,
         alpha: F,
         mut grad_w: ArrayViewMut2<F>,
         mut grad_b: ArrayViewMut1<F>,
@@ -464,9 +471,7 @@ impl Conv2d {
                 let mut sum = F::zero();
                 for (n, d_fn) in d_f.chunks_mut(positions).enumerate() {
                     let at = n * out_len + f * positions;
-                    for (p, (d, &v)) in d_fn.iter_mut().zip(&delta_out[at..at + positions]).enumerate() {
-                        *d = times_derivative(at + p, v);
-                    }
+                    times_derivative(at, &delta_out[at..at + positions], d_fn);
                     sum += lane_sum(d_fn);
                 }
                 sum
@@ -477,34 +482,59 @@ impl Conv2d {
         }
         // ∇W = α D P + β ∇W: one product over the batch.
         let d = ArrayView2::from_shape((self.filters, cols), &*by_filter).expect("sizes agree");
-        let mut columns = ArrayViewMut2::from_shape((depth, cols), patches).expect("sizes agree");
+        let p = ArrayView2::from_shape((cols, depth), &*patches).expect("sizes agree");
         let beta = if accumulate { F::one() } else { F::zero() };
-        gemm(alpha, &d, &columns.t(), beta, &mut grad_w);
+        gemm(alpha, &d, &p, beta, &mut grad_w);
         if let Some(grad_x) = grad_x {
-            // ∇P_nᵀ = Wᵀ D_n over P_nᵀ, then folded onto image n's pixels.
-            columns
-                .axis_chunks_iter_mut(Axis(1), positions)
-                .into_par_iter()
+            // ∇P_nᵀ = Wᵀ D_n (c·k² × h′w′) over the spent P_n, then folded onto image n's pixels.
+            patches
+                .par_chunks_mut(self.patches_per_image())
                 .zip(d.axis_chunks_iter(Axis(1), positions).into_par_iter())
                 .zip(grad_x.par_chunks_mut(self.input.len()))
-                .for_each(|((mut p_n, d_n), g_n)| {
-                    gemm_serial(F::one(), &w.t(), &d_n, F::zero(), &mut p_n);
-                    self.fold_columns(p_n.view(), g_n);
+                .for_each(|((gp_n, d_n), g_n)| {
+                    let mut gp_n = ArrayViewMut2::from_shape((depth, positions), gp_n).expect("sizes agree");
+                    gemm_serial(F::one(), &w.t(), &d_n, F::zero(), &mut gp_n);
+                    self.fold_columns(gp_n.view(), g_n);
                 });
         }
     }
 
-    /// Pᵀ of the images in `pixels` (c·h·w each) into `patches` (c·k² × images·h′w′), one
-    /// image per task.
-    fn gather_columns<F: Real>(&self, pixels: &[F], patches: &mut [F]) {
-        let (positions, images) = (self.output().plane(), pixels.len() / self.input.len().max(1));
-        let mut columns =
-            ArrayViewMut2::from_shape((self.patch_len(), images * positions), patches).expect("sizes agree");
-        columns
-            .axis_chunks_iter_mut(Axis(1), positions)
-            .into_par_iter()
+    /// P[n·h′w′ + y·w′ + x, (c·k + i)·k + j] = in[n, c, y·s+i−p, x·s+j−p] (0 in the padding)
+    /// for the images in `pixels` (c·h·w each), one image per task.
+    fn gather_patches<F: Real>(&self, pixels: &[F], patches: &mut [F]) {
+        patches
+            .par_chunks_mut(self.patches_per_image())
             .zip(pixels.par_chunks(self.input.len()))
-            .for_each(|(p_n, image)| self.columns_of(image, p_n));
+            .for_each(|(p_n, image)| self.patches_of(image, p_n));
+    }
+
+    /// One image's P_n (h′w′ × c·k²): each row one patch, copied as runs of k pixels.
+    fn patches_of<F: Real>(&self, image: &[F], p_n: &mut [F]) {
+        let (ImageShape { channels, height, width }, k) = (self.input, self.kernel);
+        let (ow, depth) = (self.output().width, self.patch_len());
+        for (pos, row) in p_n.chunks_mut(depth).enumerate() {
+            let (y, xo) = (pos / ow, pos % ow);
+            // The k columns the patch reads, when all lie inside the image (the common case).
+            let inside = (xo * self.stride).checked_sub(self.padding).filter(|&x0| x0 + k <= width);
+            for c in 0..channels {
+                for i in 0..k {
+                    let dst = &mut row[(c * k + i) * k..(c * k + i + 1) * k];
+                    let Some(yy) = self.source(y, i, height) else {
+                        dst.fill(F::zero());
+                        continue;
+                    };
+                    let line = &image[(c * height + yy) * width..(c * height + yy + 1) * width];
+                    match inside {
+                        Some(x0) => copy_run(dst, &line[x0..x0 + k]),
+                        None => {
+                            for (j, v) in dst.iter_mut().enumerate() {
+                                *v = self.source(xo, j, width).map_or(F::zero(), |xx| line[xx]);
+                            }
+                        }
+                    }
+                }
+            }
+        }
     }
 
     /// The columns [x_lo, x_hi) of an output row whose kernel column j reads inside the
@@ -517,44 +547,10 @@ impl Conv2d {
         (lo, hi)
     }
 
-    /// P_nᵀ[(c·k + i)·k + j, y·w′ + x] = in[c, y·s+i−p, x·s+j−p] for one image (0 in the
-    /// padding): at stride 1 each (row, y) is one run of copied pixels.
-    fn columns_of<F: Real>(&self, image: &[F], mut p_n: ArrayViewMut2<F>) {
-        let (ImageShape { channels, height, width }, k) = (self.input, self.kernel);
-        let ow = self.output().width;
-        for c in 0..channels {
-            for i in 0..k {
-                for j in 0..k {
-                    let mut row = p_n.row_mut((c * k + i) * k + j);
-                    let row = row.as_slice_mut().expect("rows of a row-major block are contiguous");
-                    let (lo, hi) = self.inside_columns(j);
-                    for (y, dst) in row.chunks_mut(ow).enumerate() {
-                        let Some(yy) = self.source(y, i, height) else {
-                            dst.fill(F::zero());
-                            continue;
-                        };
-                        let line = &image[(c * height + yy) * width..(c * height + yy + 1) * width];
-                        if self.stride == 1 {
-                            dst[..lo].fill(F::zero());
-                            dst[hi..].fill(F::zero());
-                            if hi > lo {
-                                let x0 = lo + j - self.padding;
-                                dst[lo..hi].copy_from_slice(&line[x0..x0 + hi - lo]);
-                            }
-                        } else {
-                            for (x, v) in dst.iter_mut().enumerate() {
-                                *v = self.source(x, j, width).map_or(F::zero(), |xx| line[xx]);
-                            }
-                        }
-                    }
-                }
-            }
-        }
-    }
-
-    /// The adjoint of [`Conv2d::columns_of`] ("col2im"): each pixel of `grad_image` (c·h·w)
-    /// becomes the sum of the entries of ∇P_nᵀ that read it, added in row order (c, i, j),
-    /// then y; entries in the padding are dropped.
+    /// The adjoint of [`Conv2d::patches_of`] ("col2im"), from ∇P_nᵀ (c·k² × h′w′): each pixel
+    /// of `grad_image` (c·h·w) becomes the sum of the entries that read it, added in row order
+    /// (c, i, j), then y; entries in the padding are dropped. At stride 1 each (row, y) adds
+    /// one run of values to one run of pixels.
     fn fold_columns<F: Real>(&self, gp_n: ArrayView2<F>, grad_image: &mut [F]) {
         let (ImageShape { channels, height, width }, k) = (self.input, self.kernel);
         let ow = self.output().width;
@@ -597,4 +593,20 @@ fn lane_sum<F: Real>(v: &[F]) -> F {
     }
     let tail = chunks.remainder().iter().fold(F::zero(), |s, &x| s + x);
     lanes.iter().fold(tail, |s, &l| s + l)
+}
+
+/// dst ← src for the short runs of a patch row: inline moves for the common kernel sides (a
+/// `copy_from_slice` of 5 values is a call to memmove, which was most of the gather).
+#[inline]
+fn copy_run<F: Copy>(dst: &mut [F], src: &[F]) {
+    fn fixed<F: Copy, const N: usize>(dst: &mut [F], src: &[F]) {
+        let d: &mut [F; N] = dst.try_into().expect("runs of N");
+        *d = src.try_into().expect("runs of N");
+    }
+    match dst.len() {
+        3 => fixed::<F, 3>(dst, src),
+        5 => fixed::<F, 5>(dst, src),
+        7 => fixed::<F, 7>(dst, src),
+        _ => dst.copy_from_slice(src),
+    }
 }

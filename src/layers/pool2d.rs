@@ -224,12 +224,14 @@ impl Pool2d {
                 for px in 0..shape.width {
                     let first = (c * h + py * s) * w + px * s;
                     let (mut best, mut at) = (image[first], first);
-                    for r in (first..first + k * w).step_by(w) {
+                    for i in 0..k {
+                        let r = first + i * w;
                         for (col, &v) in image[r..r + k].iter().enumerate() {
-                            // Strictly greater: the first of equal values keeps the win.
-                            if v > best || (v.is_nan() && !best.is_nan()) {
-                                (best, at) = (v, r + col);
-                            }
+                            // Strictly greater: the first of equal values keeps the win. Selects,
+                            // not a branch: on activations which value wins is a coin toss.
+                            let take = (v > best) | (v.is_nan() & !best.is_nan());
+                            best = if take { v } else { best };
+                            at = if take { r + col } else { at };
                         }
                     }
                     out[o] = best;
