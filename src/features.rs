@@ -175,6 +175,16 @@ impl FeatureBank {
         whitening: Option<&Whitening>,
     ) -> Result<FeatureBank> {
         spec.validate()?;
+        // A stack's first W is a conv filter bank, maxout pieces or a dense layer over an image
+        // the features are not slid over as patches: taking it as p×p features would convolve
+        // the wrong thing without a word.
+        if spec.has_layer_stack() {
+            return Err(Error::Shape(format!(
+                "{} is a layer stack (conv2d, pooling or maxout), not an autoencoder: features come from the first \
+                 hidden layer of a dense autoencoder trained on patches (`wgnn train autoencoder`)",
+                spec.describe()
+            )));
+        }
         if spec.layers.len() < 3 {
             return Err(Error::Shape(format!(
                 "{} has no hidden layer: features come from the first hidden layer of an autoencoder",

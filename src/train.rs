@@ -1015,6 +1015,18 @@ fn draw_pictures(
     job: &TrainJob,
 ) -> Result<Vec<PathBuf>> {
     let (image_shape, dir) = (job.image_shape, &job.out_dir);
+    if spec.has_layer_stack() {
+        // A stack draws its first convolution's filters (colour over 3 channels); one with no
+        // filters over pixels (e.g. pooling first, no convolution) draws none.
+        return Ok(match viz::first_layer_filters(spec, theta, None) {
+            Ok((picture, _)) => {
+                let path = dir.join("filters.png");
+                picture.save(&path)?;
+                vec![path]
+            }
+            Err(_) => Vec::new(),
+        });
+    }
     let square = image_shape.is_some_and(|(h, w)| h == w) || viz::square_side(spec.inputs()).is_ok();
     if !square || spec.layers.len() < 3 {
         return Ok(Vec::new());

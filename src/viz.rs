@@ -69,6 +69,146 @@ pub fn filter_grid(weights: ArrayView2<f64>) -> Result<GrayImage> {
     Ok(grid(&tiles, side, side, columns, upscale(side)))
 }
 
+/// A picture of filters: grey, or colour for filters over 3 channels.
+#[derive(Clone, Debug)]
+pub enum FilterPicture {
+    Gray(GrayImage),
+    Rgb(RgbImage),
+}
+
+impl FilterPicture {
+    /// Writes it as PNG, atomically ([`save_png`]).
+    pub fn save(&self, path: &Path) -> Result<()> {
+        match self {
+            FilterPicture::Gray(img) => save_png(img, path),
+            FilterPicture::Rgb(img) => save_png(img, path),
+        }
+    }
+
+    /// (width, height) in pixels.
+    pub fn dimensions(&self) -> (u32, u32) {
+        match self {
+            FilterPicture::Gray(img) => img.dimensions(),
+            FilterPicture::Rgb(img) => img.dimensions(),
+        }
+    }
+}
+
+/// One tile per filter of W (f × c·k·k in PyTorch's layout: filter, channel, row, column),
+/// each the input of norm 1 that most activates it, x = W_f/‖W_f‖ (MATH.md, "Seeing what a
+/// hidden unit learned"), mapped to [0, 1] around grey = 0 by its largest magnitude. One
+/// channel: a grey tile of k × k; three: a colour tile, channels 0, 1, 2 as red, green, blue;
+/// any other count: one grey tile per channel, each filter's channels side by side in a row.
+/// Errors: `Error::Shape` when W's columns are not `channels`·k² for a whole k.
+pub fn conv_filter_grid(weights: ArrayView2<f64>, channels: usize) -> Result<FilterPicture> {
+    let per_channel = weights.ncols().checked_div(channels).unwrap_or(0);
+    let side = (per_channel as f64).sqrt().round() as usize;
+    if channels == 0 || side == 0 || side * side * channels != weights.ncols() {
+        return Err(Error::Shape(format!(
+            "filters of {} values are not {channels} channel(s) of k × k: a convolution's W has channels·k² columns",
+            weights.ncols()
+        )));
+    }
+    let tiles: Vec<Vec<f64>> = weights
+        .rows()
+        .into_iter()
+        .map(|w| {
+            let norm = w.dot(&w).sqrt();
+            let x: Vec<f64> = w.iter().map(|v| if norm > 0.0 { v / norm } else { 0.0 }).collect();
+            contrast_symmetric(&x)
+        })
+        .collect();
+    let scale = upscale(side);
+    match channels {
+        1 => {
+            let columns = (tiles.len() as f64).sqrt().ceil() as usize;
+            Ok(FilterPicture::Gray(grid(&tiles, side, side, columns, scale)))
+        }
+        3 => {
+            let columns = (tiles.len() as f64).sqrt().ceil() as usize;
+            Ok(FilterPicture::Rgb(colour_grid(&tiles, side, columns, scale)))
+        }
+        c => {
+            // Row f holds filter f's c channels, each its own tile (same normalisation).
+            let split: Vec<Vec<f64>> =
+                tiles.iter().flat_map(|t| t.chunks(side * side).map(<[f64]>::to_vec).collect::<Vec<_>>()).collect();
+            Ok(FilterPicture::Gray(grid(&split, side, side, c, scale)))
+        }
+    }
+}
+
+/// [`grid`] in colour: each tile holds 3 planes of side × side (red, green, blue).
+fn colour_grid(tiles: &[Vec<f64>], side: usize, columns: usize, scale: usize) -> RgbImage {
+    let rows = tiles.len().div_ceil(columns);
+    let cell = side * scale + 1;
+    let mut img = RgbImage::from_pixel((columns * cell + 1) as u32, (rows * cell + 1) as u32, Rgb([40, 40, 40]));
+    let plane = side * side;
+    for (t, tile) in tiles.iter().enumerate() {
+        let (gx, gy) = ((t % columns) * cell + 1, (t / columns) * cell + 1);
+        for p in 0..plane {
+            let level = |c: usize| (tile[c * plane + p].clamp(0.0, 1.0) * 255.0).round() as u8;
+            let colour = Rgb([level(0), level(1), level(2)]);
+            let (px, py) = (p % side, p / side);
+            for dy in 0..scale {
+                for dx in 0..scale {
+                    img.put_pixel((gx + px * scale + dx) as u32, (gy + py * scale + dy) as u32, colour);
+                }
+            }
+        }
+    }
+    img
+}
+
+/// The filters a trained network's first layer applies to its input, as `filters.png` and
+/// `wgnn visualize` draw them: for a layer stack, the first convolution's W
+/// ([`conv_filter_grid`]; grey for 1 channel, colour for 3), or, when the stack starts with a
+/// dense or maxout layer, its W over the input image; for a dense network, W⁽¹⁾ over square
+/// inputs ([`filters_in_pixels`], unwhitened with `whitening`). Returns the picture and a
+/// description ("20 filters of 1×5×5"). Errors: `Error::Shape` when the network has no such
+/// layer (a stack with no convolution that does not start with a dense or maxout layer) or
+/// its inputs are not square images.
+pub fn first_layer_filters(
+    spec: &crate::model::NetSpec,
+    theta: &[f64],
+    whitening: Option<&Whitening>,
+) -> Result<(FilterPicture, String)> {
+    use crate::model::{Layer, ThetaLayout};
+    let layout = ThetaLayout::new(spec);
+    if theta.len() != layout.len() {
+        return Err(Error::Shape(format!("θ has {} values but the network needs {}", theta.len(), layout.len())));
+    }
+    let Some(stack) = &spec.net else {
+        let w = layout.weight(theta, 0);
+        let picture = FilterPicture::Gray(filters_in_pixels(w, whitening)?);
+        return Ok((picture, format!("{} filters of {} inputs", w.nrows(), w.ncols())));
+    };
+    let shapes = stack.shapes()?;
+    let mut l = 0;
+    for (i, layer) in stack.layers.iter().enumerate() {
+        if let Layer::Conv2d { kernel, .. } = *layer {
+            let input = if i == 0 { stack.input } else { shapes[i - 1] };
+            let w = layout.weight(theta, l);
+            let what = format!("{} filters of {}×{kernel}×{kernel}", w.nrows(), input.channels);
+            return Ok((conv_filter_grid(w, input.channels)?, what));
+        }
+        if layer.has_parameters() {
+            l += 1;
+        }
+    }
+    let input = stack.input;
+    match stack.layers.first() {
+        Some(Layer::Dense { .. } | Layer::Maxout { .. }) if input.height == input.width && input.height > 1 => {
+            let w = layout.weight(theta, 0);
+            let what = format!("{} filters of {}", w.nrows(), input.describe());
+            Ok((conv_filter_grid(w, input.channels)?, what))
+        }
+        _ => Err(Error::Shape(format!(
+            "{}: no convolution, and no dense or maxout layer reading square images first, so no filters over pixels to draw",
+            spec.describe()
+        ))),
+    }
+}
+
 /// Originals (top row, labelled "original") above their reconstructions (bottom row,
 /// labelled "reconstruction"), each image scaled by the range of its original so the two
 /// are comparable.

@@ -444,3 +444,58 @@ fn cli_train_cnn_runs_and_refuses_bad_shapes_before_writing_anything() {
     assert!(ck.spec.has_layer_stack());
     let _ = std::fs::remove_dir_all(&tmp);
 }
+
+/// A CNN (or any layer stack) is not an autoencoder whose first layer is a bank of patch
+/// features: `FeatureBank::from_autoencoder` refuses it in one line instead of sliding the
+/// conv's 5×5 filters over images as if they were features.
+#[test]
+fn a_feature_bank_refuses_a_layer_stack_in_one_line() {
+    for text in ["conv 4x5x5 relu, maxpool 2, softmax", "maxout 6x2, softmax"] {
+        let spec = net(InputShape::image(1, 12, 12), text, 10, 0.0);
+        let theta = vec![0.1; ThetaLayout::new(&spec).len()];
+        let err = wgnn::features::FeatureBank::from_autoencoder(&spec, &theta, 1, None).expect_err("refused");
+        let err = err.to_string();
+        assert!(err.contains("is a layer stack") && err.contains("wgnn train autoencoder"), "{text}: {err}");
+        assert!(!err.contains('\n'), "{err}");
+    }
+}
+
+/// `filters.png` and `wgnn visualize` of a stack draw its first convolution: grey tiles of
+/// k × k for one channel, colour tiles for three (channel 0 red, 1 green, 2 blue), one tile
+/// per filter; a stack that starts with maxout draws its W over the input image; one with no
+/// filters over pixels is refused by name.
+#[test]
+fn first_layer_filters_draw_the_first_convolution_grey_or_in_colour() {
+    use wgnn::viz::{FilterPicture, first_layer_filters};
+    // 1 channel, 6 filters of 5×5 after a pooling layer: 3 columns × 2 rows of 5·8+1-pixel cells.
+    let spec = net(InputShape::image(1, 12, 12), "meanpool 2, conv 6x5x5 relu, softmax", 3, 0.0);
+    let theta: Vec<f64> = (0..ThetaLayout::new(&spec).len()).map(|i| (i as f64 * 0.37).sin()).collect();
+    let (picture, what) = first_layer_filters(&spec, &theta, None).unwrap();
+    assert_eq!(what, "6 filters of 1×5×5");
+    assert!(matches!(picture, FilterPicture::Gray(_)));
+    assert_eq!(picture.dimensions(), (3 * 41 + 1, 2 * 41 + 1));
+
+    // 3 channels: filter 0 is all red (channel 0 positive, the others 0), filter 1 all blue.
+    let spec = net(InputShape::image(3, 8, 8), "conv 2x3x3 relu, maxpool 2, softmax", 3, 0.0);
+    let mut theta = vec![0.0; ThetaLayout::new(&spec).len()];
+    theta[..9].fill(1.0); // W[0, 0, ·, ·]
+    theta[27 + 18..27 + 27].fill(1.0); // W[1, 2, ·, ·]
+    let (picture, what) = first_layer_filters(&spec, &theta, None).unwrap();
+    assert_eq!(what, "2 filters of 3×3×3");
+    let FilterPicture::Rgb(img) = picture else { panic!("3 channels are drawn in colour") };
+    // side 3 is drawn 8×: cells of 25 pixels, two columns.
+    assert_eq!(img.dimensions(), (2 * 25 + 1, 25 + 1));
+    assert_eq!(img.get_pixel(5, 5).0, [255, 128, 128], "filter 0 is red");
+    assert_eq!(img.get_pixel(25 + 5, 5).0, [128, 128, 255], "filter 1 is blue");
+
+    // Maxout first: its W over the 1×6×6 input, one tile per piece.
+    let spec = net(InputShape::image(1, 6, 6), "maxout 3x2, softmax", 2, 0.0);
+    let theta = vec![0.5; ThetaLayout::new(&spec).len()];
+    let (_, what) = first_layer_filters(&spec, &theta, None).unwrap();
+    assert_eq!(what, "6 filters of 1×6×6");
+
+    let spec = net(InputShape::image(1, 6, 6), "maxpool 2, dense 4 relu, softmax", 2, 0.0);
+    let theta = vec![0.5; ThetaLayout::new(&spec).len()];
+    let err = first_layer_filters(&spec, &theta, None).expect_err("no filters over pixels").to_string();
+    assert!(err.contains("no filters over pixels to draw") && !err.contains('\n'), "{err}");
+}

@@ -49,6 +49,11 @@ pub struct BenchArgs {
     /// Print one JSON array; each row: name, backend, adapter, shape, median_seconds, gflops.
     #[arg(long)]
     pub json: bool,
+    /// Time only the CNN on the CPU (f32): `train cnn`'s LeNet training step (cost, gradient
+    /// and the Adam update, batch 64) and its two convolutions' forward and backward passes
+    /// (benches/compare/cnn.py sets them beside PyTorch's).
+    #[arg(long)]
+    pub cnn: bool,
     /// Graphics API to look for GPUs through (auto: Vulkan, Metal or DX12, then GL).
     #[arg(long, value_enum, default_value_t = GpuApi::Auto)]
     pub gpu_api: GpuApi,
@@ -383,6 +388,15 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
             }
         },
     };
+    if args.cnn {
+        let rows = cnn_rows(args.repeats, args.data.as_deref())?;
+        if args.json {
+            println!("{}", serde_json::to_string_pretty(&rows)?);
+        } else {
+            print_table(&rows, args.repeats, None, &cpu_name(), args.data.as_deref());
+        }
+        return Ok(());
+    }
     let examples = Examples::load(args.data.as_deref(), batches.iter().copied().max().unwrap_or(1))?;
 
     let mut products: Vec<Product> =
@@ -484,4 +498,77 @@ fn print_table(rows: &[Row], repeats: u32, gpu: Option<&Gpu>, cpu: &str, data: O
     println!("\ngpu/cpu: the GPU's time over the CPU f32 backend's for the same work (below 1: the GPU is faster).");
     println!("GFLOP/s counts 2mnk per product; a cost-and-gradient counts three products per layer, less the");
     println!("first layer's input delta. matmul shapes are m×n×k of C (m×n) = A (m×k) · B (k×n).");
+}
+
+/// The CNN rows (`--cnn`), CPU f32: `train cnn`'s default LeNet (1×28×28 → conv 20×5×5 relu,
+/// max pool 2, conv 50×5×5 relu, max pool 2, dense 500 relu, softmax 10) — one whole training
+/// step (cost, gradient, Adam update; batch 64, as `train cnn` trains) — and each convolution
+/// alone, forward (Z = W·Pᵀ + b per image) and backward (∇W, ∇b and, for the second, ∇input).
+/// FLOPs count 2 per multiply-add of the products: per conv layer 2·m·h′w′·f·c·k² for each of
+/// forward, ∇W and ∇input (not for the first layer's input), per dense layer 2·m·in·out for
+/// each of its three products (less the first's input delta: none here).
+fn cnn_rows(repeats: u32, data: Option<&str>) -> anyhow::Result<Vec<Row>> {
+    use ndarray::Array1;
+    use wgnn::layers::{ImageShape, conv2d::Conv2d};
+    use wgnn::model::{InputShape, LayerStack, parse_net};
+    use wgnn::optim::{UpdateRule, UpdateState};
+
+    let m = 64;
+    let parsed = parse_net(super::train::LENET)?;
+    let stack = LayerStack { input: InputShape::image(1, 28, 28), layers: parsed.layers };
+    let spec = NetSpec::stack(stack, 10, parsed.output)?;
+    let examples = Examples::load(data, m)?;
+    let convs = [
+        (
+            ["conv2d_lenet1_forward", "conv2d_lenet1_backward_dW_db"],
+            Conv2d::new(ImageShape::new(1, 28, 28), 20, 5, 1, 0)?,
+            false,
+        ),
+        (
+            ["conv2d_lenet2_forward", "conv2d_lenet2_backward_dW_db_dx"],
+            Conv2d::new(ImageShape::new(20, 12, 12), 50, 5, 1, 0)?,
+            true,
+        ),
+    ];
+    let dense = [(800, 500), (500, 10)];
+    let step_flops =
+        convs.iter().map(|(_, c, dx)| c.forward_flops(m) as f64 * if *dx { 3.0 } else { 2.0 }).sum::<f64>()
+            + dense.iter().map(|&(i, o)| 3.0 * 2.0 * (m * i * o) as f64).sum::<f64>();
+    let cpu = cpu_name();
+    let mut rows = Vec::new();
+
+    let mut backend = CpuBackend::<f32>::new(spec.clone())?;
+    backend.set_data(examples.x.view().into(), Targets::Labels(&examples.labels))?;
+    let mut theta = Init::Uniform.theta(&spec, 0);
+    let mut grad = vec![0.0; theta.len()];
+    let mut adam = UpdateState::new(UpdateRule::ADAM, theta.len());
+    let seconds = median_seconds(repeats, || {
+        backend.cost_and_grad(&theta, Batch::All, &mut grad)?;
+        // A tiny rate keeps θ (and so the work) the same from step to step.
+        adam.apply(&mut theta, &grad, 1e-9);
+        Ok(())
+    })?;
+    let work = Work { name: "cnn_lenet_step_adam", shape: format!("batch={m}"), flops: step_flops };
+    rows.push(work.row("cpu f32", &cpu, seconds));
+
+    for (names, conv, input_grad) in convs {
+        let (f, depth) = conv.weight_shape();
+        let w = random(f, depth, 11);
+        let b = Array1::from_elem(f, 0.1f32);
+        let x = random(m, conv.input.len(), 12);
+        let delta = random(m, conv.output().len(), 13);
+        let shape = format!("{m}x{}_{f}x{}x5x5", conv.input.describe().replace('×', "x"), conv.input.channels);
+        let forward = median_seconds(repeats, || Ok(conv.forward(w.view(), b.view(), x.view()).map(|_| ())?))?;
+        let flops = conv.forward_flops(m) as f64;
+        rows.push(Work { name: names[0], shape: shape.clone(), flops }.row("cpu f32", &cpu, forward));
+        let (mut gw, mut gb, mut gx) =
+            (Array2::<f32>::zeros((f, depth)), Array1::<f32>::zeros(f), Array2::<f32>::zeros(x.dim()));
+        let backward = median_seconds(repeats, || {
+            let gx = input_grad.then(|| gx.view_mut());
+            Ok(conv.backward(w.view(), x.view(), delta.view(), 1.0, gw.view_mut(), gb.view_mut(), gx)?)
+        })?;
+        let flops = flops * if input_grad { 2.0 } else { 1.0 };
+        rows.push(Work { name: names[1], shape, flops }.row("cpu f32", &cpu, backward));
+    }
+    Ok(rows)
 }

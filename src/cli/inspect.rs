@@ -84,6 +84,13 @@ pub struct VisualizeArgs {
 
 pub fn visualize(args: VisualizeArgs) -> anyhow::Result<()> {
     let ck = load_model(&args.model)?;
+    if ck.spec.has_layer_stack() {
+        // The first convolution's filters (colour over 3 channels): viz::first_layer_filters.
+        let (picture, what) = viz::first_layer_filters(&ck.spec, &ck.theta, None)?;
+        picture.save(&args.out)?;
+        println!("{what} drawn to {}", args.out.display());
+        return Ok(());
+    }
     let layout = ThetaLayout::new(&ck.spec);
     if ck.spec.layers.len() < 3 && ck.spec.output != Output::Softmax {
         bail!("this model has no hidden layer to draw");

@@ -8,7 +8,7 @@ pub mod net;
 mod real;
 pub mod stack;
 
-pub use gemm::gemm;
+pub use gemm::{gemm, gemm_serial};
 pub use real::Real;
 
 use std::any::Any;

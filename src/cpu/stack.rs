@@ -71,25 +71,58 @@ impl Plan {
     }
 }
 
-/// What a hidden layer's forward pass keeps: its output A and, for max pooling and maxout,
-/// the winners.
+/// What a hidden layer's forward pass keeps: its output A, for max pooling and maxout the
+/// winners, and for a convolution its patch matrices (spent by its backward pass).
 struct Kept<F> {
     a: Array2<F>,
     winners: Option<Array2<u32>>,
+    patches: Option<Array2<F>>,
 }
 
-/// Z = A Wᵀ (no bias) for weight layer `l`.
-fn times_weights_t<F: Real>(layout: &ThetaLayout, theta: &[F], a: ArrayView2<F>, l: usize) -> Array2<F> {
+impl<F: Real> Kept<F> {
+    fn of(a: Array2<F>, winners: Option<Array2<u32>>) -> Kept<F> {
+        Kept { a, winners, patches: None }
+    }
+}
+
+/// Hands every buffer of a forward pass back to `scratch`.
+fn recycle<F: Real>(scratch: &mut Scratch<F>, kept: Vec<Kept<F>>, fwd: Option<Forward<F>>) {
+    for k in kept {
+        scratch.recycle(k.a);
+        if let Some(p) = k.patches {
+            scratch.recycle(p);
+        }
+    }
+    if let Some(fwd) = fwd {
+        scratch.recycle_forward(fwd);
+    }
+}
+
+/// Z = A Wᵀ (no bias) for weight layer `l`, in a buffer from `scratch`.
+fn times_weights_t<F: Real>(
+    scratch: &mut Scratch<F>,
+    layout: &ThetaLayout,
+    theta: &[F],
+    a: ArrayView2<F>,
+    l: usize,
+) -> Array2<F> {
     let w = layout.weight(theta, l);
-    let mut z = Array2::zeros((a.nrows(), w.nrows()));
+    let mut z = scratch.array(a.nrows(), w.nrows());
     gemm(F::one(), &a, &w.t(), F::zero(), &mut z.view_mut());
     z
 }
 
+/// The values of an array that `Scratch` or ndarray made (standard layout).
+fn values_mut<F>(a: &mut Array2<F>) -> &mut [F] {
+    a.as_slice_mut().expect("a new array is contiguous")
+}
+
 /// The hidden layers' outputs on `x`, then the output layer as a [`Forward`] (its
-/// activations hold the output alone; softmax keeps its logits).
+/// activations hold the output alone; softmax keeps its logits). Buffers come from `scratch`
+/// ([`recycle`] gives them back).
 fn forward_chunk<F: Real>(
     plan: &Plan,
+    scratch: &mut Scratch<F>,
     spec: &NetSpec,
     layout: &ThetaLayout,
     theta: &[F],
@@ -100,33 +133,41 @@ fn forward_chunk<F: Real>(
         let input = kept.last().map_or(x, |k| k.a.view());
         let k = match op {
             Op::Dense { l, act } => {
-                let mut z = times_weights_t(layout, theta, input, *l);
+                let mut z = times_weights_t(scratch, layout, theta, input, *l);
                 net::bias_activate(&mut z, layout.bias(theta, *l), *act);
-                Kept { a: z, winners: None }
+                Kept::of(z, None)
             }
             Op::Maxout { l, max } => {
-                let mut z = times_weights_t(layout, theta, input, *l);
+                let mut z = times_weights_t(scratch, layout, theta, input, *l);
                 net::bias_activate(&mut z, layout.bias(theta, *l), Activation::Identity);
                 let out = max.forward(z.view())?;
-                Kept { a: out.out, winners: Some(out.winners) }
+                scratch.recycle(z);
+                Kept::of(out.out, Some(out.winners))
             }
             Op::Conv { l, conv, act } => {
-                let mut z = conv.forward(layout.weight(theta, *l), layout.bias(theta, *l), input)?;
+                let m = input.nrows();
+                let mut a = scratch.array(m, conv.output().len());
+                let mut patches = scratch.array(m, conv.patches_per_image());
                 let act = *act;
-                if act != Activation::Identity {
-                    z.par_mapv_inplace(|v| activate(act, v));
-                }
-                Kept { a: z, winners: None }
+                // The activation runs on each image's output while it is in cache.
+                let epilogue = |z: &mut [F]| {
+                    if act != Activation::Identity {
+                        z.iter_mut().for_each(|v| *v = activate(act, *v));
+                    }
+                };
+                let (w, b) = (layout.weight(theta, *l), layout.bias(theta, *l));
+                conv.forward_into(w, b, input, values_mut(&mut patches), values_mut(&mut a), epilogue)?;
+                Kept { a, winners: None, patches: Some(patches) }
             }
             Op::Pool(pool) => {
                 let out = pool.forward(input)?;
-                Kept { a: out.out, winners: out.winners }
+                Kept::of(out.out, out.winners)
             }
         };
         kept.push(k);
     }
     let input = kept.last().map_or(x, |k| k.a.view());
-    let mut z = times_weights_t(layout, theta, input, plan.out_l);
+    let mut z = times_weights_t(scratch, layout, theta, input, plan.out_l);
     let b = layout.bias(theta, plan.out_l);
     let softmax = match spec.output {
         Output::SquaredError(act) => {
@@ -135,7 +176,7 @@ fn forward_chunk<F: Real>(
         }
         Output::Softmax => {
             z += &b;
-            let logits = z.clone();
+            let logits = scratch.copy_of(&z);
             let norms = softmax_rows(&mut z);
             Some((logits, norms))
         }
@@ -153,10 +194,11 @@ pub fn forward<F: Real>(
     x: ArrayView2<F>,
 ) -> Result<Vec<Array2<F>>> {
     let mut parts: Vec<Vec<Array2<F>>> = Vec::new();
+    let mut scratch = Scratch::default();
     for chunk in x.axis_chunks_iter(Axis(0), CHUNK_ROWS) {
-        let (kept, fwd) = forward_chunk(plan, spec, layout, theta, chunk)?;
+        let (kept, mut fwd) = forward_chunk(plan, &mut scratch, spec, layout, theta, chunk)?;
         let mut acts: Vec<Array2<F>> = kept.into_iter().map(|k| k.a).collect();
-        acts.extend(fwd.activations);
+        acts.append(&mut fwd.activations);
         parts.push(acts);
     }
     let layers = plan.ops.len() + 1;
@@ -181,9 +223,11 @@ pub fn predict<F: Real>(
     x: ArrayView2<F>,
 ) -> Result<Array2<F>> {
     let mut out = Array2::zeros((x.nrows(), spec.outputs()));
+    let mut scratch = Scratch::default();
     for (chunk, mut o) in x.axis_chunks_iter(Axis(0), CHUNK_ROWS).zip(out.axis_chunks_iter_mut(Axis(0), CHUNK_ROWS)) {
-        let (_, fwd) = forward_chunk(plan, spec, layout, theta, chunk)?;
+        let (kept, fwd) = forward_chunk(plan, &mut scratch, spec, layout, theta, chunk)?;
         o.assign(&fwd.activations[0]);
+        recycle(&mut scratch, kept, Some(fwd));
     }
     Ok(out)
 }
@@ -214,24 +258,26 @@ pub fn cost_and_grad<F: Real>(
     let m = x.nrows();
     let inv_m = F::of(1.0 / m as f64);
     let mut data_sum = 0.0;
-    let mut chunk_grad = grad.as_ref().map(|g| vec![F::zero(); g.len()]);
-    if let Some(g) = grad.as_deref_mut() {
-        g.iter_mut().for_each(|v| *v = F::zero());
-    }
+    // The first chunk's gradient is written into `grad`; later chunks' are added in order.
+    let mut chunk_grad = Vec::new();
     for start in (0..m).step_by(CHUNK_ROWS) {
         let r = start..(start + CHUNK_ROWS).min(m);
         let (xc, yc) = (x.slice(s![r.clone(), ..]), target_rows(y, r.clone()));
-        let (kept, mut fwd) = forward_chunk(plan, spec, layout, theta, xc)?;
-        let want = chunk_grad.is_some();
+        let (mut kept, mut fwd) = forward_chunk(plan, scratch, spec, layout, theta, xc)?;
+        let want = grad.is_some();
         // With a gradient, δ is written over the output activations (taken out of fwd).
         let (data, delta) = net::output_cost_and_delta(spec, &mut fwd, xc, yc, want);
         data_sum += data * r.len() as f64;
-        if let (Some(cg), Some(delta)) = (chunk_grad.as_mut(), delta) {
-            backward_chunk(plan, layout, theta, xc, &kept, delta, inv_m, cg)?;
-            let g = grad.as_deref_mut().expect("a gradient buffer with the chunk gradient");
-            g.iter_mut().zip(cg.iter()).for_each(|(g, &c)| *g += c);
+        if let (Some(g), Some(delta)) = (grad.as_deref_mut(), delta) {
+            if start == 0 {
+                backward_chunk(plan, scratch, layout, theta, xc, &mut kept, delta, inv_m, g)?;
+            } else {
+                chunk_grad.resize(g.len(), F::zero());
+                backward_chunk(plan, scratch, layout, theta, xc, &mut kept, delta, inv_m, &mut chunk_grad)?;
+                g.iter_mut().zip(&chunk_grad).for_each(|(g, &c)| *g += c);
+            }
         }
-        scratch.recycle_forward(fwd);
+        recycle(scratch, kept, Some(fwd));
     }
     let weight_decay = net::weight_decay_cost(spec, layout, theta);
     if let Some(g) = grad {
@@ -243,50 +289,54 @@ pub fn cost_and_grad<F: Real>(
 }
 
 /// The gradient of one chunk's data term, scaled by α = 1/m of the whole batch, written
-/// into `g` (every value).
+/// into `g` (every value). Spends the convolutions' kept patch matrices.
 #[allow(clippy::too_many_arguments)]
 fn backward_chunk<F: Real>(
     plan: &Plan,
+    scratch: &mut Scratch<F>,
     layout: &ThetaLayout,
     theta: &[F],
     x: ArrayView2<F>,
-    kept: &[Kept<F>],
+    kept: &mut [Kept<F>],
     mut delta: Array2<F>,
     alpha: F,
     g: &mut [F],
 ) -> Result<()> {
-    let input_of = |i: usize| if i == 0 { x } else { kept[i - 1].a.view() };
     // ∇W = α δᵀ A;  ∇b = α Σ δ;  δ_prev = δ W  (dense product layers: output, dense, maxout)
     let dense_grads = |g: &mut [F], delta: &Array2<F>, a_prev: ArrayView2<F>, l: usize| {
         let mut gw = layout.weight_mut(g, l);
-        gw.fill(F::zero());
         gemm(alpha, &delta.t(), &a_prev, F::zero(), &mut gw);
         let sums = column_sums(delta.view());
         Zip::from(layout.bias_mut(g, l)).and(&sums).for_each(|gb, &s| *gb = s * alpha);
     };
-    let times_w = |delta: &Array2<F>, l: usize| {
+    let times_w = |scratch: &mut Scratch<F>, delta: &Array2<F>, l: usize| {
         let w = layout.weight(theta, l);
-        let mut d = Array2::zeros((delta.nrows(), w.ncols()));
+        let mut d = scratch.array(delta.nrows(), w.ncols());
         gemm(F::one(), &delta.view(), &w, F::zero(), &mut d.view_mut());
         d
     };
     let n = plan.ops.len();
-    dense_grads(g, &delta, input_of(n), plan.out_l);
+    {
+        let a_last = if n == 0 { x } else { kept[n - 1].a.view() };
+        dense_grads(g, &delta, a_last, plan.out_l);
+    }
     if n == 0 {
         return Ok(());
     }
-    delta = times_w(&delta, plan.out_l);
+    let mut next = times_w(scratch, &delta, plan.out_l);
+    scratch.recycle(std::mem::replace(&mut delta, next));
     for i in (0..n).rev() {
-        let a_prev = input_of(i);
-        let k = &kept[i];
-        delta = match &plan.ops[i] {
+        let (before, rest) = kept.split_at_mut(i);
+        let a_prev = before.last().map_or(x, |k| k.a.view());
+        let k = &mut rest[0];
+        next = match &plan.ops[i] {
             Op::Dense { l, act } => {
                 times_derivative(&mut delta, k.a.view(), *act);
                 dense_grads(g, &delta, a_prev, *l);
                 if i == 0 {
                     break;
                 }
-                times_w(&delta, *l)
+                times_w(scratch, &delta, *l)
             }
             Op::Maxout { l, max } => {
                 let winners = k.winners.as_ref().expect("maxout keeps its winners");
@@ -295,18 +345,48 @@ fn backward_chunk<F: Real>(
                 if i == 0 {
                     break;
                 }
-                times_w(&dz, *l)
+                times_w(scratch, &dz, *l)
             }
             Op::Conv { l, conv, act } => {
-                times_derivative(&mut delta, k.a.view(), *act);
                 let w = layout.weight(theta, *l);
-                let mut grad_x = (i > 0).then(|| Array2::zeros(a_prev.dim()));
+                let mut grad_x = (i > 0).then(|| scratch.array(a_prev.nrows(), a_prev.ncols()));
+                let mut by_filter = scratch.array(1, delta.len());
                 let (gw_range, gb_range) = (layout.weight_range(*l), layout.bias_range(*l));
                 let (lo, hi) = g.split_at_mut(gb_range.start);
                 let gw = ndarray::ArrayViewMut2::from_shape(conv.weight_shape(), &mut lo[gw_range])
                     .expect("layout matches the conv's W");
                 let gb = ndarray::ArrayViewMut1::from(&mut hi[..gb_range.len()]);
-                conv.backward(w, a_prev, delta.view(), alpha, gw, gb, grad_x.as_mut().map(|a| a.view_mut()))?;
+                let patches = k.patches.as_mut().expect("a convolution keeps its patches");
+                let (act, a) = (*act, k.a.as_slice().expect("a kept output is contiguous"));
+                // δ ⊙ f′(A) as the layer rearranges δ, in one pass.
+                let times_derivative = |at: usize, d: &[F], to: &mut [F]| {
+                    let a = &a[at..at + d.len()];
+                    // One loop per activation, so each is a plain vector loop.
+                    let run = |to: &mut [F], f: fn(F) -> F| {
+                        to.iter_mut().zip(d).zip(a).for_each(|((t, &d), &a)| *t = d * f(a));
+                    };
+                    match act {
+                        Activation::Identity => to.copy_from_slice(d),
+                        Activation::Relu => run(to, |a| derivative_from_value(Activation::Relu, a)),
+                        Activation::Sigmoid => run(to, |a| derivative_from_value(Activation::Sigmoid, a)),
+                        Activation::Tanh => run(to, |a| derivative_from_value(Activation::Tanh, a)),
+                        Activation::LeakyRelu { .. } => {
+                            to.iter_mut().zip(d).zip(a).for_each(|((t, &d), &a)| *t = d * derivative_from_value(act, a))
+                        }
+                    }
+                };
+                conv.backward_from_patches(
+                    w,
+                    values_mut(patches),
+                    values_mut(&mut delta),
+                    times_derivative,
+                    alpha,
+                    gw,
+                    gb,
+                    grad_x.as_mut().map(values_mut),
+                    values_mut(&mut by_filter),
+                )?;
+                scratch.recycle(by_filter);
                 match grad_x {
                     Some(d) => d,
                     None => break,
@@ -319,7 +399,9 @@ fn backward_chunk<F: Real>(
                 pool.backward(delta.view(), k.winners.as_ref().map(|w| w.view()))?
             }
         };
+        scratch.recycle(std::mem::replace(&mut delta, next));
     }
+    scratch.recycle(delta);
     Ok(())
 }
 

@@ -6,12 +6,19 @@
 //! (tests/layers.rs):
 //! - [`Conv2d::forward_reference`], [`Conv2d::backward_reference`]: f64 loops that read like
 //!   MATH.md's formula, one output value (or one δ) at a time;
-//! - [`Conv2d::forward`], [`Conv2d::backward`]: the fast path in f32 or f64. For each chunk of
-//!   images, the patch matrix P (one row per output position (n, y, x), one column per
-//!   (c, i, j); "im2col") is gathered and multiplied by the project's GEMM: Z = P Wᵀ,
-//!   ∇W = α δᵀ P, ∇P = δ W, and ∇P is folded back onto the pixels that each entry read
-//!   ("col2im"). Gathering, folding and the bias run split over images; ∇W and ∇b sum the
-//!   chunks and images in order, so the bits do not depend on the number of threads.
+//! - [`Conv2d::forward`], [`Conv2d::backward`] (and [`Conv2d::forward_into`],
+//!   [`Conv2d::backward_from_patches`], which keep the patch matrix from one to the other in
+//!   the caller's buffers): the fast path in f32 or f64, with the patch matrix P (one row per
+//!   output position (n, y, x), one column per (c, i, j); "im2col") and the project's GEMM.
+//!   Forward, one image per task: P_n gathered, out_n = W P_nᵀ + b (f × h′w′, already the
+//!   image's NCHW output), the activation applied while it is in cache. Backward: δ
+//!   rearranged to D (f × m·h′w′, one row per filter; the activation's derivative applied on
+//!   the way), ∇W = α D P as one product over the batch, ∇b = α Σ D; per image
+//!   ∇P_nᵀ = Wᵀ D_n, written over the spent P_n and folded back onto the pixels that each
+//!   entry read ("col2im"). These forms are the fastest of those measured with the `gemm`
+//!   crate on LeNet's shapes (BENCHMARKS.md: ∇W against a transposed P ran at a fifth of the
+//!   rate). Each sum runs in an order fixed by the shapes, so the bits do not depend on the
+//!   number of threads.
 //!
 //! Layouts (see the [module notes](super)): images and outputs are m × (c·h·w) row-major
 //! batches; W is f × (c·k·k), row f being PyTorch's `weight[f]` flattened, so W[f, c, i, j]
@@ -19,13 +26,11 @@
 //!
 //! This module computes one layer; it does not own parameters, activations or θ.
 
-use std::borrow::Cow;
-
-use ndarray::{Array1, Array2, ArrayView1, ArrayView2, ArrayViewMut1, ArrayViewMut2, s};
+use ndarray::{Array1, Array2, ArrayView1, ArrayView2, ArrayViewMut1, ArrayViewMut2, Axis, s};
 use rayon::prelude::*;
 
 use super::{ImageShape, check_cols, check_dim, check_len, checked_len};
-use crate::cpu::{Real, gemm};
+use crate::cpu::{Real, gemm, gemm_serial};
 use crate::{Error, Result};
 
 /// Patch-matrix and product values gathered per chunk of images (4 MB in f32, as
@@ -226,11 +231,15 @@ impl Conv2d {
         Ok(g)
     }
 
-    /// Images per chunk of the fast path: as many as keep the patch matrix and the product
-    /// within `CHUNK_VALUES` (1 M) values, at least one.
+    /// Images per chunk of [`Conv2d::forward`] and [`Conv2d::backward`]: as many as keep
+    /// the patch matrix within `CHUNK_VALUES` (1 M) values, at least one.
     pub fn chunk_images(&self) -> usize {
-        let per_image = self.output().plane() * (self.patch_len() + self.filters);
-        (CHUNK_VALUES / per_image.max(1)).max(1)
+        (CHUNK_VALUES / self.patches_per_image().max(1)).max(1)
+    }
+
+    /// c·k²·h′w′: values of one image's patch matrix.
+    pub fn patches_per_image(&self) -> usize {
+        self.output().plane() * self.patch_len()
     }
 
     /// The fast path's forward pass (f32 or f64): equal to [`Conv2d::forward_reference`] up
@@ -250,40 +259,66 @@ impl Conv2d {
         chunk_images: usize,
     ) -> Result<Array2<F>> {
         self.check_forward(w.dim(), b.len(), x.dim())?;
-        let (m, positions, out_len) = (x.nrows(), self.output().plane(), self.output().len());
+        let (m, out_len) = (x.nrows(), self.output().len());
         let mut out = Array2::zeros((m, out_len));
         if m == 0 {
             return Ok(out);
         }
         let chunk = chunk_images.clamp(1, m);
-        let x = x.as_standard_layout();
-        let pixels = x.as_slice().expect("standard layout");
-        let mut patches = Array2::<F>::zeros((chunk * positions, self.patch_len()));
-        let mut z = Array2::<F>::zeros((chunk * positions, self.filters));
-        let b = b.to_vec();
+        let mut patches = vec![F::zero(); chunk * self.patches_per_image()];
         let out_values = out.as_slice_mut().expect("a new array is contiguous");
         for (start, out_chunk) in (0..m).step_by(chunk).zip(out_values.chunks_mut(chunk * out_len)) {
             let images = out_chunk.len() / out_len;
-            let rows = images * positions;
-            let image_pixels = &pixels[start * self.input.len()..(start + images) * self.input.len()];
-            let mut p = patches.slice_mut(s![..rows, ..]);
-            self.gather_patches(image_pixels, as_slice_mut(&mut p));
-            let mut zc = z.slice_mut(s![..rows, ..]);
-            gemm(F::one(), &p.view(), &w.t(), F::zero(), &mut zc);
-            // out[n, f·h′w′ + pos] = Z[n·h′w′ + pos, f] + b_f
-            let zc = zc.view();
-            let z_values = zc.as_slice().expect("rows of a standard-layout matrix");
-            out_chunk.par_chunks_mut(out_len).zip(z_values.par_chunks(positions * self.filters)).for_each(
-                |(out_n, z_n)| {
-                    for (f, (out_f, &b_f)) in out_n.chunks_mut(positions).zip(&b).enumerate() {
-                        for (pos, o) in out_f.iter_mut().enumerate() {
-                            *o = z_n[pos * self.filters + f] + b_f;
-                        }
-                    }
-                },
-            );
+            let p = &mut patches[..images * self.patches_per_image()];
+            self.forward_into(w, b, x.slice(s![start..start + images, ..]), p, out_chunk, |_| {})?;
         }
         Ok(out)
+    }
+
+    /// The fast path's forward pass into the caller's buffers. The patch matrix of the batch
+    /// is kept in `patches`: m·h′w′ rows (n·h′w′ + y·w′ + x) × c·k² columns ((c·k + i)·k + j)
+    /// holding in[n, c, y·s+i−p, x·s+j−p] (0 in the padding), image n's rows P_n
+    /// contiguous. One image per task: P_n is gathered, then out_n = W P_nᵀ + b (f × h′w′:
+    /// the image's output, already in NCHW order), then `epilogue(out_n)` (e.g. the
+    /// activation, while the values are in cache). `patches` (m·h′w′·c·k² values) is what
+    /// [`Conv2d::backward_from_patches`] reads; `out` is m × f·h′·w′ row-major. Errors:
+    /// `Error::Shape` when an array does not fit the layer.
+    pub fn forward_into<F: Real>(
+        &self,
+        w: ArrayView2<F>,
+        b: ArrayView1<F>,
+        x: ArrayView2<F>,
+        patches: &mut [F],
+        out: &mut [F],
+        epilogue: impl Fn(&mut [F]) + Sync,
+    ) -> Result<()> {
+        self.check_forward(w.dim(), b.len(), x.dim())?;
+        let name = self.describe();
+        let (m, positions, out_len) = (x.nrows(), self.output().plane(), self.output().len());
+        check_len(&name, "the patch buffer", patches.len(), m * self.patches_per_image())?;
+        check_len(&name, "the output buffer", out.len(), m * out_len)?;
+        if m == 0 {
+            return Ok(());
+        }
+        let x = x.as_standard_layout();
+        let pixels = x.as_slice().expect("standard layout");
+        let b = b.as_standard_layout();
+        let b = b.as_slice().expect("standard layout");
+        patches
+            .par_chunks_mut(self.patches_per_image())
+            .zip(out.par_chunks_mut(out_len))
+            .zip(pixels.par_chunks(self.input.len()))
+            .for_each(|((p_n, out_n), image)| {
+                self.patches_of(image, p_n);
+                let p_n = ArrayView2::from_shape((positions, self.patch_len()), &*p_n).expect("sizes agree");
+                let mut z_n = ArrayViewMut2::from_shape((self.filters, positions), &mut *out_n).expect("sizes agree");
+                gemm_serial(F::one(), &w, &p_n.t(), F::zero(), &mut z_n);
+                for (z_f, &b_f) in out_n.chunks_mut(positions).zip(b) {
+                    z_f.iter_mut().for_each(|z| *z += b_f);
+                }
+                epilogue(out_n);
+            });
+        Ok(())
     }
 
     /// The fast path's backward pass (f32 or f64), δ = ∂L/∂out being m × f·h′·w′:
@@ -305,7 +340,8 @@ impl Conv2d {
         self.backward_in_chunks(w, x, delta, alpha, grad_w, grad_b, grad_x, self.chunk_images())
     }
 
-    /// As [`Conv2d::backward`], at most `chunk_images` images at a time.
+    /// As [`Conv2d::backward`], at most `chunk_images` images at a time (∇W and ∇b add the
+    /// chunks in order).
     #[allow(clippy::too_many_arguments)]
     pub fn backward_in_chunks<F: Real>(
         &self,
@@ -325,82 +361,154 @@ impl Conv2d {
         if let Some(gx) = &grad_x {
             check_dim(&name, "∇input", gx.dim(), x.dim())?;
         }
-        let (m, positions, out_len, in_len) = (x.nrows(), self.output().plane(), self.output().len(), self.input.len());
-        let (f_count, depth) = self.weight_shape();
+        let (m, in_len, out_len) = (x.nrows(), self.input.len(), self.output().len());
         grad_w.fill(F::zero());
         grad_b.fill(F::zero());
         if m == 0 {
             return Ok(());
         }
-        let delta: Cow<[F]> = match delta.as_slice() {
-            Some(d) => Cow::Borrowed(d),
-            None => Cow::Owned(delta.as_standard_layout().iter().copied().collect()),
-        };
-
-        // ∇b_f = α Σ_n (Σ_pos δ[n, f, pos]): per image in parallel, then the images in order.
-        let per_image: Vec<Vec<F>> = delta
-            .par_chunks(out_len)
-            .map(|d_n| d_n.chunks(positions).map(|d_nf| d_nf.iter().fold(F::zero(), |s, &v| s + v)).collect())
-            .collect();
-        for sums in &per_image {
-            grad_b.iter_mut().zip(sums).for_each(|(g, &v)| *g += v);
-        }
-        grad_b.mapv_inplace(|g| g * alpha);
-
         let chunk = chunk_images.clamp(1, m);
         let x = x.as_standard_layout();
         let pixels = x.as_slice().expect("standard layout");
-        let mut patches = Array2::<F>::zeros((chunk * positions, depth));
-        let mut delta_rows = Array2::<F>::zeros((chunk * positions, f_count));
-        let mut grad_patches = Array2::<F>::zeros((if grad_x.is_some() { chunk * positions } else { 0 }, depth));
+        let delta = delta.as_standard_layout();
+        let delta = delta.as_slice().expect("standard layout");
+        let mut patches = vec![F::zero(); chunk * self.patches_per_image()];
+        let mut by_filter = vec![F::zero(); chunk * out_len];
         let mut grad_pixels = vec![F::zero(); if grad_x.is_some() { chunk * in_len } else { 0 }];
         for start in (0..m).step_by(chunk) {
             let images = chunk.min(m - start);
-            let rows = images * positions;
-            let mut p = patches.slice_mut(s![..rows, ..]);
-            self.gather_patches(&pixels[start * in_len..(start + images) * in_len], as_slice_mut(&mut p));
-            // D[n·h′w′ + pos, f] = δ[n, f·h′w′ + pos]: δ with one row per output position.
-            let mut d = delta_rows.slice_mut(s![..rows, ..]);
-            let d_chunk = &delta[start * out_len..(start + images) * out_len];
-            as_slice_mut(&mut d).par_chunks_mut(positions * f_count).zip(d_chunk.par_chunks(out_len)).for_each(
-                |(rows_n, d_n)| {
-                    for (f, d_nf) in d_n.chunks(positions).enumerate() {
-                        for (pos, &v) in d_nf.iter().enumerate() {
-                            rows_n[pos * f_count + f] = v;
-                        }
-                    }
-                },
-            );
-            // ∇W (+)= α Dᵀ P, the chunks added in order.
-            let beta = if start == 0 { F::zero() } else { F::one() };
-            gemm(alpha, &d.t(), &p.view(), beta, &mut grad_w);
+            let p = &mut patches[..images * self.patches_per_image()];
+            self.gather_patches(&pixels[start * in_len..(start + images) * in_len], p);
+            let d = &delta[start * out_len..(start + images) * out_len];
+            let gpix = grad_x.is_some().then(|| &mut grad_pixels[..images * in_len]);
+            let by_filter = &mut by_filter[..images * out_len];
+            let (gw, gb) = (grad_w.view_mut(), grad_b.view_mut());
+            self.backward_chunk(w, p, d, |_, d, to| to.copy_from_slice(d), alpha, gw, gb, gpix, by_filter, start > 0);
             if let Some(gx) = grad_x.as_mut() {
-                // ∇P = D W, then each image's patch gradients folded onto its pixels.
-                let mut gp = grad_patches.slice_mut(s![..rows, ..]);
-                gemm(F::one(), &d.view(), &w, F::zero(), &mut gp);
-                let gp = gp.view();
-                let gp_values = gp.as_slice().expect("rows of a standard-layout matrix");
-                let gpix = &mut grad_pixels[..images * in_len];
-                gpix.par_chunks_mut(in_len)
-                    .zip(gp_values.par_chunks(positions * depth))
-                    .for_each(|(g_n, gp_n)| self.fold_patches(gp_n, g_n));
-                let gpix = ArrayView2::from_shape((images, in_len), &*gpix).expect("sizes agree");
+                let gpix =
+                    ArrayView2::from_shape((images, in_len), &grad_pixels[..images * in_len]).expect("sizes agree");
                 gx.slice_mut(s![start..start + images, ..]).assign(&gpix);
             }
         }
         Ok(())
     }
 
+    /// The fast path's backward pass from the patch matrix that [`Conv2d::forward_into`]
+    /// kept (`patches`, P of m images), with δ = δ_out ⊙ f′ written by
+    /// `times_derivative(i, run of δ_out from value i, destination)` for runs of δ_out
+    /// (m × f·h′·w′ row-major; the layer's activation derivative, or
+    /// `|_, d, to| to.copy_from_slice(d)` when δ_out is already δ):
+    /// - D = δ with one row per filter (f × m·h′w′, built in `by_filter`, f·m·h′w′ values of
+    ///   scratch), ∇b ← α·Σ δ, the images added in order;
+    /// - ∇W ← α·D P, one product over the whole batch;
+    /// - when `grad_x` (m × c·h·w) is given, per image ∇P_nᵀ = Wᵀ D_n (written over P_nᵀ,
+    ///   which is spent), folded back onto the pixels that each entry read ("col2im").
+    ///
+    /// ∇W and ∇b are overwritten. Every sum runs in an order fixed by the shapes, so the bits
+    /// do not depend on the number of threads. Errors: `Error::Shape` when a buffer does not
+    /// fit the layer.
+    #[allow(clippy::too_many_arguments)]
+    pub fn backward_from_patches<F: Real>(
+        &self,
+        w: ArrayView2<F>,
+        patches: &mut [F],
+        delta_out: &[F],
+        times_derivative: impl Fn(usize, &[F], &mut [F]) + Sync,
+        alpha: F,
+        grad_w: ArrayViewMut2<F>,
+        grad_b: ArrayViewMut1<F>,
+        grad_x: Option<&mut [F]>,
+        by_filter: &mut [F],
+    ) -> Result<()> {
+        let name = self.describe();
+        let m = patches.len() / self.patches_per_image().max(1);
+        check_dim(&name, "W", w.dim(), self.weight_shape())?;
+        check_len(&name, "the patch buffer", patches.len(), m * self.patches_per_image())?;
+        check_len(&name, "δ", delta_out.len(), m * self.output().len())?;
+        check_dim(&name, "∇W", grad_w.dim(), self.weight_shape())?;
+        check_len(&name, "∇b", grad_b.len(), self.filters)?;
+        check_len(&name, "the scratch buffer", by_filter.len(), m * self.output().len())?;
+        if let Some(gx) = &grad_x {
+            check_len(&name, "∇input", gx.len(), m * self.input.len())?;
+        }
+        let (gw, gb) = (grad_w, grad_b);
+        self.backward_chunk(w, patches, delta_out, times_derivative, alpha, gw, gb, grad_x, by_filter, false);
+        Ok(())
+    }
+
+    /// [`Conv2d::backward_from_patches`] on checked buffers; with `accumulate`, ∇W and ∇b
+    /// are added to instead of overwritten (the chunks of [`Conv2d::backward_in_chunks`]).
+    #[allow(clippy::too_many_arguments)]
+    fn backward_chunk<F: Real>(
+        &self,
+        w: ArrayView2<F>,
+        patches: &mut [F],
+        delta_out: &[F],
+        times_derivative: impl Fn(usize, &[F], &mut [F]) + Sync,
+        alpha: F,
+        mut grad_w: ArrayViewMut2<F>,
+        mut grad_b: ArrayViewMut1<F>,
+        grad_x: Option<&mut [F]>,
+        by_filter: &mut [F],
+        accumulate: bool,
+    ) {
+        let (positions, out_len, depth) = (self.output().plane(), self.output().len(), self.patch_len());
+        let m = delta_out.len() / out_len;
+        if m == 0 {
+            if !accumulate {
+                grad_w.fill(F::zero());
+                grad_b.fill(F::zero());
+            }
+            return;
+        }
+        let cols = m * positions;
+        // D[f, n·h′w′ + pos] = δ[n, f·h′w′ + pos], and ∇b_f = α Σ_n (Σ_pos δ[n, f, pos]), the
+        // images added in order: one filter per task.
+        let sums: Vec<F> = by_filter
+            .par_chunks_mut(cols)
+            .enumerate()
+            .map(|(f, d_f)| {
+                let mut sum = F::zero();
+                for (n, d_fn) in d_f.chunks_mut(positions).enumerate() {
+                    let at = n * out_len + f * positions;
+                    times_derivative(at, &delta_out[at..at + positions], d_fn);
+                    sum += lane_sum(d_fn);
+                }
+                sum
+            })
+            .collect();
+        for (g, &s) in grad_b.iter_mut().zip(&sums) {
+            *g = if accumulate { *g + alpha * s } else { alpha * s };
+        }
+        // ∇W = α D P + β ∇W: one product over the batch.
+        let d = ArrayView2::from_shape((self.filters, cols), &*by_filter).expect("sizes agree");
+        let p = ArrayView2::from_shape((cols, depth), &*patches).expect("sizes agree");
+        let beta = if accumulate { F::one() } else { F::zero() };
+        gemm(alpha, &d, &p, beta, &mut grad_w);
+        if let Some(grad_x) = grad_x {
+            // ∇P_nᵀ = Wᵀ D_n (c·k² × h′w′) over the spent P_n, then folded onto image n's pixels.
+            patches
+                .par_chunks_mut(self.patches_per_image())
+                .zip(d.axis_chunks_iter(Axis(1), positions).into_par_iter())
+                .zip(grad_x.par_chunks_mut(self.input.len()))
+                .for_each(|((gp_n, d_n), g_n)| {
+                    let mut gp_n = ArrayViewMut2::from_shape((depth, positions), gp_n).expect("sizes agree");
+                    gemm_serial(F::one(), &w.t(), &d_n, F::zero(), &mut gp_n);
+                    self.fold_columns(gp_n.view(), g_n);
+                });
+        }
+    }
+
     /// P[n·h′w′ + y·w′ + x, (c·k + i)·k + j] = in[n, c, y·s+i−p, x·s+j−p] (0 in the padding)
-    /// for the images in `pixels` (c·h·w each), one image per thread.
+    /// for the images in `pixels` (c·h·w each), one image per task.
     fn gather_patches<F: Real>(&self, pixels: &[F], patches: &mut [F]) {
-        let per_image = self.output().plane() * self.patch_len();
         patches
-            .par_chunks_mut(per_image)
+            .par_chunks_mut(self.patches_per_image())
             .zip(pixels.par_chunks(self.input.len()))
             .for_each(|(p_n, image)| self.patches_of(image, p_n));
     }
 
+    /// One image's P_n (h′w′ × c·k²): each row one patch, copied as runs of k pixels.
     fn patches_of<F: Real>(&self, image: &[F], p_n: &mut [F]) {
         let (ImageShape { channels, height, width }, k) = (self.input, self.kernel);
         let (ow, depth) = (self.output().width, self.patch_len());
@@ -417,7 +525,7 @@ impl Conv2d {
                     };
                     let line = &image[(c * height + yy) * width..(c * height + yy + 1) * width];
                     match inside {
-                        Some(x0) => dst.copy_from_slice(&line[x0..x0 + k]),
+                        Some(x0) => copy_run(dst, &line[x0..x0 + k]),
                         None => {
                             for (j, v) in dst.iter_mut().enumerate() {
                                 *v = self.source(xo, j, width).map_or(F::zero(), |xx| line[xx]);
@@ -429,23 +537,42 @@ impl Conv2d {
         }
     }
 
-    /// The adjoint of [`Conv2d::patches_of`]: each pixel of `grad_image` (c·h·w) becomes the
-    /// sum of the patch-matrix entries that read it, added in patch order; entries in the
-    /// padding are dropped.
-    fn fold_patches<F: Real>(&self, gp_n: &[F], grad_image: &mut [F]) {
+    /// The columns [x_lo, x_hi) of an output row whose kernel column j reads inside the
+    /// image at stride 1 (x + j − p in [0, w)); the others read the zero padding.
+    #[inline]
+    fn inside_columns(&self, j: usize) -> (usize, usize) {
+        let ow = self.output().width;
+        let lo = self.padding.saturating_sub(j).min(ow);
+        let hi = (self.input.width + self.padding).saturating_sub(j).min(ow).max(lo);
+        (lo, hi)
+    }
+
+    /// The adjoint of [`Conv2d::patches_of`] ("col2im"), from ∇P_nᵀ (c·k² × h′w′): each pixel
+    /// of `grad_image` (c·h·w) becomes the sum of the entries that read it, added in row order
+    /// (c, i, j), then y; entries in the padding are dropped. At stride 1 each (row, y) adds
+    /// one run of values to one run of pixels.
+    fn fold_columns<F: Real>(&self, gp_n: ArrayView2<F>, grad_image: &mut [F]) {
         let (ImageShape { channels, height, width }, k) = (self.input, self.kernel);
-        let (ow, depth) = (self.output().width, self.patch_len());
+        let ow = self.output().width;
         grad_image.fill(F::zero());
-        for (pos, row) in gp_n.chunks(depth).enumerate() {
-            let (y, xo) = (pos / ow, pos % ow);
-            for c in 0..channels {
-                for i in 0..k {
-                    let Some(yy) = self.source(y, i, height) else { continue };
-                    let line = &mut grad_image[(c * height + yy) * width..(c * height + yy + 1) * width];
-                    let src = &row[(c * k + i) * k..(c * k + i + 1) * k];
-                    for (j, &v) in src.iter().enumerate() {
-                        if let Some(xx) = self.source(xo, j, width) {
-                            line[xx] += v;
+        for c in 0..channels {
+            for i in 0..k {
+                for j in 0..k {
+                    let row = gp_n.row((c * k + i) * k + j);
+                    let row = row.as_slice().expect("rows of a row-major block are contiguous");
+                    let (lo, hi) = self.inside_columns(j);
+                    for (y, src) in row.chunks(ow).enumerate() {
+                        let Some(yy) = self.source(y, i, height) else { continue };
+                        let line = &mut grad_image[(c * height + yy) * width..(c * height + yy + 1) * width];
+                        if self.stride == 1 && hi > lo {
+                            let x0 = lo + j - self.padding;
+                            line[x0..x0 + hi - lo].iter_mut().zip(&src[lo..hi]).for_each(|(g, &v)| *g += v);
+                        } else if self.stride > 1 {
+                            for (x, &v) in src.iter().enumerate() {
+                                if let Some(xx) = self.source(x, j, width) {
+                                    line[xx] += v;
+                                }
+                            }
                         }
                     }
                 }
@@ -454,7 +581,32 @@ impl Conv2d {
     }
 }
 
-/// The values of a leading-rows slice of a standard-layout matrix.
-fn as_slice_mut<'a, F>(a: &'a mut ArrayViewMut2<'_, F>) -> &'a mut [F] {
-    a.as_slice_mut().expect("leading rows of a standard-layout matrix are contiguous")
+/// Σ v in 8 interleaved partial sums added at the end (a fixed order, so the same bits on
+/// every call; 8 independent chains instead of one, so the sum vectorises).
+fn lane_sum<F: Real>(v: &[F]) -> F {
+    let mut lanes = [F::zero(); 8];
+    let mut chunks = v.chunks_exact(8);
+    for c in &mut chunks {
+        for (l, &x) in lanes.iter_mut().zip(c) {
+            *l += x;
+        }
+    }
+    let tail = chunks.remainder().iter().fold(F::zero(), |s, &x| s + x);
+    lanes.iter().fold(tail, |s, &l| s + l)
+}
+
+/// dst ← src for the short runs of a patch row: inline moves for the common kernel sides (a
+/// `copy_from_slice` of 5 values is a call to memmove, which was most of the gather).
+#[inline]
+fn copy_run<F: Copy>(dst: &mut [F], src: &[F]) {
+    fn fixed<F: Copy, const N: usize>(dst: &mut [F], src: &[F]) {
+        let d: &mut [F; N] = dst.try_into().expect("runs of N");
+        *d = src.try_into().expect("runs of N");
+    }
+    match dst.len() {
+        3 => fixed::<F, 3>(dst, src),
+        5 => fixed::<F, 5>(dst, src),
+        7 => fixed::<F, 7>(dst, src),
+        _ => dst.copy_from_slice(src),
+    }
 }

@@ -212,22 +212,34 @@ impl Pool2d {
         });
     }
 
+    /// Plain loops over (c, py, px), then the region's rows: the max pool runs after every
+    /// ReLU convolution of a CNN, so it is kept free of iterator and closure plumbing.
     fn max_of<F: Real>(&self, image: &[F], out: &mut [F], winners: &mut [u32]) {
-        let k = self.size;
-        self.each_output(|o, c, py, px| {
-            let first = self.region_rows(c, py, px).next().expect("k ≥ 1");
-            let (mut best, mut at) = (image[first], first);
-            for r in self.region_rows(c, py, px) {
-                for (col, &v) in image[r..r + k].iter().enumerate() {
-                    // Strictly greater: the first of equal values keeps the win.
-                    if v > best || (v.is_nan() && !best.is_nan()) {
-                        (best, at) = (v, r + col);
+        let (k, s) = (self.size, self.stride);
+        let (h, w) = (self.input.height, self.input.width);
+        let shape = self.output();
+        let mut o = 0;
+        for c in 0..shape.channels {
+            for py in 0..shape.height {
+                for px in 0..shape.width {
+                    let first = (c * h + py * s) * w + px * s;
+                    let (mut best, mut at) = (image[first], first);
+                    for i in 0..k {
+                        let r = first + i * w;
+                        for (col, &v) in image[r..r + k].iter().enumerate() {
+                            // Strictly greater: the first of equal values keeps the win. Selects,
+                            // not a branch: on activations which value wins is a coin toss.
+                            let take = (v > best) | (v.is_nan() & !best.is_nan());
+                            best = if take { v } else { best };
+                            at = if take { r + col } else { at };
+                        }
                     }
+                    out[o] = best;
+                    winners[o] = at as u32;
+                    o += 1;
                 }
             }
-            out[o] = best;
-            winners[o] = at as u32;
-        });
+        }
     }
 
     fn spread_mean<F: Real>(&self, delta: &[F], grad: &mut [F]) {
