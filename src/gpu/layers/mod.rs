@@ -25,6 +25,8 @@
 
 pub(crate) mod plan;
 
+use std::sync::OnceLock;
+
 use bytemuck::{Pod, Zeroable};
 
 use super::kernels::{Op, act_code, bind_all, layout, pipeline, uniform};
@@ -155,19 +157,53 @@ fn placeholder(device: &wgpu::Device, label: &str) -> wgpu::Buffer {
     })
 }
 
-/// The layer kernels, compiled once per device.
+/// The entry points of the three families, in [`LayerKernels`]' pipeline slots.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Entry {
+    Conv2dForward,
+    Conv2dWeightGrad,
+    Conv2dWeightGradFinish,
+    Conv2dInputGrad,
+    Pool2dForward,
+    Pool2dBackward,
+    MaxoutForward,
+    MaxoutBackward,
+}
+
+impl Entry {
+    const ALL: [Entry; 8] = [
+        Entry::Conv2dForward,
+        Entry::Conv2dWeightGrad,
+        Entry::Conv2dWeightGradFinish,
+        Entry::Conv2dInputGrad,
+        Entry::Pool2dForward,
+        Entry::Pool2dBackward,
+        Entry::MaxoutForward,
+        Entry::MaxoutBackward,
+    ];
+
+    /// The WGSL entry point's name.
+    fn name(self) -> &'static str {
+        match self {
+            Entry::Conv2dForward => "conv2d_forward",
+            Entry::Conv2dWeightGrad => "conv2d_weight_grad",
+            Entry::Conv2dWeightGradFinish => "conv2d_weight_grad_finish",
+            Entry::Conv2dInputGrad => "conv2d_input_grad",
+            Entry::Pool2dForward => "pool2d_forward",
+            Entry::Pool2dBackward => "pool2d_backward",
+            Entry::MaxoutForward => "maxout_forward",
+            Entry::MaxoutBackward => "maxout_backward",
+        }
+    }
+}
+
+/// The layer kernels of one device. Each pipeline is compiled on its first use and kept, so a
+/// network pays only for the kinds it has (a software adapter compiles a pipeline in ~0.1–0.5 s).
 pub struct LayerKernels {
     conv_layout: wgpu::BindGroupLayout,
     /// Pooling and maxout: input, δ, output, winners, parameters.
     max_layout: wgpu::BindGroupLayout,
-    conv2d_forward: wgpu::ComputePipeline,
-    conv2d_weight_grad: wgpu::ComputePipeline,
-    conv2d_weight_grad_finish: wgpu::ComputePipeline,
-    conv2d_input_grad: wgpu::ComputePipeline,
-    pool2d_forward: wgpu::ComputePipeline,
-    pool2d_backward: wgpu::ComputePipeline,
-    maxout_forward: wgpu::ComputePipeline,
-    maxout_backward: wgpu::ComputePipeline,
+    pipelines: [OnceLock<wgpu::ComputePipeline>; 8],
     dummy_read: wgpu::Buffer,
     dummy_winners: wgpu::Buffer,
     max_groups: u32,
@@ -176,25 +212,30 @@ pub struct LayerKernels {
 impl LayerKernels {
     pub fn new(device: &wgpu::Device) -> LayerKernels {
         let (r, w) = (Some(true), Some(false));
-        let conv_layout = layout(device, "conv2d", &[r, r, w, r, None]);
-        let max_layout = layout(device, "pool2d/maxout", &[r, r, w, w, None]);
-        let conv = format!("{COMMON}\n{CONV2D_WGSL}");
-        let pool = format!("{COMMON}\n{POOL2D_WGSL}");
         LayerKernels {
-            conv2d_forward: pipeline(device, &conv_layout, &conv, "conv2d_forward"),
-            conv2d_weight_grad: pipeline(device, &conv_layout, &conv, "conv2d_weight_grad"),
-            conv2d_weight_grad_finish: pipeline(device, &conv_layout, &conv, "conv2d_weight_grad_finish"),
-            conv2d_input_grad: pipeline(device, &conv_layout, &conv, "conv2d_input_grad"),
-            pool2d_forward: pipeline(device, &max_layout, &pool, "pool2d_forward"),
-            pool2d_backward: pipeline(device, &max_layout, &pool, "pool2d_backward"),
-            maxout_forward: pipeline(device, &max_layout, MAXOUT_WGSL, "maxout_forward"),
-            maxout_backward: pipeline(device, &max_layout, MAXOUT_WGSL, "maxout_backward"),
-            conv_layout,
-            max_layout,
+            conv_layout: layout(device, "conv2d", &[r, r, w, r, None]),
+            max_layout: layout(device, "pool2d/maxout", &[r, r, w, w, None]),
+            pipelines: Default::default(),
             dummy_read: placeholder(device, "unused input"),
             dummy_winners: placeholder(device, "unused winners"),
             max_groups: device.limits().max_compute_workgroups_per_dimension,
         }
+    }
+
+    /// The pipeline of `entry`, compiled on first use.
+    fn pipeline(&self, device: &wgpu::Device, entry: Entry) -> &wgpu::ComputePipeline {
+        let slot = Entry::ALL.iter().position(|&e| e == entry).expect("every entry has a slot");
+        self.pipelines[slot].get_or_init(|| {
+            let (layout, source) = match entry {
+                Entry::Conv2dForward
+                | Entry::Conv2dWeightGrad
+                | Entry::Conv2dWeightGradFinish
+                | Entry::Conv2dInputGrad => (&self.conv_layout, format!("{COMMON}\n{CONV2D_WGSL}")),
+                Entry::Pool2dForward | Entry::Pool2dBackward => (&self.max_layout, format!("{COMMON}\n{POOL2D_WGSL}")),
+                Entry::MaxoutForward | Entry::MaxoutBackward => (&self.max_layout, MAXOUT_WGSL.to_string()),
+            };
+            pipeline(device, layout, &source, entry.name())
+        })
     }
 
     /// The geometry part of conv2d.wgsl's parameters for `images` images.
@@ -222,14 +263,15 @@ impl LayerKernels {
     fn conv_op(
         &self,
         device: &wgpu::Device,
-        entry: &wgpu::ComputePipeline,
+        entry: Entry,
         buffers: [&wgpu::Buffer; 4],
         p: &Conv2dParams,
         groups: [u32; 3],
     ) -> Op {
         let params = uniform(device, bytemuck::bytes_of(p));
         let [x, theta, out, delta] = buffers;
-        Op::one(entry.clone(), bind_all(device, &self.conv_layout, &[x, theta, out, delta, &params]), groups)
+        let pipeline = self.pipeline(device, entry).clone();
+        Op::one(pipeline, bind_all(device, &self.conv_layout, &[x, theta, out, delta, &params]), groups)
     }
 
     /// out (m × f·h′·w′, from element 0) = f(P Wᵀ + b) for the `images` images at element
@@ -253,7 +295,7 @@ impl LayerKernels {
         let tiles = (images * conv.output().plane()).div_ceil(64).max(1) as u32;
         let x = tiles.min(self.max_groups);
         let groups = [x, conv.filters.div_ceil(64) as u32, tiles.div_ceil(x)];
-        Ok(self.conv_op(device, &self.conv2d_forward, [input.0, theta, out, &self.dummy_read], &p, groups))
+        Ok(self.conv_op(device, Entry::Conv2dForward, [input.0, theta, out, &self.dummy_read], &p, groups))
     }
 
     /// ∇W (f × c·k·k at `grad_w_off` of `grad`) and ∇b (f values at `grad_b_off`) =
@@ -284,14 +326,8 @@ impl LayerKernels {
         let sums = [cols.div_ceil(16) as u32, conv.filters.div_ceil(16) as u32, slices as u32];
         let finish = flat_grid(conv.filters * cols, self.max_groups)?;
         Ok(vec![
-            self.conv_op(device, &self.conv2d_weight_grad, [input.0, theta, partials, delta], &p, sums),
-            self.conv_op(
-                device,
-                &self.conv2d_weight_grad_finish,
-                [&self.dummy_read, theta, grad, partials],
-                &p,
-                finish,
-            ),
+            self.conv_op(device, Entry::Conv2dWeightGrad, [input.0, theta, partials, delta], &p, sums),
+            self.conv_op(device, Entry::Conv2dWeightGradFinish, [&self.dummy_read, theta, grad, partials], &p, finish),
         ])
     }
 
@@ -315,7 +351,7 @@ impl LayerKernels {
         (p.x_off, p.w_off) = (u32_of(input.1, "an offset")?, u32_of(w_off, "an offset")?);
         (p.act, p.leaky_alpha) = act_code(below);
         let groups = flat_grid(images * conv.input.len(), self.max_groups)?;
-        Ok(self.conv_op(device, &self.conv2d_input_grad, [input.0, theta, out, delta], &p, groups))
+        Ok(self.conv_op(device, Entry::Conv2dInputGrad, [input.0, theta, out, delta], &p, groups))
     }
 
     /// The geometry part of pool2d.wgsl's parameters for `images` images.
@@ -340,14 +376,15 @@ impl LayerKernels {
     fn max_op(
         &self,
         device: &wgpu::Device,
-        entry: &wgpu::ComputePipeline,
+        entry: Entry,
         buffers: [&wgpu::Buffer; 4],
         bytes: &[u8],
         groups: [u32; 3],
     ) -> Op {
         let params = uniform(device, bytes);
         let [x, delta, out, winners] = buffers;
-        Op::one(entry.clone(), bind_all(device, &self.max_layout, &[x, delta, out, winners, &params]), groups)
+        let pipeline = self.pipeline(device, entry).clone();
+        Op::one(pipeline, bind_all(device, &self.max_layout, &[x, delta, out, winners, &params]), groups)
     }
 
     /// out (m × c·h′·w′, from element 0) = the pooled `images` images at element `input.1`
@@ -368,7 +405,7 @@ impl LayerKernels {
         let groups = flat_grid(images * pool.output().len(), self.max_groups)?;
         Ok(self.max_op(
             device,
-            &self.pool2d_forward,
+            Entry::Pool2dForward,
             [input.0, &self.dummy_read, out, winners],
             bytemuck::bytes_of(&p),
             groups,
@@ -404,7 +441,7 @@ impl LayerKernels {
             (_, w) => w.unwrap_or(&self.dummy_winners),
         };
         let groups = flat_grid(images * pool.input.len(), self.max_groups)?;
-        Ok(self.max_op(device, &self.pool2d_backward, [input.0, delta, out, winners], bytemuck::bytes_of(&p), groups))
+        Ok(self.max_op(device, Entry::Pool2dBackward, [input.0, delta, out, winners], bytemuck::bytes_of(&p), groups))
     }
 
     fn maxout_params(max: &Maxout, rows: usize) -> Result<MaxoutParams> {
@@ -427,7 +464,7 @@ impl LayerKernels {
         let groups = flat_grid(rows * max.units, self.max_groups)?;
         Ok(self.max_op(
             device,
-            &self.maxout_forward,
+            Entry::MaxoutForward,
             [z, &self.dummy_read, out, winners],
             bytemuck::bytes_of(&p),
             groups,
@@ -449,7 +486,7 @@ impl LayerKernels {
         let groups = flat_grid(rows * max.piece_count(), self.max_groups)?;
         Ok(self.max_op(
             device,
-            &self.maxout_backward,
+            Entry::MaxoutBackward,
             [&self.dummy_read, delta, out, winners],
             bytemuck::bytes_of(&p),
             groups,
