@@ -174,7 +174,9 @@ fn conv2d_weight_grad_finish(@builtin(global_invocation_id) gid: vec3<u32>,
 
 // out[n, c, y, x] = f′(in[n, c, y, x]) · Σ_{f, i, j} δ[n, f, (y + p − i)/s, (x + p − j)/s] W[f, c, i, j]
 // over the (i, j) whose division is exact and lands inside h′ × w′, in the order f, i, j.
-// One invocation per input pixel, flat over a 2-D grid.
+// One invocation per input pixel, flat over a 2-D grid. The kernel rows that read the pixel
+// are i ≡ y + p (mod s) between max(0, y + p − (h′ − 1)·s) and min(k − 1, y + p): the loops
+// visit only those (a stride-2 layer's loop is a quarter of k², a border pixel's shorter).
 @compute @workgroup_size(64, 1, 1)
 fn conv2d_input_grad(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let o = gid.x + gid.y * nwg.x * 64u;
@@ -183,27 +185,34 @@ fn conv2d_input_grad(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num
     if (o >= cp.images * image) { return; }
     let n = o / image;
     let c = (o % image) / plane;
-    let yy = (o % plane) / cp.width;
-    let xx = o % cp.width;
+    let ty = (o % plane) / cp.width + cp.padding;  // y + p
+    let tx = o % cp.width + cp.padding;            // x + p
+    let s = cp.stride;
+    let i_lo = first_tap(ty, cp.out_height, s);
+    let i_end = min(cp.kernel, ty + 1u);
+    let j_lo = first_tap(tx, cp.out_width, s);
+    let j_end = min(cp.kernel, tx + 1u);
     let positions = cp.out_height * cp.out_width;
     let depth = cp.channels * cp.kernel * cp.kernel;
     var acc = 0.0;
     for (var f = 0u; f < cp.filters; f++) {
         let d_base = (n * cp.filters + f) * positions;
         let w_base = cp.w_off + f * depth + c * cp.kernel * cp.kernel;
-        for (var i = 0u; i < cp.kernel; i++) {
-            let ty = i32(yy + cp.padding) - i32(i);
-            if (ty < 0 || u32(ty) % cp.stride != 0u) { continue; }
-            let y = u32(ty) / cp.stride;
-            if (y >= cp.out_height) { continue; }
-            for (var j = 0u; j < cp.kernel; j++) {
-                let tx = i32(xx + cp.padding) - i32(j);
-                if (tx < 0 || u32(tx) % cp.stride != 0u) { continue; }
-                let xo = u32(tx) / cp.stride;
-                if (xo >= cp.out_width) { continue; }
-                acc = fma(delta[d_base + y * cp.out_width + xo], theta[w_base + i * cp.kernel + j], acc);
+        for (var i = i_lo; i < i_end; i += s) {
+            let d_row = d_base + ((ty - i) / s) * cp.out_width;
+            let w_row = w_base + i * cp.kernel;
+            for (var j = j_lo; j < j_end; j += s) {
+                acc = fma(delta[d_row + (tx - j) / s], theta[w_row + j], acc);
             }
         }
     }
     out[o] = acc * derivative_from_value(cp.act, x[cp.x_off + o], cp.leaky_alpha);
+}
+
+// The smallest kernel index i with i ≡ t (mod s) and (t − i)/s ≤ out_side − 1, i.e.
+// i ≥ t − (out_side − 1)·s: the first kernel row (or column) that reads padded row t.
+fn first_tap(t: u32, out_side: u32, s: u32) -> u32 {
+    let reach = (out_side - 1u) * s;
+    let lo = select(0u, t - reach, t > reach);
+    return lo + (t - lo) % s;
 }
