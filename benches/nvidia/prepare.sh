@@ -9,7 +9,10 @@ cd "$(dirname "$0")/../.."
 data=${WGNN_DATA_DIR:-../shared/data}
 [ -f "$data/mnist/train-images-idx3-ubyte.gz" ] || { echo "no MNIST under $data/mnist: set WGNN_DATA_DIR" >&2; exit 1; }
 
-for d in /.device/ /.gl/; do grep -qxF "$d" .git/info/exclude 2>/dev/null || echo "$d" >> .git/info/exclude; done
+# (git rev-parse finds the exclude file in a worktree too, where .git is a file.)
+exclude=$(git rev-parse --git-path info/exclude)
+mkdir -p "$(dirname "$exclude")"
+for d in /.device/ /.gl/; do grep -qxF "$d" "$exclude" 2>/dev/null || echo "$d" >> "$exclude"; done
 rm -rf .device && mkdir -p .device/tests .device/data/mnist
 
 cargo build --release
