@@ -17,6 +17,8 @@ if ! ldconfig -p | grep -q libvulkan.so.1; then
     for f in .gl/*.deb; do dpkg -x "$f" /; done
     ldconfig
 fi
+# prepare.sh ships the test binaries gzipped (the carry limit).
+for f in .device/tests/*.gz; do [ -e "$f" ] && gunzip -f "$f"; done
 icd=/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json
 [ -f "$icd" ] && export VK_DRIVER_FILES=$icd
 data=.device/data
