@@ -110,11 +110,12 @@ fn conv2d_forward(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgro
     }
 }
 
-var<workgroup> tile_d: array<array<f32, 16>, 16>; // [row of P][filter]
-var<workgroup> tile_p: array<array<f32, 16>, 16>; // [row of P][column of [P | 1]]
+var<workgroup> tile_d: array<array<f32, 16>, 64>; // [row of P][filter]
+var<workgroup> tile_p: array<array<f32, 16>, 64>; // [row of P][column of [P | 1]]
 
-// partials[(slice·f + fo)·(c·k·k + 1) + col] = Σ_{rows of the slice, in order} δ[row, fo]·[P | 1][row, col].
-// Workgroups: column tiles of 16 along x, fo tiles of 16 along y, slices along z.
+// partials[(slice·f + filter)·(c·k·k + 1) + col] = Σ_{rows of the slice, in order} δ[row, filter]·[P | 1][row, col].
+// Workgroups: column tiles of 16 along x, filter tiles of 16 along y, slices along z. Rows are
+// staged 64 at a time (4 per invocation), so that a barrier pair serves 64 multiply-adds.
 @compute @workgroup_size(16, 16, 1)
 fn conv2d_weight_grad(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
     let positions = cp.out_height * cp.out_width;
@@ -125,29 +126,33 @@ fn conv2d_weight_grad(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(wor
     let fo = wid.y * 16u + lid.y;
     let first = wid.z * cp.slice_rows;
     let last = min(rows, first + cp.slice_rows);
+    let gf = wid.y * 16u + lid.x;
     var acc = 0.0;
-    for (var k0 = first; k0 < last; k0 += 16u) {
-        // Invocation (lx, ly) loads δ[k0 + ly, fo tile + lx] and [P | 1][k0 + ly, col].
-        let gk = k0 + lid.y;
-        let gf = wid.y * 16u + lid.x;
-        var vd = 0.0;
-        if (gk < last && gf < cp.filters) {
-            vd = delta[((gk / positions) * cp.filters + gf) * positions + gk % positions];
+    for (var k0 = first; k0 < last; k0 += 64u) {
+        // Invocation (lx, ly) loads δ[k0 + r, filter tile + lx] and [P | 1][k0 + r, col] for
+        // r = ly, ly + 16, ly + 32, ly + 48.
+        for (var e = 0u; e < 4u; e++) {
+            let r = lid.y + 16u * e;
+            let gk = k0 + r;
+            var vd = 0.0;
+            if (gk < last && gf < cp.filters) {
+                vd = delta[((gk / positions) * cp.filters + gf) * positions + gk % positions];
+            }
+            tile_d[r][lid.x] = vd;
+            var vp = 0.0;
+            if (gk < last && col < cols) { vp = select(patch_value(gk, col), 1.0, col == depth); }
+            tile_p[r][lid.x] = vp;
         }
-        tile_d[lid.y][lid.x] = vd;
-        var vp = 0.0;
-        if (gk < last && col < cols) { vp = select(patch_value(gk, col), 1.0, col == depth); }
-        tile_p[lid.y][lid.x] = vp;
         workgroupBarrier();
-        for (var kk = 0u; kk < 16u; kk++) { acc = fma(tile_d[kk][lid.y], tile_p[kk][lid.x], acc); }
+        for (var kk = 0u; kk < 64u; kk++) { acc = fma(tile_d[kk][lid.y], tile_p[kk][lid.x], acc); }
         workgroupBarrier();
     }
     if (fo < cp.filters && col < cols) { out[(wid.z * cp.filters + fo) * cols + col] = acc; }
 }
 
-// ∇W[fo, col] at grad_w_off (col < c·k·k) or ∇b[fo] at grad_b_off (col = c·k·k):
+// ∇W[filter, col] at grad_w_off (col < c·k·k) or ∇b[filter] at grad_b_off (col = c·k·k):
 // α · Σ_slices partials (the slices in order) (+ the old value when accumulate = 1) (+ λW,
-// weights only, when weight_decay ≠ 0). One invocation per (fo, col), flat over a 2-D grid.
+// weights only, when weight_decay ≠ 0). One invocation per (filter, col), flat over a 2-D grid.
 @compute @workgroup_size(64, 1, 1)
 fn conv2d_weight_grad_finish(@builtin(global_invocation_id) gid: vec3<u32>,
                              @builtin(num_workgroups) nwg: vec3<u32>) {
