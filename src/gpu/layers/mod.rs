@@ -134,16 +134,24 @@ fn flat_grid(count: usize, max: u32) -> Result<[u32; 3]> {
     Ok([x as u32, y as u32, 1])
 }
 
-/// (slices, rows per slice) of the weight gradient's sum over the `rows` rows of the patch
-/// matrix: a function of the shape only, so the bits are too.
-pub fn conv2d_slices(rows: usize) -> (usize, usize) {
-    let slice_rows = rows.div_ceil(MAX_SLICES).max(MIN_SLICE_ROWS);
+/// Values of the weight gradient's partial sums at most (32 MiB of f32, a quarter of the
+/// smallest storage binding wgpu guarantees): wide layers get fewer slices. One slice holds as
+/// many values as W and b, which θ's own binding check bounds.
+const MAX_PARTIALS: usize = 1 << 23;
+
+/// (slices, rows per slice) of `conv`'s weight-gradient sum over the patch matrix's rows for
+/// `images` images: a function of the shape only, so the bits are too.
+pub fn conv2d_slices(conv: &Conv2d, images: usize) -> (usize, usize) {
+    let rows = images * conv.output().plane();
+    let per_slice = conv.filters * (conv.patch_len() + 1);
+    let max_slices = (MAX_PARTIALS / per_slice.max(1)).clamp(1, MAX_SLICES);
+    let slice_rows = rows.div_ceil(max_slices).max(MIN_SLICE_ROWS);
     (rows.div_ceil(slice_rows).max(1), slice_rows)
 }
 
 /// Values of the partial-sum buffer [`LayerKernels::conv2d_weight_grad`] needs for `images`.
 pub fn conv2d_partials_len(conv: &Conv2d, images: usize) -> usize {
-    let (slices, _) = conv2d_slices(images * conv.output().plane());
+    let (slices, _) = conv2d_slices(conv, images);
     slices * conv.filters * (conv.patch_len() + 1)
 }
 
@@ -316,7 +324,7 @@ impl LayerKernels {
         (alpha, accumulate, weight_decay): (f32, bool, f32),
     ) -> Result<Vec<Op>> {
         let mut p = Self::conv2d_params(conv, images)?;
-        let (slices, slice_rows) = conv2d_slices(images * conv.output().plane());
+        let (slices, slice_rows) = conv2d_slices(conv, images);
         let off = |v: usize| u32_of(v, "an offset");
         (p.x_off, p.w_off, p.grad_w_off, p.grad_b_off) =
             (off(input.1)?, off(w_off)?, off(grad_w_off)?, off(grad_b_off)?);
