@@ -22,9 +22,15 @@ use wgnn::features::{FeatureBank, GpuConvolution, PoolKind, Pooling};
 use wgnn::gpu::StandaloneUpdate;
 use wgnn::gpu::kernels::{BLOCK_ROWS, ConvParams, FeatureKernels, Op, PoolParams, Small, SmallParams, act_code};
 use wgnn::gpu::kernels::{Epilogue, Kernels, Operand};
+use wgnn::gpu::layers::{LayerKernels, conv2d_partials_len};
 use wgnn::gpu::{Gpu, GpuBackend, GpuOptions};
+use wgnn::layers::ImageShape;
+use wgnn::layers::conv2d::Conv2d;
+use wgnn::layers::maxout::Maxout;
+use wgnn::layers::pool2d::{Pool2d, PoolKind as LayerPool};
 use wgnn::model::{Activation, Output};
 use wgnn::model::{Init, NetSpec, Sparsity};
+use wgnn::model::{InputShape, LayerStack, parse_net};
 use wgnn::optim::{UpdateRule, UpdateState};
 use wgnn::{Backend, Batch, CpuBackend, Targets};
 
@@ -315,6 +321,7 @@ fn kernel_families(gpu: &Gpu, k: &Kernels, reps: usize, smoke: bool) {
 
     updates(gpu, reps, smoke);
     convolution(gpu, reps, smoke);
+    layer_kernels(gpu, reps, smoke);
 }
 
 /// One optimizer step on θ of the 784-256-128-10 MLP (235,146 values). StandaloneUpdate is the
@@ -418,11 +425,15 @@ fn training_steps(reps: usize, smoke: bool) {
         order.swap(i, rng.random_range(0..=i));
     }
     let picked = &order[..batch];
+    // The LeNet-like CNN at batch 64 (issue 15's CPU comparison), or 2 in smoke mode.
+    let cnn_batch = if smoke { 2 } else { 64 };
     for (name, spec, rule) in [
         ("sparse_autoencoder_784_196", sae, UpdateRule::Plain),
         ("softmax_784_10", softmax, UpdateRule::Plain),
         ("mlp_784_256_128_10", mlp, UpdateRule::ADAM),
+        ("lenet_like_cnn (batch 64)", lenet(), UpdateRule::ADAM),
     ] {
+        let picked = if spec.has_layer_stack() { &order[..cnn_batch] } else { picked };
         let targets = if spec.outputs() == 784 { Targets::Inputs } else { Targets::Labels(&labels) };
         let theta = Init::Uniform.theta(&spec, 0);
         // A tiny rate keeps θ (and so the work) the same from step to step.
@@ -443,7 +454,97 @@ fn training_steps(reps: usize, smoke: bool) {
             c.cost_and_grad(&theta, Batch::Indices(picked), &mut grad).unwrap();
             state.apply(&mut theta, &grad, 1e-9);
         });
-        let rate = format!("{:.2} GFLOP/s", step_flops(&spec, batch) / tg / 1e9);
+        let flops = if spec.has_layer_stack() { lenet_step_flops(picked.len()) } else { step_flops(&spec, batch) };
+        let rate = format!("{:.2} GFLOP/s", flops / tg / 1e9);
         println!("{:<60} {tg:>10.5} {rate:>16} {tc:>10.5}", format!("{name} {}", rule.name()));
     }
+}
+
+/// The layer kernels of `src/gpu/layers/` (shaders/conv2d.wgsl, pool2d.wgsl, maxout.wgsl) at
+/// the LeNet-like net's shapes, batch 64 (2 in smoke mode): each conv layer's forward pass,
+/// weight gradient (slices + finish) and input gradient; 2×2 max and mean pooling of the first
+/// conv's output, both ways; maxout 240×5 on 64 rows, both ways. FLOP rates count 2·m·h′w′·f·c·k²
+/// per conv product (the ∇W row adds the ∇b column).
+fn layer_kernels(gpu: &Gpu, reps: usize, smoke: bool) {
+    let m = if smoke { 2 } else { 64 };
+    let dev = &gpu.device;
+    let lk = LayerKernels::new(dev);
+    header(&format!("layer kernels (LeNet-like shapes), batch {m}"));
+    for (input, filters) in [(ImageShape::new(1, 28, 28), 20), (ImageShape::new(20, 12, 12), 50)] {
+        let conv = Conv2d::new(input, filters, 5, 1, 0).unwrap();
+        let (in_len, out_len, depth) = (m * input.len(), m * conv.output().len(), conv.patch_len());
+        let x = gpu.upload_f32("x", &uniform(in_len, 0.0, 1.0, 30));
+        let theta = gpu.upload_f32("θ", &uniform(filters * depth + filters, -0.1, 0.1, 31));
+        let delta = gpu.upload_f32("δ", &uniform(out_len, -1.0, 1.0, 32));
+        let out = gpu.upload_f32("out", &vec![0.0; out_len]);
+        let grad = gpu.upload_f32("∇θ", &vec![0.0; filters * depth + filters]);
+        let partials = gpu.upload_f32("partials", &vec![0.0; conv2d_partials_len(&conv, m)]);
+        let back = gpu.upload_f32("∂L/∂in", &vec![0.0; in_len]);
+        let at = (0, filters * depth);
+        let flops = Work::Flops(conv.forward_flops(m) as f64);
+        let name = format!("conv2d {} → {filters}×5×5", input.describe());
+        let forward = lk.conv2d_forward(dev, &conv, m, Activation::Relu, (&x, 0), &theta, at, &out).unwrap();
+        report(&format!("{name} forward (+ bias, relu)"), time_ops(gpu, reps, &[forward]), flops);
+        let weight_grad = lk
+            .conv2d_weight_grad(
+                dev,
+                &conv,
+                m,
+                (&x, 0),
+                &delta,
+                &partials,
+                (&theta, 0),
+                (&grad, 0, at.1),
+                (1.0, false, 0.0),
+            )
+            .unwrap();
+        report(&format!("{name} ∇W ∇b"), time_ops(gpu, reps, &weight_grad), flops);
+        let input_grad =
+            lk.conv2d_input_grad(dev, &conv, m, &delta, (&theta, 0), (&x, 0), Activation::Relu, &back).unwrap();
+        report(&format!("{name} ∂L/∂in (× f′)"), time_ops(gpu, reps, &[input_grad]), flops);
+    }
+    let maps = ImageShape::new(20, 24, 24);
+    let x = gpu.upload_f32("conv out", &uniform(m * maps.len(), 0.0, 1.0, 33));
+    let out = gpu.upload_f32("pooled", &vec![0.0; m * maps.len() / 4]);
+    let winners = gpu.upload_f32("winners", &vec![0.0; m * maps.len() / 4]);
+    let delta = gpu.upload_f32("δ", &uniform(m * maps.len() / 4, -1.0, 1.0, 34));
+    let back = gpu.upload_f32("∂L/∂in", &vec![0.0; m * maps.len()]);
+    for kind in [LayerPool::Max, LayerPool::Mean] {
+        let pool = Pool2d::new(maps, kind, 2).unwrap();
+        let kept = (kind == LayerPool::Max).then_some(&winners);
+        let values = Work::Values((m * maps.len()) as f64);
+        let forward = lk.pool2d_forward(dev, &pool, m, (&x, 0), &out, kept).unwrap();
+        report(&format!("{} pool 2×2 forward {m}×20×24×24", kind.name()), time_ops(gpu, reps, &[forward]), values);
+        let backward = lk.pool2d_backward(dev, &pool, m, &delta, kept, (&x, 0), Activation::Relu, &back).unwrap();
+        report(&format!("{} pool 2×2 backward (× f′)", kind.name()), time_ops(gpu, reps, &[backward]), values);
+    }
+    let max = Maxout::new(240, 5).unwrap();
+    let z = gpu.upload_f32("z", &uniform(m * max.piece_count(), -1.0, 1.0, 35));
+    let out = gpu.upload_f32("out", &vec![0.0; m * max.units]);
+    let winners = gpu.upload_f32("winners", &vec![0.0; m * max.units]);
+    let dz = gpu.upload_f32("∂L/∂z", &vec![0.0; m * max.piece_count()]);
+    let values = Work::Values((m * max.piece_count()) as f64);
+    let forward = lk.maxout_forward(dev, &max, m, &z, &out, &winners).unwrap();
+    report(&format!("maxout 240×5 forward, {m} rows"), time_ops(gpu, reps, &[forward]), values);
+    let backward = lk.maxout_backward(dev, &max, m, &out, &winners, &dz).unwrap();
+    report(&format!("maxout 240×5 backward, {m} rows"), time_ops(gpu, reps, &[backward]), values);
+}
+
+/// The LeNet-like net of `wgnn train cnn` (conv 20x5x5 relu, maxpool 2, conv 50x5x5 relu,
+/// maxpool 2, dense 500 relu, softmax) on 1×28×28 inputs.
+fn lenet() -> NetSpec {
+    let parsed =
+        parse_net("conv 20x5x5 relu, maxpool 2, conv 50x5x5 relu, maxpool 2, dense 500 relu, softmax").unwrap();
+    NetSpec::stack(LayerStack { input: InputShape::image(1, 28, 28), layers: parsed.layers }, 10, parsed.output)
+        .unwrap()
+}
+
+/// FLOPs of one LeNet-like cost-and-gradient on m images: each conv's forward, ∇W and
+/// ∂L/∂in products (the first conv has no ∂L/∂in), the dense layers' three products (the
+/// output's input delta included).
+fn lenet_step_flops(m: usize) -> f64 {
+    let conv1 = Conv2d::new(ImageShape::new(1, 28, 28), 20, 5, 1, 0).unwrap().forward_flops(m) as f64;
+    let conv2 = Conv2d::new(ImageShape::new(20, 12, 12), 50, 5, 1, 0).unwrap().forward_flops(m) as f64;
+    let dense = 2.0 * (m * (800 * 500 + 500 * 10)) as f64;
+    2.0 * conv1 + 3.0 * conv2 + 3.0 * dense
 }

@@ -375,11 +375,12 @@ fn accuracy(cpu: &mut CpuBackend<f32>, theta: &[f64], x: &Array2<f32>, labels: &
 }
 
 #[test]
-fn the_gpu_backend_refuses_layer_stacks_in_one_line_before_opening_a_device() {
-    let (_, spec) = cases().swap_remove(0);
-    let err = wgnn::GpuBackend::new(spec, &Default::default()).err().expect("refused").to_string();
-    assert!(err.contains("conv2d/pool/maxout layers run on the CPU backend for now: use --backend cpu"), "{err}");
-    assert!(!err.contains('\n'));
+fn the_gpu_backend_takes_every_layer_stack() {
+    // The GPU runs conv2d, pooling and maxout (tests/gpu_layers.rs checks its numbers), so
+    // `--backend auto` no longer sends stacks to the CPU for want of kernels.
+    for (name, spec) in cases() {
+        assert!(wgnn::GpuBackend::supports(&spec).is_ok(), "{name}");
+    }
     assert!(wgnn::GpuBackend::supports(&NetSpec::new(&[4, 3, 2], Activation::Tanh, Output::Softmax).unwrap()).is_ok());
 }
 
@@ -409,7 +410,13 @@ fn cli_gradcheck_takes_a_net_and_refuses_stacks_that_do_not_fit() {
     assert!(d < 1e-8, "{last}");
     refused_by_cli(&["gradcheck", "--net", "conv 3x9x9 tanh, softmax 3", "--input-shape", "1x7x7"], "layer 1");
     refused_by_cli(&["gradcheck", "--net", net], "--input-shape");
-    refused_by_cli(&["gradcheck", "--net", net, "--input-shape", "1x7x7", "--backend", "gpu"], "use --backend cpu");
+    // The GPU backend computes stacks too (tests/gpu_layers.rs checks its kernels): its f32
+    // gradient passes the CLI's f32 tolerance.
+    let (ok, stdout, stderr) = wgnn(&["gradcheck", "--net", net, "--input-shape", "1x7x7", "--backend", "gpu"]);
+    assert!(ok, "{stderr}");
+    let last = stdout.lines().last().unwrap();
+    let d: f64 = last.strip_prefix("relative difference ").unwrap().parse().unwrap();
+    assert!(d < 1e-4, "{last}");
 }
 
 #[test]
@@ -431,9 +438,16 @@ fn cli_train_cnn_runs_and_refuses_bad_shapes_before_writing_anything() {
     refused_by_cli(&with(&base, &["--net", "conv 6x5x5 relu, maxpool 5, softmax"]), "layer 2 (maxpool 5)");
     refused_by_cli(&with(&base, &["--input-shape", "2x28x28"]), "784");
     refused_by_cli(&with(&base, &["--net", "conv 6x5x5 relu, softmax 5"]), "10 classes");
-    refused_by_cli(&with(&base, &["--backend", "gpu"]), "use --backend cpu");
     refused_by_cli(&with(&base, &["--hidden", "30"]), "--net");
     assert!(!out.join("model.safetensors").exists(), "a refused run writes no model");
+    // The GPU backend trains a stack from the CLI (one step of 64 images; tests/gpu_layers.rs
+    // checks its numbers and that it learns).
+    let out_gpu = tmp.join("gpu");
+    let net = "conv 4x5x5 relu stride 2, maxpool 2, softmax";
+    let gpu_args = ["train", "cnn", "--data", &mnist, "--limit", "64", "--quiet", "--net", net, "--iterations", "1"];
+    let (ok, _, stderr) = wgnn(&with(&gpu_args, &["--backend", "gpu", "--out", out_gpu.to_str().unwrap()]));
+    assert!(ok, "{stderr}");
+    assert!(out_gpu.join("model.safetensors").exists(), "the GPU run wrote no model");
     let (ok, _, stderr) =
         wgnn(&with(&base, &["--net", "conv 4x5x5 relu stride 2, maxpool 2, softmax", "--iterations", "1"]));
     assert!(ok, "{stderr}");

@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# Issue 6's NVIDIA measurements in one command, for a session lent a GPU (device tool `run`,
-# carry [".gl", ".device"], after benches/nvidia/prepare.sh here). About 4–6 minutes: the
+# Issues 6 and 15's NVIDIA measurements in one command, for a session lent a GPU (device tool
+# `run`, carry [".gl", ".device"], after benches/nvidia/prepare.sh here). About 5–7 minutes: the
 # GPU test suites, `wgnn bench` and PyTorch CUDA side by side (compare.py --shapes xlarge:
 # 4096³ with TF32 off), and the 400-iteration L-BFGS autoencoder on all 60,000 images. Every
 # output lands in $OUT (log.txt, compare.txt, bench.json, train60k.json); a step that fails
-# is logged and the next one still runs. Read $OUT/log.txt first.
+# is logged and the next one still runs. Read $OUT/log.txt first. Issue 15 adds the layer
+# kernels' suite (gpu_layers) and a CNN training run, GPU then CPU, with wall times (cnn_*.json).
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-/tmp/wgnn-out}
@@ -16,21 +17,25 @@ if ! ldconfig -p | grep -q libvulkan.so.1; then
     for f in .gl/*.deb; do dpkg -x "$f" /; done
     ldconfig
 fi
+# prepare.sh ships the test binaries gzipped (the carry limit).
+for f in .device/tests/*.gz; do [ -e "$f" ] && gunzip -f "$f"; done
 icd=/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json
 [ -f "$icd" ] && export VK_DRIVER_FILES=$icd
 data=.device/data
 export WGNN_DATA_DIR=$data
-# Smaller settings for a dry run on lavapipe: SHAPES=small BATCH=256 TRAIN_ARGS="--limit 1000 --iterations 5".
+# Smaller settings for a dry run on lavapipe: SHAPES=small BATCH=256 TRAIN_ARGS="--limit 1000 --iterations 5"
+# CNN_ARGS="--limit 200".
 SHAPES=${SHAPES:-xlarge}
 BATCH=${BATCH:-10000,60000}
 TRAIN_ARGS=${TRAIN_ARGS:-}
+CNN_ARGS=${CNN_ARGS:---limit 4000}
 
 log "machine"
 step nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv
 step .device/wgnn devices
 
 log "GPU tests (the suites CI runs on lavapipe, here on the real adapter)"
-for t in gpu_kernels gpu_parity gpu_update gpu_data; do
+for t in gpu_kernels gpu_parity gpu_update gpu_data gpu_layers; do
     step timeout 180 ".device/tests/$t" --quiet
 done
 step timeout 120 .device/tests/gpu --bench
@@ -51,4 +56,18 @@ step timeout 180 .device/wgnn train --data mnist:$data/mnist --hidden 196 --spar
     --backend gpu --quiet --out /tmp/train60k $TRAIN_ARGS
 echo "wall $(( ($(date +%s%N) - start) / 1000000 )) ms" | tee -a "$OUT/log.txt"
 cp /tmp/train60k/metrics.json "$OUT/train60k.json" 2>/dev/null
+
+# One epoch of the LeNet-like CNN (conv 20x5x5 relu, maxpool 2, conv 50x5x5 relu, maxpool 2,
+# dense 500 relu, softmax; Adam η = 1e-3, batch 64) on the first 4,000 MNIST images, with θ
+# and the update on the device; then the same on the CPU backend (f32, all cores) for the ratio.
+for backend in gpu cpu; do
+    log "wgnn train cnn, 1 epoch, $backend backend"
+    rm -rf "/tmp/cnn_$backend"
+    start=$(date +%s%N)
+    # shellcheck disable=SC2086 # CNN_ARGS is a list of flags
+    step timeout 300 .device/wgnn train cnn --data mnist:$data/mnist --iterations 1 --backend $backend \
+        --quiet --out "/tmp/cnn_$backend" $CNN_ARGS
+    echo "wall $(( ($(date +%s%N) - start) / 1000000 )) ms (cnn, $backend)" | tee -a "$OUT/log.txt"
+    cp "/tmp/cnn_$backend/metrics.json" "$OUT/cnn_$backend.json" 2>/dev/null
+done
 log "done"

@@ -385,8 +385,8 @@ impl BackendArgs {
         match self.backend {
             BackendChoice::Cpu => Ok((cpu(spec)?, None)),
             BackendChoice::Gpu => Ok((Box::new(wgnn::GpuBackend::new(spec, &self.gpu_options())?), None)),
-            BackendChoice::Auto if wgnn::GpuBackend::supports(&spec).is_err() => {
-                Ok((cpu(spec)?, Some("conv2d/pool/maxout layers run on the CPU backend for now: using the CPU".into())))
+            BackendChoice::Auto if let Err(e) = wgnn::GpuBackend::supports(&spec) => {
+                Ok((cpu(spec)?, Some(format!("{e}: using the CPU backend"))))
             }
             BackendChoice::Auto => match wgnn::gpu::choose_adapter(&self.gpu_options()) {
                 Ok(adapter) if wgnn::gpu::is_real_gpu(&adapter.get_info()) => {

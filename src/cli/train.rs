@@ -35,7 +35,7 @@ pub enum Kind {
     /// layer (--hidden 200,200, ρ = 0.1, λ = 3e-3), a softmax on the last features, then the
     /// whole stack fine-tuned by backpropagation. Writes one folder per stage.
     Stacked,
-    /// A convolutional (or maxout) network (needs labels), on the CPU backend: --net (default
+    /// A convolutional (or maxout) network (needs labels), on either backend: --net (default
     /// LeNet-like: conv 20x5x5 relu, maxpool 2, conv 50x5x5 relu, maxpool 2, dense 500 relu,
     /// softmax) on --input-shape (default from the data: MNIST is 1x28x28); Adam, η = 1e-3,
     /// batch 64, 10 epochs.

@@ -30,6 +30,7 @@
 mod data;
 mod device;
 pub mod kernels;
+pub mod layers;
 mod texmatmul;
 mod update;
 
@@ -159,6 +160,8 @@ pub struct GpuBackend {
     poison: bool,
     /// Minibatch training with θ kept on the device (`update.rs`), and the transfer counts.
     resident: update::Resident,
+    /// The conv2d, pooling and maxout kernels, compiled for a layer-stack spec only.
+    layer_kernels: Option<layers::LayerKernels>,
 }
 
 /// A storage buffer of `floats` f32 values (at least 4), usable as a copy source and target.
@@ -222,17 +225,12 @@ impl GpuBackend {
         GpuBackend::on(spec, Gpu::open(options)?)
     }
 
-    /// Whether this backend computes `spec`: dense networks only for now. A layer stack
-    /// (conv2d, pooling, maxout) is refused in one line pointing at the CPU backend, which
-    /// trains it; `--backend auto` asks this to pick the CPU for such specs.
-    pub fn supports(spec: &NetSpec) -> Result<()> {
-        match &spec.net {
-            Some(stack) => Err(Error::Gpu(format!(
-                "conv2d/pool/maxout layers run on the CPU backend for now: use --backend cpu (the network: {})",
-                stack.describe()
-            ))),
-            None => Ok(()),
-        }
+    /// Whether this backend computes `spec`: every dense network and every layer stack
+    /// (conv2d, max/mean pooling, maxout and dense layers: `layers/`), so nothing is refused
+    /// today. Kept as the one place where a layer kind without GPU kernels would be refused, in
+    /// one line, before an adapter is opened (`--backend auto` then picks the CPU).
+    pub fn supports(_spec: &NetSpec) -> Result<()> {
+        Ok(())
     }
 
     pub fn on(spec: NetSpec, gpu: Gpu) -> Result<GpuBackend> {
@@ -250,7 +248,11 @@ impl GpuBackend {
                 binding / 1_000_000
             )));
         }
-        let widest = spec.layers.iter().copied().max().unwrap_or(1) as u64;
+        let stack = layers::plan::StackLayers::of(&spec)?;
+        let widest = match &stack {
+            Some(stack) => stack.widest(&spec),
+            None => spec.layers.iter().copied().max().unwrap_or(1),
+        } as u64;
         let mut max_chunk_rows = ((binding / 4 / widest) as usize).clamp(1, 1 << 20);
         if gpu.matmul == MatmulKernel::Texture {
             // Chunks no taller than a texture, so that every product of a chunk (the data as A
@@ -282,6 +284,7 @@ impl GpuBackend {
             builds: Builds::default(),
             poison: false,
             resident: update::Resident::default(),
+            layer_kernels: stack.map(|_| layers::LayerKernels::new(device)),
             gpu,
         })
     }
@@ -510,6 +513,9 @@ impl GpuBackend {
     }
     /// Builds the recorded operations for a pass over `segments`.
     fn build_plan(&self, segments: &[Segment], want_grad: bool) -> Result<Plan> {
+        if self.spec.net.is_some() {
+            return self.build_stack_plan(segments, want_grad);
+        }
         let device = &self.gpu.device;
         let k = &self.kernels;
         let spec = &self.spec;
@@ -1090,13 +1096,21 @@ impl Backend for GpuBackend {
         let x = to_real::<f32>(x);
         write_f64(&self.gpu.queue, &self.theta, theta);
         self.resident.transfers.theta_uploads += 1;
-        let nl = self.layout.num_layers();
-        let mut outputs: Vec<Array2<f64>> = (0..nl).map(|l| Array2::zeros((0, self.spec.layers[l + 1]))).collect();
+        // One array per layer after the input: the stack's hidden layers (pooling too), or the
+        // dense layers, then the output.
+        let widths: Vec<usize> = match layers::plan::StackLayers::of(&self.spec)? {
+            Some(stack) => stack.widths.iter().copied().chain([self.spec.outputs()]).collect(),
+            None => self.spec.layers[1..].to_vec(),
+        };
+        let mut outputs: Vec<Array2<f64>> = widths.iter().map(|&w| Array2::zeros((0, w))).collect();
         let mut start = 0;
         while start < x.nrows() {
             let end = (start + self.max_chunk_rows).min(x.nrows());
             let chunk = self.upload_chunk(x.slice(ndarray::s![start..end, ..]), None, None)?;
-            let acts = self.forward_chunk(&chunk)?;
+            let acts = match self.spec.net {
+                Some(_) => self.forward_stack_chunk(&chunk.x, chunk.rows)?,
+                None => self.forward_chunk(&chunk)?,
+            };
             for (o, a) in outputs.iter_mut().zip(acts) {
                 o.append(ndarray::Axis(0), a.view()).expect("same width");
             }

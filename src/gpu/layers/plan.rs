@@ -1,0 +1,479 @@
+//! The GPU plan of a layer stack (conv2d, pooling, maxout and dense layers, then the dense
+//! output layer and its loss): the recorded forward and backward passes over every segment of
+//! a batch, mirroring `cpu::stack` (MATH.md, "Layers beyond dense" and "Backpropagation") in
+//! the shape of the dense plan of `gpu/mod.rs` — the same [`Plan`] (operations, stages per
+//! segment, workspace), so evaluation, streaming, gathering and the device update run it
+//! unchanged, in one submission per evaluation for resident data.
+//!
+//! δ flows down as ∂L/∂z of each layer: whoever computes a layer's δ multiplies by that layer's
+//! f′ (the matmul's delta epilogue, the conv and pool input-gradient kernels), pooling and
+//! maxout having none. Gradients are (1/m) Σ over the batch, accumulated on the device segment
+//! after segment, λW added once (first segment), as in the dense plan.
+//!
+//! This module records; it does not submit, read back or own anything beyond the workspace
+//! of the plan it returns.
+
+use super::LayerKernels;
+use crate::gpu::kernels::{BLOCK_ROWS, Epilogue, Op, Operand, Small, SmallParams, act_code};
+use crate::gpu::{GpuBackend, Plan, Segment, storage, u32_of};
+use crate::layers::ImageShape;
+use crate::layers::conv2d::Conv2d;
+use crate::layers::maxout::Maxout;
+use crate::layers::pool2d::{Pool2d, PoolKind};
+use crate::model::{Activation, Layer, NetSpec, Output};
+use crate::{Error, Result};
+
+/// One hidden layer, its geometry checked, with the index `l` of its W and b in θ.
+#[derive(Clone, Debug)]
+pub(crate) enum StackOp {
+    Dense { l: usize, act: Activation },
+    Maxout { l: usize, max: Maxout },
+    Conv { l: usize, conv: Conv2d, act: Activation },
+    Pool(Pool2d),
+}
+
+impl StackOp {
+    /// The activation applied to the layer's output (identity for pooling and maxout).
+    fn activation(&self) -> Activation {
+        match self {
+            StackOp::Dense { act, .. } | StackOp::Conv { act, .. } => *act,
+            StackOp::Maxout { .. } | StackOp::Pool(_) => Activation::Identity,
+        }
+    }
+}
+
+/// The hidden layers of a stack spec, with each one's output width.
+pub(crate) struct StackLayers {
+    pub ops: Vec<StackOp>,
+    pub widths: Vec<usize>,
+    /// θ index of the output layer.
+    pub out_l: usize,
+}
+
+impl StackLayers {
+    /// The layers of `spec`'s stack; `None` for a dense spec.
+    pub fn of(spec: &NetSpec) -> Result<Option<StackLayers>> {
+        let Some(stack) = &spec.net else { return Ok(None) };
+        let shapes = stack.shapes()?;
+        let (mut ops, mut widths) = (Vec::new(), Vec::new());
+        let (mut shape, mut l) = (stack.input, 0);
+        for (layer, &next) in stack.layers.iter().zip(&shapes) {
+            let image = ImageShape::new(shape.channels, shape.height, shape.width);
+            ops.push(match *layer {
+                Layer::Dense { activation, .. } => StackOp::Dense { l, act: activation },
+                Layer::Maxout { units, pieces } => StackOp::Maxout { l, max: Maxout::new(units, pieces)? },
+                Layer::Conv2d { filters, kernel, stride, padding, activation } => {
+                    StackOp::Conv { l, conv: Conv2d::new(image, filters, kernel, stride, padding)?, act: activation }
+                }
+                Layer::MaxPool { size, stride } => {
+                    StackOp::Pool(Pool2d::with_stride(image, PoolKind::Max, size, stride)?)
+                }
+                Layer::MeanPool { size, stride } => {
+                    StackOp::Pool(Pool2d::with_stride(image, PoolKind::Mean, size, stride)?)
+                }
+            });
+            l += layer.has_parameters() as usize;
+            widths.push(next.len());
+            shape = next;
+        }
+        Ok(Some(StackLayers { ops, widths, out_l: l }))
+    }
+
+    /// The widest row any buffer of an evaluation holds: inputs, outputs, every layer's
+    /// output and maxout's pieces (values per example).
+    pub fn widest(&self, spec: &NetSpec) -> usize {
+        let pieces = self.ops.iter().map(|op| match op {
+            StackOp::Maxout { max, .. } => max.piece_count(),
+            _ => 0,
+        });
+        self.widths.iter().copied().chain(pieces).chain([spec.inputs(), spec.outputs()]).max().unwrap_or(1)
+    }
+}
+
+/// The buffers a layer's forward pass writes: its output, maxout's z, the winners.
+struct LayerBuffers {
+    a: wgpu::Buffer,
+    z: Option<wgpu::Buffer>,
+    winners: Option<wgpu::Buffer>,
+}
+
+impl GpuBackend {
+    fn stack_kernels(&self) -> Result<&LayerKernels> {
+        self.layer_kernels
+            .as_ref()
+            .ok_or_else(|| Error::Gpu("the layer kernels were not compiled for this spec".into()))
+    }
+
+    /// Buffers for the hidden layers' forward pass over `rows` rows.
+    fn layer_buffers(&self, layers: &StackLayers, rows: usize) -> Vec<LayerBuffers> {
+        let device = &self.gpu.device;
+        layers
+            .ops
+            .iter()
+            .zip(&layers.widths)
+            .map(|(op, &width)| {
+                let (z, winners) = match op {
+                    StackOp::Maxout { max, .. } => (
+                        Some(storage(device, "maxout z", rows * max.piece_count())),
+                        Some(storage(device, "maxout winners", rows * width)),
+                    ),
+                    StackOp::Pool(p) if p.kind == PoolKind::Max => {
+                        (None, Some(storage(device, "pool winners", rows * width)))
+                    }
+                    _ => (None, None),
+                };
+                LayerBuffers { a: storage(device, "activations", rows * width), z, winners }
+            })
+            .collect()
+    }
+
+    /// Records the hidden layers and the output layer's f(A Wᵀ + b) (identity for softmax) on
+    /// `rows` rows of `input` (buffer, element offset), into `bufs` and `out`.
+    fn record_stack_forward(
+        &self,
+        ops: &mut Vec<Op>,
+        layers: &StackLayers,
+        bufs: &[LayerBuffers],
+        input: (&wgpu::Buffer, usize),
+        rows: usize,
+        out: &wgpu::Buffer,
+    ) -> Result<()> {
+        let (device, lk, lay) = (&self.gpu.device, self.stack_kernels()?, &self.layout);
+        for (i, op) in layers.ops.iter().enumerate() {
+            let inp = if i == 0 { input } else { (&bufs[i - 1].a, 0) };
+            let b = &bufs[i];
+            match op {
+                StackOp::Dense { l, act } => ops.push(self.layer_op_with(*l, inp, rows, &b.a, *act)?),
+                StackOp::Maxout { l, max } => {
+                    let z = b.z.as_ref().expect("maxout has z");
+                    ops.push(self.layer_op_with(*l, inp, rows, z, Activation::Identity)?);
+                    ops.push(lk.maxout_forward(device, max, rows, z, &b.a, b.winners.as_ref().expect("kept"))?);
+                }
+                StackOp::Conv { l, conv, act } => {
+                    let at = (lay.weight_range(*l).start, lay.bias_range(*l).start);
+                    ops.push(lk.conv2d_forward(device, conv, rows, *act, inp, &self.theta, at, &b.a)?);
+                }
+                StackOp::Pool(pool) => {
+                    ops.push(lk.pool2d_forward(device, pool, rows, inp, &b.a, b.winners.as_ref())?)
+                }
+            }
+        }
+        let last = bufs.last().map_or(input, |b| (&b.a, 0));
+        let act = self.spec.activation_after(layers.out_l).unwrap_or(Activation::Identity);
+        ops.push(self.layer_op_with(layers.out_l, last, rows, out, act)?);
+        Ok(())
+    }
+
+    /// The plan of one evaluation of a layer stack over `segments` (the stack twin of the
+    /// dense `build_plan`): per segment, the forward pass, the loss and — with `want_grad` —
+    /// the backward pass accumulating ∇J; then Σ W² for weight decay.
+    pub(in crate::gpu) fn build_stack_plan(&self, segments: &[Segment], want_grad: bool) -> Result<Plan> {
+        let layers = StackLayers::of(&self.spec)?.ok_or_else(|| Error::Gpu("not a layer stack".into()))?;
+        let (device, k, lk, spec, lay) =
+            (&self.gpu.device, &self.kernels, self.stack_kernels()?, &self.spec, &self.layout);
+        let u = |v: usize| u32_of(v, "an index");
+        let examples: usize = segments.iter().map(|s| s.rows).sum();
+        let rows_max = segments.iter().map(|s| s.rows).max().unwrap_or(1);
+        let inv_m = 1.0 / examples as f32;
+        let n = layers.ops.len();
+        let outputs = spec.outputs();
+
+        // Workspace, sized for the largest segment and reused by every segment in turn.
+        let bufs = self.layer_buffers(&layers, rows_max);
+        let out = storage(device, "output activations", rows_max * outputs);
+        let widest = layers.widest(spec);
+        let deltas = [storage(device, "δ", rows_max * widest), storage(device, "δ'", rows_max * widest)];
+        let summed = layers
+            .ops
+            .iter()
+            .map(|op| match op {
+                StackOp::Dense { l, .. } | StackOp::Maxout { l, .. } => lay.shapes[*l].0,
+                _ => 0,
+            })
+            .chain([outputs])
+            .max()
+            .unwrap_or(1);
+        let col_partials = storage(device, "column partials", rows_max.div_ceil(BLOCK_ROWS as usize) * summed);
+        let conv_partials_len = layers
+            .ops
+            .iter()
+            .map(|op| match op {
+                StackOp::Conv { conv, .. } => super::conv2d_partials_len(conv, rows_max),
+                _ => 0,
+            })
+            .max()
+            .unwrap_or(0);
+        let conv_partials = storage(device, "conv2d ∇W partials", conv_partials_len);
+        let per_seg_loss = |rows: usize| match spec.output {
+            Output::Softmax => rows,
+            Output::SquaredError(_) => rows.div_ceil(16) * outputs.div_ceil(16),
+        };
+        let loss_partials = storage(device, "loss partials", per_seg_loss(rows_max));
+
+        // Column sums of rows × cols at `src`, times alpha, into dst[off..] (accumulating).
+        let column_sum = |ops: &mut Vec<Op>,
+                          src: &wgpu::Buffer,
+                          rows: usize,
+                          cols: usize,
+                          off: usize,
+                          accumulate: bool|
+         -> Result<()> {
+            let blocks = rows.div_ceil(BLOCK_ROWS as usize);
+            let p = SmallParams { rows: u(rows)?, cols: u(cols)?, in_rs: u(cols)?, ..Default::default() };
+            let groups = [u(cols.div_ceil(64))?, u(blocks)?, 1];
+            ops.push(k.small(device, Small::ColumnPartials, Some(src), None, Some(&col_partials), None, p, groups));
+            let p = SmallParams {
+                cols: u(cols)?,
+                out_off: u(off)?,
+                alpha: inv_m,
+                flag: accumulate as u32,
+                len: u(blocks)?,
+                ..Default::default()
+            };
+            let groups = [u(cols.div_ceil(64))?, 1, 1];
+            ops.push(k.small(
+                device,
+                Small::ColumnFinish,
+                Some(&col_partials),
+                None,
+                Some(&self.grad),
+                None,
+                p,
+                groups,
+            ));
+            Ok(())
+        };
+
+        let mut ops = Vec::new();
+        let mut stages = Vec::new();
+        for (i, seg) in segments.iter().enumerate() {
+            stages.push((i, ops.len()));
+            let chunk = self.chunk(seg.chunk);
+            let x = (&chunk.x, seg.row * spec.inputs());
+            let rows = seg.rows;
+            self.record_stack_forward(&mut ops, &layers, &bufs, x, rows, &out)?;
+
+            // The loss; δ⁽ᴸ⁾ lands in deltas[0] (squared error) or in place of the probabilities.
+            let delta_out: &wgpu::Buffer = match spec.output {
+                Output::SquaredError(act) => {
+                    let (y, y_off, y_rs) = match &chunk.y {
+                        Some(y) => (y, seg.row * outputs, outputs),
+                        None => (&chunk.x, seg.row * spec.inputs(), spec.inputs()),
+                    };
+                    let (code, leaky) = act_code(act);
+                    let p = SmallParams {
+                        rows: u(rows)?,
+                        cols: u(outputs)?,
+                        in_off: u(y_off)?,
+                        in_rs: u(y_rs)?,
+                        act: code,
+                        leaky_alpha: leaky,
+                        flag: want_grad as u32,
+                        ..Default::default()
+                    };
+                    let groups = [u(outputs.div_ceil(16))?, u(rows.div_ceil(16))?, 1];
+                    let (dst, dst2) = (Some(&deltas[0]), Some(&loss_partials));
+                    ops.push(k.small(device, Small::SquaredError, Some(&out), Some(y), dst, dst2, p, groups));
+                    &deltas[0]
+                }
+                Output::Softmax => {
+                    let labels = chunk.labels.as_ref().expect("softmax data has labels");
+                    let p = SmallParams {
+                        rows: u(rows)?,
+                        cols: u(outputs)?,
+                        aux_off: u(seg.row)?,
+                        flag: 1,
+                        ..Default::default()
+                    };
+                    let groups = [u(rows.div_ceil(64))?, 1, 1];
+                    ops.push(k.small(
+                        device,
+                        Small::Softmax,
+                        None,
+                        Some(labels),
+                        Some(&out),
+                        Some(&loss_partials),
+                        p,
+                        groups,
+                    ));
+                    &out
+                }
+            };
+            let p = SmallParams { len: u(per_seg_loss(rows))?, out_off: 0, flag: (i > 0) as u32, ..Default::default() };
+            ops.push(k.small(
+                device,
+                Small::SumRange,
+                Some(&loss_partials),
+                None,
+                Some(&self.scalars),
+                None,
+                p,
+                [1, 1, 1],
+            ));
+            if !want_grad {
+                continue;
+            }
+
+            let accumulate = i > 0;
+            let decay = if i == 0 { spec.weight_decay as f32 } else { 0.0 };
+            // The input of hidden layer j (or of the output layer, j = n) and its activation.
+            let input_of = |j: usize| if j == 0 { x } else { (&bufs[j - 1].a, 0) };
+            let below = |j: usize| if j == 0 { Activation::Identity } else { layers.ops[j - 1].activation() };
+            // A dense product layer's gradients: ∇W = (1/m) δᵀ A (+ λW), ∇b = (1/m) Σ δ, and —
+            // unless it reads the data — the δ below = (δ W) ⊙ f′(a_below) into `next`.
+            let dense_backward =
+                |ops: &mut Vec<Op>, j: usize, l: usize, delta: &wgpu::Buffer, next: &wgpu::Buffer| -> Result<()> {
+                    let (out_w, inp) = lay.shapes[l];
+                    let input = input_of(j);
+                    let a_prev = Operand::row_major(input.0, u(input.1)?, u(inp)?);
+                    let decay = (decay != 0.0).then(|| (decay, &self.theta, lay.weight_range(l).start as u32));
+                    let epilogue = Epilogue::Plain { alpha: inv_m, accumulate, decay };
+                    let delta_t = Operand::row_major(delta, 0, u(out_w)?).t();
+                    let gw = (&self.grad, u(lay.weight_range(l).start)?, u(inp)?);
+                    ops.push(k.matmul(device, delta_t, a_prev, gw, (u(out_w)?, u(inp)?, u(rows)?), epilogue));
+                    column_sum(ops, delta, rows, out_w, lay.bias_range(l).start, accumulate)?;
+                    if j > 0 {
+                        let w = Operand::row_major(&self.theta, u(lay.weight_range(l).start)?, u(inp)?);
+                        let epilogue = Epilogue::Delta { kl: None, a_prev, act: below(j) };
+                        let d = Operand::row_major(delta, 0, u(out_w)?);
+                        ops.push(k.matmul(device, d, w, (next, 0, u(inp)?), (u(rows)?, u(inp)?, u(out_w)?), epilogue));
+                    }
+                    Ok(())
+                };
+
+            // The output layer, then the hidden layers top down; `cur` indexes the δ buffer.
+            let (mut delta, mut spare) = (delta_out, 1);
+            dense_backward(&mut ops, n, layers.out_l, delta, &deltas[spare])?;
+            if n > 0 {
+                delta = &deltas[spare];
+                spare = 1 - spare;
+            }
+            for j in (0..n).rev() {
+                let next = &deltas[spare];
+                match &layers.ops[j] {
+                    StackOp::Dense { l, .. } => dense_backward(&mut ops, j, *l, delta, next)?,
+                    StackOp::Maxout { l, max } => {
+                        // ∂L/∂z into `next`; the δ below then goes where δ was.
+                        let winners = bufs[j].winners.as_ref().expect("kept");
+                        ops.push(lk.maxout_backward(device, max, rows, delta, winners, next)?);
+                        dense_backward(&mut ops, j, *l, next, delta)?;
+                        // The δ below (if any) is in `delta`'s buffer: keep pointing at it.
+                        continue;
+                    }
+                    StackOp::Conv { l, conv, .. } => {
+                        let w_at = lay.weight_range(*l).start;
+                        let grads = (&self.grad, w_at, lay.bias_range(*l).start);
+                        ops.extend(lk.conv2d_weight_grad(
+                            device,
+                            conv,
+                            rows,
+                            input_of(j),
+                            delta,
+                            &conv_partials,
+                            (&self.theta, w_at),
+                            grads,
+                            (inv_m, accumulate, decay),
+                        )?);
+                        if j > 0 {
+                            ops.push(lk.conv2d_input_grad(
+                                device,
+                                conv,
+                                rows,
+                                delta,
+                                (&self.theta, w_at),
+                                input_of(j),
+                                below(j),
+                                next,
+                            )?);
+                        }
+                    }
+                    StackOp::Pool(pool) => {
+                        if j > 0 {
+                            let winners = bufs[j].winners.as_ref();
+                            ops.push(lk.pool2d_backward(
+                                device,
+                                pool,
+                                rows,
+                                delta,
+                                winners,
+                                input_of(j),
+                                below(j),
+                                next,
+                            )?);
+                        }
+                    }
+                }
+                delta = next;
+                spare = 1 - spare;
+            }
+        }
+        // (λ/2)‖W‖²: Σ W² over the weight prefix of θ (an empty sum, exactly 0, when λ = 0).
+        let decayed = if spec.weight_decay != 0.0 { lay.all_weights().len() } else { 0 };
+        let p = SmallParams { act: 1, out_off: 1, len: u(decayed)?, ..Default::default() };
+        ops.push(k.small(device, Small::SumRange, Some(&self.theta), None, Some(&self.scalars), None, p, [1, 1, 1]));
+
+        let mut workspace: Vec<wgpu::Buffer> = Vec::new();
+        for b in bufs {
+            workspace.push(b.a);
+            workspace.extend(b.z);
+            workspace.extend(b.winners);
+        }
+        workspace.extend(deltas);
+        workspace.extend([out, col_partials, conv_partials, loss_partials]);
+        Ok(Plan { ops, stages, examples, workspace })
+    }
+
+    /// The activations of every hidden layer and the output (softmax applied) on one uploaded
+    /// chunk, read back in one submission: [`crate::Backend::forward`] for a layer stack.
+    pub(in crate::gpu) fn forward_stack_chunk(
+        &self,
+        x: &wgpu::Buffer,
+        rows: usize,
+    ) -> Result<Vec<ndarray::Array2<f64>>> {
+        let layers = StackLayers::of(&self.spec)?.ok_or_else(|| Error::Gpu("not a layer stack".into()))?;
+        let (device, spec) = (&self.gpu.device, &self.spec);
+        let bufs = self.layer_buffers(&layers, rows);
+        let out = storage(device, "output activations", rows * spec.outputs());
+        let mut ops = Vec::new();
+        self.record_stack_forward(&mut ops, &layers, &bufs, (x, 0), rows, &out)?;
+        if spec.output == Output::Softmax {
+            let p = SmallParams {
+                rows: u32_of(rows, "rows")?,
+                cols: u32_of(spec.outputs(), "outputs")?,
+                flag: 0,
+                ..Default::default()
+            };
+            let groups = [u32_of(rows.div_ceil(64), "rows")?, 1, 1];
+            ops.push(self.kernels.small(device, Small::Softmax, None, None, Some(&out), None, p, groups));
+        }
+        let widths: Vec<usize> = layers.widths.iter().copied().chain([spec.outputs()]).collect();
+        let sources: Vec<&wgpu::Buffer> = bufs.iter().map(|b| &b.a).chain([&out]).collect();
+        let total: usize = widths.iter().map(|w| w * rows).sum();
+        let staging = crate::gpu::staging(device, "activations readback", total);
+        let mut encoder = device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("forward") });
+        {
+            let mut pass = encoder
+                .begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("forward"), timestamp_writes: None });
+            ops.iter().for_each(|op| op.record(&mut pass));
+        }
+        let mut at = 0u64;
+        for (buf, w) in sources.iter().zip(&widths) {
+            let bytes = (rows * w * 4) as u64;
+            if bytes > 0 {
+                encoder.copy_buffer_to_buffer(buf, 0, &staging, at, bytes);
+            }
+            at += bytes;
+        }
+        self.gpu.queue.submit([encoder.finish()]);
+        let flat = crate::gpu::read_back(&self.gpu, &staging, total)?;
+        let mut start = 0;
+        Ok(widths
+            .iter()
+            .map(|&w| {
+                let values = flat[start..start + rows * w].iter().map(|&v| v as f64).collect();
+                start += rows * w;
+                ndarray::Array2::from_shape_vec((rows, w), values).expect("sizes match")
+            })
+            .collect())
+    }
+}
