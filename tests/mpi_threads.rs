@@ -7,78 +7,17 @@
 //! refused, and a failure on one rank is every rank's error. `tests/mpi.rs` runs the same
 //! over real MPI ranks (`mpirun`).
 
-mod common;
+mod mpi_common;
 
 use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use common::{labels, relative_error, uniform};
-use ndarray::Array2;
-use rand::{SeedableRng, rngs::StdRng};
+use mpi_common::{Problem, problems, relative_error, single};
 use wgnn::cpu::Real;
 use wgnn::dist::{DistBackend, ShardBackend, ThreadGroup, local_spec, shard_rows};
-use wgnn::model::{Activation, Init, InputShape, LayerStack, NetSpec, Output, Sparsity, parse_net};
 use wgnn::optim::{BackendObjective, Hooks, Lbfgs, Method, Minibatch, Optimizer, UpdateRule};
 use wgnn::{Backend, Batch, CpuBackend, Targets};
-
-/// A network, its data (m rows) and a θ to evaluate it at.
-struct Problem {
-    name: &'static str,
-    spec: NetSpec,
-    x: Array2<f64>,
-    labels: Option<Vec<usize>>,
-    theta: Vec<f64>,
-}
-
-impl Problem {
-    fn targets(&self) -> Targets<'_> {
-        self.labels.as_deref().map_or(Targets::Inputs, Targets::Labels)
-    }
-}
-
-fn problems(m: usize) -> Vec<Problem> {
-    let mut rng = StdRng::seed_from_u64(17);
-    let sae = NetSpec::sparse_autoencoder(64, 25, 1e-4, Sparsity { target: 0.05, weight: 3.0 }).unwrap();
-    let softmax = NetSpec::softmax_regression(20, 5, 1e-4).unwrap();
-    let mlp =
-        NetSpec::new(&[20, 16, 12, 5], Activation::Tanh, Output::Softmax).unwrap().with_weight_decay(1e-3).unwrap();
-    let parsed = parse_net("conv 2x3x3 tanh, maxpool 2, softmax").unwrap();
-    let cnn = NetSpec::stack(LayerStack { input: InputShape::image(1, 8, 8), layers: parsed.layers }, 4, parsed.output)
-        .unwrap()
-        .with_weight_decay(1e-3)
-        .unwrap();
-    vec![
-        Problem {
-            name: "sparse autoencoder 64-25-64",
-            theta: Init::Uniform.theta(&sae, 1),
-            spec: sae,
-            x: uniform(m, 64, 0.0, 1.0, &mut rng),
-            labels: None,
-        },
-        Problem {
-            name: "softmax 20→5",
-            theta: Init::Normal { epsilon: 0.1 }.theta(&softmax, 2),
-            spec: softmax,
-            x: uniform(m, 20, 0.0, 1.0, &mut rng),
-            labels: Some(labels(m, 5, &mut rng)),
-        },
-        Problem {
-            name: "MLP 20-16-12-5",
-            theta: Init::Uniform.theta(&mlp, 3),
-            spec: mlp,
-            x: uniform(m, 20, -1.0, 1.0, &mut rng),
-            labels: Some(labels(m, 5, &mut rng)),
-        },
-        Problem {
-            name: "CNN conv 2x3x3, maxpool 2 → softmax 4",
-            theta: Init::Uniform.theta(&cnn, 4),
-            spec: cnn,
-            x: uniform(m, 64, 0.0, 1.0, &mut rng),
-            labels: Some(labels(m, 4, &mut rng)),
-        },
-    ]
-}
 
 /// Runs `f` on `n` ranks (threads), each with its group handle; results in rank order.
 fn on_ranks<T: Send>(n: usize, f: impl Fn(ThreadGroup) -> T + Sync) -> Vec<T> {
@@ -94,15 +33,6 @@ fn dist_backend<F: Real>(p: &Problem, group: ThreadGroup) -> DistBackend {
     let mut b = DistBackend::new(p.spec.clone(), inner, Rc::new(group)).unwrap();
     b.set_data((&p.x).into(), p.targets()).unwrap();
     b
-}
-
-/// J and ∇J on `batch` in one process (precision F).
-fn single<F: Real>(p: &Problem, batch: Batch<'_>) -> (f64, Vec<f64>) {
-    let mut b = CpuBackend::<F>::new(p.spec.clone()).unwrap();
-    b.set_data((&p.x).into(), p.targets()).unwrap();
-    let mut g = vec![0.0; p.theta.len()];
-    let c = b.cost_and_grad(&p.theta, batch, &mut g).unwrap();
-    (c.total(), g)
 }
 
 fn check_agreement<F: Real>(tol: f64) {

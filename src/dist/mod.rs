@@ -626,3 +626,47 @@ impl Backend for DistBackend {
         None
     }
 }
+
+/// The start of a job, agreed by every rank: each says whether its set-up went well (`Ok`
+/// with a fingerprint of the job it means to run, e.g. of its flags) or not (`Err` with an
+/// exit code and one line). Collective. Returns `Ok` on every rank when all are ready with the
+/// same fingerprint; otherwise the same `Err` on every rank: the first failing rank's code and
+/// line (prefixed "rank r: " unless r = 0), or exit code 1 and a line naming the first rank
+/// whose job differs from rank 0's. Nothing else may be collective before it.
+pub fn agree_to_start(
+    comm: &dyn Collective,
+    mine: std::result::Result<u64, (u8, String)>,
+) -> std::result::Result<(), (u8, String)> {
+    let payload = match &mine {
+        Ok(fp) => format!("ok\u{0}{fp:x}"),
+        Err((code, line)) => format!("{code}\u{0}{line}"),
+    };
+    let all = comm.all_gather_bytes(payload.as_bytes()).map_err(|e| (1, e.to_string()))?;
+    let all: Vec<(String, String)> = all
+        .iter()
+        .map(|b| {
+            let text = String::from_utf8_lossy(b);
+            let (status, rest) = text.split_once('\u{0}').unwrap_or(("1", "a rank sent an unreadable message"));
+            (status.to_string(), rest.to_string())
+        })
+        .collect();
+    if let Some((r, (status, line))) = all.iter().enumerate().find(|(_, (s, _))| s != "ok") {
+        let code = status.parse().unwrap_or(1);
+        return Err((code, if r == 0 { line.clone() } else { format!("rank {r}: {line}") }));
+    }
+    if let Some(r) = all.iter().position(|(_, fp)| fp != &all[0].1) {
+        return Err((
+            1,
+            format!(
+                "rank {r} was started with other flags than rank 0: start every rank with the same `wgnn train` command"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// A 64-bit fingerprint of `text` (SipHash with fixed keys: the same on every rank of one
+/// build), for [`agree_to_start`].
+pub fn fingerprint_of(text: &str) -> u64 {
+    fingerprint(text)
+}
