@@ -219,3 +219,99 @@ fn a_failure_on_one_rank_is_every_ranks_error_and_a_stop_on_one_stops_all() {
         assert!(agreed, "rank 1's stop did not reach every rank");
     }
 }
+
+/// Each rank's shard read by row offset from a `.npy` file: exactly its rows of the whole
+/// matrix, and J and ∇J over the shards read so equal those over all rows given to every rank,
+/// bit for bit. A rank whose file differs at its first row is refused on every rank.
+#[test]
+fn npy_shards_read_by_offset_give_the_same_bits_as_the_whole_file() {
+    use ndarray_npy::WriteNpyExt;
+    let p = &problems(31)[1];
+    let dir = tempfile::tempdir().unwrap();
+    let x32 = p.x.mapv(|v| v as f32);
+    let path = dir.path().join("x.npy");
+    x32.write_npy(std::fs::File::create(&path).unwrap()).unwrap();
+    let labels = p.labels.clone().unwrap();
+    for n in 1..=3 {
+        let results = on_ranks(n, |g| {
+            let rank = wgnn::dist::Collective::rank(&g);
+            let shard = wgnn::data::shard::npy_shard(&path, rank, n).unwrap();
+            assert_eq!(shard.rows, shard_rows(31, n, rank));
+            assert_eq!(shard.x, x32.slice(ndarray::s![shard.rows.clone(), ..]));
+            let next = shard.next_row.clone();
+            assert_eq!(next.as_deref(), (shard.rows.end < 31).then(|| x32.row(shard.rows.end).to_vec()).as_deref());
+            let inner: Box<dyn ShardBackend> = Box::new(CpuBackend::<f32>::new(local_spec(&p.spec)).unwrap());
+            let mut b = DistBackend::new(p.spec.clone(), inner, Rc::new(g)).unwrap();
+            let l = &labels[shard.rows.clone()];
+            let next_label = next.as_ref().map(|_| labels[shard.rows.end]);
+            b.set_shard(
+                (&shard.x).into(),
+                Targets::Labels(l),
+                shard.rows.clone(),
+                31,
+                next.as_deref().map(|r| (r, next_label)),
+            )
+            .unwrap();
+            let mut grad = vec![0.0; p.theta.len()];
+            let c = b.cost_and_grad(&p.theta, Batch::All, &mut grad).unwrap();
+            (c.total(), grad)
+        });
+        let whole = on_ranks(n, |g| {
+            let inner: Box<dyn ShardBackend> = Box::new(CpuBackend::<f32>::new(local_spec(&p.spec)).unwrap());
+            let mut b = DistBackend::new(p.spec.clone(), inner, Rc::new(g)).unwrap();
+            b.set_data((&x32).into(), Targets::Labels(&labels)).unwrap();
+            let mut grad = vec![0.0; p.theta.len()];
+            let c = b.cost_and_grad(&p.theta, Batch::All, &mut grad).unwrap();
+            (c.total(), grad)
+        });
+        assert_eq!(results[0].0.to_bits(), whole[0].0.to_bits(), "N = {n}");
+        assert_eq!(results[0].1, whole[0].1, "N = {n}");
+    }
+    // Rank 2 reads a file whose row 21 (its first) differs.
+    let mut other = x32.clone();
+    other[[21, 0]] += 0.25;
+    let other_path = dir.path().join("other.npy");
+    other.write_npy(std::fs::File::create(&other_path).unwrap()).unwrap();
+    let errors = on_ranks(3, |g| {
+        let rank = wgnn::dist::Collective::rank(&g);
+        let shard = wgnn::data::shard::npy_shard(if rank == 2 { &other_path } else { &path }, rank, 3).unwrap();
+        let inner: Box<dyn ShardBackend> = Box::new(CpuBackend::<f32>::new(local_spec(&p.spec)).unwrap());
+        let mut b = DistBackend::new(p.spec.clone(), inner, Rc::new(g)).unwrap();
+        let next_label = shard.next_row.as_ref().map(|_| labels[shard.rows.end]);
+        let l = &labels[shard.rows.clone()];
+        b.set_shard(
+            (&shard.x).into(),
+            Targets::Labels(l),
+            shard.rows.clone(),
+            31,
+            shard.next_row.as_deref().map(|r| (r, next_label)),
+        )
+        .unwrap_err()
+        .to_string()
+    });
+    for e in errors {
+        assert!(e.starts_with("rank 2's first example (row 21) differs from the one rank 1 reads there"), "{e}");
+    }
+}
+
+/// MNIST's IDX files read by shard: each rank's images and labels are exactly its rows of the
+/// whole set (the 10,000 test images over 3 ranks: 3,334 + 3,333 + 3,333).
+#[test]
+fn mnist_shards_are_the_rows_of_the_whole_set() {
+    let dir = std::env::var_os("WGNN_DATA_DIR").expect("WGNN_DATA_DIR=../shared/data (the real data sets)");
+    let dir = std::path::PathBuf::from(dir).join("mnist");
+    let whole = wgnn::data::Mnist::load(&dir, wgnn::data::Split::Test).unwrap();
+    for rank in 0..3 {
+        let shard = wgnn::data::Mnist::load_shard(&dir, wgnn::data::Split::Test, rank, 3).unwrap();
+        assert_eq!((shard.total, shard.rows.clone()), (10_000, shard_rows(10_000, 3, rank)));
+        assert_eq!(shard.x, whole.images.slice(ndarray::s![shard.rows.clone(), ..]));
+        assert_eq!(shard.labels.as_deref(), Some(&whole.labels[shard.rows.clone()]));
+        match shard.next_row {
+            Some(row) => {
+                assert_eq!(row, whole.images.row(shard.rows.end).to_vec());
+                assert_eq!(shard.next_label, Some(whole.labels[shard.rows.end]));
+            }
+            None => assert_eq!(shard.rows.end, 10_000),
+        }
+    }
+}

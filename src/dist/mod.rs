@@ -472,6 +472,106 @@ impl DistBackend {
     }
 }
 
+impl DistBackend {
+    /// Loads this rank's shard, read by this rank alone (e.g. [`crate::data::Mnist::load_shard`],
+    /// [`crate::data::shard::npy_shard`]): `x` holds rows `rows` of `total` examples, which must
+    /// be this rank's [`shard_rows`], and `next` the row after them with its label (`None` for
+    /// the last rank). Collective: every rank checks that all have the same `total`, values per
+    /// example and network, and that the row after each rank's shard is the first row of the
+    /// next rank's (with the same label) — the ranks read the same data. Errors, on every rank
+    /// alike: a shard that is not this rank's, a rank whose data or network differs (naming
+    /// it), or a rank's backend that refused its shard.
+    pub fn set_shard(
+        &mut self,
+        x: Inputs<'_>,
+        targets: Targets<'_>,
+        rows: Range<usize>,
+        total: usize,
+        next: Option<(&[f32], Option<usize>)>,
+    ) -> Result<()> {
+        let (size, rank) = (self.comm.size(), self.comm.rank());
+        let mut failure = None;
+        let expected = (total >= size).then(|| shard_rows(total, size, rank));
+        if expected.as_ref() != Some(&rows) || x.nrows() != rows.len() {
+            failure = Some(format!(
+                "holds rows {rows:?} ({} read) of {total} examples, but its shard is {}",
+                x.nrows(),
+                expected.map_or("none (fewer examples than ranks)".into(), |e| format!("{e:?}"))
+            ));
+        } else if let Err(e) = self.inner.backend().set_data(x, targets) {
+            failure = Some(e.to_string());
+        }
+        let label = |i: usize| match &targets {
+            Targets::Labels(l) => l.get(i).map_or(u64::MAX, |&v| v as u64),
+            _ => u64::MAX,
+        };
+        let first = if x.nrows() > 0 { fingerprint((row_bits(&x, 0), label(0))) } else { 0 };
+        let next_fp = next.map(|(row, l)| {
+            fingerprint((
+                row.iter().map(|v| u64::from(v.to_bits())).collect::<Vec<_>>(),
+                l.map_or(u64::MAX, |v| v as u64),
+            ))
+        });
+        let spec_fp = fingerprint(serde_json::to_string(&self.spec).unwrap_or_default());
+        let payload = format!(
+            "{total}\u{1}{}\u{1}{spec_fp:x}\u{1}{first:x}\u{1}{}\u{0}{}",
+            x.ncols(),
+            next_fp.map_or("-".into(), |f| format!("{f:x}")),
+            failure.unwrap_or_default()
+        );
+        let all = self.comm.all_gather_bytes(payload.as_bytes())?;
+        let all: Vec<(Vec<String>, String)> = all
+            .iter()
+            .map(|b| {
+                let text = String::from_utf8_lossy(b).into_owned();
+                let (fp, err) = text.split_once('\u{0}').unwrap_or(("", "sent an unreadable check"));
+                (fp.split('\u{1}').map(str::to_owned).collect(), err.to_owned())
+            })
+            .collect();
+        let refuse = |this: &mut DistBackend, what: String| {
+            this.failed_together.set(true);
+            Err(Error::Data(what))
+        };
+        if let Some((r, (_, err))) = all.iter().enumerate().find(|(_, (_, e))| !e.is_empty()) {
+            return refuse(self, if size == 1 { err.clone() } else { format!("rank {r}: {err}") });
+        }
+        let field = |r: usize, k: usize| all[r].0.get(k).cloned().unwrap_or_default();
+        for r in 1..size {
+            if field(r, 0) != field(0, 0) || field(r, 1) != field(0, 1) {
+                return refuse(
+                    self,
+                    format!(
+                        "rank {r} has {} examples of {} values but rank 0 has {} of {}: every rank must read the same data",
+                        field(r, 0),
+                        field(r, 1),
+                        field(0, 0),
+                        field(0, 1)
+                    ),
+                );
+            }
+            if field(r, 2) != field(0, 2) {
+                return refuse(
+                    self,
+                    format!("rank {r} builds another network than rank 0: start every rank with the same flags"),
+                );
+            }
+            if field(r - 1, 4) != field(r, 3) {
+                return refuse(
+                    self,
+                    format!(
+                        "rank {r}'s first example (row {}) differs from the one rank {} reads there: every rank must read the same data",
+                        shard_rows(total, size, r).start,
+                        r - 1
+                    ),
+                );
+            }
+        }
+        self.rows = rows;
+        self.total = total;
+        Ok(())
+    }
+}
+
 /// A 64-bit fingerprint of `values`' bits (std's SipHash with fixed keys: the same on every
 /// rank of one build).
 fn fingerprint<T: Hash>(value: T) -> u64 {
