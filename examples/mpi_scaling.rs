@@ -48,6 +48,15 @@ fn main() -> anyhow::Result<()> {
         (after.bytes - before.bytes) as f64 / evaluations as f64,
         backend.shard().len() as f64,
     ];
+    // The sum alone, ranks lined up first: the transfer without waiting for a slower rank.
+    let values = vec![1.0; theta.len() + 4];
+    let mut out = vec![0.0; values.len()];
+    world.sum_in_rank_order(&[0.0], &mut [0.0])?;
+    let start = Instant::now();
+    for _ in 0..20 {
+        world.sum_in_rank_order(&values, &mut out)?;
+    }
+    let sum_alone = start.elapsed().as_secs_f64() / 20.0;
     // Each rank's four numbers in its own slots, summed (all others are 0): rank 0 sees all.
     let mut slots = vec![0.0; 4 * size];
     slots[4 * rank..4 * rank + 4].copy_from_slice(&mine);
@@ -60,6 +69,7 @@ fn main() -> anyhow::Result<()> {
             theta.len(),
             wall
         );
+        println!("  one sum of |θ| + 4 f64 values, ranks lined up: {:.4} s", sum_alone);
         for r in 0..size {
             let v = &all[4 * r..4 * r + 4];
             println!(
