@@ -609,6 +609,9 @@ pub(super) fn run_job(mut args: TrainArgs, ranks: Option<&Ranks>) -> anyhow::Res
         args = restore_job(args, &dir)?;
     }
     let job_fingerprint = wgnn::dist::fingerprint_of(&serde_json::to_string(&stored_form(&args))?);
+    if ranks.is_some() && args.kind == Kind::Stacked {
+        bail!("train stacked does not run over MPI yet: run it as one process (without mpirun)");
+    }
     if ranks.is_some_and(|r| r.rank() > 0) {
         args.quiet = true;
     }
@@ -801,9 +804,6 @@ pub(super) fn run_job(mut args: TrainArgs, ranks: Option<&Ranks>) -> anyhow::Res
                 let _ =
                     std::fs::remove_dir_all(out_dir.join(stage)).or_else(|_| std::fs::remove_file(out_dir.join(stage)));
             }
-        }
-        if ranks.is_some() {
-            bail!("train stacked does not run over MPI yet: run it as one process (without mpirun)");
         }
         return super::stacked::run(&args, &data, test, folder, preprocessing, &interrupt);
     }
