@@ -13,6 +13,7 @@ pub mod backend;
 pub mod checkpoint;
 pub mod cpu;
 pub mod data;
+pub mod dist;
 mod error;
 pub mod features;
 pub mod gpu;

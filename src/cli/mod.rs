@@ -10,6 +10,7 @@ mod export;
 mod gradcheck;
 mod inspect;
 mod predict;
+mod ranks;
 mod stacked;
 mod train;
 

@@ -19,6 +19,7 @@ use wgnn::model::{Activation, Init, NetSpec, Output, Sparsity};
 use wgnn::optim::{Lbfgs, Method, Minibatch, Plateau, Progress, Schedule, UpdateRule};
 use wgnn::train::{CHECKPOINT_FILE, MODEL_FILE, RunFolder, RunStatus, TestTargets, TrainJob, check_settings, train};
 
+use super::ranks::Ranks;
 use super::{BackendArgs, DataArgs, Exit};
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -597,12 +598,32 @@ pub fn sparsity(rho: f64, weight: f64) -> Option<Sparsity> {
     (rho != 0.0).then_some(Sparsity { target: rho, weight })
 }
 
-pub fn run(mut args: TrainArgs) -> anyhow::Result<()> {
+pub fn run(args: TrainArgs) -> anyhow::Result<()> {
     if args.compare_sparsity {
         return compare_sparsity(args);
     }
+    // Started by mpirun/srun in a build with `--features mpi`: one rank of a data-parallel job.
+    #[cfg(feature = "mpi")]
+    if wgnn::dist::mpi::launched() {
+        return super::ranks::run_on_ranks(args);
+    }
+    run_job(args, None)
+}
+
+/// The job of `wgnn train`, alone (`ranks` None) or as one rank of a data-parallel job
+/// ([`Ranks`]): then every rank loads the data and builds the network the same way, trains
+/// over its shard through a [`wgnn::dist::DistBackend`], and rank 0 alone writes the run
+/// folder and prints.
+pub(super) fn run_job(mut args: TrainArgs, ranks: Option<&Ranks>) -> anyhow::Result<()> {
     if let Some(dir) = args.resume.clone() {
         args = restore_job(args, &dir)?;
+    }
+    let job_fingerprint = wgnn::dist::fingerprint_of(&serde_json::to_string(&stored_form(&args))?);
+    if ranks.is_some() && args.kind == Kind::Stacked {
+        bail!("train stacked does not run over MPI yet: run it as one process (without mpirun)");
+    }
+    if ranks.is_some_and(|r| r.rank() > 0) {
+        args.quiet = true;
     }
     let say = |s: String| {
         if !args.quiet {
@@ -623,7 +644,10 @@ pub fn run(mut args: TrainArgs) -> anyhow::Result<()> {
         .clone();
     check_flags(&args)?;
     // The run folder is taken first: a busy or unwritable one is refused before any work.
-    let folder = open_run_folder(&args)?;
+    let folder = match ranks {
+        Some(r) if r.rank() > 0 => r.scratch_folder()?,
+        _ => open_run_folder(&args)?,
+    };
     let out_dir = folder.path().to_path_buf();
     // Files named on the command line are read first, so a typo fails before any work.
     let (init, initial_theta) = match args.init.as_str() {
@@ -913,7 +937,13 @@ pub fn run(mut args: TrainArgs) -> anyhow::Result<()> {
     stop.cost_patience = args.n_iter_no_change.unwrap_or(stop.cost_patience);
     stop.max_evaluations = args.max_fun.or(stop.max_evaluations);
 
-    let (mut backend, note) = args.backend.build_quietly(spec.clone(), super::Precision::F32)?;
+    let (mut backend, note) = match ranks {
+        None => args.backend.build_quietly(spec.clone(), super::Precision::F32)?,
+        Some(r) => r.backend(&args.backend, &spec, &interrupt)?,
+    };
+    // Over MPI every rank stops at the same evaluation (a Ctrl-C reaches them at different
+    // moments): the flag train() watches is the one the ranks agree on.
+    let interrupt = ranks.map_or(interrupt, |r| r.agreed_interrupt());
     if let Some(note) = note {
         say(format!("note: {note}"));
     }
@@ -981,9 +1011,15 @@ pub fn run(mut args: TrainArgs) -> anyhow::Result<()> {
         (None, Some(l)) => Targets::Labels(l),
         (None, None) => Targets::Inputs,
     };
+    if let Some(r) = ranks {
+        r.start(job_fingerprint)?;
+    }
     // The examples are handed over, not lent: the run holds the only copy of them.
     let outcome = train(job, backend.as_mut(), data.x, y, &mut |p| reporter.update(p), &interrupt);
     reporter.finish();
+    if let (Some(r), Err(_)) = (ranks, &outcome) {
+        r.training_failed.set(true);
+    }
     let outcome = outcome?;
 
     let s = &outcome.summary;

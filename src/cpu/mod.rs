@@ -53,6 +53,8 @@ pub struct CpuBackend<F: Real> {
     /// The layers of a stack spec (conv2d, pooling, maxout: [`stack`]); `None` for a dense
     /// network, which runs [`net`]'s path unchanged.
     plan: Option<stack::Plan>,
+    /// ρ̂ and 1 − ρ̂ to use instead of each batch's own ([`CpuBackend::set_sparsity_means`]).
+    sparsity_means: Option<net::Sparse<F>>,
 }
 
 /// Converts examples to the backend's precision.
@@ -100,11 +102,58 @@ impl<F: Real> CpuBackend<F> {
         spec.validate()?;
         let layout = ThetaLayout::new(&spec);
         let plan = stack::Plan::of(&spec)?;
-        Ok(CpuBackend { spec, layout, plan, data: Loaded::empty(), scratch: net::Scratch::default(), grad: Vec::new() })
+        Ok(CpuBackend {
+            spec,
+            layout,
+            plan,
+            data: Loaded::empty(),
+            scratch: net::Scratch::default(),
+            grad: Vec::new(),
+            sparsity_means: None,
+        })
     }
 
     pub fn layout(&self) -> &ThetaLayout {
         &self.layout
+    }
+
+    /// Σᵢ σ(z⁽²⁾ᵢⱼ) and Σᵢ σ(−z⁽²⁾ᵢⱼ) of the first hidden layer over `batch` of the loaded
+    /// examples, widened to f64 ([`net::sparsity_sums`]): the sums behind ρ̂ and 1 − ρ̂ that
+    /// data-parallel training adds over all shards ([`crate::dist`]). Errors: a network
+    /// without KL sparsity, θ or a batch that does not fit.
+    pub fn sparsity_sums(&mut self, theta: &[f64], batch: Batch<'_>) -> Result<(Vec<f64>, Vec<f64>)> {
+        if self.spec.sparsity.is_none() || self.plan.is_some() {
+            return Err(Error::Data(format!("{} has no KL sparsity term to sum ρ̂ for", self.spec.describe())));
+        }
+        let theta = self.theta(theta)?;
+        let (layout, scratch) = (&self.layout, &mut self.scratch);
+        let (a, c) = self.data.with_batch(batch, |x, _| net::sparsity_sums(scratch, layout, &theta, x))?;
+        Ok((a.iter().map(|v| v.f64()).collect(), c.iter().map(|v| v.f64()).collect()))
+    }
+
+    /// ρ̂ⱼ and 1 − ρ̂ⱼ (one per first-layer hidden unit, each in (0, 1)) for the KL sparsity
+    /// term of the next evaluations, instead of each batch's own means; `None` goes back to
+    /// the batch's own. Data-parallel training sets the means over all shards here
+    /// ([`crate::dist`]). Errors: a network without KL sparsity, or means of the wrong length.
+    pub fn set_sparsity_means(&mut self, means: Option<(Vec<f64>, Vec<f64>)>) -> Result<()> {
+        let Some((rho_hat, complement)) = means else {
+            self.sparsity_means = None;
+            return Ok(());
+        };
+        let hidden = self.layout.shapes.first().map_or(0, |s| s.0);
+        if self.spec.sparsity.is_none() || self.plan.is_some() {
+            return Err(Error::Data(format!("{} has no KL sparsity term to take ρ̂ for", self.spec.describe())));
+        }
+        if rho_hat.len() != hidden || complement.len() != hidden {
+            return Err(Error::Shape(format!(
+                "ρ̂ has {} and 1 − ρ̂ {} values but the first hidden layer has {hidden} units",
+                rho_hat.len(),
+                complement.len()
+            )));
+        }
+        let real = |v: Vec<f64>| ndarray::Array1::from_iter(v.into_iter().map(F::of));
+        self.sparsity_means = Some(net::Sparse { rho_hat: real(rho_hat), rho_hat_complement: real(complement) });
+        Ok(())
     }
 
     /// θ in the backend's precision, after checking its length and that every value is finite
@@ -198,14 +247,15 @@ impl<F: Real> Backend for CpuBackend<F> {
         }
         // Every value of g is written by the pass (∇W from λW and δᵀA, ∇b from the sums).
         let (spec, layout, scratch, g) = (&self.spec, &self.layout, &mut self.scratch, &mut self.grad);
+        let given = self.sparsity_means.as_ref();
         g.resize(theta.len(), F::zero());
         let cost = match &self.plan {
             Some(plan) => self
                 .data
                 .with_batch(batch, |x, y| stack::cost_and_grad(plan, scratch, spec, layout, &theta, x, y, Some(g)))?,
-            None => {
-                self.data.with_batch(batch, |x, y| net::cost_and_grad(scratch, spec, layout, &theta, x, y, Some(g)))
-            }
+            None => self.data.with_batch(batch, |x, y| {
+                net::cost_and_grad_given_sparsity(scratch, spec, layout, &theta, x, y, Some(g), given)
+            }),
         };
         grad.iter_mut().zip(&self.grad).for_each(|(o, &v)| *o = v.f64());
         cost
@@ -214,13 +264,14 @@ impl<F: Real> Backend for CpuBackend<F> {
     fn cost(&mut self, theta: &[f64], batch: Batch<'_>) -> Result<Cost> {
         let theta = self.theta(theta)?;
         let (spec, layout, scratch) = (&self.spec, &self.layout, &mut self.scratch);
+        let given = self.sparsity_means.as_ref();
         let cost = match &self.plan {
             Some(plan) => self
                 .data
                 .with_batch(batch, |x, y| stack::cost_and_grad(plan, scratch, spec, layout, &theta, x, y, None))??,
-            None => {
-                self.data.with_batch(batch, |x, y| net::cost_and_grad(scratch, spec, layout, &theta, x, y, None))?
-            }
+            None => self.data.with_batch(batch, |x, y| {
+                net::cost_and_grad_given_sparsity(scratch, spec, layout, &theta, x, y, None, given)
+            })?,
         };
         cost.finite(&self.name())
     }

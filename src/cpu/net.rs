@@ -447,6 +447,7 @@ pub fn mean_activation<F: Real>(a: &Array2<F>) -> Array1<F> {
 /// ρ̂ and 1 − ρ̂ of the first hidden layer, each the mean of its own values over the batch
 /// (MATH.md, "Numerically safe forms"): 1 − ρ̂ is never ρ̂ subtracted from 1, which is 0 once
 /// ρ̂ rounds to 1 and makes KL infinite.
+#[derive(Clone, Debug)]
 pub struct Sparse<F> {
     /// ρ̂_j = (1/m) Σᵢ σ(z_ij).
     pub rho_hat: Array1<F>,
@@ -547,6 +548,42 @@ pub fn cost_and_grad<F: Real>(
     y: TargetView<F>,
     grad: Option<&mut [F]>,
 ) -> Cost {
+    cost_and_grad_given_sparsity(scratch, spec, layout, theta, x, y, grad, None)
+}
+
+/// Σᵢ σ(z⁽²⁾ᵢⱼ) and Σᵢ σ(−z⁽²⁾ᵢⱼ) over the rows of `x`: the sums behind ρ̂ and 1 − ρ̂
+/// ([`Sparse`]) of the first hidden layer, from that layer's forward pass alone. Data-parallel
+/// training ([`crate::dist`]) adds them over every shard before the backward pass.
+pub fn sparsity_sums<F: Real>(
+    scratch: &mut Scratch<F>,
+    layout: &ThetaLayout,
+    theta: &[F],
+    x: ArrayView2<F>,
+) -> (Array1<F>, Array1<F>) {
+    let mut a = times_weights_t(scratch, x, layout.weight(theta, 0));
+    let mut c = scratch.array(a.nrows(), a.ncols());
+    bias_sigmoid_with_complement(&mut a, layout.bias(theta, 0), &mut c);
+    let sums = (column_sums(a.view()), column_sums(c.view()));
+    scratch.recycle(a);
+    scratch.recycle(c);
+    sums
+}
+
+/// [`cost_and_grad`], with ρ̂ and 1 − ρ̂ taken from `given` instead of this batch when given:
+/// the means over all the shards of a data-parallel batch ([`crate::dist`]). The sparsity
+/// term of J and of every hidden δ then uses them; the data term and the gradient's
+/// 1/m are this batch's own.
+#[allow(clippy::too_many_arguments)]
+pub fn cost_and_grad_given_sparsity<F: Real>(
+    scratch: &mut Scratch<F>,
+    spec: &NetSpec,
+    layout: &ThetaLayout,
+    theta: &[F],
+    x: ArrayView2<F>,
+    y: TargetView<F>,
+    grad: Option<&mut [F]>,
+    given: Option<&Sparse<F>>,
+) -> Cost {
     let m = x.nrows();
     let mut fwd = forward(scratch, spec, layout, theta, x);
     let (data, delta_out) = output_cost_and_delta(spec, &mut fwd, x, y, grad.is_some());
@@ -555,7 +592,7 @@ pub fn cost_and_grad<F: Real>(
     // ρ̂ needs the forward pass over the whole batch before any backward step.
     let sparsity = spec.sparsity.map(|s| {
         let complement = fwd.complement.as_ref().expect("a sparse network's forward pass keeps 1 − a⁽²⁾");
-        let sparse = Sparse::of(&fwd.activations[0], complement);
+        let sparse = given.cloned().unwrap_or_else(|| Sparse::of(&fwd.activations[0], complement));
         let cost = kl_sparsity(s.target, s.weight, &sparse.rho_hat, &sparse.rho_hat_complement);
         (s, sparse, cost)
     });

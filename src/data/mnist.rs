@@ -352,6 +352,51 @@ impl Mnist {
         Ok(Mnist { images, labels, rows, cols })
     }
 
+    /// Rank `rank`'s shard of `split` in `dir` for a data-parallel job of `size` ranks
+    /// ([`crate::dist::shard_rows`] of all the images), reading only those images (and the
+    /// next one, to check the boundary with the next rank: [`crate::dist::DistBackend::set_shard`]):
+    /// the images before the shard are streamed past, never stored; the labels (one byte each)
+    /// are read whole. Errors as [`Mnist::load`], and fewer images than ranks.
+    pub fn load_shard(dir: &Path, split: Split, rank: usize, size: usize) -> Result<super::shard::Shard> {
+        let (images, labels) = Mnist::file_names(split);
+        let (images_path, labels_path) = (find_file(dir, images)?, find_file(dir, labels)?);
+        let all_labels = read_labels(&labels_path)?;
+        let mut idx = Idx::open(&images_path, IMAGES_MAGIC)?;
+        let (count, rows, cols) = (idx.dims[0], idx.dims[1], idx.dims[2]);
+        if all_labels.len() != count {
+            return Err(Error::Data(format!(
+                "{} holds {count} images but {} holds {} labels: the two files do not belong together",
+                images_path.display(),
+                labels_path.display(),
+                all_labels.len()
+            )));
+        }
+        let shard = super::shard::rows_of(count, rank, size)?;
+        let n = rows * cols;
+        let wanted = (shard.len() + usize::from(shard.end < count)).saturating_mul(n);
+        let mut chunk = vec![0u8; n.min(1 << 16)];
+        let mut skip = shard.start.saturating_mul(n);
+        while skip > 0 {
+            let k = skip.min(chunk.len());
+            idx.next(&images_path, &mut chunk[..k])?;
+            skip -= k;
+        }
+        let mut x: Vec<f32> = Vec::with_capacity(reserve_for(&idx, wanted));
+        let mut left = wanted;
+        while left > 0 {
+            let k = left.min(chunk.len());
+            idx.next(&images_path, &mut chunk[..k])?;
+            x.extend(chunk[..k].iter().map(|&b| f32::from(b) / 255.0));
+            left -= k;
+        }
+        idx.finish(&images_path)?;
+        let next_row = (shard.end < count).then(|| x.split_off(shard.len() * n));
+        let labels: Vec<usize> = all_labels[shard.clone()].iter().map(|&l| usize::from(l)).collect();
+        let next_label = next_row.as_ref().map(|_| usize::from(all_labels[shard.end]));
+        let x = Array2::from_shape_vec((shard.len(), n), x).expect("the shard's rows of rows × cols");
+        Ok(super::shard::Shard { x, labels: Some(labels), rows: shard, total: count, next_row, next_label })
+    }
+
     /// Number of images.
     pub fn len(&self) -> usize {
         self.labels.len()

@@ -11,6 +11,7 @@
 pub mod csv;
 pub mod mnist;
 pub mod patches;
+pub mod shard;
 pub mod synthetic;
 pub mod whiten;
 

@@ -1,0 +1,387 @@
+//! Data-parallel training over real MPI ranks (issue 17): `mpirun --allow-run-as-root
+//! --oversubscribe -np N` on loopback, N = 1, 2 and 3 (uneven shards). Built only with
+//! `--features mpi` (Debian: libopenmpi-dev openmpi-bin libclang-dev); `.ci/test` runs it
+//! after `cargo test` when mpirun is there.
+//!
+//! - At the same θ, J and ∇J over N ranks equal one process's to 1e-12 (f64) and 1e-6 (f32)
+//!   relative, every rank holds the same bits, and the same N twice gives the same bits (this
+//!   test binary itself is the MPI program: [`rank_of_an_mpirun_job`]).
+//! - `mpirun -np N wgnn train`: 50 L-BFGS iterations end at the single-process cost within
+//!   1e-6; Adam minibatches follow the single-process run to f32 rounding; a checkpoint
+//!   written by 2 ranks resumes on 3; rank 0 alone writes.
+//! - Faults: a rank that cannot read its data, ranks started with other flags, a killed rank
+//!   and a stopped rank all end the job with one clear line, in bounded time, and leave no
+//!   model behind.
+#![cfg(feature = "mpi")]
+
+mod mpi_common;
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::rc::Rc;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use mpi_common::{problems, relative_error, single};
+use wgnn::checkpoint::Checkpoint;
+use wgnn::cpu::Real;
+use wgnn::dist::{Collective, DistBackend, ShardBackend, local_spec};
+use wgnn::{Backend, Batch, CpuBackend};
+
+/// One mpirun at a time: each rank computes with two threads on a 2-core machine.
+static MPIRUN: Mutex<()> = Mutex::new(());
+
+const WORKER_OUT: &str = "WGNN_MPI_TEST_OUT";
+
+/// `mpirun -np n PROGRAM ARGS…` on loopback, with the test's environment variables passed on.
+fn mpirun(n: usize, program: &Path, args: &[&str], env: &[(&str, &str)], cwd: &Path) -> Output {
+    mpirun_command(n, program, args, env, cwd).output().expect("mpirun runs (apt-get install openmpi-bin)")
+}
+
+fn mpirun_command(n: usize, program: &Path, args: &[&str], env: &[(&str, &str)], cwd: &Path) -> Command {
+    let mut c = Command::new("mpirun");
+    c.args(["--allow-run-as-root", "--oversubscribe", "-np", &n.to_string()]);
+    for (k, v) in env {
+        c.env(k, v).args(["-x", k]);
+    }
+    c.arg(program).args(args).current_dir(cwd);
+    c
+}
+
+fn wgnn() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_wgnn"))
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "status {:?}\nstdout:\n{}\nstderr:\n{}",
+        o.status,
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// The batches each problem is evaluated on, by name.
+fn batches() -> Vec<(&'static str, Batch<'static>)> {
+    static MINIBATCH: [usize; 10] = [30, 2, 17, 5, 11, 29, 0, 16, 8, 21];
+    vec![("full batch", Batch::All), ("minibatch", Batch::Indices(&MINIBATCH))]
+}
+
+/// One rank of `mpirun -np N <this test binary> --ignored --exact rank_of_an_mpirun_job`: J
+/// and ∇J of every problem at its θ, in f64 and f32, over MPI_COMM_WORLD, written by each rank
+/// to `$WGNN_MPI_TEST_OUT/rank{r}.json`. Not a test of its own (it needs mpirun).
+#[test]
+#[ignore = "one rank of an mpirun job: started by the tests of this file"]
+fn rank_of_an_mpirun_job() {
+    let out = PathBuf::from(std::env::var(WORKER_OUT).expect("run by the tests of this file, under mpirun"));
+    let world = Rc::new(wgnn::dist::mpi::MpiWorld::init().unwrap());
+    let mut results = Vec::new();
+    fn eval<F: Real>(
+        p: &mpi_common::Problem,
+        world: &Rc<wgnn::dist::mpi::MpiWorld>,
+        batch: Batch<'_>,
+    ) -> (f64, Vec<f64>) {
+        let inner: Box<dyn ShardBackend> = Box::new(CpuBackend::<F>::new(local_spec(&p.spec)).unwrap());
+        let mut b = DistBackend::new(p.spec.clone(), inner, world.clone()).unwrap();
+        b.set_data((&p.x).into(), p.targets()).unwrap();
+        let mut g = vec![0.0; p.theta.len()];
+        let c = b.cost_and_grad(&p.theta, batch, &mut g).unwrap();
+        (c.total(), g)
+    }
+    for p in problems(31) {
+        for (what, batch) in batches() {
+            let (c64, g64) = eval::<f64>(&p, &world, batch.clone());
+            let (c32, g32) = eval::<f32>(&p, &world, batch);
+            results.push(
+                serde_json::json!({"problem": p.name, "batch": what, "precision": "f64", "cost": c64, "grad": g64}),
+            );
+            results.push(
+                serde_json::json!({"problem": p.name, "batch": what, "precision": "f32", "cost": c32, "grad": g32}),
+            );
+        }
+    }
+    let file = out.join(format!("rank{}.json", world.rank()));
+    std::fs::write(file, serde_json::to_vec(&results).unwrap()).unwrap();
+}
+
+/// One evaluation of a rank: problem, batch, precision, J, ∇J.
+type Evaluation = (String, String, String, f64, Vec<f64>);
+
+/// Every rank's results of one `mpirun -np n` of [`rank_of_an_mpirun_job`].
+fn worker_results(n: usize) -> Vec<Vec<Evaluation>> {
+    let dir = tempfile::tempdir().unwrap();
+    let me = std::env::current_exe().unwrap();
+    let o = mpirun(
+        n,
+        &me,
+        &["--ignored", "--exact", "rank_of_an_mpirun_job", "--test-threads", "1"],
+        &[(WORKER_OUT, dir.path().to_str().unwrap())],
+        dir.path(),
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    (0..n)
+        .map(|r| {
+            let json: serde_json::Value =
+                serde_json::from_slice(&std::fs::read(dir.path().join(format!("rank{r}.json"))).unwrap()).unwrap();
+            json.as_array()
+                .unwrap()
+                .iter()
+                .map(|v| {
+                    let s = |k: &str| v[k].as_str().unwrap().to_string();
+                    let grad = v["grad"].as_array().unwrap().iter().map(|g| g.as_f64().unwrap()).collect();
+                    (s("problem"), s("batch"), s("precision"), v["cost"].as_f64().unwrap(), grad)
+                })
+                .collect()
+        })
+        .collect()
+}
+
+#[test]
+fn cost_and_gradient_over_1_2_3_mpi_ranks_equal_one_process() {
+    let _one = MPIRUN.lock().unwrap_or_else(|e| e.into_inner());
+    let problems = problems(31);
+    for n in 1..=3 {
+        let ranks = worker_results(n);
+        for (r, results) in ranks.iter().enumerate() {
+            assert_eq!(results.len(), problems.len() * 4);
+            for (i, (name, what, precision, cost, grad)) in results.iter().enumerate() {
+                let p = &problems[i / 4];
+                assert_eq!(name, p.name);
+                let batch = batches().into_iter().find(|(w, _)| w == what).unwrap().1;
+                let (tol, (c1, g1)) = match precision.as_str() {
+                    "f64" => (1e-12, single::<f64>(p, batch)),
+                    _ => (1e-6, single::<f32>(p, batch)),
+                };
+                let (dc, dg) = ((cost - c1).abs() / c1.abs(), relative_error(grad, &g1));
+                assert!(
+                    dc < tol && dg < tol,
+                    "{name} {what} {precision}, N = {n}, rank {r}: J {cost} vs {c1}, ∇J off by {dg:e}"
+                );
+                // Same bits on every rank.
+                assert_eq!(
+                    cost.to_bits(),
+                    ranks[0][i].3.to_bits(),
+                    "{name} {what} {precision}: rank {r} differs from rank 0"
+                );
+                assert_eq!(
+                    grad, &ranks[0][i].4,
+                    "{name} {what} {precision}: rank {r}'s gradient differs from rank 0's"
+                );
+            }
+        }
+        if n == 3 {
+            let again = worker_results(3);
+            for (a, b) in again[0].iter().zip(&ranks[0]) {
+                assert_eq!(
+                    (a.3.to_bits(), &a.4),
+                    (b.3.to_bits(), &b.4),
+                    "{} {} {}: two runs over 3 ranks differ",
+                    a.0,
+                    a.1,
+                    a.2
+                );
+            }
+        }
+    }
+}
+
+/// `wgnn train ARGS --out DIR --quiet` on `n` ranks (0: alone, no mpirun) in `cwd`.
+fn train(n: usize, args: &[&str], out: &str, cwd: &Path, env: &[(&str, &str)]) -> Output {
+    let mut all: Vec<&str> = vec!["train"];
+    all.extend(args);
+    all.extend(["--out", out, "--quiet"]);
+    let o = if n == 0 {
+        Command::new(wgnn()).args(&all).current_dir(cwd).output().unwrap()
+    } else {
+        mpirun(n, &wgnn(), &all, env, cwd)
+    };
+    assert!(o.status.success(), "{n} ranks, wgnn {all:?}: {}", text(&o));
+    o
+}
+
+fn final_cost(dir: &Path) -> f64 {
+    let m: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.join("metrics.json")).unwrap()).unwrap();
+    m["final_cost"].as_f64().unwrap()
+}
+
+fn model_theta(dir: &Path) -> Vec<f64> {
+    Checkpoint::load(&dir.join("model.safetensors")).unwrap().theta
+}
+
+#[test]
+fn fifty_lbfgs_iterations_over_2_and_3_ranks_end_at_the_single_process_cost() {
+    let _one = MPIRUN.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    let scratch = tempfile::tempdir().unwrap();
+    let tmp = [("TMPDIR", scratch.path().to_str().unwrap())];
+    let args = ["autoencoder", "--count", "1000", "--iterations", "50", "--backend", "cpu", "--precision", "f64"];
+    train(0, &args, "one", dir.path(), &[]);
+    let one = final_cost(&dir.path().join("one"));
+    for n in [2, 3] {
+        train(n, &args, &format!("n{n}"), dir.path(), &tmp);
+        let c = final_cost(&dir.path().join(format!("n{n}")));
+        assert!((c - one).abs() <= 1e-6 * one, "N = {n}: final J {c}, one process {one}");
+        let m: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(dir.path().join(format!("n{n}/metrics.json"))).unwrap()).unwrap();
+        assert_eq!(m["backend"], format!("cpu f64 × {n} ranks"));
+        assert_eq!(m["train_examples"], 1000);
+    }
+    // The same N twice: the same bits.
+    train(2, &args, "n2-again", dir.path(), &tmp);
+    assert_eq!(model_theta(&dir.path().join("n2")), model_theta(&dir.path().join("n2-again")));
+    // Rank 0 alone wrote: the other ranks' scratch folders are gone, and no rank wrote
+    // anything into the working folder but the run folders asked for.
+    let left: Vec<_> =
+        std::fs::read_dir(scratch.path()).unwrap().filter_map(|e| e.ok()).map(|e| e.file_name()).collect();
+    assert!(left.is_empty(), "ranks left {left:?} in TMPDIR");
+    let mut runs: Vec<_> =
+        std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    runs.sort();
+    assert_eq!(runs, ["n2", "n2-again", "n3", "one"]);
+}
+
+#[test]
+fn minibatch_adam_over_ranks_follows_the_single_process_run_and_a_checkpoint_resumes_on_other_ranks() {
+    let _one = MPIRUN.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    let data = std::env::var("WGNN_DATA_DIR").map(PathBuf::from).expect("WGNN_DATA_DIR=../shared/data");
+    let data = format!("csv:{}", std::fs::canonicalize(data).unwrap().join("digits8x8/digits.csv.gz").display());
+    let args =
+        ["mlp", "--data", &data, "--hidden", "32", "--optimizer", "adam", "--iterations", "3", "--batch-size", "64"];
+    let args: Vec<&str> = args.iter().copied().chain(["--backend", "cpu"]).collect();
+    train(0, &args, "one", dir.path(), &[]);
+    let one = model_theta(&dir.path().join("one"));
+    for n in [2, 3] {
+        train(n, &args, &format!("n{n}"), dir.path(), &[]);
+        let theta = model_theta(&dir.path().join(format!("n{n}")));
+        let d = relative_error(&theta, &one);
+        // f32 sums over other groupings of the same global batches, through 3 epochs of Adam.
+        assert!(d < 1e-5, "N = {n}: θ after 3 epochs of Adam differs from one process's by {d:e}");
+    }
+
+    // L-BFGS, f64: 10 iterations on 2 ranks, then the checkpoint continued to 20 on 3 ranks,
+    // ends where 20 iterations in one process end.
+    let args = ["softmax", "--data", &data, "--backend", "cpu", "--precision", "f64"];
+    let mut twenty: Vec<&str> = args.to_vec();
+    twenty.extend(["--iterations", "20"]);
+    train(0, &twenty, "lbfgs-one", dir.path(), &[]);
+    let mut ten: Vec<&str> = args.to_vec();
+    ten.extend(["--iterations", "10", "--checkpoint-every", "10"]);
+    train(2, &ten, "lbfgs-resumed", dir.path(), &[]);
+    let o =
+        mpirun(3, &wgnn(), &["train", "--resume", "lbfgs-resumed", "--iterations", "20", "--quiet"], &[], dir.path());
+    assert!(o.status.success(), "{}", text(&o));
+    let (a, b) = (final_cost(&dir.path().join("lbfgs-one")), final_cost(&dir.path().join("lbfgs-resumed")));
+    assert!((a - b).abs() <= 1e-6 * a, "20 iterations: one process {a}, 10 on 2 ranks + 10 on 3 ranks {b}");
+}
+
+#[test]
+fn a_rank_that_cannot_read_its_data_or_runs_other_flags_stops_every_rank_in_one_line() {
+    let _one = MPIRUN.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    let run = |second: &[&str]| {
+        let mut c = Command::new("mpirun");
+        c.args(["--allow-run-as-root", "--oversubscribe", "-np", "1"]).arg(wgnn());
+        c.args(["train", "autoencoder", "--count", "500", "--out", "r", "--iterations", "3", "--backend", "cpu"]);
+        c.args([":", "-np", "1"]).arg(wgnn()).args(second).current_dir(dir.path());
+        let o = c.output().unwrap();
+        assert!(!o.status.success(), "{}", text(&o));
+        assert!(!dir.path().join("r").exists(), "a refused job left its run folder");
+        let errors: Vec<String> =
+            String::from_utf8_lossy(&o.stderr).lines().filter(|l| l.starts_with("error:")).map(str::to_owned).collect();
+        assert_eq!(errors.len(), 1, "{}", text(&o));
+        errors[0].clone()
+    };
+    let e =
+        run(&["train", "softmax", "--data", "npy:missing.npy", "--out", "r", "--iterations", "3", "--backend", "cpu"]);
+    assert!(e.starts_with("error: rank 1: ") && e.contains("missing.npy"), "{e}");
+    let e = run(&["train", "autoencoder", "--count", "500", "--out", "r", "--iterations", "4", "--backend", "cpu"]);
+    assert!(e.contains("rank 1 was started with other flags than rank 0"), "{e}");
+}
+
+/// Pids of the processes whose parent is `parent` (Linux /proc).
+fn children(parent: u32) -> Vec<u32> {
+    let mut pids: Vec<u32> = std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            // pid (comm) state ppid …: comm may hold spaces, so read after the last ')'.
+            stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse::<u32>().ok())
+                == Some(parent)
+        })
+        .collect();
+    pids.sort();
+    pids
+}
+
+/// Starts a 2-rank training that runs for long, waits until it trains, sends rank 1's
+/// process `signal`, and returns mpirun's output and how long it took to end.
+fn signal_a_rank(signal: &str, env: &[(&str, &str)]) -> (Output, Duration, PathBuf, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let args = [
+        "train",
+        "autoencoder",
+        "--count",
+        "20000",
+        "--hidden",
+        "100",
+        "--iterations",
+        "100000",
+        "--backend",
+        "cpu",
+        "--out",
+        "run",
+    ];
+    let mut child = mpirun_command(2, &wgnn(), &args, env, dir.path())
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut seen = String::new();
+    let mut line = String::new();
+    // Rank 0 reports iteration 0 once the ranks have agreed and evaluated together.
+    while !seen.contains("iteration     0") {
+        line.clear();
+        assert!(stderr.read_line(&mut line).unwrap() > 0, "the job ended before training: {seen}");
+        seen.push_str(&line);
+    }
+    let ranks = children(child.id());
+    assert_eq!(ranks.len(), 2, "mpirun's children: {ranks:?}");
+    let start = Instant::now();
+    assert!(Command::new("kill").args([signal, &ranks[1].to_string()]).status().unwrap().success());
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut stderr, &mut rest).unwrap();
+    let status = child.wait().unwrap();
+    let took = start.elapsed();
+    if signal == "-STOP" {
+        let _ = Command::new("kill").args(["-KILL", &ranks[1].to_string()]).status();
+    }
+    let out = dir.path().join("run");
+    (Output { status, stdout: Vec::new(), stderr: (seen + &rest).into_bytes() }, took, out, dir)
+}
+
+#[test]
+fn a_killed_rank_ends_the_job_with_a_clear_error_in_bounded_time() {
+    let _one = MPIRUN.lock().unwrap_or_else(|e| e.into_inner());
+    let (o, took, run, _dir) = signal_a_rank("-KILL", &[]);
+    assert!(!o.status.success(), "{}", text(&o));
+    assert!(took < Duration::from_secs(30), "the job took {took:?} to end after a rank died");
+    assert!(String::from_utf8_lossy(&o.stderr).contains("exited on signal 9"), "{}", text(&o));
+    assert!(!run.join("model.safetensors").exists());
+}
+
+#[test]
+fn a_rank_that_stops_answering_ends_the_job_after_the_timeout() {
+    let _one = MPIRUN.lock().unwrap_or_else(|e| e.into_inner());
+    let (o, took, run, _dir) = signal_a_rank("-STOP", &[("WGNN_MPI_TIMEOUT", "3")]);
+    assert!(!o.status.success(), "{}", text(&o));
+    assert!(took < Duration::from_secs(30), "the job took {took:?} to end after a rank stopped answering");
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    let ours: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error:")).collect();
+    assert_eq!(ours.len(), 1, "{}", text(&o));
+    assert!(ours[0].starts_with("error: rank 0: no answer from the other ranks for 3 s"), "{}", ours[0]);
+    assert!(!run.join("model.safetensors").exists());
+}
