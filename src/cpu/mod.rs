@@ -6,6 +6,7 @@
 mod gemm;
 pub mod net;
 mod real;
+pub mod sequence;
 pub mod stack;
 
 pub use gemm::gemm;
