@@ -384,3 +384,71 @@ fn layer_gradients_of_input_and_initial_state_match_central_differences() {
         }
     }
 }
+
+fn fixture(case: &str, name: &str) -> ndarray::ArrayD<f64> {
+    use ndarray_npy::ReadNpyExt;
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/recurrent").join(case).join(name);
+    let file = std::fs::File::open(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    if name == "labels.npy" {
+        return ndarray::ArrayD::<i64>::read_npy(file).unwrap().mapv(|v| v as f64);
+    }
+    ndarray::ArrayD::<f64>::read_npy(file).unwrap()
+}
+
+/// PyTorch's `nn.RNN` / `nn.LSTM` (float64, tests/fixtures/make_fixtures.py `recurrent`) on the
+/// θ wgnn reads (b_ih = b, b_hh = 0), from a carried non-zero state: the same outputs and final
+/// state, and the same cost and gradient < 1e-10.
+#[test]
+fn recurrent_networks_match_pytorch() {
+    for case in ["rnn_tanh_last_step", "rnn_relu_per_step", "lstm_last_step", "lstm2_per_step"] {
+        let g: Vec<usize> = fixture(case, "geometry.npy").iter().map(|&v| v as usize).collect();
+        let [steps, n, h, k, layers, m] = g[..] else { panic!("{case}: geometry") };
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/recurrent").join(case);
+        let text = std::fs::read_to_string(dir.join("net.txt")).unwrap();
+        let spec = net(steps, n, text.trim(), k, fixture(case, "decay.npy")[0]);
+        let rec = Recurrent::new(spec.clone()).unwrap();
+        let theta: Vec<f64> = fixture(case, "theta.npy").iter().copied().collect();
+        let x = fixture(case, "x.npy").into_dimensionality::<ndarray::Ix2>().unwrap();
+        let (h0, lstm) = (fixture(case, "h0.npy"), text.starts_with("lstm"));
+        let c0 = lstm.then(|| fixture(case, "c0.npy"));
+        let layer = |a: &ndarray::ArrayD<f64>, l: usize| {
+            a.index_axis(ndarray::Axis(0), l).to_owned().into_dimensionality::<ndarray::Ix2>().unwrap()
+        };
+        let state = State {
+            layers: (0..layers)
+                .map(|l| wgnn::cpu::sequence::LayerState { h: layer(&h0, l), c: c0.as_ref().map(|c| layer(c, l)) })
+                .collect(),
+        };
+        assert_eq!(state.layers[0].h.dim(), (m, h));
+        let (labels, targets): (Vec<usize>, Option<Array2<f64>>) = match spec.output {
+            Output::Softmax => (fixture(case, "labels.npy").iter().map(|&v| v as usize).collect(), None),
+            Output::SquaredError(_) => {
+                (Vec::new(), Some(fixture(case, "targets.npy").into_dimensionality::<ndarray::Ix2>().unwrap()))
+            }
+        };
+        let y = match &targets {
+            Some(t) => TargetView::Values(t.view()),
+            None => TargetView::Labels(&labels),
+        };
+        let mut grad = vec![0.0; theta.len()];
+        let (cost, end) = rec.cost_and_grad(&theta, x.view(), y, Some(&state), Some(&mut grad)).unwrap();
+        let want_cost = fixture(case, "cost.npy")[0];
+        let cost_gap = (cost.total() - want_cost).abs() / want_cost.abs();
+        let want_grad: Vec<f64> = fixture(case, "grad.npy").iter().copied().collect();
+        let grad_gap = relative_difference(&grad, &want_grad);
+        eprintln!("{case}: cost {cost_gap:.1e}, gradient {grad_gap:.1e} from PyTorch");
+        assert!(cost_gap < 1e-10, "{case}: J = {} vs PyTorch {want_cost}", cost.total());
+        assert!(grad_gap < 1e-10, "{case}: gradient differs from PyTorch's by {grad_gap:e}");
+        let (out, _) = rec.predict(&theta, x.view(), Some(&state)).unwrap();
+        let want_out = fixture(case, "out.npy").into_dimensionality::<ndarray::Ix2>().unwrap();
+        let out_gap = (&out - &want_out).mapv(f64::abs).fold(0.0f64, |a, &b| a.max(b));
+        assert!(out_gap < 1e-12, "{case}: outputs differ from PyTorch's by {out_gap:e}");
+        let (h_final, c_final) = (fixture(case, "h_final.npy"), lstm.then(|| fixture(case, "c_final.npy")));
+        for (l, st) in end.layers.iter().enumerate() {
+            assert!((&st.h - &layer(&h_final, l)).mapv(f64::abs).sum() < 1e-12, "{case}: final h of layer {l}");
+            if let Some(c) = &c_final {
+                assert!((st.c.as_ref().unwrap() - &layer(c, l)).mapv(f64::abs).sum() < 1e-12, "{case}: final c");
+            }
+        }
+    }
+}
