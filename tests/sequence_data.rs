@@ -227,3 +227,16 @@ fn kjv_has_73_characters_and_the_last_tenth_held_out() {
     assert_eq!(x.sum(), (32 * 64) as f32, "one 1 per step");
     assert_eq!(next[64], t.train[s.stream_len + 5 * 64 + 1] as usize, "row 1, step 0 predicts stream 1's next");
 }
+
+#[test]
+fn three_axes_are_told_from_a_matrix_by_the_header() {
+    let dir = tempfile::tempdir().unwrap();
+    let seq = write_npy(dir.path(), "s.npy", &Array3::<f32>::zeros((2, 3, 4)));
+    let mat = write_npy(dir.path(), "m.npy", &ndarray::Array2::<f32>::zeros((2, 12)));
+    let vec = write_npy(dir.path(), "v.npy", &Array1::<f32>::zeros(3));
+    assert!(sequence::is_sequence_npy(&seq));
+    assert!(!sequence::is_sequence_npy(&mat) && !sequence::is_sequence_npy(&vec));
+    let text = dir.path().join("t.npy");
+    std::fs::write(&text, "not a .npy file").unwrap();
+    assert!(!sequence::is_sequence_npy(&text) && !sequence::is_sequence_npy(&dir.path().join("missing.npy")));
+}

@@ -227,6 +227,26 @@ pub fn load_npy_sequences(path: &Path, labels: Option<&Path>, targets: Option<&P
     Ok(Sequences { data: Dataset { x, labels, targets, description, image_shape: None }, shape, targets_per_step })
 }
 
+/// True when `path` is a `.npy` file whose header declares three axes (m × T × n): how
+/// commands that read any `npy:` data tell sequences from a matrix before reading them. Reads
+/// at most the first 64 KiB; anything unreadable is `false` (the matrix reader then says what
+/// is wrong with the file).
+pub fn is_sequence_npy(path: &Path) -> bool {
+    use std::io::Read;
+    let mut head = Vec::new();
+    let Ok(file) = std::fs::File::open(path) else { return false };
+    if file.take(1 << 16).read_to_end(&mut head).is_err() || head.len() < 10 || &head[..6] != b"\x93NUMPY" {
+        return false;
+    }
+    let (len_bytes, at): (usize, usize) = if head[6] == 1 { (2, 10) } else { (4, 12) };
+    let Some(field) = head.get(8..8 + len_bytes) else { return false };
+    let header_len = field.iter().rev().fold(0usize, |n, &b| (n << 8) | usize::from(b));
+    let Some(header) = head.get(at..at.saturating_add(header_len)) else { return false };
+    let header = String::from_utf8_lossy(header);
+    let Some(shape) = header.split("'shape':").nth(1).and_then(|r| r.split(')').next()) else { return false };
+    shape.trim().trim_start_matches('(').split(',').filter(|d| !d.trim().is_empty()).count() == 3
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
