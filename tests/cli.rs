@@ -1780,3 +1780,40 @@ fn sequence_classifiers_train_predict_and_eval_from_npy_and_mnist_rows() {
         "give --data text:FILE, mnist:DIR with --sequence rows, or npy:FILE of shape m × T × n",
     );
 }
+
+/// Flags of character models are refused where they would be ignored: on other kinds, and on
+/// sequence classifiers (which train by epochs without clipping for now).
+#[test]
+fn sequence_flags_are_refused_where_they_mean_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("r").display().to_string();
+    let mnist = format!("mnist:{}", common::data_dir().join("mnist").display());
+    fails_with(
+        wgnn().args(["train", "mlp", "--data", &mnist, "--bptt", "8", "--out", &out]),
+        "--bptt goes with a sequence model: `train lstm` or `train rnn`",
+    );
+    fails_with(
+        wgnn().args(["train", "mlp", "--data", &mnist, "--sequence", "rows", "--out", &out]),
+        "--sequence goes with a sequence model",
+    );
+    fails_with(
+        wgnn().args(["train", "lstm", "--data", &mnist, "--sequence", "rows", "--clip-norm", "5", "--out", &out]),
+        "--clip-norm goes with a character model (--data text:FILE)",
+    );
+    let text = dir.path().join("t.txt");
+    std::fs::write(&text, "abc ".repeat(100)).unwrap();
+    fails_with(
+        wgnn().args([
+            "train",
+            "lstm",
+            "--data",
+            &format!("text:{}", text.display()),
+            "--iterations",
+            "3",
+            "--out",
+            &out,
+        ]),
+        "--iterations does not go with a character model (--data text:FILE): give --steps",
+    );
+    assert!(!dir.path().join("r").exists(), "a refused run leaves no folder");
+}

@@ -87,6 +87,11 @@ fn kind_word(kind: Kind) -> &'static str {
 /// `--sequence rows`, or a `.npy` of m × T × n with --labels (one per sequence). Returns the
 /// data (x as m × (T·n)) and its shape.
 pub fn load_sequences(args: &TrainArgs) -> anyhow::Result<(DataSource, Dataset, SequenceShape)> {
+    if let Some(flag) = text_only_flag(args) {
+        bail!(
+            "{flag} goes with a character model (--data text:FILE); sequence classifiers train by epochs (--iterations)"
+        );
+    }
     let reading = args.data.sequence.as_deref().map(str::parse::<SequenceReading>).transpose().context("--sequence")?;
     let source: DataSource = args
         .data
@@ -120,6 +125,19 @@ pub fn load_sequences(args: &TrainArgs) -> anyhow::Result<(DataSource, Dataset, 
             kind_word(args.kind)
         ),
     }
+}
+
+/// The first flag given that only a character model takes, if any.
+pub fn text_only_flag(args: &TrainArgs) -> Option<&'static str> {
+    [
+        ("--bptt", args.bptt.is_some()),
+        ("--clip-norm", args.clip_norm.is_some()),
+        ("--steps", args.steps.is_some()),
+        ("--eval-every", args.eval_every.is_some()),
+        ("--held-out", args.held_out.is_some()),
+    ]
+    .into_iter()
+    .find_map(|(flag, given)| given.then_some(flag))
 }
 
 /// The sequence classifier for `train lstm|rnn` on `shape` sequences of `classes` classes:

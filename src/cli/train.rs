@@ -569,11 +569,19 @@ fn check_flags(args: &TrainArgs) -> anyhow::Result<()> {
         if let Some((flag, _)) = dense_only.iter().find(|(_, given)| *given) {
             bail!("{flag} does not go with `train cnn`: describe the network with --net");
         }
-    } else if matches!(args.kind, Kind::Lstm | Kind::Rnn) {
+    }
+    if !matches!(args.kind, Kind::Lstm | Kind::Rnn) {
+        let sequence_flag =
+            super::sequence::text_only_flag(args).or_else(|| args.data.sequence.is_some().then_some("--sequence"));
+        if let Some(flag) = sequence_flag {
+            bail!("{flag} goes with a sequence model: `train lstm` or `train rnn`");
+        }
+    }
+    if matches!(args.kind, Kind::Lstm | Kind::Rnn) {
         if args.input_shape.is_some() {
             bail!("--input-shape does not go with `train {}`: the data gives T and n", kind_name(args.kind));
         }
-    } else if args.net.is_some() || args.input_shape.is_some() {
+    } else if args.kind != Kind::Cnn && (args.net.is_some() || args.input_shape.is_some()) {
         bail!("--net and --input-shape describe a layer stack: use them with `train cnn`");
     }
     if args.alpha.is_some() && args.weight_decay.is_some() {
