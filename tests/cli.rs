@@ -1660,6 +1660,10 @@ fn a_tiny_character_model_beats_the_unigram_entropy_and_samples_reproducibly() {
         "'ä' (U+00E4)",
     );
     fails_with(
+        wgnn().args(["eval", "--model", run.to_str().unwrap(), "--data", "synthetic"]),
+        "this is a character model: give --data text:FILE to score its bits per character",
+    );
+    fails_with(
         wgnn().args(["sample", "--model", run.to_str().unwrap(), "--temperature", "0"]),
         "--temperature 0: the temperature τ must be a finite number > 0",
     );
@@ -1755,6 +1759,10 @@ fn sequence_classifiers_train_predict_and_eval_from_npy_and_mnist_rows() {
     let accuracy = number_after(&String::from_utf8_lossy(&out.stdout), "accuracy ");
     let agree = (0..60).filter(|&i| i64::from(p[[i, 1]] > p[[i, 0]]) == labels[i]).count() as f64 / 60.0;
     assert!((accuracy - agree).abs() < 1e-9, "eval's accuracy {accuracy} is predict's {agree}");
+    fails_with(
+        wgnn().args(["sample", "--model", run.to_str().unwrap()]),
+        "1×5×3 → lstm 6, softmax 2 (cross-entropy), λ=0 is not a character model (it stores no vocabulary)",
+    );
 
     // MNIST row by row: 28 steps of 28 pixels, the ordinary minibatch path.
     let mnist = common::data_dir().join("mnist");
