@@ -1031,6 +1031,10 @@ fn draw_pictures(
     if !square || spec.layers.len() < 3 {
         return Ok(Vec::new());
     }
+    // A recurrent layer's weights (W_ih beside W_hh, per gate) are no picture of the input.
+    if spec.net.as_ref().is_some_and(|s| s.layers.iter().any(crate::model::Layer::is_recurrent)) {
+        return Ok(Vec::new());
+    }
     let layout = ThetaLayout::new(spec);
     let mut files = Vec::new();
     let path = dir.join("filters.png");
@@ -1048,4 +1052,271 @@ fn draw_pictures(
         files.push(path);
     }
     Ok(files)
+}
+
+/// Character-level language models (MATH.md, "Character-level language model"; issue 16):
+/// truncated backpropagation through time over consecutive text with the state carried across
+/// windows, gradient clipping by global norm, a first-order update rule, and bits per
+/// character on held-out text. Sequences come from [`crate::data::text`]; the network is a
+/// recurrent stack with a softmax over the vocabulary at every step
+/// ([`crate::cpu::sequence::Recurrent`]). It prints nothing and writes no file: the caller
+/// saves θ (with the vocabulary, see [`crate::data::text::Vocabulary::to_json`]).
+pub mod char_model {
+    use crate::cpu::Real;
+    use crate::cpu::net::TargetView;
+    use crate::cpu::sequence::{Recurrent, clip_by_global_norm};
+    use crate::data::text::{self, StreamBatches};
+    use crate::model::{InputShape, Layer, LayerStack, NetSpec, Output};
+    use crate::optim::{Control, UpdateRule, UpdateState};
+    use crate::{Error, Result};
+
+    /// Windows evaluated in one call: bounds the one-hot batch (256 × T × V values) and the
+    /// activations kept for it.
+    pub const EVAL_CHUNK: usize = 256;
+
+    /// The language model over `vocab` characters in windows of `steps`: `layers` (recurrent,
+    /// bottom first, each made to give every step — the layer above, or the softmax, reads
+    /// all T) on the input 1 × T × V (one-hot characters), then a softmax of V classes at every
+    /// step. Refused: no layers, or a layer that is not rnn/lstm.
+    pub fn spec(vocab: usize, steps: usize, mut layers: Vec<Layer>) -> Result<NetSpec> {
+        if layers.is_empty() || !layers.iter().all(Layer::is_recurrent) {
+            return Err(Error::Data("a character model is a stack of rnn/lstm layers, e.g. --net \"lstm 256\"".into()));
+        }
+        for layer in &mut layers {
+            if let Layer::Rnn { per_step, .. } | Layer::Lstm { per_step, .. } = layer {
+                *per_step = true;
+            }
+        }
+        let stack = LayerStack { input: InputShape::sequence(steps, vocab), layers };
+        Ok(NetSpec::stack(stack, vocab, Output::Softmax)?)
+    }
+
+    /// The settings of one run.
+    #[derive(Clone, Debug)]
+    pub struct Job {
+        /// Streams per minibatch (rows).
+        pub batch: usize,
+        /// The update rule (Adam for the issue's setup) and its learning rate η.
+        pub rule: UpdateRule,
+        pub learning_rate: f64,
+        /// τ for clipping by global norm (None: no clipping).
+        pub clip_norm: Option<f64>,
+        /// Minibatch updates to run.
+        pub steps: usize,
+        /// Held-out bits per character every this many updates (and after the last); 0: only
+        /// after the last.
+        pub eval_every: usize,
+    }
+
+    /// Held-out bits per character: consecutive windows of T characters, each from a zero
+    /// state (the last N − 1 − windows·T characters, fewer than T, are not scored).
+    #[derive(Clone, Copy, Debug, PartialEq)]
+    pub struct HeldOut {
+        /// Mean cross-entropy over the scored characters / ln 2.
+        pub bits_per_character: f64,
+        pub windows: usize,
+        /// Characters predicted: windows · T.
+        pub scored: usize,
+        /// Characters at the end not scored.
+        pub left_out: usize,
+    }
+
+    /// Bits per character of θ on the character ids `ids` (MATH.md: cost / ln 2), in
+    /// consecutive windows of T from a zero state each. Refused: a text shorter than T + 1.
+    pub fn bits_per_character<F: Real>(net: &Recurrent, theta: &[F], ids: &[u32]) -> Result<HeldOut> {
+        let steps = net.steps();
+        let vocab = net.spec.outputs();
+        let starts = text::eval_starts(ids.len(), steps, "the held-out text")?;
+        let mut nats = 0.0;
+        for chunk in starts.chunks(EVAL_CHUNK) {
+            let (x, next) = text::one_hot_windows(ids, chunk, steps, vocab)?;
+            let x = x.mapv(F::of_f32);
+            let (cost, _) = net.cost_and_grad(theta, x.view(), TargetView::Labels(&next), None, None)?;
+            nats += cost.data * chunk.len() as f64;
+        }
+        let windows = starts.len();
+        let scored = windows * steps;
+        Ok(HeldOut {
+            bits_per_character: nats / windows as f64 / std::f64::consts::LN_2,
+            windows,
+            scored,
+            left_out: ids.len() - 1 - scored,
+        })
+    }
+
+    /// What one update did, for the caller's progress line.
+    #[derive(Clone, Copy, Debug, PartialEq)]
+    pub struct Step {
+        /// 1 for the first update.
+        pub step: usize,
+        /// Minibatches of one pass over the training text.
+        pub per_epoch: usize,
+        /// The minibatch's mean cross-entropy in bits per character (before the update).
+        pub train_bits: f64,
+        /// ‖∇J‖ before clipping.
+        pub grad_norm: f64,
+        /// Held-out bits per character, when measured at this step.
+        pub held_out: Option<HeldOut>,
+    }
+
+    /// Trains θ (f64, updated in place; the network computes in `F`) on the training ids
+    /// `train` for `job.steps` updates: minibatch k of [`StreamBatches`] continues minibatch
+    /// k − 1 row by row, its state carried (gradients are not); a new pass over the text starts
+    /// from a zero state. Each update: cost and gradient of the window, the gradient clipped
+    /// to norm τ, then the rule's step. Held-out bits per character on `held_out` (when not
+    /// empty) as `job.eval_every` says. `on_step` sees every update and may stop the run
+    /// (Ctrl-C). Returns the updates done and the last held-out measure. A non-finite cost or
+    /// gradient is refused ([`Error::Data`]) with θ left at the last finite point.
+    pub fn train<F: Real>(
+        net: &Recurrent,
+        theta: &mut [f64],
+        train: &[u32],
+        held_out: &[u32],
+        job: &Job,
+        on_step: &mut dyn FnMut(&Step) -> Control,
+    ) -> Result<(usize, Option<HeldOut>)> {
+        job.rule.validate()?;
+        if !(job.learning_rate.is_finite() && job.learning_rate > 0.0) {
+            return Err(Error::Data(format!("the learning rate η = {} must be > 0", job.learning_rate)));
+        }
+        if let Some(tau) = job.clip_norm
+            && !(tau.is_finite() && tau > 0.0)
+        {
+            return Err(Error::Data(format!("--clip-norm {tau} must be a finite number > 0")));
+        }
+        let steps = net.steps();
+        let vocab = net.spec.outputs();
+        let streams = StreamBatches::new(train.len(), job.batch, steps)?;
+        if !held_out.is_empty() {
+            text::check_window(held_out.len(), steps, "the held-out text")?;
+        }
+        let mut update = UpdateState::new(job.rule, theta.len());
+        let mut theta_f: Vec<F> = theta.iter().map(|&v| F::of(v)).collect();
+        let mut grad = vec![F::zero(); theta.len()];
+        let mut grad64 = vec![0.0; theta.len()];
+        let mut state = net.zero_state::<F>(job.batch);
+        let mut last = None;
+        for step in 1..=job.steps {
+            let k = (step - 1) % streams.len();
+            if k == 0 && step > 1 {
+                state = net.zero_state::<F>(job.batch);
+            }
+            let (x, next) = text::one_hot_windows(train, &streams.starts(k), steps, vocab)?;
+            let x = x.mapv(F::of_f32);
+            let (cost, carried) =
+                net.cost_and_grad(&theta_f, x.view(), TargetView::Labels(&next), Some(&state), Some(&mut grad))?;
+            state = carried;
+            let grad_norm = match job.clip_norm {
+                Some(tau) => clip_by_global_norm(&mut grad, tau)?,
+                None => grad.iter().map(|g| g.f64() * g.f64()).sum::<f64>().sqrt(),
+            };
+            if !cost.total().is_finite() || !grad_norm.is_finite() {
+                return Err(Error::Data(format!(
+                    "update {step}: the cost is {} and the gradient's norm {grad_norm}: training diverged; \
+                     try a smaller learning rate or --clip-norm",
+                    cost.total()
+                )));
+            }
+            grad64.iter_mut().zip(&grad).for_each(|(d, g)| *d = g.f64());
+            update.apply(theta, &grad64, job.learning_rate);
+            theta_f.iter_mut().zip(theta.iter()).for_each(|(f, &v)| *f = F::of(v));
+            let measure = !held_out.is_empty()
+                && (step == job.steps || (job.eval_every > 0 && step.is_multiple_of(job.eval_every)));
+            let held = if measure { Some(bits_per_character(net, &theta_f, held_out)?) } else { None };
+            if held.is_some() {
+                last = held;
+            }
+            let report = Step {
+                step,
+                per_epoch: streams.len(),
+                train_bits: cost.data / std::f64::consts::LN_2,
+                grad_norm,
+                held_out: held,
+            };
+            if on_step(&report) == Control::Stop {
+                return Ok((step, last));
+            }
+        }
+        Ok((job.steps, last))
+    }
+
+    /// The same network reading one character at a time (T = 1): θ's layout does not depend
+    /// on T, so a model trained on windows of T samples with the state carried step by step.
+    pub fn one_step(net: &Recurrent) -> Result<Recurrent> {
+        let stack = net.spec.net.as_ref().expect("a recurrent spec has a stack");
+        let spec = spec(net.spec.outputs(), 1, stack.layers.clone())?;
+        Recurrent::new(spec.with_weight_decay(net.spec.weight_decay)?)
+    }
+
+    /// Draws `length` characters from a character model, one at a time from its own output,
+    /// the state carried from character to character (MATH.md, "Character-level language
+    /// model"). It first reads `prime` (character ids) from a zero state; with an empty prime
+    /// the first character is drawn uniformly from the vocabulary (and is the first of the
+    /// `length`). The next character is drawn from the softmax output p with temperature τ:
+    /// p_τ(c) ∝ p(c)^(1/τ) (τ → 0 tends to the most likely character, τ = 1 is the model's own
+    /// distribution), by inverting its cumulative sum at a draw u from `uniform` (values in
+    /// [0, 1): a seeded generator gives the same text for the same seed). Refused: τ not
+    /// finite and > 0.
+    pub fn sample<F: Real>(
+        net: &Recurrent,
+        theta: &[F],
+        prime: &[u32],
+        length: usize,
+        temperature: f64,
+        uniform: &mut dyn FnMut() -> f64,
+    ) -> Result<Vec<u32>> {
+        if !(temperature.is_finite() && temperature > 0.0) {
+            return Err(Error::Data(format!("the temperature τ = {temperature} must be a finite number > 0")));
+        }
+        let net = one_step(net)?;
+        let vocab = net.spec.outputs();
+        let mut out = Vec::with_capacity(length);
+        if length == 0 {
+            return Ok(out);
+        }
+        let mut state = net.zero_state::<F>(1);
+        let mut x = ndarray::Array2::<F>::zeros((1, vocab));
+        let mut feed: Vec<u32> = prime.to_vec();
+        if feed.is_empty() {
+            let first = ((uniform() * vocab as f64) as usize).min(vocab - 1) as u32;
+            out.push(first);
+            feed.push(first);
+        }
+        let mut weights = vec![0.0f64; vocab];
+        while out.len() < length {
+            let mut p = None;
+            for &c in &feed {
+                x.fill(F::zero());
+                x[[0, c as usize]] = F::of(1.0);
+                let (output, carried) = net.predict(theta, x.view(), Some(&state))?;
+                state = carried;
+                p = Some(output);
+            }
+            let p = p.expect("at least one character is fed");
+            // log p / τ, shifted by its largest value before exp so that nothing overflows.
+            for (w, &v) in weights.iter_mut().zip(p.iter()) {
+                *w = v.f64().max(0.0).ln() / temperature;
+            }
+            let top = weights.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+            if !top.is_finite() {
+                return Err(Error::Data(
+                    "the model's output is not a distribution (NaN or all zero): θ is damaged".into(),
+                ));
+            }
+            weights.iter_mut().for_each(|w| *w = (*w - top).exp());
+            let total: f64 = weights.iter().sum();
+            let mut u = uniform() * total;
+            let mut next = vocab - 1;
+            for (c, &w) in weights.iter().enumerate() {
+                if u < w {
+                    next = c;
+                    break;
+                }
+                u -= w;
+            }
+            out.push(next as u32);
+            feed = vec![next as u32];
+        }
+        Ok(out)
+    }
 }

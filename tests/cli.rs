@@ -1817,3 +1817,266 @@ fn train_cnn_learns_mnist_in_one_epoch_from_the_cli() {
     let accuracy = m["test_accuracy"].as_f64().expect("a test accuracy");
     assert!(accuracy > 0.6, "test accuracy {accuracy} after one epoch on 480 images (chance 0.1)");
 }
+
+// ---------------------------------------------------------------------------------------------
+// Sequence models (issue 16): character models on text, sampling, sequence data refusals.
+
+/// A text of a small made-up language (seeded): sentences of words from a short list, so that
+/// a character model can learn spelling and word order well below the characters' unigram
+/// entropy within a few hundred updates.
+fn toy_language(sentences: usize) -> String {
+    use rand::{RngExt, SeedableRng, rngs::StdRng};
+    let subjects = ["the cat", "a dog", "my bird", "the old fox", "her hen"];
+    let verbs = ["sat on", "ran to", "looked at", "jumped over"];
+    let objects = ["the mat.", "a log.", "the red barn.", "my hat."];
+    let mut rng = StdRng::seed_from_u64(16);
+    let mut text = String::new();
+    for _ in 0..sentences {
+        let pick = |rng: &mut StdRng, words: &[&str]| words[rng.random_range(0..words.len())].to_string();
+        text += &format!("{} {} {}\n", pick(&mut rng, &subjects), pick(&mut rng, &verbs), pick(&mut rng, &objects));
+    }
+    text
+}
+
+/// −Σ p log₂ p over the characters of `text`.
+fn unigram_bits(text: &str) -> f64 {
+    let mut counts = std::collections::HashMap::<char, f64>::new();
+    text.chars().for_each(|c| *counts.entry(c).or_default() += 1.0);
+    let n = text.chars().count() as f64;
+    -counts.values().map(|k| k / n * (k / n).log2()).sum::<f64>()
+}
+
+fn number_after(text: &str, prefix: &str) -> f64 {
+    let line = text.lines().find(|l| l.starts_with(prefix)).unwrap_or_else(|| panic!("no `{prefix}` in {text}"));
+    line[prefix.len()..].split_whitespace().next().unwrap().parse().unwrap()
+}
+
+/// A tiny LSTM character model trained from the CLI: its held-out bits per character fall
+/// below the held-out text's unigram entropy; `eval` scores the same held-out text to the same
+/// value; `sample` gives the same text for the same seed, only characters of the vocabulary.
+#[test]
+fn a_tiny_character_model_beats_the_unigram_entropy_and_samples_reproducibly() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = toy_language(700);
+    let path = dir.path().join("toy.txt");
+    std::fs::write(&path, &text).unwrap();
+    let data = format!("text:{}", path.display());
+    let run = dir.path().join("lm");
+    let out = wgnn()
+        .args(["train", "lstm", "--data", &data, "--hidden", "32", "--bptt", "16", "--batch-size", "16"])
+        .args(["--steps", "150", "--learning-rate", "0.01", "--eval-every", "0", "--out", run.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(run.join("model.safetensors").is_file());
+    let chars: Vec<char> = text.chars().collect();
+    let held_out: String = chars[chars.len() - (chars.len() as f64 * 0.1).round() as usize..].iter().collect();
+    let unigram = unigram_bits(&held_out);
+    assert!((number_after(&stdout, "unigram ") - unigram).abs() < 1e-4, "{stdout}");
+    let bits = number_after(&stdout, "held-out bits per character ");
+    assert!(bits < unigram - 0.5, "held-out {bits} bits/char, unigram {unigram}: {stdout}");
+    assert!(stdout.contains("each from a zero state"), "{stdout}");
+
+    // eval: the same held-out text, the same windows, the same number.
+    let out = wgnn().args(["eval", "--model", run.to_str().unwrap(), "--data", &data]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let eval = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(eval.contains("each from a zero state"), "{eval}");
+    assert!((number_after(&eval, "bits per character ") - bits).abs() < 1e-4, "{eval} vs {bits}");
+
+    // sample: same seed, same text; another seed, another text; vocabulary characters only.
+    let sample = |seed: &str| {
+        let out = wgnn()
+            .args(["sample", "--model", run.to_str().unwrap(), "--length", "200", "--seed", seed])
+            .args(["--temperature", "0.8", "--prime", "the cat "])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let (a, b, c) = (sample("3"), sample("3"), sample("4"));
+    assert_eq!(a, b, "the same seed gives the same text");
+    assert_ne!(a, c, "another seed, another text");
+    assert!(a.starts_with("the cat "), "{a}");
+    assert_eq!(a.trim_end_matches('\n').chars().count(), "the cat ".len() + 200, "{a:?}");
+    let vocabulary: std::collections::HashSet<char> = text.chars().collect();
+    assert!(a.trim_end_matches('\n').chars().all(|ch| vocabulary.contains(&ch)), "{a:?}");
+
+    // Characters the model never saw: in the prime, and in the text to evaluate.
+    fails_with(
+        wgnn().args(["sample", "--model", run.to_str().unwrap(), "--prime", "the CAT"]),
+        "--prime has the character 'C' at position 4, which the model never saw",
+    );
+    let other = dir.path().join("other.txt");
+    std::fs::write(&other, "the cat sat on the mat.\n".repeat(20) + "the cat sat on the mät.\n").unwrap();
+    fails_with(
+        wgnn().args(["eval", "--model", run.to_str().unwrap(), "--data", &format!("text:{}", other.display())]),
+        "'ä' (U+00E4)",
+    );
+    fails_with(
+        wgnn().args(["eval", "--model", run.to_str().unwrap(), "--data", "synthetic"]),
+        "this is a character model: give --data text:FILE to score its bits per character",
+    );
+    fails_with(
+        wgnn().args(["sample", "--model", run.to_str().unwrap(), "--temperature", "0"]),
+        "--temperature 0: the temperature τ must be a finite number > 0",
+    );
+}
+
+#[test]
+fn sequence_data_refusals_are_one_line_each() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let out = |name: &str| d.join(name).display().to_string();
+    let empty = d.join("empty.txt");
+    std::fs::write(&empty, "").unwrap();
+    fails_with(
+        wgnn().args(["train", "lstm", "--data", &format!("text:{}", empty.display()), "--out", &out("a")]),
+        "empty.txt: is empty",
+    );
+    let short = d.join("short.txt");
+    std::fs::write(&short, "in the beginning was the word\n".repeat(4)).unwrap();
+    fails_with(
+        wgnn().args(["train", "lstm", "--data", &format!("text:{}", short.display()), "--out", &out("b")]),
+        "too few for 32 streams of at least one window of 64 characters (--bptt 64)",
+    );
+    fails_with(
+        wgnn().args(["train", "lstm", "--data", &format!("text:{}", short.display()), "--out", &out("c")]).args([
+            "--bptt",
+            "200",
+            "--batch-size",
+            "1",
+        ]),
+        "too few for one window of 200 (--bptt 200)",
+    );
+    // A 2-D array where m × T × n is needed, and ragged sequences.
+    let flat = write_npy(d, "flat.npy", &Array2::<f32>::ones((6, 10)));
+    let labels = write_npy(d, "labels.npy", &Array1::from(vec![0i64, 1, 0, 1, 0, 1]));
+    fails_with(
+        wgnn().args(["train", "lstm", "--data", &format!("npy:{flat}"), "--labels", &labels, "--out", &out("d")]),
+        "has shape (6, 10) (2 axes), but sequences need 3: (examples, steps, features); for one feature per step save it as shape (6, 10, 1)",
+    );
+    let ragged = d.join("ragged.npy");
+    std::fs::write(&ragged, common::npy_bytes("|O", "(2,)", &[0x80, 0x02, b'.'])).unwrap();
+    fails_with(
+        wgnn().args(["train", "lstm", "--data", &format!("npy:{}", ragged.display()), "--out", &out("e")]),
+        "ragged sequences",
+    );
+    // Images need --sequence rows; a model without a vocabulary cannot sample.
+    fails_with(
+        wgnn().args(["train", "lstm", "--data", &format!("npy:{flat}"), "--sequence", "columns", "--out", &out("f")]),
+        "unknown sequence reading `columns`",
+    );
+    assert!(!d.join("a/model.safetensors").exists() && !d.join("d/model.safetensors").exists());
+}
+
+/// Sequence classifiers go through the ordinary training path: a `.npy` of m × T × n with one
+/// label per sequence trains, predicts and evaluates (the 3-D file is recognised by every
+/// command that reads `npy:` data), and MNIST read row by row is 28 steps of 28 pixels.
+#[test]
+fn sequence_classifiers_train_predict_and_eval_from_npy_and_mnist_rows() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    // The label is the sign of the first feature at the first step: an LSTM must carry it
+    // through the later steps.
+    let x = ndarray::Array3::<f32>::from_shape_fn((60, 5, 3), |(i, t, j)| {
+        (((i * 7 + t * 3 + j * 5) % 11) as f32 - 5.0) / 5.0 * if (i + t + j) % 2 == 0 { 1.0 } else { -1.0 }
+    });
+    let labels: Vec<i64> = (0..60).map(|i| i64::from(x[[i, 0, 0]] > 0.0)).collect();
+    let x_path = write_npy(d, "x.npy", &x);
+    let l_path = write_npy(d, "l.npy", &Array1::from(labels.clone()));
+    let run = d.join("seq");
+    let out = wgnn()
+        .args(["train", "lstm", "--data", &format!("npy:{x_path}"), "--labels", &l_path, "--hidden", "6"])
+        .args(["--iterations", "2", "--backend", "cpu", "--out", run.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("60 sequences of 5 steps of 3 values, with labels"), "{stderr}");
+    assert!(stderr.contains("1×5×3 → lstm 6, softmax 2"), "{stderr}");
+    let predictions = d.join("p.npy");
+    let out = wgnn()
+        .args(["predict", "--model", run.to_str().unwrap(), "--data", &format!("npy:{x_path}")])
+        .args(["--out", predictions.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let p: Array2<f32> = ndarray_npy::read_npy(&predictions).unwrap();
+    assert_eq!(p.dim(), (60, 2), "2 class probabilities per sequence");
+    assert!(p.rows().into_iter().all(|r| (r.sum() - 1.0).abs() < 1e-5), "probabilities sum to 1");
+    let out = wgnn()
+        .args(["eval", "--model", run.to_str().unwrap(), "--data", &format!("npy:{x_path}"), "--labels", &l_path])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let accuracy = number_after(&String::from_utf8_lossy(&out.stdout), "accuracy ");
+    let agree = (0..60).filter(|&i| i64::from(p[[i, 1]] > p[[i, 0]]) == labels[i]).count() as f64 / 60.0;
+    assert!((accuracy - agree).abs() < 1e-9, "eval's accuracy {accuracy} is predict's {agree}");
+    fails_with(
+        wgnn().args(["sample", "--model", run.to_str().unwrap()]),
+        "1×5×3 → lstm 6, softmax 2 (cross-entropy), λ=0 is not a character model (it stores no vocabulary)",
+    );
+
+    // MNIST row by row: 28 steps of 28 pixels, the ordinary minibatch path.
+    let mnist = common::data_dir().join("mnist");
+    let out = wgnn()
+        .args(["train", "rnn", "--data", &format!("mnist:{}", mnist.display()), "--sequence", "rows"])
+        .args(["--limit", "100", "--hidden", "4", "--iterations", "1", "--backend", "cpu"])
+        .args(["--out", d.join("rows").to_str().unwrap()])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("read row by row: 28 steps of 28 pixels"), "{stderr}");
+    assert!(stderr.contains("1×28×28 → rnn 4 tanh, softmax 10"), "{stderr}");
+    fails_with(
+        wgnn().args([
+            "train",
+            "lstm",
+            "--data",
+            &format!("mnist:{}", mnist.display()),
+            "--out",
+            d.join("no").to_str().unwrap(),
+        ]),
+        "give --data text:FILE, mnist:DIR with --sequence rows, or npy:FILE of shape m × T × n",
+    );
+}
+
+/// Flags of character models are refused where they would be ignored: on other kinds, and on
+/// sequence classifiers (which train by epochs without clipping for now).
+#[test]
+fn sequence_flags_are_refused_where_they_mean_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("r").display().to_string();
+    let mnist = format!("mnist:{}", common::data_dir().join("mnist").display());
+    fails_with(
+        wgnn().args(["train", "mlp", "--data", &mnist, "--bptt", "8", "--out", &out]),
+        "--bptt goes with a sequence model: `train lstm` or `train rnn`",
+    );
+    fails_with(
+        wgnn().args(["train", "mlp", "--data", &mnist, "--sequence", "rows", "--out", &out]),
+        "--sequence goes with a sequence model",
+    );
+    fails_with(
+        wgnn().args(["train", "lstm", "--data", &mnist, "--sequence", "rows", "--clip-norm", "5", "--out", &out]),
+        "--clip-norm goes with a character model (--data text:FILE)",
+    );
+    let text = dir.path().join("t.txt");
+    std::fs::write(&text, "abc ".repeat(100)).unwrap();
+    fails_with(
+        wgnn().args([
+            "train",
+            "lstm",
+            "--data",
+            &format!("text:{}", text.display()),
+            "--iterations",
+            "3",
+            "--out",
+            &out,
+        ]),
+        "--iterations does not go with a character model (--data text:FILE): give --steps",
+    );
+    assert!(!dir.path().join("r").exists(), "a refused run leaves no folder");
+}

@@ -1,5 +1,6 @@
 //! A seeded mutation suite over every reader (issue 13): IDX files (plain and gzip), `.npy`,
-//! CSV (plain and gzip), checkpoints (safetensors and their metadata), pictures for `patches:`
+//! `.npy` sequences with their labels and per-step targets, text as characters (plain and
+//! gzip), CSV (plain and gzip), checkpoints (safetensors and their metadata), pictures for `patches:`
 //! (PNG and JPEG), and `--config` files (JSON and TOML, through the binary).
 //!
 //! Each case starts from a valid file, applies a few edits that proptest draws (bits flipped,
@@ -337,6 +338,72 @@ fn npy_matrices_vectors_and_labels() {
             2 => check(&path, &input, wgnn::npy::read_labels),
             _ => check(&path, &input, wgnn::npy::read_f64_dyn),
         }
+    });
+}
+
+// ---------------------------------------------------------------------------------------------
+// Sequences: .npy of m × T × n with labels and per-step targets (issue 16)
+
+#[test]
+fn npy_sequences_with_labels_and_targets() {
+    let dir = tempdir();
+    let path = dir.path().join("s.npy");
+    let labels_path = dir.path().join("l.npy");
+    let targets_path = dir.path().join("t.npy");
+    let descr = prop::sample::select(vec!["<f8", "<f4", "<i8", "|O", ">f4"]);
+    let shape = prop::collection::vec(hostile_dim(), 0..5);
+    let strategy = (descr, prop::option::of(shape), edits(), 0..3u8);
+    run(".npy sequences", cases(160), strategy, |(descr, shape, edits, with)| {
+        // 2 sequences × 3 steps × 2 features of float64 (descr and shape may say otherwise).
+        let data: Vec<u8> = (0..12u64).flat_map(|i| (i as f64 / 4.0).to_le_bytes()).collect();
+        let shape = shape.map_or("(2, 3, 2)".to_string(), |s| match s.as_slice() {
+            [n] => format!("({n},)"),
+            _ => format!("({})", s.iter().map(u64::to_string).collect::<Vec<_>>().join(", ")),
+        });
+        let input = apply(&npy_bytes(descr, &shape, &data), &edits);
+        let labels: Vec<u8> = [0i64, 1].iter().flat_map(|l| l.to_le_bytes()).collect();
+        std::fs::write(&labels_path, npy_bytes("<i8", "(2,)", &labels)).unwrap();
+        let targets: Vec<u8> = (0..6u64).flat_map(|i| (i as f32).to_le_bytes()).collect();
+        std::fs::write(&targets_path, npy_bytes("<f4", "(2, 3, 1)", &targets)).unwrap();
+        let (l, t) = (labels_path.as_path(), targets_path.as_path());
+        match with {
+            0 => check(&path, &input, |p| wgnn::data::sequence::load_npy_sequences(p, None, None).map(|_| ())),
+            1 => check(&path, &input, |p| wgnn::data::sequence::load_npy_sequences(p, Some(l), Some(t)).map(|_| ())),
+            // The targets file mutated instead, beside good sequences.
+            _ => {
+                std::fs::write(&path, npy_bytes("<f8", "(2, 3, 2)", &data)).unwrap();
+                let good = path.clone();
+                check(&targets_path, &input, |p| {
+                    wgnn::data::sequence::load_npy_sequences(&good, None, Some(p)).map(|_| ())
+                })
+            }
+        }
+    });
+}
+
+// ---------------------------------------------------------------------------------------------
+// Text as characters (plain and gzip): UTF-8, the vocabulary, the held-out split
+
+#[test]
+fn text_plain_and_gzip() {
+    let dir = tempdir();
+    let path = dir.path().join("t.txt");
+    let seed = "1 In the beginning God created the heaven and the earth.\n2 Naïve café — 中文.\n".repeat(3);
+    let token = prop::sample::select(vec!["\u{0}", "\u{feff}", "\r\n", "é", "\u{10FFFF}", "\u{1F600}", "\t"]);
+    let tokens = prop::collection::vec((any::<Index>(), token), 0..3);
+    let holdout = prop::sample::select(vec![0.0, 0.1, 0.5, 0.99]);
+    run("text", cases(160), (tokens, edits(), any::<bool>(), holdout), |(tokens, edits, gz, holdout)| {
+        let mut text = seed.clone();
+        for (at, token) in tokens {
+            let mut i = at.index(text.len() + 1);
+            while !text.is_char_boundary(i) {
+                i -= 1;
+            }
+            text.insert_str(i, token);
+        }
+        let plain = apply(text.as_bytes(), &edits);
+        let input = if gz { gzip(&plain) } else { plain };
+        check(&path, &input, |p| wgnn::data::text::CharText::load(p, holdout))
     });
 }
 

@@ -200,6 +200,11 @@ struct Evaluation {
 
 pub fn eval(args: EvalArgs) -> anyhow::Result<()> {
     let ck = load_model(&args.input.model)?;
+    // A character model scores bits per character on text (issue 16).
+    if let Some(vocabulary) = super::sequence::vocabulary_of(&ck)? {
+        let data = args.input.data.data.as_deref();
+        return super::sequence::eval_text(&ck, &vocabulary, data, args.test_fraction, args.json);
+    }
     let spec = &ck.spec;
     // A regressor (trained with --targets) has nothing to score without its targets: the
     // "reconstruction error" of an input against a prediction of something else means nothing.

@@ -11,6 +11,8 @@ mod gradcheck;
 mod inspect;
 mod predict;
 mod ranks;
+mod sample;
+mod sequence;
 mod stacked;
 mod train;
 
@@ -95,6 +97,11 @@ pub enum Command {
     /// adapter (median of repeated runs, to completion); a table with GPU/CPU ratios, or --json.
     #[command(allow_negative_numbers = true)]
     Bench(bench::BenchArgs),
+    /// Print text drawn from a character-level language model (`train lstm --data
+    /// text:FILE`), one character at a time from its own output: --length characters after
+    /// --prime, at --temperature, the draws seeded by --seed.
+    #[command(allow_negative_numbers = true)]
+    Sample(sample::SampleArgs),
 }
 
 /// The exit codes scripts can rely on (README.md, "Exit codes"). 0 means the job did what
@@ -198,6 +205,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Predict(args) => predict::run(args),
         Command::Export(args) => export::run(args),
         Command::Bench(args) => bench::run(args),
+        Command::Sample(args) => sample::run(args),
     }
 }
 
@@ -450,6 +458,10 @@ pub struct DataArgs {
     /// columns:33-64; they are taken out of the inputs (a CSV's label column is dropped).
     #[arg(long)]
     pub targets: Option<String>,
+    /// Read images as sequences for `train lstm|rnn`: rows (an h × w image is h steps of w
+    /// pixels: MNIST row by row, 28 steps of 28).
+    #[arg(long)]
+    pub sequence: Option<String>,
 }
 
 impl DataArgs {
@@ -480,6 +492,23 @@ impl DataArgs {
             targets: self.targets.as_deref().map(str::parse).transpose().context("--targets")?,
             label_column: self.label_column.parse().context("--label-column")?,
         };
+        // A .npy of three axes holds sequences (m × T × n) for a recurrent model (issue 16).
+        if let DataSource::Npy(path) = &source
+            && wgnn::data::sequence::is_sequence_npy(path)
+        {
+            let targets = match &options.targets {
+                Some(wgnn::data::TargetSource::Npy(t)) => Some(t.as_path()),
+                Some(other) => bail!("--targets {other}: sequences take per-step targets as npy:FILE (m × T × k)"),
+                None => None,
+            };
+            let seq = wgnn::data::sequence::load_npy_sequences(path, options.labels.as_deref(), targets)
+                .with_context(|| format!("loading --data {source}"))?;
+            let data = match options.limit {
+                Some(n) => seq.data.take(n),
+                None => seq.data,
+            };
+            return Ok((source, data));
+        }
         let data = source.load(&options).with_context(|| format!("loading --data {source}"))?;
         Ok((source, data))
     }

@@ -41,6 +41,15 @@ pub enum Kind {
     /// softmax) on --input-shape (default from the data: MNIST is 1x28x28); Adam, η = 1e-3,
     /// batch 64, 10 epochs.
     Cnn,
+    /// An LSTM (PyTorch's gates i, f, g, o): on --data text:FILE a character-level language
+    /// model (--hidden 256, --bptt 64, batch 32, Adam η = 2e-3, --clip-norm 5, 2000 --steps,
+    /// the last 10% held out: bits per character); on mnist:DIR --sequence rows or npy:FILE
+    /// (m × T × n, --labels) a sequence classifier (--hidden 128, softmax at the last step,
+    /// Adam, batch 128, 10 epochs). Several --hidden sizes (or --net "lstm 128, lstm 128")
+    /// stack layers.
+    Lstm,
+    /// An Elman RNN (--activation tanh or relu), as lstm otherwise.
+    Rnn,
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -251,6 +260,25 @@ pub struct TrainArgs {
     #[arg(long)]
     #[serde(default)]
     pub compare_sparsity: bool,
+    // ---- sequence models (`train lstm`, `train rnn`) ----
+    /// Characters per window for a character model (truncated BPTT's T). Default 64.
+    #[arg(long)]
+    pub bptt: Option<usize>,
+    /// Clip the gradient to this global norm (g ← g·min(1, τ/‖g‖)) before each update of a
+    /// character model; 0 turns it off. Default 5.
+    #[arg(long)]
+    pub clip_norm: Option<f64>,
+    /// Minibatch updates for a character model. Default 2000.
+    #[arg(long)]
+    pub steps: Option<usize>,
+    /// Held-out bits per character every N updates of a character model (and after the
+    /// last). Default 500.
+    #[arg(long)]
+    pub eval_every: Option<usize>,
+    /// The fraction of a text held out at its end for a character model's bits per
+    /// character. Default 0.1.
+    #[arg(long)]
+    pub held_out: Option<f64>,
     /// The flags given on the command line (or in a --config file), by their ids
     /// (`checkpoint_every`): set by `cli::parse`, for `--resume`.
     #[arg(skip)]
@@ -262,7 +290,11 @@ impl TrainArgs {
     /// The minibatch size: --batch-size, or by default scikit-learn's auto (200, capped at the
     /// examples when used) — 64 for `train cnn`, LeNet's usual batch.
     fn batch(&self) -> usize {
-        self.batch_size.unwrap_or(if self.kind == Kind::Cnn { 64 } else { wgnn::optim::Minibatch::DEFAULT_BATCH_SIZE })
+        self.batch_size.unwrap_or(match self.kind {
+            Kind::Cnn => 64,
+            Kind::Lstm | Kind::Rnn => 128,
+            _ => wgnn::optim::Minibatch::DEFAULT_BATCH_SIZE,
+        })
     }
 }
 
@@ -329,6 +361,8 @@ pub fn kind_name(kind: Kind) -> &'static str {
         Kind::Mlp => "mlp",
         Kind::Stacked => "stacked",
         Kind::Cnn => "cnn",
+        Kind::Lstm => "lstm",
+        Kind::Rnn => "rnn",
     }
 }
 
@@ -543,7 +577,19 @@ fn check_flags(args: &TrainArgs) -> anyhow::Result<()> {
         if let Some((flag, _)) = dense_only.iter().find(|(_, given)| *given) {
             bail!("{flag} does not go with `train cnn`: describe the network with --net");
         }
-    } else if args.net.is_some() || args.input_shape.is_some() {
+    }
+    if !matches!(args.kind, Kind::Lstm | Kind::Rnn) {
+        let sequence_flag =
+            super::sequence::text_only_flag(args).or_else(|| args.data.sequence.is_some().then_some("--sequence"));
+        if let Some(flag) = sequence_flag {
+            bail!("{flag} goes with a sequence model: `train lstm` or `train rnn`");
+        }
+    }
+    if matches!(args.kind, Kind::Lstm | Kind::Rnn) {
+        if args.input_shape.is_some() {
+            bail!("--input-shape does not go with `train {}`: the data gives T and n", kind_name(args.kind));
+        }
+    } else if args.kind != Kind::Cnn && (args.net.is_some() || args.input_shape.is_some()) {
         bail!("--net and --input-shape describe a layer stack: use them with `train cnn`");
     }
     if args.alpha.is_some() && args.weight_decay.is_some() {
@@ -648,6 +694,13 @@ pub(super) fn run_job(mut args: TrainArgs, ranks: Option<&Ranks>) -> anyhow::Res
         Some(r) if r.rank() > 0 => r.scratch_folder()?,
         _ => open_run_folder(&args)?,
     };
+    let sequence_kind = matches!(args.kind, Kind::Lstm | Kind::Rnn);
+    if sequence_kind && let Some(path) = super::sequence::text_file(args.data.data.as_deref()) {
+        if ranks.is_some() {
+            bail!("character models do not train over MPI yet: run `wgnn train {}` as one process (without mpirun)", kind_name(args.kind));
+        }
+        return super::sequence::train_text(&args, &path, folder, &interrupt);
+    }
     let out_dir = folder.path().to_path_buf();
     // Files named on the command line are read first, so a typo fails before any work.
     let (init, initial_theta) = match args.init.as_str() {
@@ -661,7 +714,7 @@ pub(super) fn run_job(mut args: TrainArgs, ranks: Option<&Ranks>) -> anyhow::Res
         _ => args.resume.as_deref().map(resume_checkpoint).transpose()?,
     };
     // The optimizer's flags too.
-    let choice = args.optimizer.unwrap_or(if matches!(args.kind, Kind::Mlp | Kind::Cnn) {
+    let choice = args.optimizer.unwrap_or(if matches!(args.kind, Kind::Mlp | Kind::Cnn | Kind::Lstm | Kind::Rnn) {
         OptimizerChoice::Adam
     } else {
         OptimizerChoice::Lbfgs
@@ -683,7 +736,14 @@ pub(super) fn run_job(mut args: TrainArgs, ranks: Option<&Ranks>) -> anyhow::Res
             kind_name(args.kind)
         );
     }
-    let (source, mut data) = args.data.load(args.seed)?;
+    let mut sequence_shape = None;
+    let (source, mut data) = if sequence_kind {
+        let (source, data, shape) = super::sequence::load_sequences(&args)?;
+        sequence_shape = Some(shape);
+        (source, data)
+    } else {
+        args.data.load(args.seed)?
+    };
     let regression = data.targets.is_some();
     if regression && args.kind != Kind::Mlp {
         bail!("--targets (real-valued targets) go with `train mlp` (a regressor), not {}", kind_name(args.kind));
@@ -692,7 +752,9 @@ pub(super) fn run_job(mut args: TrainArgs, ranks: Option<&Ranks>) -> anyhow::Res
         (Kind::Mlp, Some(Output::Softmax)) if regression => {
             bail!("a regressor (--targets) needs a squared-error output: --output identity, sigmoid, tanh or relu")
         }
-        (Kind::Softmax | Kind::Mlp | Kind::Stacked | Kind::Cnn, Some(o)) if !regression && o != Output::Softmax => {
+        (Kind::Softmax | Kind::Mlp | Kind::Stacked | Kind::Cnn | Kind::Lstm | Kind::Rnn, Some(o))
+            if !regression && o != Output::Softmax =>
+        {
             bail!(
                 "--output {} needs real-valued targets: a classifier ends in softmax; give --targets for a regressor",
                 o.name()
@@ -837,6 +899,12 @@ pub(super) fn run_job(mut args: TrainArgs, ranks: Option<&Ranks>) -> anyhow::Res
             let classes = data.num_classes().context("this data has no labels: cnn needs them")?;
             cnn_spec(&args, n, data.image_shape, classes)?
         }
+        Kind::Lstm | Kind::Rnn => {
+            let classes =
+                data.num_classes().context("these sequences have no labels: give --labels, one per sequence")?;
+            let shape = sequence_shape.expect("sequence kinds load sequences");
+            super::sequence::classifier_spec(&args, shape, classes)?
+        }
         Kind::Autoencoder => {
             let hidden = args.hidden.clone().unwrap_or(vec![25]);
             let mut layers = vec![n];
@@ -893,7 +961,7 @@ pub(super) fn run_job(mut args: TrainArgs, ranks: Option<&Ranks>) -> anyhow::Res
         Kind::Autoencoder => 400,
         Kind::Softmax => 100,
         Kind::Mlp | Kind::Stacked => 30,
-        Kind::Cnn => 10,
+        Kind::Cnn | Kind::Lstm | Kind::Rnn => 10,
     });
     let minibatch = |rule: UpdateRule, lr: f64| {
         Method::Minibatch(

@@ -6,6 +6,7 @@
 mod gemm;
 pub mod net;
 mod real;
+pub mod sequence;
 pub mod stack;
 
 pub use gemm::{gemm, gemm_serial};
@@ -34,11 +35,13 @@ enum OwnedTargets<F> {
 struct Loaded<F> {
     x: Arc<Array2<F>>,
     targets: OwnedTargets<F>,
+    /// Labels per example: T for a recurrent network with an output at every step, else 1.
+    label_steps: usize,
 }
 
 impl<F: Real> Loaded<F> {
     fn empty() -> Loaded<F> {
-        Loaded { x: Arc::new(Array2::zeros((0, 0))), targets: OwnedTargets::Inputs }
+        Loaded { x: Arc::new(Array2::zeros((0, 0))), targets: OwnedTargets::Inputs, label_steps: 1 }
     }
 }
 
@@ -179,7 +182,8 @@ impl<F: Real> Loaded<F> {
             Batch::All => f(self.x.view(), self.target_view(|v| v, |l| l)),
             Batch::Rows(r) => {
                 let x = rows_of(self.x.view(), r.clone());
-                f(x, self.target_view(|v| rows_of(v, r.clone()), |l| &l[r.clone()]))
+                let steps = self.label_steps;
+                f(x, self.target_view(|v| rows_of(v, r.clone()), |l| &l[r.start * steps..r.end * steps]))
             }
             Batch::Indices(ix) => {
                 let x = self.x.select(Axis(0), ix);
@@ -187,7 +191,9 @@ impl<F: Real> Loaded<F> {
                 let y = match &self.targets {
                     OwnedTargets::Inputs => TargetView::Inputs,
                     OwnedTargets::Labels(l) => {
-                        labels = ix.iter().map(|&i| l[i]).collect::<Vec<_>>();
+                        let steps = self.label_steps;
+                        labels =
+                            ix.iter().flat_map(|&i| l[i * steps..(i + 1) * steps].iter().copied()).collect::<Vec<_>>();
                         TargetView::Labels(&labels)
                     }
                     OwnedTargets::Values(v) => {
@@ -227,6 +233,7 @@ impl<F: Real> Backend for CpuBackend<F> {
         validate_data(&self.spec, &x, &targets)?;
         // The old data goes first, so that it never sits beside the new.
         self.data = Loaded::empty();
+        self.data.label_steps = self.spec.output_steps();
         self.data.targets = match targets {
             Targets::Inputs => OwnedTargets::Inputs,
             Targets::Labels(labels) => OwnedTargets::Labels(labels.to_vec()),
@@ -319,11 +326,17 @@ pub fn validate_data(spec: &NetSpec, x: &Inputs<'_>, targets: &Targets<'_>) -> R
     if m == 0 {
         return Err(Error::Data("the data holds no examples".into()));
     }
+    // A recurrent network with an output at every step takes S = T labels or target rows per
+    // example (cpu::sequence).
+    let steps = spec.output_steps();
     match (spec.output, targets) {
         (Output::Softmax, Targets::Labels(labels)) => {
             let k = spec.outputs();
-            if labels.len() != m {
-                return Err(Error::Shape(format!("{} labels for {m} examples: give one label per row", labels.len())));
+            if labels.len() != m * steps {
+                return Err(Error::Shape(match steps {
+                    1 => format!("{} labels for {m} examples: give one label per row", labels.len()),
+                    _ => format!("{} labels for {m} sequences: give {steps} per sequence, one per step", labels.len()),
+                }));
             }
             if let Some((i, &l)) = labels.iter().enumerate().find(|&(_, &l)| l >= k) {
                 return Err(Error::Data(format!(
@@ -342,21 +355,22 @@ pub fn validate_data(spec: &NetSpec, x: &Inputs<'_>, targets: &Targets<'_>) -> R
             ));
         }
         (Output::SquaredError(_), Targets::Inputs) => {
-            if spec.outputs() != spec.inputs() {
+            if spec.outputs() * steps != spec.inputs() {
                 return Err(Error::Shape(format!(
                     "without targets the network reconstructs its input, so its output ({}) must match its input ({})",
-                    spec.outputs(),
+                    spec.outputs() * steps,
                     spec.inputs()
                 )));
             }
         }
         (Output::SquaredError(_), Targets::Values(y)) => {
-            if y.nrows() != m || y.ncols() != spec.outputs() {
+            if y.nrows() != m || y.ncols() != spec.outputs() * steps {
                 return Err(Error::Shape(format!(
-                    "targets are {}×{} but need to be {m}×{} (one row per example, one column per output)",
+                    "targets are {}×{} but need to be {m}×{} (one row per example, one column per output{})",
                     y.nrows(),
                     y.ncols(),
-                    spec.outputs()
+                    spec.outputs() * steps,
+                    if steps == 1 { String::new() } else { format!(" and step: {steps} steps of {}", spec.outputs()) }
                 )));
             }
             check_inputs_finite(y, "the targets")?;

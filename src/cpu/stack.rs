@@ -40,12 +40,17 @@ pub struct Plan {
     ops: Vec<Op>,
     /// θ index of the output layer.
     out_l: usize,
+    /// A recurrent stack (rnn/lstm layers first) runs in [`super::sequence`] instead.
+    sequence: Option<super::sequence::Plan>,
 }
 
 impl Plan {
     /// The plan of a validated stack spec; `None` for a dense spec (no stack).
     pub fn of(spec: &NetSpec) -> Result<Option<Plan>> {
         let Some(stack) = &spec.net else { return Ok(None) };
+        if let Some(sequence) = super::sequence::Plan::of(spec)? {
+            return Ok(Some(Plan { ops: Vec::new(), out_l: 0, sequence: Some(sequence) }));
+        }
         let shapes = stack.shapes()?;
         let mut ops = Vec::with_capacity(stack.layers.len());
         let mut shape = stack.input;
@@ -60,6 +65,9 @@ impl Plan {
                 }
                 Layer::MaxPool { size, stride } => Op::Pool(Pool2d::with_stride(image, PoolKind::Max, size, stride)?),
                 Layer::MeanPool { size, stride } => Op::Pool(Pool2d::with_stride(image, PoolKind::Mean, size, stride)?),
+                Layer::Rnn { .. } | Layer::Lstm { .. } => {
+                    return Err(Error::Shape(format!("{}: a recurrent layer must come first", layer.describe())));
+                }
             };
             if layer.has_parameters() {
                 l += 1;
@@ -67,7 +75,7 @@ impl Plan {
             ops.push(op);
             shape = next;
         }
-        Ok(Some(Plan { ops, out_l: l }))
+        Ok(Some(Plan { ops, out_l: l, sequence: None }))
     }
 }
 
@@ -193,6 +201,9 @@ pub fn forward<F: Real>(
     theta: &[F],
     x: ArrayView2<F>,
 ) -> Result<Vec<Array2<F>>> {
+    if let Some(seq) = &plan.sequence {
+        return super::sequence::forward(seq, spec, layout, theta, x, None);
+    }
     let mut parts: Vec<Vec<Array2<F>>> = Vec::new();
     let mut scratch = Scratch::default();
     for chunk in x.axis_chunks_iter(Axis(0), CHUNK_ROWS) {
@@ -222,6 +233,9 @@ pub fn predict<F: Real>(
     theta: &[F],
     x: ArrayView2<F>,
 ) -> Result<Array2<F>> {
+    if let Some(seq) = &plan.sequence {
+        return Ok(super::sequence::predict(seq, spec, layout, theta, x, None)?.0);
+    }
     let mut out = Array2::zeros((x.nrows(), spec.outputs()));
     let mut scratch = Scratch::default();
     for (chunk, mut o) in x.axis_chunks_iter(Axis(0), CHUNK_ROWS).zip(out.axis_chunks_iter_mut(Axis(0), CHUNK_ROWS)) {
@@ -255,6 +269,9 @@ pub fn cost_and_grad<F: Real>(
     y: TargetView<F>,
     mut grad: Option<&mut [F]>,
 ) -> Result<Cost> {
+    if let Some(seq) = &plan.sequence {
+        return Ok(super::sequence::cost_and_grad(seq, spec, layout, theta, x, y, None, grad)?.0);
+    }
     let m = x.nrows();
     let inv_m = F::of(1.0 / m as f64);
     let mut data_sum = 0.0;

@@ -12,7 +12,9 @@ pub mod csv;
 pub mod mnist;
 pub mod patches;
 pub mod shard;
+pub mod sequence;
 pub mod synthetic;
+pub mod text;
 pub mod whiten;
 
 use std::fmt;

@@ -1,6 +1,7 @@
 //! Layer kinds beyond dense (MATH.md, "Layers beyond dense"; DESIGN.md, "Wave 2: a network is
-//! a stack of layers"): the CPU twins of convolution ([`conv2d`]), pooling ([`pool2d`]) and
-//! maxout's max over pieces ([`maxout`]), each one family per module, forward and backward,
+//! a stack of layers"): the CPU twins of convolution ([`conv2d`]), pooling ([`pool2d`]),
+//! maxout's max over pieces ([`maxout`]), and the recurrent layers ([`rnn`], [`lstm`]: time-major
+//! batches, backpropagation through time), each one family per module, forward and backward,
 //! generic over [`Real`](crate::cpu::Real) (f64 = the reference, f32 = the fast path).
 //!
 //! This module computes layers; it knows nothing of θ's layout, `NetSpec`, the backends or
@@ -23,8 +24,10 @@
 //! products go through [`cpu::gemm`](crate::cpu::gemm), which has the same property.
 
 pub mod conv2d;
+pub mod lstm;
 pub mod maxout;
 pub mod pool2d;
+pub mod rnn;
 
 use crate::{Error, Result};
 

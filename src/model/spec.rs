@@ -182,6 +182,13 @@ impl NetSpec {
         Ok(spec)
     }
 
+    /// Steps at which the output layer is applied: T for a recurrent network with an output at
+    /// every step ([`LayerStack::output_steps`]; its outputs, labels and targets are T per
+    /// example, step-major within the example's row), else 1.
+    pub fn output_steps(&self) -> usize {
+        self.net.as_ref().map_or(1, LayerStack::output_steps)
+    }
+
     /// True when the network has layers beyond dense (conv2d, pooling, maxout).
     pub fn has_layer_stack(&self) -> bool {
         self.net.is_some()
@@ -382,6 +389,14 @@ fn derived_widths(stack: &LayerStack, outputs: usize) -> Result<(Vec<usize>, Vec
                 acts.push(Activation::Identity);
             }
             Layer::MaxPool { .. } | Layer::MeanPool { .. } => {}
+            Layer::Rnn { activation, .. } => {
+                layers.push(shape.len());
+                acts.push(activation);
+            }
+            Layer::Lstm { .. } => {
+                layers.push(shape.len());
+                acts.push(Activation::Tanh);
+            }
         }
     }
     layers.push(outputs);

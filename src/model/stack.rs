@@ -30,6 +30,14 @@ impl InputShape {
         InputShape { channels, height, width }
     }
 
+    /// A sequence of `steps` steps of `features` values each (m × T × n; MATH.md, "Layers
+    /// beyond dense"): 1 × T × n, read by a recurrent layer as T steps of n. An example's row
+    /// holds step t's features at columns t·n … t·n + n − 1 — the layout of a 1 × T × n image,
+    /// so MNIST read row by row is the image itself.
+    pub fn sequence(steps: usize, features: usize) -> InputShape {
+        InputShape { channels: 1, height: steps, width: features }
+    }
+
     /// c·h·w (saturating; [`LayerStack::shapes`] refuses sizes that overflow).
     pub fn len(&self) -> usize {
         self.channels.saturating_mul(self.height).saturating_mul(self.width)
@@ -74,12 +82,43 @@ pub enum Layer {
     MaxPool { size: usize, stride: usize },
     /// Mean over `size` × `size` regions every `stride` pixels. No parameters.
     MeanPool { size: usize, stride: usize },
+    /// An Elman layer of `units` units (tanh or relu) over the T steps of a 1 × T × n sequence
+    /// ([`crate::layers::rnn`]). In θ its weight block is W_ih (units × n) then W_hh
+    /// (units × units), each row-major (PyTorch's `weight_ih_l0`, `weight_hh_l0`), listed in
+    /// [`crate::model::ThetaLayout`] as one units × (n + units) entry; its bias has `units`
+    /// values. With `per_step` it outputs h_1 … h_T (1 × T × units: for a recurrent layer
+    /// above, or an output at every step), else h_T alone (`units` features).
+    Rnn {
+        units: usize,
+        activation: Activation,
+        #[serde(default)]
+        per_step: bool,
+    },
+    /// An LSTM layer of `units` units over the T steps of a 1 × T × n sequence
+    /// ([`crate::layers::lstm`]; gates i, f, g, o as PyTorch). In θ: W_ih (4·units × n) then
+    /// W_hh (4·units × units), one entry of 4·units × (n + units) in the layout; one bias of
+    /// 4·units values. `per_step` as for [`Layer::Rnn`].
+    Lstm {
+        units: usize,
+        #[serde(default)]
+        per_step: bool,
+    },
 }
 
 impl Layer {
     /// True for the kinds that hold a weight matrix and a bias vector in θ.
     pub fn has_parameters(&self) -> bool {
         !matches!(self, Layer::MaxPool { .. } | Layer::MeanPool { .. })
+    }
+
+    /// True for the recurrent kinds (rnn, lstm), which read a sequence.
+    pub fn is_recurrent(&self) -> bool {
+        matches!(self, Layer::Rnn { .. } | Layer::Lstm { .. })
+    }
+
+    /// True for a recurrent layer that outputs every step (`per-step`).
+    pub fn is_per_step(&self) -> bool {
+        matches!(self, Layer::Rnn { per_step: true, .. } | Layer::Lstm { per_step: true, .. })
     }
 
     /// The layer as the `--net` grammar writes it, e.g. `conv 20x5x5 relu` (the inverse of
@@ -102,6 +141,10 @@ impl Layer {
                 let name = if matches!(self, Layer::MaxPool { .. }) { "maxpool" } else { "meanpool" };
                 if stride == size { format!("{name} {size}") } else { format!("{name} {size} stride {stride}") }
             }
+            Layer::Rnn { units, activation, per_step } => {
+                format!("rnn {units} {}{}", activation.name(), if per_step { " per-step" } else { "" })
+            }
+            Layer::Lstm { units, per_step } => format!("lstm {units}{}", if per_step { " per-step" } else { "" }),
         }
     }
 }
@@ -130,6 +173,9 @@ impl LayerStack {
         let mut out = Vec::with_capacity(self.layers.len());
         for (i, layer) in self.layers.iter().enumerate() {
             let name = || format!("layer {} ({})", i + 1, layer.describe());
+            if let Some(prev) = i.checked_sub(1).map(|p| &self.layers[p]) {
+                sequence_order(prev, layer, &name, i)?;
+            }
             shape = match *layer {
                 Layer::Dense { units, activation } => {
                     activation.validate()?;
@@ -197,6 +243,31 @@ impl LayerStack {
                     }
                     InputShape::image(shape.channels, (h - size) / stride + 1, (w - size) / stride + 1)
                 }
+                Layer::Rnn { units, per_step, .. } | Layer::Lstm { units, per_step } => {
+                    if let Layer::Rnn { activation, .. } = *layer
+                        && !matches!(activation, Activation::Tanh | Activation::Relu)
+                    {
+                        return Err(SpecError(format!("{}: an rnn layer's activation is tanh or relu", name())));
+                    }
+                    if units == 0 {
+                        return Err(SpecError(format!("{}: a layer needs at least 1 unit", name())));
+                    }
+                    if shape.channels != 1 {
+                        return Err(SpecError(format!(
+                            "{}: a recurrent layer reads a sequence of 1×T×n (T steps of n features), \
+                             not a {} image: give the input shape as 1xTxN",
+                            name(),
+                            shape.describe()
+                        )));
+                    }
+                    let gates = if matches!(layer, Layer::Lstm { .. }) { 4 } else { 1 };
+                    let Some(row) = shape.width.checked_add(units) else {
+                        return Err(SpecError(format!("{}: {units} units are too many", name())));
+                    };
+                    checked(&[gates, units, row], &name())?;
+                    checked(&[shape.height, gates, units], &name())?;
+                    if per_step { InputShape::sequence(shape.height, units) } else { InputShape::features(units) }
+                }
             };
             out.push(shape);
         }
@@ -216,10 +287,14 @@ impl LayerStack {
                 Layer::Maxout { units, pieces } => w.push((units * pieces, prev.len())),
                 Layer::Conv2d { filters, kernel, .. } => w.push((filters, prev.channels * kernel * kernel)),
                 Layer::MaxPool { .. } | Layer::MeanPool { .. } => {}
+                Layer::Rnn { units, .. } => w.push((units, prev.width + units)),
+                Layer::Lstm { units, .. } => w.push((4 * units, prev.width + units)),
             }
             prev = shape;
         }
-        w.push((outputs, prev.len()));
+        // An output at every step reads one step's units.
+        let last = if self.output_steps() > 1 { prev.width } else { prev.len() };
+        w.push((outputs, last));
         Ok(w)
     }
 
@@ -228,9 +303,47 @@ impl LayerStack {
         self.layers.iter().map(Layer::describe).collect::<Vec<_>>().join(", ")
     }
 
+    /// True when the first layer is recurrent: the input is a sequence (1 × T × n) and the
+    /// stack runs in [`crate::cpu::sequence`].
+    pub fn is_sequence(&self) -> bool {
+        self.layers.first().is_some_and(Layer::is_recurrent)
+    }
+
+    /// How many steps the output layer is applied at: T when the last hidden layer is a
+    /// per-step recurrent layer (an output, label or target row per step), else 1.
+    pub fn output_steps(&self) -> usize {
+        match self.layers.last() {
+            Some(l) if l.is_per_step() => self.input.height,
+            _ => 1,
+        }
+    }
+
     /// True when every layer is dense: such a stack is today's dense network.
     pub fn is_dense(&self) -> bool {
         self.layers.iter().all(|l| matches!(l, Layer::Dense { .. }))
+    }
+}
+
+/// The rules of order around recurrent layers: a recurrent layer reads a sequence (the input or
+/// a per-step recurrent layer), and nothing but the output follows a recurrent layer yet.
+fn sequence_order(prev: &Layer, layer: &Layer, name: &dyn Fn() -> String, i: usize) -> Result<(), SpecError> {
+    match (prev.is_recurrent(), layer.is_recurrent()) {
+        (false, true) => Err(SpecError(format!(
+            "{}: a recurrent layer reads a sequence, but layer {i} ({}) is not recurrent: put rnn/lstm layers first",
+            name(),
+            prev.describe()
+        ))),
+        (true, true) if !prev.is_per_step() => Err(SpecError(format!(
+            "{}: it reads every step of layer {i}, which gives its last step only: write `{} per-step`",
+            name(),
+            prev.describe()
+        ))),
+        (true, false) => Err(SpecError(format!(
+            "{}: layers after a recurrent layer are not supported yet: put the output (e.g. softmax) right after layer {i} ({})",
+            name(),
+            prev.describe()
+        ))),
+        _ => Ok(()),
     }
 }
 
@@ -239,6 +352,13 @@ fn checked(sizes: &[usize], what: &str) -> Result<usize, SpecError> {
         let shown: Vec<String> = sizes.iter().map(|s| s.to_string()).collect();
         SpecError(format!("{what}: {} values are too many (more than 2^31)", shown.join("×")))
     })
+}
+
+/// Marks a recurrent layer as giving every step (nothing for other kinds).
+fn set_per_step(layer: &mut Layer) {
+    if let Layer::Rnn { per_step, .. } | Layer::Lstm { per_step, .. } = layer {
+        *per_step = true;
+    }
 }
 
 /// A parsed `--net` description: hidden layers, then the output (`softmax [N]` or an
@@ -252,9 +372,13 @@ pub struct ParsedNet {
 
 /// Parses the `--net` grammar, layers separated by commas:
 /// `conv FxKxK ACT [stride S] [pad P]`, `maxpool K [stride S]`, `meanpool K [stride S]`
-/// (also `avgpool`), `dense N ACT`, `maxout UxK` (units × pieces), and last the output:
-/// `softmax [N]` or `ACT [N]` (squared error). E.g.
-/// `conv 20x5x5 relu, maxpool 2, conv 50x5x5 relu, maxpool 2, dense 500 relu, softmax`.
+/// (also `avgpool`), `dense N ACT`, `maxout UxK` (units × pieces), `rnn H [tanh|relu]
+/// [per-step]`, `lstm H [per-step]`, and last the output: `softmax [N]` or `ACT [N]` (squared
+/// error), prefixed by `per-step` for an output at every step of the recurrent layer before it
+/// (sequence labelling, language models). E.g.
+/// `conv 20x5x5 relu, maxpool 2, conv 50x5x5 relu, maxpool 2, dense 500 relu, softmax`,
+/// `lstm 128, softmax` (classification from the last step), `lstm 256, per-step softmax`.
+/// A recurrent layer under another one gives it every step without writing `per-step`.
 pub fn parse_net(text: &str) -> Result<ParsedNet, SpecError> {
     let items: Vec<&str> = text.split(',').map(str::trim).collect();
     let (last, hidden) = items.split_last().expect("split gives at least one item");
@@ -326,16 +450,54 @@ pub fn parse_net(text: &str) -> Result<ParsedNet, SpecError> {
                 };
                 Layer::Maxout { units: num(item, u, "units")?, pieces: num(item, k, "pieces")? }
             }
+            "rnn" | "lstm" => {
+                let lstm = kind.eq_ignore_ascii_case("lstm");
+                let usage = if lstm {
+                    "write lstm UNITS [per-step], e.g. lstm 128"
+                } else {
+                    "write rnn UNITS [tanh|relu] [per-step], e.g. rnn 64 tanh"
+                };
+                let Some((units, mut opts)) = rest.split_first() else { return Err(err(item, usage)) };
+                let units = num(item, units, "units")?;
+                let mut activation = Activation::Tanh;
+                if !lstm
+                    && let Some((act, more)) = opts.split_first().filter(|(a, _)| !a.eq_ignore_ascii_case("per-step"))
+                {
+                    activation = Activation::parse(act)?;
+                    opts = more;
+                }
+                let per_step = match opts {
+                    [] => false,
+                    [p] if p.eq_ignore_ascii_case("per-step") => true,
+                    _ => return Err(err(item, usage)),
+                };
+                if lstm { Layer::Lstm { units, per_step } } else { Layer::Rnn { units, activation, per_step } }
+            }
             _ => {
                 return Err(err(
                     item,
-                    "unknown layer: use conv, maxpool, meanpool, dense or maxout (the output, e.g. softmax, comes last)",
+                    "unknown layer: use conv, maxpool, meanpool, dense, maxout, rnn or lstm (the output, e.g. softmax, comes last)",
                 ));
             }
         };
         layers.push(layer);
     }
-    let words: Vec<&str> = last.split_whitespace().collect();
+    // A recurrent layer under another one hands it every step.
+    for i in 1..layers.len() {
+        if layers[i].is_recurrent() {
+            set_per_step(&mut layers[i - 1]);
+        }
+    }
+    let mut words: Vec<&str> = last.split_whitespace().collect();
+    if words.first().is_some_and(|w| w.eq_ignore_ascii_case("per-step")) {
+        words.remove(0);
+        match layers.last_mut() {
+            Some(l) if l.is_recurrent() => set_per_step(l),
+            _ => {
+                return Err(err(last, "an output at every step needs a recurrent layer (rnn or lstm) right before it"));
+            }
+        }
+    }
     let (output, outputs) = match words.as_slice() {
         [name] => (super::Output::parse(name)?, None),
         [name, n] => (super::Output::parse(name)?, Some(num(last, n, "outputs")?)),

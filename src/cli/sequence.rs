@@ -1,0 +1,415 @@
+//! `wgnn train lstm|rnn` on text (`--data text:FILE`): a character-level language model
+//! trained by truncated BPTT over consecutive text ([`wgnn::train::char_model`]), and `eval` of
+//! such a model (bits per character). Thin: parses, calls the library, prints. Sequence
+//! classifiers (MNIST row by row, `.npy` sequences) go through the ordinary `train` path; this
+//! file only builds their data and network.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use anyhow::{Context, bail};
+
+use wgnn::checkpoint::{Checkpoint, Metadata};
+use wgnn::cpu::sequence::Recurrent;
+use wgnn::data::sequence::{SequenceReading, SequenceShape};
+use wgnn::data::text::{self, CharText, Vocabulary};
+use wgnn::data::{DataSource, Dataset};
+use wgnn::model::{InputShape, Layer, LayerStack, NetSpec, Output};
+use wgnn::optim::{Control, UpdateRule};
+use wgnn::train::char_model::{self, HeldOut, Job};
+use wgnn::train::{CHECKPOINT_FILE, METRICS_FILE, MODEL_FILE, RunFolder};
+
+use super::Exit;
+use super::train::{Kind, TrainArgs};
+
+/// The char-LM defaults (issue 16 §5: LSTM 256, T = 64, batch 32, Adam η = 2e-3, clipping at 5).
+pub const TEXT_HIDDEN: usize = 256;
+pub const TEXT_BPTT: usize = 64;
+pub const TEXT_BATCH: usize = 32;
+pub const TEXT_LEARNING_RATE: f64 = 2e-3;
+pub const TEXT_CLIP_NORM: f64 = 5.0;
+pub const TEXT_STEPS: usize = 2000;
+pub const TEXT_HELD_OUT: f64 = 0.1;
+/// Row-MNIST and other sequence classifiers: LSTM 128 (issue 16 §5).
+pub const SEQUENCE_HIDDEN: usize = 128;
+
+/// The file of `--data text:FILE`, if that is what --data says.
+pub fn text_file(data: Option<&str>) -> Option<PathBuf> {
+    let (kind, path) = data?.trim().split_once(':')?;
+    (kind.eq_ignore_ascii_case("text") && !path.is_empty()).then(|| PathBuf::from(path))
+}
+
+/// The recurrent layers `train lstm|rnn` asks for: --net (rnn/lstm layers only, e.g.
+/// "lstm 128, lstm 128"; a trailing output item is allowed and must be softmax), or one layer
+/// per --hidden size of the kind's type (--activation tanh or relu for rnn).
+fn recurrent_layers(args: &TrainArgs, default_hidden: usize) -> anyhow::Result<Vec<Layer>> {
+    if let Some(text) = &args.net {
+        // `--net "lstm 256"` (no output item) reads as the layers alone.
+        let parsed = match wgnn::model::parse_net(&format!("{text}, softmax")) {
+            Ok(p) => p,
+            Err(_) => wgnn::model::parse_net(text).context("--net")?,
+        };
+        if parsed.output != Output::Softmax {
+            bail!("--net ends in {}: a sequence model here ends in softmax", parsed.output.name());
+        }
+        if parsed.layers.is_empty() || !parsed.layers.iter().all(Layer::is_recurrent) {
+            bail!("--net for `train {}`: give rnn/lstm layers only, e.g. \"lstm 128, lstm 128\"", kind_word(args.kind));
+        }
+        return Ok(parsed.layers);
+    }
+    let sizes = args.hidden.clone().unwrap_or(vec![default_hidden]);
+    if sizes.is_empty() || sizes.contains(&0) {
+        bail!("--hidden: a recurrent layer needs at least 1 unit");
+    }
+    let activation = match (args.kind, args.activation.as_deref()) {
+        (Kind::Lstm, Some(a)) => bail!("--activation {a}: an lstm's gates are fixed (σ and tanh); it goes with rnn"),
+        (_, a) => wgnn::model::Activation::parse(a.unwrap_or("tanh"))?,
+    };
+    let per_step_below = sizes.len() - 1;
+    Ok(sizes
+        .iter()
+        .enumerate()
+        .map(|(i, &units)| {
+            let per_step = i < per_step_below;
+            match args.kind {
+                Kind::Rnn => Layer::Rnn { units, activation, per_step },
+                _ => Layer::Lstm { units, per_step },
+            }
+        })
+        .collect())
+}
+
+fn kind_word(kind: Kind) -> &'static str {
+    if kind == Kind::Rnn { "rnn" } else { "lstm" }
+}
+
+/// Sequences for `train lstm|rnn` from `--data` other than text: MNIST (or any images) with
+/// `--sequence rows`, or a `.npy` of m × T × n with --labels (one per sequence). Returns the
+/// data (x as m × (T·n)) and its shape.
+pub fn load_sequences(args: &TrainArgs) -> anyhow::Result<(DataSource, Dataset, SequenceShape)> {
+    if let Some(flag) = text_only_flag(args) {
+        bail!(
+            "{flag} goes with a character model (--data text:FILE); sequence classifiers train by epochs (--iterations)"
+        );
+    }
+    let reading = args.data.sequence.as_deref().map(str::parse::<SequenceReading>).transpose().context("--sequence")?;
+    let source: DataSource = args
+        .data
+        .data
+        .as_deref()
+        .context("a sequence model needs --data: text:FILE, mnist:DIR --sequence rows, or npy:FILE (m × T × n)")?
+        .parse()
+        .context("--data")?;
+    match (&source, reading) {
+        (DataSource::Npy(path), None) => {
+            if args.data.targets.is_some() {
+                bail!("--targets (per-step targets) are not trained from the CLI yet: give --labels, one per sequence");
+            }
+            let mut seq = wgnn::data::sequence::load_npy_sequences(path, args.data.labels.as_deref(), None)
+                .with_context(|| format!("loading --data {source}"))?;
+            if let Some(n) = args.data.limit {
+                seq.data = seq.data.take(n);
+            }
+            Ok((source, seq.data, seq.shape))
+        }
+        (DataSource::Npy(_), Some(_)) => {
+            bail!("--sequence rows reads images row by row: a .npy of sequences is already m × T × n; leave it out")
+        }
+        (_, Some(SequenceReading::Rows)) => {
+            let (source, data) = args.data.load(args.seed)?;
+            let seq = wgnn::data::sequence::mnist_rows(data)?;
+            Ok((source, seq.data, seq.shape))
+        }
+        (_, None) => bail!(
+            "`train {}` reads sequences: give --data text:FILE, mnist:DIR with --sequence rows, or npy:FILE of shape m × T × n",
+            kind_word(args.kind)
+        ),
+    }
+}
+
+/// The first flag given that only a character model takes, if any.
+pub fn text_only_flag(args: &TrainArgs) -> Option<&'static str> {
+    [
+        ("--bptt", args.bptt.is_some()),
+        ("--clip-norm", args.clip_norm.is_some()),
+        ("--steps", args.steps.is_some()),
+        ("--eval-every", args.eval_every.is_some()),
+        ("--held-out", args.held_out.is_some()),
+    ]
+    .into_iter()
+    .find_map(|(flag, given)| given.then_some(flag))
+}
+
+/// The sequence classifier for `train lstm|rnn` on `shape` sequences of `classes` classes:
+/// the recurrent layers, then a softmax at the last step.
+pub fn classifier_spec(args: &TrainArgs, shape: SequenceShape, classes: usize) -> anyhow::Result<NetSpec> {
+    let mut layers = recurrent_layers(args, SEQUENCE_HIDDEN)?;
+    if let Some(Layer::Rnn { per_step, .. } | Layer::Lstm { per_step, .. }) = layers.last_mut() {
+        *per_step = false;
+    }
+    let stack = LayerStack { input: InputShape::sequence(shape.steps, shape.features), layers };
+    Ok(NetSpec::stack(stack, classes, Output::Softmax)?.with_weight_decay(args.weight_decay.unwrap_or(0.0))?)
+}
+
+/// Flags of other kinds that mean nothing for a character model, refused by name.
+fn check_text_flags(args: &TrainArgs) -> anyhow::Result<()> {
+    let ignored = [
+        ("--iterations", args.iterations.is_some(), "give --steps (minibatch updates) instead"),
+        ("--validation", args.validation != 0.0, "the held-out text is the last --held-out fraction"),
+        ("--test-data", args.test_data.is_some(), "use `wgnn eval --model RUN --data text:FILE`"),
+        ("--test-fraction", args.test_fraction.is_some(), "the held-out text is the last --held-out fraction"),
+        ("--whiten", args.whiten.is_some(), "characters are one-hot"),
+        ("--features-from", args.features_from.is_some(), "characters are one-hot"),
+        ("--sequence", args.data.sequence.is_some(), "text is read as characters"),
+        ("--resume", args.resume.is_some(), "character models cannot be resumed yet: train again"),
+        ("--checkpoint-every", args.checkpoint_every.is_some(), "character models save at the end"),
+        ("--init", args.init != "uniform", "character models start from the uniform initialisation"),
+    ];
+    if let Some((flag, _, why)) = ignored.iter().find(|(_, given, _)| *given) {
+        bail!("{flag} does not go with a character model (--data text:FILE): {why}");
+    }
+    if let Some(choice) = args.optimizer
+        && !matches!(choice, super::train::OptimizerChoice::Adam | super::train::OptimizerChoice::Sgd)
+    {
+        bail!("a character model trains by minibatches over consecutive text: use --optimizer adam or sgd");
+    }
+    if let Some(f) = args.held_out
+        && !(0.0..1.0).contains(&f)
+    {
+        bail!("--held-out {f}: the held-out fraction must lie in [0, 1) (0: hold nothing out)");
+    }
+    if let Some(tau) = args.clip_norm
+        && !(tau.is_finite() && tau >= 0.0)
+    {
+        bail!("--clip-norm {tau}: give a finite norm > 0, or 0 to turn clipping off");
+    }
+    if args.bptt == Some(0) || args.steps == Some(0) || args.batch_size == Some(0) {
+        bail!("--bptt, --steps and --batch-size must each be at least 1");
+    }
+    if matches!(args.backend.backend, super::BackendChoice::Gpu) {
+        bail!("character models run on the CPU backend for now: leave out --backend gpu");
+    }
+    Ok(())
+}
+
+/// `train lstm|rnn --data text:FILE`: the character-level language model.
+pub fn train_text(args: &TrainArgs, path: &Path, folder: RunFolder, interrupt: &AtomicBool) -> anyhow::Result<()> {
+    let say = |s: String| {
+        if !args.quiet {
+            eprintln!("{s}");
+        }
+    };
+    check_text_flags(args)?;
+    let out_dir = folder.path().to_path_buf();
+    let held_fraction = args.held_out.unwrap_or(TEXT_HELD_OUT);
+    let corpus =
+        CharText::load(path, held_fraction).with_context(|| format!("loading --data text:{}", path.display()))?;
+    let steps = args.bptt.unwrap_or(TEXT_BPTT);
+    let vocab = corpus.vocabulary.len();
+    let spec = char_model::spec(vocab, steps, recurrent_layers(args, TEXT_HIDDEN)?)?
+        .with_weight_decay(args.weight_decay.unwrap_or(0.0))?;
+    let net = Recurrent::new(spec.clone())?;
+    let params = wgnn::model::ThetaLayout::new(&spec).len();
+    let rule = match args.optimizer {
+        Some(super::train::OptimizerChoice::Sgd) => {
+            let momentum = args.momentum.unwrap_or(0.9);
+            if momentum == 0.0 {
+                UpdateRule::Plain
+            } else {
+                UpdateRule::Momentum { momentum, nesterov: args.nesterov.unwrap_or(true) }
+            }
+        }
+        _ => {
+            let UpdateRule::Adam { beta1, beta2, epsilon } = UpdateRule::ADAM else { unreachable!() };
+            UpdateRule::Adam {
+                beta1: args.beta1.unwrap_or(beta1),
+                beta2: args.beta2.unwrap_or(beta2),
+                epsilon: args.adam_epsilon.unwrap_or(epsilon),
+            }
+        }
+    };
+    let clip = args.clip_norm.unwrap_or(TEXT_CLIP_NORM);
+    let job = Job {
+        batch: args.batch_size.unwrap_or(TEXT_BATCH),
+        rule,
+        learning_rate: args.learning_rate.unwrap_or(TEXT_LEARNING_RATE),
+        clip_norm: (clip > 0.0).then_some(clip),
+        steps: args.steps.unwrap_or(TEXT_STEPS),
+        eval_every: args.eval_every.unwrap_or(500),
+    };
+    // Checked now, before the weights are drawn or anything written.
+    let streams = text::StreamBatches::new(corpus.train.len(), job.batch, steps)?;
+    if !corpus.validation.is_empty() {
+        text::check_window(corpus.validation.len(), steps, "the held-out text")?;
+    }
+    let f64_path = matches!(args.backend.precision, Some(super::Precision::F64));
+    // Every check has passed: from here on the lines are progress, not errors.
+    say(format!("data     {}", corpus.description));
+    say(format!("network  {} ({params} parameters), windows of {steps} characters", spec.describe()));
+    say(format!("backend  cpu {} (recurrent networks run on the CPU)", if f64_path { "f64" } else { "f32" }));
+    say(format!(
+        "training {} η = {} for {} updates of {} streams × {steps} characters ({} updates per pass), clipping {}",
+        rule.name(),
+        job.learning_rate,
+        job.steps,
+        job.batch,
+        streams.len(),
+        job.clip_norm.map_or("off".to_string(), |t| format!("at norm {t}"))
+    ));
+    let unigram = (!corpus.validation.is_empty()).then(|| text::unigram_entropy_bits(&corpus.validation));
+    let mut theta = wgnn::model::Init::Uniform.theta(&spec, args.seed);
+    let started = std::time::Instant::now();
+    let mut history = Vec::new();
+    let mut on_step = |s: &char_model::Step| {
+        let seconds = started.elapsed().as_secs_f64();
+        if let Some(h) = s.held_out {
+            history.push(serde_json::json!({
+                "step": s.step, "train_bits_per_character": s.train_bits,
+                "held_out_bits_per_character": h.bits_per_character, "seconds": seconds,
+            }));
+            say(format!(
+                "step {:>6}  train {:.4} bits/char  held-out {:.4} bits/char  ({seconds:.1} s)",
+                s.step, s.train_bits, h.bits_per_character
+            ));
+        } else if s.step == 1 || s.step.is_multiple_of(100) {
+            say(format!("step {:>6}  train {:.4} bits/char  ({seconds:.1} s)", s.step, s.train_bits));
+        }
+        if interrupt.load(Ordering::SeqCst) { Control::Stop } else { Control::Continue }
+    };
+    let result = if f64_path {
+        char_model::train::<f64>(&net, &mut theta, &corpus.train, &corpus.validation, &job, &mut on_step)
+    } else {
+        char_model::train::<f32>(&net, &mut theta, &corpus.train, &corpus.validation, &job, &mut on_step)
+    };
+    let seconds = started.elapsed().as_secs_f64();
+    let preprocessing = serde_json::json!({
+        "source": format!("text:{}", std::path::absolute(path).unwrap_or(path.to_path_buf()).display()),
+        text::VOCABULARY_KEY: corpus.vocabulary.to_json(),
+        "held_out": held_fraction,
+        "bptt": steps,
+    });
+    let mut metadata = Metadata {
+        wgnn_version: env!("CARGO_PKG_VERSION").into(),
+        seed: Some(args.seed),
+        preprocessing,
+        command: serde_json::to_value(super::train::stored_form(args))?,
+        ..Default::default()
+    };
+    let (done, held) = match result {
+        Ok(r) => r,
+        Err(e) => {
+            metadata.extra.insert("error".into(), e.to_string().into());
+            Checkpoint::new(spec, theta, metadata)?.save(&out_dir.join(CHECKPOINT_FILE))?;
+            write_metrics(&out_dir, "diverged", &history, None, seconds, 0)?;
+            return Err(Exit::diverged(format!("{e}; θ kept in {}", out_dir.join(CHECKPOINT_FILE).display())).into());
+        }
+    };
+    let finished = done == job.steps;
+    if let Some(h) = held {
+        metadata.extra.insert("held_out_bits_per_character".into(), h.bits_per_character.into());
+    }
+    metadata.extra.insert("updates".into(), done.into());
+    let file = if finished { MODEL_FILE } else { CHECKPOINT_FILE };
+    Checkpoint::new(spec, theta, metadata)?.save(&out_dir.join(file))?;
+    write_metrics(&out_dir, if finished { "finished" } else { "interrupted" }, &history, held, seconds, done)?;
+    if !finished {
+        return Err(Exit::interrupted(format!(
+            "interrupted after {done} of {} updates; θ saved in {} (character models cannot be resumed yet)",
+            job.steps,
+            out_dir.join(CHECKPOINT_FILE).display()
+        ))
+        .into());
+    }
+    // Results on stdout, progress on stderr, as the other kinds.
+    if !args.quiet {
+        println!("{done} updates in {seconds:.1} s ({:.1} ms per update)", 1000.0 * seconds / done.max(1) as f64);
+        if let (Some(h), Some(u)) = (held, unigram) {
+            println!("unigram  {u:.4} bits per character on the held-out text (character frequencies alone)");
+            println!("{}", held_out_line(&h, steps));
+        }
+        println!("model    {}", out_dir.join(MODEL_FILE).display());
+    }
+    Ok(())
+}
+
+/// The line that reports held-out bits per character, saying how they were measured.
+fn held_out_line(h: &HeldOut, steps: usize) -> String {
+    format!(
+        "held-out bits per character {:.4} ({} consecutive windows of {steps} characters, each from a zero state; \
+         {} characters scored, the last {} left out)",
+        h.bits_per_character, h.windows, h.scored, h.left_out
+    )
+}
+
+fn write_metrics(
+    dir: &Path,
+    status: &str,
+    history: &[serde_json::Value],
+    held: Option<HeldOut>,
+    seconds: f64,
+    updates: usize,
+) -> anyhow::Result<()> {
+    let metrics = serde_json::json!({
+        "status": status,
+        "updates": updates,
+        "seconds": seconds,
+        "held_out_bits_per_character": held.map(|h| h.bits_per_character),
+        "history": history,
+    });
+    wgnn::atomic::write_bytes(&dir.join(METRICS_FILE), serde_json::to_string_pretty(&metrics)?.as_bytes())?;
+    Ok(())
+}
+
+/// The vocabulary of a character model, or `None` for any other model.
+pub fn vocabulary_of(ck: &Checkpoint) -> anyhow::Result<Option<Vocabulary>> {
+    Ok(Vocabulary::from_preprocessing(&ck.metadata.preprocessing)?)
+}
+
+/// `eval --model RUN --data text:FILE` of a character model: bits per character on the last
+/// `fraction` of FILE (default: the fraction the model held out in training; the whole file
+/// when that was 0), in consecutive windows of the model's T from a zero state each.
+pub fn eval_text(
+    ck: &Checkpoint,
+    vocabulary: &Vocabulary,
+    data: Option<&str>,
+    fraction: Option<f64>,
+    json: bool,
+) -> anyhow::Result<()> {
+    let Some(path) = text_file(data) else {
+        bail!("this is a character model: give --data text:FILE to score its bits per character");
+    };
+    let net = Recurrent::new(ck.spec.clone())?;
+    let text = text::read_text(&path)?;
+    let stored = ck.metadata.preprocessing.get("held_out").and_then(serde_json::Value::as_f64).unwrap_or(0.0);
+    let fraction = fraction.unwrap_or(stored);
+    if !(0.0..1.0).contains(&fraction) {
+        bail!("--test-fraction {fraction}: the held-out fraction must lie in [0, 1) (0: the whole file)");
+    }
+    let n = text.chars().count();
+    let skip = n - (n as f64 * fraction).round() as usize;
+    let part: String = if fraction > 0.0 { text.chars().skip(skip).collect() } else { text };
+    let what = if fraction > 0.0 {
+        format!("the last {} of {} ({} characters)", fraction, path.display(), n - skip)
+    } else {
+        format!("{} ({n} characters)", path.display())
+    };
+    let ids = vocabulary.encode(&part, &what)?;
+    let theta: Vec<f32> = ck.theta.iter().map(|&v| v as f32).collect();
+    let h = char_model::bits_per_character(&net, &theta, &ids)?;
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "network": ck.spec.describe(), "data": what, "bits_per_character": h.bits_per_character,
+                "windows": h.windows, "window": net.steps(), "scored": h.scored, "left_out": h.left_out,
+                "zero_state_per_window": true,
+            })
+        );
+    } else {
+        println!("network  {}", ck.spec.describe());
+        println!("data     {what}");
+        println!("{}", held_out_line(&h, net.steps()));
+        println!("bits per character {:.6}", h.bits_per_character);
+    }
+    Ok(())
+}

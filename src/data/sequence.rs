@@ -1,0 +1,261 @@
+//! Sequence data for recurrent networks (MATH.md, "Layers beyond dense": a batch of sequences
+//! is m × T × n): m sequences of T steps of n features, kept as the m × (T·n) row-major matrix
+//! whose row i holds step t's n features at columns t·n … t·n + n − 1 (NumPy's
+//! `x.reshape(m, T * n)`), so a [`Dataset`] carries them unchanged.
+//!
+//! - `.npy` of shape m × T × n ([`load_npy_sequences`]) with one class label per sequence
+//!   (`--labels`, a vector of m) or real targets per step (`--targets`, m × T × k, kept as
+//!   m × (T·k) the same way).
+//! - MNIST read row by row ([`mnist_rows`], `--data mnist:DIR --sequence rows`): each 28×28
+//!   image is 28 steps of 28 pixels, which is its row-major pixel order already.
+//! - Text as characters lives in [`super::text`].
+//!
+//! Refused in one line each: a 2-D (or 1-D, 4-D) array where m × T × n is needed, an array of
+//! Python objects (NumPy's way of holding ragged sequences), targets whose m or T differ from
+//! the data's, an empty axis, non-finite values. Sizes come from the `.npy` header, which
+//! [`crate::npy`] checks against the file's length before anything is allocated.
+//!
+//! This module reads and checks data; it knows nothing of networks, backends or the CLI.
+
+use std::fmt;
+use std::path::Path;
+use std::str::FromStr;
+
+use ndarray::{ArrayD, Dimension, Ix3};
+
+use super::Dataset;
+use crate::{Error, Result};
+
+/// The shape of one sequence: T steps of n features.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SequenceShape {
+    /// T, the number of steps.
+    pub steps: usize,
+    /// n, the features at each step.
+    pub features: usize,
+}
+
+impl SequenceShape {
+    /// T·n, the values of one sequence (the columns of its row).
+    pub fn len(&self) -> usize {
+        self.steps.saturating_mul(self.features)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// "T×n", as messages show it.
+    pub fn describe(&self) -> String {
+        format!("{}×{}", self.steps, self.features)
+    }
+}
+
+/// Sequences ready for a recurrent network: `data.x` is m × (T·n) as the module header says;
+/// `data.labels` holds one class per sequence, `data.targets` (m × (T·k)) k values per step.
+#[derive(Clone, Debug)]
+pub struct Sequences {
+    pub data: Dataset,
+    pub shape: SequenceShape,
+    /// k, the targets per step, when `data.targets` holds per-step targets.
+    pub targets_per_step: Option<usize>,
+}
+
+/// How to read an image data set as sequences (`--sequence`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SequenceReading {
+    /// One step per pixel row: an h × w image is h steps of w pixels.
+    Rows,
+}
+
+impl FromStr for SequenceReading {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<SequenceReading> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "rows" => Ok(SequenceReading::Rows),
+            _ => Err(Error::Data(format!(
+                "unknown sequence reading `{s}`: use rows (each image row is one step, e.g. MNIST's 28 steps of 28 pixels)"
+            ))),
+        }
+    }
+}
+
+impl fmt::Display for SequenceReading {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("rows")
+    }
+}
+
+/// Images read row by row: each example of `data` (an image of h × w, `data.image_shape`)
+/// becomes h steps of w values. The matrix is unchanged (row-major pixels are already step
+/// after step); refused for data without an image shape.
+pub fn mnist_rows(data: Dataset) -> Result<Sequences> {
+    let Some((height, width)) = data.image_shape else {
+        return Err(Error::Data(format!(
+            "--sequence rows reads images row by row, but {} holds no images: give mnist:DIR, or npy:FILE of shape \
+             examples × steps × features",
+            data.description
+        )));
+    };
+    if height * width != data.num_features() {
+        return Err(Error::Shape(format!(
+            "the images are {height}×{width} but the examples hold {} values: they cannot be read row by row",
+            data.num_features()
+        )));
+    }
+    let shape = SequenceShape { steps: height, features: width };
+    let description = format!("{}, read row by row: {} steps of {} pixels", data.description, height, width);
+    Ok(Sequences { data: Dataset { description, image_shape: None, ..data }, shape, targets_per_step: None })
+}
+
+/// Python's spelling of a shape: `(20, 4)`, `(7,)`.
+fn shape_text(shape: &[usize]) -> String {
+    match shape {
+        [n] => format!("({n},)"),
+        _ => format!("({})", shape.iter().map(|n| n.to_string()).collect::<Vec<_>>().join(", ")),
+    }
+}
+
+/// A float `.npy` of three axes, as f64, or one line saying why not. `what` names the array in
+/// the advice (`sequences`, `targets`) and `last` its last axis (`features`, `targets`).
+fn read_3d(path: &Path, what: &str, last: &str) -> Result<ndarray::Array3<f64>> {
+    let a: ArrayD<f64> = crate::npy::read_f64_dyn(path).map_err(|e| match e {
+        // NumPy saves a list of sequences of different lengths as an array of objects.
+        Error::File { message, .. } if message.contains("dtype |O") || message.contains("dtype '|O'") => Error::file(
+            path,
+            format!(
+                "holds Python objects, as NumPy saves ragged sequences (of different lengths): pad or cut every \
+                 sequence to the same T steps and save a float array of shape (examples, T, {last})"
+            ),
+        ),
+        other => other,
+    })?;
+    let shape = a.shape().to_vec();
+    if shape.len() != 3 {
+        let advice = match shape.as_slice() {
+            [m, t] => format!(
+                "; for one {} per step save it as shape ({m}, {t}, 1) (x.reshape({m}, {t}, 1))",
+                last.trim_end_matches('s')
+            ),
+            _ => String::new(),
+        };
+        return Err(Error::file(
+            path,
+            format!(
+                "has shape {} ({} axes), but {what} need 3: (examples, steps, {last}){advice}",
+                shape_text(&shape),
+                shape.len()
+            ),
+        ));
+    }
+    if shape.contains(&0) {
+        return Err(Error::file(
+            path,
+            format!("has shape {}: an axis of length 0 holds no {what}", shape_text(&shape)),
+        ));
+    }
+    if let Some((at, v)) = a.indexed_iter().find(|(_, v)| !v.is_finite()) {
+        return Err(Error::file(
+            path,
+            format!(
+                "value {v} at [{}]: every value must be a finite number; remove or replace it",
+                at.slice().iter().map(usize::to_string).collect::<Vec<_>>().join(", ")
+            ),
+        ));
+    }
+    if let Some((at, v)) = a.indexed_iter().find(|(_, v)| v.abs() > f64::from(f32::MAX)) {
+        return Err(Error::file(
+            path,
+            format!(
+                "value {v:e} at [{}] is beyond float32's range (±3.4e38), in which wgnn keeps its data; rescale it",
+                at.slice().iter().map(usize::to_string).collect::<Vec<_>>().join(", ")
+            ),
+        ));
+    }
+    Ok(a.into_dimensionality::<Ix3>().expect("checked 3 axes"))
+}
+
+/// m × T × n sequences from a float `.npy` (float32 or float64), with one class label per
+/// sequence from `labels` (a `.npy` vector of m integers, [`crate::npy::read_labels`]) and/or
+/// per-step real targets from `targets` (a float `.npy` of m × T × k). Refused as the module
+/// header says, each in one line naming the file.
+pub fn load_npy_sequences(path: &Path, labels: Option<&Path>, targets: Option<&Path>) -> Result<Sequences> {
+    let a = read_3d(path, "sequences", "features")?;
+    let (m, steps, features) = a.dim();
+    let shape = SequenceShape { steps, features };
+    let labels = match labels {
+        Some(lp) => {
+            let l = crate::npy::read_labels(lp)?;
+            if l.len() != m {
+                return Err(Error::Data(format!(
+                    "{} has {} labels but {} has {m} sequences: give one label per sequence (a vector of {m})",
+                    lp.display(),
+                    l.len(),
+                    path.display()
+                )));
+            }
+            Some(l)
+        }
+        None => None,
+    };
+    let (targets, targets_per_step) = match targets {
+        Some(tp) => {
+            let t = read_3d(tp, "per-step targets", "targets")?;
+            let (tm, tt, k) = t.dim();
+            if (tm, tt) != (m, steps) {
+                return Err(Error::Shape(format!(
+                    "{} holds targets for {tm} sequences of {tt} steps but {} has {m} sequences of {steps} steps: \
+                     give one row of targets per step, shape ({m}, {steps}, k)",
+                    tp.display(),
+                    path.display()
+                )));
+            }
+            let t = t.into_shape_with_order((m, steps * k)).expect("a standard-layout array reshapes");
+            (Some(t.mapv(|v| v as f32)), Some(k))
+        }
+        None => (None, None),
+    };
+    let x =
+        a.into_shape_with_order((m, steps * features)).expect("a standard-layout array reshapes").mapv(|v| v as f32);
+    let description = format!(
+        "{}: {m} sequences of {steps} steps of {features} values{}{}",
+        path.display(),
+        if labels.is_some() { ", with labels" } else { "" },
+        targets_per_step.map_or_else(String::new, |k| format!(", {k} targets per step"))
+    );
+    Ok(Sequences { data: Dataset { x, labels, targets, description, image_shape: None }, shape, targets_per_step })
+}
+
+/// True when `path` is a `.npy` file whose header declares three axes (m × T × n): how
+/// commands that read any `npy:` data tell sequences from a matrix before reading them. Reads
+/// at most the first 64 KiB; anything unreadable is `false` (the matrix reader then says what
+/// is wrong with the file).
+pub fn is_sequence_npy(path: &Path) -> bool {
+    use std::io::Read;
+    let mut head = Vec::new();
+    let Ok(file) = std::fs::File::open(path) else { return false };
+    if file.take(1 << 16).read_to_end(&mut head).is_err() || head.len() < 10 || &head[..6] != b"\x93NUMPY" {
+        return false;
+    }
+    let (len_bytes, at): (usize, usize) = if head[6] == 1 { (2, 10) } else { (4, 12) };
+    let Some(field) = head.get(8..8 + len_bytes) else { return false };
+    let header_len = field.iter().rev().fold(0usize, |n, &b| (n << 8) | usize::from(b));
+    let Some(header) = head.get(at..at.saturating_add(header_len)) else { return false };
+    let header = String::from_utf8_lossy(header);
+    let Some(shape) = header.split("'shape':").nth(1).and_then(|r| r.split(')').next()) else { return false };
+    shape.trim().trim_start_matches('(').split(',').filter(|d| !d.trim().is_empty()).count() == 3
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reading_parses() {
+        assert_eq!("Rows".parse::<SequenceReading>().unwrap(), SequenceReading::Rows);
+        assert!("columns".parse::<SequenceReading>().is_err());
+        let s = SequenceShape { steps: 28, features: 28 };
+        assert_eq!((s.len(), s.describe()), (784, "28×28".to_string()));
+    }
+}
