@@ -237,6 +237,14 @@ fn per_step_labels_follow_their_sequences_in_minibatches() {
     // Reordering sequences (with their labels) changes nothing.
     let c = cpu.cost(&p.theta, Batch::Indices(&[5, 4, 3, 2])).unwrap().data;
     assert!((c - b).abs() < 1e-13);
+    // classify gives a class per (sequence, step), in the labels' order.
+    let classes = cpu.classify(&p.theta, (&p.x).into()).unwrap();
+    let out = cpu.predict(&p.theta, (&p.x).into()).unwrap();
+    assert_eq!(classes.len(), 6 * 4);
+    for (i, &c) in classes.iter().enumerate() {
+        let step = out.slice(s![i / 4, (i % 4) * 3..(i % 4 + 1) * 3]);
+        assert!(step.iter().all(|&v| v <= step[c]), "class of sequence {}, step {}", i / 4, i % 4);
+    }
     // Labels must be T per sequence.
     let err = cpu.set_data((&p.x).into(), Targets::Labels(&p.labels[..6])).unwrap_err().to_string();
     assert!(err.contains("6 labels for 6 sequences: give 4 per sequence"), "{err}");
