@@ -225,11 +225,14 @@ impl Lstm {
         let b = b.as_standard_layout();
         let b = b.as_slice().expect("a standard-layout vector");
         let avx2 = has_avx2();
+        // W_hhᵀ copied once, row-major: the per-step products then read it as it is, where the
+        // transposed view was packed again at every step (a fifth of a char-LSTM step).
+        let w_hh_t = w_hh.t().as_standard_layout().into_owned();
         for t in 0..steps {
             let rows = t * m..(t + 1) * m;
             let mut z = gates.slice_mut(s![rows.clone(), ..]);
             let (h_prev, mut h_next) = hidden.view_mut().split_at(Axis(0), (t + 1) * m);
-            gemm(F::one(), &h_prev.slice(s![t * m.., ..]), &w_hh.t(), F::one(), &mut z);
+            gemm(F::one(), &h_prev.slice(s![t * m.., ..]), &w_hh_t.view(), F::one(), &mut z);
             let (c_prev, mut c_next) = cells.view_mut().split_at(Axis(0), (t + 1) * m);
             let c_prev = c_prev.slice(s![t * m.., ..]);
             let (mut c_t, mut h_t) = (c_next.slice_mut(s![..m, ..]), h_next.slice_mut(s![..m, ..]));
