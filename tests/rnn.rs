@@ -505,3 +505,41 @@ fn an_lstm_learns_to_remember_the_first_step() {
     eprintln!("held-out accuracy {accuracy:.3} after {t} steps ({clipped} clipped)");
     assert!(accuracy > 0.95, "held-out accuracy {accuracy} (chance is 0.5)");
 }
+
+/// The binary, with its output and exit code.
+fn wgnn(args: &[&str]) -> (bool, String, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_wgnn")).args(args).output().unwrap();
+    (out.status.success(), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
+}
+
+/// `wgnn gradcheck --net` takes recurrent networks (per-step labels made for it) and refuses
+/// impossible ones in one line, exit 1, no panic.
+#[test]
+fn cli_gradcheck_takes_recurrent_nets_and_refuses_impossible_ones_in_one_line() {
+    for net in ["lstm 4, lstm 3, per-step softmax 5", "rnn 4 relu, softmax 3", "rnn 3 tanh, per-step tanh 2"] {
+        let (ok, stdout, stderr) = wgnn(&["gradcheck", "--net", net, "--input-shape", "1x6x3", "--examples", "4"]);
+        assert!(ok, "{net}: {stderr}");
+        assert!(stderr.contains("note: rnn/lstm layers run on the CPU backend"), "{stderr}");
+        let last = stdout.lines().last().unwrap();
+        let d: f64 = last.strip_prefix("relative difference ").unwrap().parse().unwrap();
+        assert!(d < 1e-8, "{net}: {last}");
+    }
+    for (net, shape, needle) in [
+        ("dense 4 relu, lstm 3, softmax 5", "1x6x3", "put rnn/lstm layers first"),
+        ("lstm 4, softmax 5", "3x6x3", "not a 3×6×3 image: give the input shape as 1xTxN"),
+        ("lstm 4, gru 3, softmax 5", "1x6x3", "unknown layer"),
+        (
+            "lstm 4, softmax 5",
+            "1x6x3 --backend gpu",
+            "rnn/lstm layers run on the CPU backend for now: use --backend cpu",
+        ),
+    ] {
+        let mut args = vec!["gradcheck", "--net", net, "--input-shape"];
+        args.extend(shape.split(' '));
+        let (ok, _, stderr) = wgnn(&args);
+        assert!(!ok && !stderr.contains("panicked"), "{net}: {stderr}");
+        let errors: Vec<&str> = stderr.lines().filter(|l| !l.starts_with("note: ")).collect();
+        assert_eq!(errors.len(), 1, "one line: {stderr}");
+        assert!(errors[0].contains(needle), "`{}` should say `{needle}`", errors[0]);
+    }
+}

@@ -386,7 +386,9 @@ impl BackendArgs {
             BackendChoice::Cpu => Ok((cpu(spec)?, None)),
             BackendChoice::Gpu => Ok((Box::new(wgnn::GpuBackend::new(spec, &self.gpu_options())?), None)),
             BackendChoice::Auto if wgnn::GpuBackend::supports(&spec).is_err() => {
-                Ok((cpu(spec)?, Some("conv2d/pool/maxout layers run on the CPU backend for now: using the CPU".into())))
+                let kinds =
+                    if spec.net.as_ref().is_some_and(|s| s.is_sequence()) { "rnn/lstm" } else { "conv2d/pool/maxout" };
+                Ok((cpu(spec)?, Some(format!("{kinds} layers run on the CPU backend for now: using the CPU"))))
             }
             BackendChoice::Auto => match wgnn::gpu::choose_adapter(&self.gpu_options()) {
                 Ok(adapter) if wgnn::gpu::is_real_gpu(&adapter.get_info()) => {

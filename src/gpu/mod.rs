@@ -228,7 +228,8 @@ impl GpuBackend {
     pub fn supports(spec: &NetSpec) -> Result<()> {
         match &spec.net {
             Some(stack) => Err(Error::Gpu(format!(
-                "conv2d/pool/maxout layers run on the CPU backend for now: use --backend cpu (the network: {})",
+                "{} layers run on the CPU backend for now: use --backend cpu (the network: {})",
+                if stack.is_sequence() { "rnn/lstm" } else { "conv2d/pool/maxout" },
                 stack.describe()
             ))),
             None => Ok(()),
