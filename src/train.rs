@@ -1020,7 +1020,9 @@ fn draw_pictures(
 ) -> Result<Vec<PathBuf>> {
     let (image_shape, dir) = (job.image_shape, &job.out_dir);
     let square = image_shape.is_some_and(|(h, w)| h == w) || viz::square_side(spec.inputs()).is_ok();
-    if !square || spec.layers.len() < 3 {
+    // A recurrent layer's weight block (W_ih then W_hh) is no picture of the input.
+    let recurrent = spec.net.as_ref().is_some_and(|s| s.is_sequence());
+    if !square || spec.layers.len() < 3 || recurrent {
         return Ok(Vec::new());
     }
     let layout = ThetaLayout::new(spec);

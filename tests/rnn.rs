@@ -552,3 +552,45 @@ fn cli_gradcheck_takes_recurrent_nets_and_refuses_impossible_ones_in_one_line() 
         assert!(errors[0].contains(needle), "`{}` should say `{needle}`", errors[0]);
     }
 }
+
+/// `wgnn train cnn` trains an LSTM on MNIST read row by row (1×28×28 = 28 steps of 28 pixels)
+/// and finishes cleanly (no filter picture of a recurrent weight block).
+#[test]
+fn cli_trains_an_lstm_on_mnist_rows() {
+    let dir = std::env::var("WGNN_DATA_DIR").unwrap_or_else(|_| "../shared/data".into());
+    let mnist = std::path::Path::new(&dir).join("mnist");
+    if !mnist.exists() {
+        eprintln!("skipped: no MNIST at {} (set WGNN_DATA_DIR)", mnist.display());
+        return;
+    }
+    let out = std::env::temp_dir().join(format!("wgnn-rnn-cli-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&out);
+    let (data, out_s) = (format!("mnist:{}", mnist.display()), out.display().to_string());
+    let args = [
+        "train",
+        "cnn",
+        "--data",
+        &data,
+        "--limit",
+        "300",
+        "--net",
+        "lstm 8, softmax",
+        "--input-shape",
+        "1x28x28",
+        "--optimizer",
+        "adam",
+        "--iterations",
+        "2",
+        "--batch-size",
+        "50",
+        "--learning-rate",
+        "0.01",
+        "--quiet",
+        "--out",
+        &out_s,
+    ];
+    let (ok, _, stderr) = wgnn(&args);
+    assert!(ok, "{stderr}");
+    assert!(out.join("model.safetensors").exists() && !out.join("filters.png").exists());
+    let _ = std::fs::remove_dir_all(&out);
+}
