@@ -217,10 +217,15 @@ pub trait Backend {
         None
     }
 
-    /// The most probable class of each row (argmax of the output).
+    /// The most probable class of each row (argmax of the output); for a recurrent network with
+    /// an output at every step, of each (row, step), row-major: m·T classes, as its labels.
     fn classify(&mut self, theta: &[f64], x: Inputs<'_>) -> Result<Vec<usize>> {
+        let k = self.spec().outputs();
         let out = self.predict(theta, x)?;
-        Ok(out.axis_iter(Axis(0)).map(|row| argmax(row.iter().copied())).collect())
+        Ok(out
+            .axis_iter(Axis(0))
+            .flat_map(|row| row.exact_chunks(k).into_iter().map(|c| argmax(c.iter().copied())).collect::<Vec<_>>())
+            .collect())
     }
 }
 

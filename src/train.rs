@@ -1028,7 +1028,9 @@ fn draw_pictures(
         });
     }
     let square = image_shape.is_some_and(|(h, w)| h == w) || viz::square_side(spec.inputs()).is_ok();
-    if !square || spec.layers.len() < 3 {
+    // A recurrent layer's weight block (W_ih then W_hh) is no picture of the input.
+    let recurrent = spec.net.as_ref().is_some_and(|s| s.is_sequence());
+    if !square || spec.layers.len() < 3 || recurrent {
         return Ok(Vec::new());
     }
     // A recurrent layer's weights (W_ih beside W_hh, per gate) are no picture of the input.

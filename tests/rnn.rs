@@ -8,9 +8,10 @@
 use ndarray::{Array2, s};
 use rand::{RngExt, SeedableRng, rngs::StdRng};
 use wgnn::cpu::net::TargetView;
-use wgnn::cpu::sequence::{Recurrent, State, clip_by_global_norm};
+use wgnn::cpu::sequence::{Recurrent, State};
 use wgnn::gradcheck::{numerical_gradient, relative_difference};
 use wgnn::model::{InputShape, Layer, LayerStack, NetSpec, Output, ThetaLayout, parse_net};
+use wgnn::optim::clip_by_global_norm;
 use wgnn::{Backend, Batch, CpuBackend, Targets};
 
 /// A recurrent network from the `--net` grammar on sequences of `steps` steps of `n` features.
@@ -237,6 +238,14 @@ fn per_step_labels_follow_their_sequences_in_minibatches() {
     // Reordering sequences (with their labels) changes nothing.
     let c = cpu.cost(&p.theta, Batch::Indices(&[5, 4, 3, 2])).unwrap().data;
     assert!((c - b).abs() < 1e-13);
+    // classify gives a class per (sequence, step), in the labels' order.
+    let classes = cpu.classify(&p.theta, (&p.x).into()).unwrap();
+    let out = cpu.predict(&p.theta, (&p.x).into()).unwrap();
+    assert_eq!(classes.len(), 6 * 4);
+    for (i, &c) in classes.iter().enumerate() {
+        let step = out.slice(s![i / 4, (i % 4) * 3..(i % 4 + 1) * 3]);
+        assert!(step.iter().all(|&v| v <= step[c]), "class of sequence {}, step {}", i / 4, i % 4);
+    }
     // Labels must be T per sequence.
     let err = cpu.set_data((&p.x).into(), Targets::Labels(&p.labels[..6])).unwrap_err().to_string();
     assert!(err.contains("6 labels for 6 sequences: give 4 per sequence"), "{err}");
@@ -315,9 +324,8 @@ fn clipping_by_global_norm_scales_to_tau_and_keeps_direction() {
     let mut big = vec![1e300, 1e300];
     assert!((clip_by_global_norm(&mut big, 1.0).unwrap() / (1e300 * 2f64.sqrt()) - 1.0).abs() < 1e-15);
     assert!((big[0] - 0.5f64.sqrt()).abs() < 1e-15);
-    let mut f = vec![3e30f32, 4e30];
-    assert!((clip_by_global_norm(&mut f, 5.0).unwrap() / 5e30 - 1.0).abs() < 1e-6);
-    assert!((f[0] - 3.0).abs() < 1e-6 && (f[1] - 4.0).abs() < 1e-6, "{f:?}");
+    let mut tiny = vec![3e-310, 4e-310];
+    assert!((clip_by_global_norm(&mut tiny, 1.0).unwrap() / 5e-310 - 1.0).abs() < 1e-9, "no underflow to 0");
     let mut nan = vec![1.0, f64::NAN];
     assert!(clip_by_global_norm(&mut nan, 1.0).unwrap().is_nan());
     for tau in [0.0, -1.0, f64::NAN, f64::INFINITY] {
@@ -462,11 +470,12 @@ fn first_bit_task(m: usize, steps: usize, seed: u64) -> (Array2<f32>, Vec<usize>
     (x, labels)
 }
 
-/// An LSTM learns to remember the first of 12 values (chance: 50%): Adam with clipping by global
-/// norm, minibatches of 32, f32. Only the gradient that flows back through 11 steps of W_hh and
-/// the cell can teach it, so a broken BPTT stays near chance.
+/// An LSTM learns to remember the first of 12 values (chance: 50%): the library's Adam with
+/// clipping by global norm (τ = 1), minibatches of 32, f32. Only the gradient that flows back
+/// through 11 steps of W_hh and the cell can teach it, so a broken BPTT stays near chance.
 #[test]
 fn an_lstm_learns_to_remember_the_first_step() {
+    use wgnn::optim::{BackendObjective, Hooks, Method, Minibatch, Optimizer, Stop};
     let steps = 12;
     let spec = net(steps, 1, "lstm 8, softmax", 2, 0.0);
     let (x, labels) = first_bit_task(512, steps, 1);
@@ -474,26 +483,114 @@ fn an_lstm_learns_to_remember_the_first_step() {
     let mut cpu = CpuBackend::<f32>::new(spec.clone()).unwrap();
     cpu.set_data((&x).into(), Targets::Labels(&labels)).unwrap();
     let mut theta = wgnn::model::Init::Uniform.theta(&spec, 0);
-    let (mut m1, mut m2, mut g) = (vec![0.0; theta.len()], vec![0.0; theta.len()], vec![0.0; theta.len()]);
-    let mut t = 0;
-    let mut clipped = 0;
-    for _epoch in 0..8 {
-        for start in (0..512).step_by(32) {
-            cpu.cost_and_grad(&theta, Batch::Rows(start..start + 32), &mut g).unwrap();
-            if clip_by_global_norm(&mut g, 1.0).unwrap() > 1.0 {
-                clipped += 1;
-            }
-            t += 1;
-            for i in 0..theta.len() {
-                m1[i] = 0.9 * m1[i] + 0.1 * g[i];
-                m2[i] = 0.999 * m2[i] + 0.001 * g[i] * g[i];
-                let (mh, vh) = (m1[i] / (1.0 - 0.9f64.powi(t)), m2[i] / (1.0 - 0.999f64.powi(t)));
-                theta[i] -= 2e-2 * mh / (vh.sqrt() + 1e-8);
-            }
-        }
-    }
+    let method = Method::Minibatch(Minibatch::adam(2e-2).with_batch_size(32).with_clip_norm(1.0).with_seed(5));
+    let stop = Stop { cost_tol: 0.0, ..Stop::MINIBATCH.with_max_iterations(8) };
+    let mut opt = Optimizer::new(method).unwrap();
+    opt.run(&mut BackendObjective::new(&mut cpu), &mut theta, &stop, &mut Hooks::new()).unwrap();
     let predicted = cpu.classify(&theta, (&test_x).into()).unwrap();
     let accuracy = predicted.iter().zip(&test_labels).filter(|(p, l)| p == l).count() as f64 / 500.0;
-    eprintln!("held-out accuracy {accuracy:.3} after {t} steps ({clipped} clipped)");
+    eprintln!("held-out accuracy {accuracy:.3} after 8 epochs of 16 steps");
     assert!(accuracy > 0.95, "held-out accuracy {accuracy} (chance is 0.5)");
+}
+
+/// Clipping inside the minibatch optimizer: with τ tiny every step has length η·(Adam's unit
+/// step) either way, so compare SGD, whose step is η·g: clipped to τ, θ moves by exactly η·τ
+/// per step.
+#[test]
+fn the_minibatch_optimizer_clips_each_gradient_to_tau() {
+    use wgnn::optim::{BackendObjective, Hooks, Method, Minibatch, Optimizer, Stop, UpdateRule};
+    let spec = net(4, 2, "lstm 3, softmax", 2, 0.0);
+    let p = Problem::new(&spec, 8, 3);
+    let mut cpu = CpuBackend::<f64>::new(spec.clone()).unwrap();
+    p.load(&spec, &mut cpu);
+    let (eta, tau) = (0.5, 1e-3);
+    let sgd = Minibatch::sgd(eta).with_rule(UpdateRule::Plain).with_batch_size(8).with_clip_norm(tau);
+    let mut theta = p.theta.clone();
+    let stop = Stop { cost_tol: 0.0, ..Stop::MINIBATCH.with_max_iterations(1) };
+    let mut opt = Optimizer::new(Method::Minibatch(sgd)).unwrap();
+    opt.run(&mut BackendObjective::new(&mut cpu), &mut theta, &stop, &mut Hooks::new()).unwrap();
+    let moved = theta.iter().zip(&p.theta).map(|(a, b)| (a - b).powi(2)).sum::<f64>().sqrt();
+    assert!((moved - eta * tau).abs() < 1e-12, "θ moved {moved}, not η·τ = {}", eta * tau);
+    let err = Optimizer::new(Method::Minibatch(sgd.with_clip_norm(0.0))).map(|_| ()).unwrap_err().to_string();
+    assert!(err.contains("clipping norm τ = 0 must be a finite number > 0"), "{err}");
+}
+
+/// The binary, with its output and exit code.
+fn wgnn(args: &[&str]) -> (bool, String, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_wgnn")).args(args).output().unwrap();
+    (out.status.success(), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
+}
+
+/// `wgnn gradcheck --net` takes recurrent networks (per-step labels made for it) and refuses
+/// impossible ones in one line, exit 1, no panic.
+#[test]
+fn cli_gradcheck_takes_recurrent_nets_and_refuses_impossible_ones_in_one_line() {
+    for net in ["lstm 4, lstm 3, per-step softmax 5", "rnn 4 relu, softmax 3", "rnn 3 tanh, per-step tanh 2"] {
+        let (ok, stdout, stderr) = wgnn(&["gradcheck", "--net", net, "--input-shape", "1x6x3", "--examples", "4"]);
+        assert!(ok, "{net}: {stderr}");
+        assert!(stderr.contains("note: rnn/lstm layers run on the CPU backend"), "{stderr}");
+        let last = stdout.lines().last().unwrap();
+        let d: f64 = last.strip_prefix("relative difference ").unwrap().parse().unwrap();
+        assert!(d < 1e-8, "{net}: {last}");
+    }
+    for (net, shape, needle) in [
+        ("dense 4 relu, lstm 3, softmax 5", "1x6x3", "put rnn/lstm layers first"),
+        ("lstm 4, softmax 5", "3x6x3", "not a 3×6×3 image: give the input shape as 1xTxN"),
+        ("lstm 4, gru 3, softmax 5", "1x6x3", "unknown layer"),
+        (
+            "lstm 4, softmax 5",
+            "1x6x3 --backend gpu",
+            "rnn/lstm layers run on the CPU backend for now: use --backend cpu",
+        ),
+    ] {
+        let mut args = vec!["gradcheck", "--net", net, "--input-shape"];
+        args.extend(shape.split(' '));
+        let (ok, _, stderr) = wgnn(&args);
+        assert!(!ok && !stderr.contains("panicked"), "{net}: {stderr}");
+        let errors: Vec<&str> = stderr.lines().filter(|l| !l.starts_with("note: ")).collect();
+        assert_eq!(errors.len(), 1, "one line: {stderr}");
+        assert!(errors[0].contains(needle), "`{}` should say `{needle}`", errors[0]);
+    }
+}
+
+/// `wgnn train cnn` trains an LSTM on MNIST read row by row (1×28×28 = 28 steps of 28 pixels)
+/// and finishes cleanly (no filter picture of a recurrent weight block).
+#[test]
+fn cli_trains_an_lstm_on_mnist_rows() {
+    let dir = std::env::var("WGNN_DATA_DIR").unwrap_or_else(|_| "../shared/data".into());
+    let mnist = std::path::Path::new(&dir).join("mnist");
+    if !mnist.exists() {
+        eprintln!("skipped: no MNIST at {} (set WGNN_DATA_DIR)", mnist.display());
+        return;
+    }
+    let out = std::env::temp_dir().join(format!("wgnn-rnn-cli-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&out);
+    let (data, out_s) = (format!("mnist:{}", mnist.display()), out.display().to_string());
+    let args = [
+        "train",
+        "cnn",
+        "--data",
+        &data,
+        "--limit",
+        "300",
+        "--net",
+        "lstm 8, softmax",
+        "--input-shape",
+        "1x28x28",
+        "--optimizer",
+        "adam",
+        "--iterations",
+        "2",
+        "--batch-size",
+        "50",
+        "--learning-rate",
+        "0.01",
+        "--quiet",
+        "--out",
+        &out_s,
+    ];
+    let (ok, _, stderr) = wgnn(&args);
+    assert!(ok, "{stderr}");
+    assert!(out.join("model.safetensors").exists() && !out.join("filters.png").exists());
+    let _ = std::fs::remove_dir_all(&out);
 }

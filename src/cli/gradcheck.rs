@@ -53,12 +53,14 @@ pub fn run(args: GradcheckArgs) -> anyhow::Result<()> {
     let theta = Init::Uniform.theta(&spec, args.seed);
     let x = Array2::from_shape_simple_fn((m, spec.inputs()), || rng.random_range(0.0..1.0));
     let (labels, values);
+    // A recurrent network with an output at every step takes a label (or target row) per step.
+    let steps = spec.output_steps();
     let targets = match spec.output {
         Output::Softmax => {
-            labels = (0..m).map(|_| rng.random_range(0..spec.outputs())).collect::<Vec<_>>();
+            labels = (0..m * steps).map(|_| rng.random_range(0..spec.outputs())).collect::<Vec<_>>();
             Targets::Labels(&labels)
         }
-        Output::SquaredError(_) if spec.outputs() == spec.inputs() => Targets::Inputs,
+        Output::SquaredError(_) if spec.outputs() * steps == spec.inputs() => Targets::Inputs,
         Output::SquaredError(act) => {
             // Targets inside the output's range, as MATH.md asks of regression targets.
             let (lo, hi) = match act {
@@ -66,7 +68,7 @@ pub fn run(args: GradcheckArgs) -> anyhow::Result<()> {
                 Activation::Tanh => (-0.95, 0.95),
                 _ => (-1.0, 1.0),
             };
-            values = Array2::from_shape_simple_fn((m, spec.outputs()), || rng.random_range(lo..hi));
+            values = Array2::from_shape_simple_fn((m, spec.outputs() * steps), || rng.random_range(lo..hi));
             Targets::Values((&values).into())
         }
     };

@@ -20,7 +20,8 @@
 //! [`cost_and_grad`] and [`predict`] take each layer's initial state (h_0, and c_0 for an LSTM;
 //! zero when `None`) and return the final one, to pass into the next window: the state is
 //! carried across windows, the gradient is not. [`Recurrent`] bundles the spec for library
-//! users.
+//! users; gradient clipping by global norm for the minibatch optimizers is
+//! [`crate::optim::clip_by_global_norm`] (`Minibatch::with_clip_norm`).
 
 use ndarray::{Array2, ArrayView2, ArrayViewMut1, ArrayViewMut2, Axis, Zip, s};
 
@@ -636,27 +637,4 @@ fn check_x<F: Real>(spec: &NetSpec, x: ArrayView2<F>) -> Result<()> {
         )));
     }
     Ok(())
-}
-
-/// g ← g · min(1, τ/‖g‖₂): gradient clipping by global norm (MATH.md, "Backpropagation
-/// through time"; Pascanu et al. 2013, "On the difficulty of training recurrent neural
-/// networks", §3.2), over the whole gradient of θ. Returns ‖g‖₂ before clipping, in f64, its
-/// sum of squares taken in order after scaling by the largest |gᵢ| (so it neither overflows nor
-/// underflows). τ must be finite and > 0 (else `Error::Data`). A gradient holding a NaN or an
-/// infinity is left as it is and its norm returned as NaN or ∞ (the caller's divergence check
-/// stops on it).
-pub fn clip_by_global_norm<F: Real>(g: &mut [F], tau: f64) -> Result<f64> {
-    if !(tau.is_finite() && tau > 0.0) {
-        return Err(Error::Data(format!("the clipping norm τ = {tau} must be a finite number > 0")));
-    }
-    let largest = g.iter().fold(0.0f64, |a, &v| if v.f64().is_nan() { f64::NAN } else { a.max(v.f64().abs()) });
-    if !largest.is_finite() || largest == 0.0 {
-        return Ok(largest);
-    }
-    let norm = largest * g.iter().map(|&v| (v.f64() / largest).powi(2)).sum::<f64>().sqrt();
-    if norm > tau {
-        let scale = tau / norm;
-        g.iter_mut().for_each(|v| *v = F::of(v.f64() * scale));
-    }
-    Ok(norm)
 }

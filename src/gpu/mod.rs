@@ -225,12 +225,18 @@ impl GpuBackend {
         GpuBackend::on(spec, Gpu::open(options)?)
     }
 
-    /// Whether this backend computes `spec`: every dense network and every layer stack
-    /// (conv2d, max/mean pooling, maxout and dense layers: `layers/`), so nothing is refused
-    /// today. Kept as the one place where a layer kind without GPU kernels would be refused, in
-    /// one line, before an adapter is opened (`--backend auto` then picks the CPU).
-    pub fn supports(_spec: &NetSpec) -> Result<()> {
-        Ok(())
+    /// Whether this backend computes `spec`: every dense network and every layer stack of
+    /// conv2d, max/mean pooling, maxout and dense layers (`layers/`). Recurrent layers (rnn,
+    /// lstm) have no GPU kernels yet: refused in one line before an adapter is opened
+    /// (`--backend auto` then picks the CPU).
+    pub fn supports(spec: &NetSpec) -> Result<()> {
+        match &spec.net {
+            Some(stack) if stack.is_sequence() => Err(Error::Gpu(format!(
+                "rnn/lstm layers run on the CPU backend for now: use --backend cpu (the network: {})",
+                stack.describe()
+            ))),
+            _ => Ok(()),
+        }
     }
 
     pub fn on(spec: NetSpec, gpu: Gpu) -> Result<GpuBackend> {

@@ -67,6 +67,105 @@ impl<F: Real> LstmForward<F> {
     }
 }
 
+/// True where the CPU runs AVX2 (x86-64): the row kernels below are then compiled for it too
+/// (8 f32 lanes instead of SSE2's 4). Both builds do the same IEEE operations in the same order
+/// (no fused multiply-add), so the bits are the same either way (as `cpu::net`'s sweeps).
+fn has_avx2() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    return std::arch::is_x86_feature_detected!("avx2");
+    #[cfg(not(target_arch = "x86_64"))]
+    false
+}
+
+/// The fused gate pass of one example at one step: z = [z_i z_f z_g z_o] (the products, 4h)
+/// becomes the activated gates [i f g o] (with b added), and c = f ⊙ c_prev + i ⊙ g,
+/// tanh c, h = o ⊙ tanh c are written. Straight loops over contiguous slices, to vectorise.
+#[inline(always)]
+fn gate_row_plain<F: Real>(z: &mut [F], b: &[F], c_prev: &[F], c: &mut [F], h_out: &mut [F], tc: &mut [F]) {
+    let h = c.len();
+    assert!(z.len() == 4 * h && b.len() == 4 * h && c_prev.len() == h && h_out.len() == h && tc.len() == h);
+    let (zif, zgo) = z.split_at_mut(2 * h);
+    let (zg, zo) = zgo.split_at_mut(h);
+    let (bif, bgo) = b.split_at(2 * h);
+    let (bg, bo) = bgo.split_at(h);
+    for (v, &bv) in zif.iter_mut().zip(bif) {
+        *v = (*v + bv).sigmoid();
+    }
+    for (v, &bv) in zg.iter_mut().zip(bg) {
+        *v = (*v + bv).tanh_act();
+    }
+    for (v, &bv) in zo.iter_mut().zip(bo) {
+        *v = (*v + bv).sigmoid();
+    }
+    let (zi, zf) = zif.split_at(h);
+    for j in 0..h {
+        c[j] = zf[j] * c_prev[j] + zi[j] * zg[j];
+    }
+    for j in 0..h {
+        tc[j] = c[j].tanh_act();
+        h_out[j] = zo[j] * tc[j];
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn gate_row_avx2<F: Real>(z: &mut [F], b: &[F], c_prev: &[F], c: &mut [F], h_out: &mut [F], tc: &mut [F]) {
+    gate_row_plain(z, b, c_prev, c, h_out, tc)
+}
+
+fn gate_row<F: Real>(avx2: bool, z: &mut [F], b: &[F], c_prev: &[F], c: &mut [F], h_out: &mut [F], tc: &mut [F]) {
+    #[cfg(target_arch = "x86_64")]
+    if avx2 {
+        // SAFETY: `avx2` is `has_avx2()`: the CPU has been checked for AVX2.
+        return unsafe { gate_row_avx2(z, b, c_prev, c, h_out, tc) };
+    }
+    let _ = avx2;
+    gate_row_plain(z, b, c_prev, c, h_out, tc)
+}
+
+/// One example's step of the backward gate pass: from δh (output's plus the next step's) and
+/// δc_next (the next step's δc), writes the gates' pre-activation δz (4h) and replaces δc_next
+/// by δc_{t−1} = δc ⊙ f (see the module notes for the formulas).
+#[inline(always)]
+fn gate_delta_row_plain<F: Real>(dz: &mut [F], dc_next: &mut [F], dh: &[F], gates: &[F], c_prev: &[F], tc: &[F]) {
+    let h = dc_next.len();
+    assert!(dz.len() == 4 * h && gates.len() == 4 * h && dh.len() == h && c_prev.len() == h && tc.len() == h);
+    let (dzi, rest) = dz.split_at_mut(h);
+    let (dzf, rest) = rest.split_at_mut(h);
+    let (dzg, dzo) = rest.split_at_mut(h);
+    let (gi, rest) = gates.split_at(h);
+    let (gf, rest) = rest.split_at(h);
+    let (gg, go) = rest.split_at(h);
+    let one = F::one();
+    for j in 0..h {
+        let (i_gate, f_gate, g_gate, o_gate) = (gi[j], gf[j], gg[j], go[j]);
+        let d_o = dh[j] * tc[j];
+        let dc = dc_next[j] + dh[j] * o_gate * (one - tc[j] * tc[j]);
+        let (d_i, d_g, d_f) = (dc * g_gate, dc * i_gate, dc * c_prev[j]);
+        dc_next[j] = dc * f_gate;
+        dzi[j] = d_i * i_gate * (one - i_gate);
+        dzf[j] = d_f * f_gate * (one - f_gate);
+        dzg[j] = d_g * (one - g_gate * g_gate);
+        dzo[j] = d_o * o_gate * (one - o_gate);
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn gate_delta_row_avx2<F: Real>(dz: &mut [F], dc_next: &mut [F], dh: &[F], gates: &[F], c_prev: &[F], tc: &[F]) {
+    gate_delta_row_plain(dz, dc_next, dh, gates, c_prev, tc)
+}
+
+fn gate_delta_row<F: Real>(avx2: bool, dz: &mut [F], dc_next: &mut [F], dh: &[F], gates: &[F], c_prev: &[F], tc: &[F]) {
+    #[cfg(target_arch = "x86_64")]
+    if avx2 {
+        // SAFETY: `avx2` is `has_avx2()`: the CPU has been checked for AVX2.
+        return unsafe { gate_delta_row_avx2(dz, dc_next, dh, gates, c_prev, tc) };
+    }
+    let _ = avx2;
+    gate_delta_row_plain(dz, dc_next, dh, gates, c_prev, tc)
+}
+
 fn slice<F>(row: ArrayView1<'_, F>) -> &[F] {
     row.to_slice().expect("rows of owned arrays are contiguous")
 }
@@ -125,11 +224,15 @@ impl Lstm {
         let mut gates = input_projection(w_ih, x);
         let b = b.as_standard_layout();
         let b = b.as_slice().expect("a standard-layout vector");
+        let avx2 = has_avx2();
+        // W_hhᵀ copied once, row-major: the per-step products then read it as it is, where the
+        // transposed view was packed again at every step (a fifth of a char-LSTM step).
+        let w_hh_t = w_hh.t().as_standard_layout().into_owned();
         for t in 0..steps {
             let rows = t * m..(t + 1) * m;
             let mut z = gates.slice_mut(s![rows.clone(), ..]);
             let (h_prev, mut h_next) = hidden.view_mut().split_at(Axis(0), (t + 1) * m);
-            gemm(F::one(), &h_prev.slice(s![t * m.., ..]), &w_hh.t(), F::one(), &mut z);
+            gemm(F::one(), &h_prev.slice(s![t * m.., ..]), &w_hh_t.view(), F::one(), &mut z);
             let (c_prev, mut c_next) = cells.view_mut().split_at(Axis(0), (t + 1) * m);
             let c_prev = c_prev.slice(s![t * m.., ..]);
             let (mut c_t, mut h_t) = (c_next.slice_mut(s![..m, ..]), h_next.slice_mut(s![..m, ..]));
@@ -138,22 +241,12 @@ impl Lstm {
                 Zip::from(z.rows_mut()).and(c_prev.rows()).and(c_t.rows_mut()).and(h_t.rows_mut()).and(tc_t.rows_mut());
             rows_sweep!(m, zip, |mut z, c_prev, mut c, mut h_out, mut tc| {
                 let z = z.as_slice_mut().expect("rows of owned arrays are contiguous");
-                let (c_prev, c, h_out, tc) = (
-                    slice(c_prev),
+                let (c, h_out, tc) = (
                     c.as_slice_mut().expect("contiguous"),
                     h_out.as_slice_mut().expect("contiguous"),
                     tc.as_slice_mut().expect("contiguous"),
                 );
-                for j in 0..h {
-                    let i_gate = (z[j] + b[j]).sigmoid();
-                    let f_gate = (z[h + j] + b[h + j]).sigmoid();
-                    let g_gate = (z[2 * h + j] + b[2 * h + j]).tanh_act();
-                    let o_gate = (z[3 * h + j] + b[3 * h + j]).sigmoid();
-                    (z[j], z[h + j], z[2 * h + j], z[3 * h + j]) = (i_gate, f_gate, g_gate, o_gate);
-                    c[j] = f_gate * c_prev[j] + i_gate * g_gate;
-                    tc[j] = c[j].tanh_act();
-                    h_out[j] = o_gate * tc[j];
-                }
+                gate_row(avx2, z, b, slice(c_prev), c, h_out, tc);
             });
         }
         Ok(LstmForward { gates, cells, tanh_cells, hidden, batch: m })
@@ -191,6 +284,7 @@ impl Lstm {
         let mut carry_h: Array2<F> = Array2::zeros((m, h));
         let mut carry_c: Array2<F> = Array2::zeros((m, h));
         let one = F::one();
+        let avx2 = has_avx2();
         for t in (0..steps).rev() {
             let rows = t * m..(t + 1) * m;
             carry_h += &dh.slice(s![rows.clone(), ..]);
@@ -206,18 +300,7 @@ impl Lstm {
             rows_sweep!(m, zip, |mut dz, mut dc_next, dh, gates, c_prev, tc| {
                 let dz = dz.as_slice_mut().expect("rows of owned arrays are contiguous");
                 let dc_next = dc_next.as_slice_mut().expect("contiguous");
-                let (dh, gates, c_prev, tc) = (slice(dh), slice(gates), slice(c_prev), slice(tc));
-                for j in 0..h {
-                    let (i_gate, f_gate, g_gate, o_gate) = (gates[j], gates[h + j], gates[2 * h + j], gates[3 * h + j]);
-                    let d_o = dh[j] * tc[j];
-                    let dc = dc_next[j] + dh[j] * o_gate * (one - tc[j] * tc[j]);
-                    let (d_i, d_g, d_f) = (dc * g_gate, dc * i_gate, dc * c_prev[j]);
-                    dc_next[j] = dc * f_gate;
-                    dz[j] = d_i * i_gate * (one - i_gate);
-                    dz[h + j] = d_f * f_gate * (one - f_gate);
-                    dz[2 * h + j] = d_g * (one - g_gate * g_gate);
-                    dz[3 * h + j] = d_o * o_gate * (one - o_gate);
-                }
+                gate_delta_row(avx2, dz, dc_next, slice(dh), slice(gates), slice(c_prev), slice(tc));
             });
             gemm(one, &dz_t.view(), &w_hh, F::zero(), &mut carry_h.view_mut());
         }

@@ -224,11 +224,13 @@ impl Rnn {
         hidden.slice_mut(s![m.., ..]).assign(&p);
         drop(p);
         let act = self.activation;
+        // W_hhᵀ copied once, row-major, for the per-step products (see lstm.rs).
+        let w_hh_t = w_hh.t().as_standard_layout().into_owned();
         for t in 0..t_steps {
             let (prev, mut rest) = hidden.view_mut().split_at(Axis(0), (t + 1) * m);
             let h_prev = prev.slice(s![t * m.., ..]);
             let mut z = rest.slice_mut(s![..m, ..]);
-            gemm(F::one(), &h_prev, &w_hh.t(), F::one(), &mut z);
+            gemm(F::one(), &h_prev, &w_hh_t.view(), F::one(), &mut z);
             rows_sweep!(m, Zip::from(z.rows_mut()), |mut row| {
                 Zip::from(&mut row).and(&b).for_each(|z, &b| *z = activate(act, *z + b));
             });

@@ -29,6 +29,10 @@ pub struct Minibatch {
     /// Visit examples in a fresh random order each epoch (else in their stored order).
     pub shuffle: bool,
     pub seed: u64,
+    /// τ of gradient clipping by global norm ([`clip_by_global_norm`]) before each update;
+    /// `None`: no clipping.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clip_norm: Option<f64>,
 }
 
 impl Minibatch {
@@ -45,6 +49,7 @@ impl Minibatch {
             batch_size: Minibatch::DEFAULT_BATCH_SIZE,
             shuffle: true,
             seed: 0,
+            clip_norm: None,
         }
     }
 
@@ -69,10 +74,18 @@ impl Minibatch {
         Minibatch { seed, ..self }
     }
 
+    /// Clips each minibatch gradient to norm at most τ ([`clip_by_global_norm`]).
+    pub fn with_clip_norm(self, tau: f64) -> Minibatch {
+        Minibatch { clip_norm: Some(tau), ..self }
+    }
+
     pub fn validate(&self) -> Result<()> {
         positive("learning rate", self.learning_rate)?;
         if self.batch_size == 0 {
             return Err(Error::Data("batch size must be at least 1".into()));
+        }
+        if let Some(tau) = self.clip_norm {
+            clip_by_global_norm(&mut [], tau)?;
         }
         self.rule.validate()?;
         self.schedule.validate()
@@ -131,6 +144,11 @@ impl State {
     /// The rest of the current epoch (all of it unless resumed mid-epoch).
     pub(super) fn iterate(&mut self, m: &Minibatch, run: &mut Run, theta: &mut [f64]) -> Result<Outcome> {
         if run.objective.device_training().is_some() {
+            if m.clip_norm.is_some() {
+                return Err(Error::Data(
+                    "gradient clipping runs with the update on the host: drop --clip-norm or train on the CPU".into(),
+                ));
+            }
             return self.iterate_on_device(m, run, theta);
         }
         let n = run.num_examples();
@@ -151,6 +169,9 @@ impl State {
             self.epoch_cost += weight * cost;
             self.epoch_grad_norm += weight * norm(&grad);
             self.epoch_examples += rows.len();
+            if let Some(tau) = m.clip_norm {
+                clip_by_global_norm(&mut grad, tau)?;
+            }
             self.update.apply(theta, &grad, self.learning_rate);
             self.step_in_epoch += 1;
             // The last step of an epoch is reported with the epoch's record instead.
@@ -244,4 +265,27 @@ impl State {
         self.learning_rate =
             m.schedule.next(m.learning_rate, self.learning_rate, self.examples_seen, monitored, &mut self.schedule);
     }
+}
+
+/// g ← g · min(1, τ/‖g‖₂): gradient clipping by global norm (MATH.md, "Backpropagation
+/// through time"; Pascanu et al. 2013, "On the difficulty of training recurrent neural
+/// networks", §3.2), over the whole gradient of θ. Returns ‖g‖₂ before clipping, its sum of
+/// squares taken in order after scaling by the largest |gᵢ| (so it neither overflows nor
+/// underflows). τ must be finite and > 0 (else `Error::Data`). A gradient holding a NaN or an
+/// infinity is left as it is and its norm returned as NaN or ∞ (the optimizer's divergence
+/// check stops on it).
+pub fn clip_by_global_norm(g: &mut [f64], tau: f64) -> Result<f64> {
+    if !(tau.is_finite() && tau > 0.0) {
+        return Err(Error::Data(format!("the clipping norm τ = {tau} must be a finite number > 0")));
+    }
+    let largest = g.iter().fold(0.0f64, |a, &v| if v.is_nan() || a.is_nan() { f64::NAN } else { a.max(v.abs()) });
+    if !largest.is_finite() || largest == 0.0 {
+        return Ok(largest);
+    }
+    let norm = largest * g.iter().map(|&v| (v / largest).powi(2)).sum::<f64>().sqrt();
+    if norm > tau {
+        let scale = tau / norm;
+        g.iter_mut().for_each(|v| *v *= scale);
+    }
+    Ok(norm)
 }

@@ -58,7 +58,7 @@ pub use gd::GradientDescent;
 pub use history::{History, Record};
 pub use lbfgs::Lbfgs;
 pub use line_search::{CostAndGrad, LineSearch, LineSearchOutcome};
-pub use minibatch::Minibatch;
+pub use minibatch::{Minibatch, clip_by_global_norm};
 pub use objective::{BackendObjective, FnObjective, Objective};
 pub use schedule::{Plateau, Schedule, ScheduleState};
 pub use update::{UpdateRule, UpdateScalars, UpdateState};
