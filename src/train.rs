@@ -1066,11 +1066,23 @@ fn draw_pictures(
 pub mod char_model {
     use crate::cpu::Real;
     use crate::cpu::net::TargetView;
-    use crate::cpu::sequence::{Recurrent, clip_by_global_norm};
+    use crate::cpu::sequence::Recurrent;
     use crate::data::text::{self, StreamBatches};
     use crate::model::{InputShape, Layer, LayerStack, NetSpec, Output};
+    use crate::optim::clip_by_global_norm;
     use crate::optim::{Control, UpdateRule, UpdateState};
     use crate::{Error, Result};
+
+    /// [`clip_by_global_norm`] on a gradient held in `F`: the same norm and scale, computed in
+    /// f64, each value scaled as f64 and rounded back to `F`.
+    fn clip<F: Real>(g: &mut [F], tau: f64) -> Result<f64> {
+        let mut wide: Vec<f64> = g.iter().map(|v| v.f64()).collect();
+        let norm = clip_by_global_norm(&mut wide, tau)?;
+        if norm > tau {
+            g.iter_mut().zip(&wide).for_each(|(v, &w)| *v = F::of(w));
+        }
+        Ok(norm)
+    }
 
     /// Windows evaluated in one call: bounds the one-hot batch (256 × T × V values) and the
     /// activations kept for it.
@@ -1209,7 +1221,7 @@ pub mod char_model {
                 net.cost_and_grad(&theta_f, x.view(), TargetView::Labels(&next), Some(&state), Some(&mut grad))?;
             state = carried;
             let grad_norm = match job.clip_norm {
-                Some(tau) => clip_by_global_norm(&mut grad, tau)?,
+                Some(tau) => clip(&mut grad, tau)?,
                 None => grad.iter().map(|g| g.f64() * g.f64()).sum::<f64>().sqrt(),
             };
             if !cost.total().is_finite() || !grad_norm.is_finite() {

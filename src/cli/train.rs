@@ -697,7 +697,10 @@ pub(super) fn run_job(mut args: TrainArgs, ranks: Option<&Ranks>) -> anyhow::Res
     let sequence_kind = matches!(args.kind, Kind::Lstm | Kind::Rnn);
     if sequence_kind && let Some(path) = super::sequence::text_file(args.data.data.as_deref()) {
         if ranks.is_some() {
-            bail!("character models do not train over MPI yet: run `wgnn train {}` as one process (without mpirun)", kind_name(args.kind));
+            bail!(
+                "character models do not train over MPI yet: run `wgnn train {}` as one process (without mpirun)",
+                kind_name(args.kind)
+            );
         }
         return super::sequence::train_text(&args, &path, folder, &interrupt);
     }

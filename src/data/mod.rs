@@ -11,8 +11,8 @@
 pub mod csv;
 pub mod mnist;
 pub mod patches;
-pub mod shard;
 pub mod sequence;
+pub mod shard;
 pub mod synthetic;
 pub mod text;
 pub mod whiten;

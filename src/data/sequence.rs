@@ -224,7 +224,11 @@ pub fn load_npy_sequences(path: &Path, labels: Option<&Path>, targets: Option<&P
         if labels.is_some() { ", with labels" } else { "" },
         targets_per_step.map_or_else(String::new, |k| format!(", {k} targets per step"))
     );
-    Ok(Sequences { data: Dataset { x, labels, targets, description, image_shape: None }, shape, targets_per_step })
+    Ok(Sequences {
+        data: Dataset { x, labels, targets, description, image_shape: None, classes: None },
+        shape,
+        targets_per_step,
+    })
 }
 
 /// True when `path` is a `.npy` file whose header declares three axes (m × T × n): how

@@ -71,6 +71,10 @@ impl StackLayers {
                 Layer::MeanPool { size, stride } => {
                     StackOp::Pool(Pool2d::with_stride(image, PoolKind::Mean, size, stride)?)
                 }
+                // `GpuBackend::supports` refuses recurrent stacks before a plan is built.
+                Layer::Rnn { .. } | Layer::Lstm { .. } => {
+                    return Err(Error::Gpu(format!("{} has no GPU kernels yet: use --backend cpu", layer.describe())));
+                }
             });
             l += layer.has_parameters() as usize;
             widths.push(next.len());
