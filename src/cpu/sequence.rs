@@ -549,8 +549,28 @@ fn backward_chunk<F: Real>(
 }
 
 /// A recurrent network for library users (truncated BPTT, sampling): the spec, θ's layout and
-/// the plan, with a state in and the final state out of every call. Precision `F` (f64 the
-/// reference, f32 the fast path); θ, data and state in that precision.
+/// the plan, with a state in and the final state out of every call. Each call works in the
+/// precision of its θ, data and state (f64 the reference, f32 the fast path).
+///
+/// Truncated BPTT over two windows of T = 3 steps, the state carried, the gradient not:
+/// ```
+/// use ndarray::Array2;
+/// use wgnn::cpu::net::TargetView;
+/// use wgnn::cpu::sequence::Recurrent;
+/// use wgnn::model::{InputShape, LayerStack, NetSpec, parse_net};
+///
+/// let parsed = parse_net("lstm 4, per-step softmax").unwrap();
+/// let stack = LayerStack { input: InputShape::sequence(3, 2), layers: parsed.layers };
+/// let rec = Recurrent::new(NetSpec::stack(stack, 5, parsed.output).unwrap()).unwrap();
+/// let theta = vec![0.1f32; rec.layout.len()];
+/// let x = Array2::<f32>::ones((2, 3 * 2)); // 2 sequences, 3 steps of 2 features
+/// let labels = vec![0; 2 * 3]; // one per (sequence, step)
+/// let mut grad = vec![0.0f32; theta.len()];
+/// let (_, state) = rec.cost_and_grad(&theta, x.view(), TargetView::Labels(&labels), None, Some(&mut grad)).unwrap();
+/// let (cost, _) =
+///     rec.cost_and_grad(&theta, x.view(), TargetView::Labels(&labels), Some(&state), Some(&mut grad)).unwrap();
+/// assert!(cost.total() > 0.0 && state.layers[0].c.is_some());
+/// ```
 #[derive(Clone, Debug)]
 pub struct Recurrent {
     pub spec: NetSpec,
