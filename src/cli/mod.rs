@@ -395,7 +395,13 @@ impl BackendArgs {
             BackendChoice::Cpu => Ok((cpu(spec)?, None)),
             BackendChoice::Gpu => Ok((Box::new(wgnn::GpuBackend::new(spec, &self.gpu_options())?), None)),
             BackendChoice::Auto if let Err(e) = wgnn::GpuBackend::supports(&spec) => {
-                Ok((cpu(spec)?, Some(format!("{e}: using the CPU backend"))))
+                // The refusal's own words without its advice (`--backend auto` follows it).
+                let why = match e {
+                    wgnn::Error::Gpu(why) => why,
+                    other => other.to_string(),
+                };
+                let why = why.split_once(": use --backend cpu").map_or(why.as_str(), |(w, _)| w).to_string();
+                Ok((cpu(spec)?, Some(format!("{why}: using the CPU backend"))))
             }
             BackendChoice::Auto => match wgnn::gpu::choose_adapter(&self.gpu_options()) {
                 Ok(adapter) if wgnn::gpu::is_real_gpu(&adapter.get_info()) => {
