@@ -26,7 +26,7 @@
 use ndarray::{Array2, ArrayView2, ArrayViewMut1, ArrayViewMut2, Axis, Zip, s};
 
 use super::net::{self, Forward, TargetView, column_sums, softmax_rows};
-use super::stack::CHUNK_ROWS;
+use super::stack::{CHUNK_ROWS, stack_chunks};
 use super::{Real, gemm};
 use crate::backend::Cost;
 use crate::layers::lstm::{Lstm, LstmForward};
@@ -364,15 +364,7 @@ pub fn forward<F: Real>(
         acts.push(per_example(out, chunk.nrows())?);
         parts.push(acts);
     }
-    (0..plan.ops.len() + 1)
-        .map(|i| {
-            let views: Vec<ArrayView2<F>> = parts.iter().map(|p| p[i].view()).collect();
-            if views.is_empty() {
-                return Ok(Array2::zeros((0, 0)));
-            }
-            ndarray::concatenate(Axis(0), &views).map_err(|e| Error::Shape(e.to_string()))
-        })
-        .collect()
+    stack_chunks(&parts, plan.ops.len() + 1)
 }
 
 /// The network's output h(x) (m × (S·k)) from `state` (zero when `None`), and the final state.

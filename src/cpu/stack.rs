@@ -212,7 +212,12 @@ pub fn forward<F: Real>(
         acts.append(&mut fwd.activations);
         parts.push(acts);
     }
-    let layers = plan.ops.len() + 1;
+    stack_chunks(&parts, plan.ops.len() + 1)
+}
+
+/// Every layer's activations of a batch from those of its chunks, in row order: `parts[c][i]`
+/// is layer `i`'s output for chunk `c`; no chunks give empty (0 × 0) layers.
+pub(super) fn stack_chunks<F: Real>(parts: &[Vec<Array2<F>>], layers: usize) -> Result<Vec<Array2<F>>> {
     (0..layers)
         .map(|i| {
             let views: Vec<ArrayView2<F>> = parts.iter().map(|p| p[i].view()).collect();
