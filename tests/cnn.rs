@@ -4,6 +4,8 @@
 //! θ layout, cost and gradient bits, checkpoints), refusals of stacks that do not fit their
 //! input, and a short MNIST run that must learn.
 
+mod common;
+
 use ndarray::Array2;
 use rand::{RngExt, SeedableRng, rngs::StdRng};
 use wgnn::cpu::net::{Scratch, TargetView};
@@ -114,46 +116,19 @@ fn f64_gradients_of_whole_stacks_match_central_differences() {
 }
 
 /// ‖a − b‖ / ‖b‖.
-fn relative(a: &[f64], b: &[f64]) -> f64 {
-    let d: f64 = a.iter().zip(b).map(|(x, y)| (x - y).powi(2)).sum();
-    let n: f64 = b.iter().map(|y| y * y).sum();
-    (d / n).sqrt()
-}
 
 #[test]
 fn f32_fast_path_equals_f64_and_its_bits_do_not_depend_on_threads() {
     for (name, spec) in cases() {
         // 300 rows: more than one chunk of the stack's row chunking.
         let p = Problem::new(&spec, 300, 3);
-        let mut f64_cpu = CpuBackend::<f64>::new(spec.clone()).unwrap();
-        p.load(&spec, &mut f64_cpu);
-        let mut g64 = vec![0.0; p.theta.len()];
-        let c64 = f64_cpu.cost_and_grad(&p.theta, Batch::All, &mut g64).unwrap();
-        assert_eq!(f64_cpu.cost(&p.theta, Batch::All).unwrap(), c64, "{name}: cost = cost-with-gradient");
-
-        let run = |threads: usize| {
-            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
-            pool.install(|| {
-                let mut cpu = CpuBackend::<f32>::new(spec.clone()).unwrap();
-                p.load(&spec, &mut cpu);
-                let mut g = vec![0.0; p.theta.len()];
-                let c = cpu.cost_and_grad(&p.theta, Batch::All, &mut g).unwrap();
-                (c, g)
-            })
-        };
-        let (c32, g32) = run(1);
-        let cost_gap = (c32.total() - c64.total()).abs() / c64.total().abs();
-        assert!(cost_gap < 1e-5, "{name}: f32 cost {} vs f64 {} ({cost_gap:e})", c32.total(), c64.total());
-        let grad_gap = relative(&g32, &g64);
-        assert!(grad_gap < 1e-5, "{name}: f32 gradient differs from f64 by {grad_gap:e}");
-        for threads in [2, 3] {
-            let (c, g) = run(threads);
-            assert_eq!(c.total().to_bits(), c32.total().to_bits(), "{name}: cost bits with {threads} threads");
-            assert!(
-                g.iter().zip(&g32).all(|(a, b)| a.to_bits() == b.to_bits()),
-                "{name}: gradient bits, {threads} threads"
-            );
-        }
+        common::f32_matches_f64_with_the_same_bits_on_any_threads(
+            name,
+            &spec,
+            &p.theta,
+            &|b: &mut dyn Backend| p.load(&spec, b),
+            1e-5,
+        );
     }
 }
 

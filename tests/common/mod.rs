@@ -220,3 +220,46 @@ macro_rules! for_each_backend {
         }
     };
 }
+
+/// The CPU backend's f32 fast path against its f64 reference on one network: `load` gives a
+/// backend its data; the f64 cost alone equals its cost with gradient; f32's cost is within
+/// 1e-5 and its gradient within `grad_tolerance` (relative) of f64's; and f32's bits are the
+/// same with 1, 2 and 3 threads.
+pub fn f32_matches_f64_with_the_same_bits_on_any_threads(
+    name: &str,
+    spec: &NetSpec,
+    theta: &[f64],
+    load: &(dyn Fn(&mut dyn Backend) + Sync),
+    grad_tolerance: f64,
+) {
+    use wgnn::{Batch, CpuBackend};
+    let mut f64_cpu = CpuBackend::<f64>::new(spec.clone()).unwrap();
+    load(&mut f64_cpu);
+    let mut g64 = vec![0.0; theta.len()];
+    let c64 = f64_cpu.cost_and_grad(theta, Batch::All, &mut g64).unwrap();
+    assert_eq!(f64_cpu.cost(theta, Batch::All).unwrap(), c64, "{name}: cost = cost-with-gradient");
+
+    let run = |threads: usize| {
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+        pool.install(|| {
+            let mut cpu = CpuBackend::<f32>::new(spec.clone()).unwrap();
+            load(&mut cpu);
+            let mut g = vec![0.0; theta.len()];
+            let c = cpu.cost_and_grad(theta, Batch::All, &mut g).unwrap();
+            (c, g)
+        })
+    };
+    let (c32, g32) = run(1);
+    let cost_gap = (c32.total() - c64.total()).abs() / c64.total().abs();
+    assert!(cost_gap < 1e-5, "{name}: f32 cost {} vs f64 {} ({cost_gap:e})", c32.total(), c64.total());
+    let grad_gap = relative_error(&g32, &g64);
+    assert!(grad_gap < grad_tolerance, "{name}: f32 gradient differs from f64 by {grad_gap:e}");
+    for threads in [2, 3] {
+        let (c, g) = run(threads);
+        assert_eq!(c.total().to_bits(), c32.total().to_bits(), "{name}: cost bits with {threads} threads");
+        assert!(
+            g.iter().zip(&g32).all(|(a, b)| a.to_bits() == b.to_bits()),
+            "{name}: gradient bits, {threads} threads"
+        );
+    }
+}
