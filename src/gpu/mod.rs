@@ -112,6 +112,9 @@ struct Plan {
     stages: Vec<(usize, usize)>,
     examples: usize,
     workspace: Vec<wgpu::Buffer>,
+    /// A recurrent network's state for the batch (h, and c for an LSTM, per layer: see
+    /// `layers/recurrent.rs`), not poisoned; empty for other networks.
+    state: Vec<wgpu::Buffer>,
 }
 
 /// How many times the backend built device state that should be built once per shape and
@@ -162,6 +165,8 @@ pub struct GpuBackend {
     resident: update::Resident,
     /// The conv2d, pooling and maxout kernels, compiled for a layer-stack spec only.
     layer_kernels: Option<layers::LayerKernels>,
+    /// Where a recurrent network's evaluations start (`layers/recurrent.rs`).
+    recurrent: layers::recurrent::Carry,
 }
 
 /// A storage buffer of `floats` f32 values (at least 4), usable as a copy source and target.
@@ -225,16 +230,21 @@ impl GpuBackend {
         GpuBackend::on(spec, Gpu::open(options)?)
     }
 
-    /// Whether this backend computes `spec`: every dense network and every layer stack of
-    /// conv2d, max/mean pooling, maxout and dense layers (`layers/`). Recurrent layers (rnn,
-    /// lstm) have no GPU kernels yet: refused in one line before an adapter is opened
-    /// (`--backend auto` then picks the CPU).
+    /// Whether this backend computes `spec`: every dense network, every layer stack of
+    /// conv2d, max/mean pooling, maxout and dense layers (`layers/`), and every stack of rnn/lstm
+    /// layers (`layers/recurrent.rs`). A recurrent layer inside another kind of stack is refused
+    /// in one line before an adapter is opened.
     pub fn supports(spec: &NetSpec) -> Result<()> {
         match &spec.net {
-            Some(stack) if stack.is_sequence() => Err(Error::Gpu(format!(
-                "rnn/lstm layers run on the CPU backend for now: use --backend cpu (the network: {})",
-                stack.describe()
-            ))),
+            Some(stack)
+                if stack.layers.iter().any(|l| l.is_recurrent())
+                    && !stack.layers.iter().all(|l| l.is_recurrent()) =>
+            {
+                Err(Error::Gpu(format!(
+                    "the GPU runs recurrent networks made of rnn/lstm layers only: use --backend cpu (the network: {})",
+                    stack.describe()
+                )))
+            }
             _ => Ok(()),
         }
     }
@@ -291,6 +301,7 @@ impl GpuBackend {
             poison: false,
             resident: update::Resident::default(),
             layer_kernels: stack.map(|_| layers::LayerKernels::new(device)),
+            recurrent: Default::default(),
             gpu,
         })
     }
@@ -344,15 +355,22 @@ impl GpuBackend {
         &self.gpu
     }
 
+    /// Labels (S) and target values (S·k) per example: S = T for a recurrent network with an
+    /// output at every step, else 1.
+    fn per_example(&self) -> (usize, usize) {
+        let steps = self.spec.output_steps();
+        (steps, steps * self.spec.outputs())
+    }
+
     /// Device buffers for a chunk of `rows` examples, to be filled later.
     fn empty_chunk(&self, rows: usize, values: bool, labels: bool) -> Result<Chunk> {
         let device = &self.gpu.device;
-        let (inputs, outputs) = (self.spec.inputs(), self.spec.outputs());
+        let (inputs, (steps, outputs)) = (self.spec.inputs(), self.per_example());
         data::check_buffer(&self.gpu.limits, "a chunk of examples", rows, rows * inputs.max(outputs))?;
         Ok(Chunk {
             x: storage(device, "examples", rows * inputs),
             y: values.then(|| storage(device, "targets", rows * outputs)),
-            labels: labels.then(|| storage(device, "labels", rows)),
+            labels: labels.then(|| storage(device, "labels", rows * steps)),
             rows,
         })
     }
@@ -372,7 +390,8 @@ impl GpuBackend {
     /// Writes the loaded rows `rows` into the first rows of `chunk`; returns the bytes written.
     fn write_rows(&self, chunk: &Chunk, rows: Range<usize>) -> u64 {
         let r = ndarray::s![rows.clone(), ..];
-        let labels = self.host_labels.as_ref().map(|l| &l[rows]);
+        let steps = self.per_example().0;
+        let labels = self.host_labels.as_ref().map(|l| &l[rows.start * steps..rows.end * steps]);
         write_chunk(&self.gpu.queue, chunk, self.host_x.slice(r), self.host_y.as_ref().map(|y| y.slice(r)), labels)
     }
 
@@ -442,12 +461,17 @@ impl GpuBackend {
         } else {
             let x = self.host_x.select(ndarray::Axis(0), ix);
             let y = self.host_y.as_ref().map(|y| y.select(ndarray::Axis(0), ix));
-            let labels = self.host_labels.as_ref().map(|l| ix.iter().map(|&i| l[i]).collect::<Vec<u32>>());
+            let steps = self.per_example().0;
+            let labels = self
+                .host_labels
+                .as_ref()
+                .map(|l| ix.iter().flat_map(|&i| l[i * steps..(i + 1) * steps].iter().copied()).collect::<Vec<u32>>());
             let mut start = 0;
             for g in &self.gathered.last().expect("made above").chunks {
                 let r = start..start + g.rows;
                 let rows = ndarray::s![r.clone(), ..];
-                let (ys, ls) = (y.as_ref().map(|y| y.slice(rows)), labels.as_ref().map(|l| &l[r]));
+                let ls = labels.as_ref().map(|l| &l[r.start * steps..r.end * steps]);
+                let ys = y.as_ref().map(|y| y.slice(rows));
                 self.data_bytes += write_chunk(&self.gpu.queue, g, x.slice(rows), ys, ls);
                 start += g.rows;
             }
@@ -490,6 +514,7 @@ impl GpuBackend {
     /// the rows whose index falls in its chunk).
     fn record_gather(&mut self, len: usize) -> Result<()> {
         let device = &self.gpu.device;
+        let (steps, outputs) = self.per_example();
         let kernel = self.gather_kernel.get_or_insert_with(|| data::GatherKernel::new(device));
         let set = self.gathered.last_mut().expect("a current set");
         let indices = storage(device, "batch row indices", len);
@@ -500,8 +525,8 @@ impl GpuBackend {
             let mut first = 0;
             for c in &self.chunks {
                 let pairs = [(Some(&c.x), Some(&g.x), self.spec.inputs())].into_iter().chain([
-                    (c.y.as_ref(), g.y.as_ref(), self.spec.outputs()),
-                    (c.labels.as_ref(), g.labels.as_ref(), 1),
+                    (c.y.as_ref(), g.y.as_ref(), outputs),
+                    (c.labels.as_ref(), g.labels.as_ref(), steps),
                 ]);
                 for (src, dst, width) in pairs {
                     if let (Some(src), Some(dst)) = (src, dst) {
@@ -776,7 +801,7 @@ impl GpuBackend {
         let mut workspace = acts;
         workspace.extend(deltas);
         workspace.extend([col_partials, loss_partials, colsum, kl, z_hidden, complement]);
-        Ok(Plan { ops, stages, examples, workspace })
+        Ok(Plan { ops, stages, examples, workspace, state: Vec::new() })
     }
 
     /// One forward layer, Z = A Wᵀ + b then f, as a fused matmul: A is `rows` rows of the
@@ -899,6 +924,7 @@ impl GpuBackend {
         let visit = self.visit(&batch)?;
         let want_grad = grad.is_some();
         let key = self.plan_for(&visit, want_grad)?;
+        self.start_recurrent_state(&key)?;
         self.resident.transfers.theta_uploads += 1;
         self.resident.transfers.grad_readbacks += want_grad as u64;
         let gpu = &self.gpu;
@@ -1045,7 +1071,7 @@ impl Backend for GpuBackend {
         self.chunk_rows.clear();
         let n = x.nrows();
         let sizes = chunk_sizes(n, self.max_chunk_rows);
-        let per_row = x.ncols() + y.as_ref().map_or(0, |y| y.ncols()) + labels.is_some() as usize;
+        let per_row = x.ncols() + y.as_ref().map_or(0, |y| y.ncols()) + labels.is_some() as usize * self.per_example().0;
         let streaming = (n as u64).saturating_mul(per_row as u64 * 4) > self.max_resident_bytes;
         if streaming {
             let rows = sizes.iter().copied().max().unwrap_or(1);
@@ -1059,7 +1085,7 @@ impl Backend for GpuBackend {
                 let chunk = self.upload_chunk(
                     x.slice(r),
                     y.as_ref().map(|y| y.slice(r)),
-                    labels.as_ref().map(|l| &l[start..start + rows]),
+                    labels.as_ref().map(|l| &l[start * self.per_example().0..(start + rows) * self.per_example().0]),
                 )?;
                 self.chunks.push(chunk);
                 start += rows;
@@ -1105,7 +1131,7 @@ impl Backend for GpuBackend {
         // One array per layer after the input: the stack's hidden layers (pooling too), or the
         // dense layers, then the output.
         let widths: Vec<usize> = match layers::plan::StackLayers::of(&self.spec)? {
-            Some(stack) => stack.widths.iter().copied().chain([self.spec.outputs()]).collect(),
+            Some(stack) => stack.widths.iter().copied().chain([self.per_example().1]).collect(),
             None => self.spec.layers[1..].to_vec(),
         };
         let mut outputs: Vec<Array2<f64>> = widths.iter().map(|&w| Array2::zeros((0, w))).collect();

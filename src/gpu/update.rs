@@ -315,6 +315,7 @@ impl DeviceTraining for GpuBackend {
         }
         let visit = self.visit(&batch)?;
         let key = self.plan_for(&visit, true)?;
+        self.start_recurrent_state(&key)?;
         let gpu = &self.gpu;
         let kernels = self.resident.kernels.as_ref().expect("compiled by load");
         let update = self.resident.update.as_ref().expect("checked above");

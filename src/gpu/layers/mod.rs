@@ -24,6 +24,7 @@
 //! This module records kernels; it owns no data, θ or workspace.
 
 pub(crate) mod plan;
+pub mod recurrent;
 
 use std::sync::OnceLock;
 
@@ -215,6 +216,8 @@ pub struct LayerKernels {
     dummy_read: wgpu::Buffer,
     dummy_winners: wgpu::Buffer,
     max_groups: u32,
+    /// The rnn/lstm kernels (`recurrent.rs`), compiled on first use like the others.
+    pub recurrent: recurrent::RecurrentKernels,
 }
 
 impl LayerKernels {
@@ -227,6 +230,7 @@ impl LayerKernels {
             dummy_read: placeholder(device, "unused input"),
             dummy_winners: placeholder(device, "unused winners"),
             max_groups: device.limits().max_compute_workgroups_per_dimension,
+            recurrent: recurrent::RecurrentKernels::new(device),
         }
     }
 

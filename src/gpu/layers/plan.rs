@@ -18,6 +18,8 @@ use crate::gpu::kernels::{BLOCK_ROWS, Epilogue, Op, Operand, Small, SmallParams,
 use crate::gpu::{GpuBackend, Plan, Segment, storage, u32_of};
 use crate::layers::ImageShape;
 use crate::layers::conv2d::Conv2d;
+use crate::layers::lstm::Lstm;
+use crate::layers::rnn::Rnn;
 use crate::layers::maxout::Maxout;
 use crate::layers::pool2d::{Pool2d, PoolKind};
 use crate::model::{Activation, Layer, NetSpec, Output};
@@ -30,6 +32,10 @@ pub(crate) enum StackOp {
     Maxout { l: usize, max: Maxout },
     Conv { l: usize, conv: Conv2d, act: Activation },
     Pool(Pool2d),
+    /// An Elman layer (tanh or ReLU) over all T steps: `recurrent.rs` records it.
+    Rnn { l: usize, rnn: Rnn },
+    /// An LSTM layer over all T steps: `recurrent.rs` records it.
+    Lstm { l: usize, lstm: Lstm },
 }
 
 impl StackOp {
@@ -38,6 +44,18 @@ impl StackOp {
         match self {
             StackOp::Dense { act, .. } | StackOp::Conv { act, .. } => *act,
             StackOp::Maxout { .. } | StackOp::Pool(_) => Activation::Identity,
+            // The recurrent gate kernels apply their own derivatives.
+            StackOp::Rnn { .. } | StackOp::Lstm { .. } => Activation::Identity,
+        }
+    }
+
+    /// (θ index, gate rows G, inputs n, hidden h) of a recurrent layer: W_ih is G × n, W_hh
+    /// G × h (G = h for the RNN, 4h for the LSTM); `None` for other layers.
+    pub(crate) fn recurrent_dims(&self) -> Option<(usize, usize, usize, usize)> {
+        match self {
+            StackOp::Rnn { l, rnn } => Some((*l, rnn.hidden, rnn.inputs, rnn.hidden)),
+            StackOp::Lstm { l, lstm } => Some((*l, 4 * lstm.hidden, lstm.inputs, lstm.hidden)),
+            _ => None,
         }
     }
 }
@@ -57,6 +75,9 @@ impl StackLayers {
         let shapes = stack.shapes()?;
         let (mut ops, mut widths) = (Vec::new(), Vec::new());
         let (mut shape, mut l) = (stack.input, 0);
+        // Recurrent layers (a sequence stack) all run over the input's T steps, each reading
+        // the one below at every step (as cpu::sequence's plan).
+        let (steps, mut seq_n) = (stack.input.height, stack.input.width);
         for (layer, &next) in stack.layers.iter().zip(&shapes) {
             let image = ImageShape::new(shape.channels, shape.height, shape.width);
             ops.push(match *layer {
@@ -71,9 +92,15 @@ impl StackLayers {
                 Layer::MeanPool { size, stride } => {
                     StackOp::Pool(Pool2d::with_stride(image, PoolKind::Mean, size, stride)?)
                 }
-                // `GpuBackend::supports` refuses recurrent stacks before a plan is built.
-                Layer::Rnn { .. } | Layer::Lstm { .. } => {
-                    return Err(Error::Gpu(format!("{} has no GPU kernels yet: use --backend cpu", layer.describe())));
+                Layer::Rnn { units, activation, .. } => {
+                    let rnn = Rnn::new(seq_n, units, steps, activation)?;
+                    seq_n = units;
+                    StackOp::Rnn { l, rnn }
+                }
+                Layer::Lstm { units, .. } => {
+                    let lstm = Lstm::new(seq_n, units, steps)?;
+                    seq_n = units;
+                    StackOp::Lstm { l, lstm }
                 }
             });
             l += layer.has_parameters() as usize;
@@ -88,9 +115,23 @@ impl StackLayers {
     pub fn widest(&self, spec: &NetSpec) -> usize {
         let pieces = self.ops.iter().map(|op| match op {
             StackOp::Maxout { max, .. } => max.piece_count(),
-            _ => 0,
+            // The gates of every step, and their δ (T·G), and the cells (T+1)·h.
+            _ => op.recurrent_dims().map_or(0, |(_, g, _, h)| (g * self.steps()).max((self.steps() + 1) * h)),
         });
-        self.widths.iter().copied().chain(pieces).chain([spec.inputs(), spec.outputs()]).max().unwrap_or(1)
+        let out = spec.outputs() * spec.output_steps();
+        self.widths.iter().copied().chain(pieces).chain([spec.inputs(), out]).max().unwrap_or(1)
+    }
+
+    /// T of a sequence stack (1 for any other).
+    pub fn steps(&self) -> usize {
+        self.ops
+            .iter()
+            .find_map(|op| match op {
+                StackOp::Rnn { rnn, .. } => Some(rnn.steps),
+                StackOp::Lstm { lstm, .. } => Some(lstm.steps),
+                _ => None,
+            })
+            .unwrap_or(1)
     }
 }
 
@@ -160,6 +201,7 @@ impl GpuBackend {
                 StackOp::Pool(pool) => {
                     ops.push(lk.pool2d_forward(device, pool, rows, inp, &b.a, b.winners.as_ref())?)
                 }
+                StackOp::Rnn { .. } | StackOp::Lstm { .. } => return Err(recurrent_elsewhere()),
             }
         }
         let last = bufs.last().map_or(input, |b| (&b.a, 0));
@@ -173,6 +215,9 @@ impl GpuBackend {
     /// the backward pass accumulating ∇J; then Σ W² for weight decay.
     pub(in crate::gpu) fn build_stack_plan(&self, segments: &[Segment], want_grad: bool) -> Result<Plan> {
         let layers = StackLayers::of(&self.spec)?.ok_or_else(|| Error::Gpu("not a layer stack".into()))?;
+        if layers.ops.iter().any(|op| op.recurrent_dims().is_some()) {
+            return self.build_recurrent_plan(&layers, segments, want_grad);
+        }
         let (device, k, lk, spec, lay) =
             (&self.gpu.device, &self.kernels, self.stack_kernels()?, &self.spec, &self.layout);
         let u = |v: usize| u32_of(v, "an index");
@@ -391,6 +436,7 @@ impl GpuBackend {
                             )?);
                         }
                     }
+                    StackOp::Rnn { .. } | StackOp::Lstm { .. } => return Err(recurrent_elsewhere()),
                     StackOp::Pool(pool) => {
                         if j > 0 {
                             let winners = bufs[j].winners.as_ref();
@@ -424,7 +470,7 @@ impl GpuBackend {
         }
         workspace.extend(deltas);
         workspace.extend([out, col_partials, conv_partials, loss_partials]);
-        Ok(Plan { ops, stages, examples, workspace })
+        Ok(Plan { ops, stages, examples, workspace, state: Vec::new() })
     }
 
     /// The activations of every hidden layer and the output (softmax applied) on one uploaded
@@ -435,6 +481,9 @@ impl GpuBackend {
         rows: usize,
     ) -> Result<Vec<ndarray::Array2<f64>>> {
         let layers = StackLayers::of(&self.spec)?.ok_or_else(|| Error::Gpu("not a layer stack".into()))?;
+        if layers.ops.iter().any(|op| op.recurrent_dims().is_some()) {
+            return self.forward_recurrent_chunk(&layers, x, rows);
+        }
         let (device, spec) = (&self.gpu.device, &self.spec);
         let bufs = self.layer_buffers(&layers, rows);
         let out = storage(device, "output activations", rows * spec.outputs());
@@ -480,4 +529,9 @@ impl GpuBackend {
             })
             .collect())
     }
+}
+
+/// A recurrent layer reached the layer-stack recording: `recurrent.rs` records sequence stacks.
+fn recurrent_elsewhere() -> Error {
+    Error::Gpu("a recurrent layer inside a non-recurrent stack plan (recurrent stacks have their own plan)".into())
 }
