@@ -155,14 +155,20 @@ fn recurrent_nets_agree_with_the_cpu(kernel: MatmulKernel) {
 fn to_f32(s: &State<f64>) -> State<f32> {
     let mut out = State { layers: Vec::new() };
     for l in &s.layers {
-        out.layers.push(wgnn::cpu::sequence::LayerState { h: l.h.mapv(|v| v as f32), c: l.c.as_ref().map(|c| c.mapv(|v| v as f32)) });
+        out.layers.push(wgnn::cpu::sequence::LayerState {
+            h: l.h.mapv(|v| v as f32),
+            c: l.c.as_ref().map(|c| c.mapv(|v| v as f32)),
+        });
     }
     out
 }
 
 fn state_error(gpu: &State<f32>, cpu: &State<f64>) -> f64 {
     let flat32 = |s: &State<f32>| -> Vec<f64> {
-        s.layers.iter().flat_map(|l| l.h.iter().chain(l.c.iter().flatten()).map(|&v| v as f64).collect::<Vec<_>>()).collect()
+        s.layers
+            .iter()
+            .flat_map(|l| l.h.iter().chain(l.c.iter().flatten()).map(|&v| v as f64).collect::<Vec<_>>())
+            .collect()
     };
     let flat64 = |s: &State<f64>| -> Vec<f64> {
         s.layers.iter().flat_map(|l| l.h.iter().chain(l.c.iter().flatten()).copied().collect::<Vec<_>>()).collect()
@@ -248,8 +254,20 @@ fn a_small_lstm_learns_on_the_gpu_with_theta_on_the_device() {
     let x = Array2::from_shape_fn((m, steps * 2), |(i, j)| {
         let (t, f) = (j / 2, j % 2);
         let signal = match (t, f) {
-            (0, 0) => if labels[i] & 1 == 1 { 0.8 } else { -0.8 },
-            (5, 1) => if labels[i] & 2 == 2 { 0.8 } else { -0.8 },
+            (0, 0) => {
+                if labels[i] & 1 == 1 {
+                    0.8
+                } else {
+                    -0.8
+                }
+            }
+            (5, 1) => {
+                if labels[i] & 2 == 2 {
+                    0.8
+                } else {
+                    -0.8
+                }
+            }
             _ => 0.0,
         };
         signal + 0.2 * (((i * 31 + j * 17) % 11) as f64 / 11.0 - 0.5)

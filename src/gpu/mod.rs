@@ -237,8 +237,7 @@ impl GpuBackend {
     pub fn supports(spec: &NetSpec) -> Result<()> {
         match &spec.net {
             Some(stack)
-                if stack.layers.iter().any(|l| l.is_recurrent())
-                    && !stack.layers.iter().all(|l| l.is_recurrent()) =>
+                if stack.layers.iter().any(|l| l.is_recurrent()) && !stack.layers.iter().all(|l| l.is_recurrent()) =>
             {
                 Err(Error::Gpu(format!(
                     "the GPU runs recurrent networks made of rnn/lstm layers only: use --backend cpu (the network: {})",
@@ -524,10 +523,9 @@ impl GpuBackend {
         for g in &set.chunks {
             let mut first = 0;
             for c in &self.chunks {
-                let pairs = [(Some(&c.x), Some(&g.x), self.spec.inputs())].into_iter().chain([
-                    (c.y.as_ref(), g.y.as_ref(), outputs),
-                    (c.labels.as_ref(), g.labels.as_ref(), steps),
-                ]);
+                let pairs = [(Some(&c.x), Some(&g.x), self.spec.inputs())]
+                    .into_iter()
+                    .chain([(c.y.as_ref(), g.y.as_ref(), outputs), (c.labels.as_ref(), g.labels.as_ref(), steps)]);
                 for (src, dst, width) in pairs {
                     if let (Some(src), Some(dst)) = (src, dst) {
                         let rows = data::SourceRows { buf: src, first: u(first)?, rows: u(c.rows)? };
@@ -1071,7 +1069,8 @@ impl Backend for GpuBackend {
         self.chunk_rows.clear();
         let n = x.nrows();
         let sizes = chunk_sizes(n, self.max_chunk_rows);
-        let per_row = x.ncols() + y.as_ref().map_or(0, |y| y.ncols()) + labels.is_some() as usize * self.per_example().0;
+        let per_row =
+            x.ncols() + y.as_ref().map_or(0, |y| y.ncols()) + labels.is_some() as usize * self.per_example().0;
         let streaming = (n as u64).saturating_mul(per_row as u64 * 4) > self.max_resident_bytes;
         if streaming {
             let rows = sizes.iter().copied().max().unwrap_or(1);

@@ -19,23 +19,39 @@ use crate::gpu::{GpuBackend, Plan, Segment, storage, u32_of};
 use crate::layers::ImageShape;
 use crate::layers::conv2d::Conv2d;
 use crate::layers::lstm::Lstm;
-use crate::layers::rnn::Rnn;
 use crate::layers::maxout::Maxout;
 use crate::layers::pool2d::{Pool2d, PoolKind};
+use crate::layers::rnn::Rnn;
 use crate::model::{Activation, Layer, NetSpec, Output};
 use crate::{Error, Result};
 
 /// One hidden layer, its geometry checked, with the index `l` of its W and b in θ.
 #[derive(Clone, Debug)]
 pub(crate) enum StackOp {
-    Dense { l: usize, act: Activation },
-    Maxout { l: usize, max: Maxout },
-    Conv { l: usize, conv: Conv2d, act: Activation },
+    Dense {
+        l: usize,
+        act: Activation,
+    },
+    Maxout {
+        l: usize,
+        max: Maxout,
+    },
+    Conv {
+        l: usize,
+        conv: Conv2d,
+        act: Activation,
+    },
     Pool(Pool2d),
     /// An Elman layer (tanh or ReLU) over all T steps: `recurrent.rs` records it.
-    Rnn { l: usize, rnn: Rnn },
+    Rnn {
+        l: usize,
+        rnn: Rnn,
+    },
     /// An LSTM layer over all T steps: `recurrent.rs` records it.
-    Lstm { l: usize, lstm: Lstm },
+    Lstm {
+        l: usize,
+        lstm: Lstm,
+    },
 }
 
 impl StackOp {

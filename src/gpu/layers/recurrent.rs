@@ -37,7 +37,9 @@ use ndarray::Array2;
 use super::plan::{StackLayers, StackOp};
 use super::{flat_grid, placeholder, u32_of};
 use crate::cpu::sequence::{LayerState, State};
-use crate::gpu::kernels::{BLOCK_ROWS, Epilogue, Op, Operand, Small, SmallParams, act_code, bind_all, layout, pipeline};
+use crate::gpu::kernels::{
+    BLOCK_ROWS, Epilogue, Op, Operand, Small, SmallParams, act_code, bind_all, layout, pipeline,
+};
 use crate::gpu::{GpuBackend, Plan, Segment, read_back, staging, storage};
 use crate::layers::lstm::Lstm;
 use crate::layers::rnn::Rnn;
@@ -83,7 +85,8 @@ enum Entry {
 }
 
 impl Entry {
-    const ALL: [Entry; 5] = [Entry::RnnForward, Entry::LstmForward, Entry::RnnBackward, Entry::LstmBackward, Entry::CopyRows];
+    const ALL: [Entry; 5] =
+        [Entry::RnnForward, Entry::LstmForward, Entry::RnnBackward, Entry::LstmBackward, Entry::CopyRows];
 
     fn name(self) -> &'static str {
         match self {
@@ -159,7 +162,13 @@ impl RecurrentKernels {
     pub fn params(rows: usize, hidden: usize, steps: usize, step: usize) -> Result<RecurrentParams> {
         let u = |v: usize| u32_of(v, "a recurrent layer's size");
         u(rows.saturating_mul(steps + 1).saturating_mul(4 * hidden))?;
-        Ok(RecurrentParams { rows: u(rows)?, hidden: u(hidden)?, steps: u(steps)?, step: u(step)?, ..Default::default() })
+        Ok(RecurrentParams {
+            rows: u(rows)?,
+            hidden: u(hidden)?,
+            steps: u(steps)?,
+            step: u(step)?,
+            ..Default::default()
+        })
     }
 
     /// out[i, t] = f(z[i, t] + b) for the `rows` sequences at step `step`: z and out are
@@ -178,7 +187,14 @@ impl RecurrentKernels {
         let mut p = Self::params(rows, rnn.hidden, rnn.steps, step)?;
         (p.act, p.leaky_alpha) = act_code(rnn.activation);
         p.b_off = u32_of(b_off, "an offset")?;
-        self.op(device, Entry::RnnForward, [Some(theta), Some(z), None, None], [Some(out), None, None], &p, rows * rnn.hidden)
+        self.op(
+            device,
+            Entry::RnnForward,
+            [Some(theta), Some(z), None, None],
+            [Some(out), None, None],
+            &p,
+            rows * rnn.hidden,
+        )
     }
 
     /// The LSTM's step `step`: `gates` (m × T × 4h) block t holds the products and becomes the
@@ -303,8 +319,9 @@ enum Start {
 #[derive(Debug, Default)]
 pub(crate) struct Carry {
     start: Start,
-    /// The plan whose state buffers hold the state of the last evaluation.
-    holder: Option<(Vec<Segment>, bool)>,
+    /// The state buffers of the last evaluation's plan (they hold its final state; they
+    /// outlive the plan when new data replace it) and the sequences they are for.
+    holder: Option<(Vec<wgpu::Buffer>, usize)>,
 }
 
 /// One recurrent layer of a plan, with its buffers for `rows_max` sequences.
@@ -459,7 +476,14 @@ impl GpuBackend {
 
     /// The output layer's Z = H Wᵀ + b (and its activation; identity for softmax) on the top
     /// layer's output at every step (per-step: (m·T) rows) or at the last step (m rows).
-    fn record_recurrent_head(&self, ops: &mut Vec<Op>, layers: &StackLayers, top: &LayerBufs, rows: usize, out: &wgpu::Buffer) -> Result<()> {
+    fn record_recurrent_head(
+        &self,
+        ops: &mut Vec<Op>,
+        layers: &StackLayers,
+        top: &LayerBufs,
+        rows: usize,
+        out: &wgpu::Buffer,
+    ) -> Result<()> {
         let u = |v: usize| u32_of(v, "an index");
         let (spec, lay) = (&self.spec, &self.layout);
         let (head, head_rows) = self.recurrent_head(top, rows)?;
@@ -467,7 +491,14 @@ impl GpuBackend {
         let w_t = Operand::row_major(&self.theta, u(lay.weight_range(layers.out_l).start)?, u(h)?).t();
         let act = spec.activation_after(layers.out_l).unwrap_or(Activation::Identity);
         let epilogue = Epilogue::BiasAct { bias: (&self.theta, u(lay.bias_range(layers.out_l).start)?), act };
-        ops.push(self.kernels.matmul(&self.gpu.device, head, w_t, (out, 0, u(k_out)?), (u(head_rows)?, u(k_out)?, u(h)?), epilogue));
+        ops.push(self.kernels.matmul(
+            &self.gpu.device,
+            head,
+            w_t,
+            (out, 0, u(k_out)?),
+            (u(head_rows)?, u(k_out)?, u(h)?),
+            epilogue,
+        ));
         Ok(())
     }
 
@@ -527,7 +558,13 @@ impl GpuBackend {
         let loss_partials = storage(device, "loss partials", per_seg_loss(rows_max));
 
         // α·(column sums of rows × cols at `src`) into ∇J[off..] (accumulating).
-        let column_sum = |ops: &mut Vec<Op>, src: &wgpu::Buffer, rows: usize, cols: usize, off: usize, accumulate: bool| -> Result<()> {
+        let column_sum = |ops: &mut Vec<Op>,
+                          src: &wgpu::Buffer,
+                          rows: usize,
+                          cols: usize,
+                          off: usize,
+                          accumulate: bool|
+         -> Result<()> {
             let blocks = rows.div_ceil(BLOCK_ROWS as usize);
             let p = SmallParams { rows: u(rows)?, cols: u(cols)?, in_rs: u(cols)?, ..Default::default() };
             let groups = [u(cols.div_ceil(64))?, u(blocks)?, 1];
@@ -541,7 +578,16 @@ impl GpuBackend {
                 ..Default::default()
             };
             let groups = [u(cols.div_ceil(64))?, 1, 1];
-            ops.push(k.small(device, Small::ColumnFinish, Some(&col_partials), None, Some(&self.grad), None, p, groups));
+            ops.push(k.small(
+                device,
+                Small::ColumnFinish,
+                Some(&col_partials),
+                None,
+                Some(&self.grad),
+                None,
+                p,
+                groups,
+            ));
             Ok(())
         };
 
@@ -578,7 +624,16 @@ impl GpuBackend {
                         ..Default::default()
                     };
                     let groups = [u(outputs.div_ceil(16))?, u(out_rows.div_ceil(16))?, 1];
-                    ops.push(k.small(device, Small::SquaredError, Some(&out), Some(y), Some(&d_out), Some(&loss_partials), p, groups));
+                    ops.push(k.small(
+                        device,
+                        Small::SquaredError,
+                        Some(&out),
+                        Some(y),
+                        Some(&d_out),
+                        Some(&loss_partials),
+                        p,
+                        groups,
+                    ));
                     &d_out
                 }
                 Output::Softmax => {
@@ -591,16 +646,35 @@ impl GpuBackend {
                         ..Default::default()
                     };
                     let groups = [u(out_rows.div_ceil(64))?, 1, 1];
-                    ops.push(k.small(device, Small::Softmax, None, Some(labels), Some(&out), Some(&loss_partials), p, groups));
+                    ops.push(k.small(
+                        device,
+                        Small::Softmax,
+                        None,
+                        Some(labels),
+                        Some(&out),
+                        Some(&loss_partials),
+                        p,
+                        groups,
+                    ));
                     &out
                 }
             };
             let p = SmallParams { len: u(per_seg_loss(rows))?, out_off: 0, flag: (i > 0) as u32, ..Default::default() };
-            ops.push(k.small(device, Small::SumRange, Some(&loss_partials), None, Some(&self.scalars), None, p, [1, 1, 1]));
+            ops.push(k.small(
+                device,
+                Small::SumRange,
+                Some(&loss_partials),
+                None,
+                Some(&self.scalars),
+                None,
+                p,
+                [1, 1, 1],
+            ));
             if want_grad {
                 let accumulate = i > 0;
                 let decay = |l: usize, off: usize| {
-                    (i == 0 && spec.weight_decay != 0.0).then(|| (spec.weight_decay as f32, &self.theta, (lay.weight_range(l).start + off) as u32))
+                    (i == 0 && spec.weight_decay != 0.0)
+                        .then(|| (spec.weight_decay as f32, &self.theta, (lay.weight_range(l).start + off) as u32))
                 };
                 // The output layer: ∇W = α δᵀ H, ∇b = α Σ δ, δH = δ W (no f′: the gate kernels
                 // apply the recurrent layers' derivatives).
@@ -639,7 +713,17 @@ impl GpuBackend {
                             }
                             StackOp::Lstm { lstm, .. } => {
                                 let cells = b.cells.as_ref().expect("an LSTM has cells");
-                                rk.lstm_backward(device, lstm, rows, t, from_above, carry_h, (&b.gates, cells), &dz, &carry[1])?
+                                rk.lstm_backward(
+                                    device,
+                                    lstm,
+                                    rows,
+                                    t,
+                                    from_above,
+                                    carry_h,
+                                    (&b.gates, cells),
+                                    &dz,
+                                    &carry[1],
+                                )?
                             }
                             _ => unreachable!("recurrent_ops keeps recurrent layers only"),
                         });
@@ -648,7 +732,14 @@ impl GpuBackend {
                             let dz_t = Operand { buf: &dz, off: u(t * g)?, rs: u(steps * g)?, cs: 1 };
                             let w_hh = Operand::row_major(&self.theta, u(w_off + g * n)?, u(h)?);
                             let plain = Epilogue::Plain { alpha: 1.0, accumulate: false, decay: None };
-                            ops.push(k.matmul(device, dz_t, w_hh, (&carry[0], 0, u(h)?), (u(rows)?, u(h)?, u(g)?), plain));
+                            ops.push(k.matmul(
+                                device,
+                                dz_t,
+                                w_hh,
+                                (&carry[0], 0, u(h)?),
+                                (u(rows)?, u(h)?, u(g)?),
+                                plain,
+                            ));
                         }
                     }
                     // ∇W_ih = α δZᵀ X over all steps.
@@ -656,7 +747,14 @@ impl GpuBackend {
                     let dz_all_t = Operand::row_major(&dz, 0, u(g)?).t();
                     let xs = Operand::row_major(input.0, u(input.1)?, u(n)?);
                     let epilogue = Epilogue::Plain { alpha: inv_m, accumulate, decay: decay(b.l, 0) };
-                    ops.push(k.matmul(device, dz_all_t, xs, (&self.grad, u(w_off)?, u(n)?), (u(g)?, u(n)?, u(rows * steps)?), epilogue));
+                    ops.push(k.matmul(
+                        device,
+                        dz_all_t,
+                        xs,
+                        (&self.grad, u(w_off)?, u(n)?),
+                        (u(g)?, u(n)?, u(rows * steps)?),
+                        epilogue,
+                    ));
                     // ∇W_hh = α Σ_t δz_tᵀ H_{t−1}, t = 1 … T in order.
                     for t in 0..steps {
                         let dz_t = Operand { buf: &dz, off: u(t * g)?, rs: u(steps * g)?, cs: 1 }.t();
@@ -679,7 +777,14 @@ impl GpuBackend {
                         let d = Operand::row_major(&dz, 0, u(g)?);
                         let w_ih = Operand::row_major(&self.theta, u(w_off)?, u(n)?);
                         let plain = Epilogue::Plain { alpha: 1.0, accumulate: false, decay: None };
-                        ops.push(k.matmul(device, d, w_ih, (&dh[1 - cur], 0, u(n)?), (u(rows * steps)?, u(n)?, u(g)?), plain));
+                        ops.push(k.matmul(
+                            device,
+                            d,
+                            w_ih,
+                            (&dh[1 - cur], 0, u(n)?),
+                            (u(rows * steps)?, u(n)?, u(g)?),
+                            plain,
+                        ));
                         cur = 1 - cur;
                     }
                 }
@@ -744,7 +849,8 @@ impl GpuBackend {
         let stack = spec.net.as_ref().expect("a recurrent spec has a stack");
         let mut acts = Vec::new();
         for (j, ((_, w), values)) in sources.iter().zip(flat).enumerate() {
-            let a = Array2::from_shape_vec((rows, *w), values.into_iter().map(f64::from).collect()).expect("sizes match");
+            let a =
+                Array2::from_shape_vec((rows, *w), values.into_iter().map(f64::from).collect()).expect("sizes match");
             // A last-step layer's activation is its h_T.
             acts.push(match stack.layers.get(j) {
                 Some(layer) if !layer.is_per_step() => {
@@ -810,27 +916,23 @@ impl GpuBackend {
     /// The final state of the last evaluation (one [`LayerState`] per recurrent layer, each
     /// m × h for its m sequences), read back from the device. Errors: no evaluation yet.
     pub fn recurrent_state(&self) -> Result<State<f32>> {
-        let key = self.recurrent.holder.as_ref().ok_or_else(|| Error::Data("no recurrent evaluation has run yet".into()))?;
-        let plan = self.plans.get(key).ok_or_else(|| Error::Data("the last evaluation's state is gone".into()))?;
+        let (buffers, rows) =
+            self.recurrent.holder.as_ref().ok_or_else(|| Error::Data("no recurrent evaluation has run yet".into()))?;
         let layers = StackLayers::of(&self.spec)?.ok_or_else(|| Error::Gpu("not a layer stack".into()))?;
-        let rows: usize = key.0.iter().map(|s| s.rows).sum();
         let mut sources = Vec::new();
-        let mut lstm = Vec::new();
-        let mut si = 0;
+        let mut kinds = Vec::new();
         for op in &layers.ops {
             let (_, _, _, h) = op.recurrent_dims().expect("a recurrent stack");
-            sources.push((&plan.state[si], h));
-            si += 1;
             let is_lstm = matches!(op, StackOp::Lstm { .. });
-            if is_lstm {
-                sources.push((&plan.state[si], h));
-                si += 1;
+            for _ in 0..1 + is_lstm as usize {
+                sources.push((&buffers[sources.len()], h));
             }
-            lstm.push((h, is_lstm));
+            kinds.push((h, is_lstm));
         }
-        let mut flat = self.run_and_read(Vec::new(), &sources, rows)?.into_iter();
-        let mut next = |h: usize| Array2::from_shape_vec((rows, h), flat.next().expect("one per buffer")).expect("sizes match");
-        let layers = lstm
+        let mut flat = self.run_and_read(Vec::new(), &sources, *rows)?.into_iter();
+        let mut next =
+            |h: usize| Array2::from_shape_vec((*rows, h), flat.next().expect("one per buffer")).expect("sizes match");
+        let layers = kinds
             .into_iter()
             .map(|(h, is_lstm)| {
                 let hs = next(h);
@@ -876,17 +978,11 @@ impl GpuBackend {
             }
             Start::Carried => {
                 self.recurrent.start = Start::Carried;
-                let holder = self.recurrent.holder.clone();
-                if holder.as_ref() != Some(key) {
-                    let from = holder.as_ref().and_then(|h| self.plans.get(h).map(|p| (h, p)));
-                    let Some((from_key, from)) = from else {
-                        return Err(Error::Data(
-                            "the carried recurrent state is gone (the batch shape changed): set it again".into(),
-                        ));
-                    };
-                    let had: usize = from_key.0.iter().map(|s| s.rows).sum();
-                    if had != rows {
-                        self.recurrent.start = Start::Carried;
+                let Some((from, had)) = &self.recurrent.holder else {
+                    return Err(Error::Data("no carried recurrent state: set one first".into()));
+                };
+                if *from != plan.state {
+                    if *had != rows {
                         return Err(Error::Shape(format!(
                             "the carried recurrent state is for {had} sequences, this batch has {rows}: keep the batch size, or start from a new state"
                         )));
@@ -895,14 +991,14 @@ impl GpuBackend {
                         .gpu
                         .device
                         .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("carry state") });
-                    for (a, b) in from.state.iter().zip(&plan.state) {
+                    for (a, b) in from.iter().zip(&plan.state) {
                         encoder.copy_buffer_to_buffer(a, 0, b, 0, a.size());
                     }
                     queue.submit([encoder.finish()]);
                 }
             }
         }
-        self.recurrent.holder = Some(key.clone());
+        self.recurrent.holder = Some((plan.state.clone(), rows));
         Ok(())
     }
 }
