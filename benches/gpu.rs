@@ -151,6 +151,7 @@ fn main() {
     println!("{name:<44} {tg:>10.4} {tc:>10.4} {:>8.1} {tg_cpu:>10.2}", tg / tc);
 
     training_steps(reps, smoke);
+    recurrent_steps(reps, smoke);
 }
 
 /// No adapter is a failure (CI always has lavapipe), unless WGNN_SKIP_GPU=1 asks to skip.
@@ -547,4 +548,89 @@ fn lenet_step_flops(m: usize) -> f64 {
     let conv2 = Conv2d::new(ImageShape::new(20, 12, 12), 50, 5, 1, 0).unwrap().forward_flops(m) as f64;
     let dense = 2.0 * (m * (800 * 500 + 500 * 10)) as f64;
     2.0 * conv1 + 3.0 * conv2 + 3.0 * dense
+}
+
+/// FLOPs of one cost-and-gradient of a recurrent stack on m sequences (the products only):
+/// per layer of G gate rows, n inputs and h units over T steps, 2·m·T·G·(n + h) forward and
+/// 2·m·T·G·(n + 2h) backward (δh through W_hh, ∇W_ih, ∇W_hh) plus 2·m·T·G·n for the δ of a
+/// layer below; the output layer's three products on S steps.
+fn recurrent_step_flops(spec: &NetSpec, m: usize) -> f64 {
+    let stack = spec.net.as_ref().expect("a recurrent stack");
+    let steps = stack.input.height;
+    let mut n = stack.input.width;
+    let mut flops = 0.0;
+    for (i, layer) in stack.layers.iter().enumerate() {
+        let (g, h) = match *layer {
+            wgnn::model::Layer::Lstm { units, .. } => (4 * units, units),
+            wgnn::model::Layer::Rnn { units, .. } => (units, units),
+            _ => unreachable!("a recurrent stack"),
+        };
+        let mtg = 2.0 * (m * steps * g) as f64;
+        flops += mtg * ((n + h) + (n + 2 * h)) as f64 + if i > 0 { mtg * n as f64 } else { 0.0 };
+        n = h;
+    }
+    flops + 3.0 * 2.0 * (m * spec.output_steps() * spec.outputs() * n) as f64
+}
+
+/// One minibatch training step of the issue-16 recurrent models with θ and Adam on the device
+/// (DeviceTraining), against the CPU f32 backend's cost_and_grad + update on the same batch:
+/// row-by-row MNIST with an LSTM of 128 (T = 28 steps of 28 pixels, batch 128, softmax at the
+/// last step) and the character LSTM of 256 (T = 64, one-hot over 73 characters, batch 32, a
+/// softmax at every step; here from a zero state each step). Random data of those shapes; in
+/// smoke mode 2 sequences of 8 units.
+fn recurrent_steps(reps: usize, smoke: bool) {
+    println!(
+        "\n{:<60} {:>10} {:>16} {:>10} {:>8}",
+        "recurrent training step (cost + gradient + Adam)", "gpu s", "rate", "cpu f32 s", "gpu/cpu"
+    );
+    let (rows_h, char_h) = if smoke { (8, 8) } else { (128, 256) };
+    let seq = |steps: usize, n: usize, text: &str, k: usize| {
+        let parsed = parse_net(text).unwrap();
+        NetSpec::stack(LayerStack { input: InputShape::sequence(steps, n), layers: parsed.layers }, k, parsed.output)
+            .unwrap()
+    };
+    let mut rng = StdRng::seed_from_u64(16);
+    for (name, spec, batch) in [
+        (
+            format!("row-MNIST lstm {rows_h} (T 28, batch 128)"),
+            seq(28, 28, &format!("lstm {rows_h}, softmax"), 10),
+            if smoke { 2 } else { 128 },
+        ),
+        (
+            format!("char lstm {char_h} (T 64, 73 chars, batch 32)"),
+            seq(if smoke { 4 } else { 64 }, 73, &format!("lstm {char_h}, per-step softmax"), 73),
+            if smoke { 2 } else { 32 },
+        ),
+    ] {
+        let x = Array2::from_shape_fn((batch, spec.inputs()), |(i, j)| {
+            if spec.inputs() == 28 * 28 {
+                rng.random_range(0.0f32..1.0)
+            } else {
+                ((j % 73) == (i * 7 + j / 73) % 73) as u8 as f32
+            }
+        });
+        let labels: Vec<usize> = (0..batch * spec.output_steps()).map(|i| (i * 13) % spec.outputs()).collect();
+        let all: Vec<usize> = (0..batch).collect();
+        let theta = Init::Uniform.theta(&spec, 0);
+        let rule = UpdateRule::ADAM;
+        let scalars = rule.scalars(1, 1e-9);
+        let mut g = GpuBackend::new(spec.clone(), &GpuOptions::default()).unwrap();
+        g.set_data((&x).into(), Targets::Labels(&labels)).unwrap();
+        let device = g.device_training().expect("the GPU backend trains on the device");
+        device.load(&theta, &UpdateState::new(rule, theta.len())).unwrap();
+        let (tg, _) = time(reps, || {
+            let step = device.step(Batch::Indices(&all), &scalars).expect("a device training step failed");
+            assert!(step.cost.is_finite() && step.grad_norm.is_finite(), "non-finite step: {step:?}");
+        });
+        let mut c = CpuBackend::<f32>::new(spec.clone()).unwrap();
+        c.set_data((&x).into(), Targets::Labels(&labels)).unwrap();
+        let (mut theta, mut grad, mut state) =
+            (theta.clone(), vec![0.0; theta.len()], UpdateState::new(rule, theta.len()));
+        let (tc, _) = time(reps, || {
+            c.cost_and_grad(&theta, Batch::Indices(&all), &mut grad).unwrap();
+            state.apply(&mut theta, &grad, 1e-9);
+        });
+        let rate = format!("{:.2} GFLOP/s", recurrent_step_flops(&spec, batch) / tg / 1e9);
+        println!("{name:<60} {tg:>10.5} {rate:>16} {tc:>10.5} {:>8.2}", tg / tc);
+    }
 }
