@@ -19,6 +19,7 @@ cargo build --release
 cp target/release/wgnn .device/wgnn
 # Test and bench executables, as cargo names them (one JSON line per artifact).
 cargo test --release --no-run --test gpu_kernels --test gpu_parity --test gpu_update --test gpu_data --test gpu_layers \
+    --test gpu_rnn \
     --bench gpu \
     --message-format=json 2>/dev/null \
   | python3 -c 'import json, sys

@@ -6,6 +6,9 @@
 # output lands in $OUT (log.txt, compare.txt, bench.json, train60k.json); a step that fails
 # is logged and the next one still runs. Read $OUT/log.txt first. Issue 15 adds the layer
 # kernels' suite (gpu_layers) and a CNN training run, GPU then CPU, with wall times (cnn_*.json).
+# Issue 16 adds the recurrent suite (gpu_rnn; the bench's recurrent rows time the row-MNIST
+# LSTM-128 step at batch 128 and the char LSTM-256 step, T = 64, batch 32, GPU and CPU f32) and
+# one epoch of row-by-row MNIST with an LSTM of 128, GPU then CPU, with wall times (lstm_*.json).
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-/tmp/wgnn-out}
@@ -24,18 +27,19 @@ icd=/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json
 data=.device/data
 export WGNN_DATA_DIR=$data
 # Smaller settings for a dry run on lavapipe: SHAPES=small BATCH=256 TRAIN_ARGS="--limit 1000 --iterations 5"
-# CNN_ARGS="--limit 200".
+# CNN_ARGS="--limit 200" LSTM_ARGS="--limit 256".
 SHAPES=${SHAPES:-xlarge}
 BATCH=${BATCH:-10000,60000}
 TRAIN_ARGS=${TRAIN_ARGS:-}
 CNN_ARGS=${CNN_ARGS:---limit 4000}
+LSTM_ARGS=${LSTM_ARGS:---limit 12800}
 
 log "machine"
 step nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv
 step .device/wgnn devices
 
 log "GPU tests (the suites CI runs on lavapipe, here on the real adapter)"
-for t in gpu_kernels gpu_parity gpu_update gpu_data gpu_layers; do
+for t in gpu_kernels gpu_parity gpu_update gpu_data gpu_layers gpu_rnn; do
     step timeout 180 ".device/tests/$t" --quiet
 done
 step timeout 120 .device/tests/gpu --bench
@@ -69,5 +73,18 @@ for backend in gpu cpu; do
         --quiet --out "/tmp/cnn_$backend" $CNN_ARGS
     echo "wall $(( ($(date +%s%N) - start) / 1000000 )) ms (cnn, $backend)" | tee -a "$OUT/log.txt"
     cp "/tmp/cnn_$backend/metrics.json" "$OUT/cnn_$backend.json" 2>/dev/null
+done
+# One epoch of row-by-row MNIST (28 steps of 28 pixels) with an LSTM of 128 and a softmax at
+# the last step (Adam, batch 128: `wgnn train lstm`'s defaults) on the first 12,800 images
+# (100 steps), θ and the update on the device; then the same on the CPU backend (f32).
+for backend in gpu cpu; do
+    log "wgnn train lstm --sequence rows, 1 epoch, $backend backend"
+    rm -rf "/tmp/lstm_$backend"
+    start=$(date +%s%N)
+    # shellcheck disable=SC2086 # LSTM_ARGS is a list of flags
+    step timeout 300 .device/wgnn train lstm --data mnist:$data/mnist --sequence rows --iterations 1 \
+        --backend $backend --quiet --out "/tmp/lstm_$backend" $LSTM_ARGS
+    echo "wall $(( ($(date +%s%N) - start) / 1000000 )) ms (row-MNIST lstm 128, $backend)" | tee -a "$OUT/log.txt"
+    cp "/tmp/lstm_$backend/metrics.json" "$OUT/lstm_$backend.json" 2>/dev/null
 done
 log "done"
