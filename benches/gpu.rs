@@ -590,16 +590,17 @@ fn recurrent_steps(reps: usize, smoke: bool) {
             .unwrap()
     };
     let mut rng = StdRng::seed_from_u64(16);
+    let (rows_batch, char_batch, char_t) = if smoke { (2, 2, 4) } else { (128, 32, 64) };
     for (name, spec, batch) in [
         (
-            format!("row-MNIST lstm {rows_h} (T 28, batch 128)"),
+            format!("row-MNIST lstm {rows_h} (T 28, batch {rows_batch})"),
             seq(28, 28, &format!("lstm {rows_h}, softmax"), 10),
-            if smoke { 2 } else { 128 },
+            rows_batch,
         ),
         (
-            format!("char lstm {char_h} (T 64, 73 chars, batch 32)"),
-            seq(if smoke { 4 } else { 64 }, 73, &format!("lstm {char_h}, per-step softmax"), 73),
-            if smoke { 2 } else { 32 },
+            format!("char lstm {char_h} (T {char_t}, 73 chars, batch {char_batch})"),
+            seq(char_t, 73, &format!("lstm {char_h}, per-step softmax"), 73),
+            char_batch,
         ),
     ] {
         let x = Array2::from_shape_fn((batch, spec.inputs()), |(i, j)| {
