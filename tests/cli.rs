@@ -2080,3 +2080,39 @@ fn sequence_flags_are_refused_where_they_mean_nothing() {
     );
     assert!(!dir.path().join("r").exists(), "a refused run leaves no folder");
 }
+
+/// `wgnn train lstm --sequence rows --backend gpu` (issue 16 §3): one epoch of an LSTM on 128
+/// MNIST images row by row, θ and Adam on the device, ends at the CPU f32 run's final cost
+/// (the same seed, batches and steps); `--backend auto` says why it takes the CPU when the
+/// only adapter is a software one.
+#[test]
+fn train_lstm_on_mnist_rows_runs_on_the_gpu() {
+    let Some(mnist) = mnist_dir() else {
+        eprintln!("skipped: no MNIST (set WGNN_DATA_DIR)");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let run = |backend: &str| {
+        let out = dir.path().join(backend);
+        let run = wgnn()
+            .args(["train", "lstm", "--data", &mnist, "--sequence", "rows", "--limit", "128", "--hidden", "6"])
+            .args(["--batch-size", "32", "--iterations", "1", "--backend", backend])
+            .args(["--out", out.to_str().unwrap()])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&run.stderr).into_owned();
+        assert!(run.status.success(), "--backend {backend}: {stderr}");
+        let m: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("metrics.json")).unwrap()).unwrap();
+        (m["final_cost"].as_f64().expect("a final cost"), m["initial_cost"].as_f64().unwrap(), stderr)
+    };
+    let (gpu, gpu0, stderr) = run("gpu");
+    assert!(stderr.contains("backend  gpu f32"), "{stderr}");
+    let (cpu, cpu0, _) = run("cpu");
+    assert!(((gpu0 - cpu0) / cpu0).abs() < 1e-5, "initial cost: GPU {gpu0}, CPU {cpu0}");
+    assert!(((gpu - cpu) / cpu).abs() < 1e-3, "after one epoch: GPU {gpu}, CPU {cpu}");
+    assert!(gpu < gpu0, "the cost did not fall: {gpu0} → {gpu}");
+    let (_, _, stderr) = run("auto");
+    if stderr.contains("(software)") {
+        assert!(stderr.contains("using the CPU") && stderr.contains("backend  cpu"), "{stderr}");
+    }
+}
