@@ -1254,6 +1254,85 @@ pub mod char_model {
         Ok((job.steps, last))
     }
 
+    /// [`train`] with each window's cost and gradient on the GPU (`gpu`, a backend built for
+    /// `net.spec`): the state carried from window to window on the device
+    /// ([`crate::gpu::GpuBackend::set_recurrent_state`]; a new pass over the text starts from
+    /// zero), the gradient read back, clipped and applied on the host as [`train`] does (the
+    /// device update has no clipping), held-out bits per character on the CPU in f32. The
+    /// same windows, order and rule as [`train`]; the numbers are f32's.
+    pub fn train_on_gpu(
+        gpu: &mut crate::gpu::GpuBackend,
+        net: &Recurrent,
+        theta: &mut [f64],
+        train: &[u32],
+        held_out: &[u32],
+        job: &Job,
+        on_step: &mut dyn FnMut(&Step) -> Control,
+    ) -> Result<(usize, Option<HeldOut>)> {
+        use crate::backend::{Backend, Batch, Targets};
+        job.rule.validate()?;
+        if !(job.learning_rate.is_finite() && job.learning_rate > 0.0) {
+            return Err(Error::Data(format!("the learning rate η = {} must be > 0", job.learning_rate)));
+        }
+        if let Some(tau) = job.clip_norm
+            && !(tau.is_finite() && tau > 0.0)
+        {
+            return Err(Error::Data(format!("--clip-norm {tau} must be a finite number > 0")));
+        }
+        let steps = net.steps();
+        let vocab = net.spec.outputs();
+        let streams = StreamBatches::new(train.len(), job.batch, steps)?;
+        if !held_out.is_empty() {
+            text::check_window(held_out.len(), steps, "the held-out text")?;
+        }
+        let mut update = UpdateState::new(job.rule, theta.len());
+        let mut grad = vec![0.0; theta.len()];
+        let mut last = None;
+        for step in 1..=job.steps {
+            let k = (step - 1) % streams.len();
+            if k == 0 {
+                gpu.set_recurrent_state(Some(net.zero_state::<f32>(job.batch)))?;
+            }
+            let (x, next) = text::one_hot_windows(train, &streams.starts(k), steps, vocab)?;
+            gpu.set_data((&x).into(), Targets::Labels(&next))?;
+            let cost = gpu.cost_and_grad(theta, Batch::All, &mut grad)?;
+            let grad_norm = match job.clip_norm {
+                Some(tau) => clip_by_global_norm(&mut grad, tau)?,
+                None => grad.iter().map(|g| g * g).sum::<f64>().sqrt(),
+            };
+            if !cost.total().is_finite() || !grad_norm.is_finite() {
+                return Err(Error::Data(format!(
+                    "update {step}: the cost is {} and the gradient's norm {grad_norm}: training diverged; \
+                     try a smaller learning rate or --clip-norm",
+                    cost.total()
+                )));
+            }
+            update.apply(theta, &grad, job.learning_rate);
+            let measure = !held_out.is_empty()
+                && (step == job.steps || (job.eval_every > 0 && step.is_multiple_of(job.eval_every)));
+            let held = if measure {
+                let theta_f: Vec<f32> = theta.iter().map(|&v| v as f32).collect();
+                Some(bits_per_character(net, &theta_f, held_out)?)
+            } else {
+                None
+            };
+            if held.is_some() {
+                last = held;
+            }
+            let report = Step {
+                step,
+                per_epoch: streams.len(),
+                train_bits: cost.data / std::f64::consts::LN_2,
+                grad_norm,
+                held_out: held,
+            };
+            if on_step(&report) == Control::Stop {
+                return Ok((step, last));
+            }
+        }
+        Ok((job.steps, last))
+    }
+
     /// The same network reading one character at a time (T = 1): θ's layout does not depend
     /// on T, so a model trained on windows of T samples with the state carried step by step.
     pub fn one_step(net: &Recurrent) -> Result<Recurrent> {

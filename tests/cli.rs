@@ -2116,3 +2116,35 @@ fn train_lstm_on_mnist_rows_runs_on_the_gpu() {
         assert!(stderr.contains("using the CPU") && stderr.contains("backend  cpu"), "{stderr}");
     }
 }
+
+/// `wgnn train lstm --data text:FILE --backend gpu`: the character model's windows on the
+/// device, the state carried there, end at the CPU f32 run's held-out bits per character (the
+/// same windows, seed and updates); `--precision f64` with the GPU is refused in one line.
+#[test]
+fn train_lstm_char_model_runs_on_the_gpu() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = dir.path().join("toy.txt");
+    std::fs::write(&text, toy_language(120)).unwrap();
+    let data = format!("text:{}", text.display());
+    let run = |backend: &str| {
+        let out = dir.path().join(backend);
+        let run = wgnn()
+            .args(["train", "lstm", "--data", &data, "--hidden", "8", "--bptt", "8", "--batch-size", "4"])
+            .args(["--steps", "12", "--eval-every", "0", "--seed", "1", "--backend", backend])
+            .args(["--out", out.to_str().unwrap()])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&run.stderr).into_owned();
+        assert!(run.status.success(), "--backend {backend}: {stderr}");
+        let m: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("metrics.json")).unwrap()).unwrap();
+        (m["held_out_bits_per_character"].as_f64().expect("held-out bits"), stderr)
+    };
+    let (gpu, stderr) = run("gpu");
+    assert!(stderr.contains("backend  gpu f32"), "{stderr}");
+    let (cpu, _) = run("cpu");
+    assert!((gpu - cpu).abs() < 1e-3, "held-out bits per character: GPU {gpu}, CPU {cpu}");
+    fails_with(
+        wgnn().args(["train", "lstm", "--data", &data, "--backend", "gpu", "--precision", "f64"]),
+        "the GPU computes in f32: leave out --precision f64, or use --backend cpu",
+    );
+}

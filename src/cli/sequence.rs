@@ -186,8 +186,10 @@ fn check_text_flags(args: &TrainArgs) -> anyhow::Result<()> {
     if args.bptt == Some(0) || args.steps == Some(0) || args.batch_size == Some(0) {
         bail!("--bptt, --steps and --batch-size must each be at least 1");
     }
-    if matches!(args.backend.backend, super::BackendChoice::Gpu) {
-        bail!("character models run on the CPU backend for now: leave out --backend gpu");
+    if matches!(args.backend.backend, super::BackendChoice::Gpu)
+        && matches!(args.backend.precision, Some(super::Precision::F64))
+    {
+        bail!("the GPU computes in f32: leave out --precision f64, or use --backend cpu");
     }
     Ok(())
 }
@@ -243,10 +245,18 @@ pub fn train_text(args: &TrainArgs, path: &Path, folder: RunFolder, interrupt: &
         text::check_window(corpus.validation.len(), steps, "the held-out text")?;
     }
     let f64_path = matches!(args.backend.precision, Some(super::Precision::F64));
+    // --backend gpu: the windows' cost and gradient on the device (auto keeps the CPU).
+    let mut gpu = match args.backend.backend {
+        super::BackendChoice::Gpu => Some(wgnn::GpuBackend::new(spec.clone(), &args.backend.gpu_options())?),
+        _ => None,
+    };
     // Every check has passed: from here on the lines are progress, not errors.
     say(format!("data     {}", corpus.description));
     say(format!("network  {} ({params} parameters), windows of {steps} characters", spec.describe()));
-    say(format!("backend  cpu {} (recurrent networks run on the CPU)", if f64_path { "f64" } else { "f32" }));
+    match &gpu {
+        Some(g) => say(format!("backend  {}", wgnn::Backend::name(g))),
+        None => say(format!("backend  cpu {}", if f64_path { "f64" } else { "f32" })),
+    }
     say(format!(
         "training {} η = {} for {} updates of {} streams × {steps} characters ({} updates per pass), clipping {}",
         rule.name(),
@@ -276,7 +286,9 @@ pub fn train_text(args: &TrainArgs, path: &Path, folder: RunFolder, interrupt: &
         }
         if interrupt.load(Ordering::SeqCst) { Control::Stop } else { Control::Continue }
     };
-    let result = if f64_path {
+    let result = if let Some(g) = gpu.as_mut() {
+        char_model::train_on_gpu(g, &net, &mut theta, &corpus.train, &corpus.validation, &job, &mut on_step)
+    } else if f64_path {
         char_model::train::<f64>(&net, &mut theta, &corpus.train, &corpus.validation, &job, &mut on_step)
     } else {
         char_model::train::<f32>(&net, &mut theta, &corpus.train, &corpus.validation, &job, &mut on_step)
