@@ -501,9 +501,10 @@ fn wgnn(args: &[&str]) -> (bool, String, String) {
 #[test]
 fn cli_gradcheck_takes_recurrent_nets_and_refuses_impossible_ones_in_one_line() {
     for net in ["lstm 4, lstm 3, per-step softmax 5", "rnn 4 relu, softmax 3", "rnn 3 tanh, per-step tanh 2"] {
-        let (ok, stdout, stderr) = wgnn(&["gradcheck", "--net", net, "--input-shape", "1x6x3", "--examples", "4"]);
+        let (ok, stdout, stderr) =
+            wgnn(&["gradcheck", "--net", net, "--input-shape", "1x6x3", "--examples", "4", "--backend", "cpu"]);
         assert!(ok, "{net}: {stderr}");
-        assert!(stderr.contains("note: rnn/lstm layers run on the CPU backend"), "{stderr}");
+        assert!(stdout.contains("backend  cpu f64"), "{stdout}");
         let last = stdout.lines().last().unwrap();
         let d: f64 = last.strip_prefix("relative difference ").unwrap().parse().unwrap();
         assert!(d < 1e-8, "{net}: {last}");
@@ -512,11 +513,6 @@ fn cli_gradcheck_takes_recurrent_nets_and_refuses_impossible_ones_in_one_line() 
         ("dense 4 relu, lstm 3, softmax 5", "1x6x3", "put rnn/lstm layers first"),
         ("lstm 4, softmax 5", "3x6x3", "not a 3×6×3 image: give the input shape as 1xTxN"),
         ("lstm 4, gru 3, softmax 5", "1x6x3", "unknown layer"),
-        (
-            "lstm 4, softmax 5",
-            "1x6x3 --backend gpu",
-            "rnn/lstm layers run on the CPU backend for now: use --backend cpu",
-        ),
     ] {
         let mut args = vec!["gradcheck", "--net", net, "--input-shape"];
         args.extend(shape.split(' '));
@@ -526,6 +522,21 @@ fn cli_gradcheck_takes_recurrent_nets_and_refuses_impossible_ones_in_one_line() 
         assert_eq!(errors.len(), 1, "one line: {stderr}");
         assert!(errors[0].contains(needle), "`{}` should say `{needle}`", errors[0]);
     }
+    // The GPU computes recurrent networks too (issue 16 §3): its f32 gradient within
+    // gradcheck's f32 tolerance of the f64 cost's central differences.
+    let (ok, stdout, stderr) = wgnn(&[
+        "gradcheck",
+        "--net",
+        "lstm 4, softmax 5",
+        "--input-shape",
+        "1x6x3",
+        "--examples",
+        "4",
+        "--backend",
+        "gpu",
+    ]);
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("backend  gpu f32") && stdout.contains("ok: its gradient"), "{stdout}{stderr}");
 }
 
 /// `wgnn train cnn` trains an LSTM on MNIST read row by row (1×28×28 = 28 steps of 28 pixels)
