@@ -2,6 +2,7 @@
 //! the user named), and open a device with the adapter's own limits rather than WebGPU's
 //! defaults (whose 128 MiB storage bindings are too small for MNIST).
 
+use super::plumbing::{Op, read_back, staging, upload};
 use crate::{Error, Result};
 
 /// Which graphics API to look through.
@@ -83,7 +84,7 @@ pub struct Gpu {
     pub queue: wgpu::Queue,
     pub info: wgpu::AdapterInfo,
     pub limits: wgpu::Limits,
-    /// The matmul kernel that [`super::kernels::Kernels`] built on this device will use.
+    /// The matmul kernel that `Kernels` built on this device will use.
     pub matmul: MatmulKernel,
 }
 
@@ -207,11 +208,11 @@ impl Gpu {
 impl Gpu {
     /// A storage buffer holding `data` (also usable as a copy source and destination).
     pub fn upload_f32(&self, label: &str, data: &[f32]) -> wgpu::Buffer {
-        super::upload(&self.device, label, bytemuck::cast_slice(data))
+        upload(&self.device, label, bytemuck::cast_slice(data))
     }
 
     /// Records `ops` into one compute pass, submits, and waits for the device.
-    pub fn run(&self, ops: &[super::kernels::Op]) -> Result<()> {
+    pub fn run(&self, ops: &[Op]) -> Result<()> {
         let mut encoder = self.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("run") });
         {
             let mut pass =
@@ -225,11 +226,11 @@ impl Gpu {
 
     /// The first `len` floats of `buf`, copied back to the host.
     pub fn download_f32(&self, buf: &wgpu::Buffer, len: usize) -> Result<Vec<f32>> {
-        let staging = super::staging(&self.device, "readback", len);
+        let staging = staging(&self.device, "readback", len);
         let mut encoder =
             self.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("readback") });
         encoder.copy_buffer_to_buffer(buf, 0, &staging, 0, (len * 4) as u64);
         self.queue.submit([encoder.finish()]);
-        super::read_back(self, &staging, len)
+        read_back(&self.device, &staging, len)
     }
 }

@@ -3,9 +3,11 @@
 //! mirror the WGSL `Params` structs field for field.
 
 use bytemuck::{Pod, Zeroable};
-use wgpu::util::DeviceExt;
 
 use super::device::{Gpu, MatmulKernel};
+pub use super::params::{BLOCK_ROWS, FPRIME_GIVEN, MATMUL_TILE, MatmulParams, SmallParams, act_code};
+pub use super::plumbing::Op;
+use super::plumbing::{bind_all, layout, pipeline, uniform};
 use super::texmatmul::{Packed, TexMatmul};
 use crate::model::Activation;
 
@@ -20,77 +22,6 @@ const REDUCE: &str = include_str!("../../shaders/reduce.wgsl");
 const SPARSITY: &str = include_str!("../../shaders/sparsity.wgsl");
 const CONV: &str = include_str!("../../shaders/conv.wgsl");
 const POOL: &str = include_str!("../../shaders/pool.wgsl");
-
-/// Rows of a column-sum block (BLOCK_ROWS in reduce.wgsl).
-pub const BLOCK_ROWS: u32 = 256;
-/// Edge of the output tile one matmul workgroup computes.
-pub const MATMUL_TILE: u32 = 64;
-
-/// The derivative code of common.wgsl meaning "the stored value is f′ itself"
-/// ([`Epilogue::DeltaGiven`]).
-pub const FPRIME_GIVEN: u32 = 5;
-
-/// Activation codes of common.wgsl, and the leaky slope.
-pub fn act_code(act: Activation) -> (u32, f32) {
-    match act {
-        Activation::Sigmoid => (0, 0.0),
-        Activation::Tanh => (1, 0.0),
-        Activation::Relu => (2, 0.0),
-        Activation::LeakyRelu { alpha } => (3, alpha as f32),
-        Activation::Identity => (4, 0.0),
-    }
-}
-
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
-pub struct MatmulParams {
-    pub m: u32,
-    pub n: u32,
-    pub k: u32,
-    pub epilogue: u32,
-    pub a_off: u32,
-    pub a_rs: u32,
-    pub a_cs: u32,
-    pub act: u32,
-    pub b_off: u32,
-    pub b_rs: u32,
-    pub b_cs: u32,
-    pub accumulate: u32,
-    pub c_off: u32,
-    pub c_rs: u32,
-    pub aux_off: u32,
-    pub has_kl: u32,
-    pub aux2_off: u32,
-    pub aux2_rs: u32,
-    pub alpha: f32,
-    pub decay: f32,
-    pub leaky_alpha: f32,
-    /// The texture-fed kernel only: 1 when consecutive workgroups go down the rows of C
-    /// rather than along its columns (see texmatmul.rs).
-    pub rows_first: u32,
-    pub _pad: [u32; 2],
-}
-
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
-pub struct SmallParams {
-    pub rows: u32,
-    pub cols: u32,
-    pub in_off: u32,
-    pub in_rs: u32,
-    pub out_off: u32,
-    pub aux_off: u32,
-    pub act: u32,
-    pub flag: u32,
-    pub alpha: f32,
-    pub leaky_alpha: f32,
-    pub rho: f32,
-    pub beta: f32,
-    pub partial_off: u32,
-    pub aux_rs: u32,
-    pub len: u32,
-    pub _pad: u32,
-}
 
 /// The small kernels, all sharing one bind-group layout (two inputs, two outputs, params).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -139,29 +70,6 @@ pub enum Epilogue<'a> {
     DeltaGiven { kl: Option<(&'a wgpu::Buffer, u32)>, fprime: Operand<'a> },
 }
 
-/// One recorded operation: one dispatch, or (the texture-fed matmul) a few in order.
-pub struct Op {
-    steps: Vec<(wgpu::ComputePipeline, wgpu::BindGroup, [u32; 3])>,
-}
-
-impl Op {
-    pub(super) fn one(pipeline: wgpu::ComputePipeline, bind_group: wgpu::BindGroup, groups: [u32; 3]) -> Op {
-        Op { steps: vec![(pipeline, bind_group, groups)] }
-    }
-
-    pub(super) fn steps(steps: Vec<(wgpu::ComputePipeline, wgpu::BindGroup, [u32; 3])>) -> Op {
-        Op { steps }
-    }
-
-    pub fn record(&self, pass: &mut wgpu::ComputePass<'_>) {
-        for (pipeline, bind_group, groups) in &self.steps {
-            pass.set_pipeline(pipeline);
-            pass.set_bind_group(0, bind_group, &[]);
-            pass.dispatch_workgroups(groups[0], groups[1], groups[2]);
-        }
-    }
-}
-
 pub struct Kernels {
     matmul_layout: wgpu::BindGroupLayout,
     small_layout: wgpu::BindGroupLayout,
@@ -172,64 +80,6 @@ pub struct Kernels {
     /// Bound where a kernel has no use for a slot (storage bindings may not be left empty).
     dummy_read: wgpu::Buffer,
     dummy_write: [wgpu::Buffer; 2],
-}
-
-/// The layout entry of a compute binding of type `ty`.
-pub(crate) fn entry(binding: u32, ty: wgpu::BindingType) -> wgpu::BindGroupLayoutEntry {
-    wgpu::BindGroupLayoutEntry { binding, visibility: wgpu::ShaderStages::COMPUTE, ty, count: None }
-}
-
-/// A buffer binding: Some(read_only) for a storage buffer, None for the uniform block.
-pub(crate) fn buffer(kind: Option<bool>) -> wgpu::BindingType {
-    wgpu::BindingType::Buffer {
-        ty: match kind {
-            Some(read_only) => wgpu::BufferBindingType::Storage { read_only },
-            None => wgpu::BufferBindingType::Uniform,
-        },
-        has_dynamic_offset: false,
-        min_binding_size: None,
-    }
-}
-
-/// A layout of buffer bindings 0, 1, … of the kinds [`buffer`] takes.
-pub(crate) fn layout(device: &wgpu::Device, label: &str, kinds: &[Option<bool>]) -> wgpu::BindGroupLayout {
-    let entries: Vec<wgpu::BindGroupLayoutEntry> =
-        kinds.iter().enumerate().map(|(i, &kind)| entry(i as u32, buffer(kind))).collect();
-    device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor { label: Some(label), entries: &entries })
-}
-
-/// A uniform buffer holding a kernel's parameter block.
-pub(crate) fn uniform(device: &wgpu::Device, bytes: &[u8]) -> wgpu::Buffer {
-    device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
-        label: Some("params"),
-        contents: bytes,
-        usage: wgpu::BufferUsages::UNIFORM,
-    })
-}
-
-pub(crate) fn pipeline(
-    device: &wgpu::Device,
-    layout: &wgpu::BindGroupLayout,
-    source: &str,
-    entry: &str,
-) -> wgpu::ComputePipeline {
-    let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
-        label: Some(entry),
-        source: wgpu::ShaderSource::Wgsl(source.into()),
-    });
-    let pipeline_layout = device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
-        label: Some(entry),
-        bind_group_layouts: &[Some(layout)],
-        immediate_size: 0,
-    });
-    device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
-        label: Some(entry),
-        layout: Some(&pipeline_layout),
-        module: &module,
-        entry_point: Some(entry),
-        compilation_options: Default::default(),
-        cache: None,
-    })
 }
 
 impl Kernels {
@@ -496,18 +346,4 @@ impl FeatureKernels {
         let bind_group = bind_all(device, &self.layout, &[conv, &self.dummy_read, out, &params]);
         Op::one(self.pool.clone(), bind_group, Self::pool_groups(&p, max_per_dimension))
     }
-}
-
-/// A bind group binding `buffers` in order, each whole.
-pub(crate) fn bind_all(
-    device: &wgpu::Device,
-    layout: &wgpu::BindGroupLayout,
-    buffers: &[&wgpu::Buffer],
-) -> wgpu::BindGroup {
-    let entries: Vec<wgpu::BindGroupEntry> = buffers
-        .iter()
-        .enumerate()
-        .map(|(i, buf)| wgpu::BindGroupEntry { binding: i as u32, resource: buf.as_entire_binding() })
-        .collect();
-    device.create_bind_group(&wgpu::BindGroupDescriptor { label: None, layout, entries: &entries })
 }

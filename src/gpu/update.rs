@@ -7,12 +7,13 @@
 //! a host copy of θ.
 //!
 //! The formulas are those of [`crate::optim::UpdateState::apply`], in f32; tests compare the
-//! two. This module must not change how a cost or gradient is computed (that is `mod.rs`).
+//! two. This module must not change how a cost or gradient is computed (that is the plan, `plan.rs`).
 
 use bytemuck::{Pod, Zeroable};
 
-use super::kernels::{bind_all, layout, pipeline};
-use super::{Gpu, GpuBackend, poison, read_back, staging, storage, write_f64};
+use super::backend::{GpuBackend, refused};
+use super::device::Gpu;
+use super::plumbing::{bind_all, layout, pipeline, poison, read_back, staging, storage, write_f64};
 use crate::backend::{Batch, DeviceStep, DeviceTraining};
 use crate::optim::{UpdateRule, UpdateScalars, UpdateState};
 use crate::{Error, Result};
@@ -252,7 +253,7 @@ fn read_buffers(gpu: &Gpu, sources: &[&wgpu::Buffer], len: usize) -> Result<Vec<
         encoder.copy_buffer_to_buffer(src, 0, &staging, i as u64 * bytes, bytes);
     }
     gpu.queue.submit([encoder.finish()]);
-    let flat = read_back(gpu, &staging, len * sources.len())?;
+    let flat = read_back(&gpu.device, &staging, len * sources.len())?;
     Ok(flat.chunks(len.max(1)).map(<[f32]>::to_vec).collect())
 }
 
@@ -334,10 +335,10 @@ impl DeviceTraining for GpuBackend {
         );
         self.data_bytes += bytes;
         let gpu = &self.gpu;
-        let terms = read_back(gpu, &self.scalar_staging, 4)?;
+        let terms = read_back(&gpu.device, &self.scalar_staging, 4)?;
         for s in [oom, scope] {
             if let Some(e) = pollster::block_on(s.pop()) {
-                return Err(super::refused(gpu, e));
+                return Err(refused(gpu, e));
             }
         }
         let cost = self.cost_terms(&terms, self.plans[&key].examples).total();
@@ -416,7 +417,7 @@ impl StandaloneUpdate {
         }
         encoder.copy_buffer_to_buffer(&self.scalars, 0, &self.staging, 0, 16);
         gpu.queue.submit([encoder.finish()]);
-        let terms = read_back(gpu, &self.staging, 4)?;
+        let terms = read_back(&gpu.device, &self.staging, 4)?;
         self.update.stepped();
         Ok((terms[3] as f64).sqrt())
     }

@@ -29,7 +29,8 @@ use std::sync::OnceLock;
 
 use bytemuck::{Pod, Zeroable};
 
-use super::kernels::{Op, act_code, bind_all, layout, pipeline, uniform};
+use super::params::act_code;
+use super::plumbing::{Op, bind_all, layout, pipeline, uniform};
 use crate::layers::conv2d::Conv2d;
 use crate::layers::maxout::Maxout;
 use crate::layers::pool2d::{Pool2d, PoolKind};

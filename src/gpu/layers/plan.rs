@@ -14,8 +14,11 @@
 //! of the plan it returns.
 
 use super::LayerKernels;
+use crate::gpu::backend::GpuBackend;
+use crate::gpu::data::Segment;
 use crate::gpu::kernels::{BLOCK_ROWS, Epilogue, Op, Operand, Small, SmallParams, act_code};
-use crate::gpu::{GpuBackend, Plan, Segment, storage, u32_of};
+use crate::gpu::plan::Plan;
+use crate::gpu::plumbing::{read_back, staging, storage, u32_of};
 use crate::layers::ImageShape;
 use crate::layers::conv2d::Conv2d;
 use crate::layers::maxout::Maxout;
@@ -453,7 +456,7 @@ impl GpuBackend {
         let widths: Vec<usize> = layers.widths.iter().copied().chain([spec.outputs()]).collect();
         let sources: Vec<&wgpu::Buffer> = bufs.iter().map(|b| &b.a).chain([&out]).collect();
         let total: usize = widths.iter().map(|w| w * rows).sum();
-        let staging = crate::gpu::staging(device, "activations readback", total);
+        let staging = staging(device, "activations readback", total);
         let mut encoder = device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("forward") });
         {
             let mut pass = encoder
@@ -469,7 +472,7 @@ impl GpuBackend {
             at += bytes;
         }
         self.gpu.queue.submit([encoder.finish()]);
-        let flat = crate::gpu::read_back(&self.gpu, &staging, total)?;
+        let flat = read_back(&self.gpu.device, &staging, total)?;
         let mut start = 0;
         Ok(widths
             .iter()
