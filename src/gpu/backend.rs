@@ -9,12 +9,14 @@ use std::sync::Arc;
 
 use ndarray::Array2;
 
-use super::data::{self, Chunk, GatherKernel, GatherSet, Segment};
+use super::data::{self, Residency, Segment, Source, Visit};
 use super::device::{Gpu, GpuOptions, MatmulKernel};
 use super::kernels::Kernels;
 use super::layers;
-use super::plan::Plan;
-use super::plumbing::{read_back, staging, storage, u32_of, write_f64};
+use super::layers::plan::StackRecorder;
+use super::params::CostSlot;
+use super::plan::{self, Plan, Recorder};
+use super::plumbing::{poison, read_back, staging, storage, u32_of, write_f64};
 use super::update;
 use crate::backend::{Backend, Batch, Cost, DeviceTraining, Inputs, Targets};
 use crate::cpu::{check_inputs, to_real, validate_data};
@@ -42,33 +44,17 @@ pub struct GpuBackend {
     pub(super) kernels: Kernels,
     pub(super) theta: wgpu::Buffer,
     pub(super) grad: wgpu::Buffer,
-    /// [data sum, Σ W², Σ β KL, unused] of the last evaluation.
+    /// [data sum, Σ W², Σ β KL, ‖∇J‖²] of the last evaluation (slots: `params::CostSlot`).
     pub(super) scalars: wgpu::Buffer,
     pub(super) grad_staging: wgpu::Buffer,
     pub(super) scalar_staging: wgpu::Buffer,
-    /// Rows in each chunk of the loaded data, resident or streamed.
-    pub(super) chunk_rows: Vec<usize>,
-    /// The resident chunks; empty when the data are streamed.
-    pub(super) chunks: Vec<Chunk>,
-    /// The chunk buffers streamed rows are uploaded into (empty when resident).
-    pub(super) ring: Vec<Chunk>,
-    /// Loaded data larger than this stay on the host and are streamed chunk by chunk.
-    pub(super) max_resident_bytes: u64,
-    /// The data on the host: streamed from, and gathered from when streaming. The caller's
-    /// own array when it was handed over as [`Inputs::Shared`], else a copy.
-    pub(super) host_x: Arc<Array2<f32>>,
-    pub(super) host_y: Option<Array2<f32>>,
-    pub(super) host_labels: Option<Vec<u32>>,
-    /// Gathered-batch buffer sets, least recently used first; the last is the current batch's.
-    pub(super) gathered: Vec<GatherSet>,
-    /// The gather kernel; `device_gather` off forces the host gather.
-    pub(super) gather_kernel: Option<GatherKernel>,
-    pub(super) device_gather: bool,
-    /// Bytes of examples, targets, labels and row indices written to the device so far.
-    pub(super) data_bytes: u64,
-    pub(super) max_chunk_rows: usize,
+    /// The loaded data: resident chunks or the streaming ring, and the gathered batches.
+    pub(super) data: Residency,
+    /// The plans built so far, by the segments they visit and whether they compute ∇J.
     pub(super) plans: HashMap<(Vec<Segment>, bool), Plan>,
-    pub(super) builds: Builds,
+    /// Plans built since the backend was made.
+    pub(super) plans_built: u64,
+    /// Fill workspace and outputs with NaN before every evaluation (`set_poison`).
     pub(super) poison: bool,
     /// Minibatch training with θ kept on the device (`update.rs`), and the transfer counts.
     pub(super) resident: update::Resident,
@@ -127,6 +113,12 @@ impl GpuBackend {
             max_chunk_rows = max_chunk_rows.min(gpu.limits.max_texture_dimension_2d as usize);
         }
         Ok(GpuBackend {
+            data: Residency::new(
+                spec.inputs(),
+                spec.outputs(),
+                max_chunk_rows,
+                data::default_max_resident_bytes(&gpu.limits),
+            ),
             theta: storage(device, "θ", params),
             grad: storage(device, "∇J", params),
             scalars: storage(device, "cost terms", 4),
@@ -135,20 +127,8 @@ impl GpuBackend {
             kernels,
             spec,
             layout,
-            chunk_rows: Vec::new(),
-            chunks: Vec::new(),
-            ring: Vec::new(),
-            max_resident_bytes: data::default_max_resident_bytes(&gpu.limits),
-            host_x: Arc::new(Array2::zeros((0, 0))),
-            host_y: None,
-            host_labels: None,
-            gathered: Vec::new(),
-            gather_kernel: None,
-            device_gather: true,
-            data_bytes: 0,
-            max_chunk_rows,
             plans: HashMap::new(),
-            builds: Builds::default(),
+            plans_built: 0,
             poison: false,
             resident: update::Resident::default(),
             layer_kernels: stack.map(|_| layers::LayerKernels::new(device)),
@@ -159,7 +139,7 @@ impl GpuBackend {
     /// Caps the rows per chunk (tests use this to exercise chunking on small data). Takes
     /// effect at the next `set_data`.
     pub fn set_max_chunk_rows(&mut self, rows: usize) {
-        self.max_chunk_rows = rows.max(1);
+        self.data.max_chunk_rows = rows.max(1);
         self.plans.clear();
     }
 
@@ -168,31 +148,31 @@ impl GpuBackend {
     /// chunk, instead of being uploaded once. Default: [`default_max_resident_bytes`]; tests
     /// set it low to stream small data. Takes effect at the next `set_data`.
     pub fn set_max_resident_bytes(&mut self, bytes: u64) {
-        self.max_resident_bytes = bytes;
+        self.data.max_resident_bytes = bytes;
     }
 
     /// Whether the loaded data are streamed from the host (see `set_max_resident_bytes`).
     pub fn is_streaming(&self) -> bool {
-        !self.ring.is_empty()
+        self.data.is_streaming()
     }
 
     /// Whether shuffled minibatches of resident data are gathered on the device from an
     /// uploaded index list (the default) or on the host and uploaded row by row (for
     /// comparisons). Streamed data are always gathered on the host.
     pub fn set_device_gather(&mut self, on: bool) {
-        self.device_gather = on;
+        self.data.device_gather = on;
     }
 
     /// Bytes of examples, targets, labels and batch row indices written to the device since
     /// the backend was made (θ is counted by [`GpuBackend::transfers`]).
     pub fn data_uploaded_bytes(&self) -> u64 {
-        self.data_bytes
+        self.data.data_bytes
     }
 
     /// Gathered-batch buffer sets and evaluation plans built since the backend was made. For
     /// tests and diagnostics: a run that rebuilds them each step or epoch shows here.
     pub fn builds(&self) -> Builds {
-        self.builds
+        Builds { gather_sets: self.data.sets_built, plans: self.plans_built }
     }
 
     /// Before every evaluation, fill the gradient, the cost terms and every workspace buffer
@@ -212,12 +192,78 @@ impl GpuBackend {
         crate::backend::check_theta_values(theta, f32::MAX as f64, "gpu f32")
     }
 
+    /// The plan for `visit`'s segments (built on first use); its key.
+    pub(super) fn plan_for(&mut self, visit: &Visit, want_grad: bool) -> Result<(Vec<Segment>, bool)> {
+        if self.data.chunk_rows.is_empty() {
+            return Err(Error::Data("no data loaded: call set_data first".into()));
+        }
+        let key = (visit.segments.clone(), want_grad);
+        if !self.plans.contains_key(&key) {
+            let rec = self.recorder();
+            let plan = match self.stack_recorder(&rec)? {
+                Some(stack) => stack.build_stack_plan(&visit.segments, want_grad)?,
+                None => rec.build_plan(&visit.segments, want_grad)?,
+            };
+            self.plans.insert(key.clone(), plan);
+            self.plans_built += 1;
+        }
+        Ok(key)
+    }
+
+    /// Fills the plan's workspace, the gradient and the cost terms with NaN (`set_poison`).
+    pub(super) fn poison_plan(&self, key: &(Vec<Segment>, bool)) {
+        if self.poison {
+            for buf in self.plans[key].workspace.iter().chain([&self.grad, &self.scalars]) {
+                poison(&self.gpu.queue, buf);
+            }
+        }
+    }
+
+    /// The segments `batch` visits (see [`Residency::visit`]); plans built on a gathered set
+    /// the visit dropped go with it. Errors: no data loaded, or rows out of range.
+    pub(super) fn visit(&mut self, batch: &Batch) -> Result<Visit> {
+        if self.data.chunk_rows.is_empty() {
+            return Err(Error::Data("no data loaded: call set_data first".into()));
+        }
+        let visit = self.data.visit(&self.gpu, batch, self.poison)?;
+        if let Some(old) = self.data.evicted.take() {
+            self.plans.retain(|(segs, _), _| {
+                !segs.iter().any(|s| matches!(s.chunk, Source::Gathered { set, .. } if set == old))
+            });
+        }
+        Ok(visit)
+    }
+
+    /// What recording a plan or a forward pass reads.
+    pub(super) fn recorder(&self) -> Recorder<'_> {
+        Recorder {
+            gpu: &self.gpu,
+            kernels: &self.kernels,
+            spec: &self.spec,
+            layout: &self.layout,
+            theta: &self.theta,
+            grad: &self.grad,
+            scalars: &self.scalars,
+            data: &self.data,
+        }
+    }
+
+    /// `rec` with the layer kernels when the spec is a layer stack; `None` for a dense network.
+    fn stack_recorder<'a>(&'a self, rec: &'a Recorder<'a>) -> Result<Option<StackRecorder<'a>>> {
+        if self.spec.net.is_none() {
+            return Ok(None);
+        }
+        let kernels = self
+            .layer_kernels
+            .as_ref()
+            .ok_or_else(|| Error::Gpu("the layer kernels were not compiled for this spec".into()))?;
+        Ok(Some(StackRecorder { rec, kernels }))
+    }
+
+    /// Runs one evaluation: uploads θ, records the plan, submits it (once, or once per
     /// streamed chunk), reads back the cost terms and, when `grad` is given, the gradient.
     pub(super) fn evaluate(&mut self, theta: &[f64], batch: Batch<'_>, grad: Option<&mut [f64]>) -> Result<Cost> {
         self.check_theta(theta)?;
-        if self.chunk_rows.is_empty() {
-            return Err(Error::Data("no data loaded: call set_data first".into()));
-        }
         let visit = self.visit(&batch)?;
         let want_grad = grad.is_some();
         let key = self.plan_for(&visit, want_grad)?;
@@ -228,8 +274,10 @@ impl GpuBackend {
         let oom = gpu.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
         write_f64(&gpu.queue, &self.theta, theta);
         self.poison_plan(&key);
-        let bytes = self.submit_plan(
-            &key,
+        let bytes = plan::submit(
+            &self.gpu,
+            &self.data,
+            &self.plans[&key],
             &visit,
             |_| {},
             |encoder| {
@@ -239,7 +287,7 @@ impl GpuBackend {
                 }
             },
         );
-        self.data_bytes += bytes;
+        self.data.data_bytes += bytes;
         let gpu = &self.gpu;
         let scalars = read_back(&gpu.device, &self.scalar_staging, 4)?;
         if let Some(grad) = grad {
@@ -254,17 +302,18 @@ impl GpuBackend {
         Ok(self.cost_terms(&scalars, self.plans[&key].examples))
     }
 
-    /// J's terms from the cost-terms buffer [data sum, Σ W², Σ β KL, …] of `examples` examples.
+    /// J's terms from the cost-terms buffer ([`CostSlot`]: data sum, Σ W², Σ β KL, …) of `examples` examples.
     pub(super) fn cost_terms(&self, scalars: &[f32], examples: usize) -> Cost {
         let m = examples as f64;
         let data = match self.spec.output {
-            Output::Softmax => scalars[0] as f64 / m,
-            Output::SquaredError(_) => 0.5 * scalars[0] as f64 / m,
+            Output::Softmax => scalars[CostSlot::Data as usize] as f64 / m,
+            Output::SquaredError(_) => 0.5 * scalars[CostSlot::Data as usize] as f64 / m,
         };
-        let sparsity = if self.spec.sparsity.is_some() { scalars[2] as f64 } else { 0.0 };
+        let sparsity = if self.spec.sparsity.is_some() { scalars[CostSlot::Sparsity as usize] as f64 } else { 0.0 };
         // λ = 0: exactly 0 (the plan sums no W² then).
         let lambda = self.spec.weight_decay;
-        let weight_decay = if lambda == 0.0 { 0.0 } else { 0.5 * lambda * scalars[1] as f64 };
+        let weight_decay =
+            if lambda == 0.0 { 0.0 } else { 0.5 * lambda * scalars[CostSlot::WeightSquares as usize] as f64 };
         Cost { data, weight_decay, sparsity }
     }
 }
@@ -304,11 +353,12 @@ impl Backend for GpuBackend {
             Targets::Labels(l) => Some(l.iter().map(|&v| v as u32).collect::<Vec<u32>>()),
             _ => None,
         };
-        self.load(x, y, labels)
+        self.plans.clear();
+        self.data.load(&self.gpu, x, y, labels)
     }
 
     fn num_examples(&self) -> usize {
-        self.host_x.nrows()
+        self.data.num_examples()
     }
 
     fn cost_and_grad(&mut self, theta: &[f64], batch: Batch<'_>, grad: &mut [f64]) -> Result<Cost> {
@@ -345,11 +395,12 @@ impl Backend for GpuBackend {
         let mut outputs: Vec<Array2<f64>> = widths.iter().map(|&w| Array2::zeros((0, w))).collect();
         let mut start = 0;
         while start < x.nrows() {
-            let end = (start + self.max_chunk_rows).min(x.nrows());
-            let chunk = self.upload_chunk(x.slice(ndarray::s![start..end, ..]), None, None)?;
-            let acts = match self.spec.net {
-                Some(_) => self.forward_stack_chunk(&chunk.x, chunk.rows)?,
-                None => self.forward_chunk(&chunk)?,
+            let end = (start + self.data.max_chunk_rows).min(x.nrows());
+            let chunk = Residency::upload_chunk(&self.gpu, x.slice(ndarray::s![start..end, ..]), None, None)?;
+            let rec = self.recorder();
+            let acts = match self.stack_recorder(&rec)? {
+                Some(stack) => stack.forward_stack_chunk(&chunk.x, chunk.rows)?,
+                None => rec.forward_chunk(&chunk)?,
             };
             for (o, a) in outputs.iter_mut().zip(acts) {
                 o.append(ndarray::Axis(0), a.view()).expect("same width");

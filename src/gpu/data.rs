@@ -13,8 +13,9 @@ use std::sync::Arc;
 use bytemuck::{Pod, Zeroable};
 use ndarray::{Array2, ArrayView2};
 
-use super::backend::GpuBackend;
-use super::plumbing::{Op, bind_all, layout, pipeline, poison, storage, u32_of, uniform, upload};
+use super::device::Gpu;
+use super::plumbing::poison as fill_nan;
+use super::plumbing::{Op, bind_all, layout, pipeline, storage, u32_of, uniform, upload};
 use crate::backend::Batch;
 use crate::{Error, Result};
 
@@ -180,12 +181,89 @@ pub(super) struct Visit {
     pub(super) gather: bool,
 }
 
-impl GpuBackend {
+/// The loaded data, where they live, and the gathered-batch buffer sets: the backend's data
+/// residency. Resident data sit in `chunks`; streamed data stay in `host_*` and pass through
+/// the `ring` buffers; shuffled batches are assembled in the kept [`GatherSet`]s.
+pub(super) struct Residency {
+    /// Values per example and per target row (the network's inputs and outputs).
+    inputs: usize,
+    outputs: usize,
+    /// Rows in each chunk of the loaded data, resident or streamed.
+    pub(super) chunk_rows: Vec<usize>,
+    /// The resident chunks; empty when the data are streamed.
+    chunks: Vec<Chunk>,
+    /// The chunk buffers streamed rows are uploaded into (empty when resident).
+    ring: Vec<Chunk>,
+    /// Loaded data larger than this stay on the host and are streamed chunk by chunk.
+    pub(super) max_resident_bytes: u64,
+    /// The data on the host: streamed from, and gathered from when streaming. The caller's
+    /// own array when it was handed over as `Inputs::Shared`, else a copy.
+    host_x: Arc<Array2<f32>>,
+    host_y: Option<Array2<f32>>,
+    host_labels: Option<Vec<u32>>,
+    /// Gathered-batch buffer sets, least recently used first; the last is the current batch's.
+    gathered: Vec<GatherSet>,
+    /// The gather kernel; `device_gather` off forces the host gather.
+    gather_kernel: Option<GatherKernel>,
+    pub(super) device_gather: bool,
+    /// Bytes of examples, targets, labels and row indices written to the device so far.
+    pub(super) data_bytes: u64,
+    pub(super) max_chunk_rows: usize,
+    /// Gathered-batch sets built so far (also the serial number of the latest).
+    pub(super) sets_built: u64,
+    /// The serial number of a gathered set dropped since the owner last looked: plans built on
+    /// its buffers must go with it.
+    pub(super) evicted: Option<u64>,
+}
+
+impl Residency {
+    /// No data yet, for a network of `inputs` → `outputs` values per example.
+    pub(super) fn new(inputs: usize, outputs: usize, max_chunk_rows: usize, max_resident_bytes: u64) -> Residency {
+        Residency {
+            inputs,
+            outputs,
+            chunk_rows: Vec::new(),
+            chunks: Vec::new(),
+            ring: Vec::new(),
+            max_resident_bytes,
+            host_x: Arc::new(Array2::zeros((0, 0))),
+            host_y: None,
+            host_labels: None,
+            gathered: Vec::new(),
+            gather_kernel: None,
+            device_gather: true,
+            data_bytes: 0,
+            max_chunk_rows,
+            sets_built: 0,
+            evicted: None,
+        }
+    }
+
+    /// Examples loaded.
+    pub(super) fn num_examples(&self) -> usize {
+        self.host_x.nrows()
+    }
+
+    /// Whether the loaded data are streamed from the host.
+    pub(super) fn is_streaming(&self) -> bool {
+        !self.ring.is_empty()
+    }
+
+    /// The gathered-batch set of the current batch (the most recently used).
+    pub(super) fn current_set(&self) -> Option<&GatherSet> {
+        self.gathered.last()
+    }
+
+    /// The ring buffer `slot` streamed rows are uploaded into.
+    pub(super) fn ring(&self, slot: usize) -> &Chunk {
+        &self.ring[slot]
+    }
+
     /// Device buffers for a chunk of `rows` examples, to be filled later.
-    pub(super) fn empty_chunk(&self, rows: usize, values: bool, labels: bool) -> Result<Chunk> {
-        let device = &self.gpu.device;
-        let (inputs, outputs) = (self.spec.inputs(), self.spec.outputs());
-        check_buffer(&self.gpu.limits, "a chunk of examples", rows, rows * inputs.max(outputs))?;
+    pub(super) fn empty_chunk(&self, gpu: &Gpu, rows: usize, values: bool, labels: bool) -> Result<Chunk> {
+        let device = &gpu.device;
+        let (inputs, outputs) = (self.inputs, self.outputs);
+        check_buffer(&gpu.limits, "a chunk of examples", rows, rows * inputs.max(outputs))?;
         Ok(Chunk {
             x: storage(device, "examples", rows * inputs),
             y: values.then(|| storage(device, "targets", rows * outputs)),
@@ -197,14 +275,14 @@ impl GpuBackend {
     /// Device buffers holding `x` and, when given, `y` and `labels`. Errors: a chunk larger than
     /// one buffer of this device may be.
     pub(super) fn upload_chunk(
-        &self,
+        gpu: &Gpu,
         x: ArrayView2<f32>,
         y: Option<ArrayView2<f32>>,
         labels: Option<&[u32]>,
     ) -> Result<Chunk> {
-        let device = &self.gpu.device;
+        let device = &gpu.device;
         let widest = x.ncols().max(y.map_or(0, |y| y.ncols()));
-        check_buffer(&self.gpu.limits, "a chunk of examples", x.nrows(), x.nrows() * widest)?;
+        check_buffer(&gpu.limits, "a chunk of examples", x.nrows(), x.nrows() * widest)?;
         Ok(Chunk {
             x: upload(device, "examples", bytemuck::cast_slice(&contiguous(x))),
             y: y.map(|y| upload(device, "targets", bytemuck::cast_slice(&contiguous(y)))),
@@ -214,10 +292,10 @@ impl GpuBackend {
     }
 
     /// Writes the loaded rows `rows` into the first rows of `chunk`; returns the bytes written.
-    pub(super) fn write_rows(&self, chunk: &Chunk, rows: Range<usize>) -> u64 {
+    pub(super) fn write_rows(&self, gpu: &Gpu, chunk: &Chunk, rows: Range<usize>) -> u64 {
         let r = ndarray::s![rows.clone(), ..];
         let labels = self.host_labels.as_ref().map(|l| &l[rows]);
-        write_chunk(&self.gpu.queue, chunk, self.host_x.slice(r), self.host_y.as_ref().map(|y| y.slice(r)), labels)
+        write_chunk(&gpu.queue, chunk, self.host_x.slice(r), self.host_y.as_ref().map(|y| y.slice(r)), labels)
     }
 
     /// The buffers `source` names.
@@ -234,14 +312,15 @@ impl GpuBackend {
 
     /// The segments a batch visits. Contiguous rows are visited where they lie (resident) or
     /// in the ring buffers (streamed), in the loaded chunks' order and boundaries either way,
-    /// so both give the same numbers; scattered rows are gathered first.
-    pub(super) fn visit(&mut self, batch: &Batch) -> Result<Visit> {
+    /// so both give the same numbers; scattered rows are gathered first (their buffers filled
+    /// with NaN first under `poison`).
+    pub(super) fn visit(&mut self, gpu: &Gpu, batch: &Batch, poison: bool) -> Result<Visit> {
         let n = self.host_x.nrows();
         batch.len_checked(n)?;
         let (start, end) = match batch {
             Batch::All => (0, n),
             Batch::Rows(r) => (r.start, r.end),
-            Batch::Indices(ix) => return self.gather(ix),
+            Batch::Indices(ix) => return self.gather(gpu, ix, poison),
         };
         let streaming = self.is_streaming();
         let mut visit = Visit { segments: Vec::new(), rows: Vec::new(), gather: false };
@@ -265,20 +344,20 @@ impl GpuBackend {
     /// Gathers the rows `ix` into the gathered-batch buffers of their shape (made, or taken
     /// from the kept sets): on the device from an uploaded index list when the data are
     /// resident, else on the host.
-    fn gather(&mut self, ix: &[usize]) -> Result<Visit> {
-        self.gather_set(&chunk_sizes(ix.len(), self.max_chunk_rows))?;
+    fn gather(&mut self, gpu: &Gpu, ix: &[usize], poison: bool) -> Result<Visit> {
+        self.gather_set(gpu, &chunk_sizes(ix.len(), self.max_chunk_rows))?;
         let on_device = self.device_gather && !self.is_streaming();
         if on_device {
             if self.gathered.last().expect("made above").ops.is_empty() {
-                self.record_gather(ix.len())?;
+                self.record_gather(gpu, ix.len())?;
             }
             let set = self.gathered.last().expect("made above");
             let ix32: Vec<u32> = ix.iter().map(|&i| i as u32).collect();
-            let q = &self.gpu.queue;
-            if self.poison {
+            let q = &gpu.queue;
+            if poison {
                 for g in &set.chunks {
                     for buf in [Some(&g.x), g.y.as_ref(), g.labels.as_ref()].into_iter().flatten() {
-                        poison(q, buf);
+                        fill_nan(q, buf);
                     }
                 }
             }
@@ -293,7 +372,7 @@ impl GpuBackend {
                 let r = start..start + g.rows;
                 let rows = ndarray::s![r.clone(), ..];
                 let (ys, ls) = (y.as_ref().map(|y| y.slice(rows)), labels.as_ref().map(|l| &l[r]));
-                self.data_bytes += write_chunk(&self.gpu.queue, g, x.slice(rows), ys, ls);
+                self.data_bytes += write_chunk(&gpu.queue, g, x.slice(rows), ys, ls);
                 start += g.rows;
             }
         }
@@ -308,8 +387,9 @@ impl GpuBackend {
 
     /// Makes the gathered-batch buffer set with chunks of `sizes` rows the current one (the
     /// last of `gathered`): a kept set when there is one, else a new set, which replaces the
-    /// least recently used once [`GATHER_SHAPES`] are kept; that set's plans go with it.
-    fn gather_set(&mut self, sizes: &[usize]) -> Result<()> {
+    /// least recently used once [`GATHER_SHAPES`] are kept (its serial number goes to
+    /// `evicted`, so that its plans go with it).
+    fn gather_set(&mut self, gpu: &Gpu, sizes: &[usize]) -> Result<()> {
         let kept = self.gathered.iter().position(|g| g.chunks.iter().map(|c| c.rows).eq(sizes.iter().copied()));
         if let Some(i) = kept {
             let set = self.gathered.remove(i);
@@ -317,24 +397,21 @@ impl GpuBackend {
             return Ok(());
         }
         let (values, labels) = (self.host_y.is_some(), self.host_labels.is_some());
-        let chunks = sizes.iter().map(|&rows| self.empty_chunk(rows, values, labels)).collect::<Result<_>>()?;
+        let chunks = sizes.iter().map(|&rows| self.empty_chunk(gpu, rows, values, labels)).collect::<Result<_>>()?;
         if self.gathered.len() >= GATHER_SHAPES {
-            let old = self.gathered.remove(0).serial;
-            self.plans.retain(|(segs, _), _| {
-                !segs.iter().any(|s| matches!(s.chunk, Source::Gathered { set, .. } if set == old))
-            });
+            self.evicted = Some(self.gathered.remove(0).serial);
         }
         // Serial numbers are the count of sets built, so no two sets share one.
-        self.builds.gather_sets += 1;
-        self.gathered.push(GatherSet { serial: self.builds.gather_sets, chunks, indices: None, ops: Vec::new() });
+        self.sets_built += 1;
+        self.gathered.push(GatherSet { serial: self.sets_built, chunks, indices: None, ops: Vec::new() });
         Ok(())
     }
 
     /// Records the device gather of a batch of `len` rows into the current gathered-batch
     /// buffer set: for each of its chunks, one copy from every resident chunk (each writes
     /// the rows whose index falls in its chunk).
-    fn record_gather(&mut self, len: usize) -> Result<()> {
-        let device = &self.gpu.device;
+    fn record_gather(&mut self, gpu: &Gpu, len: usize) -> Result<()> {
+        let device = &gpu.device;
         let kernel = self.gather_kernel.get_or_insert_with(|| GatherKernel::new(device));
         let set = self.gathered.last_mut().expect("a current set");
         let indices = storage(device, "batch row indices", len);
@@ -344,10 +421,9 @@ impl GpuBackend {
         for g in &set.chunks {
             let mut first = 0;
             for c in &self.chunks {
-                let pairs = [(Some(&c.x), Some(&g.x), self.spec.inputs())].into_iter().chain([
-                    (c.y.as_ref(), g.y.as_ref(), self.spec.outputs()),
-                    (c.labels.as_ref(), g.labels.as_ref(), 1),
-                ]);
+                let pairs = [(Some(&c.x), Some(&g.x), self.inputs)]
+                    .into_iter()
+                    .chain([(c.y.as_ref(), g.y.as_ref(), self.outputs), (c.labels.as_ref(), g.labels.as_ref(), 1)]);
                 for (src, dst, width) in pairs {
                     if let (Some(src), Some(dst)) = (src, dst) {
                         let rows = SourceRows { buf: src, first: u(first)?, rows: u(c.rows)? };
@@ -365,9 +441,14 @@ impl GpuBackend {
 
     /// Replaces the loaded data with `x` (and `y` or `labels`): uploaded chunk by chunk when
     /// they fit the resident budget, else kept on the host and streamed through the ring.
-    /// Forgets every plan and gathered set built on the old data.
-    pub(super) fn load(&mut self, x: Arc<Array2<f32>>, y: Option<Array2<f32>>, labels: Option<Vec<u32>>) -> Result<()> {
-        self.plans.clear();
+    /// Forgets every gathered set built on the old data (the owner drops its plans).
+    pub(super) fn load(
+        &mut self,
+        gpu: &Gpu,
+        x: Arc<Array2<f32>>,
+        y: Option<Array2<f32>>,
+        labels: Option<Vec<u32>>,
+    ) -> Result<()> {
         self.gathered.clear();
         self.chunks.clear();
         self.ring.clear();
@@ -379,12 +460,13 @@ impl GpuBackend {
         if streaming {
             let rows = sizes.iter().copied().max().unwrap_or(1);
             self.ring =
-                (0..RING).map(|_| self.empty_chunk(rows, y.is_some(), labels.is_some())).collect::<Result<_>>()?;
+                (0..RING).map(|_| self.empty_chunk(gpu, rows, y.is_some(), labels.is_some())).collect::<Result<_>>()?;
         } else {
             let mut start = 0;
             for &rows in &sizes {
                 let r = ndarray::s![start..start + rows, ..];
-                let chunk = self.upload_chunk(
+                let chunk = Residency::upload_chunk(
+                    gpu,
                     x.slice(r),
                     y.as_ref().map(|y| y.slice(r)),
                     labels.as_ref().map(|l| &l[start..start + rows]),

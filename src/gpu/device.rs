@@ -8,15 +8,21 @@ use crate::{Error, Result};
 /// Which graphics API to look through.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Api {
+    /// Vulkan, Metal or DX12, whichever the platform has; GL only when none of those finds an adapter.
     #[default]
     Auto,
+    /// Vulkan only.
     Vulkan,
+    /// Metal only.
     Metal,
+    /// DirectX 12 only.
     Dx12,
+    /// OpenGL (ES) only.
     Gl,
 }
 
 impl Api {
+    /// The wgpu backends this choice enumerates.
     pub fn backends(self) -> wgpu::Backends {
         match self {
             // GL is only a fallback (see `adapters`): probing it prints noise on headless machines.
@@ -32,6 +38,7 @@ impl Api {
 /// How to choose an adapter.
 #[derive(Clone, Debug, Default)]
 pub struct GpuOptions {
+    /// Which graphics API to look through.
     pub api: Api,
     /// Case-insensitive substring of the adapter's name (also read from `WGNN_ADAPTER`).
     pub adapter: Option<String>,
@@ -70,6 +77,7 @@ impl MatmulKernel {
         }
     }
 
+    /// The name `WGNN_MATMUL` and the benchmarks use: `tiled` or `texture`.
     pub fn name(self) -> &'static str {
         match self {
             MatmulKernel::Tiled => "tiled",
@@ -80,9 +88,13 @@ impl MatmulKernel {
 
 /// An open device and what it can do.
 pub struct Gpu {
+    /// The open device.
     pub device: wgpu::Device,
+    /// Its queue: uploads and submissions.
     pub queue: wgpu::Queue,
+    /// The adapter: name, API, kind.
     pub info: wgpu::AdapterInfo,
+    /// The adapter's own limits, with which the device was opened.
     pub limits: wgpu::Limits,
     /// The matmul kernel that `Kernels` built on this device will use.
     pub matmul: MatmulKernel,
@@ -138,6 +150,7 @@ pub fn is_real_gpu(info: &wgpu::AdapterInfo) -> bool {
     rank(info.device_type) >= 2
 }
 
+/// A human name for an adapter kind, e.g. `discrete GPU`, `CPU (software)`.
 pub fn kind_name(kind: wgpu::DeviceType) -> &'static str {
     match kind {
         wgpu::DeviceType::DiscreteGpu => "discrete GPU",

@@ -5,7 +5,10 @@
 use bytemuck::{Pod, Zeroable};
 
 use super::device::{Gpu, MatmulKernel};
-pub use super::params::{BLOCK_ROWS, FPRIME_GIVEN, MATMUL_TILE, MatmulParams, SmallParams, act_code};
+pub use super::params::{
+    ActCode, BLOCK_ROWS, CostSlot, EpilogueCode, FPRIME_GIVEN, MATMUL_TILE, MatmulParams, RuleCode, SmallParams, SumOf,
+    WGSL_CODES, act_code,
+};
 pub use super::plumbing::Op;
 use super::plumbing::{bind_all, layout, pipeline, uniform};
 use super::texmatmul::{Packed, TexMatmul};
@@ -26,12 +29,19 @@ const POOL: &str = include_str!("../../shaders/pool.wgsl");
 /// The small kernels, all sharing one bind-group layout (two inputs, two outputs, params).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Small {
+    /// f or f′ over a block (elementwise.wgsl; parity tests only).
     Elementwise,
+    /// δ and the partial sums of ½‖a − y‖² (loss.wgsl).
     SquaredError,
+    /// Softmax probabilities, and with labels −log p_y and δ = p − onehot(y) (softmax.wgsl).
     Softmax,
+    /// Column sums of blocks of rows (reduce.wgsl).
     ColumnPartials,
+    /// The blocks' column sums summed in order, times α (reduce.wgsl).
     ColumnFinish,
+    /// Σ xᵢ or Σ xᵢ² of a range, in one workgroup (reduce.wgsl).
     SumRange,
+    /// The sparsity penalty's per-unit terms and δ terms from ρ̂ (sparsity.wgsl).
     KlTerms,
     /// σ(z) and σ(−z) (or f′ = σ(z)σ(−z)) of a sigmoid layer under KL sparsity.
     SigmoidComplement,
@@ -41,17 +51,23 @@ pub enum Small {
 /// swaps the strides.
 #[derive(Clone, Copy)]
 pub struct Operand<'a> {
+    /// The buffer holding the matrix.
     pub buf: &'a wgpu::Buffer,
+    /// The element at (0, 0).
     pub off: u32,
+    /// Elements between rows.
     pub rs: u32,
+    /// Elements between columns.
     pub cs: u32,
 }
 
 impl<'a> Operand<'a> {
+    /// A row-major matrix of `cols` columns starting at element `off` of `buf`.
     pub fn row_major(buf: &'a wgpu::Buffer, off: u32, cols: u32) -> Self {
         Operand { buf, off, rs: cols, cs: 1 }
     }
 
+    /// The transpose: the same elements with the strides swapped.
     pub fn t(self) -> Self {
         Operand { rs: self.cs, cs: self.rs, ..self }
     }
@@ -60,16 +76,42 @@ impl<'a> Operand<'a> {
 /// What a matmul does with each result before storing it (see matmul.wgsl).
 pub enum Epilogue<'a> {
     /// c = alpha·acc (+ c) (+ decay·w), w read at the same (row, col) from `weights`.
-    Plain { alpha: f32, accumulate: bool, decay: Option<(f32, &'a wgpu::Buffer, u32)> },
+    Plain {
+        /// α (1/m for a gradient).
+        alpha: f32,
+        /// Add to the c already there (later chunks of a batch).
+        accumulate: bool,
+        /// (λ, the weights' buffer, W's offset there): adds λ·w.
+        decay: Option<(f32, &'a wgpu::Buffer, u32)>,
+    },
     /// `c = f(acc + bias[col])`.
-    BiasAct { bias: (&'a wgpu::Buffer, u32), act: Activation },
+    BiasAct {
+        /// (buffer, offset) of b.
+        bias: (&'a wgpu::Buffer, u32),
+        /// f.
+        act: Activation,
+    },
     /// `c = (acc + kl[col]) · f′(a_prev[row, col])`.
-    Delta { kl: Option<(&'a wgpu::Buffer, u32)>, a_prev: Operand<'a>, act: Activation },
+    Delta {
+        /// (buffer, offset) of the sparsity term, when there is one.
+        kl: Option<(&'a wgpu::Buffer, u32)>,
+        /// The layer's stored activations a, whose f′ is taken from the value.
+        a_prev: Operand<'a>,
+        /// f.
+        act: Activation,
+    },
     /// `c = (acc + kl[col]) · fprime[row, col]`: f′ given, for the sigmoid layer under KL
     /// sparsity (from `Small::SigmoidComplement`, flag 1).
-    DeltaGiven { kl: Option<(&'a wgpu::Buffer, u32)>, fprime: Operand<'a> },
+    DeltaGiven {
+        /// (buffer, offset) of the sparsity term, when there is one.
+        kl: Option<(&'a wgpu::Buffer, u32)>,
+        /// f′ itself.
+        fprime: Operand<'a>,
+    },
 }
 
+/// The dense network's kernels compiled for one device: the matmul (tiled, or texture-fed on
+/// software adapters) and the small kernels, with placeholder buffers for unused bindings.
 pub struct Kernels {
     matmul_layout: wgpu::BindGroupLayout,
     small_layout: wgpu::BindGroupLayout,
@@ -164,7 +206,7 @@ impl Kernels {
         let (mut aux, mut aux2) = (&self.dummy_read, &self.dummy_read);
         match epilogue {
             Epilogue::Plain { alpha, accumulate, decay } => {
-                p.epilogue = 0;
+                p.epilogue = EpilogueCode::Plain as u32;
                 p.alpha = alpha;
                 p.accumulate = accumulate as u32;
                 if let Some((lambda, weights, off)) = decay {
@@ -174,13 +216,13 @@ impl Kernels {
                 }
             }
             Epilogue::BiasAct { bias, act } => {
-                p.epilogue = 1;
+                p.epilogue = EpilogueCode::BiasAct as u32;
                 (p.act, p.leaky_alpha) = act_code(act);
                 aux = bias.0;
                 p.aux_off = bias.1;
             }
             Epilogue::Delta { kl, a_prev, act } => {
-                p.epilogue = 2;
+                p.epilogue = EpilogueCode::Delta as u32;
                 (p.act, p.leaky_alpha) = act_code(act);
                 if let Some((buf, off)) = kl {
                     p.has_kl = 1;
@@ -192,7 +234,7 @@ impl Kernels {
                 p.aux2_rs = a_prev.rs;
             }
             Epilogue::DeltaGiven { kl, fprime } => {
-                p.epilogue = 2;
+                p.epilogue = EpilogueCode::Delta as u32;
                 p.act = FPRIME_GIVEN;
                 if let Some((buf, off)) = kl {
                     p.has_kl = 1;
@@ -253,16 +295,27 @@ pub const POOL_GROUP: u32 = 64;
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
 pub struct ConvParams {
+    /// Images in the chunk (B).
     pub images: u32,
+    /// Side n of the square input images.
     pub image_size: u32,
+    /// Channels c.
     pub channels: u32,
+    /// Side p of the square features.
     pub patch: u32,
+    /// Side d = n − p + 1 of the output maps.
     pub conv_size: u32,
+    /// Features k.
     pub features: u32,
+    /// c·p², the length of one patch.
     pub depth: u32,
+    /// The activation code ([`ActCode`]).
     pub act: u32,
+    /// b's offset in the weights buffer.
     pub bias_off: u32,
+    /// The leaky ReLU slope.
     pub leaky_alpha: f32,
+    /// Padding to 16-byte alignment.
     pub _pad: [u32; 2],
 }
 
@@ -271,11 +324,17 @@ pub struct ConvParams {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
 pub struct PoolParams {
+    /// Feature maps pooled (images × features).
     pub maps: u32,
+    /// Side d of each map.
     pub conv_size: u32,
+    /// Side of the disjoint pooling regions.
     pub pool: u32,
+    /// Side ⌊d / pool⌋ of the pooled maps.
     pub pooled: u32,
+    /// 0 mean, 1 max.
     pub kind: u32,
+    /// Padding to 16-byte alignment.
     pub _pad: [u32; 3],
 }
 
@@ -291,6 +350,7 @@ pub struct FeatureKernels {
 }
 
 impl FeatureKernels {
+    /// Compiles conv.wgsl and pool.wgsl for `device`.
     pub fn new(device: &wgpu::Device) -> FeatureKernels {
         let layout = layout(device, "features", &[Some(true), Some(true), Some(false), None]);
         let convolve = pipeline(device, &layout, &format!("{COMMON}\n{CONV}"), "convolve");

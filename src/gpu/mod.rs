@@ -31,8 +31,8 @@
 //! read-backs, pipelines, bind groups: a leaf), `params.rs` (the WGSL parameter blocks and
 //! codes), `device.rs` (adapters and the open device), `kernels.rs` / `texmatmul.rs` /
 //! `layers/` (the typed launchers), `data.rs` (data residency: chunks, streaming, gather),
-//! `plan.rs` (the recorded passes), `backend.rs` ([`GpuBackend`]) and `update.rs` (the
-//! device-side update).
+//! `plan.rs` (the recorded passes), `backend.rs` ([`GpuBackend`]), `update.rs` (the device-side
+//! update) and `training.rs` (minibatch training with θ on the device).
 
 mod backend;
 mod data;
@@ -43,6 +43,7 @@ mod params;
 mod plan;
 mod plumbing;
 mod texmatmul;
+mod training;
 mod update;
 
 pub use backend::{Builds, GpuBackend};

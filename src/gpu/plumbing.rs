@@ -95,6 +95,7 @@ impl Op {
         Op { steps }
     }
 
+    /// Records the dispatches into `pass`, in order.
     pub fn record(&self, pass: &mut wgpu::ComputePass<'_>) {
         for (pipeline, bind_group, groups) in &self.steps {
             pass.set_pipeline(pipeline);
