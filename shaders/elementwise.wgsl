@@ -1,6 +1,7 @@
-// Elementwise activations and derivatives over a rows × cols block, in place. The training
-// path fuses these into the matmul epilogues; these standalone kernels serve the forward
-// pass of arbitrary data and the parity tests of the activation maths.
+// Elementwise activations and derivatives over a rows × cols block. The training path and
+// `forward()` fuse these into the matmul epilogues, so `elementwise` serves only the parity
+// tests of the activation maths (tests/gpu_kernels.rs); `sigmoid_complement` is the sparse
+// autoencoder's hidden layer in the dense plan.
 
 @group(0) @binding(0) var<storage, read> src: array<f32>;
 @group(0) @binding(2) var<storage, read_write> dst: array<f32>;
@@ -31,8 +32,8 @@ fn sigmoid_complement(@builtin(global_invocation_id) gid: vec3<u32>) {
     let j = gid.x;
     if (i >= p.rows || j >= p.cols) { return; }
     let z = src[p.in_off + i * p.in_rs + j];
-    let a = activate(0u, z, 0.0);
-    let c = activate(0u, -z, 0.0);
+    let a = activate(ACT_SIGMOID, z, 0.0);
+    let c = activate(ACT_SIGMOID, -z, 0.0);
     dst[i * p.cols + j] = a;
     dst2[i * p.cols + j] = select(c, a * c, p.flag == 1u);
 }

@@ -3,12 +3,16 @@
 // software adapters), so that both apply exactly the same arithmetic to a finished sum.
 // Mirrors MatmulParams in src/gpu/kernels.rs. Each kernel binds its A and B at 0 and 1.
 //
-// Epilogues (params.epilogue):
+// Epilogues (params.epilogue; `EpilogueCode` in src/gpu/params.rs):
 //   0 PLAIN:   c = alpha*acc + accumulate*c + decay*aux[aux_off + i*c_rs + j]
 //              (weight gradient: (1/m) δᵀA, plus λW on the first chunk)
 //   1 BIAS_ACT: c = f(acc + aux[aux_off + j])              (forward layer)
 //   2 DELTA:   c = (acc + kl[j]) * f'(aux2[i, j])           (hidden delta; kl from aux
 //              when has_kl = 1, else 0; with act = 5, FPRIME_GIVEN, aux2 holds f' itself)
+
+const EPILOGUE_PLAIN: u32 = 0u;
+const EPILOGUE_BIAS_ACT: u32 = 1u;
+const EPILOGUE_DELTA: u32 = 2u;
 
 struct Params {
     m: u32, n: u32, k: u32, epilogue: u32,
@@ -28,16 +32,16 @@ struct Params {
 fn store_result(gr: u32, gc: u32, v: f32) {
     let ci = p.c_off + gr * p.c_rs + gc;
     switch p.epilogue {
-        case 0u: {
+        case EPILOGUE_PLAIN: {
             var out = p.alpha * v;
             if (p.accumulate == 1u) { out += c[ci]; }
             if (p.decay != 0.0) { out += p.decay * aux[p.aux_off + gr * p.c_rs + gc]; }
             c[ci] = out;
         }
-        case 1u: {
+        case EPILOGUE_BIAS_ACT: {
             c[ci] = activate(p.act, v + aux[p.aux_off + gc], p.leaky_alpha);
         }
-        default: {
+        case EPILOGUE_DELTA, default: {
             var d = v;
             if (p.has_kl == 1u) { d += aux[p.aux_off + gc]; }
             c[ci] = d * derivative_from_value(p.act, aux2[p.aux2_off + gr * p.aux2_rs + gc], p.leaky_alpha);

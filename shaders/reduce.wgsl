@@ -6,6 +6,9 @@
 @group(0) @binding(2) var<storage, read_write> dst: array<f32>;
 
 const BLOCK_ROWS: u32 = 256u;
+// What sum_range sums (p.act; `SumOf` in src/gpu/params.rs).
+const SUM_VALUES: u32 = 0u;
+const SUM_SQUARES: u32 = 1u;
 
 // dst[partial_off + blk*cols + j] = Σ_{i in block blk} src[in_off + i*in_rs + j]
 @compute @workgroup_size(64, 1, 1)
@@ -34,14 +37,14 @@ fn column_finish(@builtin(global_invocation_id) gid: vec3<u32>) {
 
 var<workgroup> scratch: array<f32, 256>;
 
-// dst[out_off] = Σ_{i < len} g(src[in_off + i]), g = identity (act 0) or square (act 1);
+// dst[out_off] = Σ_{i < len} g(src[in_off + i]), g = identity (SUM_VALUES) or square (SUM_SQUARES);
 // plus dst[out_off] if flag 1. One workgroup; each invocation strides through the range.
 @compute @workgroup_size(256, 1, 1)
 fn sum_range(@builtin(local_invocation_index) lix: u32) {
     var s = 0.0;
     for (var i = lix; i < p.len; i += 256u) {
         let v = src[p.in_off + i];
-        s += select(v, v * v, p.act == 1u);
+        s += select(v, v * v, p.act == SUM_SQUARES);
     }
     scratch[lix] = s;
     workgroupBarrier();

@@ -1,17 +1,17 @@
-// First-order updates on θ in device memory (src/optim/update.rs is the specification, in
+// First-order updates on θ in device memory (src/update.rs is the specification, in
 // f64; these are the same formulas in f32), and the squared gradient norm that decides
 // whether a step may be taken. Three dispatches over the same grid, one submission:
 //   norm_partials: partials[w] = Σ g² over workgroup w's block of BLOCK elements
-//   norm_finish:   scalars[3]  = Σ partials, in a fixed tree order (no float atomics)
+//   norm_finish:   scalars[COST_GRAD_NORM_SQUARED] = Σ partials, in a fixed tree order (no float atomics)
 //   update:        if the cost terms and Σ g² are finite, before = θ, then θ (and the
 //                  moments) move by the rule; otherwise nothing is written, so θ stays at
 //                  the point evaluated and `before` at the point before the last update.
 
 struct UpdateParams {
     len: u32,          // |θ|
-    rule: u32,         // 0 plain, 1 momentum, 2 Nesterov, 3 Adam
+    rule: u32,         // RULE_*
     blocks: u32,       // number of partial sums
-    check_sparsity: u32, // 1: scalars[2] (the KL term) is part of the cost
+    check_sparsity: u32, // 1: scalars[COST_SPARSITY] (the KL term) is part of the cost
     learning_rate: f32,
     momentum: f32,
     beta1: f32,
@@ -35,6 +35,17 @@ struct UpdateParams {
 // [data sum, Σ W², Σ β KL, Σ g²]: the cost terms the backward pass left, plus the norm.
 @group(0) @binding(6) var<storage, read_write> scalars: array<f32>;
 @group(0) @binding(7) var<uniform> u: UpdateParams;
+
+// Slots of the cost terms (`CostSlot` in src/gpu/params.rs) and the update rules
+// (`RuleCode` there); tests/gpu_kernels.rs checks both sides agree.
+const COST_DATA: u32 = 0u;
+const COST_WEIGHT_SQUARES: u32 = 1u;
+const COST_SPARSITY: u32 = 2u;
+const COST_GRAD_NORM_SQUARED: u32 = 3u;
+const RULE_PLAIN: u32 = 0u;
+const RULE_MOMENTUM: u32 = 1u;
+const RULE_NESTEROV: u32 = 2u;
+const RULE_ADAM: u32 = 3u;
 
 const GROUP: u32 = 256u;
 // Elements per workgroup: each invocation takes PER_INVOCATION of them, GROUP apart.
@@ -78,13 +89,14 @@ fn norm_finish(@builtin(local_invocation_index) lix: u32) {
         if (lix < w) { scratch[lix] += scratch[lix + w]; }
         workgroupBarrier();
     }
-    if (lix == 0u) { scalars[3] = scratch[0]; }
+    if (lix == 0u) { scalars[COST_GRAD_NORM_SQUARED] = scratch[0]; }
 }
 
 @compute @workgroup_size(256, 1, 1)
 fn update(@builtin(local_invocation_index) lix: u32, @builtin(workgroup_id) wid: vec3<u32>) {
-    let finite = is_finite(scalars[0]) && is_finite(scalars[1]) && is_finite(scalars[3])
-        && (u.check_sparsity == 0u || is_finite(scalars[2]));
+    let finite = is_finite(scalars[COST_DATA]) && is_finite(scalars[COST_WEIGHT_SQUARES])
+        && is_finite(scalars[COST_GRAD_NORM_SQUARED])
+        && (u.check_sparsity == 0u || is_finite(scalars[COST_SPARSITY]));
     if (!finite) { return; }
     for (var k = 0u; k < PER_INVOCATION; k++) {
         let i = wid.x * BLOCK + k * GROUP + lix;
@@ -99,16 +111,16 @@ fn step(i: u32) {
     let t = theta[i];
     before[i] = t;
     switch u.rule {
-        case 0u: {
+        case RULE_PLAIN: {
             theta[i] = t - eta * g;
         }
-        case 1u, 2u: {
+        case RULE_MOMENTUM, RULE_NESTEROV: {
             let mu = u.momentum;
             let v = mu * first_moment[i] - eta * g;
             first_moment[i] = v;
-            theta[i] = t + select(v, mu * v - eta * g, u.rule == 2u);
+            theta[i] = t + select(v, mu * v - eta * g, u.rule == RULE_NESTEROV);
         }
-        default: {
+        case RULE_ADAM, default: {
             let m = u.beta1 * first_moment[i] + u.one_minus_beta1 * g;
             let v = u.beta2 * second_moment[i] + u.one_minus_beta2 * g * g;
             first_moment[i] = m;

@@ -13,7 +13,7 @@ use ndarray::{Array2, ArrayView2, Axis};
 
 use crate::Result;
 use crate::model::NetSpec;
-use crate::optim::{UpdateScalars, UpdateState};
+use crate::update::{UpdateScalars, UpdateState};
 
 /// Examples as rows (m × n), in either precision; a backend converts once to its own.
 ///
@@ -23,12 +23,16 @@ use crate::optim::{UpdateScalars, UpdateState};
 /// backend reads it as it reads [`Inputs::F32`].
 #[derive(Clone, Copy, Debug)]
 pub enum Inputs<'a> {
+    /// A view of f32 values (rows × features).
     F32(ArrayView2<'a, f32>),
+    /// A view of f64 values (rows × features).
     F64(ArrayView2<'a, f64>),
+    /// An f32 array the backend may keep a handle to instead of copying (the GPU streams from it).
     Shared(&'a Arc<Array2<f32>>),
 }
 
 impl Inputs<'_> {
+    /// Examples (rows).
     pub fn nrows(&self) -> usize {
         match self {
             Inputs::F32(x) => x.nrows(),
@@ -37,6 +41,7 @@ impl Inputs<'_> {
         }
     }
 
+    /// Values per example (columns).
     pub fn ncols(&self) -> usize {
         match self {
             Inputs::F32(x) => x.ncols(),
@@ -102,7 +107,9 @@ pub enum Targets<'a> {
 /// Which of the loaded examples a cost is taken on.
 #[derive(Clone, Debug)]
 pub enum Batch<'a> {
+    /// Every loaded example.
     All,
+    /// The loaded examples in this range, in order.
     Rows(Range<usize>),
     /// Any rows, in any order (a shuffled minibatch).
     Indices(&'a [usize]),
@@ -130,12 +137,16 @@ impl Batch<'_> {
 /// decay (λ/2)‖W‖², sparsity β Σ KL(ρ‖ρ̂).
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct Cost {
+    /// The data term: (1/m) Σ of the per-example losses (½‖a − y‖² or −log p_y; MATH.md, "Cost function").
     pub data: f64,
+    /// (λ/2) Σ W² over every weight (never the biases).
     pub weight_decay: f64,
+    /// β Σⱼ KL(ρ ‖ ρ̂ⱼ) (MATH.md, "Sparse autoencoder"); 0 without sparsity.
     pub sparsity: f64,
 }
 
 impl Cost {
+    /// J = data + weight decay + sparsity.
     pub fn total(&self) -> f64 {
         self.data + self.weight_decay + self.sparsity
     }
@@ -169,10 +180,15 @@ impl Cost {
     }
 }
 
+/// A way to compute J(θ), ∇J(θ) and the forward pass of one network on loaded data: the
+/// CPU backend (f64 reference, f32 fast path) and the GPU backend implement it alike, and
+/// tests/contract.rs holds both to the same contract. θ is always the flat f64 vector of
+/// [`crate::model::ThetaLayout`]; errors are the crate's [`crate::Error`].
 pub trait Backend {
     /// Which backend and precision, e.g. `cpu f64`; shown to users.
     fn name(&self) -> String;
 
+    /// The network this backend computes.
     fn spec(&self) -> &NetSpec;
 
     /// Loads the examples that batches select from, replacing any loaded before. Checks sizes
@@ -289,7 +305,9 @@ pub fn argmax(values: impl Iterator<Item = f64>) -> usize {
 /// either of them NaN or infinite when the step went wrong.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct DeviceStep {
+    /// J at θ before the step.
     pub cost: f64,
+    /// ‖∇J‖ at θ before the step.
     pub grad_norm: f64,
 }
 
@@ -307,7 +325,7 @@ pub trait DeviceTraining {
     fn load(&mut self, theta: &[f64], update: &UpdateState) -> Result<()>;
 
     /// J and ∇J on `batch` at the device's θ, then — only if the cost and the gradient are
-    /// finite — one update with `scalars` (those of [`crate::optim::UpdateRule::scalars`] for
+    /// finite — one update with `scalars` (those of [`crate::update::UpdateRule::scalars`] for
     /// the step about to be taken). A non-finite step changes nothing: θ stays at the point
     /// just evaluated.
     fn step(&mut self, batch: Batch<'_>, scalars: &UpdateScalars) -> Result<DeviceStep>;

@@ -27,6 +27,7 @@ pub mod optim;
 pub mod predict;
 pub mod stacked;
 pub mod train;
+pub mod update;
 pub mod viz;
 
 pub use backend::{Backend, Batch, Cost, Inputs, Targets};

@@ -495,3 +495,104 @@ fn sigmoid_complement_keeps_what_one_minus_a_loses() {
         }
     }
 }
+
+/// loss.wgsl (`squared_error`) against its CPU twin: δ = (a − y) ⊙ f′(a) and one partial sum
+/// of (a − y)² per 16 × 16 tile, on a shape that is not a multiple of the tile, targets read
+/// at an offset with a row stride wider than the output, and partials written at an offset.
+/// Everything is poisoned first: the slots before `partial_off` must stay NaN, and with
+/// flag 0 (cost only) δ must stay unwritten.
+#[test]
+fn squared_error_loss_matches_the_cpu_on_awkward_shapes() {
+    let (gpu, k) = open();
+    let mut rng = StdRng::seed_from_u64(17);
+    let (rows, cols, y_rs, y_off, partial_off) = (37usize, 19usize, 23usize, 5usize, 3usize);
+    let (tiles_x, tiles_y) = (cols.div_ceil(16), rows.div_ceil(16));
+    let y_store = random(rows + 1, y_rs, -1.0, 1.0, &mut rng);
+    let y_flat: Vec<f64> = y_store.iter().copied().collect();
+    let y = Array2::from_shape_fn((rows, cols), |(i, j)| y_flat[y_off + i * y_rs + j]);
+    let y_buf = gpu.upload_f32("targets", &f32s(&y_store));
+    for act in ACTIVATIONS {
+        // Output activations inside f's range, so f′ from the value is meaningful.
+        let (lo, hi) = match act {
+            Activation::Sigmoid => (0.01, 0.99),
+            Activation::Tanh => (-0.99, 0.99),
+            _ => (-2.0, 2.0),
+        };
+        let a = random(rows, cols, lo, hi, &mut rng);
+        let a_buf = gpu.upload_f32("a", &f32s(&a));
+        let (code, leaky) = act_code(act);
+        for want_delta in [true, false] {
+            let delta = poisoned(&gpu, rows * cols);
+            let partials = poisoned(&gpu, partial_off + tiles_x * tiles_y);
+            let p = SmallParams {
+                rows: rows as u32,
+                cols: cols as u32,
+                in_off: y_off as u32,
+                in_rs: y_rs as u32,
+                act: code,
+                leaky_alpha: leaky,
+                flag: want_delta as u32,
+                partial_off: partial_off as u32,
+                ..Default::default()
+            };
+            let groups = [tiles_x as u32, tiles_y as u32, 1];
+            let op = k.small(
+                &gpu.device,
+                Small::SquaredError,
+                Some(&a_buf),
+                Some(&y_buf),
+                Some(&delta),
+                Some(&partials),
+                p,
+                groups,
+            );
+            gpu.run(&[op]).unwrap();
+
+            let e = &a - &y;
+            let mut tile_sums = vec![0.0; tiles_x * tiles_y];
+            for ((i, j), v) in e.indexed_iter() {
+                tile_sums[(i / 16) * tiles_x + j / 16] += v * v;
+            }
+            let got = gpu.download_f32(&partials, partial_off + tiles_x * tiles_y).unwrap();
+            assert!(got[..partial_off].iter().all(|v| v.is_nan()), "{act:?}: wrote before partial_off");
+            let d = rel(&got[partial_off..], &tile_sums);
+            assert!(d < TOLERANCE, "{act:?} partials: {d:e}");
+            let got_delta = gpu.download_f32(&delta, rows * cols).unwrap();
+            if want_delta {
+                let expected =
+                    Array2::from_shape_fn((rows, cols), |(i, j)| e[[i, j]] * derivative_from_value(act, a[[i, j]]));
+                let d = rel(&got_delta, expected.as_slice().unwrap());
+                assert!(d < TOLERANCE, "{act:?} δ: {d:e}");
+            } else {
+                assert!(got_delta.iter().all(|v| v.is_nan()), "{act:?}: flag 0 must not write δ");
+            }
+        }
+    }
+}
+
+/// Every named code the Rust launchers pass (activation codes, epilogues, sum kinds, cost
+/// slots, update rules) has the same value as the WGSL constant of that name, read from the
+/// shaders parsed by naga; and every one of them is declared in some shader.
+#[test]
+fn named_codes_match_the_wgsl_constants() {
+    use wgpu::naga::{Expression, Literal};
+    let shaders = [
+        ("common.wgsl", include_str!("../shaders/common.wgsl")),
+        ("reduce.wgsl", concat!(include_str!("../shaders/small_params.wgsl"), include_str!("../shaders/reduce.wgsl"))),
+        ("update.wgsl", include_str!("../shaders/update.wgsl")),
+    ];
+    let epilogue = concat!(include_str!("../shaders/common.wgsl"), include_str!("../shaders/matmul_epilogue.wgsl"));
+    let mut found = std::collections::HashMap::new();
+    for (name, source) in shaders.into_iter().chain([("matmul_epilogue.wgsl", epilogue)]) {
+        let module = wgpu::naga::front::wgsl::parse_str(source).unwrap_or_else(|e| panic!("{name}: {e}"));
+        for (_, c) in module.constants.iter() {
+            if let (Some(n), Expression::Literal(Literal::U32(v))) = (&c.name, &module.global_expressions[c.init]) {
+                found.insert(n.clone(), (*v, name));
+            }
+        }
+    }
+    for &(constant, value) in wgnn::gpu::kernels::WGSL_CODES {
+        let (wgsl, file) = found.get(constant).unwrap_or_else(|| panic!("{constant} is declared in no shader"));
+        assert_eq!(*wgsl, value, "{constant}: {value} in Rust, {wgsl} in {file}");
+    }
+}

@@ -2,20 +2,27 @@
 //! the user named), and open a device with the adapter's own limits rather than WebGPU's
 //! defaults (whose 128 MiB storage bindings are too small for MNIST).
 
+use super::plumbing::{Op, read_back, staging, upload};
 use crate::{Error, Result};
 
 /// Which graphics API to look through.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Api {
+    /// Vulkan, Metal or DX12, whichever the platform has; GL only when none of those finds an adapter.
     #[default]
     Auto,
+    /// Vulkan only.
     Vulkan,
+    /// Metal only.
     Metal,
+    /// DirectX 12 only.
     Dx12,
+    /// OpenGL (ES) only.
     Gl,
 }
 
 impl Api {
+    /// The wgpu backends this choice enumerates.
     pub fn backends(self) -> wgpu::Backends {
         match self {
             // GL is only a fallback (see `adapters`): probing it prints noise on headless machines.
@@ -31,6 +38,7 @@ impl Api {
 /// How to choose an adapter.
 #[derive(Clone, Debug, Default)]
 pub struct GpuOptions {
+    /// Which graphics API to look through.
     pub api: Api,
     /// Case-insensitive substring of the adapter's name (also read from `WGNN_ADAPTER`).
     pub adapter: Option<String>,
@@ -69,6 +77,7 @@ impl MatmulKernel {
         }
     }
 
+    /// The name `WGNN_MATMUL` and the benchmarks use: `tiled` or `texture`.
     pub fn name(self) -> &'static str {
         match self {
             MatmulKernel::Tiled => "tiled",
@@ -79,11 +88,15 @@ impl MatmulKernel {
 
 /// An open device and what it can do.
 pub struct Gpu {
+    /// The open device.
     pub device: wgpu::Device,
+    /// Its queue: uploads and submissions.
     pub queue: wgpu::Queue,
+    /// The adapter: name, API, kind.
     pub info: wgpu::AdapterInfo,
+    /// The adapter's own limits, with which the device was opened.
     pub limits: wgpu::Limits,
-    /// The matmul kernel that [`super::kernels::Kernels`] built on this device will use.
+    /// The matmul kernel that `Kernels` built on this device will use.
     pub matmul: MatmulKernel,
 }
 
@@ -137,6 +150,7 @@ pub fn is_real_gpu(info: &wgpu::AdapterInfo) -> bool {
     rank(info.device_type) >= 2
 }
 
+/// A human name for an adapter kind, e.g. `discrete GPU`, `CPU (software)`.
 pub fn kind_name(kind: wgpu::DeviceType) -> &'static str {
     match kind {
         wgpu::DeviceType::DiscreteGpu => "discrete GPU",
@@ -207,11 +221,11 @@ impl Gpu {
 impl Gpu {
     /// A storage buffer holding `data` (also usable as a copy source and destination).
     pub fn upload_f32(&self, label: &str, data: &[f32]) -> wgpu::Buffer {
-        super::upload(&self.device, label, bytemuck::cast_slice(data))
+        upload(&self.device, label, bytemuck::cast_slice(data))
     }
 
     /// Records `ops` into one compute pass, submits, and waits for the device.
-    pub fn run(&self, ops: &[super::kernels::Op]) -> Result<()> {
+    pub fn run(&self, ops: &[Op]) -> Result<()> {
         let mut encoder = self.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("run") });
         {
             let mut pass =
@@ -225,11 +239,11 @@ impl Gpu {
 
     /// The first `len` floats of `buf`, copied back to the host.
     pub fn download_f32(&self, buf: &wgpu::Buffer, len: usize) -> Result<Vec<f32>> {
-        let staging = super::staging(&self.device, "readback", len);
+        let staging = staging(&self.device, "readback", len);
         let mut encoder =
             self.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("readback") });
         encoder.copy_buffer_to_buffer(buf, 0, &staging, 0, (len * 4) as u64);
         self.queue.submit([encoder.finish()]);
-        super::read_back(self, &staging, len)
+        read_back(&self.device, &staging, len)
     }
 }

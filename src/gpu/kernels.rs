@@ -3,9 +3,14 @@
 //! mirror the WGSL `Params` structs field for field.
 
 use bytemuck::{Pod, Zeroable};
-use wgpu::util::DeviceExt;
 
 use super::device::{Gpu, MatmulKernel};
+pub use super::params::{
+    ActCode, BLOCK_ROWS, CostSlot, EpilogueCode, FPRIME_GIVEN, MATMUL_TILE, MatmulParams, RuleCode, SmallParams, SumOf,
+    WGSL_CODES, act_code,
+};
+pub use super::plumbing::Op;
+use super::plumbing::{bind_all, layout, pipeline, uniform};
 use super::texmatmul::{Packed, TexMatmul};
 use crate::model::Activation;
 
@@ -21,86 +26,22 @@ const SPARSITY: &str = include_str!("../../shaders/sparsity.wgsl");
 const CONV: &str = include_str!("../../shaders/conv.wgsl");
 const POOL: &str = include_str!("../../shaders/pool.wgsl");
 
-/// Rows of a column-sum block (BLOCK_ROWS in reduce.wgsl).
-pub const BLOCK_ROWS: u32 = 256;
-/// Edge of the output tile one matmul workgroup computes.
-pub const MATMUL_TILE: u32 = 64;
-
-/// The derivative code of common.wgsl meaning "the stored value is f′ itself"
-/// ([`Epilogue::DeltaGiven`]).
-pub const FPRIME_GIVEN: u32 = 5;
-
-/// Activation codes of common.wgsl, and the leaky slope.
-pub fn act_code(act: Activation) -> (u32, f32) {
-    match act {
-        Activation::Sigmoid => (0, 0.0),
-        Activation::Tanh => (1, 0.0),
-        Activation::Relu => (2, 0.0),
-        Activation::LeakyRelu { alpha } => (3, alpha as f32),
-        Activation::Identity => (4, 0.0),
-    }
-}
-
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
-pub struct MatmulParams {
-    pub m: u32,
-    pub n: u32,
-    pub k: u32,
-    pub epilogue: u32,
-    pub a_off: u32,
-    pub a_rs: u32,
-    pub a_cs: u32,
-    pub act: u32,
-    pub b_off: u32,
-    pub b_rs: u32,
-    pub b_cs: u32,
-    pub accumulate: u32,
-    pub c_off: u32,
-    pub c_rs: u32,
-    pub aux_off: u32,
-    pub has_kl: u32,
-    pub aux2_off: u32,
-    pub aux2_rs: u32,
-    pub alpha: f32,
-    pub decay: f32,
-    pub leaky_alpha: f32,
-    /// The texture-fed kernel only: 1 when consecutive workgroups go down the rows of C
-    /// rather than along its columns (see texmatmul.rs).
-    pub rows_first: u32,
-    pub _pad: [u32; 2],
-}
-
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
-pub struct SmallParams {
-    pub rows: u32,
-    pub cols: u32,
-    pub in_off: u32,
-    pub in_rs: u32,
-    pub out_off: u32,
-    pub aux_off: u32,
-    pub act: u32,
-    pub flag: u32,
-    pub alpha: f32,
-    pub leaky_alpha: f32,
-    pub rho: f32,
-    pub beta: f32,
-    pub partial_off: u32,
-    pub aux_rs: u32,
-    pub len: u32,
-    pub _pad: u32,
-}
-
 /// The small kernels, all sharing one bind-group layout (two inputs, two outputs, params).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Small {
+    /// f or f′ over a block (elementwise.wgsl; parity tests only).
     Elementwise,
+    /// δ and the partial sums of ½‖a − y‖² (loss.wgsl).
     SquaredError,
+    /// Softmax probabilities, and with labels −log p_y and δ = p − onehot(y) (softmax.wgsl).
     Softmax,
+    /// Column sums of blocks of rows (reduce.wgsl).
     ColumnPartials,
+    /// The blocks' column sums summed in order, times α (reduce.wgsl).
     ColumnFinish,
+    /// Σ xᵢ or Σ xᵢ² of a range, in one workgroup (reduce.wgsl).
     SumRange,
+    /// The sparsity penalty's per-unit terms and δ terms from ρ̂ (sparsity.wgsl).
     KlTerms,
     /// σ(z) and σ(−z) (or f′ = σ(z)σ(−z)) of a sigmoid layer under KL sparsity.
     SigmoidComplement,
@@ -110,17 +51,23 @@ pub enum Small {
 /// swaps the strides.
 #[derive(Clone, Copy)]
 pub struct Operand<'a> {
+    /// The buffer holding the matrix.
     pub buf: &'a wgpu::Buffer,
+    /// The element at (0, 0).
     pub off: u32,
+    /// Elements between rows.
     pub rs: u32,
+    /// Elements between columns.
     pub cs: u32,
 }
 
 impl<'a> Operand<'a> {
+    /// A row-major matrix of `cols` columns starting at element `off` of `buf`.
     pub fn row_major(buf: &'a wgpu::Buffer, off: u32, cols: u32) -> Self {
         Operand { buf, off, rs: cols, cs: 1 }
     }
 
+    /// The transpose: the same elements with the strides swapped.
     pub fn t(self) -> Self {
         Operand { rs: self.cs, cs: self.rs, ..self }
     }
@@ -129,39 +76,42 @@ impl<'a> Operand<'a> {
 /// What a matmul does with each result before storing it (see matmul.wgsl).
 pub enum Epilogue<'a> {
     /// c = alpha·acc (+ c) (+ decay·w), w read at the same (row, col) from `weights`.
-    Plain { alpha: f32, accumulate: bool, decay: Option<(f32, &'a wgpu::Buffer, u32)> },
+    Plain {
+        /// α (1/m for a gradient).
+        alpha: f32,
+        /// Add to the c already there (later chunks of a batch).
+        accumulate: bool,
+        /// (λ, the weights' buffer, W's offset there): adds λ·w.
+        decay: Option<(f32, &'a wgpu::Buffer, u32)>,
+    },
     /// `c = f(acc + bias[col])`.
-    BiasAct { bias: (&'a wgpu::Buffer, u32), act: Activation },
+    BiasAct {
+        /// (buffer, offset) of b.
+        bias: (&'a wgpu::Buffer, u32),
+        /// f.
+        act: Activation,
+    },
     /// `c = (acc + kl[col]) · f′(a_prev[row, col])`.
-    Delta { kl: Option<(&'a wgpu::Buffer, u32)>, a_prev: Operand<'a>, act: Activation },
+    Delta {
+        /// (buffer, offset) of the sparsity term, when there is one.
+        kl: Option<(&'a wgpu::Buffer, u32)>,
+        /// The layer's stored activations a, whose f′ is taken from the value.
+        a_prev: Operand<'a>,
+        /// f.
+        act: Activation,
+    },
     /// `c = (acc + kl[col]) · fprime[row, col]`: f′ given, for the sigmoid layer under KL
     /// sparsity (from `Small::SigmoidComplement`, flag 1).
-    DeltaGiven { kl: Option<(&'a wgpu::Buffer, u32)>, fprime: Operand<'a> },
+    DeltaGiven {
+        /// (buffer, offset) of the sparsity term, when there is one.
+        kl: Option<(&'a wgpu::Buffer, u32)>,
+        /// f′ itself.
+        fprime: Operand<'a>,
+    },
 }
 
-/// One recorded operation: one dispatch, or (the texture-fed matmul) a few in order.
-pub struct Op {
-    steps: Vec<(wgpu::ComputePipeline, wgpu::BindGroup, [u32; 3])>,
-}
-
-impl Op {
-    pub(super) fn one(pipeline: wgpu::ComputePipeline, bind_group: wgpu::BindGroup, groups: [u32; 3]) -> Op {
-        Op { steps: vec![(pipeline, bind_group, groups)] }
-    }
-
-    pub(super) fn steps(steps: Vec<(wgpu::ComputePipeline, wgpu::BindGroup, [u32; 3])>) -> Op {
-        Op { steps }
-    }
-
-    pub fn record(&self, pass: &mut wgpu::ComputePass<'_>) {
-        for (pipeline, bind_group, groups) in &self.steps {
-            pass.set_pipeline(pipeline);
-            pass.set_bind_group(0, bind_group, &[]);
-            pass.dispatch_workgroups(groups[0], groups[1], groups[2]);
-        }
-    }
-}
-
+/// The dense network's kernels compiled for one device: the matmul (tiled, or texture-fed on
+/// software adapters) and the small kernels, with placeholder buffers for unused bindings.
 pub struct Kernels {
     matmul_layout: wgpu::BindGroupLayout,
     small_layout: wgpu::BindGroupLayout,
@@ -172,64 +122,6 @@ pub struct Kernels {
     /// Bound where a kernel has no use for a slot (storage bindings may not be left empty).
     dummy_read: wgpu::Buffer,
     dummy_write: [wgpu::Buffer; 2],
-}
-
-/// The layout entry of a compute binding of type `ty`.
-pub(crate) fn entry(binding: u32, ty: wgpu::BindingType) -> wgpu::BindGroupLayoutEntry {
-    wgpu::BindGroupLayoutEntry { binding, visibility: wgpu::ShaderStages::COMPUTE, ty, count: None }
-}
-
-/// A buffer binding: Some(read_only) for a storage buffer, None for the uniform block.
-pub(crate) fn buffer(kind: Option<bool>) -> wgpu::BindingType {
-    wgpu::BindingType::Buffer {
-        ty: match kind {
-            Some(read_only) => wgpu::BufferBindingType::Storage { read_only },
-            None => wgpu::BufferBindingType::Uniform,
-        },
-        has_dynamic_offset: false,
-        min_binding_size: None,
-    }
-}
-
-/// A layout of buffer bindings 0, 1, … of the kinds [`buffer`] takes.
-pub(crate) fn layout(device: &wgpu::Device, label: &str, kinds: &[Option<bool>]) -> wgpu::BindGroupLayout {
-    let entries: Vec<wgpu::BindGroupLayoutEntry> =
-        kinds.iter().enumerate().map(|(i, &kind)| entry(i as u32, buffer(kind))).collect();
-    device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor { label: Some(label), entries: &entries })
-}
-
-/// A uniform buffer holding a kernel's parameter block.
-pub(crate) fn uniform(device: &wgpu::Device, bytes: &[u8]) -> wgpu::Buffer {
-    device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
-        label: Some("params"),
-        contents: bytes,
-        usage: wgpu::BufferUsages::UNIFORM,
-    })
-}
-
-pub(crate) fn pipeline(
-    device: &wgpu::Device,
-    layout: &wgpu::BindGroupLayout,
-    source: &str,
-    entry: &str,
-) -> wgpu::ComputePipeline {
-    let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
-        label: Some(entry),
-        source: wgpu::ShaderSource::Wgsl(source.into()),
-    });
-    let pipeline_layout = device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
-        label: Some(entry),
-        bind_group_layouts: &[Some(layout)],
-        immediate_size: 0,
-    });
-    device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
-        label: Some(entry),
-        layout: Some(&pipeline_layout),
-        module: &module,
-        entry_point: Some(entry),
-        compilation_options: Default::default(),
-        cache: None,
-    })
 }
 
 impl Kernels {
@@ -314,7 +206,7 @@ impl Kernels {
         let (mut aux, mut aux2) = (&self.dummy_read, &self.dummy_read);
         match epilogue {
             Epilogue::Plain { alpha, accumulate, decay } => {
-                p.epilogue = 0;
+                p.epilogue = EpilogueCode::Plain as u32;
                 p.alpha = alpha;
                 p.accumulate = accumulate as u32;
                 if let Some((lambda, weights, off)) = decay {
@@ -324,13 +216,13 @@ impl Kernels {
                 }
             }
             Epilogue::BiasAct { bias, act } => {
-                p.epilogue = 1;
+                p.epilogue = EpilogueCode::BiasAct as u32;
                 (p.act, p.leaky_alpha) = act_code(act);
                 aux = bias.0;
                 p.aux_off = bias.1;
             }
             Epilogue::Delta { kl, a_prev, act } => {
-                p.epilogue = 2;
+                p.epilogue = EpilogueCode::Delta as u32;
                 (p.act, p.leaky_alpha) = act_code(act);
                 if let Some((buf, off)) = kl {
                     p.has_kl = 1;
@@ -342,7 +234,7 @@ impl Kernels {
                 p.aux2_rs = a_prev.rs;
             }
             Epilogue::DeltaGiven { kl, fprime } => {
-                p.epilogue = 2;
+                p.epilogue = EpilogueCode::Delta as u32;
                 p.act = FPRIME_GIVEN;
                 if let Some((buf, off)) = kl {
                     p.has_kl = 1;
@@ -403,16 +295,27 @@ pub const POOL_GROUP: u32 = 64;
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
 pub struct ConvParams {
+    /// Images in the chunk (B).
     pub images: u32,
+    /// Side n of the square input images.
     pub image_size: u32,
+    /// Channels c.
     pub channels: u32,
+    /// Side p of the square features.
     pub patch: u32,
+    /// Side d = n − p + 1 of the output maps.
     pub conv_size: u32,
+    /// Features k.
     pub features: u32,
+    /// c·p², the length of one patch.
     pub depth: u32,
+    /// The activation code ([`ActCode`]).
     pub act: u32,
+    /// b's offset in the weights buffer.
     pub bias_off: u32,
+    /// The leaky ReLU slope.
     pub leaky_alpha: f32,
+    /// Padding to 16-byte alignment.
     pub _pad: [u32; 2],
 }
 
@@ -421,11 +324,17 @@ pub struct ConvParams {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
 pub struct PoolParams {
+    /// Feature maps pooled (images × features).
     pub maps: u32,
+    /// Side d of each map.
     pub conv_size: u32,
+    /// Side of the disjoint pooling regions.
     pub pool: u32,
+    /// Side ⌊d / pool⌋ of the pooled maps.
     pub pooled: u32,
+    /// 0 mean, 1 max.
     pub kind: u32,
+    /// Padding to 16-byte alignment.
     pub _pad: [u32; 3],
 }
 
@@ -441,6 +350,7 @@ pub struct FeatureKernels {
 }
 
 impl FeatureKernels {
+    /// Compiles conv.wgsl and pool.wgsl for `device`.
     pub fn new(device: &wgpu::Device) -> FeatureKernels {
         let layout = layout(device, "features", &[Some(true), Some(true), Some(false), None]);
         let convolve = pipeline(device, &layout, &format!("{COMMON}\n{CONV}"), "convolve");
@@ -496,18 +406,4 @@ impl FeatureKernels {
         let bind_group = bind_all(device, &self.layout, &[conv, &self.dummy_read, out, &params]);
         Op::one(self.pool.clone(), bind_group, Self::pool_groups(&p, max_per_dimension))
     }
-}
-
-/// A bind group binding `buffers` in order, each whole.
-pub(crate) fn bind_all(
-    device: &wgpu::Device,
-    layout: &wgpu::BindGroupLayout,
-    buffers: &[&wgpu::Buffer],
-) -> wgpu::BindGroup {
-    let entries: Vec<wgpu::BindGroupEntry> = buffers
-        .iter()
-        .enumerate()
-        .map(|(i, buf)| wgpu::BindGroupEntry { binding: i as u32, resource: buf.as_entire_binding() })
-        .collect();
-    device.create_bind_group(&wgpu::BindGroupDescriptor { label: None, layout, entries: &entries })
 }

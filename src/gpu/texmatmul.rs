@@ -21,7 +21,8 @@ use std::sync::Mutex;
 
 use bytemuck::{Pod, Zeroable};
 
-use super::kernels::{Op, buffer, entry, pipeline, uniform};
+use super::params::MatmulParams;
+use super::plumbing::{Op, buffer, entry, pipeline, uniform};
 
 const COMMON: &str = include_str!("../../shaders/common.wgsl");
 const EPILOGUE: &str = include_str!("../../shaders/matmul_epilogue.wgsl");
@@ -190,7 +191,7 @@ impl TexMatmul {
         a: Packed,
         b: Packed,
         buffers: [&wgpu::Buffer; 3],
-        params: &super::kernels::MatmulParams,
+        params: &MatmulParams,
     ) -> Op {
         let dims = (params.m, params.n, params.k);
         let (extent_a, extent_b) = Self::extents(dims);
@@ -204,7 +205,7 @@ impl TexMatmul {
         // speeds up the weight gradient (B = the data) by ~25% and 1024³ by ~35%, and slows
         // the forward and input-delta products (A = the data) by ~5%.
         let rows_first = area(extent_b) >= area(extent_a);
-        let params = &super::kernels::MatmulParams { rows_first: rows_first as u32, ..*params };
+        let params = &MatmulParams { rows_first: rows_first as u32, ..*params };
         let view = |t: &wgpu::Texture| t.create_view(&wgpu::TextureViewDescriptor::default());
         let view_a = view(&self.texture(device, 0, extent_a));
         let view_b = view(&self.texture(device, 1, extent_b));

@@ -1,5 +1,5 @@
-//! First-order updates on θ in device memory (`shaders/update.wgsl`): the minibatch loop's
-//! [`DeviceTraining`] for the GPU backend. θ and the rule's moments are uploaded once per run;
+//! First-order updates on θ in device memory (`shaders/update.wgsl`): the kernels and device
+//! state behind the GPU backend's `DeviceTraining` (`training.rs`). θ and the rule's moments are uploaded once per run;
 //! each step records the forward and backward pass, ‖∇J‖² (a deterministic two-level sum) and
 //! the update into one submission, and reads back 16 bytes: the three cost terms and ‖∇J‖².
 //! The update is skipped on the device when any of those is not finite, and the θ before the
@@ -7,13 +7,13 @@
 //! a host copy of θ.
 //!
 //! The formulas are those of [`crate::optim::UpdateState::apply`], in f32; tests compare the
-//! two. This module must not change how a cost or gradient is computed (that is `mod.rs`).
+//! two. This module must not change how a cost or gradient is computed (that is the plan, `plan.rs`).
 
 use bytemuck::{Pod, Zeroable};
 
-use super::kernels::{bind_all, layout, pipeline};
-use super::{Gpu, GpuBackend, poison, read_back, staging, storage, write_f64};
-use crate::backend::{Batch, DeviceStep, DeviceTraining};
+use super::device::Gpu;
+use super::params::{CostSlot, RuleCode};
+use super::plumbing::{bind_all, layout, pipeline, poison, read_back, staging, storage, write_f64};
 use crate::optim::{UpdateRule, UpdateScalars, UpdateState};
 use crate::{Error, Result};
 
@@ -27,8 +27,11 @@ pub const UPDATE_BLOCK: usize = 2048;
 /// one per epoch and at a stop) and gradient read-backs (host path: one per evaluation).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Transfers {
+    /// Times θ was written to the device.
     pub theta_uploads: u64,
+    /// Times θ was read back (device training).
     pub theta_readbacks: u64,
+    /// Times ∇J was read back (host path).
     pub grad_readbacks: u64,
 }
 
@@ -52,13 +55,14 @@ struct UpdateParams {
     _pad: [u32; 2],
 }
 
+/// `rule`'s code in update.wgsl.
 fn rule_code(rule: UpdateRule) -> u32 {
-    match rule {
-        UpdateRule::Plain => 0,
-        UpdateRule::Momentum { nesterov: false, .. } => 1,
-        UpdateRule::Momentum { nesterov: true, .. } => 2,
-        UpdateRule::Adam { .. } => 3,
-    }
+    (match rule {
+        UpdateRule::Plain => RuleCode::Plain,
+        UpdateRule::Momentum { nesterov: false, .. } => RuleCode::Momentum,
+        UpdateRule::Momentum { nesterov: true, .. } => RuleCode::Nesterov,
+        UpdateRule::Adam { .. } => RuleCode::Adam,
+    }) as u32
 }
 
 /// The three pipelines of update.wgsl and their bind-group layout, compiled once per device.
@@ -88,7 +92,8 @@ impl UpdateKernels {
 /// the latest update, the partial sums of ‖∇J‖², the parameter block, and a bind group tying
 /// them to the θ, ∇J and cost-term buffers they serve.
 pub struct DeviceUpdate {
-    rule: UpdateRule,
+    /// The rule whose moments this state holds.
+    pub(super) rule: UpdateRule,
     len: usize,
     first_moment: wgpu::Buffer,
     second_moment: wgpu::Buffer,
@@ -252,7 +257,7 @@ fn read_buffers(gpu: &Gpu, sources: &[&wgpu::Buffer], len: usize) -> Result<Vec<
         encoder.copy_buffer_to_buffer(src, 0, &staging, i as u64 * bytes, bytes);
     }
     gpu.queue.submit([encoder.finish()]);
-    let flat = read_back(gpu, &staging, len * sources.len())?;
+    let flat = read_back(&gpu.device, &staging, len * sources.len())?;
     Ok(flat.chunks(len.max(1)).map(<[f32]>::to_vec).collect())
 }
 
@@ -260,114 +265,15 @@ fn read_buffers(gpu: &Gpu, sources: &[&wgpu::Buffer], len: usize) -> Result<Vec<
 /// the device state of the current rule, and the transfer counters.
 #[derive(Default)]
 pub struct Resident {
-    kernels: Option<UpdateKernels>,
-    update: Option<DeviceUpdate>,
+    /// The update kernels, compiled at the first load.
+    pub(super) kernels: Option<UpdateKernels>,
+    /// The loaded rule's device state.
+    pub(super) update: Option<DeviceUpdate>,
     /// `transfers.theta_uploads` when θ was loaded: any upload since replaced it.
-    uploads_at_load: Option<u64>,
+    pub(super) uploads_at_load: Option<u64>,
     pub(super) transfers: Transfers,
     /// Off: the backend offers no device training (the host path, for comparisons).
     pub(super) disabled: bool,
-}
-
-impl GpuBackend {
-    /// Bytes that crossed the bus so far, by kind.
-    pub fn transfers(&self) -> Transfers {
-        self.resident.transfers
-    }
-
-    /// Whether minibatch training keeps θ on the device ([`DeviceTraining`], the default) or
-    /// reads the gradient and updates θ on the host each step (for comparisons).
-    pub fn set_device_training(&mut self, on: bool) {
-        self.resident.disabled = !on;
-    }
-
-    fn device_update(&mut self) -> Result<&mut DeviceUpdate> {
-        match (&mut self.resident.update, self.resident.uploads_at_load) {
-            (Some(u), Some(at)) if at == self.resident.transfers.theta_uploads => Ok(u),
-            _ => Err(Error::Gpu("θ on the device was replaced or never loaded: load it before stepping".into())),
-        }
-    }
-}
-
-impl DeviceTraining for GpuBackend {
-    fn load(&mut self, theta: &[f64], update: &UpdateState) -> Result<()> {
-        self.check_theta(theta)?;
-        let device = &self.gpu.device;
-        let kernels = self.resident.kernels.get_or_insert_with(|| UpdateKernels::new(device));
-        let fits = self.resident.update.as_ref().is_some_and(|u| u.rule == update.rule);
-        if !fits {
-            let sparsity = self.spec.sparsity.is_some();
-            let len = theta.len();
-            let u =
-                DeviceUpdate::new(device, kernels, update.rule, len, &self.theta, &self.grad, &self.scalars, sparsity)?;
-            self.resident.update = Some(u);
-        }
-        write_f64(&self.gpu.queue, &self.theta, theta);
-        self.resident.transfers.theta_uploads += 1;
-        self.resident.uploads_at_load = Some(self.resident.transfers.theta_uploads);
-        self.resident.update.as_mut().expect("made above").load(&self.gpu.queue, update)
-    }
-
-    fn step(&mut self, batch: Batch<'_>, scalars: &UpdateScalars) -> Result<DeviceStep> {
-        self.device_update()?;
-        if self.chunk_rows.is_empty() {
-            return Err(Error::Data("no data loaded: call set_data first".into()));
-        }
-        let visit = self.visit(&batch)?;
-        let key = self.plan_for(&visit, true)?;
-        self.start_recurrent_state(&key)?;
-        let gpu = &self.gpu;
-        let kernels = self.resident.kernels.as_ref().expect("compiled by load");
-        let update = self.resident.update.as_ref().expect("checked above");
-        let scope = gpu.device.push_error_scope(wgpu::ErrorFilter::Validation);
-        let oom = gpu.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
-        self.poison_plan(&key);
-        if self.poison {
-            update.poison(&gpu.queue);
-        }
-        update.set_scalars(&gpu.queue, scalars);
-        // With streamed data the update goes into the last chunk's submission.
-        let bytes = self.submit_plan(
-            &key,
-            &visit,
-            |pass| update.record(kernels, pass),
-            |encoder| encoder.copy_buffer_to_buffer(&self.scalars, 0, &self.scalar_staging, 0, 16),
-        );
-        self.data_bytes += bytes;
-        let gpu = &self.gpu;
-        let terms = read_back(gpu, &self.scalar_staging, 4)?;
-        for s in [oom, scope] {
-            if let Some(e) = pollster::block_on(s.pop()) {
-                return Err(super::refused(gpu, e));
-            }
-        }
-        let cost = self.cost_terms(&terms, self.plans[&key].examples).total();
-        let grad_norm = (terms[3] as f64).sqrt();
-        if cost.is_finite() && grad_norm.is_finite() {
-            self.resident.update.as_mut().expect("checked above").stepped();
-        }
-        Ok(DeviceStep { cost, grad_norm })
-    }
-
-    fn roll_back(&mut self) -> Result<bool> {
-        self.device_update()?;
-        let update = self.resident.update.as_mut().expect("checked above");
-        let mut encoder =
-            self.gpu.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("roll back") });
-        let rolled = update.record_roll_back(&mut encoder, &self.theta);
-        self.gpu.queue.submit([encoder.finish()]);
-        Ok(rolled)
-    }
-
-    fn read(&mut self, theta: &mut [f64], update: &mut UpdateState) -> Result<()> {
-        // Only the length: `theta` is where the device's θ goes, whatever it holds now.
-        crate::backend::check_theta_len(&self.spec, theta.len())?;
-        self.device_update()?;
-        let u = self.resident.update.as_ref().expect("checked above");
-        u.read(&self.gpu, &self.theta, theta, update)?;
-        self.resident.transfers.theta_readbacks += 1;
-        Ok(())
-    }
 }
 
 /// The update kernel alone, on θ and gradients the caller gives: the parity tests' and
@@ -417,9 +323,9 @@ impl StandaloneUpdate {
         }
         encoder.copy_buffer_to_buffer(&self.scalars, 0, &self.staging, 0, 16);
         gpu.queue.submit([encoder.finish()]);
-        let terms = read_back(gpu, &self.staging, 4)?;
+        let terms = read_back(&gpu.device, &self.staging, 4)?;
         self.update.stepped();
-        Ok((terms[3] as f64).sqrt())
+        Ok((terms[CostSlot::GradNormSquared as usize] as f64).sqrt())
     }
 
     /// θ and the moments as they stand on the device.

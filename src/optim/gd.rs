@@ -7,10 +7,10 @@ use serde::{Deserialize, Serialize};
 
 use super::control::DivergenceCause;
 use super::linalg::{all_finite, norm};
-use super::update::{UpdateRule, UpdateState};
 use super::{Iterated, Outcome, Point, Run};
 use crate::Result;
 use crate::backend::Batch;
+use crate::update::{UpdateRule, UpdateState};
 
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub struct GradientDescent {

@@ -12,9 +12,9 @@ use serde::{Deserialize, Serialize};
 use super::control::{DivergenceCause, StopReason};
 use super::linalg::{all_finite, norm};
 use super::schedule::{Schedule, ScheduleState};
-use super::update::{UpdateRule, UpdateState};
 use super::{Iterated, Outcome, Run, non_finite_start, positive};
 use crate::backend::{Batch, DeviceTraining};
+use crate::update::{UpdateRule, UpdateState};
 use crate::{Error, Result};
 
 /// A minibatch method: the update rule, the initial learning rate η₀ and its schedule,

@@ -44,12 +44,12 @@ mod line_search;
 mod minibatch;
 mod objective;
 mod schedule;
-mod update;
 
 use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::update::{UpdateRule, UpdateScalars, UpdateState};
 pub use cg::ConjugateGradient;
 pub use control::{
     Control, Diverged, Divergence, DivergenceCause, EarlyStopping, Hooks, Kept, Progress, Stop, StopReason, Summary,
@@ -61,7 +61,6 @@ pub use line_search::{CostAndGrad, LineSearch, LineSearchOutcome};
 pub use minibatch::{Minibatch, clip_by_global_norm};
 pub use objective::{BackendObjective, FnObjective, Objective};
 pub use schedule::{Plateau, Schedule, ScheduleState};
-pub use update::{UpdateRule, UpdateScalars, UpdateState};
 
 use crate::backend::Batch;
 use crate::{Error, Result};

@@ -30,7 +30,8 @@ use std::sync::OnceLock;
 
 use bytemuck::{Pod, Zeroable};
 
-use super::kernels::{Op, act_code, bind_all, layout, pipeline, uniform};
+use super::params::act_code;
+use super::plumbing::{Op, bind_all, layout, pipeline, uniform};
 use crate::layers::conv2d::Conv2d;
 use crate::layers::maxout::Maxout;
 use crate::layers::pool2d::{Pool2d, PoolKind};
@@ -38,9 +39,11 @@ use crate::model::Activation;
 use crate::{Error, Result};
 
 const COMMON: &str = include_str!("../../../shaders/common.wgsl");
-/// The WGSL of each family (with the shared activations prepended at compile time).
+/// The WGSL of each family (with the shared activations prepended at compile time): conv2d.
 pub const CONV2D_WGSL: &str = include_str!("../../../shaders/conv2d.wgsl");
+/// pool2d.wgsl: max and mean pooling, forward and backward.
 pub const POOL2D_WGSL: &str = include_str!("../../../shaders/pool2d.wgsl");
+/// maxout.wgsl: the max over pieces and its backward pass.
 pub const MAXOUT_WGSL: &str = include_str!("../../../shaders/maxout.wgsl");
 /// common.wgsl, which every family's source is compiled with.
 pub const COMMON_WGSL: &str = COMMON;
@@ -61,29 +64,53 @@ const MAX_SLICES: usize = 64;
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Pod, Zeroable)]
 pub struct Conv2dParams {
+    /// Images m in the chunk.
     pub images: u32,
+    /// Input channels c.
     pub channels: u32,
+    /// Input height h.
     pub height: u32,
+    /// Input width w.
     pub width: u32,
+    /// Filters f.
     pub filters: u32,
+    /// Kernel side k.
     pub kernel: u32,
+    /// Stride s.
     pub stride: u32,
+    /// Zero padding p on every side.
     pub padding: u32,
+    /// Output height h′ = (h + 2p − k)/s + 1.
     pub out_height: u32,
+    /// Output width w′ = (w + 2p − k)/s + 1.
     pub out_width: u32,
+    /// The input's first element.
     pub x_off: u32,
+    /// W's offset in θ.
     pub w_off: u32,
+    /// b's offset in θ.
     pub b_off: u32,
+    /// Activation code ([`crate::gpu::kernels::ActCode`]): the layer's (forward) or the layer below's (input gradient).
     pub act: u32,
+    /// The leaky ReLU slope.
     pub leaky_alpha: f32,
+    /// α = 1/m of the weight gradient.
     pub alpha: f32,
+    /// ∇W's offset in ∇J.
     pub grad_w_off: u32,
+    /// ∇b's offset in ∇J.
     pub grad_b_off: u32,
+    /// 1: add to ∇W and ∇b (later chunks).
     pub accumulate: u32,
+    /// λ, added as λW (first chunk only).
     pub weight_decay: f32,
+    /// Slices the weight gradient's sum over images is split into (summed in order after).
     pub slices: u32,
+    /// Images per slice.
     pub slice_rows: u32,
+    /// Padding to 16-byte alignment.
     pub _pad0: u32,
+    /// Padding to 16-byte alignment.
     pub _pad1: u32,
 }
 
@@ -93,17 +120,29 @@ pub struct Conv2dParams {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Pod, Zeroable)]
 pub struct Pool2dParams {
+    /// Images m.
     pub images: u32,
+    /// Channels c.
     pub channels: u32,
+    /// Input height h.
     pub height: u32,
+    /// Input width w.
     pub width: u32,
+    /// Region side k.
     pub size: u32,
+    /// Stride s between regions.
     pub stride: u32,
+    /// Output height h′.
     pub out_height: u32,
+    /// Output width w′.
     pub out_width: u32,
+    /// 0 mean, 1 max.
     pub kind: u32,
+    /// The input's first element.
     pub x_off: u32,
+    /// The layer below's activation code (backward: × its f′).
     pub act: u32,
+    /// The leaky ReLU slope.
     pub leaky_alpha: f32,
 }
 
@@ -111,9 +150,13 @@ pub struct Pool2dParams {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Pod, Zeroable)]
 pub struct MaxoutParams {
+    /// Rows m.
     pub rows: u32,
+    /// Units per row.
     pub units: u32,
+    /// Pieces k per unit.
     pub pieces: u32,
+    /// Padding to 16-byte alignment.
     pub _pad: u32,
 }
 
@@ -221,6 +264,7 @@ pub struct LayerKernels {
 }
 
 impl LayerKernels {
+    /// The layer kernels of `device`, each compiled on its first use.
     pub fn new(device: &wgpu::Device) -> LayerKernels {
         let (r, w) = (Some(true), Some(false));
         LayerKernels {

@@ -14,8 +14,10 @@
 //! of the plan it returns.
 
 use super::LayerKernels;
-use crate::gpu::kernels::{BLOCK_ROWS, Epilogue, Op, Operand, Small, SmallParams, act_code};
-use crate::gpu::{GpuBackend, Plan, Segment, storage, u32_of};
+use crate::gpu::data::Segment;
+use crate::gpu::kernels::{BLOCK_ROWS, Epilogue, Op, Operand, Small, SmallParams};
+use crate::gpu::plan::{Plan, Recorder, loss_partials_len};
+use crate::gpu::plumbing::{read_back, staging, storage, u32_of};
 use crate::layers::ImageShape;
 use crate::layers::conv2d::Conv2d;
 use crate::layers::lstm::Lstm;
@@ -108,6 +110,7 @@ impl StackLayers {
                 Layer::MeanPool { size, stride } => {
                     StackOp::Pool(Pool2d::with_stride(image, PoolKind::Mean, size, stride)?)
                 }
+                // `GpuBackend::supports` refuses recurrent stacks before a plan is built.
                 Layer::Rnn { units, activation, .. } => {
                     let rnn = Rnn::new(seq_n, units, steps, activation)?;
                     seq_n = units;
@@ -158,13 +161,23 @@ struct LayerBuffers {
     winners: Option<wgpu::Buffer>,
 }
 
-impl GpuBackend {
-    fn stack_kernels(&self) -> Result<&LayerKernels> {
-        self.layer_kernels
-            .as_ref()
-            .ok_or_else(|| Error::Gpu("the layer kernels were not compiled for this spec".into()))
-    }
+/// A [`Recorder`] with the layer kernels: records a layer stack's plan and forward pass.
+pub(in crate::gpu) struct StackRecorder<'a> {
+    /// The device, kernels, network, θ and data the dense plan records with.
+    pub rec: &'a Recorder<'a>,
+    /// The conv2d, pooling and maxout kernels.
+    pub kernels: &'a LayerKernels,
+}
 
+impl<'a> std::ops::Deref for StackRecorder<'a> {
+    type Target = Recorder<'a>;
+
+    fn deref(&self) -> &Recorder<'a> {
+        self.rec
+    }
+}
+
+impl StackRecorder<'_> {
     /// Buffers for the hidden layers' forward pass over `rows` rows.
     fn layer_buffers(&self, layers: &StackLayers, rows: usize) -> Vec<LayerBuffers> {
         let device = &self.gpu.device;
@@ -199,7 +212,7 @@ impl GpuBackend {
         rows: usize,
         out: &wgpu::Buffer,
     ) -> Result<()> {
-        let (device, lk, lay) = (&self.gpu.device, self.stack_kernels()?, &self.layout);
+        let (device, lk, lay) = (&self.gpu.device, self.kernels, self.layout);
         for (i, op) in layers.ops.iter().enumerate() {
             let inp = if i == 0 { input } else { (&bufs[i - 1].a, 0) };
             let b = &bufs[i];
@@ -212,7 +225,7 @@ impl GpuBackend {
                 }
                 StackOp::Conv { l, conv, act } => {
                     let at = (lay.weight_range(*l).start, lay.bias_range(*l).start);
-                    ops.push(lk.conv2d_forward(device, conv, rows, *act, inp, &self.theta, at, &b.a)?);
+                    ops.push(lk.conv2d_forward(device, conv, rows, *act, inp, self.theta, at, &b.a)?);
                 }
                 StackOp::Pool(pool) => {
                     ops.push(lk.pool2d_forward(device, pool, rows, inp, &b.a, b.winners.as_ref())?)
@@ -230,12 +243,11 @@ impl GpuBackend {
     /// dense `build_plan`): per segment, the forward pass, the loss and — with `want_grad` —
     /// the backward pass accumulating ∇J; then Σ W² for weight decay.
     pub(in crate::gpu) fn build_stack_plan(&self, segments: &[Segment], want_grad: bool) -> Result<Plan> {
-        let layers = StackLayers::of(&self.spec)?.ok_or_else(|| Error::Gpu("not a layer stack".into()))?;
+        let layers = StackLayers::of(self.spec)?.ok_or_else(|| Error::Gpu("not a layer stack".into()))?;
         if layers.ops.iter().any(|op| op.recurrent_dims().is_some()) {
             return self.build_recurrent_plan(&layers, segments, want_grad);
         }
-        let (device, k, lk, spec, lay) =
-            (&self.gpu.device, &self.kernels, self.stack_kernels()?, &self.spec, &self.layout);
+        let (device, lk, spec, lay) = (&self.gpu.device, self.kernels, self.spec, self.layout);
         let u = |v: usize| u32_of(v, "an index");
         let examples: usize = segments.iter().map(|s| s.rows).sum();
         let rows_max = segments.iter().map(|s| s.rows).max().unwrap_or(1);
@@ -269,112 +281,19 @@ impl GpuBackend {
             .max()
             .unwrap_or(0);
         let conv_partials = storage(device, "conv2d ∇W partials", conv_partials_len);
-        let per_seg_loss = |rows: usize| match spec.output {
-            Output::Softmax => rows,
-            Output::SquaredError(_) => rows.div_ceil(16) * outputs.div_ceil(16),
-        };
-        let loss_partials = storage(device, "loss partials", per_seg_loss(rows_max));
-
-        // Column sums of rows × cols at `src`, times alpha, into dst[off..] (accumulating).
-        let column_sum = |ops: &mut Vec<Op>,
-                          src: &wgpu::Buffer,
-                          rows: usize,
-                          cols: usize,
-                          off: usize,
-                          accumulate: bool|
-         -> Result<()> {
-            let blocks = rows.div_ceil(BLOCK_ROWS as usize);
-            let p = SmallParams { rows: u(rows)?, cols: u(cols)?, in_rs: u(cols)?, ..Default::default() };
-            let groups = [u(cols.div_ceil(64))?, u(blocks)?, 1];
-            ops.push(k.small(device, Small::ColumnPartials, Some(src), None, Some(&col_partials), None, p, groups));
-            let p = SmallParams {
-                cols: u(cols)?,
-                out_off: u(off)?,
-                alpha: inv_m,
-                flag: accumulate as u32,
-                len: u(blocks)?,
-                ..Default::default()
-            };
-            let groups = [u(cols.div_ceil(64))?, 1, 1];
-            ops.push(k.small(
-                device,
-                Small::ColumnFinish,
-                Some(&col_partials),
-                None,
-                Some(&self.grad),
-                None,
-                p,
-                groups,
-            ));
-            Ok(())
-        };
+        let loss_partials = storage(device, "loss partials", loss_partials_len(spec, rows_max));
 
         let mut ops = Vec::new();
         let mut stages = Vec::new();
         for (i, seg) in segments.iter().enumerate() {
             stages.push((i, ops.len()));
-            let chunk = self.chunk(seg.chunk);
+            let chunk = self.data.chunk(seg.chunk);
             let x = (&chunk.x, seg.row * spec.inputs());
             let rows = seg.rows;
             self.record_stack_forward(&mut ops, &layers, &bufs, x, rows, &out)?;
 
             // The loss; δ⁽ᴸ⁾ lands in deltas[0] (squared error) or in place of the probabilities.
-            let delta_out: &wgpu::Buffer = match spec.output {
-                Output::SquaredError(act) => {
-                    let (y, y_off, y_rs) = match &chunk.y {
-                        Some(y) => (y, seg.row * outputs, outputs),
-                        None => (&chunk.x, seg.row * spec.inputs(), spec.inputs()),
-                    };
-                    let (code, leaky) = act_code(act);
-                    let p = SmallParams {
-                        rows: u(rows)?,
-                        cols: u(outputs)?,
-                        in_off: u(y_off)?,
-                        in_rs: u(y_rs)?,
-                        act: code,
-                        leaky_alpha: leaky,
-                        flag: want_grad as u32,
-                        ..Default::default()
-                    };
-                    let groups = [u(outputs.div_ceil(16))?, u(rows.div_ceil(16))?, 1];
-                    let (dst, dst2) = (Some(&deltas[0]), Some(&loss_partials));
-                    ops.push(k.small(device, Small::SquaredError, Some(&out), Some(y), dst, dst2, p, groups));
-                    &deltas[0]
-                }
-                Output::Softmax => {
-                    let labels = chunk.labels.as_ref().expect("softmax data has labels");
-                    let p = SmallParams {
-                        rows: u(rows)?,
-                        cols: u(outputs)?,
-                        aux_off: u(seg.row)?,
-                        flag: 1,
-                        ..Default::default()
-                    };
-                    let groups = [u(rows.div_ceil(64))?, 1, 1];
-                    ops.push(k.small(
-                        device,
-                        Small::Softmax,
-                        None,
-                        Some(labels),
-                        Some(&out),
-                        Some(&loss_partials),
-                        p,
-                        groups,
-                    ));
-                    &out
-                }
-            };
-            let p = SmallParams { len: u(per_seg_loss(rows))?, out_off: 0, flag: (i > 0) as u32, ..Default::default() };
-            ops.push(k.small(
-                device,
-                Small::SumRange,
-                Some(&loss_partials),
-                None,
-                Some(&self.scalars),
-                None,
-                p,
-                [1, 1, 1],
-            ));
+            let delta_out = self.record_loss(&mut ops, seg, &out, &deltas[0], &loss_partials, want_grad, i == 0)?;
             if !want_grad {
                 continue;
             }
@@ -388,20 +307,13 @@ impl GpuBackend {
             // unless it reads the data — the δ below = (δ W) ⊙ f′(a_below) into `next`.
             let dense_backward =
                 |ops: &mut Vec<Op>, j: usize, l: usize, delta: &wgpu::Buffer, next: &wgpu::Buffer| -> Result<()> {
-                    let (out_w, inp) = lay.shapes[l];
+                    let inp = lay.shapes[l].1;
                     let input = input_of(j);
                     let a_prev = Operand::row_major(input.0, u(input.1)?, u(inp)?);
-                    let decay = (decay != 0.0).then(|| (decay, &self.theta, lay.weight_range(l).start as u32));
-                    let epilogue = Epilogue::Plain { alpha: inv_m, accumulate, decay };
-                    let delta_t = Operand::row_major(delta, 0, u(out_w)?).t();
-                    let gw = (&self.grad, u(lay.weight_range(l).start)?, u(inp)?);
-                    ops.push(k.matmul(device, delta_t, a_prev, gw, (u(out_w)?, u(inp)?, u(rows)?), epilogue));
-                    column_sum(ops, delta, rows, out_w, lay.bias_range(l).start, accumulate)?;
+                    self.record_dense_grads(ops, &col_partials, l, a_prev, delta, rows, inv_m, !accumulate)?;
                     if j > 0 {
-                        let w = Operand::row_major(&self.theta, u(lay.weight_range(l).start)?, u(inp)?);
                         let epilogue = Epilogue::Delta { kl: None, a_prev, act: below(j) };
-                        let d = Operand::row_major(delta, 0, u(out_w)?);
-                        ops.push(k.matmul(device, d, w, (next, 0, u(inp)?), (u(rows)?, u(inp)?, u(out_w)?), epilogue));
+                        self.record_delta_below(ops, l, delta, next, rows, epilogue)?;
                     }
                     Ok(())
                 };
@@ -427,7 +339,7 @@ impl GpuBackend {
                     }
                     StackOp::Conv { l, conv, .. } => {
                         let w_at = lay.weight_range(*l).start;
-                        let grads = (&self.grad, w_at, lay.bias_range(*l).start);
+                        let grads = (self.grad, w_at, lay.bias_range(*l).start);
                         ops.extend(lk.conv2d_weight_grad(
                             device,
                             conv,
@@ -435,7 +347,7 @@ impl GpuBackend {
                             input_of(j),
                             delta,
                             &conv_partials,
-                            (&self.theta, w_at),
+                            (self.theta, w_at),
                             grads,
                             (inv_m, accumulate, decay),
                         )?);
@@ -445,7 +357,7 @@ impl GpuBackend {
                                 conv,
                                 rows,
                                 delta,
-                                (&self.theta, w_at),
+                                (self.theta, w_at),
                                 input_of(j),
                                 below(j),
                                 next,
@@ -473,10 +385,8 @@ impl GpuBackend {
                 spare = 1 - spare;
             }
         }
-        // (λ/2)‖W‖²: Σ W² over the weight prefix of θ (an empty sum, exactly 0, when λ = 0).
-        let decayed = if spec.weight_decay != 0.0 { lay.all_weights().len() } else { 0 };
-        let p = SmallParams { act: 1, out_off: 1, len: u(decayed)?, ..Default::default() };
-        ops.push(k.small(device, Small::SumRange, Some(&self.theta), None, Some(&self.scalars), None, p, [1, 1, 1]));
+        // (λ/2)‖W‖²: Σ W² over the weight prefix of θ.
+        self.record_weight_squares(&mut ops)?;
 
         let mut workspace: Vec<wgpu::Buffer> = Vec::new();
         for b in bufs {
@@ -496,11 +406,11 @@ impl GpuBackend {
         x: &wgpu::Buffer,
         rows: usize,
     ) -> Result<Vec<ndarray::Array2<f64>>> {
-        let layers = StackLayers::of(&self.spec)?.ok_or_else(|| Error::Gpu("not a layer stack".into()))?;
+        let layers = StackLayers::of(self.spec)?.ok_or_else(|| Error::Gpu("not a layer stack".into()))?;
         if layers.ops.iter().any(|op| op.recurrent_dims().is_some()) {
             return self.forward_recurrent_chunk(&layers, x, rows);
         }
-        let (device, spec) = (&self.gpu.device, &self.spec);
+        let (device, spec) = (&self.gpu.device, self.spec);
         let bufs = self.layer_buffers(&layers, rows);
         let out = storage(device, "output activations", rows * spec.outputs());
         let mut ops = Vec::new();
@@ -513,12 +423,12 @@ impl GpuBackend {
                 ..Default::default()
             };
             let groups = [u32_of(rows.div_ceil(64), "rows")?, 1, 1];
-            ops.push(self.kernels.small(device, Small::Softmax, None, None, Some(&out), None, p, groups));
+            ops.push(self.rec.kernels.small(device, Small::Softmax, None, None, Some(&out), None, p, groups));
         }
         let widths: Vec<usize> = layers.widths.iter().copied().chain([spec.outputs()]).collect();
         let sources: Vec<&wgpu::Buffer> = bufs.iter().map(|b| &b.a).chain([&out]).collect();
         let total: usize = widths.iter().map(|w| w * rows).sum();
-        let staging = crate::gpu::staging(device, "activations readback", total);
+        let staging = staging(device, "activations readback", total);
         let mut encoder = device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("forward") });
         {
             let mut pass = encoder
@@ -534,7 +444,7 @@ impl GpuBackend {
             at += bytes;
         }
         self.gpu.queue.submit([encoder.finish()]);
-        let flat = crate::gpu::read_back(&self.gpu, &staging, total)?;
+        let flat = read_back(&self.gpu.device, &staging, total)?;
         let mut start = 0;
         Ok(widths
             .iter()

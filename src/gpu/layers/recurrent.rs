@@ -34,13 +34,14 @@ use std::sync::OnceLock;
 use bytemuck::{Pod, Zeroable};
 use ndarray::Array2;
 
-use super::plan::{StackLayers, StackOp};
-use super::{flat_grid, placeholder, u32_of};
+use super::plan::{StackLayers, StackOp, StackRecorder};
+use super::{flat_grid, placeholder};
 use crate::cpu::sequence::{LayerState, State};
-use crate::gpu::kernels::{
-    BLOCK_ROWS, Epilogue, Op, Operand, Small, SmallParams, act_code, bind_all, layout, pipeline,
-};
-use crate::gpu::{GpuBackend, Plan, Segment, read_back, staging, storage};
+use crate::gpu::data::Segment;
+use crate::gpu::kernels::{BLOCK_ROWS, Epilogue, Op, Operand, Small, SmallParams, act_code};
+use crate::gpu::plan::Plan;
+use crate::gpu::plumbing::{bind_all, layout, pipeline, read_back, staging, storage, u32_of, uniform};
+use crate::gpu::{Gpu, GpuBackend};
 use crate::layers::lstm::Lstm;
 use crate::layers::rnn::Rnn;
 use crate::model::{Activation, Output};
@@ -145,7 +146,7 @@ impl RecurrentKernels {
                 pipeline(device, &self.layout, &source, entry.name())
             })
             .clone();
-        let params = crate::gpu::kernels::uniform(device, bytemuck::bytes_of(p));
+        let params = uniform(device, bytemuck::bytes_of(p));
         let r = reads.map(|b| b.unwrap_or(&self.dummy_read));
         let [w0, w1, w2] = writes;
         let w = [
@@ -351,12 +352,9 @@ fn recurrent_ops(layers: &StackLayers) -> Result<Vec<&StackOp>> {
         .collect()
 }
 
-impl GpuBackend {
+impl StackRecorder<'_> {
     fn recurrent_kernels(&self) -> Result<&RecurrentKernels> {
-        self.layer_kernels
-            .as_ref()
-            .map(|k| &k.recurrent)
-            .ok_or_else(|| Error::Gpu("the layer kernels were not compiled for this spec".into()))
+        Ok(&self.kernels.recurrent)
     }
 
     /// The per-layer buffers of a sequence stack for `rows` sequences.
@@ -405,7 +403,7 @@ impl GpuBackend {
         rows: usize,
         base: usize,
     ) -> Result<()> {
-        let (device, k, rk, lay) = (&self.gpu.device, &self.kernels, self.recurrent_kernels()?, &self.layout);
+        let (device, k, rk, lay) = (&self.gpu.device, self.rec.kernels, self.recurrent_kernels()?, self.layout);
         let u = |v: usize| u32_of(v, "an index");
         let mut si = 0;
         for (j, (op, b)) in layer_ops.iter().zip(bufs).enumerate() {
@@ -418,13 +416,13 @@ impl GpuBackend {
             si += 1 + state_c.is_some() as usize;
             // Z = X W_ihᵀ for all steps.
             let x = Operand::row_major(inp.0, u(inp.1)?, u(n)?);
-            let w_ih_t = Operand::row_major(&self.theta, u(w_off)?, u(n)?).t();
+            let w_ih_t = Operand::row_major(self.theta, u(w_off)?, u(n)?).t();
             let plain = Epilogue::Plain { alpha: 1.0, accumulate: false, decay: None };
             ops.push(k.matmul(device, x, w_ih_t, (&b.gates, 0, u(g)?), (u(rows * steps)?, u(g)?, u(n)?), plain));
             if let (Some(cells), Some(c0)) = (&b.cells, state_c) {
                 ops.push(rk.copy_rows(device, rows, h, (c0, base * h, h), (cells, 0, (steps + 1) * h))?);
             }
-            let w_hh_t = Operand::row_major(&self.theta, u(w_off + g * n)?, u(h)?).t();
+            let w_hh_t = Operand::row_major(self.theta, u(w_off + g * n)?, u(h)?).t();
             for t in 0..steps {
                 let h_prev = match t {
                     0 => Operand::row_major(state_h, u(base * h)?, u(h)?),
@@ -435,11 +433,11 @@ impl GpuBackend {
                 ops.push(k.matmul(device, h_prev, w_hh_t, c, (u(rows)?, u(g)?, u(h)?), add));
                 ops.push(match op {
                     StackOp::Rnn { rnn, .. } => {
-                        rk.rnn_forward(device, rnn, rows, t, (&self.theta, b_off), &b.gates, &b.out)?
+                        rk.rnn_forward(device, rnn, rows, t, (self.theta, b_off), &b.gates, &b.out)?
                     }
                     StackOp::Lstm { lstm, .. } => {
                         let cells = b.cells.as_ref().expect("an LSTM has cells");
-                        rk.lstm_forward(device, lstm, rows, t, (&self.theta, b_off), &b.gates, cells, &b.out)?
+                        rk.lstm_forward(device, lstm, rows, t, (self.theta, b_off), &b.gates, cells, &b.out)?
                     }
                     _ => unreachable!("recurrent_ops keeps recurrent layers only"),
                 });
@@ -485,13 +483,13 @@ impl GpuBackend {
         out: &wgpu::Buffer,
     ) -> Result<()> {
         let u = |v: usize| u32_of(v, "an index");
-        let (spec, lay) = (&self.spec, &self.layout);
+        let (spec, lay) = (self.spec, self.layout);
         let (head, head_rows) = self.recurrent_head(top, rows)?;
         let (k_out, h) = lay.shapes[layers.out_l];
-        let w_t = Operand::row_major(&self.theta, u(lay.weight_range(layers.out_l).start)?, u(h)?).t();
+        let w_t = Operand::row_major(self.theta, u(lay.weight_range(layers.out_l).start)?, u(h)?).t();
         let act = spec.activation_after(layers.out_l).unwrap_or(Activation::Identity);
-        let epilogue = Epilogue::BiasAct { bias: (&self.theta, u(lay.bias_range(layers.out_l).start)?), act };
-        ops.push(self.kernels.matmul(
+        let epilogue = Epilogue::BiasAct { bias: (self.theta, u(lay.bias_range(layers.out_l).start)?), act };
+        ops.push(self.rec.kernels.matmul(
             &self.gpu.device,
             head,
             w_t,
@@ -527,7 +525,7 @@ impl GpuBackend {
     ) -> Result<Plan> {
         let layer_ops = recurrent_ops(layers)?;
         let (device, k, rk, spec, lay) =
-            (&self.gpu.device, &self.kernels, self.recurrent_kernels()?, &self.spec, &self.layout);
+            (&self.gpu.device, self.rec.kernels, self.recurrent_kernels()?, self.spec, self.layout);
         let u = |v: usize| u32_of(v, "an index");
         let steps = layers.steps();
         let s_out = spec.output_steps();
@@ -578,16 +576,7 @@ impl GpuBackend {
                 ..Default::default()
             };
             let groups = [u(cols.div_ceil(64))?, 1, 1];
-            ops.push(k.small(
-                device,
-                Small::ColumnFinish,
-                Some(&col_partials),
-                None,
-                Some(&self.grad),
-                None,
-                p,
-                groups,
-            ));
+            ops.push(k.small(device, Small::ColumnFinish, Some(&col_partials), None, Some(self.grad), None, p, groups));
             Ok(())
         };
 
@@ -596,7 +585,7 @@ impl GpuBackend {
         let mut base = 0;
         for (i, seg) in segments.iter().enumerate() {
             stages.push((i, ops.len()));
-            let chunk = self.chunk(seg.chunk);
+            let chunk = self.data.chunk(seg.chunk);
             let x = (&chunk.x, seg.row * spec.inputs());
             let rows = seg.rows;
             let out_rows = rows * s_out;
@@ -665,7 +654,7 @@ impl GpuBackend {
                 Small::SumRange,
                 Some(&loss_partials),
                 None,
-                Some(&self.scalars),
+                Some(self.scalars),
                 None,
                 p,
                 [1, 1, 1],
@@ -674,7 +663,7 @@ impl GpuBackend {
                 let accumulate = i > 0;
                 let decay = |l: usize, off: usize| {
                     (i == 0 && spec.weight_decay != 0.0)
-                        .then(|| (spec.weight_decay as f32, &self.theta, (lay.weight_range(l).start + off) as u32))
+                        .then(|| (spec.weight_decay as f32, self.theta, (lay.weight_range(l).start + off) as u32))
                 };
                 // The output layer: ∇W = α δᵀ H, ∇b = α Σ δ, δH = δ W (no f′: the gate kernels
                 // apply the recurrent layers' derivatives).
@@ -683,11 +672,11 @@ impl GpuBackend {
                 let w_out = lay.weight_range(layers.out_l).start;
                 let delta_t = Operand::row_major(delta_out, 0, u(k_out)?).t();
                 let epilogue = Epilogue::Plain { alpha: inv_m, accumulate, decay: decay(layers.out_l, 0) };
-                let gw = (&self.grad, u(w_out)?, u(h_top)?);
+                let gw = (self.grad, u(w_out)?, u(h_top)?);
                 ops.push(k.matmul(device, delta_t, head, gw, (u(k_out)?, u(h_top)?, u(head_rows)?), epilogue));
                 column_sum(&mut ops, delta_out, head_rows, k_out, lay.bias_range(layers.out_l).start, accumulate)?;
                 let d = Operand::row_major(delta_out, 0, u(k_out)?);
-                let w = Operand::row_major(&self.theta, u(w_out)?, u(h_top)?);
+                let w = Operand::row_major(self.theta, u(w_out)?, u(h_top)?);
                 let plain = Epilogue::Plain { alpha: 1.0, accumulate: false, decay: None };
                 ops.push(k.matmul(device, d, w, (&dh[0], 0, u(h_top)?), (u(head_rows)?, u(h_top)?, u(k_out)?), plain));
 
@@ -730,7 +719,7 @@ impl GpuBackend {
                         // δh_{t−1} = δz_t W_hh.
                         if t > 0 {
                             let dz_t = Operand { buf: &dz, off: u(t * g)?, rs: u(steps * g)?, cs: 1 };
-                            let w_hh = Operand::row_major(&self.theta, u(w_off + g * n)?, u(h)?);
+                            let w_hh = Operand::row_major(self.theta, u(w_off + g * n)?, u(h)?);
                             let plain = Epilogue::Plain { alpha: 1.0, accumulate: false, decay: None };
                             ops.push(k.matmul(
                                 device,
@@ -751,7 +740,7 @@ impl GpuBackend {
                         device,
                         dz_all_t,
                         xs,
-                        (&self.grad, u(w_off)?, u(n)?),
+                        (self.grad, u(w_off)?, u(n)?),
                         (u(g)?, u(n)?, u(rows * steps)?),
                         epilogue,
                     ));
@@ -768,14 +757,14 @@ impl GpuBackend {
                             accumulate: accumulate || !first,
                             decay: if first { decay(b.l, g * n) } else { None },
                         };
-                        let gw = (&self.grad, u(w_off + g * n)?, u(h)?);
+                        let gw = (self.grad, u(w_off + g * n)?, u(h)?);
                         ops.push(k.matmul(device, dz_t, h_prev, gw, (u(g)?, u(h)?, u(rows)?), epilogue));
                     }
                     column_sum(&mut ops, &dz, rows * steps, g, b_off, accumulate)?;
                     // The δh of the layer below, at every step: δZ W_ih.
                     if j > 0 {
                         let d = Operand::row_major(&dz, 0, u(g)?);
-                        let w_ih = Operand::row_major(&self.theta, u(w_off)?, u(n)?);
+                        let w_ih = Operand::row_major(self.theta, u(w_off)?, u(n)?);
                         let plain = Epilogue::Plain { alpha: 1.0, accumulate: false, decay: None };
                         ops.push(k.matmul(
                             device,
@@ -795,7 +784,7 @@ impl GpuBackend {
         // (λ/2)‖W‖²: Σ W² over the weight prefix of θ (an empty sum, exactly 0, when λ = 0).
         let decayed = if spec.weight_decay != 0.0 { lay.all_weights().len() } else { 0 };
         let p = SmallParams { act: 1, out_off: 1, len: u(decayed)?, ..Default::default() };
-        ops.push(k.small(device, Small::SumRange, Some(&self.theta), None, Some(&self.scalars), None, p, [1, 1, 1]));
+        ops.push(k.small(device, Small::SumRange, Some(self.theta), None, Some(self.scalars), None, p, [1, 1, 1]));
         let _ = rk;
 
         let mut workspace: Vec<wgpu::Buffer> = Vec::new();
@@ -820,7 +809,7 @@ impl GpuBackend {
         rows: usize,
     ) -> Result<Vec<Array2<f64>>> {
         let layer_ops = recurrent_ops(layers)?;
-        let (device, spec) = (&self.gpu.device, &self.spec);
+        let (device, spec) = (&self.gpu.device, self.spec);
         let steps = layers.steps();
         let s_out = spec.output_steps();
         let bufs = self.recurrent_buffers(&layer_ops, rows, steps);
@@ -841,11 +830,11 @@ impl GpuBackend {
                 ..Default::default()
             };
             let groups = [u32_of((rows * s_out).div_ceil(64), "rows")?, 1, 1];
-            ops.push(self.kernels.small(device, Small::Softmax, None, None, Some(&out), None, p, groups));
+            ops.push(self.rec.kernels.small(device, Small::Softmax, None, None, Some(&out), None, p, groups));
         }
         let sources: Vec<(&wgpu::Buffer, usize)> =
             bufs.iter().map(|b| (&b.out, steps * b.h)).chain([(&out, s_out * spec.outputs())]).collect();
-        let flat = self.run_and_read(ops, &sources, rows)?;
+        let flat = run_and_read(self.gpu, ops, &sources, rows)?;
         let stack = spec.net.as_ref().expect("a recurrent spec has a stack");
         let mut acts = Vec::new();
         for (j, ((_, w), values)) in sources.iter().zip(flat).enumerate() {
@@ -862,39 +851,41 @@ impl GpuBackend {
         }
         Ok(acts)
     }
+}
 
-    /// Submits `ops` and reads back the first `rows` × width values of each source.
-    fn run_and_read(&self, ops: Vec<Op>, sources: &[(&wgpu::Buffer, usize)], rows: usize) -> Result<Vec<Vec<f32>>> {
-        let device = &self.gpu.device;
-        let total: usize = sources.iter().map(|(_, w)| w * rows).sum();
-        let staging = staging(device, "recurrent readback", total);
-        let mut encoder = device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("recurrent") });
-        {
-            let mut pass = encoder
-                .begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("recurrent"), timestamp_writes: None });
-            ops.iter().for_each(|op| op.record(&mut pass));
-        }
-        let mut at = 0u64;
-        for (buf, w) in sources {
-            let bytes = (rows * w * 4) as u64;
-            if bytes > 0 {
-                encoder.copy_buffer_to_buffer(buf, 0, &staging, at, bytes);
-            }
-            at += bytes;
-        }
-        self.gpu.queue.submit([encoder.finish()]);
-        let flat = read_back(&self.gpu, &staging, total)?;
-        let mut start = 0;
-        Ok(sources
-            .iter()
-            .map(|(_, w)| {
-                let v = flat[start..start + rows * w].to_vec();
-                start += rows * w;
-                v
-            })
-            .collect())
+/// Submits `ops` and reads back the first `rows` × width values of each source.
+fn run_and_read(gpu: &Gpu, ops: Vec<Op>, sources: &[(&wgpu::Buffer, usize)], rows: usize) -> Result<Vec<Vec<f32>>> {
+    let device = &gpu.device;
+    let total: usize = sources.iter().map(|(_, w)| w * rows).sum();
+    let staging = staging(device, "recurrent readback", total);
+    let mut encoder = device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("recurrent") });
+    {
+        let mut pass = encoder
+            .begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("recurrent"), timestamp_writes: None });
+        ops.iter().for_each(|op| op.record(&mut pass));
     }
+    let mut at = 0u64;
+    for (buf, w) in sources {
+        let bytes = (rows * w * 4) as u64;
+        if bytes > 0 {
+            encoder.copy_buffer_to_buffer(buf, 0, &staging, at, bytes);
+        }
+        at += bytes;
+    }
+    gpu.queue.submit([encoder.finish()]);
+    let flat = read_back(&gpu.device, &staging, total)?;
+    let mut start = 0;
+    Ok(sources
+        .iter()
+        .map(|(_, w)| {
+            let v = flat[start..start + rows * w].to_vec();
+            start += rows * w;
+            v
+        })
+        .collect())
+}
 
+impl GpuBackend {
     /// Where the evaluations of a recurrent network start: `None`, from h = c = 0 every time
     /// (the default, as the CPU backend's [`crate::Backend`] calls); `Some(state)`, the next
     /// evaluation from `state` (one [`LayerState`] per recurrent layer, bottom first, each
@@ -929,7 +920,7 @@ impl GpuBackend {
             }
             kinds.push((h, is_lstm));
         }
-        let mut flat = self.run_and_read(Vec::new(), &sources, *rows)?.into_iter();
+        let mut flat = run_and_read(&self.gpu, Vec::new(), &sources, *rows)?.into_iter();
         let mut next =
             |h: usize| Array2::from_shape_vec((*rows, h), flat.next().expect("one per buffer")).expect("sizes match");
         let layers = kinds

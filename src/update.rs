@@ -6,6 +6,10 @@
 //!
 //! Scalars that depend on the step count (Adam's bias corrections) are computed once per
 //! step on the host, in f64, by [`UpdateRule::scalars`]; a kernel receives them as uniforms.
+//!
+//! This module sits below both the backends (whose `DeviceTraining` takes an [`UpdateState`])
+//! and the optimizers (which re-export it as `wgnn::optim::Update*`), so neither depends on
+//! the other through it; it imports nothing of ours but the error type.
 
 use serde::{Deserialize, Serialize};
 
@@ -21,9 +25,24 @@ use crate::{Error, Result};
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum UpdateRule {
+    /// θ ← θ − η g.
     Plain,
-    Momentum { momentum: f64, nesterov: bool },
-    Adam { beta1: f64, beta2: f64, epsilon: f64 },
+    /// Heavy-ball or Nesterov momentum.
+    Momentum {
+        /// μ in [0, 1).
+        momentum: f64,
+        /// Nesterov's look-ahead form.
+        nesterov: bool,
+    },
+    /// Adam.
+    Adam {
+        /// β₁ in [0, 1): decay of the first moment.
+        beta1: f64,
+        /// β₂ in [0, 1): decay of the second moment.
+        beta2: f64,
+        /// ε > 0 in the denominator.
+        epsilon: f64,
+    },
 }
 
 impl UpdateRule {
@@ -32,6 +51,7 @@ impl UpdateRule {
     /// The paper's (and scikit-learn's, PyTorch's) defaults: β₁ = 0.9, β₂ = 0.999, ε = 1e-8.
     pub const ADAM: UpdateRule = UpdateRule::Adam { beta1: 0.9, beta2: 0.999, epsilon: 1e-8 };
 
+    /// The rule's name as the CLI spells it: `sgd`, `sgd+momentum`, `sgd+nesterov`, `adam`.
     pub fn name(&self) -> &'static str {
         match self {
             UpdateRule::Plain => "sgd",
@@ -41,6 +61,8 @@ impl UpdateRule {
         }
     }
 
+    /// Errors (`Error::Data`, one line naming the value): μ, β₁ or β₂ outside [0, 1), or ε not
+    /// positive and finite.
     pub fn validate(&self) -> Result<()> {
         let unit = |name: &str, v: f64| {
             if (0.0..1.0).contains(&v) { Ok(()) } else { Err(Error::Data(format!("{name} = {v} must lie in [0, 1)"))) }
@@ -98,10 +120,15 @@ impl UpdateRule {
 /// Everything one update step needs besides θ, g and the moments (a kernel's uniforms).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct UpdateScalars {
+    /// η.
     pub learning_rate: f64,
+    /// μ (0 for rules without it).
     pub momentum: f64,
+    /// Adam's β₁ (0 otherwise).
     pub beta1: f64,
+    /// Adam's β₂ (0 otherwise).
     pub beta2: f64,
+    /// Adam's ε (0 otherwise).
     pub epsilon: f64,
     /// c₁ = 1 − β₁ᵗ (1 for rules without it).
     pub bias_correction1: f64,
@@ -113,6 +140,7 @@ pub struct UpdateScalars {
 /// must keep to resume bit for bit.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct UpdateState {
+    /// The rule these moments belong to.
     pub rule: UpdateRule,
     /// Updates applied so far (Adam's t).
     pub steps: u64,
