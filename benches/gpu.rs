@@ -12,7 +12,8 @@
 //!
 //! Smoke mode: without `--bench` (that is, under `cargo test`) every row runs once (plus the
 //! warm-up) on tiny shapes, so a kernel that fails to compile or errors fails the test. With
-//! no adapter at all the run fails, unless WGNN_SKIP_GPU=1 says to skip it.
+//! no adapter at all the run fails, unless WGNN_SKIP_GPU=1 says to skip it. WGNN_BENCH_ONLY=recurrent
+//! runs the recurrent training-step rows alone.
 
 use std::time::Instant;
 
@@ -75,6 +76,16 @@ fn main() {
     let smoke = !std::env::args().any(|a| a == "--bench");
     let reps = if smoke { 1 } else { reps };
     let Some(gpu) = open_gpu() else { return };
+    // WGNN_BENCH_ONLY=recurrent: the recurrent training-step rows alone.
+    if std::env::var("WGNN_BENCH_ONLY").is_ok_and(|v| v == "recurrent") {
+        println!(
+            "adapter: {}; load average: {}",
+            gpu.describe(),
+            std::fs::read_to_string("/proc/loadavg").unwrap_or_default().trim()
+        );
+        recurrent_steps(reps, smoke);
+        return;
+    }
     println!("adapter: {}; matmul kernel: {}", gpu.describe(), gpu.matmul.name());
     let k = Kernels::new(&gpu);
     let mut rng = StdRng::seed_from_u64(0);
