@@ -9,8 +9,8 @@
 //!
 //! | kernel (WGSL entry)        | CPU twin                            | test here                         | bench row (benches/gpu.rs) |
 //! |----------------------------|-------------------------------------|-----------------------------------|----------------------------|
-//! | rnn_forward / rnn_backward | `Rnn::forward` / `Rnn::backward`    | recurrent_nets_agree_with_the_cpu | rnn step                   |
-//! | lstm_forward / _backward   | `Lstm::forward` / `Lstm::backward`  | recurrent_nets_agree_with_the_cpu | lstm step                  |
+//! | rnn_forward / rnn_backward | `Rnn::forward` / `Rnn::backward`    | recurrent_nets_agree_with_the_cpu | — (no rnn row yet)         |
+//! | lstm_forward / _backward   | `Lstm::forward` / `Lstm::backward`  | recurrent_nets_agree_with_the_cpu | row-MNIST lstm, char lstm  |
 //! | copy_rows (carried state)  | `cpu::sequence` state in and out    | carried_state_is_one_long_window  | —                          |
 //! | RecurrentParams            | the WGSL struct                     | parameter_block_matches_the_wgsl  | —                          |
 
