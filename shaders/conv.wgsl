@@ -27,12 +27,6 @@ struct ConvParams {
 @group(0) @binding(2) var<storage, read_write> out: array<f32>;
 @group(0) @binding(3) var<uniform> cp: ConvParams;
 
-const TILE: u32 = 64u;
-const DEPTH: u32 = 16u;
-
-var<workgroup> tile_a: array<array<f32, 64>, 16>; // [depth][patch position]
-var<workgroup> tile_b: array<array<f32, 64>, 16>; // [depth][feature]
-
 @compute @workgroup_size(16, 16, 1)
 fn convolve(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
     let n = cp.image_size;
@@ -74,15 +68,7 @@ fn convolve(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id)
             tile_b[kk][r] = vb;
         }
         workgroupBarrier();
-        for (var kk = 0u; kk < DEPTH; kk++) {
-            var ra: array<f32, 4>;
-            var rb: array<f32, 4>;
-            for (var i = 0u; i < 4u; i++) { ra[i] = tile_a[kk][lid.x + 16u * i]; }
-            for (var j = 0u; j < 4u; j++) { rb[j] = tile_b[kk][lid.y + 16u * j]; }
-            for (var i = 0u; i < 4u; i++) {
-                for (var j = 0u; j < 4u; j++) { acc[i][j] = fma(ra[i], rb[j], acc[i][j]); }
-            }
-        }
+        tile_multiply_add(&acc, lid.x, lid.y);
         workgroupBarrier();
     }
 

@@ -34,9 +34,6 @@ struct Conv2dParams {
 @group(0) @binding(3) var<storage, read> delta: array<f32>;      // δ = ∂L/∂z (m × f·h′·w′) / partials
 @group(0) @binding(4) var<uniform> cp: Conv2dParams;
 
-const TILE: u32 = 64u;
-const DEPTH: u32 = 16u;
-
 // P[row, depth] for row = (n·h′ + y)·w′ + x and depth = (c·k + i)·k + j; 0 outside the image.
 fn patch_value(row: u32, depth: u32) -> f32 {
     let positions = cp.out_height * cp.out_width;
@@ -50,9 +47,6 @@ fn patch_value(row: u32, depth: u32) -> f32 {
     if (yy < 0 || xx < 0 || yy >= i32(cp.height) || xx >= i32(cp.width)) { return 0.0; }
     return x[cp.x_off + ((n * cp.channels + c) * cp.height + u32(yy)) * cp.width + u32(xx)];
 }
-
-var<workgroup> tile_a: array<array<f32, 64>, 16>; // [depth][patch position]
-var<workgroup> tile_b: array<array<f32, 64>, 16>; // [depth][filter]
 
 // Workgroups: position tiles along x (folded into z past the per-dimension limit: tile
 // wid.x + wid.z·nwg.x), filter tiles along y.
@@ -84,15 +78,7 @@ fn conv2d_forward(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgro
             tile_b[kk][r] = vb;
         }
         workgroupBarrier();
-        for (var kk = 0u; kk < DEPTH; kk++) {
-            var ra: array<f32, 4>;
-            var rb: array<f32, 4>;
-            for (var i = 0u; i < 4u; i++) { ra[i] = tile_a[kk][lid.x + 16u * i]; }
-            for (var j = 0u; j < 4u; j++) { rb[j] = tile_b[kk][lid.y + 16u * j]; }
-            for (var i = 0u; i < 4u; i++) {
-                for (var j = 0u; j < 4u; j++) { acc[i][j] = fma(ra[i], rb[j], acc[i][j]); }
-            }
-        }
+        tile_multiply_add(&acc, lid.x, lid.y);
         workgroupBarrier();
     }
 

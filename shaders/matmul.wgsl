@@ -2,19 +2,14 @@
 // (offset, row stride, column stride), so a transposed operand is a swap of strides — never a
 // copy. Tiled for real GPUs: a 64×64 tile of C per workgroup of 16×16 invocations, each
 // computing a 4×4 register block; A and B tiles of depth 16 staged in workgroup memory.
-// Bounds are checked only when a tile is loaded, never in the multiply-add loop.
+// Bounds are checked only when a tile is loaded, never in the multiply-add loop, which is
+// tile_gemm.wgsl's (shared with the convolutions).
 //
 // The parameter block, the output bindings (2–5) and the epilogues live in
 // matmul_epilogue.wgsl, shared with the texture-fed kernel.
 
 @group(0) @binding(0) var<storage, read> a: array<f32>;
 @group(0) @binding(1) var<storage, read> b: array<f32>;
-
-const TILE: u32 = 64u;
-const DEPTH: u32 = 16u;
-
-var<workgroup> tile_a: array<array<f32, 64>, 16>; // [kk][row]
-var<workgroup> tile_b: array<array<f32, 64>, 16>; // [kk][col]
 
 @compute @workgroup_size(16, 16, 1)
 fn matmul(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
@@ -47,15 +42,7 @@ fn matmul(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) w
             tile_b[kk2][cc] = vb;
         }
         workgroupBarrier();
-        for (var kk = 0u; kk < DEPTH; kk++) {
-            var ra: array<f32, 4>;
-            var rb: array<f32, 4>;
-            for (var i = 0u; i < 4u; i++) { ra[i] = tile_a[kk][lid.y + 16u * i]; }
-            for (var j = 0u; j < 4u; j++) { rb[j] = tile_b[kk][lid.x + 16u * j]; }
-            for (var i = 0u; i < 4u; i++) {
-                for (var j = 0u; j < 4u; j++) { acc[i][j] = fma(ra[i], rb[j], acc[i][j]); }
-            }
-        }
+        tile_multiply_add(&acc, lid.y, lid.x);
         workgroupBarrier();
     }
 

@@ -5,8 +5,10 @@ use thiserror::Error;
 
 use crate::model::SpecError;
 
+/// Every error the library returns: one line that says what is wrong and what to do.
 #[derive(Debug, Error)]
 pub enum Error {
+    /// A network spec that cannot describe a network.
     #[error(transparent)]
     Spec(#[from] SpecError),
     /// Arrays whose sizes do not fit the network or each other.
@@ -25,9 +27,15 @@ pub enum Error {
     Diverged(Box<crate::optim::Diverged>),
     /// A file that could not be read or written, or is not in the expected format.
     #[error("{path}: {message}")]
-    File { path: String, message: String },
+    File {
+        /// The file.
+        path: String,
+        /// What went wrong.
+        message: String,
+    },
 }
 
+/// The crate's result type.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {

@@ -14,7 +14,6 @@ const KNOWN: &[&[&str]] = &[
     &["cpu", "layers"],
     &["cpu::sequence", "cpu::stack"],
     &["data", "npy"],
-    &["model::spec", "model::stack"],
 ];
 
 fn modules(dir: &Path, prefix: &[String], out: &mut BTreeMap<String, String>) {

@@ -157,7 +157,7 @@ impl GpuBackend {
 
     /// Loaded data needing more than `bytes` of device memory (examples, targets and labels)
     /// stay on the host and are streamed through two chunk buffers, one submission per
-    /// chunk, instead of being uploaded once. Default: [`default_max_resident_bytes`]; tests
+    /// chunk, instead of being uploaded once. Default: [`super::default_max_resident_bytes`]; tests
     /// set it low to stream small data. Takes effect at the next `set_data`.
     pub fn set_max_resident_bytes(&mut self, bytes: u64) {
         self.data.max_resident_bytes = bytes;

@@ -17,13 +17,15 @@ use crate::model::Activation;
 const COMMON: &str = include_str!("../../shaders/common.wgsl");
 const SMALL_PARAMS: &str = include_str!("../../shaders/small_params.wgsl");
 const MATMUL_EPILOGUE: &str = include_str!("../../shaders/matmul_epilogue.wgsl");
-const MATMUL: &str = include_str!("../../shaders/matmul.wgsl");
+/// matmul.wgsl with the shared tile loop (tile_gemm.wgsl).
+const MATMUL: &str = concat!(include_str!("../../shaders/tile_gemm.wgsl"), include_str!("../../shaders/matmul.wgsl"));
 const ELEMENTWISE: &str = include_str!("../../shaders/elementwise.wgsl");
 const LOSS: &str = include_str!("../../shaders/loss.wgsl");
 const SOFTMAX: &str = include_str!("../../shaders/softmax.wgsl");
 const REDUCE: &str = include_str!("../../shaders/reduce.wgsl");
 const SPARSITY: &str = include_str!("../../shaders/sparsity.wgsl");
-const CONV: &str = include_str!("../../shaders/conv.wgsl");
+/// conv.wgsl with the shared tile loop (tile_gemm.wgsl).
+const CONV: &str = concat!(include_str!("../../shaders/tile_gemm.wgsl"), include_str!("../../shaders/conv.wgsl"));
 const POOL: &str = include_str!("../../shaders/pool.wgsl");
 
 /// The small kernels, all sharing one bind-group layout (two inputs, two outputs, params).

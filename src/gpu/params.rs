@@ -110,7 +110,7 @@ pub struct MatmulParams {
     pub c_rs: u32,
     /// Offset into `aux`: the bias (bias-activation), the weights for λW (plain), or the KL terms (delta).
     pub aux_off: u32,
-    /// 1: the delta epilogue adds the sparsity term kl[col].
+    /// 1: the delta epilogue adds the sparsity term `kl[col]`.
     pub has_kl: u32,
     /// Offset into `aux2`: the stored activations whose f′ the delta epilogue takes (or f′ itself).
     pub aux2_off: u32,

@@ -58,8 +58,11 @@ pub struct Conv2d {
 /// over the batch.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Gradients {
+    /// ∂L/∂W (f × c·k·k).
     pub weight: Array2<f64>,
+    /// ∂L/∂b (f).
     pub bias: Array1<f64>,
+    /// ∂L/∂input (m × c·h·w).
     pub input: Array2<f64>,
 }
 

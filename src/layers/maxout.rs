@@ -18,6 +18,7 @@ use crate::{Error, Result};
 /// The max step of a maxout layer: `units` outputs, each the max of `pieces` values.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Maxout {
+    /// Output units.
     pub units: usize,
     /// k: pieces per unit.
     pub pieces: usize,
@@ -27,7 +28,9 @@ pub struct Maxout {
 /// whose value it is.
 #[derive(Clone, Debug, PartialEq)]
 pub struct MaxoutForward<F> {
+    /// The output (m × units).
     pub out: Array2<F>,
+    /// For each output, the column of z (u·k + piece) it came from.
     pub winners: Array2<u32>,
 }
 

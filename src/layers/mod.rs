@@ -34,12 +34,16 @@ use crate::{Error, Result};
 /// The shape of one image: c channels of h rows × w columns.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ImageShape {
+    /// Channels c.
     pub channels: usize,
+    /// Height h.
     pub height: usize,
+    /// Width w.
     pub width: usize,
 }
 
 impl ImageShape {
+    /// c × h × w, channel-major.
     pub fn new(channels: usize, height: usize, width: usize) -> ImageShape {
         ImageShape { channels, height, width }
     }

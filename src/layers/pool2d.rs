@@ -27,11 +27,14 @@ use crate::{Error, Result};
 /// How a region is summarised.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PoolKind {
+    /// The mean of each region.
     Mean,
+    /// The max of each region (the winner kept for the backward pass).
     Max,
 }
 
 impl PoolKind {
+    /// The name `--net` uses: `meanpool` or `maxpool`.
     pub fn name(self) -> &'static str {
         match self {
             PoolKind::Mean => "mean",
@@ -45,6 +48,7 @@ impl PoolKind {
 pub struct Pool2d {
     /// c × h × w of each input image.
     pub input: ImageShape,
+    /// Mean or max.
     pub kind: PoolKind,
     /// k: the region's side.
     pub size: usize,
@@ -56,7 +60,9 @@ pub struct Pool2d {
 /// column of the example's input row (c·h·w) whose value it is.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Pooled<F> {
+    /// The pooled batch (m × c·h′·w′).
     pub out: Array2<F>,
+    /// Max pooling: the input column each output came from.
     pub winners: Option<Array2<u32>>,
 }
 

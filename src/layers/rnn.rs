@@ -41,6 +41,7 @@ pub struct Rnn {
     pub hidden: usize,
     /// T: steps per sequence.
     pub steps: usize,
+    /// f of the hidden state: h_t = f(x_t W_ihᵀ + h_{t−1} W_hhᵀ + b).
     pub activation: Activation,
 }
 
@@ -71,16 +72,22 @@ impl<F: Real> RnnForward<F> {
 /// LSTM adds ∂L/∂c_0. None of them is scaled by α.
 #[derive(Clone, Debug)]
 pub struct StateGradients<F> {
+    /// ∂L/∂X ((T·m) × n time-major), when asked for.
     pub input: Option<Array2<F>>,
+    /// ∂L/∂h_0 (m × h).
     pub h0: Array2<F>,
+    /// ∂L/∂c_0 (m × h), LSTM only.
     pub c0: Option<Array2<F>>,
 }
 
 /// The parameter gradients a backward pass writes (every value, overwritten): ∇W_ih (rows × n),
 /// ∇W_hh (rows × h) and ∇b (rows), rows = h for the Elman layer and 4h for the LSTM.
 pub struct ParamGradients<'a, F> {
+    /// ∇W_ih (rows × n).
     pub w_ih: ArrayViewMut2<'a, F>,
+    /// ∇W_hh (rows × h).
     pub w_hh: ArrayViewMut2<'a, F>,
+    /// ∇b (rows).
     pub b: ArrayViewMut1<'a, F>,
 }
 

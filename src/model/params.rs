@@ -27,6 +27,7 @@ pub struct ThetaLayout {
 }
 
 impl ThetaLayout {
+    /// The layout of θ for `spec`: every weight matrix in layer order, then every bias.
     pub fn new(spec: &NetSpec) -> ThetaLayout {
         let dense = || spec.layers.windows(2).map(|w| (w[1], w[0])).collect();
         // A layer stack's W shapes (conv: filters × c·k·k; maxout: units·k × in); a stack that
@@ -58,10 +59,12 @@ impl ThetaLayout {
         self.len
     }
 
+    /// Whether θ has no values.
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }
 
+    /// Layers with parameters (W, b).
     pub fn num_layers(&self) -> usize {
         self.shapes.len()
     }
@@ -86,14 +89,17 @@ impl ThetaLayout {
         ArrayView2::from_shape(self.shapes[l], &theta[self.weight_range(l)]).expect("layout matches θ")
     }
 
+    /// Layer `l`'s W (out × in), mutable.
     pub fn weight_mut<'a, T>(&self, theta: &'a mut [T], l: usize) -> ArrayViewMut2<'a, T> {
         ArrayViewMut2::from_shape(self.shapes[l], &mut theta[self.weight_range(l)]).expect("layout matches θ")
     }
 
+    /// Layer `l`'s b (out).
     pub fn bias<'a, T>(&self, theta: &'a [T], l: usize) -> ArrayView1<'a, T> {
         ArrayView1::from(&theta[self.bias_range(l)])
     }
 
+    /// Layer `l`'s b (out), mutable.
     pub fn bias_mut<'a, T>(&self, theta: &'a mut [T], l: usize) -> ArrayViewMut1<'a, T> {
         ArrayViewMut1::from(&mut theta[self.bias_range(l)])
     }
@@ -103,12 +109,16 @@ impl ThetaLayout {
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Init {
     /// N(0, ε²) with the given ε (UFLDL: 0.01).
-    Normal { epsilon: f64 },
+    Normal {
+        /// The standard deviation ε.
+        epsilon: f64,
+    },
     /// Uniform in [−r, r] with r = √(6/(n_in + n_out + 1)), per layer.
     Uniform,
 }
 
 impl Init {
+    /// UFLDL's N(0, 0.01²).
     pub const DEFAULT_NORMAL: Init = Init::Normal { epsilon: 0.01 };
 
     /// A fresh θ for `spec`, the same for the same seed on every machine.

@@ -4,119 +4,17 @@
 //! file format.
 
 use serde::{Deserialize, Serialize};
-use thiserror::Error;
 
+use super::activation::{Activation, Output, SpecError};
 use super::stack::{Layer, LayerStack};
-
-/// An elementwise activation f and, through [`crate::cpu::net::derivative_from_value`], its
-/// derivative written with the stored value a = f(z) (MATH.md, "Activations").
-#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Activation {
-    Sigmoid,
-    Tanh,
-    Relu,
-    LeakyRelu { alpha: f64 },
-    Identity,
-}
-
-impl Activation {
-    /// Leaky ReLU with the default slope α = 0.01.
-    pub const LEAKY_RELU: Activation = Activation::LeakyRelu { alpha: 0.01 };
-
-    /// Parses the names the CLI accepts: `sigmoid`, `tanh`, `relu`, `leaky-relu`
-    /// (α = 0.01), `leaky-relu:ALPHA`, `identity` (also `linear`).
-    pub fn parse(name: &str) -> Result<Activation, SpecError> {
-        let lower = name.trim().to_ascii_lowercase();
-        let (base, arg) = match lower.split_once(':') {
-            Some((b, a)) => (b.to_string(), Some(a.to_string())),
-            None => (lower.clone(), None),
-        };
-        let act = match (base.replace('_', "-").as_str(), arg) {
-            ("sigmoid", None) => Activation::Sigmoid,
-            ("tanh", None) => Activation::Tanh,
-            ("relu", None) => Activation::Relu,
-            ("identity" | "linear", None) => Activation::Identity,
-            ("leaky-relu" | "leakyrelu", None) => Activation::LEAKY_RELU,
-            ("leaky-relu" | "leakyrelu", Some(a)) => {
-                let alpha =
-                    a.parse::<f64>().map_err(|_| SpecError::new(format!("leaky ReLU slope `{a}` is not a number")))?;
-                Activation::LeakyRelu { alpha }
-            }
-            _ => {
-                return Err(SpecError::new(format!(
-                    "unknown activation `{name}`: use sigmoid, tanh, relu, leaky-relu[:ALPHA] or identity"
-                )));
-            }
-        };
-        act.validate()?;
-        Ok(act)
-    }
-
-    /// The open range of values f can take, used to check where sparsity makes sense.
-    pub fn range(&self) -> (f64, f64) {
-        match self {
-            Activation::Sigmoid => (0.0, 1.0),
-            Activation::Tanh => (-1.0, 1.0),
-            Activation::Relu => (0.0, f64::INFINITY),
-            Activation::LeakyRelu { .. } | Activation::Identity => (f64::NEG_INFINITY, f64::INFINITY),
-        }
-    }
-
-    pub fn name(&self) -> String {
-        match self {
-            Activation::Sigmoid => "sigmoid".into(),
-            Activation::Tanh => "tanh".into(),
-            Activation::Relu => "relu".into(),
-            Activation::LeakyRelu { alpha } => format!("leaky-relu:{alpha}"),
-            Activation::Identity => "identity".into(),
-        }
-    }
-
-    pub(super) fn validate(&self) -> Result<(), SpecError> {
-        if let Activation::LeakyRelu { alpha } = *self {
-            // α ≥ 0 keeps sign(f(z)) = sign(z), which lets f′ be read off the stored value.
-            if !(alpha.is_finite() && (0.0..1.0).contains(&alpha)) {
-                return Err(SpecError::new(format!("leaky ReLU slope α = {alpha} must be in [0, 1)")));
-            }
-        }
-        Ok(())
-    }
-}
-
-/// The output layer and the loss that goes with it.
-#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Output {
-    /// An elementwise activation with the squared-error loss ½‖h(x) − y‖².
-    SquaredError(Activation),
-    /// Softmax with the cross-entropy loss; targets are class labels 0..k.
-    Softmax,
-}
-
-impl Output {
-    /// Parses `softmax` or any activation name (squared-error loss).
-    pub fn parse(name: &str) -> Result<Output, SpecError> {
-        if name.trim().eq_ignore_ascii_case("softmax") {
-            Ok(Output::Softmax)
-        } else {
-            Activation::parse(name).map(Output::SquaredError)
-        }
-    }
-
-    pub fn name(&self) -> String {
-        match self {
-            Output::SquaredError(a) => a.name(),
-            Output::Softmax => "softmax".into(),
-        }
-    }
-}
 
 /// KL sparsity on the first hidden layer (MATH.md, "Sparsity"): target mean activation ρ and
 /// weight β.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Sparsity {
+    /// The target mean activation ρ of each hidden unit.
     pub target: f64,
+    /// β, the weight of the KL penalty.
     pub weight: f64,
 }
 
@@ -129,11 +27,16 @@ pub const MAX_PARAMETERS: usize = 1 << 31;
 /// layer. Weight decay λ applies to weights only, never biases.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct NetSpec {
+    /// Layer sizes, input first, output last (a dense network).
     pub layers: Vec<usize>,
+    /// f of each hidden layer.
     pub hidden_activations: Vec<Activation>,
+    /// The output layer and its loss.
     pub output: Output,
+    /// λ of (λ/2) Σ W².
     #[serde(default)]
     pub weight_decay: f64,
+    /// The sparse-autoencoder penalty on the first hidden layer, if any.
     #[serde(default)]
     pub sparsity: Option<Sparsity>,
     /// A stack of layers beyond dense (conv2d, pooling, maxout; [`LayerStack`]): then
@@ -143,16 +46,6 @@ pub struct NetSpec {
     /// whose JSON then reads exactly as before this field existed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub net: Option<LayerStack>,
-}
-
-#[derive(Debug, Error, Clone, PartialEq)]
-#[error("invalid network: {0}")]
-pub struct SpecError(pub String);
-
-impl SpecError {
-    fn new(msg: impl Into<String>) -> SpecError {
-        SpecError(msg.into())
-    }
 }
 
 impl NetSpec {
@@ -211,12 +104,17 @@ impl NetSpec {
         NetSpec::new(&[inputs, classes], Activation::Identity, Output::Softmax)?.with_weight_decay(weight_decay)
     }
 
+    /// This spec with λ = `lambda`. Errors: λ negative or not finite (or the rest of the spec
+    /// invalid: the same checks as [`NetSpec::validate`]).
     pub fn with_weight_decay(mut self, lambda: f64) -> Result<NetSpec, SpecError> {
         self.weight_decay = lambda;
         self.validate()?;
         Ok(self)
     }
 
+    /// This spec with the sparsity penalty `sparsity`. Errors ([`NetSpec::validate`]): the
+    /// network has no hidden layer or is a layer stack, ρ out of range, or β negative or not
+    /// finite.
     pub fn with_sparsity(mut self, sparsity: Option<Sparsity>) -> Result<NetSpec, SpecError> {
         self.sparsity = sparsity;
         self.validate()?;
@@ -228,10 +126,12 @@ impl NetSpec {
         self.layers.len() - 1
     }
 
+    /// Values per example.
     pub fn inputs(&self) -> usize {
         self.layers[0]
     }
 
+    /// Output units (classes for softmax).
     pub fn outputs(&self) -> usize {
         *self.layers.last().expect("validated spec has layers")
     }

@@ -10,13 +10,16 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::spec::{Activation, SpecError};
+use super::activation::{Activation, SpecError};
 
 /// The shape of one input example: `channels` × `height` × `width` (features: 1 × 1 × n).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InputShape {
+    /// Channels c (1 for plain features).
     pub channels: usize,
+    /// Height h in pixels (1 for plain features).
     pub height: usize,
+    /// Width w in pixels (the feature count for plain features).
     pub width: usize,
 }
 
@@ -26,6 +29,7 @@ impl InputShape {
         InputShape { channels: 1, height: 1, width: n }
     }
 
+    /// An image input of c × h × w values per example (channel-major, as PyTorch).
     pub fn image(channels: usize, height: usize, width: usize) -> InputShape {
         InputShape { channels, height, width }
     }
@@ -43,6 +47,7 @@ impl InputShape {
         self.channels.saturating_mul(self.height).saturating_mul(self.width)
     }
 
+    /// Whether the input has no values.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
@@ -71,17 +76,48 @@ impl InputShape {
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Layer {
     /// `units` outputs, f(A Wᵀ + b); W is units × inputs.
-    Dense { units: usize, activation: Activation },
+    Dense {
+        /// Output units.
+        units: usize,
+        /// f applied to z = W a + b.
+        activation: Activation,
+    },
     /// `units` outputs, each the max of `pieces` affine pieces (Goodfellow et al. 2013);
     /// W is (units·pieces) × inputs, the pieces of unit u being rows u·k … u·k + k − 1.
-    Maxout { units: usize, pieces: usize },
+    Maxout {
+        /// Output units.
+        units: usize,
+        /// Pieces k per unit, each a linear function; the unit outputs their max.
+        pieces: usize,
+    },
     /// `filters` k × k filters, stride s, zero padding p, then f elementwise; W is
     /// filters × (channels·k·k), PyTorch's `Conv2d.weight` flattened.
-    Conv2d { filters: usize, kernel: usize, stride: usize, padding: usize, activation: Activation },
+    Conv2d {
+        /// Output channels (filters).
+        filters: usize,
+        /// Kernel side k (square kernels).
+        kernel: usize,
+        /// Stride s.
+        stride: usize,
+        /// Zero padding p on every side.
+        padding: usize,
+        /// f applied to each output.
+        activation: Activation,
+    },
     /// Max over `size` × `size` regions every `stride` pixels. No parameters.
-    MaxPool { size: usize, stride: usize },
+    MaxPool {
+        /// Region side k.
+        size: usize,
+        /// Stride between regions.
+        stride: usize,
+    },
     /// Mean over `size` × `size` regions every `stride` pixels. No parameters.
-    MeanPool { size: usize, stride: usize },
+    MeanPool {
+        /// Region side k.
+        size: usize,
+        /// Stride between regions.
+        stride: usize,
+    },
     /// An Elman layer of `units` units (tanh or relu) over the T steps of a 1 × T × n sequence
     /// ([`crate::layers::rnn`]). In θ its weight block is W_ih (units × n) then W_hh
     /// (units × units), each row-major (PyTorch's `weight_ih_l0`, `weight_hh_l0`), listed in
@@ -89,9 +125,12 @@ pub enum Layer {
     /// values. With `per_step` it outputs h_1 … h_T (1 × T × units: for a recurrent layer
     /// above, or an output at every step), else h_T alone (`units` features).
     Rnn {
+        /// Hidden units h.
         units: usize,
+        /// f of the hidden state (tanh in Elman's net).
         activation: Activation,
         #[serde(default)]
+        /// Feed every step's hidden state to the output (sequence labelling), not only the last.
         per_step: bool,
     },
     /// An LSTM layer of `units` units over the T steps of a 1 × T × n sequence
@@ -99,8 +138,10 @@ pub enum Layer {
     /// W_hh (4·units × units), one entry of 4·units × (n + units) in the layout; one bias of
     /// 4·units values. `per_step` as for [`Layer::Rnn`].
     Lstm {
+        /// Hidden units h.
         units: usize,
         #[serde(default)]
+        /// Feed every step's hidden state to the output (sequence labelling), not only the last.
         per_step: bool,
     },
 }
@@ -153,7 +194,9 @@ impl Layer {
 /// softmax or an activation with squared error) is the spec's.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct LayerStack {
+    /// The input shape.
     pub input: InputShape,
+    /// The hidden layers, input to output.
     pub layers: Vec<Layer>,
 }
 
@@ -365,8 +408,11 @@ fn set_per_step(layer: &mut Layer) {
 /// activation name with an optional size: squared error) — N is `None` when the data decides.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ParsedNet {
+    /// The hidden layers.
     pub layers: Vec<Layer>,
+    /// The output layer and its loss.
     pub output: super::Output,
+    /// Output units, when the description gives them.
     pub outputs: Option<usize>,
 }
 

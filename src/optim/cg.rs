@@ -12,11 +12,14 @@ use super::line_search::{LineSearch, LineSearchOutcome};
 use super::{Iterated, Outcome, Point, Run};
 use crate::Result;
 
+/// Nonlinear conjugate gradient with Polak–Ribière+ directions and a strong Wolfe line search
+/// (Nocedal & Wright, §5.2).
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ConjugateGradient {
     /// Restart along −∇J after this many iterations; `None` means |θ|, the number of steps
     /// in which CG with exact line searches minimises a quadratic.
     pub restart_every: Option<usize>,
+    /// The line search (c₂ = 0.1 by default, [`LineSearch::CONJUGATE_GRADIENT`]).
     pub line_search: LineSearch,
 }
 

@@ -15,6 +15,7 @@ use crate::{Error, Result};
 /// run with the same `Stop` ends where an uninterrupted one would.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Stop {
+    /// Iterations (epochs for minibatch methods) at most.
     pub max_iterations: usize,
     /// Cost-and-gradient evaluations (line-search trials and minibatches included), checked
     /// between iterations, so a line search may go past it by up to its own budget.
@@ -29,6 +30,7 @@ pub struct Stop {
     /// raised the cost has not converged. For the minibatch methods it counts, as in
     /// scikit-learn (an epoch mean is noisy; [`Divergence::explode`] catches real rises).
     pub cost_tol: f64,
+    /// Iterations in a row the cost tolerance must hold.
     pub cost_patience: usize,
     /// When a run counts as diverged (an error, θ put back to the best point seen).
     #[serde(default)]
@@ -90,6 +92,8 @@ impl Default for Divergence {
 }
 
 impl Divergence {
+    /// Explode at 10× (10⁴× for fixed-step methods), no recovery after 20 iterations, a rise
+    /// above 1e-4 relative.
     pub const DEFAULT: Divergence = Divergence { explode: 10.0, explode_fixed_step: 1e4, patience: 20, rise: 1e-4 };
 
     fn default_explode_fixed_step() -> f64 {
@@ -116,6 +120,7 @@ impl Divergence {
         cost - best > self.rise * Divergence::scale(best)
     }
 
+    /// Errors (`Error::Data`): the explode factor or the rise tolerance not positive and finite.
     pub fn validate(&self) -> Result<()> {
         for (name, v) in [("divergence factor (explode)", self.explode), ("divergence rise tolerance", self.rise)] {
             if !(v > 0.0 && v.is_finite()) {
@@ -151,10 +156,13 @@ impl Stop {
         divergence: Divergence::DEFAULT,
     };
 
+    /// This limit with `max_iterations`.
     pub fn with_max_iterations(self, max_iterations: usize) -> Stop {
         Stop { max_iterations, ..self }
     }
 
+    /// Errors (`Error::Data`): a tolerance negative or not finite, a cost patience of 0, or an
+    /// invalid divergence rule.
     pub fn validate(&self) -> Result<()> {
         for (name, v) in [("gradient tolerance", self.grad_tol), ("cost tolerance", self.cost_tol)] {
             if !(v >= 0.0 && v.is_finite()) {
@@ -172,7 +180,9 @@ impl Stop {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum StopReason {
+    /// The iteration limit was reached.
     MaxIterations,
+    /// The evaluation limit was reached.
     MaxEvaluations,
     /// ‖∇J‖ fell to the gradient tolerance.
     GradientTolerance,
@@ -216,16 +226,20 @@ impl fmt::Display for StopReason {
 /// What one run did.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Summary {
+    /// Why the run ended.
     pub reason: StopReason,
     /// Iterations (epochs) done, all runs together.
     pub iterations: usize,
+    /// Cost-and-gradient evaluations over the run.
     pub evaluations: usize,
     /// Cost and gradient norm of the last record (minibatch methods: epoch means); `None`
     /// when nothing was recorded yet.
     pub cost: Option<f64>,
+    /// ‖∇J‖ at the end, when known.
     pub grad_norm: Option<f64>,
     /// Best validation metric, when a validation metric was given.
     pub best_validation: Option<f64>,
+    /// Wall time in seconds.
     pub seconds: f64,
 }
 
@@ -237,11 +251,30 @@ pub enum DivergenceCause {
     NonFinite,
     /// The line search (L-BFGS, CG) found no lower cost along −∇J and the cost or gradient
     /// was NaN or infinite at `non_finite` of the `tried` steps.
-    LineSearchNonFinite { tried: usize, non_finite: usize },
+    LineSearchNonFinite {
+        /// Steps tried.
+        tried: usize,
+        /// Steps whose cost or gradient was not finite.
+        non_finite: usize,
+    },
     /// The recorded cost J exceeded J* + `factor`·max(|J*|, 1), J* = `best`.
-    Exploded { cost: f64, best: f64, factor: f64 },
+    Exploded {
+        /// J.
+        cost: f64,
+        /// J*.
+        best: f64,
+        /// The factor allowed.
+        factor: f64,
+    },
     /// `iterations` iterations in a row ended above the best cost `best`; J is the last.
-    NoRecovery { cost: f64, best: f64, iterations: usize },
+    NoRecovery {
+        /// The last J.
+        cost: f64,
+        /// The best J.
+        best: f64,
+        /// Iterations above the best.
+        iterations: usize,
+    },
 }
 
 /// The point a diverged run was put back to: the best seen.
@@ -263,6 +296,7 @@ pub struct Kept {
 /// again (its state belongs to the point that diverged, not to the kept one).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Diverged {
+    /// What happened.
     pub cause: DivergenceCause,
     /// The iteration (epoch) that diverged: the one recorded last for a rise, the one under
     /// way for a NaN.
@@ -352,7 +386,9 @@ pub struct Progress<'a> {
     /// Minibatch steps done in the current epoch and steps per epoch (1 and 1 for
     /// full-batch methods).
     pub step: usize,
+    /// Steps per iteration (minibatches per epoch).
     pub steps_per_iteration: usize,
+    /// Evaluations so far.
     pub evaluations: usize,
     /// The newest cost: the iteration's record, or the minibatch just evaluated.
     pub cost: f64,
@@ -366,6 +402,7 @@ pub struct Progress<'a> {
 /// The callback's answer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Control {
+    /// Go on.
     Continue,
     /// End the run as [`StopReason::Interrupted`]; it can be resumed.
     Stop,
@@ -382,6 +419,7 @@ pub struct Hooks<'a> {
 }
 
 impl<'a> Hooks<'a> {
+    /// No callbacks.
     pub fn new() -> Hooks<'a> {
         Hooks::default()
     }

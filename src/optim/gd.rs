@@ -12,8 +12,10 @@ use crate::Result;
 use crate::backend::Batch;
 use crate::update::{UpdateRule, UpdateState};
 
+/// Full-batch gradient descent, θ ← θ − η ∇J(θ), with a fixed step η.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub struct GradientDescent {
+    /// η.
     pub learning_rate: f64,
 }
 

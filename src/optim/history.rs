@@ -10,8 +10,11 @@ use serde::{Deserialize, Serialize};
 /// each taken at the θ the minibatch's gradient was evaluated at.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Record {
+    /// The iteration (epoch) number, from 1.
     pub iteration: usize,
+    /// J at the iteration's end (minibatch methods: the epoch mean).
     pub cost: f64,
+    /// ‖∇J‖₂ there (minibatch methods: the epoch mean).
     pub grad_norm: f64,
     /// The line search's step length α (L-BFGS, CG) or the learning rate used (GD, SGD,
     /// Adam); 0 at iteration 0.
@@ -29,18 +32,22 @@ pub struct Record {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(transparent)]
 pub struct History {
+    /// One record per iteration, in order.
     pub records: Vec<Record>,
 }
 
 impl History {
+    /// Iterations recorded.
     pub fn len(&self) -> usize {
         self.records.len()
     }
 
+    /// Whether nothing was recorded.
     pub fn is_empty(&self) -> bool {
         self.records.is_empty()
     }
 
+    /// The latest record.
     pub fn last(&self) -> Option<&Record> {
         self.records.last()
     }

@@ -21,10 +21,12 @@ use crate::{Error, Result};
 pub struct Lbfgs {
     /// Correction pairs kept.
     pub memory: usize,
+    /// The Wolfe line search each iteration runs.
     pub line_search: LineSearch,
 }
 
 impl Lbfgs {
+    /// Correction pairs kept: minFunc's default, 100.
     pub const DEFAULT_MEMORY: usize = 100;
 
     /// The memory `wgnn train` uses for a network of `parameters` values: minFunc's 100 up to
@@ -33,10 +35,12 @@ impl Lbfgs {
         if parameters <= 50_000 { Lbfgs::DEFAULT_MEMORY } else { 10 }
     }
 
+    /// This method keeping `memory` correction pairs.
     pub fn with_memory(self, memory: usize) -> Lbfgs {
         Lbfgs { memory, ..self }
     }
 
+    /// Errors (`Error::Data`): memory 0, or an invalid line search.
     pub fn validate(&self) -> Result<()> {
         if self.memory == 0 {
             return Err(Error::Data("L-BFGS memory must be at least 1 correction pair (usual: 10 to 100)".into()));

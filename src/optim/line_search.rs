@@ -19,6 +19,9 @@ use crate::{Error, Result};
 /// J(x) returned and ∇J(x) written into the second argument.
 pub type CostAndGrad<'a> = dyn FnMut(&[f64], &mut [f64]) -> Result<f64> + 'a;
 
+/// A line search for the strong Wolfe conditions (Nocedal & Wright, Algorithms 3.5 and 3.6,
+/// with cubic interpolation): sufficient decrease J(x + αd) ≤ J(x) + c₁ α ∇Jᵀd and curvature
+/// |∇J(x + αd)ᵀd| ≤ c₂ |∇Jᵀd|.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub struct LineSearch {
     /// Sufficient-decrease constant c₁.
@@ -37,6 +40,7 @@ impl LineSearch {
     /// (Nocedal & Wright §5.2).
     pub const CONJUGATE_GRADIENT: LineSearch = LineSearch { c1: 1e-4, c2: 0.1, max_evaluations: 25 };
 
+    /// Errors (`Error::Data`): not 0 < c₁ < c₂ < 1, or no evaluations allowed.
     pub fn validate(&self) -> Result<()> {
         if !(0.0 < self.c1 && self.c1 < self.c2 && self.c2 < 1.0) {
             return Err(Error::Data(format!(
@@ -194,10 +198,22 @@ pub enum LineSearchOutcome {
     /// x, f and g hold x + αd. `strong_wolfe` is false when the evaluation budget ran out
     /// (or the bracket became too narrow to split) and the lowest point satisfying the
     /// sufficient-decrease condition was taken instead.
-    Accepted { alpha: f64, evaluations: usize, strong_wolfe: bool },
+    Accepted {
+        /// The step length α taken.
+        alpha: f64,
+        /// Cost-and-gradient evaluations spent.
+        evaluations: usize,
+        /// Whether α satisfies the strong Wolfe conditions.
+        strong_wolfe: bool,
+    },
     /// No trial point lowered the cost; x, f and g are unchanged. `non_finite` counts the
     /// trial points whose cost or gradient was NaN or infinite.
-    Failed { evaluations: usize, non_finite: usize },
+    Failed {
+        /// Cost-and-gradient evaluations spent.
+        evaluations: usize,
+        /// Trial points whose cost or gradient was not finite.
+        non_finite: usize,
+    },
 }
 
 /// φ(α) = J(x + αd) and φ′(α) = ∇J(x + αd)ᵀd at one step length.

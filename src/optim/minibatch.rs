@@ -21,13 +21,18 @@ use crate::{Error, Result};
 /// the batch size (the last batch of an epoch takes what is left) and the shuffling seed.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Minibatch {
+    /// How a gradient becomes a step.
     pub rule: UpdateRule,
+    /// η₀.
     pub learning_rate: f64,
+    /// How η changes over epochs.
     #[serde(default)]
     pub schedule: Schedule,
+    /// Examples per minibatch (the last one of an epoch may be shorter).
     pub batch_size: usize,
     /// Visit examples in a fresh random order each epoch (else in their stored order).
     pub shuffle: bool,
+    /// Seed of the per-epoch shuffles.
     pub seed: u64,
     /// τ of gradient clipping by global norm ([`clip_by_global_norm`]) before each update;
     /// `None`: no clipping.
@@ -58,18 +63,22 @@ impl Minibatch {
         Minibatch { rule: UpdateRule::ADAM, ..Minibatch::sgd(learning_rate) }
     }
 
+    /// This method with `rule`.
     pub fn with_rule(self, rule: UpdateRule) -> Minibatch {
         Minibatch { rule, ..self }
     }
 
+    /// This method with `batch_size`.
     pub fn with_batch_size(self, batch_size: usize) -> Minibatch {
         Minibatch { batch_size, ..self }
     }
 
+    /// This method with `schedule`.
     pub fn with_schedule(self, schedule: Schedule) -> Minibatch {
         Minibatch { schedule, ..self }
     }
 
+    /// This method with `seed`.
     pub fn with_seed(self, seed: u64) -> Minibatch {
         Minibatch { seed, ..self }
     }
@@ -79,6 +88,8 @@ impl Minibatch {
         Minibatch { clip_norm: Some(tau), ..self }
     }
 
+    /// Errors (`Error::Data`): η not positive and finite, batch size 0, an invalid clip norm,
+    /// rule or schedule.
     pub fn validate(&self) -> Result<()> {
         positive("learning rate", self.learning_rate)?;
         if self.batch_size == 0 {

@@ -71,14 +71,18 @@ use linalg::{all_finite, norm};
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "method", rename_all = "snake_case")]
 pub enum Method {
+    /// Full-batch gradient descent with a fixed step.
     GradientDescent(GradientDescent),
     /// SGD (plain, momentum, Nesterov) and Adam: the update rule is part of the config.
     Minibatch(Minibatch),
+    /// L-BFGS with a Wolfe line search (Nocedal & Wright, Algorithm 7.5).
     Lbfgs(Lbfgs),
+    /// Nonlinear conjugate gradient (Polak–Ribière+, Nocedal & Wright §5.2).
     ConjugateGradient(ConjugateGradient),
 }
 
 impl Method {
+    /// Full-batch gradient descent with step η = `learning_rate`.
     pub fn gradient_descent(learning_rate: f64) -> Method {
         Method::GradientDescent(GradientDescent { learning_rate })
     }
@@ -93,10 +97,12 @@ impl Method {
         Method::Minibatch(Minibatch::adam(learning_rate))
     }
 
+    /// L-BFGS with its defaults.
     pub fn lbfgs() -> Method {
         Method::Lbfgs(Lbfgs::default())
     }
 
+    /// Conjugate gradient with its defaults.
     pub fn cg() -> Method {
         Method::ConjugateGradient(ConjugateGradient::default())
     }
@@ -127,6 +133,7 @@ impl Method {
         }
     }
 
+    /// Errors (`Error::Data`, one line): a parameter out of its range.
     pub fn validate(&self) -> Result<()> {
         match self {
             Method::GradientDescent(m) => positive("learning rate", m.learning_rate),
@@ -205,15 +212,18 @@ enum Kind {
 }
 
 impl Optimizer {
+    /// An optimizer running `method`. Errors: `method` invalid ([`Method::validate`]).
     pub fn new(method: Method) -> Result<Optimizer> {
         method.validate()?;
         Ok(Optimizer { method, counters: Counters::default(), state: None, history: History::default() })
     }
 
+    /// The method it runs.
     pub fn method(&self) -> &Method {
         &self.method
     }
 
+    /// Every iteration recorded so far, over all runs.
     pub fn history(&self) -> &History {
         &self.history
     }
@@ -223,6 +233,7 @@ impl Optimizer {
         self.counters.iteration
     }
 
+    /// Cost-and-gradient evaluations so far, over all runs.
     pub fn evaluations(&self) -> usize {
         self.counters.evaluations
     }

@@ -45,6 +45,7 @@ impl<'a> BackendObjective<'a> {
         BackendObjective { backend, dim }
     }
 
+    /// The backend it evaluates on.
     pub fn backend(&mut self) -> &mut dyn Backend {
         self.backend
     }
@@ -76,6 +77,7 @@ pub struct FnObjective<F> {
 }
 
 impl<F: FnMut(&[f64], &mut [f64]) -> f64> FnObjective<F> {
+    /// An objective over x of `dim` values: `f(x, grad)` returns J(x) and writes ∇J(x).
     pub fn new(dim: usize, f: F) -> FnObjective<F> {
         FnObjective { dim, f }
     }

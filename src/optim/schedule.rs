@@ -7,16 +7,20 @@ use serde::{Deserialize, Serialize};
 
 use crate::{Error, Result};
 
+/// How the learning rate η changes over epochs (minibatch methods).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Schedule {
+    /// η = η₀ throughout.
     #[default]
     Constant,
     /// η = η₀ / (t + 1)^power with t the number of examples seen so far, updated after each
     /// epoch — scikit-learn's `invscaling` exactly (its default power is 0.5).
     InvScaling {
+        /// The exponent (scikit-learn: 0.5).
         power: f64,
     },
+    /// η × factor after `patience` epochs without improvement ([`Plateau`]).
     ReduceOnPlateau(Plateau),
     /// scikit-learn's `learning_rate="adaptive"` as its documentation states it: η stays η₀
     /// while the monitored value (the validation metric when there is one, else the epoch's
@@ -25,6 +29,7 @@ pub enum Schedule {
     /// (best − J) / max(|best|, |J|, 1) ≤ `tol`, the measure of [`super::Stop::cost_tol`]
     /// (scikit-learn's absolute `tol` whenever the values are at most 1); its default 1e-4.
     Adaptive {
+        /// The relative improvement an epoch must beat (default 1e-4).
         tol: f64,
     },
 }
@@ -34,12 +39,15 @@ pub enum Schedule {
 /// Defaults are PyTorch's: factor 0.1, patience 10, relative threshold 1e-4, no cooldown.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Plateau {
+    /// The factor η is multiplied by, in (0, 1).
     pub factor: f64,
+    /// Epochs without improvement before η drops.
     pub patience: usize,
     /// An improvement must beat the best value by this fraction of it.
     pub threshold: f64,
     /// Epochs to wait after a reduction before counting bad epochs again.
     pub cooldown: usize,
+    /// η never drops below this.
     pub min_learning_rate: f64,
 }
 
@@ -54,7 +62,9 @@ impl Default for Plateau {
 pub struct ScheduleState {
     /// Best monitored value so far (reduce-on-plateau).
     pub best: Option<f64>,
+    /// Epochs in a row without improvement.
     pub bad_epochs: usize,
+    /// Epochs left before η may drop again.
     pub cooldown_left: usize,
 }
 
@@ -68,6 +78,7 @@ impl Schedule {
     /// Failing epochs in a row after which `adaptive` divides η.
     pub const ADAPTIVE_EPOCHS: usize = 2;
 
+    /// Errors (`Error::Data`): a factor, power or tolerance out of range.
     pub fn validate(&self) -> Result<()> {
         match *self {
             Schedule::Constant => Ok(()),

@@ -39,8 +39,10 @@ use crate::model::Activation;
 use crate::{Error, Result};
 
 const COMMON: &str = include_str!("../../../shaders/common.wgsl");
-/// The WGSL of each family (with the shared activations prepended at compile time): conv2d.
-pub const CONV2D_WGSL: &str = include_str!("../../../shaders/conv2d.wgsl");
+/// The WGSL of each family (with the shared activations prepended at compile time): conv2d,
+/// with the tile loop it shares with the matmul (tile_gemm.wgsl).
+pub const CONV2D_WGSL: &str =
+    concat!(include_str!("../../../shaders/tile_gemm.wgsl"), include_str!("../../../shaders/conv2d.wgsl"));
 /// pool2d.wgsl: max and mean pooling, forward and backward.
 pub const POOL2D_WGSL: &str = include_str!("../../../shaders/pool2d.wgsl");
 /// maxout.wgsl: the max over pieces and its backward pass.
