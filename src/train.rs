@@ -622,13 +622,21 @@ fn check_test_set(spec: &NetSpec, x: &Array2<f32>, y: &TestTargets) -> Result<()
     }
 }
 
-/// Trains `job.spec` on (x, y) with `backend`, calling `progress` after every step. `y` is
-/// what the output learns: class labels (softmax), real-valued targets (regression) or the
-/// inputs themselves (an autoencoder; labels given to a squared-error network are unused).
-/// `x` is lent (`&Array2<f32>`: `train` copies it once) or handed over (an `Array2<f32>` or
-/// `Arc`: no copy at all when the backend computes in f32; see [`Examples`]).
-/// Sets `interrupt` (e.g. from Ctrl-C) to stop after the current step: the run is then saved
-/// and can be resumed.
+/// Trains `job.spec` on (x, y) with `backend`, calling `progress` after every step, and writes
+/// the run folder `job.out_dir` (module docs). `y` is what the output learns: class labels
+/// (softmax; m of them), real-valued targets (regression; m × outputs) or the inputs
+/// themselves (an autoencoder; labels given to a squared-error network are unused). `x`
+/// (m × n, n = `job.spec.inputs()`) is lent (`&Array2<f32>`: `train` copies it once) or handed
+/// over (an `Array2<f32>` or `Arc`: no copy at all when the backend computes in f32; see
+/// [`Examples`]). Sets `interrupt` (e.g. from Ctrl-C) to stop after the current step: the run
+/// is then saved and can be resumed.
+///
+/// The steps, in order, each its own function shared with [`train_in_memory`]: validate (the
+/// job, [`TrainJob::validate`], and its test set) → the run folder (opened and locked,
+/// [`RunFolder`]) → data (the seeded validation split, [`Backend::set_data`]) → the starting
+/// point (θ₀ from `init` and `seed`, or the checkpoint's θ and optimizer state) → optimize
+/// (checkpoints on the way) → measure (the final cost, accuracy or R²) → write (model, metrics,
+/// pictures).
 ///
 /// Returns `Ok` with [`TrainOutcome::status`] when training ran: [`RunStatus::Finished`],
 /// [`RunStatus::Interrupted`], or [`RunStatus::Diverged`] (θ and the reason saved as the module
@@ -644,44 +652,185 @@ pub fn train<'x>(
     progress: &mut dyn FnMut(&Progress<'_>),
     interrupt: &AtomicBool,
 ) -> Result<TrainOutcome> {
-    let spec = job.spec.clone();
-    let layout = ThetaLayout::new(&spec);
-    if let Some((x_test, y_test)) = &job.test_set {
-        check_test_set(&spec, x_test, y_test)?;
-    }
-    job.validate()?;
+    validate_job(&job)?;
     // Held until train returns: no other process writes this folder meanwhile.
-    let _folder = match job.folder.take() {
-        Some(f) if f.path() == job.out_dir => f,
-        Some(f) => {
-            return Err(Error::Data(format!(
-                "the job writes {} but holds the folder {}: open the run folder of out_dir",
-                job.out_dir.display(),
-                f.path().display()
-            )));
+    let _folder = take_folder(&mut job)?;
+    let data = TrainingData::load(&job, backend, x.into(), y)?;
+    let (mut theta, mut optimizer) = starting_point(&job)?;
+    let spec = &job.spec;
+    let save = |theta: &[f64],
+                optimizer: Option<&Optimizer>,
+                extra: serde_json::Map<String, serde_json::Value>,
+                file: &str|
+     -> Result<PathBuf> {
+        // The history travels inside the optimizer state (and in metrics.json), not twice.
+        let metadata = Metadata {
+            seed: Some(job.seed),
+            preprocessing: job.preprocessing.clone(),
+            command: job.command.clone(),
+            extra,
+            ..Default::default()
+        };
+        let path = job.out_dir.join(file);
+        // The optimizer's vectors go straight into tensor bytes (no JSON value per number).
+        crate::checkpoint::save_state(spec, theta, &metadata, &optimizer, &path)?;
+        Ok(path)
+    };
+    let (train_examples, validation_examples) = (data.train_examples, data.validation_examples);
+    let summary =
+        match optimize(&job, backend, &data, &mut theta, &mut optimizer, progress, interrupt, Some(&save as &Save<'_>))
+        {
+            Ok(s) => s,
+            Err(e) => {
+                // Keep what can be kept, under names that do not claim a finished model. The
+                // optimizer reports a run whose cost exploded, kept rising or stopped being
+                // finite as Error::Diverged, θ already put back to the best point it saw.
+                let diverged = matches!(e, Error::Diverged(_));
+                let status = if diverged { "diverged" } else { "failed" };
+                let failure = Failure { status, reason: &e.to_string(), theta: &theta, optimizer: &optimizer };
+                let files = failure.write(&job, spec, backend, train_examples, validation_examples, &save);
+                return match (diverged, files) {
+                    (true, Ok((files, final_cost))) => Ok(failure.outcome(files, final_cost)),
+                    _ => Err(e),
+                };
+            }
+        };
+    let final_cost = match final_cost(backend, &theta, &summary) {
+        Ok(c) => c,
+        Err(reason) => {
+            let failure = Failure { status: "diverged", reason: &reason, theta: &theta, optimizer: &optimizer };
+            let (files, final_cost) = failure.write(&job, spec, backend, train_examples, validation_examples, &save)?;
+            return Ok(failure.outcome(files, final_cost));
         }
-        None => RunFolder::open(&job.out_dir)?,
     };
+    let measures = measure(&job, backend, &data, &theta)?;
+    write_run(&job, backend, &data, theta, &optimizer, summary, final_cost, measures, &save)
+}
 
-    let x: Examples<'_> = x.into();
-    let y = targets(&spec, y)?;
-    let (train_rows, val_rows) = split(x.view(), job.validation_fraction, job.seed)?;
-    // The backend's own checks, on all the data before the split indexes into it.
-    crate::cpu::validate_data(&spec, &x.view().into(), &y)?;
-    // Without a validation split the rows are used as given (split keeps their order); with
-    // one, both sides are gathered and the examples handed over are dropped.
-    let ((x_train, y_train), (x_val, y_val)) = if val_rows.is_empty() {
-        ((x.into_shared(), all_targets(&y)), (Arc::new(Array2::zeros((0, spec.inputs()))), RowTargets::Inputs))
-    } else {
-        let sides = (gather(x.view(), &y, &train_rows), gather(x.view(), &y, &val_rows));
-        drop(x);
-        sides
+/// As [`train`], in memory: the same steps but the folder and write steps, so the same θ bit
+/// for bit, and no file written or read (`job.out_dir` is unused). An embedder's
+/// [`crate::estimator`] `fit` trains here; [`TrainOutcome::files`] is empty.
+///
+/// Errors: as [`train`]'s before training, and a job that asks for files
+/// (`checkpoint_every`, `folder`), refused before any work ([`Error::Data`]). A run that
+/// diverges is `Ok` with [`RunStatus::Diverged`] and the θ the optimizer kept (its
+/// `final_cost` NaN when J cannot be computed there); another error while training is
+/// returned.
+pub fn train_in_memory<'x>(
+    job: TrainJob,
+    backend: &mut dyn Backend,
+    x: impl Into<Examples<'x>>,
+    y: Targets<'_>,
+    progress: &mut dyn FnMut(&Progress<'_>),
+    interrupt: &AtomicBool,
+) -> Result<TrainOutcome> {
+    validate_job(&job)?;
+    if let Some(n) = job.checkpoint_every {
+        return Err(Error::Data(format!(
+            "a checkpoint every {n} iterations needs a run folder: train in memory without checkpoint_every, or write a run with train()"
+        )));
+    }
+    if job.folder.is_some() {
+        return Err(Error::Data("a job trained in memory writes no folder: leave its folder None".into()));
+    }
+    let data = TrainingData::load(&job, backend, x.into(), y)?;
+    let (mut theta, mut optimizer) = starting_point(&job)?;
+    let diverged = |theta: &[f64], optimizer: &Optimizer, backend: &mut dyn Backend, reason: &str| {
+        let failure = Failure { status: "diverged", reason, theta, optimizer };
+        let cost = backend.cost(theta, Batch::All).map(|c| c.total()).unwrap_or(f64::NAN);
+        failure.outcome(Vec::new(), cost)
     };
-    backend.set_data((&x_train).into(), y_train.view())?;
+    let summary = match optimize(&job, backend, &data, &mut theta, &mut optimizer, progress, interrupt, None) {
+        Ok(s) => s,
+        Err(e @ Error::Diverged(_)) => return Ok(diverged(&theta, &optimizer, backend, &e.to_string())),
+        Err(e) => return Err(e),
+    };
+    let final_cost = match final_cost(backend, &theta, &summary) {
+        Ok(c) => c,
+        Err(reason) => return Ok(diverged(&theta, &optimizer, backend, &reason)),
+    };
+    let measures = measure(&job, backend, &data, &theta)?;
+    let status = if summary.reason == StopReason::Interrupted { RunStatus::Interrupted } else { RunStatus::Finished };
+    Ok(TrainOutcome {
+        status,
+        theta,
+        validation: summary.best_validation,
+        summary,
+        final_cost,
+        test_accuracy: measures.test_accuracy,
+        r2: measures.r2,
+        files: Vec::new(),
+    })
+}
 
-    let (mut theta, mut optimizer) = match &job.resume {
+/// Step "validate": the job's settings ([`TrainJob::validate`]) and its test set, refused
+/// before any work.
+fn validate_job(job: &TrainJob) -> Result<()> {
+    if let Some((x_test, y_test)) = &job.test_set {
+        check_test_set(&job.spec, x_test, y_test)?;
+    }
+    job.validate()
+}
+
+/// Step "run folder": the folder the caller opened for `job.out_dir`, or opened here.
+fn take_folder(job: &mut TrainJob) -> Result<RunFolder> {
+    match job.folder.take() {
+        Some(f) if f.path() == job.out_dir => Ok(f),
+        Some(f) => Err(Error::Data(format!(
+            "the job writes {} but holds the folder {}: open the run folder of out_dir",
+            job.out_dir.display(),
+            f.path().display()
+        ))),
+        None => RunFolder::open(&job.out_dir),
+    }
+}
+
+/// Step "data": the training and validation sides of the examples, the training side set
+/// on the backend.
+struct TrainingData {
+    x_train: Arc<Array2<f32>>,
+    y_train: RowTargets,
+    x_val: Arc<Array2<f32>>,
+    y_val: RowTargets,
+    train_examples: usize,
+    validation_examples: usize,
+}
+
+impl TrainingData {
+    fn load(job: &TrainJob, backend: &mut dyn Backend, x: Examples<'_>, y: Targets<'_>) -> Result<TrainingData> {
+        let spec = &job.spec;
+        let y = targets(spec, y)?;
+        let (train_rows, val_rows) = split(x.view(), job.validation_fraction, job.seed)?;
+        // The backend's own checks, on all the data before the split indexes into it.
+        crate::cpu::validate_data(spec, &x.view().into(), &y)?;
+        // Without a validation split the rows are used as given (split keeps their order); with
+        // one, both sides are gathered and the examples handed over are dropped.
+        let ((x_train, y_train), (x_val, y_val)) = if val_rows.is_empty() {
+            ((x.into_shared(), all_targets(&y)), (Arc::new(Array2::zeros((0, spec.inputs()))), RowTargets::Inputs))
+        } else {
+            let sides = (gather(x.view(), &y, &train_rows), gather(x.view(), &y, &val_rows));
+            drop(x);
+            sides
+        };
+        backend.set_data((&x_train).into(), y_train.view())?;
+        Ok(TrainingData {
+            x_train,
+            y_train,
+            x_val,
+            y_val,
+            train_examples: train_rows.len(),
+            validation_examples: val_rows.len(),
+        })
+    }
+}
+
+/// Step "starting point": θ₀ (`initial_theta`, else drawn by `init` with `seed`) and a new
+/// optimizer, or the checkpoint's θ and optimizer state when resuming.
+fn starting_point(job: &TrainJob) -> Result<(Vec<f64>, Optimizer)> {
+    let spec = &job.spec;
+    match &job.resume {
         Some(ck) => {
-            if ck.spec != spec {
+            if ck.spec != *spec {
                 return Err(Error::Data(format!(
                     "the checkpoint holds {} but this run asks for {}: resume with the same network",
                     ck.spec.describe(),
@@ -704,53 +853,46 @@ pub fn train<'x>(
             let opt: Optimizer = serde_json::from_value(ck.metadata.optimizer.clone()).map_err(|e| {
                 Error::Data(format!("the checkpoint's optimizer state is unreadable ({e}): it cannot be resumed"))
             })?;
-            (ck.theta.clone(), opt)
+            Ok((ck.theta.clone(), opt))
         }
         None => {
-            let theta = job.initial_theta.clone().unwrap_or_else(|| job.init.theta(&spec, job.seed));
-            if theta.len() != layout.len() {
-                return Err(Error::Shape(format!(
-                    "initial θ has {} values, the network needs {}",
-                    theta.len(),
-                    layout.len()
-                )));
+            let theta = job.initial_theta.clone().unwrap_or_else(|| job.init.theta(spec, job.seed));
+            let needed = ThetaLayout::new(spec).len();
+            if theta.len() != needed {
+                return Err(Error::Shape(format!("initial θ has {} values, the network needs {needed}", theta.len())));
             }
-            (theta, Optimizer::new(job.method.clone())?)
+            Ok((theta, Optimizer::new(job.method.clone())?))
         }
-    };
+    }
+}
 
+/// Step "optimize": runs the optimizer from θ until a stopping rule, `interrupt` or an error,
+/// with early stopping on the validation side when there is one, and (given `save`) a
+/// checkpoint every `job.checkpoint_every` iterations.
+#[allow(clippy::too_many_arguments)]
+fn optimize(
+    job: &TrainJob,
+    backend: &mut dyn Backend,
+    data: &TrainingData,
+    theta: &mut [f64],
+    optimizer: &mut Optimizer,
+    progress: &mut dyn FnMut(&Progress<'_>),
+    interrupt: &AtomicBool,
+    save: Option<&Save<'_>>,
+) -> Result<Summary> {
+    let spec = &job.spec;
     // Validation runs on its own CPU backend so that it never competes with the training
     // backend for the data it holds.
-    let mut validator = if val_rows.is_empty() {
+    let mut validator = if data.validation_examples == 0 {
         None
     } else {
         let mut v = CpuBackend::<f32>::new(spec.clone())?;
-        v.set_data((&x_val).into(), y_val.view())?;
+        v.set_data((&data.x_val).into(), data.y_val.view())?;
         Some(v)
     };
-
-    let save = |theta: &[f64],
-                optimizer: Option<&Optimizer>,
-                extra: serde_json::Map<String, serde_json::Value>,
-                file: &str|
-     -> Result<PathBuf> {
-        // The history travels inside the optimizer state (and in metrics.json), not twice.
-        let metadata = Metadata {
-            seed: Some(job.seed),
-            preprocessing: job.preprocessing.clone(),
-            command: job.command.clone(),
-            extra,
-            ..Default::default()
-        };
-        let path = job.out_dir.join(file);
-        // The optimizer's vectors go straight into tensor bytes (no JSON value per number).
-        crate::checkpoint::save_state(&spec, theta, &metadata, &optimizer, &path)?;
-        Ok(path)
-    };
-
-    let interrupted;
-    let summary = loop {
-        let next_save = job.checkpoint_every.map(|n| (optimizer.iterations() / n + 1) * n);
+    let checkpoint_every = job.checkpoint_every.filter(|_| save.is_some());
+    loop {
+        let next_save = checkpoint_every.map(|n| (optimizer.iterations() / n + 1) * n);
         let mut stop_for_save = false;
         let mut hooks = Hooks::new().on_progress(|p: &Progress<'_>| {
             progress(p);
@@ -764,7 +906,7 @@ pub fn train<'x>(
             Control::Continue
         });
         if let Some(v) = validator.as_mut() {
-            let (x_val, y_val, spec) = (&x_val, &y_val, &spec);
+            let (x_val, y_val) = (&data.x_val, &data.y_val);
             let metric = move |t: &[f64]| -> Result<f64> {
                 match y_val.labels() {
                     // Classification error rate on the held-out examples.
@@ -777,64 +919,85 @@ pub fn train<'x>(
             hooks = hooks.validation(metric, early);
         }
         let mut objective = BackendObjective::new(backend);
-        let result = optimizer.run(&mut objective, &mut theta, &job.stop, &mut hooks);
+        let result = optimizer.run(&mut objective, theta, &job.stop, &mut hooks);
         drop(hooks);
-        let summary = match result {
-            Ok(s) => s,
-            Err(e) => {
-                // Keep what can be kept, under names that do not claim a finished model. The
-                // optimizer reports a run whose cost exploded, kept rising or stopped being
-                // finite as Error::Diverged, θ already put back to the best point it saw.
-                let diverged = matches!(e, Error::Diverged(_));
-                let status = if diverged { "diverged" } else { "failed" };
-                let failure = Failure { status, reason: &e.to_string(), theta: &theta, optimizer: &optimizer };
-                let files = failure.write(&job, &spec, backend, train_rows.len(), val_rows.len(), &save);
-                return match (diverged, files) {
-                    (true, Ok((files, final_cost))) => Ok(failure.outcome(files, final_cost)),
-                    _ => Err(e),
-                };
-            }
-        };
-        if summary.reason == StopReason::Interrupted && stop_for_save && !interrupt.load(Ordering::SeqCst) {
+        let summary = result?;
+        if let Some(save) = save
+            && summary.reason == StopReason::Interrupted
+            && stop_for_save
+            && !interrupt.load(Ordering::SeqCst)
+        {
             // The backend's working buffers need not sit beside the serialised optimizer state.
             backend.release_buffers();
-            save(&theta, Some(&optimizer), Default::default(), CHECKPOINT_FILE)?;
+            save(theta, Some(optimizer), Default::default(), CHECKPOINT_FILE)?;
             continue;
         }
-        interrupted = summary.reason == StopReason::Interrupted;
-        break summary;
-    };
+        return Ok(summary);
+    }
+}
 
-    // Backend::cost refuses a J that is not finite (or a θ it cannot represent).
-    let final_cost = backend.cost(&theta, Batch::All).map(|c| c.total());
-    if let Err(e) = &final_cost {
-        let reason = format!(
+/// Step "measure", first part: J(θ) over all training examples, or why it cannot be computed
+/// (Backend::cost refuses a J that is not finite, or a θ it cannot represent).
+fn final_cost(backend: &mut dyn Backend, theta: &[f64], summary: &Summary) -> std::result::Result<f64, String> {
+    backend.cost(theta, Batch::All).map(|c| c.total()).map_err(|e| {
+        format!(
             "at the final θ after {} iterations ({}): {e}; lower the learning rate, or check the data for extreme values",
             summary.iterations, summary.reason
-        );
-        let failure = Failure { status: "diverged", reason: &reason, theta: &theta, optimizer: &optimizer };
-        let (files, final_cost) = failure.write(&job, &spec, backend, train_rows.len(), val_rows.len(), &save)?;
-        return Ok(failure.outcome(files, final_cost));
-    }
-    let final_cost = final_cost?;
-    let train_accuracy = match (&y_train, spec.output) {
-        (RowTargets::Labels(l), Output::Softmax) => Some(accuracy(&backend.classify(&theta, (&x_train).into())?, l)),
+        )
+    })
+}
+
+/// What step "measure" finds at the final θ besides the cost.
+struct Measures {
+    train_accuracy: Option<f64>,
+    train_r2: Option<f64>,
+    test_accuracy: Option<f64>,
+    r2: Option<f64>,
+}
+
+/// Step "measure": accuracy (classifiers) or R² (regression) on the training and test sets.
+fn measure(job: &TrainJob, backend: &mut dyn Backend, data: &TrainingData, theta: &[f64]) -> Result<Measures> {
+    let spec = &job.spec;
+    let train_accuracy = match (&data.y_train, spec.output) {
+        (RowTargets::Labels(l), Output::Softmax) => {
+            Some(accuracy(&backend.classify(theta, (&data.x_train).into())?, l))
+        }
         _ => None,
     };
-    let train_r2 = match &y_train {
-        RowTargets::Values(v) => Some(r2_of(backend, &theta, &x_train, v)?),
+    let train_r2 = match &data.y_train {
+        RowTargets::Values(v) => Some(r2_of(backend, theta, &data.x_train, v)?),
         _ => None,
     };
     let (test_accuracy, r2) = match &job.test_set {
         Some((x_test, TestTargets::Labels(l))) if spec.output == Output::Softmax => {
-            (Some(accuracy(&backend.classify(&theta, x_test.into())?, l)), None)
+            (Some(accuracy(&backend.classify(theta, x_test.into())?, l)), None)
         }
         Some((x_test, TestTargets::Values(v))) if spec.output != Output::Softmax => {
-            (None, Some(r2_of(backend, &theta, x_test, v)?))
+            (None, Some(r2_of(backend, theta, x_test, v)?))
         }
         Some(_) => unreachable!("check_test_set refused it before training"),
         None => (None, None),
     };
+    Ok(Measures { train_accuracy, train_r2, test_accuracy, r2 })
+}
+
+/// Step "write": `model.safetensors` (a finished run) or `checkpoint.safetensors` (an
+/// interrupted one), `metrics.json`, `loss.png` and the pictures.
+#[allow(clippy::too_many_arguments)]
+fn write_run(
+    job: &TrainJob,
+    backend: &mut dyn Backend,
+    data: &TrainingData,
+    theta: Vec<f64>,
+    optimizer: &Optimizer,
+    summary: Summary,
+    final_cost: f64,
+    measures: Measures,
+    save: &Save<'_>,
+) -> Result<TrainOutcome> {
+    let spec = &job.spec;
+    let interrupted = summary.reason == StopReason::Interrupted;
+    let Measures { train_accuracy, train_r2, test_accuracy, r2 } = measures;
     let mut extra = serde_json::Map::new();
     extra.insert("final_cost".into(), final_cost.into());
     if let Some(a) = test_accuracy {
@@ -851,14 +1014,14 @@ pub fn train<'x>(
     backend.release_buffers();
     let mut files = Vec::new();
     if interrupted {
-        files.push(save(&theta, Some(&optimizer), extra, CHECKPOINT_FILE)?);
+        files.push(save(&theta, Some(optimizer), extra, CHECKPOINT_FILE)?);
     } else {
         extra.insert("iterations".into(), summary.iterations.into());
         extra.insert("evaluations".into(), summary.evaluations.into());
         extra.insert("stop_reason".into(), summary.reason.to_string().into());
         files.push(save(&theta, None, extra, MODEL_FILE)?);
         if job.checkpoint_every.is_some() {
-            files.push(save(&theta, Some(&optimizer), Default::default(), CHECKPOINT_FILE)?);
+            files.push(save(&theta, Some(optimizer), Default::default(), CHECKPOINT_FILE)?);
         } else {
             match std::fs::remove_file(job.out_dir.join(CHECKPOINT_FILE)) {
                 Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
@@ -873,12 +1036,12 @@ pub fn train<'x>(
     let metrics = Metrics {
         wgnn_version: env!("CARGO_PKG_VERSION"),
         status: status.name(),
-        spec: &spec,
+        spec,
         method: optimizer.method(),
         backend: backend.name(),
         data: &job.data_description,
-        train_examples: train_rows.len(),
-        validation_examples: val_rows.len(),
+        train_examples: data.train_examples,
+        validation_examples: data.validation_examples,
         seed: job.seed,
         final_cost,
         initial_cost: history.records.first().map(|r| r.cost),
@@ -900,21 +1063,13 @@ pub fn train<'x>(
     files.push(metrics_path);
 
     let loss_path = job.out_dir.join("loss.png");
-    viz::save_png(&viz::loss_curve(history, &viz::LossAxes::of(optimizer.method(), &spec)), &loss_path)?;
+    viz::save_png(&viz::loss_curve(history, &viz::LossAxes::of(optimizer.method(), spec)), &loss_path)?;
     files.push(loss_path);
-    let autoencoder = matches!(y_train, RowTargets::Inputs);
-    files.extend(draw_pictures(&spec, &theta, backend, &x_train, autoencoder, &job)?);
+    let autoencoder = matches!(data.y_train, RowTargets::Inputs);
+    files.extend(draw_pictures(spec, &theta, backend, &data.x_train, autoencoder, job)?);
 
-    Ok(TrainOutcome {
-        status,
-        theta,
-        summary,
-        final_cost,
-        validation: metrics.validation_metric,
-        test_accuracy,
-        r2,
-        files,
-    })
+    let validation = metrics.validation_metric;
+    Ok(TrainOutcome { status, theta, summary, final_cost, validation, test_accuracy, r2, files })
 }
 
 /// A run that failed while training: what it keeps and how it says so.
