@@ -18,6 +18,7 @@ use ndarray::Array2;
 use serde_json::json;
 
 use crate::checkpoint::Checkpoint;
+use crate::estimator::Kind;
 use crate::model::{Activation, NetSpec, Output, Sparsity, ThetaLayout};
 use crate::optim::{Lbfgs, Method, StopReason, Summary};
 use crate::train::{RunFolder, RunStatus, TrainJob, TrainOutcome, accuracy, hidden_features, train};
@@ -57,13 +58,15 @@ pub struct StackedConfig {
 
 impl Default for StackedConfig {
     fn default() -> StackedConfig {
+        // The table of per-kind defaults: stacked's row, and softmax's for the softmax stage.
+        let (stacked, softmax) = (Kind::Stacked.defaults(), Kind::Softmax.defaults());
         StackedConfig {
-            hidden: vec![200, 200],
-            sparsity: Some(Sparsity { target: 0.1, weight: 3.0 }),
-            weight_decay: 3e-3,
-            iterations: 400,
-            softmax_weight_decay: 1e-4,
-            softmax_iterations: 100,
+            hidden: stacked.hidden.to_vec(),
+            sparsity: stacked.sparsity.map(|target| Sparsity { target, weight: stacked.sparsity_weight }),
+            weight_decay: stacked.weight_decay,
+            iterations: stacked.iterations,
+            softmax_weight_decay: softmax.weight_decay,
+            softmax_iterations: softmax.iterations,
             seed: 0,
             checkpoint_every: None,
             data_description: String::new(),

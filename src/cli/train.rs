@@ -15,8 +15,9 @@ use serde::{Deserialize, Serialize};
 use wgnn::Targets;
 use wgnn::checkpoint::Checkpoint;
 use wgnn::data::Dataset;
+use wgnn::estimator::{OptimizerSettings, Solver};
 use wgnn::model::{Activation, Init, NetSpec, Output, Sparsity};
-use wgnn::optim::{Lbfgs, Method, Minibatch, Plateau, Progress, Schedule, UpdateRule};
+use wgnn::optim::{Method, Plateau, Progress, Schedule};
 use wgnn::train::{CHECKPOINT_FILE, MODEL_FILE, RunFolder, RunStatus, TestTargets, TrainJob, check_settings, train};
 
 use super::ranks::Ranks;
@@ -290,11 +291,52 @@ impl TrainArgs {
     /// The minibatch size: --batch-size, or by default scikit-learn's auto (200, capped at the
     /// examples when used) — 64 for `train cnn`, LeNet's usual batch.
     fn batch(&self) -> usize {
-        self.batch_size.unwrap_or(match self.kind {
-            Kind::Cnn => 64,
-            Kind::Lstm | Kind::Rnn => 128,
-            _ => wgnn::optim::Minibatch::DEFAULT_BATCH_SIZE,
-        })
+        self.batch_size.unwrap_or(self.kind.defaults().batch_size)
+    }
+}
+
+impl Kind {
+    /// The library's kind: the key of the one table of per-kind defaults.
+    pub fn lib(self) -> wgnn::estimator::Kind {
+        use wgnn::estimator::Kind as K;
+        match self {
+            Kind::Autoencoder => K::Autoencoder,
+            Kind::Softmax => K::Softmax,
+            Kind::Mlp => K::Mlp,
+            Kind::Stacked => K::Stacked,
+            Kind::Cnn => K::Cnn,
+            Kind::Lstm => K::Lstm,
+            Kind::Rnn => K::Rnn,
+        }
+    }
+
+    /// This kind's row of the table ([`wgnn::estimator::Kind::defaults`]).
+    pub fn defaults(self) -> wgnn::estimator::KindDefaults {
+        self.lib().defaults()
+    }
+}
+
+impl OptimizerChoice {
+    /// The library's solver.
+    pub fn solver(self) -> Solver {
+        match self {
+            OptimizerChoice::Lbfgs => Solver::Lbfgs,
+            OptimizerChoice::Cg => Solver::Cg,
+            OptimizerChoice::Gd => Solver::Gd,
+            OptimizerChoice::Sgd => Solver::Sgd,
+            OptimizerChoice::Adam => Solver::Adam,
+        }
+    }
+
+    /// The choice naming `solver`.
+    pub fn of(solver: Solver) -> OptimizerChoice {
+        match solver {
+            Solver::Lbfgs => OptimizerChoice::Lbfgs,
+            Solver::Cg => OptimizerChoice::Cg,
+            Solver::Gd => OptimizerChoice::Gd,
+            Solver::Sgd => OptimizerChoice::Sgd,
+            Solver::Adam => OptimizerChoice::Adam,
+        }
     }
 }
 
@@ -305,7 +347,7 @@ impl Default for TrainArgs {
 }
 
 /// `train cnn`'s default network: LeNet-5 as Caffe's MNIST example builds it.
-pub const LENET: &str = "conv 20x5x5 relu, maxpool 2, conv 50x5x5 relu, maxpool 2, dense 500 relu, softmax";
+pub const LENET: &str = wgnn::estimator::LENET;
 
 /// The layer stack `train cnn` asks for, on data of `features` values per example with
 /// `classes` labels (`image` its h × w when the data knows it). A layer-stack block, kept
@@ -354,16 +396,9 @@ fn batch_size(text: &str) -> Result<usize, String> {
     text.trim().parse::<usize>().map_err(|_| format!("`{text}` is not a batch size: give a whole number or auto"))
 }
 
+/// The kind's name on the command line.
 pub fn kind_name(kind: Kind) -> &'static str {
-    match kind {
-        Kind::Autoencoder => "autoencoder",
-        Kind::Softmax => "softmax",
-        Kind::Mlp => "mlp",
-        Kind::Stacked => "stacked",
-        Kind::Cnn => "cnn",
-        Kind::Lstm => "lstm",
-        Kind::Rnn => "rnn",
-    }
+    kind.lib().name()
 }
 
 /// `runs/<kind>-N` for the first N with no folder yet, created and locked here (atomically:
@@ -639,6 +674,65 @@ fn check_flags(args: &TrainArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `train stacked`'s pipeline: the flags given, the rest from [`StackedConfig::default`]
+/// (the table's row for stacked and softmax).
+fn stacked_config(
+    args: &TrainArgs,
+    data: &Dataset,
+    preprocessing: serde_json::Value,
+) -> anyhow::Result<wgnn::stacked::StackedConfig> {
+    let defaults = wgnn::stacked::StackedConfig::default();
+    let rho = args.sparsity.or(Kind::Stacked.defaults().sparsity).unwrap_or(0.0);
+    Ok(wgnn::stacked::StackedConfig {
+        hidden: args.hidden.clone().unwrap_or(defaults.hidden.clone()),
+        sparsity: sparsity(rho, args.sparsity_weight),
+        weight_decay: args.weight_decay.unwrap_or(defaults.weight_decay),
+        iterations: args.iterations.unwrap_or(defaults.iterations),
+        seed: args.seed,
+        checkpoint_every: args.checkpoint_every,
+        data_description: data.description.clone(),
+        preprocessing,
+        resume: args.resume.is_some(),
+        command: serde_json::to_value(stored_form(args))?,
+        ..defaults
+    })
+}
+
+/// Step "network" of the dense kinds: the flags as the library's settings, the rest from the
+/// table ([`wgnn::estimator::Kind::dense_spec`]).
+fn dense_settings(args: &TrainArgs) -> anyhow::Result<wgnn::estimator::DenseSettings> {
+    Ok(wgnn::estimator::DenseSettings {
+        hidden: args.hidden.clone(),
+        activation: args.activation.as_deref().map(Activation::parse).transpose()?,
+        output: args.output.as_deref().map(Output::parse).transpose()?,
+        weight_decay: args.weight_decay,
+        sparsity: args.sparsity,
+        sparsity_weight: args.sparsity_weight,
+    })
+}
+
+/// Step "optimizer": the flags as the library's settings, the rest from the table
+/// ([`wgnn::estimator::OptimizerSettings`], which the estimators use too).
+fn optimizer_settings(args: &TrainArgs, choice: OptimizerChoice, schedule: Schedule) -> OptimizerSettings {
+    OptimizerSettings {
+        solver: choice.solver(),
+        iterations: args.iterations.unwrap_or(args.kind.defaults().iterations),
+        learning_rate: args.learning_rate,
+        batch_size: args.batch(),
+        schedule,
+        momentum: args.momentum,
+        nesterov: args.nesterov,
+        beta1: args.beta1,
+        beta2: args.beta2,
+        adam_epsilon: args.adam_epsilon,
+        lbfgs_memory: args.lbfgs_memory,
+        seed: args.seed,
+        tol: args.tol,
+        n_iter_no_change: args.n_iter_no_change,
+        max_fun: args.max_fun,
+    }
+}
+
 /// The sparsity penalty `--sparsity` asks for: none for ρ = 0.
 pub fn sparsity(rho: f64, weight: f64) -> Option<Sparsity> {
     (rho != 0.0).then_some(Sparsity { target: rho, weight })
@@ -717,11 +811,7 @@ pub(super) fn run_job(mut args: TrainArgs, ranks: Option<&Ranks>) -> anyhow::Res
         _ => args.resume.as_deref().map(resume_checkpoint).transpose()?,
     };
     // The optimizer's flags too.
-    let choice = args.optimizer.unwrap_or(if matches!(args.kind, Kind::Mlp | Kind::Cnn | Kind::Lstm | Kind::Rnn) {
-        OptimizerChoice::Adam
-    } else {
-        OptimizerChoice::Lbfgs
-    });
+    let choice = args.optimizer.unwrap_or(OptimizerChoice::of(args.kind.defaults().solver));
     check_optimizer_flags(&args, choice)?;
     let schedule = parse_schedule(&args.schedule, args.tol.unwrap_or(wgnn::optim::Stop::MINIBATCH.cost_tol))
         .context("--schedule")?;
@@ -890,13 +980,11 @@ pub(super) fn run_job(mut args: TrainArgs, ranks: Option<&Ranks>) -> anyhow::Res
                     std::fs::remove_dir_all(out_dir.join(stage)).or_else(|_| std::fs::remove_file(out_dir.join(stage)));
             }
         }
-        return super::stacked::run(&args, &data, test, folder, preprocessing, &interrupt);
+        let config = stacked_config(&args, &data, preprocessing)?;
+        return super::stacked::run(&config, &args.backend, args.quiet, &data, test, folder, &interrupt);
     }
 
     // Network.
-    let activation = |default: Activation| -> anyhow::Result<Activation> {
-        Ok(args.activation.as_deref().map(Activation::parse).transpose()?.unwrap_or(default))
-    };
     let spec = match args.kind {
         Kind::Cnn => {
             let classes = data.num_classes().context("this data has no labels: cnn needs them")?;
@@ -908,37 +996,13 @@ pub(super) fn run_job(mut args: TrainArgs, ranks: Option<&Ranks>) -> anyhow::Res
             let shape = sequence_shape.expect("sequence kinds load sequences");
             super::sequence::classifier_spec(&args, shape, classes)?
         }
-        Kind::Autoencoder => {
-            let hidden = args.hidden.clone().unwrap_or(vec![25]);
-            let mut layers = vec![n];
-            layers.extend(&hidden);
-            layers.push(n);
-            let sparsity = sparsity(args.sparsity.unwrap_or(0.01), args.sparsity_weight);
-            let output = Output::parse(args.output.as_deref().unwrap_or("sigmoid"))?;
-            NetSpec::new(&layers, activation(Activation::Sigmoid)?, output)?
-                .with_weight_decay(args.weight_decay.unwrap_or(1e-4))?
-                .with_sparsity(sparsity)?
-        }
-        Kind::Mlp if regression => {
-            let outputs = data.targets.as_ref().map_or(0, |t| t.ncols());
-            let mut layers = vec![n];
-            layers.extend(args.hidden.clone().unwrap_or(vec![256, 128]));
-            layers.push(outputs);
-            let output = Output::parse(args.output.as_deref().unwrap_or("identity"))?;
-            NetSpec::new(&layers, activation(Activation::Relu)?, output)?
-                .with_weight_decay(args.weight_decay.unwrap_or(1e-5))?
-        }
-        Kind::Softmax | Kind::Mlp | Kind::Stacked => {
-            let classes = data.num_classes().context("this data has no labels: softmax and mlp need them")?;
-            let hidden = match args.kind {
-                Kind::Softmax => args.hidden.clone().unwrap_or_default(),
-                _ => args.hidden.clone().unwrap_or(vec![256, 128]),
+        Kind::Autoencoder | Kind::Mlp | Kind::Softmax | Kind::Stacked => {
+            let outputs = match (&data.targets, args.kind) {
+                (Some(t), _) => t.ncols(),
+                (None, Kind::Autoencoder) => n,
+                (None, _) => data.num_classes().context("this data has no labels: softmax and mlp need them")?,
             };
-            let mut layers = vec![n];
-            layers.extend(&hidden);
-            layers.push(classes);
-            let lambda = args.weight_decay.unwrap_or(if args.kind == Kind::Mlp { 1e-5 } else { 1e-4 });
-            NetSpec::new(&layers, activation(Activation::Relu)?, Output::Softmax)?.with_weight_decay(lambda)?
+            args.kind.lib().dense_spec(n, outputs, regression, &dense_settings(&args)?)?
         }
     };
     let spec = match args.alpha {
@@ -946,11 +1010,7 @@ pub(super) fn run_job(mut args: TrainArgs, ranks: Option<&Ranks>) -> anyhow::Res
         Some(alpha) => {
             // scikit-learn divides α by the examples of each gradient (its `n_samples`).
             let n_train = wgnn::data::hold_out(data.x.nrows(), args.validation, 0, "validation")?.0.len();
-            let n = match choice {
-                OptimizerChoice::Sgd | OptimizerChoice::Adam => args.batch().min(n_train),
-                _ => n_train,
-            };
-            let lambda = alpha / n as f64;
+            let (lambda, n) = wgnn::estimator::weight_decay_of_alpha(alpha, choice.solver(), args.batch(), n_train);
             say(format!("penalty  --alpha {alpha}: weight decay λ = α/n = {alpha}/{n} = {lambda:e}"));
             spec.with_weight_decay(lambda)?
         }
@@ -960,53 +1020,10 @@ pub(super) fn run_job(mut args: TrainArgs, ranks: Option<&Ranks>) -> anyhow::Res
     say(format!("network  {} ({params} parameters)", spec.describe()));
 
     // Optimizer.
-    let iterations = args.iterations.unwrap_or(match args.kind {
-        Kind::Autoencoder => 400,
-        Kind::Softmax => 100,
-        Kind::Mlp | Kind::Stacked => 30,
-        Kind::Cnn | Kind::Lstm | Kind::Rnn => 10,
-    });
-    let minibatch = |rule: UpdateRule, lr: f64| {
-        Method::Minibatch(
-            Minibatch::sgd(args.learning_rate.unwrap_or(lr))
-                .with_rule(rule)
-                .with_schedule(schedule)
-                .with_batch_size(args.batch())
-                .with_seed(args.seed),
-        )
-    };
-    let method = match choice {
-        OptimizerChoice::Lbfgs => {
-            let memory = args.lbfgs_memory.unwrap_or(Lbfgs::memory_for(params));
-            Method::Lbfgs(Lbfgs::default().with_memory(memory))
-        }
-        OptimizerChoice::Cg => Method::cg(),
-        OptimizerChoice::Gd => Method::gradient_descent(args.learning_rate.unwrap_or(0.1)),
-        OptimizerChoice::Sgd => {
-            // UpdateRule::NESTEROV's μ = 0.9, Nesterov, unless given; μ = 0 keeps no velocity.
-            let momentum = args.momentum.unwrap_or(0.9);
-            let rule = if momentum == 0.0 {
-                UpdateRule::Plain
-            } else {
-                UpdateRule::Momentum { momentum, nesterov: args.nesterov.unwrap_or(true) }
-            };
-            minibatch(rule, 0.01)
-        }
-        OptimizerChoice::Adam => {
-            let UpdateRule::Adam { beta1, beta2, epsilon } = UpdateRule::ADAM else { unreachable!() };
-            let rule = UpdateRule::Adam {
-                beta1: args.beta1.unwrap_or(beta1),
-                beta2: args.beta2.unwrap_or(beta2),
-                epsilon: args.adam_epsilon.unwrap_or(epsilon),
-            };
-            minibatch(rule, 0.001)
-        }
-    };
-    method.validate()?;
-    let mut stop = method.default_stop().with_max_iterations(iterations);
-    stop.cost_tol = args.tol.unwrap_or(stop.cost_tol);
-    stop.cost_patience = args.n_iter_no_change.unwrap_or(stop.cost_patience);
-    stop.max_evaluations = args.max_fun.or(stop.max_evaluations);
+    let settings = optimizer_settings(&args, choice, schedule);
+    let iterations = settings.iterations;
+    let method = settings.method(params)?;
+    let stop = settings.stop(&method);
 
     let (mut backend, note) = match ranks {
         None => args.backend.build_quietly(spec.clone(), super::Precision::F32)?,
