@@ -345,7 +345,7 @@ impl<T> Estimator<T> {
             Y::Labels(l) => {
                 check_rows(x, l.len(), "labels")?;
                 let classes = l.iter().max().map_or(0, |&m| m + 1);
-                if classes < 2 {
+                if l.iter().all(|&c| c == l[0]) {
                     return Err(Error::Data(format!(
                         "every label is {}: a classifier needs at least 2 classes",
                         l.first().copied().unwrap_or(0)
