@@ -34,7 +34,12 @@ pub fn cpu_f32(spec: &NetSpec) -> Result<Box<dyn Backend>> {
 #[derive(Clone, Debug, PartialEq)]
 pub enum Stage {
     /// The first hidden layer's activations of an encoder network (m × n ↦ m × h).
-    Encoder { spec: NetSpec, theta: Vec<f64> },
+    Encoder {
+        /// The encoder's network (its first hidden layer gives the features).
+        spec: NetSpec,
+        /// The encoder's θ.
+        theta: Vec<f64>,
+    },
     /// x ↦ M (x − μ) (m × n ↦ m × outputs).
     Whitening(Whitening),
 }
@@ -53,21 +58,33 @@ impl Stage {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Task {
     /// A softmax output: the probabilities of `classes` classes.
-    Classifier { classes: usize },
+    Classifier {
+        /// k.
+        classes: usize,
+    },
     /// A squared-error output trained against targets: `outputs` predicted values.
-    Regressor { outputs: usize },
+    Regressor {
+        /// Values per example.
+        outputs: usize,
+    },
     /// A squared-error output trained to reconstruct its input (n-…-n), with a hidden layer
     /// of `hidden` units to take features from.
-    Autoencoder { hidden: usize },
+    Autoencoder {
+        /// Units of the first hidden layer.
+        hidden: usize,
+    },
 }
 
 /// A trained network with the stages its inputs go through: see the module docs.
 #[derive(Clone, Debug)]
 pub struct Model {
+    /// The network.
     pub spec: NetSpec,
+    /// θ in wgnn's layout ([`crate::model::ThetaLayout`]).
     pub theta: Vec<f64>,
     /// In the order they are applied to raw examples.
     pub stages: Vec<Stage>,
+    /// What its output means.
     pub task: Task,
     /// A classifier's labels as its training data wrote them, class by class (`setosa`, `7`),
     /// stored as `preprocessing.classes`; `None` when the classes are the numbers 0..k−1

@@ -28,6 +28,7 @@ use crate::{Backend, CpuBackend, Error, Result, Targets};
 /// 400 iterations per autoencoder and for fine-tuning; softmax λ = 1e-4, 100 iterations).
 #[derive(Clone, Debug)]
 pub struct StackedConfig {
+    /// Hidden layer sizes, one autoencoder each (UFLDL: 200, 200).
     pub hidden: Vec<usize>,
     /// KL sparsity of each autoencoder (`None`: plain autoencoders).
     pub sparsity: Option<Sparsity>,
@@ -37,8 +38,11 @@ pub struct StackedConfig {
     pub iterations: usize,
     /// λ and iterations of the softmax stage, λ of fine-tuning.
     pub softmax_weight_decay: f64,
+    /// L-BFGS iterations of the softmax stage.
     pub softmax_iterations: usize,
+    /// Seed of every stage's initial weights.
     pub seed: u64,
+    /// Save each stage's `checkpoint.safetensors` every this many iterations (`None`: at the end only).
     pub checkpoint_every: Option<usize>,
     /// What the data was, for `metrics.json`.
     pub data_description: String,
@@ -86,9 +90,13 @@ pub struct StackedOutcome {
     pub stage: PathBuf,
     /// The fine-tuned network and its θ.
     pub spec: NetSpec,
+    /// θ of the fine-tuned network, in its layout.
     pub theta: Vec<f64>,
+    /// Test accuracy of the stack before fine-tuning (autoencoders + softmax), in [0, 1], when a test set was given.
     pub test_accuracy_before_finetuning: Option<f64>,
+    /// Test accuracy after fine-tuning, in [0, 1], when a test set was given.
     pub test_accuracy: Option<f64>,
+    /// J(θ) of the fine-tuned network over the training examples.
     pub final_cost: f64,
     /// The summary `metrics.json` in the output folder (a stage's, when one did not finish).
     pub metrics: PathBuf,
@@ -96,8 +104,18 @@ pub struct StackedOutcome {
 
 /// One stage as the caller hears of it: its network and folder before, its outcome after.
 pub enum StageEvent<'a> {
-    Start { spec: &'a NetSpec, dir: &'a Path },
-    Done { outcome: &'a TrainOutcome },
+    /// A stage is about to train.
+    Start {
+        /// Its network.
+        spec: &'a NetSpec,
+        /// Its run folder.
+        dir: &'a Path,
+    },
+    /// A stage finished (or stopped: see its status).
+    Done {
+        /// What it left.
+        outcome: &'a TrainOutcome,
+    },
 }
 
 /// Runs the pipeline on (x, labels), with test accuracy on `test` when given. `backend`

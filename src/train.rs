@@ -43,6 +43,7 @@ pub const MODEL_FILE: &str = "model.safetensors";
 /// θ (and, unless the run failed, the optimizer state) of a run in progress, interrupted or
 /// failed.
 pub const CHECKPOINT_FILE: &str = "checkpoint.safetensors";
+/// The run's metrics (history, final cost, timings, status) as JSON.
 pub const METRICS_FILE: &str = "metrics.json";
 /// The file whose OS lock marks the folder as being written by a process.
 pub const LOCK_FILE: &str = ".wgnn.lock";
@@ -131,6 +132,7 @@ impl RunFolder {
         Ok(Some(folder))
     }
 
+    /// The folder's path.
     pub fn path(&self) -> &Path {
         &self.dir
     }
@@ -226,12 +228,17 @@ pub fn check_settings(
 
 /// Everything a run needs besides the data and the backend.
 pub struct TrainJob {
+    /// The network to train.
     pub spec: NetSpec,
+    /// The optimizer.
     pub method: Method,
+    /// When to stop (iterations, tolerances, evaluations).
     pub stop: Stop,
     /// Initial weights: drawn with `init` and `seed` unless `initial_theta` is given.
     pub init: Init,
+    /// Seed of the initial weights (and of the validation split).
     pub seed: u64,
+    /// θ to start from instead of drawing it (as many values as the network's parameters).
     pub initial_theta: Option<Vec<f64>>,
     /// A checkpoint to continue: its θ and optimizer state replace the above.
     pub resume: Option<Checkpoint>,
@@ -241,13 +248,16 @@ pub struct TrainJob {
     pub patience: Option<usize>,
     /// Save `checkpoint.safetensors` every this many iterations (epochs) while training.
     pub checkpoint_every: Option<usize>,
+    /// The run folder (ignored by [`train_in_memory`]).
     pub out_dir: PathBuf,
     /// `out_dir`, already opened and locked by the caller ([`RunFolder::open`]), e.g. to
     /// refuse a busy folder before loading data; `train` opens it itself when `None`.
     pub folder: Option<RunFolder>,
     /// For metrics.json and the checkpoint: what the data was and how it was prepared.
     pub data_description: String,
+    /// The examples' picture size (height, width), to draw the filters; `None`: not pictures.
     pub image_shape: Option<(usize, usize)>,
+    /// What the raw examples went through before training (stages [`crate::predict::Model`] applies; JSON, stored in the model).
     pub preprocessing: serde_json::Value,
     /// Held-out test examples and what they should give: with labels, their accuracy goes
     /// into metrics.json as `test_accuracy`; with real-valued targets, R² as `r2`.
@@ -305,7 +315,10 @@ pub enum RunStatus {
     /// Training failed numerically (a NaN or infinite cost or gradient, at the start or
     /// later; divergence): `checkpoint.safetensors` holds the θ the optimizer kept, without
     /// optimizer state (it cannot be resumed), and `metrics.json` the reason.
-    Diverged { reason: String },
+    Diverged {
+        /// Why, in one line.
+        reason: String,
+    },
 }
 
 impl RunStatus {
@@ -318,6 +331,7 @@ impl RunStatus {
         }
     }
 
+    /// True for [`RunStatus::Finished`].
     pub fn is_finished(&self) -> bool {
         *self == RunStatus::Finished
     }
@@ -327,11 +341,14 @@ impl RunStatus {
 /// targets (m × outputs, a regression network).
 #[derive(Clone, Debug)]
 pub enum TestTargets {
+    /// One class number per test example.
     Labels(Vec<usize>),
+    /// m × outputs real values.
     Values(Array2<f32>),
 }
 
 impl TestTargets {
+    /// The number of test examples.
     pub fn len(&self) -> usize {
         match self {
             TestTargets::Labels(l) => l.len(),
@@ -339,6 +356,7 @@ impl TestTargets {
         }
     }
 
+    /// True when there are no test examples.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
@@ -363,10 +381,13 @@ pub struct TrainOutcome {
     /// J(θ) on all training examples at the end (for minibatch methods the history holds
     /// epoch means instead).
     pub final_cost: f64,
+    /// The best validation metric seen (error rate or squared error), when validating.
     pub validation: Option<f64>,
+    /// Accuracy on the test set, in [0, 1] (classifiers).
     pub test_accuracy: Option<f64>,
     /// R² of a regression network on the test set ([`r2_score`]).
     pub r2: Option<f64>,
+    /// The files written, in order (none in memory).
     pub files: Vec<PathBuf>,
 }
 
@@ -422,7 +443,9 @@ fn split(x: ArrayView2<'_, f32>, fraction: f64, seed: u64) -> Result<(Vec<usize>
 /// the caller keeps theirs.
 #[derive(Clone, Debug)]
 pub enum Examples<'a> {
+    /// Lent: `train` copies them.
     Borrowed(ArrayView2<'a, f32>),
+    /// Handed over: the run's one copy.
     Owned(Arc<Array2<f32>>),
 }
 
@@ -1267,6 +1290,7 @@ pub mod char_model {
         pub batch: usize,
         /// The update rule (Adam for the setup) and its learning rate η.
         pub rule: UpdateRule,
+        /// The learning rate η.
         pub learning_rate: f64,
         /// τ for clipping by global norm (None: no clipping).
         pub clip_norm: Option<f64>,
@@ -1283,6 +1307,7 @@ pub mod char_model {
     pub struct HeldOut {
         /// Mean cross-entropy over the scored characters / ln 2.
         pub bits_per_character: f64,
+        /// Windows scored.
         pub windows: usize,
         /// Characters predicted: windows · T.
         pub scored: usize,

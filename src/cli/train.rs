@@ -1420,6 +1420,43 @@ mod tests {
         assert_eq!((old.kind, old.seed, old.batch_size, old.iterations), (Kind::Mlp, 7, None, None));
     }
 
+    /// `wgnn train --help` states the table of per-kind defaults the run reads
+    /// (wgnn::estimator::Kind::defaults): a change to one without the other fails here.
+    #[test]
+    fn the_help_states_the_table_of_defaults() {
+        use clap::Args as _;
+        let mut command = TrainArgs::augment_args(clap::Command::new("train"));
+        let help = command.render_long_help().to_string().split_whitespace().collect::<Vec<_>>().join(" ");
+        let (ae, softmax, mlp, stacked, cnn) = (
+            Kind::Autoencoder.defaults(),
+            Kind::Softmax.defaults(),
+            Kind::Mlp.defaults(),
+            Kind::Stacked.defaults(),
+            Kind::Cnn.defaults(),
+        );
+        let sizes = |h: &[usize]| h.iter().map(usize::to_string).collect::<Vec<_>>().join(",");
+        let name = |s: Solver| format!("{:?}", OptimizerChoice::of(s)).to_lowercase();
+        let rate = |s: Solver| s.learning_rate().unwrap();
+        assert_eq!(ae.weight_decay, softmax.weight_decay);
+        assert_eq!(ae.solver, softmax.solver);
+        let stated = [
+            format!("Default: {} (autoencoder), {} (mlp); softmax has none", sizes(ae.hidden), sizes(mlp.hidden)),
+            format!("Default: {:e} (autoencoder, softmax), {:e} (mlp)", ae.weight_decay, mlp.weight_decay),
+            format!("Default: {} (autoencoder), {} (stacked)", ae.sparsity.unwrap(), stacked.sparsity.unwrap()),
+            format!("Default: {} (autoencoder, softmax), {} (mlp)", name(ae.solver), name(mlp.solver)),
+            format!(
+                "Default: {} (autoencoder), {} (softmax), {} (mlp)",
+                ae.iterations, softmax.iterations, mlp.iterations
+            ),
+            format!("Default: {} (gd), {} (sgd), {} (adam)", rate(Solver::Gd), rate(Solver::Sgd), rate(Solver::Adam)),
+            format!("Default: auto ({} for cnn)", cnn.batch_size),
+        ];
+        for s in stated {
+            assert!(help.contains(&s), "`wgnn train --help` does not say `{s}`");
+        }
+        assert!(softmax.hidden.is_empty() && mlp.batch_size == wgnn::optim::Minibatch::DEFAULT_BATCH_SIZE);
+    }
+
     #[test]
     fn schedules_parse_with_their_defaults() {
         let parse_schedule = |text: &str| parse_schedule(text, 1e-4);

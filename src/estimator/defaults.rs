@@ -71,6 +71,7 @@ impl Solver {
 pub struct KindDefaults {
     /// Iterations (epochs for sgd and adam).
     pub iterations: usize,
+    /// The optimizer.
     pub solver: Solver,
     /// Minibatch size for sgd and adam (never more than the training examples).
     pub batch_size: usize,
@@ -262,6 +263,7 @@ pub fn weight_decay_of_alpha(alpha: f64, solver: Solver, batch_size: usize, trai
 /// Step "optimizer": the solver and its settings; `None` takes the solver's default.
 #[derive(Clone, Debug, PartialEq)]
 pub struct OptimizerSettings {
+    /// The optimizer.
     pub solver: Solver,
     /// Iterations (epochs for sgd and adam).
     pub iterations: usize,
@@ -273,10 +275,13 @@ pub struct OptimizerSettings {
     pub schedule: Schedule,
     /// sgd's momentum μ (0.9 by default; 0: plain SGD) and whether it is Nesterov's (true).
     pub momentum: Option<f64>,
+    /// sgd: Nesterov's momentum (true by default) or the heavy ball.
     pub nesterov: Option<bool>,
     /// Adam's β₁, β₂, ε ([`UpdateRule::ADAM`] by default).
     pub beta1: Option<f64>,
+    /// Adam's β₂ (0.999 by default).
     pub beta2: Option<f64>,
+    /// Adam's ε (1e-8 by default).
     pub adam_epsilon: Option<f64>,
     /// L-BFGS's history ([`Lbfgs::memory_for`] the parameters by default).
     pub lbfgs_memory: Option<usize>,
@@ -285,7 +290,9 @@ pub struct OptimizerSettings {
     /// Cost tolerance and the iterations without a decrease by it ([`Stop`]); evaluations
     /// allowed (scikit-learn's `tol`, `n_iter_no_change`, `max_fun`).
     pub tol: Option<f64>,
+    /// Iterations (epochs) without a decrease by `tol` before the run counts as converged.
     pub n_iter_no_change: Option<usize>,
+    /// Cost-and-gradient evaluations allowed (`None`: no limit).
     pub max_fun: Option<usize>,
 }
 
