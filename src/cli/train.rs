@@ -823,151 +823,8 @@ pub(super) fn run_job(mut args: TrainArgs, ranks: Option<&Ranks>) -> anyhow::Res
     }
 
     // Data.
-    if args.data.data.is_none() && args.kind != Kind::Autoencoder {
-        bail!(
-            "{} needs labelled data: give --data mnist:DIR (e.g. --data mnist:../shared/data/mnist)",
-            kind_name(args.kind)
-        );
-    }
-    let mut sequence_shape = None;
-    let (source, mut data) = if sequence_kind {
-        let (source, data, shape) = super::sequence::load_sequences(&args)?;
-        sequence_shape = Some(shape);
-        (source, data)
-    } else {
-        args.data.load(args.seed)?
-    };
-    let regression = data.targets.is_some();
-    if regression && args.kind != Kind::Mlp {
-        bail!("--targets (real-valued targets) go with `train mlp` (a regressor), not {}", kind_name(args.kind));
-    }
-    match (args.kind, args.output.as_deref().map(Output::parse).transpose()?) {
-        (Kind::Mlp, Some(Output::Softmax)) if regression => {
-            bail!("a regressor (--targets) needs a squared-error output: --output identity, sigmoid, tanh or relu")
-        }
-        (Kind::Softmax | Kind::Mlp | Kind::Stacked | Kind::Cnn | Kind::Lstm | Kind::Rnn, Some(o))
-            if !regression && o != Output::Softmax =>
-        {
-            bail!(
-                "--output {} needs real-valued targets: a classifier ends in softmax; give --targets for a regressor",
-                o.name()
-            )
-        }
-        _ => {}
-    }
-    // What test examples must bring: targets for a regressor, labels for a classifier (the
-    // training data's classes, matched by name: a test file numbers its own classes).
-    let (train_classes, train_k) = (data.classes.clone(), data.num_classes().unwrap_or(0));
-    let test_targets = |d: &Dataset, what: &str| -> anyhow::Result<TestTargets> {
-        Ok(if regression {
-            TestTargets::Values(d.targets.clone().with_context(|| format!("{what} has no targets"))?)
-        } else {
-            let labels = d.labels_for(train_classes.as_deref(), train_k).with_context(|| what.to_string())?;
-            TestTargets::Labels(labels.with_context(|| format!("{what} has no labels"))?)
-        })
-    };
-    let mut test_description = None;
-    let mut test = match (&args.test_data, args.test_fraction) {
-        (Some(t), _) => {
-            let mut test_args = args.data.clone();
-            test_args.data = Some(t.clone());
-            if t.starts_with("mnist:") {
-                test_args.split = Some("test".into());
-            }
-            match (&args.test_targets, args.data.targets.as_deref()) {
-                (Some(tt), _) => test_args.targets = Some(tt.clone()),
-                (None, Some(tt)) if !tt.trim_start().starts_with("columns:") => bail!(
-                    "--test-data needs its own targets: give --test-targets npy:FILE or csv:FILE (--targets {tt} belongs to --data)"
-                ),
-                _ => {}
-            }
-            let (_, d) = test_args.load(args.seed).context("--test-data")?;
-            test_description = Some(d.description.clone());
-            Some((test_targets(&d, "--test-data")?, d.x))
-        }
-        (None, Some(fraction)) => {
-            let (train, held_out) = data.split_test(fraction, args.seed).context("--test-fraction")?;
-            data = train;
-            test_description = Some(held_out.description.clone());
-            Some((test_targets(&held_out, "the data")?, held_out.x))
-        }
-        (None, None) => None,
-    }
-    .map(|(t, x)| (x, t));
-    if let Some((x, y)) = &test {
-        // Checked here, before any message or file, as well as by train() itself.
-        if x.ncols() != data.num_features() {
-            bail!(
-                "--test-data has {} values per example but --data has {}: give test data like the training data",
-                x.ncols(),
-                data.num_features()
-            );
-        }
-        if let (TestTargets::Values(t), Some(train_targets)) = (y, &data.targets)
-            && t.ncols() != train_targets.ncols()
-        {
-            bail!(
-                "the test targets have {} values per example but the training targets {}: give test targets of the same width",
-                t.ncols(),
-                train_targets.ncols()
-            );
-        }
-    }
-    if let Some(t) = test_description {
-        say(format!("test     {t}"));
-    }
-    say(format!("data     {}", data.description));
-    // The encoder with everything its own inputs went through (its whitening, its own
-    // encoder), stored whole in this model's preprocessing so the model needs no other folder.
-    let mut encoder_stored = serde_json::Value::Null;
-    if let Some(path) = &args.features_from {
-        let context = || format!("--features-from {}", path.display());
-        let file = super::model_file_for("--features-from", path)?;
-        let ck = Checkpoint::load(&file).with_context(context)?;
-        let encoder = wgnn::predict::Model::from_checkpoint(&ck).with_context(context)?;
-        let mut backends = |spec: &NetSpec| -> wgnn::Result<Box<dyn wgnn::Backend>> {
-            args.backend
-                .build_quietly(spec.clone(), super::Precision::F32)
-                .map(|(b, _)| b)
-                .map_err(|e| wgnn::Error::Data(format!("{e:#}")))
-        };
-        data.x = encoder.transform(&data.x, &mut backends).with_context(context)?;
-        if let Some((x, _)) = test.as_mut() {
-            *x = encoder.transform(x, &mut backends).with_context(context)?;
-        }
-        data.image_shape = None;
-        encoder_stored = wgnn::predict::encoder_json(&ck);
-        say(format!("features {} hidden activations of {}", data.num_features(), ck.spec.describe()));
-    }
-    let whitening = match args.whiten {
-        None => None,
-        Some(choice) => {
-            use wgnn::data::whiten::{Components, Whitening, WhiteningKind};
-            let kind = match choice {
-                WhitenChoice::Zca => WhiteningKind::Zca,
-                WhitenChoice::Pca => WhiteningKind::Pca,
-            };
-            let w = Whitening::fit(data.x.view(), kind, args.whiten_epsilon, Components::All).context("--whiten")?;
-            data.x = w.apply(data.x.view())?;
-            if let Some((x, _)) = test.as_mut() {
-                *x = w.apply(x.view())?;
-            }
-            say(format!("whitened {kind:?} with ε = {}", args.whiten_epsilon));
-            Some(w)
-        }
-    };
-    let preprocessing = serde_json::json!({
-        "source": source.to_string(),
-        "patch": args.data.patch,
-        "count": args.data.count.unwrap_or(10_000),
-        "features_from": args.features_from.as_ref().map(|p| p.display().to_string()),
-        "encoder": encoder_stored,
-        "whitening": whitening,
-        "targets": args.data.targets,
-        "test_fraction": args.test_fraction,
-        // The labels as the data wrote them, class by class (CSV, .npy): predict and eval use them.
-        "classes": if regression { None } else { data.classes.clone() },
-    });
+    let Loaded { data, sequence_shape, test, regression, whitening, preprocessing } =
+        load_data(&args, sequence_kind, &say)?;
     let n = data.num_features();
     if args.kind == Kind::Stacked {
         let test = test.map(|(x, t)| match t {
@@ -1110,6 +967,185 @@ pub(super) fn run_job(mut args: TrainArgs, ranks: Option<&Ranks>) -> anyhow::Res
     }
     let outcome = outcome?;
 
+    report(&args, &outcome, &reporter, &out_dir, epochs)
+}
+
+/// What step "data" leaves: the training examples (after the test split, `--features-from`
+/// and whitening), the test set, and what the model stores about them.
+struct Loaded {
+    data: Dataset,
+    sequence_shape: Option<wgnn::data::sequence::SequenceShape>,
+    test: Option<(ndarray::Array2<f32>, TestTargets)>,
+    regression: bool,
+    whitening: Option<wgnn::data::whiten::Whitening>,
+    preprocessing: serde_json::Value,
+}
+
+/// Step "data" of `wgnn train`: reads --data (and --test-data or --test-fraction), checks
+/// that the kind can learn from it, applies --features-from and --whiten to both sides.
+fn load_data(args: &TrainArgs, sequence_kind: bool, say: &dyn Fn(String)) -> anyhow::Result<Loaded> {
+    if args.data.data.is_none() && args.kind != Kind::Autoencoder {
+        bail!(
+            "{} needs labelled data: give --data mnist:DIR (e.g. --data mnist:../shared/data/mnist)",
+            kind_name(args.kind)
+        );
+    }
+    let mut sequence_shape = None;
+    let (source, mut data) = if sequence_kind {
+        let (source, data, shape) = super::sequence::load_sequences(args)?;
+        sequence_shape = Some(shape);
+        (source, data)
+    } else {
+        args.data.load(args.seed)?
+    };
+    let regression = data.targets.is_some();
+    if regression && args.kind != Kind::Mlp {
+        bail!("--targets (real-valued targets) go with `train mlp` (a regressor), not {}", kind_name(args.kind));
+    }
+    match (args.kind, args.output.as_deref().map(Output::parse).transpose()?) {
+        (Kind::Mlp, Some(Output::Softmax)) if regression => {
+            bail!("a regressor (--targets) needs a squared-error output: --output identity, sigmoid, tanh or relu")
+        }
+        (Kind::Softmax | Kind::Mlp | Kind::Stacked | Kind::Cnn | Kind::Lstm | Kind::Rnn, Some(o))
+            if !regression && o != Output::Softmax =>
+        {
+            bail!(
+                "--output {} needs real-valued targets: a classifier ends in softmax; give --targets for a regressor",
+                o.name()
+            )
+        }
+        _ => {}
+    }
+    // What test examples must bring: targets for a regressor, labels for a classifier (the
+    // training data's classes, matched by name: a test file numbers its own classes).
+    let (train_classes, train_k) = (data.classes.clone(), data.num_classes().unwrap_or(0));
+    let test_targets = |d: &Dataset, what: &str| -> anyhow::Result<TestTargets> {
+        Ok(if regression {
+            TestTargets::Values(d.targets.clone().with_context(|| format!("{what} has no targets"))?)
+        } else {
+            let labels = d.labels_for(train_classes.as_deref(), train_k).with_context(|| what.to_string())?;
+            TestTargets::Labels(labels.with_context(|| format!("{what} has no labels"))?)
+        })
+    };
+    let mut test_description = None;
+    let mut test = match (&args.test_data, args.test_fraction) {
+        (Some(t), _) => {
+            let mut test_args = args.data.clone();
+            test_args.data = Some(t.clone());
+            if t.starts_with("mnist:") {
+                test_args.split = Some("test".into());
+            }
+            match (&args.test_targets, args.data.targets.as_deref()) {
+                (Some(tt), _) => test_args.targets = Some(tt.clone()),
+                (None, Some(tt)) if !tt.trim_start().starts_with("columns:") => bail!(
+                    "--test-data needs its own targets: give --test-targets npy:FILE or csv:FILE (--targets {tt} belongs to --data)"
+                ),
+                _ => {}
+            }
+            let (_, d) = test_args.load(args.seed).context("--test-data")?;
+            test_description = Some(d.description.clone());
+            Some((test_targets(&d, "--test-data")?, d.x))
+        }
+        (None, Some(fraction)) => {
+            let (train, held_out) = data.split_test(fraction, args.seed).context("--test-fraction")?;
+            data = train;
+            test_description = Some(held_out.description.clone());
+            Some((test_targets(&held_out, "the data")?, held_out.x))
+        }
+        (None, None) => None,
+    }
+    .map(|(t, x)| (x, t));
+    if let Some((x, y)) = &test {
+        // Checked here, before any message or file, as well as by train() itself.
+        if x.ncols() != data.num_features() {
+            bail!(
+                "--test-data has {} values per example but --data has {}: give test data like the training data",
+                x.ncols(),
+                data.num_features()
+            );
+        }
+        if let (TestTargets::Values(t), Some(train_targets)) = (y, &data.targets)
+            && t.ncols() != train_targets.ncols()
+        {
+            bail!(
+                "the test targets have {} values per example but the training targets {}: give test targets of the same width",
+                t.ncols(),
+                train_targets.ncols()
+            );
+        }
+    }
+    if let Some(t) = test_description {
+        say(format!("test     {t}"));
+    }
+    say(format!("data     {}", data.description));
+    // The encoder with everything its own inputs went through (its whitening, its own
+    // encoder), stored whole in this model's preprocessing so the model needs no other folder.
+    let mut encoder_stored = serde_json::Value::Null;
+    if let Some(path) = &args.features_from {
+        let context = || format!("--features-from {}", path.display());
+        let file = super::model_file_for("--features-from", path)?;
+        let ck = Checkpoint::load(&file).with_context(context)?;
+        let encoder = wgnn::predict::Model::from_checkpoint(&ck).with_context(context)?;
+        let mut backends = |spec: &NetSpec| -> wgnn::Result<Box<dyn wgnn::Backend>> {
+            args.backend
+                .build_quietly(spec.clone(), super::Precision::F32)
+                .map(|(b, _)| b)
+                .map_err(|e| wgnn::Error::Data(format!("{e:#}")))
+        };
+        data.x = encoder.transform(&data.x, &mut backends).with_context(context)?;
+        if let Some((x, _)) = test.as_mut() {
+            *x = encoder.transform(x, &mut backends).with_context(context)?;
+        }
+        data.image_shape = None;
+        encoder_stored = wgnn::predict::encoder_json(&ck);
+        say(format!("features {} hidden activations of {}", data.num_features(), ck.spec.describe()));
+    }
+    let whitening = match args.whiten {
+        None => None,
+        Some(choice) => {
+            use wgnn::data::whiten::{Components, Whitening, WhiteningKind};
+            let kind = match choice {
+                WhitenChoice::Zca => WhiteningKind::Zca,
+                WhitenChoice::Pca => WhiteningKind::Pca,
+            };
+            let w = Whitening::fit(data.x.view(), kind, args.whiten_epsilon, Components::All).context("--whiten")?;
+            data.x = w.apply(data.x.view())?;
+            if let Some((x, _)) = test.as_mut() {
+                *x = w.apply(x.view())?;
+            }
+            say(format!("whitened {kind:?} with ε = {}", args.whiten_epsilon));
+            Some(w)
+        }
+    };
+    let preprocessing = serde_json::json!({
+        "source": source.to_string(),
+        "patch": args.data.patch,
+        "count": args.data.count.unwrap_or(10_000),
+        "features_from": args.features_from.as_ref().map(|p| p.display().to_string()),
+        "encoder": encoder_stored,
+        "whitening": whitening,
+        "targets": args.data.targets,
+        "test_fraction": args.test_fraction,
+        // The labels as the data wrote them, class by class (CSV, .npy): predict and eval use them.
+        "classes": if regression { None } else { data.classes.clone() },
+    });
+    Ok(Loaded { data, sequence_shape, test, regression, whitening, preprocessing })
+}
+
+/// Step "write" of `wgnn train` as the user sees it: what the run wrote and how it ended, in
+/// one line for an interrupted or diverged run (its exit code), the results on stdout otherwise.
+fn report(
+    args: &TrainArgs,
+    outcome: &wgnn::train::TrainOutcome,
+    reporter: &Reporter,
+    out_dir: &std::path::Path,
+    epochs: bool,
+) -> anyhow::Result<()> {
+    let say = |s: String| {
+        if !args.quiet {
+            eprintln!("{s}");
+        }
+    };
     let s = &outcome.summary;
     // Results go to stdout (`wgnn train > log.txt` keeps them); progress stays on stderr.
     let result = |s: String| {
