@@ -289,3 +289,53 @@ fn bad_input_is_one_line_of_err() {
     one_line(model.predict(&nan).unwrap_err(), "NaN");
     one_line(model.score(&x, &y[..10]).unwrap_err(), "40 examples but 10 labels");
 }
+
+/// train() with its run folder and train_in_memory() are the same steps: the same job gives
+/// the same θ, cost and iterations bit for bit (full batch and minibatch with early stopping;
+/// on the CPU and on the GPU).
+#[test]
+fn training_in_memory_gives_the_bits_a_run_folder_holds() {
+    use std::sync::atomic::AtomicBool;
+    use wgnn::estimator::{DenseSettings, Kind};
+    use wgnn::estimator::{OptimizerSettings, Precision, build_backend};
+    use wgnn::train::{TrainJob, train, train_in_memory};
+    let dir = tempfile::tempdir().unwrap();
+    let (x, y) = blobs(90, 3, 18);
+    let xa = mixtures(40, 19);
+    let mut choices = vec![BackendChoice::Cpu];
+    if !gpu_skipped() {
+        choices.push(BackendChoice::Gpu);
+    }
+    for (i, backend) in choices.into_iter().enumerate() {
+        for (j, kind) in [Kind::Autoencoder, Kind::Mlp].into_iter().enumerate() {
+            let (inputs, outputs) = if kind == Kind::Mlp { (2, 3) } else { (16, 16) };
+            let dense = DenseSettings { hidden: Some(vec![5]), ..DenseSettings::default() };
+            let spec = kind.dense_spec(inputs, outputs, false, &dense).unwrap();
+            let settings = OptimizerSettings { iterations: 6, batch_size: 16, ..OptimizerSettings::of(kind) };
+            let method = settings.method(100).unwrap();
+            let job = |out: &Path| TrainJob {
+                stop: settings.stop(&method),
+                seed: 4,
+                validation_fraction: if kind == Kind::Mlp { 0.2 } else { 0.0 },
+                patience: (kind == Kind::Mlp).then_some(2),
+                ..TrainJob::new(spec.clone(), method.clone(), 6, out)
+            };
+            let run = |folder: Option<&Path>| {
+                let (mut b, _) = build_backend(backend, spec.clone(), Precision::F32, &Default::default()).unwrap();
+                let targets = if kind == Kind::Mlp { wgnn::Targets::Labels(&y) } else { wgnn::Targets::Inputs };
+                let data = if kind == Kind::Mlp { &x } else { &xa };
+                let stop = AtomicBool::new(false);
+                match folder {
+                    Some(out) => train(job(out), b.as_mut(), data, targets, &mut |_| {}, &stop).unwrap(),
+                    None => train_in_memory(job(Path::new("")), b.as_mut(), data, targets, &mut |_| {}, &stop).unwrap(),
+                }
+            };
+            let out = dir.path().join(format!("{i}-{j}"));
+            let (written, in_memory) = (run(Some(&out)), run(None));
+            assert!(out.join("model.safetensors").is_file() && in_memory.files.is_empty());
+            assert_eq!(written.theta, in_memory.theta, "{kind:?} on {backend:?}");
+            assert_eq!(written.final_cost.to_bits(), in_memory.final_cost.to_bits());
+            assert_eq!(written.summary.iterations, in_memory.summary.iterations);
+        }
+    }
+}
