@@ -28,10 +28,8 @@ fn run() -> Result<()> {
         Mlp::classifier(&[1024, 512]).weight_decay(1e-4).schedule(schedule).validation(0.1).patience(5).epochs(30);
     let progress = &mut |p: &wgnn::optim::Progress<'_>| {
         if let Some(r) = p.record {
-            eprintln!(
-                "  epoch {:>3}  mean J = {:.6}  validation error {:?}  {:.1} s",
-                r.iteration, r.cost, r.validation, r.seconds
-            );
+            let validation = r.validation.map_or(String::new(), |v| format!("  validation error {v:.4}"));
+            eprintln!("  epoch {:>3}  mean J = {:.6}{validation}  {:.1} s", r.iteration, r.cost, r.seconds);
         }
     };
     let model = estimator.fit_with(&train.x, &labels, progress, &AtomicBool::new(false))?;
