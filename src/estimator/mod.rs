@@ -319,7 +319,7 @@ impl<T> Estimator<T> {
                 input.len()
             )));
         }
-        let parsed = parse_net(self.net.as_deref().unwrap_or(LENET))?;
+        let parsed = parse_net(self.net.as_deref().or(self.kind.defaults().net).unwrap_or(LENET))?;
         if parsed.output != Output::Softmax {
             return Err(Error::Data(format!("the net ends in {}: a classifier ends in softmax", parsed.output.name())));
         }
