@@ -146,7 +146,8 @@ pub fn run(args: PredictArgs) -> anyhow::Result<()> {
             Task::MultiLabel { labels } => {
                 let p = model.predict(&data.x, &mut backends)?;
                 let decided = wgnn::predict::decide(p.view());
-                what = format!("{labels} label probabilities and 0/1 decisions at p ≥ 0.5");
+                let (noun, each) = if labels == 1 { ("label", "its") } else { ("labels", "their") };
+                what = format!("the probabilities of {labels} {noun} and {each} 0/1 decisions at p ≥ 0.5");
                 let p = p.mapv(|v| v as f32);
                 match format {
                     Format::Npy => {
