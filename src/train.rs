@@ -544,6 +544,10 @@ fn targets<'a>(spec: &NetSpec, y: Targets<'a>) -> Result<Targets<'a>> {
         (Output::Softmax, _) => Err(Error::Data("a softmax network needs labelled data".into())),
         (Output::SquaredError(_), Targets::Values(v)) => Ok(Targets::Values(v)),
         (Output::SquaredError(_), _) => Ok(Targets::Inputs),
+        (Output::SigmoidBce, Targets::Values(v)) => Ok(Targets::Values(v)),
+        (Output::SigmoidBce, _) => {
+            Err(Error::Data("a sigmoid-bce output needs 0/1 targets, one column per label: give --targets".into()))
+        }
     }
 }
 
@@ -638,6 +642,12 @@ fn check_test_set(spec: &NetSpec, x: &Array2<f32>, y: &TestTargets) -> Result<()
             spec.outputs()
         ))),
         (Output::SquaredError(_), TestTargets::Values(_)) => Ok(()),
+        (Output::SigmoidBce, TestTargets::Values(v)) if v.ncols() != spec.outputs() => Err(Error::Shape(format!(
+            "the test targets have {} labels per example but the network {}: give test targets of the same width",
+            v.ncols(),
+            spec.outputs()
+        ))),
+        (Output::SigmoidBce, TestTargets::Values(v)) => crate::cpu::check_zero_one(&v.view().into()),
         _ => Err(Error::Data(format!(
             "the test set's targets do not suit {}: labels go with a softmax output, real values with a squared-error one",
             spec.describe()
@@ -987,11 +997,23 @@ fn measure(job: &TrainJob, backend: &mut dyn Backend, data: &TrainingData, theta
         }
         _ => None,
     };
+    // Sigmoid-BCE: subset (exact-match) accuracy in place of R² ([`crate::predict::multilabel_scores`]).
+    let bce = spec.output == Output::SigmoidBce;
+    let subset_accuracy = |backend: &mut dyn Backend, x: &Array2<f32>, y: &Array2<f32>| -> Result<f64> {
+        let p = backend.predict(theta, x.into())?;
+        Ok(crate::predict::multilabel_scores(p.view(), y.view())?.subset_accuracy)
+    };
+    let train_accuracy = match (&data.y_train, bce) {
+        (RowTargets::Values(v), true) => Some(subset_accuracy(backend, &data.x_train, v)?),
+        _ => train_accuracy,
+    };
     let train_r2 = match &data.y_train {
+        RowTargets::Values(_) if bce => None,
         RowTargets::Values(v) => Some(r2_of(backend, theta, &data.x_train, v)?),
         _ => None,
     };
     let (test_accuracy, r2) = match &job.test_set {
+        Some((x_test, TestTargets::Values(v))) if bce => (Some(subset_accuracy(backend, x_test, v)?), None),
         Some((x_test, TestTargets::Labels(l))) if spec.output == Output::Softmax => {
             (Some(accuracy(&backend.classify(theta, x_test.into())?, l)), None)
         }

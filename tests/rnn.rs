@@ -57,6 +57,7 @@ impl Problem {
         match spec.output {
             Output::Softmax => TargetView::Labels(&self.labels),
             Output::SquaredError(_) => TargetView::Values(self.values.view()),
+            Output::SigmoidBce => unreachable!("no sigmoid-bce case here (tests/bce.rs)"),
         }
     }
 
@@ -64,6 +65,7 @@ impl Problem {
         let targets = match spec.output {
             Output::Softmax => Targets::Labels(&self.labels),
             Output::SquaredError(_) => Targets::Values((&self.values).into()),
+            Output::SigmoidBce => unreachable!("no sigmoid-bce case here (tests/bce.rs)"),
         };
         backend.set_data((&self.x).into(), targets).expect("the problem fits its network");
     }
@@ -408,6 +410,7 @@ fn recurrent_networks_match_pytorch() {
             Output::SquaredError(_) => {
                 (Vec::new(), Some(fixture(case, "targets.npy").into_dimensionality::<ndarray::Ix2>().unwrap()))
             }
+            Output::SigmoidBce => unreachable!("no sigmoid-bce fixture (tests/bce.rs)"),
         };
         let y = match &targets {
             Some(t) => TargetView::Values(t.view()),

@@ -219,8 +219,8 @@ pub struct NetArgs {
     /// identity. One name for every hidden layer, or a comma-separated list, one per hidden layer.
     #[arg(long, value_delimiter = ',', default_value = "sigmoid")]
     pub activation: Vec<String>,
-    /// Output layer: an activation name (squared-error loss) or softmax (cross-entropy loss
-    /// on class labels).
+    /// Output layer: an activation name (squared-error loss), softmax (cross-entropy loss
+    /// on class labels) or sigmoid-bce (binary cross-entropy on 0/1 targets).
     #[arg(long, default_value = "sigmoid")]
     pub output: String,
     /// L2 weight decay λ on the weights (never the biases).
@@ -440,6 +440,7 @@ pub struct DataArgs {
     /// npy:FILE (a float matrix, rows × outputs, or a vector), csv:FILE (numbers only), or
     /// columns:SPEC — columns of the --data file itself, counted from 1 as in the file, e.g.
     /// columns:33-64; they are taken out of the inputs (a CSV's label column is dropped).
+    /// With --output sigmoid-bce: the 0/1 targets, one column per label (multi-label).
     #[arg(long)]
     pub targets: Option<String>,
     /// Read images as sequences for `train lstm|rnn`: rows (an h × w image is h steps of w

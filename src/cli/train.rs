@@ -124,7 +124,11 @@ pub struct TrainArgs {
     pub activation: Option<String>,
     /// Output activation, with the squared-error loss: for an autoencoder (default sigmoid)
     /// and an mlp regressor, i.e. with --targets (default identity; sigmoid, tanh, relu, …).
-    /// Classifiers end in softmax.
+    /// Classifiers end in softmax. `sigmoid-bce` (mlp): k sigmoid outputs with the binary
+    /// cross-entropy (PyTorch's BCEWithLogitsLoss; scikit-learn's MLPClassifier on multi-label
+    /// targets): --targets gives the 0/1 matrix, one column per label (multi-label), or
+    /// --label-column/--labels 0/1 labels (binary); predict writes each label's probability and
+    /// its 0/1 decision at 0.5, eval the exact-match accuracy and Hamming loss.
     #[arg(long)]
     pub output: Option<String>,
     /// L2 weight decay λ: the cost J gets + (λ/2)·‖W‖² (weights only, not biases) beside the
@@ -998,6 +1002,16 @@ fn load_data(args: &TrainArgs, sequence_kind: bool, say: &dyn Fn(String)) -> any
     } else {
         args.data.load(args.seed)?
     };
+    // A sigmoid output with the binary cross-entropy learns 0/1 targets (multi-label), or 0/1
+    // labels as one target column (binary).
+    let bce = args.output.as_deref().map(Output::parse).transpose()?.is_some_and(|o| o == Output::SigmoidBce);
+    if bce {
+        if args.kind != Kind::Mlp {
+            bail!("--output sigmoid-bce goes with `train mlp`, not {}", kind_name(args.kind));
+        }
+        data.targets = Some(data.zero_one_targets().context("--output sigmoid-bce")?);
+        (data.labels, data.classes) = (None, None);
+    }
     let regression = data.targets.is_some();
     if regression && args.kind != Kind::Mlp {
         bail!("--targets (real-valued targets) go with `train mlp` (a regressor), not {}", kind_name(args.kind));
@@ -1020,7 +1034,9 @@ fn load_data(args: &TrainArgs, sequence_kind: bool, say: &dyn Fn(String)) -> any
     // training data's classes, matched by name: a test file numbers its own classes).
     let (train_classes, train_k) = (data.classes.clone(), data.num_classes().unwrap_or(0));
     let test_targets = |d: &Dataset, what: &str| -> anyhow::Result<TestTargets> {
-        Ok(if regression {
+        Ok(if bce {
+            TestTargets::Values(d.zero_one_targets().with_context(|| what.to_string())?)
+        } else if regression {
             TestTargets::Values(d.targets.clone().with_context(|| format!("{what} has no targets"))?)
         } else {
             let labels = d.labels_for(train_classes.as_deref(), train_k).with_context(|| what.to_string())?;

@@ -540,7 +540,7 @@ impl GpuBackend {
         let col_partials = storage(device, "column partials", rows_max.div_ceil(BLOCK_ROWS as usize) * widest_hidden);
         let per_seg_loss = |rows: usize| match spec.output {
             Output::Softmax => rows,
-            Output::SquaredError(_) => rows.div_ceil(16) * spec.outputs().div_ceil(16),
+            Output::SquaredError(_) | Output::SigmoidBce => rows.div_ceil(16) * spec.outputs().div_ceil(16),
         };
         let loss_partials = storage(device, "loss partials", per_seg_loss(rows_max));
         let hidden1 = spec.layers.get(1).copied().unwrap_or(1);
@@ -691,6 +691,12 @@ impl GpuBackend {
                         p,
                         groups,
                     ));
+                    &deltas[0]
+                }
+                Output::SigmoidBce => {
+                    let y = chunk.y.as_ref().expect("sigmoid-BCE data has 0/1 targets");
+                    let y = (y, seg.row * outputs);
+                    ops.push(self.bce_loss_op(out, y, seg.rows, &deltas[0], &loss_partials, want_grad)?);
                     &deltas[0]
                 }
                 Output::Softmax => {
@@ -936,7 +942,7 @@ impl GpuBackend {
     fn cost_terms(&self, scalars: &[f32], examples: usize) -> Cost {
         let m = examples as f64;
         let data = match self.spec.output {
-            Output::Softmax => scalars[0] as f64 / m,
+            Output::Softmax | Output::SigmoidBce => scalars[0] as f64 / m,
             Output::SquaredError(_) => 0.5 * scalars[0] as f64 / m,
         };
         let sparsity = if self.spec.sparsity.is_some() { scalars[2] as f64 } else { 0.0 };
@@ -1142,6 +1148,9 @@ impl GpuBackend {
         if spec.output == Output::Softmax {
             let p = SmallParams { rows: u(rows)?, cols: u(spec.outputs())?, flag: 0, ..Default::default() };
             ops.push(k.small(device, Small::Softmax, None, None, acts.last(), None, p, [u(rows.div_ceil(64))?, 1, 1]));
+        }
+        if spec.output == Output::SigmoidBce {
+            ops.push(self.sigmoid_in_place_op(acts.last().expect("a network has an output layer"), rows)?);
         }
         let total: usize = spec.layers[1..].iter().map(|w| w * rows).sum();
         let staging = staging(device, "activations readback", total);

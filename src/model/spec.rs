@@ -92,22 +92,44 @@ pub enum Output {
     SquaredError(Activation),
     /// Softmax with the cross-entropy loss; targets are class labels 0..k.
     Softmax,
+    /// k independent sigmoid outputs a = σ(z) with the binary cross-entropy
+    /// J = −(1/m) Σᵢ Σⱼ [y log a + (1 − y) log(1 − a)] (PyTorch's `BCEWithLogitsLoss`; the
+    /// logistic output scikit-learn's `MLPClassifier` uses for multi-label targets). Targets
+    /// are an m × k matrix of 0s and 1s (k = 1: binary classification). δ = a − y; the cost is
+    /// computed from z as max(z, 0) − z·y + log(1 + e^{−|z|}) (MATH.md, "Numerically safe
+    /// forms"), never from a rounded a. JSON name `sigmoid_bce`.
+    SigmoidBce,
 }
 
 impl Output {
-    /// Parses `softmax` or any activation name (squared-error loss).
+    /// Parses `softmax`, `sigmoid-bce` (also `sigmoid_bce`, `bce`: [`Output::SigmoidBce`]) or
+    /// any activation name (squared-error loss).
     pub fn parse(name: &str) -> Result<Output, SpecError> {
-        if name.trim().eq_ignore_ascii_case("softmax") {
+        let lower = name.trim().to_ascii_lowercase().replace('_', "-");
+        if lower == "softmax" {
             Ok(Output::Softmax)
+        } else if matches!(lower.as_str(), "sigmoid-bce" | "bce") {
+            Ok(Output::SigmoidBce)
         } else {
             Activation::parse(name).map(Output::SquaredError)
         }
     }
 
+    /// The name [`Output::parse`] reads back: an activation's name, `softmax` or `sigmoid-bce`.
     pub fn name(&self) -> String {
         match self {
             Output::SquaredError(a) => a.name(),
             Output::Softmax => "softmax".into(),
+            Output::SigmoidBce => "sigmoid-bce".into(),
+        }
+    }
+
+    /// The loss, for people: `squared error`, `cross-entropy` or `binary cross-entropy`.
+    pub fn loss_name(&self) -> &'static str {
+        match self {
+            Output::SquaredError(_) => "squared error",
+            Output::Softmax => "cross-entropy",
+            Output::SigmoidBce => "binary cross-entropy",
         }
     }
 }
@@ -242,14 +264,15 @@ impl NetSpec {
     }
 
     /// The activation applied after weight layer `l` (0-based), hidden or output.
-    /// For a softmax output this returns `None` for the last layer.
+    /// For a softmax or sigmoid-BCE output this returns `None` for the last layer: the loss
+    /// reads the logits z there ([`Output::SigmoidBce`]'s a = σ(z) is formed beside them).
     pub fn activation_after(&self, l: usize) -> Option<Activation> {
         if l + 1 < self.num_weight_layers() {
             Some(self.hidden_activations[l])
         } else {
             match self.output {
                 Output::SquaredError(a) => Some(a),
-                Output::Softmax => None,
+                Output::Softmax | Output::SigmoidBce => None,
             }
         }
     }
@@ -319,7 +342,7 @@ impl NetSpec {
             Output::Softmax if self.outputs() < 2 => {
                 return Err(SpecError::new("a softmax output needs at least 2 classes"));
             }
-            Output::Softmax => {}
+            Output::Softmax | Output::SigmoidBce => {}
         }
         if !(self.weight_decay.is_finite() && self.weight_decay >= 0.0) {
             return Err(SpecError::new(format!("weight decay λ = {} must be a finite number ≥ 0", self.weight_decay)));
@@ -354,16 +377,14 @@ impl NetSpec {
             let loss = match self.output {
                 Output::Softmax => format!("softmax {} (cross-entropy)", self.outputs()),
                 Output::SquaredError(a) => format!("{} {} (squared error)", a.name(), self.outputs()),
+                Output::SigmoidBce => format!("sigmoid {} (binary cross-entropy)", self.outputs()),
             };
             return format!("{} → {}, {loss}, λ={}", stack.input.describe(), stack.describe(), self.weight_decay);
         }
         let sizes: Vec<String> = self.layers.iter().map(|s| s.to_string()).collect();
         let mut acts: Vec<String> = self.hidden_activations.iter().map(|a| a.name()).collect();
         acts.push(self.output.name());
-        let loss = match self.output {
-            Output::Softmax => "cross-entropy",
-            Output::SquaredError(_) => "squared error",
-        };
+        let loss = self.output.loss_name();
         let mut s = format!("{} {} ({loss}), λ={}", sizes.join("-"), acts.join("→"), self.weight_decay);
         if let Some(sp) = self.sparsity {
             s.push_str(&format!(", ρ={} β={}", sp.target, sp.weight));

@@ -210,7 +210,7 @@ impl GpuBackend {
         let conv_partials = storage(device, "conv2d ∇W partials", conv_partials_len);
         let per_seg_loss = |rows: usize| match spec.output {
             Output::Softmax => rows,
-            Output::SquaredError(_) => rows.div_ceil(16) * outputs.div_ceil(16),
+            Output::SquaredError(_) | Output::SigmoidBce => rows.div_ceil(16) * outputs.div_ceil(16),
         };
         let loss_partials = storage(device, "loss partials", per_seg_loss(rows_max));
 
@@ -278,6 +278,18 @@ impl GpuBackend {
                     let groups = [u(outputs.div_ceil(16))?, u(rows.div_ceil(16))?, 1];
                     let (dst, dst2) = (Some(&deltas[0]), Some(&loss_partials));
                     ops.push(k.small(device, Small::SquaredError, Some(&out), Some(y), dst, dst2, p, groups));
+                    &deltas[0]
+                }
+                Output::SigmoidBce => {
+                    let y = chunk.y.as_ref().expect("sigmoid-BCE data has 0/1 targets");
+                    ops.push(self.bce_loss_op(
+                        &out,
+                        (y, seg.row * outputs),
+                        rows,
+                        &deltas[0],
+                        &loss_partials,
+                        want_grad,
+                    )?);
                     &deltas[0]
                 }
                 Output::Softmax => {
@@ -449,6 +461,9 @@ impl GpuBackend {
             };
             let groups = [u32_of(rows.div_ceil(64), "rows")?, 1, 1];
             ops.push(self.kernels.small(device, Small::Softmax, None, None, Some(&out), None, p, groups));
+        }
+        if spec.output == Output::SigmoidBce {
+            ops.push(self.sigmoid_in_place_op(&out, rows)?);
         }
         let widths: Vec<usize> = layers.widths.iter().copied().chain([spec.outputs()]).collect();
         let sources: Vec<&wgpu::Buffer> = bufs.iter().map(|b| &b.a).chain([&out]).collect();
