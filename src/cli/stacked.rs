@@ -21,6 +21,7 @@ pub fn run(
     folder: RunFolder,
     preprocessing: serde_json::Value,
     interrupt: &AtomicBool,
+    ranks: Option<&super::ranks::Ranks>,
 ) -> anyhow::Result<()> {
     let labels = data.labels.as_deref().context("a stacked autoencoder ends in a softmax: it needs labelled data")?;
     let defaults = StackedConfig::default();
@@ -38,10 +39,13 @@ pub fn run(
         ..defaults
     };
     let mut backend = |spec: &wgnn::model::NetSpec| -> wgnn::Result<Box<dyn wgnn::Backend>> {
-        args.backend
-            .build_quietly(spec.clone(), super::Precision::F32)
-            .map(|(b, _)| b)
-            .map_err(|e| wgnn::Error::Data(format!("{e:#}")))
+        match ranks {
+            // Over MPI: each stage's backend sums over the ranks (every stage is full batch).
+            Some(r) => r.backend(&args.backend, spec),
+            None => args.backend.build_quietly(spec.clone(), super::Precision::F32),
+        }
+        .map(|(b, _)| b)
+        .map_err(|e| wgnn::Error::Data(format!("{e:#}")))
     };
     let mut report = |event: StageEvent<'_>| {
         if args.quiet {

@@ -645,13 +645,13 @@ pub fn sparsity(rho: f64, weight: f64) -> Option<Sparsity> {
 }
 
 pub fn run(args: TrainArgs) -> anyhow::Result<()> {
-    if args.compare_sparsity {
-        return compare_sparsity(args);
-    }
     // Started by mpirun/srun in a build with `--features mpi`: one rank of a data-parallel job.
     #[cfg(feature = "mpi")]
     if wgnn::dist::mpi::launched() {
         return super::ranks::run_on_ranks(args);
+    }
+    if args.compare_sparsity {
+        return compare_sparsity(args);
     }
     run_job(args, None)
 }
@@ -665,8 +665,8 @@ pub(super) fn run_job(mut args: TrainArgs, ranks: Option<&Ranks>) -> anyhow::Res
         args = restore_job(args, &dir)?;
     }
     let job_fingerprint = wgnn::dist::fingerprint_of(&serde_json::to_string(&stored_form(&args))?);
-    if ranks.is_some() && args.kind == Kind::Stacked {
-        bail!("train stacked does not run over MPI yet: run it as one process (without mpirun)");
+    if ranks.is_some() && args.kind == Kind::Stacked && args.resume.is_some() {
+        bail!("train stacked --resume does not run over MPI: resume the pipeline as one process (without mpirun)");
     }
     if ranks.is_some_and(|r| r.rank() > 0) {
         args.quiet = true;
@@ -688,6 +688,9 @@ pub(super) fn run_job(mut args: TrainArgs, ranks: Option<&Ranks>) -> anyhow::Res
             flag
         })
         .clone();
+    // Over MPI every rank stops at the same evaluation (a Ctrl-C reaches them at different
+    // moments): the flag training watches is the one the ranks agree on.
+    let (raw_interrupt, interrupt) = (interrupt.clone(), ranks.map_or(interrupt.clone(), |r| r.interrupt(&interrupt)));
     check_flags(&args)?;
     // The run folder is taken first: a busy or unwritable one is refused before any work.
     let folder = match ranks {
@@ -696,13 +699,7 @@ pub(super) fn run_job(mut args: TrainArgs, ranks: Option<&Ranks>) -> anyhow::Res
     };
     let sequence_kind = matches!(args.kind, Kind::Lstm | Kind::Rnn);
     if sequence_kind && let Some(path) = super::sequence::text_file(args.data.data.as_deref()) {
-        if ranks.is_some() {
-            bail!(
-                "character models do not train over MPI yet: run `wgnn train {}` as one process (without mpirun)",
-                kind_name(args.kind)
-            );
-        }
-        return super::sequence::train_text(&args, &path, folder, &interrupt);
+        return super::sequence::train_text(&args, &path, folder, &raw_interrupt, ranks, job_fingerprint);
     }
     let out_dir = folder.path().to_path_buf();
     // Files named on the command line are read first, so a typo fails before any work.
@@ -744,9 +741,15 @@ pub(super) fn run_job(mut args: TrainArgs, ranks: Option<&Ranks>) -> anyhow::Res
         let (source, data, shape) = super::sequence::load_sequences(&args)?;
         sequence_shape = Some(shape);
         (source, data)
+    } else if let Some(loaded) = ranks.map(|r| r.load_shard(&args)).transpose()?.flatten() {
+        // Over MPI, where the format allows: this rank's rows alone, read by offset.
+        loaded
     } else {
         args.data.load(args.seed)?
     };
+    if let Some(r) = ranks {
+        r.read_whole(data.x.nrows());
+    }
     let regression = data.targets.is_some();
     if regression && args.kind != Kind::Mlp {
         bail!("--targets (real-valued targets) go with `train mlp` (a regressor), not {}", kind_name(args.kind));
@@ -890,7 +893,14 @@ pub(super) fn run_job(mut args: TrainArgs, ranks: Option<&Ranks>) -> anyhow::Res
                     std::fs::remove_dir_all(out_dir.join(stage)).or_else(|_| std::fs::remove_file(out_dir.join(stage)));
             }
         }
-        return super::stacked::run(&args, &data, test, folder, preprocessing, &interrupt);
+        if let Some(r) = ranks {
+            r.start(job_fingerprint)?;
+        }
+        let result = super::stacked::run(&args, &data, test, folder, preprocessing, &interrupt, ranks);
+        if let (Some(r), Err(_)) = (ranks, &result) {
+            r.training_failed.set(true);
+        }
+        return result;
     }
 
     // Network.
@@ -1010,11 +1020,8 @@ pub(super) fn run_job(mut args: TrainArgs, ranks: Option<&Ranks>) -> anyhow::Res
 
     let (mut backend, note) = match ranks {
         None => args.backend.build_quietly(spec.clone(), super::Precision::F32)?,
-        Some(r) => r.backend(&args.backend, &spec, &interrupt)?,
+        Some(r) => r.backend(&args.backend, &spec)?,
     };
-    // Over MPI every rank stops at the same evaluation (a Ctrl-C reaches them at different
-    // moments): the flag train() watches is the one the ranks agree on.
-    let interrupt = ranks.map_or(interrupt, |r| r.agreed_interrupt());
     if let Some(note) = note {
         say(format!("note: {note}"));
     }
@@ -1079,11 +1086,13 @@ pub(super) fn run_job(mut args: TrainArgs, ranks: Option<&Ranks>) -> anyhow::Res
     earlier.iter().for_each(|r| reporter.note(r));
     let y = match (&data.targets, &data.labels) {
         (Some(t), _) => Targets::Values(t.into()),
-        (None, Some(l)) => Targets::Labels(l),
+        // This rank's labels when it read its shard alone.
+        (None, Some(l)) => Targets::Labels(ranks.map_or(&l[..], |r| r.shard_labels(l))),
         (None, None) => Targets::Inputs,
     };
     if let Some(r) = ranks {
         r.start(job_fingerprint)?;
+        r.announce(&backend.name(), args.quiet)?;
     }
     // The examples are handed over, not lent: the run holds the only copy of them.
     let outcome = train(job, backend.as_mut(), data.x, y, &mut |p| reporter.update(p), &interrupt);
@@ -1092,6 +1101,9 @@ pub(super) fn run_job(mut args: TrainArgs, ranks: Option<&Ranks>) -> anyhow::Res
         r.training_failed.set(true);
     }
     let outcome = outcome?;
+    if let Some(r) = ranks {
+        r.write_report(&out_dir)?;
+    }
 
     let s = &outcome.summary;
     // Results go to stdout (`wgnn train > log.txt` keeps them); progress stays on stderr.
