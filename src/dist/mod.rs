@@ -206,6 +206,7 @@ impl Collective for Solo {
 /// A rank's own backend, as [`DistBackend`] drives it: any [`Backend`], plus the two steps of
 /// KL sparsity across shards, which the CPU backend offers.
 pub trait ShardBackend {
+    /// The backend itself, for the evaluations every backend answers.
     fn backend(&mut self) -> &mut dyn Backend;
     /// Whether [`ShardBackend::sparsity_sums`] and [`ShardBackend::set_sparsity_means`] work.
     fn shares_sparsity(&self) -> bool {
@@ -669,8 +670,9 @@ impl Backend for DistBackend {
         &self.spec
     }
 
-    /// Keeps this rank's rows ([`shard_rows`]) of `x` (all the examples, the same on every
-    /// rank) and checks, with every rank, that all have the same number of examples and
+    /// After [`DistBackend::expect_shard`]: `x` is this rank's shard alone, checked as
+    /// [`DistBackend::set_shard`] checks. Otherwise: keeps this rank's rows ([`shard_rows`])
+    /// of `x` (all the examples, the same on every rank) and checks, with every rank, that all have the same number of examples and
     /// values per example, the same network, and the same values in the first and last row
     /// of every shard (and their targets). Collective. Errors: a rank's data or network
     /// differs (naming the rank and what), fewer examples than ranks, or a rank's backend
