@@ -847,11 +847,12 @@ impl TrainingData {
         };
         backend.set_data((&x_train).into(), y_train.view())?;
         Ok(TrainingData {
+            // All examples trained on, when this process holds one shard of them (data-parallel).
+            train_examples: backend.num_examples(),
             x_train,
             y_train,
             x_val,
             y_val,
-            train_examples: train_rows.len(),
             validation_examples: val_rows.len(),
         })
     }
@@ -993,7 +994,10 @@ fn measure(job: &TrainJob, backend: &mut dyn Backend, data: &TrainingData, theta
     let spec = &job.spec;
     let train_accuracy = match (&data.y_train, spec.output) {
         (RowTargets::Labels(l), Output::Softmax) => {
-            Some(accuracy(&backend.classify(theta, (&data.x_train).into())?, l))
+            // Over all examples, when this process holds one shard of them (data-parallel).
+            let local = accuracy(&backend.classify(theta, (&data.x_train).into())?, l);
+            let tally = backend.sum_over_shards(&[local * l.len() as f64, l.len() as f64])?;
+            Some(if tally[1] > 0.0 { tally[0] / tally[1] } else { local })
         }
         _ => None,
     };
@@ -1340,15 +1344,32 @@ pub mod char_model {
     /// Bits per character of θ on the character ids `ids` (MATH.md: cost / ln 2), in
     /// consecutive windows of T from a zero state each. Refused: a text shorter than T + 1.
     pub fn bits_per_character<F: Real>(net: &Recurrent, theta: &[F], ids: &[u32]) -> Result<HeldOut> {
+        bits_per_character_on_ranks(net, theta, ids, &crate::dist::Solo)
+    }
+
+    /// [`bits_per_character`] with the windows shared by the ranks of `comm` (consecutive
+    /// blocks, [`crate::dist::shard_rows`]), their nats summed in rank order. Collective.
+    pub fn bits_per_character_on_ranks<F: Real>(
+        net: &Recurrent,
+        theta: &[F],
+        ids: &[u32],
+        comm: &dyn crate::dist::Collective,
+    ) -> Result<HeldOut> {
         let steps = net.steps();
         let vocab = net.spec.outputs();
         let starts = text::eval_starts(ids.len(), steps, "the held-out text")?;
+        let mine = crate::dist::shard_rows(starts.len(), comm.size(), comm.rank());
         let mut nats = 0.0;
-        for chunk in starts.chunks(EVAL_CHUNK) {
+        for chunk in starts[mine].chunks(EVAL_CHUNK) {
             let (x, next) = text::one_hot_windows(ids, chunk, steps, vocab)?;
             let x = x.mapv(F::of_f32);
             let (cost, _) = net.cost_and_grad(theta, x.view(), TargetView::Labels(&next), None, None)?;
             nats += cost.data * chunk.len() as f64;
+        }
+        if comm.size() > 1 {
+            let mut total = [0.0];
+            comm.sum_in_rank_order(&[nats], &mut total)?;
+            nats = total[0];
         }
         let windows = starts.len();
         let scored = windows * steps;
@@ -1391,6 +1412,37 @@ pub mod char_model {
         job: &Job,
         on_step: &mut dyn FnMut(&Step) -> Control,
     ) -> Result<(usize, Option<HeldOut>)> {
+        train_on_ranks::<F>(net, theta, train, held_out, job, &crate::dist::Solo, on_step)
+    }
+
+    /// [`train`] as one rank of a data-parallel job (DESIGN.md, "Wave 2: beyond one
+    /// machine"): every rank holds the whole text and θ; the streams of each minibatch are
+    /// shared by the ranks in consecutive blocks ([`crate::dist::shard_rows`] of `job.batch`,
+    /// each rank carrying its streams' state), and the mean cost and gradient of the whole
+    /// minibatch are Σᵣ (bᵣ/b)·(Jᵣ, ∇Jᵣ), summed in rank order in f64, before clipping and the
+    /// update — the same step on every rank, equal to one process's up to f32 rounding.
+    /// Held-out windows are shared the same way ([`bits_per_character_on_ranks`]), and the
+    /// run stops at the first update after which any rank's `on_step` asked to stop.
+    /// Collective; with one rank it is [`train`], bit for bit. Errors as [`train`], and fewer
+    /// streams than ranks.
+    pub fn train_on_ranks<F: Real>(
+        net: &Recurrent,
+        theta: &mut [f64],
+        train: &[u32],
+        held_out: &[u32],
+        job: &Job,
+        comm: &dyn crate::dist::Collective,
+        on_step: &mut dyn FnMut(&Step) -> Control,
+    ) -> Result<(usize, Option<HeldOut>)> {
+        let (size, rank) = (comm.size(), comm.rank());
+        if job.batch < size {
+            return Err(Error::Data(format!(
+                "--batch-size {} streams cannot be shared by {size} ranks: give at least {size}",
+                job.batch
+            )));
+        }
+        let mine = crate::dist::shard_rows(job.batch, size, rank);
+        let weight = mine.len() as f64 / job.batch as f64;
         job.rule.validate()?;
         if !(job.learning_rate.is_finite() && job.learning_rate > 0.0) {
             return Err(Error::Data(format!("the learning rate η = {} must be > 0", job.learning_rate)));
@@ -1410,21 +1462,41 @@ pub mod char_model {
         let mut theta_f: Vec<F> = theta.iter().map(|&v| F::of(v)).collect();
         let mut grad = vec![F::zero(); theta.len()];
         let mut grad64 = vec![0.0; theta.len()];
-        let mut state = net.zero_state::<F>(job.batch);
+        let mut state = net.zero_state::<F>(mine.len());
         let mut last = None;
+        // Over ranks: [weight · ∇J_r …, weight · J_r (data), weight · J_r (total)].
+        let mut local = vec![0.0; if size > 1 { theta.len() + 2 } else { 0 }];
+        let mut summed = local.clone();
         for step in 1..=job.steps {
             let k = (step - 1) % streams.len();
             if k == 0 && step > 1 {
-                state = net.zero_state::<F>(job.batch);
+                state = net.zero_state::<F>(mine.len());
             }
-            let (x, next) = text::one_hot_windows(train, &streams.starts(k), steps, vocab)?;
+            let (x, next) = text::one_hot_windows(train, &streams.starts(k)[mine.clone()], steps, vocab)?;
             let x = x.mapv(F::of_f32);
-            let (cost, carried) =
+            let (mut cost, carried) =
                 net.cost_and_grad(&theta_f, x.view(), TargetView::Labels(&next), Some(&state), Some(&mut grad))?;
             state = carried;
-            let grad_norm = match job.clip_norm {
-                Some(tau) => clip(&mut grad, tau)?,
-                None => grad.iter().map(|g| g.f64() * g.f64()).sum::<f64>().sqrt(),
+            let grad_norm = if size == 1 {
+                let norm = match job.clip_norm {
+                    Some(tau) => clip(&mut grad, tau)?,
+                    None => grad.iter().map(|g| g.f64() * g.f64()).sum::<f64>().sqrt(),
+                };
+                grad64.iter_mut().zip(&grad).for_each(|(d, g)| *d = g.f64());
+                norm
+            } else {
+                let n = theta.len();
+                local[..n].iter_mut().zip(&grad).for_each(|(d, g)| *d = weight * g.f64());
+                (local[n], local[n + 1]) = (weight * cost.data, weight * cost.total());
+                comm.sum_in_rank_order(&local, &mut summed)?;
+                grad64.copy_from_slice(&summed[..n]);
+                cost.data = summed[n];
+                cost.weight_decay = summed[n + 1] - summed[n];
+                cost.sparsity = 0.0;
+                match job.clip_norm {
+                    Some(tau) => clip_by_global_norm(&mut grad64, tau)?,
+                    None => grad64.iter().map(|g| g * g).sum::<f64>().sqrt(),
+                }
             };
             if !cost.total().is_finite() || !grad_norm.is_finite() {
                 return Err(Error::Data(format!(
@@ -1433,12 +1505,11 @@ pub mod char_model {
                     cost.total()
                 )));
             }
-            grad64.iter_mut().zip(&grad).for_each(|(d, g)| *d = g.f64());
             update.apply(theta, &grad64, job.learning_rate);
             theta_f.iter_mut().zip(theta.iter()).for_each(|(f, &v)| *f = F::of(v));
             let measure = !held_out.is_empty()
                 && (step == job.steps || (job.eval_every > 0 && step.is_multiple_of(job.eval_every)));
-            let held = if measure { Some(bits_per_character(net, &theta_f, held_out)?) } else { None };
+            let held = if measure { Some(bits_per_character_on_ranks(net, &theta_f, held_out, comm)?) } else { None };
             if held.is_some() {
                 last = held;
             }
@@ -1449,7 +1520,14 @@ pub mod char_model {
                 grad_norm,
                 held_out: held,
             };
-            if on_step(&report) == Control::Stop {
+            let mut stop = on_step(&report) == Control::Stop;
+            if size > 1 {
+                // Every rank stops after the same update once any rank's caller asked to.
+                let mut any = [0.0];
+                comm.sum_in_rank_order(&[f64::from(u8::from(stop))], &mut any)?;
+                stop = any[0] > 0.0;
+            }
+            if stop {
                 return Ok((step, last));
             }
         }

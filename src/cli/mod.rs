@@ -193,6 +193,8 @@ pub fn code_of(error: &anyhow::Error) -> u8 {
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
+    // Under mpirun only `wgnn train` of an MPI build runs as ranks; the rest is refused.
+    ranks::refuse_under_mpirun(&cli.command)?;
     match cli.command {
         Command::Train(args) => train::run(*args),
         Command::Cost(args) => cost::run(args),

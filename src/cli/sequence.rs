@@ -192,8 +192,17 @@ fn check_text_flags(args: &TrainArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `train lstm|rnn --data text:FILE`: the character-level language model.
-pub fn train_text(args: &TrainArgs, path: &Path, folder: RunFolder, interrupt: &AtomicBool) -> anyhow::Result<()> {
+/// `train lstm|rnn --data text:FILE`: the character-level language model; over MPI
+/// (`ranks`), each rank takes its block of every minibatch's streams
+/// ([`char_model::train_on_ranks`]), after every rank agreed to start the job `job_fingerprint`.
+pub fn train_text(
+    args: &TrainArgs,
+    path: &Path,
+    folder: RunFolder,
+    interrupt: &AtomicBool,
+    ranks: Option<&super::ranks::Ranks>,
+    job_fingerprint: u64,
+) -> anyhow::Result<()> {
     let say = |s: String| {
         if !args.quiet {
             eprintln!("{s}");
@@ -246,7 +255,9 @@ pub fn train_text(args: &TrainArgs, path: &Path, folder: RunFolder, interrupt: &
     // Every check has passed: from here on the lines are progress, not errors.
     say(format!("data     {}", corpus.description));
     say(format!("network  {} ({params} parameters), windows of {steps} characters", spec.describe()));
-    say(format!("backend  cpu {} (recurrent networks run on the CPU)", if f64_path { "f64" } else { "f32" }));
+    let over =
+        ranks.map_or(String::new(), |r| format!(" × {} ranks, each with its block of the streams", r.comm().size()));
+    say(format!("backend  cpu {}{over} (recurrent networks run on the CPU)", if f64_path { "f64" } else { "f32" }));
     say(format!(
         "training {} η = {} for {} updates of {} streams × {steps} characters ({} updates per pass), clipping {}",
         rule.name(),
@@ -276,10 +287,15 @@ pub fn train_text(args: &TrainArgs, path: &Path, folder: RunFolder, interrupt: &
         }
         if interrupt.load(Ordering::SeqCst) { Control::Stop } else { Control::Continue }
     };
+    if let Some(r) = ranks {
+        r.start(job_fingerprint)?;
+    }
+    let comm = ranks.map_or(&wgnn::dist::Solo as &dyn wgnn::dist::Collective, |r| r.comm());
+    let (train, held) = (&corpus.train, &corpus.validation);
     let result = if f64_path {
-        char_model::train::<f64>(&net, &mut theta, &corpus.train, &corpus.validation, &job, &mut on_step)
+        char_model::train_on_ranks::<f64>(&net, &mut theta, train, held, &job, comm, &mut on_step)
     } else {
-        char_model::train::<f32>(&net, &mut theta, &corpus.train, &corpus.validation, &job, &mut on_step)
+        char_model::train_on_ranks::<f32>(&net, &mut theta, train, held, &job, comm, &mut on_step)
     };
     let seconds = started.elapsed().as_secs_f64();
     let preprocessing = serde_json::json!({

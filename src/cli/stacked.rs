@@ -25,13 +25,17 @@ pub fn run(
     test: Option<(Array2<f32>, Vec<usize>)>,
     folder: RunFolder,
     interrupt: &AtomicBool,
+    ranks: Option<&super::ranks::Ranks>,
 ) -> anyhow::Result<()> {
     let labels = data.labels.as_deref().context("a stacked autoencoder ends in a softmax: it needs labelled data")?;
     let mut backend = |spec: &wgnn::model::NetSpec| -> wgnn::Result<Box<dyn wgnn::Backend>> {
-        backend_args
-            .build_quietly(spec.clone(), super::Precision::F32)
-            .map(|(b, _)| b)
-            .map_err(|e| wgnn::Error::Data(format!("{e:#}")))
+        match ranks {
+            // Over MPI: each stage's backend sums over the ranks (every stage is full batch).
+            Some(r) => r.backend(backend_args, spec),
+            None => backend_args.build_quietly(spec.clone(), super::Precision::F32),
+        }
+        .map(|(b, _)| b)
+        .map_err(|e| wgnn::Error::Data(format!("{e:#}")))
     };
     let mut report = |event: StageEvent<'_>| {
         if quiet {

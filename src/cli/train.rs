@@ -743,13 +743,13 @@ pub fn sparsity(rho: f64, weight: f64) -> Option<Sparsity> {
 }
 
 pub fn run(args: TrainArgs) -> anyhow::Result<()> {
-    if args.compare_sparsity {
-        return compare_sparsity(args);
-    }
     // Started by mpirun/srun in a build with `--features mpi`: one rank of a data-parallel job.
     #[cfg(feature = "mpi")]
     if wgnn::dist::mpi::launched() {
         return super::ranks::run_on_ranks(args);
+    }
+    if args.compare_sparsity {
+        return compare_sparsity(args);
     }
     run_job(args, None)
 }
@@ -763,8 +763,8 @@ pub(super) fn run_job(mut args: TrainArgs, ranks: Option<&Ranks>) -> anyhow::Res
         args = restore_job(args, &dir)?;
     }
     let job_fingerprint = wgnn::dist::fingerprint_of(&serde_json::to_string(&stored_form(&args))?);
-    if ranks.is_some() && args.kind == Kind::Stacked {
-        bail!("train stacked does not run over MPI yet: run it as one process (without mpirun)");
+    if ranks.is_some() && args.kind == Kind::Stacked && args.resume.is_some() {
+        bail!("train stacked --resume does not run over MPI: resume the pipeline as one process (without mpirun)");
     }
     if ranks.is_some_and(|r| r.rank() > 0) {
         args.quiet = true;
@@ -786,6 +786,9 @@ pub(super) fn run_job(mut args: TrainArgs, ranks: Option<&Ranks>) -> anyhow::Res
             flag
         })
         .clone();
+    // Over MPI every rank stops at the same evaluation (a Ctrl-C reaches them at different
+    // moments): the flag training watches is the one the ranks agree on.
+    let (raw_interrupt, interrupt) = (interrupt.clone(), ranks.map_or(interrupt.clone(), |r| r.interrupt(&interrupt)));
     check_flags(&args)?;
     // The run folder is taken first: a busy or unwritable one is refused before any work.
     let folder = match ranks {
@@ -794,13 +797,7 @@ pub(super) fn run_job(mut args: TrainArgs, ranks: Option<&Ranks>) -> anyhow::Res
     };
     let sequence_kind = matches!(args.kind, Kind::Lstm | Kind::Rnn);
     if sequence_kind && let Some(path) = super::sequence::text_file(args.data.data.as_deref()) {
-        if ranks.is_some() {
-            bail!(
-                "character models do not train over MPI yet: run `wgnn train {}` as one process (without mpirun)",
-                kind_name(args.kind)
-            );
-        }
-        return super::sequence::train_text(&args, &path, folder, &interrupt);
+        return super::sequence::train_text(&args, &path, folder, &raw_interrupt, ranks, job_fingerprint);
     }
     let out_dir = folder.path().to_path_buf();
     // Files named on the command line are read first, so a typo fails before any work.
@@ -828,7 +825,7 @@ pub(super) fn run_job(mut args: TrainArgs, ranks: Option<&Ranks>) -> anyhow::Res
 
     // Data.
     let Loaded { data, sequence_shape, test, regression, whitening, preprocessing } =
-        load_data(&args, sequence_kind, &say)?;
+        load_data(&args, sequence_kind, ranks, &say)?;
     let n = data.num_features();
     if args.kind == Kind::Stacked {
         let test = test.map(|(x, t)| match t {
@@ -842,7 +839,14 @@ pub(super) fn run_job(mut args: TrainArgs, ranks: Option<&Ranks>) -> anyhow::Res
             }
         }
         let config = stacked_config(&args, &data, preprocessing)?;
-        return super::stacked::run(&config, &args.backend, args.quiet, &data, test, folder, &interrupt);
+        if let Some(r) = ranks {
+            r.start(job_fingerprint)?;
+        }
+        let result = super::stacked::run(&config, &args.backend, args.quiet, &data, test, folder, &interrupt, ranks);
+        if let (Some(r), Err(_)) = (ranks, &result) {
+            r.training_failed.set(true);
+        }
+        return result;
     }
 
     // Network.
@@ -888,11 +892,8 @@ pub(super) fn run_job(mut args: TrainArgs, ranks: Option<&Ranks>) -> anyhow::Res
 
     let (mut backend, note) = match ranks {
         None => args.backend.build_quietly(spec.clone(), super::Precision::F32)?,
-        Some(r) => r.backend(&args.backend, &spec, &interrupt)?,
+        Some(r) => r.backend(&args.backend, &spec)?,
     };
-    // Over MPI every rank stops at the same evaluation (a Ctrl-C reaches them at different
-    // moments): the flag train() watches is the one the ranks agree on.
-    let interrupt = ranks.map_or(interrupt, |r| r.agreed_interrupt());
     if let Some(note) = note {
         say(format!("note: {note}"));
     }
@@ -957,11 +958,13 @@ pub(super) fn run_job(mut args: TrainArgs, ranks: Option<&Ranks>) -> anyhow::Res
     earlier.iter().for_each(|r| reporter.note(r));
     let y = match (&data.targets, &data.labels) {
         (Some(t), _) => Targets::Values(t.into()),
-        (None, Some(l)) => Targets::Labels(l),
+        // This rank's labels when it read its shard alone.
+        (None, Some(l)) => Targets::Labels(ranks.map_or(&l[..], |r| r.shard_labels(l))),
         (None, None) => Targets::Inputs,
     };
     if let Some(r) = ranks {
         r.start(job_fingerprint)?;
+        r.announce(&backend.name(), args.quiet)?;
     }
     // The examples are handed over, not lent: the run holds the only copy of them.
     let outcome = train(job, backend.as_mut(), data.x, y, &mut |p| reporter.update(p), &interrupt);
@@ -970,6 +973,9 @@ pub(super) fn run_job(mut args: TrainArgs, ranks: Option<&Ranks>) -> anyhow::Res
         r.training_failed.set(true);
     }
     let outcome = outcome?;
+    if let Some(r) = ranks {
+        r.write_report(&out_dir)?;
+    }
 
     report(&args, &outcome, &reporter, &out_dir, epochs)
 }
@@ -987,7 +993,12 @@ struct Loaded {
 
 /// Step "data" of `wgnn train`: reads --data (and --test-data or --test-fraction), checks
 /// that the kind can learn from it, applies --features-from and --whiten to both sides.
-fn load_data(args: &TrainArgs, sequence_kind: bool, say: &dyn Fn(String)) -> anyhow::Result<Loaded> {
+fn load_data(
+    args: &TrainArgs,
+    sequence_kind: bool,
+    ranks: Option<&Ranks>,
+    say: &dyn Fn(String),
+) -> anyhow::Result<Loaded> {
     if args.data.data.is_none() && args.kind != Kind::Autoencoder {
         bail!(
             "{} needs labelled data: give --data mnist:DIR (e.g. --data mnist:../shared/data/mnist)",
@@ -999,9 +1010,15 @@ fn load_data(args: &TrainArgs, sequence_kind: bool, say: &dyn Fn(String)) -> any
         let (source, data, shape) = super::sequence::load_sequences(args)?;
         sequence_shape = Some(shape);
         (source, data)
+    } else if let Some(loaded) = ranks.map(|r| r.load_shard(args)).transpose()?.flatten() {
+        // Over MPI, where the format allows: this rank's rows alone, read by offset.
+        loaded
     } else {
         args.data.load(args.seed)?
     };
+    if let Some(r) = ranks {
+        r.read_whole(data.x.nrows());
+    }
     // A sigmoid output with the binary cross-entropy learns 0/1 targets (multi-label), or 0/1
     // labels as one target column (binary).
     let bce = args.output.as_deref().map(Output::parse).transpose()?.is_some_and(|o| o == Output::SigmoidBce);
