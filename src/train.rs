@@ -1066,7 +1066,7 @@ fn draw_pictures(
 pub mod char_model {
     use crate::cpu::Real;
     use crate::cpu::net::TargetView;
-    use crate::cpu::sequence::Recurrent;
+    use crate::cpu::sequence::{Recurrent, State};
     use crate::data::text::{self, StreamBatches};
     use crate::model::{InputShape, Layer, LayerStack, NetSpec, Output};
     use crate::optim::clip_by_global_norm;
@@ -1124,7 +1124,7 @@ pub mod char_model {
 
     /// Held-out bits per character: consecutive windows of T characters, each from a zero
     /// state (the last N − 1 − windows·T characters, fewer than T, are not scored).
-    #[derive(Clone, Copy, Debug, PartialEq)]
+    #[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
     pub struct HeldOut {
         /// Mean cross-entropy over the scored characters / ln 2.
         pub bits_per_character: f64,
@@ -1189,6 +1189,80 @@ pub mod char_model {
         job: &Job,
         on_step: &mut dyn FnMut(&Step) -> Control,
     ) -> Result<(usize, Option<HeldOut>)> {
+        train_from::<F>(net, theta, train, held_out, job, None, &mut |s, _| on_step(s))
+    }
+
+    /// Where a character model's training stands after an update: everything besides θ that
+    /// the next update reads, so that a run continued from it ([`train_from`]) takes the same
+    /// steps, to the bit, as one never interrupted. Stored in a checkpoint's optimizer state
+    /// (`--checkpoint-every`, Ctrl-C) for `--resume`.
+    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+    pub struct Progress {
+        /// Updates done (the next is `updates + 1`).
+        pub updates: usize,
+        /// The update rule's state (Adam's moments and t).
+        pub update: UpdateState,
+        /// The state carried into the next window, per recurrent layer bottom first: h then
+        /// (LSTM) c, each batch × units row-major, as f64 (an f32 state converts exactly).
+        pub state: Vec<Vec<Vec<f64>>>,
+        /// The last held-out measure, if any.
+        pub held_out: Option<HeldOut>,
+    }
+
+    impl Progress {
+        fn carried<F: Real>(state: &State<F>) -> Vec<Vec<Vec<f64>>> {
+            state
+                .layers
+                .iter()
+                .map(|l| {
+                    std::iter::once(&l.h).chain(l.c.as_ref()).map(|a| a.iter().map(|v| v.f64()).collect()).collect()
+                })
+                .collect()
+        }
+
+        /// The carried state in `F` for `net` and `batch` streams; `Error::Data` in one line
+        /// when it was saved for another network or batch.
+        fn restore<F: Real>(&self, net: &Recurrent, batch: usize) -> Result<State<F>> {
+            let mut state = net.zero_state::<F>(batch);
+            let fits = self.state.len() == state.layers.len()
+                && self.state.iter().zip(&state.layers).all(|(saved, l)| {
+                    saved.len() == 1 + usize::from(l.c.is_some()) && saved.iter().all(|a| a.len() == l.h.len())
+                });
+            if !fits {
+                return Err(Error::Data(
+                    "the checkpoint's carried state does not fit this network and batch: resume it with the flags it was trained with"
+                        .into(),
+                ));
+            }
+            for (saved, l) in self.state.iter().zip(&mut state.layers) {
+                let arrays = std::iter::once(&mut l.h).chain(l.c.as_mut());
+                for (a, values) in arrays.zip(saved) {
+                    a.iter_mut().zip(values).for_each(|(d, &v)| *d = F::of(v));
+                }
+            }
+            Ok(state)
+        }
+    }
+
+    /// What [`train_from`]'s callback may call to get the [`Progress`] and θ after an update.
+    pub type Snapshot<'a> = dyn Fn() -> (Progress, Vec<f64>) + 'a;
+
+    /// As [`train`], continued from `from` (θ being the θ saved with it) when given: the
+    /// update after `from.updates` reads the next window with the saved state and rule state,
+    /// so the run ends on the bits of an uninterrupted one. `on_step` also gets a function
+    /// that gives the [`Progress`] and θ after that update (call it only when saving: it
+    /// copies them). `job.steps` is the total of updates, those before `from` included.
+    /// Refused ([`Error::Data`]): a `from` of another rule, θ length, network or batch, or
+    /// with more updates than `job.steps`.
+    pub fn train_from<F: Real>(
+        net: &Recurrent,
+        theta: &mut [f64],
+        train: &[u32],
+        held_out: &[u32],
+        job: &Job,
+        from: Option<&Progress>,
+        on_step: &mut dyn FnMut(&Step, &Snapshot<'_>) -> Control,
+    ) -> Result<(usize, Option<HeldOut>)> {
         job.rule.validate()?;
         if !(job.learning_rate.is_finite() && job.learning_rate > 0.0) {
             return Err(Error::Data(format!("the learning rate η = {} must be > 0", job.learning_rate)));
@@ -1205,12 +1279,34 @@ pub mod char_model {
             text::check_window(held_out.len(), steps, "the held-out text")?;
         }
         let mut update = UpdateState::new(job.rule, theta.len());
+        let mut state = net.zero_state::<F>(job.batch);
+        let mut last = None;
+        let mut first = 1;
+        if let Some(p) = from {
+            if p.update.rule != job.rule || p.update.dim().is_some_and(|d| d != theta.len()) {
+                return Err(Error::Data(format!(
+                    "the checkpoint's optimizer state is for {} over {} values, the run is {} over {}: resume it with the flags it was trained with",
+                    p.update.rule.name(),
+                    p.update.dim().unwrap_or(theta.len()),
+                    job.rule.name(),
+                    theta.len()
+                )));
+            }
+            if p.updates > job.steps {
+                return Err(Error::Data(format!(
+                    "the checkpoint is after {} updates, more than the {} asked for: give --steps of at least {}",
+                    p.updates, job.steps, p.updates
+                )));
+            }
+            update = p.update.clone();
+            state = p.restore::<F>(net, job.batch)?;
+            first = p.updates + 1;
+            last = p.held_out;
+        }
         let mut theta_f: Vec<F> = theta.iter().map(|&v| F::of(v)).collect();
         let mut grad = vec![F::zero(); theta.len()];
         let mut grad64 = vec![0.0; theta.len()];
-        let mut state = net.zero_state::<F>(job.batch);
-        let mut last = None;
-        for step in 1..=job.steps {
+        for step in first..=job.steps {
             let k = (step - 1) % streams.len();
             if k == 0 && step > 1 {
                 state = net.zero_state::<F>(job.batch);
@@ -1247,11 +1343,20 @@ pub mod char_model {
                 grad_norm,
                 held_out: held,
             };
-            if on_step(&report) == Control::Stop {
+            let snapshot = || {
+                let progress = Progress {
+                    updates: step,
+                    update: update.clone(),
+                    state: Progress::carried(&state),
+                    held_out: last,
+                };
+                (progress, theta.to_vec())
+            };
+            if on_step(&report, &snapshot) == Control::Stop {
                 return Ok((step, last));
             }
         }
-        Ok((job.steps, last))
+        Ok((job.steps.max(first - 1), last))
     }
 
     /// The same network reading one character at a time (T = 1): θ's layout does not depend
