@@ -10,7 +10,8 @@
 //! from and to the network's layout (row i of m × (T·n) holding step t at columns t·n…t·n+n−1).
 //!
 //! ## The passes
-//! Forward: the input projection of all T steps is one GEMM, P = X W_ihᵀ ((T·m) × h); then
+//! Forward: the input projection of all T steps is one GEMM, P = X W_ihᵀ ((T·m) × h; for a
+//! one-hot X, a character model's, a gather of W_ih's columns, and ∇W_ih a scatter); then
 //! each step adds H_{t−1} W_hhᵀ to its block (a GEMM with β = 1) and applies b and f in one
 //! sweep. Backward (t = T … 1): δz_t = (δh_t + δh_{t+1→t}) ⊙ f′(h_t), δh_{t→t−1} = δz_t W_hh;
 //! then ∇W_ih = α δZᵀ X, ∇W_hh = α δZᵀ H_{0…T−1} and ∇b = α Σ δZ are each one product over
