@@ -1270,7 +1270,7 @@ fn draw_pictures(
 pub mod char_model {
     use crate::cpu::Real;
     use crate::cpu::net::TargetView;
-    use crate::cpu::sequence::Recurrent;
+    use crate::cpu::sequence::{Recurrent, State};
     use crate::data::text::{self, StreamBatches};
     use crate::model::{InputShape, Layer, LayerStack, NetSpec, Output};
     use crate::optim::clip_by_global_norm;
@@ -1329,7 +1329,7 @@ pub mod char_model {
 
     /// Held-out bits per character: consecutive windows of T characters, each from a zero
     /// state (the last N − 1 − windows·T characters, fewer than T, are not scored).
-    #[derive(Clone, Copy, Debug, PartialEq)]
+    #[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
     pub struct HeldOut {
         /// Mean cross-entropy over the scored characters / ln 2.
         pub bits_per_character: f64,
@@ -1394,6 +1394,9 @@ pub mod char_model {
         pub grad_norm: f64,
         /// Held-out bits per character, when measured at this step.
         pub held_out: Option<HeldOut>,
+        /// Set on a second call after this update when another rank asked to stop (over MPI):
+        /// the run ends here, so a caller that saves on stopping saves now.
+        pub stopping: bool,
     }
 
     /// Trains θ (f64, updated in place; the network computes in `F`) on the training ids
@@ -1412,7 +1415,81 @@ pub mod char_model {
         job: &Job,
         on_step: &mut dyn FnMut(&Step) -> Control,
     ) -> Result<(usize, Option<HeldOut>)> {
-        train_on_ranks::<F>(net, theta, train, held_out, job, &crate::dist::Solo, on_step)
+        train_from_on_ranks::<F>(net, theta, train, held_out, job, None, &crate::dist::Solo, &mut |s, _| on_step(s))
+    }
+
+    /// Where a character model's training stands after an update: everything besides θ that
+    /// the next update reads, so that a run continued from it ([`train_from`]) takes the same
+    /// steps, to the bit, as one never interrupted. Stored in a checkpoint's optimizer state
+    /// (`--checkpoint-every`, Ctrl-C) for `--resume`.
+    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+    pub struct Progress {
+        /// Updates done (the next is `updates + 1`).
+        pub updates: usize,
+        /// The update rule's state (Adam's moments and t).
+        pub update: UpdateState,
+        /// The state carried into the next window, per recurrent layer bottom first: h then
+        /// (LSTM) c, each batch × units row-major, as f64 (an f32 state converts exactly).
+        pub state: Vec<Vec<Vec<f64>>>,
+        /// The last held-out measure, if any.
+        pub held_out: Option<HeldOut>,
+    }
+
+    impl Progress {
+        fn carried<F: Real>(state: &State<F>) -> Vec<Vec<Vec<f64>>> {
+            state
+                .layers
+                .iter()
+                .map(|l| {
+                    std::iter::once(&l.h).chain(l.c.as_ref()).map(|a| a.iter().map(|v| v.f64()).collect()).collect()
+                })
+                .collect()
+        }
+
+        /// The carried state in `F` for `net` and `batch` streams; `Error::Data` in one line
+        /// when it was saved for another network or batch.
+        fn restore<F: Real>(&self, net: &Recurrent, batch: usize) -> Result<State<F>> {
+            let mut state = net.zero_state::<F>(batch);
+            let fits = self.state.len() == state.layers.len()
+                && self.state.iter().zip(&state.layers).all(|(saved, l)| {
+                    saved.len() == 1 + usize::from(l.c.is_some()) && saved.iter().all(|a| a.len() == l.h.len())
+                });
+            if !fits {
+                return Err(Error::Data(
+                    "the checkpoint's carried state does not fit this network and batch: resume it with the flags it was trained with"
+                        .into(),
+                ));
+            }
+            for (saved, l) in self.state.iter().zip(&mut state.layers) {
+                let arrays = std::iter::once(&mut l.h).chain(l.c.as_mut());
+                for (a, values) in arrays.zip(saved) {
+                    a.iter_mut().zip(values).for_each(|(d, &v)| *d = F::of(v));
+                }
+            }
+            Ok(state)
+        }
+    }
+
+    /// What [`train_from`]'s callback may call to get the [`Progress`] and θ after an update.
+    pub type Snapshot<'a> = dyn Fn() -> (Progress, Vec<f64>) + 'a;
+
+    /// As [`train`], continued from `from` (θ being the θ saved with it) when given: the
+    /// update after `from.updates` reads the next window with the saved state and rule state,
+    /// so the run ends on the bits of an uninterrupted one. `on_step` also gets a function
+    /// that gives the [`Progress`] and θ after that update (call it only when saving: it
+    /// copies them). `job.steps` is the total of updates, those before `from` included.
+    /// Refused ([`Error::Data`]): a `from` of another rule, θ length, network or batch, or
+    /// with more updates than `job.steps`.
+    pub fn train_from<F: Real>(
+        net: &Recurrent,
+        theta: &mut [f64],
+        train: &[u32],
+        held_out: &[u32],
+        job: &Job,
+        from: Option<&Progress>,
+        on_step: &mut dyn FnMut(&Step, &Snapshot<'_>) -> Control,
+    ) -> Result<(usize, Option<HeldOut>)> {
+        train_from_on_ranks::<F>(net, theta, train, held_out, job, from, &crate::dist::Solo, on_step)
     }
 
     /// [`train`] as one rank of a data-parallel job (DESIGN.md, "Wave 2: beyond one
@@ -1433,6 +1510,26 @@ pub mod char_model {
         job: &Job,
         comm: &dyn crate::dist::Collective,
         on_step: &mut dyn FnMut(&Step) -> Control,
+    ) -> Result<(usize, Option<HeldOut>)> {
+        train_from_on_ranks::<F>(net, theta, train, held_out, job, None, comm, &mut |s, _| on_step(s))
+    }
+
+    /// [`train_from`] as one rank of a data-parallel job ([`train_on_ranks`]). The carried
+    /// state of all the streams is summed from the ranks' blocks after every update (each
+    /// rank's block exact, zeros elsewhere), so the [`Progress`] a snapshot gives is the whole
+    /// minibatch's on every rank, and a checkpoint written with N ranks resumes with M. When
+    /// the ranks agree to stop after an update that this rank's `on_step` let pass, `on_step`
+    /// is called again with [`Step::stopping`] set, so that it can save. Collective.
+    #[allow(clippy::too_many_arguments)]
+    pub fn train_from_on_ranks<F: Real>(
+        net: &Recurrent,
+        theta: &mut [f64],
+        train: &[u32],
+        held_out: &[u32],
+        job: &Job,
+        from: Option<&Progress>,
+        comm: &dyn crate::dist::Collective,
+        on_step: &mut dyn FnMut(&Step, &Snapshot<'_>) -> Control,
     ) -> Result<(usize, Option<HeldOut>)> {
         let (size, rank) = (comm.size(), comm.rank());
         if job.batch < size {
@@ -1459,15 +1556,49 @@ pub mod char_model {
             text::check_window(held_out.len(), steps, "the held-out text")?;
         }
         let mut update = UpdateState::new(job.rule, theta.len());
+        // The whole minibatch's carried state (this rank's streams are rows `mine` of it).
+        let mut full = net.zero_state::<F>(job.batch);
+        let mut last = None;
+        let mut first = 1;
+        if let Some(p) = from {
+            if p.update.rule != job.rule || p.update.dim().is_some_and(|d| d != theta.len()) {
+                return Err(Error::Data(format!(
+                    "the checkpoint's optimizer state is for {} over {} values, the run is {} over {}: resume it with the flags it was trained with",
+                    p.update.rule.name(),
+                    p.update.dim().unwrap_or(theta.len()),
+                    job.rule.name(),
+                    theta.len()
+                )));
+            }
+            if p.updates > job.steps {
+                return Err(Error::Data(format!(
+                    "the checkpoint is after {} updates, more than the {} asked for: give --steps of at least {}",
+                    p.updates, job.steps, p.updates
+                )));
+            }
+            update = p.update.clone();
+            full = p.restore::<F>(net, job.batch)?;
+            first = p.updates + 1;
+            last = p.held_out;
+        }
+        let rows_of = |full: &State<F>| State {
+            layers: full
+                .layers
+                .iter()
+                .map(|l| crate::cpu::sequence::LayerState {
+                    h: l.h.slice(ndarray::s![mine.clone(), ..]).to_owned(),
+                    c: l.c.as_ref().map(|c| c.slice(ndarray::s![mine.clone(), ..]).to_owned()),
+                })
+                .collect(),
+        };
+        let mut state = rows_of(&full);
         let mut theta_f: Vec<F> = theta.iter().map(|&v| F::of(v)).collect();
         let mut grad = vec![F::zero(); theta.len()];
         let mut grad64 = vec![0.0; theta.len()];
-        let mut state = net.zero_state::<F>(mine.len());
-        let mut last = None;
         // Over ranks: [weight · ∇J_r …, weight · J_r (data), weight · J_r (total)].
         let mut local = vec![0.0; if size > 1 { theta.len() + 2 } else { 0 }];
         let mut summed = local.clone();
-        for step in 1..=job.steps {
+        for step in first..=job.steps {
             let k = (step - 1) % streams.len();
             if k == 0 && step > 1 {
                 state = net.zero_state::<F>(mine.len());
@@ -1477,6 +1608,11 @@ pub mod char_model {
             let (mut cost, carried) =
                 net.cost_and_grad(&theta_f, x.view(), TargetView::Labels(&next), Some(&state), Some(&mut grad))?;
             state = carried;
+            if size == 1 {
+                full = state.clone();
+            } else {
+                gather_state(comm, &state, &mut full, mine.start)?;
+            }
             let grad_norm = if size == 1 {
                 let norm = match job.clip_norm {
                     Some(tau) => clip(&mut grad, tau)?,
@@ -1519,8 +1655,15 @@ pub mod char_model {
                 train_bits: cost.data / std::f64::consts::LN_2,
                 grad_norm,
                 held_out: held,
+                stopping: false,
             };
-            let mut stop = on_step(&report) == Control::Stop;
+            let snapshot = || {
+                let progress =
+                    Progress { updates: step, update: update.clone(), state: Progress::carried(&full), held_out: last };
+                (progress, theta.to_vec())
+            };
+            let asked = on_step(&report, &snapshot) == Control::Stop;
+            let mut stop = asked;
             if size > 1 {
                 // Every rank stops after the same update once any rank's caller asked to.
                 let mut any = [0.0];
@@ -1528,10 +1671,51 @@ pub mod char_model {
                 stop = any[0] > 0.0;
             }
             if stop {
+                if !asked {
+                    on_step(&Step { stopping: true, ..report }, &snapshot);
+                }
                 return Ok((step, last));
             }
         }
-        Ok((job.steps, last))
+        Ok((job.steps.max(first - 1), last))
+    }
+
+    /// The whole minibatch's state from the ranks' blocks: this rank's `state` (its streams,
+    /// rows `start`… of the minibatch) in its block, zeros elsewhere, summed in rank order —
+    /// exact, since every entry has one non-zero term.
+    fn gather_state<F: Real>(
+        comm: &dyn crate::dist::Collective,
+        state: &State<F>,
+        full: &mut State<F>,
+        start: usize,
+    ) -> Result<()> {
+        let arrays = |s: &State<F>| -> Vec<usize> {
+            s.layers.iter().flat_map(|l| std::iter::once(l.h.len()).chain(l.c.as_ref().map(|c| c.len()))).collect()
+        };
+        let total: usize = arrays(full).iter().sum();
+        let mut local = vec![0.0; total];
+        let mut offset = 0;
+        for (mine, whole) in state.layers.iter().zip(&full.layers) {
+            let pairs = std::iter::once((&mine.h, &whole.h)).chain(mine.c.as_ref().zip(whole.c.as_ref()));
+            for (m, w) in pairs {
+                let cols = w.ncols();
+                for (i, row) in m.rows().into_iter().enumerate() {
+                    let at = offset + (start + i) * cols;
+                    local[at..at + cols].iter_mut().zip(row).for_each(|(d, v)| *d = v.f64());
+                }
+                offset += w.len();
+            }
+        }
+        let mut summed = vec![0.0; total];
+        comm.sum_in_rank_order(&local, &mut summed)?;
+        let mut values = summed.into_iter();
+        for whole in &mut full.layers {
+            let arrays = std::iter::once(&mut whole.h).chain(whole.c.as_mut());
+            for w in arrays {
+                w.iter_mut().zip(&mut values).for_each(|(d, v)| *d = F::of(v));
+            }
+        }
+        Ok(())
     }
 
     /// The same network reading one character at a time (T = 1): θ's layout does not depend

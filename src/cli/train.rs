@@ -474,7 +474,7 @@ fn resume_checkpoint(dir: &std::path::Path) -> anyhow::Result<Checkpoint> {
 /// and how the run reports, and which device computes (on another device the bits may differ
 /// from an uninterrupted run). Any other flag must repeat the run's own value.
 const MAY_CHANGE_ON_RESUME: &[&str] =
-    &["resume", "iterations", "checkpoint_every", "quiet", "out", "backend", "gpu_api", "adapter"];
+    &["resume", "iterations", "checkpoint_every", "quiet", "out", "backend", "gpu_api", "adapter", "steps"];
 
 /// `--resume DIR`: the job stored in DIR's checkpoint (kind, network, data and its options,
 /// optimizer and its settings, seed), with the flags of [`MAY_CHANGE_ON_RESUME`] taken from
@@ -508,7 +508,7 @@ fn restore_job(given: TrainArgs, dir: &std::path::Path) -> anyhow::Result<TrainA
         let trained =
             if s.is_null() { format!("without {flag}: its default") } else { format!("with {flag} {}", shown(s)) };
         bail!(
-            "{flag} {} conflicts with the run in {} (trained {trained}): --resume continues that job as it was; beside it give only --iterations, --checkpoint-every, --quiet, --out, --backend, --gpu-api or --adapter, or start a new run",
+            "{flag} {} conflicts with the run in {} (trained {trained}): --resume continues that job as it was; beside it give only --iterations (--steps for a character model), --checkpoint-every, --quiet, --out, --backend, --gpu-api or --adapter, or start a new run",
             shown(g),
             dir.display(),
         );
@@ -518,6 +518,8 @@ fn restore_job(given: TrainArgs, dir: &std::path::Path) -> anyhow::Result<TrainA
     stored.quiet = given.quiet;
     stored.iterations = given.iterations.or(stored.iterations);
     stored.checkpoint_every = given.checkpoint_every.or(stored.checkpoint_every);
+    // A character model's budget of updates (its --iterations).
+    stored.steps = given.steps.or(stored.steps);
     let changed = |id: &str| given.given.iter().any(|g| g == id);
     if changed("backend") {
         stored.backend.backend = given.backend.backend;
@@ -557,7 +559,9 @@ pub(super) fn stored_form(args: &TrainArgs) -> TrainArgs {
     let absolute = |p: &std::path::Path| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
     // mnist:DIR, npy:FILE, … with DIR or FILE absolute; synthetic and columns:SPEC as given.
     let source = |s: &String| match s.split_once(':') {
-        Some((kind, path)) if ["mnist", "patches", "npy", "csv"].contains(&kind.to_ascii_lowercase().as_str()) => {
+        Some((kind, path))
+            if ["mnist", "patches", "npy", "csv", "text"].contains(&kind.to_ascii_lowercase().as_str()) =>
+        {
             format!("{kind}:{}", absolute(std::path::Path::new(path)).display())
         }
         _ => s.clone(),
