@@ -14,7 +14,7 @@
 
 use std::path::{Path, PathBuf};
 
-use ndarray::Array2;
+use ndarray::{Array2, ArrayView2};
 
 use crate::checkpoint::Checkpoint;
 use crate::data::whiten::Whitening;
@@ -34,7 +34,12 @@ pub fn cpu_f32(spec: &NetSpec) -> Result<Box<dyn Backend>> {
 #[derive(Clone, Debug, PartialEq)]
 pub enum Stage {
     /// The first hidden layer's activations of an encoder network (m × n ↦ m × h).
-    Encoder { spec: NetSpec, theta: Vec<f64> },
+    Encoder {
+        /// The encoder's network (its first hidden layer gives the features).
+        spec: NetSpec,
+        /// The encoder's θ.
+        theta: Vec<f64>,
+    },
     /// x ↦ M (x − μ) (m × n ↦ m × outputs).
     Whitening(Whitening),
 }
@@ -53,21 +58,88 @@ impl Stage {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Task {
     /// A softmax output: the probabilities of `classes` classes.
-    Classifier { classes: usize },
+    Classifier {
+        /// k.
+        classes: usize,
+    },
     /// A squared-error output trained against targets: `outputs` predicted values.
-    Regressor { outputs: usize },
+    Regressor {
+        /// Values per example.
+        outputs: usize,
+    },
     /// A squared-error output trained to reconstruct its input (n-…-n), with a hidden layer
     /// of `hidden` units to take features from.
-    Autoencoder { hidden: usize },
+    Autoencoder {
+        /// Units of the first hidden layer.
+        hidden: usize,
+    },
+    /// A sigmoid output with the binary cross-entropy ([`Output::SigmoidBce`]): for each of
+    /// `labels` labels the probability P(yⱼ = 1 | x), decided 1 at ≥ 0.5 ([`decide`]).
+    MultiLabel {
+        /// k.
+        labels: usize,
+    },
+}
+
+/// The threshold at which a multi-label probability P(yⱼ = 1 | x) is decided 1 (scikit-learn's
+/// `MLPClassifier.predict` for multi-label targets: σ(z) ≥ 0.5, i.e. z ≥ 0).
+pub const DECISION_THRESHOLD: f64 = 0.5;
+
+/// The 0/1 decisions of multi-label probabilities (m × k): 1 where p ≥ [`DECISION_THRESHOLD`].
+pub fn decide(probabilities: ArrayView2<'_, f64>) -> Array2<u8> {
+    probabilities.mapv(|p| u8::from(p >= DECISION_THRESHOLD))
+}
+
+/// How well multi-label decisions match 0/1 targets (scikit-learn's `accuracy_score` and
+/// `hamming_loss` on multi-label indicator matrices).
+#[derive(Clone, Debug, PartialEq)]
+pub struct MultiLabelScores {
+    /// Subset (exact-match) accuracy: the fraction of examples whose k decisions all match.
+    pub subset_accuracy: f64,
+    /// Hamming loss: the fraction of the m·k decisions that are wrong.
+    pub hamming_loss: f64,
+    /// For each label j, the fraction of examples whose decision for j matches.
+    pub per_label_accuracy: Vec<f64>,
+}
+
+/// [`MultiLabelScores`] of the probabilities (m × k, decided by [`decide`]) against the 0/1
+/// targets (m × k).
+///
+/// Errors: shapes that differ or no examples ([`Error::Shape`]).
+pub fn multilabel_scores(probabilities: ArrayView2<'_, f64>, targets: ArrayView2<'_, f32>) -> Result<MultiLabelScores> {
+    if probabilities.dim() != targets.dim() || targets.nrows() == 0 {
+        return Err(Error::Shape(format!(
+            "the network gives {}×{} probabilities but the targets are {}×{}: give one 0/1 target per label and example",
+            probabilities.nrows(),
+            probabilities.ncols(),
+            targets.nrows(),
+            targets.ncols()
+        )));
+    }
+    let decided = decide(probabilities);
+    let (m, k) = targets.dim();
+    let right = ndarray::Zip::from(&decided).and(&targets).map_collect(|&d, &t| f64::from(d) == f64::from(t));
+    let exact = right.rows().into_iter().filter(|r| r.iter().all(|&ok| ok)).count();
+    let per_label: Vec<f64> =
+        right.columns().into_iter().map(|c| c.iter().filter(|&&ok| ok).count() as f64 / m as f64).collect();
+    let wrong = right.iter().filter(|&&ok| !ok).count();
+    Ok(MultiLabelScores {
+        subset_accuracy: exact as f64 / m as f64,
+        hamming_loss: wrong as f64 / (m * k) as f64,
+        per_label_accuracy: per_label,
+    })
 }
 
 /// A trained network with the stages its inputs go through: see the module docs.
 #[derive(Clone, Debug)]
 pub struct Model {
+    /// The network.
     pub spec: NetSpec,
+    /// θ in wgnn's layout ([`crate::model::ThetaLayout`]).
     pub theta: Vec<f64>,
     /// In the order they are applied to raw examples.
     pub stages: Vec<Stage>,
+    /// What its output means.
     pub task: Task,
     /// A classifier's labels as its training data wrote them, class by class (`setosa`, `7`),
     /// stored as `preprocessing.classes`; `None` when the classes are the numbers 0..k−1
@@ -175,6 +247,7 @@ impl Model {
         let trained_on_targets = pre.get("targets").is_some_and(|t| !t.is_null());
         let task = match spec.output {
             Output::Softmax => Task::Classifier { classes: spec.outputs() },
+            Output::SigmoidBce => Task::MultiLabel { labels: spec.outputs() },
             _ if !trained_on_targets && spec.layers.len() >= 3 && spec.outputs() == spec.inputs() => {
                 Task::Autoencoder { hidden: spec.layers[1] }
             }

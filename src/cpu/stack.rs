@@ -11,14 +11,14 @@
 
 use ndarray::{Array2, ArrayView2, Axis, Zip, s};
 
-use super::net::{self, Forward, Scratch, TargetView, activate, column_sums, derivative_from_value, softmax_rows};
+use super::net::{self, Forward, Scratch, TargetView, activate, column_sums, derivative_from_value};
 use super::{Real, gemm};
 use crate::backend::Cost;
 use crate::layers::ImageShape;
 use crate::layers::conv2d::Conv2d;
 use crate::layers::maxout::Maxout;
 use crate::layers::pool2d::{Pool2d, PoolKind};
-use crate::model::{Activation, Layer, NetSpec, Output, ThetaLayout};
+use crate::model::{Activation, Layer, NetSpec, ThetaLayout};
 use crate::{Error, Result};
 
 /// Rows evaluated at once: the examples of a batch are taken this many at a time and the
@@ -175,21 +175,8 @@ fn forward_chunk<F: Real>(
         kept.push(k);
     }
     let input = kept.last().map_or(x, |k| k.a.view());
-    let mut z = times_weights_t(scratch, layout, theta, input, plan.out_l);
-    let b = layout.bias(theta, plan.out_l);
-    let softmax = match spec.output {
-        Output::SquaredError(act) => {
-            net::bias_activate(&mut z, b, act);
-            None
-        }
-        Output::Softmax => {
-            z += &b;
-            let logits = scratch.copy_of(&z);
-            let norms = softmax_rows(&mut z);
-            Some((logits, norms))
-        }
-    };
-    Ok((kept, Forward { activations: vec![z], softmax, complement: None }))
+    let z = times_weights_t(scratch, layout, theta, input, plan.out_l);
+    Ok((kept, net::output_forward(scratch, spec, z, layout.bias(theta, plan.out_l))))
 }
 
 /// The activations of every layer after the input (hidden layers in order, then the output),
