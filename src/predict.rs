@@ -14,7 +14,7 @@
 
 use std::path::{Path, PathBuf};
 
-use ndarray::{Array2, ArrayView2};
+use ndarray::Array2;
 
 use crate::checkpoint::Checkpoint;
 use crate::data::whiten::Whitening;
@@ -81,54 +81,7 @@ pub enum Task {
     },
 }
 
-/// The threshold at which a multi-label probability P(yⱼ = 1 | x) is decided 1 (scikit-learn's
-/// `MLPClassifier.predict` for multi-label targets: σ(z) ≥ 0.5, i.e. z ≥ 0).
-pub const DECISION_THRESHOLD: f64 = 0.5;
-
-/// The 0/1 decisions of multi-label probabilities (m × k): 1 where p ≥ [`DECISION_THRESHOLD`].
-pub fn decide(probabilities: ArrayView2<'_, f64>) -> Array2<u8> {
-    probabilities.mapv(|p| u8::from(p >= DECISION_THRESHOLD))
-}
-
-/// How well multi-label decisions match 0/1 targets (scikit-learn's `accuracy_score` and
-/// `hamming_loss` on multi-label indicator matrices).
-#[derive(Clone, Debug, PartialEq)]
-pub struct MultiLabelScores {
-    /// Subset (exact-match) accuracy: the fraction of examples whose k decisions all match.
-    pub subset_accuracy: f64,
-    /// Hamming loss: the fraction of the m·k decisions that are wrong.
-    pub hamming_loss: f64,
-    /// For each label j, the fraction of examples whose decision for j matches.
-    pub per_label_accuracy: Vec<f64>,
-}
-
-/// [`MultiLabelScores`] of the probabilities (m × k, decided by [`decide`]) against the 0/1
-/// targets (m × k).
-///
-/// Errors: shapes that differ or no examples ([`Error::Shape`]).
-pub fn multilabel_scores(probabilities: ArrayView2<'_, f64>, targets: ArrayView2<'_, f32>) -> Result<MultiLabelScores> {
-    if probabilities.dim() != targets.dim() || targets.nrows() == 0 {
-        return Err(Error::Shape(format!(
-            "the network gives {}×{} probabilities but the targets are {}×{}: give one 0/1 target per label and example",
-            probabilities.nrows(),
-            probabilities.ncols(),
-            targets.nrows(),
-            targets.ncols()
-        )));
-    }
-    let decided = decide(probabilities);
-    let (m, k) = targets.dim();
-    let right = ndarray::Zip::from(&decided).and(&targets).map_collect(|&d, &t| f64::from(d) == f64::from(t));
-    let exact = right.rows().into_iter().filter(|r| r.iter().all(|&ok| ok)).count();
-    let per_label: Vec<f64> =
-        right.columns().into_iter().map(|c| c.iter().filter(|&&ok| ok).count() as f64 / m as f64).collect();
-    let wrong = right.iter().filter(|&&ok| !ok).count();
-    Ok(MultiLabelScores {
-        subset_accuracy: exact as f64 / m as f64,
-        hamming_loss: wrong as f64 / (m * k) as f64,
-        per_label_accuracy: per_label,
-    })
-}
+pub use crate::train::{DECISION_THRESHOLD, MultiLabelScores, decide, multilabel_scores};
 
 /// A trained network with the stages its inputs go through: see the module docs.
 #[derive(Clone, Debug)]

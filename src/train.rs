@@ -612,6 +612,55 @@ pub fn hidden_features(backend: &mut dyn Backend, theta: &[f64], x: &Array2<f32>
 }
 
 /// The fraction of `predicted` equal to `labels`.
+/// The threshold at which a multi-label probability P(yⱼ = 1 | x) is decided 1 (scikit-learn's
+/// `MLPClassifier.predict` for multi-label targets: σ(z) ≥ 0.5, i.e. z ≥ 0).
+pub const DECISION_THRESHOLD: f64 = 0.5;
+
+/// The 0/1 decisions of multi-label probabilities (m × k): 1 where p ≥ [`DECISION_THRESHOLD`].
+pub fn decide(probabilities: ArrayView2<'_, f64>) -> Array2<u8> {
+    probabilities.mapv(|p| u8::from(p >= DECISION_THRESHOLD))
+}
+
+/// How well multi-label decisions match 0/1 targets (scikit-learn's `accuracy_score` and
+/// `hamming_loss` on multi-label indicator matrices).
+#[derive(Clone, Debug, PartialEq)]
+pub struct MultiLabelScores {
+    /// Subset (exact-match) accuracy: the fraction of examples whose k decisions all match.
+    pub subset_accuracy: f64,
+    /// Hamming loss: the fraction of the m·k decisions that are wrong.
+    pub hamming_loss: f64,
+    /// For each label j, the fraction of examples whose decision for j matches.
+    pub per_label_accuracy: Vec<f64>,
+}
+
+/// [`MultiLabelScores`] of the probabilities (m × k, decided by [`decide`]) against the 0/1
+/// targets (m × k).
+///
+/// Errors: shapes that differ or no examples ([`Error::Shape`]).
+pub fn multilabel_scores(probabilities: ArrayView2<'_, f64>, targets: ArrayView2<'_, f32>) -> Result<MultiLabelScores> {
+    if probabilities.dim() != targets.dim() || targets.nrows() == 0 {
+        return Err(Error::Shape(format!(
+            "the network gives {}×{} probabilities but the targets are {}×{}: give one 0/1 target per label and example",
+            probabilities.nrows(),
+            probabilities.ncols(),
+            targets.nrows(),
+            targets.ncols()
+        )));
+    }
+    let decided = decide(probabilities);
+    let (m, k) = targets.dim();
+    let right = ndarray::Zip::from(&decided).and(&targets).map_collect(|&d, &t| f64::from(d) == f64::from(t));
+    let exact = right.rows().into_iter().filter(|r| r.iter().all(|&ok| ok)).count();
+    let per_label: Vec<f64> =
+        right.columns().into_iter().map(|c| c.iter().filter(|&&ok| ok).count() as f64 / m as f64).collect();
+    let wrong = right.iter().filter(|&&ok| !ok).count();
+    Ok(MultiLabelScores {
+        subset_accuracy: exact as f64 / m as f64,
+        hamming_loss: wrong as f64 / (m * k) as f64,
+        per_label_accuracy: per_label,
+    })
+}
+
 pub fn accuracy(predicted: &[usize], labels: &[usize]) -> f64 {
     predicted.iter().zip(labels).filter(|(p, l)| p == l).count() as f64 / labels.len().max(1) as f64
 }
@@ -1001,11 +1050,11 @@ fn measure(job: &TrainJob, backend: &mut dyn Backend, data: &TrainingData, theta
         }
         _ => None,
     };
-    // Sigmoid-BCE: subset (exact-match) accuracy in place of R² ([`crate::predict::multilabel_scores`]).
+    // Sigmoid-BCE: subset (exact-match) accuracy in place of R² ([`multilabel_scores`]).
     let bce = spec.output == Output::SigmoidBce;
     let subset_accuracy = |backend: &mut dyn Backend, x: &Array2<f32>, y: &Array2<f32>| -> Result<f64> {
         let p = backend.predict(theta, x.into())?;
-        Ok(crate::predict::multilabel_scores(p.view(), y.view())?.subset_accuracy)
+        Ok(multilabel_scores(p.view(), y.view())?.subset_accuracy)
     };
     let train_accuracy = match (&data.y_train, bce) {
         (RowTargets::Values(v), true) => Some(subset_accuracy(backend, &data.x_train, v)?),

@@ -297,7 +297,7 @@ impl Recorder<'_> {
             Output::SigmoidBce => {
                 let y = chunk.y.as_ref().expect("sigmoid-BCE data has 0/1 targets");
                 let y = (y, seg.row * outputs);
-                ops.push(super::layers::bce::bce_loss_op(self.gpu, k, spec, out, y, seg.rows, delta, partials, want_grad)?);
+                ops.push(super::bce::bce_loss_op(self.gpu, k, spec, out, y, seg.rows, delta, partials, want_grad)?);
                 delta
             }
         };
@@ -434,7 +434,7 @@ impl Recorder<'_> {
         }
         if spec.output == Output::SigmoidBce {
             let out = acts.last().expect("a network has an output layer");
-            ops.push(super::layers::bce::sigmoid_in_place_op(&self.gpu, k, spec, out, rows)?);
+            ops.push(super::bce::sigmoid_in_place_op(&self.gpu, k, spec, out, rows)?);
         }
         let total: usize = spec.layers[1..].iter().map(|w| w * rows).sum();
         let staging = staging(device, "activations readback", total);

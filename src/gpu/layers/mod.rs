@@ -23,7 +23,6 @@
 //!
 //! This module records kernels; it owns no data, θ or workspace.
 
-pub(crate) mod bce;
 pub(crate) mod plan;
 
 use std::sync::OnceLock;

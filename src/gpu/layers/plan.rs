@@ -360,7 +360,7 @@ impl StackRecorder<'_> {
             ops.push(self.rec.kernels.small(device, Small::Softmax, None, None, Some(&out), None, p, groups));
         }
         if spec.output == Output::SigmoidBce {
-            ops.push(super::bce::sigmoid_in_place_op(self.rec.gpu, self.rec.kernels, spec, &out, rows)?);
+            ops.push(crate::gpu::bce::sigmoid_in_place_op(self.rec.gpu, self.rec.kernels, spec, &out, rows)?);
         }
         let widths: Vec<usize> = layers.widths.iter().copied().chain([spec.outputs()]).collect();
         let sources: Vec<&wgpu::Buffer> = bufs.iter().map(|b| &b.a).chain([&out]).collect();
