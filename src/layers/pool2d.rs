@@ -300,7 +300,8 @@ impl Pool2d {
     /// comparisons), or the first NaN when the maximum is a NaN: the pixel that
     /// [`Pool2d::region_max`]'s running comparison keeps. Its index is picked with integer
     /// masks: selects on the comparisons compiled to branches, which mispredict on
-    /// activations (half the pooling backward's time, BENCHMARKS.md).
+    /// activations (the backward took 3× as long with them; BENCHMARKS.md, "CNN step: pooling
+    /// and Adam").
     #[inline(always)]
     fn route_max<F: Real, const K: usize>(&self, image: &[F], delta: &[F], grad: &mut [F]) {
         let (w, shape) = (self.input.width, self.output());
