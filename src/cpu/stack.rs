@@ -168,8 +168,11 @@ fn forward_chunk<F: Real>(
                 Kept { a, winners: None, patches: Some(patches) }
             }
             Op::Pool(pool) => {
-                let out = pool.forward(input)?;
-                Kept::of(out.out, out.winners)
+                // Max pooling keeps no winners: the backward pass finds them again in its input.
+                let mut out = scratch.array(input.nrows(), pool.output().len());
+                let input = input.as_standard_layout();
+                pool.forward_into(input.as_slice().expect("standard layout"), values_mut(&mut out))?;
+                Kept::of(out, None)
             }
         };
         kept.push(k);
@@ -405,7 +408,11 @@ fn backward_chunk<F: Real>(
                 if i == 0 {
                     break;
                 }
-                pool.backward(delta.view(), k.winners.as_ref().map(|w| w.view()))?
+                let mut grad_x = scratch.array(a_prev.nrows(), a_prev.ncols());
+                let a_prev = a_prev.as_standard_layout();
+                let a_prev = a_prev.as_slice().expect("standard layout");
+                pool.backward_into(a_prev, values_mut(&mut delta), values_mut(&mut grad_x))?;
+                grad_x
             }
         };
         scratch.recycle(std::mem::replace(&mut delta, next));
