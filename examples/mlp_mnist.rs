@@ -2,19 +2,19 @@
 //! (η = 1e-3, batches of 200), η divided by 10 when the validation error has not improved for
 //! two epochs, early stopping after five epochs without improvement (10% of the training
 //! images held out for it), at most 30 epochs; accuracy on the 10,000 test images.
-//! The same run as README's
+//! The same job as README's
 //! `wgnn train mlp --data mnist:DIR --test-data mnist:DIR --hidden 1024,512 --weight-decay 1e-4 \
-//!  --schedule plateau:0.1:1 --validation 0.1 --patience 5`.
+//!  --schedule plateau:0.1:1 --validation 0.1 --patience 5`, through the estimator API.
 //!
-//! Run: `WGNN_DATA_DIR=../shared/data cargo run --release --example mlp_mnist`; writes
-//! `runs/examples/mlp-mnist/` (metrics.json has `test_accuracy` and `seconds`).
+//! Run: `WGNN_DATA_DIR=../shared/data cargo run --release --example mlp_mnist`.
 
 mod common;
 
+use std::sync::atomic::AtomicBool;
+
 use wgnn::data::Split;
-use wgnn::model::{Activation, NetSpec, Output};
-use wgnn::optim::{Method, Minibatch, Plateau, Schedule};
-use wgnn::{CpuBackend, Result, Targets};
+use wgnn::optim::{Plateau, Schedule};
+use wgnn::{Mlp, Result};
 
 fn main() {
     common::main(run)
@@ -22,19 +22,22 @@ fn main() {
 
 fn run() -> Result<()> {
     let (train, test) = (common::mnist(Split::Train, None)?, common::mnist(Split::Test, None)?);
-    let spec = NetSpec::new(&[784, 1024, 512, 10], Activation::Relu, Output::Softmax)?.with_weight_decay(1e-4)?;
+    let (labels, test_labels) = (train.labels.expect("MNIST has labels"), test.labels.expect("MNIST has labels"));
     let schedule = Schedule::ReduceOnPlateau(Plateau { factor: 0.1, patience: 1, ..Plateau::default() });
-    let method = Method::Minibatch(Minibatch::adam(1e-3).with_schedule(schedule).with_batch_size(200));
-    let mut job = common::job("mlp-mnist", spec.clone(), method, 30, Some((test.x, test.labels.unwrap().into())));
-    job.validation_fraction = 0.1;
-    job.patience = Some(5);
-    let mut backend = CpuBackend::<f32>::new(spec)?;
-    let labels = train.labels.as_deref().expect("MNIST has labels");
-    let outcome = common::fit(job, &mut backend, &train.x, Targets::Labels(labels), 1)?;
+    let estimator =
+        Mlp::classifier(&[1024, 512]).weight_decay(1e-4).schedule(schedule).validation(0.1).patience(5).epochs(30);
+    let progress = &mut |p: &wgnn::optim::Progress<'_>| {
+        if let Some(r) = p.record {
+            let validation = r.validation.map_or(String::new(), |v| format!("  validation error {v:.4}"));
+            eprintln!("  epoch {:>3}  mean J = {:.6}{validation}  {:.1} s", r.iteration, r.cost, r.seconds);
+        }
+    };
+    let model = estimator.fit_with(&train.x, &labels, progress, &AtomicBool::new(false))?;
     println!(
-        "MLP: test accuracy {:.2}% after {} epochs",
-        100.0 * outcome.test_accuracy.unwrap_or(f64::NAN),
-        outcome.summary.iterations
+        "MLP on {}: test accuracy {:.2}% after {} epochs",
+        model.backend_used().0,
+        100.0 * model.score(&test.x, &test_labels)?,
+        model.iterations()
     );
     Ok(())
 }

@@ -1,19 +1,17 @@
 //! Self-taught learning on MNIST (UFLDL's exercise): a sparse autoencoder 784-200 (ρ = 0.1,
 //! λ = 3e-3, β = 3, 400 L-BFGS iterations) learns features from the digits 5–9 without their
 //! labels; softmax regression (λ = 1e-4) on those features of the digits 0–4 is compared with
-//! softmax on the raw pixels of the same digits. The same runs as README's
-//! `wgnn train --data mnist:DIR --digits 5-9 …` then `wgnn train softmax … --features-from`.
+//! softmax on the raw pixels of the same digits. The same jobs as README's
+//! `wgnn train --data mnist:DIR --digits 5-9 …` then `wgnn train softmax … --features-from`,
+//! through the estimator API.
 //!
 //! Run: `WGNN_DATA_DIR=../shared/data cargo run --release --example self_taught [-- ITERATIONS]`
-//! (default 400; the autoencoder takes ~15 minutes on 2 cores); writes
-//! `runs/examples/self-taught-{autoencoder,features,pixels}/`.
+//! (default 400; the autoencoder takes ~15 minutes on 2 cores).
 
 mod common;
 
 use wgnn::data::Split;
-use wgnn::model::{NetSpec, Sparsity};
-use wgnn::train::hidden_features;
-use wgnn::{CpuBackend, Result, Targets};
+use wgnn::{Result, Softmax, SparseAutoencoder};
 
 fn main() {
     common::main(run)
@@ -25,26 +23,16 @@ fn run() -> Result<()> {
     })?;
     let unlabelled = common::mnist(Split::Train, Some("5-9"))?;
     let (train, test) = (common::mnist(Split::Train, Some("0-4"))?, common::mnist(Split::Test, Some("0-4"))?);
+    let (labels, test_labels) = (train.labels.expect("MNIST has labels"), test.labels.expect("MNIST has labels"));
 
     // 1. Features from the digits 5–9, labels unused.
-    let sae = NetSpec::sparse_autoencoder(784, 200, 3e-3, Sparsity { target: 0.1, weight: 3.0 })?;
-    let mut encoder = CpuBackend::<f32>::new(sae.clone())?;
-    let job = common::job("self-taught-autoencoder", sae.clone(), common::lbfgs(&sae), iterations, None);
-    let autoencoder = common::fit(job, &mut encoder, &unlabelled.x, Targets::Inputs, 50)?;
+    let autoencoder =
+        SparseAutoencoder::new(200).sparsity(0.1, 3.0).weight_decay(3e-3).iterations(iterations).fit(&unlabelled.x)?;
 
-    // 2. Softmax on those features of 0–4, and on the raw pixels, λ = 1e-4, 100 iterations.
-    let (labels, test_labels) = (train.labels.clone().unwrap(), test.labels.clone().unwrap());
-    let accuracy = |name: &str, x: ndarray::Array2<f32>, x_test: ndarray::Array2<f32>| -> Result<f64> {
-        let spec = NetSpec::softmax_regression(x.ncols(), 5, 1e-4)?;
-        let method = common::lbfgs(&spec);
-        let job = common::job(name, spec.clone(), method, 100, Some((x_test, test_labels.clone().into())));
-        let mut backend = CpuBackend::<f32>::new(spec)?;
-        Ok(common::fit(job, &mut backend, &x, Targets::Labels(&labels), 50)?.test_accuracy.unwrap_or(f64::NAN))
-    };
-    let features = hidden_features(&mut encoder, &autoencoder.theta, &train.x)?;
-    let test_features = hidden_features(&mut encoder, &autoencoder.theta, &test.x)?;
-    let on_features = accuracy("self-taught-features", features, test_features)?;
-    let on_pixels = accuracy("self-taught-pixels", train.x, test.x)?;
+    // 2. Softmax (λ = 1e-4, 100 iterations) on those features of 0–4, and on the raw pixels.
+    let (features, test_features) = (autoencoder.transform(&train.x)?, autoencoder.transform(&test.x)?);
+    let on_features = Softmax::new().fit(&features, &labels)?.score(&test_features, &test_labels)?;
+    let on_pixels = Softmax::new().fit(&train.x, &labels)?.score(&test.x, &test_labels)?;
     println!(
         "digits 0-4, test accuracy: {:.2}% on learned features, {:.2}% on raw pixels",
         100.0 * on_features,

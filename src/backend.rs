@@ -243,6 +243,14 @@ pub trait Backend {
             .flat_map(|row| row.exact_chunks(k).into_iter().map(|c| argmax(c.iter().copied())).collect::<Vec<_>>())
             .collect())
     }
+
+    /// Totals over every example of `local`, tallies (e.g. correct predictions, examples)
+    /// taken over the examples given to [`Backend::set_data`]: the identity (the default),
+    /// unless those were one shard of a data-parallel job ([`crate::dist::DistBackend`]
+    /// given the rank's shard alone), where it sums over the ranks in rank order.
+    fn sum_over_shards(&mut self, local: &[f64]) -> Result<Vec<f64>> {
+        Ok(local.to_vec())
+    }
 }
 
 /// Refuses a θ whose length does not fit `spec`, saying what it should be.

@@ -50,6 +50,7 @@ pub struct Metadata {
     #[serde(default)]
     pub wgnn_version: String,
     #[serde(default)]
+    /// The seed the run used (weights, validation split, minibatch order); `None` when unknown.
     pub seed: Option<u64>,
     /// The training history (cost per iteration and so on). Files written now leave it null
     /// (the optimizer state holds the history, metrics.json too); older files may hold it.
@@ -81,8 +82,11 @@ struct Header {
 /// A network's spec, its parameters θ and its metadata.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Checkpoint {
+    /// The network.
     pub spec: NetSpec,
+    /// θ in wgnn's layout ([`crate::model::ThetaLayout`]): as many values as the network has parameters.
     pub theta: Vec<f64>,
+    /// What the run was and how far it got.
     pub metadata: Metadata,
 }
 
@@ -95,6 +99,9 @@ fn bias_name(l: usize) -> String {
 }
 
 impl Checkpoint {
+    /// A checkpoint of `spec` at θ.
+    ///
+    /// Errors ([`Error::Shape`]): θ of another length than the network's parameters.
     pub fn new(spec: NetSpec, theta: Vec<f64>, metadata: Metadata) -> Result<Checkpoint> {
         spec.validate()?;
         let len = ThetaLayout::new(&spec).len();
@@ -115,6 +122,9 @@ impl Checkpoint {
         crate::atomic::write_bytes(path, &bytes)
     }
 
+    /// Reads a checkpoint file (safetensors; README.md, "The parameter vector θ").
+    ///
+    /// Errors ([`Error::File`]): the file cannot be read; as [`Checkpoint::from_bytes`] otherwise.
     pub fn load(path: &Path) -> Result<Checkpoint> {
         let bytes = std::fs::read(path).map_err(|e| Error::file(path, format!("cannot read: {e}")))?;
         Checkpoint::from_bytes(&bytes).map_err(|e| match e {
@@ -124,6 +134,9 @@ impl Checkpoint {
         })
     }
 
+    /// Parses a checkpoint's bytes.
+    ///
+    /// Errors ([`Error::Data`]): not a safetensors file, a missing or unreadable spec, tensors that do not match the spec's layout.
     pub fn from_bytes(bytes: &[u8]) -> Result<Checkpoint> {
         let corrupt = |e: safetensors::SafeTensorError| {
             Error::Data(crate::one_line(&format!(

@@ -51,15 +51,20 @@ pub use crate::layers::pool2d::PoolKind;
 /// Pooling over disjoint `size` × `size` regions. Size 1 keeps every convolved feature.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Pooling {
+    /// Side of a pooling region, in convolved features.
     pub size: usize,
+    /// Mean or max over a region.
     pub kind: PoolKind,
 }
 
 /// The sizes of one convolution: n×n images with c channels, p×p features.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Geometry {
+    /// Side n of the square images, in pixels.
     pub image_size: usize,
+    /// Channels c of the images (1 grey, 3 colour).
     pub channels: usize,
+    /// Side p of the square features (patches), in pixels.
     pub patch: usize,
 }
 
@@ -131,8 +136,11 @@ pub struct FeatureBank {
     pub weights: Array2<f64>,
     /// k.
     pub biases: Array1<f64>,
+    /// The hidden activation f of the encoder (a = f(W x + b)).
     pub activation: Activation,
+    /// Side p of the square patches the features were learned on, in pixels.
     pub patch: usize,
+    /// Channels c of those patches.
     pub channels: usize,
 }
 
@@ -437,7 +445,9 @@ const GPU_CHUNK_BYTES: u64 = 512 << 20;
 /// What one GPU run did, for reports and benchmarks.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct GpuRunStats {
+    /// Chunks the images were sent to the device in.
     pub chunks: usize,
+    /// Images per chunk (the last may hold fewer).
     pub images_per_chunk: usize,
     /// Wall time of the run, uploads and read-backs included.
     pub seconds: f64,

@@ -34,3 +34,5 @@ pub use backend::{Backend, Batch, Cost, Inputs, Targets};
 pub use cpu::CpuBackend;
 pub use error::{Error, Result, one_line};
 pub use gpu::GpuBackend;
+pub mod estimator;
+pub use estimator::{BackendChoice, Mlp, Network, Softmax, SparseAutoencoder, Trained};

@@ -72,6 +72,23 @@
 //! stack of hidden layers (MLP classifier, fine-tuned stacked autoencoder).
 //! ```
 //!
+//! ## Sigmoid output and binary cross-entropy
+//!
+//! [`crate::model::Output::SigmoidBce`]: k independent sigmoid outputs for binary (k = 1)
+//! and multi-label targets y ∈ {0,1}^k (PyTorch's `BCEWithLogitsLoss`; the logistic output
+//! of scikit-learn's `MLPClassifier` for multi-label targets).
+//!
+//! ```text
+//! a = σ(z) = 1/(1 + e^{−z}), one per label
+//! J = −(1/m) Σᵢ Σⱼ [y log a + (1 − y) log(1 − a)] + (λ/2)‖W‖²
+//! Output delta: δ⁽ᴸ⁾ = a − y  (then divided by m in the gradient).
+//! Computed from z (see "Numerically safe forms"):
+//!   −[y log σ(z) + (1 − y) log(1 − σ(z))] = max(z, 0) − z·y + log(1 + e^{−|z|})
+//! since log σ(z) = −softplus(−z) and log(1 − σ(z)) = −softplus(z).
+//! Decisions: label j is 1 when a ≥ 0.5 (z ≥ 0). Scores: subset (exact-match) accuracy,
+//! Hamming loss (fraction of label decisions wrong), per-label accuracy.
+//! ```
+//!
 //! ## Labels and targets
 //!
 //! ```text
@@ -136,6 +153,9 @@
 //!   precision, compute 1 − ρ̂ as the mean of σ(−z) (or of 1 − a accumulated in f64) and keep
 //!   KL finite, or refuse with a clear error; never report inf or NaN as a cost with success.
 //! - Weight decay with λ = 0 contributes exactly 0 (do not multiply 0 by an infinite sum).
+//! - Binary cross-entropy with a sigmoid output: compute it from z as
+//!   max(z, 0) − z·y + log(1 + e^{−|z|}), never from a rounded a (σ(40) is 1 in f32, and
+//!   log(1 − 1) is −∞; z = ±100 must give the finite, exact cost).
 //! ```
 //!
 //! ## Layers beyond dense

@@ -34,7 +34,12 @@ pub fn cpu_f32(spec: &NetSpec) -> Result<Box<dyn Backend>> {
 #[derive(Clone, Debug, PartialEq)]
 pub enum Stage {
     /// The first hidden layer's activations of an encoder network (m × n ↦ m × h).
-    Encoder { spec: NetSpec, theta: Vec<f64> },
+    Encoder {
+        /// The encoder's network (its first hidden layer gives the features).
+        spec: NetSpec,
+        /// The encoder's θ.
+        theta: Vec<f64>,
+    },
     /// x ↦ M (x − μ) (m × n ↦ m × outputs).
     Whitening(Whitening),
 }
@@ -53,21 +58,41 @@ impl Stage {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Task {
     /// A softmax output: the probabilities of `classes` classes.
-    Classifier { classes: usize },
+    Classifier {
+        /// k.
+        classes: usize,
+    },
     /// A squared-error output trained against targets: `outputs` predicted values.
-    Regressor { outputs: usize },
+    Regressor {
+        /// Values per example.
+        outputs: usize,
+    },
     /// A squared-error output trained to reconstruct its input (n-…-n), with a hidden layer
     /// of `hidden` units to take features from.
-    Autoencoder { hidden: usize },
+    Autoencoder {
+        /// Units of the first hidden layer.
+        hidden: usize,
+    },
+    /// A sigmoid output with the binary cross-entropy ([`Output::SigmoidBce`]): for each of
+    /// `labels` labels the probability P(yⱼ = 1 | x), decided 1 at ≥ 0.5 ([`decide`]).
+    MultiLabel {
+        /// k.
+        labels: usize,
+    },
 }
+
+pub use crate::train::{DECISION_THRESHOLD, MultiLabelScores, decide, multilabel_scores};
 
 /// A trained network with the stages its inputs go through: see the module docs.
 #[derive(Clone, Debug)]
 pub struct Model {
+    /// The network.
     pub spec: NetSpec,
+    /// θ in wgnn's layout ([`crate::model::ThetaLayout`]).
     pub theta: Vec<f64>,
     /// In the order they are applied to raw examples.
     pub stages: Vec<Stage>,
+    /// What its output means.
     pub task: Task,
     /// A classifier's labels as its training data wrote them, class by class (`setosa`, `7`),
     /// stored as `preprocessing.classes`; `None` when the classes are the numbers 0..k−1
@@ -175,6 +200,7 @@ impl Model {
         let trained_on_targets = pre.get("targets").is_some_and(|t| !t.is_null());
         let task = match spec.output {
             Output::Softmax => Task::Classifier { classes: spec.outputs() },
+            Output::SigmoidBce => Task::MultiLabel { labels: spec.outputs() },
             _ if !trained_on_targets && spec.layers.len() >= 3 && spec.outputs() == spec.inputs() => {
                 Task::Autoencoder { hidden: spec.layers[1] }
             }

@@ -18,6 +18,7 @@ use ndarray::Array2;
 use serde_json::json;
 
 use crate::checkpoint::Checkpoint;
+use crate::estimator::Kind;
 use crate::model::{Activation, NetSpec, Output, Sparsity, ThetaLayout};
 use crate::optim::{Lbfgs, Method, StopReason, Summary};
 use crate::train::{RunFolder, RunStatus, TrainJob, TrainOutcome, accuracy, hidden_features, train};
@@ -27,6 +28,7 @@ use crate::{Backend, CpuBackend, Error, Result, Targets};
 /// 400 iterations per autoencoder and for fine-tuning; softmax λ = 1e-4, 100 iterations).
 #[derive(Clone, Debug)]
 pub struct StackedConfig {
+    /// Hidden layer sizes, one autoencoder each (UFLDL: 200, 200).
     pub hidden: Vec<usize>,
     /// KL sparsity of each autoencoder (`None`: plain autoencoders).
     pub sparsity: Option<Sparsity>,
@@ -36,8 +38,11 @@ pub struct StackedConfig {
     pub iterations: usize,
     /// λ and iterations of the softmax stage, λ of fine-tuning.
     pub softmax_weight_decay: f64,
+    /// L-BFGS iterations of the softmax stage.
     pub softmax_iterations: usize,
+    /// Seed of every stage's initial weights.
     pub seed: u64,
+    /// Save each stage's `checkpoint.safetensors` every this many iterations (`None`: at the end only).
     pub checkpoint_every: Option<usize>,
     /// What the data was, for `metrics.json`.
     pub data_description: String,
@@ -57,13 +62,15 @@ pub struct StackedConfig {
 
 impl Default for StackedConfig {
     fn default() -> StackedConfig {
+        // The table of per-kind defaults: stacked's row, and softmax's for the softmax stage.
+        let (stacked, softmax) = (Kind::Stacked.defaults(), Kind::Softmax.defaults());
         StackedConfig {
-            hidden: vec![200, 200],
-            sparsity: Some(Sparsity { target: 0.1, weight: 3.0 }),
-            weight_decay: 3e-3,
-            iterations: 400,
-            softmax_weight_decay: 1e-4,
-            softmax_iterations: 100,
+            hidden: stacked.hidden.to_vec(),
+            sparsity: stacked.sparsity.map(|target| Sparsity { target, weight: stacked.sparsity_weight }),
+            weight_decay: stacked.weight_decay,
+            iterations: stacked.iterations,
+            softmax_weight_decay: softmax.weight_decay,
+            softmax_iterations: softmax.iterations,
             seed: 0,
             checkpoint_every: None,
             data_description: String::new(),
@@ -83,9 +90,13 @@ pub struct StackedOutcome {
     pub stage: PathBuf,
     /// The fine-tuned network and its θ.
     pub spec: NetSpec,
+    /// θ of the fine-tuned network, in its layout.
     pub theta: Vec<f64>,
+    /// Test accuracy of the stack before fine-tuning (autoencoders + softmax), in [0, 1], when a test set was given.
     pub test_accuracy_before_finetuning: Option<f64>,
+    /// Test accuracy after fine-tuning, in [0, 1], when a test set was given.
     pub test_accuracy: Option<f64>,
+    /// J(θ) of the fine-tuned network over the training examples.
     pub final_cost: f64,
     /// The summary `metrics.json` in the output folder (a stage's, when one did not finish).
     pub metrics: PathBuf,
@@ -93,8 +104,18 @@ pub struct StackedOutcome {
 
 /// One stage as the caller hears of it: its network and folder before, its outcome after.
 pub enum StageEvent<'a> {
-    Start { spec: &'a NetSpec, dir: &'a Path },
-    Done { outcome: &'a TrainOutcome },
+    /// A stage is about to train.
+    Start {
+        /// Its network.
+        spec: &'a NetSpec,
+        /// Its run folder.
+        dir: &'a Path,
+    },
+    /// A stage finished (or stopped: see its status).
+    Done {
+        /// What it left.
+        outcome: &'a TrainOutcome,
+    },
 }
 
 /// Runs the pipeline on (x, labels), with test accuracy on `test` when given. `backend`

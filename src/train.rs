@@ -43,6 +43,7 @@ pub const MODEL_FILE: &str = "model.safetensors";
 /// θ (and, unless the run failed, the optimizer state) of a run in progress, interrupted or
 /// failed.
 pub const CHECKPOINT_FILE: &str = "checkpoint.safetensors";
+/// The run's metrics (history, final cost, timings, status) as JSON.
 pub const METRICS_FILE: &str = "metrics.json";
 /// The file whose OS lock marks the folder as being written by a process.
 pub const LOCK_FILE: &str = ".wgnn.lock";
@@ -131,6 +132,7 @@ impl RunFolder {
         Ok(Some(folder))
     }
 
+    /// The folder's path.
     pub fn path(&self) -> &Path {
         &self.dir
     }
@@ -226,12 +228,17 @@ pub fn check_settings(
 
 /// Everything a run needs besides the data and the backend.
 pub struct TrainJob {
+    /// The network to train.
     pub spec: NetSpec,
+    /// The optimizer.
     pub method: Method,
+    /// When to stop (iterations, tolerances, evaluations).
     pub stop: Stop,
     /// Initial weights: drawn with `init` and `seed` unless `initial_theta` is given.
     pub init: Init,
+    /// Seed of the initial weights (and of the validation split).
     pub seed: u64,
+    /// θ to start from instead of drawing it (as many values as the network's parameters).
     pub initial_theta: Option<Vec<f64>>,
     /// A checkpoint to continue: its θ and optimizer state replace the above.
     pub resume: Option<Checkpoint>,
@@ -241,13 +248,16 @@ pub struct TrainJob {
     pub patience: Option<usize>,
     /// Save `checkpoint.safetensors` every this many iterations (epochs) while training.
     pub checkpoint_every: Option<usize>,
+    /// The run folder (ignored by [`train_in_memory`]).
     pub out_dir: PathBuf,
     /// `out_dir`, already opened and locked by the caller ([`RunFolder::open`]), e.g. to
     /// refuse a busy folder before loading data; `train` opens it itself when `None`.
     pub folder: Option<RunFolder>,
     /// For metrics.json and the checkpoint: what the data was and how it was prepared.
     pub data_description: String,
+    /// The examples' picture size (height, width), to draw the filters; `None`: not pictures.
     pub image_shape: Option<(usize, usize)>,
+    /// What the raw examples went through before training (stages [`crate::predict::Model`] applies; JSON, stored in the model).
     pub preprocessing: serde_json::Value,
     /// Held-out test examples and what they should give: with labels, their accuracy goes
     /// into metrics.json as `test_accuracy`; with real-valued targets, R² as `r2`.
@@ -305,7 +315,10 @@ pub enum RunStatus {
     /// Training failed numerically (a NaN or infinite cost or gradient, at the start or
     /// later; divergence): `checkpoint.safetensors` holds the θ the optimizer kept, without
     /// optimizer state (it cannot be resumed), and `metrics.json` the reason.
-    Diverged { reason: String },
+    Diverged {
+        /// Why, in one line.
+        reason: String,
+    },
 }
 
 impl RunStatus {
@@ -318,6 +331,7 @@ impl RunStatus {
         }
     }
 
+    /// True for [`RunStatus::Finished`].
     pub fn is_finished(&self) -> bool {
         *self == RunStatus::Finished
     }
@@ -327,11 +341,14 @@ impl RunStatus {
 /// targets (m × outputs, a regression network).
 #[derive(Clone, Debug)]
 pub enum TestTargets {
+    /// One class number per test example.
     Labels(Vec<usize>),
+    /// m × outputs real values.
     Values(Array2<f32>),
 }
 
 impl TestTargets {
+    /// The number of test examples.
     pub fn len(&self) -> usize {
         match self {
             TestTargets::Labels(l) => l.len(),
@@ -339,6 +356,7 @@ impl TestTargets {
         }
     }
 
+    /// True when there are no test examples.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
@@ -363,10 +381,13 @@ pub struct TrainOutcome {
     /// J(θ) on all training examples at the end (for minibatch methods the history holds
     /// epoch means instead).
     pub final_cost: f64,
+    /// The best validation metric seen (error rate or squared error), when validating.
     pub validation: Option<f64>,
+    /// Accuracy on the test set, in [0, 1] (classifiers).
     pub test_accuracy: Option<f64>,
     /// R² of a regression network on the test set ([`r2_score`]).
     pub r2: Option<f64>,
+    /// The files written, in order (none in memory).
     pub files: Vec<PathBuf>,
 }
 
@@ -422,7 +443,9 @@ fn split(x: ArrayView2<'_, f32>, fraction: f64, seed: u64) -> Result<(Vec<usize>
 /// the caller keeps theirs.
 #[derive(Clone, Debug)]
 pub enum Examples<'a> {
+    /// Lent: `train` copies them.
     Borrowed(ArrayView2<'a, f32>),
+    /// Handed over: the run's one copy.
     Owned(Arc<Array2<f32>>),
 }
 
@@ -521,6 +544,10 @@ fn targets<'a>(spec: &NetSpec, y: Targets<'a>) -> Result<Targets<'a>> {
         (Output::Softmax, _) => Err(Error::Data("a softmax network needs labelled data".into())),
         (Output::SquaredError(_), Targets::Values(v)) => Ok(Targets::Values(v)),
         (Output::SquaredError(_), _) => Ok(Targets::Inputs),
+        (Output::SigmoidBce, Targets::Values(v)) => Ok(Targets::Values(v)),
+        (Output::SigmoidBce, _) => {
+            Err(Error::Data("a sigmoid-bce output needs 0/1 targets, one column per label: give --targets".into()))
+        }
     }
 }
 
@@ -585,6 +612,55 @@ pub fn hidden_features(backend: &mut dyn Backend, theta: &[f64], x: &Array2<f32>
 }
 
 /// The fraction of `predicted` equal to `labels`.
+/// The threshold at which a multi-label probability P(yⱼ = 1 | x) is decided 1 (scikit-learn's
+/// `MLPClassifier.predict` for multi-label targets: σ(z) ≥ 0.5, i.e. z ≥ 0).
+pub const DECISION_THRESHOLD: f64 = 0.5;
+
+/// The 0/1 decisions of multi-label probabilities (m × k): 1 where p ≥ [`DECISION_THRESHOLD`].
+pub fn decide(probabilities: ArrayView2<'_, f64>) -> Array2<u8> {
+    probabilities.mapv(|p| u8::from(p >= DECISION_THRESHOLD))
+}
+
+/// How well multi-label decisions match 0/1 targets (scikit-learn's `accuracy_score` and
+/// `hamming_loss` on multi-label indicator matrices).
+#[derive(Clone, Debug, PartialEq)]
+pub struct MultiLabelScores {
+    /// Subset (exact-match) accuracy: the fraction of examples whose k decisions all match.
+    pub subset_accuracy: f64,
+    /// Hamming loss: the fraction of the m·k decisions that are wrong.
+    pub hamming_loss: f64,
+    /// For each label j, the fraction of examples whose decision for j matches.
+    pub per_label_accuracy: Vec<f64>,
+}
+
+/// [`MultiLabelScores`] of the probabilities (m × k, decided by [`decide`]) against the 0/1
+/// targets (m × k).
+///
+/// Errors: shapes that differ or no examples ([`Error::Shape`]).
+pub fn multilabel_scores(probabilities: ArrayView2<'_, f64>, targets: ArrayView2<'_, f32>) -> Result<MultiLabelScores> {
+    if probabilities.dim() != targets.dim() || targets.nrows() == 0 {
+        return Err(Error::Shape(format!(
+            "the network gives {}×{} probabilities but the targets are {}×{}: give one 0/1 target per label and example",
+            probabilities.nrows(),
+            probabilities.ncols(),
+            targets.nrows(),
+            targets.ncols()
+        )));
+    }
+    let decided = decide(probabilities);
+    let (m, k) = targets.dim();
+    let right = ndarray::Zip::from(&decided).and(&targets).map_collect(|&d, &t| f64::from(d) == f64::from(t));
+    let exact = right.rows().into_iter().filter(|r| r.iter().all(|&ok| ok)).count();
+    let per_label: Vec<f64> =
+        right.columns().into_iter().map(|c| c.iter().filter(|&&ok| ok).count() as f64 / m as f64).collect();
+    let wrong = right.iter().filter(|&&ok| !ok).count();
+    Ok(MultiLabelScores {
+        subset_accuracy: exact as f64 / m as f64,
+        hamming_loss: wrong as f64 / (m * k) as f64,
+        per_label_accuracy: per_label,
+    })
+}
+
 pub fn accuracy(predicted: &[usize], labels: &[usize]) -> f64 {
     predicted.iter().zip(labels).filter(|(p, l)| p == l).count() as f64 / labels.len().max(1) as f64
 }
@@ -615,6 +691,12 @@ fn check_test_set(spec: &NetSpec, x: &Array2<f32>, y: &TestTargets) -> Result<()
             spec.outputs()
         ))),
         (Output::SquaredError(_), TestTargets::Values(_)) => Ok(()),
+        (Output::SigmoidBce, TestTargets::Values(v)) if v.ncols() != spec.outputs() => Err(Error::Shape(format!(
+            "the test targets have {} labels per example but the network {}: give test targets of the same width",
+            v.ncols(),
+            spec.outputs()
+        ))),
+        (Output::SigmoidBce, TestTargets::Values(v)) => crate::cpu::check_zero_one(&v.view().into()),
         _ => Err(Error::Data(format!(
             "the test set's targets do not suit {}: labels go with a softmax output, real values with a squared-error one",
             spec.describe()
@@ -622,13 +704,21 @@ fn check_test_set(spec: &NetSpec, x: &Array2<f32>, y: &TestTargets) -> Result<()
     }
 }
 
-/// Trains `job.spec` on (x, y) with `backend`, calling `progress` after every step. `y` is
-/// what the output learns: class labels (softmax), real-valued targets (regression) or the
-/// inputs themselves (an autoencoder; labels given to a squared-error network are unused).
-/// `x` is lent (`&Array2<f32>`: `train` copies it once) or handed over (an `Array2<f32>` or
-/// `Arc`: no copy at all when the backend computes in f32; see [`Examples`]).
-/// Sets `interrupt` (e.g. from Ctrl-C) to stop after the current step: the run is then saved
-/// and can be resumed.
+/// Trains `job.spec` on (x, y) with `backend`, calling `progress` after every step, and writes
+/// the run folder `job.out_dir` (module docs). `y` is what the output learns: class labels
+/// (softmax; m of them), real-valued targets (regression; m × outputs) or the inputs
+/// themselves (an autoencoder; labels given to a squared-error network are unused). `x`
+/// (m × n, n = `job.spec.inputs()`) is lent (`&Array2<f32>`: `train` copies it once) or handed
+/// over (an `Array2<f32>` or `Arc`: no copy at all when the backend computes in f32; see
+/// [`Examples`]). Sets `interrupt` (e.g. from Ctrl-C) to stop after the current step: the run
+/// is then saved and can be resumed.
+///
+/// The steps, in order, each its own function shared with [`train_in_memory`]: validate (the
+/// job, [`TrainJob::validate`], and its test set) → the run folder (opened and locked,
+/// [`RunFolder`]) → data (the seeded validation split, [`Backend::set_data`]) → the starting
+/// point (θ₀ from `init` and `seed`, or the checkpoint's θ and optimizer state) → optimize
+/// (checkpoints on the way) → measure (the final cost, accuracy or R²) → write (model, metrics,
+/// pictures).
 ///
 /// Returns `Ok` with [`TrainOutcome::status`] when training ran: [`RunStatus::Finished`],
 /// [`RunStatus::Interrupted`], or [`RunStatus::Diverged`] (θ and the reason saved as the module
@@ -644,44 +734,186 @@ pub fn train<'x>(
     progress: &mut dyn FnMut(&Progress<'_>),
     interrupt: &AtomicBool,
 ) -> Result<TrainOutcome> {
-    let spec = job.spec.clone();
-    let layout = ThetaLayout::new(&spec);
-    if let Some((x_test, y_test)) = &job.test_set {
-        check_test_set(&spec, x_test, y_test)?;
-    }
-    job.validate()?;
+    validate_job(&job)?;
     // Held until train returns: no other process writes this folder meanwhile.
-    let _folder = match job.folder.take() {
-        Some(f) if f.path() == job.out_dir => f,
-        Some(f) => {
-            return Err(Error::Data(format!(
-                "the job writes {} but holds the folder {}: open the run folder of out_dir",
-                job.out_dir.display(),
-                f.path().display()
-            )));
+    let _folder = take_folder(&mut job)?;
+    let data = TrainingData::load(&job, backend, x.into(), y)?;
+    let (mut theta, mut optimizer) = starting_point(&job)?;
+    let spec = &job.spec;
+    let save = |theta: &[f64],
+                optimizer: Option<&Optimizer>,
+                extra: serde_json::Map<String, serde_json::Value>,
+                file: &str|
+     -> Result<PathBuf> {
+        // The history travels inside the optimizer state (and in metrics.json), not twice.
+        let metadata = Metadata {
+            seed: Some(job.seed),
+            preprocessing: job.preprocessing.clone(),
+            command: job.command.clone(),
+            extra,
+            ..Default::default()
+        };
+        let path = job.out_dir.join(file);
+        // The optimizer's vectors go straight into tensor bytes (no JSON value per number).
+        crate::checkpoint::save_state(spec, theta, &metadata, &optimizer, &path)?;
+        Ok(path)
+    };
+    let (train_examples, validation_examples) = (data.train_examples, data.validation_examples);
+    let summary =
+        match optimize(&job, backend, &data, &mut theta, &mut optimizer, progress, interrupt, Some(&save as &Save<'_>))
+        {
+            Ok(s) => s,
+            Err(e) => {
+                // Keep what can be kept, under names that do not claim a finished model. The
+                // optimizer reports a run whose cost exploded, kept rising or stopped being
+                // finite as Error::Diverged, θ already put back to the best point it saw.
+                let diverged = matches!(e, Error::Diverged(_));
+                let status = if diverged { "diverged" } else { "failed" };
+                let failure = Failure { status, reason: &e.to_string(), theta: &theta, optimizer: &optimizer };
+                let files = failure.write(&job, spec, backend, train_examples, validation_examples, &save);
+                return match (diverged, files) {
+                    (true, Ok((files, final_cost))) => Ok(failure.outcome(files, final_cost)),
+                    _ => Err(e),
+                };
+            }
+        };
+    let final_cost = match final_cost(backend, &theta, &summary) {
+        Ok(c) => c,
+        Err(reason) => {
+            let failure = Failure { status: "diverged", reason: &reason, theta: &theta, optimizer: &optimizer };
+            let (files, final_cost) = failure.write(&job, spec, backend, train_examples, validation_examples, &save)?;
+            return Ok(failure.outcome(files, final_cost));
         }
-        None => RunFolder::open(&job.out_dir)?,
     };
+    let measures = measure(&job, backend, &data, &theta)?;
+    write_run(&job, backend, &data, theta, &optimizer, summary, final_cost, measures, &save)
+}
 
-    let x: Examples<'_> = x.into();
-    let y = targets(&spec, y)?;
-    let (train_rows, val_rows) = split(x.view(), job.validation_fraction, job.seed)?;
-    // The backend's own checks, on all the data before the split indexes into it.
-    crate::cpu::validate_data(&spec, &x.view().into(), &y)?;
-    // Without a validation split the rows are used as given (split keeps their order); with
-    // one, both sides are gathered and the examples handed over are dropped.
-    let ((x_train, y_train), (x_val, y_val)) = if val_rows.is_empty() {
-        ((x.into_shared(), all_targets(&y)), (Arc::new(Array2::zeros((0, spec.inputs()))), RowTargets::Inputs))
-    } else {
-        let sides = (gather(x.view(), &y, &train_rows), gather(x.view(), &y, &val_rows));
-        drop(x);
-        sides
+/// As [`train`], in memory: the same steps but the folder and write steps, so the same θ bit
+/// for bit, and no file written or read (`job.out_dir` is unused). An embedder's
+/// [`crate::estimator`] `fit` trains here; [`TrainOutcome::files`] is empty.
+///
+/// Errors: as [`train`]'s before training, and a job that asks for files
+/// (`checkpoint_every`, `folder`), refused before any work ([`Error::Data`]). A run that
+/// diverges is `Ok` with [`RunStatus::Diverged`] and the θ the optimizer kept (its
+/// `final_cost` NaN when J cannot be computed there); another error while training is
+/// returned.
+pub fn train_in_memory<'x>(
+    job: TrainJob,
+    backend: &mut dyn Backend,
+    x: impl Into<Examples<'x>>,
+    y: Targets<'_>,
+    progress: &mut dyn FnMut(&Progress<'_>),
+    interrupt: &AtomicBool,
+) -> Result<TrainOutcome> {
+    validate_job(&job)?;
+    if let Some(n) = job.checkpoint_every {
+        return Err(Error::Data(format!(
+            "a checkpoint every {n} iterations needs a run folder: train in memory without checkpoint_every, or write a run with train()"
+        )));
+    }
+    if job.folder.is_some() {
+        return Err(Error::Data("a job trained in memory writes no folder: leave its folder None".into()));
+    }
+    let data = TrainingData::load(&job, backend, x.into(), y)?;
+    let (mut theta, mut optimizer) = starting_point(&job)?;
+    let diverged = |theta: &[f64], optimizer: &Optimizer, backend: &mut dyn Backend, reason: &str| {
+        let failure = Failure { status: "diverged", reason, theta, optimizer };
+        let cost = backend.cost(theta, Batch::All).map(|c| c.total()).unwrap_or(f64::NAN);
+        failure.outcome(Vec::new(), cost)
     };
-    backend.set_data((&x_train).into(), y_train.view())?;
+    let summary = match optimize(&job, backend, &data, &mut theta, &mut optimizer, progress, interrupt, None) {
+        Ok(s) => s,
+        Err(e @ Error::Diverged(_)) => return Ok(diverged(&theta, &optimizer, backend, &e.to_string())),
+        Err(e) => return Err(e),
+    };
+    let final_cost = match final_cost(backend, &theta, &summary) {
+        Ok(c) => c,
+        Err(reason) => return Ok(diverged(&theta, &optimizer, backend, &reason)),
+    };
+    let measures = measure(&job, backend, &data, &theta)?;
+    let status = if summary.reason == StopReason::Interrupted { RunStatus::Interrupted } else { RunStatus::Finished };
+    Ok(TrainOutcome {
+        status,
+        theta,
+        validation: summary.best_validation,
+        summary,
+        final_cost,
+        test_accuracy: measures.test_accuracy,
+        r2: measures.r2,
+        files: Vec::new(),
+    })
+}
 
-    let (mut theta, mut optimizer) = match &job.resume {
+/// Step "validate": the job's settings ([`TrainJob::validate`]) and its test set, refused
+/// before any work.
+fn validate_job(job: &TrainJob) -> Result<()> {
+    if let Some((x_test, y_test)) = &job.test_set {
+        check_test_set(&job.spec, x_test, y_test)?;
+    }
+    job.validate()
+}
+
+/// Step "run folder": the folder the caller opened for `job.out_dir`, or opened here.
+fn take_folder(job: &mut TrainJob) -> Result<RunFolder> {
+    match job.folder.take() {
+        Some(f) if f.path() == job.out_dir => Ok(f),
+        Some(f) => Err(Error::Data(format!(
+            "the job writes {} but holds the folder {}: open the run folder of out_dir",
+            job.out_dir.display(),
+            f.path().display()
+        ))),
+        None => RunFolder::open(&job.out_dir),
+    }
+}
+
+/// Step "data": the training and validation sides of the examples, the training side set
+/// on the backend.
+struct TrainingData {
+    x_train: Arc<Array2<f32>>,
+    y_train: RowTargets,
+    x_val: Arc<Array2<f32>>,
+    y_val: RowTargets,
+    train_examples: usize,
+    validation_examples: usize,
+}
+
+impl TrainingData {
+    fn load(job: &TrainJob, backend: &mut dyn Backend, x: Examples<'_>, y: Targets<'_>) -> Result<TrainingData> {
+        let spec = &job.spec;
+        let y = targets(spec, y)?;
+        let (train_rows, val_rows) = split(x.view(), job.validation_fraction, job.seed)?;
+        // The backend's own checks, on all the data before the split indexes into it.
+        crate::cpu::validate_data(spec, &x.view().into(), &y)?;
+        // Without a validation split the rows are used as given (split keeps their order); with
+        // one, both sides are gathered and the examples handed over are dropped.
+        let ((x_train, y_train), (x_val, y_val)) = if val_rows.is_empty() {
+            ((x.into_shared(), all_targets(&y)), (Arc::new(Array2::zeros((0, spec.inputs()))), RowTargets::Inputs))
+        } else {
+            let sides = (gather(x.view(), &y, &train_rows), gather(x.view(), &y, &val_rows));
+            drop(x);
+            sides
+        };
+        backend.set_data((&x_train).into(), y_train.view())?;
+        Ok(TrainingData {
+            // All examples trained on, when this process holds one shard of them (data-parallel).
+            train_examples: backend.num_examples(),
+            x_train,
+            y_train,
+            x_val,
+            y_val,
+            validation_examples: val_rows.len(),
+        })
+    }
+}
+
+/// Step "starting point": θ₀ (`initial_theta`, else drawn by `init` with `seed`) and a new
+/// optimizer, or the checkpoint's θ and optimizer state when resuming.
+fn starting_point(job: &TrainJob) -> Result<(Vec<f64>, Optimizer)> {
+    let spec = &job.spec;
+    match &job.resume {
         Some(ck) => {
-            if ck.spec != spec {
+            if ck.spec != *spec {
                 return Err(Error::Data(format!(
                     "the checkpoint holds {} but this run asks for {}: resume with the same network",
                     ck.spec.describe(),
@@ -704,53 +936,46 @@ pub fn train<'x>(
             let opt: Optimizer = serde_json::from_value(ck.metadata.optimizer.clone()).map_err(|e| {
                 Error::Data(format!("the checkpoint's optimizer state is unreadable ({e}): it cannot be resumed"))
             })?;
-            (ck.theta.clone(), opt)
+            Ok((ck.theta.clone(), opt))
         }
         None => {
-            let theta = job.initial_theta.clone().unwrap_or_else(|| job.init.theta(&spec, job.seed));
-            if theta.len() != layout.len() {
-                return Err(Error::Shape(format!(
-                    "initial θ has {} values, the network needs {}",
-                    theta.len(),
-                    layout.len()
-                )));
+            let theta = job.initial_theta.clone().unwrap_or_else(|| job.init.theta(spec, job.seed));
+            let needed = ThetaLayout::new(spec).len();
+            if theta.len() != needed {
+                return Err(Error::Shape(format!("initial θ has {} values, the network needs {needed}", theta.len())));
             }
-            (theta, Optimizer::new(job.method.clone())?)
+            Ok((theta, Optimizer::new(job.method.clone())?))
         }
-    };
+    }
+}
 
+/// Step "optimize": runs the optimizer from θ until a stopping rule, `interrupt` or an error,
+/// with early stopping on the validation side when there is one, and (given `save`) a
+/// checkpoint every `job.checkpoint_every` iterations.
+#[allow(clippy::too_many_arguments)]
+fn optimize(
+    job: &TrainJob,
+    backend: &mut dyn Backend,
+    data: &TrainingData,
+    theta: &mut [f64],
+    optimizer: &mut Optimizer,
+    progress: &mut dyn FnMut(&Progress<'_>),
+    interrupt: &AtomicBool,
+    save: Option<&Save<'_>>,
+) -> Result<Summary> {
+    let spec = &job.spec;
     // Validation runs on its own CPU backend so that it never competes with the training
     // backend for the data it holds.
-    let mut validator = if val_rows.is_empty() {
+    let mut validator = if data.validation_examples == 0 {
         None
     } else {
         let mut v = CpuBackend::<f32>::new(spec.clone())?;
-        v.set_data((&x_val).into(), y_val.view())?;
+        v.set_data((&data.x_val).into(), data.y_val.view())?;
         Some(v)
     };
-
-    let save = |theta: &[f64],
-                optimizer: Option<&Optimizer>,
-                extra: serde_json::Map<String, serde_json::Value>,
-                file: &str|
-     -> Result<PathBuf> {
-        // The history travels inside the optimizer state (and in metrics.json), not twice.
-        let metadata = Metadata {
-            seed: Some(job.seed),
-            preprocessing: job.preprocessing.clone(),
-            command: job.command.clone(),
-            extra,
-            ..Default::default()
-        };
-        let path = job.out_dir.join(file);
-        // The optimizer's vectors go straight into tensor bytes (no JSON value per number).
-        crate::checkpoint::save_state(&spec, theta, &metadata, &optimizer, &path)?;
-        Ok(path)
-    };
-
-    let interrupted;
-    let summary = loop {
-        let next_save = job.checkpoint_every.map(|n| (optimizer.iterations() / n + 1) * n);
+    let checkpoint_every = job.checkpoint_every.filter(|_| save.is_some());
+    loop {
+        let next_save = checkpoint_every.map(|n| (optimizer.iterations() / n + 1) * n);
         let mut stop_for_save = false;
         let mut hooks = Hooks::new().on_progress(|p: &Progress<'_>| {
             progress(p);
@@ -764,7 +989,7 @@ pub fn train<'x>(
             Control::Continue
         });
         if let Some(v) = validator.as_mut() {
-            let (x_val, y_val, spec) = (&x_val, &y_val, &spec);
+            let (x_val, y_val) = (&data.x_val, &data.y_val);
             let metric = move |t: &[f64]| -> Result<f64> {
                 match y_val.labels() {
                     // Classification error rate on the held-out examples.
@@ -777,64 +1002,100 @@ pub fn train<'x>(
             hooks = hooks.validation(metric, early);
         }
         let mut objective = BackendObjective::new(backend);
-        let result = optimizer.run(&mut objective, &mut theta, &job.stop, &mut hooks);
+        let result = optimizer.run(&mut objective, theta, &job.stop, &mut hooks);
         drop(hooks);
-        let summary = match result {
-            Ok(s) => s,
-            Err(e) => {
-                // Keep what can be kept, under names that do not claim a finished model. The
-                // optimizer reports a run whose cost exploded, kept rising or stopped being
-                // finite as Error::Diverged, θ already put back to the best point it saw.
-                let diverged = matches!(e, Error::Diverged(_));
-                let status = if diverged { "diverged" } else { "failed" };
-                let failure = Failure { status, reason: &e.to_string(), theta: &theta, optimizer: &optimizer };
-                let files = failure.write(&job, &spec, backend, train_rows.len(), val_rows.len(), &save);
-                return match (diverged, files) {
-                    (true, Ok((files, final_cost))) => Ok(failure.outcome(files, final_cost)),
-                    _ => Err(e),
-                };
-            }
-        };
-        if summary.reason == StopReason::Interrupted && stop_for_save && !interrupt.load(Ordering::SeqCst) {
+        let summary = result?;
+        if let Some(save) = save
+            && summary.reason == StopReason::Interrupted
+            && stop_for_save
+            && !interrupt.load(Ordering::SeqCst)
+        {
             // The backend's working buffers need not sit beside the serialised optimizer state.
             backend.release_buffers();
-            save(&theta, Some(&optimizer), Default::default(), CHECKPOINT_FILE)?;
+            save(theta, Some(optimizer), Default::default(), CHECKPOINT_FILE)?;
             continue;
         }
-        interrupted = summary.reason == StopReason::Interrupted;
-        break summary;
-    };
+        return Ok(summary);
+    }
+}
 
-    // Backend::cost refuses a J that is not finite (or a θ it cannot represent).
-    let final_cost = backend.cost(&theta, Batch::All).map(|c| c.total());
-    if let Err(e) = &final_cost {
-        let reason = format!(
+/// Step "measure", first part: J(θ) over all training examples, or why it cannot be computed
+/// (Backend::cost refuses a J that is not finite, or a θ it cannot represent).
+fn final_cost(backend: &mut dyn Backend, theta: &[f64], summary: &Summary) -> std::result::Result<f64, String> {
+    backend.cost(theta, Batch::All).map(|c| c.total()).map_err(|e| {
+        format!(
             "at the final θ after {} iterations ({}): {e}; lower the learning rate, or check the data for extreme values",
             summary.iterations, summary.reason
-        );
-        let failure = Failure { status: "diverged", reason: &reason, theta: &theta, optimizer: &optimizer };
-        let (files, final_cost) = failure.write(&job, &spec, backend, train_rows.len(), val_rows.len(), &save)?;
-        return Ok(failure.outcome(files, final_cost));
-    }
-    let final_cost = final_cost?;
-    let train_accuracy = match (&y_train, spec.output) {
-        (RowTargets::Labels(l), Output::Softmax) => Some(accuracy(&backend.classify(&theta, (&x_train).into())?, l)),
+        )
+    })
+}
+
+/// What step "measure" finds at the final θ besides the cost.
+struct Measures {
+    train_accuracy: Option<f64>,
+    train_r2: Option<f64>,
+    test_accuracy: Option<f64>,
+    r2: Option<f64>,
+}
+
+/// Step "measure": accuracy (classifiers) or R² (regression) on the training and test sets.
+fn measure(job: &TrainJob, backend: &mut dyn Backend, data: &TrainingData, theta: &[f64]) -> Result<Measures> {
+    let spec = &job.spec;
+    let train_accuracy = match (&data.y_train, spec.output) {
+        (RowTargets::Labels(l), Output::Softmax) => {
+            // Over all examples, when this process holds one shard of them (data-parallel).
+            let local = accuracy(&backend.classify(theta, (&data.x_train).into())?, l);
+            let tally = backend.sum_over_shards(&[local * l.len() as f64, l.len() as f64])?;
+            Some(if tally[1] > 0.0 { tally[0] / tally[1] } else { local })
+        }
         _ => None,
     };
-    let train_r2 = match &y_train {
-        RowTargets::Values(v) => Some(r2_of(backend, &theta, &x_train, v)?),
+    // Sigmoid-BCE: subset (exact-match) accuracy in place of R² ([`multilabel_scores`]).
+    let bce = spec.output == Output::SigmoidBce;
+    let subset_accuracy = |backend: &mut dyn Backend, x: &Array2<f32>, y: &Array2<f32>| -> Result<f64> {
+        let p = backend.predict(theta, x.into())?;
+        Ok(multilabel_scores(p.view(), y.view())?.subset_accuracy)
+    };
+    let train_accuracy = match (&data.y_train, bce) {
+        (RowTargets::Values(v), true) => Some(subset_accuracy(backend, &data.x_train, v)?),
+        _ => train_accuracy,
+    };
+    let train_r2 = match &data.y_train {
+        RowTargets::Values(_) if bce => None,
+        RowTargets::Values(v) => Some(r2_of(backend, theta, &data.x_train, v)?),
         _ => None,
     };
     let (test_accuracy, r2) = match &job.test_set {
+        Some((x_test, TestTargets::Values(v))) if bce => (Some(subset_accuracy(backend, x_test, v)?), None),
         Some((x_test, TestTargets::Labels(l))) if spec.output == Output::Softmax => {
-            (Some(accuracy(&backend.classify(&theta, x_test.into())?, l)), None)
+            (Some(accuracy(&backend.classify(theta, x_test.into())?, l)), None)
         }
         Some((x_test, TestTargets::Values(v))) if spec.output != Output::Softmax => {
-            (None, Some(r2_of(backend, &theta, x_test, v)?))
+            (None, Some(r2_of(backend, theta, x_test, v)?))
         }
         Some(_) => unreachable!("check_test_set refused it before training"),
         None => (None, None),
     };
+    Ok(Measures { train_accuracy, train_r2, test_accuracy, r2 })
+}
+
+/// Step "write": `model.safetensors` (a finished run) or `checkpoint.safetensors` (an
+/// interrupted one), `metrics.json`, `loss.png` and the pictures.
+#[allow(clippy::too_many_arguments)]
+fn write_run(
+    job: &TrainJob,
+    backend: &mut dyn Backend,
+    data: &TrainingData,
+    theta: Vec<f64>,
+    optimizer: &Optimizer,
+    summary: Summary,
+    final_cost: f64,
+    measures: Measures,
+    save: &Save<'_>,
+) -> Result<TrainOutcome> {
+    let spec = &job.spec;
+    let interrupted = summary.reason == StopReason::Interrupted;
+    let Measures { train_accuracy, train_r2, test_accuracy, r2 } = measures;
     let mut extra = serde_json::Map::new();
     extra.insert("final_cost".into(), final_cost.into());
     if let Some(a) = test_accuracy {
@@ -851,14 +1112,14 @@ pub fn train<'x>(
     backend.release_buffers();
     let mut files = Vec::new();
     if interrupted {
-        files.push(save(&theta, Some(&optimizer), extra, CHECKPOINT_FILE)?);
+        files.push(save(&theta, Some(optimizer), extra, CHECKPOINT_FILE)?);
     } else {
         extra.insert("iterations".into(), summary.iterations.into());
         extra.insert("evaluations".into(), summary.evaluations.into());
         extra.insert("stop_reason".into(), summary.reason.to_string().into());
         files.push(save(&theta, None, extra, MODEL_FILE)?);
         if job.checkpoint_every.is_some() {
-            files.push(save(&theta, Some(&optimizer), Default::default(), CHECKPOINT_FILE)?);
+            files.push(save(&theta, Some(optimizer), Default::default(), CHECKPOINT_FILE)?);
         } else {
             match std::fs::remove_file(job.out_dir.join(CHECKPOINT_FILE)) {
                 Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
@@ -873,12 +1134,12 @@ pub fn train<'x>(
     let metrics = Metrics {
         wgnn_version: env!("CARGO_PKG_VERSION"),
         status: status.name(),
-        spec: &spec,
+        spec,
         method: optimizer.method(),
         backend: backend.name(),
         data: &job.data_description,
-        train_examples: train_rows.len(),
-        validation_examples: val_rows.len(),
+        train_examples: data.train_examples,
+        validation_examples: data.validation_examples,
         seed: job.seed,
         final_cost,
         initial_cost: history.records.first().map(|r| r.cost),
@@ -900,21 +1161,13 @@ pub fn train<'x>(
     files.push(metrics_path);
 
     let loss_path = job.out_dir.join("loss.png");
-    viz::save_png(&viz::loss_curve(history, &viz::LossAxes::of(optimizer.method(), &spec)), &loss_path)?;
+    viz::save_png(&viz::loss_curve(history, &viz::LossAxes::of(optimizer.method(), spec)), &loss_path)?;
     files.push(loss_path);
-    let autoencoder = matches!(y_train, RowTargets::Inputs);
-    files.extend(draw_pictures(&spec, &theta, backend, &x_train, autoencoder, &job)?);
+    let autoencoder = matches!(data.y_train, RowTargets::Inputs);
+    files.extend(draw_pictures(spec, &theta, backend, &data.x_train, autoencoder, job)?);
 
-    Ok(TrainOutcome {
-        status,
-        theta,
-        summary,
-        final_cost,
-        validation: metrics.validation_metric,
-        test_accuracy,
-        r2,
-        files,
-    })
+    let validation = metrics.validation_metric;
+    Ok(TrainOutcome { status, theta, summary, final_cost, validation, test_accuracy, r2, files })
 }
 
 /// A run that failed while training: what it keeps and how it says so.
@@ -1066,7 +1319,7 @@ fn draw_pictures(
 pub mod char_model {
     use crate::cpu::Real;
     use crate::cpu::net::TargetView;
-    use crate::cpu::sequence::Recurrent;
+    use crate::cpu::sequence::{Recurrent, State};
     use crate::data::text::{self, StreamBatches};
     use crate::model::{InputShape, Layer, LayerStack, NetSpec, Output};
     use crate::optim::clip_by_global_norm;
@@ -1112,6 +1365,7 @@ pub mod char_model {
         pub batch: usize,
         /// The update rule (Adam for the issue's setup) and its learning rate η.
         pub rule: UpdateRule,
+        /// The learning rate η.
         pub learning_rate: f64,
         /// τ for clipping by global norm (None: no clipping).
         pub clip_norm: Option<f64>,
@@ -1124,10 +1378,11 @@ pub mod char_model {
 
     /// Held-out bits per character: consecutive windows of T characters, each from a zero
     /// state (the last N − 1 − windows·T characters, fewer than T, are not scored).
-    #[derive(Clone, Copy, Debug, PartialEq)]
+    #[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
     pub struct HeldOut {
         /// Mean cross-entropy over the scored characters / ln 2.
         pub bits_per_character: f64,
+        /// Windows scored.
         pub windows: usize,
         /// Characters predicted: windows · T.
         pub scored: usize,
@@ -1138,15 +1393,32 @@ pub mod char_model {
     /// Bits per character of θ on the character ids `ids` (MATH.md: cost / ln 2), in
     /// consecutive windows of T from a zero state each. Refused: a text shorter than T + 1.
     pub fn bits_per_character<F: Real>(net: &Recurrent, theta: &[F], ids: &[u32]) -> Result<HeldOut> {
+        bits_per_character_on_ranks(net, theta, ids, &crate::dist::Solo)
+    }
+
+    /// [`bits_per_character`] with the windows shared by the ranks of `comm` (consecutive
+    /// blocks, [`crate::dist::shard_rows`]), their nats summed in rank order. Collective.
+    pub fn bits_per_character_on_ranks<F: Real>(
+        net: &Recurrent,
+        theta: &[F],
+        ids: &[u32],
+        comm: &dyn crate::dist::Collective,
+    ) -> Result<HeldOut> {
         let steps = net.steps();
         let vocab = net.spec.outputs();
         let starts = text::eval_starts(ids.len(), steps, "the held-out text")?;
+        let mine = crate::dist::shard_rows(starts.len(), comm.size(), comm.rank());
         let mut nats = 0.0;
-        for chunk in starts.chunks(EVAL_CHUNK) {
+        for chunk in starts[mine].chunks(EVAL_CHUNK) {
             let (x, next) = text::one_hot_windows(ids, chunk, steps, vocab)?;
             let x = x.mapv(F::of_f32);
             let (cost, _) = net.cost_and_grad(theta, x.view(), TargetView::Labels(&next), None, None)?;
             nats += cost.data * chunk.len() as f64;
+        }
+        if comm.size() > 1 {
+            let mut total = [0.0];
+            comm.sum_in_rank_order(&[nats], &mut total)?;
+            nats = total[0];
         }
         let windows = starts.len();
         let scored = windows * steps;
@@ -1171,6 +1443,9 @@ pub mod char_model {
         pub grad_norm: f64,
         /// Held-out bits per character, when measured at this step.
         pub held_out: Option<HeldOut>,
+        /// Set on a second call after this update when another rank asked to stop (over MPI):
+        /// the run ends here, so a caller that saves on stopping saves now.
+        pub stopping: bool,
     }
 
     /// Trains θ (f64, updated in place; the network computes in `F`) on the training ids
@@ -1189,6 +1464,131 @@ pub mod char_model {
         job: &Job,
         on_step: &mut dyn FnMut(&Step) -> Control,
     ) -> Result<(usize, Option<HeldOut>)> {
+        train_from_on_ranks::<F>(net, theta, train, held_out, job, None, &crate::dist::Solo, &mut |s, _| on_step(s))
+    }
+
+    /// Where a character model's training stands after an update: everything besides θ that
+    /// the next update reads, so that a run continued from it ([`train_from`]) takes the same
+    /// steps, to the bit, as one never interrupted. Stored in a checkpoint's optimizer state
+    /// (`--checkpoint-every`, Ctrl-C) for `--resume`.
+    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+    pub struct Progress {
+        /// Updates done (the next is `updates + 1`).
+        pub updates: usize,
+        /// The update rule's state (Adam's moments and t).
+        pub update: UpdateState,
+        /// The state carried into the next window, per recurrent layer bottom first: h then
+        /// (LSTM) c, each batch × units row-major, as f64 (an f32 state converts exactly).
+        pub state: Vec<Vec<Vec<f64>>>,
+        /// The last held-out measure, if any.
+        pub held_out: Option<HeldOut>,
+    }
+
+    impl Progress {
+        fn carried<F: Real>(state: &State<F>) -> Vec<Vec<Vec<f64>>> {
+            state
+                .layers
+                .iter()
+                .map(|l| {
+                    std::iter::once(&l.h).chain(l.c.as_ref()).map(|a| a.iter().map(|v| v.f64()).collect()).collect()
+                })
+                .collect()
+        }
+
+        /// The carried state in `F` for `net` and `batch` streams; `Error::Data` in one line
+        /// when it was saved for another network or batch.
+        fn restore<F: Real>(&self, net: &Recurrent, batch: usize) -> Result<State<F>> {
+            let mut state = net.zero_state::<F>(batch);
+            let fits = self.state.len() == state.layers.len()
+                && self.state.iter().zip(&state.layers).all(|(saved, l)| {
+                    saved.len() == 1 + usize::from(l.c.is_some()) && saved.iter().all(|a| a.len() == l.h.len())
+                });
+            if !fits {
+                return Err(Error::Data(
+                    "the checkpoint's carried state does not fit this network and batch: resume it with the flags it was trained with"
+                        .into(),
+                ));
+            }
+            for (saved, l) in self.state.iter().zip(&mut state.layers) {
+                let arrays = std::iter::once(&mut l.h).chain(l.c.as_mut());
+                for (a, values) in arrays.zip(saved) {
+                    a.iter_mut().zip(values).for_each(|(d, &v)| *d = F::of(v));
+                }
+            }
+            Ok(state)
+        }
+    }
+
+    /// What [`train_from`]'s callback may call to get the [`Progress`] and θ after an update.
+    pub type Snapshot<'a> = dyn Fn() -> (Progress, Vec<f64>) + 'a;
+
+    /// As [`train`], continued from `from` (θ being the θ saved with it) when given: the
+    /// update after `from.updates` reads the next window with the saved state and rule state,
+    /// so the run ends on the bits of an uninterrupted one. `on_step` also gets a function
+    /// that gives the [`Progress`] and θ after that update (call it only when saving: it
+    /// copies them). `job.steps` is the total of updates, those before `from` included.
+    /// Refused ([`Error::Data`]): a `from` of another rule, θ length, network or batch, or
+    /// with more updates than `job.steps`.
+    pub fn train_from<F: Real>(
+        net: &Recurrent,
+        theta: &mut [f64],
+        train: &[u32],
+        held_out: &[u32],
+        job: &Job,
+        from: Option<&Progress>,
+        on_step: &mut dyn FnMut(&Step, &Snapshot<'_>) -> Control,
+    ) -> Result<(usize, Option<HeldOut>)> {
+        train_from_on_ranks::<F>(net, theta, train, held_out, job, from, &crate::dist::Solo, on_step)
+    }
+
+    /// [`train`] as one rank of a data-parallel job (DESIGN.md, "Wave 2: beyond one
+    /// machine"): every rank holds the whole text and θ; the streams of each minibatch are
+    /// shared by the ranks in consecutive blocks ([`crate::dist::shard_rows`] of `job.batch`,
+    /// each rank carrying its streams' state), and the mean cost and gradient of the whole
+    /// minibatch are Σᵣ (bᵣ/b)·(Jᵣ, ∇Jᵣ), summed in rank order in f64, before clipping and the
+    /// update — the same step on every rank, equal to one process's up to f32 rounding.
+    /// Held-out windows are shared the same way ([`bits_per_character_on_ranks`]), and the
+    /// run stops at the first update after which any rank's `on_step` asked to stop.
+    /// Collective; with one rank it is [`train`], bit for bit. Errors as [`train`], and fewer
+    /// streams than ranks.
+    pub fn train_on_ranks<F: Real>(
+        net: &Recurrent,
+        theta: &mut [f64],
+        train: &[u32],
+        held_out: &[u32],
+        job: &Job,
+        comm: &dyn crate::dist::Collective,
+        on_step: &mut dyn FnMut(&Step) -> Control,
+    ) -> Result<(usize, Option<HeldOut>)> {
+        train_from_on_ranks::<F>(net, theta, train, held_out, job, None, comm, &mut |s, _| on_step(s))
+    }
+
+    /// [`train_from`] as one rank of a data-parallel job ([`train_on_ranks`]). The carried
+    /// state of all the streams is summed from the ranks' blocks after every update (each
+    /// rank's block exact, zeros elsewhere), so the [`Progress`] a snapshot gives is the whole
+    /// minibatch's on every rank, and a checkpoint written with N ranks resumes with M. When
+    /// the ranks agree to stop after an update that this rank's `on_step` let pass, `on_step`
+    /// is called again with [`Step::stopping`] set, so that it can save. Collective.
+    #[allow(clippy::too_many_arguments)]
+    pub fn train_from_on_ranks<F: Real>(
+        net: &Recurrent,
+        theta: &mut [f64],
+        train: &[u32],
+        held_out: &[u32],
+        job: &Job,
+        from: Option<&Progress>,
+        comm: &dyn crate::dist::Collective,
+        on_step: &mut dyn FnMut(&Step, &Snapshot<'_>) -> Control,
+    ) -> Result<(usize, Option<HeldOut>)> {
+        let (size, rank) = (comm.size(), comm.rank());
+        if job.batch < size {
+            return Err(Error::Data(format!(
+                "--batch-size {} streams cannot be shared by {size} ranks: give at least {size}",
+                job.batch
+            )));
+        }
+        let mine = crate::dist::shard_rows(job.batch, size, rank);
+        let weight = mine.len() as f64 / job.batch as f64;
         job.rule.validate()?;
         if !(job.learning_rate.is_finite() && job.learning_rate > 0.0) {
             return Err(Error::Data(format!("the learning rate η = {} must be > 0", job.learning_rate)));
@@ -1205,24 +1605,83 @@ pub mod char_model {
             text::check_window(held_out.len(), steps, "the held-out text")?;
         }
         let mut update = UpdateState::new(job.rule, theta.len());
+        // The whole minibatch's carried state (this rank's streams are rows `mine` of it).
+        let mut full = net.zero_state::<F>(job.batch);
+        let mut last = None;
+        let mut first = 1;
+        if let Some(p) = from {
+            if p.update.rule != job.rule || p.update.dim().is_some_and(|d| d != theta.len()) {
+                return Err(Error::Data(format!(
+                    "the checkpoint's optimizer state is for {} over {} values, the run is {} over {}: resume it with the flags it was trained with",
+                    p.update.rule.name(),
+                    p.update.dim().unwrap_or(theta.len()),
+                    job.rule.name(),
+                    theta.len()
+                )));
+            }
+            if p.updates > job.steps {
+                return Err(Error::Data(format!(
+                    "the checkpoint is after {} updates, more than the {} asked for: give --steps of at least {}",
+                    p.updates, job.steps, p.updates
+                )));
+            }
+            update = p.update.clone();
+            full = p.restore::<F>(net, job.batch)?;
+            first = p.updates + 1;
+            last = p.held_out;
+        }
+        let rows_of = |full: &State<F>| State {
+            layers: full
+                .layers
+                .iter()
+                .map(|l| crate::cpu::sequence::LayerState {
+                    h: l.h.slice(ndarray::s![mine.clone(), ..]).to_owned(),
+                    c: l.c.as_ref().map(|c| c.slice(ndarray::s![mine.clone(), ..]).to_owned()),
+                })
+                .collect(),
+        };
+        let mut state = rows_of(&full);
         let mut theta_f: Vec<F> = theta.iter().map(|&v| F::of(v)).collect();
         let mut grad = vec![F::zero(); theta.len()];
         let mut grad64 = vec![0.0; theta.len()];
-        let mut state = net.zero_state::<F>(job.batch);
-        let mut last = None;
-        for step in 1..=job.steps {
+        // Over ranks: [weight · ∇J_r …, weight · J_r (data), weight · J_r (total)].
+        let mut local = vec![0.0; if size > 1 { theta.len() + 2 } else { 0 }];
+        let mut summed = local.clone();
+        for step in first..=job.steps {
             let k = (step - 1) % streams.len();
             if k == 0 && step > 1 {
-                state = net.zero_state::<F>(job.batch);
+                state = net.zero_state::<F>(mine.len());
             }
-            let (x, next) = text::one_hot_windows(train, &streams.starts(k), steps, vocab)?;
+            let (x, next) = text::one_hot_windows(train, &streams.starts(k)[mine.clone()], steps, vocab)?;
             let x = x.mapv(F::of_f32);
-            let (cost, carried) =
+            let (mut cost, carried) =
                 net.cost_and_grad(&theta_f, x.view(), TargetView::Labels(&next), Some(&state), Some(&mut grad))?;
             state = carried;
-            let grad_norm = match job.clip_norm {
-                Some(tau) => clip(&mut grad, tau)?,
-                None => grad.iter().map(|g| g.f64() * g.f64()).sum::<f64>().sqrt(),
+            if size == 1 {
+                full = state.clone();
+            } else {
+                gather_state(comm, &state, &mut full, mine.start)?;
+            }
+            let grad_norm = if size == 1 {
+                let norm = match job.clip_norm {
+                    Some(tau) => clip(&mut grad, tau)?,
+                    None => grad.iter().map(|g| g.f64() * g.f64()).sum::<f64>().sqrt(),
+                };
+                grad64.iter_mut().zip(&grad).for_each(|(d, g)| *d = g.f64());
+                norm
+            } else {
+                let n = theta.len();
+                local[..n].iter_mut().zip(&grad).for_each(|(d, g)| *d = weight * g.f64());
+                (local[n], local[n + 1]) = (weight * cost.data, weight * cost.total());
+                comm.sum_in_rank_order(&local, &mut summed)?;
+                grad64.copy_from_slice(&summed[..n]);
+                cost.data = summed[n];
+                cost.weight_decay = summed[n + 1] - summed[n];
+                cost.sparsity = 0.0;
+                match job.clip_norm {
+                    Some(tau) => clip_by_global_norm(&mut grad64, tau)?,
+                    None => grad64.iter().map(|g| g * g).sum::<f64>().sqrt(),
+                }
             };
             if !cost.total().is_finite() || !grad_norm.is_finite() {
                 return Err(Error::Data(format!(
@@ -1231,12 +1690,11 @@ pub mod char_model {
                     cost.total()
                 )));
             }
-            grad64.iter_mut().zip(&grad).for_each(|(d, g)| *d = g.f64());
             update.apply(theta, &grad64, job.learning_rate);
             theta_f.iter_mut().zip(theta.iter()).for_each(|(f, &v)| *f = F::of(v));
             let measure = !held_out.is_empty()
                 && (step == job.steps || (job.eval_every > 0 && step.is_multiple_of(job.eval_every)));
-            let held = if measure { Some(bits_per_character(net, &theta_f, held_out)?) } else { None };
+            let held = if measure { Some(bits_per_character_on_ranks(net, &theta_f, held_out, comm)?) } else { None };
             if held.is_some() {
                 last = held;
             }
@@ -1246,12 +1704,67 @@ pub mod char_model {
                 train_bits: cost.data / std::f64::consts::LN_2,
                 grad_norm,
                 held_out: held,
+                stopping: false,
             };
-            if on_step(&report) == Control::Stop {
+            let snapshot = || {
+                let progress =
+                    Progress { updates: step, update: update.clone(), state: Progress::carried(&full), held_out: last };
+                (progress, theta.to_vec())
+            };
+            let asked = on_step(&report, &snapshot) == Control::Stop;
+            let mut stop = asked;
+            if size > 1 {
+                // Every rank stops after the same update once any rank's caller asked to.
+                let mut any = [0.0];
+                comm.sum_in_rank_order(&[f64::from(u8::from(stop))], &mut any)?;
+                stop = any[0] > 0.0;
+            }
+            if stop {
+                if !asked {
+                    on_step(&Step { stopping: true, ..report }, &snapshot);
+                }
                 return Ok((step, last));
             }
         }
-        Ok((job.steps, last))
+        Ok((job.steps.max(first - 1), last))
+    }
+
+    /// The whole minibatch's state from the ranks' blocks: this rank's `state` (its streams,
+    /// rows `start`… of the minibatch) in its block, zeros elsewhere, summed in rank order —
+    /// exact, since every entry has one non-zero term.
+    fn gather_state<F: Real>(
+        comm: &dyn crate::dist::Collective,
+        state: &State<F>,
+        full: &mut State<F>,
+        start: usize,
+    ) -> Result<()> {
+        let arrays = |s: &State<F>| -> Vec<usize> {
+            s.layers.iter().flat_map(|l| std::iter::once(l.h.len()).chain(l.c.as_ref().map(|c| c.len()))).collect()
+        };
+        let total: usize = arrays(full).iter().sum();
+        let mut local = vec![0.0; total];
+        let mut offset = 0;
+        for (mine, whole) in state.layers.iter().zip(&full.layers) {
+            let pairs = std::iter::once((&mine.h, &whole.h)).chain(mine.c.as_ref().zip(whole.c.as_ref()));
+            for (m, w) in pairs {
+                let cols = w.ncols();
+                for (i, row) in m.rows().into_iter().enumerate() {
+                    let at = offset + (start + i) * cols;
+                    local[at..at + cols].iter_mut().zip(row).for_each(|(d, v)| *d = v.f64());
+                }
+                offset += w.len();
+            }
+        }
+        let mut summed = vec![0.0; total];
+        comm.sum_in_rank_order(&local, &mut summed)?;
+        let mut values = summed.into_iter();
+        for whole in &mut full.layers {
+            let arrays = std::iter::once(&mut whole.h).chain(whole.c.as_mut());
+            for w in arrays {
+                w.iter_mut().zip(&mut values).for_each(|(d, v)| *d = F::of(v));
+            }
+        }
+        Ok(())
     }
 
     /// [`train`] with each window's cost and gradient on the GPU (`gpu`, a backend built for
@@ -1267,7 +1780,8 @@ pub mod char_model {
         train: &[u32],
         held_out: &[u32],
         job: &Job,
-        on_step: &mut dyn FnMut(&Step) -> Control,
+        from: Option<&Progress>,
+        on_step: &mut dyn FnMut(&Step, &Snapshot<'_>) -> Control,
     ) -> Result<(usize, Option<HeldOut>)> {
         use crate::backend::{Backend, Batch, Targets};
         job.rule.validate()?;
@@ -1288,7 +1802,23 @@ pub mod char_model {
         let mut update = UpdateState::new(job.rule, theta.len());
         let mut grad = vec![0.0; theta.len()];
         let mut last = None;
-        for step in 1..=job.steps {
+        let mut first = 1;
+        if let Some(p) = from {
+            if p.update.rule != job.rule || p.update.dim().is_some_and(|d| d != theta.len()) || p.updates > job.steps {
+                return Err(Error::Data(format!(
+                    "the checkpoint (after {} updates of {}) does not continue this run ({} updates of {}): resume it with the flags it was trained with",
+                    p.updates,
+                    p.update.rule.name(),
+                    job.steps,
+                    job.rule.name()
+                )));
+            }
+            update = p.update.clone();
+            gpu.set_recurrent_state(Some(p.restore::<f32>(net, job.batch)?))?;
+            first = p.updates + 1;
+            last = p.held_out;
+        }
+        for step in first..=job.steps {
             let k = (step - 1) % streams.len();
             if k == 0 {
                 gpu.set_recurrent_state(Some(net.zero_state::<f32>(job.batch)))?;
@@ -1325,12 +1855,25 @@ pub mod char_model {
                 train_bits: cost.data / std::f64::consts::LN_2,
                 grad_norm,
                 held_out: held,
+                stopping: false,
             };
-            if on_step(&report) == Control::Stop {
+            let device: &crate::gpu::GpuBackend = gpu;
+            let snapshot = || {
+                // The state the window just evaluated left on the device.
+                let state = device.recurrent_state().expect("the GPU keeps the state of the window it just evaluated");
+                let progress = Progress {
+                    updates: step,
+                    update: update.clone(),
+                    state: Progress::carried(&state),
+                    held_out: last,
+                };
+                (progress, theta.to_vec())
+            };
+            if on_step(&report, &snapshot) == Control::Stop {
                 return Ok((step, last));
             }
         }
-        Ok((job.steps, last))
+        Ok((job.steps.max(first - 1), last))
     }
 
     /// The same network reading one character at a time (T = 1): θ's layout does not depend

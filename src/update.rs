@@ -187,16 +187,46 @@ impl UpdateState {
                 }
             }
             UpdateRule::Adam { .. } => {
-                let (b1, b2) = (s.beta1, s.beta2);
-                let moments = self.first_moment.iter_mut().zip(&mut self.second_moment);
-                for ((t, (m, v)), &g) in theta.iter_mut().zip(moments).zip(grad) {
-                    *m = b1 * *m + (1.0 - b1) * g;
-                    *v = b2 * *v + (1.0 - b2) * g * g;
-                    *t -= eta * (*m / s.bias_correction1) / ((*v / s.bias_correction2).sqrt() + s.epsilon);
-                }
+                // Element by element, so blocks run in parallel with the same bits for any
+                // number of threads.
+                use rayon::prelude::*;
+                const BLOCK: usize = 1 << 14;
+                let moments = self.first_moment.par_chunks_mut(BLOCK).zip(self.second_moment.par_chunks_mut(BLOCK));
+                theta.par_chunks_mut(BLOCK).zip(moments).zip(grad.par_chunks(BLOCK)).for_each(|((t, (m, v)), g)| {
+                    adam_block(&s, t, m, v, g);
+                });
             }
         }
     }
+}
+
+/// Adam's formula over one block of θ (see [`UpdateRule`]). Built for the baseline and, on
+/// x86-64, with AVX2 (4 f64 lanes instead of 2), picked at run time: the same IEEE operations
+/// in the same order (no fused multiply-add), so the same bits from both. The scalar loop
+/// over 431,080 CNN parameters took 1.4 ms, 6% of a LeNet step (BENCHMARKS.md).
+fn adam_block(s: &UpdateScalars, theta: &mut [f64], m: &mut [f64], v: &mut [f64], grad: &[f64]) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU has just been checked for AVX2.
+        return unsafe { adam_block_avx2(s, theta, m, v, grad) };
+    }
+    adam_block_plain(s, theta, m, v, grad)
+}
+
+#[inline(always)]
+fn adam_block_plain(s: &UpdateScalars, theta: &mut [f64], m: &mut [f64], v: &mut [f64], grad: &[f64]) {
+    let (b1, b2, eta) = (s.beta1, s.beta2, s.learning_rate);
+    for ((t, (m, v)), &g) in theta.iter_mut().zip(m.iter_mut().zip(v.iter_mut())).zip(grad) {
+        *m = b1 * *m + (1.0 - b1) * g;
+        *v = b2 * *v + (1.0 - b2) * g * g;
+        *t -= eta * (*m / s.bias_correction1) / ((*v / s.bias_correction2).sqrt() + s.epsilon);
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn adam_block_avx2(s: &UpdateScalars, theta: &mut [f64], m: &mut [f64], v: &mut [f64], grad: &[f64]) {
+    adam_block_plain(s, theta, m, v, grad)
 }
 
 #[cfg(test)]
@@ -231,5 +261,33 @@ mod tests {
         adam.apply(&mut theta, &g, 0.1);
         assert!((theta[0] + 0.1).abs() < 1e-8 && (theta[1] - 0.1).abs() < 1e-8, "{theta:?}");
         assert_eq!(adam.steps, 1);
+    }
+
+    /// Adam over blocks in parallel, built for AVX2, gives the bits of the plain loop, at 1
+    /// and 3 threads, over several blocks and a ragged tail.
+    #[test]
+    fn adam_blocks_equal_the_plain_loop_bit_for_bit() {
+        let n = 3 * (1 << 14) + 77;
+        let wave = |k: usize| (0..n).map(move |i| ((i * k) % 1009) as f64 / 97.0 - 5.0);
+        let (g0, g1): (Vec<f64>, Vec<f64>) = (wave(31).collect(), wave(53).map(|v| v * 1e-3).collect());
+        let mut want = UpdateState::new(UpdateRule::ADAM, n);
+        let mut theta_want: Vec<f64> = wave(7).collect();
+        let s1 = want.rule.scalars(1, 0.01);
+        let s2 = want.rule.scalars(2, 0.01);
+        for (s, g) in [(s1, &g0), (s2, &g1)] {
+            adam_block_plain(&s, &mut theta_want, &mut want.first_moment, &mut want.second_moment, g);
+        }
+        for threads in [1, 3] {
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+            let mut adam = UpdateState::new(UpdateRule::ADAM, n);
+            let mut theta: Vec<f64> = wave(7).collect();
+            pool.install(|| {
+                adam.apply(&mut theta, &g0, 0.01);
+                adam.apply(&mut theta, &g1, 0.01);
+            });
+            let same = |a: &[f64], b: &[f64]| a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits());
+            assert!(same(&theta, &theta_want), "{threads} threads: θ differs from the plain loop");
+            assert!(same(&adam.first_moment, &want.first_moment) && same(&adam.second_moment, &want.second_moment));
+        }
     }
 }

@@ -431,6 +431,7 @@ impl Problem {
         let targets = match spec.output {
             Output::Softmax => Targets::Labels(&self.labels),
             Output::SquaredError(_) => Targets::Values((&self.values).into()),
+            Output::SigmoidBce => unreachable!("no sigmoid-bce case here (tests/bce.rs)"),
         };
         backend.set_data((&self.x).into(), targets).expect("the problem fits its network");
     }

@@ -116,6 +116,7 @@ fn build(config: &Config, seed: u64) -> common::Case {
         Output::Softmax => (Some((0..m).map(|_| rng.random_range(0..spec.outputs())).collect()), None),
         Output::SquaredError(_) if spec.outputs() == spec.inputs() => (None, None),
         Output::SquaredError(_) => (None, Some(common::uniform(m, spec.outputs(), -0.9, 0.9, &mut rng))),
+        Output::SigmoidBce => unreachable!("no sigmoid-bce case here (tests/bce.rs)"),
     };
     let name = Box::leak(format!("{} m={m}", spec.describe()).into_boxed_str());
     common::Case { name, spec, theta, x, labels, values }

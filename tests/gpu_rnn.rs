@@ -54,6 +54,7 @@ struct Problem {
     x: Array2<f64>,
     labels: Vec<usize>,
     values: Array2<f64>,
+    bits: Array2<f64>,
     theta: Vec<f64>,
 }
 
@@ -66,13 +67,15 @@ impl Problem {
         let labels = (0..m * steps).map(|_| rng.random_range(0..k)).collect();
         let values = Array2::from_shape_simple_fn((m, k * steps), || rng.random_range(0.1..0.9));
         let theta = (0..ThetaLayout::new(spec).len()).map(|_| rng.random_range(-0.5..0.5)).collect();
-        Problem { x, labels, values, theta }
+        let bits = values.mapv(|v: f64| if v > 0.5 { 1.0 } else { 0.0 });
+        Problem { x, labels, values, bits, theta }
     }
 
     fn targets(&self, spec: &NetSpec) -> Targets<'_> {
         match spec.output {
             Output::Softmax => Targets::Labels(&self.labels),
             Output::SquaredError(_) => Targets::Values((&self.values).into()),
+            Output::SigmoidBce => Targets::Values((&self.bits).into()),
         }
     }
 }
@@ -88,6 +91,7 @@ fn cases() -> Vec<(&'static str, NetSpec, usize)> {
         ("rnn 7 relu, T = 50, last step, squared error", net(50, 2, "rnn 7 relu, identity", 2, 0.0), 3),
         ("lstm 129, T = 3, last step, sigmoid", net(3, 3, "lstm 129, sigmoid", 2, 0.0), 3),
         ("lstm 7, T = 50, per step, softmax", net(50, 2, "lstm 7, per-step softmax", 3, 0.0), 3),
+        ("lstm 7, T = 3, per step, sigmoid-bce", net(3, 2, "lstm 7, per-step sigmoid-bce", 3, 0.0), 5),
         ("lstm 7, lstm 5, T = 3, per step, softmax", net(3, 2, "lstm 7, lstm 5, per-step softmax", 3, 0.0), 5),
         ("rnn 7 relu, lstm 65, T = 3, last step, λ", net(3, 3, "rnn 7 relu, lstm 65, softmax", 3, 1e-3), 5),
     ]

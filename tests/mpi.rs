@@ -385,3 +385,241 @@ fn a_rank_that_stops_answering_ends_the_job_after_the_timeout() {
     assert!(ours[0].starts_with("error: rank 0: no answer from the other ranks for 3 s"), "{}", ours[0]);
     assert!(!run.join("model.safetensors").exists());
 }
+
+// ---- What runs under mpirun besides full-batch and minibatch dense networks (issue 17) ----
+
+/// A tiny MNIST in IDX files (`train-images-idx3-ubyte`, `train-labels-idx1-ubyte`): `m`
+/// images of side × side pixels, labels 0..4, in `dir`.
+fn write_idx(dir: &Path, m: usize, side: usize) {
+    let mut images = vec![0, 0, 8, 3];
+    for d in [m, side, side] {
+        images.extend((d as u32).to_be_bytes());
+    }
+    let mut labels = vec![0, 0, 8, 1];
+    labels.extend((m as u32).to_be_bytes());
+    let mut state = 12345u32;
+    for i in 0..m {
+        let label = (i * 7 % 4) as u8;
+        labels.push(label);
+        for p in 0..side * side {
+            state = state.wrapping_mul(1_103_515_245).wrapping_add(12345);
+            // A pattern that depends on the label, plus noise: learnable, not trivial.
+            let base = if p % 4 == label as usize { 160 } else { 40 };
+            images.push(base + (state >> 24) as u8 % 80);
+        }
+    }
+    std::fs::write(dir.join("train-images-idx3-ubyte"), images).unwrap();
+    std::fs::write(dir.join("train-labels-idx1-ubyte"), labels).unwrap();
+}
+
+fn metrics(dir: &Path) -> serde_json::Value {
+    serde_json::from_slice(&std::fs::read(dir.join("metrics.json")).unwrap()).unwrap()
+}
+
+fn ranks_json(dir: &Path) -> Vec<serde_json::Value> {
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.join("ranks.json")).unwrap()).unwrap();
+    v.as_array().unwrap().clone()
+}
+
+#[test]
+fn each_rank_reads_only_its_shard_of_idx_and_npy_and_the_run_equals_one_process() {
+    let _one = MPIRUN.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    let m = 47;
+    write_idx(dir.path(), m, 4);
+    let mnist = format!("mnist:{}", dir.path().display());
+    // A .npy of the same images (float64) and its labels (int64), read by row offset too.
+    let x = ndarray::Array2::from_shape_fn((m, 6), |(i, j)| ((i * 13 + j * 7) % 17) as f64 / 17.0);
+    let y = ndarray::Array1::from_shape_fn(m, |i| (i % 3) as i64);
+    ndarray_npy::write_npy(dir.path().join("x.npy"), &x).unwrap();
+    ndarray_npy::write_npy(dir.path().join("y.npy"), &y).unwrap();
+    let cases: [(&str, Vec<&str>); 2] = [
+        ("idx", vec!["softmax", "--data", &mnist, "--iterations", "15"]),
+        ("npy", vec!["mlp", "--data", "npy:x.npy", "--labels", "y.npy", "--hidden", "5", "--optimizer", "lbfgs"]),
+    ];
+    for (name, args) in cases {
+        let mut args = args.clone();
+        args.extend(["--iterations", "15", "--backend", "cpu", "--precision", "f64"]);
+        train(0, &args, &format!("{name}-one"), dir.path(), &[]);
+        let one = dir.path().join(format!("{name}-one"));
+        for n in [2, 3] {
+            let run = dir.path().join(format!("{name}-n{n}"));
+            train(n, &args, run.to_str().unwrap(), dir.path(), &[]);
+            let d = relative_error(&model_theta(&run), &model_theta(&one));
+            assert!(d < 1e-9, "{name}, N = {n}: θ differs from one process's by {d:e}");
+            let (a, b) = (metrics(&run), metrics(&one));
+            assert_eq!(a["train_examples"], m, "{name}, N = {n}");
+            let (ta, tb) = (a["train_accuracy"].as_f64().unwrap(), b["train_accuracy"].as_f64().unwrap());
+            assert!((ta - tb).abs() < 1e-12, "{name}, N = {n}: train accuracy {ta} vs one process {tb}");
+            // Each rank read its rows alone (and the next rank's first, to check the boundary).
+            let ranks = ranks_json(&run);
+            assert_eq!(ranks.len(), n);
+            for (r, line) in ranks.iter().enumerate() {
+                let rows = wgnn::dist::shard_rows(m, n, r);
+                let expected = rows.len() + usize::from(r + 1 < n);
+                assert_eq!(line["rows_read"], expected, "{name}, N = {n}, rank {r}: {line}");
+                let read = line["read"].as_str().unwrap();
+                assert_eq!(read, format!("rows {rows:?} of {m} by row offset"), "{name}, N = {n}, rank {r}");
+            }
+        }
+    }
+    // Formats read whole say so.
+    let csv = dir.path().join("x.csv");
+    let text: String = (0..m).map(|i| format!("{},{},{}\n", i % 5, (i * 3) % 7, i % 2)).collect();
+    std::fs::write(&csv, text).unwrap();
+    let args = ["softmax", "--data", "csv:x.csv", "--iterations", "3", "--backend", "cpu"];
+    train(2, &args, "csv-n2", dir.path(), &[]);
+    for line in ranks_json(&dir.path().join("csv-n2")) {
+        assert_eq!((line["read"].as_str().unwrap(), line["rows_read"].as_u64().unwrap()), ("whole", m as u64));
+    }
+}
+
+#[test]
+fn stacked_autoencoders_over_ranks_end_at_the_single_process_theta() {
+    let _one = MPIRUN.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    write_idx(dir.path(), 121, 6);
+    let mnist = format!("mnist:{}", dir.path().display());
+    let args = [
+        "stacked",
+        "--data",
+        &mnist,
+        "--hidden",
+        "10,6",
+        "--iterations",
+        "15",
+        "--backend",
+        "cpu",
+        "--precision",
+        "f64",
+    ];
+    train(0, &args, "one", dir.path(), &[]);
+    let one = dir.path().join("one");
+    // N = 3: uneven shards of 121 rows (41, 40, 40); one CI run of a few seconds.
+    let n = 3;
+    let run = dir.path().join("n3");
+    train(n, &args, run.to_str().unwrap(), dir.path(), &[]);
+    for stage in ["layer1", "layer2", "softmax", "finetune"] {
+        let d = relative_error(&model_theta(&run.join(stage)), &model_theta(&one.join(stage)));
+        assert!(d < 1e-6, "N = {n}, stage {stage}: θ differs from one process's by {d:e}");
+        let (a, b) = (metrics(&run.join(stage)), metrics(&one.join(stage)));
+        let (ca, cb) = (a["final_cost"].as_f64().unwrap(), b["final_cost"].as_f64().unwrap());
+        assert!((ca - cb).abs() <= 1e-6 * cb, "N = {n}, stage {stage}: final J {ca}, one process {cb}");
+        assert_eq!(a["backend"], format!("cpu f64 × {n} ranks"));
+    }
+}
+
+#[test]
+fn character_and_sequence_models_over_ranks_follow_the_single_process_run() {
+    let _one = MPIRUN.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    let words = ["the ", "quick ", "brown ", "fox ", "jumps ", "over ", "a ", "lazy ", "dog. "];
+    let text: String = (0..700).map(|i| words[(i * 5 + i / 9) % words.len()]).collect();
+    std::fs::write(dir.path().join("t.txt"), text).unwrap();
+    let args = [
+        "lstm",
+        "--data",
+        "text:t.txt",
+        "--hidden",
+        "12",
+        "--bptt",
+        "8",
+        "--batch-size",
+        "6",
+        "--steps",
+        "12",
+        "--eval-every",
+        "6",
+    ];
+    let bpc = |run: &Path| metrics(run)["held_out_bits_per_character"].as_f64().unwrap();
+    train(0, &args, "text-one", dir.path(), &[]);
+    let one = dir.path().join("text-one");
+    // 6 streams over 3 ranks (tests/mpi_threads.rs runs 2 and 3 ranks on 5 streams: uneven).
+    let run = dir.path().join("text-n3");
+    train(3, &args, run.to_str().unwrap(), dir.path(), &[]);
+    let (a, b) = (bpc(&run), bpc(&one));
+    // f32 gradients summed in other groupings: f32 rounding (ε ≈ 1.2e-7), not more.
+    assert!((a - b).abs() <= 1e-6 * b, "N = 3: held-out {a} bits/char, one process {b}");
+    let d = relative_error(&model_theta(&run), &model_theta(&one));
+    assert!(d < 1e-6, "N = 3: θ after 12 updates differs by {d:e}");
+
+    // A sequence classifier (rnn on a .npy of m × T × n) and a CNN (on IDX images), by
+    // minibatches of Adam in f64: the same global batches for any N.
+    let (m, t, f) = (30, 5, 3);
+    let x = ndarray::Array3::from_shape_fn((m, t, f), |(i, s, j)| (((i + 1) * (s + 2) * (j + 3)) % 11) as f32 / 11.0);
+    let y = ndarray::Array1::from_shape_fn(m, |i| (i % 3) as i64);
+    ndarray_npy::write_npy(dir.path().join("seq.npy"), &x).unwrap();
+    ndarray_npy::write_npy(dir.path().join("seq-labels.npy"), &y).unwrap();
+    write_idx(dir.path(), 40, 6);
+    let mnist = format!("mnist:{}", dir.path().display());
+    let cases: [(&str, Vec<&str>); 2] = [
+        ("rnn", vec!["rnn", "--data", "npy:seq.npy", "--labels", "seq-labels.npy", "--hidden", "6"]),
+        ("cnn", vec!["cnn", "--data", &mnist, "--net", "conv 2x3x3 tanh, maxpool 2, softmax"]),
+    ];
+    for (name, args) in cases {
+        let mut args = args.clone();
+        args.extend(["--iterations", "3", "--batch-size", "8", "--backend", "cpu", "--precision", "f64"]);
+        train(0, &args, &format!("{name}-one"), dir.path(), &[]);
+        let run = format!("{name}-n2");
+        train(2, &args, &run, dir.path(), &[]);
+        let d =
+            relative_error(&model_theta(&dir.path().join(&run)), &model_theta(&dir.path().join(format!("{name}-one"))));
+        assert!(d < 1e-9, "{name}, N = 2: θ after 3 epochs of Adam differs by {d:e}");
+    }
+}
+
+#[test]
+fn commands_that_do_not_run_over_mpi_are_refused_in_one_line() {
+    let _one = MPIRUN.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    let refused = |args: &[&str], says: &str| {
+        let o = mpirun(2, &wgnn(), args, &[], dir.path());
+        assert!(!o.status.success(), "{}", text(&o));
+        let stderr = String::from_utf8_lossy(&o.stderr);
+        let errors: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error:")).collect();
+        assert_eq!(errors.len(), 1, "{}", text(&o));
+        assert!(errors[0].contains(says), "{}", errors[0]);
+    };
+    refused(
+        &["train", "autoencoder", "--compare-sparsity", "--count", "100", "--iterations", "2", "--out", "c"],
+        "--compare-sparsity does not run over MPI",
+    );
+    assert!(!dir.path().join("c").exists(), "a refused --compare-sparsity left its folder");
+    refused(&["gradcheck"], "`wgnn gradcheck` does not run over MPI");
+}
+
+#[test]
+fn gpu_ranks_pick_their_adapter_by_local_rank_and_equal_one_gpu_process() {
+    let _one = MPIRUN.lock().unwrap_or_else(|e| e.into_inner());
+    if wgnn::gpu::choose_adapter(&wgnn::gpu::GpuOptions { api: wgnn::gpu::Api::Auto, adapter: None, matmul: None })
+        .is_err()
+    {
+        eprintln!("no GPU adapter (install mesa-vulkan-drivers for lavapipe): skipped");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (m, n) = (60, 12);
+    let x = ndarray::Array2::from_shape_fn((m, n), |(i, j)| ((i * 7 + j * 5) % 13) as f32 / 13.0);
+    let y = ndarray::Array1::from_shape_fn(m, |i| (i % 4) as i64);
+    ndarray_npy::write_npy(dir.path().join("x.npy"), &x).unwrap();
+    ndarray_npy::write_npy(dir.path().join("y.npy"), &y).unwrap();
+    let args = ["softmax", "--data", "npy:x.npy", "--labels", "y.npy", "--iterations", "8", "--backend", "gpu"];
+    train(0, &args, "one", dir.path(), &[]);
+    let mut all: Vec<&str> = vec!["train"];
+    all.extend(args);
+    all.extend(["--out", "n2"]);
+    let o = mpirun(2, &wgnn(), &all, &[], dir.path());
+    assert!(o.status.success(), "{}", text(&o));
+    let d = relative_error(&model_theta(&dir.path().join("n2")), &model_theta(&dir.path().join("one")));
+    // f32 sums in other groupings (ε ≈ 1.2e-7), through 8 L-BFGS iterations (measured: 1.1e-6).
+    assert!(d < 1e-5, "N = 2 on the GPU: θ after 8 L-BFGS iterations differs from one GPU process's by {d:e}");
+    // Rank 0's progress says which adapter each rank uses; ranks.json keeps it.
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    let ranks = ranks_json(&dir.path().join("n2"));
+    for (r, line) in ranks.iter().enumerate() {
+        assert_eq!(line["local_rank"], r, "{line}");
+        let backend = line["backend"].as_str().unwrap();
+        assert!(backend.starts_with("gpu f32: "), "{line}");
+        assert!(stderr.lines().any(|l| l.starts_with(&format!("rank {r}")) && l.contains(backend)), "{stderr}");
+    }
+}

@@ -315,3 +315,136 @@ fn mnist_shards_are_the_rows_of_the_whole_set() {
         }
     }
 }
+
+/// A character model trained with its minibatch streams split over N = 2, 3 thread ranks
+/// follows one process (f64: to rounding; N = 1 through `train_on_ranks` is `train` bit for
+/// bit), and held-out bits per character agree on every rank.
+#[test]
+fn a_character_model_over_ranks_follows_one_process() {
+    use wgnn::cpu::sequence::Recurrent;
+    use wgnn::model::Layer;
+    use wgnn::optim::{Control, UpdateRule};
+    use wgnn::train::char_model::{self, Job};
+    let vocab = 5;
+    let ids: Vec<u32> = (0..900u32).map(|i| (i * 7 + i / 5) % vocab as u32).collect();
+    let (train_ids, held) = ids.split_at(800);
+    let spec = char_model::spec(vocab, 6, vec![Layer::Lstm { units: 7, per_step: true }]).unwrap();
+    let net = Recurrent::new(spec.clone()).unwrap();
+    let job =
+        Job { batch: 5, rule: UpdateRule::ADAM, learning_rate: 1e-2, clip_norm: Some(1.0), steps: 8, eval_every: 4 };
+    let theta0 = wgnn::model::Init::Uniform.theta(&spec, 3);
+    let run = |comm: &dyn wgnn::dist::Collective| {
+        let mut theta = theta0.clone();
+        let mut bits = Vec::new();
+        let (done, last) = char_model::train_on_ranks::<f64>(&net, &mut theta, train_ids, held, &job, comm, &mut |s| {
+            bits.push(s.train_bits);
+            Control::Continue
+        })
+        .unwrap();
+        (done, last.unwrap().bits_per_character, theta, bits)
+    };
+    let mut theta = theta0.clone();
+    let (_, alone) =
+        char_model::train::<f64>(&net, &mut theta, train_ids, held, &job, &mut |_| Control::Continue).unwrap();
+    let one = run(&wgnn::dist::Solo);
+    assert_eq!(one.2, theta, "N = 1 through train_on_ranks is train, bit for bit");
+    assert_eq!(one.1.to_bits(), alone.unwrap().bits_per_character.to_bits());
+    for n in [2, 3] {
+        let results = on_ranks(n, |g| run(&g));
+        for (r, (done, bpc, theta, bits)) in results.iter().enumerate() {
+            assert_eq!(*done, 8);
+            let d = relative_error(theta, &one.2);
+            assert!(d < 1e-12, "N = {n}, rank {r}: θ after 8 updates differs by {d:e}");
+            assert!((bpc - one.1).abs() < 1e-12 * one.1, "N = {n}, rank {r}: held-out {bpc} vs {}", one.1);
+            assert!(bits.iter().zip(&one.3).all(|(a, b)| (a - b).abs() < 1e-12 * b), "N = {n}: train bits {bits:?}");
+            assert_eq!(theta, &results[0].2, "N = {n}: rank {r}'s θ differs from rank 0's");
+        }
+    }
+    // Fewer streams than ranks: refused on every rank, before any sum.
+    let errors = on_ranks(6, |g| {
+        let mut theta = theta0.clone();
+        char_model::train_on_ranks::<f64>(&net, &mut theta, train_ids, held, &job, &g, &mut |_| Control::Continue)
+            .unwrap_err()
+            .to_string()
+    });
+    assert!(errors.iter().all(|e| e.contains("5 streams cannot be shared by 6 ranks")), "{errors:?}");
+}
+
+/// A rank given its shard alone (`expect_shard`, as when it read it by offset) computes what
+/// a rank given every example computes, and `sum_over_shards` totals tallies over the ranks
+/// only then.
+#[test]
+fn a_shard_read_alone_gives_the_same_sums_and_totals_tallies_over_ranks() {
+    use wgnn::dist::Collective;
+    let p = &problems(31)[1];
+    let labels = p.labels.as_ref().unwrap();
+    // The examples as a reader gives them (f32), and one process's J and ∇J on them.
+    let x32 = p.x.mapv(|v| v as f32);
+    let mut alone = CpuBackend::<f64>::new(p.spec.clone()).unwrap();
+    alone.set_data((&x32).into(), Targets::Labels(labels)).unwrap();
+    let mut grad = vec![0.0; p.theta.len()];
+    let cost = alone.cost_and_grad(&p.theta, Batch::All, &mut grad).unwrap().total();
+    for n in [2, 3] {
+        let results = on_ranks(n, |g| {
+            let (rank, size) = (g.rank(), g.size());
+            let rows = shard_rows(31, size, rank);
+            let inner: Box<dyn ShardBackend> = Box::new(CpuBackend::<f64>::new(local_spec(&p.spec)).unwrap());
+            let mut b = DistBackend::new(p.spec.clone(), inner, Rc::new(g)).unwrap();
+            let next = (rows.end < 31).then(|| (x32.row(rows.end).to_vec(), Some(labels[rows.end])));
+            b.expect_shard(wgnn::dist::ShardPlace { rows: rows.clone(), total: 31, next });
+            let x = x32.slice(ndarray::s![rows.clone(), ..]).to_owned();
+            b.set_data((&x).into(), Targets::Labels(&labels[rows.clone()])).unwrap();
+            let mut grad = vec![0.0; p.theta.len()];
+            let c = b.cost_and_grad(&p.theta, Batch::All, &mut grad).unwrap().total();
+            let tally = b.sum_over_shards(&[rows.len() as f64]).unwrap();
+            (c, grad, tally[0], b.num_examples())
+        });
+        for (r, (c, g, tally, m)) in results.iter().enumerate() {
+            assert!((c - cost).abs() < 1e-12 * cost.abs(), "N = {n}, rank {r}: J {c} vs {cost}");
+            assert!(relative_error(g, &grad) < 1e-12, "N = {n}, rank {r}");
+            assert_eq!((*tally, *m), (31.0, 31), "N = {n}, rank {r}: the shards' rows add up to every example");
+        }
+    }
+    // Given every example, a rank's tallies are already totals.
+    let totals = on_ranks(2, |g| dist_backend::<f64>(p, g).sum_over_shards(&[31.0]).unwrap()[0]);
+    assert_eq!(totals, [31.0, 31.0]);
+}
+
+/// Under an MPI launcher of several ranks (its variables set by hand here), a build without
+/// the `mpi` feature refuses `train` and every build refuses other commands: rank 0 in one
+/// line and a non-zero code, the other ranks quietly — never N copies writing the same files.
+#[cfg(not(feature = "mpi"))]
+#[test]
+fn under_a_launcher_what_cannot_run_as_ranks_is_refused_in_one_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = |rank: &str, args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_wgnn"))
+            .args(args)
+            .env("OMPI_COMM_WORLD_RANK", rank)
+            .env("OMPI_COMM_WORLD_SIZE", "2")
+            .current_dir(dir.path())
+            .output()
+            .unwrap()
+    };
+    let train = ["train", "autoencoder", "--count", "100", "--iterations", "2", "--out", "r"];
+    for (args, says) in
+        [(&train[..], "built without MPI"), (&["gradcheck"][..], "`wgnn gradcheck` does not run over MPI")]
+    {
+        let o = run("0", args);
+        let stderr = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(1), "{stderr}");
+        assert_eq!(stderr.lines().count(), 1, "{stderr}");
+        assert!(stderr.starts_with("error: ") && stderr.contains(says), "{stderr}");
+        let o = run("1", args);
+        assert!(o.status.success() && o.stderr.is_empty() && o.stdout.is_empty(), "rank 1: {o:?}");
+    }
+    assert!(!dir.path().join("r").exists(), "a refused train wrote its run folder");
+    // One rank (-np 1) runs as one process.
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_wgnn"))
+        .args(["devices"])
+        .env("OMPI_COMM_WORLD_RANK", "0")
+        .env("OMPI_COMM_WORLD_SIZE", "1")
+        .output()
+        .unwrap();
+    assert!(!String::from_utf8_lossy(&o.stderr).contains("MPI"), "{o:?}");
+}

@@ -57,6 +57,7 @@ impl Problem {
         match spec.output {
             Output::Softmax => TargetView::Labels(&self.labels),
             Output::SquaredError(_) => TargetView::Values(self.values.view()),
+            Output::SigmoidBce => unreachable!("no sigmoid-bce case here (tests/bce.rs)"),
         }
     }
 
@@ -64,6 +65,7 @@ impl Problem {
         let targets = match spec.output {
             Output::Softmax => Targets::Labels(&self.labels),
             Output::SquaredError(_) => Targets::Values((&self.values).into()),
+            Output::SigmoidBce => unreachable!("no sigmoid-bce case here (tests/bce.rs)"),
         };
         backend.set_data((&self.x).into(), targets).expect("the problem fits its network");
     }
@@ -407,6 +409,7 @@ fn recurrent_networks_match_pytorch() {
             Output::SquaredError(_) => {
                 (Vec::new(), Some(fixture(case, "targets.npy").into_dimensionality::<ndarray::Ix2>().unwrap()))
             }
+            Output::SigmoidBce => unreachable!("no sigmoid-bce fixture (tests/bce.rs)"),
         };
         let y = match &targets {
             Some(t) => TargetView::Values(t.view()),
@@ -578,4 +581,78 @@ fn cli_trains_an_lstm_on_mnist_rows() {
     assert!(ok, "{stderr}");
     assert!(out.join("model.safetensors").exists() && !out.join("filters.png").exists());
     let _ = std::fs::remove_dir_all(&out);
+}
+
+/// m one-hot sequences (a character model's input: T steps, one 1 among n per step) and
+/// per-step labels, with the spec's θ uniform in ±0.5 and a random carried state.
+fn one_hot_problem(spec: &NetSpec, m: usize, seed: u64) -> Problem {
+    let mut p = Problem::new(spec, m, seed);
+    let n = spec.net.as_ref().unwrap().input.width;
+    let mut rng = StdRng::seed_from_u64(seed + 100);
+    p.x.fill(0.0);
+    for mut row in p.x.rows_mut() {
+        for t in 0..row.len() / n {
+            row[t * n + rng.random_range(0..n)] = 1.0;
+        }
+    }
+    p
+}
+
+/// One-hot inputs take another path (issue 16 §6: W_ih's columns gathered instead of the
+/// input product, ∇W_ih scattered from δZ's rows): its gradient through time must pass the
+/// same f64 check < 1e-9, its forward must be the product to the bit (2x with W_ih / 2 goes
+/// through the GEMM — no longer one-hot — and gives the same values exactly, both scalings
+/// being exact), its ∇W_ih the product's (×2) to rounding, and its f32 bits must not depend on
+/// the number of threads.
+#[test]
+fn one_hot_inputs_gather_w_ih_with_the_products_values() {
+    for (text, k) in
+        [("lstm 4, per-step softmax", 5), ("rnn 3 tanh, per-step softmax", 5), ("lstm 3, lstm 4, softmax", 3)]
+    {
+        for steps in [1, 2, 7] {
+            let spec = net(steps, 5, text, k, 1e-2);
+            let name = format!("T = {steps}: {text}");
+            let p = one_hot_problem(&spec, 3, 17);
+            let rec = Recurrent::new(spec.clone()).unwrap();
+            let y = p.targets(&spec);
+            let mut analytic = vec![0.0; p.theta.len()];
+            rec.cost_and_grad(&p.theta, p.x.view(), y, Some(&p.state), Some(&mut analytic)).unwrap();
+            let j = |t: &[f64]| rec.cost_and_grad(t, p.x.view(), y, Some(&p.state), None).map(|(c, _)| c.total());
+            let d = relative_difference(&analytic, &numerical_gradient(j, &p.theta, STEP).unwrap());
+            assert!(d < 1e-9, "{name}: one-hot gradient, relative difference {d:e}");
+
+            // The same network through the product: x doubled, W_ih (the first rows·n values
+            // of layer 0's block) halved.
+            let layout = ThetaLayout::new(&spec);
+            // Layer 0's block is rows × (n + h), W_ih (rows × n) first; n = 5.
+            let w_ih_len = layout.shapes[0].0 * 5;
+            let mut theta2 = p.theta.clone();
+            let start = layout.weight_range(0).start;
+            theta2[start..start + w_ih_len].iter_mut().for_each(|v| *v *= 0.5);
+            let x2 = &p.x * 2.0;
+            let (out1, _) = rec.predict(&p.theta, p.x.view(), Some(&p.state)).unwrap();
+            let (out2, _) = rec.predict(&theta2, x2.view(), Some(&p.state)).unwrap();
+            assert!(out1.iter().zip(&out2).all(|(a, b)| a.to_bits() == b.to_bits()), "{name}: gather ≠ product");
+            // Without weight decay (which would see W_ih / 2): ∇ through 2x is 2 ∇W_ih.
+            let rec0 = Recurrent::new(net(steps, 5, text, k, 0.0)).unwrap();
+            let (mut g1, mut g2) = (vec![0.0; p.theta.len()], vec![0.0; p.theta.len()]);
+            rec0.cost_and_grad(&p.theta, p.x.view(), y, Some(&p.state), Some(&mut g1)).unwrap();
+            rec0.cost_and_grad(&theta2, x2.view(), y, Some(&p.state), Some(&mut g2)).unwrap();
+            let w = start..start + w_ih_len;
+            let halved: Vec<f64> = g2[w.clone()].iter().map(|g| g * 0.5).collect();
+            let d = relative_difference(&g1[w.clone()], &halved);
+            assert!(d < 1e-13, "{name}: scattered ∇W_ih vs the product's: {d:e}");
+            assert!(g1[w].iter().any(|&g| g != 0.0), "{name}: ∇W_ih is zero");
+        }
+        // f32 against f64, and the same bits on 1, 2 and 3 threads (300 sequences: 2 chunks).
+        let spec = net(5, 5, text, k, 1e-2);
+        let p = one_hot_problem(&spec, 300, 5);
+        common::f32_matches_f64_with_the_same_bits_on_any_threads(
+            &format!("one-hot {text}"),
+            &spec,
+            &p.theta,
+            &|b: &mut dyn Backend| p.load(&spec, b),
+            1e-4,
+        );
+    }
 }

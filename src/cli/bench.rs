@@ -331,6 +331,7 @@ fn time_step(backend: &mut dyn Backend, ex: &Examples, rows: usize, repeats: u32
     let targets = match spec.output {
         Output::Softmax => Targets::Labels(&ex.labels[..rows]),
         Output::SquaredError(_) => Targets::Inputs,
+        Output::SigmoidBce => bail!("bench times softmax and squared-error networks, not {}", spec.describe()),
     };
     backend.set_data(x.into(), targets)?;
     let theta = Init::Uniform.theta(&spec, 0);

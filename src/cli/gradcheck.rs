@@ -71,6 +71,11 @@ pub fn run(args: GradcheckArgs) -> anyhow::Result<()> {
             values = Array2::from_shape_simple_fn((m, spec.outputs() * steps), || rng.random_range(lo..hi));
             Targets::Values((&values).into())
         }
+        Output::SigmoidBce => {
+            // Random 0/1 targets, one column per label.
+            values = Array2::from_shape_simple_fn((m, spec.outputs() * steps), || f64::from(rng.random_bool(0.5)));
+            Targets::Values((&values).into())
+        }
     };
 
     let mut backend = args.backend.build(spec.clone(), super::Precision::F64)?;

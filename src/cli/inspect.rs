@@ -196,6 +196,14 @@ struct Evaluation {
     /// The classes of the confusion matrix's rows and columns, as the training data wrote them.
     #[serde(skip_serializing_if = "Option::is_none")]
     classes: Option<Vec<String>>,
+    /// A sigmoid-bce model: subset (exact-match) accuracy, Hamming loss and each label's
+    /// accuracy ([`wgnn::predict::multilabel_scores`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    subset_accuracy: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    hamming_loss: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    per_label_accuracy: Option<Vec<f64>>,
 }
 
 pub fn eval(args: EvalArgs) -> anyhow::Result<()> {
@@ -209,7 +217,9 @@ pub fn eval(args: EvalArgs) -> anyhow::Result<()> {
     // A regressor (trained with --targets) has nothing to score without its targets: the
     // "reconstruction error" of an input against a prediction of something else means nothing.
     let trained_on_targets = !ck.metadata.preprocessing.get("targets").is_none_or(serde_json::Value::is_null);
+    let bce = spec.output == Output::SigmoidBce;
     if spec.output != Output::Softmax
+        && !bce
         && args.input.data.targets.is_none()
         && (trained_on_targets || spec.outputs() != spec.inputs())
     {
@@ -230,6 +240,10 @@ pub fn eval(args: EvalArgs) -> anyhow::Result<()> {
             );
         }
         data = data.split_test(fraction, args.input.seed).context("--test-fraction")?.1;
+    }
+    if bce {
+        // 0/1 targets, one column per label, or 0/1 labels as one column (binary).
+        data.targets = Some(data.zero_one_targets()?);
     }
     data.x = prepared(&ck, data.x, &args.backend)?;
     let mut backend = args.backend.build(spec.clone(), Precision::F32)?;
@@ -261,7 +275,15 @@ pub fn eval(args: EvalArgs) -> anyhow::Result<()> {
         }
         _ => (None, None),
     };
+    let scores = match &data.targets {
+        Some(t) if bce => {
+            let p = backend.predict(&ck.theta, (&data.x).into())?;
+            Some(wgnn::predict::multilabel_scores(p.view(), t.view())?)
+        }
+        _ => None,
+    };
     let r2 = match &data.targets {
+        Some(_) if bce => None,
         Some(t) if spec.output != Output::Softmax => Some(wgnn::train::r2_of(backend.as_mut(), &ck.theta, &data.x, t)?),
         _ => None,
     };
@@ -273,11 +295,14 @@ pub fn eval(args: EvalArgs) -> anyhow::Result<()> {
         data_term: cost.data,
         weight_decay_term: cost.weight_decay,
         sparsity_term: cost.sparsity,
-        reconstruction_error: (spec.output != Output::Softmax && r2.is_none()).then_some(cost.data),
+        reconstruction_error: (spec.output != Output::Softmax && !bce && r2.is_none()).then_some(cost.data),
         accuracy,
         r2,
         classes: confusion.as_ref().and(class_names),
         confusion,
+        subset_accuracy: scores.as_ref().map(|s| s.subset_accuracy),
+        hamming_loss: scores.as_ref().map(|s| s.hamming_loss),
+        per_label_accuracy: scores.as_ref().map(|s| s.per_label_accuracy.clone()),
     };
     if args.json {
         println!("{}", serde_json::to_string_pretty(&result)?);
@@ -295,6 +320,13 @@ pub fn eval(args: EvalArgs) -> anyhow::Result<()> {
     if let Some(r2) = result.r2 {
         println!("squared error (mean ½‖y − ŷ‖²) {}", cost.data);
         println!("r2 {r2}");
+    }
+    if let Some(s) = &scores {
+        println!("binary cross-entropy (mean over examples, summed over labels) {}", cost.data);
+        println!("subset accuracy (all labels right) {}", s.subset_accuracy);
+        println!("hamming loss (labels wrong) {}", s.hamming_loss);
+        let per: Vec<String> = s.per_label_accuracy.iter().enumerate().map(|(j, a)| format!("{j}: {a}")).collect();
+        println!("per-label accuracy {}", per.join(", "));
     }
     if let (Some(a), Some(c)) = (result.accuracy, &result.confusion) {
         println!("confusion matrix (rows: true class, columns: predicted)");

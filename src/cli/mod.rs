@@ -193,6 +193,8 @@ pub fn code_of(error: &anyhow::Error) -> u8 {
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
+    // Under mpirun only `wgnn train` of an MPI build runs as ranks; the rest is refused.
+    ranks::refuse_under_mpirun(&cli.command)?;
     match cli.command {
         Command::Train(args) => train::run(*args),
         Command::Cost(args) => cost::run(args),
@@ -219,8 +221,8 @@ pub struct NetArgs {
     /// identity. One name for every hidden layer, or a comma-separated list, one per hidden layer.
     #[arg(long, value_delimiter = ',', default_value = "sigmoid")]
     pub activation: Vec<String>,
-    /// Output layer: an activation name (squared-error loss) or softmax (cross-entropy loss
-    /// on class labels).
+    /// Output layer: an activation name (squared-error loss), softmax (cross-entropy loss
+    /// on class labels) or sigmoid-bce (binary cross-entropy on 0/1 targets).
     #[arg(long, default_value = "sigmoid")]
     pub output: String,
     /// L2 weight decay λ on the weights (never the biases).
@@ -385,39 +387,17 @@ impl BackendArgs {
         spec: NetSpec,
         precision: Precision,
     ) -> anyhow::Result<(Box<dyn Backend>, Option<String>)> {
-        let cpu = |spec| -> anyhow::Result<Box<dyn Backend>> {
-            Ok(match self.precision.unwrap_or(precision) {
-                Precision::F64 => Box::new(wgnn::CpuBackend::<f64>::new(spec)?),
-                Precision::F32 => Box::new(wgnn::CpuBackend::<f32>::new(spec)?),
-            })
+        // The one choice the library's estimators make too (wgnn::estimator::build_backend).
+        let choice = match self.backend {
+            BackendChoice::Auto => wgnn::estimator::BackendChoice::Auto,
+            BackendChoice::Cpu => wgnn::estimator::BackendChoice::Cpu,
+            BackendChoice::Gpu => wgnn::estimator::BackendChoice::Gpu,
         };
-        match self.backend {
-            BackendChoice::Cpu => Ok((cpu(spec)?, None)),
-            BackendChoice::Gpu => Ok((Box::new(wgnn::GpuBackend::new(spec, &self.gpu_options())?), None)),
-            BackendChoice::Auto if let Err(e) = wgnn::GpuBackend::supports(&spec) => {
-                // The refusal's own words without its advice (`--backend auto` follows it).
-                let why = match e {
-                    wgnn::Error::Gpu(why) => why,
-                    other => other.to_string(),
-                };
-                let why = why.split_once(": use --backend cpu").map_or(why.as_str(), |(w, _)| w).to_string();
-                Ok((cpu(spec)?, Some(format!("{why}: using the CPU backend"))))
-            }
-            BackendChoice::Auto => match wgnn::gpu::choose_adapter(&self.gpu_options()) {
-                Ok(adapter) if wgnn::gpu::is_real_gpu(&adapter.get_info()) => {
-                    let gpu = wgnn::gpu::Gpu::from_adapter(&adapter)?;
-                    Ok((Box::new(wgnn::GpuBackend::on(spec, gpu)?), None))
-                }
-                Ok(adapter) => {
-                    let note = format!(
-                        "the only GPU adapter is {} (software), slower than the CPU backend: using the CPU (--backend gpu forces it)",
-                        adapter.get_info().name
-                    );
-                    Ok((cpu(spec)?, Some(note)))
-                }
-                Err(_) => Ok((cpu(spec)?, Some("no GPU adapter found: using the CPU backend".into()))),
-            },
-        }
+        let precision = match self.precision.unwrap_or(precision) {
+            Precision::F32 => wgnn::estimator::Precision::F32,
+            Precision::F64 => wgnn::estimator::Precision::F64,
+        };
+        Ok(wgnn::estimator::build_backend(choice, spec, precision, &self.gpu_options())?)
     }
 
     /// True when the chosen backend is the f64 CPU reference itself.
@@ -462,6 +442,7 @@ pub struct DataArgs {
     /// npy:FILE (a float matrix, rows × outputs, or a vector), csv:FILE (numbers only), or
     /// columns:SPEC — columns of the --data file itself, counted from 1 as in the file, e.g.
     /// columns:33-64; they are taken out of the inputs (a CSV's label column is dropped).
+    /// With --output sigmoid-bce: the 0/1 targets, one column per label (multi-label).
     #[arg(long)]
     pub targets: Option<String>,
     /// Read images as sequences for `train lstm|rnn`: rows (an h × w image is h steps of w

@@ -7,6 +7,7 @@
 //!
 //! A classifier's labels are given back as its training data wrote them (`setosa`, `7` of
 //! `{3, 7}`): the class names stored with the model.
+//! | multi-label (sigmoid-bce) | F.npy: probabilities P(yⱼ = 1 given x) (m × k, float32); F.labels.npy: the 0/1 decisions at p ≥ 0.5 (m × k, int64) | `p0,…,p{k-1},y0,…,y{k-1}` (probabilities, then decisions) |
 //! | regressor | F.npy: predicted values (m × outputs, float32) | `y0,…` |
 //! | autoencoder | F.npy: reconstructions (m × n, float32), whitened when the model whitens | `y0,…` |
 //! | `--features` | F.npy: first hidden layer's activations (m × h, float32) | `h0,…` |
@@ -142,6 +143,29 @@ pub fn run(args: PredictArgs) -> anyhow::Result<()> {
                 let columns: Vec<String> = names.iter().map(|n| probability_column(n)).collect();
                 write(&args.out, format, &Columns::Named(&columns), Some(&written), &p)?;
             }
+            Task::MultiLabel { labels } => {
+                let p = model.predict(&data.x, &mut backends)?;
+                let decided = wgnn::predict::decide(p.view());
+                let (noun, each) = if labels == 1 { ("label", "its") } else { ("labels", "their") };
+                what = format!("the probabilities of {labels} {noun} and {each} 0/1 decisions at p ≥ 0.5");
+                let p = p.mapv(|v| v as f32);
+                match format {
+                    Format::Npy => {
+                        // The decisions first: the probabilities' file appears only once they are there.
+                        let d = decided.mapv(i64::from);
+                        wgnn::atomic::write_with(&labels_path(&args.out), |w| {
+                            d.write_npy(w).map_err(|e| e.to_string())
+                        })?;
+                        write(&args.out, format, &Columns::Prefix("p"), None, &p)?;
+                    }
+                    Format::Csv => {
+                        let both = ndarray::concatenate![ndarray::Axis(1), p, decided.mapv(f32::from)];
+                        let mut columns: Vec<String> = (0..labels).map(|j| format!("p{j}")).collect();
+                        columns.extend((0..labels).map(|j| format!("y{j}")));
+                        write(&args.out, format, &Columns::Named(&columns), None, &both)?;
+                    }
+                }
+            }
             Task::Regressor { outputs } | Task::Autoencoder { hidden: outputs } => {
                 let y = model.predict(&data.x, &mut backends)?.mapv(|v| v as f32);
                 what = if matches!(model.task, Task::Regressor { .. }) {
@@ -158,6 +182,8 @@ pub fn run(args: PredictArgs) -> anyhow::Result<()> {
     }
     let also = if format == Format::Npy && !args.features && matches!(model.task, Task::Classifier { .. }) {
         format!(" (labels in {})", labels_path(&args.out).display())
+    } else if format == Format::Npy && !args.features && matches!(model.task, Task::MultiLabel { .. }) {
+        format!(" (0/1 decisions in {})", labels_path(&args.out).display())
     } else {
         String::new()
     };

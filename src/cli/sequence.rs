@@ -16,7 +16,7 @@ use wgnn::data::text::{self, CharText, Vocabulary};
 use wgnn::data::{DataSource, Dataset};
 use wgnn::model::{InputShape, Layer, LayerStack, NetSpec, Output};
 use wgnn::optim::{Control, UpdateRule};
-use wgnn::train::char_model::{self, HeldOut, Job};
+use wgnn::train::char_model::{self, HeldOut, Job, Progress};
 use wgnn::train::{CHECKPOINT_FILE, METRICS_FILE, MODEL_FILE, RunFolder};
 
 use super::Exit;
@@ -161,8 +161,6 @@ fn check_text_flags(args: &TrainArgs) -> anyhow::Result<()> {
         ("--whiten", args.whiten.is_some(), "characters are one-hot"),
         ("--features-from", args.features_from.is_some(), "characters are one-hot"),
         ("--sequence", args.data.sequence.is_some(), "text is read as characters"),
-        ("--resume", args.resume.is_some(), "character models cannot be resumed yet: train again"),
-        ("--checkpoint-every", args.checkpoint_every.is_some(), "character models save at the end"),
         ("--init", args.init != "uniform", "character models start from the uniform initialisation"),
     ];
     if let Some((flag, _, why)) = ignored.iter().find(|(_, given, _)| *given) {
@@ -194,8 +192,17 @@ fn check_text_flags(args: &TrainArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `train lstm|rnn --data text:FILE`: the character-level language model.
-pub fn train_text(args: &TrainArgs, path: &Path, folder: RunFolder, interrupt: &AtomicBool) -> anyhow::Result<()> {
+/// `train lstm|rnn --data text:FILE`: the character-level language model; over MPI
+/// (`ranks`), each rank takes its block of every minibatch's streams
+/// ([`char_model::train_from_on_ranks`]), after every rank agreed to start the job `job_fingerprint`.
+pub fn train_text(
+    args: &TrainArgs,
+    path: &Path,
+    folder: RunFolder,
+    interrupt: &AtomicBool,
+    ranks: Option<&super::ranks::Ranks>,
+    job_fingerprint: u64,
+) -> anyhow::Result<()> {
     let say = |s: String| {
         if !args.quiet {
             eprintln!("{s}");
@@ -241,11 +248,21 @@ pub fn train_text(args: &TrainArgs, path: &Path, folder: RunFolder, interrupt: &
     };
     // Checked now, before the weights are drawn or anything written.
     let streams = text::StreamBatches::new(corpus.train.len(), job.batch, steps)?;
+    // A run to continue is checked before anything is printed or written.
+    let (mut theta, from, mut history) = match &args.resume {
+        Some(dir) => resume_text(dir, &spec, job.steps)?,
+        None => (wgnn::model::Init::Uniform.theta(&spec, args.seed), None, Vec::new()),
+    };
     if !corpus.validation.is_empty() {
         text::check_window(corpus.validation.len(), steps, "the held-out text")?;
     }
     let f64_path = matches!(args.backend.precision, Some(super::Precision::F64));
     // --backend gpu: the windows' cost and gradient on the device (auto keeps the CPU).
+    if ranks.is_some() && matches!(args.backend.backend, super::BackendChoice::Gpu) {
+        bail!(
+            "character models train on the CPU under mpirun for now: use --backend cpu (or run one process on the GPU)"
+        );
+    }
     let mut gpu = match args.backend.backend {
         super::BackendChoice::Gpu => Some(wgnn::GpuBackend::new(spec.clone(), &args.backend.gpu_options())?),
         _ => None,
@@ -253,9 +270,11 @@ pub fn train_text(args: &TrainArgs, path: &Path, folder: RunFolder, interrupt: &
     // Every check has passed: from here on the lines are progress, not errors.
     say(format!("data     {}", corpus.description));
     say(format!("network  {} ({params} parameters), windows of {steps} characters", spec.describe()));
+    let over =
+        ranks.map_or(String::new(), |r| format!(" × {} ranks, each with its block of the streams", r.comm().size()));
     match &gpu {
         Some(g) => say(format!("backend  {}", wgnn::Backend::name(g))),
-        None => say(format!("backend  cpu {}", if f64_path { "f64" } else { "f32" })),
+        None => say(format!("backend  cpu {}{over}", if f64_path { "f64" } else { "f32" })),
     }
     say(format!(
         "training {} η = {} for {} updates of {} streams × {steps} characters ({} updates per pass), clipping {}",
@@ -267,33 +286,6 @@ pub fn train_text(args: &TrainArgs, path: &Path, folder: RunFolder, interrupt: &
         job.clip_norm.map_or("off".to_string(), |t| format!("at norm {t}"))
     ));
     let unigram = (!corpus.validation.is_empty()).then(|| text::unigram_entropy_bits(&corpus.validation));
-    let mut theta = wgnn::model::Init::Uniform.theta(&spec, args.seed);
-    let started = std::time::Instant::now();
-    let mut history = Vec::new();
-    let mut on_step = |s: &char_model::Step| {
-        let seconds = started.elapsed().as_secs_f64();
-        if let Some(h) = s.held_out {
-            history.push(serde_json::json!({
-                "step": s.step, "train_bits_per_character": s.train_bits,
-                "held_out_bits_per_character": h.bits_per_character, "seconds": seconds,
-            }));
-            say(format!(
-                "step {:>6}  train {:.4} bits/char  held-out {:.4} bits/char  ({seconds:.1} s)",
-                s.step, s.train_bits, h.bits_per_character
-            ));
-        } else if s.step == 1 || s.step.is_multiple_of(100) {
-            say(format!("step {:>6}  train {:.4} bits/char  ({seconds:.1} s)", s.step, s.train_bits));
-        }
-        if interrupt.load(Ordering::SeqCst) { Control::Stop } else { Control::Continue }
-    };
-    let result = if let Some(g) = gpu.as_mut() {
-        char_model::train_on_gpu(g, &net, &mut theta, &corpus.train, &corpus.validation, &job, &mut on_step)
-    } else if f64_path {
-        char_model::train::<f64>(&net, &mut theta, &corpus.train, &corpus.validation, &job, &mut on_step)
-    } else {
-        char_model::train::<f32>(&net, &mut theta, &corpus.train, &corpus.validation, &job, &mut on_step)
-    };
-    let seconds = started.elapsed().as_secs_f64();
     let preprocessing = serde_json::json!({
         "source": format!("text:{}", std::path::absolute(path).unwrap_or(path.to_path_buf()).display()),
         text::VOCABULARY_KEY: corpus.vocabulary.to_json(),
@@ -307,13 +299,70 @@ pub fn train_text(args: &TrainArgs, path: &Path, folder: RunFolder, interrupt: &
         command: serde_json::to_value(super::train::stored_form(args))?,
         ..Default::default()
     };
+    if let Some(p) = &from {
+        say(format!("resuming after update {} of {}", p.updates, job.steps));
+    }
+    let checkpoint_path = out_dir.join(CHECKPOINT_FILE);
+    // (0 was refused with the other flags.)
+    let every = args.checkpoint_every.filter(|&e| e > 0);
+    let mut save_error: Option<wgnn::Error> = None;
+    let started = std::time::Instant::now();
+    let mut on_step = |s: &char_model::Step, snapshot: &char_model::Snapshot<'_>| {
+        let seconds = started.elapsed().as_secs_f64();
+        if s.stopping {
+            // Another rank asked to stop after this update (over MPI): already reported.
+        } else if let Some(h) = s.held_out {
+            history.push(serde_json::json!({
+                "step": s.step, "train_bits_per_character": s.train_bits,
+                "held_out_bits_per_character": h.bits_per_character, "seconds": seconds,
+            }));
+            say(format!(
+                "step {:>6}  train {:.4} bits/char  held-out {:.4} bits/char  ({seconds:.1} s)",
+                s.step, s.train_bits, h.bits_per_character
+            ));
+        } else if s.step == 1 || s.step.is_multiple_of(100) {
+            say(format!("step {:>6}  train {:.4} bits/char  ({seconds:.1} s)", s.step, s.train_bits));
+        }
+        let stop = interrupt.load(Ordering::SeqCst) || s.stopping;
+        // A checkpoint every N updates and at the last, and where Ctrl-C stops the run: θ, the
+        // optimizer's moments and the carried state, all --resume needs for the same bits.
+        let due = every.is_some_and(|e| s.step.is_multiple_of(e) || s.step == job.steps);
+        if stop || due {
+            let (progress, theta) = snapshot();
+            let mut m = metadata.clone();
+            m.history = serde_json::Value::Array(history.clone());
+            m.extra.insert("updates".into(), s.step.into());
+            if let Err(e) = wgnn::checkpoint::save_state(&spec, &theta, &m, &progress, &checkpoint_path) {
+                save_error = Some(e);
+                return Control::Stop;
+            }
+        }
+        if stop { Control::Stop } else { Control::Continue }
+    };
+    if let Some(r) = ranks {
+        r.start(job_fingerprint)?;
+    }
+    let comm = ranks.map_or(&wgnn::dist::Solo as &dyn wgnn::dist::Collective, |r| r.comm());
+    let (train, held, from) = (&corpus.train, &corpus.validation, from.as_ref());
+    let result = if let Some(g) = gpu.as_mut() {
+        char_model::train_on_gpu(g, &net, &mut theta, train, held, &job, from, &mut on_step)
+    } else if f64_path {
+        char_model::train_from_on_ranks::<f64>(&net, &mut theta, train, held, &job, from, comm, &mut on_step)
+    } else {
+        char_model::train_from_on_ranks::<f32>(&net, &mut theta, train, held, &job, from, comm, &mut on_step)
+    };
+    let seconds = started.elapsed().as_secs_f64();
+    if let Some(e) = save_error {
+        return Err(anyhow::Error::from(e).context(format!("saving {}", checkpoint_path.display())));
+    }
+    metadata.history = serde_json::Value::Array(history.clone());
     let (done, held) = match result {
         Ok(r) => r,
         Err(e) => {
             metadata.extra.insert("error".into(), e.to_string().into());
-            Checkpoint::new(spec, theta, metadata)?.save(&out_dir.join(CHECKPOINT_FILE))?;
+            Checkpoint::new(spec, theta, metadata)?.save(&checkpoint_path)?;
             write_metrics(&out_dir, "diverged", &history, None, seconds, 0)?;
-            return Err(Exit::diverged(format!("{e}; θ kept in {}", out_dir.join(CHECKPOINT_FILE).display())).into());
+            return Err(Exit::diverged(format!("{e}; θ kept in {}", checkpoint_path.display())).into());
         }
     };
     let finished = done == job.steps;
@@ -321,18 +370,28 @@ pub fn train_text(args: &TrainArgs, path: &Path, folder: RunFolder, interrupt: &
         metadata.extra.insert("held_out_bits_per_character".into(), h.bits_per_character.into());
     }
     metadata.extra.insert("updates".into(), done.into());
-    let file = if finished { MODEL_FILE } else { CHECKPOINT_FILE };
-    Checkpoint::new(spec, theta, metadata)?.save(&out_dir.join(file))?;
     write_metrics(&out_dir, if finished { "finished" } else { "interrupted" }, &history, held, seconds, done)?;
     if !finished {
+        // The checkpoint was written by `on_step` when it stopped the run.
         return Err(Exit::interrupted(format!(
-            "interrupted after {done} of {} updates; θ saved in {} (character models cannot be resumed yet)",
+            "interrupted after {done} of {} updates; θ and the optimizer state saved in {}; resume with: wgnn train --resume {}",
             job.steps,
-            out_dir.join(CHECKPOINT_FILE).display()
+            checkpoint_path.display(),
+            out_dir.display()
         ))
         .into());
     }
-    // Results on stdout, progress on stderr, as the other kinds.
+    Checkpoint::new(spec, theta, metadata)?.save(&out_dir.join(MODEL_FILE))?;
+    // Without --checkpoint-every only the model stays (as other runs): a checkpoint left by
+    // an interrupted start of this run goes.
+    if every.is_none() {
+        match std::fs::remove_file(&checkpoint_path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                bail!("cannot remove {}: {e}", checkpoint_path.display())
+            }
+            _ => {}
+        }
+    }
     if !args.quiet {
         println!("{done} updates in {seconds:.1} s ({:.1} ms per update)", 1000.0 * seconds / done.max(1) as f64);
         if let (Some(h), Some(u)) = (held, unigram) {
@@ -345,6 +404,57 @@ pub fn train_text(args: &TrainArgs, path: &Path, folder: RunFolder, interrupt: &
 }
 
 /// The line that reports held-out bits per character, saying how they were measured.
+/// θ, the [`Progress`] and the held-out history of the run in `dir` to continue (`--resume`):
+/// its checkpoint (or a model written with one beside it). Refused in one line: another
+/// network, a file without optimizer state (a finished run trained without
+/// --checkpoint-every, or one that diverged), and more updates done than `--steps`.
+fn resume_text(
+    dir: &Path,
+    spec: &NetSpec,
+    steps: usize,
+) -> anyhow::Result<(Vec<f64>, Option<Progress>, Vec<serde_json::Value>)> {
+    let file = [CHECKPOINT_FILE, MODEL_FILE].into_iter().map(|f| dir.join(f)).find(|f| f.is_file());
+    let Some(file) = file else {
+        bail!("--resume {}: no {CHECKPOINT_FILE} or {MODEL_FILE} there to continue from", dir.display());
+    };
+    let ck = Checkpoint::load(&file)?;
+    if &ck.spec != spec {
+        bail!(
+            "--resume {}: the checkpoint holds {} but this run asks for {}: resume with the same network",
+            dir.display(),
+            ck.spec.describe(),
+            spec.describe()
+        );
+    }
+    if ck.metadata.optimizer.is_null() {
+        let why = match ck.metadata.extra.get("error").and_then(|e| e.as_str()) {
+            Some(e) => format!("the run failed ({e})"),
+            None => format!("only a run trained with --checkpoint-every keeps its {CHECKPOINT_FILE} beside the model"),
+        };
+        bail!(
+            "--resume {}: {} keeps no optimizer state, so it cannot be continued: {why}",
+            dir.display(),
+            file.display()
+        );
+    }
+    let progress: Progress = serde_json::from_value(ck.metadata.optimizer.clone()).with_context(|| {
+        format!(
+            "--resume {}: the checkpoint's training state is unreadable (written by another wgnn version?)",
+            dir.display()
+        )
+    })?;
+    if progress.updates > steps {
+        bail!(
+            "--resume {}: the run has done {} updates, more than --steps {steps}: give --steps of at least {}",
+            dir.display(),
+            progress.updates,
+            progress.updates
+        );
+    }
+    let history = ck.metadata.history.as_array().cloned().unwrap_or_default();
+    Ok((ck.theta, Some(progress), history))
+}
+
 fn held_out_line(h: &HeldOut, steps: usize) -> String {
     format!(
         "held-out bits per character {:.4} ({} consecutive windows of {steps} characters, each from a zero state; \

@@ -11,40 +11,34 @@ use wgnn::data::Dataset;
 use wgnn::stacked::{StackedConfig, StageEvent, train_stacked_until};
 use wgnn::train::{CHECKPOINT_FILE, RunFolder, RunStatus};
 
-use super::Exit;
-use super::train::TrainArgs;
+use super::{BackendArgs, Exit};
 
+/// Runs the pipeline `config` describes (built from `wgnn train stacked`'s flags by
+/// `cli::train`, which calls this module and is not called back by it) on `data`, with the
+/// backends `backend_args` ask for; prints the stages unless `quiet`.
+#[allow(clippy::too_many_arguments)]
 pub fn run(
-    args: &TrainArgs,
+    config: &StackedConfig,
+    backend_args: &BackendArgs,
+    quiet: bool,
     data: &Dataset,
     test: Option<(Array2<f32>, Vec<usize>)>,
     folder: RunFolder,
-    preprocessing: serde_json::Value,
     interrupt: &AtomicBool,
+    ranks: Option<&super::ranks::Ranks>,
 ) -> anyhow::Result<()> {
     let labels = data.labels.as_deref().context("a stacked autoencoder ends in a softmax: it needs labelled data")?;
-    let defaults = StackedConfig::default();
-    let config = StackedConfig {
-        hidden: args.hidden.clone().unwrap_or(defaults.hidden.clone()),
-        sparsity: super::train::sparsity(args.sparsity.unwrap_or(0.1), args.sparsity_weight),
-        weight_decay: args.weight_decay.unwrap_or(defaults.weight_decay),
-        iterations: args.iterations.unwrap_or(defaults.iterations),
-        seed: args.seed,
-        checkpoint_every: args.checkpoint_every,
-        data_description: data.description.clone(),
-        preprocessing,
-        resume: args.resume.is_some(),
-        command: serde_json::to_value(super::train::stored_form(args))?,
-        ..defaults
-    };
     let mut backend = |spec: &wgnn::model::NetSpec| -> wgnn::Result<Box<dyn wgnn::Backend>> {
-        args.backend
-            .build_quietly(spec.clone(), super::Precision::F32)
-            .map(|(b, _)| b)
-            .map_err(|e| wgnn::Error::Data(format!("{e:#}")))
+        match ranks {
+            // Over MPI: each stage's backend sums over the ranks (every stage is full batch).
+            Some(r) => r.backend(backend_args, spec),
+            None => backend_args.build_quietly(spec.clone(), super::Precision::F32),
+        }
+        .map(|(b, _)| b)
+        .map_err(|e| wgnn::Error::Data(format!("{e:#}")))
     };
     let mut report = |event: StageEvent<'_>| {
-        if args.quiet {
+        if quiet {
             return;
         }
         match event {
@@ -56,7 +50,7 @@ pub fn run(
     };
     let test = test.as_ref().map(|(x, l)| (x, l.as_slice()));
     let out = folder.path().to_path_buf();
-    let outcome = train_stacked_until(&config, &mut backend, &data.x, labels, test, folder, &mut report, interrupt)?;
+    let outcome = train_stacked_until(config, &mut backend, &data.x, labels, test, folder, &mut report, interrupt)?;
     let (stage, checkpoint) = (outcome.stage.display(), outcome.stage.join(CHECKPOINT_FILE));
     match &outcome.status {
         RunStatus::Finished => {}
@@ -76,7 +70,7 @@ pub fn run(
             .into());
         }
     }
-    if !args.quiet {
+    if !quiet {
         if let (Some(b), Some(a)) = (outcome.test_accuracy_before_finetuning, outcome.test_accuracy) {
             println!("test accuracy before fine-tuning {:.2}%, after {:.2}%", 100.0 * b, 100.0 * a);
         }

@@ -15,8 +15,9 @@ use serde::{Deserialize, Serialize};
 use wgnn::Targets;
 use wgnn::checkpoint::Checkpoint;
 use wgnn::data::Dataset;
+use wgnn::estimator::{OptimizerSettings, Solver};
 use wgnn::model::{Activation, Init, NetSpec, Output, Sparsity};
-use wgnn::optim::{Lbfgs, Method, Minibatch, Plateau, Progress, Schedule, UpdateRule};
+use wgnn::optim::{Method, Plateau, Progress, Schedule};
 use wgnn::train::{CHECKPOINT_FILE, MODEL_FILE, RunFolder, RunStatus, TestTargets, TrainJob, check_settings, train};
 
 use super::ranks::Ranks;
@@ -123,7 +124,11 @@ pub struct TrainArgs {
     pub activation: Option<String>,
     /// Output activation, with the squared-error loss: for an autoencoder (default sigmoid)
     /// and an mlp regressor, i.e. with --targets (default identity; sigmoid, tanh, relu, …).
-    /// Classifiers end in softmax.
+    /// Classifiers end in softmax. `sigmoid-bce` (mlp): k sigmoid outputs with the binary
+    /// cross-entropy (PyTorch's BCEWithLogitsLoss; scikit-learn's MLPClassifier on multi-label
+    /// targets): --targets gives the 0/1 matrix, one column per label (multi-label), or
+    /// --label-column/--labels 0/1 labels (binary); predict writes each label's probability and
+    /// its 0/1 decision at 0.5, eval the exact-match accuracy and Hamming loss.
     #[arg(long)]
     pub output: Option<String>,
     /// L2 weight decay λ: the cost J gets + (λ/2)·‖W‖² (weights only, not biases) beside the
@@ -290,11 +295,52 @@ impl TrainArgs {
     /// The minibatch size: --batch-size, or by default scikit-learn's auto (200, capped at the
     /// examples when used) — 64 for `train cnn`, LeNet's usual batch.
     fn batch(&self) -> usize {
-        self.batch_size.unwrap_or(match self.kind {
-            Kind::Cnn => 64,
-            Kind::Lstm | Kind::Rnn => 128,
-            _ => wgnn::optim::Minibatch::DEFAULT_BATCH_SIZE,
-        })
+        self.batch_size.unwrap_or(self.kind.defaults().batch_size)
+    }
+}
+
+impl Kind {
+    /// The library's kind: the key of the one table of per-kind defaults.
+    pub fn lib(self) -> wgnn::estimator::Kind {
+        use wgnn::estimator::Kind as K;
+        match self {
+            Kind::Autoencoder => K::Autoencoder,
+            Kind::Softmax => K::Softmax,
+            Kind::Mlp => K::Mlp,
+            Kind::Stacked => K::Stacked,
+            Kind::Cnn => K::Cnn,
+            Kind::Lstm => K::Lstm,
+            Kind::Rnn => K::Rnn,
+        }
+    }
+
+    /// This kind's row of the table ([`wgnn::estimator::Kind::defaults`]).
+    pub fn defaults(self) -> wgnn::estimator::KindDefaults {
+        self.lib().defaults()
+    }
+}
+
+impl OptimizerChoice {
+    /// The library's solver.
+    pub fn solver(self) -> Solver {
+        match self {
+            OptimizerChoice::Lbfgs => Solver::Lbfgs,
+            OptimizerChoice::Cg => Solver::Cg,
+            OptimizerChoice::Gd => Solver::Gd,
+            OptimizerChoice::Sgd => Solver::Sgd,
+            OptimizerChoice::Adam => Solver::Adam,
+        }
+    }
+
+    /// The choice naming `solver`.
+    pub fn of(solver: Solver) -> OptimizerChoice {
+        match solver {
+            Solver::Lbfgs => OptimizerChoice::Lbfgs,
+            Solver::Cg => OptimizerChoice::Cg,
+            Solver::Gd => OptimizerChoice::Gd,
+            Solver::Sgd => OptimizerChoice::Sgd,
+            Solver::Adam => OptimizerChoice::Adam,
+        }
     }
 }
 
@@ -305,7 +351,7 @@ impl Default for TrainArgs {
 }
 
 /// `train cnn`'s default network: LeNet-5 as Caffe's MNIST example builds it.
-pub const LENET: &str = "conv 20x5x5 relu, maxpool 2, conv 50x5x5 relu, maxpool 2, dense 500 relu, softmax";
+pub const LENET: &str = wgnn::estimator::LENET;
 
 /// The layer stack `train cnn` asks for, on data of `features` values per example with
 /// `classes` labels (`image` its h × w when the data knows it). A layer-stack block, kept
@@ -354,16 +400,9 @@ fn batch_size(text: &str) -> Result<usize, String> {
     text.trim().parse::<usize>().map_err(|_| format!("`{text}` is not a batch size: give a whole number or auto"))
 }
 
+/// The kind's name on the command line.
 pub fn kind_name(kind: Kind) -> &'static str {
-    match kind {
-        Kind::Autoencoder => "autoencoder",
-        Kind::Softmax => "softmax",
-        Kind::Mlp => "mlp",
-        Kind::Stacked => "stacked",
-        Kind::Cnn => "cnn",
-        Kind::Lstm => "lstm",
-        Kind::Rnn => "rnn",
-    }
+    kind.lib().name()
 }
 
 /// `runs/<kind>-N` for the first N with no folder yet, created and locked here (atomically:
@@ -435,7 +474,7 @@ fn resume_checkpoint(dir: &std::path::Path) -> anyhow::Result<Checkpoint> {
 /// and how the run reports, and which device computes (on another device the bits may differ
 /// from an uninterrupted run). Any other flag must repeat the run's own value.
 const MAY_CHANGE_ON_RESUME: &[&str] =
-    &["resume", "iterations", "checkpoint_every", "quiet", "out", "backend", "gpu_api", "adapter"];
+    &["resume", "iterations", "checkpoint_every", "quiet", "out", "backend", "gpu_api", "adapter", "steps"];
 
 /// `--resume DIR`: the job stored in DIR's checkpoint (kind, network, data and its options,
 /// optimizer and its settings, seed), with the flags of [`MAY_CHANGE_ON_RESUME`] taken from
@@ -469,7 +508,7 @@ fn restore_job(given: TrainArgs, dir: &std::path::Path) -> anyhow::Result<TrainA
         let trained =
             if s.is_null() { format!("without {flag}: its default") } else { format!("with {flag} {}", shown(s)) };
         bail!(
-            "{flag} {} conflicts with the run in {} (trained {trained}): --resume continues that job as it was; beside it give only --iterations, --checkpoint-every, --quiet, --out, --backend, --gpu-api or --adapter, or start a new run",
+            "{flag} {} conflicts with the run in {} (trained {trained}): --resume continues that job as it was; beside it give only --iterations (--steps for a character model), --checkpoint-every, --quiet, --out, --backend, --gpu-api or --adapter, or start a new run",
             shown(g),
             dir.display(),
         );
@@ -479,6 +518,8 @@ fn restore_job(given: TrainArgs, dir: &std::path::Path) -> anyhow::Result<TrainA
     stored.quiet = given.quiet;
     stored.iterations = given.iterations.or(stored.iterations);
     stored.checkpoint_every = given.checkpoint_every.or(stored.checkpoint_every);
+    // A character model's budget of updates (its --iterations).
+    stored.steps = given.steps.or(stored.steps);
     let changed = |id: &str| given.given.iter().any(|g| g == id);
     if changed("backend") {
         stored.backend.backend = given.backend.backend;
@@ -518,7 +559,9 @@ pub(super) fn stored_form(args: &TrainArgs) -> TrainArgs {
     let absolute = |p: &std::path::Path| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
     // mnist:DIR, npy:FILE, … with DIR or FILE absolute; synthetic and columns:SPEC as given.
     let source = |s: &String| match s.split_once(':') {
-        Some((kind, path)) if ["mnist", "patches", "npy", "csv"].contains(&kind.to_ascii_lowercase().as_str()) => {
+        Some((kind, path))
+            if ["mnist", "patches", "npy", "csv", "text"].contains(&kind.to_ascii_lowercase().as_str()) =>
+        {
             format!("{kind}:{}", absolute(std::path::Path::new(path)).display())
         }
         _ => s.clone(),
@@ -639,19 +682,78 @@ fn check_flags(args: &TrainArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `train stacked`'s pipeline: the flags given, the rest from [`StackedConfig::default`]
+/// (the table's row for stacked and softmax).
+fn stacked_config(
+    args: &TrainArgs,
+    data: &Dataset,
+    preprocessing: serde_json::Value,
+) -> anyhow::Result<wgnn::stacked::StackedConfig> {
+    let defaults = wgnn::stacked::StackedConfig::default();
+    let rho = args.sparsity.or(Kind::Stacked.defaults().sparsity).unwrap_or(0.0);
+    Ok(wgnn::stacked::StackedConfig {
+        hidden: args.hidden.clone().unwrap_or(defaults.hidden.clone()),
+        sparsity: sparsity(rho, args.sparsity_weight),
+        weight_decay: args.weight_decay.unwrap_or(defaults.weight_decay),
+        iterations: args.iterations.unwrap_or(defaults.iterations),
+        seed: args.seed,
+        checkpoint_every: args.checkpoint_every,
+        data_description: data.description.clone(),
+        preprocessing,
+        resume: args.resume.is_some(),
+        command: serde_json::to_value(stored_form(args))?,
+        ..defaults
+    })
+}
+
+/// Step "network" of the dense kinds: the flags as the library's settings, the rest from the
+/// table ([`wgnn::estimator::Kind::dense_spec`]).
+fn dense_settings(args: &TrainArgs) -> anyhow::Result<wgnn::estimator::DenseSettings> {
+    Ok(wgnn::estimator::DenseSettings {
+        hidden: args.hidden.clone(),
+        activation: args.activation.as_deref().map(Activation::parse).transpose()?,
+        output: args.output.as_deref().map(Output::parse).transpose()?,
+        weight_decay: args.weight_decay,
+        sparsity: args.sparsity,
+        sparsity_weight: args.sparsity_weight,
+    })
+}
+
+/// Step "optimizer": the flags as the library's settings, the rest from the table
+/// ([`wgnn::estimator::OptimizerSettings`], which the estimators use too).
+fn optimizer_settings(args: &TrainArgs, choice: OptimizerChoice, schedule: Schedule) -> OptimizerSettings {
+    OptimizerSettings {
+        solver: choice.solver(),
+        iterations: args.iterations.unwrap_or(args.kind.defaults().iterations),
+        learning_rate: args.learning_rate,
+        batch_size: args.batch(),
+        schedule,
+        momentum: args.momentum,
+        nesterov: args.nesterov,
+        beta1: args.beta1,
+        beta2: args.beta2,
+        adam_epsilon: args.adam_epsilon,
+        lbfgs_memory: args.lbfgs_memory,
+        seed: args.seed,
+        tol: args.tol,
+        n_iter_no_change: args.n_iter_no_change,
+        max_fun: args.max_fun,
+    }
+}
+
 /// The sparsity penalty `--sparsity` asks for: none for ρ = 0.
 pub fn sparsity(rho: f64, weight: f64) -> Option<Sparsity> {
     (rho != 0.0).then_some(Sparsity { target: rho, weight })
 }
 
 pub fn run(args: TrainArgs) -> anyhow::Result<()> {
-    if args.compare_sparsity {
-        return compare_sparsity(args);
-    }
     // Started by mpirun/srun in a build with `--features mpi`: one rank of a data-parallel job.
     #[cfg(feature = "mpi")]
     if wgnn::dist::mpi::launched() {
         return super::ranks::run_on_ranks(args);
+    }
+    if args.compare_sparsity {
+        return compare_sparsity(args);
     }
     run_job(args, None)
 }
@@ -665,8 +767,8 @@ pub(super) fn run_job(mut args: TrainArgs, ranks: Option<&Ranks>) -> anyhow::Res
         args = restore_job(args, &dir)?;
     }
     let job_fingerprint = wgnn::dist::fingerprint_of(&serde_json::to_string(&stored_form(&args))?);
-    if ranks.is_some() && args.kind == Kind::Stacked {
-        bail!("train stacked does not run over MPI yet: run it as one process (without mpirun)");
+    if ranks.is_some() && args.kind == Kind::Stacked && args.resume.is_some() {
+        bail!("train stacked --resume does not run over MPI: resume the pipeline as one process (without mpirun)");
     }
     if ranks.is_some_and(|r| r.rank() > 0) {
         args.quiet = true;
@@ -688,6 +790,9 @@ pub(super) fn run_job(mut args: TrainArgs, ranks: Option<&Ranks>) -> anyhow::Res
             flag
         })
         .clone();
+    // Over MPI every rank stops at the same evaluation (a Ctrl-C reaches them at different
+    // moments): the flag training watches is the one the ranks agree on.
+    let (raw_interrupt, interrupt) = (interrupt.clone(), ranks.map_or(interrupt.clone(), |r| r.interrupt(&interrupt)));
     check_flags(&args)?;
     // The run folder is taken first: a busy or unwritable one is refused before any work.
     let folder = match ranks {
@@ -696,13 +801,7 @@ pub(super) fn run_job(mut args: TrainArgs, ranks: Option<&Ranks>) -> anyhow::Res
     };
     let sequence_kind = matches!(args.kind, Kind::Lstm | Kind::Rnn);
     if sequence_kind && let Some(path) = super::sequence::text_file(args.data.data.as_deref()) {
-        if ranks.is_some() {
-            bail!(
-                "character models do not train over MPI yet: run `wgnn train {}` as one process (without mpirun)",
-                kind_name(args.kind)
-            );
-        }
-        return super::sequence::train_text(&args, &path, folder, &interrupt);
+        return super::sequence::train_text(&args, &path, folder, &raw_interrupt, ranks, job_fingerprint);
     }
     let out_dir = folder.path().to_path_buf();
     // Files named on the command line are read first, so a typo fails before any work.
@@ -717,11 +816,7 @@ pub(super) fn run_job(mut args: TrainArgs, ranks: Option<&Ranks>) -> anyhow::Res
         _ => args.resume.as_deref().map(resume_checkpoint).transpose()?,
     };
     // The optimizer's flags too.
-    let choice = args.optimizer.unwrap_or(if matches!(args.kind, Kind::Mlp | Kind::Cnn | Kind::Lstm | Kind::Rnn) {
-        OptimizerChoice::Adam
-    } else {
-        OptimizerChoice::Lbfgs
-    });
+    let choice = args.optimizer.unwrap_or(OptimizerChoice::of(args.kind.defaults().solver));
     check_optimizer_flags(&args, choice)?;
     let schedule = parse_schedule(&args.schedule, args.tol.unwrap_or(wgnn::optim::Stop::MINIBATCH.cost_tol))
         .context("--schedule")?;
@@ -733,6 +828,181 @@ pub(super) fn run_job(mut args: TrainArgs, ranks: Option<&Ranks>) -> anyhow::Res
     }
 
     // Data.
+    let Loaded { data, sequence_shape, test, regression, whitening, preprocessing } =
+        load_data(&args, sequence_kind, ranks, &say)?;
+    let n = data.num_features();
+    if args.kind == Kind::Stacked {
+        let test = test.map(|(x, t)| match t {
+            TestTargets::Labels(l) => (x, l),
+            TestTargets::Values(_) => unreachable!("regression was refused above for stacked"),
+        });
+        if args.force {
+            for stage in ["layer1", "layer2", "layer3", "softmax", "finetune", "metrics.json"] {
+                let _ =
+                    std::fs::remove_dir_all(out_dir.join(stage)).or_else(|_| std::fs::remove_file(out_dir.join(stage)));
+            }
+        }
+        let config = stacked_config(&args, &data, preprocessing)?;
+        if let Some(r) = ranks {
+            r.start(job_fingerprint)?;
+        }
+        let result = super::stacked::run(&config, &args.backend, args.quiet, &data, test, folder, &interrupt, ranks);
+        if let (Some(r), Err(_)) = (ranks, &result) {
+            r.training_failed.set(true);
+        }
+        return result;
+    }
+
+    // Network.
+    let spec = match args.kind {
+        Kind::Cnn => {
+            let classes = data.num_classes().context("this data has no labels: cnn needs them")?;
+            cnn_spec(&args, n, data.image_shape, classes)?
+        }
+        Kind::Lstm | Kind::Rnn => {
+            let classes =
+                data.num_classes().context("these sequences have no labels: give --labels, one per sequence")?;
+            let shape = sequence_shape.expect("sequence kinds load sequences");
+            super::sequence::classifier_spec(&args, shape, classes)?
+        }
+        Kind::Autoencoder | Kind::Mlp | Kind::Softmax | Kind::Stacked => {
+            let outputs = match (&data.targets, args.kind) {
+                (Some(t), _) => t.ncols(),
+                (None, Kind::Autoencoder) => n,
+                (None, _) => data.num_classes().context("this data has no labels: softmax and mlp need them")?,
+            };
+            args.kind.lib().dense_spec(n, outputs, regression, &dense_settings(&args)?)?
+        }
+    };
+    let spec = match args.alpha {
+        None => spec,
+        Some(alpha) => {
+            // scikit-learn divides α by the examples of each gradient (its `n_samples`).
+            let n_train = wgnn::data::hold_out(data.x.nrows(), args.validation, 0, "validation")?.0.len();
+            let (lambda, n) = wgnn::estimator::weight_decay_of_alpha(alpha, choice.solver(), args.batch(), n_train);
+            say(format!("penalty  --alpha {alpha}: weight decay λ = α/n = {alpha}/{n} = {lambda:e}"));
+            spec.with_weight_decay(lambda)?
+        }
+    };
+    super::inspect::warn_whitened_range(&spec, whitening.is_some() && args.kind == Kind::Autoencoder);
+    let params = wgnn::model::ThetaLayout::new(&spec).len();
+    say(format!("network  {} ({params} parameters)", spec.describe()));
+
+    // Optimizer.
+    let settings = optimizer_settings(&args, choice, schedule);
+    let iterations = settings.iterations;
+    let method = settings.method(params)?;
+    let stop = settings.stop(&method);
+
+    let (mut backend, note) = match ranks {
+        None => args.backend.build_quietly(spec.clone(), super::Precision::F32)?,
+        Some(r) => r.backend(&args.backend, &spec)?,
+    };
+    if let Some(note) = note {
+        say(format!("note: {note}"));
+    }
+    say(format!("backend  {}", backend.name()));
+    say(format!(
+        "training {} for up to {iterations} {}",
+        method.name(),
+        if matches!(method, Method::Minibatch(_)) { "epochs" } else { "iterations" }
+    ));
+
+    // The epochs before a resume, so that the kept epoch can be named from all of them.
+    // They live in the optimizer's state (checkpoints written before it moved out of the
+    // metadata also kept a copy under `history`).
+    let earlier: Vec<wgnn::optim::Record> = resume
+        .as_ref()
+        .and_then(|ck| {
+            let history = ck.metadata.optimizer.get("history").filter(|h| !h.is_null()).unwrap_or(&ck.metadata.history);
+            serde_json::from_value(history.clone()).ok()
+        })
+        .unwrap_or_default();
+    let job = TrainJob {
+        spec,
+        method,
+        stop,
+        init,
+        seed: args.seed,
+        initial_theta,
+        resume,
+        validation_fraction: args.validation,
+        patience: args.patience,
+        checkpoint_every: args.checkpoint_every,
+        out_dir: out_dir.clone(),
+        folder: Some(folder),
+        data_description: data.description.clone(),
+        image_shape: data.image_shape,
+        preprocessing,
+        test_set: test,
+        command: serde_json::to_value(stored_form(&args))?,
+    };
+    job.validate()?;
+    if interrupt.load(Ordering::SeqCst) {
+        return Err(Exit::interrupted("interrupted before training started; nothing was written".into()).into());
+    }
+    if args.force {
+        // Every check has passed: the run this one replaces goes now, so the folder never
+        // mixes two runs.
+        for f in [MODEL_FILE, CHECKPOINT_FILE] {
+            match std::fs::remove_file(out_dir.join(f)) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    bail!("--force: cannot remove {}: {e}", out_dir.join(f).display())
+                }
+                _ => {}
+            }
+        }
+    }
+    let epochs = matches!(job.method, Method::Minibatch(_));
+    let validation_label = match (&data.targets, &data.labels, args.kind) {
+        (None, Some(_), Kind::Softmax | Kind::Mlp) => "validation error",
+        _ => "validation squared error",
+    };
+    let mut reporter = Reporter::new(args.quiet, iterations, epochs, schedule != Schedule::Constant, validation_label);
+    earlier.iter().for_each(|r| reporter.note(r));
+    let y = match (&data.targets, &data.labels) {
+        (Some(t), _) => Targets::Values(t.into()),
+        // This rank's labels when it read its shard alone.
+        (None, Some(l)) => Targets::Labels(ranks.map_or(&l[..], |r| r.shard_labels(l))),
+        (None, None) => Targets::Inputs,
+    };
+    if let Some(r) = ranks {
+        r.start(job_fingerprint)?;
+        r.announce(&backend.name(), args.quiet)?;
+    }
+    // The examples are handed over, not lent: the run holds the only copy of them.
+    let outcome = train(job, backend.as_mut(), data.x, y, &mut |p| reporter.update(p), &interrupt);
+    reporter.finish();
+    if let (Some(r), Err(_)) = (ranks, &outcome) {
+        r.training_failed.set(true);
+    }
+    let outcome = outcome?;
+    if let Some(r) = ranks {
+        r.write_report(&out_dir)?;
+    }
+
+    report(&args, &outcome, &reporter, &out_dir, epochs)
+}
+
+/// What step "data" leaves: the training examples (after the test split, `--features-from`
+/// and whitening), the test set, and what the model stores about them.
+struct Loaded {
+    data: Dataset,
+    sequence_shape: Option<wgnn::data::sequence::SequenceShape>,
+    test: Option<(ndarray::Array2<f32>, TestTargets)>,
+    regression: bool,
+    whitening: Option<wgnn::data::whiten::Whitening>,
+    preprocessing: serde_json::Value,
+}
+
+/// Step "data" of `wgnn train`: reads --data (and --test-data or --test-fraction), checks
+/// that the kind can learn from it, applies --features-from and --whiten to both sides.
+fn load_data(
+    args: &TrainArgs,
+    sequence_kind: bool,
+    ranks: Option<&Ranks>,
+    say: &dyn Fn(String),
+) -> anyhow::Result<Loaded> {
     if args.data.data.is_none() && args.kind != Kind::Autoencoder {
         bail!(
             "{} needs labelled data: give --data mnist:DIR (e.g. --data mnist:../shared/data/mnist)",
@@ -741,12 +1011,28 @@ pub(super) fn run_job(mut args: TrainArgs, ranks: Option<&Ranks>) -> anyhow::Res
     }
     let mut sequence_shape = None;
     let (source, mut data) = if sequence_kind {
-        let (source, data, shape) = super::sequence::load_sequences(&args)?;
+        let (source, data, shape) = super::sequence::load_sequences(args)?;
         sequence_shape = Some(shape);
         (source, data)
+    } else if let Some(loaded) = ranks.map(|r| r.load_shard(args)).transpose()?.flatten() {
+        // Over MPI, where the format allows: this rank's rows alone, read by offset.
+        loaded
     } else {
         args.data.load(args.seed)?
     };
+    if let Some(r) = ranks {
+        r.read_whole(data.x.nrows());
+    }
+    // A sigmoid output with the binary cross-entropy learns 0/1 targets (multi-label), or 0/1
+    // labels as one target column (binary).
+    let bce = args.output.as_deref().map(Output::parse).transpose()?.is_some_and(|o| o == Output::SigmoidBce);
+    if bce {
+        if args.kind != Kind::Mlp {
+            bail!("--output sigmoid-bce goes with `train mlp`, not {}", kind_name(args.kind));
+        }
+        data.targets = Some(data.zero_one_targets().context("--output sigmoid-bce")?);
+        (data.labels, data.classes) = (None, None);
+    }
     let regression = data.targets.is_some();
     if regression && args.kind != Kind::Mlp {
         bail!("--targets (real-valued targets) go with `train mlp` (a regressor), not {}", kind_name(args.kind));
@@ -769,7 +1055,9 @@ pub(super) fn run_job(mut args: TrainArgs, ranks: Option<&Ranks>) -> anyhow::Res
     // training data's classes, matched by name: a test file numbers its own classes).
     let (train_classes, train_k) = (data.classes.clone(), data.num_classes().unwrap_or(0));
     let test_targets = |d: &Dataset, what: &str| -> anyhow::Result<TestTargets> {
-        Ok(if regression {
+        Ok(if bce {
+            TestTargets::Values(d.zero_one_targets().with_context(|| what.to_string())?)
+        } else if regression {
             TestTargets::Values(d.targets.clone().with_context(|| format!("{what} has no targets"))?)
         } else {
             let labels = d.labels_for(train_classes.as_deref(), train_k).with_context(|| what.to_string())?;
@@ -878,221 +1166,23 @@ pub(super) fn run_job(mut args: TrainArgs, ranks: Option<&Ranks>) -> anyhow::Res
         // The labels as the data wrote them, class by class (CSV, .npy): predict and eval use them.
         "classes": if regression { None } else { data.classes.clone() },
     });
-    let n = data.num_features();
-    if args.kind == Kind::Stacked {
-        let test = test.map(|(x, t)| match t {
-            TestTargets::Labels(l) => (x, l),
-            TestTargets::Values(_) => unreachable!("regression was refused above for stacked"),
-        });
-        if args.force {
-            for stage in ["layer1", "layer2", "layer3", "softmax", "finetune", "metrics.json"] {
-                let _ =
-                    std::fs::remove_dir_all(out_dir.join(stage)).or_else(|_| std::fs::remove_file(out_dir.join(stage)));
-            }
-        }
-        return super::stacked::run(&args, &data, test, folder, preprocessing, &interrupt);
-    }
+    Ok(Loaded { data, sequence_shape, test, regression, whitening, preprocessing })
+}
 
-    // Network.
-    let activation = |default: Activation| -> anyhow::Result<Activation> {
-        Ok(args.activation.as_deref().map(Activation::parse).transpose()?.unwrap_or(default))
-    };
-    let spec = match args.kind {
-        Kind::Cnn => {
-            let classes = data.num_classes().context("this data has no labels: cnn needs them")?;
-            cnn_spec(&args, n, data.image_shape, classes)?
-        }
-        Kind::Lstm | Kind::Rnn => {
-            let classes =
-                data.num_classes().context("these sequences have no labels: give --labels, one per sequence")?;
-            let shape = sequence_shape.expect("sequence kinds load sequences");
-            super::sequence::classifier_spec(&args, shape, classes)?
-        }
-        Kind::Autoencoder => {
-            let hidden = args.hidden.clone().unwrap_or(vec![25]);
-            let mut layers = vec![n];
-            layers.extend(&hidden);
-            layers.push(n);
-            let sparsity = sparsity(args.sparsity.unwrap_or(0.01), args.sparsity_weight);
-            let output = Output::parse(args.output.as_deref().unwrap_or("sigmoid"))?;
-            NetSpec::new(&layers, activation(Activation::Sigmoid)?, output)?
-                .with_weight_decay(args.weight_decay.unwrap_or(1e-4))?
-                .with_sparsity(sparsity)?
-        }
-        Kind::Mlp if regression => {
-            let outputs = data.targets.as_ref().map_or(0, |t| t.ncols());
-            let mut layers = vec![n];
-            layers.extend(args.hidden.clone().unwrap_or(vec![256, 128]));
-            layers.push(outputs);
-            let output = Output::parse(args.output.as_deref().unwrap_or("identity"))?;
-            NetSpec::new(&layers, activation(Activation::Relu)?, output)?
-                .with_weight_decay(args.weight_decay.unwrap_or(1e-5))?
-        }
-        Kind::Softmax | Kind::Mlp | Kind::Stacked => {
-            let classes = data.num_classes().context("this data has no labels: softmax and mlp need them")?;
-            let hidden = match args.kind {
-                Kind::Softmax => args.hidden.clone().unwrap_or_default(),
-                _ => args.hidden.clone().unwrap_or(vec![256, 128]),
-            };
-            let mut layers = vec![n];
-            layers.extend(&hidden);
-            layers.push(classes);
-            let lambda = args.weight_decay.unwrap_or(if args.kind == Kind::Mlp { 1e-5 } else { 1e-4 });
-            NetSpec::new(&layers, activation(Activation::Relu)?, Output::Softmax)?.with_weight_decay(lambda)?
+/// Step "write" of `wgnn train` as the user sees it: what the run wrote and how it ended, in
+/// one line for an interrupted or diverged run (its exit code), the results on stdout otherwise.
+fn report(
+    args: &TrainArgs,
+    outcome: &wgnn::train::TrainOutcome,
+    reporter: &Reporter,
+    out_dir: &std::path::Path,
+    epochs: bool,
+) -> anyhow::Result<()> {
+    let say = |s: String| {
+        if !args.quiet {
+            eprintln!("{s}");
         }
     };
-    let spec = match args.alpha {
-        None => spec,
-        Some(alpha) => {
-            // scikit-learn divides α by the examples of each gradient (its `n_samples`).
-            let n_train = wgnn::data::hold_out(data.x.nrows(), args.validation, 0, "validation")?.0.len();
-            let n = match choice {
-                OptimizerChoice::Sgd | OptimizerChoice::Adam => args.batch().min(n_train),
-                _ => n_train,
-            };
-            let lambda = alpha / n as f64;
-            say(format!("penalty  --alpha {alpha}: weight decay λ = α/n = {alpha}/{n} = {lambda:e}"));
-            spec.with_weight_decay(lambda)?
-        }
-    };
-    super::inspect::warn_whitened_range(&spec, whitening.is_some() && args.kind == Kind::Autoencoder);
-    let params = wgnn::model::ThetaLayout::new(&spec).len();
-    say(format!("network  {} ({params} parameters)", spec.describe()));
-
-    // Optimizer.
-    let iterations = args.iterations.unwrap_or(match args.kind {
-        Kind::Autoencoder => 400,
-        Kind::Softmax => 100,
-        Kind::Mlp | Kind::Stacked => 30,
-        Kind::Cnn | Kind::Lstm | Kind::Rnn => 10,
-    });
-    let minibatch = |rule: UpdateRule, lr: f64| {
-        Method::Minibatch(
-            Minibatch::sgd(args.learning_rate.unwrap_or(lr))
-                .with_rule(rule)
-                .with_schedule(schedule)
-                .with_batch_size(args.batch())
-                .with_seed(args.seed),
-        )
-    };
-    let method = match choice {
-        OptimizerChoice::Lbfgs => {
-            let memory = args.lbfgs_memory.unwrap_or(Lbfgs::memory_for(params));
-            Method::Lbfgs(Lbfgs::default().with_memory(memory))
-        }
-        OptimizerChoice::Cg => Method::cg(),
-        OptimizerChoice::Gd => Method::gradient_descent(args.learning_rate.unwrap_or(0.1)),
-        OptimizerChoice::Sgd => {
-            // UpdateRule::NESTEROV's μ = 0.9, Nesterov, unless given; μ = 0 keeps no velocity.
-            let momentum = args.momentum.unwrap_or(0.9);
-            let rule = if momentum == 0.0 {
-                UpdateRule::Plain
-            } else {
-                UpdateRule::Momentum { momentum, nesterov: args.nesterov.unwrap_or(true) }
-            };
-            minibatch(rule, 0.01)
-        }
-        OptimizerChoice::Adam => {
-            let UpdateRule::Adam { beta1, beta2, epsilon } = UpdateRule::ADAM else { unreachable!() };
-            let rule = UpdateRule::Adam {
-                beta1: args.beta1.unwrap_or(beta1),
-                beta2: args.beta2.unwrap_or(beta2),
-                epsilon: args.adam_epsilon.unwrap_or(epsilon),
-            };
-            minibatch(rule, 0.001)
-        }
-    };
-    method.validate()?;
-    let mut stop = method.default_stop().with_max_iterations(iterations);
-    stop.cost_tol = args.tol.unwrap_or(stop.cost_tol);
-    stop.cost_patience = args.n_iter_no_change.unwrap_or(stop.cost_patience);
-    stop.max_evaluations = args.max_fun.or(stop.max_evaluations);
-
-    let (mut backend, note) = match ranks {
-        None => args.backend.build_quietly(spec.clone(), super::Precision::F32)?,
-        Some(r) => r.backend(&args.backend, &spec, &interrupt)?,
-    };
-    // Over MPI every rank stops at the same evaluation (a Ctrl-C reaches them at different
-    // moments): the flag train() watches is the one the ranks agree on.
-    let interrupt = ranks.map_or(interrupt, |r| r.agreed_interrupt());
-    if let Some(note) = note {
-        say(format!("note: {note}"));
-    }
-    say(format!("backend  {}", backend.name()));
-    say(format!(
-        "training {} for up to {iterations} {}",
-        method.name(),
-        if matches!(method, Method::Minibatch(_)) { "epochs" } else { "iterations" }
-    ));
-
-    // The epochs before a resume, so that the kept epoch can be named from all of them.
-    // They live in the optimizer's state (checkpoints written before it moved out of the
-    // metadata also kept a copy under `history`).
-    let earlier: Vec<wgnn::optim::Record> = resume
-        .as_ref()
-        .and_then(|ck| {
-            let history = ck.metadata.optimizer.get("history").filter(|h| !h.is_null()).unwrap_or(&ck.metadata.history);
-            serde_json::from_value(history.clone()).ok()
-        })
-        .unwrap_or_default();
-    let job = TrainJob {
-        spec,
-        method,
-        stop,
-        init,
-        seed: args.seed,
-        initial_theta,
-        resume,
-        validation_fraction: args.validation,
-        patience: args.patience,
-        checkpoint_every: args.checkpoint_every,
-        out_dir: out_dir.clone(),
-        folder: Some(folder),
-        data_description: data.description.clone(),
-        image_shape: data.image_shape,
-        preprocessing,
-        test_set: test,
-        command: serde_json::to_value(stored_form(&args))?,
-    };
-    job.validate()?;
-    if interrupt.load(Ordering::SeqCst) {
-        return Err(Exit::interrupted("interrupted before training started; nothing was written".into()).into());
-    }
-    if args.force {
-        // Every check has passed: the run this one replaces goes now, so the folder never
-        // mixes two runs.
-        for f in [MODEL_FILE, CHECKPOINT_FILE] {
-            match std::fs::remove_file(out_dir.join(f)) {
-                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                    bail!("--force: cannot remove {}: {e}", out_dir.join(f).display())
-                }
-                _ => {}
-            }
-        }
-    }
-    let epochs = matches!(job.method, Method::Minibatch(_));
-    let validation_label = match (&data.targets, &data.labels, args.kind) {
-        (None, Some(_), Kind::Softmax | Kind::Mlp) => "validation error",
-        _ => "validation squared error",
-    };
-    let mut reporter = Reporter::new(args.quiet, iterations, epochs, schedule != Schedule::Constant, validation_label);
-    earlier.iter().for_each(|r| reporter.note(r));
-    let y = match (&data.targets, &data.labels) {
-        (Some(t), _) => Targets::Values(t.into()),
-        (None, Some(l)) => Targets::Labels(l),
-        (None, None) => Targets::Inputs,
-    };
-    if let Some(r) = ranks {
-        r.start(job_fingerprint)?;
-    }
-    // The examples are handed over, not lent: the run holds the only copy of them.
-    let outcome = train(job, backend.as_mut(), data.x, y, &mut |p| reporter.update(p), &interrupt);
-    reporter.finish();
-    if let (Some(r), Err(_)) = (ranks, &outcome) {
-        r.training_failed.set(true);
-    }
-    let outcome = outcome?;
-
     let s = &outcome.summary;
     // Results go to stdout (`wgnn train > log.txt` keeps them); progress stays on stderr.
     let result = |s: String| {
@@ -1401,6 +1491,43 @@ mod tests {
         assert_eq!(serde_json::to_value(&back).unwrap(), json);
         let old: TrainArgs = serde_json::from_str(r#"{"kind": "mlp", "seed": 7}"#).unwrap();
         assert_eq!((old.kind, old.seed, old.batch_size, old.iterations), (Kind::Mlp, 7, None, None));
+    }
+
+    /// `wgnn train --help` states the table of per-kind defaults the run reads
+    /// (wgnn::estimator::Kind::defaults): a change to one without the other fails here.
+    #[test]
+    fn the_help_states_the_table_of_defaults() {
+        use clap::Args as _;
+        let mut command = TrainArgs::augment_args(clap::Command::new("train"));
+        let help = command.render_long_help().to_string().split_whitespace().collect::<Vec<_>>().join(" ");
+        let (ae, softmax, mlp, stacked, cnn) = (
+            Kind::Autoencoder.defaults(),
+            Kind::Softmax.defaults(),
+            Kind::Mlp.defaults(),
+            Kind::Stacked.defaults(),
+            Kind::Cnn.defaults(),
+        );
+        let sizes = |h: &[usize]| h.iter().map(usize::to_string).collect::<Vec<_>>().join(",");
+        let name = |s: Solver| format!("{:?}", OptimizerChoice::of(s)).to_lowercase();
+        let rate = |s: Solver| s.learning_rate().unwrap();
+        assert_eq!(ae.weight_decay, softmax.weight_decay);
+        assert_eq!(ae.solver, softmax.solver);
+        let stated = [
+            format!("Default: {} (autoencoder), {} (mlp); softmax has none", sizes(ae.hidden), sizes(mlp.hidden)),
+            format!("Default: {:e} (autoencoder, softmax), {:e} (mlp)", ae.weight_decay, mlp.weight_decay),
+            format!("Default: {} (autoencoder), {} (stacked)", ae.sparsity.unwrap(), stacked.sparsity.unwrap()),
+            format!("Default: {} (autoencoder, softmax), {} (mlp)", name(ae.solver), name(mlp.solver)),
+            format!(
+                "Default: {} (autoencoder), {} (softmax), {} (mlp)",
+                ae.iterations, softmax.iterations, mlp.iterations
+            ),
+            format!("Default: {} (gd), {} (sgd), {} (adam)", rate(Solver::Gd), rate(Solver::Sgd), rate(Solver::Adam)),
+            format!("Default: auto ({} for cnn)", cnn.batch_size),
+        ];
+        for s in stated {
+            assert!(help.contains(&s), "`wgnn train --help` does not say `{s}`");
+        }
+        assert!(softmax.hidden.is_empty() && mlp.batch_size == wgnn::optim::Minibatch::DEFAULT_BATCH_SIZE);
     }
 
     #[test]

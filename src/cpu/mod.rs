@@ -363,6 +363,16 @@ pub fn validate_data(spec: &NetSpec, x: &Inputs<'_>, targets: &Targets<'_>) -> R
                 )));
             }
         }
+        (Output::SigmoidBce, Targets::Values(y)) => {
+            check_values_shape(spec, y, m, steps)?;
+            check_zero_one(y)?;
+        }
+        (Output::SigmoidBce, _) => {
+            return Err(Error::Data(
+                "a sigmoid-bce output needs 0/1 targets, one column per label: give --targets (or 0/1 labels for one output)"
+                    .into(),
+            ));
+        }
         (Output::SquaredError(_), Targets::Values(y)) => {
             if y.nrows() != m || y.ncols() != spec.outputs() * steps {
                 return Err(Error::Shape(format!(
@@ -377,6 +387,41 @@ pub fn validate_data(spec: &NetSpec, x: &Inputs<'_>, targets: &Targets<'_>) -> R
         }
     }
     Ok(())
+}
+
+/// Targets of m rows and one column per output (and step), or the one-line refusal.
+fn check_values_shape(spec: &NetSpec, y: &Inputs<'_>, m: usize, steps: usize) -> Result<()> {
+    if y.nrows() != m || y.ncols() != spec.outputs() * steps {
+        return Err(Error::Shape(format!(
+            "targets are {}×{} but need to be {m}×{} (one row per example, one column per output{})",
+            y.nrows(),
+            y.ncols(),
+            spec.outputs() * steps,
+            if steps == 1 { String::new() } else { format!(" and step: {steps} steps of {}", spec.outputs()) }
+        )));
+    }
+    Ok(())
+}
+
+/// Refuses, naming the first one, a target that is not exactly 0 or 1: the binary
+/// cross-entropy of [`Output::SigmoidBce`] takes labels, not probabilities or scores.
+pub fn check_zero_one(y: &Inputs<'_>) -> Result<()> {
+    fn first<T: Copy + Into<f64>>(v: ndarray::ArrayView2<'_, T>) -> Option<(usize, usize, f64)> {
+        v.indexed_iter().map(|((r, c), &t)| (r, c, t.into())).find(|&(_, _, t)| t != 0.0 && t != 1.0)
+    }
+    let bad = match y {
+        Inputs::F32(v) => first(v.view()),
+        Inputs::Shared(v) => first(v.view()),
+        Inputs::F64(v) => first(v.view()),
+    };
+    match bad {
+        Some((r, c, t)) => Err(Error::Data(format!(
+            "target {t} at row {}, column {} is not 0 or 1: a sigmoid-bce output takes 0/1 targets (one column per label)",
+            r + 1,
+            c + 1
+        ))),
+        None => Ok(()),
+    }
 }
 
 fn rows_of<F>(x: ArrayView2<'_, F>, rows: std::ops::Range<usize>) -> ArrayView2<'_, F> {

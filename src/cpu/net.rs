@@ -126,6 +126,9 @@ impl<F: Real> Scratch<F> {
         if let Some((logits, _)) = fwd.softmax {
             self.recycle(logits);
         }
+        if let Some(logits) = fwd.logits {
+            self.recycle(logits);
+        }
         if let Some(c) = fwd.complement {
             self.recycle(c);
         }
@@ -390,6 +393,56 @@ pub struct Forward<F> {
     /// With KL sparsity only: 1 − a⁽²⁾ of the (sigmoid) first hidden layer, computed as
     /// σ(−z⁽²⁾) ([`bias_sigmoid_with_complement`]).
     pub complement: Option<Array2<F>>,
+    /// Sigmoid-BCE output only ([`Output::SigmoidBce`]): the logits Z⁽ᴸ⁾, from which the
+    /// binary cross-entropy is computed ([`binary_cross_entropy`]); the activations hold σ(Z).
+    pub logits: Option<Array2<F>>,
+}
+
+/// The output layer on Z = A Wᵀ before its bias b (m × k): the output activation, softmax
+/// (keeping the logits and row normalisers) or σ (keeping the logits for the binary
+/// cross-entropy), as a [`Forward`] whose activations hold the output alone. Layer stacks
+/// and recurrent networks end here.
+pub(crate) fn output_forward<F: Real>(
+    scratch: &mut Scratch<F>,
+    spec: &NetSpec,
+    mut z: Array2<F>,
+    b: ArrayView1<F>,
+) -> Forward<F> {
+    let (mut softmax, mut logits) = (None, None);
+    match spec.output {
+        Output::SquaredError(act) => bias_activate(&mut z, b, act),
+        Output::Softmax => {
+            z += &b;
+            let kept = scratch.copy_of(&z);
+            let norms = softmax_rows(&mut z);
+            softmax = Some((kept, norms));
+        }
+        Output::SigmoidBce => {
+            z += &b;
+            logits = Some(scratch.copy_of(&z));
+            z.par_mapv_inplace(F::sigmoid);
+        }
+    }
+    Forward { activations: vec![z], softmax, complement: None, logits }
+}
+
+/// The binary cross-entropy summed over every element of the logits Z (m × k) against the
+/// 0/1 targets Y: Σᵢⱼ −[y log σ(z) + (1 − y) log(1 − σ(z))], computed per element in f64 as
+/// max(z, 0) − z·y + ln(1 + e^{−|z|}) (MATH.md, "Numerically safe forms"; PyTorch's
+/// `BCEWithLogitsLoss`): log σ(z) = −softplus(−z) and log(1 − σ(z)) = −softplus(z), so no
+/// logarithm of a σ rounded to 0 or 1 is ever taken and z = ±100 gives a finite, exact cost.
+/// Rows are summed in order (the same value on every run and any number of threads).
+pub fn binary_cross_entropy<F: Real>(z: ArrayView2<F>, y: ArrayView2<F>) -> f64 {
+    let rows = Zip::from(z.rows())
+        .and(y.rows())
+        .par_map_collect(|z, y| z.iter().zip(y).map(|(&z, &y)| bce_term(z.f64(), y.f64())).sum::<f64>());
+    rows.iter().sum()
+}
+
+/// One element of [`binary_cross_entropy`]: max(z, 0) − z·y + ln(1 + e^{−|z|}).
+#[inline]
+pub fn bce_term(z: f64, y: f64) -> f64 {
+    z.max(0.0) - z * y + (-z.abs()).exp().ln_1p()
 }
 
 pub fn forward<F: Real>(
@@ -402,6 +455,7 @@ pub fn forward<F: Real>(
     let mut activations: Vec<Array2<F>> = Vec::with_capacity(layout.num_layers());
     let mut softmax = None;
     let mut complement = None;
+    let mut logits = None;
     for l in 0..layout.num_layers() {
         let input = if l == 0 { x } else { activations[l - 1].view() };
         // Z = A Wᵀ + 1 bᵀ; A = f(Z)
@@ -416,15 +470,14 @@ pub fn forward<F: Real>(
             }
             Some(act) => bias_activate(&mut z, b, act),
             None => {
-                z += &b;
-                let logits = scratch.copy_of(&z);
-                let norms = softmax_rows(&mut z);
-                softmax = Some((logits, norms));
+                let out = output_forward(scratch, spec, z, b);
+                (softmax, logits) = (out.softmax, out.logits);
+                z = out.activations.into_iter().next().expect("the output layer");
             }
         }
         activations.push(z);
     }
-    Forward { activations, softmax, complement }
+    Forward { activations, softmax, complement, logits }
 }
 
 /// Rows per block of [`column_sums`]: the blocks are summed in parallel and their partial sums
@@ -491,6 +544,8 @@ pub fn weight_decay_cost<F: Real>(spec: &NetSpec, layout: &ThetaLayout, theta: &
 /// The data term of J and the output delta δ⁽ᴸ⁾ (not yet divided by m).
 /// Squared error: J = (1/m) Σ ½‖a − y‖², δ = (a − y) ⊙ f′(a).
 /// Softmax: J = −(1/m) Σ log P(yᵢ|xᵢ), δ = P − onehot(y).
+/// Sigmoid-BCE: J = −(1/m) Σᵢⱼ [y log a + (1 − y) log(1 − a)] from the logits
+/// ([`binary_cross_entropy`]), δ = a − y.
 /// δ is written over the output activations, which it takes out of `fwd` (no later step
 /// reads them); without `want_delta`, `fwd` is left as it is.
 pub(crate) fn output_cost_and_delta<F: Real>(
@@ -533,7 +588,18 @@ pub(crate) fn output_cost_and_delta<F: Real>(
             };
             (sum_sq / m, delta)
         }
+        (Output::SigmoidBce, TargetView::Values(y)) => {
+            let logits = fwd.logits.as_ref().expect("a sigmoid-BCE forward keeps its logits");
+            let sum = binary_cross_entropy(logits.view(), y);
+            let delta = want_delta.then(|| {
+                let mut d = take_out(fwd);
+                Zip::from(&mut d).and(&y).par_for_each(|d, &y| *d -= y);
+                d
+            });
+            (sum / m, delta)
+        }
         (Output::Softmax, _) => unreachable!("softmax without labels is refused by set_data"),
+        (Output::SigmoidBce, _) => unreachable!("a sigmoid-BCE output without 0/1 targets is refused by set_data"),
     }
 }
 

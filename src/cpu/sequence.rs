@@ -25,13 +25,13 @@
 
 use ndarray::{Array2, ArrayView2, ArrayViewMut1, ArrayViewMut2, Axis, Zip, s};
 
-use super::net::{self, Forward, TargetView, column_sums, softmax_rows};
+use super::net::{self, Forward, TargetView, column_sums};
 use super::stack::{CHUNK_ROWS, stack_chunks};
 use super::{Real, gemm};
 use crate::backend::Cost;
 use crate::layers::lstm::{Lstm, LstmForward};
 use crate::layers::rnn::{ParamGradients, Rnn, RnnForward, batch_major, time_major};
-use crate::model::{Layer, NetSpec, Output, ThetaLayout};
+use crate::model::{Layer, NetSpec, ThetaLayout};
 use crate::{Error, Result};
 
 /// One recurrent layer, its geometry checked, with the index `l` of its weights and bias in θ.
@@ -277,20 +277,8 @@ fn forward_chunk<F: Real>(
     let w = layout.weight(theta, plan.out_l);
     let mut z = Array2::zeros((head.nrows(), w.nrows()));
     gemm(F::one(), &head.view(), &w.t(), F::zero(), &mut z.view_mut());
-    let b = layout.bias(theta, plan.out_l);
-    let softmax = match spec.output {
-        Output::SquaredError(act) => {
-            net::bias_activate(&mut z, b, act);
-            None
-        }
-        Output::Softmax => {
-            z += &b;
-            let logits = z.clone();
-            let norms = softmax_rows(&mut z);
-            Some((logits, norms))
-        }
-    };
-    Ok(Pass { xt, kept, head, out: Forward { activations: vec![z], softmax, complement: None } })
+    let out = net::output_forward(&mut net::Scratch::default(), spec, z, layout.bias(theta, plan.out_l));
+    Ok(Pass { xt, kept, head, out })
 }
 
 /// m × (S·k) from the output layer's (m·S) × k rows.

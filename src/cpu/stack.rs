@@ -11,14 +11,14 @@
 
 use ndarray::{Array2, ArrayView2, Axis, Zip, s};
 
-use super::net::{self, Forward, Scratch, TargetView, activate, column_sums, derivative_from_value, softmax_rows};
+use super::net::{self, Forward, Scratch, TargetView, activate, column_sums, derivative_from_value};
 use super::{Real, gemm};
 use crate::backend::Cost;
 use crate::layers::ImageShape;
 use crate::layers::conv2d::Conv2d;
 use crate::layers::maxout::Maxout;
 use crate::layers::pool2d::{Pool2d, PoolKind};
-use crate::model::{Activation, Layer, NetSpec, Output, ThetaLayout};
+use crate::model::{Activation, Layer, NetSpec, ThetaLayout};
 use crate::{Error, Result};
 
 /// Rows evaluated at once: the examples of a batch are taken this many at a time and the
@@ -168,28 +168,18 @@ fn forward_chunk<F: Real>(
                 Kept { a, winners: None, patches: Some(patches) }
             }
             Op::Pool(pool) => {
-                let out = pool.forward(input)?;
-                Kept::of(out.out, out.winners)
+                // Max pooling keeps no winners: the backward pass finds them again in its input.
+                let mut out = scratch.array(input.nrows(), pool.output().len());
+                let input = input.as_standard_layout();
+                pool.forward_into(input.as_slice().expect("standard layout"), values_mut(&mut out))?;
+                Kept::of(out, None)
             }
         };
         kept.push(k);
     }
     let input = kept.last().map_or(x, |k| k.a.view());
-    let mut z = times_weights_t(scratch, layout, theta, input, plan.out_l);
-    let b = layout.bias(theta, plan.out_l);
-    let softmax = match spec.output {
-        Output::SquaredError(act) => {
-            net::bias_activate(&mut z, b, act);
-            None
-        }
-        Output::Softmax => {
-            z += &b;
-            let logits = scratch.copy_of(&z);
-            let norms = softmax_rows(&mut z);
-            Some((logits, norms))
-        }
-    };
-    Ok((kept, Forward { activations: vec![z], softmax, complement: None }))
+    let z = times_weights_t(scratch, layout, theta, input, plan.out_l);
+    Ok((kept, net::output_forward(scratch, spec, z, layout.bias(theta, plan.out_l))))
 }
 
 /// The activations of every layer after the input (hidden layers in order, then the output),
@@ -418,7 +408,11 @@ fn backward_chunk<F: Real>(
                 if i == 0 {
                     break;
                 }
-                pool.backward(delta.view(), k.winners.as_ref().map(|w| w.view()))?
+                let mut grad_x = scratch.array(a_prev.nrows(), a_prev.ncols());
+                let a_prev = a_prev.as_standard_layout();
+                let a_prev = a_prev.as_slice().expect("standard layout");
+                pool.backward_into(a_prev, values_mut(&mut delta), values_mut(&mut grad_x))?;
+                grad_x
             }
         };
         scratch.recycle(std::mem::replace(&mut delta, next));

@@ -394,7 +394,8 @@ impl Mnist {
         let labels: Vec<usize> = all_labels[shard.clone()].iter().map(|&l| usize::from(l)).collect();
         let next_label = next_row.as_ref().map(|_| usize::from(all_labels[shard.end]));
         let x = Array2::from_shape_vec((shard.len(), n), x).expect("the shard's rows of rows × cols");
-        Ok(super::shard::Shard { x, labels: Some(labels), rows: shard, total: count, next_row, next_label })
+        let all_labels = Some(all_labels.iter().map(|&l| usize::from(l)).collect());
+        Ok(super::shard::Shard { x, labels: Some(labels), all_labels, rows: shard, total: count, next_row, next_label })
     }
 
     /// Number of images.

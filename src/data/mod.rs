@@ -1014,6 +1014,43 @@ pub fn check_labels(labels: &[usize], row: &dyn Fn(usize) -> String) -> Result<O
     Ok(Some(format!("no examples of class {empty_text}")))
 }
 
+impl Dataset {
+    /// The targets of a sigmoid output with the binary cross-entropy
+    /// ([`crate::model::Output::SigmoidBce`]): the 0/1 target matrix (m × k, one column per
+    /// label) as it is, or — for binary classification — the labels, which must be 0 and 1,
+    /// as one target column (m × 1).
+    ///
+    /// Errors ([`Error::Data`], one line): a target that is not exactly 0 or 1 (naming its
+    /// row and column, counted from 1); labels that are not 0 and 1 (naming them); no targets
+    /// and no labels.
+    pub fn zero_one_targets(&self) -> Result<Array2<f32>> {
+        if let Some(t) = &self.targets {
+            crate::cpu::check_zero_one(&t.view().into())?;
+            return Ok(t.clone());
+        }
+        let Some(labels) = &self.labels else {
+            return Err(Error::Data(
+                "a sigmoid-bce output needs 0/1 targets: give --targets (one 0/1 column per label) or 0/1 labels (--label-column, --labels)".into(),
+            ));
+        };
+        let names = self.class_names().unwrap_or_default();
+        // The value each class stands for: its written label, which must read 0 or 1.
+        let value = |name: &str| match name.trim().parse::<f64>() {
+            Ok(v) if v == 0.0 || v == 1.0 => Some(v as f32),
+            _ => None,
+        };
+        let Some(values) = names.iter().map(|n| value(n)).collect::<Option<Vec<f32>>>() else {
+            return Err(Error::Data(format!(
+                "the labels are {} but a sigmoid-bce output takes 0/1 labels (binary) or a 0/1 target matrix (--targets, one column per label): use --output softmax for {} classes",
+                names.join(", "),
+                names.len()
+            )));
+        };
+        let column: Vec<f32> = labels.iter().map(|&l| values[l]).collect();
+        Ok(Array2::from_shape_vec((column.len(), 1), column).expect("one value per label"))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

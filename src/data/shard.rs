@@ -18,12 +18,75 @@ use crate::{Error, Result};
 /// when the set has them, and the row after them (with its label) unless they are the last.
 #[derive(Clone, Debug)]
 pub struct Shard {
+    /// The shard's examples: `rows.len()` × values per example.
     pub x: Array2<f32>,
+    /// The shard's labels (class numbers), when the set has them.
     pub labels: Option<Vec<usize>>,
+    /// The labels of every example of the set (one byte each in MNIST's file, read whole), so
+    /// that every rank counts the classes as one process does.
+    pub all_labels: Option<Vec<usize>>,
+    /// Which rows of the whole set the shard holds ([`crate::dist::shard_rows`]).
     pub rows: Range<usize>,
+    /// Examples in the whole set.
     pub total: usize,
+    /// The row after the shard (the next rank's first), `None` for the last rank.
     pub next_row: Option<Vec<f32>>,
+    /// The label of `next_row`.
     pub next_label: Option<usize>,
+}
+
+impl Shard {
+    /// Example rows this rank read from the file: its shard and the next rank's first row.
+    pub fn rows_read(&self) -> usize {
+        self.x.nrows() + usize::from(self.next_row.is_some())
+    }
+
+    /// Where the shard lies in the whole set, for [`crate::dist::DistBackend::expect_shard`].
+    pub fn place(&self) -> crate::dist::ShardPlace {
+        crate::dist::ShardPlace {
+            rows: self.rows.clone(),
+            total: self.total,
+            next: self.next_row.clone().map(|row| (row, self.next_label)),
+        }
+    }
+}
+
+/// Rank `rank`'s shard of `source` for a job of `size` ranks, read by row offset where the
+/// format allows it: `mnist:DIR` (IDX, the `split` asked for) and a 2-D `npy:FILE` of float32
+/// or float64 (labels, when given, from the `.npy` file `labels`, read whole and checked to
+/// hold one per example). `Ok(None)` for every other source, which is read whole.
+/// `all_labels` holds every example's class (for `.npy`: numbered as scikit-learn's
+/// LabelEncoder numbers them, with the names in the returned classes). Errors: those of
+/// [`super::Mnist::load_shard`] and [`npy_shard`], and a labels file of another length.
+pub fn load_shard(
+    source: &super::DataSource,
+    split: super::Split,
+    labels: Option<&Path>,
+    rank: usize,
+    size: usize,
+) -> Result<Option<(Shard, Option<Vec<String>>)>> {
+    match source {
+        super::DataSource::Mnist(dir) => Ok(Some((super::Mnist::load_shard(dir, split, rank, size)?, None))),
+        super::DataSource::Npy(path) => {
+            let mut shard = npy_shard(path, rank, size)?;
+            let Some(lp) = labels else { return Ok(Some((shard, None))) };
+            let l = crate::npy::read_class_labels(lp)?;
+            if l.len() != shard.total {
+                return Err(Error::Data(format!(
+                    "{} has {} labels but {} has {} rows: give one label per example",
+                    lp.display(),
+                    l.len(),
+                    path.display(),
+                    shard.total
+                )));
+            }
+            shard.labels = Some(l.labels[shard.rows.clone()].to_vec());
+            shard.next_label = shard.next_row.as_ref().map(|_| l.labels[shard.rows.end]);
+            shard.all_labels = Some(l.labels);
+            Ok(Some((shard, Some(l.classes))))
+        }
+        _ => Ok(None),
+    }
 }
 
 /// [`crate::dist::shard_rows`], refusing a set with fewer examples than ranks.
@@ -134,9 +197,16 @@ pub fn npy_shard(path: &Path, rank: usize, size: usize) -> Result<Shard> {
                 wide as f32
             }
         };
+        if !value.is_finite() {
+            let (r, c) = (rows.start + i / cols, i % cols);
+            return Err(Error::file(
+                path,
+                format!("row {r}, column {c} is {value}: every value must be a finite number; remove or replace it"),
+            ));
+        }
         values.push(value);
     }
     let next_row = (rows.end < total).then(|| values.split_off(rows.len() * cols));
     let x = Array2::from_shape_vec((rows.len(), cols), values).expect("the shard's rows × cols");
-    Ok(Shard { x, labels: None, rows, total, next_row, next_label: None })
+    Ok(Shard { x, labels: None, all_labels: None, rows, total, next_row, next_label: None })
 }

@@ -69,6 +69,34 @@ pub trait Collective {
     }
 }
 
+/// The variables MPI launchers set in every process they start, for (rank, size): Open MPI's
+/// `mpirun`, PMI (MPICH's Hydra, `srun --mpi=pmi2`), PMIx (`srun --mpi=pmix`).
+const LAUNCHER_VARIABLES: [(&str, &str); 3] =
+    [("OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE"), ("PMI_RANK", "PMI_SIZE"), ("PMIX_RANK", "PMIX_SIZE")];
+
+/// This process's rank and the job's size as an MPI launcher announced them in the
+/// environment (read before MPI is initialised, in any build); `None` when no launcher
+/// started this process. The size is `None` where the launcher does not say it.
+pub fn launcher_rank_size() -> Option<(usize, Option<usize>)> {
+    let number = |v: &str| std::env::var(v).ok()?.trim().parse::<usize>().ok();
+    LAUNCHER_VARIABLES.iter().find_map(|(rank, size)| Some((number(rank)?, number(size))))
+}
+
+/// This process's rank among the ranks of an MPI job on its machine, as the launcher says
+/// (Open MPI's `mpirun`, MPICH's Hydra, Slurm's `srun`): it picks the GPU adapter
+/// ([`crate::gpu::choose_adapter`]). `None` outside such a job.
+pub fn launcher_local_rank() -> Option<usize> {
+    ["OMPI_COMM_WORLD_LOCAL_RANK", "MPI_LOCALRANKID", "SLURM_LOCALID"]
+        .iter()
+        .find_map(|v| std::env::var(v).ok()?.trim().parse().ok())
+}
+
+/// Whether an MPI launcher (`mpirun`, `mpiexec`, `srun`) started this process
+/// ([`launcher_rank_size`]).
+pub fn launched() -> bool {
+    launcher_rank_size().is_some()
+}
+
 /// The rows of `m` examples that rank `rank` of `size` holds: consecutive blocks in rank
 /// order, the first m mod N ranks one row more (m = 10, N = 3: 0..4, 4..7, 7..10).
 pub fn shard_rows(m: usize, size: usize, rank: usize) -> Range<usize> {
@@ -178,6 +206,7 @@ impl Collective for Solo {
 /// A rank's own backend, as [`DistBackend`] drives it: any [`Backend`], plus the two steps of
 /// KL sparsity across shards, which the CPU backend offers.
 pub trait ShardBackend {
+    /// The backend itself, for the evaluations every backend answers.
     fn backend(&mut self) -> &mut dyn Backend;
     /// Whether [`ShardBackend::sparsity_sums`] and [`ShardBackend::set_sparsity_means`] work.
     fn shares_sparsity(&self) -> bool {
@@ -273,6 +302,23 @@ pub struct DistBackend {
     interrupt: Option<(Arc<AtomicBool>, Arc<AtomicBool>)>,
     failed_together: Rc<Cell<bool>>,
     stats: CommStats,
+    /// A shard this rank read itself, announced by [`DistBackend::expect_shard`]: the next
+    /// [`Backend::set_data`] is given only those rows.
+    pending_shard: Option<ShardPlace>,
+    /// Whether the examples of the last [`Backend::set_data`] were this rank's shard alone
+    /// (then [`Backend::sum_over_shards`] sums over the ranks).
+    holds_shard_only: bool,
+}
+
+/// Where a shard a rank read itself lies in the whole set ([`DistBackend::expect_shard`]).
+#[derive(Clone, Debug, PartialEq)]
+pub struct ShardPlace {
+    /// The rows of the whole set this rank read ([`shard_rows`]).
+    pub rows: Range<usize>,
+    /// Examples in the whole set.
+    pub total: usize,
+    /// The row after the shard (the next rank's first) and its label; `None` for the last rank.
+    pub next: Option<(Vec<f32>, Option<usize>)>,
 }
 
 impl DistBackend {
@@ -302,6 +348,8 @@ impl DistBackend {
             interrupt: None,
             failed_together: Rc::new(Cell::new(false)),
             stats: CommStats::default(),
+            pending_shard: None,
+            holds_shard_only: false,
         })
     }
 
@@ -311,8 +359,22 @@ impl DistBackend {
     /// ranks stop after the same iteration.
     pub fn agree_on_interrupt(&mut self, raw: Arc<AtomicBool>) -> Arc<AtomicBool> {
         let agreed = Arc::new(AtomicBool::new(false));
-        self.interrupt = Some((raw, agreed.clone()));
+        self.agree_on_interrupt_into(raw, agreed.clone());
         agreed
+    }
+
+    /// As [`DistBackend::agree_on_interrupt`], setting `agreed` (one flag shared by the
+    /// backends of several stages, e.g. `train stacked`).
+    pub fn agree_on_interrupt_into(&mut self, raw: Arc<AtomicBool>, agreed: Arc<AtomicBool>) {
+        self.interrupt = Some((raw, agreed));
+    }
+
+    /// Announces that this rank read only its shard (`place`) of the examples: the next
+    /// [`Backend::set_data`] gives only those rows (and their targets), and is checked with
+    /// every rank as [`DistBackend::set_shard`] checks. Then per-example tallies the caller
+    /// makes over its rows are summed over the ranks by [`Backend::sum_over_shards`].
+    pub fn expect_shard(&mut self, place: ShardPlace) {
+        self.pending_shard = Some(place);
     }
 
     /// True once a collective ended in an error that every rank returned together (one rank's
@@ -326,6 +388,7 @@ impl DistBackend {
         self.rows.clone()
     }
 
+    /// Where this rank's time went and what it moved, so far.
     pub fn stats(&self) -> CommStats {
         self.stats
     }
@@ -568,6 +631,7 @@ impl DistBackend {
         }
         self.rows = rows;
         self.total = total;
+        self.holds_shard_only = true;
         Ok(())
     }
 }
@@ -606,13 +670,19 @@ impl Backend for DistBackend {
         &self.spec
     }
 
-    /// Keeps this rank's rows ([`shard_rows`]) of `x` (all the examples, the same on every
-    /// rank) and checks, with every rank, that all have the same number of examples and
+    /// After [`DistBackend::expect_shard`]: `x` is this rank's shard alone, checked as
+    /// [`DistBackend::set_shard`] checks. Otherwise: keeps this rank's rows ([`shard_rows`])
+    /// of `x` (all the examples, the same on every rank) and checks, with every rank, that all have the same number of examples and
     /// values per example, the same network, and the same values in the first and last row
     /// of every shard (and their targets). Collective. Errors: a rank's data or network
     /// differs (naming the rank and what), fewer examples than ranks, or a rank's backend
     /// refused its shard — on every rank alike.
     fn set_data(&mut self, x: Inputs<'_>, targets: Targets<'_>) -> Result<()> {
+        if let Some(place) = self.pending_shard.take() {
+            let next = place.next.as_ref().map(|(row, label)| (row.as_slice(), *label));
+            return self.set_shard(x, targets, place.rows.clone(), place.total, next);
+        }
+        self.holds_shard_only = false;
         let (m, size, rank) = (x.nrows(), self.comm.size(), self.comm.rank());
         let rows = shard_rows(m, size, rank);
         let mut failure = None;
@@ -724,6 +794,13 @@ impl Backend for DistBackend {
 
     fn device_training(&mut self) -> Option<&mut dyn DeviceTraining> {
         None
+    }
+
+    /// Sums `local` over the ranks when this rank was given its shard alone
+    /// ([`DistBackend::expect_shard`]); the identity when every rank was given all the
+    /// examples. Collective.
+    fn sum_over_shards(&mut self, local: &[f64]) -> Result<Vec<f64>> {
+        if self.holds_shard_only { self.reduce(local) } else { Ok(local.to_vec()) }
     }
 }
 

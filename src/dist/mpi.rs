@@ -18,15 +18,11 @@ use mpi::traits::*;
 use super::Collective;
 use crate::{Error, Result};
 
-/// The environment variables MPI launchers set in every rank they start: Open MPI's
-/// `mpirun`, PMI (MPICH, Slurm's `srun --mpi=pmi2`) and PMIx (`srun --mpi=pmix`).
-const LAUNCHER_VARIABLES: [&str; 3] = ["OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_RANK"];
-
 /// Whether this process was started by an MPI launcher (`mpirun`, `mpiexec`, `srun`): then
 /// `wgnn train` runs as one rank of a data-parallel job; otherwise it runs alone, exactly as a
-/// build without the `mpi` feature.
+/// build without the `mpi` feature ([`super::launched`]).
 pub fn launched() -> bool {
-    LAUNCHER_VARIABLES.iter().any(|v| std::env::var_os(v).is_some())
+    super::launched()
 }
 
 /// MPI_COMM_WORLD of this process, initialised once ([`MpiWorld::init`]); finalised when

@@ -319,7 +319,7 @@ impl GpuBackend {
     pub(super) fn cost_terms(&self, scalars: &[f32], examples: usize) -> Cost {
         let m = examples as f64;
         let data = match self.spec.output {
-            Output::Softmax => scalars[CostSlot::Data as usize] as f64 / m,
+            Output::Softmax | Output::SigmoidBce => scalars[CostSlot::Data as usize] as f64 / m,
             Output::SquaredError(_) => 0.5 * scalars[CostSlot::Data as usize] as f64 / m,
         };
         let sparsity = if self.spec.sparsity.is_some() { scalars[CostSlot::Sparsity as usize] as f64 } else { 0.0 };

@@ -163,7 +163,8 @@ pub fn kind_name(kind: wgpu::DeviceType) -> &'static str {
 
 const NO_ADAPTER_HINT: &str = "no GPU adapter found: install a Vulkan driver (on Debian/Ubuntu: apt-get install mesa-vulkan-drivers, which includes the lavapipe software driver), or use --backend cpu";
 
-/// The adapter `options` select, best first.
+/// The adapter `options` select, best first; in a rank of an MPI job, the one its local rank
+/// picks among the best kind ([`crate::dist::launcher_local_rank`] modulo their number).
 pub fn choose_adapter(options: &GpuOptions) -> Result<wgpu::Adapter> {
     let wanted = options.adapter.clone().or_else(|| std::env::var("WGNN_ADAPTER").ok()).filter(|s| !s.is_empty());
     let mut found = adapters(options.api);
@@ -181,6 +182,14 @@ pub fn choose_adapter(options: &GpuOptions) -> Result<wgpu::Adapter> {
         }
     }
     found.sort_by_key(|a| std::cmp::Reverse(rank(a.get_info().device_type)));
+    // One rank of an MPI job: its local rank picks among the adapters of the best kind, so
+    // that the ranks on one machine spread over its GPUs (and share one when there is one).
+    if let Some(local) = crate::dist::launcher_local_rank() {
+        let best = rank(found[0].get_info().device_type);
+        found.retain(|a| rank(a.get_info().device_type) == best);
+        let i = local % found.len();
+        return Ok(found.remove(i));
+    }
     Ok(found.remove(0))
 }
 

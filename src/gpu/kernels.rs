@@ -47,6 +47,10 @@ pub enum Small {
     KlTerms,
     /// σ(z) and σ(−z) (or f′ = σ(z)σ(−z)) of a sigmoid layer under KL sparsity.
     SigmoidComplement,
+    /// The binary cross-entropy of a sigmoid output from its logits, and δ = σ(z) − y.
+    SigmoidBce,
+    /// σ(z) in place: a sigmoid-BCE output's probabilities for the forward pass.
+    SigmoidInPlace,
 }
 
 /// A matrix operand: element offset, row stride and column stride into a buffer. A transpose
@@ -145,6 +149,8 @@ impl Kernels {
             (Small::SumRange, REDUCE, "sum_range"),
             (Small::KlTerms, SPARSITY, "kl_terms"),
             (Small::SigmoidComplement, ELEMENTWISE, "sigmoid_complement"),
+            (Small::SigmoidBce, LOSS, "sigmoid_bce"),
+            (Small::SigmoidInPlace, LOSS, "sigmoid_in_place"),
         ]
         .into_iter()
         .map(|(kind, body, entry)| (kind, pipeline(device, &small_layout, &with_params(body), entry)))

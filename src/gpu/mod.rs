@@ -35,6 +35,7 @@
 //! update) and `training.rs` (minibatch training with θ on the device).
 
 mod backend;
+mod bce;
 mod data;
 mod device;
 pub mod kernels;

@@ -24,7 +24,7 @@ use crate::model::{Activation, NetSpec, Output, ThetaLayout};
 pub(super) fn loss_partials_len(spec: &NetSpec, rows: usize) -> usize {
     match spec.output {
         Output::Softmax => rows,
-        Output::SquaredError(_) => rows.div_ceil(16) * spec.outputs().div_ceil(16),
+        Output::SquaredError(_) | Output::SigmoidBce => rows.div_ceil(16) * spec.outputs().div_ceil(16),
     }
 }
 
@@ -297,6 +297,12 @@ impl Recorder<'_> {
                 ops.push(k.small(device, Small::Softmax, None, Some(labels), Some(out), Some(partials), p, groups));
                 out
             }
+            Output::SigmoidBce => {
+                let y = chunk.y.as_ref().expect("sigmoid-BCE data has 0/1 targets");
+                let y = (y, seg.row * outputs);
+                ops.push(super::bce::bce_loss_op(self.gpu, k, spec, out, y, seg.rows, delta, partials, want_grad)?);
+                delta
+            }
         };
         let len = loss_partials_len(spec, seg.rows);
         let p = SmallParams { len: u(len)?, out_off: CostSlot::Data as u32, flag: !first as u32, ..Default::default() };
@@ -428,6 +434,10 @@ impl Recorder<'_> {
         if spec.output == Output::Softmax {
             let p = SmallParams { rows: u(rows)?, cols: u(spec.outputs())?, flag: 0, ..Default::default() };
             ops.push(k.small(device, Small::Softmax, None, None, acts.last(), None, p, [u(rows.div_ceil(64))?, 1, 1]));
+        }
+        if spec.output == Output::SigmoidBce {
+            let out = acts.last().expect("a network has an output layer");
+            ops.push(super::bce::sigmoid_in_place_op(&self.gpu, k, spec, out, rows)?);
         }
         let total: usize = spec.layers[1..].iter().map(|w| w * rows).sum();
         let staging = staging(device, "activations readback", total);

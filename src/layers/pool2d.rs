@@ -20,7 +20,7 @@
 use ndarray::{Array2, ArrayView2};
 use rayon::prelude::*;
 
-use super::{ImageShape, check_cols, check_dim, checked_len};
+use super::{ImageShape, check_cols, check_dim, check_len, checked_len};
 use crate::cpu::Real;
 use crate::{Error, Result};
 
@@ -190,6 +190,155 @@ impl Pool2d {
         Ok(grad)
     }
 
+    /// Pools the images of `x` (m × c·h·w values, row-major) into `out` (m × c·h′·w′), as
+    /// [`Pool2d::forward`] does but without the winners: [`Pool2d::backward_into`] finds
+    /// them again in `x`. For the layer stack, which keeps each layer's input and output in
+    /// reused buffers. Errors: `Error::Shape` when a buffer does not hold whole images.
+    pub fn forward_into<F: Real>(&self, x: &[F], out: &mut [F]) -> Result<()> {
+        let m = self.images_in(x.len(), "the input", self.input.len())?;
+        check_len(&self.describe(), "the output buffer", out.len(), m * self.output().len())?;
+        if m == 0 {
+            return Ok(());
+        }
+        let (in_len, out_len) = (self.input.len(), self.output().len());
+        let pairs = out.par_chunks_mut(out_len).zip(x.par_chunks(in_len));
+        match self.kind {
+            PoolKind::Mean => pairs.for_each(|(o, image)| self.mean_of(image, o)),
+            PoolKind::Max => pairs.for_each(|(o, image)| match (self.size, self.stride) {
+                (2, 2) => self.max_only::<F, 2>(image, o),
+                (3, 3) => self.max_only::<F, 3>(image, o),
+                _ => self.each_output(|o_at, c, py, px| o[o_at] = self.region_max(image, c, py, px).0),
+            }),
+        }
+        Ok(())
+    }
+
+    /// ∂L/∂x (m × c·h·w, every value written) from δ = ∂L/∂out (m × c·h′·w′) and the layer's
+    /// input `x` (the values [`Pool2d::forward_into`] pooled): mean spreads δ/k² over each
+    /// region; max finds each region's winner again in `x`, by the same comparisons as the
+    /// forward pass (so the same winner, ties and NaN included), and sends δ to it — the
+    /// same values as [`Pool2d::backward`] given the forward pass's winners. `x` is read only
+    /// for max pooling. Errors: `Error::Shape` when a buffer does not hold the m images.
+    pub fn backward_into<F: Real>(&self, x: &[F], delta: &[F], grad: &mut [F]) -> Result<()> {
+        let name = self.describe();
+        let (in_len, out_len) = (self.input.len(), self.output().len());
+        let m = self.images_in(delta.len(), "δ", out_len)?;
+        check_len(&name, "the input gradient", grad.len(), m * in_len)?;
+        if m == 0 {
+            return Ok(());
+        }
+        let g_rows = grad.par_chunks_mut(in_len).zip(delta.par_chunks(out_len));
+        match self.kind {
+            PoolKind::Mean => g_rows.for_each(|(g, d)| {
+                g.fill(F::zero());
+                self.spread_mean(d, g)
+            }),
+            PoolKind::Max => {
+                check_len(&name, "the input", x.len(), m * in_len)?;
+                g_rows.zip(x.par_chunks(in_len)).for_each(|((g, d), image)| match (self.size, self.stride) {
+                    (2, 2) => self.route_max::<F, 2>(image, d, g),
+                    (3, 3) => self.route_max::<F, 3>(image, d, g),
+                    _ => {
+                        g.fill(F::zero());
+                        self.each_output(|o, c, py, px| g[self.region_max(image, c, py, px).1] += d[o]);
+                    }
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// The number of whole images of `per_image` values in `len` values, or an error naming
+    /// `what`.
+    fn images_in(&self, len: usize, what: &str, per_image: usize) -> Result<usize> {
+        if per_image == 0 || !len.is_multiple_of(per_image) {
+            return Err(Error::Shape(format!(
+                "{}: {what} has {len} values, not a whole number of images of {per_image}",
+                self.describe()
+            )));
+        }
+        Ok(len / per_image)
+    }
+
+    /// The largest value of output (c, py, px)'s region and its column in the image: the
+    /// first in row-major order on ties, a NaN winning (and the first NaN). Selects, not
+    /// branches: on activations which value wins is a coin toss. Every max-pooling path
+    /// goes through these comparisons, so all agree on the winner.
+    #[inline(always)]
+    fn region_max<F: Real>(&self, image: &[F], c: usize, py: usize, px: usize) -> (F, usize) {
+        let (k, w) = (self.size, self.input.width);
+        let first = (c * self.input.height + py * self.stride) * w + px * self.stride;
+        let (mut best, mut at) = (image[first], first);
+        for i in 0..k {
+            let r = first + i * w;
+            for (col, &v) in image[r..r + k].iter().enumerate() {
+                (best, at) = keep_larger(best, at, v, r + col);
+            }
+        }
+        (best, at)
+    }
+
+    /// Disjoint K × K regions (stride K): one output row at a time, the region's K input
+    /// rows read side by side; the same comparisons, in the same order, as
+    /// [`Pool2d::region_max`].
+    #[inline(always)]
+    fn max_only<F: Real, const K: usize>(&self, image: &[F], out: &mut [F]) {
+        let (w, shape) = (self.input.width, self.output());
+        for (row, o) in out.chunks_exact_mut(shape.width).enumerate() {
+            let (c, py) = (row / shape.height, row % shape.height);
+            let top = (c * self.input.height + py * K) * w;
+            let rows: [&[F]; K] = std::array::from_fn(|i| &image[top + i * w..top + i * w + shape.width * K]);
+            for (px, o) in o.iter_mut().enumerate() {
+                let mut best = rows[0][px * K];
+                for (i, r) in rows.iter().enumerate() {
+                    for j in 0..K {
+                        best = keep_larger(best, 0, r[px * K + j], i * K + j).0;
+                    }
+                }
+                *o = best;
+            }
+        }
+    }
+
+    /// Disjoint K × K regions: each region's pixels written once, δ at the winner (as
+    /// 0 + δ, the value a sum into a zeroed gradient gives) and 0 elsewhere. The winner is
+    /// the first pixel equal to the region's maximum (found by [`Pool2d::max_only`]'s
+    /// comparisons), or the first NaN when the maximum is a NaN: the pixel that
+    /// [`Pool2d::region_max`]'s running comparison keeps. Its index is picked with integer
+    /// masks: selects on the comparisons compiled to branches, which mispredict on
+    /// activations (the backward took 3× as long with them; BENCHMARKS.md, "CNN step: pooling
+    /// and Adam").
+    #[inline(always)]
+    fn route_max<F: Real, const K: usize>(&self, image: &[F], delta: &[F], grad: &mut [F]) {
+        let (w, shape) = (self.input.width, self.output());
+        for (row, d) in delta.chunks_exact(shape.width).enumerate() {
+            let (c, py) = (row / shape.height, row % shape.height);
+            let top = (c * self.input.height + py * K) * w;
+            for (px, &d) in d.iter().enumerate() {
+                let first = top + px * K;
+                let v: [[F; K]; K] = std::array::from_fn(|i| std::array::from_fn(|j| image[first + i * w + j]));
+                let mut best = v[0][0];
+                for v_i in &v {
+                    for &v_ij in v_i {
+                        best = keep_larger(best, 0, v_ij, 0).0;
+                    }
+                }
+                // The last hit seen going backwards is the first; a NaN pixel exists only
+                // when the maximum is a NaN.
+                let mut at = 0usize;
+                for p in (0..K * K).rev() {
+                    let v_p = v[p / K][p % K];
+                    let hit = ((v_p == best) | v_p.is_nan()) as usize;
+                    at ^= (at ^ p) & hit.wrapping_neg();
+                }
+                for i in 0..K {
+                    grad[first + i * w..first + i * w + K].fill(F::zero());
+                }
+                grad[first + at / K * w + at % K] = F::zero() + d;
+            }
+        }
+    }
+
     /// The input columns of output (c, py, px)'s region, row by row: for each of its k rows,
     /// the index of the row's first value.
     fn region_rows(&self, c: usize, py: usize, px: usize) -> impl Iterator<Item = usize> + use<> {
@@ -218,34 +367,13 @@ impl Pool2d {
         });
     }
 
-    /// Plain loops over (c, py, px), then the region's rows: the max pool runs after every
-    /// ReLU convolution of a CNN, so it is kept free of iterator and closure plumbing.
+    /// The region maxima of one image and their winners ([`Pool2d::region_max`]).
     fn max_of<F: Real>(&self, image: &[F], out: &mut [F], winners: &mut [u32]) {
-        let (k, s) = (self.size, self.stride);
-        let (h, w) = (self.input.height, self.input.width);
-        let shape = self.output();
-        let mut o = 0;
-        for c in 0..shape.channels {
-            for py in 0..shape.height {
-                for px in 0..shape.width {
-                    let first = (c * h + py * s) * w + px * s;
-                    let (mut best, mut at) = (image[first], first);
-                    for i in 0..k {
-                        let r = first + i * w;
-                        for (col, &v) in image[r..r + k].iter().enumerate() {
-                            // Strictly greater: the first of equal values keeps the win. Selects,
-                            // not a branch: on activations which value wins is a coin toss.
-                            let take = (v > best) | (v.is_nan() & !best.is_nan());
-                            best = if take { v } else { best };
-                            at = if take { r + col } else { at };
-                        }
-                    }
-                    out[o] = best;
-                    winners[o] = at as u32;
-                    o += 1;
-                }
-            }
-        }
+        self.each_output(|o, c, py, px| {
+            let (best, at) = self.region_max(image, c, py, px);
+            out[o] = best;
+            winners[o] = at as u32;
+        });
     }
 
     fn spread_mean<F: Real>(&self, delta: &[F], grad: &mut [F]) {
@@ -256,5 +384,80 @@ impl Pool2d {
                 grad[r..r + k].iter_mut().for_each(|g| *g += share);
             }
         });
+    }
+}
+
+/// (best, at) after looking at value v at position `here`: v takes over when it is strictly
+/// larger (so the first of equal values keeps the win) or a NaN where best is not (so a NaN
+/// reaches the output).
+#[inline(always)]
+fn keep_larger<F: Real>(best: F, at: usize, v: F, here: usize) -> (F, usize) {
+    let take = (v > best) | (v.is_nan() & !best.is_nan());
+    (if take { v } else { best }, if take { here } else { at })
+}
+
+#[cfg(test)]
+mod tests {
+    use ndarray::Array2;
+
+    use super::*;
+
+    /// Small integers (many ties, ±0 among them) and a few NaNs: the cases where a winner
+    /// could differ.
+    fn awkward<F: Real>(rows: usize, cols: usize) -> Array2<F> {
+        Array2::from_shape_fn((rows, cols), |(r, c)| {
+            let k = (r * 7919 + c * 104_729) % 23;
+            match k {
+                0 => F::of(f64::NAN),
+                1 => F::of(-0.0),
+                _ => F::of((k % 5) as f64 - 2.0),
+            }
+        })
+    }
+
+    fn same_bits<F: Real>(a: &[F], b: &[F]) -> bool {
+        a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.f64().to_bits() == y.f64().to_bits())
+    }
+
+    /// `forward_into` gives the bits of `forward`, and `backward_into` (which finds the
+    /// winners again) the bits of `backward` given the forward pass's winners: disjoint 2×2
+    /// and 3×3 regions (the fast paths), overlapping and gapped strides, both precisions.
+    #[test]
+    fn the_buffer_forms_equal_the_array_forms_bit_for_bit() {
+        fn check<F: Real>() {
+            let shapes = [(3, 8, 8, 2, 2), (2, 9, 9, 3, 3), (2, 7, 7, 3, 2), (1, 6, 6, 2, 1), (2, 9, 9, 2, 7)];
+            for (c, h, w, k, s) in shapes {
+                for kind in [PoolKind::Max, PoolKind::Mean] {
+                    let pool = Pool2d::with_stride(ImageShape::new(c, h, w), kind, k, s).unwrap();
+                    let m = 3;
+                    let x = awkward::<F>(m, pool.input.len());
+                    let fwd = pool.forward(x.view()).unwrap();
+                    let mut out = vec![F::of(7.0); m * pool.output().len()];
+                    pool.forward_into(x.as_slice().unwrap(), &mut out).unwrap();
+                    let name = pool.describe();
+                    assert!(same_bits(fwd.out.as_slice().unwrap(), &out), "{name} {}: forward", F::NAME);
+                    let delta = awkward::<F>(m, pool.output().len()).mapv(|v| if v.is_nan() { F::of(3.5) } else { v });
+                    let want = pool.backward(delta.view(), fwd.winners.as_ref().map(|w| w.view())).unwrap();
+                    let mut grad = vec![F::of(f64::NAN); m * pool.input.len()];
+                    pool.backward_into(x.as_slice().unwrap(), delta.as_slice().unwrap(), &mut grad).unwrap();
+                    assert!(same_bits(want.as_slice().unwrap(), &grad), "{name} {}: backward", F::NAME);
+                }
+            }
+        }
+        check::<f32>();
+        check::<f64>();
+    }
+
+    /// Buffers that do not hold whole images are refused in one line, before any work.
+    #[test]
+    fn buffers_of_the_wrong_size_are_refused() {
+        let pool = Pool2d::new(ImageShape::new(1, 4, 4), PoolKind::Max, 2).unwrap();
+        let x = vec![0.0f32; 32];
+        let err = pool.forward_into(&x[..31], &mut [0.0; 8]).unwrap_err().to_string();
+        assert!(err.contains("not a whole number of images of 16"), "{err}");
+        let err = pool.forward_into(&x, &mut [0.0; 7]).unwrap_err().to_string();
+        assert!(err.contains("output buffer has 7 values, but it must have 8"), "{err}");
+        let err = pool.backward_into(&x[..16], &[0.0; 8], &mut [0.0; 32]).unwrap_err().to_string();
+        assert!(err.contains("input has 16 values, but it must have 32"), "{err}");
     }
 }

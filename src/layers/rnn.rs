@@ -10,7 +10,8 @@
 //! from and to the network's layout (row i of m × (T·n) holding step t at columns t·n…t·n+n−1).
 //!
 //! ## The passes
-//! Forward: the input projection of all T steps is one GEMM, P = X W_ihᵀ ((T·m) × h); then
+//! Forward: the input projection of all T steps is one GEMM, P = X W_ihᵀ ((T·m) × h; for a
+//! one-hot X, a character model's, a gather of W_ih's columns, and ∇W_ih a scatter); then
 //! each step adds H_{t−1} W_hhᵀ to its block (a GEMM with β = 1) and applies b and f in one
 //! sweep. Backward (t = T … 1): δz_t = (δh_t + δh_{t+1→t}) ⊙ f′(h_t), δh_{t→t−1} = δz_t W_hh;
 //! then ∇W_ih = α δZᵀ X, ∇W_hh = α δZᵀ H_{0…T−1} and ∇b = α Σ δZ are each one product over
@@ -149,14 +150,67 @@ pub(crate) fn check_state<F: Real>(
     Ok(())
 }
 
-/// Z ← X W_ihᵀ for all steps at once: (T·m) × rows.
+/// The column of the one 1 in each row of `x` when every row is one-hot (one value exactly 1,
+/// every other exactly 0: a character model's input), else `None`. Stops at the first row that
+/// is not, so a dense input costs a few values.
+pub(crate) fn one_hot_columns<F: Real>(x: ArrayView2<F>) -> Option<Vec<usize>> {
+    let mut cols = Vec::with_capacity(x.nrows());
+    for row in x.rows() {
+        let mut hot = None;
+        for (c, &v) in row.iter().enumerate() {
+            if v == F::one() && hot.is_none() {
+                hot = Some(c);
+            } else if v != F::zero() {
+                return None;
+            }
+        }
+        cols.push(hot?);
+    }
+    Some(cols)
+}
+
+/// Z ← X W_ihᵀ for all steps at once: (T·m) × rows. A one-hot X (a character model's) is a
+/// row gather of W_ihᵀ instead of a product: the same values to the bit (1·w plus zeros is w
+/// for finite w), without the (T·m) × n × rows multiply-adds.
 pub(crate) fn input_projection<F: Real>(w_ih: ArrayView2<F>, x: ArrayView2<F>) -> Array2<F> {
+    if let Some(cols) = one_hot_columns(x) {
+        let w_t = w_ih.t().as_standard_layout().into_owned();
+        let mut z = Array2::zeros((x.nrows(), w_ih.nrows()));
+        Zip::from(z.rows_mut()).and(&cols[..]).par_for_each(|mut row, &c| row.assign(&w_t.row(c)));
+        return z;
+    }
     let mut z = Array2::zeros((x.nrows(), w_ih.nrows()));
     gemm(F::one(), &x, &w_ih.t(), F::zero(), &mut z.view_mut());
     z
 }
 
-/// ∇W_ih = α δZᵀ X, ∇W_hh = α δZᵀ H_{0…T−1}, ∇b = α Σ δZ (all steps in one product each).
+/// Gate rows per task of the one-hot weight gradient (a task's sums are in row order whatever
+/// the threads, so the bits do not depend on their number).
+const SCATTER_BLOCK: usize = 256;
+
+/// ∇W_ih ← α δZᵀ X for a one-hot X whose row r has its 1 in column `cols[r]`: column c of ∇W_ih
+/// is α times the sum, in row order, of the rows of δZ whose input is c. Replaces a product of
+/// (T·m) × rows × n multiply-adds, nearly all by zero.
+fn one_hot_weight_gradient<F: Real>(alpha: F, dz: ArrayView2<F>, cols: &[usize], mut w_ih: ArrayViewMut2<F>) {
+    use rayon::prelude::*;
+    let (rows, n) = w_ih.dim();
+    let blocks: Vec<_> = w_ih.axis_chunks_iter_mut(Axis(0), SCATTER_BLOCK).enumerate().collect();
+    blocks.into_par_iter().for_each(|(b, mut out)| {
+        let j0 = b * SCATTER_BLOCK;
+        let width = out.nrows();
+        // sums[c] holds Σ δZ[r, j0..j0 + width] over the rows r whose input is c.
+        let mut sums = Array2::<F>::zeros((n, width));
+        for (r, &c) in cols.iter().enumerate() {
+            let src = dz.slice(s![r, j0..j0 + width]);
+            Zip::from(sums.row_mut(c)).and(&src).for_each(|a, &d| *a += d);
+        }
+        Zip::from(&mut out).and(&sums.t()).for_each(|g, &v| *g = alpha * v);
+    });
+    debug_assert_eq!(rows, dz.ncols());
+}
+
+/// ∇W_ih = α δZᵀ X, ∇W_hh = α δZᵀ H_{0…T−1}, ∇b = α Σ δZ (all steps in one product each; a
+/// one-hot X by a scatter of δZ's rows instead, [`one_hot_weight_gradient`]).
 pub(crate) fn parameter_gradients<F: Real>(
     alpha: F,
     dz: ArrayView2<F>,
@@ -165,7 +219,10 @@ pub(crate) fn parameter_gradients<F: Real>(
     g: ParamGradients<'_, F>,
 ) {
     let ParamGradients { mut w_ih, mut w_hh, mut b } = g;
-    gemm(alpha, &dz.t(), &x, F::zero(), &mut w_ih);
+    match one_hot_columns(x) {
+        Some(cols) => one_hot_weight_gradient(alpha, dz, &cols, w_ih.view_mut()),
+        None => gemm(alpha, &dz.t(), &x, F::zero(), &mut w_ih),
+    }
     gemm(alpha, &dz.t(), &h_prev, F::zero(), &mut w_hh);
     let sums = column_sums(dz);
     Zip::from(&mut b).and(&sums).for_each(|gb, &s| *gb = s * alpha);

@@ -98,23 +98,44 @@ pub enum Output {
     SquaredError(Activation),
     /// Softmax with the cross-entropy loss; targets are class labels 0..k.
     Softmax,
+    /// k independent sigmoid outputs a = σ(z) with the binary cross-entropy
+    /// J = −(1/m) Σᵢ Σⱼ [y log a + (1 − y) log(1 − a)] (PyTorch's `BCEWithLogitsLoss`; the
+    /// logistic output scikit-learn's `MLPClassifier` uses for multi-label targets). Targets
+    /// are an m × k matrix of 0s and 1s (k = 1: binary classification). δ = a − y; the cost is
+    /// computed from z as max(z, 0) − z·y + log(1 + e^{−|z|}) (MATH.md, "Numerically safe
+    /// forms"), never from a rounded a. JSON name `sigmoid_bce`.
+    SigmoidBce,
 }
 
 impl Output {
-    /// Parses `softmax` or any activation name (squared-error loss).
+    /// Parses `softmax`, `sigmoid-bce` (also `sigmoid_bce`, `bce`: [`Output::SigmoidBce`]) or
+    /// any activation name (squared-error loss).
     pub fn parse(name: &str) -> Result<Output, SpecError> {
-        if name.trim().eq_ignore_ascii_case("softmax") {
+        let lower = name.trim().to_ascii_lowercase().replace('_', "-");
+        if lower == "softmax" {
             Ok(Output::Softmax)
+        } else if matches!(lower.as_str(), "sigmoid-bce" | "bce") {
+            Ok(Output::SigmoidBce)
         } else {
             Activation::parse(name).map(Output::SquaredError)
         }
     }
 
-    /// The name the CLI and spec JSON use.
+    /// The name [`Output::parse`] reads back: an activation's name, `softmax` or `sigmoid-bce`.
     pub fn name(&self) -> String {
         match self {
             Output::SquaredError(a) => a.name(),
             Output::Softmax => "softmax".into(),
+            Output::SigmoidBce => "sigmoid-bce".into(),
+        }
+    }
+
+    /// The loss, for people: `squared error`, `cross-entropy` or `binary cross-entropy`.
+    pub fn loss_name(&self) -> &'static str {
+        match self {
+            Output::SquaredError(_) => "squared error",
+            Output::Softmax => "cross-entropy",
+            Output::SigmoidBce => "binary cross-entropy",
         }
     }
 }

@@ -149,7 +149,7 @@ impl NetSpec {
         } else {
             match self.output {
                 Output::SquaredError(a) => Some(a),
-                Output::Softmax => None,
+                Output::Softmax | Output::SigmoidBce => None,
             }
         }
     }
@@ -219,7 +219,7 @@ impl NetSpec {
             Output::Softmax if self.outputs() < 2 => {
                 return Err(SpecError::new("a softmax output needs at least 2 classes"));
             }
-            Output::Softmax => {}
+            Output::Softmax | Output::SigmoidBce => {}
         }
         if !(self.weight_decay.is_finite() && self.weight_decay >= 0.0) {
             return Err(SpecError::new(format!("weight decay λ = {} must be a finite number ≥ 0", self.weight_decay)));
@@ -254,16 +254,14 @@ impl NetSpec {
             let loss = match self.output {
                 Output::Softmax => format!("softmax {} (cross-entropy)", self.outputs()),
                 Output::SquaredError(a) => format!("{} {} (squared error)", a.name(), self.outputs()),
+                Output::SigmoidBce => format!("sigmoid {} (binary cross-entropy)", self.outputs()),
             };
             return format!("{} → {}, {loss}, λ={}", stack.input.describe(), stack.describe(), self.weight_decay);
         }
         let sizes: Vec<String> = self.layers.iter().map(|s| s.to_string()).collect();
         let mut acts: Vec<String> = self.hidden_activations.iter().map(|a| a.name()).collect();
         acts.push(self.output.name());
-        let loss = match self.output {
-            Output::Softmax => "cross-entropy",
-            Output::SquaredError(_) => "squared error",
-        };
+        let loss = self.output.loss_name();
         let mut s = format!("{} {} ({loss}), λ={}", sizes.join("-"), acts.join("→"), self.weight_decay);
         if let Some(sp) = self.sparsity {
             s.push_str(&format!(", ρ={} β={}", sp.target, sp.weight));

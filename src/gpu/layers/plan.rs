@@ -425,6 +425,9 @@ impl StackRecorder<'_> {
             let groups = [u32_of(rows.div_ceil(64), "rows")?, 1, 1];
             ops.push(self.rec.kernels.small(device, Small::Softmax, None, None, Some(&out), None, p, groups));
         }
+        if spec.output == Output::SigmoidBce {
+            ops.push(crate::gpu::bce::sigmoid_in_place_op(self.rec.gpu, self.rec.kernels, spec, &out, rows)?);
+        }
         let widths: Vec<usize> = layers.widths.iter().copied().chain([spec.outputs()]).collect();
         let sources: Vec<&wgpu::Buffer> = bufs.iter().map(|b| &b.a).chain([&out]).collect();
         let total: usize = widths.iter().map(|w| w * rows).sum();

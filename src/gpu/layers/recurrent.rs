@@ -551,7 +551,7 @@ impl StackRecorder<'_> {
             storage(device, "column partials", summed_rows.div_ceil(BLOCK_ROWS as usize) * g_max.max(outputs));
         let per_seg_loss = |rows: usize| match spec.output {
             Output::Softmax => rows * s_out,
-            Output::SquaredError(_) => (rows * s_out).div_ceil(16) * outputs.div_ceil(16),
+            Output::SquaredError(_) | Output::SigmoidBce => (rows * s_out).div_ceil(16) * outputs.div_ceil(16),
         };
         let loss_partials = storage(device, "loss partials", per_seg_loss(rows_max));
 
@@ -646,6 +646,22 @@ impl StackRecorder<'_> {
                         groups,
                     ));
                     &out
+                }
+                Output::SigmoidBce => {
+                    let y = chunk.y.as_ref().expect("sigmoid-BCE data has 0/1 targets");
+                    let y = (y, seg.row * outputs * s_out);
+                    ops.push(crate::gpu::bce::bce_loss_op(
+                        self.rec.gpu,
+                        k,
+                        spec,
+                        &out,
+                        y,
+                        out_rows,
+                        &d_out,
+                        &loss_partials,
+                        want_grad,
+                    )?);
+                    &d_out
                 }
             };
             let p = SmallParams { len: u(per_seg_loss(rows))?, out_off: 0, flag: (i > 0) as u32, ..Default::default() };
@@ -831,6 +847,9 @@ impl StackRecorder<'_> {
             };
             let groups = [u32_of((rows * s_out).div_ceil(64), "rows")?, 1, 1];
             ops.push(self.rec.kernels.small(device, Small::Softmax, None, None, Some(&out), None, p, groups));
+        }
+        if spec.output == Output::SigmoidBce {
+            ops.push(crate::gpu::bce::sigmoid_in_place_op(self.rec.gpu, self.rec.kernels, spec, &out, rows * s_out)?);
         }
         let sources: Vec<(&wgpu::Buffer, usize)> =
             bufs.iter().map(|b| (&b.out, steps * b.h)).chain([(&out, s_out * spec.outputs())]).collect();

@@ -1,0 +1,341 @@
+//! The estimator API as an embedder uses it (issue 14 §8): each builder fits small generated
+//! data well enough that broken learning fails the bar; fit writes no file; save → load gives
+//! the same predictions bit for bit; `wgnn predict`/`eval` read what the estimator saved and
+//! the estimator loads what `wgnn train` wrote, with the same θ bit for bit for the same
+//! settings; bad input is one line of `Err`.
+
+use std::path::Path;
+
+use assert_cmd::Command;
+use ndarray::{Array1, Array2};
+use ndarray_npy::{ReadNpyExt, WriteNpyExt};
+use rand::{RngExt, SeedableRng, rngs::StdRng};
+
+use wgnn::estimator::{Autoencoder, Classifier, Regressor, Solver};
+use wgnn::{BackendChoice, Mlp, Network, Softmax, SparseAutoencoder, Trained};
+
+fn gpu_skipped() -> bool {
+    std::env::var_os("WGNN_SKIP_GPU").is_some_and(|v| v == "1")
+}
+
+/// `k` classes in 2-D around centres on a circle of radius 3, noise σ ≈ 0.5 (uniform ±0.8).
+fn blobs(m: usize, k: usize, seed: u64) -> (Array2<f32>, Vec<usize>) {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let labels: Vec<usize> = (0..m).map(|i| i % k).collect();
+    let x = Array2::from_shape_fn((m, 2), |(i, j)| {
+        let angle = std::f32::consts::TAU * labels[i] as f32 / k as f32;
+        let centre = if j == 0 { 3.0 * angle.cos() } else { 3.0 * angle.sin() };
+        centre + rng.random_range(-0.8f32..0.8)
+    });
+    (x, labels)
+}
+
+/// y = (0.5 x₀ − 0.3 x₁ + 0.2, x₀ x₁) on x uniform in [−1, 1]³.
+fn regression(m: usize, seed: u64) -> (Array2<f32>, Array2<f32>) {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let x = Array2::from_shape_fn((m, 3), |_| rng.random_range(-1.0f32..1.0));
+    let y = Array2::from_shape_fn((m, 2), |(i, j)| {
+        if j == 0 { 0.5 * x[[i, 0]] - 0.3 * x[[i, 1]] + 0.2 } else { x[[i, 0]] * x[[i, 1]] }
+    });
+    (x, y)
+}
+
+/// Mixtures a·p + (1 − a)·q of two 16-pixel prototypes in [0.1, 0.9]: rank-2 data an
+/// autoencoder with a few hidden units reconstructs well.
+fn mixtures(m: usize, seed: u64) -> Array2<f32> {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let p: Vec<f32> = (0..16).map(|j| if j % 2 == 0 { 0.9 } else { 0.1 }).collect();
+    let q: Vec<f32> = (0..16).map(|j| if j < 8 { 0.8 } else { 0.2 }).collect();
+    let mut x = Array2::zeros((m, 16));
+    for mut row in x.rows_mut() {
+        let a = rng.random_range(0.0f32..1.0);
+        row.iter_mut().enumerate().for_each(|(j, v)| *v = a * p[j] + (1.0 - a) * q[j]);
+    }
+    x
+}
+
+/// 1×6×6 pictures: class 0 lights the top-left 3×3 quadrant, class 1 the bottom-right one,
+/// over noise.
+fn pictures(m: usize, seed: u64) -> (Array2<f32>, Vec<usize>) {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let labels: Vec<usize> = (0..m).map(|i| i % 2).collect();
+    let x = Array2::from_shape_fn((m, 36), |(i, p)| {
+        let (r, c) = (p / 6, p % 6);
+        let lit = if labels[i] == 0 { r < 3 && c < 3 } else { r >= 3 && c >= 3 };
+        (if lit { 0.8 } else { 0.1 }) + rng.random_range(0.0f32..0.2)
+    });
+    (x, labels)
+}
+
+#[test]
+fn an_mlp_classifier_fits_predicts_and_scores() {
+    let (x, y) = blobs(150, 3, 1);
+    let (x_test, y_test) = blobs(90, 3, 2);
+    let model = Mlp::classifier(&[16]).learning_rate(0.02).epochs(60).batch_size(32).backend(BackendChoice::Cpu);
+    let model = model.fit(&x, &y).unwrap();
+    let p = model.predict_proba(&x_test).unwrap();
+    assert_eq!(p.dim(), (90, 3));
+    for row in p.rows() {
+        assert!((row.sum() - 1.0).abs() < 1e-6, "probabilities sum to {}", row.sum());
+    }
+    let predicted = model.predict(&x_test).unwrap();
+    let argmax: Vec<usize> = p.rows().into_iter().map(|r| wgnn::backend::argmax(r.iter().copied())).collect();
+    assert_eq!(predicted, argmax);
+    let accuracy = model.score(&x_test, &y_test).unwrap();
+    assert!(accuracy > 0.95, "test accuracy {accuracy} (chance: 1/3)");
+    assert!((1..=60).contains(&model.iterations()), "{} epochs", model.iterations());
+}
+
+#[test]
+fn softmax_regression_fits_and_scores() {
+    let (x, y) = blobs(120, 4, 3);
+    let (x_test, y_test) = blobs(80, 4, 4);
+    let model = Softmax::new().backend(BackendChoice::Cpu).fit(&x, &y).unwrap();
+    assert_eq!(model.spec().layers, vec![2, 4]);
+    let accuracy = model.score(&x_test, &y_test).unwrap();
+    assert!(accuracy > 0.9, "test accuracy {accuracy} (chance: 1/4)");
+}
+
+#[test]
+fn an_mlp_regressor_fits_and_scores_r2() {
+    let (x, y) = regression(200, 5);
+    let (x_test, y_test) = regression(100, 6);
+    let model = Mlp::regressor(&[16]).solver(Solver::Lbfgs).iterations(200).backend(BackendChoice::Cpu);
+    let model = model.fit(&x, &y).unwrap();
+    assert_eq!(model.predict(&x_test).unwrap().dim(), (100, 2));
+    let r2 = model.score(&x_test, &y_test).unwrap();
+    assert!(r2 > 0.95, "test R² {r2}");
+}
+
+#[test]
+fn a_sparse_autoencoder_transforms_and_reconstructs() {
+    let x = mixtures(200, 7);
+    let model =
+        SparseAutoencoder::new(4).sparsity(0.1, 3.0).iterations(200).backend(BackendChoice::Cpu).fit(&x).unwrap();
+    let features = model.transform(&x).unwrap();
+    assert_eq!(features.dim(), (200, 4));
+    assert!(features.iter().all(|&a| (0.0..=1.0).contains(&a)), "sigmoid features lie in [0, 1]");
+    assert_eq!(model.predict(&x).unwrap().dim(), (200, 16));
+    let r2 = model.score(&x).unwrap();
+    assert!(r2 > 0.8, "reconstruction R² {r2}");
+}
+
+#[test]
+fn a_layer_stack_from_a_net_string_learns_pictures() {
+    let (x, y) = pictures(120, 8);
+    let (x_test, y_test) = pictures(60, 9);
+    let net = Network::from_net("conv 4x3x3 relu, maxpool 2, softmax")
+        .input_shape("1x6x6")
+        .learning_rate(0.01)
+        .batch_size(16)
+        .epochs(15)
+        .backend(BackendChoice::Cpu);
+    let model = net.fit(&x, &y).unwrap();
+    assert!(model.spec().has_layer_stack());
+    let accuracy = model.score(&x_test, &y_test).unwrap();
+    assert!(accuracy > 0.95, "test accuracy {accuracy} (chance: 1/2)");
+}
+
+/// The GPU backend (lavapipe here) through the same builder: it learns as the CPU does.
+#[test]
+fn the_gpu_backend_fits_through_the_same_builder() {
+    if gpu_skipped() {
+        return;
+    }
+    let (x, y) = blobs(120, 3, 10);
+    let model = Mlp::classifier(&[8]).learning_rate(0.02).epochs(40).batch_size(32).backend(BackendChoice::Gpu);
+    let model = model.fit(&x, &y).unwrap();
+    assert!(model.backend_used().0.starts_with("gpu"), "trained on {:?}", model.backend_used());
+    let accuracy = model.score(&x, &y).unwrap();
+    assert!(accuracy > 0.95, "training accuracy {accuracy} on the GPU");
+}
+
+/// fit trains in memory: the working folder stays empty.
+#[test]
+fn fit_writes_no_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let before = std::env::current_dir().unwrap();
+    std::env::set_current_dir(dir.path()).unwrap();
+    let (x, y) = blobs(60, 2, 11);
+    let fitted = Mlp::classifier(&[4]).epochs(3).backend(BackendChoice::Cpu).fit(&x, &y);
+    let autoencoder = SparseAutoencoder::new(3).iterations(5).backend(BackendChoice::Cpu).fit(&mixtures(30, 1));
+    std::env::set_current_dir(before).unwrap();
+    fitted.unwrap();
+    autoencoder.unwrap();
+    let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert!(left.is_empty(), "fit wrote {left:?}");
+}
+
+#[test]
+fn save_then_load_predicts_the_same_bits() {
+    let dir = tempfile::tempdir().unwrap();
+    let (x, y) = blobs(60, 3, 12);
+    let classifier = Mlp::classifier(&[6]).epochs(5).backend(BackendChoice::Cpu).fit(&x, &y).unwrap();
+    classifier.save(dir.path().join("c")).unwrap();
+    let loaded = Trained::<Classifier>::load(dir.path().join("c")).unwrap().with_backend(BackendChoice::Cpu);
+    assert_eq!(loaded.theta(), classifier.theta());
+    assert_eq!(loaded.predict_proba(&x).unwrap(), classifier.predict_proba(&x).unwrap());
+
+    let (xr, yr) = regression(40, 13);
+    let regressor = Mlp::regressor(&[5]).epochs(5).backend(BackendChoice::Cpu).fit(&xr, &yr).unwrap();
+    regressor.save(dir.path().join("r")).unwrap();
+    let loaded = Trained::<Regressor>::load(dir.path().join("r")).unwrap().with_backend(BackendChoice::Cpu);
+    assert_eq!(loaded.predict(&xr).unwrap(), regressor.predict(&xr).unwrap());
+
+    let xa = mixtures(30, 14);
+    let autoencoder = SparseAutoencoder::new(3).iterations(5).backend(BackendChoice::Cpu).fit(&xa).unwrap();
+    autoencoder.save(dir.path().join("a")).unwrap();
+    let loaded = Trained::<Autoencoder>::load(dir.path().join("a")).unwrap().with_backend(BackendChoice::Cpu);
+    assert_eq!(loaded.transform(&xa).unwrap(), autoencoder.transform(&xa).unwrap());
+
+    // A model of another task, and a folder that already holds a run, are refused.
+    let wrong = Trained::<Classifier>::load(dir.path().join("r")).unwrap_err().to_string();
+    assert!(wrong.contains("not a classifier") && !wrong.contains('\n'), "{wrong}");
+    let again = classifier.save(dir.path().join("c")).unwrap_err().to_string();
+    assert!(again.contains("already holds a run") && !again.contains('\n'), "{again}");
+}
+
+fn wgnn() -> Command {
+    Command::cargo_bin("wgnn").unwrap()
+}
+
+fn ok(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap();
+    assert!(out.status.success(), "{cmd:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn write_data(dir: &Path, x: &Array2<f32>, labels: &[usize]) -> (String, String) {
+    x.write_npy(std::fs::File::create(dir.join("x.npy")).unwrap()).unwrap();
+    let l = Array1::from_iter(labels.iter().map(|&l| l as i64));
+    l.write_npy(std::fs::File::create(dir.join("labels.npy")).unwrap()).unwrap();
+    (format!("npy:{}", dir.join("x.npy").display()), dir.join("labels.npy").display().to_string())
+}
+
+/// The CLI and the estimator are one job: `wgnn train mlp` with the same settings leaves the
+/// θ the estimator fits, bit for bit, and each reads the other's run.
+#[test]
+fn the_cli_and_the_estimator_train_the_same_bits_and_read_each_others_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let (x, y) = blobs(80, 3, 15);
+    let (data, labels) = write_data(dir.path(), &x, &y);
+    let cli_run = dir.path().join("cli");
+    ok(wgnn()
+        .args(["train", "mlp", "--backend", "cpu", "--quiet", "--hidden", "7", "--iterations", "4", "--seed", "3"])
+        .args(["--alpha", "1e-3", "--data", &data, "--labels", &labels, "--out"])
+        .arg(&cli_run));
+    let estimator =
+        Mlp::classifier(&[7]).iterations(4).seed(3).alpha(1e-3).backend(BackendChoice::Cpu).fit(&x, &y).unwrap();
+    let from_cli = Trained::<Classifier>::load(&cli_run).unwrap().with_backend(BackendChoice::Cpu);
+    assert_eq!(from_cli.spec(), estimator.spec());
+    assert_eq!(from_cli.theta(), estimator.theta(), "the same settings train the same θ");
+    assert_eq!(from_cli.predict(&x).unwrap(), estimator.predict(&x).unwrap());
+
+    // The same with L-BFGS (full batch) and a validation split with early stopping.
+    let cli_run = dir.path().join("cli-lbfgs");
+    ok(wgnn()
+        .args(["train", "mlp", "--backend", "cpu", "--quiet", "--hidden", "5", "--iterations", "8"])
+        .args(["--optimizer", "lbfgs", "--validation", "0.25", "--patience", "3", "--data", &data])
+        .args(["--labels", &labels, "--out"])
+        .arg(&cli_run));
+    let estimator = Mlp::classifier(&[5])
+        .solver(Solver::Lbfgs)
+        .iterations(8)
+        .validation(0.25)
+        .patience(3)
+        .backend(BackendChoice::Cpu)
+        .fit(&x, &y)
+        .unwrap();
+    assert_eq!(Trained::<Classifier>::load(&cli_run).unwrap().theta(), estimator.theta());
+
+    // What the estimator saves, `wgnn predict` and `wgnn eval` read.
+    let saved = dir.path().join("saved");
+    estimator.save(&saved).unwrap();
+    let out = dir.path().join("p.npy");
+    ok(wgnn().args(["predict", "--backend", "cpu", "--data", &data, "--model"]).arg(&saved).arg("--out").arg(&out));
+    let p = Array2::<f32>::read_npy(std::fs::File::open(&out).unwrap()).unwrap();
+    assert_eq!(p, estimator.predict_proba(&x).unwrap().mapv(|v| v as f32));
+    let eval = ok(wgnn()
+        .args(["eval", "--json", "--backend", "cpu", "--data", &data, "--labels", &labels, "--model"])
+        .arg(&saved));
+    let eval: serde_json::Value = serde_json::from_str(&eval).unwrap();
+    assert_eq!(eval["accuracy"].as_f64().unwrap(), estimator.score(&x, &y).unwrap());
+}
+
+#[test]
+fn bad_input_is_one_line_of_err() {
+    let (x, y) = blobs(40, 2, 16);
+    let one_line = |e: wgnn::Error, needle: &str| {
+        let text = e.to_string();
+        assert!(text.contains(needle) && !text.contains('\n'), "expected `{needle}` in one line: {text}");
+    };
+    let estimator = Mlp::classifier(&[3]).epochs(2).backend(BackendChoice::Cpu);
+    // Labels that do not match the examples.
+    one_line(estimator.fit(&x, &y[..39]).unwrap_err(), "40 examples but 39 labels");
+    one_line(estimator.fit(&x, &vec![1; 40]).unwrap_err(), "at least 2 classes");
+    // NaN in the examples, or in a regressor's targets.
+    let mut nan = x.clone();
+    nan[[3, 1]] = f32::NAN;
+    one_line(estimator.fit(&nan, &y).unwrap_err(), "row 3, column 1");
+    let (xr, mut yr) = regression(20, 17);
+    yr[[2, 0]] = f32::INFINITY;
+    one_line(Mlp::regressor(&[3]).backend(BackendChoice::Cpu).fit(&xr, &yr).unwrap_err(), "the targets hold inf");
+    // Settings that make no run.
+    one_line(estimator.clone().validation(1.5).fit(&x, &y).unwrap_err(), "validation fraction");
+    one_line(estimator.clone().alpha(1e-4).weight_decay(1e-4).fit(&x, &y).unwrap_err(), "give one");
+    // A trained model given the wrong column count, or NaN.
+    let model = estimator.fit(&x, &y).unwrap();
+    one_line(model.predict(&Array2::zeros((5, 3))).unwrap_err(), "3 values per example but the model takes 2");
+    one_line(model.predict(&nan).unwrap_err(), "NaN");
+    one_line(model.score(&x, &y[..10]).unwrap_err(), "40 examples but 10 labels");
+}
+
+/// train() with its run folder and train_in_memory() are the same steps: the same job gives
+/// the same θ, cost and iterations bit for bit (full batch and minibatch with early stopping;
+/// on the CPU and on the GPU).
+#[test]
+fn training_in_memory_gives_the_bits_a_run_folder_holds() {
+    use std::sync::atomic::AtomicBool;
+    use wgnn::estimator::{DenseSettings, Kind};
+    use wgnn::estimator::{OptimizerSettings, Precision, build_backend};
+    use wgnn::train::{TrainJob, train, train_in_memory};
+    let dir = tempfile::tempdir().unwrap();
+    let (x, y) = blobs(90, 3, 18);
+    let xa = mixtures(40, 19);
+    let mut choices = vec![BackendChoice::Cpu];
+    if !gpu_skipped() {
+        choices.push(BackendChoice::Gpu);
+    }
+    for (i, backend) in choices.into_iter().enumerate() {
+        for (j, kind) in [Kind::Autoencoder, Kind::Mlp].into_iter().enumerate() {
+            let (inputs, outputs) = if kind == Kind::Mlp { (2, 3) } else { (16, 16) };
+            let dense = DenseSettings { hidden: Some(vec![5]), ..DenseSettings::default() };
+            let spec = kind.dense_spec(inputs, outputs, false, &dense).unwrap();
+            let settings = OptimizerSettings { iterations: 6, batch_size: 16, ..OptimizerSettings::of(kind) };
+            let method = settings.method(100).unwrap();
+            let job = |out: &Path| TrainJob {
+                stop: settings.stop(&method),
+                seed: 4,
+                validation_fraction: if kind == Kind::Mlp { 0.2 } else { 0.0 },
+                patience: (kind == Kind::Mlp).then_some(2),
+                ..TrainJob::new(spec.clone(), method.clone(), 6, out)
+            };
+            let run = |folder: Option<&Path>| {
+                let (mut b, _) = build_backend(backend, spec.clone(), Precision::F32, &Default::default()).unwrap();
+                let targets = if kind == Kind::Mlp { wgnn::Targets::Labels(&y) } else { wgnn::Targets::Inputs };
+                let data = if kind == Kind::Mlp { &x } else { &xa };
+                let stop = AtomicBool::new(false);
+                match folder {
+                    Some(out) => train(job(out), b.as_mut(), data, targets, &mut |_| {}, &stop).unwrap(),
+                    None => train_in_memory(job(Path::new("")), b.as_mut(), data, targets, &mut |_| {}, &stop).unwrap(),
+                }
+            };
+            let out = dir.path().join(format!("{i}-{j}"));
+            let (written, in_memory) = (run(Some(&out)), run(None));
+            assert!(out.join("model.safetensors").is_file() && in_memory.files.is_empty());
+            assert_eq!(written.theta, in_memory.theta, "{kind:?} on {backend:?}");
+            assert_eq!(written.final_cost.to_bits(), in_memory.final_cost.to_bits());
+            assert_eq!(written.summary.iterations, in_memory.summary.iterations);
+        }
+    }
+}
