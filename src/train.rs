@@ -1772,7 +1772,9 @@ pub mod char_model {
     /// ([`crate::gpu::GpuBackend::set_recurrent_state`]; a new pass over the text starts from
     /// zero), the gradient read back, clipped and applied on the host as [`train`] does (the
     /// device update has no clipping), held-out bits per character on the CPU in f32. The
-    /// same windows, order and rule as [`train`]; the numbers are f32's.
+    /// same windows, order and rule as [`train`]; the numbers are f32's. Continued from `from`
+    /// and giving snapshots as [`train_from`] does (the state read back from the device).
+    #[allow(clippy::too_many_arguments)]
     pub fn train_on_gpu(
         gpu: &mut crate::gpu::GpuBackend,
         net: &Recurrent,
