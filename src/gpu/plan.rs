@@ -434,7 +434,7 @@ impl Recorder<'_> {
         }
         if spec.output == Output::SigmoidBce {
             let out = acts.last().expect("a network has an output layer");
-            ops.push(super::bce::sigmoid_in_place_op(&self.gpu, k, spec, out, rows)?);
+            ops.push(super::bce::sigmoid_in_place_op(self.gpu, k, spec, out, rows)?);
         }
         let total: usize = spec.layers[1..].iter().map(|w| w * rows).sum();
         let staging = staging(device, "activations readback", total);
