@@ -46,8 +46,11 @@ pub fn relative_difference(a: &[f64], b: &[f64]) -> f64 {
 /// The analytic gradient of a backend beside its numerical one.
 #[derive(Clone, Debug)]
 pub struct Report {
+    /// ∇J(θ) as the backend computes it, one value per parameter.
     pub analytic: Vec<f64>,
+    /// ĝ, the central differences of the backend's J ([`numerical_gradient`]).
     pub numerical: Vec<f64>,
+    /// ‖g − ĝ‖ / ‖g + ĝ‖ ([`relative_difference`]); MATH.md expects < 1e-9 in f64.
     pub relative_difference: f64,
 }
 

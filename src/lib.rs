@@ -4,6 +4,8 @@
 //! passes, the costs, sparsity, softmax, gradient checking, the numerically safe forms); the
 //! θ layout is in [`model::ThetaLayout`] and README.md.
 
+#![warn(missing_docs)]
+
 // Links the BLAS that ndarray's `blas` feature calls.
 #[cfg(feature = "blas")]
 extern crate blas_src;

@@ -141,11 +141,14 @@ pub fn read_f64_dyn(path: &Path) -> Result<ArrayD<f64>> {
 
 /// A matrix of float64 or float32 values; f32 stays f32 so the fast path converts nothing.
 pub enum Matrix {
+    /// A float32 array, rows × cols.
     F32(Array2<f32>),
+    /// A float64 array, rows × cols.
     F64(Array2<f64>),
 }
 
 impl Matrix {
+    /// A view of the values in their own precision, for a backend (nothing is copied).
     pub fn inputs(&self) -> crate::Inputs<'_> {
         match self {
             Matrix::F32(x) => x.into(),
@@ -153,6 +156,7 @@ impl Matrix {
         }
     }
 
+    /// The values as f64 (f32 widens exactly), copied.
     pub fn to_f64(&self) -> Array2<f64> {
         match self {
             Matrix::F32(x) => x.mapv(|v| v as f64),
@@ -343,6 +347,8 @@ pub fn write_vector(path: &Path, v: &Array1<f64>) -> Result<()> {
     crate::atomic::write_with(path, |file| v.write_npy(file).map_err(|e| e.to_string()))
 }
 
+/// Writes a matrix (rows × cols, float64, C order) atomically, as [`write_vector`] does.
+/// Errors: `Error::File` when the file cannot be written.
 pub fn write_matrix(path: &Path, m: &Array2<f64>) -> Result<()> {
     crate::atomic::write_with(path, |file| m.write_npy(file).map_err(|e| e.to_string()))
 }

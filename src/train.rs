@@ -661,6 +661,8 @@ pub fn multilabel_scores(probabilities: ArrayView2<'_, f64>, targets: ArrayView2
     })
 }
 
+/// The fraction of examples whose predicted class equals the label, in [0, 1]: pairs beyond
+/// the shorter slice are not counted; 0 for no labels.
 pub fn accuracy(predicted: &[usize], labels: &[usize]) -> f64 {
     predicted.iter().zip(labels).filter(|(p, l)| p == l).count() as f64 / labels.len().max(1) as f64
 }

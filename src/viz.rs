@@ -72,7 +72,9 @@ pub fn filter_grid(weights: ArrayView2<f64>) -> Result<GrayImage> {
 /// A picture of filters: grey, or colour for filters over 3 channels.
 #[derive(Clone, Debug)]
 pub enum FilterPicture {
+    /// Filters over one channel, in grey.
     Gray(GrayImage),
+    /// Filters over 3 channels, drawn as red, green and blue.
     Rgb(RgbImage),
 }
 

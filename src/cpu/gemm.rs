@@ -32,9 +32,9 @@ pub fn gemm<F: Real>(alpha: F, a: &ArrayView2<F>, b: &ArrayView2<F>, beta: F, c:
     product(alpha, a, b, beta, c);
 }
 
-/// As [`gemm`], on the calling thread alone: for the many small products of a loop that is
+/// As [`gemm()`], on the calling thread alone: for the many small products of a loop that is
 /// itself split over threads (one product per image of a convolution), where splitting each
-/// product again would only add hand-offs. The same bits as [`gemm`] for the same operands.
+/// product again would only add hand-offs. The same bits as [`gemm()`] for the same operands.
 pub fn gemm_serial<F: Real>(alpha: F, a: &ArrayView2<F>, b: &ArrayView2<F>, beta: F, c: &mut ArrayViewMut2<F>) {
     let ((m, k), (k2, n)) = (a.dim(), b.dim());
     assert!(k == k2 && c.dim() == (m, n), "gemm: {m}×{k} times {k2}×{n} into {:?}", c.dim());

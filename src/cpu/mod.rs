@@ -45,6 +45,11 @@ impl<F: Real> Loaded<F> {
     }
 }
 
+/// The CPU [`Backend`] in precision `F` (f64: the reference; f32: the fast path): holds a
+/// network's spec, its θ layout and the loaded examples (m × inputs) in `F`, and computes
+/// J(θ) and ∇J (MATH.md, "Forward", "Backpropagation", "Softmax output and cross-entropy")
+/// through [`net`], or [`stack`] for conv2d, pooling and maxout layers. θ and ∇J cross the
+/// [`Backend`] interface as f64 and are converted to `F` and back.
 pub struct CpuBackend<F: Real> {
     spec: NetSpec,
     layout: ThetaLayout,
@@ -101,6 +106,8 @@ pub fn check_inputs(spec: &NetSpec, x: &Inputs<'_>, what: &str) -> Result<()> {
 }
 
 impl<F: Real> CpuBackend<F> {
+    /// A backend for `spec`, with no data loaded yet. Errors: the spec's own error
+    /// ([`NetSpec::validate`]), or `Error::Shape` when its layer stack does not fit together.
     pub fn new(spec: NetSpec) -> Result<CpuBackend<F>> {
         spec.validate()?;
         let layout = ThetaLayout::new(&spec);
@@ -116,6 +123,7 @@ impl<F: Real> CpuBackend<F> {
         })
     }
 
+    /// Where each layer's W⁽ˡ⁾ (s_{l+1} × s_l, row-major) and b⁽ˡ⁾ sit in θ.
     pub fn layout(&self) -> &ThetaLayout {
         &self.layout
     }

@@ -17,7 +17,11 @@ use crate::model::{Activation, NetSpec, Output, ThetaLayout};
 pub enum TargetView<'a, F> {
     /// y = x (autoencoder).
     Inputs,
+    /// Class labels 0..k−1 (softmax output): one per example, or for a recurrent network with
+    /// an output at every step T per sequence, sequence after sequence (m·T in all).
     Labels(&'a [usize]),
+    /// Real targets y, m × k (m × (T·k) for per-step targets of a recurrent network), for a
+    /// squared-error or sigmoid-BCE output.
     Values(ArrayView2<'a, F>),
 }
 
@@ -148,7 +152,9 @@ fn times_weights_t<F: Real>(scratch: &mut Scratch<F>, a: ArrayView2<F>, w: Array
 /// safe forms"), so they are only ever used through [`RowNormaliser::log_prob`].
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct RowNormaliser<F> {
+    /// max_j z_j, the row's largest logit.
     pub max: F,
+    /// log Σ_j exp(z_j − max_j z_j) (≥ 0).
     pub log_sum: F,
 }
 
@@ -386,6 +392,8 @@ pub fn squared_error_delta<F: Real>(mut out: Array2<F>, y: ArrayView2<F>, act: A
 
 /// The forward pass: activations a⁽²⁾ … a⁽ᴸ⁾ (the last one: probabilities for softmax).
 pub struct Forward<F> {
+    /// One matrix per layer, bottom first: `activations[l]` is a⁽ˡ⁺²⁾, m × s_{l+2}; the
+    /// last is the network's output h(x).
     pub activations: Vec<Array2<F>>,
     /// Softmax output only: the logits Z⁽ᴸ⁾ and each row's normaliser, so that log P(y|x)
     /// ([`RowNormaliser::log_prob`]) stays exact where P itself underflows.
@@ -445,6 +453,12 @@ pub fn bce_term(z: f64, y: f64) -> f64 {
     z.max(0.0) - z * y + (-z.abs()).exp().ln_1p()
 }
 
+/// The forward pass of a dense network (MATH.md, "Forward", with examples as rows):
+/// Z⁽ˡ⁺¹⁾ = A⁽ˡ⁾ W⁽ˡ⁾ᵀ + 1 b⁽ˡ⁾ᵀ, A⁽ˡ⁺¹⁾ = f(Z⁽ˡ⁺¹⁾), from A⁽¹⁾ = `x` (m × s_1); the output
+/// layer applies the spec's output (softmax with its row maximum subtracted, sigmoid, identity).
+/// `theta` holds `layout.len()` values in `layout`'s order; `scratch` lends reused buffers.
+/// The caller checks the shapes ([`CpuBackend`](super::CpuBackend) does before calling): a θ or
+/// `x` that does not fit the layout panics.
 pub fn forward<F: Real>(
     scratch: &mut Scratch<F>,
     spec: &NetSpec,

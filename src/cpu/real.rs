@@ -5,6 +5,9 @@ use std::fmt::{Debug, Display};
 use ndarray::{LinalgScalar, ScalarOperand};
 use num_traits::{Float, FromPrimitive, NumAssign};
 
+/// A float the CPU backend computes in (implemented for f64 and f32), with the conversions to
+/// and from the f64 interface and the activations in their overflow-safe forms (MATH.md,
+/// "Numerically safe forms").
 pub trait Real:
     Float + NumAssign + FromPrimitive + LinalgScalar + ScalarOperand + Send + Sync + Debug + Display + 'static
 {
@@ -14,8 +17,11 @@ pub trait Real:
     /// underflows gradually), e^{−87.3} ≈ 1.2e-38 in f32 (the fast exp's floor). A mean of
     /// σ(z) that close to it says only "below the precision", not how far below.
     const SIGMOID_FLOOR: f64;
+    /// `v` in this precision (f64 → f32 rounds to nearest).
     fn of(v: f64) -> Self;
+    /// `v` in this precision (exact for both).
     fn of_f32(v: f32) -> Self;
+    /// This value widened to f64 (exact for both).
     fn f64(self) -> f64;
     /// σ(z) = 1/(1 + e^{−z}), overflow-safe.
     fn sigmoid(self) -> Self;

@@ -122,7 +122,9 @@ impl Plan {
 /// The state of one recurrent layer for m sequences: h (m × units) and, for an LSTM, c.
 #[derive(Clone, Debug, PartialEq)]
 pub struct LayerState<F> {
+    /// h_t, the hidden state after the last step: m × units.
     pub h: Array2<F>,
+    /// c_t, the LSTM cell state after the last step (m × units); `None` for a plain rnn.
     pub c: Option<Array2<F>>,
 }
 
@@ -130,6 +132,7 @@ pub struct LayerState<F> {
 /// from one window to the next.
 #[derive(Clone, Debug, PartialEq)]
 pub struct State<F> {
+    /// One state per recurrent layer, bottom first.
     pub layers: Vec<LayerState<F>>,
 }
 
@@ -553,7 +556,9 @@ fn backward_chunk<F: Real>(
 /// ```
 #[derive(Clone, Debug)]
 pub struct Recurrent {
+    /// The network: recurrent layers first, then dense layers and the output.
     pub spec: NetSpec,
+    /// Where each layer's parameters sit in θ (`layout.len()` values in all).
     pub layout: ThetaLayout,
     plan: Plan,
 }

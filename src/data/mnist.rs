@@ -21,8 +21,11 @@ pub const LABELS_MAGIC: u32 = 0x0000_0801;
 /// The raw contents of an IDX image file.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct IdxImages {
+    /// Number of images (the header's first dimension).
     pub count: usize,
+    /// Height of each image in pixels (the header's second dimension).
     pub rows: usize,
+    /// Width of each image in pixels (the header's third dimension).
     pub cols: usize,
     /// count × rows × cols bytes, image after image, each row-major.
     pub pixels: Vec<u8>,
@@ -33,6 +36,7 @@ pub struct IdxImages {
 pub struct Mnist {
     /// One image per row, rows × cols pixels (784 for MNIST), scaled to [0, 1].
     pub images: Array2<f32>,
+    /// The digit 0–9 of each image, one per row of `images`.
     pub labels: Vec<usize>,
     /// Height of each image in pixels.
     pub rows: usize,
@@ -403,6 +407,7 @@ impl Mnist {
         self.labels.len()
     }
 
+    /// True when there are no images.
     pub fn is_empty(&self) -> bool {
         self.labels.is_empty()
     }

@@ -57,6 +57,7 @@ impl Dataset {
         self.x.nrows()
     }
 
+    /// True when there are no examples.
     pub fn is_empty(&self) -> bool {
         self.x.nrows() == 0
     }
@@ -277,6 +278,7 @@ impl Digits {
         Ok(Digits(v))
     }
 
+    /// Whether `label` is one of the labels kept.
     pub fn contains(&self, label: usize) -> bool {
         self.0.binary_search(&label).is_ok()
     }
@@ -861,7 +863,9 @@ pub(crate) fn read_maybe_gz(path: &Path) -> Result<Vec<u8>> {
 /// A class label as a file writes it: a whole number (`3`, `-1`, `7.0`) or a name (`setosa`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum RawLabel {
+    /// A number that is exactly whole (`3`, `-1`, `7.0`, `0.3e1`), within ±2⁶³.
     Whole(i64),
+    /// Text that is no number at all (`setosa`), as written.
     Name(String),
 }
 
@@ -879,7 +883,10 @@ impl RawLabel {
 /// written for class `l`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ClassLabels {
+    /// Each example's class, 0..k−1, in file order.
     pub labels: Vec<usize>,
+    /// The k distinct labels as written ([`RawLabel::text`]), sorted as [`encode_labels`]
+    /// sorts them: `classes[l]` is class l's label.
     pub classes: Vec<String>,
 }
 
@@ -889,6 +896,7 @@ impl ClassLabels {
         self.labels.len()
     }
 
+    /// True when there are no examples.
     pub fn is_empty(&self) -> bool {
         self.labels.is_empty()
     }

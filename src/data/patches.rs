@@ -16,7 +16,9 @@ use crate::{Error, Result};
 /// A grayscale picture: intensities in [0, 1], row-major.
 #[derive(Clone, Debug, PartialEq)]
 pub struct GrayImage {
+    /// Width in pixels.
     pub width: usize,
+    /// Height in pixels.
     pub height: usize,
     /// height × width values, row after row.
     pub pixels: Vec<f32>,

@@ -41,6 +41,7 @@ impl SequenceShape {
         self.steps.saturating_mul(self.features)
     }
 
+    /// True when a sequence holds no values (T or n is 0).
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
@@ -55,7 +56,9 @@ impl SequenceShape {
 /// `data.labels` holds one class per sequence, `data.targets` (m × (T·k)) k values per step.
 #[derive(Clone, Debug)]
 pub struct Sequences {
+    /// The sequences as rows (m × (T·n)), with their labels or targets.
     pub data: Dataset,
+    /// T and n of every sequence.
     pub shape: SequenceShape,
     /// k, the targets per step, when `data.targets` holds per-step targets.
     pub targets_per_step: Option<usize>,

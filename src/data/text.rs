@@ -2,9 +2,10 @@
 //! one-hot input per character, a softmax over the vocabulary at every step, bits per
 //! character = cost / ln 2).
 //!
-//! - [`read_text`] reads a UTF-8 file, plain or gzip (inflated under the readers' cap,
-//!   [`super::gz_cap`]); an empty file, one that is not UTF-8, or one of more distinct
-//!   characters than a softmax may have classes is refused in one line.
+//! - [`read_text`] reads a UTF-8 file, plain or gzip (inflated under the readers' cap:
+//!   [`super::GZ_RATIO`] times the file's size, at least [`super::GZ_MIN_CAP`] bytes); an
+//!   empty file, one that is not UTF-8, or one of more distinct characters than a softmax may
+//!   have classes is refused in one line.
 //! - [`Vocabulary`]: the sorted distinct characters (Unicode scalar values, not bytes) of the
 //!   text a model was trained on; stored with the model under `preprocessing.vocabulary` and
 //!   read back by [`Vocabulary::from_preprocessing`]. Text with a character outside it is
@@ -187,6 +188,7 @@ pub fn show(c: char) -> String {
 /// for validation (MATH.md: report bits per character on held-out text).
 #[derive(Clone, Debug)]
 pub struct CharText {
+    /// The distinct characters of the whole file and their ids.
     pub vocabulary: Vocabulary,
     /// Ids of the training text (the first 1 − holdout of the characters).
     pub train: Vec<u32>,

@@ -48,7 +48,10 @@ pub enum Components {
 /// A fitted whitening transform y = M (x − μ).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Whitening {
+    /// PCA or ZCA.
     pub kind: WhiteningKind,
+    /// ε, added to each eigenvalue λ before scaling by 1/√(λ + ε) (UFLDL's regularisation,
+    /// ≥ 0), which keeps directions of almost no variance from being blown up.
     pub epsilon: f64,
     /// μ, one mean per input feature (n).
     pub mean: Vec<f64>,

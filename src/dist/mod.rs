@@ -5,7 +5,7 @@
 //! - [`Collective`] is what ranks do together: a sum added in rank order ((x₀ + x₁) + x₂) …
 //!   (never MPI_Allreduce, whose order is not specified), and an all-gather of bytes. Two
 //!   implementations: [`ThreadGroup`] (ranks as threads of one process: tests, and proofs
-//!   without MPI) and, with the cargo feature `mpi`, [`mpi::MpiWorld`] (Open MPI, with a
+//!   without MPI) and, with the cargo feature `mpi`, `mpi::MpiWorld` (Open MPI, with a
 //!   timeout on every collective so a dead rank never hangs the others).
 //! - [`DistBackend`] is a [`Backend`] over the rank's shard: given all the examples it keeps
 //!   rows [`shard_rows`] of them, checks that every rank has the same data and network, and
@@ -57,7 +57,7 @@ pub trait Collective {
     /// Every rank's `local`, in rank order (lengths may differ).
     fn all_gather_bytes(&self, local: &[u8]) -> Result<Vec<Vec<u8>>>;
     /// Bytes this rank sends plus receives for one [`Collective::sum_in_rank_order`] of
-    /// `values` f64s. The gather-then-broadcast of [`mpi::MpiWorld`] and [`ThreadGroup`]: the
+    /// `values` f64s. The gather-then-broadcast of `mpi::MpiWorld` and [`ThreadGroup`]: the
     /// root receives and sends (N − 1)·8·values, every other rank sends and receives 8·values.
     fn sum_traffic(&self, values: usize) -> usize {
         let (n, bytes) = (self.size(), 8 * values);
