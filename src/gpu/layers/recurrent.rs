@@ -58,21 +58,37 @@ pub const RECURRENT_WGSL: &str = include_str!("../../../shaders/recurrent.wgsl")
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Pod, Zeroable)]
 pub struct RecurrentParams {
+    /// m: sequences in this segment.
     pub rows: u32,
+    /// h: units of the layer.
     pub hidden: u32,
+    /// T: steps per sequence.
     pub steps: u32,
+    /// t: the step this dispatch computes (0-based).
     pub step: u32,
+    /// The RNN's activation f as an activation code (`params::ActCode`).
     pub act: u32,
+    /// 1 on the first step of the backward walk (t = T − 1: no δ from a later step yet), else 0.
     pub first: u32,
+    /// 1 when the layer above sends δh at this step (at `dh_off` + i·`dh_rs`), else 0.
     pub has_dh: u32,
+    /// Offset of the layer's bias b in θ (floats).
     pub b_off: u32,
+    /// Offset of the δh the layer above sends (floats).
     pub dh_off: u32,
+    /// Row stride of that δh (floats per sequence).
     pub dh_rs: u32,
+    /// `copy_rows`: offset of the source (floats).
     pub src_off: u32,
+    /// `copy_rows`: row stride of the source (floats).
     pub src_rs: u32,
+    /// `copy_rows`: offset of the destination (floats).
     pub dst_off: u32,
+    /// `copy_rows`: row stride of the destination (floats).
     pub dst_rs: u32,
+    /// Slope α of a leaky ReLU f (unused by other activations).
     pub leaky_alpha: f32,
+    /// Padding to a 16-byte multiple (uniform layout); 0.
     pub _pad: u32,
 }
 
