@@ -312,6 +312,12 @@ fn a_multilabel_problem_learns_from_the_cli() {
     let mean_right = per_label.iter().sum::<f64>() / 3.0;
     assert!((1.0 - hamming - mean_right).abs() < 1e-12, "Hamming loss {hamming} vs per-label {per_label:?}");
     assert!(hamming < 0.1 && hamming > 0.0, "{hamming}");
+    // Without --targets, eval takes the columns the model was trained on.
+    let (ok, stdout, stderr) = wgnn(&["eval", "--model", r, "--data", &t, "--json", "--backend", "cpu"]);
+    assert!(ok, "{stderr}");
+    let stored: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(stored["subset_accuracy"], e["subset_accuracy"]);
+    assert_eq!(stored["hamming_loss"], e["hamming_loss"]);
 
     // predict: probabilities then decisions, named in the header; decisions = [p ≥ 0.5].
     let out = dir.path().join("p.csv");

@@ -468,6 +468,11 @@ fn train_mlp_regressor_from_npy_and_csv_targets_and_eval_reports_r2() {
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert!(v["r2"].as_f64().unwrap() > 0.8, "{v}");
     assert!(v.get("reconstruction_error").is_none(), "a regressor reconstructs nothing: {v}");
+    // Its targets came from another file: without --targets there is nothing to score.
+    fails_with(
+        wgnn().args(["eval", "--model", run.to_str().unwrap(), "--data", &format!("npy:{xp}"), "--backend", "cpu"]),
+        "is a regressor: give --targets",
+    );
 
     // The CSV form: targets are columns of the data file (here the last two, no label column).
     let csv = d.join("xy.csv");
@@ -488,6 +493,22 @@ fn train_mlp_regressor_from_npy_and_csv_targets_and_eval_reports_r2() {
     // Same rows, same seed, same split: the CSV run learns what the .npy run learned (the
     // CSV's decimal text is f32-exact here only up to rounding).
     assert!((m2["r2"].as_f64().unwrap() - r2).abs() < 0.02, "csv {} vs npy {r2}", m2["r2"]);
+
+    // eval without --targets takes the columns the model was trained on (as predict does),
+    // and scores exactly what it scores with them named.
+    let eval = |targets: &[&str]| {
+        let out = wgnn()
+            .args(["eval", "--model", run_csv.to_str().unwrap(), "--data", &format!("csv:{}", csv.display())])
+            .args(["--label-column", "none", "--backend", "cpu", "--json"])
+            .args(targets)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
+    };
+    let (stored, named) = (eval(&[]), eval(&["--targets", "columns:5-6"]));
+    assert!(stored["r2"].as_f64().is_some(), "{stored}");
+    assert_eq!(stored["r2"], named["r2"]);
 }
 
 #[test]
@@ -1295,7 +1316,7 @@ fn loss_png_draws_the_validation_curve_when_there_is_validation() {
 }
 
 #[test]
-fn eval_refuses_a_regressor_without_targets_and_scores_the_rows_training_held_out() {
+fn eval_of_a_regressor_takes_its_training_columns_and_scores_the_rows_training_held_out() {
     let d = tempfile::tempdir().unwrap();
     let data = small_csv(d.path());
     let regressor = d.path().join("reg");
@@ -1327,7 +1348,11 @@ fn eval_refuses_a_regressor_without_targets_and_scores_the_rows_training_held_ou
     assert!(String::from_utf8_lossy(&out.stderr).contains("trained with --seed 7"));
     let other: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_ne!(other["r2"].as_f64().unwrap(), trained_r2);
-    fails_with(&mut eval("7", false), "is a regressor: give --targets");
+    // Without --targets it takes the columns it was trained on, and scores the same rows.
+    let out = eval("7", false).args(["--test-fraction", "0.25"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stored: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!((&stored["r2"], &stored["examples"]), (&scored["r2"], &scored["examples"]));
 
     // A classifier: eval's accuracy on the held-out rows is training's test accuracy.
     let classifier = d.path().join("cls");

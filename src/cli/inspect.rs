@@ -214,13 +214,23 @@ pub fn eval(args: EvalArgs) -> anyhow::Result<()> {
         return super::sequence::eval_text(&ck, &vocabulary, data, args.test_fraction, args.json);
     }
     let spec = &ck.spec;
+    // A model trained on `--targets columns:SPEC` (a regressor or sigmoid-BCE labels) takes
+    // the same columns of the file as its targets unless told otherwise, as `predict` takes
+    // them out of its inputs.
+    let mut source = args.input.data.clone();
+    let stored_targets = ck.metadata.preprocessing.get("targets").and_then(|t| t.as_str());
+    if source.targets.is_none()
+        && let Some(columns) = stored_targets.filter(|t| t.trim_start().starts_with("columns:"))
+    {
+        source.targets = Some(columns.trim().to_string());
+    }
     // A regressor (trained with --targets) has nothing to score without its targets: the
     // "reconstruction error" of an input against a prediction of something else means nothing.
     let trained_on_targets = !ck.metadata.preprocessing.get("targets").is_none_or(serde_json::Value::is_null);
     let bce = spec.output == Output::SigmoidBce;
     if spec.output != Output::Softmax
         && !bce
-        && args.input.data.targets.is_none()
+        && source.targets.is_none()
         && (trained_on_targets || spec.outputs() != spec.inputs())
     {
         bail!(
@@ -228,7 +238,7 @@ pub fn eval(args: EvalArgs) -> anyhow::Result<()> {
             spec.describe()
         );
     }
-    let (_, mut data) = args.input.data.load(args.input.seed)?;
+    let (_, mut data) = source.load(args.input.seed)?;
     if let Some(fraction) = args.test_fraction {
         if !(fraction > 0.0 && fraction < 1.0) {
             bail!("--test-fraction {fraction}: the test fraction must lie strictly between 0 and 1");
