@@ -1591,47 +1591,14 @@ pub mod char_model {
         }
         let mine = crate::dist::shard_rows(job.batch, size, rank);
         let weight = mine.len() as f64 / job.batch as f64;
-        job.rule.validate()?;
-        if !(job.learning_rate.is_finite() && job.learning_rate > 0.0) {
-            return Err(Error::Data(format!("the learning rate η = {} must be > 0", job.learning_rate)));
-        }
-        if let Some(tau) = job.clip_norm
-            && !(tau.is_finite() && tau > 0.0)
-        {
-            return Err(Error::Data(format!("--clip-norm {tau} must be a finite number > 0")));
-        }
-        let steps = net.steps();
-        let vocab = net.spec.outputs();
-        let streams = StreamBatches::new(train.len(), job.batch, steps)?;
-        if !held_out.is_empty() {
-            text::check_window(held_out.len(), steps, "the held-out text")?;
-        }
-        let mut update = UpdateState::new(job.rule, theta.len());
+        let streams = check_job(net, train, held_out, job)?;
+        let (steps, vocab) = (net.steps(), net.spec.outputs());
+        let (mut update, first, mut last) = starting_point(from, job, theta.len())?;
         // The whole minibatch's carried state (this rank's streams are rows `mine` of it).
-        let mut full = net.zero_state::<F>(job.batch);
-        let mut last = None;
-        let mut first = 1;
-        if let Some(p) = from {
-            if p.update.rule != job.rule || p.update.dim().is_some_and(|d| d != theta.len()) {
-                return Err(Error::Data(format!(
-                    "the checkpoint's optimizer state is for {} over {} values, the run is {} over {}: resume it with the flags it was trained with",
-                    p.update.rule.name(),
-                    p.update.dim().unwrap_or(theta.len()),
-                    job.rule.name(),
-                    theta.len()
-                )));
-            }
-            if p.updates > job.steps {
-                return Err(Error::Data(format!(
-                    "the checkpoint is after {} updates, more than the {} asked for: give --steps of at least {}",
-                    p.updates, job.steps, p.updates
-                )));
-            }
-            update = p.update.clone();
-            full = p.restore::<F>(net, job.batch)?;
-            first = p.updates + 1;
-            last = p.held_out;
-        }
+        let mut full = match from {
+            Some(p) => p.restore::<F>(net, job.batch)?,
+            None => net.zero_state::<F>(job.batch),
+        };
         let rows_of = |full: &State<F>| State {
             layers: full
                 .layers
@@ -1788,39 +1755,12 @@ pub mod char_model {
         on_step: &mut dyn FnMut(&Step, &Snapshot<'_>) -> Control,
     ) -> Result<(usize, Option<HeldOut>)> {
         use crate::backend::{Backend, Batch, Targets};
-        job.rule.validate()?;
-        if !(job.learning_rate.is_finite() && job.learning_rate > 0.0) {
-            return Err(Error::Data(format!("the learning rate η = {} must be > 0", job.learning_rate)));
-        }
-        if let Some(tau) = job.clip_norm
-            && !(tau.is_finite() && tau > 0.0)
-        {
-            return Err(Error::Data(format!("--clip-norm {tau} must be a finite number > 0")));
-        }
-        let steps = net.steps();
-        let vocab = net.spec.outputs();
-        let streams = StreamBatches::new(train.len(), job.batch, steps)?;
-        if !held_out.is_empty() {
-            text::check_window(held_out.len(), steps, "the held-out text")?;
-        }
-        let mut update = UpdateState::new(job.rule, theta.len());
+        let streams = check_job(net, train, held_out, job)?;
+        let (steps, vocab) = (net.steps(), net.spec.outputs());
+        let (mut update, first, mut last) = starting_point(from, job, theta.len())?;
         let mut grad = vec![0.0; theta.len()];
-        let mut last = None;
-        let mut first = 1;
         if let Some(p) = from {
-            if p.update.rule != job.rule || p.update.dim().is_some_and(|d| d != theta.len()) || p.updates > job.steps {
-                return Err(Error::Data(format!(
-                    "the checkpoint (after {} updates of {}) does not continue this run ({} updates of {}): resume it with the flags it was trained with",
-                    p.updates,
-                    p.update.rule.name(),
-                    job.steps,
-                    job.rule.name()
-                )));
-            }
-            update = p.update.clone();
             gpu.set_recurrent_state(Some(p.restore::<f32>(net, job.batch)?))?;
-            first = p.updates + 1;
-            last = p.held_out;
         }
         for step in first..=job.steps {
             let k = (step - 1) % streams.len();
@@ -1878,6 +1818,51 @@ pub mod char_model {
             }
         }
         Ok((job.steps.max(first - 1), last))
+    }
+
+    /// The checks every trainer of a character model makes before its first update: the
+    /// rule, η > 0, τ > 0 when clipping, and windows that fit the training and held-out text.
+    /// Returns the training text's minibatches of streams.
+    fn check_job(net: &Recurrent, train: &[u32], held_out: &[u32], job: &Job) -> Result<StreamBatches> {
+        job.rule.validate()?;
+        if !(job.learning_rate.is_finite() && job.learning_rate > 0.0) {
+            return Err(Error::Data(format!("the learning rate η = {} must be > 0", job.learning_rate)));
+        }
+        if let Some(tau) = job.clip_norm
+            && !(tau.is_finite() && tau > 0.0)
+        {
+            return Err(Error::Data(format!("--clip-norm {tau} must be a finite number > 0")));
+        }
+        let streams = StreamBatches::new(train.len(), job.batch, net.steps())?;
+        if !held_out.is_empty() {
+            text::check_window(held_out.len(), net.steps(), "the held-out text")?;
+        }
+        Ok(streams)
+    }
+
+    /// Where a run of `job` over θ of `dim` values starts: the rule's state, the first update
+    /// and the last held-out measure — fresh, or those of the checkpoint's [`Progress`] `from`
+    /// (its carried state is restored by the caller, which knows where it lives). Refused
+    /// ([`Error::Data`], one line): a `from` of another rule or θ length, or with more updates
+    /// than `job.steps`.
+    fn starting_point(from: Option<&Progress>, job: &Job, dim: usize) -> Result<(UpdateState, usize, Option<HeldOut>)> {
+        let Some(p) = from else { return Ok((UpdateState::new(job.rule, dim), 1, None)) };
+        if p.update.rule != job.rule || p.update.dim().is_some_and(|d| d != dim) {
+            return Err(Error::Data(format!(
+                "the checkpoint's optimizer state is for {} over {} values, the run is {} over {}: resume it with the flags it was trained with",
+                p.update.rule.name(),
+                p.update.dim().unwrap_or(dim),
+                job.rule.name(),
+                dim
+            )));
+        }
+        if p.updates > job.steps {
+            return Err(Error::Data(format!(
+                "the checkpoint is after {} updates, more than the {} asked for: give --steps of at least {}",
+                p.updates, job.steps, p.updates
+            )));
+        }
+        Ok((p.update.clone(), p.updates + 1, p.held_out))
     }
 
     /// The same network reading one character at a time (T = 1): θ's layout does not depend
