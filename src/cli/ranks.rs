@@ -318,8 +318,10 @@ pub(super) fn run_on_ranks(args: super::train::TrainArgs) -> anyhow::Result<()> 
         let code: u8 = code.parse().ok()?;
         (code != 0).then(|| (r, code, line.to_string()))
     });
-    drop(world);
-    let Some((r, code, line)) = failed else { return Ok(()) };
+    let Some((r, code, line)) = failed else {
+        drop(world);
+        return Ok(());
+    };
     if rank == 0 {
         // An error that every rank shares already names the rank it came from.
         let same_everywhere = all.iter().all(|b| b == &all[r]);
@@ -329,6 +331,11 @@ pub(super) fn run_on_ranks(args: super::train::TrainArgs) -> anyhow::Result<()> 
             eprintln!("error: rank {r}: {line}");
         }
     }
+    // No rank exits before rank 0 has written its line: mpirun kills the rest of the job as
+    // soon as one rank exits with a non-zero code, and rank 0 killed before its `eprintln`
+    // would leave the job failing without saying why (CI saw it once in a few hundred runs).
+    let _ = world.all_gather_bytes(&[]);
+    drop(world);
     std::process::exit(i32::from(code));
 }
 
