@@ -339,29 +339,56 @@ fn a_stacked_run_predicts_with_its_fine_tuned_stack() {
 #[test]
 fn an_exported_theta_and_spec_reproduce_the_models_cost() {
     let data = Data::new(60, 6);
-    let run = data.train("autoencoder", "ae", &["--hidden", "3", "--weight-decay", "0.001"]);
-    let out = data.path("exported");
-    let stdout = ok(wgnn().args(["export", "--model"]).arg(&run).arg("--out").arg(&out));
-    let ck = model(&run);
-    let spec: NetSpec = serde_json::from_slice(&std::fs::read(out.join("spec.json")).unwrap()).unwrap();
-    assert_eq!(spec, ck.spec);
-    let theta = Array1::<f64>::read_npy(std::fs::File::open(out.join("theta.npy")).unwrap()).unwrap();
-    assert_eq!(theta.to_vec(), ck.theta);
+    let targets = format!("npy:{}", data.path("targets.npy").display());
+    // Each kind of model, and what its printed cost command must be given beside X.npy.
+    let cases: [(&str, &str, Vec<&str>, Option<&str>); 3] = [
+        ("autoencoder", "ae", vec!["--hidden", "3", "--weight-decay", "0.001"], None),
+        ("softmax", "sm", vec!["--labels", "labels.npy"], Some("LABELS.npy")),
+        ("mlp", "reg", vec!["--targets", &targets, "--hidden", "4", "--optimizer", "lbfgs"], Some("TARGETS.npy")),
+    ];
+    for (kind, name, flags, placeholder) in cases {
+        let flags: Vec<String> = flags
+            .iter()
+            .map(|f| if *f == "labels.npy" { data.path(f).display().to_string() } else { f.to_string() })
+            .collect();
+        let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+        let run = data.train(kind, name, &flags);
+        let out = data.path(&format!("{name}-exported"));
+        let stdout = ok(wgnn().args(["export", "--model"]).arg(&run).arg("--out").arg(&out));
+        let ck = model(&run);
+        let spec: NetSpec = serde_json::from_slice(&std::fs::read(out.join("spec.json")).unwrap()).unwrap();
+        assert_eq!(spec, ck.spec);
+        let theta = Array1::<f64>::read_npy(std::fs::File::open(out.join("theta.npy")).unwrap()).unwrap();
+        assert_eq!(theta.to_vec(), ck.theta);
 
-    // The cost command export prints, on the training data, gives the cost training recorded.
-    let line = stdout.lines().find_map(|l| l.strip_prefix("its cost: wgnn ")).expect("export prints the cost command");
-    let args: Vec<String> = line
-        .split_whitespace()
-        .map(|a| if a == "X.npy" { data.path("x.npy").display().to_string() } else { a.to_string() })
-        .collect();
-    let cost = ok(wgnn().args(&args).args(["--backend", "cpu", "--precision", "f32"]));
-    let cost: f64 = cost.lines().last().unwrap().strip_prefix("cost ").unwrap().parse().unwrap();
-    let metrics: serde_json::Value = serde_json::from_slice(&std::fs::read(run.join("metrics.json")).unwrap()).unwrap();
-    let recorded = metrics["final_cost"].as_f64().unwrap();
-    assert!(((cost - recorded) / recorded).abs() < 1e-12, "cost {cost} vs the model's {recorded}");
-    // Given the run folder itself, cost says how to get θ out of it.
-    let theta_at = args.iter().position(|a| a == "--theta").unwrap() + 1;
-    let mut from_run = args.clone();
-    from_run[theta_at] = run.display().to_string();
-    refused(wgnn().args(&from_run), "wgnn export --model");
+        // The cost command export prints, on the training data, gives the cost training
+        // recorded: it names the targets the model's task needs, and no others.
+        let line =
+            stdout.lines().find_map(|l| l.strip_prefix("its cost: wgnn ")).expect("export prints the cost command");
+        for other in ["LABELS.npy", "TARGETS.npy"] {
+            assert_eq!(line.contains(other), placeholder == Some(other), "{kind}: {line}");
+        }
+        let args: Vec<String> = line
+            .split_whitespace()
+            .map(|a| match a {
+                "X.npy" => data.path("x.npy").display().to_string(),
+                "LABELS.npy" => data.path("labels.npy").display().to_string(),
+                "TARGETS.npy" => data.path("targets.npy").display().to_string(),
+                a => a.to_string(),
+            })
+            .collect();
+        let cost = ok(wgnn().args(&args).args(["--backend", "cpu", "--precision", "f32"]));
+        let cost: f64 = cost.lines().last().unwrap().strip_prefix("cost ").unwrap().parse().unwrap();
+        let metrics: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(run.join("metrics.json")).unwrap()).unwrap();
+        let recorded = metrics["final_cost"].as_f64().unwrap();
+        assert!(((cost - recorded) / recorded).abs() < 1e-12, "{kind}: cost {cost} vs the model's {recorded}");
+        if kind == "autoencoder" {
+            // Given the run folder itself, cost says how to get θ out of it.
+            let theta_at = args.iter().position(|a| a == "--theta").unwrap() + 1;
+            let mut from_run = args.clone();
+            from_run[theta_at] = run.display().to_string();
+            refused(wgnn().args(&from_run), "wgnn export --model");
+        }
+    }
 }

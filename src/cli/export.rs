@@ -9,7 +9,8 @@ use anyhow::{Context, bail};
 use clap::Args;
 
 use wgnn::checkpoint::Checkpoint;
-use wgnn::model::{NetSpec, Output};
+use wgnn::model::NetSpec;
+use wgnn::predict::Task;
 
 #[derive(Args, Debug)]
 pub struct ExportArgs {
@@ -57,9 +58,16 @@ pub fn run(args: ExportArgs) -> anyhow::Result<()> {
     }
     println!("network  {} ({} parameters)", ck.spec.describe(), ck.theta.len());
     println!("wrote    {}", written.join(", "));
-    let labels = if ck.spec.output == Output::Softmax { " --labels LABELS.npy" } else { "" };
+    // What `cost` needs beside the inputs: the model's task says (an autoencoder's target is
+    // its input; a classifier takes class indices 0..k−1; a regressor or a multi-label model
+    // its target matrix).
+    let targets = match wgnn::predict::Model::from_checkpoint(&ck)?.task {
+        Task::Autoencoder { .. } => "",
+        Task::Classifier { .. } => " --labels LABELS.npy",
+        Task::Regressor { .. } | Task::MultiLabel { .. } => " --targets TARGETS.npy",
+    };
     println!(
-        "its cost: wgnn cost {} --theta {} --data X.npy{labels}",
+        "its cost: wgnn cost {} --theta {} --data X.npy{targets}",
         cost_flags(&ck.spec),
         args.out.join("theta.npy").display()
     );
