@@ -23,62 +23,14 @@ use wgnn::cpu::net::TargetView;
 use wgnn::cpu::sequence::{Recurrent, State};
 use wgnn::gpu::layers::recurrent::{RECURRENT_WGSL, RecurrentParams};
 use wgnn::gpu::{Gpu, GpuBackend, GpuOptions, MatmulKernel};
-use wgnn::model::{InputShape, LayerStack, NetSpec, Output, ThetaLayout, parse_net};
+use wgnn::model::NetSpec;
 use wgnn::optim::{BackendObjective, Hooks, Method, Minibatch, Optimizer, Stop};
 use wgnn::{Backend, Batch, CpuBackend, Targets};
 
 use common::relative_error as rel;
+use common::sequence::{Problem, net};
 
 const TOLERANCE: f64 = 1e-4;
-
-fn net(steps: usize, n: usize, text: &str, outputs: usize, lambda: f64) -> NetSpec {
-    let parsed = parse_net(text).expect("the test's --net parses");
-    NetSpec::stack(LayerStack { input: InputShape::sequence(steps, n), layers: parsed.layers }, outputs, parsed.output)
-        .and_then(|s| s.with_weight_decay(lambda))
-        .unwrap_or_else(|e| panic!("{text}: {e}"))
-}
-
-/// A second handle on `gpu`'s device, so that each backend skips the adapter scan.
-fn same_device(gpu: &Gpu) -> Gpu {
-    Gpu {
-        device: gpu.device.clone(),
-        queue: gpu.queue.clone(),
-        info: gpu.info.clone(),
-        limits: gpu.limits.clone(),
-        matmul: gpu.matmul,
-    }
-}
-
-/// Sequences in [−1, 1), S labels or target rows per sequence, θ uniform in ±0.5.
-struct Problem {
-    x: Array2<f64>,
-    labels: Vec<usize>,
-    values: Array2<f64>,
-    bits: Array2<f64>,
-    theta: Vec<f64>,
-}
-
-impl Problem {
-    fn new(spec: &NetSpec, m: usize, seed: u64) -> Problem {
-        let mut rng = StdRng::seed_from_u64(seed);
-        let steps = spec.output_steps();
-        let k = spec.outputs();
-        let x = Array2::from_shape_simple_fn((m, spec.inputs()), || rng.random_range(-1.0..1.0));
-        let labels = (0..m * steps).map(|_| rng.random_range(0..k)).collect();
-        let values = Array2::from_shape_simple_fn((m, k * steps), || rng.random_range(0.1..0.9));
-        let theta = (0..ThetaLayout::new(spec).len()).map(|_| rng.random_range(-0.5..0.5)).collect();
-        let bits = values.mapv(|v: f64| if v > 0.5 { 1.0 } else { 0.0 });
-        Problem { x, labels, values, bits, theta }
-    }
-
-    fn targets(&self, spec: &NetSpec) -> Targets<'_> {
-        match spec.output {
-            Output::Softmax => Targets::Labels(&self.labels),
-            Output::SquaredError(_) => Targets::Values((&self.values).into()),
-            Output::SigmoidBce => Targets::Values((&self.bits).into()),
-        }
-    }
-}
 
 /// (name, spec, sequences): every hidden size of the issue (1, 7, 65, 129), T = 1, 3, 50, rnn
 /// tanh and relu, lstm, two stacked, last-step and per-step, softmax and squared error, one
@@ -110,7 +62,7 @@ fn recurrent_nets_agree_with_the_cpu(kernel: MatmulKernel) {
         let started = std::time::Instant::now();
         let p = Problem::new(&spec, m, 7);
         let mut cpu = CpuBackend::<f64>::new(spec.clone()).unwrap();
-        cpu.set_data((&p.x).into(), p.targets(&spec)).unwrap();
+        cpu.set_data((&p.x).into(), p.backend_targets(&spec)).unwrap();
         let batches = [Batch::All, Batch::Indices(&picked)];
         let reference: Vec<(f64, f64, Vec<f64>)> = batches
             .iter()
@@ -121,13 +73,13 @@ fn recurrent_nets_agree_with_the_cpu(kernel: MatmulKernel) {
             })
             .collect();
         let cpu_s = started.elapsed().as_secs_f64();
-        let mut gpu = GpuBackend::on(spec.clone(), same_device(&device)).unwrap();
+        let mut gpu = GpuBackend::on(spec.clone(), device.clone()).unwrap();
         gpu.set_poison(true);
         // Long windows (T = 50) once, whole: their dispatches dominate on lavapipe.
         let chunkings: &[usize] = if spec.inputs() > 50 { &[2] } else { &[m, 2] };
         for &chunk_rows in chunkings {
             gpu.set_max_chunk_rows(chunk_rows);
-            gpu.set_data((&p.x).into(), p.targets(&spec)).unwrap();
+            gpu.set_data((&p.x).into(), p.backend_targets(&spec)).unwrap();
             for (batch, (c_cpu, decay_cpu, g_cpu)) in batches.iter().zip(&reference) {
                 let what = format!("{name} ({chunk_rows} sequences per chunk, {batch:?})");
                 let mut g_gpu = vec![f64::NAN; p.theta.len()];
@@ -210,7 +162,7 @@ fn carried_state_is_one_long_window() {
         }
     }
     let device = Gpu::open(&GpuOptions::default()).expect("a GPU adapter (lavapipe in CI)");
-    let mut gpu = GpuBackend::on(short.clone(), same_device(&device)).unwrap();
+    let mut gpu = GpuBackend::on(short.clone(), device.clone()).unwrap();
     gpu.set_poison(true);
     gpu.set_recurrent_state(Some(to_f32(&start))).unwrap();
     let mut cpu_state = start.clone();
@@ -236,7 +188,7 @@ fn carried_state_is_one_long_window() {
     let ds = state_error(&gpu.recurrent_state().unwrap(), &long_state);
     assert!(ds < TOLERANCE, "two windows carried vs one long window: {ds:e}");
     // The GPU's own long window agrees too.
-    let mut gpu_long = GpuBackend::on(long.clone(), same_device(&device)).unwrap();
+    let mut gpu_long = GpuBackend::on(long.clone(), device.clone()).unwrap();
     gpu_long.set_recurrent_state(Some(to_f32(&start))).unwrap();
     gpu_long.set_data((&p.x).into(), Targets::Labels(&p.labels)).unwrap();
     gpu_long.cost(&p.theta, Batch::All).unwrap();

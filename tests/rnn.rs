@@ -7,6 +7,8 @@
 
 mod common;
 
+use common::sequence::{Problem, net};
+
 use ndarray::{Array2, s};
 use rand::{RngExt, SeedableRng, rngs::StdRng};
 use wgnn::cpu::net::TargetView;
@@ -17,60 +19,6 @@ use wgnn::optim::clip_by_global_norm;
 use wgnn::{Backend, Batch, CpuBackend, Targets};
 
 /// A recurrent network from the `--net` grammar on sequences of `steps` steps of `n` features.
-fn net(steps: usize, n: usize, text: &str, outputs: usize, lambda: f64) -> NetSpec {
-    let parsed = parse_net(text).expect("the test's --net parses");
-    NetSpec::stack(LayerStack { input: InputShape::sequence(steps, n), layers: parsed.layers }, outputs, parsed.output)
-        .and_then(|s| s.with_weight_decay(lambda))
-        .unwrap_or_else(|e| panic!("{text}: {e}"))
-}
-
-/// Sequences in [−1, 1), targets for the spec's output (S per sequence), a θ with every entry
-/// uniform in ±0.5, and a random initial state (uniform ±0.5).
-struct Problem {
-    x: Array2<f64>,
-    labels: Vec<usize>,
-    values: Array2<f64>,
-    theta: Vec<f64>,
-    state: State<f64>,
-}
-
-impl Problem {
-    fn new(spec: &NetSpec, m: usize, seed: u64) -> Problem {
-        let mut rng = StdRng::seed_from_u64(seed);
-        let steps = spec.output_steps();
-        let k = spec.outputs();
-        let x = Array2::from_shape_simple_fn((m, spec.inputs()), || rng.random_range(-1.0..1.0));
-        let labels = (0..m * steps).map(|_| rng.random_range(0..k)).collect();
-        let values = Array2::from_shape_simple_fn((m, k * steps), || rng.random_range(0.1..0.9));
-        let theta = (0..ThetaLayout::new(spec).len()).map(|_| rng.random_range(-0.5..0.5)).collect();
-        let mut state = Recurrent::new(spec.clone()).unwrap().zero_state::<f64>(m);
-        for l in &mut state.layers {
-            l.h.mapv_inplace(|_| rng.random_range(-0.5..0.5));
-            if let Some(c) = &mut l.c {
-                c.mapv_inplace(|_| rng.random_range(-0.5..0.5));
-            }
-        }
-        Problem { x, labels, values, theta, state }
-    }
-
-    fn targets(&self, spec: &NetSpec) -> TargetView<'_, f64> {
-        match spec.output {
-            Output::Softmax => TargetView::Labels(&self.labels),
-            Output::SquaredError(_) => TargetView::Values(self.values.view()),
-            Output::SigmoidBce => unreachable!("no sigmoid-bce case here (tests/bce.rs)"),
-        }
-    }
-
-    fn load(&self, spec: &NetSpec, backend: &mut dyn Backend) {
-        let targets = match spec.output {
-            Output::Softmax => Targets::Labels(&self.labels),
-            Output::SquaredError(_) => Targets::Values((&self.values).into()),
-            Output::SigmoidBce => unreachable!("no sigmoid-bce case here (tests/bce.rs)"),
-        };
-        backend.set_data((&self.x).into(), targets).expect("the problem fits its network");
-    }
-}
-
 /// The networks checked (steps, features, --net, outputs): each layer kind, stacked, with
 /// last-step and per-step outputs, softmax and squared error.
 fn cases(steps: usize) -> Vec<(String, NetSpec)> {

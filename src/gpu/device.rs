@@ -86,7 +86,9 @@ impl MatmulKernel {
     }
 }
 
-/// An open device and what it can do.
+/// An open device and what it can do. A clone is a second handle on the same device (wgpu's
+/// handles are reference-counted): backends built on clones share it and skip the adapter scan.
+#[derive(Clone)]
 pub struct Gpu {
     /// The open device.
     pub device: wgpu::Device,

@@ -7,6 +7,8 @@ use rand_distr::{Distribution, StandardNormal};
 use wgnn::model::{Activation, Init, NetSpec, Output, Sparsity};
 use wgnn::{Backend, Targets};
 
+pub mod sequence;
+
 /// One test per matmul kernel for each function named: `tiled::f` and `texture::f` call
 /// `f(MatmulKernel::Tiled)` and `f(MatmulKernel::Texture)`.
 macro_rules! for_each_matmul_kernel {
