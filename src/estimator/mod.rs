@@ -20,8 +20,16 @@
 //! # Ok::<(), wgnn::Error>(())
 //! ```
 //!
-//! Shapes: examples `x` are m × n `f32` (one row per example); labels are m class numbers
-//! 0..k−1; a regressor's targets are m × outputs `f32`. Bad input (a width the model does not
+//! The builders: [`Mlp`] (classifier, regressor, multi-label), [`Softmax`],
+//! [`SparseAutoencoder`], [`Network`] (a layer stack), [`StackedAutoencoder`] (`train
+//! stacked`), [`Recurrent`] (LSTM/RNN sequence classifiers) and [`CharModel`] (a
+//! character-level language model on text, with sampling): one per kind of `wgnn train`.
+//! A trained model builds the backend it predicts with once, on first use, and keeps it
+//! ([`Trained::backends_built`]).
+//!
+//! Shapes: examples `x` are m × n `f32` (one row per example; a sequence model's are m × T × n,
+//! [`Sequences`]); labels are m class numbers 0..k−1; a regressor's targets are m × outputs
+//! `f32`, a multi-label classifier's m × k values 0 or 1. Bad input (a width the model does not
 //! take, labels that do not match the examples, NaN or infinite values) is refused with one
 //! line ([`Error::Shape`], [`Error::Data`]) before any work. This module prints nothing;
 //! training can report progress and be stopped ([`Estimator::fit_with`]).
