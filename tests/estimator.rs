@@ -11,7 +11,7 @@ use ndarray::{Array1, Array2};
 use ndarray_npy::{ReadNpyExt, WriteNpyExt};
 use rand::{RngExt, SeedableRng, rngs::StdRng};
 
-use wgnn::estimator::{Autoencoder, Classifier, MultiLabel, Regressor, SequenceClassifier, Solver};
+use wgnn::estimator::{Autoencoder, Classifier, MultiLabel, PerStepRegressor, Regressor, SequenceClassifier, Solver};
 use wgnn::{BackendChoice, CharModel, Mlp, Network, Recurrent, Softmax, SparseAutoencoder, StackedAutoencoder};
 use wgnn::{Trained, TrainedCharModel};
 
@@ -682,4 +682,46 @@ fn the_help_states_the_character_models_defaults() {
     ] {
         assert!(help.contains(&stated), "`wgnn train --help` does not say `{stated}`");
     }
+}
+
+/// y_t = (x_{t,0} + x_{t−1,0})/2 (x_{−1,0} = 0): one step of memory, a target at every step.
+fn running_pairs(x: &ndarray::Array3<f32>) -> ndarray::Array3<f32> {
+    let (m, steps, _) = x.dim();
+    ndarray::Array3::from_shape_fn((m, steps, 1), |(i, t, _)| {
+        0.5 * (x[[i, t, 0]] + if t > 0 { x[[i, t - 1, 0]] } else { 0.0 })
+    })
+}
+
+/// Per-step targets (m × T × k): an LSTM whose layers give every step learns a target that
+/// needs the step before; save → load predicts the same bits, `wgnn predict` writes the same
+/// values (m × T·k); targets of another T, and loading it as a classifier, are refused.
+#[test]
+fn a_recurrent_regressor_learns_per_step_targets() {
+    let dir = tempfile::tempdir().unwrap();
+    let (x, _) = sequences(128, 5, 34);
+    let (x_test, _) = sequences(60, 5, 35);
+    let (y, y_test) = (running_pairs(&x), running_pairs(&x_test));
+    let estimator = Recurrent::lstm(12).epochs(60).batch_size(16).learning_rate(0.01).backend(BackendChoice::Cpu);
+    let model = estimator.fit_per_step(&x, &y).unwrap();
+    assert_eq!(model.spec().output_steps(), 5);
+    let predicted = model.predict(&x_test).unwrap();
+    assert_eq!(predicted.dim(), (60, 5, 1));
+    let r2 = model.score(&x_test, &y_test).unwrap();
+    assert!(r2 > 0.9, "per-step test R² {r2}");
+
+    let saved = dir.path().join("saved");
+    model.save(&saved).unwrap();
+    let loaded = Trained::<PerStepRegressor>::load(&saved).unwrap().with_backend(BackendChoice::Cpu);
+    assert_eq!(loaded.predict(&x_test).unwrap(), predicted);
+    x_test.write_npy(std::fs::File::create(dir.path().join("x.npy")).unwrap()).unwrap();
+    let data = format!("npy:{}", dir.path().join("x.npy").display());
+    let out = dir.path().join("p.npy");
+    ok(wgnn().args(["predict", "--backend", "cpu", "--data", &data, "--model"]).arg(&saved).arg("--out").arg(&out));
+    let p = Array2::<f32>::read_npy(std::fs::File::open(&out).unwrap()).unwrap();
+    assert_eq!(p, predicted.mapv(|v| v as f32).into_shape_with_order((60, 5)).unwrap());
+
+    let (short, _) = sequences(128, 4, 36);
+    one_line(estimator.fit_per_step(&x, &running_pairs(&short)).unwrap_err(), "one row of targets per step");
+    let wrong = Trained::<SequenceClassifier>::load(&saved).unwrap_err().to_string();
+    assert!(wrong.contains("not a sequence classifier"), "{wrong}");
 }

@@ -62,7 +62,7 @@ pub use defaults::{
     DenseSettings, Kind, KindDefaults, LENET, OptimizerSettings, Solver, TEXT_DEFAULTS, TextDefaults,
     weight_decay_of_alpha,
 };
-pub use sequence::{CharModel, Recurrent, SequenceClassifier, Sequences, TrainedCharModel};
+pub use sequence::{CharModel, PerStepRegressor, Recurrent, SequenceClassifier, Sequences, TrainedCharModel};
 pub use stacked::StackedAutoencoder;
 
 /// The task of a classifier (a softmax output over k classes): `fit(&x, &labels)`,
@@ -331,7 +331,7 @@ impl<T> Estimator<T> {
             ));
         }
         if matches!(self.kind, Kind::Lstm | Kind::Rnn) {
-            return self.sequence_spec(inputs, outputs);
+            return self.sequence_spec(inputs, outputs, regression);
         }
         if self.kind != Kind::Cnn {
             return self.kind.dense_spec(inputs, outputs, regression, &self.dense);

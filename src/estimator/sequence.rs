@@ -56,6 +56,13 @@ use crate::{Error, Result};
 #[derive(Clone, Copy, Debug)]
 pub struct SequenceClassifier;
 
+/// The task of a per-step sequence regressor: k real values at every step of a sequence,
+/// from recurrent layers that give every step and a squared-error output applied at each.
+/// Fitted by [`Estimator::fit_per_step`] on x m × T × n and targets m × T × k; `predict`
+/// gives m × T × k, `score` R².
+#[derive(Clone, Copy, Debug)]
+pub struct PerStepRegressor;
+
 /// Recurrent sequence classifiers (`wgnn train lstm|rnn` on m × T × n data): recurrent
 /// layers (bottom first; each below the top one gives the next every step), then a softmax
 /// over the classes at the last step. Adam, η = 1e-3, batch 128, 10 epochs, λ = 0 unless set
@@ -130,7 +137,10 @@ impl<T> Estimator<T> {
     /// Step "network" of a sequence kind: one recurrent layer per hidden size (each below the
     /// top one giving every step), a softmax of `outputs` classes at the last step, on
     /// sequences of [`Estimator::steps`] steps of `inputs`/T values.
-    pub(super) fn sequence_spec(&self, inputs: usize, outputs: usize) -> Result<NetSpec> {
+    ///
+    /// A `regression` network gives every step (all its layers per-step) `outputs`/T values
+    /// through a squared-error output (identity unless [`Estimator::output`] says).
+    pub(super) fn sequence_spec(&self, inputs: usize, outputs: usize, regression: bool) -> Result<NetSpec> {
         let Some(steps) = self.steps.filter(|&t| t > 0 && inputs.is_multiple_of(t)) else {
             return Err(Error::Shape(format!(
                 "a sequence model reads m × T × n sequences: fit it on 3-axis data ({inputs} values per example give no T)"
@@ -155,13 +165,25 @@ impl<T> Estimator<T> {
             .iter()
             .enumerate()
             .map(|(i, &units)| match self.kind {
-                Kind::Rnn => Layer::Rnn { units, activation, per_step: i < top },
-                _ => Layer::Lstm { units, per_step: i < top },
+                Kind::Rnn => Layer::Rnn { units, activation, per_step: i < top || regression },
+                _ => Layer::Lstm { units, per_step: i < top || regression },
             })
             .collect();
         let stack = LayerStack { input: InputShape::sequence(steps, inputs / steps), layers };
         let lambda = self.dense.weight_decay.unwrap_or(d.weight_decay);
-        Ok(NetSpec::stack(stack, outputs, Output::Softmax)?.with_weight_decay(lambda)?)
+        let (outputs, output) = if regression {
+            let output = self.dense.output.unwrap_or(Output::SquaredError(Activation::Identity));
+            if !matches!(output, Output::SquaredError(_)) || !outputs.is_multiple_of(steps) {
+                return Err(Error::Data(format!(
+                    "per-step targets are real values, m × T × k, learnt with a squared-error output (not {})",
+                    output.name()
+                )));
+            }
+            (outputs / steps, output)
+        } else {
+            (outputs, Output::Softmax)
+        };
+        Ok(NetSpec::stack(stack, outputs, output)?.with_weight_decay(lambda)?)
     }
 }
 
@@ -187,6 +209,118 @@ impl Estimator<SequenceClassifier> {
         let estimator = Estimator { steps: Some(x.dim().1), ..self.clone() };
         estimator.fit_targets(&rows(x), Y::Labels(labels), progress, interrupt)
     }
+
+    /// Trains the same recurrent layers, each giving every step, to predict per-step targets
+    /// `y` (m × T × k real values: k at each step of each sequence) with a squared-error output
+    /// at every step (identity unless [`Estimator::output`] says), J = (1/2m) Σ ‖h_t − y_t‖²
+    /// summed over the steps (MATH.md, "Layers beyond dense").
+    ///
+    /// Errors: `x` or `y` not 3 axes, `y` not of x's m and T ([`Error::Shape`]), NaN or
+    /// infinite values, settings that make no network; a run that diverges.
+    pub fn fit_per_step(&self, x: &impl Sequences, y: &Array3<f32>) -> Result<Trained<PerStepRegressor>> {
+        self.fit_per_step_with(x, y, &mut |_| {}, &AtomicBool::new(false))
+    }
+
+    /// As [`Estimator::fit_per_step`], with progress and a stop flag (see the classifier's).
+    pub fn fit_per_step_with(
+        &self,
+        x: &impl Sequences,
+        y: &Array3<f32>,
+        progress: &mut dyn FnMut(&Progress<'_>),
+        interrupt: &AtomicBool,
+    ) -> Result<Trained<PerStepRegressor>> {
+        let x = x.sequences()?;
+        let y = y.sequences()?;
+        let ((m, steps, _), (ym, ysteps, _)) = (x.dim(), y.dim());
+        if (ym, ysteps) != (m, steps) {
+            return Err(Error::Shape(format!(
+                "the targets are for {ym} sequences of {ysteps} steps but x has {m} of {steps}: give one row of targets per step, m × T × k"
+            )));
+        }
+        let estimator: Estimator<PerStepRegressor> = self.retask(Some(steps));
+        estimator.fit_targets(&rows(x), Y::Values(&rows(y)), progress, interrupt)
+    }
+
+    /// The same settings for another task, on sequences of `steps` steps.
+    fn retask<U>(&self, steps: Option<usize>) -> Estimator<U> {
+        let e = self.clone();
+        Estimator {
+            kind: e.kind,
+            dense: e.dense,
+            net: e.net,
+            input_shape: e.input_shape,
+            steps,
+            alpha: e.alpha,
+            optimizer: e.optimizer,
+            validation: e.validation,
+            patience: e.patience,
+            init: e.init,
+            seed: e.seed,
+            backend: e.backend,
+            gpu: e.gpu,
+            precision: e.precision,
+            task: std::marker::PhantomData,
+        }
+    }
+}
+
+impl TaskOf for PerStepRegressor {
+    const NAME: &'static str = "per-step sequence regressor";
+    fn matches(task: Task) -> bool {
+        matches!(task, Task::Regressor { .. })
+    }
+    fn accepts(model: &Model) -> bool {
+        Self::matches(model.task) && model.spec.output_steps() > 1
+    }
+}
+
+impl Trained<PerStepRegressor> {
+    /// The predicted values at every step (m × T × k).
+    ///
+    /// Errors: sequences of another T or n than the training ones ([`Error::Shape`]), NaN or
+    /// infinite values, a backend error.
+    pub fn predict(&self, x: &impl Sequences) -> Result<Array3<f64>> {
+        let rows = checked_rows(&self.model, x)?;
+        let (m, steps) = (rows.nrows(), self.model.spec.output_steps());
+        let k = self.model.spec.outputs();
+        let out = self.output(&rows)?;
+        out.into_shape_with_order((m, steps, k)).map_err(|e| Error::Shape(e.to_string()))
+    }
+
+    /// R² over every (sequence, step) as one example of k outputs ([`crate::train::r2_score`],
+    /// uniform average over the k).
+    ///
+    /// Errors: targets not m × T × k, and as [`Trained::predict`].
+    pub fn score(&self, x: &impl Sequences, y: &Array3<f32>) -> Result<f64> {
+        let predicted = self.predict(x)?;
+        if predicted.dim() != y.dim() {
+            return Err(Error::Shape(format!(
+                "the model predicts {:?} (m × T × k) but the targets are {:?}",
+                predicted.dim(),
+                y.dim()
+            )));
+        }
+        let (m, steps, k) = y.dim();
+        let truth = y.mapv(f64::from).into_shape_with_order((m * steps, k)).expect("a standard layout reshapes");
+        let predicted = predicted.into_shape_with_order((m * steps, k)).expect("a standard layout reshapes");
+        Ok(crate::train::r2_score(truth.view(), predicted.view()))
+    }
+}
+
+/// The sequences as the rows `model` reads, after checking T and n against its network's.
+fn checked_rows(model: &Model, x: &impl Sequences) -> Result<Array2<f32>> {
+    let x = x.sequences()?;
+    let (_, steps, n) = x.dim();
+    let input = model.spec.net.as_ref().map(|s| s.input);
+    if input != Some(InputShape::sequence(steps, n)) {
+        let wanted = input.map_or_else(|| "?".into(), |i| format!("{}×{}", i.height, i.width));
+        return Err(Error::Shape(format!(
+            "the sequences are T×n = {steps}×{n} but the model reads {wanted}: give sequences like its training data"
+        )));
+    }
+    let x = rows(x);
+    check_finite(&x, "the sequences")?;
+    Ok(x)
 }
 
 impl TaskOf for SequenceClassifier {
@@ -195,28 +329,14 @@ impl TaskOf for SequenceClassifier {
         matches!(task, Task::Classifier { .. })
     }
     fn accepts(model: &Model) -> bool {
-        Self::matches(model.task) && model.stages.is_empty() && RecurrentNet::new(model.spec.clone()).is_ok()
+        Self::matches(model.task)
+            && model.stages.is_empty()
+            && model.spec.output_steps() == 1
+            && RecurrentNet::new(model.spec.clone()).is_ok()
     }
 }
 
 impl Trained<SequenceClassifier> {
-    /// The sequences as the rows the network reads, after checking T and n against the
-    /// network's.
-    fn sequence_rows(&self, x: &impl Sequences) -> Result<Array2<f32>> {
-        let x = x.sequences()?;
-        let (_, steps, n) = x.dim();
-        let input = self.model.spec.net.as_ref().map(|s| s.input);
-        if input != Some(InputShape::sequence(steps, n)) {
-            let wanted = input.map_or_else(|| "?".into(), |i| format!("{}×{}", i.height, i.width));
-            return Err(Error::Shape(format!(
-                "the sequences are T×n = {steps}×{n} but the model reads {wanted}: give sequences like its training data"
-            )));
-        }
-        let x = rows(x);
-        check_finite(&x, "the sequences")?;
-        Ok(x)
-    }
-
     /// The most probable class of each sequence (m labels; the first of equals).
     ///
     /// Errors: sequences of another T or n than the training ones ([`Error::Shape`]), NaN or
@@ -230,7 +350,7 @@ impl Trained<SequenceClassifier> {
     ///
     /// Errors: as [`Trained::predict`].
     pub fn predict_proba(&self, x: &impl Sequences) -> Result<Array2<f64>> {
-        let x = self.sequence_rows(x)?;
+        let x = checked_rows(&self.model, x)?;
         self.output(&x)
     }
 
