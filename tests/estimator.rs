@@ -725,3 +725,36 @@ fn a_recurrent_regressor_learns_per_step_targets() {
     let wrong = Trained::<SequenceClassifier>::load(&saved).unwrap_err().to_string();
     assert!(wrong.contains("not a sequence classifier"), "{wrong}");
 }
+
+/// The sequence estimators on the GPU backend (lavapipe here): a sequence classifier's
+/// probabilities and a per-step regressor's values match the CPU's to f32 rounding, and a
+/// character model trained on the GPU (the CLI's `--backend gpu` path) ends near the CPU's θ.
+#[test]
+fn the_sequence_estimators_compute_on_the_gpu_as_on_the_cpu() {
+    if gpu_skipped() {
+        return;
+    }
+    let (x, y) = sequences(40, 4, 37);
+    let largest = |a: &[f64], b: &[f64]| a.iter().zip(b).map(|(p, q)| (p - q).abs()).fold(0.0, f64::max);
+    let classifier = Recurrent::lstm(6).epochs(3).batch_size(8).backend(BackendChoice::Cpu).fit(&x, &y).unwrap();
+    let cpu = classifier.predict_proba(&x).unwrap();
+    let gpu = classifier.with_backend(BackendChoice::Gpu).predict_proba(&x).unwrap();
+    let most = largest(cpu.as_slice().unwrap(), gpu.as_slice().unwrap());
+    assert!(most < 1e-4, "class probabilities differ by {most}");
+    let regressor =
+        Recurrent::rnn(5).epochs(2).backend(BackendChoice::Cpu).fit_per_step(&x, &running_pairs(&x)).unwrap();
+    let cpu = regressor.predict(&x).unwrap();
+    let gpu = regressor.with_backend(BackendChoice::Gpu).predict(&x).unwrap();
+    let most = largest(cpu.as_slice().unwrap(), gpu.as_slice().unwrap());
+    assert!(most < 1e-4, "per-step values differ by {most}");
+
+    let text = toy_text(120, 38);
+    let lm = CharModel::lstm(8).bptt(6).batch_size(4).steps(10).learning_rate(0.01).eval_every(0).seed(3);
+    let on_cpu = lm.clone().backend(BackendChoice::Cpu).fit_text(&text).unwrap();
+    let on_gpu = lm.backend(BackendChoice::Gpu).fit_text(&text).unwrap();
+    assert!(on_gpu.backend_used().starts_with("gpu"), "{}", on_gpu.backend_used());
+    let most = largest(on_cpu.theta(), on_gpu.theta());
+    assert!(most < 1e-4, "θ after 10 updates differs by {most}");
+    let (a, b) = (on_cpu.held_out().unwrap().bits_per_character, on_gpu.held_out().unwrap().bits_per_character);
+    assert!((a - b).abs() < 1e-4, "held-out bits per character {a} (CPU) and {b} (GPU)");
+}
