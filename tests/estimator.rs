@@ -409,6 +409,14 @@ fn predicting_twice_builds_the_backend_once() {
     autoencoder.predict(&xa).unwrap();
     autoencoder.transform(&xa).unwrap();
     assert_eq!(autoencoder.backends_built(), 1);
+    // The kept backend does not stop a model from moving to, or being shared by, threads.
+    fn send_sync<T: Send + Sync>(_: &T) {}
+    send_sync(&autoencoder);
+    let shared = std::sync::Arc::new(model.with_backend(BackendChoice::Cpu));
+    let other = std::sync::Arc::clone(&shared);
+    let from_thread = std::thread::spawn(move || other.predict_proba(&x).unwrap()).join().unwrap();
+    assert_eq!(from_thread, first);
+    assert_eq!(shared.backends_built(), 1);
 }
 
 /// Labels y₀ = [x₀ > 0], y₁ = [x₁ > 0.5] on x uniform in [−2, 2]²: both may be 1.

@@ -146,7 +146,8 @@ impl Network {
 }
 
 /// A network to train and its settings; built by [`Mlp`], [`Softmax`],
-/// [`SparseAutoencoder`] and [`Network`], changed knob by knob, trained by `fit`. The knobs
+/// [`SparseAutoencoder`], [`Network`] and [`Recurrent`], changed knob by knob, trained by
+/// `fit`. The knobs
 /// not set take the kind's defaults ([`Kind::defaults`]), as `wgnn train` does.
 #[derive(Clone, Debug)]
 pub struct Estimator<T> {
@@ -189,13 +190,15 @@ impl<T> Estimator<T> {
         }
     }
 
-    /// Hidden layer sizes (dense kinds).
+    /// Hidden layer sizes: a dense kind's layers, or a sequence model's recurrent layers
+    /// (bottom first).
     pub fn hidden(mut self, sizes: &[usize]) -> Self {
         self.dense.hidden = Some(sizes.to_vec());
         self
     }
 
-    /// The hidden activation (dense kinds).
+    /// The hidden activation (dense kinds; an RNN's, tanh by default — an LSTM's gates are
+    /// fixed and refuse one).
     pub fn activation(mut self, activation: Activation) -> Self {
         self.dense.activation = Some(activation);
         self
@@ -320,7 +323,9 @@ impl<T> Estimator<T> {
     }
 
     /// The network this estimator would train on m × `inputs` examples with `outputs`
-    /// classes or target columns (step "network").
+    /// classes or target columns (step "network"). A sequence model's `inputs` are T·n and
+    /// its T comes from the data `fit` is given; with `regression` it is a per-step regressor
+    /// of `outputs`/T values per step.
     ///
     /// Errors: settings that make no network (a layer stack's shape or grammar, both α and λ,
     /// the network's own checks).
@@ -569,7 +574,10 @@ fn check_finite(a: &Array2<f32>, what: &str) -> Result<()> {
 }
 
 /// A trained network: θ with its spec, ready to predict and to save. `T` is its task
-/// ([`Classifier`], [`Regressor`], [`Autoencoder`]).
+/// ([`Classifier`], [`Regressor`], [`Autoencoder`], [`MultiLabel`], [`SequenceClassifier`],
+/// [`PerStepRegressor`]); the backend it predicts with is built on first use and kept
+/// ([`Trained::backends_built`]). `Send + Sync`: it may be shared between threads (their
+/// predictions then take turns on the kept backend).
 #[derive(Clone, Debug)]
 pub struct Trained<T> {
     model: Model,
