@@ -151,9 +151,13 @@ fn the_gpu_backend_fits_through_the_same_builder() {
     assert!(accuracy > 0.95, "training accuracy {accuracy} on the GPU");
 }
 
+/// The tests that move the process's working folder take turns (it is one per process).
+static WORKING_FOLDER: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// fit trains in memory: the working folder stays empty.
 #[test]
 fn fit_writes_no_file() {
+    let _turn = WORKING_FOLDER.lock().unwrap_or_else(|e| e.into_inner());
     let dir = tempfile::tempdir().unwrap();
     let before = std::env::current_dir().unwrap();
     std::env::set_current_dir(dir.path()).unwrap();
@@ -657,6 +661,7 @@ fn a_character_model_fits_text_samples_and_scores_as_the_cli_does() {
 /// The new estimators train in memory too: nothing appears in the working folder.
 #[test]
 fn sequence_and_stacked_fits_write_no_file() {
+    let _turn = WORKING_FOLDER.lock().unwrap_or_else(|e| e.into_inner());
     let dir = tempfile::tempdir().unwrap();
     let (x, y) = patterns(30, 30);
     let (xs, ys) = sequences(20, 3, 31);
