@@ -771,3 +771,32 @@ fn the_sequence_estimators_compute_on_the_gpu_as_on_the_cpu() {
     let (a, b) = (on_cpu.held_out().unwrap().bits_per_character, on_gpu.held_out().unwrap().bits_per_character);
     assert!((a - b).abs() < 1e-4, "held-out bits per character {a} (CPU) and {b} (GPU)");
 }
+
+/// The stop flag: a character model stopped after update 3 holds θ of update 3 (status
+/// Interrupted, the same θ as a run of 3 updates); a stacked autoencoder stopped before its
+/// fine-tuning has no stack to give and says so in one line.
+#[test]
+fn a_stopped_fit_keeps_what_it_reached_or_says_why_not() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let text = toy_text(80, 39);
+    let lm = CharModel::rnn(4).bptt(4).batch_size(2).steps(10).eval_every(0).backend(BackendChoice::Cpu);
+    let stop = AtomicBool::new(false);
+    let stopped = lm
+        .fit_text_with(
+            &text,
+            &mut |s| {
+                if s.step == 3 {
+                    stop.store(true, Ordering::SeqCst);
+                }
+            },
+            &stop,
+        )
+        .unwrap();
+    assert_eq!((stopped.updates(), stopped.status()), (3, &wgnn::train::RunStatus::Interrupted));
+    assert_eq!(stopped.theta(), lm.steps(3).fit_text(&text).unwrap().theta(), "θ of update 3");
+
+    let (x, y) = patterns(30, 40);
+    let stop = AtomicBool::new(true);
+    let stacked = StackedAutoencoder::new(&[3]).iterations(5).backend(BackendChoice::Cpu);
+    one_line(stacked.fit_with(&x, &y, &mut |_| {}, &stop).unwrap_err(), "interrupted in stage layer1");
+}
