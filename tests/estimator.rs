@@ -679,10 +679,14 @@ fn sequence_and_stacked_fits_write_no_file() {
     assert!(left.is_empty(), "fit wrote {left:?}");
 }
 
-/// The character models' defaults are one table: `wgnn train --help` states TEXT_DEFAULTS.
+/// The sequence models' defaults are one table: `wgnn train --help` states TEXT_DEFAULTS and
+/// the lstm/rnn row of `Kind::defaults` (what `Recurrent` and `CharModel` use).
 #[test]
 fn the_help_states_the_character_models_defaults() {
     let d = wgnn::estimator::TEXT_DEFAULTS;
+    let lstm = wgnn::estimator::Kind::Lstm.defaults();
+    assert_eq!(lstm, wgnn::estimator::Kind::Rnn.defaults(), "rnn is as lstm otherwise");
+    assert_eq!(lstm.solver, Solver::Adam);
     let help = ok(wgnn().args(["train", "--help"]));
     let help = help.split_whitespace().collect::<Vec<_>>().join(" ");
     for stated in [
@@ -692,6 +696,11 @@ fn the_help_states_the_character_models_defaults() {
         format!("(and after the last). Default {}", d.eval_every),
         format!("bits per character. Default {}", d.held_out),
         format!("(--hidden {}, --bptt {}, batch {}, Adam η = {:e}", d.hidden, d.bptt, d.batch_size, d.learning_rate),
+        format!("--clip-norm {}, {} --steps", d.clip_norm, d.steps),
+        format!(
+            "a sequence classifier (--hidden {}, softmax at the last step, Adam, batch {}, {} epochs)",
+            lstm.hidden[0], lstm.batch_size, lstm.iterations
+        ),
     ] {
         assert!(help.contains(&stated), "`wgnn train --help` does not say `{stated}`");
     }
