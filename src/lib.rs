@@ -38,3 +38,4 @@ pub use error::{Error, Result, one_line};
 pub use gpu::GpuBackend;
 pub mod estimator;
 pub use estimator::{BackendChoice, Mlp, Network, Softmax, SparseAutoencoder, Trained};
+pub use estimator::{CharModel, Recurrent, StackedAutoencoder, TrainedCharModel};

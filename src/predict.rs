@@ -246,6 +246,11 @@ impl Model {
     ///
     /// Errors: `x` of another width ([`Error::Shape`]); non-finite values; a backend error.
     pub fn prepare(&self, x: &Array2<f32>, backends: &mut BackendFor<'_>) -> Result<Array2<f32>> {
+        self.prepare_on(x, &mut Fresh::new(backends))
+    }
+
+    /// As [`Model::prepare`], with the backends `backends` keeps ([`BackendSource`]).
+    pub fn prepare_on(&self, x: &Array2<f32>, backends: &mut dyn BackendSource) -> Result<Array2<f32>> {
         if x.ncols() != self.inputs() {
             return Err(Error::Shape(format!(
                 "the data has {} values per example but the model takes {}: give data like its training data",
@@ -258,7 +263,7 @@ impl Model {
         let mut x = x.as_standard_layout().into_owned();
         for stage in &self.stages {
             x = match stage {
-                Stage::Encoder { spec, theta } => hidden_features(backends(spec)?.as_mut(), theta, &x)?,
+                Stage::Encoder { spec, theta } => hidden_features(backends.backend(spec)?, theta, &x)?,
                 Stage::Whitening(w) => w.apply(x.view())?,
             };
         }
@@ -269,8 +274,13 @@ impl Model {
     /// classifier, predicted values of a regressor, reconstructions of an autoencoder (in the
     /// space the network was trained in, whitened when the model whitens).
     pub fn predict(&self, x: &Array2<f32>, backends: &mut BackendFor<'_>) -> Result<Array2<f64>> {
-        let x = self.prepare(x, backends)?;
-        backends(&self.spec)?.predict(&self.theta, (&x).into())
+        self.predict_on(x, &mut Fresh::new(backends))
+    }
+
+    /// As [`Model::predict`], with the backends `backends` keeps ([`BackendSource`]).
+    pub fn predict_on(&self, x: &Array2<f32>, backends: &mut dyn BackendSource) -> Result<Array2<f64>> {
+        let x = self.prepare_on(x, backends)?;
+        backends.backend(&self.spec)?.predict(&self.theta, (&x).into())
     }
 
     /// The class probabilities P(y = j | x) (m × classes, rows summing to 1) and the most
@@ -294,7 +304,41 @@ impl Model {
     ///
     /// Errors: a network without a hidden layer, and as [`Model::predict`].
     pub fn transform(&self, x: &Array2<f32>, backends: &mut BackendFor<'_>) -> Result<Array2<f32>> {
-        let x = self.prepare(x, backends)?;
-        hidden_features(backends(&self.spec)?.as_mut(), &self.theta, &x)
+        self.transform_on(x, &mut Fresh::new(backends))
+    }
+
+    /// As [`Model::transform`], with the backends `backends` keeps ([`BackendSource`]).
+    pub fn transform_on(&self, x: &Array2<f32>, backends: &mut dyn BackendSource) -> Result<Array2<f32>> {
+        let x = self.prepare_on(x, backends)?;
+        hidden_features(backends.backend(&self.spec)?, &self.theta, &x)
+    }
+}
+
+/// Where a [`Model`] finds the backend that computes each of its networks (its own, a stage's
+/// encoder): one built afresh for every use ([`Model::predict`] with a [`BackendFor`]), or
+/// one kept from call to call (a trained estimator's, [`crate::estimator::Trained`]).
+pub trait BackendSource {
+    /// The backend that computes `spec`.
+    ///
+    /// Errors: the backend cannot be built for `spec` (the network's own checks, no GPU).
+    fn backend(&mut self, spec: &NetSpec) -> Result<&mut dyn Backend>;
+}
+
+/// A [`BackendSource`] that builds a backend on every call, through a [`BackendFor`].
+struct Fresh<'a, 'b> {
+    build: &'a mut BackendFor<'b>,
+    slot: Option<Box<dyn Backend>>,
+}
+
+impl<'a, 'b> Fresh<'a, 'b> {
+    fn new(build: &'a mut BackendFor<'b>) -> Fresh<'a, 'b> {
+        Fresh { build, slot: None }
+    }
+}
+
+impl BackendSource for Fresh<'_, '_> {
+    fn backend(&mut self, spec: &NetSpec) -> Result<&mut dyn Backend> {
+        let built = (self.build)(spec)?;
+        Ok(self.slot.insert(built).as_mut())
     }
 }

@@ -18,7 +18,6 @@ use ndarray::Array2;
 use serde_json::json;
 
 use crate::checkpoint::Checkpoint;
-use crate::estimator::Kind;
 use crate::model::{Activation, NetSpec, Output, Sparsity, ThetaLayout};
 use crate::optim::{Lbfgs, Method, StopReason, Summary};
 use crate::train::{RunFolder, RunStatus, TrainJob, TrainOutcome, accuracy, hidden_features, train};
@@ -26,6 +25,9 @@ use crate::{Backend, CpuBackend, Error, Result, Targets};
 
 /// The settings of the whole pipeline (UFLDL's exercise: 200, 200; ρ = 0.1, β = 3, λ = 3e-3;
 /// 400 iterations per autoencoder and for fine-tuning; softmax λ = 1e-4, 100 iterations).
+/// Its `Default` is the table of per-kind defaults' rows for stacked and softmax
+/// ([`crate::estimator::Kind::defaults`], where that impl lives, so that this module does not
+/// depend on the estimators that build on it).
 #[derive(Clone, Debug)]
 pub struct StackedConfig {
     /// Hidden layer sizes, one autoencoder each (UFLDL: 200, 200).
@@ -58,27 +60,6 @@ pub struct StackedConfig {
     /// The command that started the pipeline, stored in every stage's checkpoint and model
     /// ([`crate::checkpoint::Metadata::command`]).
     pub command: serde_json::Value,
-}
-
-impl Default for StackedConfig {
-    fn default() -> StackedConfig {
-        // The table of per-kind defaults: stacked's row, and softmax's for the softmax stage.
-        let (stacked, softmax) = (Kind::Stacked.defaults(), Kind::Softmax.defaults());
-        StackedConfig {
-            hidden: stacked.hidden.to_vec(),
-            sparsity: stacked.sparsity.map(|target| Sparsity { target, weight: stacked.sparsity_weight }),
-            weight_decay: stacked.weight_decay,
-            iterations: stacked.iterations,
-            softmax_weight_decay: softmax.weight_decay,
-            softmax_iterations: softmax.iterations,
-            seed: 0,
-            checkpoint_every: None,
-            data_description: String::new(),
-            preprocessing: serde_json::Value::Null,
-            resume: false,
-            command: serde_json::Value::Null,
-        }
-    }
 }
 
 /// What the pipeline leaves besides its folders.
@@ -146,7 +127,50 @@ pub fn train_stacked_until(
     on_stage: &mut dyn FnMut(StageEvent<'_>),
     interrupt: &AtomicBool,
 ) -> Result<StackedOutcome> {
-    let out = folder.path();
+    pipeline(config, backend, x, labels, test, Some(folder), on_stage, interrupt)
+}
+
+/// As [`train_stacked`], in memory: the same stages, each through
+/// [`crate::train::train_in_memory`] instead of [`train`] (the same θ bit for bit), and no
+/// file written or read — a [`crate::estimator::StackedAutoencoder`]'s `fit`. The stage
+/// folders [`StageEvent::Start`] names (`layer1`, …) are names only, and
+/// [`StackedOutcome::metrics`] is empty.
+///
+/// Errors: as [`train_stacked`]'s before training; a config that asks for files
+/// (`checkpoint_every`, `resume`) ([`Error::Data`]).
+pub fn train_stacked_in_memory(
+    config: &StackedConfig,
+    backend: &mut dyn FnMut(&NetSpec) -> Result<Box<dyn Backend>>,
+    x: &Array2<f32>,
+    labels: &[usize],
+    test: Option<(&Array2<f32>, &[usize])>,
+    on_stage: &mut dyn FnMut(StageEvent<'_>),
+    interrupt: &AtomicBool,
+) -> Result<StackedOutcome> {
+    if config.resume || config.checkpoint_every.is_some() {
+        return Err(Error::Data(
+            "a stacked autoencoder trained in memory neither resumes nor checkpoints: leave resume and checkpoint_every unset".into(),
+        ));
+    }
+    let mut outcome = pipeline(config, backend, x, labels, test, None, on_stage, interrupt)?;
+    outcome.metrics = PathBuf::new();
+    Ok(outcome)
+}
+
+/// The pipeline into `folder`, or in memory when `None` (nothing written or read).
+#[allow(clippy::too_many_arguments)]
+fn pipeline(
+    config: &StackedConfig,
+    backend: &mut dyn FnMut(&NetSpec) -> Result<Box<dyn Backend>>,
+    x: &Array2<f32>,
+    labels: &[usize],
+    test: Option<(&Array2<f32>, &[usize])>,
+    folder: Option<RunFolder>,
+    on_stage: &mut dyn FnMut(StageEvent<'_>),
+    interrupt: &AtomicBool,
+) -> Result<StackedOutcome> {
+    let in_memory = folder.is_none();
+    let out = folder.as_ref().map_or(Path::new(""), RunFolder::path);
     let classes = labels.iter().max().map_or(0, |&m| m + 1);
     if config.iterations == 0 || config.softmax_iterations == 0 {
         return Err(Error::Data("0 iterations would train nothing: give at least 1".into()));
@@ -168,6 +192,7 @@ pub fn train_stacked_until(
         let mut b = backend(&spec)?;
         let stage_name = dir.file_name().map_or_else(String::new, |n| n.to_string_lossy().into_owned());
         if config.resume
+            && !in_memory
             && let Some(kept) = finished_stage(&spec, dir)?
         {
             on_stage(StageEvent::Done { outcome: &kept });
@@ -175,7 +200,11 @@ pub fn train_stacked_until(
             return Ok((kept, b));
         }
         let checkpoint = dir.join(crate::train::CHECKPOINT_FILE);
-        let resume = if config.resume && checkpoint.is_file() { Some(Checkpoint::load(&checkpoint)?) } else { None };
+        let resume = if config.resume && !in_memory && checkpoint.is_file() {
+            Some(Checkpoint::load(&checkpoint)?)
+        } else {
+            None
+        };
         let job = TrainJob {
             resume,
             command: config.command.clone(),
@@ -187,7 +216,11 @@ pub fn train_stacked_until(
             preprocessing: preprocessing.clone(),
             ..TrainJob::new(spec, method, iterations, dir)
         };
-        let outcome = train(job, b.as_mut(), x, y, &mut |_| {}, interrupt)?;
+        let outcome = if in_memory {
+            crate::train::train_in_memory(job, b.as_mut(), x, y, &mut |_| {}, interrupt)?
+        } else {
+            train(job, b.as_mut(), x, y, &mut |_| {}, interrupt)?
+        };
         on_stage(StageEvent::Done { outcome: &outcome });
         seconds.insert(stage_name, outcome.summary.seconds.into());
         Ok((outcome, b))
@@ -289,9 +322,11 @@ pub fn train_stacked_until(
         "seconds": seconds.values().filter_map(serde_json::Value::as_f64).sum::<f64>(),
         "stage_seconds": seconds,
     });
-    let path = out.join("metrics.json");
-    let text = serde_json::to_string_pretty(&summary).map_err(|e| Error::Data(format!("metrics: {e}")))?;
-    crate::atomic::write_bytes(&path, text.as_bytes())?;
+    let path = if in_memory { PathBuf::new() } else { out.join("metrics.json") };
+    if !in_memory {
+        let text = serde_json::to_string_pretty(&summary).map_err(|e| Error::Data(format!("metrics: {e}")))?;
+        crate::atomic::write_bytes(&path, text.as_bytes())?;
+    }
     Ok(StackedOutcome {
         status: RunStatus::Finished,
         stage: out.join("finetune"),

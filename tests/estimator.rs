@@ -11,8 +11,9 @@ use ndarray::{Array1, Array2};
 use ndarray_npy::{ReadNpyExt, WriteNpyExt};
 use rand::{RngExt, SeedableRng, rngs::StdRng};
 
-use wgnn::estimator::{Autoencoder, Classifier, Regressor, Solver};
-use wgnn::{BackendChoice, Mlp, Network, Softmax, SparseAutoencoder, Trained};
+use wgnn::estimator::{Autoencoder, Classifier, MultiLabel, PerStepRegressor, Regressor, SequenceClassifier, Solver};
+use wgnn::{BackendChoice, CharModel, Mlp, Network, Recurrent, Softmax, SparseAutoencoder, StackedAutoencoder};
+use wgnn::{Trained, TrainedCharModel};
 
 fn gpu_skipped() -> bool {
     std::env::var_os("WGNN_SKIP_GPU").is_some_and(|v| v == "1")
@@ -150,9 +151,13 @@ fn the_gpu_backend_fits_through_the_same_builder() {
     assert!(accuracy > 0.95, "training accuracy {accuracy} on the GPU");
 }
 
+/// The tests that move the process's working folder take turns (it is one per process).
+static WORKING_FOLDER: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// fit trains in memory: the working folder stays empty.
 #[test]
 fn fit_writes_no_file() {
+    let _turn = WORKING_FOLDER.lock().unwrap_or_else(|e| e.into_inner());
     let dir = tempfile::tempdir().unwrap();
     let before = std::env::current_dir().unwrap();
     std::env::set_current_dir(dir.path()).unwrap();
@@ -338,4 +343,469 @@ fn training_in_memory_gives_the_bits_a_run_folder_holds() {
             assert_eq!(written.summary.iterations, in_memory.summary.iterations);
         }
     }
+}
+
+/// Two classes of 16-value patterns in [0, 1] over noise: class 0 lights the even pixels,
+/// class 1 the first half (what a sigmoid stacked autoencoder reads).
+fn patterns(m: usize, seed: u64) -> (Array2<f32>, Vec<usize>) {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let labels: Vec<usize> = (0..m).map(|i| i % 2).collect();
+    let x = Array2::from_shape_fn((m, 16), |(i, j)| {
+        let lit = if labels[i] == 0 { j % 2 == 0 } else { j < 8 };
+        (if lit { 0.7 } else { 0.15 }) + rng.random_range(0.0f32..0.15)
+    });
+    (x, labels)
+}
+
+/// m sequences of T steps of 3 values uniform in [−1, 1]; the class is the sign of the first
+/// value of the last step (so the recurrent layer must read the last step, not the first).
+fn sequences(m: usize, steps: usize, seed: u64) -> (ndarray::Array3<f32>, Vec<usize>) {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let x = ndarray::Array3::from_shape_fn((m, steps, 3), |_| rng.random_range(-1.0f32..1.0));
+    let labels = (0..m).map(|i| usize::from(x[[i, steps - 1, 0]] > 0.0)).collect();
+    (x, labels)
+}
+
+/// A text of the words "the cat sat on a mat" in a seeded random order: within a word every
+/// character follows from the one before, so a model that learns falls far below the
+/// unigram entropy.
+fn toy_text(words: usize, seed: u64) -> String {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let vocabulary = ["the ", "cat ", "sat ", "on ", "a ", "mat "];
+    (0..words).map(|_| vocabulary[rng.random_range(0..vocabulary.len())]).collect()
+}
+
+fn unigram_bits(text: &str) -> f64 {
+    let mut counts = std::collections::HashMap::<char, f64>::new();
+    text.chars().for_each(|c| *counts.entry(c).or_default() += 1.0);
+    let n = text.chars().count() as f64;
+    -counts.values().map(|k| k / n * (k / n).log2()).sum::<f64>()
+}
+
+fn one_line(e: wgnn::Error, needle: &str) {
+    let text = e.to_string();
+    assert!(text.contains(needle) && !text.contains('\n'), "expected `{needle}` in one line: {text}");
+}
+
+/// Predicting builds each backend once and keeps it: the second call builds none (and gives
+/// the same bits); another backend choice starts afresh, the same one keeps them.
+#[test]
+fn predicting_twice_builds_the_backend_once() {
+    let (x, y) = blobs(60, 3, 20);
+    let model = Mlp::classifier(&[5]).epochs(3).backend(BackendChoice::Cpu).fit(&x, &y).unwrap();
+    assert_eq!(model.backends_built(), 0, "fit builds its own backend, not the prediction's");
+    let first = model.predict_proba(&x).unwrap();
+    assert_eq!(model.backends_built(), 1);
+    let second = model.predict_proba(&x).unwrap();
+    model.predict(&x).unwrap();
+    model.score(&x, &y).unwrap();
+    assert_eq!(model.backends_built(), 1, "later predictions reuse the backend");
+    assert_eq!(first, second);
+    let model = model.with_backend(BackendChoice::Cpu);
+    model.predict(&x).unwrap();
+    assert_eq!(model.backends_built(), 1, "the same choice keeps the backend");
+    let model = model.with_backend(BackendChoice::Auto);
+    assert_eq!(model.backends_built(), 0, "another choice drops it");
+    // An autoencoder's transform and predict share its one network's backend.
+    let xa = mixtures(30, 21);
+    let autoencoder = SparseAutoencoder::new(3).iterations(5).backend(BackendChoice::Cpu).fit(&xa).unwrap();
+    autoencoder.transform(&xa).unwrap();
+    autoencoder.predict(&xa).unwrap();
+    autoencoder.transform(&xa).unwrap();
+    assert_eq!(autoencoder.backends_built(), 1);
+    // The kept backend does not stop a model from moving to, or being shared by, threads.
+    fn send_sync<T: Send + Sync>(_: &T) {}
+    send_sync(&autoencoder);
+    let shared = std::sync::Arc::new(model.with_backend(BackendChoice::Cpu));
+    let other = std::sync::Arc::clone(&shared);
+    let from_thread = std::thread::spawn(move || other.predict_proba(&x).unwrap()).join().unwrap();
+    assert_eq!(from_thread, first);
+    assert_eq!(shared.backends_built(), 1);
+}
+
+/// Labels y₀ = [x₀ > 0], y₁ = [x₁ > 0.5] on x uniform in [−2, 2]²: both may be 1.
+fn two_labels(m: usize, seed: u64) -> (Array2<f32>, Array2<f32>) {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let x = Array2::from_shape_fn((m, 2), |_| rng.random_range(-2.0f32..2.0));
+    let y = Array2::from_shape_fn((m, 2), |(i, j)| f32::from(u8::from(x[[i, j]] > if j == 0 { 0.0 } else { 0.5 })));
+    (x, y)
+}
+
+/// A multi-label (sigmoid-BCE) mlp learns two labels; predict_proba gives per-label
+/// probabilities in (0, 1) whose decisions are predict's; the CLI trains the same θ and its
+/// `predict` writes the estimator's probabilities as its columns; 0/1 targets are checked.
+#[test]
+fn a_multilabel_mlp_gives_per_label_probabilities_as_the_cli_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let (x, y) = two_labels(200, 22);
+    let (x_test, y_test) = two_labels(100, 23);
+    // λ = 0.01 keeps the weights small enough that no probability rounds to 0 or 1.
+    let estimator = Mlp::multilabel(&[8]).solver(Solver::Lbfgs).iterations(150).weight_decay(0.01).seed(2);
+    let estimator = estimator.backend(BackendChoice::Cpu);
+    let model = estimator.fit(&x, &y).unwrap();
+    let p = model.predict_proba(&x_test).unwrap();
+    assert_eq!(p.dim(), (100, 2));
+    assert!(p.iter().all(|&v| v > 0.0 && v < 1.0), "probabilities lie in (0, 1)");
+    assert!(p.rows().into_iter().any(|r| (r.sum() - 1.0).abs() > 0.2), "per label, not a distribution");
+    assert_eq!(model.predict(&x_test).unwrap(), p.mapv(|v| u8::from(v >= 0.5)));
+    let accuracy = model.score(&x_test, &y_test).unwrap();
+    assert!(accuracy > 0.9, "subset accuracy {accuracy} (chance: about 1/4)");
+
+    // The CLI with the same settings: the same θ; its predict reads the estimator's model.
+    x.write_npy(std::fs::File::create(dir.path().join("x.npy")).unwrap()).unwrap();
+    y.write_npy(std::fs::File::create(dir.path().join("y.npy")).unwrap()).unwrap();
+    let data = format!("npy:{}", dir.path().join("x.npy").display());
+    let targets = format!("npy:{}", dir.path().join("y.npy").display());
+    let cli_run = dir.path().join("cli");
+    ok(wgnn()
+        .args(["train", "mlp", "--backend", "cpu", "--quiet", "--hidden", "8", "--optimizer", "lbfgs"])
+        .args(["--iterations", "150", "--weight-decay", "0.01", "--seed", "2", "--output", "sigmoid-bce"])
+        .args(["--data", &data])
+        .args(["--targets", &targets, "--out"])
+        .arg(&cli_run));
+    let from_cli = Trained::<MultiLabel>::load(&cli_run).unwrap().with_backend(BackendChoice::Cpu);
+    assert_eq!(from_cli.theta(), model.theta(), "the same settings train the same θ");
+    let saved = dir.path().join("saved");
+    model.save(&saved).unwrap();
+    let out = dir.path().join("p.npy");
+    ok(wgnn().args(["predict", "--backend", "cpu", "--data", &data, "--model"]).arg(&saved).arg("--out").arg(&out));
+    let columns = Array2::<f32>::read_npy(std::fs::File::open(&out).unwrap()).unwrap();
+    assert_eq!(columns, model.predict_proba(&x).unwrap().mapv(|v| v as f32));
+    let decisions = Array2::<i64>::read_npy(std::fs::File::open(dir.path().join("p.labels.npy")).unwrap()).unwrap();
+    assert_eq!(decisions, model.predict(&x).unwrap().mapv(i64::from));
+    // The GPU computes the same probabilities in f32.
+    if !gpu_skipped() {
+        let gpu = model.clone().with_backend(BackendChoice::Gpu).predict_proba(&x_test).unwrap();
+        let most = gpu.iter().zip(&p).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
+        assert!(most < 1e-4 && gpu.iter().all(|&v| v > 0.0 && v < 1.0), "GPU and CPU differ by {most}");
+    }
+    // Targets that are not 0/1, and a model of another task, are refused.
+    let mut half = y.clone();
+    half[[4, 1]] = 0.5;
+    one_line(estimator.fit(&x, &half).unwrap_err(), "0.5");
+    let wrong = Trained::<Classifier>::load(&saved).unwrap_err().to_string();
+    assert!(wrong.contains("not a classifier"), "{wrong}");
+}
+
+/// The stacked autoencoder learns, writes nothing, saves and loads the same bits, and is the
+/// CLI's `train stacked` bit for bit; the CLI's `predict` and `eval` read what it saved.
+#[test]
+fn a_stacked_autoencoder_fits_in_memory_as_the_cli_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let (x, y) = patterns(80, 24);
+    let (x_test, y_test) = patterns(60, 25);
+    let estimator = StackedAutoencoder::new(&[6, 4]).iterations(40).seed(3).backend(BackendChoice::Cpu);
+    let mut stages = Vec::new();
+    let model = estimator
+        .fit_with(
+            &x,
+            &y,
+            &mut |e| {
+                if let wgnn::stacked::StageEvent::Start { spec, .. } = e {
+                    stages.push(spec.describe());
+                }
+            },
+            &std::sync::atomic::AtomicBool::new(false),
+        )
+        .unwrap();
+    assert_eq!(stages.len(), 4, "two autoencoders, the softmax, fine-tuning: {stages:?}");
+    assert_eq!(model.spec().layers, vec![16, 6, 4, 2]);
+    let accuracy = model.score(&x_test, &y_test).unwrap();
+    assert!(accuracy > 0.95, "test accuracy {accuracy} (chance: 1/2)");
+
+    let (data, labels) = write_data(dir.path(), &x, &y);
+    let cli_run = dir.path().join("cli");
+    ok(wgnn()
+        .args(["train", "stacked", "--backend", "cpu", "--quiet", "--hidden", "6,4", "--iterations", "40"])
+        .args(["--seed", "3", "--data", &data, "--labels", &labels, "--out"])
+        .arg(&cli_run));
+    let from_cli = Trained::<Classifier>::load(&cli_run).unwrap().with_backend(BackendChoice::Cpu);
+    assert_eq!(from_cli.spec(), model.spec());
+    assert_eq!(from_cli.theta(), model.theta(), "the same pipeline trains the same θ");
+
+    let saved = dir.path().join("saved");
+    model.save(&saved).unwrap();
+    let loaded = Trained::<Classifier>::load(&saved).unwrap().with_backend(BackendChoice::Cpu);
+    assert_eq!(loaded.predict_proba(&x_test).unwrap(), model.predict_proba(&x_test).unwrap());
+    let out = dir.path().join("p.npy");
+    ok(wgnn().args(["predict", "--backend", "cpu", "--data", &data, "--model"]).arg(&saved).arg("--out").arg(&out));
+    let p = Array2::<f32>::read_npy(std::fs::File::open(&out).unwrap()).unwrap();
+    assert_eq!(p, model.predict_proba(&x).unwrap().mapv(|v| v as f32));
+    let eval = ok(wgnn()
+        .args(["eval", "--json", "--backend", "cpu", "--data", &data, "--labels", &labels, "--model"])
+        .arg(&saved));
+    let eval: serde_json::Value = serde_json::from_str(&eval).unwrap();
+    assert_eq!(eval["accuracy"].as_f64().unwrap(), model.score(&x, &y).unwrap());
+    one_line(estimator.fit(&x, &y[..70]).unwrap_err(), "80 examples but 70 labels");
+}
+
+/// An LSTM (and an RNN) sequence classifier learns m × T × n data; the CLI's `train lstm|rnn`
+/// on the same .npy gives the same θ; its `predict` and `eval` read the saved model; save →
+/// load predicts the same bits; 2-D data and sequences of another T are one line of Err.
+#[test]
+fn a_recurrent_classifier_fits_sequences_as_the_cli_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let (x, y) = sequences(96, 4, 26);
+    let (x_test, y_test) = sequences(60, 4, 27);
+    let model = Recurrent::lstm(8).epochs(30).batch_size(16).learning_rate(0.02).backend(BackendChoice::Cpu);
+    let model = model.fit(&x, &y).unwrap();
+    let accuracy = model.score(&x_test, &y_test).unwrap();
+    assert!(accuracy > 0.9, "LSTM test accuracy {accuracy} (chance: 1/2)");
+    let rnn = Recurrent::rnn(8).epochs(30).batch_size(16).learning_rate(0.02).backend(BackendChoice::Cpu);
+    let accuracy = rnn.fit(&x, &y).unwrap().score(&x_test, &y_test).unwrap();
+    assert!(accuracy > 0.9, "RNN test accuracy {accuracy} (chance: 1/2)");
+
+    x.write_npy(std::fs::File::create(dir.path().join("x.npy")).unwrap()).unwrap();
+    let l = Array1::from_iter(y.iter().map(|&l| l as i64));
+    l.write_npy(std::fs::File::create(dir.path().join("l.npy")).unwrap()).unwrap();
+    let data = format!("npy:{}", dir.path().join("x.npy").display());
+    let labels = dir.path().join("l.npy").display().to_string();
+    for kind in ["lstm", "rnn"] {
+        let cli_run = dir.path().join(kind);
+        ok(wgnn()
+            .args(["train", kind, "--backend", "cpu", "--quiet", "--hidden", "5", "--iterations", "3"])
+            .args(["--seed", "4", "--data", &data, "--labels", &labels, "--out"])
+            .arg(&cli_run));
+        let estimator = if kind == "lstm" { Recurrent::lstm(5) } else { Recurrent::rnn(5) };
+        let fitted = estimator.iterations(3).seed(4).backend(BackendChoice::Cpu).fit(&x, &y).unwrap();
+        let from_cli = Trained::<SequenceClassifier>::load(&cli_run).unwrap().with_backend(BackendChoice::Cpu);
+        assert_eq!(from_cli.spec(), fitted.spec(), "{kind}");
+        assert_eq!(from_cli.theta(), fitted.theta(), "{kind}: the same settings train the same θ");
+    }
+
+    let saved = dir.path().join("saved");
+    model.save(&saved).unwrap();
+    let loaded = Trained::<SequenceClassifier>::load(&saved).unwrap().with_backend(BackendChoice::Cpu);
+    assert_eq!(loaded.predict_proba(&x_test).unwrap(), model.predict_proba(&x_test).unwrap());
+    let out = dir.path().join("p.npy");
+    ok(wgnn().args(["predict", "--backend", "cpu", "--data", &data, "--model"]).arg(&saved).arg("--out").arg(&out));
+    let p = Array2::<f32>::read_npy(std::fs::File::open(&out).unwrap()).unwrap();
+    assert_eq!(p, model.predict_proba(&x).unwrap().mapv(|v| v as f32));
+    let eval = ok(wgnn()
+        .args(["eval", "--json", "--backend", "cpu", "--data", &data, "--labels", &labels, "--model"])
+        .arg(&saved));
+    let eval: serde_json::Value = serde_json::from_str(&eval).unwrap();
+    assert_eq!(eval["accuracy"].as_f64().unwrap(), model.score(&x, &y).unwrap());
+
+    // 2-D where 3-D is needed; sequences of another length; labels that do not match.
+    let flat = x.clone().into_shape_with_order((96, 12)).unwrap().into_dyn();
+    one_line(Recurrent::lstm(4).fit(&flat, &y).unwrap_err(), "m × T × n");
+    let (short, _) = sequences(10, 3, 28);
+    one_line(model.predict(&short).unwrap_err(), "T×n = 3×3 but the model reads 4×3");
+    one_line(model.score(&x, &y[..5]).unwrap_err(), "96 sequences but 5 labels");
+    one_line(Recurrent::lstm(4).activation(wgnn::model::Activation::Relu).fit(&x, &y).unwrap_err(), "lstm's gates");
+}
+
+/// The character model learns (held-out bits per character far below the unigram entropy),
+/// is the CLI's `train lstm --data text:FILE` bit for bit, and what it saves `wgnn sample` and
+/// `wgnn eval` read, giving its samples and bits; save → load keeps θ and samples; bad text,
+/// a prime with unseen characters and a bad temperature are one line of Err.
+#[test]
+fn a_character_model_fits_text_samples_and_scores_as_the_cli_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = toy_text(260, 29);
+    let estimator = CharModel::lstm(16).bptt(8).batch_size(8).steps(120).learning_rate(0.01).eval_every(0).seed(2);
+    let model = estimator.clone().backend(BackendChoice::Cpu).fit_text(&text).unwrap();
+    assert_eq!(model.updates(), 120);
+    let chars: Vec<char> = text.chars().collect();
+    let held_text: String = chars[chars.len() - (chars.len() as f64 * 0.1).round() as usize..].iter().collect();
+    let bits = model.held_out().unwrap().bits_per_character;
+    let unigram = unigram_bits(&held_text);
+    assert!(bits < unigram - 0.5, "held-out {bits} bits/char, unigram {unigram}");
+    assert_eq!(model.bits_per_character(&held_text).unwrap().bits_per_character, bits);
+    let drawn = model.sample(40, 0.5, 7, "the ").unwrap();
+    assert_eq!(drawn.chars().count(), 40);
+    assert!(drawn.chars().all(|c| "thecasonm ".contains(c)), "{drawn}");
+    assert_eq!(model.sample(40, 0.5, 7, "the ").unwrap(), drawn, "the same seed draws the same text");
+
+    // The CLI with the same settings trains the same θ.
+    let file = dir.path().join("toy.txt");
+    std::fs::write(&file, &text).unwrap();
+    let data = format!("text:{}", file.display());
+    let cli_run = dir.path().join("cli");
+    ok(wgnn()
+        .args(["train", "lstm", "--backend", "cpu", "--quiet", "--hidden", "16", "--bptt", "8", "--batch-size", "8"])
+        .args(["--steps", "120", "--learning-rate", "0.01", "--eval-every", "0", "--seed", "2", "--data", &data])
+        .arg("--out")
+        .arg(&cli_run));
+    let from_cli = TrainedCharModel::load(&cli_run).unwrap();
+    assert_eq!(from_cli.spec(), model.spec());
+    assert_eq!(from_cli.theta(), model.theta(), "the same settings train the same θ");
+
+    // What it saves, `sample` and `eval` read; load gives the same θ and samples.
+    let saved = dir.path().join("saved");
+    model.save(&saved).unwrap();
+    let sampled = ok(wgnn()
+        .args(["sample", "--length", "40", "--temperature", "0.5", "--seed", "7", "--prime", "the ", "--model"])
+        .arg(&saved));
+    assert_eq!(sampled, format!("the {drawn}\n"));
+    let eval = ok(wgnn().args(["eval", "--json", "--data", &data, "--model"]).arg(&saved));
+    let eval: serde_json::Value = serde_json::from_str(&eval).unwrap();
+    assert_eq!(eval["bits_per_character"].as_f64().unwrap(), bits);
+    let loaded = TrainedCharModel::load(&saved).unwrap();
+    assert_eq!(loaded.theta(), model.theta());
+    assert_eq!(loaded.sample(40, 0.5, 7, "the ").unwrap(), drawn);
+    let (xb, yb) = blobs(20, 2, 33);
+    let mlp = Mlp::classifier(&[2]).epochs(1).backend(BackendChoice::Cpu).fit(&xb, &yb).unwrap();
+    mlp.save(dir.path().join("mlp")).unwrap();
+    one_line(TrainedCharModel::load(dir.path().join("mlp")).unwrap_err(), "not a character model");
+
+    one_line(estimator.fit_text("").unwrap_err(), "no characters");
+    one_line(estimator.fit_text("aaaaaaaaaaaaaaaaaaaa").unwrap_err(), "one distinct character");
+    one_line(estimator.fit_text("the cat sat").unwrap_err(), "too few for 8 streams");
+    one_line(model.sample(10, 1.0, 0, "the dog").unwrap_err(), "'d' at position 4");
+    one_line(model.sample(10, 0.0, 0, "").unwrap_err(), "temperature");
+    one_line(model.bits_per_character("zzz").unwrap_err(), "never saw");
+}
+
+/// The new estimators train in memory too: nothing appears in the working folder.
+#[test]
+fn sequence_and_stacked_fits_write_no_file() {
+    let _turn = WORKING_FOLDER.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    let (x, y) = patterns(30, 30);
+    let (xs, ys) = sequences(20, 3, 31);
+    let text = toy_text(80, 32);
+    let before = std::env::current_dir().unwrap();
+    std::env::set_current_dir(dir.path()).unwrap();
+    let stacked = StackedAutoencoder::new(&[3]).iterations(3).backend(BackendChoice::Cpu).fit(&x, &y);
+    let recurrent = Recurrent::lstm(3).epochs(2).backend(BackendChoice::Cpu).fit(&xs, &ys);
+    let char_model = CharModel::rnn(4).bptt(4).batch_size(2).steps(3).backend(BackendChoice::Cpu).fit_text(&text);
+    std::env::set_current_dir(before).unwrap();
+    stacked.unwrap();
+    recurrent.unwrap();
+    char_model.unwrap();
+    let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert!(left.is_empty(), "fit wrote {left:?}");
+}
+
+/// The sequence models' defaults are one table: `wgnn train --help` states TEXT_DEFAULTS and
+/// the lstm/rnn row of `Kind::defaults` (what `Recurrent` and `CharModel` use).
+#[test]
+fn the_help_states_the_character_models_defaults() {
+    let d = wgnn::estimator::TEXT_DEFAULTS;
+    let lstm = wgnn::estimator::Kind::Lstm.defaults();
+    assert_eq!(lstm, wgnn::estimator::Kind::Rnn.defaults(), "rnn is as lstm otherwise");
+    assert_eq!(lstm.solver, Solver::Adam);
+    let help = ok(wgnn().args(["train", "--help"]));
+    let help = help.split_whitespace().collect::<Vec<_>>().join(" ");
+    for stated in [
+        format!("(truncated BPTT's T). Default {}", d.bptt),
+        format!("0 turns it off. Default {}", d.clip_norm),
+        format!("Minibatch updates for a character model. Default {}", d.steps),
+        format!("(and after the last). Default {}", d.eval_every),
+        format!("bits per character. Default {}", d.held_out),
+        format!("(--hidden {}, --bptt {}, batch {}, Adam η = {:e}", d.hidden, d.bptt, d.batch_size, d.learning_rate),
+        format!("--clip-norm {}, {} --steps", d.clip_norm, d.steps),
+        format!(
+            "a sequence classifier (--hidden {}, softmax at the last step, Adam, batch {}, {} epochs)",
+            lstm.hidden[0], lstm.batch_size, lstm.iterations
+        ),
+    ] {
+        assert!(help.contains(&stated), "`wgnn train --help` does not say `{stated}`");
+    }
+}
+
+/// y_t = (x_{t,0} + x_{t−1,0})/2 (x_{−1,0} = 0): one step of memory, a target at every step.
+fn running_pairs(x: &ndarray::Array3<f32>) -> ndarray::Array3<f32> {
+    let (m, steps, _) = x.dim();
+    ndarray::Array3::from_shape_fn((m, steps, 1), |(i, t, _)| {
+        0.5 * (x[[i, t, 0]] + if t > 0 { x[[i, t - 1, 0]] } else { 0.0 })
+    })
+}
+
+/// Per-step targets (m × T × k): an LSTM whose layers give every step learns a target that
+/// needs the step before; save → load predicts the same bits, `wgnn predict` writes the same
+/// values (m × T·k); targets of another T, and loading it as a classifier, are refused.
+#[test]
+fn a_recurrent_regressor_learns_per_step_targets() {
+    let dir = tempfile::tempdir().unwrap();
+    let (x, _) = sequences(128, 5, 34);
+    let (x_test, _) = sequences(60, 5, 35);
+    let (y, y_test) = (running_pairs(&x), running_pairs(&x_test));
+    let estimator = Recurrent::lstm(12).epochs(60).batch_size(16).learning_rate(0.01).backend(BackendChoice::Cpu);
+    let model = estimator.fit_per_step(&x, &y).unwrap();
+    assert_eq!(model.spec().output_steps(), 5);
+    let predicted = model.predict(&x_test).unwrap();
+    assert_eq!(predicted.dim(), (60, 5, 1));
+    let r2 = model.score(&x_test, &y_test).unwrap();
+    assert!(r2 > 0.9, "per-step test R² {r2}");
+
+    let saved = dir.path().join("saved");
+    model.save(&saved).unwrap();
+    let loaded = Trained::<PerStepRegressor>::load(&saved).unwrap().with_backend(BackendChoice::Cpu);
+    assert_eq!(loaded.predict(&x_test).unwrap(), predicted);
+    x_test.write_npy(std::fs::File::create(dir.path().join("x.npy")).unwrap()).unwrap();
+    let data = format!("npy:{}", dir.path().join("x.npy").display());
+    let out = dir.path().join("p.npy");
+    ok(wgnn().args(["predict", "--backend", "cpu", "--data", &data, "--model"]).arg(&saved).arg("--out").arg(&out));
+    let p = Array2::<f32>::read_npy(std::fs::File::open(&out).unwrap()).unwrap();
+    assert_eq!(p, predicted.mapv(|v| v as f32).into_shape_with_order((60, 5)).unwrap());
+
+    let (short, _) = sequences(128, 4, 36);
+    one_line(estimator.fit_per_step(&x, &running_pairs(&short)).unwrap_err(), "one row of targets per step");
+    let wrong = Trained::<SequenceClassifier>::load(&saved).unwrap_err().to_string();
+    assert!(wrong.contains("not a sequence classifier"), "{wrong}");
+}
+
+/// The sequence estimators on the GPU backend (lavapipe here): a sequence classifier's
+/// probabilities and a per-step regressor's values match the CPU's to f32 rounding, and a
+/// character model trained on the GPU (the CLI's `--backend gpu` path) ends near the CPU's θ.
+#[test]
+fn the_sequence_estimators_compute_on_the_gpu_as_on_the_cpu() {
+    if gpu_skipped() {
+        return;
+    }
+    let (x, y) = sequences(40, 4, 37);
+    let largest = |a: &[f64], b: &[f64]| a.iter().zip(b).map(|(p, q)| (p - q).abs()).fold(0.0, f64::max);
+    let classifier = Recurrent::lstm(6).epochs(3).batch_size(8).backend(BackendChoice::Cpu).fit(&x, &y).unwrap();
+    let cpu = classifier.predict_proba(&x).unwrap();
+    let gpu = classifier.with_backend(BackendChoice::Gpu).predict_proba(&x).unwrap();
+    let most = largest(cpu.as_slice().unwrap(), gpu.as_slice().unwrap());
+    assert!(most < 1e-4, "class probabilities differ by {most}");
+    let regressor =
+        Recurrent::rnn(5).epochs(2).backend(BackendChoice::Cpu).fit_per_step(&x, &running_pairs(&x)).unwrap();
+    let cpu = regressor.predict(&x).unwrap();
+    let gpu = regressor.with_backend(BackendChoice::Gpu).predict(&x).unwrap();
+    let most = largest(cpu.as_slice().unwrap(), gpu.as_slice().unwrap());
+    assert!(most < 1e-4, "per-step values differ by {most}");
+
+    let text = toy_text(120, 38);
+    let lm = CharModel::lstm(8).bptt(6).batch_size(4).steps(10).learning_rate(0.01).eval_every(0).seed(3);
+    let on_cpu = lm.clone().backend(BackendChoice::Cpu).fit_text(&text).unwrap();
+    let on_gpu = lm.backend(BackendChoice::Gpu).fit_text(&text).unwrap();
+    assert!(on_gpu.backend_used().starts_with("gpu"), "{}", on_gpu.backend_used());
+    let most = largest(on_cpu.theta(), on_gpu.theta());
+    assert!(most < 1e-4, "θ after 10 updates differs by {most}");
+    let (a, b) = (on_cpu.held_out().unwrap().bits_per_character, on_gpu.held_out().unwrap().bits_per_character);
+    assert!((a - b).abs() < 1e-4, "held-out bits per character {a} (CPU) and {b} (GPU)");
+}
+
+/// The stop flag: a character model stopped after update 3 holds θ of update 3 (status
+/// Interrupted, the same θ as a run of 3 updates); a stacked autoencoder stopped before its
+/// fine-tuning has no stack to give and says so in one line.
+#[test]
+fn a_stopped_fit_keeps_what_it_reached_or_says_why_not() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let text = toy_text(80, 39);
+    let lm = CharModel::rnn(4).bptt(4).batch_size(2).steps(10).eval_every(0).backend(BackendChoice::Cpu);
+    let stop = AtomicBool::new(false);
+    let stopped = lm
+        .fit_text_with(
+            &text,
+            &mut |s| {
+                if s.step == 3 {
+                    stop.store(true, Ordering::SeqCst);
+                }
+            },
+            &stop,
+        )
+        .unwrap();
+    assert_eq!((stopped.updates(), stopped.status()), (3, &wgnn::train::RunStatus::Interrupted));
+    assert_eq!(stopped.theta(), lm.steps(3).fit_text(&text).unwrap().theta(), "θ of update 3");
+
+    let (x, y) = patterns(30, 40);
+    let stop = AtomicBool::new(true);
+    let stacked = StackedAutoencoder::new(&[3]).iterations(5).backend(BackendChoice::Cpu);
+    one_line(stacked.fit_with(&x, &y, &mut |_| {}, &stop).unwrap_err(), "interrupted in stage layer1");
 }

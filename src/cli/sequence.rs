@@ -22,16 +22,17 @@ use wgnn::train::{CHECKPOINT_FILE, METRICS_FILE, MODEL_FILE, RunFolder};
 use super::Exit;
 use super::train::{Kind, TrainArgs};
 
-/// The char-LM defaults (issue 16 §5: LSTM 256, T = 64, batch 32, Adam η = 2e-3, clipping at 5).
-pub const TEXT_HIDDEN: usize = 256;
-pub const TEXT_BPTT: usize = 64;
-pub const TEXT_BATCH: usize = 32;
-pub const TEXT_LEARNING_RATE: f64 = 2e-3;
-pub const TEXT_CLIP_NORM: f64 = 5.0;
-pub const TEXT_STEPS: usize = 2000;
-pub const TEXT_HELD_OUT: f64 = 0.1;
+/// The char-LM defaults (issue 16 §5: LSTM 256, T = 64, batch 32, Adam η = 2e-3, clipping at 5),
+/// from the one table the estimators read too ([`wgnn::estimator::TEXT_DEFAULTS`]).
+pub const TEXT_HIDDEN: usize = wgnn::estimator::TEXT_DEFAULTS.hidden;
+pub const TEXT_BPTT: usize = wgnn::estimator::TEXT_DEFAULTS.bptt;
+pub const TEXT_BATCH: usize = wgnn::estimator::TEXT_DEFAULTS.batch_size;
+pub const TEXT_LEARNING_RATE: f64 = wgnn::estimator::TEXT_DEFAULTS.learning_rate;
+pub const TEXT_CLIP_NORM: f64 = wgnn::estimator::TEXT_DEFAULTS.clip_norm;
+pub const TEXT_STEPS: usize = wgnn::estimator::TEXT_DEFAULTS.steps;
+pub const TEXT_HELD_OUT: f64 = wgnn::estimator::TEXT_DEFAULTS.held_out;
 /// Row-MNIST and other sequence classifiers: LSTM 128 (issue 16 §5).
-pub const SEQUENCE_HIDDEN: usize = 128;
+pub const SEQUENCE_HIDDEN: usize = wgnn::estimator::Kind::Lstm.defaults().hidden[0];
 
 /// The file of `--data text:FILE`, if that is what --data says.
 pub fn text_file(data: Option<&str>) -> Option<PathBuf> {
@@ -244,7 +245,7 @@ pub fn train_text(
         learning_rate: args.learning_rate.unwrap_or(TEXT_LEARNING_RATE),
         clip_norm: (clip > 0.0).then_some(clip),
         steps: args.steps.unwrap_or(TEXT_STEPS),
-        eval_every: args.eval_every.unwrap_or(500),
+        eval_every: args.eval_every.unwrap_or(wgnn::estimator::TEXT_DEFAULTS.eval_every),
     };
     // Checked now, before the weights are drawn or anything written.
     let streams = text::StreamBatches::new(corpus.train.len(), job.batch, steps)?;

@@ -37,6 +37,12 @@ pub enum Precision {
 
 /// The CPU backend in `precision`.
 pub fn cpu_backend(spec: NetSpec, precision: Precision) -> Result<Box<dyn Backend>> {
+    Ok(sendable_cpu_backend(spec, precision)?)
+}
+
+/// [`cpu_backend`], as a backend that may move to another thread (what a trained
+/// estimator keeps between predictions).
+fn sendable_cpu_backend(spec: NetSpec, precision: Precision) -> Result<Box<dyn Backend + Send>> {
     Ok(match precision {
         Precision::F64 => Box::new(CpuBackend::<f64>::new(spec)?),
         Precision::F32 => Box::new(CpuBackend::<f32>::new(spec)?),
@@ -56,6 +62,21 @@ pub fn build_backend(
     precision: Precision,
     gpu: &GpuOptions,
 ) -> Result<(Box<dyn Backend>, Option<String>)> {
+    let (backend, note) = build_sendable_backend(choice, spec, precision, gpu)?;
+    Ok((backend, note))
+}
+
+/// [`build_backend`], as a backend that may move to another thread: a trained estimator
+/// keeps the one it predicts with ([`crate::estimator::Trained`]) and stays `Send + Sync`.
+///
+/// Errors: as [`build_backend`].
+pub fn build_sendable_backend(
+    choice: BackendChoice,
+    spec: NetSpec,
+    precision: Precision,
+    gpu: &GpuOptions,
+) -> Result<(Box<dyn Backend + Send>, Option<String>)> {
+    let cpu_backend = sendable_cpu_backend;
     match choice {
         BackendChoice::Cpu => Ok((cpu_backend(spec, precision)?, None)),
         BackendChoice::Gpu => Ok((Box::new(GpuBackend::new(spec, gpu)?), None)),

@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::model::{Activation, NetSpec, Output, Sparsity};
 use crate::optim::{Lbfgs, Method, Minibatch, Schedule, Stop, UpdateRule};
+use crate::stacked::StackedConfig;
 use crate::{Error, Result};
 
 /// What is trained: the kinds of `wgnn train KIND`.
@@ -372,3 +373,61 @@ impl OptimizerSettings {
         stop
     }
 }
+
+impl Default for StackedConfig {
+    fn default() -> StackedConfig {
+        // This table's row for stacked, and softmax's for the softmax stage.
+        let (stacked, softmax) = (Kind::Stacked.defaults(), Kind::Softmax.defaults());
+        StackedConfig {
+            hidden: stacked.hidden.to_vec(),
+            sparsity: stacked.sparsity.map(|target| Sparsity { target, weight: stacked.sparsity_weight }),
+            weight_decay: stacked.weight_decay,
+            iterations: stacked.iterations,
+            softmax_weight_decay: softmax.weight_decay,
+            softmax_iterations: softmax.iterations,
+            seed: 0,
+            checkpoint_every: None,
+            data_description: String::new(),
+            preprocessing: serde_json::Value::Null,
+            resume: false,
+            command: serde_json::Value::Null,
+        }
+    }
+}
+
+/// The character-level language model's defaults (`wgnn train lstm|rnn --data text:FILE`,
+/// [`crate::estimator::CharModel`]; issue 16 §5, after Karpathy's char-rnn): LSTM 256,
+/// windows of T = 64 characters, 32 streams per minibatch, Adam η = 2e-3, gradients clipped
+/// to global norm 5, 2000 updates, held-out bits per character every 500 updates on the
+/// last 10% of the text.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct TextDefaults {
+    /// Units of the recurrent layer.
+    pub hidden: usize,
+    /// T, characters per window (truncated BPTT).
+    pub bptt: usize,
+    /// Streams per minibatch.
+    pub batch_size: usize,
+    /// Adam's (or sgd's) η.
+    pub learning_rate: f64,
+    /// τ of clipping by global norm.
+    pub clip_norm: f64,
+    /// Minibatch updates.
+    pub steps: usize,
+    /// Held-out bits per character every this many updates (and after the last).
+    pub eval_every: usize,
+    /// The fraction of the text held out at its end.
+    pub held_out: f64,
+}
+
+/// The table's row for character models ([`TextDefaults`]).
+pub const TEXT_DEFAULTS: TextDefaults = TextDefaults {
+    hidden: 256,
+    bptt: 64,
+    batch_size: 32,
+    learning_rate: 2e-3,
+    clip_norm: 5.0,
+    steps: 2000,
+    eval_every: 500,
+    held_out: 0.1,
+};

@@ -20,17 +20,28 @@
 //! # Ok::<(), wgnn::Error>(())
 //! ```
 //!
-//! Shapes: examples `x` are m × n `f32` (one row per example); labels are m class numbers
-//! 0..k−1; a regressor's targets are m × outputs `f32`. Bad input (a width the model does not
+//! The builders: [`Mlp`] (classifier, regressor, multi-label), [`Softmax`],
+//! [`SparseAutoencoder`], [`Network`] (a layer stack), [`StackedAutoencoder`] (`train
+//! stacked`), [`Recurrent`] (LSTM/RNN sequence classifiers) and [`CharModel`] (a
+//! character-level language model on text, with sampling): one per kind of `wgnn train`.
+//! A trained model builds the backend it predicts with once, on first use, and keeps it
+//! ([`Trained::backends_built`]).
+//!
+//! Shapes: examples `x` are m × n `f32` (one row per example; a sequence model's are m × T × n,
+//! [`Sequences`]); labels are m class numbers 0..k−1; a regressor's targets are m × outputs
+//! `f32`, a multi-label classifier's m × k values 0 or 1. Bad input (a width the model does not
 //! take, labels that do not match the examples, NaN or infinite values) is refused with one
 //! line ([`Error::Shape`], [`Error::Data`]) before any work. This module prints nothing;
 //! training can report progress and be stopped ([`Estimator::fit_with`]).
 
 pub mod choose;
 pub mod defaults;
+pub mod sequence;
+pub mod stacked;
 
 use std::marker::PhantomData;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 use std::sync::atomic::AtomicBool;
 
 use ndarray::Array2;
@@ -39,15 +50,20 @@ use crate::checkpoint::{Checkpoint, Metadata};
 use crate::gpu::GpuOptions;
 use crate::model::{Activation, Init, InputShape, LayerStack, NetSpec, Output, ThetaLayout, parse_net};
 use crate::optim::{Progress, Schedule};
-use crate::predict::{Model, Task};
+use crate::predict::{BackendSource, Model, Task};
 use crate::train::{
     CHECKPOINT_FILE, METRICS_FILE, MODEL_FILE, RunFolder, RunStatus, TrainJob, TrainOutcome, accuracy, r2_score,
     train_in_memory,
 };
 use crate::{Backend, Error, Result, Targets};
 
-pub use choose::{BackendChoice, Precision, build_backend, cpu_backend};
-pub use defaults::{DenseSettings, Kind, KindDefaults, LENET, OptimizerSettings, Solver, weight_decay_of_alpha};
+pub use choose::{BackendChoice, Precision, build_backend, build_sendable_backend, cpu_backend};
+pub use defaults::{
+    DenseSettings, Kind, KindDefaults, LENET, OptimizerSettings, Solver, TEXT_DEFAULTS, TextDefaults,
+    weight_decay_of_alpha,
+};
+pub use sequence::{CharModel, PerStepRegressor, Recurrent, SequenceClassifier, Sequences, TrainedCharModel};
+pub use stacked::StackedAutoencoder;
 
 /// The task of a classifier (a softmax output over k classes): `fit(&x, &labels)`,
 /// `predict` gives labels, `predict_proba` probabilities, `score` accuracy.
@@ -61,6 +77,12 @@ pub struct Regressor;
 /// `transform` gives features, `predict` reconstructions, `score` their R².
 #[derive(Clone, Copy, Debug)]
 pub struct Autoencoder;
+/// The task of a multi-label classifier (a sigmoid output with the binary cross-entropy,
+/// [`Output::SigmoidBce`], as scikit-learn's `MLPClassifier` for indicator targets):
+/// `fit(&x, &y)` with 0/1 targets (m × k), `predict` gives the 0/1 decisions,
+/// `predict_proba` the per-label probabilities P(yⱼ = 1 | x), `score` the subset accuracy.
+#[derive(Clone, Copy, Debug)]
+pub struct MultiLabel;
 
 /// Multilayer perceptrons (`wgnn train mlp`).
 pub struct Mlp;
@@ -76,6 +98,14 @@ impl Mlp {
     /// error; the defaults as [`Mlp::classifier`].
     pub fn regressor(hidden: &[usize]) -> Estimator<Regressor> {
         Estimator::new(Kind::Mlp).hidden(hidden)
+    }
+
+    /// A multi-label classifier with these hidden layers (ReLU) and k sigmoid outputs trained
+    /// with the binary cross-entropy J = −(1/m) Σ [y log a + (1 − y) log(1 − a)] (computed in
+    /// the safe form from z; [`crate::maths`]), as `wgnn train mlp --output sigmoid-bce`; the
+    /// defaults as [`Mlp::classifier`].
+    pub fn multilabel(hidden: &[usize]) -> Estimator<MultiLabel> {
+        Estimator::new(Kind::Mlp).hidden(hidden).output(Output::SigmoidBce)
     }
 }
 
@@ -116,7 +146,8 @@ impl Network {
 }
 
 /// A network to train and its settings; built by [`Mlp`], [`Softmax`],
-/// [`SparseAutoencoder`] and [`Network`], changed knob by knob, trained by `fit`. The knobs
+/// [`SparseAutoencoder`], [`Network`] and [`Recurrent`], changed knob by knob, trained by
+/// `fit`. The knobs
 /// not set take the kind's defaults ([`Kind::defaults`]), as `wgnn train` does.
 #[derive(Clone, Debug)]
 pub struct Estimator<T> {
@@ -124,6 +155,8 @@ pub struct Estimator<T> {
     dense: DenseSettings,
     net: Option<String>,
     input_shape: Option<String>,
+    /// T of a sequence model's examples (set by its `fit` from the m × T × n data).
+    steps: Option<usize>,
     alpha: Option<f64>,
     optimizer: OptimizerSettings,
     validation: f64,
@@ -143,6 +176,7 @@ impl<T> Estimator<T> {
             dense: DenseSettings::default(),
             net: None,
             input_shape: None,
+            steps: None,
             alpha: None,
             optimizer: OptimizerSettings::of(kind),
             validation: 0.0,
@@ -156,13 +190,15 @@ impl<T> Estimator<T> {
         }
     }
 
-    /// Hidden layer sizes (dense kinds).
+    /// Hidden layer sizes: a dense kind's layers, or a sequence model's recurrent layers
+    /// (bottom first).
     pub fn hidden(mut self, sizes: &[usize]) -> Self {
         self.dense.hidden = Some(sizes.to_vec());
         self
     }
 
-    /// The hidden activation (dense kinds).
+    /// The hidden activation (dense kinds; an RNN's, tanh by default — an LSTM's gates are
+    /// fixed and refuse one).
     pub fn activation(mut self, activation: Activation) -> Self {
         self.dense.activation = Some(activation);
         self
@@ -287,7 +323,9 @@ impl<T> Estimator<T> {
     }
 
     /// The network this estimator would train on m × `inputs` examples with `outputs`
-    /// classes or target columns (step "network").
+    /// classes or target columns (step "network"). A sequence model's `inputs` are T·n and
+    /// its T comes from the data `fit` is given; with `regression` it is a per-step regressor
+    /// of `outputs`/T values per step.
     ///
     /// Errors: settings that make no network (a layer stack's shape or grammar, both α and λ,
     /// the network's own checks).
@@ -296,6 +334,9 @@ impl<T> Estimator<T> {
             return Err(Error::Data(
                 "alpha and weight_decay both set the L2 penalty: give one (α is scikit-learn's, λ = α/n)".into(),
             ));
+        }
+        if matches!(self.kind, Kind::Lstm | Kind::Rnn) {
+            return self.sequence_spec(inputs, outputs, regression);
         }
         if self.kind != Kind::Cnn {
             return self.kind.dense_spec(inputs, outputs, regression, &self.dense);
@@ -342,6 +383,18 @@ impl<T> Estimator<T> {
         check_finite(x, "the examples")?;
         let (outputs, regression, task) = match y {
             Y::Inputs => (x.ncols(), false, "autoencoder"),
+            Y::ZeroOne(v) => {
+                check_rows(x, v.nrows(), "target rows")?;
+                check_finite(v, "the targets")?;
+                crate::cpu::check_zero_one(&v.into())?;
+                if self.dense.output != Some(Output::SigmoidBce) {
+                    return Err(Error::Data(
+                        "a multi-label classifier ends in sigmoid-bce: leave its output as Mlp::multilabel sets it"
+                            .into(),
+                    ));
+                }
+                (v.ncols(), true, "multi-label classifier")
+            }
             Y::Labels(l) => {
                 check_rows(x, l.len(), "labels")?;
                 let classes = l.iter().max().map_or(0, |&m| m + 1);
@@ -391,7 +444,7 @@ impl<T> Estimator<T> {
         let y = match y {
             Y::Inputs => Targets::Inputs,
             Y::Labels(l) => Targets::Labels(l),
-            Y::Values(v) => Targets::Values(v.into()),
+            Y::Values(v) | Y::ZeroOne(v) => Targets::Values(v.into()),
         };
         let outcome = train_in_memory(job, backend.as_mut(), x, y, progress, interrupt)?;
         if let RunStatus::Diverged { reason } = &outcome.status {
@@ -474,6 +527,29 @@ enum Y<'a> {
     Inputs,
     Labels(&'a [usize]),
     Values(&'a Array2<f32>),
+    ZeroOne(&'a Array2<f32>),
+}
+
+impl Estimator<MultiLabel> {
+    /// Trains on examples `x` (m × n) with 0/1 targets `y` (m × k, one column per label;
+    /// several may be 1 in a row).
+    ///
+    /// Errors: targets not one row per example or not all 0 or 1, and as the classifier's
+    /// `fit`.
+    pub fn fit(&self, x: &Array2<f32>, y: &Array2<f32>) -> Result<Trained<MultiLabel>> {
+        self.fit_with(x, y, &mut |_| {}, &AtomicBool::new(false))
+    }
+
+    /// As [`Estimator::fit`], with progress and a stop flag (see the classifier's).
+    pub fn fit_with(
+        &self,
+        x: &Array2<f32>,
+        y: &Array2<f32>,
+        progress: &mut dyn FnMut(&Progress<'_>),
+        interrupt: &AtomicBool,
+    ) -> Result<Trained<MultiLabel>> {
+        self.fit_targets(x, Y::ZeroOne(y), progress, interrupt)
+    }
 }
 
 fn check_rows(x: &Array2<f32>, rows: usize, what: &str) -> Result<()> {
@@ -498,7 +574,10 @@ fn check_finite(a: &Array2<f32>, what: &str) -> Result<()> {
 }
 
 /// A trained network: θ with its spec, ready to predict and to save. `T` is its task
-/// ([`Classifier`], [`Regressor`], [`Autoencoder`]).
+/// ([`Classifier`], [`Regressor`], [`Autoencoder`], [`MultiLabel`], [`SequenceClassifier`],
+/// [`PerStepRegressor`]); the backend it predicts with is built on first use and kept
+/// ([`Trained::backends_built`]). `Send + Sync`: it may be shared between threads (their
+/// predictions then take turns on the kept backend).
 #[derive(Clone, Debug)]
 pub struct Trained<T> {
     model: Model,
@@ -512,7 +591,55 @@ pub struct Trained<T> {
     final_cost: f64,
     iterations: usize,
     seed: u64,
+    cache: BackendCache,
     task: PhantomData<T>,
+}
+
+/// The backends a trained model predicts with: built on first use, one per network (the
+/// model's own, each stage's encoder), and kept for the next call. A clone starts empty.
+#[derive(Default)]
+struct BackendCache(Mutex<CacheSlots>);
+
+#[derive(Default)]
+struct CacheSlots {
+    built: Vec<(NetSpec, Box<dyn Backend + Send>)>,
+    builds: usize,
+}
+
+impl Clone for BackendCache {
+    fn clone(&self) -> BackendCache {
+        BackendCache::default()
+    }
+}
+
+impl std::fmt::Debug for BackendCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let kept = self.0.lock().map_or(0, |s| s.built.len());
+        write!(f, "BackendCache {{ kept: {kept} }}")
+    }
+}
+
+/// The cache as a [`BackendSource`] for one prediction, building what it lacks with `choice`.
+struct Cached<'a> {
+    slots: &'a mut CacheSlots,
+    choice: BackendChoice,
+    precision: Precision,
+    gpu: &'a GpuOptions,
+}
+
+impl BackendSource for Cached<'_> {
+    fn backend(&mut self, spec: &NetSpec) -> Result<&mut dyn Backend> {
+        let i = match self.slots.built.iter().position(|(s, _)| s == spec) {
+            Some(i) => i,
+            None => {
+                let (b, _) = build_sendable_backend(self.choice, spec.clone(), self.precision, self.gpu)?;
+                self.slots.builds += 1;
+                self.slots.built.push((spec.clone(), b));
+                self.slots.built.len() - 1
+            }
+        };
+        Ok(self.slots.built[i].1.as_mut())
+    }
 }
 
 impl<T> Trained<T> {
@@ -541,6 +668,7 @@ impl<T> Trained<T> {
             final_cost: outcome.final_cost,
             iterations: outcome.summary.iterations,
             seed: estimator.seed,
+            cache: BackendCache::default(),
             task: PhantomData,
         })
     }
@@ -582,19 +710,38 @@ impl<T> Trained<T> {
         (&self.backend_name, self.backend_note.as_deref())
     }
 
-    /// Predicts with another backend from now on.
+    /// Predicts with another backend from now on: the backends kept from earlier predictions
+    /// are dropped when `backend` differs from the one they were built for (and the count of
+    /// [`Trained::backends_built`] starts again from 0).
     pub fn with_backend(mut self, backend: BackendChoice) -> Self {
+        if backend != self.backend {
+            self.cache = BackendCache::default();
+        }
         self.backend = backend;
         self
     }
 
-    fn output(&self, x: &Array2<f32>) -> Result<Array2<f64>> {
-        check_finite(x, "the examples")?;
-        self.model.predict(x, &mut |spec| self.build(spec))
+    /// How many backends this model has built for its predictions so far: each network it
+    /// computes (its own, each stage's encoder) gets one on first use, kept for the next
+    /// calls, so predicting twice builds no more than predicting once.
+    pub fn backends_built(&self) -> usize {
+        self.cache.0.lock().map_or(0, |s| s.builds)
     }
 
-    fn build(&self, spec: &NetSpec) -> Result<Box<dyn Backend>> {
-        build_backend(self.backend, spec.clone(), self.precision, &self.gpu).map(|(b, _)| b)
+    /// Runs `f` with the kept backends (building those it needs).
+    fn with_backends<R>(&self, f: impl FnOnce(&mut dyn BackendSource) -> Result<R>) -> Result<R> {
+        let mut slots = self.cache.0.lock().unwrap_or_else(|poisoned| {
+            // A prediction panicked midway: its backends may be half-updated, so build afresh.
+            let mut slots = poisoned.into_inner();
+            slots.built.clear();
+            slots
+        });
+        f(&mut Cached { slots: &mut slots, choice: self.backend, precision: self.precision, gpu: &self.gpu })
+    }
+
+    fn output(&self, x: &Array2<f32>) -> Result<Array2<f64>> {
+        check_finite(x, "the examples")?;
+        self.with_backends(|b| self.model.predict_on(x, b))
     }
 
     /// Writes the model as a finished run folder `dir` (created when missing):
@@ -643,7 +790,7 @@ impl<T> Trained<T> {
         let file = crate::predict::model_file(path.as_ref())?;
         let ck = Checkpoint::load(&file)?;
         let model = Model::from_checkpoint(&ck)?;
-        if !T::matches(model.task) {
+        if !T::accepts(&model) {
             return Err(Error::Data(format!(
                 "{} holds {} ({:?}), not a {}: load it as that",
                 path.as_ref().display(),
@@ -666,6 +813,7 @@ impl<T> Trained<T> {
             final_cost,
             iterations,
             seed: ck.metadata.seed.unwrap_or(0),
+            cache: BackendCache::default(),
             task: PhantomData,
         })
     }
@@ -673,10 +821,21 @@ impl<T> Trained<T> {
 
 /// The tasks [`Trained::load`] tells apart.
 pub trait TaskOf {
-    /// `classifier`, `regressor`, `autoencoder`.
+    /// `classifier`, `regressor`, `autoencoder`, …
     const NAME: &'static str;
     /// True when a model of `task` is one of these.
     fn matches(task: Task) -> bool;
+    /// True when `model` is one of these (by default: its task [`TaskOf::matches`]).
+    fn accepts(model: &Model) -> bool {
+        Self::matches(model.task)
+    }
+}
+
+impl TaskOf for MultiLabel {
+    const NAME: &'static str = "multi-label classifier";
+    fn matches(task: Task) -> bool {
+        matches!(task, Task::MultiLabel { .. })
+    }
 }
 
 impl TaskOf for Classifier {
@@ -769,7 +928,7 @@ impl Trained<Autoencoder> {
     /// Errors: as [`Trained::predict`].
     pub fn transform(&self, x: &Array2<f32>) -> Result<Array2<f32>> {
         check_finite(x, "the examples")?;
-        self.model.transform(x, &mut |spec| self.build(spec))
+        self.with_backends(|b| self.model.transform_on(x, b))
     }
 
     /// R² of the reconstructions against x ([`r2_score`], uniform average over the n inputs).
@@ -778,5 +937,34 @@ impl Trained<Autoencoder> {
     pub fn score(&self, x: &Array2<f32>) -> Result<f64> {
         let predicted = self.predict(x)?;
         Ok(r2_score(x.mapv(f64::from).view(), predicted.view()))
+    }
+}
+
+impl Trained<MultiLabel> {
+    /// The 0/1 decision for each label of each example (m × k): 1 where P(yⱼ = 1 | x) ≥ 0.5
+    /// ([`crate::predict::decide`], scikit-learn's `MLPClassifier.predict`).
+    ///
+    /// Errors: `x` of another width than the training examples ([`Error::Shape`]), NaN or
+    /// infinite values, a backend error.
+    pub fn predict(&self, x: &Array2<f32>) -> Result<Array2<u8>> {
+        Ok(crate::predict::decide(self.predict_proba(x)?.view()))
+    }
+
+    /// The per-label probabilities P(yⱼ = 1 | x) = σ(zⱼ) (m × k, each in (0, 1); the rows do
+    /// not sum to 1): the columns `wgnn predict` writes for this model.
+    ///
+    /// Errors: as [`Trained::predict`].
+    pub fn predict_proba(&self, x: &Array2<f32>) -> Result<Array2<f64>> {
+        self.output(x)
+    }
+
+    /// The subset accuracy on (x, y): the fraction of examples whose k decisions all match
+    /// their 0/1 targets, in [0, 1] (scikit-learn's `ClassifierMixin.score` on indicator
+    /// targets; [`crate::predict::multilabel_scores`] gives the Hamming loss too).
+    ///
+    /// Errors: targets not m × k, and as [`Trained::predict`].
+    pub fn score(&self, x: &Array2<f32>, y: &Array2<f32>) -> Result<f64> {
+        check_rows(x, y.nrows(), "target rows")?;
+        Ok(crate::predict::multilabel_scores(self.predict_proba(x)?.view(), y.view())?.subset_accuracy)
     }
 }
