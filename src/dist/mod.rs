@@ -17,10 +17,12 @@
 //! evaluates its m_r rows of a batch of m with weight decay 0, giving the mean data term Jᵣ
 //! and gradient gᵣ; then J = Σᵣ (m_r/m) Jᵣ + (λ/2)‖W‖² and ∇J = Σᵣ (m_r/m) gᵣ + λW, the decay
 //! added once, in f64, after the sum. For KL sparsity, ρ̂ⱼ = (1/m) Σᵣ Σ_{i∈r} σ(z⁽²⁾ᵢⱼ) (and
-//! 1 − ρ̂ⱼ from σ(−z), MATH.md "Numerically safe forms") is summed over ranks first
-//! ([`crate::CpuBackend::sparsity_sums`]) and every rank's pass then uses the global means
-//! ([`crate::CpuBackend::set_sparsity_means`]): each hidden δᵢ carries the same sparsity term as
-//! in one process, so the weighted sum is exact.
+//! 1 − ρ̂ⱼ from σ(−z), MATH.md "Numerically safe forms") is summed over ranks first and every
+//! rank's pass then uses the global means ([`ShardBackend::evaluate_sharing_sparsity`]: the
+//! CPU backend through [`crate::CpuBackend::sparsity_sums`] and
+//! [`crate::CpuBackend::set_sparsity_means`], the GPU backend by cutting its plan between the
+//! passes, `GpuBackend::evaluate_sharing_sparsity`): each hidden δᵢ carries the same sparsity
+//! term as in one process, so the weighted sum is exact.
 //!
 //! Faults: an error on one rank (a shard it cannot use, a θ its backend refuses) travels with
 //! the sums, so every rank returns the same error at the same collective, naming the rank.
