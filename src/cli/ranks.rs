@@ -285,10 +285,14 @@ impl Drop for Ranks {
 #[cfg(feature = "mpi")]
 pub(super) fn run_on_ranks(args: super::train::TrainArgs) -> anyhow::Result<()> {
     use wgnn::dist::Collective;
-    let world = Rc::new(wgnn::dist::mpi::MpiWorld::init()?);
+    // A bad setting is refused by every rank together (below), not by each on its own.
+    let (world, setting) = wgnn::dist::mpi::MpiWorld::init_reporting()?;
+    let world = Rc::new(world);
     let rank = world.rank();
     let ranks = Ranks::new(world.clone());
-    let result = if args.compare_sparsity {
+    let result = if let Some(e) = setting {
+        Err(anyhow::Error::from(e))
+    } else if args.compare_sparsity {
         Err(anyhow::anyhow!(
             "--compare-sparsity does not run over MPI: run it as one process (without mpirun), or train the two \
              runs over MPI one by one (--sparsity-weight 0, then β)"
