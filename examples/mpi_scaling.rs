@@ -72,6 +72,29 @@ fn main() -> anyhow::Result<()> {
         world.sum_in_rank_order(&values, &mut out)?;
     }
     let sum_alone = start.elapsed().as_secs_f64() / 20.0;
+    if on_gpu && size == 1 {
+        // The same evaluation without the cut: one GPU process's one submission, rounds
+        // alternating with the cut one.
+        let options = wgnn::gpu::GpuOptions { api: wgnn::gpu::Api::Auto, adapter: None, matmul: None };
+        let mut plain = wgnn::GpuBackend::new(spec.clone(), &options)?;
+        plain.set_data(Inputs::Shared(&x), Targets::Inputs)?;
+        plain.cost_and_grad(&theta, Batch::All, &mut grad)?;
+        let (mut one, mut cut) = (0.0, 0.0);
+        for _ in 0..evaluations {
+            let t = Instant::now();
+            plain.cost_and_grad(&theta, Batch::All, &mut grad)?;
+            one += t.elapsed().as_secs_f64();
+            let t = Instant::now();
+            backend.cost_and_grad(&theta, Batch::All, &mut grad)?;
+            cut += t.elapsed().as_secs_f64();
+        }
+        let n = evaluations as f64;
+        println!(
+            "  alternating: one submission {:.3} s, cut between the passes {:.3} s per evaluation",
+            one / n,
+            cut / n
+        );
+    }
     // Each rank's four numbers in its own slots, summed (all others are 0): rank 0 sees all.
     let mut slots = vec![0.0; 4 * size];
     slots[4 * rank..4 * rank + 4].copy_from_slice(&mine);
