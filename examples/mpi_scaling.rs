@@ -6,7 +6,11 @@
 //! ```text
 //! cargo run --release --features mpi --example mpi_scaling -- ../shared/data/mnist 5
 //! mpirun -np 2 target/release/examples/mpi_scaling ../shared/data/mnist 5
+//! mpirun -np 2 target/release/examples/mpi_scaling ../shared/data/mnist 5 gpu 6000
 //! ```
+//! The optional third and fourth arguments: `cpu` (default) or `gpu` (each rank's GPU backend,
+//! the adapter its local rank picks; the evaluation cut between its passes for ρ̂), and the
+//! number of training images to use (default all 60,000).
 //! Alone it runs as one rank (no MPI calls). Rank 0 prints one line per rank.
 
 use std::rc::Rc;
@@ -26,11 +30,22 @@ fn main() -> anyhow::Result<()> {
         if wgnn::dist::mpi::launched() { Rc::new(wgnn::dist::mpi::MpiWorld::init()?) } else { Rc::new(Solo) };
     let (rank, size) = (world.rank(), world.size());
 
-    let x = Arc::new(Mnist::load(std::path::Path::new(dir), Split::Train)?.images);
+    let on_gpu = args.get(3).is_some_and(|b| b == "gpu");
+    let mut x = Mnist::load(std::path::Path::new(dir), Split::Train)?.images;
+    if let Some(rows) = args.get(4) {
+        let rows = rows.parse::<usize>()?.min(x.nrows());
+        x = x.slice_move(ndarray::s![..rows, ..]);
+    }
+    let x = Arc::new(x);
     let spec = NetSpec::sparse_autoencoder(784, 196, 3e-3, Sparsity { target: 0.1, weight: 3.0 })?;
     let theta = Init::Uniform.theta(&spec, 0);
-    let mut backend =
-        DistBackend::new(spec.clone(), Box::new(CpuBackend::<f32>::new(local_spec(&spec))?), world.clone())?;
+    let inner: Box<dyn wgnn::dist::ShardBackend> = if on_gpu {
+        let options = wgnn::gpu::GpuOptions { api: wgnn::gpu::Api::Auto, adapter: None, matmul: None };
+        Box::new(wgnn::GpuBackend::new(local_spec(&spec), &options)?)
+    } else {
+        Box::new(CpuBackend::<f32>::new(local_spec(&spec))?)
+    };
+    let mut backend = DistBackend::new(spec.clone(), inner, world.clone())?;
     backend.set_data(Inputs::Shared(&x), Targets::Inputs)?;
     let mut grad = vec![0.0; theta.len()];
     backend.cost_and_grad(&theta, Batch::All, &mut grad)?; // warm-up: buffers, pages
@@ -57,6 +72,29 @@ fn main() -> anyhow::Result<()> {
         world.sum_in_rank_order(&values, &mut out)?;
     }
     let sum_alone = start.elapsed().as_secs_f64() / 20.0;
+    if on_gpu && size == 1 {
+        // The same evaluation without the cut: one GPU process's one submission, rounds
+        // alternating with the cut one.
+        let options = wgnn::gpu::GpuOptions { api: wgnn::gpu::Api::Auto, adapter: None, matmul: None };
+        let mut plain = wgnn::GpuBackend::new(spec.clone(), &options)?;
+        plain.set_data(Inputs::Shared(&x), Targets::Inputs)?;
+        plain.cost_and_grad(&theta, Batch::All, &mut grad)?;
+        let (mut one, mut cut) = (0.0, 0.0);
+        for _ in 0..evaluations {
+            let t = Instant::now();
+            plain.cost_and_grad(&theta, Batch::All, &mut grad)?;
+            one += t.elapsed().as_secs_f64();
+            let t = Instant::now();
+            backend.cost_and_grad(&theta, Batch::All, &mut grad)?;
+            cut += t.elapsed().as_secs_f64();
+        }
+        let n = evaluations as f64;
+        println!(
+            "  alternating: one submission {:.3} s, cut between the passes {:.3} s per evaluation",
+            one / n,
+            cut / n
+        );
+    }
     // Each rank's four numbers in its own slots, summed (all others are 0): rank 0 sees all.
     let mut slots = vec![0.0; 4 * size];
     slots[4 * rank..4 * rank + 4].copy_from_slice(&mine);
@@ -65,7 +103,9 @@ fn main() -> anyhow::Result<()> {
     if rank == 0 {
         let threads = rayon::current_num_threads();
         println!(
-            "N = {size} ranks × {threads} threads, |θ| = {}, {evaluations} evaluations: {:.3} s per evaluation (wall, rank 0)",
+            "N = {size} ranks × {threads} threads, {}, {} images, |θ| = {}, {evaluations} evaluations: {:.3} s per evaluation (wall, rank 0)",
+            backend.name(),
+            x.nrows(),
             theta.len(),
             wall
         );

@@ -1754,22 +1754,106 @@ pub mod char_model {
         from: Option<&Progress>,
         on_step: &mut dyn FnMut(&Step, &Snapshot<'_>) -> Control,
     ) -> Result<(usize, Option<HeldOut>)> {
+        train_on_gpu_on_ranks(gpu, net, theta, train, held_out, job, from, &crate::dist::Solo, on_step)
+    }
+
+    /// [`train_on_gpu`] as one rank of a data-parallel job, as [`train_from_on_ranks`] shares
+    /// the work (DESIGN.md, "Wave 2: beyond one machine"): this rank's GPU evaluates its block
+    /// of every minibatch's streams ([`crate::dist::shard_rows`] of `job.batch`), carrying their
+    /// state on the device; the gradient is read back every update (no GPU-aware MPI:
+    /// 4·|θ| bytes from the device, then 8·|θ| per rank in the sum) and Σᵣ (bᵣ/b)·(Jᵣ, ∇Jᵣ) is
+    /// summed in rank order in f64 before clipping and the update, the same step on every rank.
+    /// After every update the streams' carried state is read back and gathered
+    /// (`gather_state`), so a snapshot's [`Progress`] is the whole minibatch's and a checkpoint
+    /// written with N ranks resumes with M (on the CPU or the GPU). A failure on one rank (a
+    /// window the device refused) is every rank's error at the same update, naming the rank.
+    /// Held-out windows are shared as [`bits_per_character_on_ranks`] shares them. Collective;
+    /// with one rank it is [`train_on_gpu`]. Errors as [`train_on_gpu`], and fewer streams than
+    /// ranks.
+    #[allow(clippy::too_many_arguments)]
+    pub fn train_on_gpu_on_ranks(
+        gpu: &mut crate::gpu::GpuBackend,
+        net: &Recurrent,
+        theta: &mut [f64],
+        train: &[u32],
+        held_out: &[u32],
+        job: &Job,
+        from: Option<&Progress>,
+        comm: &dyn crate::dist::Collective,
+        on_step: &mut dyn FnMut(&Step, &Snapshot<'_>) -> Control,
+    ) -> Result<(usize, Option<HeldOut>)> {
         use crate::backend::{Backend, Batch, Targets};
+        let (size, rank) = (comm.size(), comm.rank());
+        if job.batch < size {
+            return Err(Error::Data(format!(
+                "--batch-size {} streams cannot be shared by {size} ranks: give at least {size}",
+                job.batch
+            )));
+        }
+        let mine = crate::dist::shard_rows(job.batch, size, rank);
+        let weight = mine.len() as f64 / job.batch as f64;
         let streams = check_job(net, train, held_out, job)?;
         let (steps, vocab) = (net.steps(), net.spec.outputs());
         let (mut update, first, mut last) = starting_point(from, job, theta.len())?;
         let mut grad = vec![0.0; theta.len()];
-        if let Some(p) = from {
-            gpu.set_recurrent_state(Some(p.restore::<f32>(net, job.batch)?))?;
+        // Over ranks: the whole minibatch's carried state (this rank's streams are rows `mine`).
+        let mut full = match from {
+            Some(p) => p.restore::<f32>(net, job.batch)?,
+            None => net.zero_state::<f32>(job.batch),
+        };
+        if from.is_some() {
+            let rows = State {
+                layers: full
+                    .layers
+                    .iter()
+                    .map(|l| crate::cpu::sequence::LayerState {
+                        h: l.h.slice(ndarray::s![mine.clone(), ..]).to_owned(),
+                        c: l.c.as_ref().map(|c| c.slice(ndarray::s![mine.clone(), ..]).to_owned()),
+                    })
+                    .collect(),
+            };
+            gpu.set_recurrent_state(Some(rows))?;
         }
+        // Over ranks: [weight · ∇J_r …, weight · J_r (data), weight · J_r (total), failed].
+        let mut local = vec![0.0; if size > 1 { theta.len() + 3 } else { 0 }];
+        let mut summed = local.clone();
         for step in first..=job.steps {
             let k = (step - 1) % streams.len();
             if k == 0 {
-                gpu.set_recurrent_state(Some(net.zero_state::<f32>(job.batch)))?;
+                gpu.set_recurrent_state(Some(net.zero_state::<f32>(mine.len())))?;
             }
-            let (x, next) = text::one_hot_windows(train, &streams.starts(k), steps, vocab)?;
-            gpu.set_data((&x).into(), Targets::Labels(&next))?;
-            let cost = gpu.cost_and_grad(theta, Batch::All, &mut grad)?;
+            let (x, next) = text::one_hot_windows(train, &streams.starts(k)[mine.clone()], steps, vocab)?;
+            let mut evaluate = || -> Result<crate::backend::Cost> {
+                gpu.set_data((&x).into(), Targets::Labels(&next))?;
+                gpu.cost_and_grad(theta, Batch::All, &mut grad)
+            };
+            let cost = if size == 1 {
+                evaluate()?
+            } else {
+                // Every rank reaches the sum, failed or not, so that none waits for another.
+                let outcome = evaluate().and_then(|c| Ok((c, gpu.recurrent_state()?)));
+                let n = theta.len();
+                let failure = match &outcome {
+                    Ok((c, _)) => {
+                        local[..n].iter_mut().zip(&grad).for_each(|(d, g)| *d = weight * g);
+                        (local[n], local[n + 1], local[n + 2]) = (weight * c.data, weight * c.total(), 0.0);
+                        None
+                    }
+                    Err(e) => {
+                        local.iter_mut().for_each(|v| *v = 0.0);
+                        local[n + 2] = 1.0;
+                        Some(e.to_string())
+                    }
+                };
+                comm.sum_in_rank_order(&local, &mut summed)?;
+                if summed[n + 2] > 0.0 {
+                    return Err(failed_on_a_rank(comm, step, failure));
+                }
+                let (_, state) = outcome.expect("no rank failed");
+                gather_state(comm, &state, &mut full, mine.start)?;
+                grad.copy_from_slice(&summed[..n]);
+                crate::backend::Cost { data: summed[n], weight_decay: summed[n + 1] - summed[n], sparsity: 0.0 }
+            };
             let grad_norm = match job.clip_norm {
                 Some(tau) => clip_by_global_norm(&mut grad, tau)?,
                 None => grad.iter().map(|g| g * g).sum::<f64>().sqrt(),
@@ -1786,7 +1870,7 @@ pub mod char_model {
                 && (step == job.steps || (job.eval_every > 0 && step.is_multiple_of(job.eval_every)));
             let held = if measure {
                 let theta_f: Vec<f32> = theta.iter().map(|&v| v as f32).collect();
-                Some(bits_per_character(net, &theta_f, held_out)?)
+                Some(bits_per_character_on_ranks(net, &theta_f, held_out, comm)?)
             } else {
                 None
             };
@@ -1802,22 +1886,50 @@ pub mod char_model {
                 stopping: false,
             };
             let device: &crate::gpu::GpuBackend = gpu;
+            let full = &full;
             let snapshot = || {
-                // The state the window just evaluated left on the device.
-                let state = device.recurrent_state().expect("the GPU keeps the state of the window it just evaluated");
-                let progress = Progress {
-                    updates: step,
-                    update: update.clone(),
-                    state: Progress::carried(&state),
-                    held_out: last,
+                // Alone: the state the window just evaluated left on the device; over ranks:
+                // every rank's streams, gathered after the update.
+                let state = if size == 1 {
+                    Progress::carried(
+                        &device.recurrent_state().expect("the GPU keeps the state of the window it just evaluated"),
+                    )
+                } else {
+                    Progress::carried(full)
                 };
+                let progress = Progress { updates: step, update: update.clone(), state, held_out: last };
                 (progress, theta.to_vec())
             };
-            if on_step(&report, &snapshot) == Control::Stop {
+            let asked = on_step(&report, &snapshot) == Control::Stop;
+            let mut stop = asked;
+            if size > 1 {
+                // Every rank stops after the same update once any rank's caller asked to.
+                let mut any = [0.0];
+                comm.sum_in_rank_order(&[f64::from(u8::from(stop))], &mut any)?;
+                stop = any[0] > 0.0;
+            }
+            if stop {
+                if !asked {
+                    on_step(&Step { stopping: true, ..report }, &snapshot);
+                }
                 return Ok((step, last));
             }
         }
         Ok((job.steps.max(first - 1), last))
+    }
+
+    /// The error every rank returns at update `step` once the sum said that some rank failed:
+    /// the first failing rank's own message (`mine` on that rank), gathered from all.
+    /// Collective.
+    fn failed_on_a_rank(comm: &dyn crate::dist::Collective, step: usize, mine: Option<String>) -> Error {
+        let all = match comm.all_gather_bytes(mine.unwrap_or_default().as_bytes()) {
+            Ok(all) => all,
+            Err(e) => return e,
+        };
+        match all.iter().enumerate().find(|(_, m)| !m.is_empty()) {
+            Some((r, m)) => Error::Data(format!("rank {r}, update {step}: {}", String::from_utf8_lossy(m))),
+            None => Error::Data(format!("update {step}: a rank failed without saying why")),
+        }
     }
 
     /// The checks every trainer of a character model makes before its first update: the

@@ -623,3 +623,83 @@ fn gpu_ranks_pick_their_adapter_by_local_rank_and_equal_one_gpu_process() {
         assert!(stderr.lines().any(|l| l.starts_with(&format!("rank {r}")) && l.contains(backend)), "{stderr}");
     }
 }
+
+/// Whether a GPU adapter is there (lavapipe counts); says so when not.
+fn have_gpu() -> bool {
+    let options = wgnn::gpu::GpuOptions { api: wgnn::gpu::Api::Auto, adapter: None, matmul: None };
+    let found = wgnn::gpu::choose_adapter(&options).is_ok();
+    if !found {
+        eprintln!("no GPU adapter (install mesa-vulkan-drivers for lavapipe): skipped");
+    }
+    found
+}
+
+#[test]
+fn a_sparse_autoencoder_and_a_character_model_train_on_gpu_ranks_as_one_gpu_process() {
+    let _one = MPIRUN.lock().unwrap_or_else(|e| e.into_inner());
+    if !have_gpu() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    // The sparse autoencoder: ρ̂ summed over the ranks between the passes of each GPU.
+    let args = ["autoencoder", "--count", "90", "--hidden", "10", "--iterations", "20", "--backend", "gpu"];
+    train(0, &args, "sae-one", dir.path(), &[]);
+    let one = final_cost(&dir.path().join("sae-one"));
+    for n in [2, 3] {
+        let run = dir.path().join(format!("sae-n{n}"));
+        train(n, &args, run.to_str().unwrap(), dir.path(), &[]);
+        let c = final_cost(&run);
+        // f32 sums in other groupings (ε ≈ 1.2e-7), through 20 L-BFGS iterations (measured:
+        // 4.7e-6 at N = 2, 5.0e-6 at N = 3; one GPU process is 3.4e-6 from the f64 run, N = 2
+        // 1.4e-6: f32's own spread on this still-descending path).
+        assert!((c - one).abs() <= 1e-5 * one, "N = {n} on the GPU: final J {c}, one GPU process {one}");
+        let backend = metrics(&run)["backend"].as_str().unwrap().to_string();
+        assert!(backend.starts_with("gpu f32: ") && backend.ends_with(&format!(" × {n} ranks")), "{backend}");
+    }
+
+    // A character model: each rank's GPU takes its block of the streams; a checkpoint written
+    // by 2 ranks resumes on 3.
+    let words = ["the ", "quick ", "brown ", "fox ", "jumps ", "over ", "a ", "lazy ", "dog. "];
+    let corpus: String = (0..400).map(|i| words[(i * 5 + i / 9) % words.len()]).collect();
+    std::fs::write(dir.path().join("t.txt"), corpus).unwrap();
+    let base =
+        ["lstm", "--data", "text:t.txt", "--hidden", "8", "--bptt", "6", "--batch-size", "5", "--backend", "gpu"];
+    let with = |more: &[&'static str]| base.iter().chain(more).copied().collect::<Vec<&str>>();
+    train(0, &with(&["--steps", "8", "--eval-every", "4"]), "text-one", dir.path(), &[]);
+    let one = dir.path().join("text-one");
+    let bpc = |run: &Path| metrics(run)["held_out_bits_per_character"].as_f64().unwrap();
+    let run = dir.path().join("text-n2");
+    train(2, &with(&["--steps", "8", "--eval-every", "4"]), run.to_str().unwrap(), dir.path(), &[]);
+    let (a, b) = (bpc(&run), bpc(&one));
+    // f32 gradients summed in other groupings: f32 rounding (ε ≈ 1.2e-7), not more.
+    assert!((a - b).abs() <= 1e-6 * b, "N = 2 on the GPU: held-out {a} bits/char, one GPU process {b}");
+    let d = relative_error(&model_theta(&run), &model_theta(&one));
+    assert!(d < 1e-6, "N = 2 on the GPU: θ after 8 updates differs from one GPU process's by {d:e}");
+    let half = dir.path().join("text-half");
+    train(2, &with(&["--steps", "4", "--checkpoint-every", "4"]), half.to_str().unwrap(), dir.path(), &[]);
+    let o = mpirun(3, &wgnn(), &["train", "--resume", "text-half", "--steps", "8", "--quiet"], &[], dir.path());
+    assert!(o.status.success(), "{}", text(&o));
+    let d = relative_error(&model_theta(&half), &model_theta(&one));
+    assert!(d < 1e-6, "4 updates on 2 GPU ranks + 4 on 3: θ differs from one GPU run's by {d:e}");
+}
+
+/// A bad `WGNN_MPI_TIMEOUT` is refused by every rank together: one line, rank 0's, every run
+/// (each rank printed and exited on its own before, and mpirun's end of the job at the first
+/// non-zero exit could cut rank 0's line: 1 or 2 lines of 3, varying run to run).
+#[test]
+fn a_bad_mpi_timeout_is_refused_in_one_line_by_every_rank() {
+    let _one = MPIRUN.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    let args = ["train", "autoencoder", "--count", "50", "--iterations", "2", "--out", "r", "--backend", "cpu"];
+    let o = mpirun(3, &wgnn(), &args, &[("WGNN_MPI_TIMEOUT", "abc")], dir.path());
+    assert!(!o.status.success(), "{}", text(&o));
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    let errors: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error:")).collect();
+    assert_eq!(
+        errors,
+        ["error: WGNN_MPI_TIMEOUT=abc is not a number of seconds above 0 (the longest wait for the other ranks)"],
+        "{}",
+        text(&o)
+    );
+    assert!(!dir.path().join("r").exists(), "a refused job left its run folder");
+}

@@ -9,7 +9,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 
 use wgnn::model::NetSpec;
 use wgnn::train::RunFolder;
@@ -171,7 +171,8 @@ impl Ranks {
 
     /// This rank's backend: its own CPU or GPU backend for the network without weight decay
     /// (`dist::local_spec`), inside a DistBackend that sums over the ranks. A sparse
-    /// autoencoder needs the CPU backend (ρ̂ is summed over the ranks between the passes).
+    /// autoencoder's backend sums ρ̂ over the ranks between its passes (the GPU's in two
+    /// submissions, its column sums read back and written again).
     pub(super) fn backend(
         &self,
         choice: &BackendArgs,
@@ -180,15 +181,24 @@ impl Ranks {
         use wgnn::dist::{DistBackend, ShardBackend, local_spec};
         let local = local_spec(spec);
         let (inner, note): (Box<dyn ShardBackend>, Option<String>) = if spec.sparsity.is_some() {
-            if choice.backend == super::BackendChoice::Gpu {
-                bail!(
-                    "a sparse autoencoder trains over MPI on the CPU backend only (ρ̂ is summed over the ranks between \
-                     the forward and backward passes): give --backend cpu"
-                );
-            }
-            match choice.precision.unwrap_or(super::Precision::F32) {
-                super::Precision::F64 => (Box::new(wgnn::CpuBackend::<f64>::new(local)?), None),
-                super::Precision::F32 => (Box::new(wgnn::CpuBackend::<f32>::new(local)?), None),
+            // ρ̂ is summed over the ranks between the passes: the backend itself, not a
+            // Box<dyn Backend>, so that DistBackend can split its evaluation.
+            let (on_gpu, note) = match choice.backend {
+                super::BackendChoice::Gpu => (true, None),
+                super::BackendChoice::Cpu => (false, None),
+                // What `auto` picks (it opens the adapter it tries; the GPU backend opens its own).
+                super::BackendChoice::Auto => {
+                    let (chosen, note) = choice.build_quietly(local.clone(), super::Precision::F32)?;
+                    (chosen.name().starts_with("gpu"), note)
+                }
+            };
+            if on_gpu {
+                (Box::new(wgnn::GpuBackend::new(local, &choice.gpu_options())?), note)
+            } else {
+                match choice.precision.unwrap_or(super::Precision::F32) {
+                    super::Precision::F64 => (Box::new(wgnn::CpuBackend::<f64>::new(local)?), note),
+                    super::Precision::F32 => (Box::new(wgnn::CpuBackend::<f32>::new(local)?), note),
+                }
             }
         } else {
             let (b, note) = choice.build_quietly(local, super::Precision::F32)?;
@@ -275,10 +285,14 @@ impl Drop for Ranks {
 #[cfg(feature = "mpi")]
 pub(super) fn run_on_ranks(args: super::train::TrainArgs) -> anyhow::Result<()> {
     use wgnn::dist::Collective;
-    let world = Rc::new(wgnn::dist::mpi::MpiWorld::init()?);
+    // A bad setting is refused by every rank together (below), not by each on its own.
+    let (world, setting) = wgnn::dist::mpi::MpiWorld::init_reporting()?;
+    let world = Rc::new(world);
     let rank = world.rank();
     let ranks = Ranks::new(world.clone());
-    let result = if args.compare_sparsity {
+    let result = if let Some(e) = setting {
+        Err(anyhow::Error::from(e))
+    } else if args.compare_sparsity {
         Err(anyhow::anyhow!(
             "--compare-sparsity does not run over MPI: run it as one process (without mpirun), or train the two \
              runs over MPI one by one (--sparsity-weight 0, then β)"

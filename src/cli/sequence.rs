@@ -258,12 +258,8 @@ pub fn train_text(
         text::check_window(corpus.validation.len(), steps, "the held-out text")?;
     }
     let f64_path = matches!(args.backend.precision, Some(super::Precision::F64));
-    // --backend gpu: the windows' cost and gradient on the device (auto keeps the CPU).
-    if ranks.is_some() && matches!(args.backend.backend, super::BackendChoice::Gpu) {
-        bail!(
-            "character models train on the CPU under mpirun for now: use --backend cpu (or run one process on the GPU)"
-        );
-    }
+    // --backend gpu: the windows' cost and gradient on the device (auto keeps the CPU); over
+    // MPI each rank's GPU (by local rank) takes its block of the streams.
     let mut gpu = match args.backend.backend {
         super::BackendChoice::Gpu => Some(wgnn::GpuBackend::new(spec.clone(), &args.backend.gpu_options())?),
         _ => None,
@@ -274,7 +270,7 @@ pub fn train_text(
     let over =
         ranks.map_or(String::new(), |r| format!(" × {} ranks, each with its block of the streams", r.comm().size()));
     match &gpu {
-        Some(g) => say(format!("backend  {}", wgnn::Backend::name(g))),
+        Some(g) => say(format!("backend  {}{over}", wgnn::Backend::name(g))),
         None => say(format!("backend  cpu {}{over}", if f64_path { "f64" } else { "f32" })),
     }
     say(format!(
@@ -346,7 +342,7 @@ pub fn train_text(
     let comm = ranks.map_or(&wgnn::dist::Solo as &dyn wgnn::dist::Collective, |r| r.comm());
     let (train, held, from) = (&corpus.train, &corpus.validation, from.as_ref());
     let result = if let Some(g) = gpu.as_mut() {
-        char_model::train_on_gpu(g, &net, &mut theta, train, held, &job, from, &mut on_step)
+        char_model::train_on_gpu_on_ranks(g, &net, &mut theta, train, held, &job, from, comm, &mut on_step)
     } else if f64_path {
         char_model::train_from_on_ranks::<f64>(&net, &mut theta, train, held, &job, from, comm, &mut on_step)
     } else {

@@ -17,10 +17,12 @@
 //! evaluates its m_r rows of a batch of m with weight decay 0, giving the mean data term Jᵣ
 //! and gradient gᵣ; then J = Σᵣ (m_r/m) Jᵣ + (λ/2)‖W‖² and ∇J = Σᵣ (m_r/m) gᵣ + λW, the decay
 //! added once, in f64, after the sum. For KL sparsity, ρ̂ⱼ = (1/m) Σᵣ Σ_{i∈r} σ(z⁽²⁾ᵢⱼ) (and
-//! 1 − ρ̂ⱼ from σ(−z), MATH.md "Numerically safe forms") is summed over ranks first
-//! ([`crate::CpuBackend::sparsity_sums`]) and every rank's pass then uses the global means
-//! ([`crate::CpuBackend::set_sparsity_means`]): each hidden δᵢ carries the same sparsity term as
-//! in one process, so the weighted sum is exact.
+//! 1 − ρ̂ⱼ from σ(−z), MATH.md "Numerically safe forms") is summed over ranks first and every
+//! rank's pass then uses the global means ([`ShardBackend::evaluate_sharing_sparsity`]: the
+//! CPU backend through [`crate::CpuBackend::sparsity_sums`] and
+//! [`crate::CpuBackend::set_sparsity_means`], the GPU backend by cutting its plan between the
+//! passes, `GpuBackend::evaluate_sharing_sparsity`): each hidden δᵢ carries the same sparsity
+//! term as in one process, so the weighted sum is exact.
 //!
 //! Faults: an error on one rank (a shard it cannot use, a θ its backend refuses) travels with
 //! the sums, so every rank returns the same error at the same collective, naming the rank.
@@ -219,6 +221,43 @@ pub trait ShardBackend {
     /// ρ̂ and 1 − ρ̂ for the next evaluations ([`CpuBackend::set_sparsity_means`]).
     fn set_sparsity_means(&mut self, _means: Option<(Vec<f64>, Vec<f64>)>) -> Result<()> {
         Err(no_shared_sparsity(self.backend().name()))
+    }
+    /// J (and ∇J into `grad`, when given) on `batch` of this rank's examples, with ρ̂ from
+    /// every rank: the backend computes its column sums [Σᵢ σ(z⁽²⁾ᵢⱼ) …, Σᵢ σ(−z⁽²⁾ᵢⱼ) …]
+    /// (2 × hidden), `share` returns [ρ̂ⱼ …, 1 − ρ̂ⱼ …] of the whole batch, and the backend
+    /// finishes the evaluation with them. The data term and ∇J are this batch's means; the
+    /// sparsity term is the whole batch's. The default: [`ShardBackend::sparsity_sums`],
+    /// [`ShardBackend::set_sparsity_means`], then [`Backend::cost_and_grad`] or
+    /// [`Backend::cost`] (the CPU backend: two passes over the rows); the GPU backend runs
+    /// its plan in two submissions (`GpuBackend::evaluate_sharing_sparsity`). Errors: the
+    /// backend's, or `share`'s (then returned as it is, the evaluation not finished).
+    fn evaluate_sharing_sparsity(
+        &mut self,
+        theta: &[f64],
+        batch: Batch<'_>,
+        grad: Option<&mut [f64]>,
+        share: &mut dyn FnMut(Vec<f64>) -> Result<Vec<f64>>,
+    ) -> Result<Cost> {
+        let (mut sums, complement) = self.sparsity_sums(theta, batch.clone())?;
+        let hidden = sums.len();
+        sums.extend(complement);
+        let mut means = share(sums)?;
+        if means.len() != 2 * hidden {
+            return Err(Error::Shape(format!(
+                "ρ̂ and 1 − ρ̂ have {} values, the hidden layer {}",
+                means.len(),
+                2 * hidden
+            )));
+        }
+        let complement = means.split_off(hidden);
+        self.set_sparsity_means(Some((means, complement)))?;
+        let backend = self.backend();
+        let cost = match grad {
+            Some(g) => backend.cost_and_grad(theta, batch, g),
+            None => backend.cost(theta, batch),
+        };
+        let _ = self.set_sparsity_means(None);
+        cost
     }
 }
 
@@ -460,54 +499,60 @@ impl DistBackend {
         let weight = count as f64 / total as f64;
         self.stats.evaluations += 1;
         let mut failure: Option<String> = None;
-
-        if self.spec.sparsity.is_some() {
-            let hidden = self.layout.shapes[0].0;
-            let mut sums = vec![0.0; 2 * hidden + 1];
-            if let Some(b) = local.batch() {
-                let t = Instant::now();
-                match self.inner.sparsity_sums(theta, b) {
-                    Ok((a, c)) => {
-                        sums[..hidden].copy_from_slice(&a);
-                        sums[hidden..2 * hidden].copy_from_slice(&c);
-                    }
-                    Err(e) => failure = Some(e.to_string()),
-                }
-                self.stats.compute_seconds += t.elapsed().as_secs_f64();
-            }
-            sums[2 * hidden] = f64::from(u8::from(failure.is_some()));
-            let sums = self.reduce(&sums)?;
-            if sums[2 * hidden] > 0.0 {
-                return Err(self.fail_together(failure));
-            }
-            let mean = |v: &[f64]| v.iter().map(|s| s / total as f64).collect::<Vec<_>>();
-            let means = (mean(&sums[..hidden]), mean(&sums[hidden..2 * hidden]));
-            if let Err(e) = self.inner.set_sparsity_means(Some(means)) {
-                failure = Some(e.to_string());
-            }
-        }
-
         // [weight · ∇J_r …, weight · data_r, weight · sparsity_r, failed, interrupted]
         let g_len = if grad.is_some() { n } else { 0 };
         let mut v = vec![0.0; g_len + 4];
-        if let (Some(b), None) = (local.batch(), &failure) {
-            let t = Instant::now();
-            let backend = self.inner.backend();
-            let cost = match grad.is_some() {
-                true => backend.cost_and_grad(theta, b, &mut v[..n]),
-                false => backend.cost(theta, b),
+        let t = Instant::now();
+        let comm_before = self.stats.comm_seconds;
+        let cost = if self.spec.sparsity.is_some() {
+            // ρ̂ is summed over the ranks between the passes: the backend hands its column sums
+            // to `share` (collective) and finishes with the whole batch's means.
+            let hidden = self.layout.shapes[0].0;
+            let (comm, stats) = (self.comm.clone(), &mut self.stats);
+            // Some(whether every rank had its sums) once they were exchanged.
+            let mut exchanged: Option<bool> = None;
+            let mut share = |sums: Vec<f64>| -> Result<Vec<f64>> {
+                let means = share_column_sums(&*comm, stats, Some(sums), hidden, total)?;
+                exchanged = Some(means.is_some());
+                means.ok_or_else(|| Error::Data("another rank failed".into()))
             };
-            match cost {
-                Ok(c) => {
-                    v[..g_len].iter_mut().for_each(|g| *g *= weight);
-                    v[g_len] = weight * c.data;
-                    v[g_len + 1] = weight * c.sparsity;
+            let cost = match local.batch() {
+                Some(b) => {
+                    let g = if grad.is_some() { Some(&mut v[..n]) } else { None };
+                    self.inner.evaluate_sharing_sparsity(theta, b, g, &mut share)
                 }
-                Err(e) => failure = Some(e.to_string()),
+                // No rows of this batch here: nothing to add to the sums, nothing to evaluate.
+                None => share(vec![0.0; 2 * hidden]).map(|_| Cost::default()),
+            };
+            match (exchanged, cost) {
+                (Some(true), cost) => Some(cost),
+                (Some(false), _) => return Err(self.fail_together(None)),
+                // Failed before its sums: the others wait for them at the exchange.
+                (None, cost) => {
+                    let mine = cost.err().map_or("failed before its column sums".to_string(), |e| e.to_string());
+                    share_column_sums(&*self.comm, &mut self.stats, None, hidden, total)?;
+                    return Err(self.fail_together(Some(mine)));
+                }
             }
-            self.stats.compute_seconds += t.elapsed().as_secs_f64();
+        } else {
+            local.batch().map(|b| {
+                let backend = self.inner.backend();
+                match grad.is_some() {
+                    true => backend.cost_and_grad(theta, b, &mut v[..n]),
+                    false => backend.cost(theta, b),
+                }
+            })
+        };
+        match cost {
+            Some(Ok(c)) => {
+                v[..g_len].iter_mut().for_each(|g| *g *= weight);
+                v[g_len] = weight * c.data;
+                v[g_len + 1] = weight * c.sparsity;
+            }
+            Some(Err(e)) => failure = Some(e.to_string()),
+            None => {}
         }
-        let _ = self.inner.set_sparsity_means(None);
+        self.stats.compute_seconds += t.elapsed().as_secs_f64() - (self.stats.comm_seconds - comm_before);
         v[g_len + 2] = f64::from(u8::from(failure.is_some()));
         if let Some((raw, _)) = &self.interrupt {
             v[g_len + 3] = f64::from(u8::from(raw.load(Ordering::SeqCst)));
@@ -634,6 +679,36 @@ impl DistBackend {
         self.holds_shard_only = true;
         Ok(())
     }
+}
+
+/// The exchange of a sparse autoencoder's column sums between the passes (module docs): this
+/// rank's [Σᵢ σ(z⁽²⁾ᵢⱼ) …, Σᵢ σ(−z⁽²⁾ᵢⱼ) …] (`None`: it failed before having them) and a
+/// failure flag are summed in rank order over the ranks (collective, timed and counted in
+/// `stats`); returns [ρ̂ⱼ …, 1 − ρ̂ⱼ …] = the sums / `total` (the batch's examples over every
+/// rank), or `None` on every rank when any rank failed.
+fn share_column_sums(
+    comm: &dyn Collective,
+    stats: &mut CommStats,
+    sums: Option<Vec<f64>>,
+    hidden: usize,
+    total: usize,
+) -> Result<Option<Vec<f64>>> {
+    let mut local = vec![0.0; 2 * hidden + 1];
+    match sums {
+        Some(s) if s.len() == 2 * hidden => local[..2 * hidden].copy_from_slice(&s),
+        _ => local[2 * hidden] = 1.0,
+    }
+    let t = Instant::now();
+    let mut summed = vec![0.0; local.len()];
+    comm.sum_in_rank_order(&local, &mut summed)?;
+    stats.comm_seconds += t.elapsed().as_secs_f64();
+    stats.bytes += comm.sum_traffic(local.len());
+    if summed[2 * hidden] > 0.0 {
+        return Ok(None);
+    }
+    summed.truncate(2 * hidden);
+    summed.iter_mut().for_each(|s| *s /= total as f64);
+    Ok(Some(summed))
 }
 
 /// A 64-bit fingerprint of `values`' bits (std's SipHash with fixed keys: the same on every

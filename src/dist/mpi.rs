@@ -38,24 +38,40 @@ pub struct MpiWorld {
 
 impl MpiWorld {
     /// Initialises MPI (threads: funneled — rayon's workers never call MPI). Errors: MPI was
-    /// initialised already, or `WGNN_MPI_TIMEOUT` is not a positive number of seconds.
+    /// initialised already, or `WGNN_MPI_TIMEOUT` is not a positive number of seconds (MPI is
+    /// then finalised again: [`MpiWorld::init_reporting`] keeps it up to refuse together).
     pub fn init() -> Result<MpiWorld> {
-        let timeout = match std::env::var("WGNN_MPI_TIMEOUT") {
-            Err(_) => Duration::from_secs(300),
+        let (world, setting) = MpiWorld::init_reporting()?;
+        match setting {
+            Some(e) => Err(e),
+            None => Ok(world),
+        }
+    }
+
+    /// As [`MpiWorld::init`], but a `WGNN_MPI_TIMEOUT` that is not a positive number of
+    /// seconds does not stop the initialisation: its error comes back beside the world (which
+    /// waits the default 300 s), so that every rank can refuse the job together, rank 0 saying
+    /// why in one line. A rank that printed and exited on its own would race: `mpirun` ends the
+    /// job at the first non-zero exit, which can cut rank 0 short before its line. Errors: MPI
+    /// was initialised already.
+    pub fn init_reporting() -> Result<(MpiWorld, Option<Error>)> {
+        let (timeout, setting) = match std::env::var("WGNN_MPI_TIMEOUT") {
+            Err(_) => (Duration::from_secs(300), None),
             Ok(t) => match t.trim().parse::<f64>() {
-                Ok(s) if s > 0.0 && s.is_finite() => Duration::from_secs_f64(s),
-                _ => {
-                    return Err(Error::Data(format!(
+                Ok(s) if s > 0.0 && s.is_finite() => (Duration::from_secs_f64(s), None),
+                _ => (
+                    Duration::from_secs(300),
+                    Some(Error::Data(format!(
                         "WGNN_MPI_TIMEOUT={t} is not a number of seconds above 0 (the longest wait for the other ranks)"
-                    )));
-                }
+                    ))),
+                ),
             },
         };
         let (universe, _) = mpi::initialize_with_threading(mpi::Threading::Funneled)
             .ok_or_else(|| Error::Data("MPI was initialised twice in one process".into()))?;
         let world = universe.world();
         let (rank, size) = (world.rank() as usize, world.size() as usize);
-        Ok(MpiWorld { world, rank, size, timeout, _universe: universe })
+        Ok((MpiWorld { world, rank, size, timeout, _universe: universe }, setting))
     }
 
     /// The longest wait for the other ranks in one collective.

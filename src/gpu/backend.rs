@@ -315,6 +315,107 @@ impl GpuBackend {
         Ok(self.cost_terms(&scalars, self.plans[&key].examples))
     }
 
+    /// One evaluation of a sparse autoencoder whose ρ̂ comes from the column sums of every
+    /// rank of a data-parallel job (`dist::DistBackend`; MATH.md "Sparse autoencoder", DESIGN.md
+    /// "Wave 2"): pass 1 on `batch` (one submission), then the column sums Σᵢ σ(z⁽²⁾ᵢⱼ) and
+    /// Σᵢ σ(−z⁽²⁾ᵢⱼ) of this batch, 2 × hidden values (8 · hidden bytes), read back and handed
+    /// to `share`, which returns ρ̂ and 1 − ρ̂ of the whole batch over every rank (2 × hidden);
+    /// those are written back and pass 2 (the KL terms, forward, loss, backward) runs in a second
+    /// submission. The data term and ∇J are this batch's means, as [`Backend::cost_and_grad`]
+    /// gives them; the sparsity term β Σⱼ KL(ρ‖ρ̂ⱼ) is the whole batch's. The single-process
+    /// evaluation ([`GpuBackend::evaluate`]) stays one submission. Errors: a spec without KL
+    /// sparsity, θ or the batch refused as [`Backend::cost`] refuses them, a device error in
+    /// either pass, or `share`'s error (returned as it is, pass 2 not run).
+    pub fn evaluate_sharing_sparsity(
+        &mut self,
+        theta: &[f64],
+        batch: Batch<'_>,
+        grad: Option<&mut [f64]>,
+        share: &mut dyn FnMut(Vec<f64>) -> Result<Vec<f64>>,
+    ) -> Result<Cost> {
+        self.check_theta(theta)?;
+        if let Some(g) = &grad
+            && g.len() != self.layout.len()
+        {
+            return Err(Error::Shape(format!("gradient buffer has {} values, θ has {}", g.len(), self.layout.len())));
+        }
+        let visit = self.visit(&batch)?;
+        let want_grad = grad.is_some();
+        let key = self.plan_for(&visit, want_grad)?;
+        let Some(cut) = self.plans[&key].shared_sparsity.as_ref().map(|s| s.cut) else {
+            return Err(Error::Data(format!("{} has no KL sparsity to share", self.spec.describe())));
+        };
+        self.resident.transfers.theta_uploads += 1;
+        self.resident.transfers.grad_readbacks += want_grad as u64;
+        let gpu = &self.gpu;
+        let scopes = || {
+            (
+                gpu.device.push_error_scope(wgpu::ErrorFilter::Validation),
+                gpu.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory),
+            )
+        };
+        let check = |(scope, oom): (wgpu::ErrorScopeGuard, wgpu::ErrorScopeGuard)| -> Result<()> {
+            for s in [oom, scope] {
+                if let Some(e) = pollster::block_on(s.pop()) {
+                    return Err(refused(gpu, e));
+                }
+            }
+            Ok(())
+        };
+        // Pass 1: the column sums, read back.
+        let guards = scopes();
+        write_f64(&gpu.queue, &self.theta, theta);
+        self.poison_plan(&key);
+        let (plan, shared) = (&self.plans[&key], self.plans[&key].shared_sparsity.as_ref().expect("checked above"));
+        let values = 2 * shared.hidden;
+        let mut bytes = plan::submit_part(
+            gpu,
+            &self.data,
+            plan,
+            &visit,
+            0..cut,
+            &[],
+            |_| {},
+            |encoder| encoder.copy_buffer_to_buffer(&shared.colsum, 0, &shared.staging, 0, (values * 4) as u64),
+        );
+        let sums = read_back(&gpu.device, &shared.staging, values);
+        check(guards)?;
+        let sums: Vec<f64> = sums?.into_iter().map(f64::from).collect();
+        let means = share(sums)?;
+        if means.len() != values {
+            return Err(Error::Shape(format!("ρ̂ and 1 − ρ̂ have {} values, the hidden layer {}", means.len(), values)));
+        }
+        // Pass 2: the KL terms from the whole batch's ρ̂, then forward, loss and backward.
+        let guards = scopes();
+        write_f64(&gpu.queue, &shared.colsum, &means);
+        let prefix = [&shared.kl_from_means, &plan.ops[cut + 1]];
+        bytes += plan::submit_part(
+            gpu,
+            &self.data,
+            plan,
+            &visit,
+            cut + 2..plan.ops.len(),
+            &prefix,
+            |_| {},
+            |encoder| {
+                encoder.copy_buffer_to_buffer(&self.scalars, 0, &self.scalar_staging, 0, 16);
+                if want_grad {
+                    encoder.copy_buffer_to_buffer(&self.grad, 0, &self.grad_staging, 0, (theta.len() * 4) as u64);
+                }
+            },
+        );
+        let scalars = read_back(&gpu.device, &self.scalar_staging, 4);
+        let g = if want_grad { Some(read_back(&gpu.device, &self.grad_staging, theta.len())) } else { None };
+        check(guards)?;
+        let scalars = scalars?;
+        if let (Some(grad), Some(g)) = (grad, g) {
+            grad.iter_mut().zip(&g?).for_each(|(o, &v)| *o = v as f64);
+        }
+        let examples = self.plans[&key].examples;
+        self.data.data_bytes += bytes;
+        Ok(self.cost_terms(&scalars, examples))
+    }
+
     /// J's terms from the cost-terms buffer ([`CostSlot`]: data sum, Σ W², Σ β KL, …) of `examples` examples.
     pub(super) fn cost_terms(&self, scalars: &[f32], examples: usize) -> Cost {
         let m = examples as f64;

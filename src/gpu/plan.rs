@@ -43,6 +43,28 @@ pub(super) struct Plan {
     /// A recurrent network's state for the batch (h, and c for an LSTM, per layer: see
     /// `layers/recurrent.rs`), not poisoned; empty for other networks.
     pub(super) state: Vec<wgpu::Buffer>,
+    /// Where a sparse autoencoder's plan may be cut to take ρ̂ from other ranks; `None` for
+    /// other networks.
+    pub(super) shared_sparsity: Option<SharedSparsity>,
+}
+
+/// The cut of a sparse autoencoder's plan between its two passes, for data-parallel training
+/// ([`submit_part`], `GpuBackend::evaluate_sharing_sparsity`): `ops[..cut]` is pass 1 (the
+/// first layer's forward pass and the column sums Σᵢ σ(z⁽²⁾ᵢⱼ), Σᵢ σ(−z⁽²⁾ᵢⱼ) into `colsum`);
+/// `ops[cut]` turns `colsum` into the KL terms with α = 1/m of this batch alone, and is
+/// replaced by `kl_from_means` (α = 1: `colsum` then holds ρ̂ and 1 − ρ̂ of all ranks, written
+/// from the host); `ops[cut + 1..]` is the sparsity term's sum and pass 2.
+pub(super) struct SharedSparsity {
+    /// Index of the KL-terms op in the plan's ops.
+    pub(super) cut: usize,
+    /// The KL terms from means written into `colsum` (α = 1).
+    pub(super) kl_from_means: Op,
+    /// Σ σ(z⁽²⁾) then Σ σ(−z⁽²⁾), 2 × hidden values (then ρ̂ and 1 − ρ̂).
+    pub(super) colsum: wgpu::Buffer,
+    /// Where `colsum` is copied to be read back.
+    pub(super) staging: wgpu::Buffer,
+    /// Hidden units: `colsum` holds twice as many values.
+    pub(super) hidden: usize,
 }
 
 /// What recording a plan reads: the device, the compiled kernels, the network and θ's layout,
@@ -90,6 +112,7 @@ impl Recorder<'_> {
 
         let mut ops = Vec::new();
         let mut stages = Vec::new();
+        let mut shared_sparsity = None;
         let sparsity = spec.sparsity;
         // `flag` (sparse first layer only): 0 keeps σ(−z) in `complement`, 1 keeps f′.
         let forward_layer = |ops: &mut Vec<Op>, seg: &Segment, l: usize, flag: u32| -> Result<()> {
@@ -133,16 +156,18 @@ impl Recorder<'_> {
                 beta: s.weight as f32,
                 ..Default::default()
             };
-            ops.push(k.small(
-                device,
-                Small::KlTerms,
-                Some(&colsum),
-                None,
-                Some(&kl),
-                None,
-                p,
-                [u(hidden1.div_ceil(64))?, 1, 1],
-            ));
+            let kl_op = |p: SmallParams| -> Result<Op> {
+                let groups = [u(hidden1.div_ceil(64))?, 1, 1];
+                Ok(k.small(device, Small::KlTerms, Some(&colsum), None, Some(&kl), None, p, groups))
+            };
+            shared_sparsity = Some(SharedSparsity {
+                cut: ops.len(),
+                kl_from_means: kl_op(SmallParams { alpha: 1.0, ..p })?,
+                colsum: colsum.clone(),
+                staging: staging(device, "Σ σ(z⁽²⁾), Σ σ(−z⁽²⁾) readback", 2 * hidden1),
+                hidden: hidden1,
+            });
+            ops.push(kl_op(p)?);
             let p = SmallParams {
                 in_off: u(hidden1)?,
                 out_off: CostSlot::Sparsity as u32,
@@ -196,7 +221,7 @@ impl Recorder<'_> {
         let mut workspace = acts;
         workspace.extend(deltas);
         workspace.extend([col_partials, loss_partials, colsum, kl, z_hidden, complement]);
-        Ok(Plan { ops, stages, examples, workspace, state: Vec::new() })
+        Ok(Plan { ops, stages, examples, workspace, state: Vec::new(), shared_sparsity })
     }
 
     /// Column sums through the two-pass reduction of reduce.wgsl (blocks of [`BLOCK_ROWS`]
@@ -482,12 +507,35 @@ pub(super) fn submit(
     last: impl FnOnce(&mut wgpu::ComputePass<'_>),
     finish: impl FnOnce(&mut wgpu::CommandEncoder),
 ) -> u64 {
+    submit_part(gpu, data, plan, visit, 0..plan.ops.len(), &[], last, finish)
+}
+
+/// [`submit`] of the plan's operations `part` alone (`0..ops.len()`: the whole plan), with
+/// `prefix` recorded before the first of them: one submission when every segment is on the
+/// device, else one per stretch of a streamed segment that `part` reaches. The device gather
+/// runs when `part` starts at the plan's start. Returns the bytes of data uploaded.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn submit_part(
+    gpu: &Gpu,
+    data: &Residency,
+    plan: &Plan,
+    visit: &Visit,
+    part: Range<usize>,
+    prefix: &[&Op],
+    last: impl FnOnce(&mut wgpu::ComputePass<'_>),
+    finish: impl FnOnce(&mut wgpu::CommandEncoder),
+) -> u64 {
     let streamed = visit.segments.iter().any(|s| matches!(s.chunk, Source::Streamed(_)));
     let stages: Vec<(Option<usize>, Range<usize>)> = if streamed {
         let ends = plan.stages.iter().skip(1).map(|s| s.1).chain([plan.ops.len()]);
-        plan.stages.iter().zip(ends).map(|(&(seg, start), end)| (Some(seg), start..end)).collect()
+        plan.stages
+            .iter()
+            .zip(ends)
+            .map(|(&(seg, start), end)| (Some(seg), start.max(part.start)..end.min(part.end)))
+            .filter(|(_, ops)| !ops.is_empty())
+            .collect()
     } else {
-        vec![(None, 0..plan.ops.len())]
+        vec![(None, part.clone())]
     };
     let (mut last, mut finish) = (Some(last), Some(finish));
     let mut holds = [None; RING];
@@ -505,9 +553,12 @@ pub(super) fn submit(
         {
             let mut pass = encoder
                 .begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("cost"), timestamp_writes: None });
-            if k == 0 && visit.gather {
+            if k == 0 && part.start == 0 && visit.gather {
                 let set = data.current_set().expect("the visit gathered into it");
                 set.ops.iter().for_each(|op| op.record(&mut pass));
+            }
+            if k == 0 {
+                prefix.iter().for_each(|op| op.record(&mut pass));
             }
             plan.ops[ops.clone()].iter().for_each(|op| op.record(&mut pass));
             if final_stage && let Some(last) = last.take() {

@@ -111,3 +111,28 @@ impl DeviceTraining for GpuBackend {
         Ok(())
     }
 }
+
+/// The GPU backend as one rank's backend of a data-parallel job ([`crate::dist::DistBackend`]):
+/// a sparse autoencoder's ρ̂ is taken from every rank between its two passes
+/// ([`GpuBackend::evaluate_sharing_sparsity`]: two submissions, the column sums read back and
+/// written again, 16 · hidden bytes across the bus); every other network as
+/// [`crate::Backend`] evaluates it (one submission, ∇J read back for the sum over ranks).
+impl crate::dist::ShardBackend for GpuBackend {
+    fn backend(&mut self) -> &mut dyn crate::Backend {
+        self
+    }
+
+    fn shares_sparsity(&self) -> bool {
+        true
+    }
+
+    fn evaluate_sharing_sparsity(
+        &mut self,
+        theta: &[f64],
+        batch: Batch<'_>,
+        grad: Option<&mut [f64]>,
+        share: &mut dyn FnMut(Vec<f64>) -> Result<Vec<f64>>,
+    ) -> Result<crate::Cost> {
+        GpuBackend::evaluate_sharing_sparsity(self, theta, batch, grad, share)
+    }
+}

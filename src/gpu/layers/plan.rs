@@ -396,7 +396,7 @@ impl StackRecorder<'_> {
         }
         workspace.extend(deltas);
         workspace.extend([out, col_partials, conv_partials, loss_partials]);
-        Ok(Plan { ops, stages, examples, workspace, state: Vec::new() })
+        Ok(Plan { ops, stages, examples, workspace, state: Vec::new(), shared_sparsity: None })
     }
 
     /// The activations of every hidden layer and the output (softmax applied) on one uploaded

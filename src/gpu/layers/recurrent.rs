@@ -828,7 +828,7 @@ impl StackRecorder<'_> {
         workspace.extend(dh);
         workspace.extend(carry);
         workspace.extend([out, d_out, dz, col_partials, loss_partials]);
-        Ok(Plan { ops, stages, examples, workspace, state })
+        Ok(Plan { ops, stages, examples, workspace, state, shared_sparsity: None })
     }
 
     /// The activations of every recurrent layer (a per-step layer m × (T·h), a last-step one
