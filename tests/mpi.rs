@@ -642,16 +642,18 @@ fn a_sparse_autoencoder_and_a_character_model_train_on_gpu_ranks_as_one_gpu_proc
     }
     let dir = tempfile::tempdir().unwrap();
     // The sparse autoencoder: ρ̂ summed over the ranks between the passes of each GPU.
-    let args = ["autoencoder", "--count", "90", "--hidden", "10", "--iterations", "20", "--backend", "gpu"];
+    // Few iterations: the claim is that the ranks compute the one process's steps, and f32's
+    // own rounding spread grows along an L-BFGS path (at 20 iterations it was 5e-6 of the
+    // 1e-5 bound); at the same θ the evaluations agree to 1e-6 (tests/mpi_gpu.rs).
+    let args = ["autoencoder", "--count", "90", "--hidden", "10", "--iterations", "6", "--backend", "gpu"];
     train(0, &args, "sae-one", dir.path(), &[]);
     let one = final_cost(&dir.path().join("sae-one"));
     for n in [2, 3] {
         let run = dir.path().join(format!("sae-n{n}"));
         train(n, &args, run.to_str().unwrap(), dir.path(), &[]);
         let c = final_cost(&run);
-        // f32 sums in other groupings (ε ≈ 1.2e-7), through 20 L-BFGS iterations (measured:
-        // 4.7e-6 at N = 2, 5.0e-6 at N = 3; one GPU process is 3.4e-6 from the f64 run, N = 2
-        // 1.4e-6: f32's own spread on this still-descending path).
+        // f32 sums in other groupings (ε ≈ 1.2e-7), through 6 L-BFGS iterations
+        // (measured on lavapipe: 5.5e-7 at N = 2, 4.9e-7 at N = 3).
         assert!((c - one).abs() <= 1e-5 * one, "N = {n} on the GPU: final J {c}, one GPU process {one}");
         let backend = metrics(&run)["backend"].as_str().unwrap().to_string();
         assert!(backend.starts_with("gpu f32: ") && backend.ends_with(&format!(" × {n} ranks")), "{backend}");
