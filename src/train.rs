@@ -765,14 +765,23 @@ pub fn train<'x>(
         crate::checkpoint::save_state(spec, theta, &metadata(extra), &optimizer, &path)?;
         Ok(path)
     };
-    // A copy of θ and the optimizer state goes to the writer; training goes on meanwhile.
+    // A copy of θ and the optimizer state goes to the writer; training goes on meanwhile. The
+    // metadata (which may hold a whitening matrix or an encoder as JSON) is shared, not copied
+    // on the training path: the writer builds each checkpoint's from it.
+    let shared = std::cell::OnceCell::new();
     let in_background = |theta: &[f64],
                          optimizer: Option<&Optimizer>,
                          extra: serde_json::Map<String, serde_json::Value>,
                          file: &str|
      -> Result<PathBuf> {
         let path = job.out_dir.join(file);
-        writer.save_state(spec.clone(), theta.to_vec(), metadata(extra), optimizer.cloned(), path.clone())?;
+        let shared = shared.get_or_init(|| Arc::new((spec.clone(), metadata(Default::default())))).clone();
+        let (theta, optimizer, to) = (theta.to_vec(), optimizer.cloned(), path.clone());
+        writer.submit(move || {
+            let (spec, base) = &*shared;
+            let metadata = Metadata { extra, ..base.clone() };
+            crate::checkpoint::save_state(spec, &theta, &metadata, &optimizer, &to)
+        })?;
         Ok(path)
     };
     let (train_examples, validation_examples) = (data.train_examples, data.validation_examples);

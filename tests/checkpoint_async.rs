@@ -186,10 +186,11 @@ fn spawn_until(
     (child, lines)
 }
 
-/// A run that checkpoints every iteration keeps, when finished, the final state (no older
-/// background write lands after it); Ctrl-C amid those writes exits 130 with a whole
-/// checkpoint and no temporary file; resumed with `--resume` alone (and a budget), it ends
-/// on the bits of a run never interrupted.
+/// A run that checkpoints every iteration: a checkpoint written in the background, taken
+/// aside mid-run, is whole; Ctrl-C amid those writes exits 130 with a whole checkpoint and no
+/// temporary file; both, resumed with `--resume` alone (and a budget), end on the bits of a
+/// run never interrupted, and the finished runs keep the final state (no older background
+/// write lands after it).
 #[test]
 fn sigint_amid_background_checkpoints_leaves_a_whole_one_that_resumes_on_the_same_bits() {
     let dir = tempfile::tempdir().unwrap();
@@ -198,6 +199,14 @@ fn sigint_amid_background_checkpoints_leaves_a_whole_one_that_resumes_on_the_sam
     let mut args = JOB.to_vec();
     args.extend(["1", "--iterations", "100000", "--out", stopped_s]);
     let (mut child, lines) = spawn_until(&args, 1);
+    // A checkpoint written in the background while the run goes on, taken aside to resume too.
+    let (periodic, copy) = (stopped.join("checkpoint.safetensors"), dir.path().join("copy"));
+    while !periodic.exists() {
+        assert!(child.try_wait().unwrap().is_none(), "the run ended before its first checkpoint");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    std::fs::create_dir(&copy).unwrap();
+    std::fs::copy(&periodic, copy.join("checkpoint.safetensors")).unwrap();
     let kill = std::process::Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
     assert!(kill.success());
     let rest: Vec<String> = lines.map(|l| l.unwrap()).collect();
@@ -205,18 +214,22 @@ fn sigint_amid_background_checkpoints_leaves_a_whole_one_that_resumes_on_the_sam
     assert!(rest.last().unwrap().contains("resume with: wgnn train --resume"), "{rest:?}");
     assert_eq!(names_in(&stopped).iter().filter(|n| n.ends_with(".tmp")).count(), 0, "{:?}", names_in(&stopped));
     let ck = Checkpoint::load(&stopped.join("checkpoint.safetensors")).expect("a whole checkpoint");
-    let done = ck.metadata.optimizer["counters"]["iteration"].as_u64().expect("the iterations done") as usize;
+    let iterations = |ck: &Checkpoint| ck.metadata.optimizer["counters"]["iteration"].as_u64().expect("iterations");
+    let copied = Checkpoint::load(&copy.join("checkpoint.safetensors")).expect("a whole checkpoint");
+    let done = iterations(&ck).max(iterations(&copied)) as usize;
 
     // The same budget both ways: the uninterrupted run, and the resumed one.
     let budget = (done + 3).to_string();
     let mut args = JOB.to_vec();
     args.extend(["1", "--iterations", &budget, "--quiet", "--out", straight.to_str().unwrap()]);
     wgnn().args(&args).assert().success();
-    wgnn().args(["train", "--quiet", "--resume", stopped_s, "--iterations", &budget]).assert().success();
     let model = theta_bits(&straight.join("model.safetensors"));
-    assert_eq!(theta_bits(&stopped.join("model.safetensors")), model, "the resumed θ differs");
+    for run in [&stopped, &copy] {
+        wgnn().args(["train", "--quiet", "--resume"]).arg(run).args(["--iterations", &budget]).assert().success();
+        assert_eq!(theta_bits(&run.join("model.safetensors")), model, "{} resumed to another θ", run.display());
+    }
     // With --checkpoint-every the finished run keeps its last state: the final θ, not an older one.
-    for run in [&straight, &stopped] {
+    for run in [&straight, &stopped, &copy] {
         assert_eq!(theta_bits(&run.join("checkpoint.safetensors")), model, "{}", run.display());
         let ck = Checkpoint::load(&run.join("checkpoint.safetensors")).unwrap();
         assert_eq!(ck.metadata.optimizer["counters"]["iteration"].as_u64(), Some(done as u64 + 3));
