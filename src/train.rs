@@ -11,7 +11,8 @@
 //!   autoencoder). A held-out test set adds `test_accuracy` (classifiers) or `r2` (regression:
 //!   [`r2_score`]);
 //! - while training, and when a run is interrupted, θ and the optimizer state go to
-//!   `checkpoint.safetensors` (resumable); a finished run removes it;
+//!   `checkpoint.safetensors` (resumable; those on the way are written by a background thread,
+//!   [`crate::checkpoint::Writer`], and every return waits for it); a finished run removes it;
 //! - a run that fails (a non-finite cost, divergence) keeps the θ the optimizer left in
 //!   `checkpoint.safetensors`, without optimizer state, and says why in `metrics.json`
 //!   (`"status": "diverged"`, `"error"`; `"failed"` for another error while training, such as a
