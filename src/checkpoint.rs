@@ -15,6 +15,7 @@
 //! text) still load.
 //!
 //! Writes are atomic (temporary file, fsync, rename): a crash never leaves a broken file.
+//! A [`Writer`] does them on a background thread, so that training goes on meanwhile.
 //! Loading checks every shape against the spec and refuses a corrupt or mismatched file with
 //! a message that says what is wrong.
 
@@ -246,6 +247,109 @@ pub fn save_state<S: Serialize + ?Sized>(
     }
     let bytes = encode(spec, theta, metadata, optimizer)?;
     crate::atomic::write_bytes(path, &bytes)
+}
+
+/// The checkpoint writer: training hands it a copy of θ and the optimizer state and goes on,
+/// while one background thread serialises the copy and writes it atomically (temporary file,
+/// fsync, rename: [`crate::atomic`]). This is asynchronous checkpointing as PyTorch's
+/// `torch.distributed.checkpoint.async_save` and Orbax's `AsyncCheckpointer` do it: the
+/// training path pays for a memory copy, not for the serialisation, the write and the fsync
+/// (BENCHMARKS.md, "Checkpoints written in the background").
+///
+/// - At most one write is in flight: handing over the next one ([`Writer::save_state`],
+///   [`Writer::submit`]) first waits for the one before. So every checkpoint asked for is
+///   written, in the order asked, and the writer holds at most one copy of the state (a
+///   queue that replaced a waiting copy would skip checkpoints and hold two copies).
+/// - A write's error is returned by the next hand-over or by [`Writer::wait`], once; the
+///   file it was writing is then as it was before (the atomic write's promise).
+/// - Dropping the writer waits for the write in flight (its error is then lost: call
+///   [`Writer::wait`] on every path that can report one), so no caller returns, and no
+///   process exits through a return, with a checkpoint half written.
+///
+/// Write everything else to the same file only after [`Writer::wait`]: a synchronous write
+/// could otherwise be overtaken by the older one still in flight.
+#[derive(Debug, Default)]
+pub struct Writer {
+    /// The write in flight: its thread, which returns the write's result.
+    in_flight: std::sync::Mutex<Option<std::thread::JoinHandle<Result<()>>>>,
+}
+
+impl Writer {
+    /// A writer with nothing in flight (no thread until the first write).
+    pub fn new() -> Writer {
+        Writer::default()
+    }
+
+    /// Waits for the write in flight, if any, and returns its result.
+    ///
+    /// Errors: the write's own ([`Error::File`] when the file could not be written,
+    /// [`Error::Data`] when the state could not be serialised), or [`Error::Data`] when the
+    /// writer thread panicked.
+    pub fn wait(&self) -> Result<()> {
+        let handle = self.in_flight.lock().unwrap_or_else(|e| e.into_inner()).take();
+        match handle.map(std::thread::JoinHandle::join) {
+            None | Some(Ok(Ok(()))) => Ok(()),
+            Some(Ok(Err(e))) => Err(e),
+            Some(Err(panic)) => {
+                let what = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "a panic".into());
+                Err(Error::Data(crate::one_line(&format!("the checkpoint writer thread stopped: {what}"))))
+            }
+        }
+    }
+
+    /// Runs `write` on the writer thread once the write before it has ended, and returns at
+    /// once. When the write before failed, its error is returned and `write` is dropped,
+    /// unstarted.
+    ///
+    /// Errors: the previous write's (as [`Writer::wait`]); [`Error::Data`] when the system
+    /// cannot start a thread (`write` is then not run).
+    pub fn submit(&self, write: impl FnOnce() -> Result<()> + Send + 'static) -> Result<()> {
+        self.wait()?;
+        let handle = std::thread::Builder::new()
+            .name("wgnn-checkpoint".into())
+            .spawn(write)
+            .map_err(|e| Error::Data(format!("cannot start the checkpoint writer thread: {e}")))?;
+        *self.in_flight.lock().unwrap_or_else(|e| e.into_inner()) = Some(handle);
+        Ok(())
+    }
+
+    /// Hands a checkpoint of `spec`, `theta`, `metadata` and `optimizer` to the writer thread,
+    /// which writes to `path` the file [`save_state`] writes (the same bytes). The values are
+    /// moved in: the caller copies what it goes on changing (θ, the optimizer).
+    ///
+    /// Errors, before anything is handed over: as [`save_state`] for θ's length and the spec;
+    /// the previous write's error (as [`Writer::submit`]). The write's own errors come back
+    /// from the next hand-over or from [`Writer::wait`].
+    pub fn save_state<S: Serialize + Send + 'static>(
+        &self,
+        spec: NetSpec,
+        theta: Vec<f64>,
+        metadata: Metadata,
+        optimizer: S,
+        path: std::path::PathBuf,
+    ) -> Result<()> {
+        spec.validate()?;
+        let len = ThetaLayout::new(&spec).len();
+        if theta.len() != len {
+            return Err(Error::Shape(format!("θ has {} values but the network needs {len}", theta.len())));
+        }
+        self.submit(move || {
+            let bytes = encode(&spec, &theta, &metadata, &optimizer)?;
+            // The copies go before the write: the file's bytes are all this thread still holds.
+            drop((theta, optimizer, metadata));
+            crate::atomic::write_bytes(&path, &bytes)
+        })
+    }
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        let _ = self.wait();
+    }
 }
 
 /// The bytes of a checkpoint file: θ's tensors, then the metadata's long arrays as tensors (with

@@ -11,7 +11,8 @@
 //!   autoencoder). A held-out test set adds `test_accuracy` (classifiers) or `r2` (regression:
 //!   [`r2_score`]);
 //! - while training, and when a run is interrupted, θ and the optimizer state go to
-//!   `checkpoint.safetensors` (resumable); a finished run removes it;
+//!   `checkpoint.safetensors` (resumable; those on the way are written by a background thread,
+//!   [`crate::checkpoint::Writer`], and every return waits for it); a finished run removes it;
 //! - a run that fails (a non-finite cost, divergence) keeps the θ the optimizer left in
 //!   `checkpoint.safetensors`, without optimizer state, and says why in `metrics.json`
 //!   (`"status": "diverged"`, `"error"`; `"failed"` for another error while training, such as a
@@ -742,28 +743,51 @@ pub fn train<'x>(
     let data = TrainingData::load(&job, backend, x.into(), y)?;
     let (mut theta, mut optimizer) = starting_point(&job)?;
     let spec = &job.spec;
+    // The history travels inside the optimizer state (and in metrics.json), not twice.
+    let metadata = |extra| Metadata {
+        seed: Some(job.seed),
+        preprocessing: job.preprocessing.clone(),
+        command: job.command.clone(),
+        extra,
+        ..Default::default()
+    };
+    // Checkpoints on the way are written in the background (one in flight at most); every
+    // other file of the run waits for that write first, so files land in the order asked
+    // and no return leaves one half written (checkpoint::Writer).
+    let writer = crate::checkpoint::Writer::new();
     let save = |theta: &[f64],
                 optimizer: Option<&Optimizer>,
                 extra: serde_json::Map<String, serde_json::Value>,
                 file: &str|
      -> Result<PathBuf> {
-        // The history travels inside the optimizer state (and in metrics.json), not twice.
-        let metadata = Metadata {
-            seed: Some(job.seed),
-            preprocessing: job.preprocessing.clone(),
-            command: job.command.clone(),
-            extra,
-            ..Default::default()
-        };
         let path = job.out_dir.join(file);
+        writer.wait()?;
         // The optimizer's vectors go straight into tensor bytes (no JSON value per number).
-        crate::checkpoint::save_state(spec, theta, &metadata, &optimizer, &path)?;
+        crate::checkpoint::save_state(spec, theta, &metadata(extra), &optimizer, &path)?;
+        Ok(path)
+    };
+    // A copy of θ and the optimizer state goes to the writer; training goes on meanwhile. The
+    // metadata (which may hold a whitening matrix or an encoder as JSON) is shared, not copied
+    // on the training path: the writer builds each checkpoint's from it.
+    let shared = std::cell::OnceCell::new();
+    let in_background = |theta: &[f64],
+                         optimizer: Option<&Optimizer>,
+                         extra: serde_json::Map<String, serde_json::Value>,
+                         file: &str|
+     -> Result<PathBuf> {
+        let path = job.out_dir.join(file);
+        let shared = shared.get_or_init(|| Arc::new((spec.clone(), metadata(Default::default())))).clone();
+        let (theta, optimizer, to) = (theta.to_vec(), optimizer.cloned(), path.clone());
+        writer.submit(move || {
+            let (spec, base) = &*shared;
+            let metadata = Metadata { extra, ..base.clone() };
+            crate::checkpoint::save_state(spec, &theta, &metadata, &optimizer, &to)
+        })?;
         Ok(path)
     };
     let (train_examples, validation_examples) = (data.train_examples, data.validation_examples);
     let summary =
-        match optimize(&job, backend, &data, &mut theta, &mut optimizer, progress, interrupt, Some(&save as &Save<'_>))
-        {
+        match optimize(&job, backend, &data, &mut theta, &mut optimizer, progress, interrupt, Some(&in_background)) {
             Ok(s) => s,
             Err(e) => {
                 // Keep what can be kept, under names that do not claim a finished model. The
@@ -774,7 +798,7 @@ pub fn train<'x>(
                 let failure = Failure { status, reason: &e.to_string(), theta: &theta, optimizer: &optimizer };
                 let files = failure.write(&job, spec, backend, train_examples, validation_examples, &save);
                 return match (diverged, files) {
-                    (true, Ok((files, final_cost))) => Ok(failure.outcome(files, final_cost)),
+                    (true, Ok((files, final_cost))) => writer.wait().map(|()| failure.outcome(files, final_cost)),
                     _ => Err(e),
                 };
             }
@@ -784,11 +808,14 @@ pub fn train<'x>(
         Err(reason) => {
             let failure = Failure { status: "diverged", reason: &reason, theta: &theta, optimizer: &optimizer };
             let (files, final_cost) = failure.write(&job, spec, backend, train_examples, validation_examples, &save)?;
+            writer.wait()?;
             return Ok(failure.outcome(files, final_cost));
         }
     };
     let measures = measure(&job, backend, &data, &theta)?;
-    write_run(&job, backend, &data, theta, &optimizer, summary, final_cost, measures, &save)
+    let outcome = write_run(&job, backend, &data, theta, &optimizer, summary, final_cost, measures, &save)?;
+    writer.wait()?;
+    Ok(outcome)
 }
 
 /// As [`train`], in memory: the same steps but the folder and write steps, so the same θ bit
@@ -1012,8 +1039,8 @@ fn optimize(
             && stop_for_save
             && !interrupt.load(Ordering::SeqCst)
         {
-            // The backend's working buffers need not sit beside the serialised optimizer state.
-            backend.release_buffers();
+            // Not backend.release_buffers() here (as before the final save): the next step would
+            // allocate them again at once, while the writer still serialises this copy.
             save(theta, Some(optimizer), Default::default(), CHECKPOINT_FILE)?;
             continue;
         }

@@ -303,6 +303,9 @@ pub fn train_text(
     // (0 was refused with the other flags.)
     let every = args.checkpoint_every.filter(|&e| e > 0);
     let mut save_error: Option<wgnn::Error> = None;
+    // Checkpoints every N updates are written in the background (one in flight at most); the
+    // one where the run stops, and every other file, wait for it first (checkpoint::Writer).
+    let writer = wgnn::checkpoint::Writer::new();
     let started = std::time::Instant::now();
     let mut on_step = |s: &char_model::Step, snapshot: &char_model::Snapshot<'_>| {
         let seconds = started.elapsed().as_secs_f64();
@@ -329,7 +332,14 @@ pub fn train_text(
             let mut m = metadata.clone();
             m.history = serde_json::Value::Array(history.clone());
             m.extra.insert("updates".into(), s.step.into());
-            if let Err(e) = wgnn::checkpoint::save_state(&spec, &theta, &m, &progress, &checkpoint_path) {
+            let saved = if stop {
+                writer
+                    .wait()
+                    .and_then(|()| wgnn::checkpoint::save_state(&spec, &theta, &m, &progress, &checkpoint_path))
+            } else {
+                writer.save_state(spec.clone(), theta, m, progress, checkpoint_path.clone())
+            };
+            if let Err(e) = saved {
                 save_error = Some(e);
                 return Control::Stop;
             }
@@ -349,6 +359,9 @@ pub fn train_text(
         char_model::train_from_on_ranks::<f32>(&net, &mut theta, train, held, &job, from, comm, &mut on_step)
     };
     let seconds = started.elapsed().as_secs_f64();
+    if let (None, Err(e)) = (&save_error, writer.wait()) {
+        save_error = Some(e);
+    }
     if let Some(e) = save_error {
         return Err(anyhow::Error::from(e).context(format!("saving {}", checkpoint_path.display())));
     }
