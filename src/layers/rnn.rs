@@ -243,6 +243,10 @@ pub(crate) const UNIT_BLOCK: usize = 32;
 /// a step's hand-off (~1 µs) would cost more than the second core saves.
 const LOCKSTEP_SERIAL_BELOW: usize = 1 << 14;
 
+/// Spins (each a `pause`, tens of ns) a waiting thread of [`lockstep`] makes before it sleeps:
+/// some tens of µs, longer than a balanced step's stragglers, far shorter than a time slice.
+const SPINS_BEFORE_SLEEP: usize = 2000;
+
 /// The unit blocks of a layer of `hidden` units: [0, 32), [32, 64), …, the last one shorter.
 pub(crate) fn unit_blocks(hidden: usize) -> Vec<std::ops::Range<usize>> {
     (0..hidden.div_ceil(UNIT_BLOCK)).map(|j| j * UNIT_BLOCK..((j + 1) * UNIT_BLOCK).min(hidden)).collect()
@@ -261,8 +265,9 @@ pub(crate) fn lockstep_threads(blocks: usize, work: usize) -> usize {
 ///
 /// Thread w owns blocks [w·B/p, (w+1)·B/p) and runs them first at each step (so its slice of
 /// the weights stays in its own cache); a thread that is done takes any block of the step not
-/// yet claimed, so a thread that starts late, or is descheduled on a busy machine, delays
-/// nothing and can never deadlock the others (the caller alone can run every task). Which
+/// yet claimed, so a thread that starts late (its pool busy) delays nothing and can never
+/// deadlock the others (the caller alone can run every task); a thread waits only for blocks
+/// another thread is running, spinning briefly, then asleep. Which
 /// thread runs a task never changes what the task computes, so results do not depend on
 /// `threads` as long as each task's own arithmetic does not.
 pub(crate) fn lockstep(steps: usize, blocks: usize, threads: usize, task: &(dyn Fn(usize, usize) + Sync)) {
@@ -280,6 +285,29 @@ pub(crate) fn lockstep(steps: usize, blocks: usize, threads: usize, task: &(dyn 
     let done = AtomicUsize::new(0);
     // Per block: how many of its steps have been claimed (claiming step s moves it s → s + 1).
     let claimed: Vec<AtomicUsize> = (0..blocks).map(|_| AtomicUsize::new(0)).collect();
+    // Threads asleep (or about to sleep) on `wake` until `done` moves: a wait longer than the
+    // spin gives the core away, so on a busy machine the thread holding the last block of a
+    // step can have it (a spinning or yielding waiter kept it from running for whole time
+    // slices). A finisher takes the lock only when someone sleeps.
+    let sleepers = AtomicUsize::new(0);
+    let (lock, wake) = (std::sync::Mutex::new(()), std::sync::Condvar::new());
+    let wait_past = |seen: usize| {
+        for _ in 0..SPINS_BEFORE_SLEEP {
+            if done.load(Ordering::Acquire) != seen {
+                return;
+            }
+            std::hint::spin_loop();
+        }
+        // SeqCst on both sides: either the finisher sees this sleeper and notifies under the
+        // lock, or this thread sees the finisher's `done` before it waits (no lost wake-up).
+        sleepers.fetch_add(1, Ordering::SeqCst);
+        let mut guard = lock.lock().unwrap_or_else(|e| e.into_inner());
+        while done.load(Ordering::SeqCst) == seen {
+            guard = wake.wait(guard).unwrap_or_else(|e| e.into_inner());
+        }
+        drop(guard);
+        sleepers.fetch_sub(1, Ordering::SeqCst);
+    };
     let work = |w: usize| {
         let own = w * blocks / threads;
         let mut seen = done.load(Ordering::Acquire);
@@ -291,22 +319,17 @@ pub(crate) fn lockstep(steps: usize, blocks: usize, threads: usize, task: &(dyn 
                     && claimed[j].compare_exchange(s, s + 1, Ordering::AcqRel, Ordering::Relaxed).is_ok()
                 {
                     task(s, j);
-                    done.fetch_add(1, Ordering::AcqRel);
+                    done.fetch_add(1, Ordering::SeqCst);
+                    if sleepers.load(Ordering::SeqCst) > 0 {
+                        let _guard = lock.lock().unwrap_or_else(|e| e.into_inner());
+                        wake.notify_all();
+                    }
                     ran = true;
                 }
             }
             if !ran {
-                // Every block of step s is claimed: wait for one of them to finish. Spin
-                // briefly (a step takes microseconds), then yield the core to whoever holds it.
-                let mut spins = 0u32;
-                while done.load(Ordering::Acquire) == seen {
-                    if spins < 4096 {
-                        std::hint::spin_loop();
-                        spins += 1;
-                    } else {
-                        std::thread::yield_now();
-                    }
-                }
+                // Every block of step s is claimed: wait for one of them to finish.
+                wait_past(seen);
             }
             seen = done.load(Ordering::Acquire);
         }
