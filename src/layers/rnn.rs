@@ -291,9 +291,12 @@ pub(crate) fn lockstep(steps: usize, blocks: usize, threads: usize, task: &(dyn 
     // slices). A finisher takes the lock only when someone sleeps.
     let sleepers = AtomicUsize::new(0);
     let (lock, wake) = (std::sync::Mutex::new(()), std::sync::Condvar::new());
+    // Set when a task panics: the others stop waiting for its block, and `rayon::scope` passes
+    // the panic on (instead of the team waiting forever for a step that cannot finish).
+    let aborted = std::sync::atomic::AtomicBool::new(false);
     let wait_past = |seen: usize| {
         for _ in 0..SPINS_BEFORE_SLEEP {
-            if done.load(Ordering::Acquire) != seen {
+            if done.load(Ordering::Acquire) != seen || aborted.load(Ordering::Relaxed) {
                 return;
             }
             std::hint::spin_loop();
@@ -302,16 +305,28 @@ pub(crate) fn lockstep(steps: usize, blocks: usize, threads: usize, task: &(dyn 
         // lock, or this thread sees the finisher's `done` before it waits (no lost wake-up).
         sleepers.fetch_add(1, Ordering::SeqCst);
         let mut guard = lock.lock().unwrap_or_else(|e| e.into_inner());
-        while done.load(Ordering::SeqCst) == seen {
+        while done.load(Ordering::SeqCst) == seen && !aborted.load(Ordering::SeqCst) {
             guard = wake.wait(guard).unwrap_or_else(|e| e.into_inner());
         }
         drop(guard);
         sleepers.fetch_sub(1, Ordering::SeqCst);
     };
+    /// Wakes the team when a worker unwinds from a panicking task.
+    struct OnPanic<'a>(&'a std::sync::atomic::AtomicBool, &'a std::sync::Mutex<()>, &'a std::sync::Condvar);
+    impl Drop for OnPanic<'_> {
+        fn drop(&mut self) {
+            if std::thread::panicking() {
+                self.0.store(true, Ordering::SeqCst);
+                let _guard = self.1.lock().unwrap_or_else(|e| e.into_inner());
+                self.2.notify_all();
+            }
+        }
+    }
     let work = |w: usize| {
+        let _on_panic = OnPanic(&aborted, &lock, &wake);
         let own = w * blocks / threads;
         let mut seen = done.load(Ordering::Acquire);
-        while seen < total {
+        while seen < total && !aborted.load(Ordering::Relaxed) {
             let s = seen / blocks;
             let mut ran = false;
             for j in (own..blocks).chain(0..own) {
@@ -581,6 +596,25 @@ mod tests {
                 assert!(counts.iter().all(|&c| c == 1), "pool {pool_threads}, team {team}: runs {counts:?}");
                 assert_eq!(early.load(Ordering::Relaxed), 0, "pool {pool_threads}, team {team}: a step began early");
             }
+        }
+    }
+
+    /// A task that panics ends the pass with its panic on every team size: the others must not
+    /// wait forever for the block it never finishes.
+    #[test]
+    fn a_panicking_task_is_passed_on_not_waited_for() {
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(3).build().unwrap();
+        for team in 1..=3 {
+            let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                pool.install(|| {
+                    lockstep(20, 4, team, &|s, j| {
+                        if s == 5 && j == 1 {
+                            panic!("task (5, 1) fails");
+                        }
+                    })
+                })
+            }));
+            assert!(result.is_err(), "team {team}: the panic was lost");
         }
     }
 
