@@ -17,6 +17,17 @@ use wgnn::optim::{BackendObjective, Hooks, Method, Minibatch, Optimizer, Stop};
 use wgnn::{Backend, CpuBackend, Targets};
 
 fn main() -> wgnn::Result<()> {
+    // As the `wgnn` binary does (src/main.rs, `keep_freed_memory`): freed step arrays stay in
+    // the heap for the next step instead of going back to the kernel. `WGNN_GLIBC_MALLOC=1`
+    // leaves glibc's defaults, to measure the difference.
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    if std::env::var_os("WGNN_GLIBC_MALLOC").is_none() {
+        // SAFETY: mallopt only sets two of glibc's thresholds, before any other thread exists.
+        unsafe {
+            libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
+            libc::mallopt(libc::M_TRIM_THRESHOLD, 1 << 30);
+        }
+    }
     let args: Vec<String> = std::env::args().skip(1).collect();
     let num = |i: usize, default: usize| args.get(i).and_then(|s| s.parse().ok()).unwrap_or(default);
     let (batch, steps, n, hidden, k) = (num(0, 128), num(1, 28), num(2, 28), num(3, 128), num(4, 10));

@@ -604,3 +604,111 @@ fn one_hot_inputs_gather_w_ih_with_the_products_values() {
         );
     }
 }
+
+/// The LSTM of MATH.md in plain f64 loops, θ's gate order (i, f, g, o rows of W_ih, W_hh, b),
+/// time-major x ((T·m) × n) from (h_0, c_0): h_1 … h_T time-major. The reference for the
+/// blocked recurrence below, which regroups the gate rows per block of 32 units.
+fn naive_lstm(
+    w_ih: &Array2<f64>,
+    w_hh: &Array2<f64>,
+    b: &[f64],
+    x: &Array2<f64>,
+    h0: &Array2<f64>,
+    c0: &Array2<f64>,
+) -> Array2<f64> {
+    let (m, h) = h0.dim();
+    let steps = x.nrows() / m;
+    let sigmoid = |v: f64| 1.0 / (1.0 + (-v).exp());
+    let (mut hs, mut cs) = (h0.clone(), c0.clone());
+    let mut out = Array2::zeros((steps * m, h));
+    for t in 0..steps {
+        let (prev_h, prev_c) = (hs.clone(), cs.clone());
+        for i in 0..m {
+            let z = |q: usize, u: usize| {
+                let r = q * h + u;
+                b[r] + (0..x.ncols()).map(|k| w_ih[[r, k]] * x[[t * m + i, k]]).sum::<f64>()
+                    + (0..h).map(|k| w_hh[[r, k]] * prev_h[[i, k]]).sum::<f64>()
+            };
+            for u in 0..h {
+                let (ig, fg, gg, og) = (sigmoid(z(0, u)), sigmoid(z(1, u)), z(2, u).tanh(), sigmoid(z(3, u)));
+                cs[[i, u]] = fg * prev_c[[i, u]] + ig * gg;
+                hs[[i, u]] = og * cs[[i, u]].tanh();
+                out[[t * m + i, u]] = hs[[i, u]];
+            }
+        }
+    }
+    out
+}
+
+/// The lock-step recurrence (issue 16 §6: hidden units in fixed blocks of 32, a team of threads
+/// meeting once per step) on awkward sizes — hidden 1 and 7 (one block), 65 (32 + 32 + 1) and
+/// 129, batch 1 and 5:
+/// - the LSTM layer's outputs equal the plain-loop LSTM in θ's gate order (< 1e-12), so the
+///   regrouped gate rows land back where PyTorch's layout has them;
+/// - the f64 gradient of an rnn and an lstm network agrees with central differences along ∇J
+///   itself restricted to W_hh and to the biases (< 1e-7 relative: ∇J·v against a difference
+///   quotient with ε = 1e-5, whose error is O(ε²) ≈ 1e-10 here);
+/// - the f32 cost and gradient are close to f64's and have the same bits on 1, 2 and 3 threads.
+#[test]
+fn lockstep_recurrence_on_awkward_sizes_matches_plain_loops_and_keeps_its_bits() {
+    use wgnn::layers::lstm::Lstm;
+    let (steps, n) = (3, 4);
+    for h in [1, 7, 65, 129] {
+        for m in [1, 5] {
+            let mut rng = StdRng::seed_from_u64((h * 10 + m) as u64);
+            let scale = 1.0 / (h as f64).sqrt();
+            let mut uniform =
+                |r: usize, c: usize| Array2::from_shape_simple_fn((r, c), || rng.random_range(-1.0..1.0) * scale);
+            let (w_ih, w_hh, b) = (uniform(4 * h, n), uniform(4 * h, h), uniform(1, 4 * h).row(0).to_vec());
+            let (x, h0, c0) = (uniform(steps * m, n), uniform(m, h), uniform(m, h));
+            let fwd = Lstm::new(n, h, steps)
+                .unwrap()
+                .forward(
+                    w_ih.view(),
+                    w_hh.view(),
+                    ndarray::ArrayView1::from(&b),
+                    x.view(),
+                    Some((h0.view(), c0.view())),
+                )
+                .unwrap();
+            let want = naive_lstm(&w_ih, &w_hh, &b, &x, &h0, &c0);
+            let gap = (&fwd.outputs() - &want).mapv(f64::abs).fold(0.0f64, |a, &v| a.max(v));
+            assert!(gap < 1e-12, "lstm {h}, batch {m}: outputs differ from the plain loops by {gap:e}");
+
+            for text in [format!("lstm {h}, per-step softmax"), format!("rnn {h} tanh, softmax")] {
+                let name = format!("{text}, batch {m}");
+                let spec = net(steps, n, &text, 3, 1e-2);
+                let mut p = Problem::new(&spec, m, 7);
+                p.theta.iter_mut().for_each(|v| *v *= 2.0 * scale);
+                let rec = Recurrent::new(spec.clone()).unwrap();
+                let y = p.targets(&spec);
+                let mut g = vec![0.0; p.theta.len()];
+                rec.cost_and_grad(&p.theta, p.x.view(), y, Some(&p.state), Some(&mut g)).unwrap();
+                let layout = ThetaLayout::new(&spec);
+                let w = layout.weight_range(0);
+                let rows = layout.shapes[0].0;
+                let w_hh = w.start + rows * n..w.end;
+                for (part, range) in [("W_hh", w_hh), ("biases", layout.all_weights().end..p.theta.len())] {
+                    let v: Vec<f64> = (0..g.len()).map(|i| if range.contains(&i) { g[i] } else { 0.0 }).collect();
+                    let dot: f64 = v.iter().map(|a| a * a).sum();
+                    assert!(dot > 1e-12, "{name}: ∇J on the {part} is (nearly) zero");
+                    let eps = 1e-5 / dot.sqrt();
+                    let at = |s: f64| {
+                        let t: Vec<f64> = p.theta.iter().zip(&v).map(|(t, d)| t + s * d).collect();
+                        rec.cost_and_grad(&t, p.x.view(), y, Some(&p.state), None).unwrap().0.total()
+                    };
+                    let quotient = (at(eps) - at(-eps)) / (2.0 * eps);
+                    let d = (quotient - dot).abs() / dot;
+                    assert!(d < 1e-7, "{name}: ∇J·v on the {part} {dot:e}, difference quotient {quotient:e} ({d:e})");
+                }
+                common::f32_matches_f64_with_the_same_bits_on_any_threads(
+                    &name,
+                    &spec,
+                    &p.theta,
+                    &|b: &mut dyn Backend| p.load(&spec, b),
+                    1e-4,
+                );
+            }
+        }
+    }
+}

@@ -11,21 +11,27 @@
 //!
 //! Batches are time-major ((T·m) × n, see [`super::rnn`]). Forward: one GEMM for the input
 //! projection of all steps, then per step a GEMM adding H_{t−1} W_hhᵀ and one fused sweep
-//! (bias, the four gates, c_t, tanh c_t, h_t). Backward (t = T … 1), with δh_t the sum of the
-//! output's δ and the next step's, and δc_t the next step's δc:
+//! (bias, the four gates, c_t, tanh c_t, h_t). The recurrence runs in lock step
+//! ([`super::rnn`], "Threads"): the hidden units fall into fixed blocks of 32, the gate rows
+//! are regrouped so that a block's four gates are adjacent ([`gate_order`]), and each task
+//! computes its block's share of a step's product and that block's gate pass in one go, one
+//! synchronisation per step. Backward (t = T … 1), with δh_t the sum of the output's δ and the
+//! next step's, and δc_t the next step's δc:
 //! δo = δh ⊙ tanh c_t, δc = δc_t + δh ⊙ o ⊙ (1 − tanh² c_t), δi = δc ⊙ g, δg = δc ⊙ i,
 //! δf = δc ⊙ c_{t−1}, δc_{t−1} = δc ⊙ f, each gate's δz its δ times its activation's derivative,
 //! δh_{t−1} = δz_t W_hh — one fused sweep and one GEMM per step; then ∇W_ih, ∇W_hh, ∇b and ∇X
 //! are one product each over all steps. The bits do not depend on the number of threads (the
-//! products go through [`cpu::gemm`](crate::cpu::gemm), the sweeps are split over rows).
+//! products go through [`cpu::gemm`](crate::cpu::gemm) or, per block, through
+//! [`cpu::gemm_serial`](crate::cpu::gemm_serial) on blocks fixed by h alone).
 
-use ndarray::{Array2, ArrayView1, ArrayView2, Axis, Zip, s};
+use ndarray::{Array1, Array2, ArrayView1, ArrayView2, Axis, s};
 
 use super::rnn::{
-    ParamGradients, StateGradients, batch_of, check_state, input_projection, parameter_gradients, rows_sweep,
+    ParamGradients, SharedRows, StateGradients, batch_of, check_state, input_projection, lockstep, lockstep_threads,
+    parameter_gradients, unit_blocks,
 };
 use super::{check_dim, check_len, checked_len};
-use crate::cpu::{Real, gemm};
+use crate::cpu::{Real, gemm, gemm_serial};
 use crate::{Error, Result};
 
 /// An LSTM layer's geometry: `inputs` features per step, `hidden` units, `steps` steps.
@@ -42,7 +48,8 @@ pub struct Lstm {
 /// What the forward pass keeps for the backward pass, time-major, block t in rows t·m … t·m + m − 1.
 #[derive(Clone, Debug)]
 pub struct LstmForward<F> {
-    /// The activated gates [i f g o] of steps 1 … T: (T·m) × 4h.
+    /// The activated gates of steps 1 … T: (T·m) × 4h, the columns grouped per block of units
+    /// (column r holds θ's gate row [`gate_order`]`(h)[r]`: per block, its i, f, g, o).
     pub gates: Array2<F>,
     /// c_0 … c_T: ((T+1)·m) × h (block 0 the initial cell state).
     pub cells: Array2<F>,
@@ -166,6 +173,17 @@ fn gate_delta_row<F: Real>(avx2: bool, dz: &mut [F], dc_next: &mut [F], dh: &[F]
     gate_delta_row_plain(dz, dc_next, dh, gates, c_prev, tc)
 }
 
+/// The gate rows of W_ih, W_hh and b (θ's order i, f, g, o, each h rows) regrouped per block of
+/// units ([`unit_blocks`]): entry r is the θ row that the kept gates' column r holds. Block j of
+/// units [u₀, u₁) takes columns [4u₀, 4u₁): its i rows, then f, g and o, each u₁ − u₀ wide. A
+/// block's product and gate pass then touch one contiguous range of columns.
+pub fn gate_order(hidden: usize) -> Vec<usize> {
+    unit_blocks(hidden)
+        .into_iter()
+        .flat_map(|units| (0..4).flat_map(move |q| units.clone().map(move |u| q * hidden + u)))
+        .collect()
+}
+
 fn slice<F>(row: ArrayView1<'_, F>) -> &[F] {
     row.to_slice().expect("rows of owned arrays are contiguous")
 }
@@ -221,34 +239,57 @@ impl Lstm {
             cells.slice_mut(s![..m, ..]).assign(&c0);
         }
         let mut tanh_cells = Array2::zeros((steps * m, h));
-        let mut gates = input_projection(w_ih, x);
-        let b = b.as_standard_layout();
-        let b = b.as_slice().expect("a standard-layout vector");
+        // The gate rows regrouped per block of units ([`gate_order`]): the input projection
+        // lands in that order, and W_hhᵀ is copied once, row-major, so that block j's product
+        // reads its 4·|block| contiguous columns as they are.
+        let blocks = unit_blocks(h);
+        let order = gate_order(h);
+        let mut gates = input_projection(w_ih.select(Axis(0), &order).view(), x);
+        let w_hh_t = w_hh.select(Axis(0), &order).reversed_axes().as_standard_layout().into_owned();
+        let b: Vec<F> = order.iter().map(|&r| b[r]).collect();
         let avx2 = has_avx2();
-        // W_hhᵀ copied once, row-major: the per-step products then read it as it is, where the
-        // transposed view was packed again at every step (a fifth of a char-LSTM step).
-        let w_hh_t = w_hh.t().as_standard_layout().into_owned();
-        for t in 0..steps {
-            let rows = t * m..(t + 1) * m;
-            let mut z = gates.slice_mut(s![rows.clone(), ..]);
-            let (h_prev, mut h_next) = hidden.view_mut().split_at(Axis(0), (t + 1) * m);
-            gemm(F::one(), &h_prev.slice(s![t * m.., ..]), &w_hh_t.view(), F::one(), &mut z);
-            let (c_prev, mut c_next) = cells.view_mut().split_at(Axis(0), (t + 1) * m);
-            let c_prev = c_prev.slice(s![t * m.., ..]);
-            let (mut c_t, mut h_t) = (c_next.slice_mut(s![..m, ..]), h_next.slice_mut(s![..m, ..]));
-            let mut tc_t = tanh_cells.slice_mut(s![rows, ..]);
-            let zip =
-                Zip::from(z.rows_mut()).and(c_prev.rows()).and(c_t.rows_mut()).and(h_t.rows_mut()).and(tc_t.rows_mut());
-            rows_sweep!(m, zip, |mut z, c_prev, mut c, mut h_out, mut tc| {
-                let z = z.as_slice_mut().expect("rows of owned arrays are contiguous");
+        let threads = lockstep_threads(blocks.len(), m * 4 * h * h);
+        let (mut gates_v, mut hidden_v, mut cells_v, mut tanh_v) =
+            (gates.view_mut(), hidden.view_mut(), cells.view_mut(), tanh_cells.view_mut());
+        let (z_all, h_all, c_all, tc_all) = (
+            SharedRows::new(&mut gates_v),
+            SharedRows::new(&mut hidden_v),
+            SharedRows::new(&mut cells_v),
+            SharedRows::new(&mut tanh_v),
+        );
+        // Task (t, j): block j's gate columns of step t = its input projection + h_{t−1} times
+        // its columns of W_hhᵀ, then the gate pass of its units.
+        lockstep(steps, blocks.len(), threads, &|t, j| {
+            let units = blocks[j].clone();
+            let cols = 4 * units.start..4 * units.end;
+            let (rows, next) = (t * m..(t + 1) * m, (t + 1) * m..(t + 2) * m);
+            // SAFETY: task (t, j) alone writes step t's gate columns of block j and block j's
+            // units of c_t, h_t and tanh c_t (rows t + 1 of `cells` and `hidden`, t of
+            // `tanh_cells`). It reads h_{t−1} whole and c_{t−1}'s units of block j (rows t), which
+            // every task of step t − 1 finished writing before any task of step t began
+            // (`lockstep`), and which no task of step t writes.
+            let (mut z, h_prev, c_prev, mut c_t, mut h_t, mut tc_t) = unsafe {
+                (
+                    z_all.part_mut(rows.clone(), cols.clone()),
+                    h_all.part(rows.clone(), 0..h),
+                    c_all.part(rows.clone(), units.clone()),
+                    c_all.part_mut(next.clone(), units.clone()),
+                    h_all.part_mut(next, units.clone()),
+                    tc_all.part_mut(rows, units),
+                )
+            };
+            gemm_serial(F::one(), &h_prev, &w_hh_t.slice(s![.., cols.clone()]), F::one(), &mut z);
+            let b = &b[cols];
+            for i in 0..m {
+                let z = z.row_mut(i).into_slice().expect("contiguous rows");
                 let (c, h_out, tc) = (
-                    c.as_slice_mut().expect("contiguous"),
-                    h_out.as_slice_mut().expect("contiguous"),
-                    tc.as_slice_mut().expect("contiguous"),
+                    c_t.row_mut(i).into_slice().expect("contiguous rows"),
+                    h_t.row_mut(i).into_slice().expect("contiguous rows"),
+                    tc_t.row_mut(i).into_slice().expect("contiguous rows"),
                 );
-                gate_row(avx2, z, b, slice(c_prev), c, h_out, tc);
-            });
-        }
+                gate_row(avx2, z, b, slice(c_prev.row(i)), c, h_out, tc);
+            }
+        });
         Ok(LstmForward { gates, cells, tanh_cells, hidden, batch: m })
     }
 
@@ -270,7 +311,7 @@ impl Lstm {
         want_input: bool,
     ) -> Result<StateGradients<F>> {
         let name = self.describe();
-        let (h, steps) = (self.hidden, self.steps);
+        let (n, h, steps) = (self.inputs, self.hidden, self.steps);
         self.check_weights(&name, w_ih.dim(), w_hh.dim())?;
         let m = batch_of(&name, x.dim(), steps, self.inputs)?;
         check_dim(&name, "the kept gates", fwd.gates.dim(), (steps * m, 4 * h))?;
@@ -280,35 +321,78 @@ impl Lstm {
         check_dim(&name, "δh", dh.dim(), (steps * m, h))?;
         self.check_weights(&name, g.w_ih.dim(), g.w_hh.dim())?;
         check_len(&name, "∇b", g.b.len(), 4 * h)?;
+        let blocks = unit_blocks(h);
+        let order = gate_order(h);
+        // W_hh's rows and W_ih's in the kept gates' block order (δz's columns).
+        let w_hh = w_hh.select(Axis(0), &order);
         let mut dz: Array2<F> = Array2::zeros((steps * m, 4 * h));
         let mut carry_h: Array2<F> = Array2::zeros((m, h));
         let mut carry_c: Array2<F> = Array2::zeros((m, h));
         let one = F::one();
         let avx2 = has_avx2();
-        for t in (0..steps).rev() {
-            let rows = t * m..(t + 1) * m;
-            carry_h += &dh.slice(s![rows.clone(), ..]);
-            let mut dz_t = dz.slice_mut(s![rows.clone(), ..]);
-            let (gates, c_prev) = (fwd.gates.slice(s![rows.clone(), ..]), fwd.cells.slice(s![rows.clone(), ..]));
-            let tc = fwd.tanh_cells.slice(s![rows, ..]);
-            let zip = Zip::from(dz_t.rows_mut())
-                .and(carry_c.rows_mut())
-                .and(carry_h.rows())
-                .and(gates.rows())
-                .and(c_prev.rows())
-                .and(tc.rows());
-            rows_sweep!(m, zip, |mut dz, mut dc_next, dh, gates, c_prev, tc| {
-                let dz = dz.as_slice_mut().expect("rows of owned arrays are contiguous");
-                let dc_next = dc_next.as_slice_mut().expect("contiguous");
-                gate_delta_row(avx2, dz, dc_next, slice(dh), slice(gates), slice(c_prev), slice(tc));
+        let threads = lockstep_threads(blocks.len(), m * 4 * h * h);
+        {
+            let (mut dz_v, mut dh_v, mut dc_v) = (dz.view_mut(), carry_h.view_mut(), carry_c.view_mut());
+            let (dz_all, dh_all, dc_all) =
+                (SharedRows::new(&mut dz_v), SharedRows::new(&mut dh_v), SharedRows::new(&mut dc_v));
+            // Task (s, j), s = 0 … T: block j's units of δh_t (t = T − 1 − s) = δz_{t+1} W_hh's
+            // columns of those units (s > 0) + the output's δh_t, then their gate pass, writing
+            // block j's columns of δz_t and its units of δc. Step T only forms δh_0 = δz_1 W_hh.
+            lockstep(steps + 1, blocks.len(), threads, &|s, j| {
+                let units = blocks[j].clone();
+                let cols = 4 * units.start..4 * units.end;
+                // SAFETY: task (s, j) alone writes block j's units of the carried δh and δc and
+                // block j's columns of δz_t; it reads δz_{t+1} whole, which every task of step
+                // s − 1 finished writing before any task of step s began (`lockstep`), and
+                // which no task of step s writes.
+                let mut d_h = unsafe { dh_all.part_mut(0..m, units.clone()) };
+                if s > 0 {
+                    let after = steps - s;
+                    let dz_next = unsafe { dz_all.part(after * m..(after + 1) * m, 0..4 * h) };
+                    gemm_serial(one, &dz_next, &w_hh.slice(s![.., units.clone()]), F::zero(), &mut d_h);
+                }
+                if s == steps {
+                    return;
+                }
+                let t = steps - 1 - s;
+                let rows = t * m..(t + 1) * m;
+                d_h += &dh.slice(s![rows.clone(), units.clone()]);
+                // SAFETY: as above.
+                let (mut dz_t, mut d_c) =
+                    unsafe { (dz_all.part_mut(rows.clone(), cols.clone()), dc_all.part_mut(0..m, units.clone())) };
+                let gates = fwd.gates.slice(s![rows.clone(), cols]);
+                let c_prev = fwd.cells.slice(s![rows.clone(), units.clone()]);
+                let tc = fwd.tanh_cells.slice(s![rows, units]);
+                for i in 0..m {
+                    let dz = dz_t.row_mut(i).into_slice().expect("contiguous rows");
+                    let dc_next = d_c.row_mut(i).into_slice().expect("contiguous rows");
+                    gate_delta_row(
+                        avx2,
+                        dz,
+                        dc_next,
+                        slice(d_h.row(i)),
+                        slice(gates.row(i)),
+                        slice(c_prev.row(i)),
+                        slice(tc.row(i)),
+                    );
+                }
             });
-            gemm(one, &dz_t.view(), &w_hh, F::zero(), &mut carry_h.view_mut());
         }
+        // The parameter gradients in block order, then each row to its place in θ's order.
         let h_prev = fwd.hidden.slice(s![..steps * m, ..]);
-        parameter_gradients(alpha, dz.view(), x, h_prev, g);
+        let (mut g_ih, mut g_hh, mut g_b) =
+            (Array2::zeros((4 * h, n)), Array2::zeros((4 * h, h)), Array1::zeros(4 * h));
+        let blocked = ParamGradients { w_ih: g_ih.view_mut(), w_hh: g_hh.view_mut(), b: g_b.view_mut() };
+        parameter_gradients(alpha, dz.view(), x, h_prev, blocked);
+        let ParamGradients { w_ih: mut gw_ih, w_hh: mut gw_hh, b: mut gb } = g;
+        for (r, &to) in order.iter().enumerate() {
+            gw_ih.row_mut(to).assign(&g_ih.row(r));
+            gw_hh.row_mut(to).assign(&g_hh.row(r));
+            gb[to] = g_b[r];
+        }
         let input = want_input.then(|| {
             let mut dx = Array2::zeros(x.dim());
-            gemm(one, &dz.view(), &w_ih, F::zero(), &mut dx.view_mut());
+            gemm(one, &dz.view(), &w_ih.select(Axis(0), &order).view(), F::zero(), &mut dx.view_mut());
             dx
         });
         Ok(StateGradients { input, h0: carry_h, c0: Some(carry_c) })

@@ -15,8 +15,16 @@
 //! each step adds H_{t−1} W_hhᵀ to its block (a GEMM with β = 1) and applies b and f in one
 //! sweep. Backward (t = T … 1): δz_t = (δh_t + δh_{t+1→t}) ⊙ f′(h_t), δh_{t→t−1} = δz_t W_hh;
 //! then ∇W_ih = α δZᵀ X, ∇W_hh = α δZᵀ H_{0…T−1} and ∇b = α Σ δZ are each one product over
-//! all steps (summed in one fixed order), and ∇X = δZ W_ih. Every product goes through
-//! [`cpu::gemm`](crate::cpu::gemm) and every sweep is split over rows, so the bits do not
+//! all steps (summed in one fixed order), and ∇X = δZ W_ih.
+//!
+//! ## Threads
+//! The recurrence (forward and backward) runs in lock step ([`lockstep`]): the hidden units
+//! fall into fixed blocks of 32 ([`unit_blocks`]), a task computes one block's columns of a
+//! step's product (on its own thread, [`cpu::gemm_serial`](crate::cpu::gemm_serial)) and that
+//! block's sweep in one go, and a team of threads that lives for the whole pass meets once per
+//! step (h_t is needed whole by the next step's product) — not a fork-join per product and per
+//! sweep. The blocks depend on h alone and each task's arithmetic on its block alone, and the
+//! products over all steps go through [`cpu::gemm`](crate::cpu::gemm), so the bits do not
 //! depend on the number of threads.
 //!
 //! This module computes one layer; it does not own parameters or θ.
@@ -25,12 +33,9 @@ use ndarray::{Array2, ArrayView1, ArrayView2, ArrayViewMut1, ArrayViewMut2, Axis
 
 use super::{check_cols, check_dim, check_len, checked_len};
 use crate::cpu::net::{activate, column_sums, derivative_from_value};
-use crate::cpu::{Real, gemm};
+use crate::cpu::{Real, gemm, gemm_serial};
 use crate::model::Activation;
 use crate::{Error, Result};
-
-/// Rows below which a per-step sweep runs on one thread (waking another costs more).
-pub(crate) const SERIAL_ROWS: usize = 32;
 
 /// An Elman layer's geometry: `inputs` features per step, `hidden` units, `steps` steps, and
 /// its activation (tanh or ReLU).
@@ -228,15 +233,188 @@ pub(crate) fn parameter_gradients<F: Real>(
     Zip::from(&mut b).and(&sums).for_each(|gb, &s| *gb = s * alpha);
 }
 
-/// Runs `f` on each row of a Zip over `rows` rows, split over rows when the block is large
-/// enough to be worth a second thread.
-macro_rules! rows_sweep {
-    ($rows:expr, $zip:expr, $f:expr) => {{
-        let zip = $zip;
-        if $rows >= $crate::layers::rnn::SERIAL_ROWS { zip.par_for_each($f) } else { zip.for_each($f) }
-    }};
+/// Hidden units per block of the lock-step recurrence ([`lockstep`]): an LSTM block is 4 × 32
+/// gate columns (two of the AVX-512 GEMM kernel's 64-row panels), an Elman block 32 columns.
+/// Fixed, never derived from the number of threads, so each block's product is the same call
+/// (same shape, same summation order) whichever thread runs it.
+pub(crate) const UNIT_BLOCK: usize = 32;
+
+/// Per-step multiply-adds (m × gate rows × h) below which the recurrence stays on one thread:
+/// a step's hand-off (~1 µs) would cost more than the second core saves.
+const LOCKSTEP_SERIAL_BELOW: usize = 1 << 14;
+
+/// Spins (each a `pause`, tens of ns) a waiting thread of [`lockstep`] makes before it sleeps:
+/// some tens of µs, longer than a balanced step's stragglers, far shorter than a time slice.
+const SPINS_BEFORE_SLEEP: usize = 2000;
+
+/// The unit blocks of a layer of `hidden` units: [0, 32), [32, 64), …, the last one shorter.
+pub(crate) fn unit_blocks(hidden: usize) -> Vec<std::ops::Range<usize>> {
+    (0..hidden.div_ceil(UNIT_BLOCK)).map(|j| j * UNIT_BLOCK..((j + 1) * UNIT_BLOCK).min(hidden)).collect()
 }
-pub(crate) use rows_sweep;
+
+/// Threads for a recurrence of `blocks` unit blocks and `work` multiply-adds per step: one
+/// below [`LOCKSTEP_SERIAL_BELOW`], else rayon's count, at most one per block.
+pub(crate) fn lockstep_threads(blocks: usize, work: usize) -> usize {
+    if work < LOCKSTEP_SERIAL_BELOW { 1 } else { rayon::current_num_threads().min(blocks).max(1) }
+}
+
+/// Runs `task(s, j)` for every step s < `steps` and block j < `blocks`, every task of step s
+/// after every task of step s − 1 has finished (and its writes are visible), on a team of
+/// `threads` threads that lives for the whole recurrence: ONE synchronisation per step instead
+/// of a fork-join per product and per gate pass.
+///
+/// Thread w owns blocks [w·B/p, (w+1)·B/p) and runs them first at each step (so its slice of
+/// the weights stays in its own cache); a thread that is done takes any block of the step not
+/// yet claimed, so a thread that starts late (its pool busy) delays nothing and can never
+/// deadlock the others (the caller alone can run every task); a thread waits only for blocks
+/// another thread is running, spinning briefly, then asleep. Which
+/// thread runs a task never changes what the task computes, so results do not depend on
+/// `threads` as long as each task's own arithmetic does not.
+pub(crate) fn lockstep(steps: usize, blocks: usize, threads: usize, task: &(dyn Fn(usize, usize) + Sync)) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let threads = threads.min(blocks);
+    if threads <= 1 {
+        for s in 0..steps {
+            (0..blocks).for_each(|j| task(s, j));
+        }
+        return;
+    }
+    let total = steps * blocks;
+    // Tasks finished, over all steps: step s may start once `done` ≥ s·blocks (exactly the
+    // tasks of steps < s, since no task of step s is claimed before that).
+    let done = AtomicUsize::new(0);
+    // Per block: how many of its steps have been claimed (claiming step s moves it s → s + 1).
+    let claimed: Vec<AtomicUsize> = (0..blocks).map(|_| AtomicUsize::new(0)).collect();
+    // Threads asleep (or about to sleep) on `wake` until `done` moves: a wait longer than the
+    // spin gives the core away, so on a busy machine the thread holding the last block of a
+    // step can have it (a spinning or yielding waiter kept it from running for whole time
+    // slices). A finisher takes the lock only when someone sleeps.
+    let sleepers = AtomicUsize::new(0);
+    let (lock, wake) = (std::sync::Mutex::new(()), std::sync::Condvar::new());
+    // Set when a task panics: the others stop waiting for its block, and `rayon::scope` passes
+    // the panic on (instead of the team waiting forever for a step that cannot finish).
+    let aborted = std::sync::atomic::AtomicBool::new(false);
+    let wait_past = |seen: usize| {
+        for _ in 0..SPINS_BEFORE_SLEEP {
+            if done.load(Ordering::Acquire) != seen || aborted.load(Ordering::Relaxed) {
+                return;
+            }
+            std::hint::spin_loop();
+        }
+        // SeqCst on both sides: either the finisher sees this sleeper and notifies under the
+        // lock, or this thread sees the finisher's `done` before it waits (no lost wake-up).
+        sleepers.fetch_add(1, Ordering::SeqCst);
+        let mut guard = lock.lock().unwrap_or_else(|e| e.into_inner());
+        while done.load(Ordering::SeqCst) == seen && !aborted.load(Ordering::SeqCst) {
+            guard = wake.wait(guard).unwrap_or_else(|e| e.into_inner());
+        }
+        drop(guard);
+        sleepers.fetch_sub(1, Ordering::SeqCst);
+    };
+    /// Wakes the team when a worker unwinds from a panicking task.
+    struct OnPanic<'a>(&'a std::sync::atomic::AtomicBool, &'a std::sync::Mutex<()>, &'a std::sync::Condvar);
+    impl Drop for OnPanic<'_> {
+        fn drop(&mut self) {
+            if std::thread::panicking() {
+                self.0.store(true, Ordering::SeqCst);
+                let _guard = self.1.lock().unwrap_or_else(|e| e.into_inner());
+                self.2.notify_all();
+            }
+        }
+    }
+    let work = |w: usize| {
+        let _on_panic = OnPanic(&aborted, &lock, &wake);
+        let own = w * blocks / threads;
+        let mut seen = done.load(Ordering::Acquire);
+        while seen < total && !aborted.load(Ordering::Relaxed) {
+            let s = seen / blocks;
+            let mut ran = false;
+            for j in (own..blocks).chain(0..own) {
+                if claimed[j].load(Ordering::Relaxed) == s
+                    && claimed[j].compare_exchange(s, s + 1, Ordering::AcqRel, Ordering::Relaxed).is_ok()
+                {
+                    task(s, j);
+                    done.fetch_add(1, Ordering::SeqCst);
+                    if sleepers.load(Ordering::SeqCst) > 0 {
+                        let _guard = lock.lock().unwrap_or_else(|e| e.into_inner());
+                        wake.notify_all();
+                    }
+                    ran = true;
+                }
+            }
+            if !ran {
+                // Every block of step s is claimed: wait for one of them to finish.
+                wait_past(seen);
+            }
+            seen = done.load(Ordering::Acquire);
+        }
+    };
+    rayon::scope(|scope| {
+        let work = &work;
+        for w in 1..threads {
+            scope.spawn(move |_| work(w));
+        }
+        work(0);
+    });
+}
+
+/// A row-major matrix that the tasks of [`lockstep`] read and write in parts from several
+/// threads at once. Safe to share; every access is `unsafe`, its caller promising that no part
+/// it writes is read or written by another task at the same time.
+#[derive(Clone, Copy)]
+pub(crate) struct SharedRows<'a, F> {
+    ptr: *mut F,
+    rows: usize,
+    cols: usize,
+    row_stride: usize,
+    _borrow: std::marker::PhantomData<&'a mut F>,
+}
+
+// SAFETY: the pointer is to an array borrowed mutably for 'a, and all access goes through the
+// unsafe methods below, whose callers keep the parts that tasks write disjoint.
+unsafe impl<F: Send + Sync> Send for SharedRows<'_, F> {}
+// SAFETY: as above.
+unsafe impl<F: Send + Sync> Sync for SharedRows<'_, F> {}
+
+impl<'a, F> SharedRows<'a, F> {
+    /// Shares `a`, whose rows must be contiguous (column stride 1).
+    pub(crate) fn new(a: &'a mut ArrayViewMut2<'_, F>) -> SharedRows<'a, F> {
+        let (rows, cols) = a.dim();
+        let strides = a.strides();
+        assert!(cols <= 1 || strides[1] == 1, "shared rows must be contiguous");
+        let row_stride = if rows <= 1 { cols } else { usize::try_from(strides[0]).expect("a positive row stride") };
+        SharedRows { ptr: a.as_mut_ptr(), rows, cols, row_stride, _borrow: std::marker::PhantomData }
+    }
+
+    fn offset(&self, r: &std::ops::Range<usize>, c: &std::ops::Range<usize>) -> usize {
+        assert!(r.start <= r.end && r.end <= self.rows && c.start <= c.end && c.end <= self.cols, "part out of range");
+        r.start * self.row_stride + c.start
+    }
+
+    /// Rows `r`, columns `c`, to read.
+    ///
+    /// # Safety
+    /// No task writes any of these values while the view lives.
+    pub(crate) unsafe fn part(&self, r: std::ops::Range<usize>, c: std::ops::Range<usize>) -> ArrayView2<'a, F> {
+        use ndarray::ShapeBuilder;
+        let at = self.offset(&r, &c);
+        // SAFETY: in bounds (checked above) of the array borrowed for 'a; the caller keeps
+        // writers away.
+        unsafe { ArrayView2::from_shape_ptr((r.len(), c.len()).strides((self.row_stride, 1)), self.ptr.add(at)) }
+    }
+
+    /// Rows `r`, columns `c`, to write.
+    ///
+    /// # Safety
+    /// No other task reads or writes any of these values while the view lives.
+    pub(crate) unsafe fn part_mut(&self, r: std::ops::Range<usize>, c: std::ops::Range<usize>) -> ArrayViewMut2<'a, F> {
+        use ndarray::ShapeBuilder;
+        let at = self.offset(&r, &c);
+        // SAFETY: in bounds (checked above) of the array borrowed mutably for 'a; the caller
+        // keeps every other access away.
+        unsafe { ArrayViewMut2::from_shape_ptr((r.len(), c.len()).strides((self.row_stride, 1)), self.ptr.add(at)) }
+    }
+}
 
 impl Rnn {
     /// An Elman layer, or `Error::Shape` in one line when a size is zero, the activation is
@@ -290,15 +468,26 @@ impl Rnn {
         let act = self.activation;
         // W_hhᵀ copied once, row-major, for the per-step products (see lstm.rs).
         let w_hh_t = w_hh.t().as_standard_layout().into_owned();
-        for t in 0..t_steps {
-            let (prev, mut rest) = hidden.view_mut().split_at(Axis(0), (t + 1) * m);
-            let h_prev = prev.slice(s![t * m.., ..]);
-            let mut z = rest.slice_mut(s![..m, ..]);
-            gemm(F::one(), &h_prev, &w_hh_t.view(), F::one(), &mut z);
-            rows_sweep!(m, Zip::from(z.rows_mut()), |mut row| {
+        let blocks = unit_blocks(h);
+        let threads = lockstep_threads(blocks.len(), m * h * h);
+        let mut hidden_v = hidden.view_mut();
+        let h_all = SharedRows::new(&mut hidden_v);
+        // Task (t, j): block j's units of h_t = f(its input projection + h_{t−1} times its
+        // columns of W_hhᵀ + b).
+        lockstep(t_steps, blocks.len(), threads, &|t, j| {
+            let units = blocks[j].clone();
+            // SAFETY: task (t, j) alone writes block j's units of h_t (rows t + 1); it reads
+            // h_{t−1} whole (rows t), which every task of step t − 1 finished writing before
+            // any task of step t began (`lockstep`), and which no task of step t writes.
+            let (h_prev, mut z) = unsafe {
+                (h_all.part(t * m..(t + 1) * m, 0..h), h_all.part_mut((t + 1) * m..(t + 2) * m, units.clone()))
+            };
+            gemm_serial(F::one(), &h_prev, &w_hh_t.slice(s![.., units.clone()]), F::one(), &mut z);
+            let b = b.slice(s![units]);
+            for mut row in z.rows_mut() {
                 Zip::from(&mut row).and(&b).for_each(|z, &b| *z = activate(act, *z + b));
-            });
-        }
+            }
+        });
         Ok(RnnForward { hidden, batch: m })
     }
 
@@ -331,14 +520,39 @@ impl Rnn {
         let act = self.activation;
         let mut dz = dh.to_owned();
         let mut carry: Array2<F> = Array2::zeros((m, h));
-        for t in (0..self.steps).rev() {
-            let rows = t * m..(t + 1) * m;
-            let mut dz_t = dz.slice_mut(s![rows.clone(), ..]);
-            let h_t = fwd.hidden.slice(s![rows.start + m..rows.end + m, ..]);
-            rows_sweep!(m, Zip::from(dz_t.rows_mut()).and(carry.rows()).and(h_t.rows()), |mut d, c, a| {
-                Zip::from(&mut d).and(&c).and(&a).for_each(|d, &c, &a| *d = (*d + c) * derivative_from_value(act, a));
+        let steps = self.steps;
+        let blocks = unit_blocks(h);
+        let threads = lockstep_threads(blocks.len(), m * h * h);
+        {
+            let (mut dz_v, mut carry_v) = (dz.view_mut(), carry.view_mut());
+            let (dz_all, carry_all) = (SharedRows::new(&mut dz_v), SharedRows::new(&mut carry_v));
+            // Task (s, j), s = 0 … T: block j's units of δh_{t+1→t} (t = T − 1 − s) = δz_{t+1}
+            // W_hh's columns of those units (s > 0), then δz_t = (δh_t + that) ⊙ f′(h_t) on
+            // them. Step T only forms δh_0 = δz_1 W_hh.
+            lockstep(steps + 1, blocks.len(), threads, &|s, j| {
+                let units = blocks[j].clone();
+                // SAFETY: task (s, j) alone writes block j's units of the carry and of δz_t;
+                // it reads δz_{t+1} whole, which every task of step s − 1 finished writing
+                // before any task of step s began (`lockstep`), and which no task of step s
+                // writes.
+                let mut c = unsafe { carry_all.part_mut(0..m, units.clone()) };
+                if s > 0 {
+                    let after = steps - s;
+                    let dz_next = unsafe { dz_all.part(after * m..(after + 1) * m, 0..h) };
+                    gemm_serial(F::one(), &dz_next, &w_hh.slice(s![.., units.clone()]), F::zero(), &mut c);
+                }
+                if s == steps {
+                    return;
+                }
+                let t = steps - 1 - s;
+                // SAFETY: as above.
+                let mut dz_t = unsafe { dz_all.part_mut(t * m..(t + 1) * m, units.clone()) };
+                let h_t = fwd.hidden.slice(s![(t + 1) * m..(t + 2) * m, units]);
+                Zip::from(&mut dz_t)
+                    .and(&c)
+                    .and(&h_t)
+                    .for_each(|d, &c, &a| *d = (*d + c) * derivative_from_value(act, a));
             });
-            gemm(F::one(), &dz_t.view(), &w_hh, F::zero(), &mut carry.view_mut());
         }
         let h_prev = fwd.hidden.slice(s![..self.steps * m, ..]);
         parameter_gradients(alpha, dz.view(), x, h_prev, g);
@@ -348,5 +562,74 @@ impl Rnn {
             dx
         });
         Ok(StateGradients { input, h0: carry, c0: None })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+
+    /// Every task runs exactly once, and each sees every task of the step before finished —
+    /// on teams of 1 … 5 threads, including teams larger than the pool they run on (a helper
+    /// that never starts must not stall the others) and more blocks than threads.
+    #[test]
+    fn lockstep_runs_each_task_once_after_the_step_before() {
+        let (steps, blocks) = (40, 7);
+        for pool_threads in [1, 2, 3] {
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(pool_threads).build().unwrap();
+            for team in 1..=5 {
+                let runs: Vec<AtomicUsize> = (0..steps * blocks).map(|_| AtomicUsize::new(0)).collect();
+                let finished: Vec<AtomicUsize> = (0..steps).map(|_| AtomicUsize::new(0)).collect();
+                let early = AtomicUsize::new(0);
+                pool.install(|| {
+                    lockstep(steps, blocks, team, &|s, j| {
+                        if s > 0 && finished[s - 1].load(Ordering::Acquire) != blocks {
+                            early.fetch_add(1, Ordering::Relaxed);
+                        }
+                        runs[s * blocks + j].fetch_add(1, Ordering::Relaxed);
+                        finished[s].fetch_add(1, Ordering::Release);
+                    })
+                });
+                let counts: Vec<usize> = runs.iter().map(|r| r.load(Ordering::Relaxed)).collect();
+                assert!(counts.iter().all(|&c| c == 1), "pool {pool_threads}, team {team}: runs {counts:?}");
+                assert_eq!(early.load(Ordering::Relaxed), 0, "pool {pool_threads}, team {team}: a step began early");
+            }
+        }
+    }
+
+    /// A task that panics ends the pass with its panic on every team size: the others must not
+    /// wait forever for the block it never finishes.
+    #[test]
+    fn a_panicking_task_is_passed_on_not_waited_for() {
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(3).build().unwrap();
+        for team in 1..=3 {
+            let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                pool.install(|| {
+                    lockstep(20, 4, team, &|s, j| {
+                        if s == 5 && j == 1 {
+                            panic!("task (5, 1) fails");
+                        }
+                    })
+                })
+            }));
+            assert!(result.is_err(), "team {team}: the panic was lost");
+        }
+    }
+
+    /// Blocks of 32 cover the units once, in order; LSTM gate order groups each block's i, f, g, o.
+    #[test]
+    fn unit_blocks_and_gate_order() {
+        assert_eq!(unit_blocks(1), vec![0..1]);
+        assert_eq!(unit_blocks(65), vec![0..32, 32..64, 64..65]);
+        let order = crate::layers::lstm::gate_order(33);
+        assert_eq!(order.len(), 4 * 33);
+        assert_eq!(&order[..3], &[0, 1, 2]);
+        assert_eq!(&order[32..34], &[33, 34]); // block 0's f rows start at θ row h = 33
+        assert_eq!(&order[128..], &[32, 65, 98, 131]); // block 1 (unit 32): i, f, g, o
+        let mut sorted = order.clone();
+        sorted.sort_unstable();
+        assert!(sorted.iter().enumerate().all(|(i, &r)| i == r), "a permutation");
     }
 }
