@@ -776,3 +776,46 @@ fn adaptive_cuts_eta_when_plain_sgd_bounces() {
     assert!(cuts >= 2 && rates.windows(2).all(|w| w[1] == w[0] || w[1] == w[0] / 5.0), "{rates:?}");
     assert!(x[0] * x[0] < 2e-4, "x = {x:?}");
 }
+
+// ---------------------------------------------------------------- long vectors (threaded passes)
+
+/// θ longer than a few of the optimizers' blocks (2¹⁵ values), so every vector pass of L-BFGS,
+/// CG and the line search is split over the thread pool, and the reused buffers (direction,
+/// trial point, gradients, correction pairs) are long.
+const LONG: usize = 2 * (1 << 15) + 1001;
+
+/// L-BFGS (memory 3, so pairs are dropped and their vectors reused) and CG on a long
+/// Rosenbrock.
+fn long_methods() -> [Method; 2] {
+    [Method::Lbfgs(wgnn::optim::Lbfgs::default().with_memory(3)), Method::cg()]
+}
+
+#[test]
+fn long_runs_give_the_same_bits_on_one_thread_and_on_three() {
+    let x0 = rosenbrock_start(LONG);
+    for method in long_methods() {
+        let run = |threads: usize| {
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+            pool.install(|| minimize(method.clone(), rosenbrock, &x0, tight(25, 1e-12)))
+        };
+        let (x1, s1, o1) = run(1);
+        let (x3, s3, o3) = run(3);
+        let name = method.name();
+        assert_eq!((s1.iterations, s1.evaluations), (s3.iterations, s3.evaluations), "{name}");
+        assert_eq!(s1.iterations, 25, "{name}: stopped early ({:?})", s1.reason);
+        assert!(same_bits(&x1, &x3), "{name}: θ depends on the thread count");
+        assert_eq!(without_time(&o1.history().records), without_time(&o3.history().records), "{name}");
+        let (first, last) = (o1.history().records[0].cost, s1.cost.unwrap());
+        assert!(last < 0.5 * first, "{name}: J went from {first} to {last} only");
+    }
+}
+
+#[test]
+fn long_runs_resume_to_the_uninterrupted_bits() {
+    // The resumed optimizer starts with empty working buffers, the uninterrupted one reuses
+    // its own: the same θ means no stale value is ever read.
+    let x0 = rosenbrock_start(LONG);
+    for method in long_methods() {
+        check_resume(method, &mut FnObjective::new(LONG, rosenbrock), &x0, tight(20, 1e-12), 9);
+    }
+}

@@ -58,6 +58,8 @@ pub struct CpuBackend<F: Real> {
     scratch: net::Scratch<F>,
     /// ∇J in the backend's precision, before it is widened to f64.
     grad: Vec<F>,
+    /// θ in the backend's precision for [`Backend::cost_and_grad`], kept between calls.
+    theta_real: Vec<F>,
     /// The layers of a stack spec (conv2d, pooling, maxout: [`stack`]); `None` for a dense
     /// network, which runs [`net`]'s path unchanged.
     plan: Option<stack::Plan>,
@@ -119,6 +121,7 @@ impl<F: Real> CpuBackend<F> {
             data: Loaded::empty(),
             scratch: net::Scratch::default(),
             grad: Vec::new(),
+            theta_real: Vec::new(),
             sparsity_means: None,
         })
     }
@@ -173,6 +176,27 @@ impl<F: Real> CpuBackend<F> {
         crate::backend::check_theta_len(&self.spec, theta.len())?;
         crate::backend::check_theta_values(theta, F::max_value().f64(), &self.name())?;
         Ok(theta.iter().map(|&v| F::of(v)).collect())
+    }
+
+    /// [`Backend::cost_and_grad`] at θ already in the backend's precision (and checked).
+    fn cost_and_grad_real(&mut self, theta: &[F], batch: Batch<'_>, grad: &mut [f64]) -> Result<Cost> {
+        if grad.len() != theta.len() {
+            return Err(Error::Shape(format!("gradient buffer has {} values, θ has {}", grad.len(), theta.len())));
+        }
+        // Every value of g is written by the pass (∇W from λW and δᵀA, ∇b from the sums).
+        let (spec, layout, scratch, g) = (&self.spec, &self.layout, &mut self.scratch, &mut self.grad);
+        let given = self.sparsity_means.as_ref();
+        g.resize(theta.len(), F::zero());
+        let cost = match &self.plan {
+            Some(plan) => self
+                .data
+                .with_batch(batch, |x, y| stack::cost_and_grad(plan, scratch, spec, layout, theta, x, y, Some(g)))?,
+            None => self.data.with_batch(batch, |x, y| {
+                net::cost_and_grad_given_sparsity(scratch, spec, layout, theta, x, y, Some(g), given)
+            }),
+        };
+        real::widen_into(&self.grad, grad);
+        cost
     }
 }
 
@@ -256,24 +280,16 @@ impl<F: Real> Backend for CpuBackend<F> {
     }
 
     fn cost_and_grad(&mut self, theta: &[f64], batch: Batch<'_>, grad: &mut [f64]) -> Result<Cost> {
-        let theta = self.theta(theta)?;
-        if grad.len() != theta.len() {
-            return Err(Error::Shape(format!("gradient buffer has {} values, θ has {}", grad.len(), theta.len())));
+        // θ converted (and checked) in one threaded pass into a kept buffer: the per-evaluation
+        // work of an L-BFGS run besides the pass itself (BENCHMARKS.md).
+        crate::backend::check_theta_len(&self.spec, theta.len())?;
+        let mut theta_real = std::mem::take(&mut self.theta_real);
+        if !real::narrow_checked(theta, F::max_value().f64(), &mut theta_real) {
+            crate::backend::check_theta_values(theta, F::max_value().f64(), &self.name())?;
         }
-        // Every value of g is written by the pass (∇W from λW and δᵀA, ∇b from the sums).
-        let (spec, layout, scratch, g) = (&self.spec, &self.layout, &mut self.scratch, &mut self.grad);
-        let given = self.sparsity_means.as_ref();
-        g.resize(theta.len(), F::zero());
-        let cost = match &self.plan {
-            Some(plan) => self
-                .data
-                .with_batch(batch, |x, y| stack::cost_and_grad(plan, scratch, spec, layout, &theta, x, y, Some(g)))?,
-            None => self.data.with_batch(batch, |x, y| {
-                net::cost_and_grad_given_sparsity(scratch, spec, layout, &theta, x, y, Some(g), given)
-            }),
-        };
-        grad.iter_mut().zip(&self.grad).for_each(|(o, &v)| *o = v.f64());
-        cost
+        let result = self.cost_and_grad_real(&theta_real, batch, grad);
+        self.theta_real = theta_real;
+        result
     }
 
     fn cost(&mut self, theta: &[f64], batch: Batch<'_>) -> Result<Cost> {

@@ -369,25 +369,130 @@ pub fn squared_error<F: Real>(out: &Array2<F>, y: ArrayView2<F>) -> f64 {
 /// the output activations are not read again once δ⁽ᴸ⁾ is formed, and at MNIST's size
 /// (60,000 × 784 in f32) a separate δ would be another 188 MB.
 pub fn squared_error_delta<F: Real>(mut out: Array2<F>, y: ArrayView2<F>, act: Activation) -> (f64, Array2<F>) {
-    let row_sq =
-        Zip::from(out.rows_mut()).and(y.rows()).par_map_collect(|mut d, y| match (d.as_slice_mut(), y.as_slice()) {
-            (Some(d), Some(y)) => match act {
-                Activation::Sigmoid => error_row(d, y, |a| a * (F::one() - a)),
-                Activation::Identity => error_row(d, y, |_| F::one()),
-                _ => error_row(d, y, |a| derivative_from_value(act, a)),
-            },
-            _ => {
-                let mut sum = 0.0;
-                Zip::from(&mut d).and(&y).for_each(|d, &y| {
-                    let a = *d;
-                    let e = a - y;
-                    sum += e.f64() * e.f64();
-                    *d = e * derivative_from_value(act, a);
-                });
-                sum
-            }
-        });
+    let row_sq = Zip::from(out.rows_mut()).and(y.rows()).par_map_collect(|d, y| error_row_of(d, y, act));
     (0.5 * row_sq.iter().sum::<f64>(), out)
+}
+
+/// One row of [`squared_error_delta`]: δ = (a − y) ⊙ f′(a) over a, returning Σ (a − y)².
+fn error_row_of<F: Real>(mut d: ndarray::ArrayViewMut1<F>, y: ArrayView1<F>, act: Activation) -> f64 {
+    match (d.as_slice_mut(), y.as_slice()) {
+        (Some(d), Some(y)) => match act {
+            Activation::Sigmoid => error_row(d, y, |a| a * (F::one() - a)),
+            Activation::Identity => error_row(d, y, |_| F::one()),
+            _ => error_row(d, y, |a| derivative_from_value(act, a)),
+        },
+        _ => {
+            let mut sum = 0.0;
+            Zip::from(&mut d).and(&y).for_each(|d, &y| {
+                let a = *d;
+                let e = a - y;
+                sum += e.f64() * e.f64();
+                *d = e * derivative_from_value(act, a);
+            });
+            sum
+        }
+    }
+}
+
+/// acc ← acc + row, element by element: one step of `sum_axis`, which [`column_sums`] runs
+/// on each block.
+#[inline]
+fn add_row<F: Real>(acc: &mut Array1<F>, row: ArrayView1<F>) {
+    acc.zip_mut_with(&row, |s, &v| *s += v);
+}
+
+/// The block sums of [`column_sums`] added in block order, as it adds them.
+fn fold_blocks<F: Real>(partials: impl IntoIterator<Item = Array1<F>>, cols: usize) -> Array1<F> {
+    partials.into_iter().fold(Array1::zeros(cols), |acc, p| acc + p)
+}
+
+/// [`squared_error_delta`] with the column sums of δ (∇b of the output layer before 1/m)
+/// added while each row is in cache, in [`column_sums`]' blocks and order: the same bits as
+/// `column_sums(δ)` without a second pass over the m × k matrix (31 MB for the MNIST
+/// autoencoder on 10,000 images).
+pub fn squared_error_delta_sums<F: Real>(
+    mut out: Array2<F>,
+    y: ArrayView2<F>,
+    act: Activation,
+) -> (f64, Array2<F>, Array1<F>) {
+    let cols = out.ncols();
+    let blocks: Vec<(Vec<f64>, Array1<F>)> = out
+        .axis_chunks_iter_mut(Axis(0), SUM_BLOCK_ROWS)
+        .into_par_iter()
+        .zip(y.axis_chunks_iter(Axis(0), SUM_BLOCK_ROWS).into_par_iter())
+        .map(|(mut d, y)| {
+            let mut sums = Array1::zeros(cols);
+            let mut row_sq = Vec::with_capacity(d.nrows());
+            for (mut d, y) in d.rows_mut().into_iter().zip(y.rows()) {
+                row_sq.push(error_row_of(d.view_mut(), y, act));
+                add_row(&mut sums, d.view());
+            }
+            (row_sq, sums)
+        })
+        .collect();
+    // Σ over rows in row order, as squared_error_delta adds them.
+    let sum_sq = blocks.iter().flat_map(|(rows, _)| rows.iter()).sum::<f64>();
+    let sums = fold_blocks(blocks.into_iter().map(|(_, s)| s), cols);
+    (0.5 * sum_sq, out, sums)
+}
+
+/// [`times_sigmoid_derivative`] with the column sums of the new δ (∇b before 1/m) added while
+/// each row is in cache: the bits of `column_sums(δ)` ([`squared_error_delta_sums`]).
+pub fn times_sigmoid_derivative_sums<F: Real>(
+    delta: &mut Array2<F>,
+    a: ArrayView2<F>,
+    c: ArrayView2<F>,
+    k: &Array1<F>,
+) -> Array1<F> {
+    let cols = delta.ncols();
+    let partials: Vec<Array1<F>> = delta
+        .axis_chunks_iter_mut(Axis(0), SUM_BLOCK_ROWS)
+        .into_par_iter()
+        .zip(a.axis_chunks_iter(Axis(0), SUM_BLOCK_ROWS).into_par_iter())
+        .zip(c.axis_chunks_iter(Axis(0), SUM_BLOCK_ROWS).into_par_iter())
+        .map(|((mut d, a), c)| {
+            let mut sums = Array1::zeros(cols);
+            for ((mut d, a), c) in d.rows_mut().into_iter().zip(a.rows()).zip(c.rows()) {
+                Zip::from(&mut d).and(&a).and(&c).and(k).for_each(|d, &a, &c, &k| *d = (*d + k) * (a * c));
+                add_row(&mut sums, d.view());
+            }
+            sums
+        })
+        .collect();
+    fold_blocks(partials, cols)
+}
+
+/// [`bias_sigmoid_with_complement`] with the column sums of A and of C (n·ρ̂ and n·(1 − ρ̂))
+/// added while each row is in cache: the bits of `column_sums(A)` and `column_sums(C)`
+/// ([`squared_error_delta_sums`]).
+pub fn bias_sigmoid_with_complement_sums<F: Real>(
+    z: &mut Array2<F>,
+    b: ArrayView1<F>,
+    c: &mut Array2<F>,
+) -> (Array1<F>, Array1<F>) {
+    let cols = z.ncols();
+    let partials: Vec<(Array1<F>, Array1<F>)> = z
+        .axis_chunks_iter_mut(Axis(0), SUM_BLOCK_ROWS)
+        .into_par_iter()
+        .zip(c.axis_chunks_iter_mut(Axis(0), SUM_BLOCK_ROWS).into_par_iter())
+        .map(|(mut z, mut c)| {
+            let (mut sa, mut sc) = (Array1::zeros(cols), Array1::zeros(cols));
+            for (mut z, mut c) in z.rows_mut().into_iter().zip(c.rows_mut()) {
+                match (z.as_slice_mut(), c.as_slice_mut(), b.as_slice()) {
+                    (Some(z), Some(c), Some(b)) => pair_row(z, c, b),
+                    _ => Zip::from(&mut z)
+                        .and(&mut c)
+                        .and(&b)
+                        .for_each(|zij, cij, &bj| (*zij, *cij) = (*zij + bj).sigmoid_pair()),
+                }
+                add_row(&mut sa, z.view());
+                add_row(&mut sc, c.view());
+            }
+            (sa, sc)
+        })
+        .collect();
+    let (pa, pc): (Vec<_>, Vec<_>) = partials.into_iter().unzip();
+    (fold_blocks(pa, cols), fold_blocks(pc, cols))
 }
 
 /// The forward pass: activations a⁽²⁾ … a⁽ᴸ⁾ (the last one: probabilities for softmax).
@@ -401,6 +506,9 @@ pub struct Forward<F> {
     /// With KL sparsity only: 1 − a⁽²⁾ of the (sigmoid) first hidden layer, computed as
     /// σ(−z⁽²⁾) ([`bias_sigmoid_with_complement`]).
     pub complement: Option<Array2<F>>,
+    /// With KL sparsity only: the column sums Σᵢ a⁽²⁾ᵢ and Σᵢ (1 − a⁽²⁾ᵢ) (length s₂), taken in
+    /// the sweep that computed them ([`bias_sigmoid_with_complement_sums`]): m·ρ̂ and m·(1 − ρ̂).
+    pub complement_sums: Option<(Array1<F>, Array1<F>)>,
     /// Sigmoid-BCE output only ([`Output::SigmoidBce`]): the logits Z⁽ᴸ⁾, from which the
     /// binary cross-entropy is computed ([`binary_cross_entropy`]); the activations hold σ(Z).
     pub logits: Option<Array2<F>>,
@@ -431,7 +539,7 @@ pub(crate) fn output_forward<F: Real>(
             z.par_mapv_inplace(F::sigmoid);
         }
     }
-    Forward { activations: vec![z], softmax, complement: None, logits }
+    Forward { activations: vec![z], softmax, complement: None, complement_sums: None, logits }
 }
 
 /// The binary cross-entropy summed over every element of the logits Z (m × k) against the
@@ -469,6 +577,7 @@ pub fn forward<F: Real>(
     let mut activations: Vec<Array2<F>> = Vec::with_capacity(layout.num_layers());
     let mut softmax = None;
     let mut complement = None;
+    let mut complement_sums = None;
     let mut logits = None;
     for l in 0..layout.num_layers() {
         let input = if l == 0 { x } else { activations[l - 1].view() };
@@ -479,7 +588,7 @@ pub fn forward<F: Real>(
             // KL sparsity needs 1 − a⁽²⁾ (validated: the layer is sigmoid).
             Some(Activation::Sigmoid) if l == 0 && spec.sparsity.is_some() => {
                 let mut c = scratch.array(z.nrows(), z.ncols());
-                bias_sigmoid_with_complement(&mut z, b, &mut c);
+                complement_sums = Some(bias_sigmoid_with_complement_sums(&mut z, b, &mut c));
                 complement = Some(c);
             }
             Some(act) => bias_activate(&mut z, b, act),
@@ -491,7 +600,7 @@ pub fn forward<F: Real>(
         }
         activations.push(z);
     }
-    Forward { activations, softmax, complement, logits }
+    Forward { activations, softmax, complement, complement_sums, logits }
 }
 
 /// Rows per block of [`column_sums`]: the blocks are summed in parallel and their partial sums
@@ -526,6 +635,14 @@ impl<F: Real> Sparse<F> {
     /// From the first hidden layer's activations A = σ(Z) and complement C = σ(−Z).
     pub fn of(a: &Array2<F>, c: &Array2<F>) -> Sparse<F> {
         Sparse { rho_hat: mean_activation(a), rho_hat_complement: mean_activation(c) }
+    }
+
+    /// From the column sums of A and C over m rows (as [`Forward::complement_sums`] keeps
+    /// them): the bits of [`Sparse::of`], whose means are those sums times 1/m.
+    pub fn from_sums(sums: &(Array1<F>, Array1<F>), m: usize) -> Sparse<F> {
+        assert!(m > 0, "batch is not empty");
+        let inv_m = F::of(1.0 / m as f64);
+        Sparse { rho_hat: &sums.0 * inv_m, rho_hat_complement: &sums.1 * inv_m }
     }
 }
 
@@ -617,6 +734,31 @@ pub(crate) fn output_cost_and_delta<F: Real>(
     }
 }
 
+/// [`output_cost_and_delta`], with the column sums of δ⁽ᴸ⁾ taken in the same sweep when they
+/// can be (a squared-error output: [`squared_error_delta_sums`]); `None` otherwise.
+#[allow(clippy::type_complexity)]
+fn output_cost_delta_and_sums<F: Real>(
+    spec: &NetSpec,
+    fwd: &mut Forward<F>,
+    x: ArrayView2<F>,
+    y: TargetView<F>,
+    want_delta: bool,
+) -> (f64, Option<Array2<F>>, Option<Array1<F>>) {
+    let y = match (spec.output, y, want_delta) {
+        (Output::SquaredError(_), TargetView::Inputs, true) => x,
+        (Output::SquaredError(_), TargetView::Values(v), true) => v,
+        _ => {
+            let (data, delta) = output_cost_and_delta(spec, fwd, x, y, want_delta);
+            return (data, delta, None);
+        }
+    };
+    let Output::SquaredError(act) = spec.output else { unreachable!("matched above") };
+    let out = fwd.activations.pop().expect("a network has an output layer");
+    let m = out.nrows() as f64;
+    let (sum_sq, delta, sums) = squared_error_delta_sums(out, y, act);
+    (sum_sq / m, Some(delta), Some(sums))
+}
+
 /// J(θ) on the batch (x, y) and, when `grad` is given, ∇J(θ) written into it (MATH.md,
 /// "Backpropagation").
 pub fn cost_and_grad<F: Real>(
@@ -666,13 +808,16 @@ pub fn cost_and_grad_given_sparsity<F: Real>(
 ) -> Cost {
     let m = x.nrows();
     let mut fwd = forward(scratch, spec, layout, theta, x);
-    let (data, delta_out) = output_cost_and_delta(spec, &mut fwd, x, y, grad.is_some());
+    let (data, delta_out, mut delta_sums) = output_cost_delta_and_sums(spec, &mut fwd, x, y, grad.is_some());
     let weight_decay = weight_decay_cost(spec, layout, theta);
 
     // ρ̂ needs the forward pass over the whole batch before any backward step.
     let sparsity = spec.sparsity.map(|s| {
         let complement = fwd.complement.as_ref().expect("a sparse network's forward pass keeps 1 − a⁽²⁾");
-        let sparse = given.cloned().unwrap_or_else(|| Sparse::of(&fwd.activations[0], complement));
+        let sparse = given.cloned().unwrap_or_else(|| match &fwd.complement_sums {
+            Some(sums) => Sparse::from_sums(sums, m),
+            None => Sparse::of(&fwd.activations[0], complement),
+        });
         let cost = kl_sparsity(s.target, s.weight, &sparse.rho_hat, &sparse.rho_hat_complement);
         (s, sparse, cost)
     });
@@ -692,7 +837,7 @@ pub fn cost_and_grad_given_sparsity<F: Real>(
         let mut grad_w = layout.weight_mut(grad, l);
         grad_w.assign(&w);
         gemm(inv_m, &delta.t(), &a_prev, lambda, &mut grad_w);
-        let grad_b = column_sums(delta.view());
+        let grad_b = delta_sums.take().unwrap_or_else(|| column_sums(delta.view()));
         Zip::from(layout.bias_mut(grad, l)).and(&grad_b).for_each(|g, &s| *g = s * inv_m);
 
         if l == 0 {
@@ -705,7 +850,7 @@ pub fn cost_and_grad_given_sparsity<F: Real>(
         match (&sparsity, &fwd.complement, l) {
             (Some((s, sparse, _)), Some(c), 1) => {
                 let kl = kl_delta(s.target, s.weight, &sparse.rho_hat, &sparse.rho_hat_complement);
-                times_sigmoid_derivative(&mut delta_prev, a_prev, c.view(), &kl);
+                delta_sums = Some(times_sigmoid_derivative_sums(&mut delta_prev, a_prev, c.view(), &kl));
             }
             _ => times_derivative(&mut delta_prev, a_prev, act, None),
         }
@@ -719,6 +864,57 @@ pub fn cost_and_grad_given_sparsity<F: Real>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The sweeps that add column sums as they go give the bits of the sweep followed by
+    /// [`column_sums`], for batches of one block, several blocks and a partial last one.
+    #[test]
+    fn sweeps_with_sums_equal_the_sweep_then_column_sums_bit_for_bit() {
+        fn bits<F: Real>(a: impl IntoIterator<Item = F>) -> Vec<u64> {
+            a.into_iter().map(|v| v.f64().to_bits()).collect()
+        }
+        fn check<F: Real>(m: usize) {
+            let k = 37;
+            let val =
+                |i: usize, j: usize, p: usize| F::of((((i * 131 + j * 17 + p) * 7919) % 2003) as f64 / 250.0 - 4.0);
+            let z = Array2::from_shape_fn((m, k), |(i, j)| val(i, j, 1));
+            let b = Array1::from_shape_fn(k, |j| val(0, j, 2));
+
+            let (mut a1, mut c1) = (z.clone(), z.clone());
+            bias_sigmoid_with_complement(&mut a1, b.view(), &mut c1);
+            let (mut a2, mut c2) = (z.clone(), z.clone());
+            let (sa, sc) = bias_sigmoid_with_complement_sums(&mut a2, b.view(), &mut c2);
+            assert_eq!(bits(a1.iter().copied()), bits(a2.iter().copied()));
+            assert_eq!(bits(c1.iter().copied()), bits(c2.iter().copied()));
+            assert_eq!(bits(column_sums(a1.view())), bits(sa.iter().copied()), "Σ a, m = {m}");
+            assert_eq!(bits(column_sums(c1.view())), bits(sc.iter().copied()), "Σ c, m = {m}");
+            let sparse = Sparse::of(&a1, &c1);
+            let from_sums = Sparse::from_sums(&(sa, sc), m);
+            assert_eq!(bits(sparse.rho_hat), bits(from_sums.rho_hat));
+            assert_eq!(bits(sparse.rho_hat_complement), bits(from_sums.rho_hat_complement));
+
+            let kl = Array1::from_shape_fn(k, |j| val(1, j, 3));
+            let delta = Array2::from_shape_fn((m, k), |(i, j)| val(i, j, 4));
+            let mut d1 = delta.clone();
+            times_sigmoid_derivative(&mut d1, a1.view(), c1.view(), &kl);
+            let mut d2 = delta.clone();
+            let s2 = times_sigmoid_derivative_sums(&mut d2, a1.view(), c1.view(), &kl);
+            assert_eq!(bits(d1.iter().copied()), bits(d2.iter().copied()));
+            assert_eq!(bits(column_sums(d1.view())), bits(s2), "Σ δ hidden, m = {m}");
+
+            let y = Array2::from_shape_fn((m, k), |(i, j)| val(i, j, 5).abs() / F::of(4.0));
+            for act in [Activation::Sigmoid, Activation::Identity, Activation::Tanh] {
+                let (j1, e1) = squared_error_delta(a1.clone(), y.view(), act);
+                let (j2, e2, s) = squared_error_delta_sums(a1.clone(), y.view(), act);
+                assert_eq!(j1.to_bits(), j2.to_bits(), "J, m = {m}, {act:?}");
+                assert_eq!(bits(e1.iter().copied()), bits(e2.iter().copied()));
+                assert_eq!(bits(column_sums(e1.view())), bits(s), "Σ δ out, m = {m}, {act:?}");
+            }
+        }
+        for m in [1, SUM_BLOCK_ROWS, 2 * SUM_BLOCK_ROWS + 77] {
+            check::<f32>(m);
+            check::<f64>(m);
+        }
+    }
 
     /// The AVX2 build of the sweep gives the same bits as the baseline build, for every
     /// activation and both precisions, on a row long enough for vector loops and tails.

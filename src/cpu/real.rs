@@ -133,6 +133,48 @@ fn exp_nonpositive(x: f32) -> f32 {
     p * two_n
 }
 
+/// Values per block of the threaded conversions below: long vectors are split into blocks of
+/// this many values, converted in parallel (element by element: the bits do not depend on the
+/// split).
+const CONVERT_BLOCK: usize = 1 << 15;
+
+/// `out` ← θ in precision `F` (resized to θ's length; f64 → f32 rounds to nearest), in one
+/// pass split over the thread pool, which also checks every value: true when none is NaN or
+/// beyond ±`max` (the caller then names the first one, e.g. with
+/// [`crate::backend::check_theta_values`]). An evaluation converts θ here instead of in a
+/// fresh, single-threaded vector: on a 308,000-value θ that saved a page fault every 4 kB.
+pub fn narrow_checked<F: Real>(theta: &[f64], max: f64, out: &mut Vec<F>) -> bool {
+    use rayon::prelude::*;
+    out.resize(theta.len(), F::zero());
+    let run = |src: &[f64], dst: &mut [F]| {
+        let mut fits = true;
+        for (d, &v) in dst.iter_mut().zip(src) {
+            fits &= !(v.is_nan() || v.abs() > max);
+            *d = F::of(v);
+        }
+        fits
+    };
+    if theta.len() <= CONVERT_BLOCK {
+        return run(theta, out);
+    }
+    theta
+        .par_chunks(CONVERT_BLOCK)
+        .zip(out.par_chunks_mut(CONVERT_BLOCK))
+        .map(|(s, d)| run(s, d))
+        .reduce(|| true, |a, b| a && b)
+}
+
+/// `out` ← `v` widened to f64 (exact), split over the thread pool for long vectors.
+pub fn widen_into<F: Real>(v: &[F], out: &mut [f64]) {
+    use rayon::prelude::*;
+    assert_eq!(v.len(), out.len(), "vectors of different lengths");
+    let run = |src: &[F], dst: &mut [f64]| dst.iter_mut().zip(src).for_each(|(d, &s)| *d = s.f64());
+    if v.len() <= CONVERT_BLOCK {
+        return run(v, out);
+    }
+    v.par_chunks(CONVERT_BLOCK).zip(out.par_chunks_mut(CONVERT_BLOCK)).for_each(|(s, d)| run(s, d));
+}
+
 #[cfg(test)]
 mod tests {
     use super::Real;

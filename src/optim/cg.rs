@@ -8,7 +8,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::linalg::{descends, dot, norm, norm_l1};
-use super::line_search::{LineSearch, LineSearchOutcome};
+use super::line_search::{LineSearch, LineSearchOutcome, Workspace};
 use super::{Iterated, Outcome, Point, Run};
 use crate::Result;
 
@@ -38,6 +38,19 @@ pub(super) struct State {
     since_restart: usize,
     /// J before the latest step, for the first trial step.
     previous_cost: Option<f64>,
+    /// The line search's vectors, reused from iteration to iteration; never saved.
+    #[serde(skip)]
+    line_search: Kept,
+}
+
+/// The line search's working vectors: not saved, and equal to any other.
+#[derive(Clone, Debug, Default)]
+struct Kept(Workspace);
+
+impl PartialEq for Kept {
+    fn eq(&self, _: &Kept) -> bool {
+        true
+    }
 }
 
 impl State {
@@ -52,32 +65,36 @@ impl State {
         let restart_every = m.restart_every.unwrap_or(n).max(1);
         let mut steepest = self.direction.len() != n || self.since_restart >= restart_every;
         loop {
-            if steepest || !descends(dot(&self.point.grad, &self.direction)) {
+            let mut slope = if steepest { f64::NAN } else { dot(&self.point.grad, &self.direction) };
+            if steepest || !descends(slope) {
                 self.direction = self.point.grad.iter().map(|g| -g).collect();
                 self.since_restart = 0;
                 steepest = true;
+                slope = dot(&self.point.grad, &self.direction);
             }
             let cost = self.point.cost();
-            let slope = dot(&self.point.grad, &self.direction);
             let alpha0 = match self.previous_cost.map(|prev| 2.0 * (cost - prev) / slope) {
                 Some(a) if a > 0.0 && a.is_finite() => a,
                 _ => (1.0 / norm_l1(&self.point.grad)).min(1.0),
             };
-            let g_old = self.point.grad.clone();
             let mut new_cost = cost;
-            let outcome = m.line_search.search(
+            let outcome = m.line_search.search_in(
+                &mut self.line_search.0,
                 &mut run.full_batch(),
                 theta,
                 &mut new_cost,
                 &mut self.point.grad,
                 &self.direction,
                 alpha0,
+                slope,
             )?;
             match outcome {
                 LineSearchOutcome::Accepted { alpha, .. } => {
                     self.point.cost = Some(new_cost);
                     self.previous_cost = Some(cost);
-                    self.next_direction(&g_old);
+                    let g_old = std::mem::take(&mut self.line_search.0);
+                    self.next_direction(g_old.previous_grad());
+                    self.line_search.0 = g_old;
                     let it = Iterated { cost: new_cost, grad_norm: norm(&self.point.grad), step_size: alpha };
                     return Ok(Outcome::Iterated(it));
                 }

@@ -109,6 +109,113 @@ pub fn axpy_dot(alpha: f64, x: &[f64], y: &mut [f64], z: &[f64]) -> f64 {
     sums.iter().sum()
 }
 
+/// Adds per-block sums in block order, as [`blocked_sum`] does.
+fn in_block_order(sums: &[f64]) -> f64 {
+    sums.iter().sum()
+}
+
+/// d ← −g, then gives zᵀd — one pass, with the bits of the negation followed by
+/// [`dot`]`(z, d)`.
+pub fn negate_dot(g: &[f64], d: &mut [f64], z: &[f64]) -> f64 {
+    assert!(g.len() == d.len() && d.len() == z.len(), "vectors of different lengths");
+    let run = |g: &[f64], d: &mut [f64], z: &[f64]| {
+        for (di, &gi) in d.iter_mut().zip(g) {
+            *di = -gi;
+        }
+        block_sum(z, d, |a, b| a * b)
+    };
+    if d.len() <= BLOCK {
+        return run(g, d, z);
+    }
+    let sums: Vec<f64> = g
+        .par_chunks(BLOCK)
+        .zip(d.par_chunks_mut(BLOCK))
+        .zip(z.par_chunks(BLOCK))
+        .map(|((g, d), z)| run(g, d, z))
+        .collect();
+    in_block_order(&sums)
+}
+
+/// d ← γd, then gives zᵀd — one pass, with the bits of the scaling followed by
+/// [`dot`]`(z, d)`.
+pub fn scale_dot(gamma: f64, d: &mut [f64], z: &[f64]) -> f64 {
+    assert_eq!(d.len(), z.len(), "vectors of different lengths");
+    let run = |d: &mut [f64], z: &[f64]| {
+        d.iter_mut().for_each(|di| *di *= gamma);
+        block_sum(z, d, |a, b| a * b)
+    };
+    if d.len() <= BLOCK {
+        return run(d, z);
+    }
+    let sums: Vec<f64> = d.par_chunks_mut(BLOCK).zip(z.par_chunks(BLOCK)).map(|(d, z)| run(d, z)).collect();
+    in_block_order(&sums)
+}
+
+/// x ← x₀ + αd, element by element (split over the thread pool for long vectors).
+pub fn point_along(x: &mut [f64], x0: &[f64], alpha: f64, d: &[f64]) {
+    assert!(x.len() == x0.len() && x.len() == d.len(), "vectors of different lengths");
+    let run = |x: &mut [f64], x0: &[f64], d: &[f64]| {
+        for ((xi, &x0i), &di) in x.iter_mut().zip(x0).zip(d) {
+            *xi = x0i + alpha * di;
+        }
+    };
+    if x.len() <= BLOCK {
+        return run(x, x0, d);
+    }
+    x.par_chunks_mut(BLOCK).zip(x0.par_chunks(BLOCK)).zip(d.par_chunks(BLOCK)).for_each(|((x, x0), d)| run(x, x0, d));
+}
+
+/// y ← x (split over the thread pool for long vectors).
+pub fn copy(x: &[f64], y: &mut [f64]) {
+    assert_eq!(x.len(), y.len(), "vectors of different lengths");
+    if y.len() <= BLOCK {
+        return y.copy_from_slice(x);
+    }
+    y.par_chunks_mut(BLOCK).zip(x.par_chunks(BLOCK)).for_each(|(y, x)| y.copy_from_slice(x));
+}
+
+/// gᵀd when every gᵢ is finite, else `None` — one pass, with the bits of [`all_finite`]
+/// followed by [`dot`]`(g, d)`.
+pub fn dot_if_finite(g: &[f64], d: &[f64]) -> Option<f64> {
+    assert_eq!(g.len(), d.len(), "vectors of different lengths");
+    let run = |g: &[f64], d: &[f64]| all_finite(g).then(|| block_sum(g, d, |a, b| a * b));
+    if g.len() <= BLOCK {
+        return run(g, d);
+    }
+    let sums: Option<Vec<f64>> = g.par_chunks(BLOCK).zip(d.par_chunks(BLOCK)).map(|(g, d)| run(g, d)).collect();
+    sums.map(|s| in_block_order(&s))
+}
+
+/// s ← αd and y ← g − g_old, then gives (yᵀs, yᵀy) — one pass over the five vectors, with
+/// the bits of the two element-wise formulas followed by [`dot`]`(y, s)` and [`dot`]`(y, y)`:
+/// an L-BFGS correction pair and the two products its curvature test needs.
+pub fn correction_pair(alpha: f64, d: &[f64], g: &[f64], g_old: &[f64], s: &mut [f64], y: &mut [f64]) -> (f64, f64) {
+    let n = d.len();
+    assert!(g.len() == n && g_old.len() == n && s.len() == n && y.len() == n, "vectors of different lengths");
+    let run = |d: &[f64], g: &[f64], g_old: &[f64], s: &mut [f64], y: &mut [f64]| {
+        for (si, &di) in s.iter_mut().zip(d) {
+            *si = alpha * di;
+        }
+        for ((yi, &a), &b) in y.iter_mut().zip(g).zip(g_old) {
+            *yi = a - b;
+        }
+        (block_sum(y, s, |a, b| a * b), block_sum(y, y, |a, b| a * b))
+    };
+    if n <= BLOCK {
+        return run(d, g, g_old, s, y);
+    }
+    let sums: Vec<(f64, f64)> = d
+        .par_chunks(BLOCK)
+        .zip(g.par_chunks(BLOCK))
+        .zip(g_old.par_chunks(BLOCK))
+        .zip(s.par_chunks_mut(BLOCK))
+        .zip(y.par_chunks_mut(BLOCK))
+        .map(|((((d, g), g_old), s), y)| run(d, g, g_old, s, y))
+        .collect();
+    let (ys, yy): (Vec<f64>, Vec<f64>) = sums.into_iter().unzip();
+    (in_block_order(&ys), in_block_order(&yy))
+}
+
 /// True when a directional derivative says the direction goes downhill (false for NaN).
 pub fn descends(slope: f64) -> bool {
     slope < 0.0
@@ -164,6 +271,61 @@ mod tests {
             let fused = axpy_dot(0.61, &a, &mut y2, &a);
             assert_eq!(y1, y2);
             assert_eq!(separate.to_bits(), fused.to_bits(), "n = {n}");
+        }
+    }
+
+    /// Each fused pass gives the bits of the passes it replaces, at lengths around the block
+    /// boundaries, on one thread and on three.
+    #[test]
+    fn fused_passes_are_the_separate_passes_bit_for_bit() {
+        let bits = |v: &[f64]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        let pools = [1, 3].map(|t| rayon::ThreadPoolBuilder::new().num_threads(t).build().unwrap());
+        for n in [1, 9, BLOCK, BLOCK + 1, 2 * BLOCK + 13] {
+            let (a, b) = vectors(n);
+            let (z, _) = vectors(n + 3);
+            let z = &z[3..];
+            for pool in &pools {
+                pool.install(|| {
+                    let mut d = vec![0.0; n];
+                    let fused = negate_dot(&a, &mut d, z);
+                    let negated: Vec<f64> = a.iter().map(|x| -x).collect();
+                    assert_eq!(bits(&d), bits(&negated));
+                    assert_eq!(fused.to_bits(), dot(z, &negated).to_bits(), "negate_dot, n = {n}");
+
+                    let fused = scale_dot(0.37, &mut d, &b);
+                    let scaled: Vec<f64> = negated.iter().map(|x| x * 0.37).collect();
+                    assert_eq!(bits(&d), bits(&scaled));
+                    assert_eq!(fused.to_bits(), dot(&b, &scaled).to_bits(), "scale_dot, n = {n}");
+
+                    // The last step of the two-loop recursion: the slope ∇Jᵀd from axpy_dot.
+                    let mut d2 = scaled.clone();
+                    axpy(-1.3, &a, &mut d2);
+                    assert_eq!(axpy_dot(-1.3, &a, &mut d, &b).to_bits(), dot(&b, &d2).to_bits());
+
+                    let mut x = vec![0.0; n];
+                    point_along(&mut x, &a, 1e-3, &b);
+                    let along: Vec<f64> = a.iter().zip(&b).map(|(x0, d)| x0 + 1e-3 * d).collect();
+                    assert_eq!(bits(&x), bits(&along));
+                    let mut y = vec![0.0; n];
+                    copy(&x, &mut y);
+                    assert_eq!(bits(&y), bits(&x));
+
+                    assert_eq!(dot_if_finite(&a, &b).map(f64::to_bits), Some(dot(&a, &b).to_bits()));
+                    let mut bad = a.clone();
+                    bad[n - 1] = f64::INFINITY;
+                    assert_eq!(dot_if_finite(&bad, &b), None, "n = {n}");
+                    bad[n - 1] = f64::NAN;
+                    assert_eq!(dot_if_finite(&bad, &b), None, "n = {n}");
+
+                    let (mut s, mut y) = (vec![0.0; n], vec![0.0; n]);
+                    let (ys, yy) = correction_pair(0.5, &b, &a, z, &mut s, &mut y);
+                    let s_ref: Vec<f64> = b.iter().map(|d| 0.5 * d).collect();
+                    let y_ref: Vec<f64> = a.iter().zip(z).map(|(g, g0)| g - g0).collect();
+                    assert_eq!((bits(&s), bits(&y)), (bits(&s_ref), bits(&y_ref)));
+                    assert_eq!(ys.to_bits(), dot(&y_ref, &s_ref).to_bits(), "yᵀs, n = {n}");
+                    assert_eq!(yy.to_bits(), dot(&y_ref, &y_ref).to_bits(), "yᵀy, n = {n}");
+                });
+            }
         }
     }
 

@@ -13,7 +13,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::linalg::{all_finite, descends, dot, norm_inf};
+use super::linalg::{axpy, copy, descends, dot, dot_if_finite, norm_inf, point_along};
 use crate::{Error, Result};
 
 /// J(x) returned and ∇J(x) written into the second argument.
@@ -68,34 +68,67 @@ impl LineSearch {
         alpha0: f64,
     ) -> Result<LineSearchOutcome> {
         assert!(x.len() == g.len() && x.len() == d.len(), "x, g and d differ in length");
-        let slope0 = dot(g, d);
+        let mut kept = g.to_vec();
+        let outcome = self.search_in(&mut Workspace::default(), objective, x, f, &mut kept, d, alpha0, dot(g, d))?;
+        g.copy_from_slice(&kept);
+        Ok(outcome)
+    }
+
+    /// [`LineSearch::search`] with its vectors in `ws`, kept from one search to the next (no
+    /// fresh |θ|-long buffers per iteration), the slope gᵀd given by the caller (who has it
+    /// from forming d) and the new gradient swapped into `g` rather than copied. After an
+    /// accepted step `ws.previous_grad()` holds the gradient `g` held before. `objective` must
+    /// write every value of the gradient (the buffer it is given holds an earlier one).
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn search_in(
+        &self,
+        ws: &mut Workspace,
+        objective: &mut CostAndGrad<'_>,
+        x: &mut [f64],
+        f: &mut f64,
+        g: &mut Vec<f64>,
+        d: &[f64],
+        alpha0: f64,
+        slope0: f64,
+    ) -> Result<LineSearchOutcome> {
+        assert!(x.len() == g.len() && x.len() == d.len(), "x, g and d differ in length");
         if !descends(slope0) {
             return Err(Error::Data(format!("the search direction is not a descent direction (gᵀd = {slope0:e})")));
         }
         if !(alpha0 > 0.0 && alpha0.is_finite()) {
             return Err(Error::Data(format!("the initial step {alpha0} must be a positive number")));
         }
-        let mut probe =
-            Probe { objective, x0: x, d, x: vec![0.0; x.len()], g: vec![0.0; x.len()], evaluations: 0, non_finite: 0 };
+        let n = x.len();
+        for v in [&mut ws.x, &mut ws.g, &mut ws.g_lo] {
+            v.resize(n, 0.0);
+        }
+        let mut probe = Probe {
+            objective,
+            x0: x,
+            d,
+            x: &mut ws.x,
+            g: &mut ws.g,
+            g_lo: &mut ws.g_lo,
+            evaluations: 0,
+            non_finite: 0,
+        };
         let start = Trial { alpha: 0.0, f: *f, slope: slope0 };
-        let mut g_lo = g.to_vec();
-        let end = self.bracket_and_zoom(&mut probe, start, alpha0, &mut g_lo)?;
-        let Probe { x: x_last, g: g_last, evaluations, non_finite, .. } = probe;
+        let end = self.bracket_and_zoom(&mut probe, start, alpha0)?;
+        let (evaluations, non_finite) = (probe.evaluations, probe.non_finite);
         let outcome = match end {
             End::Failed => return Ok(LineSearchOutcome::Failed { evaluations, non_finite }),
             End::Wolfe(t) => {
-                x.copy_from_slice(&x_last);
-                g.copy_from_slice(&g_last);
+                copy(&ws.x, x);
+                std::mem::swap(g, &mut ws.g);
                 *f = t.f;
                 LineSearchOutcome::Accepted { alpha: t.alpha, evaluations, strong_wolfe: true }
             }
             End::BestSoFar(t) => {
-                // The lowest Armijo point seen, not the last one evaluated: rebuild x, take its
-                // saved gradient.
-                for (xi, &di) in x.iter_mut().zip(d) {
-                    *xi += t.alpha * di;
-                }
-                g.copy_from_slice(&g_lo);
+                // The lowest Armijo point seen, not the last one evaluated: rebuild x (x + αd, the
+                // bits the trial had), take its saved gradient.
+                axpy(t.alpha, d, x);
+                std::mem::swap(g, &mut ws.g_lo);
+                std::mem::swap(&mut ws.g, &mut ws.g_lo);
                 *f = t.f;
                 LineSearchOutcome::Accepted { alpha: t.alpha, evaluations, strong_wolfe: false }
             }
@@ -104,8 +137,8 @@ impl LineSearch {
     }
 
     /// Algorithm 3.5: grow α until the interval (previous, α) must contain a strong-Wolfe
-    /// point, then zoom. `g_lo` tracks the gradient at the best Armijo point so far.
-    fn bracket_and_zoom(&self, probe: &mut Probe, start: Trial, alpha0: f64, g_lo: &mut [f64]) -> Result<End> {
+    /// point, then zoom. `probe.g_lo` tracks the gradient at the best Armijo point so far.
+    fn bracket_and_zoom(&self, probe: &mut Probe, start: Trial, alpha0: f64) -> Result<End> {
         let mut prev = start;
         let mut alpha = alpha0;
         loop {
@@ -113,17 +146,17 @@ impl LineSearch {
                 return Ok(best_so_far(prev));
             }
             let Some(cur) = probe.at(alpha)? else {
-                return self.zoom(probe, start, prev, Trial::non_finite(alpha), g_lo);
+                return self.zoom(probe, start, prev, Trial::non_finite(alpha));
             };
             if !self.armijo(start, cur) || (prev.alpha > 0.0 && cur.f >= prev.f) {
-                return self.zoom(probe, start, prev, cur, g_lo);
+                return self.zoom(probe, start, prev, cur);
             }
             if self.curvature(start, cur) {
                 return Ok(End::Wolfe(cur));
             }
-            g_lo.copy_from_slice(&probe.g);
+            probe.keep_as_lo();
             if cur.slope >= 0.0 {
-                return self.zoom(probe, start, cur, prev, g_lo);
+                return self.zoom(probe, start, cur, prev);
             }
             // Still descending: extrapolate, to the cubic's minimiser when it lies ahead, within
             // minFunc's bounds [α + 0.01(α − α_prev), 10α].
@@ -140,7 +173,7 @@ impl LineSearch {
     /// `lo` and `hi` contains a strong-Wolfe point. Interpolates inside it, safeguarded as
     /// minFunc does: a trial within 10% of an end is allowed once, then moved to 10% from it,
     /// so the interval keeps shrinking.
-    fn zoom(&self, probe: &mut Probe, start: Trial, mut lo: Trial, mut hi: Trial, g_lo: &mut [f64]) -> Result<End> {
+    fn zoom(&self, probe: &mut Probe, start: Trial, mut lo: Trial, mut hi: Trial) -> Result<End> {
         let d_max = norm_inf(probe.d);
         let x_scale = norm_inf(probe.x0).max(1.0);
         let mut insufficient_progress = false;
@@ -178,7 +211,7 @@ impl LineSearch {
                     hi = lo;
                 }
                 lo = cur;
-                g_lo.copy_from_slice(&probe.g);
+                probe.keep_as_lo();
             }
         }
     }
@@ -243,30 +276,54 @@ fn best_so_far(lo: Trial) -> End {
     if lo.alpha > 0.0 { End::BestSoFar(lo) } else { End::Failed }
 }
 
-/// Evaluates the objective along the line, keeping the last trial's x and gradient.
-struct Probe<'a> {
-    objective: &'a mut CostAndGrad<'a>,
-    x0: &'a [f64],
-    d: &'a [f64],
+/// The line search's |θ|-long vectors — the trial point, its gradient and the gradient at
+/// the best Armijo point — kept by a method from one search to the next. Working memory
+/// only: not saved in checkpoints (a resumed run starts with empty ones, which changes no
+/// result since every value is written before it is read).
+#[derive(Clone, Debug, Default)]
+pub(super) struct Workspace {
     x: Vec<f64>,
     g: Vec<f64>,
+    g_lo: Vec<f64>,
+}
+
+impl Workspace {
+    /// After [`LineSearch::search_in`] accepted a step: the gradient at the point it started
+    /// from.
+    pub(super) fn previous_grad(&self) -> &[f64] {
+        &self.g
+    }
+}
+
+/// Evaluates the objective along the line, keeping the last trial's x and gradient.
+struct Probe<'a, 'o> {
+    objective: &'a mut CostAndGrad<'o>,
+    x0: &'a [f64],
+    d: &'a [f64],
+    x: &'a mut Vec<f64>,
+    g: &'a mut Vec<f64>,
+    g_lo: &'a mut Vec<f64>,
     evaluations: usize,
     non_finite: usize,
 }
 
-impl Probe<'_> {
+impl Probe<'_, '_> {
     /// φ and φ′ at α, or `None` when the cost or gradient there is NaN or infinite.
     fn at(&mut self, alpha: f64) -> Result<Option<Trial>> {
-        for ((x, &x0), &d) in self.x.iter_mut().zip(self.x0).zip(self.d) {
-            *x = x0 + alpha * d;
-        }
-        let f = (self.objective)(&self.x, &mut self.g)?;
+        point_along(self.x, self.x0, alpha, self.d);
+        let f = (self.objective)(self.x, self.g)?;
         self.evaluations += 1;
-        if !(f.is_finite() && all_finite(&self.g)) {
+        let slope = if f.is_finite() { dot_if_finite(self.g, self.d) } else { None };
+        let Some(slope) = slope else {
             self.non_finite += 1;
             return Ok(None);
-        }
-        Ok(Some(Trial { alpha, f, slope: dot(&self.g, self.d) }))
+        };
+        Ok(Some(Trial { alpha, f, slope }))
+    }
+
+    /// The last trial becomes the best Armijo point: keeps its gradient.
+    fn keep_as_lo(&mut self) {
+        copy(self.g, self.g_lo);
     }
 }
 

@@ -15,7 +15,8 @@
 //! Evaluations cross the backend interface as θ (host → backend) and ∇J plus the scalar cost
 //! (backend → host), nothing more: on a GPU, 2·|θ|·4 bytes over the bus per evaluation, which
 //! L-BFGS, CG and full-batch gradient descent pay every time. They keep their vectors on the
-//! host: L-BFGS about 2m + 6 vectors of |θ| f64 (m = memory, 100 by default: 5 MB for the
+//! host and reuse them from iteration to iteration (no fresh |θ|-long buffer per step): L-BFGS
+//! about 2m + 7 vectors of |θ| f64, a spare pair included (m = memory, 100 by default: 5 MB for the
 //! 64-25-64 sparse autoencoder, 0.5 GB for a 784-196-784 one, where `memory: 10` is wiser),
 //! CG 6.
 //! A checkpoint should store those vectors as tensors: as JSON text they are ~20 bytes a
