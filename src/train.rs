@@ -587,7 +587,9 @@ pub fn r2_per_output(truth: ArrayView2<'_, f64>, predicted: ArrayView2<'_, f64>)
         .collect()
 }
 
-/// R² ([`r2_score`]) of the network at θ on inputs `x` with true values `y`.
+/// R² ([`r2_score`]) of the network at θ on inputs `x` with true values `y`; for a network
+/// with outputs at every one of T steps (`y` m × (T·k)), over the m·T (example, step) pairs
+/// as examples of k outputs.
 pub fn r2_of<'x>(backend: &mut dyn Backend, theta: &[f64], x: impl Into<Inputs<'x>>, y: &Array2<f32>) -> Result<f64> {
     let predicted = backend.predict(theta, x.into())?;
     if predicted.dim() != y.dim() {
@@ -599,7 +601,15 @@ pub fn r2_of<'x>(backend: &mut dyn Backend, theta: &[f64], x: impl Into<Inputs<'
             y.ncols()
         )));
     }
-    Ok(r2_score(y.mapv(f64::from).view(), predicted.view()))
+    // A per-step regressor (outputs at each of T steps, k per step): every (example, step) is
+    // one example of k outputs, as the estimator's `PerStepRegressor::score` pools them.
+    let (steps, m) = (backend.spec().output_steps(), y.nrows());
+    let truth = y.mapv(f64::from);
+    let shape = (m * steps, y.ncols() / steps.max(1));
+    match (truth.into_shape_with_order(shape), predicted.into_shape_with_order(shape)) {
+        (Ok(truth), Ok(predicted)) => Ok(r2_score(truth.view(), predicted.view())),
+        _ => Err(Error::Shape(format!("{} targets per example do not divide into {steps} steps", y.ncols()))),
+    }
 }
 
 /// The first hidden layer's activations for each row of `x`: the features a trained

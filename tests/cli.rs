@@ -1993,6 +1993,33 @@ fn sequence_data_refusals_are_one_line_each() {
         wgnn().args(["train", "lstm", "--data", &format!("npy:{flat}"), "--sequence", "columns", "--out", &out("f")]),
         "unknown sequence reading `columns`",
     );
+    // Per-step targets (m × T × k): labels and targets together, targets that are not a 3-D
+    // .npy, a softmax over real targets, targets with images read by rows; the same T needed.
+    let seq = write_npy(d, "seq.npy", &ndarray::Array3::<f32>::ones((6, 4, 2)));
+    let per_step = write_npy(d, "per-step.npy", &ndarray::Array3::<f32>::ones((6, 4, 1)));
+    let other_t = write_npy(d, "other-t.npy", &ndarray::Array3::<f32>::ones((6, 3, 1)));
+    let train = |extra: &[&str], name: &str| {
+        let mut cmd = wgnn();
+        cmd.args(["train", "lstm", "--backend", "cpu", "--data", &format!("npy:{seq}"), "--out", &out(name)]);
+        cmd.args(extra);
+        cmd
+    };
+    let npy = |p: &str| format!("npy:{p}");
+    fails_with(
+        &mut train(&["--targets", &npy(&per_step), "--labels", &labels], "g"),
+        "--labels and --targets both given",
+    );
+    fails_with(
+        &mut train(&["--targets", &format!("csv:{flat}")], "h"),
+        "per-step targets of sequences are a float .npy",
+    );
+    fails_with(&mut train(&["--targets", &npy(&per_step), "--output", "softmax"], "i"), "a squared-error output");
+    fails_with(&mut train(&["--targets", &npy(&flat)], "j"), "(2 axes)");
+    fails_with(&mut train(&["--targets", &npy(&other_t)], "k"), "give one row of targets per step, shape (6, 4, k)");
+    fails_with(
+        wgnn().args(["train", "lstm", "--data", "mnist:nowhere", "--sequence", "rows", "--targets", &npy(&per_step)]),
+        "--targets with --sequence rows",
+    );
     assert!(!d.join("a/model.safetensors").exists() && !d.join("d/model.safetensors").exists());
 }
 

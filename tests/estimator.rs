@@ -742,6 +742,29 @@ fn a_recurrent_regressor_learns_per_step_targets() {
     let p = Array2::<f32>::read_npy(std::fs::File::open(&out).unwrap()).unwrap();
     assert_eq!(p, predicted.mapv(|v| v as f32).into_shape_with_order((60, 5)).unwrap());
 
+    // The CLI trains the same θ from .npy files of m × T × n and m × T × k (`--targets`), and
+    // `eval` scores the saved model as the estimator does.
+    x.write_npy(std::fs::File::create(dir.path().join("train-x.npy")).unwrap()).unwrap();
+    y.write_npy(std::fs::File::create(dir.path().join("train-y.npy")).unwrap()).unwrap();
+    let train_x = format!("npy:{}", dir.path().join("train-x.npy").display());
+    let train_y = format!("npy:{}", dir.path().join("train-y.npy").display());
+    let cli_run = dir.path().join("cli");
+    ok(wgnn()
+        .args(["train", "lstm", "--backend", "cpu", "--quiet", "--hidden", "12", "--iterations", "60"])
+        .args(["--batch-size", "16", "--learning-rate", "0.01", "--data", &train_x, "--targets", &train_y, "--out"])
+        .arg(&cli_run));
+    let from_cli = Trained::<PerStepRegressor>::load(&cli_run).unwrap();
+    assert_eq!(from_cli.spec(), model.spec());
+    assert_eq!(from_cli.theta(), model.theta(), "the same settings train the same θ");
+    y_test.write_npy(std::fs::File::create(dir.path().join("y.npy")).unwrap()).unwrap();
+    let targets = format!("npy:{}", dir.path().join("y.npy").display());
+    let eval = ok(wgnn()
+        .args(["eval", "--json", "--backend", "cpu", "--data", &data, "--targets", &targets, "--model"])
+        .arg(&saved));
+    let eval: serde_json::Value = serde_json::from_str(&eval).unwrap();
+    let cli_r2 = eval["r2"].as_f64().unwrap();
+    assert!((cli_r2 - r2).abs() < 1e-12, "eval's R² {cli_r2}, the estimator's {r2}");
+
     let (short, _) = sequences(128, 4, 36);
     one_line(estimator.fit_per_step(&x, &running_pairs(&short)).unwrap_err(), "one row of targets per step");
     let wrong = Trained::<SequenceClassifier>::load(&saved).unwrap_err().to_string();

@@ -168,7 +168,10 @@ pub fn run(args: PredictArgs) -> anyhow::Result<()> {
             }
             Task::Regressor { outputs } | Task::Autoencoder { hidden: outputs } => {
                 let y = model.predict(&data.x, &mut backends)?.mapv(|v| v as f32);
-                what = if matches!(model.task, Task::Regressor { .. }) {
+                let steps = model.spec.output_steps();
+                what = if matches!(model.task, Task::Regressor { .. }) && steps > 1 {
+                    format!("{outputs} predicted values at each of {steps} steps, step t's in columns t·{outputs}…")
+                } else if matches!(model.task, Task::Regressor { .. }) {
                     format!("{outputs} predicted values")
                 } else {
                     format!("reconstructions of {} values", y.ncols())

@@ -14,7 +14,7 @@ use wgnn::cpu::sequence::Recurrent;
 use wgnn::data::sequence::{SequenceReading, SequenceShape};
 use wgnn::data::text::{self, CharText, Vocabulary};
 use wgnn::data::{DataSource, Dataset};
-use wgnn::model::{InputShape, Layer, LayerStack, NetSpec, Output};
+use wgnn::model::{Activation, InputShape, Layer, LayerStack, NetSpec, Output};
 use wgnn::optim::{Control, UpdateRule};
 use wgnn::train::char_model::{self, HeldOut, Job, Progress};
 use wgnn::train::{CHECKPOINT_FILE, METRICS_FILE, MODEL_FILE, RunFolder};
@@ -103,11 +103,20 @@ pub fn load_sequences(args: &TrainArgs) -> anyhow::Result<(DataSource, Dataset, 
         .context("--data")?;
     match (&source, reading) {
         (DataSource::Npy(path), None) => {
-            if args.data.targets.is_some() {
-                bail!("--targets (per-step targets) are not trained from the CLI yet: give --labels, one per sequence");
-            }
-            let mut seq = wgnn::data::sequence::load_npy_sequences(path, args.data.labels.as_deref(), None)
-                .with_context(|| format!("loading --data {source}"))?;
+            let targets = match args.data.targets.as_deref() {
+                None => None,
+                Some(_) if args.data.labels.is_some() => bail!(
+                    "--labels and --targets both given: a sequence model learns one label per sequence (--labels) \
+                     or real targets at every step (--targets, m × T × k), not both"
+                ),
+                Some(t) => match t.parse::<wgnn::data::TargetSource>().context("--targets")? {
+                    wgnn::data::TargetSource::Npy(p) => Some(p),
+                    _ => bail!("--targets {t}: per-step targets of sequences are a float .npy of m × T × k (npy:FILE)"),
+                },
+            };
+            let mut seq =
+                wgnn::data::sequence::load_npy_sequences(path, args.data.labels.as_deref(), targets.as_deref())
+                    .with_context(|| format!("loading --data {source}"))?;
             if let Some(n) = args.data.limit {
                 seq.data = seq.data.take(n);
             }
@@ -117,6 +126,11 @@ pub fn load_sequences(args: &TrainArgs) -> anyhow::Result<(DataSource, Dataset, 
             bail!("--sequence rows reads images row by row: a .npy of sequences is already m × T × n; leave it out")
         }
         (_, Some(SequenceReading::Rows)) => {
+            if args.data.targets.is_some() {
+                bail!(
+                    "--targets with --sequence rows: images read row by row take --labels (their digits); per-step targets come with --data npy:FILE (m × T × n)"
+                );
+            }
             let (source, data) = args.data.load(args.seed)?;
             let seq = wgnn::data::sequence::mnist_rows(data)?;
             Ok((source, seq.data, seq.shape))
@@ -150,6 +164,29 @@ pub fn classifier_spec(args: &TrainArgs, shape: SequenceShape, classes: usize) -
     }
     let stack = LayerStack { input: InputShape::sequence(shape.steps, shape.features), layers };
     Ok(NetSpec::stack(stack, classes, Output::Softmax)?.with_weight_decay(args.weight_decay.unwrap_or(0.0))?)
+}
+
+/// The per-step regressor for `train lstm|rnn --targets` on `shape` sequences with `k`
+/// real targets at every step: the recurrent layers, each giving every step, then a
+/// squared-error output of k values at every step (`--output`, identity by default), as
+/// [`wgnn::estimator::Recurrent`]'s `fit_per_step` builds it.
+pub fn per_step_regressor_spec(args: &TrainArgs, shape: SequenceShape, k: usize) -> anyhow::Result<NetSpec> {
+    let mut layers = recurrent_layers(args, SEQUENCE_HIDDEN)?;
+    for layer in &mut layers {
+        if let Layer::Rnn { per_step, .. } | Layer::Lstm { per_step, .. } = layer {
+            *per_step = true;
+        }
+    }
+    let output =
+        args.output.as_deref().map(Output::parse).transpose()?.unwrap_or(Output::SquaredError(Activation::Identity));
+    if !matches!(output, Output::SquaredError(_)) {
+        bail!(
+            "--output {}: per-step targets are real values learnt with a squared-error output (identity, sigmoid, tanh or relu)",
+            output.name()
+        );
+    }
+    let stack = LayerStack { input: InputShape::sequence(shape.steps, shape.features), layers };
+    Ok(NetSpec::stack(stack, k, output)?.with_weight_decay(args.weight_decay.unwrap_or(0.0))?)
 }
 
 /// Flags of other kinds that mean nothing for a character model, refused by name.

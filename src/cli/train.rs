@@ -859,6 +859,11 @@ pub(super) fn run_job(mut args: TrainArgs, ranks: Option<&Ranks>) -> anyhow::Res
             let classes = data.num_classes().context("this data has no labels: cnn needs them")?;
             cnn_spec(&args, n, data.image_shape, classes)?
         }
+        Kind::Lstm | Kind::Rnn if data.targets.is_some() => {
+            let shape = sequence_shape.expect("sequence kinds load sequences");
+            let per_example = data.targets.as_ref().map_or(0, |t| t.ncols());
+            super::sequence::per_step_regressor_spec(&args, shape, per_example / shape.steps)?
+        }
         Kind::Lstm | Kind::Rnn => {
             let classes =
                 data.num_classes().context("these sequences have no labels: give --labels, one per sequence")?;
@@ -1034,13 +1039,20 @@ fn load_data(
         (data.labels, data.classes) = (None, None);
     }
     let regression = data.targets.is_some();
-    if regression && args.kind != Kind::Mlp {
-        bail!("--targets (real-valued targets) go with `train mlp` (a regressor), not {}", kind_name(args.kind));
+    if regression && !matches!(args.kind, Kind::Mlp | Kind::Lstm | Kind::Rnn) {
+        bail!(
+            "--targets (real-valued targets) go with `train mlp` (a regressor) or `train lstm|rnn` (targets at every step), not {}",
+            kind_name(args.kind)
+        );
     }
     match (args.kind, args.output.as_deref().map(Output::parse).transpose()?) {
         (Kind::Mlp, Some(Output::Softmax)) if regression => {
             bail!("a regressor (--targets) needs a squared-error output: --output identity, sigmoid, tanh or relu")
         }
+        (Kind::Lstm | Kind::Rnn, Some(o)) if regression && !matches!(o, Output::SquaredError(_)) => bail!(
+            "--output {}: per-step targets are real values learnt with a squared-error output (identity, sigmoid, tanh or relu)",
+            o.name()
+        ),
         (Kind::Softmax | Kind::Mlp | Kind::Stacked | Kind::Cnn | Kind::Lstm | Kind::Rnn, Some(o))
             if !regression && o != Output::Softmax =>
         {
