@@ -605,11 +605,19 @@ pub fn r2_of<'x>(backend: &mut dyn Backend, theta: &[f64], x: impl Into<Inputs<'
     // one example of k outputs, as the estimator's `PerStepRegressor::score` pools them.
     let (steps, m) = (backend.spec().output_steps(), y.nrows());
     let truth = y.mapv(f64::from);
-    let shape = (m * steps, y.ncols() / steps.max(1));
-    match (truth.into_shape_with_order(shape), predicted.into_shape_with_order(shape)) {
-        (Ok(truth), Ok(predicted)) => Ok(r2_score(truth.view(), predicted.view())),
-        _ => Err(Error::Shape(format!("{} targets per example do not divide into {steps} steps", y.ncols()))),
+    if steps <= 1 {
+        return Ok(r2_score(truth.view(), predicted.view()));
     }
+    if !y.ncols().is_multiple_of(steps) {
+        return Err(Error::Shape(format!("{} targets per example do not divide into {steps} steps", y.ncols())));
+    }
+    let shape = (m * steps, y.ncols() / steps);
+    // Row-major copies (a backend's output may be in another memory order): row i's T·k
+    // values become T rows of k.
+    let truth = truth.as_standard_layout().into_owned().into_shape_with_order(shape).expect("row-major, divisible");
+    let predicted =
+        predicted.as_standard_layout().into_owned().into_shape_with_order(shape).expect("row-major, divisible");
+    Ok(r2_score(truth.view(), predicted.view()))
 }
 
 /// The first hidden layer's activations for each row of `x`: the features a trained
