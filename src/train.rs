@@ -703,19 +703,19 @@ fn check_test_set(spec: &NetSpec, x: &Array2<f32>, y: &TestTargets) -> Result<()
             y.len()
         )));
     }
+    // Values per example: k at each of the network's output steps (1 for a dense net).
+    let width = spec.outputs() * spec.output_steps();
     match (spec.output, y) {
         // A test label the network has no class for simply counts as a wrong answer.
         (Output::Softmax, TestTargets::Labels(_)) => Ok(()),
-        (Output::SquaredError(_), TestTargets::Values(v)) if v.ncols() != spec.outputs() => Err(Error::Shape(format!(
-            "the test targets have {} values per example but the training targets {}: give test targets of the same width",
+        (Output::SquaredError(_), TestTargets::Values(v)) if v.ncols() != width => Err(Error::Shape(format!(
+            "the test targets have {} values per example but the training targets {width}: give test targets of the same width",
             v.ncols(),
-            spec.outputs()
         ))),
         (Output::SquaredError(_), TestTargets::Values(_)) => Ok(()),
-        (Output::SigmoidBce, TestTargets::Values(v)) if v.ncols() != spec.outputs() => Err(Error::Shape(format!(
-            "the test targets have {} labels per example but the network {}: give test targets of the same width",
+        (Output::SigmoidBce, TestTargets::Values(v)) if v.ncols() != width => Err(Error::Shape(format!(
+            "the test targets have {} labels per example but the network {width}: give test targets of the same width",
             v.ncols(),
-            spec.outputs()
         ))),
         (Output::SigmoidBce, TestTargets::Values(v)) => crate::cpu::check_zero_one(&v.view().into()),
         _ => Err(Error::Data(format!(
@@ -1246,7 +1246,15 @@ impl Failure<'_> {
     ) -> Result<(Vec<PathBuf>, f64)> {
         let mut files = Vec::new();
         let finite = self.theta.iter().all(|v| v.is_finite());
-        if finite {
+        // A run that failed (not diverged: a disk that filled up, a lost device) keeps the
+        // checkpoint already in its folder — a periodic one, or the one it resumed from, both
+        // resumable — rather than replace it with θ alone, which could not be resumed (a full
+        // disk refuses the whole checkpoint and then takes θ alone, which is smaller).
+        let existing = job.out_dir.join(CHECKPOINT_FILE);
+        let keep_existing = self.status == "failed" && existing.is_file();
+        if keep_existing {
+            files.push(existing);
+        } else if finite {
             let mut extra = serde_json::Map::new();
             extra.insert("status".into(), self.status.into());
             extra.insert("error".into(), self.reason.into());
@@ -1260,7 +1268,8 @@ impl Failure<'_> {
             "wgnn_version": env!("CARGO_PKG_VERSION"),
             "status": self.status,
             "error": self.reason,
-            "kept": if finite { serde_json::json!(CHECKPOINT_FILE) } else { serde_json::Value::Null },
+            "kept": if finite || keep_existing { serde_json::json!(CHECKPOINT_FILE) } else { serde_json::Value::Null },
+            "resumable": keep_existing,
             "spec": spec,
             "method": self.optimizer.method(),
             "backend": backend.name(),

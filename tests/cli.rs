@@ -2200,3 +2200,57 @@ fn train_lstm_char_model_runs_on_the_gpu() {
         "the GPU computes in f32: leave out --precision f64, or use --backend cpu",
     );
 }
+
+/// Per-step targets (m × T × k) from the CLI: a held-out test fraction is scored (its targets
+/// are T·k values per example, as the training ones), and column-major `.npy` files
+/// (`np.asfortranarray`) read as the same numbers as row-major ones.
+#[test]
+fn per_step_targets_take_a_test_fraction_and_column_major_files() {
+    use ndarray::ShapeBuilder;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (m, steps, n) = (40, 5, 3);
+    let x =
+        ndarray::Array3::<f32>::from_shape_fn((m, steps, n), |(i, t, j)| ((i * 7 + t * 3 + j * 5) % 11) as f32 / 11.0);
+    let y = ndarray::Array3::<f32>::from_shape_fn((m, steps, 2), |(i, t, j)| x[[i, t, 0]] + j as f32 * x[[i, t, 1]]);
+    let mut x_f = ndarray::Array3::<f32>::zeros((m, steps, n).f());
+    x_f.assign(&x);
+    let mut y_f = ndarray::Array3::<f32>::zeros((m, steps, 2).f());
+    y_f.assign(&y);
+    let npy = |name: &str, a: &ndarray::Array3<f32>| format!("npy:{}", write_npy(d, name, a));
+    let (x_c, y_c, x_f, y_f) = (npy("x.npy", &x), npy("y.npy", &y), npy("xf.npy", &x_f), npy("yf.npy", &y_f));
+    let train = |data: &str, targets: &str, out: &str| {
+        let run = d.join(out);
+        let o = wgnn()
+            .args(["train", "lstm", "--backend", "cpu", "--quiet", "--hidden", "4", "--iterations", "3"])
+            .args(["--test-fraction", "0.2", "--data", data, "--targets", targets, "--out"])
+            .arg(&run)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let metrics: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(run.join("metrics.json")).unwrap()).unwrap();
+        let model = std::fs::read(run.join("model.safetensors")).unwrap();
+        (metrics, model)
+    };
+    let (metrics, model) = train(&x_c, &y_c, "c");
+    assert_eq!(metrics["test_examples"], 8, "{metrics}");
+    assert!(metrics["r2"].as_f64().is_some_and(f64::is_finite), "no test R² in {metrics}");
+    let (metrics_f, model_f) = train(&x_f, &y_f, "f");
+    assert_eq!(metrics_f["final_cost"], metrics["final_cost"], "column-major files train the same run");
+    assert_eq!(model_f.len(), model.len());
+    // predict reads a column-major file as the row-major one.
+    let predict = |data: &str, out: &str| {
+        let path = d.join(out);
+        let o = wgnn()
+            .args(["predict", "--backend", "cpu", "--model"])
+            .arg(d.join("c"))
+            .args(["--data", data, "--out"])
+            .arg(&path)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        std::fs::read(path).unwrap()
+    };
+    assert_eq!(predict(&x_f, "pf.npy"), predict(&x_c, "pc.npy"));
+}

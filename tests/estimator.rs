@@ -755,6 +755,10 @@ fn a_recurrent_regressor_learns_per_step_targets() {
         .arg(&cli_run));
     let from_cli = Trained::<PerStepRegressor>::load(&cli_run).unwrap();
     assert_eq!(from_cli.spec(), model.spec());
+    // export offers no `wgnn cost` command for a recurrent net (it would build a dense one).
+    let exported = ok(wgnn().args(["export", "--model"]).arg(&cli_run).arg("--out").arg(dir.path().join("exported")));
+    let line = exported.lines().find(|l| l.starts_with("its cost:")).expect("export says how to get the cost");
+    assert!(line.contains("does not build this network") && !line.contains("--layers"), "{line}");
     assert_eq!(from_cli.theta(), model.theta(), "the same settings train the same θ");
     y_test.write_npy(std::fs::File::create(dir.path().join("y.npy")).unwrap()).unwrap();
     let targets = format!("npy:{}", dir.path().join("y.npy").display());

@@ -61,6 +61,17 @@ pub fn run(args: ExportArgs) -> anyhow::Result<()> {
     // What `cost` needs beside the inputs: the model's task says (an autoencoder's target is
     // its input; a classifier takes class indices 0..k−1; a regressor or a multi-label model
     // its target matrix).
+    if ck.spec.net.is_some() {
+        // A layer stack (conv, pooling, maxout, rnn, lstm): `cost` builds dense --layers nets
+        // and convolutional --net stacks of images, not sequences; no command is better than
+        // a wrong one.
+        println!(
+            "its cost: `wgnn cost` does not build this network ({}); spec.json and theta.npy load in the \
+             library (serde_json into wgnn::model::NetSpec, then any wgnn::Backend)",
+            ck.spec.describe()
+        );
+        return Ok(());
+    }
     let targets = match wgnn::predict::Model::from_checkpoint(&ck)?.task {
         Task::Autoencoder { .. } => "",
         Task::Classifier { .. } => " --labels LABELS.npy",

@@ -214,13 +214,19 @@ pub fn load_npy_sequences(path: &Path, labels: Option<&Path>, targets: Option<&P
                     path.display()
                 )));
             }
-            let t = t.into_shape_with_order((m, steps * k)).expect("a standard-layout array reshapes");
+            // Row-major first: a Fortran-order file (`np.asfortranarray`) reads as another layout.
+            let t =
+                t.as_standard_layout().into_owned().into_shape_with_order((m, steps * k)).expect("row-major reshapes");
             (Some(t.mapv(|v| v as f32)), Some(k))
         }
         None => (None, None),
     };
-    let x =
-        a.into_shape_with_order((m, steps * features)).expect("a standard-layout array reshapes").mapv(|v| v as f32);
+    let x = a
+        .as_standard_layout()
+        .into_owned()
+        .into_shape_with_order((m, steps * features))
+        .expect("row-major reshapes")
+        .mapv(|v| v as f32);
     let description = format!(
         "{}: {m} sequences of {steps} steps of {features} values{}{}",
         path.display(),

@@ -284,7 +284,11 @@ impl Trained<PerStepRegressor> {
         let (m, steps) = (rows.nrows(), self.model.spec.output_steps());
         let k = self.model.spec.outputs();
         let out = self.output(&rows)?;
-        out.into_shape_with_order((m, steps, k)).map_err(|e| Error::Shape(e.to_string()))
+        // Row-major first: a backend's output may be in another memory order.
+        out.as_standard_layout()
+            .into_owned()
+            .into_shape_with_order((m, steps, k))
+            .map_err(|e| Error::Shape(e.to_string()))
     }
 
     /// R² over every (sequence, step) as one example of k outputs ([`crate::train::r2_score`],
@@ -301,8 +305,14 @@ impl Trained<PerStepRegressor> {
             )));
         }
         let (m, steps, k) = y.dim();
-        let truth = y.mapv(f64::from).into_shape_with_order((m * steps, k)).expect("a standard layout reshapes");
-        let predicted = predicted.into_shape_with_order((m * steps, k)).expect("a standard layout reshapes");
+        // Row-major copies: the caller's targets (and a backend's output) may be column-major.
+        let truth = y.mapv(f64::from).as_standard_layout().into_owned();
+        let truth = truth.into_shape_with_order((m * steps, k)).expect("a row-major array reshapes");
+        let predicted = predicted
+            .as_standard_layout()
+            .into_owned()
+            .into_shape_with_order((m * steps, k))
+            .expect("row-major reshapes");
         Ok(crate::train::r2_score(truth.view(), predicted.view()))
     }
 }
