@@ -1331,7 +1331,10 @@ fn eval_of_a_regressor_takes_its_training_columns_and_scores_the_rows_training_h
     let trained_r2 = metrics(&regressor)["r2"].as_f64().unwrap();
     let eval = |seed: &str, with_targets: bool| {
         let mut cmd = wgnn();
-        cmd.args(["eval", "--model", regressor.to_str().unwrap(), "--data", &data, "--json", "--seed", seed]);
+        cmd.args(["eval", "--model", regressor.to_str().unwrap(), "--data", &data, "--json"]);
+        if !seed.is_empty() {
+            cmd.args(["--seed", seed]);
+        }
         if with_targets {
             cmd.args(targets);
         }
@@ -1343,6 +1346,11 @@ fn eval_of_a_regressor_takes_its_training_columns_and_scores_the_rows_training_h
     assert_eq!(scored["examples"], 40, "a quarter of 160 rows");
     let r2 = scored["r2"].as_f64().unwrap();
     assert!((r2 - trained_r2).abs() <= 1e-9 * trained_r2.abs().max(1.0), "eval R² {r2} vs training's {trained_r2}");
+    // Without --seed, the model's own seed: the same rows.
+    let out = eval("", true).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let default_seed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(default_seed["r2"], scored["r2"], "eval without --seed scores the rows training held out");
     // Another seed holds out other rows (and says the seeds differ).
     let out = eval("8", true).output().unwrap();
     assert!(String::from_utf8_lossy(&out.stderr).contains("trained with --seed 7"));

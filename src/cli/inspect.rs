@@ -112,9 +112,17 @@ pub struct ModelOnData {
     pub model: PathBuf,
     #[command(flatten)]
     pub data: DataArgs,
-    /// Seed for patch sampling and the synthetic images.
-    #[arg(long, default_value_t = 1)]
-    pub seed: u64,
+    /// Seed for patch sampling, the synthetic images and the rows --test-fraction holds out
+    /// (default: the seed the model was trained with, so the same rows; 1 for older models).
+    #[arg(long)]
+    pub seed: Option<u64>,
+}
+
+impl ModelOnData {
+    /// --seed, or the seed `ck` was trained with, or 1.
+    pub fn seed_for(&self, ck: &Checkpoint) -> u64 {
+        self.seed.or(ck.metadata.seed).unwrap_or(1)
+    }
 }
 
 /// `reconstruct`'s own words for the shared flags: its model is an autoencoder, and --count
@@ -140,7 +148,7 @@ pub fn reconstruct(args: ReconstructArgs) -> anyhow::Result<()> {
             ck.spec.describe()
         );
     }
-    let (_, data) = args.input.data.load_counting(args.input.seed, 10)?;
+    let (_, data) = args.input.data.load_counting(args.input.seed_for(&ck), 10)?;
     let shown = args.input.data.count.unwrap_or(10).min(data.len());
     let x = prepared(&ck, data.x.slice(ndarray::s![..shown, ..]).to_owned(), &args.backend)?.mapv(f64::from);
     let mut backend = args.backend.build(ck.spec.clone(), Precision::F32)?;
@@ -238,18 +246,18 @@ pub fn eval(args: EvalArgs) -> anyhow::Result<()> {
             spec.describe()
         );
     }
-    let (_, mut data) = source.load(args.input.seed)?;
+    let seed = args.input.seed_for(&ck);
+    let (_, mut data) = source.load(seed)?;
     if let Some(fraction) = args.test_fraction {
         if !(fraction > 0.0 && fraction < 1.0) {
             bail!("--test-fraction {fraction}: the test fraction must lie strictly between 0 and 1");
         }
-        if let Some(trained) = ck.metadata.seed.filter(|&s| s != args.input.seed) {
+        if let Some(trained) = ck.metadata.seed.filter(|&s| s != seed) {
             eprintln!(
-                "note: the model was trained with --seed {trained}, this is --seed {}: --test-fraction holds out the rows training held out only with the same seed",
-                args.input.seed
+                "note: the model was trained with --seed {trained}, this is --seed {seed}: --test-fraction holds out the rows training held out only with the same seed (leave --seed out to use the model's)"
             );
         }
-        data = data.split_test(fraction, args.input.seed).context("--test-fraction")?.1;
+        data = data.split_test(fraction, seed).context("--test-fraction")?.1;
     }
     if bce {
         // 0/1 targets, one column per label, or 0/1 labels as one column (binary).

@@ -88,7 +88,8 @@ pub fn run(args: PredictArgs) -> anyhow::Result<()> {
     if args.features && model.spec.layers.len() < 3 {
         bail!("--features: {} has no hidden layer to take features from", model.spec.describe());
     }
-    let (_, mut data) = args.input.data.load(args.input.seed)?;
+    let seed = args.input.seed_for(&checkpoint);
+    let (_, mut data) = args.input.data.load(seed)?;
     // A regressor trained on `--targets columns:SPEC` takes the file without those columns:
     // given the same kind of file, with them, they are taken out as training took them out.
     let stored_targets = checkpoint.metadata.preprocessing.get("targets").and_then(|t| t.as_str());
@@ -98,7 +99,7 @@ pub fn run(args: PredictArgs) -> anyhow::Result<()> {
     {
         let mut with_targets = args.input.data.clone();
         with_targets.targets = Some(columns.to_string());
-        if let Ok((_, without)) = with_targets.load(args.input.seed)
+        if let Ok((_, without)) = with_targets.load(seed)
             && without.num_features() == model.inputs()
         {
             data = without;
