@@ -442,7 +442,9 @@ pub struct DataArgs {
     /// npy:FILE (a float matrix, rows × outputs, or a vector), csv:FILE (numbers only), or
     /// columns:SPEC — columns of the --data file itself, counted from 1 as in the file, e.g.
     /// columns:33-64; they are taken out of the inputs (a CSV's label column is dropped).
-    /// With --output sigmoid-bce: the 0/1 targets, one column per label (multi-label).
+    /// With --output sigmoid-bce: the 0/1 targets, one column per label (multi-label). For
+    /// `train lstm|rnn` on npy:X.npy (m × T × n): npy:Y.npy of m × T × k, real targets at
+    /// every step (a per-step regressor).
     #[arg(long)]
     pub targets: Option<String>,
     /// Read images as sequences for `train lstm|rnn`: rows (an h × w image is h steps of w
