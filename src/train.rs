@@ -1432,6 +1432,14 @@ pub mod char_model {
         pub eval_every: usize,
     }
 
+    impl Job {
+        /// Whether the held-out text is scored after update `step`: every `eval_every`
+        /// updates (0: never) and after the last.
+        fn measures_after(&self, step: usize) -> bool {
+            step == self.steps || (self.eval_every > 0 && step.is_multiple_of(self.eval_every))
+        }
+    }
+
     /// Held-out bits per character: consecutive windows of T characters, each from a zero
     /// state (the last N − 1 − windows·T characters, fewer than T, are not scored).
     #[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -1636,15 +1644,8 @@ pub mod char_model {
         comm: &dyn crate::dist::Collective,
         on_step: &mut dyn FnMut(&Step, &Snapshot<'_>) -> Control,
     ) -> Result<(usize, Option<HeldOut>)> {
-        let (size, rank) = (comm.size(), comm.rank());
-        if job.batch < size {
-            return Err(Error::Data(format!(
-                "--batch-size {} streams cannot be shared by {size} ranks: give at least {size}",
-                job.batch
-            )));
-        }
-        let mine = crate::dist::shard_rows(job.batch, size, rank);
-        let weight = mine.len() as f64 / job.batch as f64;
+        let size = comm.size();
+        let (mine, weight) = rank_share(job, comm)?;
         let streams = check_job(net, train, held_out, job)?;
         let (steps, vocab) = (net.steps(), net.spec.outputs());
         let (mut update, first, mut last) = starting_point(from, job, theta.len())?;
@@ -1653,17 +1654,7 @@ pub mod char_model {
             Some(p) => p.restore::<F>(net, job.batch)?,
             None => net.zero_state::<F>(job.batch),
         };
-        let rows_of = |full: &State<F>| State {
-            layers: full
-                .layers
-                .iter()
-                .map(|l| crate::cpu::sequence::LayerState {
-                    h: l.h.slice(ndarray::s![mine.clone(), ..]).to_owned(),
-                    c: l.c.as_ref().map(|c| c.slice(ndarray::s![mine.clone(), ..]).to_owned()),
-                })
-                .collect(),
-        };
-        let mut state = rows_of(&full);
+        let mut state = rows_of(&full, &mine);
         let mut theta_f: Vec<F> = theta.iter().map(|&v| F::of(v)).collect();
         let mut grad = vec![F::zero(); theta.len()];
         let mut grad64 = vec![0.0; theta.len()];
@@ -1706,17 +1697,10 @@ pub mod char_model {
                     None => grad64.iter().map(|g| g * g).sum::<f64>().sqrt(),
                 }
             };
-            if !cost.total().is_finite() || !grad_norm.is_finite() {
-                return Err(Error::Data(format!(
-                    "update {step}: the cost is {} and the gradient's norm {grad_norm}: training diverged; \
-                     try a smaller learning rate or --clip-norm",
-                    cost.total()
-                )));
-            }
+            check_finite_update(step, cost.total(), grad_norm)?;
             update.apply(theta, &grad64, job.learning_rate);
             theta_f.iter_mut().zip(theta.iter()).for_each(|(f, &v)| *f = F::of(v));
-            let measure = !held_out.is_empty()
-                && (step == job.steps || (job.eval_every > 0 && step.is_multiple_of(job.eval_every)));
+            let measure = !held_out.is_empty() && job.measures_after(step);
             let held = if measure { Some(bits_per_character_on_ranks(net, &theta_f, held_out, comm)?) } else { None };
             if held.is_some() {
                 last = held;
@@ -1735,14 +1719,7 @@ pub mod char_model {
                 (progress, theta.to_vec())
             };
             let asked = on_step(&report, &snapshot) == Control::Stop;
-            let mut stop = asked;
-            if size > 1 {
-                // Every rank stops after the same update once any rank's caller asked to.
-                let mut any = [0.0];
-                comm.sum_in_rank_order(&[f64::from(u8::from(stop))], &mut any)?;
-                stop = any[0] > 0.0;
-            }
-            if stop {
+            if any_rank_stops(comm, asked)? {
                 if !asked {
                     on_step(&Step { stopping: true, ..report }, &snapshot);
                 }
@@ -1837,15 +1814,8 @@ pub mod char_model {
         on_step: &mut dyn FnMut(&Step, &Snapshot<'_>) -> Control,
     ) -> Result<(usize, Option<HeldOut>)> {
         use crate::backend::{Backend, Batch, Targets};
-        let (size, rank) = (comm.size(), comm.rank());
-        if job.batch < size {
-            return Err(Error::Data(format!(
-                "--batch-size {} streams cannot be shared by {size} ranks: give at least {size}",
-                job.batch
-            )));
-        }
-        let mine = crate::dist::shard_rows(job.batch, size, rank);
-        let weight = mine.len() as f64 / job.batch as f64;
+        let size = comm.size();
+        let (mine, weight) = rank_share(job, comm)?;
         let streams = check_job(net, train, held_out, job)?;
         let (steps, vocab) = (net.steps(), net.spec.outputs());
         let (mut update, first, mut last) = starting_point(from, job, theta.len())?;
@@ -1856,17 +1826,7 @@ pub mod char_model {
             None => net.zero_state::<f32>(job.batch),
         };
         if from.is_some() {
-            let rows = State {
-                layers: full
-                    .layers
-                    .iter()
-                    .map(|l| crate::cpu::sequence::LayerState {
-                        h: l.h.slice(ndarray::s![mine.clone(), ..]).to_owned(),
-                        c: l.c.as_ref().map(|c| c.slice(ndarray::s![mine.clone(), ..]).to_owned()),
-                    })
-                    .collect(),
-            };
-            gpu.set_recurrent_state(Some(rows))?;
+            gpu.set_recurrent_state(Some(rows_of(&full, &mine)))?;
         }
         // Over ranks: [weight · ∇J_r …, weight · J_r (data), weight · J_r (total), failed].
         let mut local = vec![0.0; if size > 1 { theta.len() + 3 } else { 0 }];
@@ -1912,16 +1872,9 @@ pub mod char_model {
                 Some(tau) => clip_by_global_norm(&mut grad, tau)?,
                 None => grad.iter().map(|g| g * g).sum::<f64>().sqrt(),
             };
-            if !cost.total().is_finite() || !grad_norm.is_finite() {
-                return Err(Error::Data(format!(
-                    "update {step}: the cost is {} and the gradient's norm {grad_norm}: training diverged; \
-                     try a smaller learning rate or --clip-norm",
-                    cost.total()
-                )));
-            }
+            check_finite_update(step, cost.total(), grad_norm)?;
             update.apply(theta, &grad, job.learning_rate);
-            let measure = !held_out.is_empty()
-                && (step == job.steps || (job.eval_every > 0 && step.is_multiple_of(job.eval_every)));
+            let measure = !held_out.is_empty() && job.measures_after(step);
             let held = if measure {
                 let theta_f: Vec<f32> = theta.iter().map(|&v| v as f32).collect();
                 Some(bits_per_character_on_ranks(net, &theta_f, held_out, comm)?)
@@ -1955,14 +1908,7 @@ pub mod char_model {
                 (progress, theta.to_vec())
             };
             let asked = on_step(&report, &snapshot) == Control::Stop;
-            let mut stop = asked;
-            if size > 1 {
-                // Every rank stops after the same update once any rank's caller asked to.
-                let mut any = [0.0];
-                comm.sum_in_rank_order(&[f64::from(u8::from(stop))], &mut any)?;
-                stop = any[0] > 0.0;
-            }
-            if stop {
+            if any_rank_stops(comm, asked)? {
                 if !asked {
                     on_step(&Step { stopping: true, ..report }, &snapshot);
                 }
@@ -1970,6 +1916,57 @@ pub mod char_model {
             }
         }
         Ok((job.steps.max(first - 1), last))
+    }
+
+    /// This rank's streams of the minibatch (rows `mine`) and its share of the mean
+    /// (`mine.len() / batch`). Errors: fewer streams than ranks.
+    fn rank_share(job: &Job, comm: &dyn crate::dist::Collective) -> Result<(std::ops::Range<usize>, f64)> {
+        let (size, rank) = (comm.size(), comm.rank());
+        if job.batch < size {
+            return Err(Error::Data(format!(
+                "--batch-size {} streams cannot be shared by {size} ranks: give at least {size}",
+                job.batch
+            )));
+        }
+        let mine = crate::dist::shard_rows(job.batch, size, rank);
+        let weight = mine.len() as f64 / job.batch as f64;
+        Ok((mine, weight))
+    }
+
+    /// Rows `mine` of the whole minibatch's carried state.
+    fn rows_of<F: Real>(full: &State<F>, mine: &std::ops::Range<usize>) -> State<F> {
+        State {
+            layers: full
+                .layers
+                .iter()
+                .map(|l| crate::cpu::sequence::LayerState {
+                    h: l.h.slice(ndarray::s![mine.clone(), ..]).to_owned(),
+                    c: l.c.as_ref().map(|c| c.slice(ndarray::s![mine.clone(), ..]).to_owned()),
+                })
+                .collect(),
+        }
+    }
+
+    /// Whether every rank stops after this update: once any rank's caller `asked` to.
+    /// Collective (alone: `asked`).
+    fn any_rank_stops(comm: &dyn crate::dist::Collective, asked: bool) -> Result<bool> {
+        if comm.size() == 1 {
+            return Ok(asked);
+        }
+        let mut any = [0.0];
+        comm.sum_in_rank_order(&[f64::from(u8::from(asked))], &mut any)?;
+        Ok(any[0] > 0.0)
+    }
+
+    /// Refuses an update whose cost or gradient norm is not finite: training diverged.
+    fn check_finite_update(step: usize, cost: f64, grad_norm: f64) -> Result<()> {
+        if cost.is_finite() && grad_norm.is_finite() {
+            return Ok(());
+        }
+        Err(Error::Data(format!(
+            "update {step}: the cost is {cost} and the gradient's norm {grad_norm}: training diverged; \
+             try a smaller learning rate or --clip-norm"
+        )))
     }
 
     /// The error every rank returns at update `step` once the sum said that some rank failed:
