@@ -123,6 +123,11 @@ fn a_classifier_writes_labels_and_probabilities_as_eval_and_the_backend_see_them
     let data = Data::new(60, 6);
     let labels = data.path("labels.npy").display().to_string();
     let run = data.train("softmax", "softmax", &["--labels", &labels]);
+    // eval on unlabelled data points to predict (the first handed case).
+    refused(
+        wgnn().args(["eval", "--backend", "cpu", "--data", &data.npy(), "--model"]).arg(&run),
+        &format!("wgnn predict --model {}", run.display()),
+    );
 
     // .npy: probabilities m × k float32, labels beside them; no labels given to predict.
     let p = read_f32(&data.predict(&run, "p.npy", &[]));

@@ -275,7 +275,11 @@ pub fn eval(args: EvalArgs) -> anyhow::Result<()> {
     let class_names = model.class_names();
     let targets = match (spec.output, &labels, &data.targets) {
         (Output::Softmax, Some(l), _) => Targets::Labels(l),
-        (Output::Softmax, None, _) => bail!("{} is a classifier: evaluate it on labelled data", spec.describe()),
+        (Output::Softmax, None, _) => bail!(
+            "{} is a classifier: evaluate it on labelled data (give --labels), or get its predictions for unlabelled data with `wgnn predict --model {} --data … --out F.csv`",
+            spec.describe(),
+            args.input.model.display()
+        ),
         (_, _, Some(t)) => Targets::Values(t.into()),
         _ => Targets::Inputs,
     };
