@@ -256,64 +256,172 @@ pub fn save_state<S: Serialize + ?Sized>(
 /// training path pays for a memory copy, not for the serialisation, the write and the fsync
 /// (BENCHMARKS.md, "Checkpoints written in the background").
 ///
-/// - At most one write is in flight: handing over the next one ([`Writer::save_state`],
-///   [`Writer::submit`]) first waits for the one before. So every checkpoint asked for is
-///   written, in the order asked, and the writer holds at most one copy of the state (a
-///   queue that replaced a waiting copy would skip checkpoints and hold two copies).
-/// - A write's error is returned by the next hand-over or by [`Writer::wait`], once; the
-///   file it was writing is then as it was before (the atomic write's promise).
-/// - Dropping the writer waits for the write in flight (its error is then lost: call
-///   [`Writer::wait`] on every path that can report one), so no caller returns, and no
-///   process exits through a return, with a checkpoint half written.
+/// - Hand-overs coalesce: at most one write is in flight and one waits behind it. A hand-over
+///   ([`Writer::save_state`], [`Writer::submit`]) never waits for the disk: while a write is
+///   in flight it replaces the waiting one, unstarted (the newest state wins, as a queue of
+///   depth one that drops the older entry). So when steps are quicker than a durable write
+///   (a 4 ms step, an 8 ms write with its fsync) training does not slow to the disk's pace:
+///   some periodic checkpoints are skipped, never reordered. The files land in the order
+///   handed over, and after [`Writer::wait`] the last one handed over is on disk.
+/// - A write's error is returned once, by the first hand-over after the write ended or by
+///   [`Writer::wait`]; the file it was writing is then as it was before (the atomic write's
+///   promise), and the write waiting behind it is dropped, unstarted.
+/// - Dropping the writer waits for the write in flight and the one waiting (their errors are
+///   then lost: call [`Writer::wait`] on every path that can report one), so no caller
+///   returns, and no process exits through a return, with a checkpoint half written.
 ///
 /// Write everything else to the same file only after [`Writer::wait`]: a synchronous write
-/// could otherwise be overtaken by the older one still in flight.
-#[derive(Debug, Default)]
+/// could otherwise be overtaken by an older one still in flight.
 pub struct Writer {
-    /// The write in flight: its thread, which returns the write's result.
-    in_flight: std::sync::Mutex<Option<std::thread::JoinHandle<Result<()>>>>,
+    shared: std::sync::Arc<Shared>,
+    /// The writer thread, started by the first hand-over and joined on drop.
+    thread: std::sync::Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
-impl Writer {
-    /// A writer with nothing in flight (no thread until the first write).
-    pub fn new() -> Writer {
-        Writer::default()
+/// A write handed over: it runs on the writer thread.
+type Job = Box<dyn FnOnce() -> Result<()> + Send>;
+
+/// What the training thread and the writer thread share.
+#[derive(Default)]
+struct Shared {
+    slot: std::sync::Mutex<Slot>,
+    /// Signalled whenever the slot changes.
+    changed: std::sync::Condvar,
+}
+
+#[derive(Default)]
+struct Slot {
+    /// The write waiting behind the one in flight (replaced by a newer hand-over).
+    queued: Option<Job>,
+    /// A write is running.
+    busy: bool,
+    /// The error of a write that ended, until it is reported.
+    error: Option<Error>,
+    /// Hand-overs replaced before they started, over the writer's life.
+    skipped: usize,
+    /// The writer is being dropped: the thread ends once the slot is empty.
+    closing: bool,
+}
+
+impl Shared {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Slot> {
+        self.slot.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Waits for the write in flight, if any, and returns its result.
-    ///
-    /// Errors: the write's own ([`Error::File`] when the file could not be written,
-    /// [`Error::Data`] when the state could not be serialised), or [`Error::Data`] when the
-    /// writer thread panicked.
-    pub fn wait(&self) -> Result<()> {
-        let handle = self.in_flight.lock().unwrap_or_else(|e| e.into_inner()).take();
-        match handle.map(std::thread::JoinHandle::join) {
-            None | Some(Ok(Ok(()))) => Ok(()),
-            Some(Ok(Err(e))) => Err(e),
-            Some(Err(panic)) => {
+    /// The writer thread: runs each write handed over, newest first, until the writer closes.
+    fn serve(&self) {
+        loop {
+            let job = {
+                let mut slot = self.lock();
+                loop {
+                    if let Some(job) = slot.queued.take() {
+                        slot.busy = true;
+                        break job;
+                    }
+                    if slot.closing {
+                        return;
+                    }
+                    slot = self.changed.wait(slot).unwrap_or_else(|e| e.into_inner());
+                }
+            };
+            let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job)).unwrap_or_else(|panic| {
                 let what = panic
                     .downcast_ref::<&str>()
                     .map(|s| s.to_string())
                     .or_else(|| panic.downcast_ref::<String>().cloned())
                     .unwrap_or_else(|| "a panic".into());
                 Err(Error::Data(crate::one_line(&format!("the checkpoint writer thread stopped: {what}"))))
-            }
+            });
+            let mut slot = self.lock();
+            slot.busy = false;
+            // After a failure the waiting write is not started: the error ends the run first.
+            let dropped = if let Err(e) = result {
+                slot.error.get_or_insert(e);
+                slot.queued.take()
+            } else {
+                None
+            };
+            drop(slot);
+            self.changed.notify_all();
+            drop(dropped);
         }
     }
+}
 
-    /// Runs `write` on the writer thread once the write before it has ended, and returns at
-    /// once. When the write before failed, its error is returned and `write` is dropped,
-    /// unstarted.
+impl std::fmt::Debug for Writer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let slot = self.shared.lock();
+        f.debug_struct("Writer")
+            .field("busy", &slot.busy)
+            .field("queued", &slot.queued.is_some())
+            .field("skipped", &slot.skipped)
+            .field("error", &slot.error)
+            .finish()
+    }
+}
+
+impl Default for Writer {
+    fn default() -> Writer {
+        Writer::new()
+    }
+}
+
+impl Writer {
+    /// A writer with nothing in flight (no thread until the first write).
+    pub fn new() -> Writer {
+        Writer { shared: Default::default(), thread: std::sync::Mutex::new(None) }
+    }
+
+    /// Waits until the write in flight and the one waiting behind it, if any, have ended, and
+    /// returns the first error not yet reported.
     ///
-    /// Errors: the previous write's (as [`Writer::wait`]); [`Error::Data`] when the system
-    /// cannot start a thread (`write` is then not run).
+    /// Errors: a write's own ([`Error::File`] when the file could not be written,
+    /// [`Error::Data`] when the state could not be serialised), or [`Error::Data`] when a
+    /// write panicked.
+    pub fn wait(&self) -> Result<()> {
+        let mut slot = self.shared.lock();
+        while slot.busy || slot.queued.is_some() {
+            slot = self.shared.changed.wait(slot).unwrap_or_else(|e| e.into_inner());
+        }
+        slot.error.take().map_or(Ok(()), Err)
+    }
+
+    /// How many hand-overs were replaced by a newer one before they started (skipped
+    /// checkpoints), over the writer's life.
+    pub fn skipped(&self) -> usize {
+        self.shared.lock().skipped
+    }
+
+    /// Hands `write` to the writer thread and returns at once, without waiting for the disk:
+    /// it runs when the write in flight, if any, has ended, unless a newer hand-over replaces
+    /// it first (it is then dropped, unstarted). When a write before it failed, that error is
+    /// returned (once) and `write` is dropped, unstarted.
+    ///
+    /// Errors: an earlier write's (as [`Writer::wait`]); [`Error::Data`] when the system
+    /// cannot start the writer thread (`write` is then not run).
     pub fn submit(&self, write: impl FnOnce() -> Result<()> + Send + 'static) -> Result<()> {
-        self.wait()?;
-        let handle = std::thread::Builder::new()
-            .name("wgnn-checkpoint".into())
-            .spawn(write)
-            .map_err(|e| Error::Data(format!("cannot start the checkpoint writer thread: {e}")))?;
-        *self.in_flight.lock().unwrap_or_else(|e| e.into_inner()) = Some(handle);
+        {
+            let mut thread = self.thread.lock().unwrap_or_else(|e| e.into_inner());
+            if thread.is_none() {
+                let shared = self.shared.clone();
+                *thread = Some(
+                    std::thread::Builder::new()
+                        .name("wgnn-checkpoint".into())
+                        .spawn(move || shared.serve())
+                        .map_err(|e| Error::Data(format!("cannot start the checkpoint writer thread: {e}")))?,
+                );
+            }
+        }
+        let mut slot = self.shared.lock();
+        if let Some(e) = slot.error.take() {
+            return Err(e);
+        }
+        let replaced = slot.queued.replace(Box::new(write));
+        slot.skipped += usize::from(replaced.is_some());
+        drop(slot);
+        self.shared.changed.notify_all();
+        // The older copy is freed here, off the lock.
+        drop(replaced);
         Ok(())
     }
 
@@ -349,6 +457,11 @@ impl Writer {
 impl Drop for Writer {
     fn drop(&mut self) {
         let _ = self.wait();
+        self.shared.lock().closing = true;
+        self.shared.changed.notify_all();
+        if let Some(thread) = self.thread.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            let _ = thread.join();
+        }
     }
 }
 

@@ -769,9 +769,11 @@ pub fn train<'x>(
         extra,
         ..Default::default()
     };
-    // Checkpoints on the way are written in the background (one in flight at most); every
-    // other file of the run waits for that write first, so files land in the order asked
-    // and no return leaves one half written (checkpoint::Writer).
+    // Checkpoints on the way are written in the background (one in flight, one waiting: a
+    // newer hand-over replaces the waiting one, so training never waits for the disk); every
+    // other file of the run waits for those writes first, so files land in the order asked,
+    // the last state is the one on disk, and no return leaves one half written
+    // (checkpoint::Writer).
     let writer = crate::checkpoint::Writer::new();
     let save = |theta: &[f64],
                 optimizer: Option<&Optimizer>,
@@ -811,6 +813,10 @@ pub fn train<'x>(
                 // Keep what can be kept, under names that do not claim a finished model. The
                 // optimizer reports a run whose cost exploded, kept rising or stopped being
                 // finite as Error::Diverged, θ already put back to the best point it saw.
+                // The writes handed over land first (the newest state), so that what is kept
+                // below is judged on the folder as they leave it; an error of theirs is not
+                // reported twice: `e` is the run's.
+                let _ = writer.wait();
                 let diverged = matches!(e, Error::Diverged(_));
                 let status = if diverged { "diverged" } else { "failed" };
                 let failure = Failure { status, reason: &e.to_string(), theta: &theta, optimizer: &optimizer };

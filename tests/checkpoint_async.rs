@@ -1,5 +1,7 @@
 //! Checkpoints written in the background (`checkpoint::Writer`, issue 14 §3): the same bytes
-//! as a synchronous write, one write in flight at most and in the order asked, a failed write
+//! as a synchronous write, one write in flight at most, hand-overs that never wait for the
+//! disk (a newer one replaces the one waiting), the writes that land in the order asked and
+//! the last always among them, a failed write
 //! reported once and in one line with the previous file whole, nothing half written when the
 //! writer is dropped or the run is stopped by Ctrl-C, and a resumed run still on the bits of
 //! an uninterrupted one. No test here depends on timing: where a write must still be running,
@@ -37,8 +39,8 @@ fn names_in(dir: &Path) -> Vec<String> {
     names
 }
 
-/// The writer's file is byte for byte the one `save_state` writes, and writes land in the
-/// order handed over: after three, the file holds the third.
+/// The writer's file is byte for byte the one `save_state` writes, and the last hand-over is
+/// the one on disk: after three, the file holds the third.
 #[test]
 fn a_background_write_gives_the_bytes_of_save_state_in_order() {
     let dir = tempfile::tempdir().unwrap();
@@ -62,9 +64,10 @@ fn a_background_write_gives_the_bytes_of_save_state_in_order() {
     assert_eq!(std::fs::read(&path).unwrap(), std::fs::read(&sync_path).unwrap());
 }
 
-/// A write that fails half-way is reported once, by the next hand-over (which then writes
-/// nothing) or by `wait`, in one line naming the file; the previous checkpoint stays whole
-/// and no temporary file is left.
+/// A write that fails half-way is reported once, by the first hand-over after it ended (the
+/// hand-over then writes nothing) or by `wait`, in one line naming the file; the previous
+/// checkpoint stays whole, the write that waited behind the failed one is never started, and
+/// no temporary file is left.
 #[test]
 fn a_failed_write_is_reported_once_and_keeps_the_previous_checkpoint() {
     let dir = tempfile::tempdir().unwrap();
@@ -76,59 +79,111 @@ fn a_failed_write_is_reported_once_and_keeps_the_previous_checkpoint() {
         .unwrap();
     writer.wait().unwrap();
     let previous = std::fs::read(&path).unwrap();
-    // A fault: the disk fills half-way through the next file.
-    let faulty = |path: std::path::PathBuf| {
+    // A fault: the disk fills half-way through the next file. It says when it has started
+    // (so that what is handed over next waits behind it) and may be held by a gate.
+    let faulty = |path: std::path::PathBuf, started: mpsc::Sender<()>, gate: Option<mpsc::Receiver<()>>| {
         move || {
+            started.send(()).unwrap();
+            if let Some(g) = gate {
+                g.recv().unwrap();
+            }
             wgnn::atomic::write_with(&path, |w| {
                 std::io::Write::write_all(w, b"half of a checkpoint").map_err(|e| e.to_string())?;
                 Err("no space left on device (a fault injected by the test)".into())
             })
         }
     };
-    writer.submit(faulty(path.clone())).unwrap();
-    let next =
-        writer.save_state(spec.clone(), Init::Uniform.theta(&spec, 2), Metadata::default(), state(2), path.clone());
-    let e = next.unwrap_err().to_string();
+    let (open, gate) = mpsc::channel();
+    let (started, has_started) = mpsc::channel();
+    writer.submit(faulty(path.clone(), started.clone(), Some(gate))).unwrap();
+    has_started.recv().unwrap();
+    // Handed over while the faulty write is in flight: it waits behind it, and is dropped.
+    writer
+        .save_state(spec.clone(), Init::Uniform.theta(&spec, 2), Metadata::default(), state(2), path.clone())
+        .unwrap();
+    open.send(()).unwrap();
+    let e = writer.wait().unwrap_err().to_string();
     assert!(e.contains("no space left on device") && e.contains("checkpoint.safetensors"), "{e}");
     assert_eq!(e.lines().count(), 1, "{e}");
-    writer.wait().expect("the error was reported once, and the next write was not started");
-    assert_eq!(std::fs::read(&path).unwrap(), previous, "the previous checkpoint was touched");
+    writer.wait().expect("the error was reported once");
+    assert_eq!(std::fs::read(&path).unwrap(), previous, "the write behind the failed one was started");
     assert_eq!(names_in(dir.path()), ["checkpoint.safetensors"], "a temporary file was left");
     Checkpoint::load(&path).expect("the previous checkpoint is whole");
 
-    // The same fault found by wait, at the end of a run.
-    writer.submit(faulty(path.clone())).unwrap();
-    assert!(writer.wait().unwrap_err().to_string().contains("no space left on device"));
+    // The same fault found by the next hand-overs: each either waits behind the faulty write
+    // (and is dropped with it) or, once it has ended, returns its error, once.
+    writer.submit(faulty(path.clone(), started, None)).unwrap();
+    has_started.recv().unwrap();
+    let ran = Arc::new(AtomicBool::new(false));
+    let e = loop {
+        let r = ran.clone();
+        match writer.submit(move || {
+            r.store(true, Ordering::SeqCst);
+            Ok(())
+        }) {
+            Ok(()) => std::thread::yield_now(),
+            Err(e) => break e.to_string(),
+        }
+    };
+    assert!(e.contains("no space left on device"), "{e}");
+    writer.wait().expect("the error was reported once");
+    assert!(!ran.load(Ordering::SeqCst), "a write behind the failed one, or refused, ran");
     assert_eq!(std::fs::read(&path).unwrap(), previous);
 }
 
-/// A second hand-over waits for the write in flight: held by a gate, the first write ends
-/// before the second begins, whichever thread runs first.
+/// Hand-overs coalesce: while a write is in flight (held by a gate) the next hand-overs
+/// return at once (none waits for the disk), each replacing the one waiting; when the gate
+/// opens only the newest runs. So the writes that run are in the order handed over, never
+/// two at a time, and the last one handed over is always among them.
 #[test]
-fn one_write_in_flight_at_most() {
+fn hand_overs_never_wait_and_the_newest_state_wins() {
     let writer = Arc::new(Writer::new());
-    let order = Arc::new(Mutex::new(Vec::new()));
+    let ran = Arc::new(Mutex::new(Vec::new()));
+    let running = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let write = |k: usize, gate: Option<(mpsc::Sender<()>, mpsc::Receiver<()>)>| {
+        let (ran, running) = (ran.clone(), running.clone());
+        move || {
+            assert_eq!(running.fetch_add(1, Ordering::SeqCst), 0, "two writes at a time");
+            if let Some((started, g)) = gate {
+                started.send(()).unwrap();
+                g.recv().unwrap();
+            }
+            ran.lock().unwrap().push(k);
+            running.fetch_sub(1, Ordering::SeqCst);
+            Ok(())
+        }
+    };
     let (open, gate) = mpsc::channel::<()>();
-    let first = order.clone();
-    writer
-        .submit(move || {
-            gate.recv().unwrap();
-            first.lock().unwrap().push(1);
-            Ok(())
-        })
-        .unwrap();
-    let (w, second) = (writer.clone(), order.clone());
-    let other = std::thread::spawn(move || {
-        w.submit(move || {
-            second.lock().unwrap().push(2);
-            Ok(())
-        })
-        .unwrap()
+    let (started, has_started) = mpsc::channel::<()>();
+    writer.submit(write(1, Some((started, gate)))).unwrap();
+    has_started.recv().unwrap();
+    // Three more while the first is held: on another thread, so that a hand-over that waited
+    // for the disk would show as a timeout here (a deadlock guard, not a speed test).
+    let (done, handed) = mpsc::channel();
+    let w = writer.clone();
+    let later: Vec<_> = (2..=4).map(|k| write(k, None)).collect();
+    std::thread::spawn(move || {
+        for f in later {
+            w.submit(f).unwrap();
+        }
+        done.send(()).unwrap();
     });
+    handed.recv_timeout(std::time::Duration::from_secs(120)).expect("a hand-over waited for the write in flight");
+    assert_eq!(writer.skipped(), 2, "{writer:?}");
     open.send(()).unwrap();
-    other.join().unwrap();
     writer.wait().unwrap();
-    assert_eq!(*order.lock().unwrap(), [1, 2]);
+    assert_eq!(*ran.lock().unwrap(), [1, 4]);
+
+    // Many hand-overs with no gate: whatever is skipped, those that ran are increasing and
+    // end with the last.
+    ran.lock().unwrap().clear();
+    for k in 1..=200 {
+        writer.submit(write(k, None)).unwrap();
+    }
+    writer.wait().unwrap();
+    let ran = ran.lock().unwrap();
+    assert!(ran.windows(2).all(|p| p[0] < p[1]), "out of order: {ran:?}");
+    assert_eq!(ran.last(), Some(&200), "the last state did not land: {ran:?}");
 }
 
 /// Dropping the writer waits for the write in flight; a panic in the writer is an error.
