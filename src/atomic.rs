@@ -52,6 +52,60 @@ pub fn write_bytes(path: &Path, bytes: &[u8]) -> Result<()> {
     write_with(path, |w| w.write_all(bytes).map_err(|e| e.to_string()))
 }
 
+/// Removes the temporary files that writes of this module left in `dir` when their process
+/// was killed before it could remove them (SIGKILL, the OOM killer, a power cut): names of
+/// the form `.NAME.PID.N.tmp` ([`write_with`]'s) whose PID is neither this process nor a live
+/// one. Another pattern, or a live process's write, is never touched; a PID reused by a new
+/// process keeps its file (kept, never wrongly removed). Best effort: what cannot be read or
+/// removed stays. Returns the files removed.
+///
+/// A run folder calls it once locked (`crate::train::RunFolder::open`), when a run starts or
+/// resumes there.
+pub fn remove_stale_temporaries(dir: &Path) -> Vec<PathBuf> {
+    let Ok(entries) = std::fs::read_dir(dir) else { return Vec::new() };
+    let mut removed = Vec::new();
+    for entry in entries.filter_map(|e| e.ok()) {
+        let name = entry.file_name();
+        let Some(pid) = name.to_str().and_then(temporary_pid) else { continue };
+        if pid == std::process::id() || process_alive(pid) || !entry.file_type().is_ok_and(|t| t.is_file()) {
+            continue;
+        }
+        if std::fs::remove_file(entry.path()).is_ok() {
+            removed.push(entry.path());
+        }
+    }
+    removed
+}
+
+/// The PID in a temporary name of this module (`.NAME.PID.N.tmp`, NAME not empty), or `None`.
+fn temporary_pid(name: &str) -> Option<u32> {
+    let stem = name.strip_prefix('.')?.strip_suffix(".tmp")?;
+    let mut parts = stem.rsplitn(3, '.');
+    let (n, pid, target) = (parts.next()?, parts.next()?, parts.next()?);
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    (digits(n) && digits(pid) && !target.is_empty()).then(|| pid.parse().ok()).flatten()
+}
+
+/// Whether a process `pid` exists (signal 0: nothing is sent). Elsewhere than Unix every
+/// process counts as alive, so nothing is removed.
+fn process_alive(pid: u32) -> bool {
+    #[cfg(unix)]
+    {
+        let Ok(pid) = libc::pid_t::try_from(pid) else { return true };
+        if pid <= 0 {
+            return true;
+        }
+        // SAFETY: kill with signal 0 only checks that the process exists and may be signalled.
+        let r = unsafe { libc::kill(pid, 0) };
+        r == 0 || std::io::Error::last_os_error().raw_os_error() != Some(libc::ESRCH)
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = pid;
+        true
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -96,5 +150,41 @@ mod tests {
         assert!(contents.contains(&last), "the file mixes two writes");
         let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
         assert_eq!(names, ["model.safetensors"], "a temporary file was left behind");
+    }
+
+    /// Temporaries of dead processes go; a live process's (this one's, and PID 1's), another
+    /// pattern's and the real files stay.
+    #[test]
+    fn stale_temporaries_of_dead_processes_are_removed_and_no_other_file() {
+        let dir = tempfile::tempdir().unwrap();
+        // A PID that is surely dead: a child that has ended and been reaped.
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let dead = child.id();
+        child.wait().unwrap();
+        let me = std::process::id();
+        let names = [
+            format!(".checkpoint.safetensors.{dead}.0.tmp"),
+            format!(".metrics.json.{dead}.17.tmp"),
+            format!(".checkpoint.safetensors.{me}.3.tmp"),
+            ".checkpoint.safetensors.1.0.tmp".to_string(),
+            format!(".notes.{dead}.tmp"),
+            format!("checkpoint.safetensors.{dead}.0.tmp"),
+            format!(".checkpoint.safetensors.{dead}.x.tmp"),
+            "checkpoint.safetensors".to_string(),
+        ];
+        for n in &names {
+            std::fs::write(dir.path().join(n), b"x").unwrap();
+        }
+        let mut removed: Vec<String> = remove_stale_temporaries(dir.path())
+            .iter()
+            .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+            .collect();
+        removed.sort();
+        assert_eq!(removed, [names[0].clone(), names[1].clone()]);
+        for n in &names[2..] {
+            assert!(dir.path().join(n).exists(), "{n} was removed");
+        }
+        assert_eq!(temporary_pid(".model.safetensors.123.4.tmp"), Some(123));
+        assert_eq!(temporary_pid(".123.4.tmp"), None);
     }
 }

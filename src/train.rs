@@ -64,7 +64,9 @@ pub struct RunFolder {
 }
 
 impl RunFolder {
-    /// Creates `dir` if needed, checks that files can be created in it, and locks it.
+    /// Creates `dir` if needed, checks that files can be created in it, and locks it. Once
+    /// locked, temporary files that a process killed mid-write left there go
+    /// ([`crate::atomic::remove_stale_temporaries`]: never a live process's).
     ///
     /// Errors ([`Error::File`]): `dir` is a file or cannot be created, a file cannot be
     /// created in it, or another process holds its lock.
@@ -101,6 +103,9 @@ impl RunFolder {
                 OpenOptions::new().write(true).create_new(true).open(&probe).and_then(|mut f| f.write_all(b"ok"));
             let _ = std::fs::remove_file(&probe);
             written.map_err(unwritable)?;
+            // Temporary files of a process killed mid-write (`.NAME.PID.N.tmp`) go now, held by
+            // the lock; a live process's stay.
+            crate::atomic::remove_stale_temporaries(dir);
             Ok(lock)
         };
         match folder() {
