@@ -119,7 +119,7 @@ fn an_interrupted_run_resumed_with_only_resume_gives_the_uninterrupted_bits() {
     assert_eq!(metrics["spec"]["layers"], serde_json::json!([64, 16, 64]));
 
     // A checkpoint written before runs stored their flags still resumes, given the flags again
-    // (and without them says which network it holds).
+    // (and without them says at once, before reading any data, which network it holds).
     let checkpoint = kept.join("checkpoint.safetensors");
     let mut old = Checkpoint::load(&checkpoint).unwrap();
     assert!(!old.metadata.command.is_null(), "the run stores its flags");
@@ -205,4 +205,81 @@ fn an_interrupted_stacked_run_resumes_from_the_stage_it_stopped_in() {
         &wgnn().args(["train", "--resume"]).arg(&straight).output().unwrap(),
         "written before runs stored their flags",
     );
+}
+
+/// `--resume` edge cases (found by a tester): a run saved by the library (no stored flags) is
+/// refused at once, before any data is read (one line on stderr even without --quiet: no
+/// progress line came before it); temporary files left by a process killed mid-write go when
+/// the run resumes, a live process's stay; and the budget only extends: `--iterations` below
+/// what the run has done is refused and rewrites nothing, and a finished run already at its
+/// budget says so, exits 0 and rewrites nothing.
+#[test]
+fn resume_refuses_at_once_cleans_stale_temporaries_and_only_extends_the_budget() {
+    use std::sync::atomic::AtomicBool;
+    use wgnn::data::{DataSource, LoadOptions};
+    use wgnn::model::{NetSpec, Sparsity};
+    use wgnn::train::{TrainJob, train};
+    let dir = tempfile::tempdir().unwrap();
+    let library = dir.path().join("library");
+    let spec = NetSpec::sparse_autoencoder(64, 16, 1e-4, Sparsity { target: 0.01, weight: 3.0 }).unwrap();
+    let x = DataSource::Synthetic.load(&LoadOptions { patch_count: 200, ..Default::default() }).unwrap().x;
+    let mut backend = wgnn::CpuBackend::<f32>::new(spec.clone()).unwrap();
+    let mut job = TrainJob::new(spec, wgnn::optim::Method::lbfgs(), 5, &library);
+    job.checkpoint_every = Some(1);
+    let never = AtomicBool::new(false);
+    train(job, &mut backend, &x, wgnn::Targets::Inputs, &mut |_| {}, &never).unwrap();
+    let files = |d: &Path| {
+        let mut v: Vec<(String, Vec<u8>)> = std::fs::read_dir(d)
+            .unwrap()
+            .map(|e| e.unwrap())
+            .map(|e| (e.file_name().to_string_lossy().into_owned(), std::fs::read(e.path()).unwrap()))
+            .collect();
+        v.sort();
+        v
+    };
+    let before = files(&library);
+    for extra in [&[][..], &["--iterations", "9"][..]] {
+        let out = wgnn().args(["train", "--backend", "cpu", "--resume"]).arg(&library).args(extra).output().unwrap();
+        refused(&out, "not the flags it was trained with");
+        assert!(String::from_utf8_lossy(&out.stderr).contains("64-16-64"), "names what it holds");
+        assert_eq!(files(&library), before, "the refusal touched the folder");
+    }
+
+    // A run that checkpoints, then a SIGKILL's leftovers: a dead process's temporary (a child
+    // that has ended and been reaped), and one of a live process (this test's).
+    let run = dir.path().join("run");
+    let mut job = JOB.to_vec();
+    job[6] = "20";
+    let out = wgnn().args(job).args(["--checkpoint-every", "10", "--out"]).arg(&run).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let mut child = std::process::Command::new("true").spawn().unwrap();
+    let dead = child.id();
+    child.wait().unwrap();
+    let stale = run.join(format!(".checkpoint.safetensors.{dead}.0.tmp"));
+    let live = run.join(format!(".checkpoint.safetensors.{}.0.tmp", std::process::id()));
+    for f in [&stale, &live] {
+        std::fs::write(f, b"half of a checkpoint").unwrap();
+    }
+
+    // Below the 20 iterations done: refused, nothing rewritten (nor cleaned: it never opened
+    // the folder).
+    let before = files(&run);
+    let out = wgnn().args(["train", "--resume"]).arg(&run).args(["--iterations", "15"]).output().unwrap();
+    refused(&out, "has done 20 iterations, more than --iterations 15");
+    assert_eq!(files(&run), before, "the refusal touched the folder");
+    // At the budget of a finished run (its own 20, given or not): said, exit 0, nothing rewritten.
+    for extra in [&[][..], &["--iterations", "20"][..]] {
+        let out = wgnn().args(["train", "--resume"]).arg(&run).args(extra).output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(stdout.contains("already finished its 20 iterations: nothing to do"), "{stdout}");
+        assert_eq!(files(&run), before, "{extra:?} rewrote the finished run");
+    }
+    // Extended: it runs, and the dead process's temporary goes; the live one's stays.
+    let out = wgnn().args(["train", "--quiet", "--resume"]).arg(&run).args(["--iterations", "22"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(!stale.exists(), "the dead process's temporary file was left");
+    assert!(live.exists(), "a live process's temporary file was removed");
+    let ck = Checkpoint::load(&run.join("checkpoint.safetensors")).unwrap();
+    assert_eq!(ck.metadata.optimizer["counters"]["iteration"].as_u64(), Some(22));
 }

@@ -479,9 +479,15 @@ const MAY_CHANGE_ON_RESUME: &[&str] =
 /// `--resume DIR`: the job stored in DIR's checkpoint (kind, network, data and its options,
 /// optimizer and its settings, seed), with the flags of [`MAY_CHANGE_ON_RESUME`] taken from
 /// `given`; any other flag given with another value than the run's is refused in one line.
-/// A checkpoint written before runs stored their flags (no `command`) leaves `given` as it is:
-/// its flags must then repeat the network, as before.
-fn restore_job(given: TrainArgs, dir: &std::path::Path) -> anyhow::Result<TrainArgs> {
+/// A checkpoint without stored flags (no `command`: written by the library's `train`, or by a
+/// wgnn before runs stored them) leaves `given` as it is: its flags must then repeat the job,
+/// and `--resume` with none of them is refused at once, before any data is read.
+///
+/// The budget may only extend (DESIGN.md, "Run folders and exit codes": flags beside
+/// `--resume` may only extend the iteration budget): an `--iterations` below the iterations
+/// the run has done is refused in one line; one equal to them on a finished run has nothing
+/// to do: `Ok(None)`, after saying so, and nothing is written.
+fn restore_job(given: TrainArgs, dir: &std::path::Path) -> anyhow::Result<Option<TrainArgs>> {
     // A stacked pipeline's flags are stored with each stage: its first one always ran.
     let stacked = dir.join("layer1").is_dir();
     let checkpoint = resume_checkpoint(&if stacked { dir.join("layer1") } else { dir.to_path_buf() })?;
@@ -492,7 +498,19 @@ fn restore_job(given: TrainArgs, dir: &std::path::Path) -> anyhow::Result<TrainA
                 dir.display()
             );
         }
-        return Ok(given);
+        // Only flags that leave the job as it was: the job would be built from the defaults
+        // (data loaded, network built) only to be refused for another network.
+        // (Ids that are no flag of the job, such as clap's groups, do not count.)
+        let values = serde_json::to_value(stored_form(&given))?;
+        let mut job_flags = given.given.iter().filter(|id| values.get(id.as_str()).is_some());
+        if job_flags.all(|id| MAY_CHANGE_ON_RESUME.contains(&id.as_str())) {
+            bail!(
+                "--resume {}: the checkpoint holds {} but not the flags it was trained with (saved by the library, or by a wgnn before runs stored them), so --resume alone cannot rebuild the job: give the kind, --data and network flags it was trained with beside --resume",
+                dir.display(),
+                checkpoint.spec.describe()
+            );
+        }
+        return budget_extends(given, dir, &checkpoint);
     }
     let mut stored: TrainArgs = serde_json::from_value(checkpoint.metadata.command.clone()).with_context(|| {
         format!("--resume {}: the run's stored flags are unreadable (written by another wgnn version?)", dir.display())
@@ -539,7 +557,39 @@ fn restore_job(given: TrainArgs, dir: &std::path::Path) -> anyhow::Result<TrainA
     // θ comes from the checkpoint, never from --init.
     stored.init = "uniform".into();
     stored.given = given.given;
-    Ok(stored)
+    budget_extends(stored, dir, &checkpoint)
+}
+
+/// `args` when their iteration budget is above what the run in `dir` has done (its
+/// checkpoint's optimizer counts them: iterations, or epochs); a budget below is refused in
+/// one line; a budget it has reached on a finished run gives `Ok(None)` after saying so.
+/// Character models count updates against `--steps` themselves (`sequence::resume_text`), and
+/// a stacked pipeline per stage.
+fn budget_extends(
+    args: TrainArgs,
+    dir: &std::path::Path,
+    checkpoint: &Checkpoint,
+) -> anyhow::Result<Option<TrainArgs>> {
+    let done = checkpoint.metadata.optimizer.get("counters").and_then(|c| c.get("iteration")).and_then(|i| i.as_u64());
+    let (Some(done), false) = (done, args.kind == Kind::Stacked) else { return Ok(Some(args)) };
+    let budget = args.iterations.unwrap_or(args.kind.defaults().iterations) as u64;
+    let finished = dir.join(MODEL_FILE).is_file() && wgnn::train::recorded_status(dir).as_deref() == Some("finished");
+    if budget < done {
+        bail!(
+            "--resume {}: the run has done {done} iterations, more than --iterations {budget}: --resume only extends the budget; give --iterations above {done} to continue it, or start a new run",
+            dir.display()
+        );
+    }
+    if budget == done && finished {
+        if !args.quiet {
+            println!(
+                "the run in {} has already finished its {done} iterations: nothing to do (give --iterations above {done} to continue it)",
+                dir.display()
+            );
+        }
+        return Ok(None);
+    }
+    Ok(Some(args))
 }
 
 /// A flag's value as a user would type it.
@@ -764,7 +814,11 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
 /// folder and prints.
 pub(super) fn run_job(mut args: TrainArgs, ranks: Option<&Ranks>) -> anyhow::Result<()> {
     if let Some(dir) = args.resume.clone() {
-        args = restore_job(args, &dir)?;
+        match restore_job(args, &dir)? {
+            Some(restored) => args = restored,
+            // Already where the budget asks: nothing is written.
+            None => return Ok(()),
+        }
     }
     let job_fingerprint = wgnn::dist::fingerprint_of(&serde_json::to_string(&stored_form(&args))?);
     if ranks.is_some() && args.kind == Kind::Stacked && args.resume.is_some() {
