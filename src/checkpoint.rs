@@ -258,11 +258,14 @@ pub fn save_state<S: Serialize + ?Sized>(
 ///
 /// - Hand-overs coalesce: at most one write is in flight and one waits behind it. A hand-over
 ///   ([`Writer::save_state`], [`Writer::submit`]) never waits for the disk: while a write is
-///   in flight it replaces the waiting one, unstarted (the newest state wins, as a queue of
-///   depth one that drops the older entry). So when steps are quicker than a durable write
-///   (a 4 ms step, an 8 ms write with its fsync) training does not slow to the disk's pace:
-///   some periodic checkpoints are skipped, never reordered. The files land in the order
-///   handed over, and after [`Writer::wait`] the last one handed over is on disk.
+///   in flight, or the writer pauses after one, it replaces the waiting one, unstarted (the
+///   newest state wins, as a queue of depth one that drops the older entry). So when steps
+///   are quicker than a durable write (a 4 ms step, an 8 ms write with its fsync) training
+///   does not slow to the disk's pace: some periodic checkpoints are skipped, never
+///   reordered. After each write the writer pauses four times as long as it took (busy at
+///   most 20% of the time), so that its serialisation does not take a core's worth from
+///   training either. The files land in the order handed over, and [`Writer::wait`] starts
+///   the waiting one at once: after it the last one handed over is on disk.
 /// - A write's error is returned once, by the first hand-over after the write ended or by
 ///   [`Writer::wait`]; the file it was writing is then as it was before (the atomic write's
 ///   promise), and the write waiting behind it is dropped, unstarted.
@@ -301,29 +304,48 @@ struct Slot {
     skipped: usize,
     /// The writer is being dropped: the thread ends once the slot is empty.
     closing: bool,
+    /// [`Writer::wait`] is waiting: the waiting write starts now, not after the pause.
+    urgent: bool,
 }
+
+/// The writer's pause after a periodic write, as a multiple of that write's duration: the
+/// writer is then busy at most 1/(1 + PAUSE) = 20% of the time, so its serialisation (the
+/// serde walk over the optimizer state: ~2 ms of CPU for 2.6 MB of L-BFGS pairs) takes at
+/// most that share of one core from training, however short the steps
+/// (BENCHMARKS.md, "Checkpoints coalesced"). A write handed over meanwhile waits, and is
+/// replaced by newer ones, until the pause ends or [`Writer::wait`] asks for it.
+const PAUSE: u32 = 4;
 
 impl Shared {
     fn lock(&self) -> std::sync::MutexGuard<'_, Slot> {
         self.slot.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The writer thread: runs each write handed over, newest first, until the writer closes.
+    /// The writer thread: runs each write handed over, newest first, until the writer closes;
+    /// after each write it pauses [`PAUSE`] times as long as the write took, unless
+    /// [`Writer::wait`] asks for the waiting one.
     fn serve(&self) {
+        let mut resume_at = std::time::Instant::now();
         loop {
             let job = {
                 let mut slot = self.lock();
                 loop {
-                    if let Some(job) = slot.queued.take() {
+                    let now = std::time::Instant::now();
+                    if slot.queued.is_some() && (slot.urgent || slot.closing || now >= resume_at) {
                         slot.busy = true;
-                        break job;
+                        break slot.queued.take().expect("checked");
                     }
-                    if slot.closing {
+                    if slot.closing && slot.queued.is_none() {
                         return;
                     }
-                    slot = self.changed.wait(slot).unwrap_or_else(|e| e.into_inner());
+                    slot = if slot.queued.is_some() {
+                        self.changed.wait_timeout(slot, resume_at - now).unwrap_or_else(|e| e.into_inner()).0
+                    } else {
+                        self.changed.wait(slot).unwrap_or_else(|e| e.into_inner())
+                    };
                 }
             };
+            let started = std::time::Instant::now();
             let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job)).unwrap_or_else(|panic| {
                 let what = panic
                     .downcast_ref::<&str>()
@@ -332,6 +354,7 @@ impl Shared {
                     .unwrap_or_else(|| "a panic".into());
                 Err(Error::Data(crate::one_line(&format!("the checkpoint writer thread stopped: {what}"))))
             });
+            resume_at = std::time::Instant::now() + started.elapsed() * PAUSE;
             let mut slot = self.lock();
             slot.busy = false;
             // After a failure the waiting write is not started: the error ends the run first.
@@ -380,9 +403,12 @@ impl Writer {
     /// write panicked.
     pub fn wait(&self) -> Result<()> {
         let mut slot = self.shared.lock();
+        slot.urgent = true;
+        self.shared.changed.notify_all();
         while slot.busy || slot.queued.is_some() {
             slot = self.shared.changed.wait(slot).unwrap_or_else(|e| e.into_inner());
         }
+        slot.urgent = false;
         slot.error.take().map_or(Ok(()), Err)
     }
 

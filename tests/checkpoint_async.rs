@@ -186,6 +186,37 @@ fn hand_overs_never_wait_and_the_newest_state_wins() {
     assert_eq!(ran.last(), Some(&200), "the last state did not land: {ran:?}");
 }
 
+/// After a write the writer pauses four times as long as it took (busy at most 20% of the
+/// time): a hand-over made then waits, unstarted, until the pause ends or `wait` asks for it.
+/// (The first write is made long, a second, so that only a stall of the test of over four
+/// seconds could make the check wrong; no speed is assumed.)
+#[test]
+fn the_writer_pauses_after_a_write_and_wait_ends_the_pause() {
+    let writer = Writer::new();
+    let ran = Arc::new(Mutex::new(Vec::new()));
+    let (ended, has_ended) = mpsc::channel::<()>();
+    let r = ran.clone();
+    writer
+        .submit(move || {
+            std::thread::sleep(std::time::Duration::from_secs(1));
+            r.lock().unwrap().push(1);
+            ended.send(()).unwrap();
+            Ok(())
+        })
+        .unwrap();
+    has_ended.recv().unwrap();
+    let r = ran.clone();
+    writer
+        .submit(move || {
+            r.lock().unwrap().push(2);
+            Ok(())
+        })
+        .unwrap();
+    assert_eq!(*ran.lock().unwrap(), [1], "the second write did not wait for the pause");
+    writer.wait().unwrap();
+    assert_eq!(*ran.lock().unwrap(), [1, 2], "wait returned before the waiting write ran");
+}
+
 /// Dropping the writer waits for the write in flight; a panic in the writer is an error.
 #[test]
 fn dropping_the_writer_waits_for_the_write_in_flight() {
