@@ -306,6 +306,16 @@ struct Slot {
     closing: bool,
     /// [`Writer::wait`] is waiting: the waiting write starts now, not after the pause.
     urgent: bool,
+    /// The end of the pause after the last write (none before the first).
+    resume_at: Option<std::time::Instant>,
+}
+
+impl Slot {
+    /// Whether a write handed over now would start at once: none in flight or waiting, and
+    /// the pause over.
+    fn ready(&self) -> bool {
+        !self.busy && self.queued.is_none() && self.resume_at.is_none_or(|t| std::time::Instant::now() >= t)
+    }
 }
 
 /// The writer's pause after a periodic write, as a multiple of that write's duration: the
@@ -325,12 +335,12 @@ impl Shared {
     /// after each write it pauses [`PAUSE`] times as long as the write took, unless
     /// [`Writer::wait`] asks for the waiting one.
     fn serve(&self) {
-        let mut resume_at = std::time::Instant::now();
         loop {
             let job = {
                 let mut slot = self.lock();
                 loop {
                     let now = std::time::Instant::now();
+                    let resume_at = slot.resume_at.unwrap_or(now);
                     if slot.queued.is_some() && (slot.urgent || slot.closing || now >= resume_at) {
                         slot.busy = true;
                         break slot.queued.take().expect("checked");
@@ -354,8 +364,8 @@ impl Shared {
                     .unwrap_or_else(|| "a panic".into());
                 Err(Error::Data(crate::one_line(&format!("the checkpoint writer thread stopped: {what}"))))
             });
-            resume_at = std::time::Instant::now() + started.elapsed() * PAUSE;
             let mut slot = self.lock();
+            slot.resume_at = Some(std::time::Instant::now() + started.elapsed() * PAUSE);
             slot.busy = false;
             // After a failure the waiting write is not started: the error ends the run first.
             let dropped = if let Err(e) = result {
@@ -449,6 +459,31 @@ impl Writer {
         // The older copy is freed here, off the lock.
         drop(replaced);
         Ok(())
+    }
+
+    /// Hands over the write that `make` builds only when the writer would start it at once
+    /// (no write in flight or waiting, the pause after the last one over); otherwise skips
+    /// this checkpoint without calling `make`, so that training does not even copy a state
+    /// that a newer one would replace before it is written (on a short job that copy, 2.6 MB
+    /// of L-BFGS pairs each step, was most of a checkpoint's cost: BENCHMARKS.md,
+    /// "Checkpoints coalesced"). Returns whether it was handed over; a skip counts in
+    /// [`Writer::skipped`]. The next checkpoint after the writer is free is the one written,
+    /// and [`Writer::wait`] then a synchronous write give the last state.
+    ///
+    /// Errors: an earlier write's, once (as [`Writer::submit`]), whether or not this one would
+    /// have been handed over.
+    pub fn offer<W: FnOnce() -> Result<()> + Send + 'static>(&self, make: impl FnOnce() -> W) -> Result<bool> {
+        {
+            let mut slot = self.shared.lock();
+            if let Some(e) = slot.error.take() {
+                return Err(e);
+            }
+            if !slot.ready() {
+                slot.skipped += 1;
+                return Ok(false);
+            }
+        }
+        self.submit(make()).map(|()| true)
     }
 
     /// Hands a checkpoint of `spec`, `theta`, `metadata` and `optimizer` to the writer thread,

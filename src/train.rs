@@ -802,11 +802,15 @@ pub fn train<'x>(
      -> Result<PathBuf> {
         let path = job.out_dir.join(file);
         let shared = shared.get_or_init(|| Arc::new((spec.clone(), metadata(Default::default())))).clone();
-        let (theta, optimizer, to) = (theta.to_vec(), optimizer.cloned(), path.clone());
-        writer.submit(move || {
-            let (spec, base) = &*shared;
-            let metadata = Metadata { extra, ..base.clone() };
-            crate::checkpoint::save_state(spec, &theta, &metadata, &optimizer, &to)
+        // Copied only when the writer would start at once: else a newer state would replace
+        // this copy before it is written (Writer::offer).
+        writer.offer(|| {
+            let (theta, optimizer, to) = (theta.to_vec(), optimizer.cloned(), path.clone());
+            move || {
+                let (spec, base) = &*shared;
+                let metadata = Metadata { extra, ..base.clone() };
+                crate::checkpoint::save_state(spec, &theta, &metadata, &optimizer, &to)
+            }
         })?;
         Ok(path)
     };

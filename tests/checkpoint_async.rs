@@ -217,6 +217,52 @@ fn the_writer_pauses_after_a_write_and_wait_ends_the_pause() {
     assert_eq!(*ran.lock().unwrap(), [1, 2], "wait returned before the waiting write ran");
 }
 
+/// `offer` hands a write over only when the writer would start it at once: a fresh writer
+/// takes it; while a write is in flight it is skipped without even being built (no copy of
+/// the state is made); an earlier write's error comes back from it, once.
+#[test]
+fn offer_builds_and_hands_over_only_when_the_writer_is_free() {
+    let writer = Writer::new();
+    let ran = Arc::new(Mutex::new(Vec::new()));
+    let (open, gate) = mpsc::channel::<()>();
+    let (started, has_started) = mpsc::channel::<()>();
+    let r = ran.clone();
+    let handed = writer
+        .offer(|| {
+            move || {
+                started.send(()).unwrap();
+                gate.recv().unwrap();
+                r.lock().unwrap().push(1);
+                Ok(())
+            }
+        })
+        .unwrap();
+    assert!(handed, "a fresh writer takes the write");
+    has_started.recv().unwrap();
+    let built = AtomicBool::new(false);
+    let handed = writer
+        .offer(|| {
+            built.store(true, Ordering::SeqCst);
+            || Ok(())
+        })
+        .unwrap();
+    assert!(!handed && !built.load(Ordering::SeqCst), "built or handed over while a write was in flight");
+    assert_eq!(writer.skipped(), 1);
+    open.send(()).unwrap();
+    writer.wait().unwrap();
+    assert_eq!(*ran.lock().unwrap(), [1]);
+    // A failed write: the next offer reports it, once.
+    writer.submit(|| Err(wgnn::Error::Data("a fault injected by the test".into()))).unwrap();
+    let e = loop {
+        match writer.offer(|| || Ok(())) {
+            Ok(_) => std::thread::yield_now(),
+            Err(e) => break e.to_string(),
+        }
+    };
+    assert!(e.contains("a fault injected by the test"), "{e}");
+    writer.wait().expect("reported once");
+}
+
 /// Dropping the writer waits for the write in flight; a panic in the writer is an error.
 #[test]
 fn dropping_the_writer_waits_for_the_write_in_flight() {
