@@ -30,7 +30,9 @@ use super::stack::{CHUNK_ROWS, stack_chunks};
 use super::{Real, gemm};
 use crate::backend::Cost;
 use crate::layers::lstm::{Lstm, LstmForward};
-use crate::layers::rnn::{ParamGradients, Rnn, RnnForward, batch_major, time_major};
+use crate::layers::rnn::{
+    ParamGradients, Rnn, RnnForward, Scratch, StateGradients, batch_major, one_hot_columns, time_major,
+};
 use crate::model::{Layer, NetSpec, ThetaLayout};
 use crate::{Error, Result};
 
@@ -71,6 +73,55 @@ pub struct Plan {
     steps: usize,
     /// The output at every step (else at the last).
     per_step: bool,
+    /// The buffers of the last evaluation, for the next.
+    work: Work,
+}
+
+/// The arrays of a plan's last evaluation ([`Buffers`], one per precision), handed to the next
+/// one: a training step of the character model (LSTM-256, T 64, 32 sequences) uses ~35 MB of
+/// arrays, which fresh from the allocator are fresh pages from the kernel (a fault per page)
+/// every step unless the allocator keeps freed memory (the `wgnn` binary's `mallopt`; a
+/// library's caller does not). Cloning a plan starts it with none; two threads evaluating with
+/// one plan at once do not wait for each other: the one that finds the buffers taken uses
+/// fresh arrays.
+#[derive(Default)]
+struct Work(std::sync::Mutex<Option<Box<dyn std::any::Any + Send>>>);
+
+impl Clone for Work {
+    fn clone(&self) -> Work {
+        Work::default()
+    }
+}
+
+impl std::fmt::Debug for Work {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Work")
+    }
+}
+
+/// The kept arrays: the layers' and the sequence code's, and the output layer's (its logits).
+struct Buffers<F> {
+    arrays: Scratch<F>,
+    output: net::Scratch<F>,
+}
+
+impl<F> Default for Buffers<F> {
+    fn default() -> Buffers<F> {
+        Buffers { arrays: Scratch::default(), output: net::Scratch::default() }
+    }
+}
+
+impl Work {
+    /// Runs `f` with the kept buffers of precision F (none at first), then keeps them.
+    fn with<F: Real, R>(&self, f: impl FnOnce(&mut Buffers<F>) -> R) -> R {
+        let kept = self.0.try_lock().ok().and_then(|mut k| k.take());
+        let mut scratch = kept.and_then(|b| b.downcast::<Buffers<F>>().ok()).map_or_else(Buffers::default, |b| *b);
+        let out = f(&mut scratch);
+        if let Ok(mut k) = self.0.try_lock() {
+            *k = Some(Box::new(scratch));
+        }
+        out
+    }
 }
 
 impl Plan {
@@ -97,7 +148,7 @@ impl Plan {
             n = op.hidden();
             ops.push(op);
         }
-        Ok(Some(Plan { out_l: ops.len(), ops, steps, per_step: stack.output_steps() > 1 }))
+        Ok(Some(Plan { out_l: ops.len(), ops, steps, per_step: stack.output_steps() > 1, work: Work::default() }))
     }
 
     /// Steps the output is applied at: T per step, else 1.
@@ -193,6 +244,13 @@ enum Kept<F> {
 }
 
 impl<F: Real> Kept<F> {
+    fn recycle(self, scratch: &mut Scratch<F>) {
+        match self {
+            Kept::Rnn(f) => f.recycle(scratch),
+            Kept::Lstm(f) => f.recycle(scratch),
+        }
+    }
+
     fn outputs(&self) -> ArrayView2<'_, F> {
         match self {
             Kept::Rnn(f) => f.outputs(),
@@ -234,16 +292,39 @@ fn gradients<'a, F>(layout: &ThetaLayout, g: &'a mut [F], op: &Op) -> ParamGradi
     }
 }
 
-/// A chunk's forward pass: the time-major input, each layer's kept values, the output layer's
-/// input (one row per sequence, or per (sequence, step), sequence-major) and its [`Forward`].
+/// A chunk's forward pass: the time-major input (and its one-hot columns, when it is one-hot),
+/// each layer's kept values, the output layer's input when it is not the top layer's outputs
+/// (last-step: h_T, one row per sequence) and its [`Forward`]. A per-step output's rows are the
+/// top layer's, time-major: row t·m + i is sequence i's step t.
 struct Pass<F> {
     xt: Array2<F>,
+    one_hot: Option<Vec<usize>>,
     kept: Vec<Kept<F>>,
-    head: Array2<F>,
+    last: Option<Array2<F>>,
     out: Forward<F>,
 }
 
+impl<F: Real> Pass<F> {
+    /// The output layer's input: (T·m) × h time-major per step, else m × h.
+    fn head(&self) -> ArrayView2<'_, F> {
+        match &self.last {
+            Some(h) => h.view(),
+            None => self.kept.last().expect("a recurrent plan has a layer").outputs(),
+        }
+    }
+
+    fn recycle(self, bufs: &mut Buffers<F>) {
+        let scratch = &mut bufs.arrays;
+        scratch.recycle(self.xt);
+        self.kept.into_iter().for_each(|k| k.recycle(scratch));
+        self.last.into_iter().chain(self.out.activations).for_each(|a| scratch.recycle(a));
+        self.out.softmax.into_iter().for_each(|(z, _)| bufs.output.recycle(z));
+        self.out.logits.into_iter().for_each(|z| bufs.output.recycle(z));
+    }
+}
+
 fn forward_chunk<F: Real>(
+    bufs: &mut Buffers<F>,
     plan: &Plan,
     spec: &NetSpec,
     layout: &ThetaLayout,
@@ -252,51 +333,63 @@ fn forward_chunk<F: Real>(
     state: Option<StateRows<'_, F>>,
 ) -> Result<Pass<F>> {
     let m = x.nrows();
-    let xt = time_major(x, plan.steps)?;
+    let scratch = &mut bufs.arrays;
+    let xt = time_major_in(scratch, x, plan.steps)?;
+    let one_hot = one_hot_columns(xt.view());
     let mut kept: Vec<Kept<F>> = Vec::with_capacity(plan.ops.len());
     for (i, op) in plan.ops.iter().enumerate() {
-        let input = kept.last().map_or(xt.view(), Kept::outputs);
+        let (input, cols) = match kept.last() {
+            Some(k) => (k.outputs(), None),
+            None => (xt.view(), one_hot.as_deref()),
+        };
         let (w_ih, w_hh) = weights(layout, theta, op);
         let b = layout.bias(theta, op.l());
         let s = state.as_ref().map(|s| s[i]);
         let k = match op {
-            Op::Rnn { rnn, .. } => Kept::Rnn(rnn.forward(w_ih, w_hh, b, input, s.map(|s| s.0))?),
+            Op::Rnn { rnn, .. } => Kept::Rnn(rnn.forward_in(scratch, w_ih, w_hh, b, input, cols, s.map(|s| s.0))?),
             Op::Lstm { lstm, .. } => {
                 let s = s.map(|(h, c)| (h, c.expect("a checked LSTM state has its cells")));
-                Kept::Lstm(lstm.forward(w_ih, w_hh, b, input, s)?)
+                Kept::Lstm(lstm.forward_in(scratch, w_ih, w_hh, b, input, cols, s)?)
             }
         };
         kept.push(k);
     }
     let top = kept.last().expect("a recurrent plan has a layer");
-    let h = top.outputs().ncols();
-    let head = if plan.per_step {
-        let rows = batch_major(top.outputs(), plan.steps)?;
-        rows.into_shape_with_order((m * plan.steps, h)).map_err(|e| Error::Shape(e.to_string()))?
-    } else {
-        top.final_state().0.to_owned()
-    };
+    let last = (!plan.per_step).then(|| {
+        let h_t = top.final_state().0;
+        let mut a = scratch.array(m, h_t.ncols());
+        a.assign(&h_t);
+        a
+    });
+    let head = last.as_ref().map_or_else(|| top.outputs(), |a| a.view());
     // The output layer: Z = H Wᵀ + b, then the activation or softmax (as cpu::stack).
     let w = layout.weight(theta, plan.out_l);
-    let mut z = Array2::zeros((head.nrows(), w.nrows()));
-    gemm(F::one(), &head.view(), &w.t(), F::zero(), &mut z.view_mut());
-    let out = net::output_forward(&mut net::Scratch::default(), spec, z, layout.bias(theta, plan.out_l));
-    Ok(Pass { xt, kept, head, out })
+    let mut z = scratch.array(head.nrows(), w.nrows());
+    gemm(F::one(), &head, &w.t(), F::zero(), &mut z.view_mut());
+    let out = net::output_forward(&mut bufs.output, spec, z, layout.bias(theta, plan.out_l));
+    Ok(Pass { xt, one_hot, kept, last, out })
 }
 
-/// m × (S·k) from the output layer's (m·S) × k rows.
-fn per_example<F: Real>(out: Array2<F>, m: usize) -> Result<Array2<F>> {
-    let cols = out.len() / m.max(1);
-    out.into_shape_with_order((m, cols)).map_err(|e| Error::Shape(e.to_string()))
+/// [`time_major`] into a buffer of `scratch`.
+fn time_major_in<F: Real>(scratch: &mut Scratch<F>, x: ArrayView2<F>, steps: usize) -> Result<Array2<F>> {
+    let (m, cols) = x.dim();
+    if !cols.is_multiple_of(steps) {
+        return time_major(x, steps);
+    }
+    let n = cols / steps;
+    let mut out = scratch.array(steps * m, n);
+    for t in 0..steps {
+        out.slice_mut(s![t * m..(t + 1) * m, ..]).assign(&x.slice(s![.., t * n..(t + 1) * n]));
+    }
+    Ok(out)
 }
 
-/// Rows viewed as (rows·S) × (cols/S): a per-step target or input, one row per step.
-fn per_step_rows<F: Real>(a: ArrayView2<F>, steps: usize) -> Result<Array2<F>> {
-    let (m, cols) = a.dim();
-    a.as_standard_layout()
-        .into_owned()
-        .into_shape_with_order((m * steps, cols / steps))
-        .map_err(|e| Error::Shape(e.to_string()))
+/// m × (S·k) from the output layer's rows: time-major (T·m) × k per step, m × k at the last.
+fn per_example<F: Real>(plan: &Plan, out: ArrayView2<F>) -> Result<Array2<F>> {
+    match plan.per_step {
+        true => batch_major(out, plan.steps),
+        false => Ok(out.to_owned()),
+    }
 }
 
 fn check_state<F: Real>(plan: &Plan, state: Option<&State<F>>, m: usize) -> Result<()> {
@@ -340,22 +433,24 @@ pub fn forward<F: Real>(
     state: Option<&State<F>>,
 ) -> Result<Vec<Array2<F>>> {
     check_state(plan, state, x.nrows())?;
-    let mut parts: Vec<Vec<Array2<F>>> = Vec::new();
-    for (c, chunk) in x.axis_chunks_iter(Axis(0), CHUNK_ROWS).enumerate() {
-        let r = c * CHUNK_ROWS..c * CHUNK_ROWS + chunk.nrows();
-        let pass = forward_chunk(plan, spec, layout, theta, chunk, state.map(|s| s.rows(r)))?;
-        let mut acts = Vec::with_capacity(plan.ops.len() + 1);
-        for (k, layer) in pass.kept.iter().zip(&spec.net.as_ref().expect("a recurrent spec has a stack").layers) {
-            acts.push(match layer.is_per_step() {
-                true => batch_major(k.outputs(), plan.steps)?,
-                false => k.final_state().0.to_owned(),
-            });
+    plan.work.with(|scratch| {
+        let mut parts: Vec<Vec<Array2<F>>> = Vec::new();
+        for (c, chunk) in x.axis_chunks_iter(Axis(0), CHUNK_ROWS).enumerate() {
+            let r = c * CHUNK_ROWS..c * CHUNK_ROWS + chunk.nrows();
+            let pass = forward_chunk(scratch, plan, spec, layout, theta, chunk, state.map(|s| s.rows(r)))?;
+            let mut acts = Vec::with_capacity(plan.ops.len() + 1);
+            for (k, layer) in pass.kept.iter().zip(&spec.net.as_ref().expect("a recurrent spec has a stack").layers) {
+                acts.push(match layer.is_per_step() {
+                    true => batch_major(k.outputs(), plan.steps)?,
+                    false => k.final_state().0.to_owned(),
+                });
+            }
+            acts.push(per_example(plan, output_of(&pass.out))?);
+            parts.push(acts);
+            pass.recycle(scratch);
         }
-        let out = pass.out.activations.into_iter().next().expect("an output layer");
-        acts.push(per_example(out, chunk.nrows())?);
-        parts.push(acts);
-    }
-    stack_chunks(&parts, plan.ops.len() + 1)
+        stack_chunks(&parts, plan.ops.len() + 1)
+    })
 }
 
 /// The network's output h(x) (m × (S·k)) from `state` (zero when `None`), and the final state.
@@ -371,16 +466,24 @@ pub fn predict<F: Real>(
     check_state(plan, state, m)?;
     let mut out = Array2::zeros((m, spec.outputs() * plan.output_steps()));
     let mut finals = vec![Vec::new(); plan.ops.len()];
-    for (c, (chunk, mut o)) in
-        x.axis_chunks_iter(Axis(0), CHUNK_ROWS).zip(out.axis_chunks_iter_mut(Axis(0), CHUNK_ROWS)).enumerate()
-    {
-        let r = c * CHUNK_ROWS..c * CHUNK_ROWS + chunk.nrows();
-        let pass = forward_chunk(plan, spec, layout, theta, chunk, state.map(|s| s.rows(r)))?;
-        push_final_state(&pass.kept, &mut finals);
-        let z = pass.out.activations.into_iter().next().expect("an output layer");
-        o.assign(&per_example(z, chunk.nrows())?);
-    }
+    plan.work.with(|scratch| -> Result<()> {
+        for (c, (chunk, mut o)) in
+            x.axis_chunks_iter(Axis(0), CHUNK_ROWS).zip(out.axis_chunks_iter_mut(Axis(0), CHUNK_ROWS)).enumerate()
+        {
+            let r = c * CHUNK_ROWS..c * CHUNK_ROWS + chunk.nrows();
+            let pass = forward_chunk(scratch, plan, spec, layout, theta, chunk, state.map(|s| s.rows(r)))?;
+            push_final_state(&pass.kept, &mut finals);
+            o.assign(&per_example(plan, output_of(&pass.out))?);
+            pass.recycle(scratch);
+        }
+        Ok(())
+    })?;
     Ok((out, join_state(finals)?))
+}
+
+/// The output h(x) of a forward pass: its last activations.
+fn output_of<F: Real>(out: &Forward<F>) -> ArrayView2<'_, F> {
+    out.activations.last().expect("an output layer").view()
 }
 
 /// The targets of sequences `r` (labels: S per sequence).
@@ -436,39 +539,57 @@ pub fn cost_and_grad<F: Real>(
     let total = (m * steps) as f64;
     let alpha = F::of(1.0 / total);
     let mut data_sum = 0.0;
-    let mut chunk_grad = grad.as_ref().map(|g| vec![F::zero(); g.len()]);
-    if let Some(g) = grad.as_deref_mut() {
-        g.iter_mut().for_each(|v| *v = F::zero());
-    }
+    // The first chunk's gradient is written into `grad`, later chunks' added in order (the
+    // same bits as adding the first to zeros).
+    let mut chunk_grad = Vec::new();
     let mut finals = vec![Vec::new(); plan.ops.len()];
-    for start in (0..m).step_by(CHUNK_ROWS) {
-        let r = start..(start + CHUNK_ROWS).min(m);
-        let xc = x.slice(s![r.clone(), ..]);
-        let mut pass = forward_chunk(plan, spec, layout, theta, xc, state.map(|s| s.rows(r.clone())))?;
-        push_final_state(&pass.kept, &mut finals);
-        let yc = target_rows(y, r.clone(), steps);
-        // Per step, the output's rows are (sequence, step) pairs: so are the targets' and,
-        // for an autoencoder, the inputs'.
-        let x_rows = if plan.per_step { Some(per_step_rows(xc, plan.steps)?) } else { None };
-        let y_rows = match (plan.per_step, yc) {
-            (true, TargetView::Values(v)) => Some(per_step_rows(v, plan.steps)?),
-            _ => None,
-        };
-        let x_out = x_rows.as_ref().map_or(xc, |a| a.view());
-        let y_out = match (&y_rows, yc) {
-            (Some(v), _) => TargetView::Values(v.view()),
-            (None, TargetView::Values(v)) => TargetView::Values(v),
-            (None, TargetView::Labels(l)) => TargetView::Labels(l),
-            (None, TargetView::Inputs) => TargetView::Inputs,
-        };
-        let want = chunk_grad.is_some();
-        let (data, delta) = net::output_cost_and_delta(spec, &mut pass.out, x_out, y_out, want);
-        data_sum += data * (r.len() * steps) as f64;
-        if let (Some(cg), Some(delta)) = (chunk_grad.as_mut(), delta) {
-            backward_chunk(plan, layout, theta, &pass, delta, alpha, cg)?;
-            let g = grad.as_deref_mut().expect("a gradient buffer with the chunk gradient");
-            g.iter_mut().zip(cg.iter()).for_each(|(g, &c)| *g += c);
+    plan.work.with(|scratch| -> Result<()> {
+        for start in (0..m).step_by(CHUNK_ROWS) {
+            let r = start..(start + CHUNK_ROWS).min(m);
+            let xc = x.slice(s![r.clone(), ..]);
+            let mut pass = forward_chunk(scratch, plan, spec, layout, theta, xc, state.map(|s| s.rows(r.clone())))?;
+            push_final_state(&pass.kept, &mut finals);
+            let yc = target_rows(y, r.clone(), steps);
+            // Per step, the output's rows are time-major (step, sequence) pairs: so must the
+            // targets' be and, for an autoencoder, the inputs' (the time-major input itself).
+            let want = grad.is_some();
+            let (data, delta) = match (plan.per_step, yc) {
+                (false, yc) => net::output_cost_and_delta(spec, &mut pass.out, xc, yc, want),
+                (true, TargetView::Labels(l)) => {
+                    let mc = r.len();
+                    let labels: Vec<usize> =
+                        (0..plan.steps).flat_map(|t| (0..mc).map(move |i| l[i * plan.steps + t])).collect();
+                    net::output_cost_and_delta(spec, &mut pass.out, pass.xt.view(), TargetView::Labels(&labels), want)
+                }
+                (true, TargetView::Values(v)) => {
+                    let v = time_major_in(&mut scratch.arrays, v, plan.steps)?;
+                    let y = TargetView::Values(v.view());
+                    let out = net::output_cost_and_delta(spec, &mut pass.out, pass.xt.view(), y, want);
+                    scratch.arrays.recycle(v);
+                    out
+                }
+                (true, TargetView::Inputs) => {
+                    net::output_cost_and_delta(spec, &mut pass.out, pass.xt.view(), TargetView::Inputs, want)
+                }
+            };
+            data_sum += data * (r.len() * steps) as f64;
+            if let (Some(g), Some(delta)) = (grad.as_deref_mut(), delta) {
+                if start == 0 {
+                    backward_chunk(&mut scratch.arrays, plan, layout, theta, &pass, delta, alpha, g)?;
+                } else {
+                    chunk_grad.resize(g.len(), F::zero());
+                    backward_chunk(&mut scratch.arrays, plan, layout, theta, &pass, delta, alpha, &mut chunk_grad)?;
+                    g.iter_mut().zip(&chunk_grad).for_each(|(g, &c)| *g += c);
+                }
+            }
+            pass.recycle(scratch);
         }
+        Ok(())
+    })?;
+    if m == 0
+        && let Some(g) = grad.as_deref_mut()
+    {
+        g.iter_mut().for_each(|v| *v = F::zero());
     }
     let weight_decay = net::weight_decay_cost(spec, layout, theta);
     if let Some(g) = grad {
@@ -481,8 +602,11 @@ pub fn cost_and_grad<F: Real>(
 }
 
 /// The gradient of one chunk's data term, scaled by α = 1/(m·S) of the whole batch, written
-/// into `g` (every value).
+/// into `g` (every value). `delta` (the output's δ, rows as the pass's output) goes back to
+/// `scratch`.
+#[allow(clippy::too_many_arguments)]
 fn backward_chunk<F: Real>(
+    scratch: &mut Scratch<F>,
     plan: &Plan,
     layout: &ThetaLayout,
     theta: &[F],
@@ -492,42 +616,43 @@ fn backward_chunk<F: Real>(
     g: &mut [F],
 ) -> Result<()> {
     // Output layer: ∇W = α δᵀ H, ∇b = α Σ δ, δH = δ W.
+    let head = pass.head();
     let mut gw = layout.weight_mut(g, plan.out_l);
-    gemm(alpha, &delta.t(), &pass.head.view(), F::zero(), &mut gw);
+    gemm(alpha, &delta.t(), &head, F::zero(), &mut gw);
     let sums = column_sums(delta.view());
     Zip::from(layout.bias_mut(g, plan.out_l)).and(&sums).for_each(|gb, &s| *gb = s * alpha);
     let w = layout.weight(theta, plan.out_l);
-    let mut d_head = Array2::zeros((delta.nrows(), w.ncols()));
-    gemm(F::one(), &delta.view(), &w, F::zero(), &mut d_head.view_mut());
-    // δh of the top layer at every step, time-major.
+    // δh of the top layer at every step, time-major: per step, δ W itself (δ's rows are
+    // time-major); at the last step only, δ W in the last block and zeros before it.
     let m = pass.xt.nrows() / plan.steps;
-    let h = d_head.ncols();
-    let mut dh = if plan.per_step {
-        let rows = d_head.into_shape_with_order((m, plan.steps * h)).map_err(|e| Error::Shape(e.to_string()))?;
-        time_major(rows.view(), plan.steps)?
-    } else {
-        let mut dh = Array2::zeros((plan.steps * m, h));
-        dh.slice_mut(s![(plan.steps - 1) * m.., ..]).assign(&d_head);
-        dh
-    };
+    let h = w.ncols();
+    let mut dh = scratch.array(plan.steps * m, h);
+    let from = if plan.per_step { 0 } else { (plan.steps - 1) * m };
+    dh.slice_mut(s![..from, ..]).fill(F::zero());
+    gemm(F::one(), &delta.view(), &w, F::zero(), &mut dh.slice_mut(s![from.., ..]));
+    scratch.recycle(delta);
     for (i, op) in plan.ops.iter().enumerate().rev() {
-        let input = if i == 0 { pass.xt.view() } else { pass.kept[i - 1].outputs() };
+        let (input, one_hot) =
+            if i == 0 { (pass.xt.view(), pass.one_hot.as_deref()) } else { (pass.kept[i - 1].outputs(), None) };
         let (w_ih, w_hh) = weights(layout, theta, op);
         let grads = gradients(layout, g, op);
-        let back = match (op, &pass.kept[i]) {
+        let back: StateGradients<F> = match (op, &pass.kept[i]) {
             (Op::Rnn { rnn, .. }, Kept::Rnn(f)) => {
-                rnn.backward(w_ih, w_hh, input, f, dh.view(), alpha, grads, i > 0)?
+                rnn.backward_in(scratch, w_ih, w_hh, input, one_hot, f, dh.view(), alpha, grads, i > 0)?
             }
             (Op::Lstm { lstm, .. }, Kept::Lstm(f)) => {
-                lstm.backward(w_ih, w_hh, input, f, dh.view(), alpha, grads, i > 0)?
+                lstm.backward_in(scratch, w_ih, w_hh, input, one_hot, f, dh.view(), alpha, grads, i > 0)?
             }
             _ => unreachable!("each layer keeps its own kind"),
         };
-        match back.input {
-            Some(d) => dh = d,
+        let StateGradients { input, h0, c0 } = back;
+        [h0].into_iter().chain(c0).for_each(|a| scratch.recycle(a));
+        match input {
+            Some(d) => scratch.recycle(std::mem::replace(&mut dh, d)),
             None => break,
         }
     }
+    scratch.recycle(dh);
     Ok(())
 }
 
@@ -642,4 +767,93 @@ fn check_x<F: Real>(spec: &NetSpec, x: ArrayView2<F>) -> Result<()> {
         )));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use rand::{RngExt, SeedableRng, rngs::StdRng};
+
+    use super::*;
+    use crate::model::{InputShape, LayerStack, parse_net};
+
+    fn recurrent(text: &str, steps: usize, n: usize, k: usize) -> Recurrent {
+        let parsed = parse_net(text).unwrap();
+        let stack = LayerStack { input: InputShape::sequence(steps, n), layers: parsed.layers };
+        let mut spec = NetSpec::stack(stack, k, parsed.output).unwrap();
+        spec.weight_decay = 1e-3;
+        Recurrent::new(spec).unwrap()
+    }
+
+    /// One evaluation's results as bits: the cost, ∇J, the final state and the output.
+    fn evaluate(rec: &Recurrent, theta: &[f32], x: &Array2<f32>, y: &Targets, state: Option<&State<f32>>) -> Vec<u32> {
+        let mut grad = vec![f32::NAN; theta.len()];
+        let target = match y {
+            Targets::Labels(l) => TargetView::Labels(l),
+            Targets::Values(v) => TargetView::Values(v.view()),
+        };
+        let (cost, end) = rec.cost_and_grad(theta, x.view(), target, state, Some(&mut grad)).unwrap();
+        let (out, end2) = rec.predict(theta, x.view(), state).unwrap();
+        assert_eq!(end, end2);
+        let mut bits = vec![cost.data as f32, cost.weight_decay as f32];
+        bits.extend(grad);
+        end.layers.iter().for_each(|l| bits.extend(l.h.iter().chain(l.c.iter().flatten())));
+        bits.extend(out.iter());
+        bits.into_iter().map(f32::to_bits).collect()
+    }
+
+    enum Targets {
+        Labels(Vec<usize>),
+        Values(Array2<f32>),
+    }
+
+    /// A plan keeps its arrays between evaluations, their old values unread: evaluations that
+    /// reuse them — other data, a carried state then the zero state (block 0 of the kept
+    /// states must not leak), a batch of another size in between, one-hot then dense inputs —
+    /// give the bits of a fresh plan's, for each layer kind, last-step and per-step outputs.
+    #[test]
+    fn reused_buffers_give_the_bits_of_fresh_ones() {
+        let cases = [
+            ("lstm 5, per-step softmax", 4),
+            ("rnn 4 tanh, lstm 3, softmax", 3),
+            ("lstm 3, per-step identity", 2),
+            ("rnn 3 relu, rnn 2 tanh, per-step identity", 3),
+        ];
+        let (steps, n) = (6, 4);
+        let mut rng = StdRng::seed_from_u64(5);
+        for (text, k) in cases {
+            let rec = recurrent(text, steps, n, k);
+            let theta: Vec<f32> = (0..rec.layout.len()).map(|_| rng.random_range(-0.5..0.5)).collect();
+            let mut batch = |m: usize, one_hot: bool| {
+                let x = Array2::from_shape_fn((m, steps * n), |(_, c)| match one_hot {
+                    true => f32::from(c % n == (c / n + m) % n),
+                    false => rng.random_range(-1.0..1.0),
+                });
+                let s = rec.output_steps();
+                let y = match rec.spec.output {
+                    crate::model::Output::Softmax => {
+                        Targets::Labels((0..m * s).map(|_| rng.random_range(0..k)).collect())
+                    }
+                    _ => Targets::Values(Array2::from_shape_fn((m, s * k), |_| rng.random_range(-1.0..1.0))),
+                };
+                let mut state = rec.zero_state::<f32>(m);
+                for l in &mut state.layers {
+                    l.h.mapv_inplace(|_| rng.random_range(-1.0..1.0));
+                    l.c.iter_mut().for_each(|c| c.mapv_inplace(|_| rng.random_range(-2.0..2.0)));
+                }
+                (x, y, state)
+            };
+            let runs = [batch(5, true), batch(5, false), batch(3, false), batch(5, true)];
+            let order = [(0, true), (1, false), (2, true), (0, false), (3, true), (1, true)];
+            for (i, &(b, carried)) in order.iter().enumerate() {
+                let (x, y, state) = &runs[b];
+                let state = carried.then_some(state);
+                let reused = evaluate(&rec, &theta, x, y, state);
+                let fresh = evaluate(&rec.clone(), &theta, x, y, state);
+                assert_eq!(
+                    reused, fresh,
+                    "{text}: evaluation {i} (batch {b}, carried {carried}) differs from a fresh plan's"
+                );
+            }
+        }
+    }
 }

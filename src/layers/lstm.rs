@@ -24,11 +24,11 @@
 //! products go through [`cpu::gemm`](crate::cpu::gemm) or, per block, through
 //! [`cpu::gemm_serial`](crate::cpu::gemm_serial) on blocks fixed by h alone).
 
-use ndarray::{Array1, Array2, ArrayView1, ArrayView2, Axis, s};
+use ndarray::{Array1, Array2, ArrayView1, ArrayView2, s};
 
 use super::rnn::{
-    ParamGradients, SharedRows, StateGradients, batch_of, check_state, input_projection, lockstep, lockstep_threads,
-    parameter_gradients, unit_blocks,
+    ParamGradients, Scratch, SharedRows, StateGradients, batch_of, check_state, gathered_rows, gathered_transpose,
+    input_projection, lockstep, lockstep_threads, one_hot_columns, parameter_gradients, unit_blocks,
 };
 use super::{check_dim, check_len, checked_len};
 use crate::cpu::{Real, gemm, gemm_serial};
@@ -72,16 +72,35 @@ impl<F: Real> LstmForward<F> {
         let rows = self.hidden.nrows();
         (self.hidden.slice(s![rows - self.batch.., ..]), self.cells.slice(s![rows - self.batch.., ..]))
     }
+
+    /// Gives the kept arrays' buffers back to `scratch`.
+    pub(crate) fn recycle(self, scratch: &mut Scratch<F>) {
+        [self.gates, self.cells, self.tanh_cells, self.hidden].into_iter().for_each(|a| scratch.recycle(a));
+    }
 }
 
-/// True where the CPU runs AVX2 (x86-64): the row kernels below are then compiled for it too
-/// (8 f32 lanes instead of SSE2's 4). Both builds do the same IEEE operations in the same order
-/// (no fused multiply-add), so the bits are the same either way (as `cpu::net`'s sweeps).
-fn has_avx2() -> bool {
+/// The widest vector unit the row kernels below are compiled for on this CPU: AVX-512 (16 f32
+/// lanes), AVX2 (8) or the baseline (SSE2's 4 on x86-64). Every build does the same IEEE
+/// operations in the same order (no fused multiply-add), so the bits are the same either way
+/// (as `cpu::net`'s sweeps); a block's rows are 32 units, two AVX-512 vectors.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Simd {
+    Avx512,
+    Avx2,
+    Plain,
+}
+
+fn simd() -> Simd {
     #[cfg(target_arch = "x86_64")]
-    return std::arch::is_x86_feature_detected!("avx2");
-    #[cfg(not(target_arch = "x86_64"))]
-    false
+    {
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            return Simd::Avx512;
+        }
+        if std::arch::is_x86_feature_detected!("avx2") {
+            return Simd::Avx2;
+        }
+    }
+    Simd::Plain
 }
 
 /// The fused gate pass of one example at one step: z = [z_i z_f z_g z_o] (the products, 4h)
@@ -120,13 +139,22 @@ fn gate_row_avx2<F: Real>(z: &mut [F], b: &[F], c_prev: &[F], c: &mut [F], h_out
     gate_row_plain(z, b, c_prev, c, h_out, tc)
 }
 
-fn gate_row<F: Real>(avx2: bool, z: &mut [F], b: &[F], c_prev: &[F], c: &mut [F], h_out: &mut [F], tc: &mut [F]) {
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+fn gate_row_avx512<F: Real>(z: &mut [F], b: &[F], c_prev: &[F], c: &mut [F], h_out: &mut [F], tc: &mut [F]) {
+    gate_row_plain(z, b, c_prev, c, h_out, tc)
+}
+
+fn gate_row<F: Real>(simd: Simd, z: &mut [F], b: &[F], c_prev: &[F], c: &mut [F], h_out: &mut [F], tc: &mut [F]) {
     #[cfg(target_arch = "x86_64")]
-    if avx2 {
-        // SAFETY: `avx2` is `has_avx2()`: the CPU has been checked for AVX2.
-        return unsafe { gate_row_avx2(z, b, c_prev, c, h_out, tc) };
+    match simd {
+        // SAFETY: `simd` is `simd()`: the CPU has been checked for AVX-512F.
+        Simd::Avx512 => return unsafe { gate_row_avx512(z, b, c_prev, c, h_out, tc) },
+        // SAFETY: as above, for AVX2.
+        Simd::Avx2 => return unsafe { gate_row_avx2(z, b, c_prev, c, h_out, tc) },
+        Simd::Plain => {}
     }
-    let _ = avx2;
+    let _ = simd;
     gate_row_plain(z, b, c_prev, c, h_out, tc)
 }
 
@@ -163,13 +191,22 @@ fn gate_delta_row_avx2<F: Real>(dz: &mut [F], dc_next: &mut [F], dh: &[F], gates
     gate_delta_row_plain(dz, dc_next, dh, gates, c_prev, tc)
 }
 
-fn gate_delta_row<F: Real>(avx2: bool, dz: &mut [F], dc_next: &mut [F], dh: &[F], gates: &[F], c_prev: &[F], tc: &[F]) {
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+fn gate_delta_row_avx512<F: Real>(dz: &mut [F], dc_next: &mut [F], dh: &[F], gates: &[F], c_prev: &[F], tc: &[F]) {
+    gate_delta_row_plain(dz, dc_next, dh, gates, c_prev, tc)
+}
+
+fn gate_delta_row<F: Real>(simd: Simd, dz: &mut [F], dc_next: &mut [F], dh: &[F], gates: &[F], c_prev: &[F], tc: &[F]) {
     #[cfg(target_arch = "x86_64")]
-    if avx2 {
-        // SAFETY: `avx2` is `has_avx2()`: the CPU has been checked for AVX2.
-        return unsafe { gate_delta_row_avx2(dz, dc_next, dh, gates, c_prev, tc) };
+    match simd {
+        // SAFETY: `simd` is `simd()`: the CPU has been checked for AVX-512F.
+        Simd::Avx512 => return unsafe { gate_delta_row_avx512(dz, dc_next, dh, gates, c_prev, tc) },
+        // SAFETY: as above, for AVX2.
+        Simd::Avx2 => return unsafe { gate_delta_row_avx2(dz, dc_next, dh, gates, c_prev, tc) },
+        Simd::Plain => {}
     }
-    let _ = avx2;
+    let _ = simd;
     gate_delta_row_plain(dz, dc_next, dh, gates, c_prev, tc)
 }
 
@@ -224,6 +261,22 @@ impl Lstm {
         x: ArrayView2<F>,
         state: Option<(ArrayView2<F>, ArrayView2<F>)>,
     ) -> Result<LstmForward<F>> {
+        self.forward_in(&mut Scratch::default(), w_ih, w_hh, b, x, one_hot_columns(x).as_deref(), state)
+    }
+
+    /// [`Lstm::forward`] with its arrays from `scratch` (their old values unread) and the
+    /// one-hot columns of `x` given (`None`: x is not one-hot).
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn forward_in<F: Real>(
+        &self,
+        scratch: &mut Scratch<F>,
+        w_ih: ArrayView2<F>,
+        w_hh: ArrayView2<F>,
+        b: ArrayView1<F>,
+        x: ArrayView2<F>,
+        one_hot: Option<&[usize]>,
+        state: Option<(ArrayView2<F>, ArrayView2<F>)>,
+    ) -> Result<LstmForward<F>> {
         let name = self.describe();
         let (h, steps) = (self.hidden, self.steps);
         self.check_weights(&name, w_ih.dim(), w_hh.dim())?;
@@ -232,22 +285,33 @@ impl Lstm {
         check_state(&name, "h_0", state.map(|s| s.0), m, h)?;
         check_state(&name, "c_0", state.map(|s| s.1), m, h)?;
         checked_len(&name, "the gates", &[steps, m, 4 * h])?;
-        let mut hidden = Array2::zeros(((steps + 1) * m, h));
-        let mut cells = Array2::zeros(((steps + 1) * m, h));
-        if let Some((h0, c0)) = state {
-            hidden.slice_mut(s![..m, ..]).assign(&h0);
-            cells.slice_mut(s![..m, ..]).assign(&c0);
+        // Every value below is written before it is read: block 0 of `hidden` and `cells` here,
+        // the rest by the steps.
+        let mut hidden = scratch.array((steps + 1) * m, h);
+        let mut cells = scratch.array((steps + 1) * m, h);
+        match state {
+            Some((h0, c0)) => {
+                hidden.slice_mut(s![..m, ..]).assign(&h0);
+                cells.slice_mut(s![..m, ..]).assign(&c0);
+            }
+            None => {
+                hidden.slice_mut(s![..m, ..]).fill(F::zero());
+                cells.slice_mut(s![..m, ..]).fill(F::zero());
+            }
         }
-        let mut tanh_cells = Array2::zeros((steps * m, h));
+        let mut tanh_cells = scratch.array(steps * m, h);
         // The gate rows regrouped per block of units ([`gate_order`]): the input projection
         // lands in that order, and W_hhᵀ is copied once, row-major, so that block j's product
         // reads its 4·|block| contiguous columns as they are.
         let blocks = unit_blocks(h);
         let order = gate_order(h);
-        let mut gates = input_projection(w_ih.select(Axis(0), &order).view(), x);
-        let w_hh_t = w_hh.select(Axis(0), &order).reversed_axes().as_standard_layout().into_owned();
+        let mut gates = scratch.array(steps * m, 4 * h);
+        let w_ih_t = gathered_transpose(scratch, w_ih, &order);
+        input_projection(w_ih_t.view(), x, one_hot, gates.view_mut());
+        scratch.recycle(w_ih_t);
+        let w_hh_t = gathered_transpose(scratch, w_hh, &order);
         let b: Vec<F> = order.iter().map(|&r| b[r]).collect();
-        let avx2 = has_avx2();
+        let simd = simd();
         let threads = lockstep_threads(blocks.len(), m * 4 * h * h);
         let (mut gates_v, mut hidden_v, mut cells_v, mut tanh_v) =
             (gates.view_mut(), hidden.view_mut(), cells.view_mut(), tanh_cells.view_mut());
@@ -287,9 +351,10 @@ impl Lstm {
                     h_t.row_mut(i).into_slice().expect("contiguous rows"),
                     tc_t.row_mut(i).into_slice().expect("contiguous rows"),
                 );
-                gate_row(avx2, z, b, slice(c_prev.row(i)), c, h_out, tc);
+                gate_row(simd, z, b, slice(c_prev.row(i)), c, h_out, tc);
             }
         });
+        scratch.recycle(w_hh_t);
         Ok(LstmForward { gates, cells, tanh_cells, hidden, batch: m })
     }
 
@@ -310,6 +375,26 @@ impl Lstm {
         g: ParamGradients<'_, F>,
         want_input: bool,
     ) -> Result<StateGradients<F>> {
+        let one_hot = one_hot_columns(x);
+        self.backward_in(&mut Scratch::default(), w_ih, w_hh, x, one_hot.as_deref(), fwd, dh, alpha, g, want_input)
+    }
+
+    /// [`Lstm::backward`] with its arrays from `scratch` and the one-hot columns of `x` given
+    /// (`None`: x is not one-hot).
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn backward_in<F: Real>(
+        &self,
+        scratch: &mut Scratch<F>,
+        w_ih: ArrayView2<F>,
+        w_hh: ArrayView2<F>,
+        x: ArrayView2<F>,
+        one_hot: Option<&[usize]>,
+        fwd: &LstmForward<F>,
+        dh: ArrayView2<F>,
+        alpha: F,
+        g: ParamGradients<'_, F>,
+        want_input: bool,
+    ) -> Result<StateGradients<F>> {
         let name = self.describe();
         let (n, h, steps) = (self.inputs, self.hidden, self.steps);
         self.check_weights(&name, w_ih.dim(), w_hh.dim())?;
@@ -324,12 +409,15 @@ impl Lstm {
         let blocks = unit_blocks(h);
         let order = gate_order(h);
         // W_hh's rows and W_ih's in the kept gates' block order (δz's columns).
-        let w_hh = w_hh.select(Axis(0), &order);
-        let mut dz: Array2<F> = Array2::zeros((steps * m, 4 * h));
-        let mut carry_h: Array2<F> = Array2::zeros((m, h));
-        let mut carry_c: Array2<F> = Array2::zeros((m, h));
+        let w_hh = gathered_rows(scratch, w_hh, &order);
+        // δz is written whole by the steps; the carried δh and δc start at zero.
+        let mut dz = scratch.array(steps * m, 4 * h);
+        let mut carry_h = scratch.array(m, h);
+        let mut carry_c = scratch.array(m, h);
+        carry_h.fill(F::zero());
+        carry_c.fill(F::zero());
         let one = F::one();
-        let avx2 = has_avx2();
+        let simd = simd();
         let threads = lockstep_threads(blocks.len(), m * 4 * h * h);
         {
             let (mut dz_v, mut dh_v, mut dc_v) = (dz.view_mut(), carry_h.view_mut(), carry_c.view_mut());
@@ -367,7 +455,7 @@ impl Lstm {
                     let dz = dz_t.row_mut(i).into_slice().expect("contiguous rows");
                     let dc_next = d_c.row_mut(i).into_slice().expect("contiguous rows");
                     gate_delta_row(
-                        avx2,
+                        simd,
                         dz,
                         dc_next,
                         slice(d_h.row(i)),
@@ -380,10 +468,9 @@ impl Lstm {
         }
         // The parameter gradients in block order, then each row to its place in θ's order.
         let h_prev = fwd.hidden.slice(s![..steps * m, ..]);
-        let (mut g_ih, mut g_hh, mut g_b) =
-            (Array2::zeros((4 * h, n)), Array2::zeros((4 * h, h)), Array1::zeros(4 * h));
+        let (mut g_ih, mut g_hh, mut g_b) = (scratch.array(4 * h, n), scratch.array(4 * h, h), Array1::zeros(4 * h));
         let blocked = ParamGradients { w_ih: g_ih.view_mut(), w_hh: g_hh.view_mut(), b: g_b.view_mut() };
-        parameter_gradients(alpha, dz.view(), x, h_prev, blocked);
+        parameter_gradients(alpha, dz.view(), x, one_hot, h_prev, blocked);
         let ParamGradients { w_ih: mut gw_ih, w_hh: mut gw_hh, b: mut gb } = g;
         for (r, &to) in order.iter().enumerate() {
             gw_ih.row_mut(to).assign(&g_ih.row(r));
@@ -391,10 +478,78 @@ impl Lstm {
             gb[to] = g_b[r];
         }
         let input = want_input.then(|| {
-            let mut dx = Array2::zeros(x.dim());
-            gemm(one, &dz.view(), &w_ih.select(Axis(0), &order).view(), F::zero(), &mut dx.view_mut());
+            let mut dx = scratch.array(x.nrows(), x.ncols());
+            let w_ih = gathered_rows(scratch, w_ih, &order);
+            gemm(one, &dz.view(), &w_ih.view(), F::zero(), &mut dx.view_mut());
+            scratch.recycle(w_ih);
             dx
         });
+        [w_hh, dz, g_ih, g_hh].into_iter().for_each(|a| scratch.recycle(a));
         Ok(StateGradients { input, h0: carry_h, c0: Some(carry_c) })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use rand::{RngExt, SeedableRng, rngs::StdRng};
+
+    use super::*;
+
+    /// The vector widths this CPU runs.
+    fn widths() -> Vec<Simd> {
+        let mut w = vec![Simd::Plain];
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::arch::is_x86_feature_detected!("avx2") {
+                w.push(Simd::Avx2);
+            }
+            if std::arch::is_x86_feature_detected!("avx512f") {
+                w.push(Simd::Avx512);
+            }
+        }
+        w
+    }
+
+    /// Pre-activations over the whole range the gates meet, with ±0, tiny and saturating ones.
+    fn values<F: Real>(rng: &mut StdRng, len: usize) -> Vec<F> {
+        const SPECIAL: [f64; 8] = [0.0, -0.0, 1e-30, -1e-7, 0.6249, 30.0, -90.0, 100.0];
+        (0..len)
+            .map(|i| F::of(if i % 5 == 4 { SPECIAL[(i / 5) % SPECIAL.len()] } else { rng.random_range(-12.0..12.0) }))
+            .collect()
+    }
+
+    fn bits<F: Real>(v: &[F]) -> Vec<u64> {
+        v.iter().map(|x| x.f64().to_bits()).collect()
+    }
+
+    /// The gate pass and its backward give the same bits on every vector width this CPU has
+    /// (plain, AVX2, AVX-512) — the same IEEE operations in the same order — at widths that
+    /// leave remainders (1, 5, 37) and a full block (32), in f32 and f64.
+    fn same_bits_on_every_width<F: Real>() {
+        let mut rng = StdRng::seed_from_u64(7);
+        for h in [1, 5, 32, 37] {
+            let (z0, b, c_prev) =
+                (values::<F>(&mut rng, 4 * h), values::<F>(&mut rng, 4 * h), values::<F>(&mut rng, h));
+            let (dh, dc0) = (values::<F>(&mut rng, h), values::<F>(&mut rng, h));
+            let run = |simd: Simd| {
+                let (mut z, mut c, mut h_out, mut tc) =
+                    (z0.clone(), vec![F::zero(); h], vec![F::zero(); h], vec![F::zero(); h]);
+                gate_row(simd, &mut z, &b, &c_prev, &mut c, &mut h_out, &mut tc);
+                let (mut dz, mut dc) = (vec![F::zero(); 4 * h], dc0.clone());
+                gate_delta_row(simd, &mut dz, &mut dc, &dh, &z, &c_prev, &tc);
+                [z, c, h_out, tc, dz, dc].iter().flat_map(|v| bits(v)).collect::<Vec<u64>>()
+            };
+            let plain = run(Simd::Plain);
+            for simd in widths() {
+                assert_eq!(run(simd), plain, "{} h = {h}: {simd:?} differs from the plain loops", F::NAME);
+            }
+        }
+    }
+
+    #[test]
+    fn gate_kernels_give_the_same_bits_on_every_vector_width() {
+        assert!(widths().contains(&Simd::Plain));
+        same_bits_on_every_width::<f32>();
+        same_bits_on_every_width::<f64>();
     }
 }

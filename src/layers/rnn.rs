@@ -72,6 +72,11 @@ impl<F: Real> RnnForward<F> {
         let rows = self.hidden.nrows();
         self.hidden.slice(s![rows - self.batch.., ..])
     }
+
+    /// Gives the kept arrays' buffers back to `scratch`.
+    pub(crate) fn recycle(self, scratch: &mut Scratch<F>) {
+        scratch.recycle(self.hidden);
+    }
 }
 
 /// ∂L/∂X ((T·m) × n time-major, when asked for) and ∂L/∂h_0 (m × h) of a backward pass; the
@@ -129,6 +134,61 @@ pub fn batch_major<F: Real>(x: ArrayView2<F>, steps: usize) -> Result<Array2<F>>
     Ok(out)
 }
 
+/// Buffers kept by a recurrent network between evaluations ([`crate::cpu::sequence`]): the
+/// passes take their arrays here and give them back, so that a training step whose shapes
+/// repeat reuses the last step's memory instead of faulting in fresh pages (a character
+/// model's step uses ~35 MB). A request takes a kept buffer of exactly its length when there is
+/// one (the shapes of one step repeat at the next), else the smallest that is longer, else a
+/// new one. Arrays handed out keep whatever values their buffer held: the passes write every
+/// value they read.
+#[derive(Debug)]
+pub(crate) struct Scratch<F> {
+    free: Vec<Vec<F>>,
+}
+
+impl<F> Default for Scratch<F> {
+    fn default() -> Scratch<F> {
+        Scratch { free: Vec::new() }
+    }
+}
+
+/// Buffers kept at most (a step of one LSTM layer gives back 16); beyond it the smallest goes.
+const KEPT_BUFFERS: usize = 48;
+
+impl<F: Real> Scratch<F> {
+    /// A rows × cols array in standard layout with unspecified (but initialised) values.
+    pub(crate) fn array(&mut self, rows: usize, cols: usize) -> Array2<F> {
+        let n = rows * cols;
+        let exact = self.free.iter().position(|v| v.len() == n);
+        let longer = || {
+            let fits = self.free.iter().enumerate().filter(|(_, v)| v.len() > n);
+            fits.min_by_key(|(_, v)| v.len()).map(|(i, _)| i)
+        };
+        let v = match exact.or_else(longer) {
+            Some(i) => {
+                let mut v = self.free.swap_remove(i);
+                v.truncate(n);
+                v
+            }
+            None => vec![F::zero(); n],
+        };
+        Array2::from_shape_vec((rows, cols), v).expect("the buffer has rows × cols values")
+    }
+
+    /// Takes an array's buffer back for later requests.
+    pub(crate) fn recycle(&mut self, a: Array2<F>) {
+        let (v, offset) = a.into_raw_vec_and_offset();
+        if offset.unwrap_or(0) != 0 || v.is_empty() {
+            return;
+        }
+        self.free.push(v);
+        if self.free.len() > KEPT_BUFFERS {
+            let smallest = (0..self.free.len()).min_by_key(|&i| self.free[i].len()).expect("not empty");
+            self.free.swap_remove(smallest);
+        }
+    }
+}
+
 /// Checks the time-major input of a recurrent layer: (T·m) × n; gives m.
 pub(crate) fn batch_of(name: &str, x: (usize, usize), steps: usize, inputs: usize) -> Result<usize> {
     check_cols(name, "the input", x, inputs, &format!("steps of {inputs} features"))?;
@@ -174,19 +234,49 @@ pub(crate) fn one_hot_columns<F: Real>(x: ArrayView2<F>) -> Option<Vec<usize>> {
     Some(cols)
 }
 
-/// Z ← X W_ihᵀ for all steps at once: (T·m) × rows. A one-hot X (a character model's) is a
-/// row gather of W_ihᵀ instead of a product: the same values to the bit (1·w plus zeros is w
-/// for finite w), without the (T·m) × n × rows multiply-adds.
-pub(crate) fn input_projection<F: Real>(w_ih: ArrayView2<F>, x: ArrayView2<F>) -> Array2<F> {
-    if let Some(cols) = one_hot_columns(x) {
-        let w_t = w_ih.t().as_standard_layout().into_owned();
-        let mut z = Array2::zeros((x.nrows(), w_ih.nrows()));
-        Zip::from(z.rows_mut()).and(&cols[..]).par_for_each(|mut row, &c| row.assign(&w_t.row(c)));
-        return z;
+/// Z ← X W_ihᵀ for all steps at once, written into `z` ((T·m) × rows), from `w_t` = W_ihᵀ
+/// (n × rows, any strides). A one-hot X (a character model's: `one_hot` its columns, from
+/// [`one_hot_columns`]) is a row gather of W_ihᵀ instead of a product: the same values to the
+/// bit (1·w plus zeros is w for finite w), without the (T·m) × n × rows multiply-adds.
+pub(crate) fn input_projection<F: Real>(
+    w_t: ArrayView2<F>,
+    x: ArrayView2<F>,
+    one_hot: Option<&[usize]>,
+    mut z: ArrayViewMut2<F>,
+) {
+    match one_hot {
+        Some(cols) => Zip::from(z.rows_mut()).and(cols).par_for_each(|mut row, &c| row.assign(&w_t.row(c))),
+        None => gemm(F::one(), &x, &w_t, F::zero(), &mut z),
     }
-    let mut z = Array2::zeros((x.nrows(), w_ih.nrows()));
-    gemm(F::one(), &x, &w_ih.t(), F::zero(), &mut z.view_mut());
-    z
+}
+
+/// `w`'s rows in the order `order` (entry r: the row of `w` to take), transposed: the
+/// cols × order.len() matrix whose column r is row `order[r]` of `w`, in a buffer of
+/// `scratch`. One pass, for the LSTM's block-ordered W_ihᵀ and W_hhᵀ.
+pub(crate) fn gathered_transpose<F: Real>(scratch: &mut Scratch<F>, w: ArrayView2<F>, order: &[usize]) -> Array2<F> {
+    let (rows, cols) = (order.len(), w.ncols());
+    let mut out = scratch.array(cols, rows);
+    let w = w.as_standard_layout();
+    let (w, o) = (w.as_slice().expect("standard layout"), out.as_slice_mut().expect("a new array"));
+    // 16 rows of `w` at a time, read along, each row of `out` written 16 values at once.
+    for (k, from) in order.chunks(16).enumerate() {
+        let srcs: Vec<&[F]> = from.iter().map(|&f| &w[f * cols..(f + 1) * cols]).collect();
+        for (c, dst) in o.chunks_exact_mut(rows).enumerate() {
+            for (d, src) in dst[k * 16..k * 16 + from.len()].iter_mut().zip(&srcs) {
+                *d = src[c];
+            }
+        }
+    }
+    out
+}
+
+/// `w`'s rows in the order `order`, in a buffer of `scratch` (`select` without a fresh array).
+pub(crate) fn gathered_rows<F: Real>(scratch: &mut Scratch<F>, w: ArrayView2<F>, order: &[usize]) -> Array2<F> {
+    let mut out = scratch.array(order.len(), w.ncols());
+    for (mut row, &from) in out.rows_mut().into_iter().zip(order) {
+        row.assign(&w.row(from));
+    }
+    out
 }
 
 /// Gate rows per task of the one-hot weight gradient (a task's sums are in row order whatever
@@ -215,17 +305,19 @@ fn one_hot_weight_gradient<F: Real>(alpha: F, dz: ArrayView2<F>, cols: &[usize],
 }
 
 /// ∇W_ih = α δZᵀ X, ∇W_hh = α δZᵀ H_{0…T−1}, ∇b = α Σ δZ (all steps in one product each; a
-/// one-hot X by a scatter of δZ's rows instead, [`one_hot_weight_gradient`]).
+/// one-hot X, `one_hot` its columns, by a scatter of δZ's rows instead,
+/// [`one_hot_weight_gradient`]).
 pub(crate) fn parameter_gradients<F: Real>(
     alpha: F,
     dz: ArrayView2<F>,
     x: ArrayView2<F>,
+    one_hot: Option<&[usize]>,
     h_prev: ArrayView2<F>,
     g: ParamGradients<'_, F>,
 ) {
     let ParamGradients { mut w_ih, mut w_hh, mut b } = g;
-    match one_hot_columns(x) {
-        Some(cols) => one_hot_weight_gradient(alpha, dz, &cols, w_ih.view_mut()),
+    match one_hot {
+        Some(cols) => one_hot_weight_gradient(alpha, dz, cols, w_ih.view_mut()),
         None => gemm(alpha, &dz.t(), &x, F::zero(), &mut w_ih),
     }
     gemm(alpha, &dz.t(), &h_prev, F::zero(), &mut w_hh);
@@ -449,6 +541,22 @@ impl Rnn {
         x: ArrayView2<F>,
         h0: Option<ArrayView2<F>>,
     ) -> Result<RnnForward<F>> {
+        self.forward_in(&mut Scratch::default(), w_ih, w_hh, b, x, one_hot_columns(x).as_deref(), h0)
+    }
+
+    /// [`Rnn::forward`] with its arrays from `scratch` (their old values unread) and the
+    /// one-hot columns of `x` given (`None`: x is not one-hot).
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn forward_in<F: Real>(
+        &self,
+        scratch: &mut Scratch<F>,
+        w_ih: ArrayView2<F>,
+        w_hh: ArrayView2<F>,
+        b: ArrayView1<F>,
+        x: ArrayView2<F>,
+        one_hot: Option<&[usize]>,
+        h0: Option<ArrayView2<F>>,
+    ) -> Result<RnnForward<F>> {
         let name = self.describe();
         let (h, t_steps) = (self.hidden, self.steps);
         check_dim(&name, "W_ih", w_ih.dim(), (h, self.inputs))?;
@@ -457,17 +565,17 @@ impl Rnn {
         let m = batch_of(&name, x.dim(), t_steps, self.inputs)?;
         check_state(&name, "h_0", h0, m, h)?;
         checked_len(&name, "the hidden states", &[t_steps + 1, m, h])?;
-        let mut hidden = Array2::zeros(((t_steps + 1) * m, h));
-        if let Some(h0) = h0 {
-            hidden.slice_mut(s![..m, ..]).assign(&h0);
+        let mut hidden = scratch.array((t_steps + 1) * m, h);
+        match h0 {
+            Some(h0) => hidden.slice_mut(s![..m, ..]).assign(&h0),
+            None => hidden.slice_mut(s![..m, ..]).fill(F::zero()),
         }
         // Block t + 1 of `hidden` starts as step t's input projection.
-        let p = input_projection(w_ih, x);
-        hidden.slice_mut(s![m.., ..]).assign(&p);
-        drop(p);
+        input_projection(w_ih.t(), x, one_hot, hidden.slice_mut(s![m.., ..]));
         let act = self.activation;
         // W_hhᵀ copied once, row-major, for the per-step products (see lstm.rs).
-        let w_hh_t = w_hh.t().as_standard_layout().into_owned();
+        let mut w_hh_t = scratch.array(h, h);
+        w_hh_t.assign(&w_hh.t());
         let blocks = unit_blocks(h);
         let threads = lockstep_threads(blocks.len(), m * h * h);
         let mut hidden_v = hidden.view_mut();
@@ -488,6 +596,7 @@ impl Rnn {
                 Zip::from(&mut row).and(&b).for_each(|z, &b| *z = activate(act, *z + b));
             }
         });
+        scratch.recycle(w_hh_t);
         Ok(RnnForward { hidden, batch: m })
     }
 
@@ -507,6 +616,26 @@ impl Rnn {
         g: ParamGradients<'_, F>,
         want_input: bool,
     ) -> Result<StateGradients<F>> {
+        let one_hot = one_hot_columns(x);
+        self.backward_in(&mut Scratch::default(), w_ih, w_hh, x, one_hot.as_deref(), fwd, dh, alpha, g, want_input)
+    }
+
+    /// [`Rnn::backward`] with its arrays from `scratch` and the one-hot columns of `x` given
+    /// (`None`: x is not one-hot).
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn backward_in<F: Real>(
+        &self,
+        scratch: &mut Scratch<F>,
+        w_ih: ArrayView2<F>,
+        w_hh: ArrayView2<F>,
+        x: ArrayView2<F>,
+        one_hot: Option<&[usize]>,
+        fwd: &RnnForward<F>,
+        dh: ArrayView2<F>,
+        alpha: F,
+        g: ParamGradients<'_, F>,
+        want_input: bool,
+    ) -> Result<StateGradients<F>> {
         let name = self.describe();
         let h = self.hidden;
         check_dim(&name, "W_ih", w_ih.dim(), (h, self.inputs))?;
@@ -518,8 +647,10 @@ impl Rnn {
         check_dim(&name, "∇W_hh", g.w_hh.dim(), (h, h))?;
         check_len(&name, "∇b", g.b.len(), h)?;
         let act = self.activation;
-        let mut dz = dh.to_owned();
-        let mut carry: Array2<F> = Array2::zeros((m, h));
+        let mut dz = scratch.array(dh.nrows(), dh.ncols());
+        dz.assign(&dh);
+        let mut carry = scratch.array(m, h);
+        carry.fill(F::zero());
         let steps = self.steps;
         let blocks = unit_blocks(h);
         let threads = lockstep_threads(blocks.len(), m * h * h);
@@ -555,12 +686,13 @@ impl Rnn {
             });
         }
         let h_prev = fwd.hidden.slice(s![..self.steps * m, ..]);
-        parameter_gradients(alpha, dz.view(), x, h_prev, g);
+        parameter_gradients(alpha, dz.view(), x, one_hot, h_prev, g);
         let input = want_input.then(|| {
-            let mut dx = Array2::zeros(x.dim());
+            let mut dx = scratch.array(x.nrows(), x.ncols());
             gemm(F::one(), &dz.view(), &w_ih, F::zero(), &mut dx.view_mut());
             dx
         });
+        scratch.recycle(dz);
         Ok(StateGradients { input, h0: carry, c0: None })
     }
 }
