@@ -557,19 +557,13 @@ fn shown(v: &serde_json::Value) -> String {
 /// --force, --quiet).
 pub(super) fn stored_form(args: &TrainArgs) -> TrainArgs {
     let absolute = |p: &std::path::Path| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
-    // mnist:DIR, npy:FILE, … with DIR or FILE absolute; synthetic and columns:SPEC as given.
-    let source = |s: &String| match s.split_once(':') {
-        Some((kind, path))
-            if ["mnist", "patches", "npy", "csv", "text"].contains(&kind.to_ascii_lowercase().as_str()) =>
-        {
-            format!("{kind}:{}", absolute(std::path::Path::new(path)).display())
-        }
-        _ => s.clone(),
-    };
+    // mnist:DIR, npy:FILE, a bare FILE.npy, … with DIR or FILE absolute; synthetic and
+    // columns:SPEC as given (wgnn::data::absolute_source, which reads them as the loaders do).
+    let source = |s: &String| wgnn::data::absolute_source(s);
     let mut a = args.clone();
     a.data.data = a.data.data.as_ref().map(source);
     a.data.targets = a.data.targets.as_ref().map(source);
-    a.data.labels = a.data.labels.as_deref().map(absolute);
+    a.data.labels = a.data.labels.as_deref().map(|p| wgnn::data::absolute_source(&p.to_string_lossy()).into());
     a.test_data = a.test_data.as_ref().map(source);
     a.test_targets = a.test_targets.as_ref().map(source);
     a.features_from = a.features_from.as_deref().map(absolute);
@@ -1223,7 +1217,7 @@ fn report(
             let kept = if checkpoint.is_file() {
                 format!("the θ it kept is in {}", checkpoint.display())
             } else {
-                "θ was not finite and was not kept".into()
+                "no θ was kept (none with a finite cost was seen)".into()
             };
             return Err(Exit::diverged(format!("{reason} — {kept}; no {MODEL_FILE} was written")).into());
         }

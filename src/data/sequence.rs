@@ -189,7 +189,7 @@ pub fn load_npy_sequences(path: &Path, labels: Option<&Path>, targets: Option<&P
     let shape = SequenceShape { steps, features };
     let labels = match labels {
         Some(lp) => {
-            let l = crate::npy::read_labels(lp)?;
+            let l = super::read_class_numbers(lp)?;
             if l.len() != m {
                 return Err(Error::Data(format!(
                     "{} has {} labels but {} has {m} sequences: give one label per sequence (a vector of {m})",
