@@ -90,8 +90,18 @@ fn kind_word(kind: Kind) -> &'static str {
 pub fn load_sequences(args: &TrainArgs) -> anyhow::Result<(DataSource, Dataset, SequenceShape)> {
     if let Some(flag) = text_only_flag(args) {
         bail!(
-            "{flag} goes with a character model (--data text:FILE); sequence classifiers train by epochs (--iterations)"
+            "{flag} goes with a character model (--data text:FILE); a sequence model on npy: or mnist: data (classifier or per-step regressor) trains by epochs (--iterations)"
         );
+    }
+    // Whitening and an encoder's features act on a whole row, T·n values: they would mix the
+    // steps of a sequence, which the recurrent layers read one step at a time.
+    for (flag, given) in [("--whiten", args.whiten.is_some()), ("--features-from", args.features_from.is_some())] {
+        if given {
+            bail!(
+                "{flag} does not go with `train {}`: it transforms a whole row of T × n values and would mix the steps a recurrent layer reads one at a time; leave it out (scale the values per step before saving them)",
+                kind_word(args.kind)
+            );
+        }
     }
     let reading = args.data.sequence.as_deref().map(str::parse::<SequenceReading>).transpose().context("--sequence")?;
     let source: DataSource = args

@@ -93,10 +93,14 @@ fn real_rows<F: Real>(x: Inputs<'_>) -> Arc<Array2<F>> {
 pub fn check_inputs(spec: &NetSpec, x: &Inputs<'_>, what: &str) -> Result<()> {
     if x.ncols() != spec.inputs() {
         return Err(Error::Shape(format!(
-            "{what} has {} columns but the network's input layer has {} units: each row must be one example of {} values",
+            "{what} has {} values per example but the network reads {}: {}",
             x.ncols(),
-            spec.inputs(),
-            spec.inputs()
+            spec.input_text(),
+            if spec.has_layer_stack() {
+                "give examples shaped like its training data".to_string()
+            } else {
+                format!("each row must be one example of {} values", spec.inputs())
+            }
         )));
     }
     if let Some((r, c)) = x.first_non_finite() {
