@@ -1247,7 +1247,7 @@ impl Failure<'_> {
         let mut files = Vec::new();
         // A run that failed at its first evaluation saw no θ with a finite cost: the initial θ
         // is no "best seen", so nothing is kept (no checkpoint; metrics.json says why).
-        let seen = !self.optimizer.history().records.is_empty();
+        let seen = self.optimizer.best_cost().is_some() || !self.optimizer.history().records.is_empty();
         let finite = seen && self.theta.iter().all(|v| v.is_finite());
         // A run that failed (not diverged: a disk that filled up, a lost device) keeps the
         // checkpoint already in its folder — a periodic one, or the one it resumed from, both

@@ -219,6 +219,27 @@ fn limit_cuts_data_labels_and_targets_alike() {
     let b = final_cost(&train_softmax(&f, &labels_first[2], &f.run("l20"), &["--limit", "20"]), &f.run("l20"));
     assert_eq!(a, b);
 
+    // Sequences (m × T × n) alike: labels for all 12 sequences or for the 6 kept.
+    let seq = write_npy(f.path(), "seq.npy", &Array3::from_shape_fn((12, 3, 2), |(i, t, j)| (i + t + j) as f32 / 10.0));
+    let seq_labels: Vec<i64> = (0..12).map(|i| i64::from(i % 3 == 0)).collect();
+    let all = write_npy(f.path(), "sl12.npy", &Array1::from(seq_labels.clone()));
+    let six = write_npy(f.path(), "sl6.npy", &Array1::from(seq_labels[..6].to_vec()));
+    let lstm = |labels: &str, name: &str, limit: &str| {
+        let run = f.run(name);
+        let out = wgnn()
+            .args(["train", "lstm", "--backend", "cpu", "--data", &seq, "--labels", labels, "--hidden", "2"])
+            .args(["--iterations", "2", "--limit", limit, "--out", &run])
+            .output()
+            .unwrap();
+        (out, run)
+    };
+    let (out, run) = lstm(&all, "lstm-all", "6");
+    let a = final_cost(&out, &run);
+    let (out, run) = lstm(&six, "lstm-six", "6");
+    assert_eq!(a, final_cost(&out, &run));
+    let e = one_error(&lstm(&six, "lstm-five", "5").0);
+    assert!(e.contains("6 labels") && e.contains("(5)"), "{e}");
+
     // The handed case itself, on MNIST: 200 targets for the first 200 images.
     let mnist = common::data_dir().join("mnist");
     let y = Array2::from_shape_fn((200, 1), |(i, _)| (i % 10) as f32 / 10.0);

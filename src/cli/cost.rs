@@ -82,6 +82,9 @@ pub fn run(args: CostArgs) -> anyhow::Result<()> {
 /// numbers only (no label column) as float32.
 fn matrix(arg: &str) -> anyhow::Result<npy::Matrix> {
     let file = wgnn::data::FileArg::parse(arg, Some(wgnn::data::FileFormat::Npy))?;
+    if !file.path.exists() {
+        anyhow::bail!("{}: no such file", file.path.display());
+    }
     Ok(match file.format {
         wgnn::data::FileFormat::Npy => npy::read_matrix(&file.path)?,
         wgnn::data::FileFormat::Csv => {

@@ -498,13 +498,14 @@ impl DataArgs {
                 Some(other) => bail!("--targets {other}: sequences take per-step targets as npy:FILE (m × T × k)"),
                 None => None,
             };
-            let seq = wgnn::data::sequence::load_npy_sequences(path, options.labels.as_deref(), targets)
-                .with_context(|| format!("loading --data {source}"))?;
-            let data = match options.limit {
-                Some(n) => seq.data.take(n),
-                None => seq.data,
-            };
-            return Ok((source, data));
+            let seq = wgnn::data::sequence::load_npy_sequences_limited(
+                path,
+                options.labels.as_deref(),
+                targets,
+                options.limit,
+            )
+            .with_context(|| format!("loading --data {source}"))?;
+            return Ok((source, seq.data));
         }
         let data = source.load(&options).with_context(|| format!("loading --data {source}"))?;
         Ok((source, data))

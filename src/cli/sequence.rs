@@ -124,12 +124,14 @@ pub fn load_sequences(args: &TrainArgs) -> anyhow::Result<(DataSource, Dataset, 
                     _ => bail!("--targets {t}: per-step targets of sequences are a float .npy of m × T × k (npy:FILE)"),
                 },
             };
-            let mut seq =
-                wgnn::data::sequence::load_npy_sequences(path, args.data.labels.as_deref(), targets.as_deref())
-                    .with_context(|| format!("loading --data {source}"))?;
-            if let Some(n) = args.data.limit {
-                seq.data = seq.data.take(n);
-            }
+            // --limit keeps the first N sequences and their labels or targets alike.
+            let seq = wgnn::data::sequence::load_npy_sequences_limited(
+                path,
+                args.data.labels.as_deref(),
+                targets.as_deref(),
+                args.data.limit,
+            )
+            .with_context(|| format!("loading --data {source}"))?;
             Ok((source, seq.data, seq.shape))
         }
         (DataSource::Npy(_), Some(_)) => {
