@@ -263,14 +263,20 @@ fn limit_cuts_data_labels_and_targets_alike() {
 /// evaluation. The refusal prints the cost in short form (no 77-digit number), exits non-zero
 /// and leaves the run folder as DESIGN.md's contract says of a failed run: metrics.json saying
 /// why and that no θ was kept, no checkpoint and no model (none had a finite cost) — for a
-/// regressor on the CPU and the GPU, and a per-step sequence regressor.
+/// softmax and a regressor on the CPU and the GPU, and a per-step sequence regressor.
 #[test]
 fn a_run_that_fails_at_its_first_evaluation_keeps_no_theta() {
     let f = files();
     let huge = write_npy(f.path(), "huge.npy", &Array2::<f32>::from_elem((60, 1), 3e38));
     let seq = write_npy(f.path(), "seq.npy", &Array3::from_shape_fn((12, 3, 2), |(i, t, j)| (i + t + j) as f32 / 10.0));
     let seq_huge = write_npy(f.path(), "seq-huge.npy", &Array3::<f32>::from_elem((12, 3, 2), 3e38));
+    // Inputs whose products overflow f32: a softmax's cost is NaN at the first evaluation.
+    let x_huge = write_npy(f.path(), "x-huge.npy", &Array2::<f32>::from_elem((60, 40), 3e38));
+    let labels = write_npy(f.path(), "labels.npy", &Array1::from(f.labels.clone()));
+    let softmax: Vec<String> = ["softmax", "--data", &x_huge, "--labels", &labels].map(String::from).to_vec();
     let cases: Vec<(&str, Vec<String>)> = vec![
+        ("cpu", softmax.clone()),
+        ("gpu", softmax),
         (
             "cpu",
             vec![
