@@ -118,6 +118,7 @@ fn train_regressor(f: &Files, targets: &str, out: &str, extra: &[&str]) -> std::
 fn labels_and_targets_take_the_same_file_forms_everywhere() {
     let f = files();
     let forms = f.label_forms(60);
+    let forms_of_labels = forms.clone();
     let costs: Vec<String> = forms
         .iter()
         .enumerate()
@@ -176,6 +177,17 @@ fn labels_and_targets_take_the_same_file_forms_everywhere() {
     for (data, labels) in [(format!("npy:{}", f.x), format!("csv:{y01_csv}")), (x_csv.clone(), y01_csv.clone())] {
         assert_eq!(cost_of(&data, &labels), reference, "cost --data {data} --labels {labels}");
     }
+
+    // Test examples bring their own labels (--test-labels, any form), never --data's.
+    let run = f.run("with-test");
+    let out =
+        train_softmax(&f, &forms_of_labels[1], &run, &["--test-data", &f.x, "--test-labels", &forms_of_labels[3]]);
+    final_cost(&out, &run);
+    let metrics: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(Path::new(&run).join("metrics.json")).unwrap()).unwrap();
+    assert!(metrics["test_accuracy"].as_f64().is_some_and(|a| (0.0..=1.0).contains(&a)), "{metrics}");
+    let e = one_error(&train_softmax(&f, &forms_of_labels[0], &f.run("no-test-labels"), &["--test-data", &f.x]));
+    assert!(e.contains("--test-labels"), "{e}");
 
     // One line, non-zero, for a file whose format its name does not say, and no run folder.
     let odd = write_text(f.path(), "y.txt", "3\n7\n");
