@@ -51,7 +51,10 @@ fn recurrent_layers(args: &TrainArgs, default_hidden: usize) -> anyhow::Result<V
             Err(_) => wgnn::model::parse_net(text).context("--net")?,
         };
         if parsed.output != Output::Softmax {
-            bail!("--net ends in {}: a sequence model here ends in softmax", parsed.output.name());
+            bail!(
+                "--net ends in {}: give the recurrent layers only (e.g. \"lstm 128, lstm 128\"); a sequence classifier ends in a softmax over its classes, a per-step regressor in --output over its targets' k values",
+                parsed.output.name()
+            );
         }
         if parsed.layers.is_empty() || !parsed.layers.iter().all(Layer::is_recurrent) {
             bail!("--net for `train {}`: give rnn/lstm layers only, e.g. \"lstm 128, lstm 128\"", kind_word(args.kind));
