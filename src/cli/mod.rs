@@ -413,7 +413,8 @@ impl BackendArgs {
 pub struct DataArgs {
     /// Examples: synthetic (built-in images, cut into patches), mnist:DIR, patches:DIR (a
     /// folder of PNG/JPEG photographs), npy:FILE (with --labels or --targets), csv:FILE (label
-    /// in the last column). Default: synthetic.
+    /// in the last column); a bare .npy or .csv file (.gz too) reads as npy:/csv:. Default:
+    /// synthetic.
     #[arg(long)]
     pub data: Option<String>,
     /// Side of the square patches cut from synthetic or patches: images.
