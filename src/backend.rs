@@ -160,7 +160,12 @@ impl Cost {
         if self.total().is_finite() {
             return Ok(self);
         }
-        let terms = format!("data term {}, weight decay {}, sparsity {}", self.data, self.weight_decay, self.sparsity);
+        let terms = format!(
+            "data term {}, weight decay {}, sparsity {}",
+            crate::short_number(self.data),
+            crate::short_number(self.weight_decay),
+            crate::short_number(self.sparsity)
+        );
         let advice = if !self.sparsity.is_finite() {
             "some hidden unit's mean activation ρ̂ is 0 or 1 in this precision (every σ(z) saturated): \
              the first hidden layer's weights or biases are extreme; start from smaller parameters"

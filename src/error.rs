@@ -81,8 +81,42 @@ pub fn one_line(text: &str) -> String {
     out
 }
 
+/// `v` as a message shows a number: at most 5 significant digits, in scientific notation
+/// (`4.5e76`, `1.2346e-7`) outside [1e-4, 1e6), trailing zeros dropped; NaN, ±inf and 0 as
+/// Rust writes them. Messages that print a cost, a target or a gradient use it, so that a
+/// finite number of 77 digits never fills a line.
+pub fn short_number(v: f64) -> String {
+    if !v.is_finite() || v == 0.0 {
+        return format!("{v}");
+    }
+    let trim = |s: String| -> String {
+        if s.contains('.') { s.trim_end_matches('0').trim_end_matches('.').to_string() } else { s }
+    };
+    let a = v.abs();
+    if (1e-4..1e6).contains(&a) {
+        let decimals = (4 - a.log10().floor() as i32).max(0) as usize;
+        return trim(format!("{v:.decimals$}"));
+    }
+    let s = format!("{v:.4e}");
+    let (mantissa, exponent) = s.split_once('e').expect("scientific notation has an e");
+    format!("{}e{exponent}", trim(mantissa.to_string()))
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn short_numbers() {
+        use super::short_number;
+        assert_eq!(short_number(4.500000016493267e76), "4.5e76");
+        assert_eq!(short_number(-3e38), "-3e38");
+        assert_eq!(short_number(0.061797985227634696), "0.061798");
+        assert_eq!(short_number(1234.5678), "1234.6");
+        assert_eq!(short_number(1.23456789e-7), "1.2346e-7");
+        assert_eq!(short_number(2.0), "2");
+        assert_eq!(short_number(f64::INFINITY), "inf");
+        assert!(short_number(f64::NAN).contains("NaN"));
+    }
+
     use super::*;
 
     #[test]

@@ -34,6 +34,7 @@ pub mod viz;
 
 pub use backend::{Backend, Batch, Cost, Inputs, Targets};
 pub use cpu::CpuBackend;
+pub use error::short_number;
 pub use error::{Error, Result, one_line};
 pub use gpu::GpuBackend;
 pub mod estimator;

@@ -255,7 +255,10 @@ impl Model {
             return Err(Error::Shape(format!(
                 "the data has {} values per example but the model takes {}: give data like its training data",
                 x.ncols(),
-                self.inputs()
+                match self.stages.first() {
+                    Some(_) => format!("{} values", self.inputs()),
+                    None => self.spec.input_text(),
+                }
             )));
         }
         // Row-major, whatever layout the reader produced (taking columns out gives a

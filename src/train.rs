@@ -1260,7 +1260,10 @@ impl Failure<'_> {
         save: &Save<'_>,
     ) -> Result<(Vec<PathBuf>, f64)> {
         let mut files = Vec::new();
-        let finite = self.theta.iter().all(|v| v.is_finite());
+        // A run that failed at its first evaluation saw no θ with a finite cost: the initial θ
+        // is no "best seen", so nothing is kept (no checkpoint; metrics.json says why).
+        let seen = self.optimizer.best_cost().is_some() || !self.optimizer.history().records.is_empty();
+        let finite = seen && self.theta.iter().all(|v| v.is_finite());
         // A run that failed (not diverged: a disk that filled up, a lost device) keeps the
         // checkpoint already in its folder — a periodic one, or the one it resumed from, both
         // resumable — rather than replace it with θ alone, which could not be resumed (a full
@@ -1979,8 +1982,10 @@ pub mod char_model {
             return Ok(());
         }
         Err(Error::Data(format!(
-            "update {step}: the cost is {cost} and the gradient's norm {grad_norm}: training diverged; \
-             try a smaller learning rate or --clip-norm"
+            "update {step}: the cost is {} and the gradient's norm {}: training diverged; \
+             try a smaller learning rate or --clip-norm",
+            crate::short_number(cost),
+            crate::short_number(grad_norm)
         )))
     }
 

@@ -260,7 +260,7 @@ fn npy_matrix_with_labels_and_its_errors() {
     let short = dir.path().join("short.npy");
     ndarray_npy::write_npy(&short, &ndarray::arr1(&[0i64, 1])).unwrap();
     let e = source.load(&LoadOptions { labels: Some(short), ..LoadOptions::default() }).unwrap_err().to_string();
-    assert!(e.contains("2 labels") && e.contains("6 rows"), "{e}");
+    assert!(e.contains("2 labels") && e.contains("6 examples"), "{e}");
     let e = source.load(&LoadOptions { split: Some(Split::Test), ..LoadOptions::default() }).unwrap_err().to_string();
     assert!(e.contains("mnist: sources only"), "{e}");
     let mut bad = x.clone();

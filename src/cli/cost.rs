@@ -5,7 +5,7 @@ use clap::Args;
 
 use wgnn::{Batch, Targets, npy};
 
-use super::{BackendArgs, NetArgs, npy_path, read_theta};
+use super::{BackendArgs, NetArgs, read_theta};
 
 #[derive(Args, Debug)]
 pub struct CostArgs {
@@ -15,14 +15,16 @@ pub struct CostArgs {
     /// row-major) in layer order, then all biases.
     #[arg(long)]
     pub theta: String,
-    /// Examples as a .npy matrix (float32 or float64), one example per row.
+    /// Examples, one per row: npy:FILE (float32 or float64), csv:FILE (numbers only), or a
+    /// bare .npy or .csv file.
     #[arg(long)]
     pub data: String,
-    /// Class labels 0..k−1 as a .npy integer vector, one per row (for --output softmax).
+    /// Class labels 0..k−1, one per row (for --output softmax): npy:FILE (an integer
+    /// vector), csv:FILE (one per line), or a bare .npy or .csv file.
     #[arg(long, conflicts_with = "targets")]
     pub labels: Option<String>,
-    /// Real-valued targets as a .npy matrix (rows × outputs). Without --labels or --targets
-    /// the network is an autoencoder: the target is the input.
+    /// Real-valued targets (rows × outputs), in the same forms as --data. Without --labels or
+    /// --targets the network is an autoencoder: the target is the input.
     #[arg(long)]
     pub targets: Option<String>,
     /// Also compute the gradient ∇J(θ) and write it here as a float64 .npy vector.
@@ -38,12 +40,14 @@ pub fn run(args: CostArgs) -> anyhow::Result<()> {
         let inputs = [Some(&args.theta), Some(&args.data), args.labels.as_ref(), args.targets.as_ref()];
         super::refuse_overwriting_inputs("--grad-out", g, inputs.into_iter().flatten().map(String::as_str))?;
     }
-    let theta = read_theta(&args.theta)?;
-    let x = npy::read_matrix(&npy_path(&args.data)?).context("reading the data")?;
-    let labels =
-        args.labels.as_deref().map(|p| npy::read_labels(&npy_path(p)?).context("reading the labels")).transpose()?;
-    let values =
-        args.targets.as_deref().map(|p| npy::read_matrix(&npy_path(p)?).context("reading the targets")).transpose()?;
+    let theta = read_theta(&args.theta).context("--theta")?;
+    let x = matrix(&args.data).context("--data")?;
+    let labels = args
+        .labels
+        .as_deref()
+        .map(|p| wgnn::data::read_class_numbers(std::path::Path::new(p)).context("--labels"))
+        .transpose()?;
+    let values = args.targets.as_deref().map(|p| matrix(p).context("--targets")).transpose()?;
     let targets = match (&labels, &values) {
         (Some(l), _) => Targets::Labels(l),
         (_, Some(v)) => Targets::Values(v.inputs()),
@@ -72,4 +76,19 @@ pub fn run(args: CostArgs) -> anyhow::Result<()> {
     println!("terms    data {}  weight decay {}  sparsity {}", cost.data, cost.weight_decay, cost.sparsity);
     println!("cost {}", cost.total());
     Ok(())
+}
+
+/// A matrix from the file `arg` names ([`wgnn::data::FileArg`]): a `.npy` as it is, a CSV of
+/// numbers only (no label column) as float32.
+fn matrix(arg: &str) -> anyhow::Result<npy::Matrix> {
+    let file = wgnn::data::FileArg::parse(arg, Some(wgnn::data::FileFormat::Npy))?;
+    if !file.path.exists() {
+        anyhow::bail!("{}: no such file", file.path.display());
+    }
+    Ok(match file.format {
+        wgnn::data::FileFormat::Npy => npy::read_matrix(&file.path)?,
+        wgnn::data::FileFormat::Csv => {
+            npy::Matrix::F32(wgnn::data::csv::read_csv(&file.path, wgnn::data::LabelColumn::None)?.0)
+        }
+    })
 }

@@ -413,7 +413,8 @@ impl BackendArgs {
 pub struct DataArgs {
     /// Examples: synthetic (built-in images, cut into patches), mnist:DIR, patches:DIR (a
     /// folder of PNG/JPEG photographs), npy:FILE (with --labels or --targets), csv:FILE (label
-    /// in the last column). Default: synthetic.
+    /// in the last column); a bare .npy or .csv file (.gz too) reads as npy:/csv:. Default:
+    /// synthetic.
     #[arg(long)]
     pub data: Option<String>,
     /// Side of the square patches cut from synthetic or patches: images.
@@ -428,10 +429,14 @@ pub struct DataArgs {
     /// MNIST split: train or test.
     #[arg(long)]
     pub split: Option<String>,
-    /// Use only the first N examples.
+    /// Use only the first N examples (after --digits): the first N rows of the data and,
+    /// alike, of --labels and --targets. Those files hold one row per example of the data
+    /// file, or exactly N rows (then they are the kept examples' rows; not with --digits,
+    /// where that would be ambiguous); any other count is refused.
     #[arg(long, value_parser = limit)]
     pub limit: Option<usize>,
-    /// Class labels for npy: data, as a .npy integer vector.
+    /// Class labels for npy: data, one per example: npy:FILE (an integer vector), csv:FILE
+    /// (one label per line), or a bare .npy or .csv file. Labels may be numbers or names.
     #[arg(long)]
     pub labels: Option<std::path::PathBuf>,
     /// csv: data only: the column holding the class label — last, first, a number counted
@@ -439,7 +444,8 @@ pub struct DataArgs {
     #[arg(long, default_value = "last")]
     pub label_column: String,
     /// Real-valued targets for regression (`train mlp`, `eval`), one row per example:
-    /// npy:FILE (a float matrix, rows × outputs, or a vector), csv:FILE (numbers only), or
+    /// npy:FILE (a float matrix, rows × outputs, or a vector), csv:FILE (numbers only), a
+    /// bare .npy or .csv file, or
     /// columns:SPEC — columns of the --data file itself, counted from 1 as in the file, e.g.
     /// columns:33-64; they are taken out of the inputs (a CSV's label column is dropped).
     /// With --output sigmoid-bce: the 0/1 targets, one column per label (multi-label). For
@@ -470,6 +476,9 @@ impl DataArgs {
             Some(d) => d.parse().context("--data")?,
             None => DataSource::Synthetic,
         };
+        if let Some(labels) = &self.labels {
+            wgnn::data::FileArg::parse(&labels.to_string_lossy(), None).context("--labels")?;
+        }
         let options = LoadOptions {
             patch_size: self.patch,
             patch_count: self.count.unwrap_or(default_count),
@@ -490,13 +499,14 @@ impl DataArgs {
                 Some(other) => bail!("--targets {other}: sequences take per-step targets as npy:FILE (m × T × k)"),
                 None => None,
             };
-            let seq = wgnn::data::sequence::load_npy_sequences(path, options.labels.as_deref(), targets)
-                .with_context(|| format!("loading --data {source}"))?;
-            let data = match options.limit {
-                Some(n) => seq.data.take(n),
-                None => seq.data,
-            };
-            return Ok((source, data));
+            let seq = wgnn::data::sequence::load_npy_sequences_limited(
+                path,
+                options.labels.as_deref(),
+                targets,
+                options.limit,
+            )
+            .with_context(|| format!("loading --data {source}"))?;
+            return Ok((source, seq.data));
         }
         let data = source.load(&options).with_context(|| format!("loading --data {source}"))?;
         Ok((source, data))
@@ -552,10 +562,14 @@ pub fn model_file_for(flag: &str, path: &std::path::Path) -> anyhow::Result<std:
     })
 }
 
-/// A path given as `FILE` or `npy:FILE`.
+/// A file given as `FILE` or `npy:FILE` ([`wgnn::data::FileArg`], a bare FILE of any other
+/// extension read as .npy); refuses `csv:FILE`, which this flag does not read.
 pub fn npy_path(arg: &str) -> anyhow::Result<std::path::PathBuf> {
-    let path = arg.strip_prefix("npy:").unwrap_or(arg);
-    let path = std::path::PathBuf::from(path);
+    let file = wgnn::data::FileArg::parse(arg, Some(wgnn::data::FileFormat::Npy))?;
+    if file.format != wgnn::data::FileFormat::Npy {
+        bail!("{arg}: this flag reads a .npy file; convert the CSV with numpy.save, or give npy:FILE");
+    }
+    let path = file.path;
     if !path.exists() {
         bail!("{}: no such file", path.display());
     }

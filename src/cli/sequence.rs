@@ -51,7 +51,10 @@ fn recurrent_layers(args: &TrainArgs, default_hidden: usize) -> anyhow::Result<V
             Err(_) => wgnn::model::parse_net(text).context("--net")?,
         };
         if parsed.output != Output::Softmax {
-            bail!("--net ends in {}: a sequence model here ends in softmax", parsed.output.name());
+            bail!(
+                "--net ends in {}: give the recurrent layers only (e.g. \"lstm 128, lstm 128\"); a sequence classifier ends in a softmax over its classes, a per-step regressor in --output over its targets' k values",
+                parsed.output.name()
+            );
         }
         if parsed.layers.is_empty() || !parsed.layers.iter().all(Layer::is_recurrent) {
             bail!("--net for `train {}`: give rnn/lstm layers only, e.g. \"lstm 128, lstm 128\"", kind_word(args.kind));
@@ -90,8 +93,18 @@ fn kind_word(kind: Kind) -> &'static str {
 pub fn load_sequences(args: &TrainArgs) -> anyhow::Result<(DataSource, Dataset, SequenceShape)> {
     if let Some(flag) = text_only_flag(args) {
         bail!(
-            "{flag} goes with a character model (--data text:FILE); sequence classifiers train by epochs (--iterations)"
+            "{flag} goes with a character model (--data text:FILE); a sequence model on npy: or mnist: data (classifier or per-step regressor) trains by epochs (--iterations)"
         );
+    }
+    // Whitening and an encoder's features act on a whole row, T·n values: they would mix the
+    // steps of a sequence, which the recurrent layers read one step at a time.
+    for (flag, given) in [("--whiten", args.whiten.is_some()), ("--features-from", args.features_from.is_some())] {
+        if given {
+            bail!(
+                "{flag} does not go with `train {}`: it transforms a whole row of T × n values and would mix the steps a recurrent layer reads one at a time; leave it out (scale the values per step before saving them)",
+                kind_word(args.kind)
+            );
+        }
     }
     let reading = args.data.sequence.as_deref().map(str::parse::<SequenceReading>).transpose().context("--sequence")?;
     let source: DataSource = args
@@ -114,12 +127,14 @@ pub fn load_sequences(args: &TrainArgs) -> anyhow::Result<(DataSource, Dataset, 
                     _ => bail!("--targets {t}: per-step targets of sequences are a float .npy of m × T × k (npy:FILE)"),
                 },
             };
-            let mut seq =
-                wgnn::data::sequence::load_npy_sequences(path, args.data.labels.as_deref(), targets.as_deref())
-                    .with_context(|| format!("loading --data {source}"))?;
-            if let Some(n) = args.data.limit {
-                seq.data = seq.data.take(n);
-            }
+            // --limit keeps the first N sequences and their labels or targets alike.
+            let seq = wgnn::data::sequence::load_npy_sequences_limited(
+                path,
+                args.data.labels.as_deref(),
+                targets.as_deref(),
+                args.data.limit,
+            )
+            .with_context(|| format!("loading --data {source}"))?;
             Ok((source, seq.data, seq.shape))
         }
         (DataSource::Npy(_), Some(_)) => {

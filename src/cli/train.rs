@@ -96,6 +96,11 @@ pub struct TrainArgs {
     /// The test examples' targets when --targets names a file: npy:FILE or csv:FILE.
     #[arg(long, requires = "test_data")]
     pub test_targets: Option<String>,
+    /// The test examples' class labels when --test-data is npy:FILE (as --labels for --data):
+    /// npy:FILE, csv:FILE, or a bare .npy or .csv file.
+    #[arg(long, requires = "test_data")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub test_labels: Option<String>,
     /// Hold out this fraction of the --data examples, drawn by --seed, as the test set (before
     /// any --validation split, whitening or --features-from, which see the rest only).
     #[arg(long)]
@@ -607,21 +612,16 @@ fn shown(v: &serde_json::Value) -> String {
 /// --force, --quiet).
 pub(super) fn stored_form(args: &TrainArgs) -> TrainArgs {
     let absolute = |p: &std::path::Path| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
-    // mnist:DIR, npy:FILE, … with DIR or FILE absolute; synthetic and columns:SPEC as given.
-    let source = |s: &String| match s.split_once(':') {
-        Some((kind, path))
-            if ["mnist", "patches", "npy", "csv", "text"].contains(&kind.to_ascii_lowercase().as_str()) =>
-        {
-            format!("{kind}:{}", absolute(std::path::Path::new(path)).display())
-        }
-        _ => s.clone(),
-    };
+    // mnist:DIR, npy:FILE, a bare FILE.npy, … with DIR or FILE absolute; synthetic and
+    // columns:SPEC as given (wgnn::data::absolute_source, which reads them as the loaders do).
+    let source = |s: &String| wgnn::data::absolute_source(s);
     let mut a = args.clone();
     a.data.data = a.data.data.as_ref().map(source);
     a.data.targets = a.data.targets.as_ref().map(source);
-    a.data.labels = a.data.labels.as_deref().map(absolute);
+    a.data.labels = a.data.labels.as_deref().map(|p| wgnn::data::absolute_source(&p.to_string_lossy()).into());
     a.test_data = a.test_data.as_ref().map(source);
     a.test_targets = a.test_targets.as_ref().map(source);
+    a.test_labels = a.test_labels.as_ref().map(source);
     a.features_from = a.features_from.as_deref().map(absolute);
     if !matches!(a.init.as_str(), "uniform" | "normal") {
         a.init = absolute(std::path::Path::new(&a.init)).display().to_string();
@@ -1135,6 +1135,16 @@ fn load_data(
         (Some(t), _) => {
             let mut test_args = args.data.clone();
             test_args.data = Some(t.clone());
+            // --labels belongs to --data: test examples bring their own (--test-labels).
+            test_args.labels = args.test_labels.as_deref().map(Into::into);
+            if let (None, Some(l)) = (&args.test_labels, &args.data.labels)
+                && matches!(t.parse::<wgnn::data::DataSource>(), Ok(wgnn::data::DataSource::Npy(_)))
+            {
+                bail!(
+                    "--test-data {t} needs its own labels: give --test-labels npy:FILE or csv:FILE (--labels {} belongs to --data)",
+                    l.display()
+                );
+            }
             if t.starts_with("mnist:") {
                 test_args.split = Some("test".into());
             }
@@ -1277,7 +1287,7 @@ fn report(
             let kept = if checkpoint.is_file() {
                 format!("the θ it kept is in {}", checkpoint.display())
             } else {
-                "θ was not finite and was not kept".into()
+                "no θ was kept (none with a finite cost was seen)".into()
             };
             return Err(Exit::diverged(format!("{reason} — {kept}; no {MODEL_FILE} was written")).into());
         }

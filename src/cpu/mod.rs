@@ -92,12 +92,21 @@ fn real_rows<F: Real>(x: Inputs<'_>) -> Arc<Array2<F>> {
 /// the error.
 pub fn check_inputs(spec: &NetSpec, x: &Inputs<'_>, what: &str) -> Result<()> {
     if x.ncols() != spec.inputs() {
-        return Err(Error::Shape(format!(
-            "{what} has {} columns but the network's input layer has {} units: each row must be one example of {} values",
-            x.ncols(),
-            spec.inputs(),
-            spec.inputs()
-        )));
+        // A sequence or image network names its T × n or c × h × w, not "columns".
+        return Err(Error::Shape(if spec.has_layer_stack() {
+            format!(
+                "{what} has {} values per example but the network reads {}: give examples shaped like its training data",
+                x.ncols(),
+                spec.input_text()
+            )
+        } else {
+            format!(
+                "{what} has {} columns but the network's input layer has {} units: each row must be one example of {} values",
+                x.ncols(),
+                spec.inputs(),
+                spec.inputs()
+            )
+        }));
     }
     if let Some((r, c)) = x.first_non_finite() {
         return Err(Error::Data(format!(

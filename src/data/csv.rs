@@ -89,6 +89,53 @@ pub fn read_csv(path: &Path, label: LabelColumn) -> Result<(Array2<f32>, Option<
     parse_csv(text, label).map_err(|message| Error::file(path, message))
 }
 
+/// Reads a file of class labels (plain or `.gz`), as `--labels csv:FILE` names it: one label
+/// per line (a single column; blank lines and `#` lines skipped), whole numbers or names,
+/// mapped to classes as [`super::encode_labels`] maps them. When every label but the first
+/// line's is a number, that first line is a header and is skipped (a column name such as
+/// `label`); labels that are names take no header.
+///
+/// Errors ([`Error::File`], one line naming the line): a line of more than one column, an
+/// empty file, labels that cannot be one classifier's ([`super::check_classes`]).
+pub fn read_labels(path: &Path) -> Result<ClassLabels> {
+    let bytes = read_maybe_gz(path)?;
+    let text = std::str::from_utf8(&bytes)
+        .map_err(|e| Error::file(path, format!("is not a text file ({e}): expected one label per line")))?;
+    parse_labels(text).map_err(|message| Error::file(path, message))
+}
+
+/// The parser behind [`read_labels`]; errors are messages without the file name.
+pub fn parse_labels(text: &str) -> Result<ClassLabels, String> {
+    let lines: Vec<(usize, &str)> = text
+        .lines()
+        .enumerate()
+        .map(|(i, l)| (i + 1, l.trim()))
+        .filter(|(_, l)| !l.is_empty() && !l.starts_with('#'))
+        .collect();
+    if lines.is_empty() {
+        return Err("holds no labels: expected one label per line".into());
+    }
+    let mut raw = Vec::with_capacity(lines.len());
+    for &(line_no, line) in &lines {
+        let fields = Separator::of(line).split(line);
+        if fields.len() != 1 {
+            return Err(format!(
+                "line {line_no} has {} columns: a labels file holds one label per line (for a label column of a data file, use --data csv:FILE --label-column)",
+                fields.len()
+            ));
+        }
+        raw.push(raw_label(fields[0]).map_err(|m| format!("line {line_no}: {m}"))?);
+    }
+    let is_number = |r: &RawLabel| matches!(r, RawLabel::Whole(_));
+    if raw.len() > 1 && !is_number(&raw[0]) && raw[1..].iter().all(is_number) {
+        // A header such as `label` above class numbers.
+        raw.remove(0);
+    }
+    let encoded = encode_labels(raw);
+    check_classes(&encoded)?;
+    Ok(encoded)
+}
+
 /// The parser behind [`read_csv`]; errors are messages without the file name.
 pub fn parse_csv(text: &str, label: LabelColumn) -> Result<(Array2<f32>, Option<ClassLabels>), String> {
     let mut lines =

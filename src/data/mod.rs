@@ -7,6 +7,9 @@
 //! [`DataSource`] parses the strings the CLI accepts (`mnist:DIR`, `patches:DIR`, `npy:FILE`,
 //! `csv:FILE`, `synthetic`) and [`DataSource::load`] turns one into a [`Dataset`];
 //! [`TargetSource`] does the same for `--targets` (`npy:FILE`, `csv:FILE`, `columns:SPEC`).
+//! Every flag that names a file (data, labels, targets, test targets, θ) reads it through one
+//! parser, [`FileArg`]: `npy:FILE`, `csv:FILE`, or a bare FILE whose extension (`.npy`,
+//! `.csv`, either with `.gz`) says which.
 
 pub mod csv;
 pub mod mnist;
@@ -444,8 +447,14 @@ impl FromStr for DataSource {
         if s.eq_ignore_ascii_case("synthetic") {
             return Ok(DataSource::Synthetic);
         }
-        let Some((kind, path)) = s.split_once(':') else {
-            return Err(Error::Data(format!("unknown data source `{s}`: use {FORMS}")));
+        let known = |k: &str| ["mnist", "patches", "npy", "csv"].contains(&k.to_ascii_lowercase().as_str());
+        let Some((kind, path)) = s.split_once(':').filter(|(k, _)| known(k)) else {
+            // A bare file: its extension says npy or csv, as for every other file flag.
+            return match FileArg::parse(s, None) {
+                Ok(FileArg { format: FileFormat::Npy, path }) => Ok(DataSource::Npy(path)),
+                Ok(FileArg { format: FileFormat::Csv, path }) => Ok(DataSource::Csv(path)),
+                Err(_) => Err(Error::Data(format!("unknown data source `{s}`: use {FORMS}"))),
+            };
         };
         let kind = kind.to_ascii_lowercase();
         if path.is_empty() {
@@ -459,8 +468,7 @@ impl FromStr for DataSource {
             "mnist" => Ok(DataSource::Mnist(path)),
             "patches" => Ok(DataSource::Patches(path)),
             "npy" => Ok(DataSource::Npy(path)),
-            "csv" => Ok(DataSource::Csv(path)),
-            _ => Err(Error::Data(format!("unknown data source `{kind}:` in `{s}`: use {FORMS}"))),
+            _ => Ok(DataSource::Csv(path)),
         }
     }
 }
@@ -554,7 +562,7 @@ impl DataSource {
                 );
                 Dataset { x, labels: None, classes: None, targets: None, description, image_shape: Some((p, p)) }
             }
-            DataSource::Npy(path) => load_npy(path, options.labels.as_deref())?,
+            DataSource::Npy(path) => load_npy(path, options)?,
             DataSource::Csv(path) => {
                 let (x, labels) = csv::read_csv(path, options.label_column)?;
                 let description = format!(
@@ -570,7 +578,7 @@ impl DataSource {
             }
         };
         let data = match &options.targets {
-            Some(t) => self.attach_targets(data, t, options.label_column)?,
+            Some(t) => self.attach_targets(data, t, options)?,
             None => data,
         };
         let data = match &options.digits {
@@ -588,7 +596,9 @@ impl DataSource {
     /// Adds the targets `source` names to `data` (just loaded from `self`, before any filter):
     /// checks one row per example and finite values; `columns:` moves columns of the data
     /// file from the inputs to the targets.
-    fn attach_targets(&self, mut data: Dataset, source: &TargetSource, label: LabelColumn) -> Result<Dataset> {
+    /// A file of the first `--limit` rows only is taken for those rows ([`rows_for_limit`]).
+    fn attach_targets(&self, mut data: Dataset, source: &TargetSource, options: &LoadOptions) -> Result<Dataset> {
+        let label = options.label_column;
         let m = data.len();
         let (targets, what) = match source {
             TargetSource::Npy(path) => (read_npy_targets(path)?, path.display().to_string()),
@@ -629,18 +639,22 @@ impl DataSource {
                 (t, format!("columns {} of {self}", source.columns_text()))
             }
         };
-        if targets.nrows() != m {
-            return Err(Error::Shape(format!(
-                "the targets ({what}) have {} rows but {self} has {m} examples: give one row of targets per example",
-                targets.nrows()
-            )));
+        if let Some(n) = rows_for_limit(
+            &format!("the targets file {what}"),
+            (targets.nrows(), "rows"),
+            m,
+            &self.to_string(),
+            options,
+        )? {
+            data = data.take(n);
         }
         if targets.ncols() == 0 {
             return Err(Error::Shape(format!("the targets ({what}) have no columns: give at least one value per row")));
         }
         if let Some(((r, c), v)) = targets.indexed_iter().find(|(_, v)| !v.is_finite()) {
             return Err(Error::Data(format!(
-                "the targets ({what}) hold {v} at row {r}, column {c}: every target must be a finite number"
+                "the targets ({what}) hold {} at row {r}, column {c}: every target must be a finite number",
+                crate::short_number(f64::from(*v))
             )));
         }
         data.description = format!("{}, {} targets per example from {what}", data.description, targets.ncols());
@@ -710,18 +724,15 @@ impl FromStr for TargetSource {
     type Err = Error;
 
     fn from_str(s: &str) -> Result<TargetSource> {
-        const FORMS: &str = "npy:FILE, csv:FILE or columns:SPEC (e.g. columns:33-64)";
+        const FORMS: &str = "npy:FILE, csv:FILE, a .npy or .csv file, or columns:SPEC (e.g. columns:33-64)";
         let s = s.trim();
-        let Some((kind, rest)) = s.split_once(':') else {
-            return Err(Error::Data(format!("unknown target source `{s}`: use {FORMS}")));
-        };
-        if rest.is_empty() {
-            return Err(Error::Data(format!("target source `{s}` is missing what follows the colon: use {FORMS}")));
-        }
-        match kind.to_ascii_lowercase().as_str() {
-            "npy" => Ok(TargetSource::Npy(rest.into())),
-            "csv" => Ok(TargetSource::Csv(rest.into())),
-            "columns" | "cols" => {
+        match s.split_once(':') {
+            Some((kind, rest)) if ["columns", "cols"].contains(&kind.to_ascii_lowercase().as_str()) => {
+                if rest.is_empty() {
+                    return Err(Error::Data(format!(
+                        "target source `{s}` is missing what follows the colon: use {FORMS}"
+                    )));
+                }
                 // The same syntax as the digits filter: numbers and ranges, no repeats.
                 let bad = || {
                     Error::Data(format!(
@@ -734,7 +745,11 @@ impl FromStr for TargetSource {
                 }
                 Ok(TargetSource::Columns(set.labels().iter().map(|&c| c - 1).collect()))
             }
-            _ => Err(Error::Data(format!("unknown target source `{kind}:` in `{s}`: use {FORMS}"))),
+            _ => match FileArg::parse(s, None) {
+                Ok(FileArg { format: FileFormat::Npy, path }) => Ok(TargetSource::Npy(path)),
+                Ok(FileArg { format: FileFormat::Csv, path }) => Ok(TargetSource::Csv(path)),
+                Err(_) => Err(Error::Data(format!("unknown target source `{s}`: use {FORMS}"))),
+            },
         }
     }
 }
@@ -749,14 +764,202 @@ impl fmt::Display for TargetSource {
     }
 }
 
+/// The format of a file a flag names ([`FileArg`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FileFormat {
+    /// A NumPy `.npy` array (plain or gzip).
+    Npy,
+    /// Numbers (or labels) as comma-separated text (plain or gzip).
+    Csv,
+}
+
+/// A file as every file-taking flag names it (`--data`, `--labels`, `--targets`,
+/// `--test-targets`, `cost --theta`, …), so that each takes the same forms: `npy:FILE`,
+/// `csv:FILE` (the prefix in any case), or a bare `FILE` whose extension says which (`.npy`,
+/// `.csv`, either followed by `.gz`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FileArg {
+    /// How to read the file.
+    pub format: FileFormat,
+    /// The file, as given (relative paths stay relative).
+    pub path: PathBuf,
+}
+
+impl FileArg {
+    /// Reads `text` as `npy:FILE`, `csv:FILE` or a bare FILE. A bare FILE whose extension is
+    /// neither `.npy` nor `.csv` (with or without `.gz`) takes `default` when given (a flag
+    /// that only reads one format), else is refused.
+    ///
+    /// Errors ([`Error::Data`], one line): an empty path, an unknown `kind:` prefix (two or
+    /// more letters before the colon; a single letter is a Windows drive), a bare file of
+    /// unknown extension without a default.
+    pub fn parse(text: &str, default: Option<FileFormat>) -> Result<FileArg> {
+        let text = text.trim();
+        if let Some((kind, rest)) = text.split_once(':') {
+            let format = match kind.to_ascii_lowercase().as_str() {
+                "npy" => Some(FileFormat::Npy),
+                "csv" => Some(FileFormat::Csv),
+                k if k.len() >= 2 && k.bytes().all(|b| b.is_ascii_alphabetic()) => {
+                    return Err(Error::Data(format!(
+                        "unknown file form `{kind}:` in `{text}`: write npy:FILE, csv:FILE or a .npy or .csv file"
+                    )));
+                }
+                _ => None,
+            };
+            if let Some(format) = format {
+                if rest.is_empty() {
+                    return Err(Error::Data(format!(
+                        "`{text}` names no file: write it after the colon, e.g. {kind}:PATH"
+                    )));
+                }
+                return Ok(FileArg { format, path: PathBuf::from(rest) });
+            }
+        }
+        if text.is_empty() {
+            return Err(Error::Data("an empty file name: name a .npy or .csv file".into()));
+        }
+        let lower = text.to_ascii_lowercase();
+        let stem = lower.strip_suffix(".gz").unwrap_or(&lower);
+        let format = if stem.ends_with(".npy") {
+            FileFormat::Npy
+        } else if stem.ends_with(".csv") {
+            FileFormat::Csv
+        } else if let Some(d) = default {
+            d
+        } else {
+            return Err(Error::Data(format!(
+                "cannot tell the format of `{text}` from its name: write npy:{text} or csv:{text}"
+            )));
+        };
+        Ok(FileArg { format, path: PathBuf::from(text) })
+    }
+
+    /// The same file with its path made absolute (a run stores its flags so for `--resume`).
+    pub fn absolute(&self) -> FileArg {
+        FileArg { format: self.format, path: std::path::absolute(&self.path).unwrap_or_else(|_| self.path.clone()) }
+    }
+}
+
+impl FromStr for FileArg {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<FileArg> {
+        FileArg::parse(s, None)
+    }
+}
+
+impl fmt::Display for FileArg {
+    /// `npy:PATH` or `csv:PATH`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let kind = if self.format == FileFormat::Npy { "npy" } else { "csv" };
+        write!(f, "{kind}:{}", self.path.display())
+    }
+}
+
+/// A source or file flag's text with any file or folder in it made absolute, for a run that
+/// stores its flags (`--resume` from another folder): `mnist:DIR`, `patches:DIR`, `text:FILE`
+/// and every [`FileArg`] form (a bare file becomes `npy:/abs/FILE` or `csv:/abs/FILE`);
+/// `synthetic`, `columns:SPEC` and anything unreadable as given.
+pub fn absolute_source(text: &str) -> String {
+    let absolute = |p: &str| std::path::absolute(p).map_or_else(|_| p.to_string(), |a| a.display().to_string());
+    if let Some((kind, path)) = text.split_once(':')
+        && ["mnist", "patches", "text"].contains(&kind.to_ascii_lowercase().as_str())
+    {
+        return format!("{kind}:{}", absolute(path));
+    }
+    if text.trim().eq_ignore_ascii_case("synthetic") {
+        return text.to_string();
+    }
+    match FileArg::parse(text, None) {
+        Ok(f) => f.absolute().to_string(),
+        Err(_) => text.to_string(),
+    }
+}
+
+/// The class labels in the file `flag_text` names as `--labels` takes it ([`FileArg`]: a
+/// `.npy` vector, or a CSV of one label per line), mapped to classes as
+/// [`encode_labels`] maps them. A CSV of labels has no header unless its labels are numbers
+/// (a first line with no number is then skipped).
+///
+/// Errors: as [`crate::npy::read_class_labels`] and [`csv::read_labels`]; an unknown form.
+pub fn read_label_file(flag_text: &Path) -> Result<ClassLabels> {
+    let file = FileArg::parse(&flag_text.to_string_lossy(), None)?;
+    match file.format {
+        FileFormat::Npy => crate::npy::read_class_labels(&file.path),
+        FileFormat::Csv => csv::read_labels(&file.path),
+    }
+}
+
+/// Class numbers 0..k−1 (not renamed: the label is the class) from the file `flag_text`
+/// names ([`FileArg`]), checked as [`crate::npy::read_labels`] checks them: for readers
+/// whose network's classes are the numbers themselves (`cost`, sequences).
+///
+/// Errors: as [`crate::npy::read_labels`]; a CSV label that is a name or below 0.
+pub fn read_class_numbers(flag_text: &Path) -> Result<Vec<usize>> {
+    let file = FileArg::parse(&flag_text.to_string_lossy(), None)?;
+    match file.format {
+        FileFormat::Npy => crate::npy::read_labels(&file.path),
+        FileFormat::Csv => {
+            let encoded = csv::read_labels(&file.path)?;
+            let numbers: Vec<usize> = encoded
+                .labels
+                .iter()
+                .map(|&l| {
+                    let name = &encoded.classes[l];
+                    name.parse::<usize>().ok().filter(|&n| n < MAX_CLASSES).ok_or_else(|| {
+                        Error::file(
+                            &file.path,
+                            format!("holds the label `{name}`: this command takes class numbers 0, 1, 2, … as labels"),
+                        )
+                    })
+                })
+                .collect::<Result<_>>()?;
+            check_labels(&numbers, &|i| format!("example {}", i + 1)).map_err(|m| Error::file(&file.path, m))?;
+            Ok(numbers)
+        }
+    }
+}
+
+/// The row count a per-example file (labels, targets) of `rows` rows must match: the source's
+/// `m` examples, or, with `--limit n` (and no digits filter, which would make the rows
+/// ambiguous), the `n` kept. Returns how many of the source's examples to keep before
+/// attaching the file: `Some(n)` when the file holds the first n only.
+///
+/// Errors ([`Error::Shape`], one line): any other count, naming `what` (the file) and both
+/// counts that would do.
+/// `unit` names a row of the file (`rows`, `labels`).
+fn rows_for_limit(
+    what: &str,
+    (rows, unit): (usize, &str),
+    m: usize,
+    source: &str,
+    options: &LoadOptions,
+) -> Result<Option<usize>> {
+    let limit = options.limit.filter(|_| options.digits.is_none());
+    match limit {
+        _ if rows == m => Ok(None),
+        None if options.limit.is_some() => Err(Error::Shape(format!(
+            "{what} has {rows} {unit} but {source} has {m} examples: give one row per example of the file; with --digits, --limit counts the examples kept by the filter, so a file of only the kept rows would be ambiguous"
+        ))),
+        Some(n) if n < m && rows == n => Ok(Some(n)),
+        Some(n) if n < m => Err(Error::Shape(format!(
+            "{what} has {rows} {unit} but {source} has {m} examples and --limit keeps {n}: give one row per example of the file ({m}) or per kept example ({n})"
+        ))),
+        _ => Err(Error::Shape(format!(
+            "{what} has {rows} {unit} but {source} has {m} examples: give one row per example"
+        ))),
+    }
+}
+
 /// (s, s) when n = s²: a guess that a row of n values is a square picture.
 fn square_shape(n: usize) -> Option<(usize, usize)> {
     let s = (n as f64).sqrt().round() as usize;
     (s > 1 && s * s == n).then_some((s, s))
 }
 
-fn load_npy(path: &Path, labels_path: Option<&Path>) -> Result<Dataset> {
-    let x = match crate::npy::read_matrix(path)? {
+fn load_npy(path: &Path, options: &LoadOptions) -> Result<Dataset> {
+    let labels_path = options.labels.as_deref();
+    let mut x = match crate::npy::read_matrix(path)? {
         crate::npy::Matrix::F32(x) => x,
         crate::npy::Matrix::F64(x) => narrow_to_f32(path, x)?,
     };
@@ -771,15 +974,11 @@ fn load_npy(path: &Path, labels_path: Option<&Path>) -> Result<Dataset> {
     }
     let labels = match labels_path {
         Some(lp) => {
-            let labels = crate::npy::read_class_labels(lp)?;
-            if labels.len() != x.nrows() {
-                return Err(Error::Data(format!(
-                    "{} has {} labels but {} has {} rows: give one label per example",
-                    lp.display(),
-                    labels.len(),
-                    path.display(),
-                    x.nrows()
-                )));
+            let labels = read_label_file(lp)?;
+            let what = format!("the labels file {}", lp.display());
+            let source = format!("npy:{}", path.display());
+            if let Some(n) = rows_for_limit(&what, (labels.len(), "labels"), x.nrows(), &source, options)? {
+                x = x.slice(ndarray::s![..n, ..]).to_owned();
             }
             Some(labels)
         }
@@ -1091,7 +1290,11 @@ mod tests {
         assert!(e.contains("names no directory"), "{e}");
         let e = "foo:bar".parse::<DataSource>().unwrap_err().to_string();
         assert!(e.contains("unknown data source") && e.contains("synthetic"), "{e}");
-        assert!("data.csv".parse::<DataSource>().is_err());
+        // A bare file: its extension says the format, as for every file flag (FileArg).
+        assert_eq!("data.csv".parse::<DataSource>().unwrap(), DataSource::Csv("data.csv".into()));
+        assert_eq!("d/x.NPY.gz".parse::<DataSource>().unwrap(), DataSource::Npy("d/x.NPY.gz".into()));
+        assert!("data.txt".parse::<DataSource>().is_err());
+        assert!("text:a.csv".parse::<DataSource>().is_err());
     }
 
     #[test]
@@ -1102,9 +1305,34 @@ mod tests {
         assert_eq!("columns:2,5-7".parse::<TargetSource>().unwrap(), TargetSource::Columns(vec![1, 4, 5, 6]));
         assert_eq!("npy:y.npy".parse::<TargetSource>().unwrap(), TargetSource::Npy("y.npy".into()));
         assert_eq!("CSV:y.csv".parse::<TargetSource>().unwrap().to_string(), "csv:y.csv");
-        for bad in ["columns:0", "columns:", "columns:a-b", "y.npy", "parquet:y.pq"] {
+        assert_eq!("y.npy".parse::<TargetSource>().unwrap(), TargetSource::Npy("y.npy".into()));
+        assert_eq!("y.csv.gz".parse::<TargetSource>().unwrap(), TargetSource::Csv("y.csv.gz".into()));
+        for bad in ["columns:0", "columns:", "columns:a-b", "y", "y.txt", "parquet:y.pq", "npy:"] {
             assert!(bad.parse::<TargetSource>().is_err(), "{bad:?} should be refused");
         }
+    }
+
+    #[test]
+    fn file_args_parse_one_way() {
+        let npy = |p: &str| FileArg { format: FileFormat::Npy, path: p.into() };
+        let csv = |p: &str| FileArg { format: FileFormat::Csv, path: p.into() };
+        assert_eq!("npy:y.npy".parse::<FileArg>().unwrap(), npy("y.npy"));
+        assert_eq!("NPY:y".parse::<FileArg>().unwrap(), npy("y"));
+        assert_eq!("y.npy".parse::<FileArg>().unwrap(), npy("y.npy"));
+        assert_eq!("csv:C:/y.txt".parse::<FileArg>().unwrap(), csv("C:/y.txt"));
+        assert_eq!("C:/y.csv".parse::<FileArg>().unwrap(), csv("C:/y.csv"));
+        assert_eq!("y.CSV.gz".parse::<FileArg>().unwrap(), csv("y.CSV.gz"));
+        assert_eq!(FileArg::parse("theta", Some(FileFormat::Npy)).unwrap(), npy("theta"));
+        for bad in ["y", "y.txt", "npy:", "parquet:y.pq", ""] {
+            assert!(bad.parse::<FileArg>().is_err(), "{bad:?} should be refused");
+        }
+        assert_eq!(npy("y.npy").to_string(), "npy:y.npy");
+        // Stored forms are absolute and parse back to the same file.
+        let stored = absolute_source("y.csv");
+        assert!(stored.starts_with("csv:/") && stored.ends_with("/y.csv"), "{stored}");
+        assert_eq!(absolute_source("columns:2-3"), "columns:2-3");
+        assert_eq!(absolute_source("synthetic"), "synthetic");
+        assert!(absolute_source("mnist:d").starts_with("mnist:/"));
     }
 
     #[test]

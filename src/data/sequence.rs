@@ -184,20 +184,43 @@ fn read_3d(path: &Path, what: &str, last: &str) -> Result<ndarray::Array3<f64>> 
 /// per-step real targets from `targets` (a float `.npy` of m × T × k). Refused as the module
 /// header says, each in one line naming the file.
 pub fn load_npy_sequences(path: &Path, labels: Option<&Path>, targets: Option<&Path>) -> Result<Sequences> {
+    load_npy_sequences_limited(path, labels, targets, None)
+}
+
+/// As [`load_npy_sequences`], keeping the first `limit` sequences (`--limit`) and their
+/// labels and targets alike: a labels or targets file holds one entry per sequence of the
+/// file, or exactly `limit` (then those of the kept sequences), as for every other source.
+pub fn load_npy_sequences_limited(
+    path: &Path,
+    labels: Option<&Path>,
+    targets: Option<&Path>,
+    limit: Option<usize>,
+) -> Result<Sequences> {
+    if limit == Some(0) {
+        return Err(Error::Data("a limit of 0 examples leaves nothing to train on: give at least 1".into()));
+    }
     let a = read_3d(path, "sequences", "features")?;
-    let (m, steps, features) = a.dim();
+    let (all, steps, features) = a.dim();
+    let kept = limit.map_or(all, |n| n.min(all));
+    let or_kept = if kept < all { format!(", or one per sequence --limit keeps ({kept})") } else { String::new() };
+    // A file of the kept sequences' entries only, or of every sequence's.
+    let fits = |count: usize| count == all || (count == kept && kept < all);
+    let a = a.slice_move(ndarray::s![..kept, .., ..]);
+    let m = kept;
     let shape = SequenceShape { steps, features };
     let labels = match labels {
         Some(lp) => {
-            let l = crate::npy::read_labels(lp)?;
-            if l.len() != m {
+            let mut l = super::read_class_numbers(lp)?;
+            let m = all;
+            if !fits(l.len()) {
                 return Err(Error::Data(format!(
-                    "{} has {} labels but {} has {m} sequences: give one label per sequence (a vector of {m})",
+                    "{} has {} labels but {} has {m} sequences: give one label per sequence (a vector of {m}){or_kept}",
                     lp.display(),
                     l.len(),
                     path.display()
                 )));
             }
+            l.truncate(kept);
             Some(l)
         }
         None => None,
@@ -206,14 +229,16 @@ pub fn load_npy_sequences(path: &Path, labels: Option<&Path>, targets: Option<&P
         Some(tp) => {
             let t = read_3d(tp, "per-step targets", "targets")?;
             let (tm, tt, k) = t.dim();
-            if (tm, tt) != (m, steps) {
+            if !fits(tm) || tt != steps {
+                let m = all;
                 return Err(Error::Shape(format!(
                     "{} holds targets for {tm} sequences of {tt} steps but {} has {m} sequences of {steps} steps: \
-                     give one row of targets per step, shape ({m}, {steps}, k)",
+                     give one row of targets per step, shape ({m}, {steps}, k){or_kept}",
                     tp.display(),
                     path.display()
                 )));
             }
+            let t = t.slice_move(ndarray::s![..kept, .., ..]);
             // Row-major first: a Fortran-order file (`np.asfortranarray`) reads as another layout.
             let t =
                 t.as_standard_layout().into_owned().into_shape_with_order((m, steps * k)).expect("row-major reshapes");

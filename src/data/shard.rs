@@ -70,7 +70,7 @@ pub fn load_shard(
         super::DataSource::Npy(path) => {
             let mut shard = npy_shard(path, rank, size)?;
             let Some(lp) = labels else { return Ok(Some((shard, None))) };
-            let l = crate::npy::read_class_labels(lp)?;
+            let l = super::read_label_file(lp)?;
             if l.len() != shard.total {
                 return Err(Error::Data(format!(
                     "{} has {} labels but {} has {} rows: give one label per example",

@@ -230,7 +230,13 @@ impl Estimator<SequenceClassifier> {
         interrupt: &AtomicBool,
     ) -> Result<Trained<PerStepRegressor>> {
         let x = x.sequences()?;
-        let y = y.sequences()?;
+        let y = y.view();
+        if y.is_empty() {
+            return Err(Error::Shape(format!(
+                "the per-step targets have shape {:?}: give at least one target per step, m × T × k with k ≥ 1",
+                y.shape()
+            )));
+        }
         let ((m, steps, _), (ym, ysteps, _)) = (x.dim(), y.dim());
         if (ym, ysteps) != (m, steps) {
             return Err(Error::Shape(format!(

@@ -82,6 +82,24 @@ impl NetSpec {
         self.net.as_ref().map_or(1, LayerStack::output_steps)
     }
 
+    /// What one example is, for messages about data of the wrong width: `12 values`, or for a
+    /// recurrent network `sequences of 4 steps of 3 values (T × n = 12 per example)`, or for a
+    /// network of images `1×28×28 images (784 values)`.
+    pub fn input_text(&self) -> String {
+        let n = self.inputs();
+        match &self.net {
+            Some(stack) if stack.layers.first().is_some_and(|l| l.is_recurrent()) => format!(
+                "sequences of {} steps of {} values (T × n = {n} per example)",
+                stack.input.height, stack.input.width
+            ),
+            Some(stack) if stack.input.height > 1 => {
+                let i = stack.input;
+                format!("{}×{}×{} images ({n} values)", i.channels, i.height, i.width)
+            }
+            _ => format!("{n} values"),
+        }
+    }
+
     /// True when the network has layers beyond dense (conv2d, pooling, maxout).
     pub fn has_layer_stack(&self) -> bool {
         self.net.is_some()

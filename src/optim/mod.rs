@@ -642,7 +642,8 @@ impl Run<'_, '_> {
 /// The error for a NaN or infinite cost or gradient at the starting θ.
 fn non_finite_start(cost: f64) -> Error {
     Error::Data(format!(
-        "the cost ({cost}) or its gradient is NaN or infinite at the initial θ: check the data for extreme values and the initial parameters"
+        "the cost ({}) or its gradient is NaN or infinite at the initial θ: check the data for extreme values and the initial parameters",
+        crate::short_number(cost)
     ))
 }
 
