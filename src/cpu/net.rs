@@ -205,6 +205,11 @@ pub fn bias_sigmoid_with_complement<F: Real>(z: &mut Array2<F>, b: ArrayView1<F>
 /// [`row_sweep`], with the same bits from both.
 fn pair_row<F: Real>(z: &mut [F], c: &mut [F], b: &[F]) {
     #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx512f") {
+        // SAFETY: the CPU has just been checked for AVX-512F.
+        return unsafe { pair_row_avx512(z, c, b) };
+    }
+    #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx2") {
         // SAFETY: the CPU has just been checked for AVX2.
         return unsafe { pair_row_avx2(z, c, b) };
@@ -225,6 +230,12 @@ fn pair_row_avx2<F: Real>(z: &mut [F], c: &mut [F], b: &[F]) {
     pair_row_plain(z, c, b)
 }
 
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+fn pair_row_avx512<F: Real>(z: &mut [F], c: &mut [F], b: &[F]) {
+    pair_row_plain(z, c, b)
+}
+
 /// Z ← f(Z + 1 bᵀ) in one sweep, rows split across cores.
 pub fn bias_activate<F: Real>(z: &mut Array2<F>, b: ArrayView1<F>, act: Activation) {
     // One loop per activation, so that each inner loop is straight-line code to vectorise.
@@ -242,10 +253,16 @@ pub fn bias_activate<F: Real>(z: &mut Array2<F>, b: ArrayView1<F>, act: Activati
     }
 }
 
-/// z ← f(z + b) along one row. Built twice on x86-64: for the baseline (SSE2, 4 lanes) and
-/// with AVX2 (8 lanes), picked at run time. Both do the same IEEE operations in the same
-/// order (no fused multiply-add), so the results are bit for bit the same on any machine.
+/// z ← f(z + b) along one row. Built three times on x86-64: for the baseline (SSE2, 4 lanes),
+/// with AVX2 (8 lanes) and with AVX-512F (16 lanes), picked at run time. All do the same IEEE
+/// operations in the same order (no fused multiply-add), so the results are bit for bit the
+/// same on any machine.
 fn row_sweep<F: Real>(z: &mut [F], b: &[F], f: impl Fn(F) -> F + Copy) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx512f") {
+        // SAFETY: the CPU has just been checked for AVX-512F.
+        return unsafe { row_sweep_avx512(z, b, f) };
+    }
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx2") {
         // SAFETY: the CPU has just been checked for AVX2.
@@ -267,6 +284,12 @@ fn row_sweep_avx2<F: Real>(z: &mut [F], b: &[F], f: impl Fn(F) -> F) {
     row_sweep_plain(z, b, f)
 }
 
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+fn row_sweep_avx512<F: Real>(z: &mut [F], b: &[F], f: impl Fn(F) -> F) {
+    row_sweep_plain(z, b, f)
+}
+
 /// Lanes of the running sums in [`error_row`]: independent accumulators, so the f64 sum is
 /// not one long dependency chain and vectorises; added in a fixed order at the end.
 const LANES: usize = 8;
@@ -275,6 +298,11 @@ const LANES: usize = 8;
 /// returning Σ (a − y)² in f64. Built for the baseline and for AVX2 like [`row_sweep`], with
 /// the same bits from both.
 fn error_row<F: Real>(d: &mut [F], y: &[F], fp: impl Fn(F) -> F + Copy) -> f64 {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx512f") {
+        // SAFETY: the CPU has just been checked for AVX-512F.
+        return unsafe { error_row_avx512(d, y, fp) };
+    }
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx2") {
         // SAFETY: the CPU has just been checked for AVX2.
@@ -322,6 +350,12 @@ fn squares_row<F: Real>(a: &[F], y: &[F]) -> f64 {
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
 fn error_row_avx2<F: Real>(d: &mut [F], y: &[F], fp: impl Fn(F) -> F) -> f64 {
+    error_row_plain(d, y, fp)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+fn error_row_avx512<F: Real>(d: &mut [F], y: &[F], fp: impl Fn(F) -> F) -> f64 {
     error_row_plain(d, y, fp)
 }
 
@@ -916,11 +950,11 @@ mod tests {
         }
     }
 
-    /// The AVX2 build of the sweep gives the same bits as the baseline build, for every
-    /// activation and both precisions, on a row long enough for vector loops and tails.
+    /// The AVX2 and AVX-512F builds of the sweeps give the same bits as the baseline build, for
+    /// every activation and both precisions, on a row long enough for vector loops and tails.
     #[test]
     #[cfg(target_arch = "x86_64")]
-    fn avx2_sweep_equals_the_baseline_bit_for_bit() {
+    fn wide_sweeps_equal_the_baseline_bit_for_bit() {
         if !std::arch::is_x86_feature_detected!("avx2") {
             eprintln!("this CPU has no AVX2: only the baseline sweep runs here");
             return;
@@ -937,6 +971,27 @@ mod tests {
                 unsafe { row_sweep_avx2(&mut wide, &b, f) };
                 let same = plain.iter().zip(&wide).all(|(p, w)| p.f64().to_bits() == w.f64().to_bits());
                 assert!(same, "{} {act:?}: the AVX2 sweep differs from the baseline", F::NAME);
+                if std::arch::is_x86_feature_detected!("avx512f") {
+                    let mut widest = z.clone();
+                    // SAFETY: AVX-512F was detected just above.
+                    unsafe { row_sweep_avx512(&mut widest, &b, f) };
+                    let same = plain.iter().zip(&widest).all(|(p, w)| p.f64().to_bits() == w.f64().to_bits());
+                    assert!(same, "{} {act:?}: the AVX-512 sweep differs from the baseline", F::NAME);
+                }
+            }
+            let (mut z_plain, mut c_plain) = (z.clone(), z.clone());
+            pair_row_plain(&mut z_plain, &mut c_plain, &b);
+            let bits = |v: &[F]| v.iter().map(|x| x.f64().to_bits()).collect::<Vec<_>>();
+            let (mut z_wide, mut c_wide) = (z.clone(), z.clone());
+            // SAFETY: AVX2 was detected above.
+            unsafe { pair_row_avx2(&mut z_wide, &mut c_wide, &b) };
+            assert_eq!((bits(&z_plain), bits(&c_plain)), (bits(&z_wide), bits(&c_wide)), "{} AVX2 pair sweep", F::NAME);
+            if std::arch::is_x86_feature_detected!("avx512f") {
+                let (mut z_wide, mut c_wide) = (z.clone(), z.clone());
+                // SAFETY: AVX-512F was detected just above.
+                unsafe { pair_row_avx512(&mut z_wide, &mut c_wide, &b) };
+                let same = (bits(&z_plain), bits(&c_plain)) == (bits(&z_wide), bits(&c_wide));
+                assert!(same, "{} AVX-512 pair sweep", F::NAME);
             }
         }
         check::<f32>();
@@ -952,6 +1007,15 @@ mod tests {
         assert_eq!(s_plain.to_bits(), s_wide.to_bits());
         assert_eq!(s_plain.to_bits(), squares_row(&a, &y).to_bits(), "cost without the delta sums differently");
         assert!(d_plain.iter().zip(&d_wide).all(|(p, w)| p.to_bits() == w.to_bits()));
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            let mut d_widest = a.clone();
+            // SAFETY: AVX-512F was detected just above.
+            let s_widest = unsafe { error_row_avx512(&mut d_widest, &y, fp) };
+            assert_eq!(s_plain.to_bits(), s_widest.to_bits(), "AVX-512 error sums");
+            assert!(d_plain.iter().zip(&d_widest).all(|(p, w)| p.to_bits() == w.to_bits()), "AVX-512 deltas");
+        } else {
+            eprintln!("this CPU has no AVX-512F: the AVX-512 builds were not compared");
+        }
         let direct: f64 = a.iter().zip(&y).map(|(&a, &y)| ((a - y) as f64).powi(2)).sum();
         assert!((s_plain - direct).abs() <= 1e-12 * direct, "lane sums {s_plain} vs in order {direct}");
     }

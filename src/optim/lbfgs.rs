@@ -9,7 +9,9 @@ use std::collections::VecDeque;
 use serde::{Deserialize, Serialize};
 
 use super::control::StopReason;
-use super::linalg::{axpy, axpy_dot, correction_pair, descends, dot, negate_dot, norm, norm_l1, scale_dot};
+use super::linalg::{
+    PairRestart, axpy, axpy_dot, correction_pair_restart, descends, dot, negate_dot, norm_l1, scale_dot,
+};
 use super::line_search::{LineSearch, LineSearchOutcome, Workspace};
 use super::{Iterated, Outcome, Point, Run};
 use crate::{Error, Result};
@@ -76,13 +78,27 @@ pub(super) struct State {
 /// The |θ|-long vectors an iteration needs besides the pairs — the direction, the line
 /// search's trial point and gradients, and a spare pair (the one dropped, or one whose
 /// curvature was refused) — kept so that no iteration asks the allocator for fresh ones
-/// (on a 308,000-value θ each is 2.4 MB, a page fault every 4 kB when fresh). Working
-/// memory only: not saved, and equal to any other (see [`State`]'s `PartialEq`).
+/// (on a 308,000-value θ each is 2.4 MB, a page fault every 4 kB when fresh), and the
+/// products the pass that ends an iteration computed for the next one. Working memory
+/// only: not saved, and equal to any other (see [`State`]'s `PartialEq`); a state without
+/// it (a resumed run) computes the same products again, with the same bits.
 #[derive(Clone, Debug, Default)]
 struct Work {
     d: Vec<f64>,
     line_search: Workspace,
     spare: Option<Pair>,
+    /// Set by the pass that ended the last iteration: `d` holds −∇J already.
+    started: Option<Started>,
+    /// yᵀy of the newest pair, from the pass that made it (`None`: not known, e.g. after
+    /// resuming).
+    newest_yy: Option<f64>,
+}
+
+/// What the pass that ended an iteration ([`correction_pair_restart`]) left for the next
+/// direction: `d` = −∇J, and (newest s)ᵀd when the newest pair is the one it made.
+#[derive(Clone, Copy, Debug)]
+struct Started {
+    s_dot_d: Option<f64>,
 }
 
 impl PartialEq for Work {
@@ -99,11 +115,15 @@ impl State {
     /// One iteration with its line search. Its vectors live on the host, so every evaluation
     /// sends θ to the backend and takes ∇J back: on a GPU, 2·|θ|·4 bytes (f32) per evaluation.
     pub(super) fn iterate(&mut self, m: &Lbfgs, run: &mut Run, theta: &mut [f64]) -> Result<Outcome> {
-        let Work { d, line_search, spare } = &mut self.work;
-        d.resize(theta.len(), 0.0);
+        let Work { d, line_search, spare, started, newest_yy } = &mut self.work;
+        if d.len() != theta.len() {
+            d.resize(theta.len(), 0.0);
+            *started = None;
+        }
         loop {
             let steepest = self.pairs.is_empty();
-            let slope = direction(&self.pairs, &self.point.grad, d);
+            let start = started.take();
+            let slope = direction(&self.pairs, &self.point.grad, d, start, *newest_yy);
             if !descends(slope) {
                 // Rounding can spoil H's positive definiteness: forget it and use −∇J.
                 if steepest {
@@ -128,8 +148,13 @@ impl State {
                 LineSearchOutcome::Accepted { alpha, .. } => {
                     self.point.cost = Some(cost);
                     let g_old = line_search.previous_grad();
-                    remember(&mut self.pairs, spare, m.memory, alpha, d, g_old, &self.point.grad);
-                    let it = Iterated { cost, grad_norm: norm(&self.point.grad), step_size: alpha };
+                    let (kept, r) = remember(&mut self.pairs, spare, m.memory, alpha, d, g_old, &self.point.grad);
+                    // d = −∇J now: the next iteration's direction starts from there.
+                    *started = Some(Started { s_dot_d: kept.then_some(r.sd) });
+                    if kept {
+                        *newest_yy = Some(r.yy);
+                    }
+                    let it = Iterated { cost, grad_norm: r.gg.sqrt(), step_size: alpha };
                     return Ok(Outcome::Iterated(it));
                 }
                 LineSearchOutcome::Failed { .. } if !steepest => self.pairs.clear(),
@@ -145,13 +170,30 @@ impl State {
 /// Returns the slope ∇Jᵀd. Each step's update of d and the next step's dot product share one
 /// pass over d ([`axpy_dot`], [`negate_dot`], [`scale_dot`]), the last update computing the
 /// slope: 2m + 1 passes over |θ|-long vectors instead of 4m + 3, with the bits of the
-/// separate passes.
-fn direction(pairs: &VecDeque<Pair>, grad: &[f64], d: &mut [f64]) -> f64 {
+/// separate passes. With `start`, d already holds −∇J and the first product may be known
+/// (the pass that ended the last iteration computed them); `newest_yy`, when known, is the
+/// newest pair's yᵀy. Either way the bits are those of the passes they replace.
+fn direction(
+    pairs: &VecDeque<Pair>,
+    grad: &[f64],
+    d: &mut [f64],
+    start: Option<Started>,
+    newest_yy: Option<f64>,
+) -> f64 {
     let n = pairs.len();
-    let Some(newest) = pairs.back() else { return negate_dot(grad, d, grad) };
+    let Some(newest) = pairs.back() else {
+        return match start {
+            Some(_) => dot(grad, d),
+            None => negate_dot(grad, d, grad),
+        };
+    };
     let mut alphas = vec![0.0; n];
     // Newest to oldest: αᵢ = ρᵢ sᵢᵀd, d ← d − αᵢ yᵢ.
-    let mut s_dot_d = negate_dot(grad, d, &newest.s);
+    let mut s_dot_d = match start {
+        Some(Started { s_dot_d: Some(sd) }) => sd,
+        Some(Started { s_dot_d: None }) => dot(&newest.s, d),
+        None => negate_dot(grad, d, &newest.s),
+    };
     for i in (0..n).rev() {
         let p = &pairs[i];
         alphas[i] = p.rho * s_dot_d;
@@ -161,7 +203,8 @@ fn direction(pairs: &VecDeque<Pair>, grad: &[f64], d: &mut [f64]) -> f64 {
             axpy(-alphas[i], &p.y, d);
         }
     }
-    let gamma = 1.0 / (newest.rho * dot(&newest.y, &newest.y));
+    let yy = newest_yy.unwrap_or_else(|| dot(&newest.y, &newest.y));
+    let gamma = 1.0 / (newest.rho * yy);
     // Oldest to newest: βᵢ = ρᵢ yᵢᵀd, d ← d + (αᵢ − βᵢ) sᵢ.
     let mut y_dot_d = scale_dot(gamma, d, &pairs[0].y);
     for i in 0..n {
@@ -177,30 +220,33 @@ fn direction(pairs: &VecDeque<Pair>, grad: &[f64], d: &mut [f64]) -> f64 {
 /// Adds the pair of the step just taken, dropping the oldest beyond `memory`; skips it
 /// when yᵀs ≤ ε yᵀy (no usable curvature, e.g. after a step accepted without the curvature
 /// condition), as scipy's L-BFGS-B does. The new pair is written into `spare`'s vectors when
-/// there is one, and the pair dropped (or refused) becomes the next spare.
+/// there is one, and the pair dropped (or refused) becomes the next spare. In the same pass
+/// d becomes −∇J (g_new), where the next two-loop recursion starts
+/// ([`correction_pair_restart`]). Returns whether the pair was kept, and the pass's products.
 fn remember(
     pairs: &mut VecDeque<Pair>,
     spare: &mut Option<Pair>,
     memory: usize,
     alpha: f64,
-    d: &[f64],
+    d: &mut [f64],
     g_old: &[f64],
     g_new: &[f64],
-) {
+) -> (bool, PairRestart) {
     let mut pair = spare.take().unwrap_or_else(|| Pair { s: Vec::new(), y: Vec::new(), rho: 0.0 });
     pair.s.resize(d.len(), 0.0);
     pair.y.resize(d.len(), 0.0);
-    let (ys, yy) = correction_pair(alpha, d, g_new, g_old, &mut pair.s, &mut pair.y);
-    let enough_curvature = ys > f64::EPSILON * yy;
+    let r = correction_pair_restart(alpha, d, g_new, g_old, &mut pair.s, &mut pair.y);
+    let enough_curvature = r.ys > f64::EPSILON * r.yy;
     if !enough_curvature {
         *spare = Some(pair);
-        return;
+        return (false, r);
     }
-    pair.rho = 1.0 / ys;
+    pair.rho = 1.0 / r.ys;
     while pairs.len() >= memory {
         *spare = pairs.pop_front();
     }
     pairs.push_back(pair);
+    (true, r)
 }
 
 #[cfg(test)]
@@ -249,13 +295,74 @@ mod tests {
                         Pair { s, y, rho }
                     })
                     .collect();
-                let mut d = vec![f64::NAN; n];
-                let slope = direction(&pairs, &grad, &mut d);
                 let (d_ref, slope_ref) = reference(&pairs, &grad);
-                assert!(d.iter().zip(&d_ref).all(|(a, b)| a.to_bits() == b.to_bits()), "d, n = {n}, m = {m}");
-                assert_eq!(slope.to_bits(), slope_ref.to_bits(), "∇Jᵀd, n = {n}, m = {m}");
-                assert!(slope < 0.0, "a descent direction");
+                // From scratch, and from d = −∇J with the first product and the newest yᵀy
+                // given (as the pass ending an iteration leaves them) or not (a refused pair).
+                let negated: Vec<f64> = grad.iter().map(|g| -g).collect();
+                let first = pairs.back().map(|p| dot(&p.s, &negated));
+                let yy = pairs.back().map(|p| dot(&p.y, &p.y));
+                let starts = [
+                    (vec![f64::NAN; n], None, None),
+                    (negated.clone(), Some(Started { s_dot_d: first }), yy),
+                    (negated.clone(), Some(Started { s_dot_d: None }), None),
+                ];
+                for (k, (mut d, start, yy)) in starts.into_iter().enumerate() {
+                    let slope = direction(&pairs, &grad, &mut d, start, yy);
+                    let same = d.iter().zip(&d_ref).all(|(a, b)| a.to_bits() == b.to_bits());
+                    assert!(same, "d, n = {n}, m = {m}, start {k}");
+                    assert_eq!(slope.to_bits(), slope_ref.to_bits(), "∇Jᵀd, n = {n}, m = {m}, start {k}");
+                    assert!(slope < 0.0, "a descent direction");
+                }
             }
+        }
+    }
+
+    /// The products one iteration hands the next (d = −∇J, sᵀd, yᵀy, ‖∇J‖) change no bit:
+    /// a run of one-iteration runs, each from the optimizer saved as JSON and read back
+    /// (which forgets them), ends on the θ and records of the uninterrupted run — on a θ
+    /// longer than a block (the threaded passes), on one thread and on three.
+    #[test]
+    fn handing_products_to_the_next_iteration_changes_no_bit() {
+        use crate::optim::{FnObjective, Hooks, Method, Optimizer, Stop};
+        let n = BLOCK + 5;
+        let (c, t) = (wave(n, 3), wave(n, 4));
+        // J = Σ (1 + cᵢ²/25)(xᵢ − tᵢ)² + (Σ xᵢ/n)⁴: a curved, coupled, bounded-below function.
+        let f = |x: &[f64], g: &mut [f64]| {
+            let mean = x.iter().sum::<f64>() / n as f64;
+            let mut j = mean.powi(4);
+            for i in 0..n {
+                let w = 1.0 + c[i] * c[i] / 25.0;
+                j += w * (x[i] - t[i]).powi(2);
+                g[i] = 2.0 * w * (x[i] - t[i]) + 4.0 * mean.powi(3) / n as f64;
+            }
+            j
+        };
+        let iterations = 8;
+        let stop =
+            |k| Stop { max_iterations: k, max_evaluations: None, grad_tol: 0.0, cost_tol: 0.0, ..Stop::FULL_BATCH };
+        for threads in [1, 3] {
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+            pool.install(|| {
+                let method = Method::Lbfgs(Lbfgs::default().with_memory(3));
+                let mut straight = vec![0.5; n];
+                let mut whole = Optimizer::new(method.clone()).unwrap();
+                whole.run(&mut FnObjective::new(n, f), &mut straight, &stop(iterations), &mut Hooks::new()).unwrap();
+                let mut stepped = vec![0.5; n];
+                let mut opt = Optimizer::new(method).unwrap();
+                for k in 1..=iterations {
+                    opt.run(&mut FnObjective::new(n, f), &mut stepped, &stop(k), &mut Hooks::new()).unwrap();
+                    opt = serde_json::from_str(&serde_json::to_string(&opt).unwrap()).unwrap();
+                }
+                assert_eq!(whole.iterations(), iterations);
+                assert!(straight.iter().zip(&stepped).all(|(a, b)| a.to_bits() == b.to_bits()), "θ, {threads} threads");
+                let key = |o: &Optimizer| {
+                    let r = &o.history().records;
+                    r.iter()
+                        .map(|r| (r.cost.to_bits(), r.grad_norm.to_bits(), r.step_size.to_bits(), r.evaluations))
+                        .collect::<Vec<_>>()
+                };
+                assert_eq!(key(&whole), key(&opt), "records, {threads} threads");
+            });
         }
     }
 
@@ -267,7 +374,13 @@ mod tests {
         let g_old = wave(n, 2);
         let g_new: Vec<f64> = g_old.iter().zip(&d).map(|(g, d)| g + 0.5 * d).collect();
         for k in 0..5 {
-            remember(&mut pairs, &mut spare, 2, 1.0 + k as f64, &d, &g_old, &g_new);
+            let mut d_k = d.clone();
+            let (kept, r) = remember(&mut pairs, &mut spare, 2, 1.0 + k as f64, &mut d_k, &g_old, &g_new);
+            assert!(kept);
+            assert!(d_k.iter().zip(&g_new).all(|(d, g)| d.to_bits() == (-g).to_bits()), "d ← −∇J");
+            let newest = pairs.back().unwrap();
+            assert_eq!(r.sd.to_bits(), dot(&newest.s, &d_k).to_bits());
+            assert_eq!(r.yy.to_bits(), dot(&newest.y, &newest.y).to_bits());
         }
         assert_eq!(pairs.len(), 2);
         let newest = pairs.back().unwrap();
@@ -276,7 +389,8 @@ mod tests {
         assert!(spare.is_some(), "the dropped pair is kept for the next one");
         // No curvature (y = 0): refused, its vectors kept as the spare, the pairs unchanged.
         let before = pairs.clone();
-        remember(&mut pairs, &mut spare, 2, 1.0, &d, &g_old, &g_old);
+        let (kept, _) = remember(&mut pairs, &mut spare, 2, 1.0, &mut d.clone(), &g_old, &g_old);
+        assert!(!kept);
         assert_eq!(pairs, before);
         assert!(spare.is_some());
     }

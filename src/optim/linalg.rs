@@ -38,8 +38,7 @@ fn block_sum(a: &[f64], b: &[f64], f: impl Fn(f64, f64) -> f64) -> f64 {
     for (j, (&x, &y)) in ta.iter().zip(tb).enumerate() {
         acc[j] += f(x, y);
     }
-    let quads = [acc[0] + acc[4], acc[1] + acc[5], acc[2] + acc[6], acc[3] + acc[7]];
-    (quads[0] + quads[2]) + (quads[1] + quads[3])
+    lane_tree(&acc)
 }
 
 /// Σ f(aᵢ, bᵢ): blocks in parallel, block sums added in block order.
@@ -91,11 +90,24 @@ pub fn axpy(alpha: f64, x: &[f64], y: &mut [f64]) {
 /// of `axpy` followed by `dot`.
 pub fn axpy_dot(alpha: f64, x: &[f64], y: &mut [f64], z: &[f64]) -> f64 {
     assert!(x.len() == y.len() && y.len() == z.len(), "vectors of different lengths");
+    // One loop per block: each yᵢ is updated and multiplied by zᵢ while in a register, fed to
+    // the LANES running sums in block_sum's order (the bits of axpy followed by dot).
     let run = |x: &[f64], y: &mut [f64], z: &[f64]| {
-        for (yi, &xi) in y.iter_mut().zip(x) {
-            *yi += alpha * xi;
+        let mut acc = [0.0f64; LANES];
+        let full = n_full(y.len());
+        for ((cx, cy), cz) in
+            x[..full].chunks_exact(LANES).zip(y[..full].chunks_exact_mut(LANES)).zip(z[..full].chunks_exact(LANES))
+        {
+            for j in 0..LANES {
+                cy[j] += alpha * cx[j];
+                acc[j] += cy[j] * cz[j];
+            }
         }
-        block_sum(y, z, |a, b| a * b)
+        for (j, ((yi, &xi), &zi)) in y[full..].iter_mut().zip(&x[full..]).zip(&z[full..]).enumerate() {
+            *yi += alpha * xi;
+            acc[j] += *yi * zi;
+        }
+        lane_tree(&acc)
     };
     if y.len() <= BLOCK {
         return run(x, y, z);
@@ -188,7 +200,9 @@ pub fn dot_if_finite(g: &[f64], d: &[f64]) -> Option<f64> {
 
 /// s ← αd and y ← g − g_old, then gives (yᵀs, yᵀy) — one pass over the five vectors, with
 /// the bits of the two element-wise formulas followed by [`dot`]`(y, s)` and [`dot`]`(y, y)`:
-/// an L-BFGS correction pair and the two products its curvature test needs.
+/// an L-BFGS correction pair and the two products its curvature test needs. The reference
+/// for [`correction_pair_restart`], which L-BFGS runs.
+#[cfg(test)]
 pub fn correction_pair(alpha: f64, d: &[f64], g: &[f64], g_old: &[f64], s: &mut [f64], y: &mut [f64]) -> (f64, f64) {
     let n = d.len();
     assert!(g.len() == n && g_old.len() == n && s.len() == n && y.len() == n, "vectors of different lengths");
@@ -214,6 +228,93 @@ pub fn correction_pair(alpha: f64, d: &[f64], g: &[f64], g_old: &[f64], s: &mut 
         .collect();
     let (ys, yy): (Vec<f64>, Vec<f64>) = sums.into_iter().unzip();
     (in_block_order(&ys), in_block_order(&yy))
+}
+
+/// What [`correction_pair_restart`] computes besides the vectors.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct PairRestart {
+    /// yᵀs, the new pair's curvature.
+    pub ys: f64,
+    /// yᵀy (the initial Hessian's scale γ = sᵀy/yᵀy needs it).
+    pub yy: f64,
+    /// sᵀd with d = −g: the first product of the next two-loop recursion, if the pair is kept.
+    pub sd: f64,
+    /// gᵀg = ‖g‖₂².
+    pub gg: f64,
+}
+
+/// The end of an L-BFGS iteration and the start of the next in one pass over the six
+/// vectors: the correction pair s ← αd and y ← g − g_old, then d ← −g (where the two-loop
+/// recursion starts). Gives (yᵀs, yᵀy, sᵀd, gᵀg) with the bits of `correction_pair` (s, y, yᵀs, yᵀy),
+/// then [`negate_dot`]`(g, d, s)` and [`dot`]`(g, g)`: every sum runs in the lanes and
+/// blocks of [`blocked_sum`], element by element in the same order, so only the number of
+/// passes changes (one instead of three).
+pub fn correction_pair_restart(
+    alpha: f64,
+    d: &mut [f64],
+    g: &[f64],
+    g_old: &[f64],
+    s: &mut [f64],
+    y: &mut [f64],
+) -> PairRestart {
+    let n = d.len();
+    assert!(g.len() == n && g_old.len() == n && s.len() == n && y.len() == n, "vectors of different lengths");
+    let run = |d: &mut [f64], g: &[f64], g_old: &[f64], s: &mut [f64], y: &mut [f64]| -> [f64; 4] {
+        // Four sets of LANES running sums, fed as block_sum feeds its one set.
+        let mut acc = [[0.0f64; LANES]; 4];
+        let mut step = |j: usize, d: &mut f64, g: f64, g_old: f64, s: &mut f64, y: &mut f64| {
+            *s = alpha * *d;
+            *y = g - g_old;
+            *d = -g;
+            acc[0][j] += *y * *s;
+            acc[1][j] += *y * *y;
+            acc[2][j] += *s * *d;
+            acc[3][j] += g * g;
+        };
+        let full = n_full(d.len());
+        for ((((cd, cg), cg_old), cs), cy) in d[..full]
+            .chunks_exact_mut(LANES)
+            .zip(g[..full].chunks_exact(LANES))
+            .zip(g_old[..full].chunks_exact(LANES))
+            .zip(s[..full].chunks_exact_mut(LANES))
+            .zip(y[..full].chunks_exact_mut(LANES))
+        {
+            for j in 0..LANES {
+                step(j, &mut cd[j], cg[j], cg_old[j], &mut cs[j], &mut cy[j]);
+            }
+        }
+        for j in 0..d.len() - full {
+            let i = full + j;
+            step(j, &mut d[i], g[i], g_old[i], &mut s[i], &mut y[i]);
+        }
+        acc.map(|a| lane_tree(&a))
+    };
+    if n <= BLOCK {
+        let [ys, yy, sd, gg] = run(d, g, g_old, s, y);
+        return PairRestart { ys, yy, sd, gg };
+    }
+    let sums: Vec<[f64; 4]> = d
+        .par_chunks_mut(BLOCK)
+        .zip(g.par_chunks(BLOCK))
+        .zip(g_old.par_chunks(BLOCK))
+        .zip(s.par_chunks_mut(BLOCK))
+        .zip(y.par_chunks_mut(BLOCK))
+        .map(|((((d, g), g_old), s), y)| run(d, g, g_old, s, y))
+        .collect();
+    let total = |k: usize| in_block_order(&sums.iter().map(|b| b[k]).collect::<Vec<_>>());
+    PairRestart { ys: total(0), yy: total(1), sd: total(2), gg: total(3) }
+}
+
+/// The values of a block that fill whole groups of [`LANES`].
+fn n_full(len: usize) -> usize {
+    len - len % LANES
+}
+
+/// The LANES running sums of a block added in [`block_sum`]'s fixed tree.
+#[inline]
+fn lane_tree(acc: &[f64; LANES]) -> f64 {
+    let quads = [acc[0] + acc[4], acc[1] + acc[5], acc[2] + acc[6], acc[3] + acc[7]];
+    (quads[0] + quads[2]) + (quads[1] + quads[3])
 }
 
 /// True when a directional derivative says the direction goes downhill (false for NaN).
@@ -324,6 +425,38 @@ mod tests {
                     assert_eq!((bits(&s), bits(&y)), (bits(&s_ref), bits(&y_ref)));
                     assert_eq!(ys.to_bits(), dot(&y_ref, &s_ref).to_bits(), "yᵀs, n = {n}");
                     assert_eq!(yy.to_bits(), dot(&y_ref, &y_ref).to_bits(), "yᵀy, n = {n}");
+                });
+            }
+        }
+    }
+
+    /// The pass that ends an L-BFGS iteration gives the bits of the three passes it replaces
+    /// (the correction pair with its two products, d ← −g with (s)ᵀd, ‖g‖²), at lengths
+    /// around the lane and block boundaries, on one thread and on three.
+    #[test]
+    fn the_correction_pair_restart_pass_is_the_separate_passes_bit_for_bit() {
+        let bits = |v: &[f64]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        let pools = [1, 3].map(|t| rayon::ThreadPoolBuilder::new().num_threads(t).build().unwrap());
+        for n in [1, 7, 9, BLOCK - 3, BLOCK, BLOCK + 1, 3 * BLOCK + 13] {
+            let (g, d0) = vectors(n);
+            let (g_old, _) = vectors(n + 5);
+            let g_old = &g_old[5..];
+            for pool in &pools {
+                pool.install(|| {
+                    let alpha = 0.73;
+                    let (mut s_ref, mut y_ref) = (vec![0.0; n], vec![0.0; n]);
+                    let (ys, yy) = correction_pair(alpha, &d0, &g, g_old, &mut s_ref, &mut y_ref);
+                    let mut d_ref = vec![f64::NAN; n];
+                    let sd = negate_dot(&g, &mut d_ref, &s_ref);
+                    let gg = dot(&g, &g);
+
+                    let mut d = d0.clone();
+                    let (mut s, mut y) = (vec![f64::NAN; n], vec![f64::NAN; n]);
+                    let r = correction_pair_restart(alpha, &mut d, &g, g_old, &mut s, &mut y);
+                    assert_eq!((bits(&s), bits(&y), bits(&d)), (bits(&s_ref), bits(&y_ref), bits(&d_ref)), "n = {n}");
+                    let got = [r.ys, r.yy, r.sd, r.gg].map(f64::to_bits);
+                    assert_eq!(got, [ys, yy, sd, gg].map(f64::to_bits), "yᵀs, yᵀy, sᵀd, gᵀg at n = {n}");
+                    assert_eq!(r.gg.sqrt().to_bits(), norm(&g).to_bits());
                 });
             }
         }
