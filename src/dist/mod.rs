@@ -24,6 +24,10 @@
 //! passes, `GpuBackend::evaluate_sharing_sparsity`): each hidden δᵢ carries the same sparsity
 //! term as in one process, so the weighted sum is exact.
 //!
+//! Minibatch training on GPU ranks keeps θ on each rank's device ([`DistBackend`]'s
+//! [`DeviceTraining`]): the gradient is cut out of the device step, summed here as above, and
+//! written back for the update; θ crosses the bus only at load, epoch ends and checkpoints.
+//!
 //! Faults: an error on one rank (a shard it cannot use, a θ its backend refuses) travels with
 //! the sums, so every rank returns the same error at the same collective, naming the rank.
 

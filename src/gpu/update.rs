@@ -24,14 +24,15 @@ pub const UPDATE_BLOCK: usize = 2048;
 
 /// How often θ and ∇J crossed the bus, counted by the GPU backend: θ uploads (one per
 /// evaluation on the host path, one per run on the device path), θ read-backs (device path:
-/// one per epoch and at a stop) and gradient read-backs (host path: one per evaluation).
+/// one per epoch and at a stop) and gradient read-backs (host path: one per evaluation; the
+/// device path of data-parallel ranks, `DeviceTraining::gradient_step`: one per step).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Transfers {
     /// Times θ was written to the device.
     pub theta_uploads: u64,
     /// Times θ was read back (device training).
     pub theta_readbacks: u64,
-    /// Times ∇J was read back (host path).
+    /// Times ∇J was read back (host path, and each rank's split step).
     pub grad_readbacks: u64,
 }
 
