@@ -22,8 +22,11 @@ struct UpdateParams {
     // 1 − β₁ and 1 − β₂, rounded once from f64: 1 − f32(0.999) is 1.3e-5 off 0.001.
     one_minus_beta1: f32,
     one_minus_beta2: f32,
-    _pad0: u32,
-    _pad1: u32,
+    // λW is added to ∇J over θ's first decay_len values (the weights): the split step of
+    // data-parallel training, whose ranks sum gradients without it. 0 in the one-process
+    // step, whose plan adds λW itself.
+    decay_len: u32,
+    decay: f32,
 }
 
 @group(0) @binding(0) var<storage, read> grad: array<f32>;
@@ -54,6 +57,13 @@ const BLOCK: u32 = 2048u;
 
 var<workgroup> scratch: array<f32, 256>;
 
+// ∇Jᵢ as the update sees it: + λθᵢ over the first decay_len values (exactly grad[i] when 0).
+fn gradient(i: u32) -> f32 {
+    var g = grad[i];
+    if (i < u.decay_len) { g += u.decay * theta[i]; }
+    return g;
+}
+
 // NaN or ±∞: all exponent bits set. (WGSL has no isnan; x != x may be optimised away.)
 fn is_finite(x: f32) -> bool {
     return (bitcast<u32>(x) & 0x7f800000u) != 0x7f800000u;
@@ -65,7 +75,7 @@ fn norm_partials(@builtin(local_invocation_index) lix: u32, @builtin(workgroup_i
     for (var k = 0u; k < PER_INVOCATION; k++) {
         let i = wid.x * BLOCK + k * GROUP + lix;
         if (i < u.len) {
-            let g = grad[i];
+            let g = gradient(i);
             s += g * g;
         }
     }
@@ -107,7 +117,7 @@ fn update(@builtin(local_invocation_index) lix: u32, @builtin(workgroup_id) wid:
 // θᵢ (and its moments) by the rule; θᵢ's old value kept in `before`.
 fn step(i: u32) {
     let eta = u.learning_rate;
-    let g = grad[i];
+    let g = gradient(i);
     let t = theta[i];
     before[i] = t;
     switch u.rule {

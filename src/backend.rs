@@ -349,4 +349,45 @@ pub trait DeviceTraining {
 
     /// Reads θ and the rule's moment vectors back (the step count stays the caller's).
     fn read(&mut self, theta: &mut [f64], update: &mut UpdateState) -> Result<()>;
+
+    /// Whether [`DeviceTraining::gradient_step`] and [`DeviceTraining::apply_update`] work: a
+    /// step cut at the gradient, so that data-parallel ranks can sum their gradients between
+    /// the two halves ([`crate::dist::DistBackend`]). False (the default) for a backend that
+    /// only steps whole.
+    fn splits_at_gradient(&self) -> bool {
+        false
+    }
+
+    /// The first half of a [`DeviceTraining::step`]: J's terms and ∇J on `batch` at the
+    /// device's θ (one submission), ∇J read back into `grad` (|θ| values, f64 of the device's
+    /// precision). θ does not move. The default refuses ([`DeviceTraining::splits_at_gradient`]).
+    fn gradient_step(&mut self, _batch: Batch<'_>, _grad: &mut [f64]) -> Result<Cost> {
+        Err(crate::Error::Data("this backend does not split its device step at the gradient".into()))
+    }
+
+    /// The second half: `grad` (|θ| values, e.g. the sum of every rank's gradient) becomes
+    /// the device's ∇J, plus λW over the weights when `weight_decay` λ ≠ 0 (MATH.md, "Cost
+    /// function"); then Σ W² at the device's θ, ‖∇J‖² and — only if `data_cost_finite`, Σ W²
+    /// and ‖∇J‖² are finite — one update with `scalars`, all in one submission. The default
+    /// refuses ([`DeviceTraining::splits_at_gradient`]).
+    fn apply_update(
+        &mut self,
+        _grad: &[f64],
+        _weight_decay: f64,
+        _data_cost_finite: bool,
+        _scalars: &UpdateScalars,
+    ) -> Result<AppliedUpdate> {
+        Err(crate::Error::Data("this backend does not split its device step at the gradient".into()))
+    }
+}
+
+/// What [`DeviceTraining::apply_update`] reports, as the device computed it.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct AppliedUpdate {
+    /// ‖∇J‖₂ of the gradient applied (λW included); NaN or infinite when it is not finite.
+    pub grad_norm: f64,
+    /// Σ W² over every weight at θ before the update (0 when λ = 0: not summed).
+    pub weight_squares: f64,
+    /// Whether θ moved (everything checked was finite).
+    pub stepped: bool,
 }

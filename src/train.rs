@@ -1490,18 +1490,33 @@ pub mod char_model {
         let vocab = net.spec.outputs();
         let starts = text::eval_starts(ids.len(), steps, "the held-out text")?;
         let mine = crate::dist::shard_rows(starts.len(), comm.size(), comm.rank());
-        let mut nats = 0.0;
-        for chunk in starts[mine].chunks(EVAL_CHUNK) {
-            let (x, next) = text::one_hot_windows(ids, chunk, steps, vocab)?;
-            let x = x.mapv(F::of_f32);
-            let (cost, _) = net.cost_and_grad(theta, x.view(), TargetView::Labels(&next), None, None)?;
-            nats += cost.data * chunk.len() as f64;
-        }
+        let score = || -> Result<f64> {
+            let mut nats = 0.0;
+            for chunk in starts[mine.clone()].chunks(EVAL_CHUNK) {
+                let (x, next) = text::one_hot_windows(ids, chunk, steps, vocab)?;
+                let x = x.mapv(F::of_f32);
+                let (cost, _) = net.cost_and_grad(theta, x.view(), TargetView::Labels(&next), None, None)?;
+                nats += cost.data * chunk.len() as f64;
+            }
+            Ok(nats)
+        };
+        let mut nats = score();
         if comm.size() > 1 {
-            let mut total = [0.0];
-            comm.sum_in_rank_order(&[nats], &mut total)?;
-            nats = total[0];
+            // Every rank reaches the sum, failed or not, so that none waits for another:
+            // [nats, failed].
+            let mine = match &nats {
+                Ok(v) => [*v, 0.0],
+                Err(_) => [0.0, 1.0],
+            };
+            let mut total = [0.0; 2];
+            comm.sum_in_rank_order(&mine, &mut total)?;
+            if total[1] > 0.0 {
+                let failure = nats.err().map(|e| e.to_string());
+                return Err(failed_on_a_rank_while(comm, "scoring the held-out text", failure));
+            }
+            nats = Ok(total[0]);
         }
+        let nats = nats?;
         let windows = starts.len();
         let scored = windows * steps;
         Ok(HeldOut {
@@ -1676,25 +1691,43 @@ pub mod char_model {
         let mut theta_f: Vec<F> = theta.iter().map(|&v| F::of(v)).collect();
         let mut grad = vec![F::zero(); theta.len()];
         let mut grad64 = vec![0.0; theta.len()];
-        // Over ranks: [weight · ∇J_r …, weight · J_r (data), weight · J_r (total)].
-        let mut local = vec![0.0; if size > 1 { theta.len() + 2 } else { 0 }];
+        // Over ranks: [weight · ∇J_r …, weight · J_r (data), weight · J_r (total), failed]: a
+        // rank that failed (its window, its evaluation, a cost or gradient not finite on its
+        // streams alone) says so in the same sum, so every rank stops at this update.
+        let mut local = vec![0.0; if size > 1 { theta.len() + 3 } else { 0 }];
         let mut summed = local.clone();
         for step in first..=job.steps {
             let k = (step - 1) % streams.len();
             if k == 0 && step > 1 {
                 state = net.zero_state::<F>(mine.len());
             }
-            let (x, next) = text::one_hot_windows(train, &streams.starts(k)[mine.clone()], steps, vocab)?;
-            let x = x.mapv(F::of_f32);
-            let (mut cost, carried) =
-                net.cost_and_grad(&theta_f, x.view(), TargetView::Labels(&next), Some(&state), Some(&mut grad))?;
+            let outcome =
+                text::one_hot_windows(train, &streams.starts(k)[mine.clone()], steps, vocab).and_then(|(x, next)| {
+                    let x = x.mapv(F::of_f32);
+                    net.cost_and_grad(&theta_f, x.view(), TargetView::Labels(&next), Some(&state), Some(&mut grad))
+                });
+            let failure = match (&outcome, size) {
+                (_, 1) => None,
+                (Err(e), _) => Some(e.to_string()),
+                (Ok((c, _)), _) if !(c.total().is_finite() && grad.iter().all(|g| g.f64().is_finite())) => {
+                    Some(format!(
+                        "the cost of its streams is {} and their gradient is not finite: training diverged; \
+                         try a smaller learning rate or --clip-norm",
+                        c.total()
+                    ))
+                }
+                _ => None,
+            };
+            let failed = failure.is_some();
+            let (mut cost, carried) = match outcome {
+                Ok(done) if !failed => done,
+                Err(e) if size == 1 => return Err(e),
+                // The failure travels with the sum below.
+                _ => (crate::backend::Cost::default(), state.clone()),
+            };
             state = carried;
-            if size == 1 {
-                full = state.clone();
-            } else {
-                gather_state(comm, &state, &mut full, mine.start)?;
-            }
             let grad_norm = if size == 1 {
+                full = state.clone();
                 let norm = match job.clip_norm {
                     Some(tau) => clip(&mut grad, tau)?,
                     None => grad.iter().map(|g| g.f64() * g.f64()).sum::<f64>().sqrt(),
@@ -1703,9 +1736,18 @@ pub mod char_model {
                 norm
             } else {
                 let n = theta.len();
-                local[..n].iter_mut().zip(&grad).for_each(|(d, g)| *d = weight * g.f64());
-                (local[n], local[n + 1]) = (weight * cost.data, weight * cost.total());
+                if failed {
+                    local.iter_mut().for_each(|v| *v = 0.0);
+                    local[n + 2] = 1.0;
+                } else {
+                    local[..n].iter_mut().zip(&grad).for_each(|(d, g)| *d = weight * g.f64());
+                    (local[n], local[n + 1], local[n + 2]) = (weight * cost.data, weight * cost.total(), 0.0);
+                }
                 comm.sum_in_rank_order(&local, &mut summed)?;
+                if summed[n + 2] > 0.0 {
+                    return Err(failed_on_a_rank(comm, step, failure));
+                }
+                gather_state(comm, &state, &mut full, mine.start)?;
                 grad64.copy_from_slice(&summed[..n]);
                 cost.data = summed[n];
                 cost.weight_decay = summed[n + 1] - summed[n];
@@ -1993,13 +2035,19 @@ pub mod char_model {
     /// the first failing rank's own message (`mine` on that rank), gathered from all.
     /// Collective.
     fn failed_on_a_rank(comm: &dyn crate::dist::Collective, step: usize, mine: Option<String>) -> Error {
+        failed_on_a_rank_while(comm, &format!("update {step}"), mine)
+    }
+
+    /// As [`failed_on_a_rank`], the line naming what the ranks were doing (`doing`, e.g.
+    /// "update 3" or "scoring the held-out text"). Collective.
+    fn failed_on_a_rank_while(comm: &dyn crate::dist::Collective, doing: &str, mine: Option<String>) -> Error {
         let all = match comm.all_gather_bytes(mine.unwrap_or_default().as_bytes()) {
             Ok(all) => all,
             Err(e) => return e,
         };
         match all.iter().enumerate().find(|(_, m)| !m.is_empty()) {
-            Some((r, m)) => Error::Data(format!("rank {r}, update {step}: {}", String::from_utf8_lossy(m))),
-            None => Error::Data(format!("update {step}: a rank failed without saying why")),
+            Some((r, m)) => Error::Data(format!("rank {r}, {doing}: {}", String::from_utf8_lossy(m))),
+            None => Error::Data(format!("{doing}: a rank failed without saying why")),
         }
     }
 

@@ -266,3 +266,139 @@ fn patches(m: usize) -> Problem {
         labels: None,
     }
 }
+
+/// Minibatch Adam with θ on every rank's device (`DistBackend`'s `DeviceTraining`: each rank's
+/// forward and backward pass in one submission, (J, ∇J) read back and summed in rank order,
+/// the sum written back, λW and the update in a second submission): an MLP with weight decay
+/// on 31 examples, batches of 8 (4 steps an epoch, the last of 7), 2 epochs = 8 Adam steps.
+/// θ and the epoch costs over N = 1, 2, 3 equal one GPU process's to f32 rounding; every rank
+/// holds the same θ; θ went up once and came back once an epoch, ∇J came back once a step
+/// (the device path ran); the same N twice gives the same bits; a run stopped after epoch 1
+/// on 2 ranks (its optimizer state serialised as in a checkpoint) resumes on 3 and on 1 to
+/// where the uninterrupted runs end.
+#[test]
+fn minibatch_adam_on_gpu_ranks_keeps_theta_on_the_device_and_equals_one_gpu_process() {
+    use wgnn::optim::{Minibatch, Stop};
+    if !have_gpu() {
+        return;
+    }
+    let m = 31;
+    let p = &problems(m)[2];
+    assert!(p.spec.weight_decay > 0.0 && p.spec.sparsity.is_none(), "{}", p.name);
+    let method = Method::Minibatch(Minibatch::adam(0.02).with_batch_size(8).with_seed(5));
+    const EPOCHS: usize = 2;
+    // θ after `epochs` epochs from `opt` (fresh or resumed) at θ = `theta`; the optimizer after.
+    let run = |backend: &mut dyn Backend, theta: &mut Vec<f64>, opt: Option<Optimizer>, epochs: usize| {
+        let mut opt = opt.unwrap_or_else(|| Optimizer::new(method.clone()).unwrap());
+        let stop = Stop::MINIBATCH.with_max_iterations(epochs);
+        opt.run(&mut BackendObjective::new(backend), theta, &stop, &mut Hooks::new()).unwrap();
+        opt
+    };
+    let transfers = |b: &DistBackend| {
+        b.shard_backend().as_any().and_then(|a| a.downcast_ref::<GpuBackend>()).expect("a GPU rank").transfers()
+    };
+    let mut one = one_gpu(p);
+    let mut one_theta = p.theta.clone();
+    let one_opt = run(&mut one, &mut one_theta, None, EPOCHS);
+    let one_costs = one_opt.history().costs();
+    assert!(relative_error(&one_theta, &p.theta) > 1e-2, "Adam did not move θ");
+    assert_eq!(one.transfers().grad_readbacks, 0, "one GPU process steps on its device");
+    let on = |n: usize| {
+        on_ranks(n, |g| {
+            let mut b = dist_gpu(p, g, false);
+            assert!(b.device_training().is_some(), "N = {n}: GPU ranks offer device training");
+            let mut theta = p.theta.clone();
+            let opt = run(&mut b, &mut theta, None, EPOCHS);
+            (theta, opt.history().costs(), transfers(&b), b.stats())
+        })
+    };
+    for n in [1, 2, 3] {
+        let results = on(n);
+        for (r, (theta, costs, moved, stats)) in results.iter().enumerate() {
+            let at = format!("N = {n}, rank {r}");
+            // f32 gradients summed in other groupings and λW added after the sum instead of in
+            // the matmul's epilogue: a rounding of ∇J apart, through 8 Adam steps.
+            let d = relative_error(theta, &one_theta);
+            if r == 0 {
+                println!("N = {n}: θ after 8 Adam steps vs one GPU process: {d:.2e} relative");
+            }
+            assert!(d < 1e-6, "{at}: θ after 8 steps differs from one GPU process's by {d:e}");
+            let dc = relative_error(costs, &one_costs);
+            assert!(dc < 1e-6, "{at}: epoch costs {costs:?} vs one GPU process {one_costs:?}");
+            assert!(theta == &results[0].0, "{at}: the ranks hold other θ");
+            assert!(costs == &results[0].1, "{at}: the ranks saw other costs");
+            // θ up once, back once an epoch; ∇J back at each of the 8 steps where the rank
+            // holds rows of the batch (8 rows of 31 shared by ≤ 3 ranks: every rank, nearly).
+            assert_eq!(moved.theta_uploads, 1, "{at}: θ went up {} times", moved.theta_uploads);
+            assert_eq!(moved.theta_readbacks, EPOCHS as u64, "{at}: θ came back {} times", moved.theta_readbacks);
+            assert!((1..=8).contains(&moved.grad_readbacks), "{at}: ∇J came back {} times", moved.grad_readbacks);
+            // Per step a sum of |θ| + 4 values and the update's agreement (1 value); per
+            // load and read an agreement.
+            let per_rank = |values: usize| match (n, r) {
+                (1, _) => 0,
+                (_, 0) => 2 * (n - 1) * 8 * values,
+                _ => 2 * 8 * values,
+            };
+            let len = p.theta.len();
+            assert_eq!(stats.bytes, 8 * (per_rank(len + 4) + per_rank(1)) + 3 * per_rank(1), "{at}: bytes summed");
+            let bus = moved.grad_readbacks as usize * (4 * len + 16) + 8 * (4 * len + 32);
+            assert_eq!(stats.device_bytes, bus, "{at}: bytes across the bus");
+        }
+        let again = on(n);
+        for (r, (first, second)) in results.iter().zip(&again).enumerate() {
+            let bits = |t: &[f64]| t.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+            assert!(bits(&first.0) == bits(&second.0), "N = {n}, rank {r}: another run, other bits");
+        }
+    }
+    // Stopped after epoch 1 on 2 ranks, its optimizer saved as a checkpoint saves it.
+    let stopped = on_ranks(2, |g| {
+        let mut b = dist_gpu(p, g, false);
+        let mut theta = p.theta.clone();
+        let opt = run(&mut b, &mut theta, None, 1);
+        (theta, serde_json::to_string(&opt).unwrap())
+    });
+    assert!(stopped[0].0 == stopped[1].0, "the ranks stopped at other θ");
+    for to in [3, 1] {
+        let resumed = on_ranks(to, |g| {
+            let mut b = dist_gpu(p, g, false);
+            let mut theta = stopped[0].0.clone();
+            let opt: Optimizer = serde_json::from_str(&stopped[0].1).unwrap();
+            let opt = run(&mut b, &mut theta, Some(opt), EPOCHS);
+            assert_eq!(transfers(&b).theta_uploads, 1, "resumed on {to}: θ loaded once");
+            (theta, opt.history().costs())
+        });
+        let d = relative_error(&resumed[0].0, &one_theta);
+        assert!(d < 1e-6, "1 epoch on 2 ranks + 1 on {to}: θ differs from one GPU run's by {d:e}");
+        assert!(resumed.iter().all(|r| r.0 == resumed[0].0), "resumed on {to}: the ranks hold other θ");
+        assert_eq!(resumed[0].1.len(), EPOCHS, "resumed on {to}: the history holds both epochs");
+    }
+}
+
+/// A GPU rank that cannot keep θ on its device (device training off on one rank's backend)
+/// does not leave the others waiting: the ranks that can load θ, the one that cannot fails,
+/// and every rank returns the same error at the load, naming it.
+#[test]
+fn a_gpu_rank_that_fails_to_load_theta_fails_every_rank_at_the_load() {
+    use wgnn::backend::DeviceTraining;
+    use wgnn::optim::UpdateRule;
+    use wgnn::optim::UpdateState;
+    if !have_gpu() {
+        return;
+    }
+    let p = &problems(12)[1];
+    let errors = on_ranks(3, |g| {
+        let rank = g.rank();
+        let mut b = dist_gpu(p, g, false);
+        let state = UpdateState::new(UpdateRule::ADAM, p.theta.len());
+        // Rank 2's θ has one value too many: its device refuses it, the others load theirs.
+        let mut theta = p.theta.clone();
+        if rank == 2 {
+            theta.push(0.0);
+        }
+        let device: &mut dyn DeviceTraining = b.device_training().expect("device training");
+        device.load(&theta, &state).unwrap_err().to_string()
+    });
+    for (r, e) in errors.iter().enumerate() {
+        assert!(e.starts_with("rank 2: ") && e.contains("θ has"), "rank {r}: {e}");
+    }
+}

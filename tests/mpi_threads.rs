@@ -448,3 +448,62 @@ fn under_a_launcher_what_cannot_run_as_ranks_is_refused_in_one_line() {
         .unwrap();
     assert!(!String::from_utf8_lossy(&o.stderr).contains("MPI"), "{o:?}");
 }
+
+/// A character model's rank that fails alone mid-run — its streams of update 3 hold a
+/// character outside the vocabulary (a corrupt stretch of text only it reads), or its part of
+/// the held-out text does — makes every rank stop at that same update with one line naming
+/// it, through the sum every rank reaches anyway (no rank waits for a sum that never comes:
+/// with threads as ranks that wait would hang this test). Alone, the same text gives the
+/// error as it is.
+#[test]
+fn a_character_model_rank_failing_alone_stops_every_rank_at_the_same_update() {
+    use wgnn::cpu::sequence::Recurrent;
+    use wgnn::data::text::StreamBatches;
+    use wgnn::model::Layer;
+    use wgnn::optim::{Control, UpdateRule};
+    use wgnn::train::char_model::{self, Job};
+    let vocab = 5;
+    let ids: Vec<u32> = (0..900u32).map(|i| (i * 7 + i / 5) % vocab as u32).collect();
+    let (train_ids, held) = ids.split_at(800);
+    let spec = char_model::spec(vocab, 6, vec![Layer::Lstm { units: 7, per_step: true }]).unwrap();
+    let net = Recurrent::new(spec.clone()).unwrap();
+    let job =
+        Job { batch: 5, rule: UpdateRule::ADAM, learning_rate: 1e-2, clip_norm: Some(1.0), steps: 8, eval_every: 4 };
+    let theta0 = wgnn::model::Init::Uniform.theta(&spec, 3);
+    // Stream 4 (the last rank's, for N = 2 and 3) reads position s + 1 in update 3 alone.
+    let s = StreamBatches::new(train_ids.len(), job.batch, 6).unwrap().starts(2)[4];
+    let mut bad_train = train_ids.to_vec();
+    bad_train[s + 1] = 99;
+    // The last held-out window (90..96) is the last rank's.
+    let mut bad_held = held.to_vec();
+    bad_held[95] = 99;
+    // (error, updates this rank's on_step saw) on every rank.
+    let run = |comm: &dyn wgnn::dist::Collective, train: &[u32], held: &[u32]| {
+        let mut theta = theta0.clone();
+        let mut seen = Vec::new();
+        let e = char_model::train_on_ranks::<f64>(&net, &mut theta, train, held, &job, comm, &mut |s| {
+            seen.push(s.step);
+            Control::Continue
+        })
+        .unwrap_err()
+        .to_string();
+        (e, seen)
+    };
+    let (alone, seen) = run(&wgnn::dist::Solo, &bad_train, held);
+    assert_eq!(alone, "character id 99 is outside a vocabulary of 5", "alone");
+    assert_eq!(seen, [1, 2], "alone: two updates before the bad window");
+    for n in [2, 3] {
+        let last = n - 1;
+        for (train, held, doing, before) in [
+            (&bad_train[..], held, "update 3".to_string(), vec![1, 2]),
+            (train_ids, &bad_held[..], "scoring the held-out text".to_string(), vec![1, 2, 3]),
+        ] {
+            let results = on_ranks(n, |g| run(&g, train, held));
+            for (r, (e, seen)) in results.iter().enumerate() {
+                let want = format!("rank {last}, {doing}: character id 99 is outside a vocabulary of 5");
+                assert_eq!(e, &want, "N = {n}, rank {r}");
+                assert_eq!(seen, &before, "N = {n}, rank {r}: the updates completed before the stop");
+            }
+        }
+    }
+}

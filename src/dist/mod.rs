@@ -24,6 +24,10 @@
 //! passes, `GpuBackend::evaluate_sharing_sparsity`): each hidden δᵢ carries the same sparsity
 //! term as in one process, so the weighted sum is exact.
 //!
+//! Minibatch training on GPU ranks keeps θ on each rank's device ([`DistBackend`]'s
+//! [`DeviceTraining`]): the gradient is cut out of the device step, summed here as above, and
+//! written back for the update; θ crosses the bus only at load, epoch ends and checkpoints.
+//!
 //! Faults: an error on one rank (a shard it cannot use, a θ its backend refuses) travels with
 //! the sums, so every rank returns the same error at the same collective, naming the rank.
 
@@ -210,6 +214,12 @@ impl Collective for Solo {
 pub trait ShardBackend {
     /// The backend itself, for the evaluations every backend answers.
     fn backend(&mut self) -> &mut dyn Backend;
+    /// The backend as [`std::any::Any`], for callers that know its type (tests reading a GPU
+    /// backend's transfer counters through [`DistBackend::shard_backend`]); `None` (the
+    /// default) when it does not say.
+    fn as_any(&self) -> Option<&dyn std::any::Any> {
+        None
+    }
     /// Whether [`ShardBackend::sparsity_sums`] and [`ShardBackend::set_sparsity_means`] work.
     fn shares_sparsity(&self) -> bool {
         false
@@ -299,6 +309,12 @@ pub struct CommStats {
     pub comm_seconds: f64,
     /// Bytes this rank sent and received in the sums ([`Collective::sum_traffic`]).
     pub bytes: usize,
+    /// Bytes between host and device memory for the sums on the device path
+    /// ([`DistBackend`]'s [`DeviceTraining`]; MPI here is not GPU-aware, so ∇J goes through
+    /// host memory): per step 4·|θ| + 16 read back (∇J and J's terms, by a rank holding rows
+    /// of the batch), then 4·|θ| + 16 written (the summed ∇J, the cost terms) and 16 read
+    /// (Σ W², ‖∇J‖²). θ itself crosses only at load and read.
+    pub device_bytes: usize,
 }
 
 /// A batch of the global examples as this rank's backend sees it.
@@ -432,6 +448,32 @@ impl DistBackend {
         self.stats
     }
 
+    /// This rank's own backend.
+    pub fn shard_backend(&self) -> &dyn ShardBackend {
+        &*self.inner
+    }
+
+    /// This rank's device trainer, when its backend splits a step at the gradient and the
+    /// network has no KL sparsity ([`Backend::device_training`] of [`DistBackend`]).
+    fn split_device(&mut self) -> Option<&mut dyn DeviceTraining> {
+        if self.spec.sparsity.is_some() {
+            return None;
+        }
+        self.inner.backend().device_training().filter(|d| d.splits_at_gradient())
+    }
+
+    /// `local` (this rank's outcome of a step every rank takes) on every rank once all agree
+    /// it went well; otherwise the same error on every rank, naming the first rank that
+    /// failed. Collective: one value summed.
+    fn agree<T>(&mut self, local: Result<T>) -> Result<T> {
+        let failed = local.as_ref().err().map(|e| e.to_string());
+        let sum = self.reduce(&[f64::from(u8::from(failed.is_some()))])?;
+        if sum[0] > 0.0 {
+            return Err(self.fail_together(failed));
+        }
+        local
+    }
+
     /// Sums `local` over the ranks (timed, counted).
     fn reduce(&mut self, local: &[f64]) -> Result<Vec<f64>> {
         let t = Instant::now();
@@ -483,9 +525,15 @@ impl DistBackend {
         Ok((local, count, total))
     }
 
-    /// J (and ∇J into `grad`) on `batch`, summed over the ranks (module docs).
-    fn evaluate(&mut self, theta: &[f64], batch: Batch<'_>, grad: Option<&mut [f64]>) -> Result<Cost> {
-        crate::backend::check_theta_len(&self.spec, theta.len())?;
+    /// J (and ∇J into `grad`) on `batch`, summed over the ranks (module docs), at `theta`; or,
+    /// with `theta` `None`, at the θ on this rank's device ([`DeviceTraining::gradient_step`],
+    /// `grad` required), then without weight decay: the caller adds it where θ is.
+    fn evaluate(&mut self, theta: Option<&[f64]>, batch: Batch<'_>, grad: Option<&mut [f64]>) -> Result<Cost> {
+        if let Some(theta) = theta {
+            crate::backend::check_theta_len(&self.spec, theta.len())?;
+        } else if grad.is_none() || self.spec.sparsity.is_some() {
+            return Err(Error::Data("a step at the device's θ needs the gradient and no KL sparsity".into()));
+        }
         let n = self.layout.len();
         if let Some(g) = &grad
             && g.len() != n
@@ -519,6 +567,7 @@ impl DistBackend {
             let cost = match local.batch() {
                 Some(b) => {
                     let g = if grad.is_some() { Some(&mut v[..n]) } else { None };
+                    let theta = theta.expect("checked above: sparsity evaluates at a given θ");
                     self.inner.evaluate_sharing_sparsity(theta, b, g, &mut share)
                 }
                 // No rows of this batch here: nothing to add to the sums, nothing to evaluate.
@@ -537,9 +586,16 @@ impl DistBackend {
         } else {
             local.batch().map(|b| {
                 let backend = self.inner.backend();
-                match grad.is_some() {
-                    true => backend.cost_and_grad(theta, b, &mut v[..n]),
-                    false => backend.cost(theta, b),
+                match (theta, grad.is_some()) {
+                    (Some(theta), true) => backend.cost_and_grad(theta, b, &mut v[..n]),
+                    (Some(theta), false) => backend.cost(theta, b),
+                    (None, _) => {
+                        self.stats.device_bytes += 4 * n + 16;
+                        match backend.device_training() {
+                            Some(device) => device.gradient_step(b, &mut v[..n]),
+                            None => Err(Error::Data("this rank's backend does not keep θ on a device".into())),
+                        }
+                    }
                 }
             })
         };
@@ -566,6 +622,13 @@ impl DistBackend {
         {
             agreed.store(true, Ordering::SeqCst);
         }
+        let Some(theta) = theta else {
+            // On the device: the caller adds the decay there (DeviceTraining::apply_update).
+            if let Some(grad) = grad {
+                grad.copy_from_slice(&sum[..n]);
+            }
+            return Ok(Cost { data: sum[g_len], weight_decay: 0.0, sparsity: sum[g_len + 1] });
+        };
         // Weight decay once, in f64, after the sum: (λ/2)‖W‖² and λW.
         let (lambda, weights) = (self.spec.weight_decay, self.layout.all_weights());
         let weight_decay =
@@ -843,12 +906,12 @@ impl Backend for DistBackend {
     }
 
     fn cost_and_grad(&mut self, theta: &[f64], batch: Batch<'_>, grad: &mut [f64]) -> Result<Cost> {
-        self.evaluate(theta, batch, Some(grad))
+        self.evaluate(Some(theta), batch, Some(grad))
     }
 
     fn cost(&mut self, theta: &[f64], batch: Batch<'_>) -> Result<Cost> {
         let name = self.inner_name.clone();
-        self.evaluate(theta, batch, None)?.finite(&name)
+        self.evaluate(Some(theta), batch, None)?.finite(&name)
     }
 
     fn forward(&mut self, theta: &[f64], x: Inputs<'_>) -> Result<Vec<Array2<f64>>> {
@@ -867,8 +930,12 @@ impl Backend for DistBackend {
         self.inner.backend().release_buffers()
     }
 
+    /// This rank's own backend keeps θ on its device ([`DistBackend`]'s [`DeviceTraining`])
+    /// when it can split its step at the gradient ([`DeviceTraining::splits_at_gradient`]: the
+    /// GPU backend) and the network has no KL sparsity (ρ̂ is shared between the passes of a
+    /// host evaluation only); otherwise `None`, and the optimizer updates θ on the host.
     fn device_training(&mut self) -> Option<&mut dyn DeviceTraining> {
-        None
+        if self.split_device().is_some() { Some(self) } else { None }
     }
 
     /// Sums `local` over the ranks when this rank was given its shard alone
@@ -921,4 +988,58 @@ pub fn agree_to_start(
 /// build), for [`agree_to_start`].
 pub fn fingerprint_of(text: &str) -> u64 {
     fingerprint(text)
+}
+
+/// Minibatch training with θ and the rule's moments on every rank's device (the GPU backend's
+/// split step, [`DeviceTraining::gradient_step`] and [`DeviceTraining::apply_update`]): each
+/// rank loads the same θ once; per step it evaluates its rows of the batch on its device (one
+/// submission) and reads back its (J, ∇J); the ranks sum them in rank order with the weights
+/// of the host path ([`DistBackend`]'s `cost_and_grad`: the same bits), each writes the sum
+/// back as its device's ∇J, and the update (λW, ‖∇J‖², the rule) runs there (a second
+/// submission). Every rank then holds the same θ: the same summed numbers, the same kernels.
+/// The cost, the gradient norm and whether a step was taken are the same on every rank, so
+/// divergence and early stopping agree. MPI here is not GPU-aware: ∇J goes through host
+/// memory, counted in [`CommStats::device_bytes`]. Every call is collective; a rank's failure
+/// is every rank's error at the same step, naming the rank.
+impl DeviceTraining for DistBackend {
+    fn load(&mut self, theta: &[f64], update: &crate::update::UpdateState) -> Result<()> {
+        let loaded = match self.split_device() {
+            Some(device) => device.load(theta, update),
+            None => Err(Error::Data("this rank's backend does not keep θ on a device".into())),
+        };
+        self.agree(loaded)
+    }
+
+    fn step(&mut self, batch: Batch<'_>, scalars: &crate::update::UpdateScalars) -> Result<crate::backend::DeviceStep> {
+        let n = self.layout.len();
+        let mut grad = vec![0.0; n];
+        let cost = self.evaluate(None, batch, Some(&mut grad))?;
+        let lambda = self.spec.weight_decay;
+        let t = Instant::now();
+        let applied = match self.split_device() {
+            Some(device) => device.apply_update(&grad, lambda, cost.data.is_finite(), scalars),
+            None => Err(Error::Data("this rank's backend does not keep θ on a device".into())),
+        };
+        self.stats.compute_seconds += t.elapsed().as_secs_f64();
+        self.stats.device_bytes += 4 * n + 32;
+        let applied = self.agree(applied)?;
+        let weight_decay = if lambda == 0.0 { 0.0 } else { 0.5 * lambda * applied.weight_squares };
+        Ok(crate::backend::DeviceStep { cost: cost.data + cost.sparsity + weight_decay, grad_norm: applied.grad_norm })
+    }
+
+    fn roll_back(&mut self) -> Result<bool> {
+        let rolled = match self.split_device() {
+            Some(device) => device.roll_back(),
+            None => Err(Error::Data("this rank's backend does not keep θ on a device".into())),
+        };
+        self.agree(rolled)
+    }
+
+    fn read(&mut self, theta: &mut [f64], update: &mut crate::update::UpdateState) -> Result<()> {
+        let read = match self.split_device() {
+            Some(device) => device.read(theta, update),
+            None => Err(Error::Data("this rank's backend does not keep θ on a device".into())),
+        };
+        self.agree(read)
+    }
 }

@@ -24,14 +24,15 @@ pub const UPDATE_BLOCK: usize = 2048;
 
 /// How often θ and ∇J crossed the bus, counted by the GPU backend: θ uploads (one per
 /// evaluation on the host path, one per run on the device path), θ read-backs (device path:
-/// one per epoch and at a stop) and gradient read-backs (host path: one per evaluation).
+/// one per epoch and at a stop) and gradient read-backs (host path: one per evaluation; the
+/// device path of data-parallel ranks, `DeviceTraining::gradient_step`: one per step).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Transfers {
     /// Times θ was written to the device.
     pub theta_uploads: u64,
     /// Times θ was read back (device training).
     pub theta_readbacks: u64,
-    /// Times ∇J was read back (host path).
+    /// Times ∇J was read back (host path, and each rank's split step).
     pub grad_readbacks: u64,
 }
 
@@ -52,7 +53,11 @@ struct UpdateParams {
     bias_correction2: f32,
     one_minus_beta1: f32,
     one_minus_beta2: f32,
-    _pad: [u32; 2],
+    /// λW is added to ∇J over θ's first `decay_len` values (the weights): the split step
+    /// of data-parallel training (`training.rs`); 0 in the one-process step, whose plan
+    /// adds λW itself.
+    decay_len: u32,
+    decay: f32,
 }
 
 /// `rule`'s code in update.wgsl.
@@ -103,6 +108,8 @@ pub struct DeviceUpdate {
     bind_group: wgpu::BindGroup,
     blocks: u32,
     check_sparsity: bool,
+    /// (λ, weights): λW added to ∇J in the kernels ([`DeviceUpdate::set_decay`]).
+    decay: (f32, u32),
     /// `before` holds θ before the latest update (none since the last load).
     has_before: bool,
 }
@@ -152,6 +159,7 @@ impl DeviceUpdate {
             bind_group,
             blocks,
             check_sparsity,
+            decay: (0.0, 0),
             has_before: false,
         })
     }
@@ -194,9 +202,17 @@ impl DeviceUpdate {
             bias_correction2: s.bias_correction2 as f32,
             one_minus_beta1: (1.0 - s.beta1) as f32,
             one_minus_beta2: (1.0 - s.beta2) as f32,
-            _pad: [0; 2],
+            decay_len: self.decay.1,
+            decay: self.decay.0,
         };
         queue.write_buffer(&self.params, 0, bytemuck::bytes_of(&p));
+    }
+
+    /// From the next [`DeviceUpdate::set_scalars`] on, the kernels take ∇J + λW over θ's first
+    /// `weights` values instead of ∇J: for a gradient summed over ranks without weight decay
+    /// (`GpuBackend`'s `apply_update`). (0, 0), the default, leaves ∇J as it is.
+    pub fn set_decay(&mut self, lambda: f32, weights: u32) {
+        self.decay = (lambda, weights.min(self.len as u32));
     }
 
     /// Records ‖∇J‖² and the (conditional) update into `pass`, after the gradient's passes.
@@ -274,6 +290,8 @@ pub struct Resident {
     pub(super) transfers: Transfers,
     /// Off: the backend offers no device training (the host path, for comparisons).
     pub(super) disabled: bool,
+    /// Σ W² of θ into the cost terms, for the split step's weight decay (`training.rs`).
+    pub(super) weight_squares: Option<super::plumbing::Op>,
 }
 
 /// The update kernel alone, on θ and gradients the caller gives: the parity tests' and
