@@ -518,7 +518,11 @@ impl RowTargets {
 fn gather(x: ArrayView2<'_, f32>, y: &Targets<'_>, rows: &[usize]) -> (Arc<Array2<f32>>, RowTargets) {
     let y = match y {
         Targets::Inputs => RowTargets::Inputs,
-        Targets::Labels(l) => RowTargets::Labels(rows.iter().map(|&i| l[i]).collect()),
+        // s labels per example: T for a softmax at every step of a sequence (m·T labels).
+        Targets::Labels(l) => {
+            let s = if x.nrows() > 0 && l.len() > x.nrows() { l.len() / x.nrows() } else { 1 };
+            RowTargets::Labels(rows.iter().flat_map(|&i| l[i * s..(i + 1) * s].iter().copied()).collect())
+        }
         Targets::Values(Inputs::F32(v)) => RowTargets::Values(v.select(Axis(0), rows)),
         Targets::Values(Inputs::Shared(v)) => RowTargets::Values(v.select(Axis(0), rows)),
         Targets::Values(Inputs::F64(v)) => RowTargets::Values(v.select(Axis(0), rows).mapv(|t| t as f32)),
