@@ -431,7 +431,9 @@ pub struct DataArgs {
     /// Use only the first N examples.
     #[arg(long, value_parser = limit)]
     pub limit: Option<usize>,
-    /// Class labels for npy: data, as a .npy integer vector.
+    /// Class labels for npy: data, as a .npy integer vector (FILE or npy:FILE for sequences); for
+    /// sequences m × T × n, one per sequence (a vector of m) or one per step (a matrix m × T:
+    /// a softmax at every step).
     #[arg(long)]
     pub labels: Option<std::path::PathBuf>,
     /// csv: data only: the column holding the class label — last, first, a number counted
@@ -490,7 +492,8 @@ impl DataArgs {
                 Some(other) => bail!("--targets {other}: sequences take per-step targets as npy:FILE (m × T × k)"),
                 None => None,
             };
-            let seq = wgnn::data::sequence::load_npy_sequences(path, options.labels.as_deref(), targets)
+            let labels = options.labels.as_deref().map(sequence::labels_path);
+            let seq = wgnn::data::sequence::load_npy_sequences(path, labels.as_deref(), targets)
                 .with_context(|| format!("loading --data {source}"))?;
             let data = match options.limit {
                 Some(n) => seq.data.take(n),

@@ -864,6 +864,11 @@ pub(super) fn run_job(mut args: TrainArgs, ranks: Option<&Ranks>) -> anyhow::Res
             let per_example = data.targets.as_ref().map_or(0, |t| t.ncols());
             super::sequence::per_step_regressor_spec(&args, shape, per_example / shape.steps)?
         }
+        Kind::Lstm | Kind::Rnn if data.labels_per_example() > 1 => {
+            let classes = data.num_classes().context("these sequences have no labels")?;
+            let shape = sequence_shape.expect("sequence kinds load sequences");
+            super::sequence::per_step_classifier_spec(&args, shape, classes)?
+        }
         Kind::Lstm | Kind::Rnn => {
             let classes =
                 data.num_classes().context("these sequences have no labels: give --labels, one per sequence")?;
