@@ -968,10 +968,13 @@ fn per_step_labels_that_do_not_fit_are_refused_in_one_line() {
         assert!(!out.exists(), "{file}: a refused run wrote {}", out.display());
     }
     let run = dir.path().join("run");
-    ok(wgnn()
-        .args(["train", "lstm", "--backend", "cpu", "--quiet", "--hidden", "3", "--iterations", "1"])
+    let stdout = ok(wgnn()
+        .args(["train", "lstm", "--backend", "cpu", "--hidden", "3", "--iterations", "1", "--validation", "0.25"])
         .args(["--data", &data, "--labels", &path("y.npy"), "--out"])
         .arg(&run));
+    // The held-out metric of a softmax is its error rate, and the epoch line says so.
+    let epoch = stdout.lines().find(|l| l.starts_with("epoch")).expect("an epoch line");
+    assert!(epoch.contains("validation error ") && !epoch.contains("squared"), "{epoch}");
     let mut beyond = y.clone();
     beyond[[0, 1]] = 7;
     write("beyond.npy", beyond.into_dyn());

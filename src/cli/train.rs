@@ -964,10 +964,10 @@ pub(super) fn run_job(mut args: TrainArgs, ranks: Option<&Ranks>) -> anyhow::Res
         }
     }
     let epochs = matches!(job.method, Method::Minibatch(_));
-    let validation_label = match (&data.targets, &data.labels, args.kind) {
-        (None, Some(_), Kind::Softmax | Kind::Mlp) => "validation error",
-        _ => "validation squared error",
-    };
+    // The metric follows the output (as the loss plot's axis, viz::LossAxes): an error rate for
+    // every softmax (cnn, lstm and rnn classifiers too, per step or not).
+    let validation_label =
+        if job.spec.output == Output::Softmax { "validation error" } else { "validation squared error" };
     let mut reporter = Reporter::new(args.quiet, iterations, epochs, schedule != Schedule::Constant, validation_label);
     earlier.iter().for_each(|r| reporter.note(r));
     let y = match (&data.targets, &data.labels) {
