@@ -968,12 +968,16 @@ fn per_step_labels_that_do_not_fit_are_refused_in_one_line() {
         assert!(!out.exists(), "{file}: a refused run wrote {}", out.display());
     }
     let run = dir.path().join("run");
-    let stdout = ok(wgnn()
+    let o = wgnn()
         .args(["train", "lstm", "--backend", "cpu", "--hidden", "3", "--iterations", "1", "--validation", "0.25"])
         .args(["--data", &data, "--labels", &path("y.npy"), "--out"])
-        .arg(&run));
-    // The held-out metric of a softmax is its error rate, and the epoch line says so.
-    let epoch = stdout.lines().find(|l| l.starts_with("epoch")).expect("an epoch line");
+        .arg(&run)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    // The held-out metric of a softmax is its error rate, and the epoch line (stderr) says so.
+    let progress = String::from_utf8_lossy(&o.stderr);
+    let epoch = progress.lines().find(|l| l.starts_with("epoch")).expect("an epoch line");
     assert!(epoch.contains("validation error ") && !epoch.contains("squared"), "{epoch}");
     let mut beyond = y.clone();
     beyond[[0, 1]] = 7;
