@@ -6,6 +6,8 @@
 //   update:        if the cost terms and Σ g² are finite, before = θ, then θ (and the
 //                  moments) move by the rule; otherwise nothing is written, so θ stays at
 //                  the point evaluated and `before` at the point before the last update.
+//                  With clip_norm = τ > 0 the rule sees g·min(1, τ/‖g‖) (clipping by global
+//                  norm, MATH.md; ‖g‖ from the sum above, so every element gets the same scale).
 
 struct UpdateParams {
     len: u32,          // |θ|
@@ -27,6 +29,8 @@ struct UpdateParams {
     // step, whose plan adds λW itself.
     decay_len: u32,
     decay: f32,
+    clip_norm: f32,    // τ of clipping by global norm; 0: no clipping
+    _pad0: u32,
 }
 
 @group(0) @binding(0) var<storage, read> grad: array<f32>;
@@ -108,16 +112,21 @@ fn update(@builtin(local_invocation_index) lix: u32, @builtin(workgroup_id) wid:
         && is_finite(scalars[COST_GRAD_NORM_SQUARED])
         && (u.check_sparsity == 0u || is_finite(scalars[COST_SPARSITY]));
     if (!finite) { return; }
+    // g·min(1, τ/‖g‖): the scale is exactly 1 (g unchanged) unless clipping engages.
+    let norm = sqrt(scalars[COST_GRAD_NORM_SQUARED]);
+    var scale = 1.0;
+    if (u.clip_norm > 0.0 && norm > u.clip_norm) { scale = u.clip_norm / norm; }
     for (var k = 0u; k < PER_INVOCATION; k++) {
         let i = wid.x * BLOCK + k * GROUP + lix;
-        if (i < u.len) { step(i); }
+        if (i < u.len) { step(i, scale); }
     }
 }
 
-// θᵢ (and its moments) by the rule; θᵢ's old value kept in `before`.
-fn step(i: u32) {
+// θᵢ (and its moments) by the rule on the gradient scaled by `scale`; θᵢ's old value kept
+// in `before`.
+fn step(i: u32, scale: f32) {
     let eta = u.learning_rate;
-    let g = gradient(i);
+    let g = gradient(i) * scale;
     let t = theta[i];
     before[i] = t;
     switch u.rule {

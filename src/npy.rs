@@ -215,40 +215,7 @@ pub fn read_labels(path: &Path) -> Result<Vec<usize>> {
             format!("has shape {}; expected a vector of labels, one per example", shape_text(&npy.shape)),
         ));
     }
-    let labels: Vec<usize> = if let Some(a) = npy.read::<i64>(path)? {
-        integer_labels(path, a)?
-    } else if let Some(a) = npy.read::<i32>(path)? {
-        integer_labels(path, a)?
-    } else if let Some(a) = npy.read::<i16>(path)? {
-        integer_labels(path, a)?
-    } else if let Some(a) = npy.read::<i8>(path)? {
-        integer_labels(path, a)?
-    } else if let Some(a) = npy.read::<u64>(path)? {
-        integer_labels(path, a)?
-    } else if let Some(a) = npy.read::<u32>(path)? {
-        integer_labels(path, a)?
-    } else if let Some(a) = npy.read::<u16>(path)? {
-        integer_labels(path, a)?
-    } else if let Some(a) = npy.read::<u8>(path)? {
-        integer_labels(path, a)?
-    } else if let Some(a) = npy.floats(path)? {
-        a.iter()
-            .enumerate()
-            .map(|(i, &v)| {
-                // The value read is exact (binary), so a zero fraction means a whole number.
-                if v.is_finite() && v >= 0.0 && v.fract() == 0.0 && v <= crate::data::MAX_CLASSES as f64 {
-                    Ok(v as usize)
-                } else {
-                    Err(bad_label(path, i, &v.to_string()))
-                }
-            })
-            .collect::<Result<_>>()?
-    } else {
-        return Err(Error::file(
-            path,
-            format!("holds {} values, neither integers nor floats: save labels as an integer vector", npy.descr),
-        ));
-    };
+    let labels = label_values(path, &npy, 1)?;
     crate::data::check_labels(&labels, &|i| format!("example {i}")).map_err(|m| Error::file(path, m))?;
     Ok(labels)
 }
@@ -324,19 +291,90 @@ pub fn read_class_labels(path: &Path) -> Result<crate::data::ClassLabels> {
     Ok(encoded)
 }
 
-fn bad_label(path: &Path, i: usize, v: &str) -> Error {
-    let bound = crate::data::MAX_CLASSES - 1;
-    Error::file(path, format!("label {v} of example {i} is not a class number: labels are whole numbers 0 to {bound}"))
+/// The values of a labels file whose shape was checked, as class numbers: integers of any
+/// integer dtype, or floats that are exact whole numbers, each below
+/// [`crate::data::MAX_CLASSES`] (row-major order; `steps` labels per example, for messages).
+fn label_values(path: &Path, npy: &Npy, steps: usize) -> Result<Vec<usize>> {
+    let labels: Vec<usize> = if let Some(a) = npy.read::<i64>(path)? {
+        integer_labels(path, a, steps)?
+    } else if let Some(a) = npy.read::<i32>(path)? {
+        integer_labels(path, a, steps)?
+    } else if let Some(a) = npy.read::<i16>(path)? {
+        integer_labels(path, a, steps)?
+    } else if let Some(a) = npy.read::<i8>(path)? {
+        integer_labels(path, a, steps)?
+    } else if let Some(a) = npy.read::<u64>(path)? {
+        integer_labels(path, a, steps)?
+    } else if let Some(a) = npy.read::<u32>(path)? {
+        integer_labels(path, a, steps)?
+    } else if let Some(a) = npy.read::<u16>(path)? {
+        integer_labels(path, a, steps)?
+    } else if let Some(a) = npy.read::<u8>(path)? {
+        integer_labels(path, a, steps)?
+    } else if let Some(a) = npy.floats(path)? {
+        a.iter()
+            .enumerate()
+            .map(|(i, &v)| {
+                // The value read is exact (binary), so a zero fraction means a whole number.
+                if v.is_finite() && v >= 0.0 && v.fract() == 0.0 && v <= crate::data::MAX_CLASSES as f64 {
+                    Ok(v as usize)
+                } else {
+                    Err(bad_label(path, i, steps, &v.to_string()))
+                }
+            })
+            .collect::<Result<_>>()?
+    } else {
+        return Err(Error::file(
+            path,
+            format!("holds {} values, neither integers nor floats: save labels as an integer vector", npy.descr),
+        ));
+    };
+    Ok(labels)
 }
 
-fn integer_labels<T: Copy + TryInto<usize> + ToString>(path: &Path, a: ArrayD<T>) -> Result<Vec<usize>> {
+/// Per-step class labels of sequences: a 2-D array m × T of class numbers (one per step of
+/// each sequence, as [`read_labels`] reads each: integers of any integer dtype or whole
+/// floats), returned as (m, T, the m·T labels row-major: sequence i's step t at i·T + t).
+///
+/// Errors ([`Error::File`], one line): not 2 axes, an empty axis, a value that is not a class
+/// number, label sets that cannot be class numbers ([`crate::data::check_labels`]).
+pub fn read_step_labels(path: &Path) -> Result<(usize, usize, Vec<usize>)> {
+    let npy = open(path)?;
+    let [m, steps] = npy.shape[..] else {
+        return Err(Error::file(
+            path,
+            format!(
+                "has shape {} ({} axes); per-step labels are m × T: one class number per step of each sequence",
+                shape_text(&npy.shape),
+                npy.shape.len()
+            ),
+        ));
+    };
+    if m == 0 || steps == 0 {
+        return Err(Error::file(path, format!("has shape {}: it holds no labels", shape_text(&npy.shape))));
+    }
+    let labels = label_values(path, &npy, steps)?;
+    let at = |i: usize| format!("sequence {}, step {}", i / steps, i % steps);
+    crate::data::check_labels(&labels, &at).map_err(|m| Error::file(path, m))?;
+    Ok((m, steps, labels))
+}
+
+/// Label `i` (row-major; `steps` labels per example: 1, or T of a sequence's steps) is `v`,
+/// not a class number.
+fn bad_label(path: &Path, i: usize, steps: usize, v: &str) -> Error {
+    let bound = crate::data::MAX_CLASSES - 1;
+    let at = if steps > 1 { format!("sequence {}, step {}", i / steps, i % steps) } else { format!("example {i}") };
+    Error::file(path, format!("label {v} of {at} is not a class number: labels are whole numbers 0 to {bound}"))
+}
+
+fn integer_labels<T: Copy + TryInto<usize> + ToString>(path: &Path, a: ArrayD<T>, steps: usize) -> Result<Vec<usize>> {
     a.iter()
         .enumerate()
         .map(|(i, &v)| {
             v.try_into()
                 .ok()
                 .filter(|&l| l < crate::data::MAX_CLASSES)
-                .ok_or_else(|| bad_label(path, i, &v.to_string()))
+                .ok_or_else(|| bad_label(path, i, steps, &v.to_string()))
         })
         .collect()
 }

@@ -287,7 +287,9 @@ impl Model {
     }
 
     /// The class probabilities P(y = j | x) (m × classes, rows summing to 1) and the most
-    /// probable class of each example (the first of equals, as [`Backend::classify`]).
+    /// probable class of each example (the first of equals, as [`Backend::classify`]). A
+    /// recurrent model with a softmax at every step gives m × (T·classes), step t's
+    /// probabilities at columns t·classes …, and m·T labels (sequence i's step t at i·T + t).
     ///
     /// Errors: the model is not a classifier, and as [`Model::predict`].
     pub fn predict_proba(&self, x: &Array2<f32>, backends: &mut BackendFor<'_>) -> Result<(Array2<f64>, Vec<usize>)> {
@@ -298,7 +300,15 @@ impl Model {
             )));
         }
         let p = self.predict(x, backends)?;
-        let labels = p.rows().into_iter().map(|row| crate::backend::argmax(row.iter().copied())).collect();
+        // A softmax at every step: T groups of k per row, one label each (as Backend::classify).
+        let k = self.spec.outputs();
+        let labels = p
+            .rows()
+            .into_iter()
+            .flat_map(|row| {
+                row.exact_chunks(k).into_iter().map(|c| crate::backend::argmax(c.iter().copied())).collect::<Vec<_>>()
+            })
+            .collect();
         Ok((p, labels))
     }
 

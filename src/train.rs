@@ -523,7 +523,11 @@ impl RowTargets {
 fn gather(x: ArrayView2<'_, f32>, y: &Targets<'_>, rows: &[usize]) -> (Arc<Array2<f32>>, RowTargets) {
     let y = match y {
         Targets::Inputs => RowTargets::Inputs,
-        Targets::Labels(l) => RowTargets::Labels(rows.iter().map(|&i| l[i]).collect()),
+        // s labels per example: T for a softmax at every step of a sequence (m·T labels).
+        Targets::Labels(l) => {
+            let s = if x.nrows() > 0 && l.len() > x.nrows() { l.len() / x.nrows() } else { 1 };
+            RowTargets::Labels(rows.iter().flat_map(|&i| l[i * s..(i + 1) * s].iter().copied()).collect())
+        }
         Targets::Values(Inputs::F32(v)) => RowTargets::Values(v.select(Axis(0), rows)),
         Targets::Values(Inputs::Shared(v)) => RowTargets::Values(v.select(Axis(0), rows)),
         Targets::Values(Inputs::F64(v)) => RowTargets::Values(v.select(Axis(0), rows).mapv(|t| t as f32)),
@@ -1830,10 +1834,14 @@ pub mod char_model {
     /// [`train`] with each window's cost and gradient on the GPU (`gpu`, a backend built for
     /// `net.spec`): the state carried from window to window on the device
     /// ([`crate::gpu::GpuBackend::set_recurrent_state`]; a new pass over the text starts from
-    /// zero), the gradient read back, clipped and applied on the host as [`train`] does (the
-    /// device update has no clipping), held-out bits per character on the CPU in f32. The
-    /// same windows, order and rule as [`train`]; the numbers are f32's. Continued from `from`
-    /// and giving snapshots as [`train_from`] does (the state read back from the device).
+    /// zero), and θ, the rule's moments, the clipping by global norm and the update on the
+    /// device too (`train_on_gpu_resident`: per update one submission and 16 bytes read back;
+    /// θ read back for the held-out measures, snapshots and the end). After
+    /// [`crate::gpu::GpuBackend::set_device_training`]`(false)` the gradient is read back,
+    /// clipped and applied on the host as [`train`] does instead. Held-out bits per character
+    /// on the CPU in f32. The same windows, order and rule as [`train`]; the numbers are
+    /// f32's. Continued from `from` and giving snapshots as [`train_from`] does (the state
+    /// read back from the device).
     #[allow(clippy::too_many_arguments)]
     pub fn train_on_gpu(
         gpu: &mut crate::gpu::GpuBackend,
@@ -1874,6 +1882,9 @@ pub mod char_model {
         on_step: &mut dyn FnMut(&Step, &Snapshot<'_>) -> Control,
     ) -> Result<(usize, Option<HeldOut>)> {
         use crate::backend::{Backend, Batch, Targets};
+        if comm.size() == 1 && gpu.device_training().is_some() {
+            return train_on_gpu_resident(gpu, net, theta, train, held_out, job, from, on_step);
+        }
         let size = comm.size();
         let (mine, weight) = rank_share(job, comm)?;
         let streams = check_job(net, train, held_out, job)?;
@@ -1976,6 +1987,93 @@ pub mod char_model {
             }
         }
         Ok((job.steps.max(first - 1), last))
+    }
+
+    /// [`train_on_gpu`] alone with θ on the device (the default; the host path above runs
+    /// after [`crate::gpu::GpuBackend::set_device_training`]`(false)` and over ranks): θ and the
+    /// rule's moments are loaded once, the carried state stays on the device, and each update
+    /// writes the window over the last one in place (one plan for the run,
+    /// [`crate::gpu::GpuBackend::replace_data`]) and runs its forward and backward pass, ‖∇J‖²
+    /// (a fixed-order sum), the clipping g·min(1, τ/‖g‖) and the rule's step in one submission
+    /// ([`crate::gpu::GpuBackend::step_clipped`]), reading back 16 bytes: the cost terms and
+    /// ‖∇J‖². θ (and the moments) come back only to score the held-out text, for a snapshot,
+    /// and at the end — also when the run fails, so that `theta` holds the last finite point.
+    /// The numbers are f32's throughout (θ and the moments too), equal to the host path's to
+    /// f32 rounding; a run resumed from a snapshot ends on the bits of an uninterrupted one.
+    #[allow(clippy::too_many_arguments)]
+    fn train_on_gpu_resident(
+        gpu: &mut crate::gpu::GpuBackend,
+        net: &Recurrent,
+        theta: &mut [f64],
+        train: &[u32],
+        held_out: &[u32],
+        job: &Job,
+        from: Option<&Progress>,
+        on_step: &mut dyn FnMut(&Step, &Snapshot<'_>) -> Control,
+    ) -> Result<(usize, Option<HeldOut>)> {
+        use crate::backend::{DeviceTraining, Targets};
+        let streams = check_job(net, train, held_out, job)?;
+        let (steps, vocab) = (net.steps(), net.spec.outputs());
+        let (mut update, first, mut last) = starting_point(from, job, theta.len())?;
+        if let Some(p) = from {
+            gpu.set_recurrent_state(Some(p.restore::<f32>(net, job.batch)?))?;
+        }
+        gpu.load(theta, &update)?;
+        let dim = theta.len();
+        let gpu = std::cell::RefCell::new(gpu);
+        let mut run = || -> Result<usize> {
+            for step in first..=job.steps {
+                let k = (step - 1) % streams.len();
+                let mut g = gpu.borrow_mut();
+                if k == 0 {
+                    g.set_recurrent_state(Some(net.zero_state::<f32>(job.batch)))?;
+                }
+                let (x, next) = text::one_hot_windows(train, &streams.starts(k), steps, vocab)?;
+                g.replace_data((&x).into(), Targets::Labels(&next))?;
+                let scalars = update.rule.scalars(update.steps + 1, job.learning_rate);
+                let (cost, grad_norm) = g.step_clipped(&scalars, job.clip_norm)?;
+                check_finite_update(step, cost.total(), grad_norm)?;
+                update.steps += 1;
+                let held = if !held_out.is_empty() && job.measures_after(step) {
+                    g.read(theta, &mut update)?;
+                    let theta_f: Vec<f32> = theta.iter().map(|&v| v as f32).collect();
+                    Some(bits_per_character(net, &theta_f, held_out)?)
+                } else {
+                    None
+                };
+                drop(g);
+                if held.is_some() {
+                    last = held;
+                }
+                let report = Step {
+                    step,
+                    per_epoch: streams.len(),
+                    train_bits: cost.data / std::f64::consts::LN_2,
+                    grad_norm,
+                    held_out: held,
+                    stopping: false,
+                };
+                let snapshot = || {
+                    let mut g = gpu.borrow_mut();
+                    let state = g.recurrent_state().expect("the GPU keeps the state of the window it just evaluated");
+                    let (mut now, mut rule) = (vec![0.0; dim], update.clone());
+                    g.read(&mut now, &mut rule).expect("the GPU holds θ and the moments it trained");
+                    let progress =
+                        Progress { updates: step, update: rule, state: Progress::carried(&state), held_out: last };
+                    (progress, now)
+                };
+                if on_step(&report, &snapshot) == Control::Stop {
+                    return Ok(step);
+                }
+            }
+            Ok(job.steps.max(first - 1))
+        };
+        let outcome = run();
+        // θ (and the moments) as the device holds them: the last finite point on an error.
+        let read = gpu.borrow_mut().read(theta, &mut update);
+        let done = outcome?;
+        read?;
+        Ok((done, last))
     }
 
     /// This rank's streams of the minibatch (rows `mine`) and its share of the mean

@@ -11,7 +11,9 @@ use ndarray::{Array1, Array2};
 use ndarray_npy::{ReadNpyExt, WriteNpyExt};
 use rand::{RngExt, SeedableRng, rngs::StdRng};
 
-use wgnn::estimator::{Autoencoder, Classifier, MultiLabel, PerStepRegressor, Regressor, SequenceClassifier, Solver};
+use wgnn::estimator::{
+    Autoencoder, Classifier, MultiLabel, PerStepClassifier, PerStepRegressor, Regressor, SequenceClassifier, Solver,
+};
 use wgnn::{BackendChoice, CharModel, Mlp, Network, Recurrent, Softmax, SparseAutoencoder, StackedAutoencoder};
 use wgnn::{Trained, TrainedCharModel};
 
@@ -835,4 +837,160 @@ fn a_stopped_fit_keeps_what_it_reached_or_says_why_not() {
     let stop = AtomicBool::new(true);
     let stacked = StackedAutoencoder::new(&[3]).iterations(5).backend(BackendChoice::Cpu);
     one_line(stacked.fit_with(&x, &y, &mut |_| {}, &stop).unwrap_err(), "interrupted in stage layer1");
+}
+
+/// Labels m × T: yₜ = [x_{t,0} > 0] + [x_{t−1,0} > 0] (x_{−1} = 0), a class at every step
+/// that needs the step before.
+fn running_classes(x: &ndarray::Array3<f32>) -> Array2<usize> {
+    let (m, steps, _) = x.dim();
+    Array2::from_shape_fn((m, steps), |(i, t)| {
+        usize::from(x[[i, t, 0]] > 0.0) + usize::from(t > 0 && x[[i, t - 1, 0]] > 0.0)
+    })
+}
+
+/// Labels at every step (sequence labelling, issue 16 §1): `fit_per_step_labels` learns a
+/// class that needs the step before; save → load predicts the same bits; the CLI
+/// (`--labels` of m × T) trains the same θ bit for bit, `predict` writes the labels m × T
+/// and the probabilities m × (T·k), `eval` gives the per-step accuracy the estimator gives;
+/// the GPU's probabilities equal the CPU's to f32 rounding; bad labels are refused in one line.
+#[test]
+fn a_recurrent_classifier_labels_every_step() {
+    let dir = tempfile::tempdir().unwrap();
+    let (x, _) = sequences(96, 5, 40);
+    let (x_test, _) = sequences(40, 5, 41);
+    let (y, y_test) = (running_classes(&x), running_classes(&x_test));
+    let estimator = Recurrent::lstm(10).epochs(40).batch_size(16).learning_rate(0.02).backend(BackendChoice::Cpu);
+    let model = estimator.fit_per_step_labels(&x, &y).unwrap();
+    assert_eq!((model.spec().output_steps(), model.spec().outputs()), (5, 3));
+    let predicted = model.predict(&x_test).unwrap();
+    assert_eq!(predicted.dim(), (40, 5));
+    let accuracy = model.score(&x_test, &y_test).unwrap();
+    assert!(accuracy > 0.85, "per-step test accuracy {accuracy}");
+
+    let saved = dir.path().join("saved");
+    model.save(&saved).unwrap();
+    let loaded = Trained::<PerStepClassifier>::load(&saved).unwrap().with_backend(BackendChoice::Cpu);
+    assert_eq!(loaded.predict_proba(&x_test).unwrap(), model.predict_proba(&x_test).unwrap());
+    let wrong = Trained::<SequenceClassifier>::load(&saved).unwrap_err().to_string();
+    assert!(wrong.contains("not a sequence classifier"), "{wrong}");
+
+    let save = |name: &str, a: &dyn Fn(std::fs::File)| {
+        let path = dir.path().join(name);
+        a(std::fs::File::create(&path).unwrap());
+        path.display().to_string()
+    };
+    let train_x = save("train-x.npy", &|f| x.write_npy(f).unwrap());
+    let train_y = save("train-y.npy", &|f| y.mapv(|v| v as i64).write_npy(f).unwrap());
+    let cli_run = dir.path().join("cli");
+    ok(wgnn()
+        .args(["train", "lstm", "--backend", "cpu", "--quiet", "--hidden", "10", "--iterations", "40"])
+        .args(["--batch-size", "16", "--learning-rate", "0.02", "--data", &format!("npy:{train_x}")])
+        .args(["--labels", &format!("npy:{train_y}"), "--out"])
+        .arg(&cli_run));
+    let from_cli = Trained::<PerStepClassifier>::load(&cli_run).unwrap();
+    assert_eq!(from_cli.spec(), model.spec());
+    assert_eq!(from_cli.theta(), model.theta(), "the same settings train the same θ");
+
+    let test_x = format!("npy:{}", save("x.npy", &|f| x_test.write_npy(f).unwrap()));
+    let test_y = save("y.npy", &|f| y_test.mapv(|v| v as i64).write_npy(f).unwrap());
+    let out = dir.path().join("p.npy");
+    ok(wgnn().args(["predict", "--backend", "cpu", "--data", &test_x, "--model"]).arg(&saved).arg("--out").arg(&out));
+    let labels = Array2::<i64>::read_npy(std::fs::File::open(dir.path().join("p.labels.npy")).unwrap()).unwrap();
+    assert_eq!(labels, predicted.mapv(|v| v as i64));
+    let p = Array2::<f32>::read_npy(std::fs::File::open(&out).unwrap()).unwrap();
+    let proba = model.predict_proba(&x_test).unwrap().mapv(|v| v as f32);
+    assert_eq!(p, proba.into_shape_with_order((40, 15)).unwrap());
+    let eval = ok(wgnn()
+        .args(["eval", "--json", "--backend", "cpu", "--data", &test_x, "--labels", &test_y, "--model"])
+        .arg(&saved));
+    let eval: serde_json::Value = serde_json::from_str(&eval).unwrap();
+    assert_eq!(eval["accuracy"].as_f64().unwrap(), accuracy, "eval's per-step accuracy");
+
+    if !gpu_skipped() {
+        let cpu = model.predict_proba(&x_test).unwrap();
+        let gpu = loaded.with_backend(BackendChoice::Gpu).predict_proba(&x_test).unwrap();
+        let most = cpu.iter().zip(&gpu).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
+        assert!(most < 1e-4, "per-step class probabilities differ by {most} on the GPU");
+        // Trained on the GPU (θ and Adam on the device, the m·T labels gathered with their
+        // rows): near the CPU f32 run's θ after 240 updates.
+        let on_gpu = estimator.clone().backend(BackendChoice::Gpu).fit_per_step_labels(&x, &y).unwrap();
+        let (a, b) = (on_gpu.theta(), model.theta());
+        let gap =
+            (a.iter().zip(b).map(|(p, q)| (p - q).powi(2)).sum::<f64>() / b.iter().map(|q| q * q).sum::<f64>()).sqrt();
+        eprintln!("per-step labels: θ on the GPU vs the CPU f32 run: {gap:.2e} relative");
+        assert!(gap < 1e-5, "θ trained on the GPU differs from the CPU's by {gap:e}");
+    }
+
+    // Labels of another T, per-sequence fit with m·T labels, a single class: one line each.
+    let (short, _) = sequences(96, 4, 42);
+    one_line(estimator.fit_per_step_labels(&x, &running_classes(&short)).unwrap_err(), "one label per step");
+    let flat: Vec<usize> = y.iter().copied().collect();
+    one_line(estimator.fit(&x, &flat).unwrap_err(), "fit_per_step_labels");
+    one_line(estimator.fit_per_step_labels(&x, &Array2::zeros((96, 5))).unwrap_err(), "at least 2 classes");
+}
+
+/// `train lstm --labels` of m × T from the CLI refuses, one line each and writing nothing:
+/// another m, another T, a 3-D labels file, a negative label (named by sequence and step);
+/// `eval` refuses a label beyond the model's classes and per-sequence labels for a
+/// per-step model.
+#[test]
+fn per_step_labels_that_do_not_fit_are_refused_in_one_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let (x, _) = sequences(12, 4, 43);
+    let y = running_classes(&x).mapv(|v| v as i64);
+    let path = |name: &str| dir.path().join(name).display().to_string();
+    x.write_npy(std::fs::File::create(path("x.npy")).unwrap()).unwrap();
+    let data = format!("npy:{}", path("x.npy"));
+    let write = |name: &str, a: ndarray::ArrayD<i64>| a.write_npy(std::fs::File::create(path(name)).unwrap()).unwrap();
+    write("y.npy", y.clone().into_dyn());
+    write("m.npy", y.slice(ndarray::s![..10, ..]).to_owned().into_dyn());
+    write("t.npy", y.slice(ndarray::s![.., ..3]).to_owned().into_dyn());
+    write("three.npy", y.clone().insert_axis(ndarray::Axis(2)).into_dyn());
+    let mut negative = y.clone();
+    negative[[3, 2]] = -1;
+    write("negative.npy", negative.into_dyn());
+    for (file, words) in [
+        ("m.npy", ["labels for 10 sequences of 4 steps", "12 sequences of 4 steps"]),
+        ("t.npy", ["labels for 12 sequences of 3 steps", "one per step (shape (12, 4))"]),
+        ("three.npy", ["has shape (12, 4, 1) (3 axes)", "--targets"]),
+        ("negative.npy", ["label -1 of sequence 3, step 2", "not a class number"]),
+    ] {
+        let out = dir.path().join(format!("run-{file}"));
+        let o = wgnn()
+            .args(["train", "lstm", "--backend", "cpu", "--quiet", "--hidden", "3", "--iterations", "1"])
+            .args(["--data", &data, "--labels", &format!("npy:{}", path(file)), "--out"])
+            .arg(&out)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success() && stderr.trim().lines().count() == 1, "{file}: {stderr}");
+        assert!(words.iter().all(|w| stderr.contains(w)), "{file}: {stderr}");
+        assert!(!out.exists(), "{file}: a refused run wrote {}", out.display());
+    }
+    let run = dir.path().join("run");
+    let o = wgnn()
+        .args(["train", "lstm", "--backend", "cpu", "--hidden", "3", "--iterations", "1", "--validation", "0.25"])
+        .args(["--data", &data, "--labels", &path("y.npy"), "--out"])
+        .arg(&run)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    // The held-out metric of a softmax is its error rate, and the epoch line (stderr) says so.
+    let progress = String::from_utf8_lossy(&o.stderr);
+    let epoch = progress.lines().find(|l| l.starts_with("epoch")).expect("an epoch line");
+    assert!(epoch.contains("validation error ") && !epoch.contains("squared"), "{epoch}");
+    let mut beyond = y.clone();
+    beyond[[0, 1]] = 7;
+    write("beyond.npy", beyond.into_dyn());
+    write("per-sequence.npy", y.column(0).to_owned().into_dyn());
+    for (file, needle) in [("beyond.npy", "label 7"), ("per-sequence.npy", "one per step")] {
+        let o = wgnn()
+            .args(["eval", "--backend", "cpu", "--data", &data, "--labels", &path(file), "--model"])
+            .arg(&run)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success() && stderr.trim().lines().count() == 1, "{file}: {stderr}");
+        assert!(stderr.contains(needle), "{file}: {stderr}");
+    }
 }

@@ -306,3 +306,75 @@ fn parameter_block_matches_the_wgsl() {
         assert_eq!((wn.as_str(), *wo as usize), (*rn, *ro), "RecurrentParams field");
     }
 }
+
+/// The character model on the GPU with θ on the device (`char_model::train_on_gpu`, the
+/// default): 8 Adam updates on windows of a 5-character text, clipped by global norm at a τ
+/// below every update's ‖∇J‖ (so clipping engages each time), held-out bits after 4 and 8.
+/// θ goes up once and comes back only for the two held-out measures and the end; no gradient
+/// is read back; one plan serves every window. θ, the training and held-out bits follow the
+/// host-update GPU path (`set_device_training(false)`) and the CPU f32 path to f32 rounding.
+#[test]
+fn the_gpu_character_model_keeps_theta_on_the_device_and_clips_there() {
+    use wgnn::model::Layer;
+    use wgnn::optim::{Control, UpdateRule};
+    use wgnn::train::char_model::{self, Job};
+    let vocab = 5;
+    let ids: Vec<u32> = (0..700u32).map(|i| (i * 7 + i / 5) % vocab as u32).collect();
+    let (train_ids, held) = ids.split_at(600);
+    let spec = char_model::spec(vocab, 6, vec![Layer::Lstm { units: 7, per_step: true }]).unwrap();
+    let net = Recurrent::new(spec.clone()).unwrap();
+    let tau = 0.05;
+    let job =
+        Job { batch: 5, rule: UpdateRule::ADAM, learning_rate: 1e-2, clip_norm: Some(tau), steps: 8, eval_every: 4 };
+    let theta0 = wgnn::model::Init::Uniform.theta(&spec, 3);
+    // (θ, held-out bits after the last update, (training bits, ‖∇J‖) per update).
+    type Run = (Vec<f64>, f64, Vec<(f64, f64)>);
+    fn record(steps: &mut Vec<(f64, f64)>) -> impl FnMut(&char_model::Step, &char_model::Snapshot<'_>) -> Control + '_ {
+        move |s, _| {
+            steps.push((s.train_bits, s.grad_norm));
+            Control::Continue
+        }
+    }
+    let on_gpu = |device: bool| -> (Run, wgnn::gpu::Transfers, u64) {
+        let mut gpu = GpuBackend::new(spec.clone(), &GpuOptions::default()).expect("a GPU adapter (lavapipe in CI)");
+        gpu.set_device_training(device);
+        gpu.set_poison(true);
+        let (mut theta, mut steps) = (theta0.clone(), Vec::new());
+        let (done, last) =
+            char_model::train_on_gpu(&mut gpu, &net, &mut theta, train_ids, held, &job, None, &mut record(&mut steps))
+                .unwrap();
+        assert_eq!(done, job.steps);
+        ((theta, last.unwrap().bits_per_character, steps), gpu.transfers(), gpu.builds().plans)
+    };
+    let ((theta, bits, steps), transfers, plans) = on_gpu(true);
+    assert_eq!(transfers.theta_uploads, 1, "θ went up more than once: {transfers:?}");
+    assert_eq!(transfers.grad_readbacks, 0, "the device path read ∇J back: {transfers:?}");
+    assert_eq!(transfers.theta_readbacks, 3, "θ comes back for 2 held-out measures and the end: {transfers:?}");
+    assert_eq!(plans, 1, "one plan serves every window of one shape");
+    assert!(steps.iter().all(|&(_, norm)| norm > tau), "clipping did not engage at every update: {steps:?}");
+    let ((host_theta, host_bits, host_steps), host_transfers, _) = on_gpu(false);
+    assert_eq!(host_transfers.grad_readbacks, job.steps as u64, "the host path reads ∇J every update");
+    let mut cpu_theta = theta0.clone();
+    let mut cpu_steps = Vec::new();
+    let (_, cpu_last) =
+        char_model::train_from::<f32>(&net, &mut cpu_theta, train_ids, held, &job, None, &mut record(&mut cpu_steps))
+            .unwrap();
+    let cpu_bits = cpu_last.unwrap().bits_per_character;
+    let moved = |t: &[f64]| t.iter().zip(&theta0).map(|(a, b)| a - b).collect::<Vec<f64>>();
+    for (name, other, other_bits, other_steps) in
+        [("host-update GPU", &host_theta, host_bits, &host_steps), ("CPU f32", &cpu_theta, cpu_bits, &cpu_steps)]
+    {
+        let d = rel(&moved(&theta), &moved(other));
+        let close = |a: f64, b: f64| (a - b).abs() <= 1e-5 * b.abs();
+        eprintln!("device vs {name}: θ − θ₀ {d:.2e}, held-out {bits} vs {other_bits}");
+        assert!(d < 1e-5, "θ − θ₀ after 8 updates on the device differs from the {name} path's by {d:e}");
+        assert!(close(bits, other_bits), "held-out {bits} bits/char on the device, {other_bits} on the {name} path");
+        for (k, (a, b)) in steps.iter().zip(other_steps.iter()).enumerate() {
+            assert!(
+                close(a.0, b.0) && close(a.1, b.1),
+                "update {}: {a:?} on the device, {b:?} on the {name} path",
+                k + 1
+            );
+        }
+    }
+}

@@ -309,3 +309,52 @@ fn resuming_gpu_training_mid_epoch_gives_the_uninterrupted_theta() {
         assert_eq!(fresh.transfers().grad_readbacks, 0, "the device path was taken");
     }
 }
+
+/// Clipping by global norm inside the update kernel (`StandaloneUpdate::step_clipped`, the
+/// char model's device path): every rule on g·min(1, τ/‖g‖) follows `clip_by_global_norm`
+/// then `UpdateState::apply` in f64; τ above ‖g‖ leaves g as it is (the same bits as the
+/// unclipped kernel), τ below scales it (θ − θ₀ then differs from the unclipped step's).
+#[test]
+fn the_update_kernel_clips_by_global_norm_like_the_host() {
+    use wgnn::optim::clip_by_global_norm;
+    let gpu = Gpu::open(&GpuOptions::default()).expect("a GPU adapter");
+    let mut rng = StdRng::seed_from_u64(12);
+    for rule in rules() {
+        for len in [7, 5000] {
+            let theta0 = f32_normal(len, 1.0, &mut rng);
+            let mut reference = UpdateState::new(rule, len);
+            let mut theta = theta0.clone();
+            let mut device = StandaloneUpdate::new(&gpu, &theta0, &reference).unwrap();
+            let mut plain = StandaloneUpdate::new(&gpu, &theta0, &reference).unwrap();
+            let (mut got, mut got_theta) = (UpdateState::new(rule, len), vec![f64::NAN; len]);
+            let (mut unclipped, mut unclipped_theta) = (UpdateState::new(rule, len), vec![f64::NAN; len]);
+            for step in 0..3 {
+                let mut grad = f32_normal(len, [1.0, 0.01, 3.0][step], &mut rng);
+                let exact_norm = grad.iter().map(|g| g * g).sum::<f64>().sqrt();
+                // Steps 1 and 3 clip (τ a tenth and a half of ‖g‖); step 2 does not (τ = 2‖g‖).
+                let tau = exact_norm * [0.1, 2.0, 0.5][step];
+                let scalars = rule.scalars(reference.steps + 1, 0.01);
+                let norm = device.step_clipped(&gpu, &grad, &scalars, tau).unwrap();
+                plain.step(&gpu, &grad, &scalars).unwrap();
+                let host_norm = clip_by_global_norm(&mut grad, tau).unwrap();
+                reference.apply(&mut theta, &grad, 0.01);
+                device.read(&gpu, &mut got_theta, &mut got).unwrap();
+                plain.read(&gpu, &mut unclipped_theta, &mut unclipped).unwrap();
+                let what = format!("{} |θ| = {len} step {} τ = {tau:.3e}", rule.name(), step + 1);
+                assert!(((norm - host_norm) / host_norm).abs() < 1e-5, "{what}: ‖g‖ {norm} vs {host_norm}");
+                let e = rel(&difference(&got_theta, &theta0), &difference(&theta, &theta0));
+                assert!(e < 1e-4, "{what}: θ − θ₀ relative error {e:e}");
+                if step == 0 && !matches!(rule, UpdateRule::Adam { .. }) {
+                    // Adam's first step is about ±η whatever g's scale; the others move by g·τ/‖g‖.
+                    let e = rel(&difference(&unclipped_theta, &theta0), &difference(&theta, &theta0));
+                    assert!(e > 1.0, "{what}: the clipped step equals the unclipped one ({e:e})");
+                }
+            }
+            if matches!(rule, UpdateRule::Adam { .. }) {
+                // Clipping changed m and v from step 1 on (τ/‖g‖ = 0.1): so θ after 3 steps.
+                let e = rel(&difference(&unclipped_theta, &theta0), &difference(&got_theta, &theta0));
+                assert!(e > 1e-3, "Adam |θ| = {len}: clipped and unclipped runs agree to {e:e}");
+            }
+        }
+    }
+}

@@ -27,6 +27,7 @@ fn cases(steps: usize) -> Vec<(String, NetSpec)> {
         (2, "rnn 3 relu, per-step identity", 2),
         (3, "lstm 4, softmax", 3),
         (2, "lstm 3, per-step softmax", 3),
+        (3, "rnn 3 tanh, lstm 3, per-step softmax", 4),
         (3, "lstm 3, lstm 4, softmax", 2),
         (2, "lstm 2, lstm 3, per-step sigmoid", 2),
         (3, "rnn 3 relu, lstm 3, rnn 2 tanh, softmax", 3),

@@ -63,6 +63,32 @@ fn npy_sequences_keep_step_after_step_with_labels_and_targets() {
     assert!(seq.data.description.contains("4 sequences of 3 steps of 2 values"), "{}", seq.data.description);
 }
 
+/// Labels m × T (uint8 here): kept flat, sequence i's step t at i·T + t, and flagged per
+/// step; the rows a split or `--limit` takes keep their T labels each; an m × 1 column stays
+/// one label per sequence.
+#[test]
+fn npy_sequences_take_a_label_at_every_step() {
+    let dir = tempfile::tempdir().unwrap();
+    let (m, t) = (4, 3);
+    let x_path = write_npy(dir.path(), "x.npy", &Array3::<f32>::ones((m, t, 2)));
+    let labels = ndarray::Array2::<u8>::from_shape_fn((m, t), |(i, s)| ((i + s) % 3) as u8);
+    let l_path = write_npy(dir.path(), "l.npy", &labels);
+    let seq = sequence::load_npy_sequences(&x_path, Some(&l_path), None).unwrap();
+    assert!(seq.labels_per_step);
+    let flat: Vec<usize> = labels.iter().map(|&v| usize::from(v)).collect();
+    assert_eq!(seq.data.labels.as_deref(), Some(&flat[..]));
+    assert_eq!(seq.data.labels_per_example(), t);
+    assert!(seq.data.description.contains("with labels at every step"), "{}", seq.data.description);
+    let picked = seq.data.rows(&[2, 0]);
+    assert_eq!(picked.labels.unwrap(), [&flat[6..9], &flat[0..3]].concat());
+    assert_eq!(seq.data.clone().take(3).labels.unwrap(), flat[..9].to_vec());
+    let column =
+        write_npy(dir.path(), "c.npy", &ndarray::Array2::<i64>::from_shape_fn((m, 1), |(i, _)| (i % 2) as i64));
+    let seq = sequence::load_npy_sequences(&x_path, Some(&column), None).unwrap();
+    assert!(!seq.labels_per_step && seq.data.labels_per_example() == 1);
+    assert_eq!(seq.data.labels.as_deref(), Some(&[0, 1, 0, 1][..]));
+}
+
 #[test]
 fn npy_sequences_refuse_bad_input_in_one_line() {
     let dir = tempfile::tempdir().unwrap();

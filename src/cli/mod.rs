@@ -437,6 +437,8 @@ pub struct DataArgs {
     pub limit: Option<usize>,
     /// Class labels for npy: data, one per example: npy:FILE (an integer vector), csv:FILE
     /// (one label per line), or a bare .npy or .csv file. Labels may be numbers or names.
+    /// For sequences m × T × n: one per sequence (a vector of m) or one per step (a .npy
+    /// matrix m × T: a softmax at every step).
     #[arg(long)]
     pub labels: Option<std::path::PathBuf>,
     /// csv: data only: the column holding the class label — last, first, a number counted

@@ -33,7 +33,10 @@ pub struct PredictArgs {
     #[command(flatten)]
     pub input: ModelOnData,
     /// Where to write the predictions: F.npy (a classifier's labels go to F.labels.npy beside
-    /// it) or F.csv (with a header naming the columns).
+    /// it) or F.csv (with a header naming the columns). A sequence model with a label at every
+    /// step writes F.labels.npy of m × T (sequence i's label at step t in row i, column t) and
+    /// F.npy of m × (T·k) probabilities (step t's k at columns t·k …); as CSV, columns y0 …
+    /// y{T−1} then p{t}_{class}.
     #[arg(long)]
     pub out: PathBuf,
     /// Write the first hidden layer's activations (the features the model extracts) instead
@@ -122,6 +125,14 @@ pub fn run(args: PredictArgs) -> anyhow::Result<()> {
         write(&args.out, format, &Columns::Prefix("h"), None, &h)?;
     } else {
         match model.task {
+            Task::Classifier { classes } if model.spec.output_steps() > 1 => {
+                let steps = model.spec.output_steps();
+                let (p, labels) = model.predict_proba(&data.x, &mut backends)?;
+                what = format!(
+                    "a label at each of {steps} steps (m × T) and {classes} class probabilities at each, step t's in columns t·{classes}…"
+                );
+                super::sequence::write_per_step_labels(&args.out, format == Format::Npy, &labels, steps, p)?;
+            }
             Task::Classifier { classes } => {
                 let (p, labels) = model.predict_proba(&data.x, &mut backends)?;
                 what = format!("label and {classes} class probabilities");

@@ -204,6 +204,29 @@ pub fn per_step_regressor_spec(args: &TrainArgs, shape: SequenceShape, k: usize)
     Ok(NetSpec::stack(stack, k, output)?.with_weight_decay(args.weight_decay.unwrap_or(0.0))?)
 }
 
+/// The per-step classifier for `train lstm|rnn --labels Y.npy` with Y of m × T classes: the
+/// recurrent layers, each giving every step, then a softmax of `classes` at every step (the
+/// cost averaged over the m·T steps, MATH.md "Layers beyond dense"), as
+/// [`wgnn::estimator::Recurrent`]'s `fit_per_step_labels` builds it.
+pub fn per_step_classifier_spec(args: &TrainArgs, shape: SequenceShape, classes: usize) -> anyhow::Result<NetSpec> {
+    let mut layers = recurrent_layers(args, SEQUENCE_HIDDEN)?;
+    for layer in &mut layers {
+        if let Layer::Rnn { per_step, .. } | Layer::Lstm { per_step, .. } = layer {
+            *per_step = true;
+        }
+    }
+    if let Some(output) = args.output.as_deref().map(Output::parse).transpose()?
+        && output != Output::Softmax
+    {
+        bail!(
+            "--output {}: labels at every step are learnt with a softmax at every step; leave --output out",
+            output.name()
+        );
+    }
+    let stack = LayerStack { input: InputShape::sequence(shape.steps, shape.features), layers };
+    Ok(NetSpec::stack(stack, classes, Output::Softmax)?.with_weight_decay(args.weight_decay.unwrap_or(0.0))?)
+}
+
 /// Flags of other kinds that mean nothing for a character model, refused by name.
 fn check_text_flags(args: &TrainArgs) -> anyhow::Result<()> {
     let ignored = [
@@ -595,5 +618,44 @@ pub fn eval_text(
         println!("{}", held_out_line(&h, net.steps()));
         println!("bits per character {:.6}", h.bits_per_character);
     }
+    Ok(())
+}
+
+/// A per-step classifier's predictions to `out` (`wgnn predict`): `labels` (m·T, sequence i's
+/// step t at i·T + t) and `p` (m × (T·k), step t's k probabilities at columns t·k …). As
+/// `.npy` (`npy`): the labels m × T (int64) to F.labels.npy first, then the probabilities
+/// (float32) to F.npy, so the second file appears only once the first is there; as CSV, one
+/// row per sequence: y0 … y{T−1}, then p{t}_{class}. Each file written atomically.
+pub fn write_per_step_labels(
+    out: &Path,
+    npy: bool,
+    labels: &[usize],
+    steps: usize,
+    p: ndarray::Array2<f64>,
+) -> anyhow::Result<()> {
+    use ndarray_npy::WriteNpyExt;
+    use std::io::Write;
+    let m = p.nrows();
+    let k = p.ncols() / steps.max(1);
+    let y = ndarray::Array2::from_shape_vec((m, steps), labels.iter().map(|&l| l as i64).collect())
+        .context("one label per step of each sequence")?;
+    let p = p.mapv(|v| v as f32);
+    if npy {
+        wgnn::atomic::write_with(&out.with_extension("labels.npy"), |w| y.write_npy(w).map_err(|e| e.to_string()))?;
+        wgnn::atomic::write_with(out, |w| p.write_npy(w).map_err(|e| e.to_string()))?;
+        return Ok(());
+    }
+    wgnn::atomic::write_with(out, |w| {
+        let io = |e: std::io::Error| e.to_string();
+        let mut header: Vec<String> = (0..steps).map(|t| format!("y{t}")).collect();
+        header.extend((0..steps).flat_map(|t| (0..k).map(move |c| format!("p{t}_{c}"))));
+        writeln!(w, "{}", header.join(",")).map_err(io)?;
+        for (labels, probabilities) in y.rows().into_iter().zip(p.rows()) {
+            let cells: Vec<String> =
+                labels.iter().map(i64::to_string).chain(probabilities.iter().map(f32::to_string)).collect();
+            writeln!(w, "{}", cells.join(",")).map_err(io)?;
+        }
+        Ok(())
+    })?;
     Ok(())
 }

@@ -918,6 +918,11 @@ pub(super) fn run_job(mut args: TrainArgs, ranks: Option<&Ranks>) -> anyhow::Res
             let per_example = data.targets.as_ref().map_or(0, |t| t.ncols());
             super::sequence::per_step_regressor_spec(&args, shape, per_example / shape.steps)?
         }
+        Kind::Lstm | Kind::Rnn if data.labels_per_example() > 1 => {
+            let classes = data.num_classes().context("these sequences have no labels")?;
+            let shape = sequence_shape.expect("sequence kinds load sequences");
+            super::sequence::per_step_classifier_spec(&args, shape, classes)?
+        }
         Kind::Lstm | Kind::Rnn => {
             let classes =
                 data.num_classes().context("these sequences have no labels: give --labels, one per sequence")?;
@@ -1013,10 +1018,10 @@ pub(super) fn run_job(mut args: TrainArgs, ranks: Option<&Ranks>) -> anyhow::Res
         }
     }
     let epochs = matches!(job.method, Method::Minibatch(_));
-    let validation_label = match (&data.targets, &data.labels, args.kind) {
-        (None, Some(_), Kind::Softmax | Kind::Mlp) => "validation error",
-        _ => "validation squared error",
-    };
+    // The metric follows the output (as the loss plot's axis, viz::LossAxes): an error rate for
+    // every softmax (cnn, lstm and rnn classifiers too, per step or not).
+    let validation_label =
+        if job.spec.output == Output::Softmax { "validation error" } else { "validation squared error" };
     let mut reporter = Reporter::new(args.quiet, iterations, epochs, schedule != Schedule::Constant, validation_label);
     earlier.iter().for_each(|r| reporter.note(r));
     let y = match (&data.targets, &data.labels) {

@@ -77,6 +77,17 @@ impl Dataset {
         Some(self.classes.as_ref().map_or(largest, |c| c.len().max(largest)))
     }
 
+    /// Labels per example: T when `labels` holds a class at every step of m sequences (m·T
+    /// labels, [`sequence::Sequences::labels_per_step`]), else 1.
+    pub fn labels_per_example(&self) -> usize {
+        match &self.labels {
+            Some(l) if !self.is_empty() && l.len() > self.len() && l.len().is_multiple_of(self.len()) => {
+                l.len() / self.len()
+            }
+            _ => 1,
+        }
+    }
+
     /// The name of each class: the stored names, or `0`, `1`, … for class numbers.
     pub fn class_names(&self) -> Option<Vec<String>> {
         match &self.classes {
@@ -182,7 +193,11 @@ impl Dataset {
     pub fn rows(&self, rows: &[usize]) -> Dataset {
         Dataset {
             x: self.x.select(Axis(0), rows),
-            labels: self.labels.as_ref().map(|l| rows.iter().map(|&i| l[i]).collect()),
+            // s labels per example: 1, or T for labels at every step of a sequence.
+            labels: self.labels.as_ref().map(|l| {
+                let s = self.labels_per_example();
+                rows.iter().flat_map(|&i| l[i * s..(i + 1) * s].iter().copied()).collect()
+            }),
             classes: self.classes.clone(),
             targets: self.targets.as_ref().map(|t| t.select(Axis(0), rows)),
             description: self.description.clone(),
@@ -210,9 +225,11 @@ impl Dataset {
     /// The first `n` examples (all of them when there are fewer).
     pub fn take(mut self, n: usize) -> Dataset {
         if n < self.len() {
+            // Before x shrinks: labels per example counts against the rows held now.
+            let s = self.labels_per_example();
             self.x = self.x.slice(ndarray::s![..n, ..]).to_owned();
             if let Some(labels) = &mut self.labels {
-                labels.truncate(n);
+                labels.truncate(n * s);
             }
             if let Some(t) = &mut self.targets {
                 *t = t.slice(ndarray::s![..n, ..]).to_owned();

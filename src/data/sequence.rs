@@ -4,7 +4,9 @@
 //! `x.reshape(m, T * n)`), so a [`Dataset`] carries them unchanged.
 //!
 //! - `.npy` of shape m × T × n ([`load_npy_sequences`]) with one class label per sequence
-//!   (`--labels`, a vector of m) or real targets per step (`--targets`, m × T × k, kept as
+//!   (`--labels`, a vector of m), one class label per step (`--labels`, a matrix m × T, kept
+//!   flat as m·T labels, sequence i's step t at i·T + t, as the backends take them for a
+//!   softmax at every step) or real targets per step (`--targets`, m × T × k, kept as
 //!   m × (T·k) the same way).
 //! - MNIST read row by row ([`mnist_rows`], `--data mnist:DIR --sequence rows`): each 28×28
 //!   image is 28 steps of 28 pixels, which is its row-major pixel order already.
@@ -62,6 +64,9 @@ pub struct Sequences {
     pub shape: SequenceShape,
     /// k, the targets per step, when `data.targets` holds per-step targets.
     pub targets_per_step: Option<usize>,
+    /// True when `data.labels` holds a class at every step: m·T labels, sequence i's step t
+    /// at i·T + t (from an m × T labels file), for a softmax at every step.
+    pub labels_per_step: bool,
 }
 
 /// How to read an image data set as sequences (`--sequence`).
@@ -109,7 +114,12 @@ pub fn mnist_rows(data: Dataset) -> Result<Sequences> {
     }
     let shape = SequenceShape { steps: height, features: width };
     let description = format!("{}, read row by row: {} steps of {} pixels", data.description, height, width);
-    Ok(Sequences { data: Dataset { description, image_shape: None, ..data }, shape, targets_per_step: None })
+    Ok(Sequences {
+        data: Dataset { description, image_shape: None, ..data },
+        shape,
+        targets_per_step: None,
+        labels_per_step: false,
+    })
 }
 
 /// Python's spelling of a shape: `(20, 4)`, `(7,)`.
@@ -208,22 +218,15 @@ pub fn load_npy_sequences_limited(
     let a = a.slice_move(ndarray::s![..kept, .., ..]);
     let m = kept;
     let shape = SequenceShape { steps, features };
-    let labels = match labels {
+    let (labels, labels_per_step) = match labels {
         Some(lp) => {
-            let mut l = super::read_class_numbers(lp)?;
-            let m = all;
-            if !fits(l.len()) {
-                return Err(Error::Data(format!(
-                    "{} has {} labels but {} has {m} sequences: give one label per sequence (a vector of {m}){or_kept}",
-                    lp.display(),
-                    l.len(),
-                    path.display()
-                )));
-            }
-            l.truncate(kept);
-            Some(l)
+            // --limit keeps the first `kept` sequences: a file of every sequence's labels or of
+            // the kept ones' only, per sequence or per step (row-major m × T).
+            let (mut l, per_step) = read_sequence_labels(lp, all, kept, steps, path)?;
+            l.truncate(if per_step { kept * steps } else { kept });
+            (Some(l), per_step)
         }
-        None => None,
+        None => (None, false),
     };
     let (targets, targets_per_step) = match targets {
         Some(tp) => {
@@ -255,14 +258,78 @@ pub fn load_npy_sequences_limited(
     let description = format!(
         "{}: {m} sequences of {steps} steps of {features} values{}{}",
         path.display(),
-        if labels.is_some() { ", with labels" } else { "" },
+        match (&labels, labels_per_step) {
+            (Some(_), true) => ", with labels at every step",
+            (Some(_), false) => ", with labels",
+            (None, _) => "",
+        },
         targets_per_step.map_or_else(String::new, |k| format!(", {k} targets per step"))
     );
     Ok(Sequences {
         data: Dataset { x, labels, targets, description, image_shape: None, classes: None },
         shape,
         targets_per_step,
+        labels_per_step,
     })
+}
+
+/// The labels of m sequences of T steps (data file `data`) from `path`: a vector of m (one
+/// class per sequence; also an m × 1 column) or a matrix m × T (one class per step: returned
+/// flat, sequence i's step t at i·T + t, with `true`). Refused in one line: another m or T,
+/// 3 or more axes (real per-step targets are `--targets`), values that are not class numbers.
+fn read_sequence_labels(
+    flag_text: &Path,
+    all: usize,
+    kept: usize,
+    steps: usize,
+    data: &Path,
+) -> Result<(Vec<usize>, bool)> {
+    let file = super::FileArg::parse(&flag_text.to_string_lossy(), None)?;
+    let path = file.path.as_path();
+    // A file of every sequence's entries, or of the kept sequences' only (with --limit).
+    let fits = |count: usize| count == all || (count == kept && kept < all);
+    let or_kept = if kept < all { format!(", or for the {kept} sequences --limit keeps") } else { String::new() };
+    let m = all;
+    let shape = match file.format {
+        super::FileFormat::Npy => header_shape(path),
+        super::FileFormat::Csv => None,
+    };
+    match shape.as_deref() {
+        Some(&[_, lt]) if lt != 1 => {
+            let (lm, lt, l) = crate::npy::read_step_labels(path)?;
+            if !fits(lm) || lt != steps {
+                return Err(Error::Shape(format!(
+                    "{} holds labels for {lm} sequences of {lt} steps but {} has {m} sequences of {steps} steps: \
+                     give one label per sequence (a vector of {m}) or one per step (shape ({m}, {steps})){or_kept}",
+                    path.display(),
+                    data.display()
+                )));
+            }
+            Ok((l, true))
+        }
+        Some(shape) if shape.len() > 2 => Err(Error::file(
+            path,
+            format!(
+                "has shape {} ({} axes), but labels are one per sequence ({m},) or one per step ({m}, {steps}); \
+                 real values at every step are --targets",
+                shape_text(shape),
+                shape.len()
+            ),
+        )),
+        _ => {
+            let l = super::read_class_numbers(flag_text)?;
+            if !fits(l.len()) {
+                return Err(Error::Data(format!(
+                    "{} has {} labels but {} has {m} sequences: give one label per sequence (a vector of {m}) \
+                     or one per step (shape ({m}, {steps})){or_kept}",
+                    path.display(),
+                    l.len(),
+                    data.display()
+                )));
+            }
+            Ok((l, false))
+        }
+    }
 }
 
 /// True when `path` is a `.npy` file whose header declares three axes (m × T × n): how
@@ -270,19 +337,31 @@ pub fn load_npy_sequences_limited(
 /// at most the first 64 KiB; anything unreadable is `false` (the matrix reader then says what
 /// is wrong with the file).
 pub fn is_sequence_npy(path: &Path) -> bool {
+    header_shape(path).is_some_and(|shape| shape.len() == 3)
+}
+
+/// The shape a `.npy` file's header declares, from at most its first 64 KiB; `None` when it
+/// cannot be read (the reader that follows says why).
+fn header_shape(path: &Path) -> Option<Vec<usize>> {
     use std::io::Read;
     let mut head = Vec::new();
-    let Ok(file) = std::fs::File::open(path) else { return false };
+    let file = std::fs::File::open(path).ok()?;
     if file.take(1 << 16).read_to_end(&mut head).is_err() || head.len() < 10 || &head[..6] != b"\x93NUMPY" {
-        return false;
+        return None;
     }
     let (len_bytes, at): (usize, usize) = if head[6] == 1 { (2, 10) } else { (4, 12) };
-    let Some(field) = head.get(8..8 + len_bytes) else { return false };
+    let field = head.get(8..8 + len_bytes)?;
     let header_len = field.iter().rev().fold(0usize, |n, &b| (n << 8) | usize::from(b));
-    let Some(header) = head.get(at..at.saturating_add(header_len)) else { return false };
+    let header = head.get(at..at.saturating_add(header_len))?;
     let header = String::from_utf8_lossy(header);
-    let Some(shape) = header.split("'shape':").nth(1).and_then(|r| r.split(')').next()) else { return false };
-    shape.trim().trim_start_matches('(').split(',').filter(|d| !d.trim().is_empty()).count() == 3
+    let shape = header.split("'shape':").nth(1).and_then(|r| r.split(')').next())?;
+    shape
+        .trim()
+        .trim_start_matches('(')
+        .split(',')
+        .filter(|d| !d.trim().is_empty())
+        .map(|d| d.trim().parse().ok())
+        .collect()
 }
 
 #[cfg(test)]

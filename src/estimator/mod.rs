@@ -62,7 +62,9 @@ pub use defaults::{
     DenseSettings, Kind, KindDefaults, LENET, OptimizerSettings, Solver, TEXT_DEFAULTS, TextDefaults,
     weight_decay_of_alpha,
 };
-pub use sequence::{CharModel, PerStepRegressor, Recurrent, SequenceClassifier, Sequences, TrainedCharModel};
+pub use sequence::{
+    CharModel, PerStepClassifier, PerStepRegressor, Recurrent, SequenceClassifier, Sequences, TrainedCharModel,
+};
 pub use stacked::StackedAutoencoder;
 
 /// The task of a classifier (a softmax output over k classes): `fit(&x, &labels)`,
@@ -381,6 +383,7 @@ impl<T> Estimator<T> {
         interrupt: &AtomicBool,
     ) -> Result<Trained<T>> {
         check_finite(x, "the examples")?;
+        let every_step = matches!(y, Y::Labels(l) if sequence::labels_at_every_step(self.steps, x, l));
         let (outputs, regression, task) = match y {
             Y::Inputs => (x.ncols(), false, "autoencoder"),
             Y::ZeroOne(v) => {
@@ -395,6 +398,8 @@ impl<T> Estimator<T> {
                 }
                 (v.ncols(), true, "multi-label classifier")
             }
+            // T labels per sequence (m·T): a softmax at every step ([`Recurrent`]'s `fit_per_step_labels`).
+            Y::Labels(l) if every_step => (l.iter().max().map_or(0, |&m| m + 1), false, "per-step classifier"),
             Y::Labels(l) => {
                 check_rows(x, l.len(), "labels")?;
                 let classes = l.iter().max().map_or(0, |&m| m + 1);
@@ -413,6 +418,9 @@ impl<T> Estimator<T> {
             }
         };
         let mut spec = self.spec(x.ncols(), outputs, regression)?;
+        if every_step {
+            spec = sequence::at_every_step(spec)?;
+        }
         let mut optimizer = self.optimizer.clone();
         optimizer.seed = self.seed;
         if let Some(alpha) = self.alpha {

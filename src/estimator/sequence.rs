@@ -63,6 +63,14 @@ pub struct SequenceClassifier;
 #[derive(Clone, Copy, Debug)]
 pub struct PerStepRegressor;
 
+/// The task of a per-step sequence classifier (sequence labelling): a class at every step of a
+/// sequence, from recurrent layers that give every step and a softmax applied at each; the
+/// cost is the cross-entropy averaged over the m·T steps (MATH.md, "Layers beyond dense").
+/// Fitted by [`Estimator::fit_per_step_labels`] on x m × T × n and labels m × T; `predict`
+/// gives m × T classes, `predict_proba` m × T × k, `score` the accuracy over the m·T steps.
+#[derive(Clone, Copy, Debug)]
+pub struct PerStepClassifier;
+
 /// Recurrent sequence classifiers (`wgnn train lstm|rnn` on m × T × n data): recurrent
 /// layers (bottom first; each below the top one gives the next every step), then a softmax
 /// over the classes at the last step. Adam, η = 1e-3, batch 128, 10 epochs, λ = 0 unless set
@@ -206,7 +214,14 @@ impl Estimator<SequenceClassifier> {
         interrupt: &AtomicBool,
     ) -> Result<Trained<SequenceClassifier>> {
         let x = x.sequences()?;
-        let estimator = Estimator { steps: Some(x.dim().1), ..self.clone() };
+        let (m, steps, _) = x.dim();
+        if labels.len() != m {
+            return Err(Error::Shape(format!(
+                "{m} sequences but {} labels: give one per sequence (a class at every step is fit_per_step_labels, m × T)",
+                labels.len()
+            )));
+        }
+        let estimator = Estimator { steps: Some(steps), ..self.clone() };
         estimator.fit_targets(&rows(x), Y::Labels(labels), progress, interrupt)
     }
 
@@ -245,6 +260,47 @@ impl Estimator<SequenceClassifier> {
         }
         let estimator: Estimator<PerStepRegressor> = self.retask(Some(steps));
         estimator.fit_targets(&rows(x), Y::Values(&rows(y)), progress, interrupt)
+    }
+
+    /// Trains the same recurrent layers, each giving every step, to label every step of a
+    /// sequence (sequence labelling): `labels` m × T class numbers 0..k−1 (k ≥ 2), a softmax
+    /// of k at every step, J = −(1/(m·T)) Σᵢ Σₜ log p(yᵢₜ | x) (MATH.md, "Layers beyond dense";
+    /// the CLI's `train lstm|rnn --data npy:X --labels npy:Y` with Y of m × T).
+    ///
+    /// Errors: `x` not 3 axes, `labels` not of x's m and T ([`Error::Shape`]), fewer than 2
+    /// classes, NaN or infinite values, settings that make no network; a run that diverges.
+    pub fn fit_per_step_labels(
+        &self,
+        x: &impl Sequences,
+        labels: &Array2<usize>,
+    ) -> Result<Trained<PerStepClassifier>> {
+        self.fit_per_step_labels_with(x, labels, &mut |_| {}, &AtomicBool::new(false))
+    }
+
+    /// As [`Estimator::fit_per_step_labels`], with progress and a stop flag (see the
+    /// classifier's).
+    pub fn fit_per_step_labels_with(
+        &self,
+        x: &impl Sequences,
+        labels: &Array2<usize>,
+        progress: &mut dyn FnMut(&Progress<'_>),
+        interrupt: &AtomicBool,
+    ) -> Result<Trained<PerStepClassifier>> {
+        let x = x.sequences()?;
+        let (m, steps, _) = x.dim();
+        if labels.dim() != (m, steps) {
+            return Err(Error::Shape(format!(
+                "the labels are {}×{} but x has {m} sequences of {steps} steps: give one label per step, m × T",
+                labels.nrows(),
+                labels.ncols()
+            )));
+        }
+        let flat: Vec<usize> = labels.iter().copied().collect();
+        if flat.iter().all(|&c| c == flat[0]) {
+            return Err(Error::Data(format!("every label is {}: a classifier needs at least 2 classes", flat[0])));
+        }
+        let estimator: Estimator<PerStepClassifier> = self.retask(Some(steps));
+        estimator.fit_targets(&rows(x), Y::Labels(&flat), progress, interrupt)
     }
 
     /// The same settings for another task, on sequences of `steps` steps.
@@ -320,6 +376,81 @@ impl Trained<PerStepRegressor> {
             .into_shape_with_order((m * steps, k))
             .expect("row-major reshapes");
         Ok(crate::train::r2_score(truth.view(), predicted.view()))
+    }
+}
+
+/// Whether `labels` give a class at every step of the rows `x` (sequences of `steps` steps,
+/// T > 1): m·T of them, as [`Estimator::fit_per_step_labels`] hands them over.
+pub(super) fn labels_at_every_step(steps: Option<usize>, x: &Array2<f32>, labels: &[usize]) -> bool {
+    steps.is_some_and(|t| t > 1 && x.nrows() > 0 && labels.len() == x.nrows() * t)
+}
+
+/// `spec` with every recurrent layer giving every step, so that its output is applied at each
+/// (a softmax at every step for labels per step). Errors: `spec` is not a layer stack.
+pub(super) fn at_every_step(spec: NetSpec) -> Result<NetSpec> {
+    let Some(mut stack) = spec.net.clone() else {
+        return Err(Error::Data("labels at every step need a recurrent network".into()));
+    };
+    for layer in &mut stack.layers {
+        if let Layer::Rnn { per_step, .. } | Layer::Lstm { per_step, .. } = layer {
+            *per_step = true;
+        }
+    }
+    Ok(NetSpec::stack(stack, spec.outputs(), spec.output)?.with_weight_decay(spec.weight_decay)?)
+}
+
+impl TaskOf for PerStepClassifier {
+    const NAME: &'static str = "per-step sequence classifier";
+    fn matches(task: Task) -> bool {
+        matches!(task, Task::Classifier { .. })
+    }
+    fn accepts(model: &Model) -> bool {
+        Self::matches(model.task) && model.stages.is_empty() && model.spec.output_steps() > 1
+    }
+}
+
+impl Trained<PerStepClassifier> {
+    /// The most probable class at every step (m × T; the first of equals).
+    ///
+    /// Errors: sequences of another T or n than the training ones ([`Error::Shape`]), NaN or
+    /// infinite values, a backend error.
+    pub fn predict(&self, x: &impl Sequences) -> Result<Array2<usize>> {
+        let p = self.predict_proba(x)?;
+        let (m, steps, _) = p.dim();
+        let labels = p.outer_iter().flat_map(|seq| {
+            seq.outer_iter().map(|step| crate::backend::argmax(step.iter().copied())).collect::<Vec<_>>()
+        });
+        Ok(Array2::from_shape_vec((m, steps), labels.collect()).expect("one label per step"))
+    }
+
+    /// The class probabilities P(yₜ = j | x) at every step (m × T × k, each step's summing to 1).
+    ///
+    /// Errors: as [`Trained::predict`].
+    pub fn predict_proba(&self, x: &impl Sequences) -> Result<Array3<f64>> {
+        let rows = checked_rows(&self.model, x)?;
+        let (m, steps, k) = (rows.nrows(), self.model.spec.output_steps(), self.model.spec.outputs());
+        let out = self.output(&rows)?;
+        out.as_standard_layout()
+            .into_owned()
+            .into_shape_with_order((m, steps, k))
+            .map_err(|e| Error::Shape(e.to_string()))
+    }
+
+    /// The accuracy over every (sequence, step) of (x, labels m × T), in [0, 1].
+    ///
+    /// Errors: labels not m × T, and as [`Trained::predict`].
+    pub fn score(&self, x: &impl Sequences, labels: &Array2<usize>) -> Result<f64> {
+        let predicted = self.predict(x)?;
+        if predicted.dim() != labels.dim() {
+            return Err(Error::Shape(format!(
+                "the model labels {:?} (m × T) but the labels are {:?}",
+                predicted.dim(),
+                labels.dim()
+            )));
+        }
+        let truth: Vec<usize> = labels.iter().copied().collect();
+        let got: Vec<usize> = predicted.iter().copied().collect();
+        Ok(crate::train::accuracy(&got, &truth))
     }
 }
 

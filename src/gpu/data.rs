@@ -495,6 +495,39 @@ impl Residency {
     }
 }
 
+impl Residency {
+    /// Writes `x` (and `y` or `labels`) over the loaded data in place, keeping the chunks,
+    /// their buffers and so every plan recorded on them: for a caller that loads a new batch
+    /// of the same shape every step (a character model's windows). Only when the loaded data
+    /// are resident and `x`, `y` and `labels` have their rows, widths and kinds; otherwise
+    /// nothing is written and they come back, for the caller to [`Residency::load`].
+    pub(super) fn rewrite(&mut self, gpu: &Gpu, data: HostData) -> std::result::Result<(), HostData> {
+        let (x, y, labels) = data;
+        let fits = !self.chunks.is_empty()
+            && x.dim() == self.host_x.dim()
+            && y.as_ref().map(Array2::dim) == self.host_y.as_ref().map(Array2::dim)
+            && labels.as_ref().map(Vec::len) == self.host_labels.as_ref().map(Vec::len);
+        if !fits {
+            return Err((x, y, labels));
+        }
+        let steps = self.label_steps;
+        let mut start = 0;
+        for chunk in &self.chunks {
+            let r = ndarray::s![start..start + chunk.rows, ..];
+            let ls = labels.as_ref().map(|l| &l[start * steps..(start + chunk.rows) * steps]);
+            self.data_bytes += write_chunk(&gpu.queue, chunk, x.slice(r), y.as_ref().map(|y| y.slice(r)), ls);
+            start += chunk.rows;
+        }
+        self.host_x = x;
+        self.host_y = y;
+        self.host_labels = labels;
+        Ok(())
+    }
+}
+
+/// Examples, real-valued targets and labels as the host holds them ([`Residency::rewrite`]).
+pub(super) type HostData = (Arc<Array2<f32>>, Option<Array2<f32>>, Option<Vec<u32>>);
+
 /// Writes rows (examples, and targets and labels where the chunk has buffers for them) into
 /// the first rows of `chunk`; returns the bytes written.
 fn write_chunk(

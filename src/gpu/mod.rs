@@ -46,6 +46,7 @@ mod plumbing;
 mod texmatmul;
 mod training;
 mod update;
+mod windows;
 
 pub use backend::{Builds, GpuBackend};
 pub use data::{GATHER_SHAPES, default_max_resident_bytes, max_buffer_bytes};

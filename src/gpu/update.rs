@@ -58,6 +58,9 @@ struct UpdateParams {
     /// adds λW itself.
     decay_len: u32,
     decay: f32,
+    /// τ of clipping by global norm (0: none): the rule sees g·min(1, τ/‖g‖).
+    clip_norm: f32,
+    _pad: u32,
 }
 
 /// `rule`'s code in update.wgsl.
@@ -188,6 +191,25 @@ impl DeviceUpdate {
     /// Sets the step's learning rate, momentum and bias corrections (written before the
     /// submission that uses them).
     pub fn set_scalars(&self, queue: &wgpu::Queue, s: &UpdateScalars) {
+        self.write_params(queue, s, 0.0);
+    }
+
+    /// [`DeviceUpdate::set_scalars`] with clipping by global norm for that step (MATH.md,
+    /// "Backpropagation through time"): with `Some(τ)` the rule sees g·min(1, τ/‖g‖₂), ‖g‖₂
+    /// from the device's fixed-order sum of g² — [`crate::optim::clip_by_global_norm`]'s
+    /// formula in f32; `None`: g as it is. Refused ([`Error::Data`]): τ not a finite number
+    /// > 0 in f32.
+    pub fn set_scalars_clipped(&self, queue: &wgpu::Queue, s: &UpdateScalars, tau: Option<f64>) -> Result<()> {
+        let clip_norm = match tau {
+            None => 0.0,
+            Some(t) if t > 0.0 && (t as f32).is_finite() && t as f32 > 0.0 => t as f32,
+            Some(t) => return Err(Error::Data(format!("the clipping norm τ = {t} must be a finite number > 0"))),
+        };
+        self.write_params(queue, s, clip_norm);
+        Ok(())
+    }
+
+    fn write_params(&self, queue: &wgpu::Queue, s: &UpdateScalars, clip_norm: f32) {
         let p = UpdateParams {
             len: self.len as u32,
             rule: rule_code(self.rule),
@@ -204,6 +226,8 @@ impl DeviceUpdate {
             one_minus_beta2: (1.0 - s.beta2) as f32,
             decay_len: self.decay.1,
             decay: self.decay.0,
+            clip_norm,
+            _pad: 0,
         };
         queue.write_buffer(&self.params, 0, bytemuck::bytes_of(&p));
     }
@@ -304,6 +328,8 @@ pub struct StandaloneUpdate {
     scalars: wgpu::Buffer,
     staging: wgpu::Buffer,
     len: usize,
+    /// τ for the step being taken ([`StandaloneUpdate::step_clipped`]).
+    clip: Option<f64>,
 }
 
 impl StandaloneUpdate {
@@ -320,7 +346,7 @@ impl StandaloneUpdate {
         write_f64(&gpu.queue, &t, theta);
         update.load(&gpu.queue, state)?;
         let staging = staging(device, "‖∇J‖² readback", 4);
-        Ok(StandaloneUpdate { kernels, update, theta: t, grad: g, scalars: s, staging, len })
+        Ok(StandaloneUpdate { kernels, update, theta: t, grad: g, scalars: s, staging, len, clip: None })
     }
 
     /// One update with gradient `grad`; returns ‖∇J‖₂ as the device summed it. Poisons the
@@ -332,7 +358,7 @@ impl StandaloneUpdate {
         write_f64(&gpu.queue, &self.grad, grad);
         gpu.queue.write_buffer(&self.scalars, 0, bytemuck::cast_slice(&[0.0f32, 0.0, 0.0, f32::NAN]));
         self.update.poison(&gpu.queue);
-        self.update.set_scalars(&gpu.queue, scalars);
+        self.update.set_scalars_clipped(&gpu.queue, scalars, self.clip)?;
         let mut encoder = gpu.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("update") });
         {
             let mut pass = encoder
@@ -344,6 +370,15 @@ impl StandaloneUpdate {
         let terms = read_back(&gpu.device, &self.staging, 4)?;
         self.update.stepped();
         Ok((terms[CostSlot::GradNormSquared as usize] as f64).sqrt())
+    }
+
+    /// [`StandaloneUpdate::step`] with the gradient clipped to norm `tau` on the device
+    /// ([`DeviceUpdate::set_scalars_clipped`]); returns ‖∇J‖₂ before clipping.
+    pub fn step_clipped(&mut self, gpu: &Gpu, grad: &[f64], scalars: &UpdateScalars, tau: f64) -> Result<f64> {
+        self.clip = Some(tau);
+        let norm = self.step(gpu, grad, scalars);
+        self.clip = None;
+        norm
     }
 
     /// θ and the moments as they stand on the device.
