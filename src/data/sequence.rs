@@ -288,7 +288,7 @@ fn read_sequence_labels(
     let path = file.path.as_path();
     // A file of every sequence's entries, or of the kept sequences' only (with --limit).
     let fits = |count: usize| count == all || (count == kept && kept < all);
-    let or_kept = if kept < all { format!(", or for the {kept} sequences --limit keeps") } else { String::new() };
+    let or_kept = if kept < all { format!(", or one per sequence --limit keeps ({kept})") } else { String::new() };
     let m = all;
     let shape = match file.format {
         super::FileFormat::Npy => header_shape(path),
