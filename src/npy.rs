@@ -34,6 +34,12 @@ fn shape_text(shape: &[usize]) -> String {
 /// (NumPy's format, <https://numpy.org/doc/stable/reference/generated/numpy.lib.format.html>).
 fn open(path: &Path) -> Result<Npy> {
     let bytes = std::fs::read(path).map_err(|e| Error::file(path, format!("cannot read: {e}")))?;
+    if bytes.starts_with(&[0x1f, 0x8b]) {
+        return Err(Error::file(
+            path,
+            "is gzip-compressed: .npy files are read uncompressed (gunzip it, or save with numpy.save); only CSV is read through gzip",
+        ));
+    }
     if bytes.len() < 6 || &bytes[..6] != b"\x93NUMPY" {
         return Err(Error::file(
             path,

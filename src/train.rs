@@ -705,9 +705,19 @@ fn check_test_set(spec: &NetSpec, x: &Array2<f32>, y: &TestTargets) -> Result<()
             spec.inputs()
         )));
     }
-    if y.len() != x.nrows() {
+    // A softmax at every step (sequence labelling) takes T labels per example, row-major.
+    let steps = match y {
+        TestTargets::Labels(_) => spec.output_steps(),
+        _ => 1,
+    };
+    if y.len() != x.nrows() * steps {
+        let (what, per) = if steps > 1 {
+            ("labels", format!("{steps} per example, one per step"))
+        } else {
+            ("rows of labels or targets", "one per example".to_string())
+        };
         return Err(Error::Shape(format!(
-            "the test set has {} examples but {} rows of labels or targets: give one per example",
+            "the test set has {} examples but {} {what}: give {per}",
             x.nrows(),
             y.len()
         )));

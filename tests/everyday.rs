@@ -414,3 +414,109 @@ fn per_step_targets_of_width_zero_are_named() {
     let e = e.to_string();
     assert!(e.contains("per-step targets") && e.contains("k ≥ 1") && !e.contains("sequences are empty"), "{e}");
 }
+
+/// Found by the session's tester from a clean build: sequences whose T × n has the model's
+/// product but other T and n were read as the model's (predict wrote labels for 6 steps of 8-step
+/// data, exit 0); per-step labels failed with --test-fraction and --test-data; --digits was
+/// ignored on sequences; a character model ignored --limit and --labels; a gzipped .npy was
+/// "not a .npy file".
+#[test]
+fn sequence_and_text_inputs_are_checked_as_the_model_reads_them() {
+    let f = tempfile::tempdir().unwrap();
+    let dir = f.path();
+    let (m, steps, n) = (24, 6, 4);
+    let x = Array3::from_shape_fn((m, steps, n), |(i, t, j)| ((i * 5 + t * 3 + j) % 7) as f32 / 7.0);
+    let seq = write_npy(dir, "seq.npy", &x);
+    let per_step = Array2::from_shape_fn((m, steps), |(i, t)| ((i + t) % 2) as i64);
+    let labels = write_npy(dir, "steps.npy", &per_step);
+    let run = |name: &str| dir.join(name).display().to_string();
+
+    // Per-step labels with a test fraction and with a test set: trained, scored per step.
+    for (name, extra) in [
+        ("fraction", vec!["--test-fraction", "0.25"]),
+        ("testset", vec!["--test-data", seq.as_str(), "--test-labels", labels.as_str()]),
+    ] {
+        let out = wgnn()
+            .args(["train", "lstm", "--backend", "cpu", "--data", &seq, "--labels", &labels, "--hidden", "3"])
+            .args(["--iterations", "2", "--out", &run(name)])
+            .args(&extra)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{name}: {}", String::from_utf8_lossy(&out.stderr));
+        let metrics: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.join(name).join("metrics.json")).unwrap()).unwrap();
+        let a = metrics["test_accuracy"].as_f64().unwrap_or_else(|| panic!("{name}: no test accuracy: {metrics}"));
+        assert!((0.0..=1.0).contains(&a), "{name}: {a}");
+        // Scored per step: a multiple of 1/(rows · T), never a whole-sequence count alone.
+        let rows = if name == "fraction" { 6 } else { m };
+        let scaled = a * (rows * steps) as f64;
+        assert!((scaled - scaled.round()).abs() < 1e-9, "{name}: {a} is not k/{}", rows * steps);
+    }
+    // The test set's score equals eval's on the same data.
+    let out = wgnn().args(["eval", "--model", &run("testset"), "--data", &seq, "--labels", &labels]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+
+    // The same product T·n = 24 in another shape: 8 steps of 3 values, 12 of 2.
+    for (t, k) in [(8, 3), (12, 2)] {
+        let other = write_npy(dir, &format!("s{t}x{k}.npy"), &Array3::<f32>::zeros((m, t, k)));
+        let out_file = dir.join(format!("p{t}.npy")).display().to_string();
+        let e = one_error(
+            &wgnn()
+                .args(["predict", "--model", &run("testset"), "--data", &other, "--out", &out_file])
+                .output()
+                .unwrap(),
+        );
+        assert!(e.contains(&format!("{t} steps of {k} values")) && e.contains("6 steps of 4 values"), "{e}");
+        assert!(!Path::new(&out_file).exists(), "predict wrote {out_file}");
+        let step_labels =
+            write_npy(dir, &format!("l{t}.npy"), &Array2::from_shape_fn((m, t), |(i, s)| ((i + s) % 2) as i64));
+        let e = one_error(
+            &wgnn()
+                .args(["eval", "--model", &run("testset"), "--data", &other, "--labels", &step_labels])
+                .output()
+                .unwrap(),
+        );
+        assert!(e.contains(&format!("{t} steps of {k} values")), "{e}");
+    }
+
+    // --digits filters 2-D data by class; on sequences it is refused, not ignored.
+    let last = write_npy(dir, "last.npy", &Array1::from_shape_fn(m, |i| (i % 2) as i64));
+    let e = one_error(
+        &wgnn()
+            .args(["train", "lstm", "--backend", "cpu", "--data", &seq, "--labels", &last, "--digits", "0"])
+            .args(["--out", &run("digits")])
+            .output()
+            .unwrap(),
+    );
+    assert!(e.contains("--digits"), "{e}");
+    assert!(!dir.join("digits").exists());
+
+    // A character model refuses the data flags it would ignore.
+    let text = write_text(dir, "t.txt", &"abc ba cab ".repeat(40));
+    for flag in [["--limit", "10"], ["--labels", last.as_str()], ["--digits", "3"], ["--split", "test"]] {
+        let e = one_error(
+            &wgnn()
+                .args(["train", "lstm", "--backend", "cpu", "--data", &format!("text:{text}"), "--out", &run("text")])
+                .args(flag)
+                .output()
+                .unwrap(),
+        );
+        assert!(e.contains(flag[0]) && e.contains("character model"), "{e}");
+        assert!(!dir.join("text").exists());
+    }
+
+    // A gzipped .npy is named as such.
+    let raw = std::fs::read(&seq).unwrap();
+    let gz = dir.join("seq.npy.gz");
+    let mut enc = flate2::write::GzEncoder::new(std::fs::File::create(&gz).unwrap(), flate2::Compression::fast());
+    std::io::Write::write_all(&mut enc, &raw).unwrap();
+    enc.finish().unwrap();
+    let e = one_error(
+        &wgnn()
+            .args(["train", "lstm", "--backend", "cpu", "--data", &gz.display().to_string(), "--labels", &last])
+            .args(["--out", &run("gz")])
+            .output()
+            .unwrap(),
+    );
+    assert!(e.contains("gzip"), "{e}");
+}

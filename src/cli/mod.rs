@@ -413,7 +413,7 @@ impl BackendArgs {
 pub struct DataArgs {
     /// Examples: synthetic (built-in images, cut into patches), mnist:DIR, patches:DIR (a
     /// folder of PNG/JPEG photographs), npy:FILE (with --labels or --targets), csv:FILE (label
-    /// in the last column); a bare .npy or .csv file (.gz too) reads as npy:/csv:. Default:
+    /// in the last column); a bare .npy or .csv file (.csv.gz too) reads as npy:/csv:. Default:
     /// synthetic.
     #[arg(long)]
     pub data: Option<String>,
@@ -496,6 +496,12 @@ impl DataArgs {
         if let DataSource::Npy(path) = &source
             && wgnn::data::sequence::is_sequence_npy(path)
         {
+            if options.digits.is_some() {
+                bail!(
+                    "--digits keeps the examples of some classes of 2-D data; it does not filter sequences (m × T × n): \
+                     keep the sequences you want in the file, or use --limit"
+                );
+            }
             let targets = match &options.targets {
                 Some(wgnn::data::TargetSource::Npy(t)) => Some(t.as_path()),
                 Some(other) => bail!("--targets {other}: sequences take per-step targets as npy:FILE (m × T × k)"),
@@ -513,6 +519,28 @@ impl DataArgs {
         let data = source.load(&options).with_context(|| format!("loading --data {source}"))?;
         Ok((source, data))
     }
+}
+
+/// Refuses sequences (a `.npy` of m × T × n) whose T or n differ from the recurrent model's,
+/// in one line naming both: the rows the networks read are m × (T·n), so 120 × 8 × 3 would
+/// otherwise pass for a model of 6 steps of 4 values. Other sources and models pass.
+pub fn check_sequence_input(source: &wgnn::data::DataSource, spec: &wgnn::model::NetSpec) -> anyhow::Result<()> {
+    let wgnn::data::DataSource::Npy(path) = source else { return Ok(()) };
+    let Some(stack) = spec.net.as_ref().filter(|s| s.layers.first().is_some_and(|l| l.is_recurrent())) else {
+        return Ok(());
+    };
+    if let Some(shape) = wgnn::data::sequence::npy_sequence_shape(path)
+        && (shape.steps, shape.features) != (stack.input.height, stack.input.width)
+    {
+        bail!(
+            "{} holds sequences of {} steps of {} values, but the model reads {}: give sequences like its training data",
+            path.display(),
+            shape.steps,
+            shape.features,
+            spec.input_text()
+        );
+    }
+    Ok(())
 }
 
 /// A whole number from `low` to `high` for the flag `what`, or one line saying why not:

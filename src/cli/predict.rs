@@ -92,7 +92,8 @@ pub fn run(args: PredictArgs) -> anyhow::Result<()> {
         bail!("--features: {} has no hidden layer to take features from", model.spec.describe());
     }
     let seed = args.input.seed_for(&checkpoint);
-    let (_, mut data) = args.input.data.load(seed)?;
+    let (source, mut data) = args.input.data.load(seed)?;
+    super::check_sequence_input(&source, &model.spec)?;
     // A regressor trained on `--targets columns:SPEC` takes the file without those columns:
     // given the same kind of file, with them, they are taken out as training took them out.
     let stored_targets = checkpoint.metadata.preprocessing.get("targets").and_then(|t| t.as_str());

@@ -115,6 +115,10 @@ pub fn load_sequences(args: &TrainArgs) -> anyhow::Result<(DataSource, Dataset, 
         .parse()
         .context("--data")?;
     match (&source, reading) {
+        (DataSource::Npy(_), None) if args.data.digits.is_some() => bail!(
+            "--digits keeps the examples of some classes of 2-D data; it does not filter sequences (m × T × n): \
+             keep the sequences you want in the file, or use --limit"
+        ),
         (DataSource::Npy(path), None) => {
             let targets = match args.data.targets.as_deref() {
                 None => None,
@@ -238,6 +242,17 @@ fn check_text_flags(args: &TrainArgs) -> anyhow::Result<()> {
         ("--features-from", args.features_from.is_some(), "characters are one-hot"),
         ("--sequence", args.data.sequence.is_some(), "text is read as characters"),
         ("--init", args.init != "uniform", "character models start from the uniform initialisation"),
+        (
+            "--limit",
+            args.data.limit.is_some(),
+            "the text is read whole: cut the file, or hold more out with --held-out",
+        ),
+        ("--labels", args.data.labels.is_some(), "the next character is the label"),
+        ("--targets", args.data.targets.is_some(), "the next character is the target"),
+        ("--digits", args.data.digits.is_some(), "it filters labelled examples"),
+        ("--split", args.data.split.is_some(), "it picks an MNIST split"),
+        ("--label-column", args.data.label_column != "last", "it names a CSV column"),
+        ("--count", args.data.count.is_some(), "it counts patches"),
     ];
     if let Some((flag, _, why)) = ignored.iter().find(|(_, given, _)| *given) {
         bail!("{flag} does not go with a character model (--data text:FILE): {why}");

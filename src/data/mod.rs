@@ -793,7 +793,8 @@ pub enum FileFormat {
 /// A file as every file-taking flag names it (`--data`, `--labels`, `--targets`,
 /// `--test-targets`, `cost --theta`, …), so that each takes the same forms: `npy:FILE`,
 /// `csv:FILE` (the prefix in any case), or a bare `FILE` whose extension says which (`.npy`,
-/// `.csv`, either followed by `.gz`).
+/// `.csv`, either followed by `.gz`; a gzip-compressed `.npy` is then refused by the
+/// reader, which reads `.npy` uncompressed).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FileArg {
     /// How to read the file.

@@ -340,6 +340,17 @@ pub fn is_sequence_npy(path: &Path) -> bool {
     header_shape(path).is_some_and(|shape| shape.len() == 3)
 }
 
+/// T and n of the sequences a `.npy` file of three axes (m × T × n) holds, from its header
+/// alone; `None` for any other file (or one that cannot be read: its reader then says why).
+/// Commands that read sequences for a trained model check T and n against the model's, not
+/// only their product T·n, which the rows the networks read would hide.
+pub fn npy_sequence_shape(path: &Path) -> Option<SequenceShape> {
+    match header_shape(path).as_deref() {
+        Some(&[_, steps, features]) => Some(SequenceShape { steps, features }),
+        _ => None,
+    }
+}
+
 /// The shape a `.npy` file's header declares, from at most its first 64 KiB; `None` when it
 /// cannot be read (the reader that follows says why).
 fn header_shape(path: &Path) -> Option<Vec<usize>> {
