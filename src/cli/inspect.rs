@@ -248,7 +248,7 @@ pub fn eval(args: EvalArgs) -> anyhow::Result<()> {
     }
     let seed = args.input.seed_for(&ck);
     let (loaded_from, mut data) = source.load(seed)?;
-    super::check_sequence_input(&loaded_from, &spec)?;
+    super::check_sequence_input(&loaded_from, spec)?;
     if let Some(fraction) = args.test_fraction {
         if !(fraction > 0.0 && fraction < 1.0) {
             bail!("--test-fraction {fraction}: the test fraction must lie strictly between 0 and 1");
