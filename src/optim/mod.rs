@@ -641,10 +641,14 @@ impl Run<'_, '_> {
 
 /// The error for a NaN or infinite cost or gradient at the starting θ.
 fn non_finite_start(cost: f64) -> Error {
-    Error::Data(format!(
-        "the cost ({}) or its gradient is NaN or infinite at the initial θ: check the data for extreme values and the initial parameters",
-        crate::short_number(cost)
-    ))
+    // Name what is not finite: a finite cost (9e76 from targets near f32's limit) with a
+    // gradient that overflowed must not read as an infinite cost.
+    let what = if cost.is_finite() {
+        format!("the gradient is NaN or infinite at the initial θ (the cost there is {})", crate::short_number(cost))
+    } else {
+        format!("the cost ({}) is NaN or infinite at the initial θ", crate::short_number(cost))
+    };
+    Error::Data(format!("{what}: check the data for extreme values and the initial parameters"))
 }
 
 /// The cost and gradient at the current θ, kept by the full-batch methods so an iteration
@@ -743,5 +747,18 @@ impl MethodState {
         if let (MethodState::Minibatch(s), Method::Minibatch(m)) = (self, method) {
             s.observe(m, monitored);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// A finite cost with a gradient that overflowed names the gradient (the tester's targets
+    /// near f32's limit gave "the cost (9e76) … is NaN or infinite").
+    #[test]
+    fn the_start_refusal_names_what_is_not_finite() {
+        let finite = super::non_finite_start(9e76).to_string();
+        assert!(finite.contains("the gradient is NaN or infinite") && finite.contains("9e76"), "{finite}");
+        let infinite = super::non_finite_start(f64::INFINITY).to_string();
+        assert!(infinite.contains("the cost (") && infinite.contains("is NaN or infinite"), "{infinite}");
     }
 }
