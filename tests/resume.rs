@@ -283,3 +283,82 @@ fn resume_refuses_at_once_cleans_stale_temporaries_and_only_extends_the_budget()
     let ck = Checkpoint::load(&run.join("checkpoint.safetensors")).unwrap();
     assert_eq!(ck.metadata.optimizer["counters"]["iteration"].as_u64(), Some(22));
 }
+
+/// Every file and folder under `root`, by path relative to it, with the file's bytes (`None`
+/// for a folder).
+fn snapshot(root: &Path) -> std::collections::BTreeMap<std::path::PathBuf, Option<Vec<u8>>> {
+    let mut all = std::collections::BTreeMap::new();
+    let mut todo = vec![root.to_path_buf()];
+    while let Some(dir) = todo.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            let key = path.strip_prefix(root).unwrap().to_path_buf();
+            if path.is_dir() {
+                todo.push(path);
+                all.insert(key, None);
+            } else {
+                all.insert(key, Some(std::fs::read(&path).unwrap()));
+            }
+        }
+    }
+    all
+}
+
+/// `--resume` on a stacked run (found by a tester): a stage's folder is refused at once in one
+/// line naming the run's top folder, instead of running the whole pipeline again inside the
+/// stage; a finished run resumed with another `--iterations` is refused in one line (its stages
+/// cannot be extended), and with its own budget has nothing to do and exits 0. None of them
+/// changes a byte under either run.
+#[test]
+fn a_stacked_run_refuses_a_stage_folder_and_another_budget_and_writes_nothing() {
+    use ndarray::Array2;
+    use ndarray_npy::WriteNpyExt;
+    let dir = tempfile::tempdir().unwrap();
+    let x = Array2::from_shape_fn((40, 6), |(i, j)| ((i * 7 + j * 3) % 11) as f32 / 11.0);
+    let labels: ndarray::Array1<i64> = x.rows().into_iter().map(|r| i64::from(r[0] > 0.5)).collect();
+    let (x_path, labels_path) = (dir.path().join("x.npy"), dir.path().join("labels.npy"));
+    x.write_npy(std::fs::File::create(&x_path).unwrap()).unwrap();
+    labels.write_npy(std::fs::File::create(&labels_path).unwrap()).unwrap();
+    let data = format!("npy:{}", x_path.display());
+    let job =
+        ["train", "stacked", "--backend", "cpu", "--data", &data, "--hidden", "4,3", "--iterations", "2", "--quiet"];
+    let runs = dir.path().join("k");
+    let (kept, plain) = (runs.join("s3"), runs.join("s4"));
+    for (out, every) in [(&kept, Some("1")), (&plain, None)] {
+        let mut cmd = wgnn();
+        cmd.args(job).arg("--labels").arg(&labels_path).arg("--out").arg(out);
+        if let Some(n) = every {
+            cmd.args(["--checkpoint-every", n]);
+        }
+        let done = cmd.output().unwrap();
+        assert!(done.status.success(), "{}", String::from_utf8_lossy(&done.stderr));
+    }
+    assert!(
+        kept.join("finetune/checkpoint.safetensors").is_file() && plain.join("finetune/model.safetensors").is_file()
+    );
+    let before = snapshot(&runs);
+
+    let stage = kept.join("finetune");
+    refused(
+        &wgnn().args(["train", "--resume"]).arg(&stage).args(["--iterations", "3"]).output().unwrap(),
+        &format!(
+            "{} is a stage of the stacked run {}: resume the whole run with wgnn train --resume {}",
+            stage.display(),
+            kept.display(),
+            kept.display()
+        ),
+    );
+    refused(
+        &wgnn().args(["train", "--resume"]).arg(kept.join("layer2")).output().unwrap(),
+        &format!("is a stage of the stacked run {}", kept.display()),
+    );
+    refused(
+        &wgnn().args(["train", "--resume"]).arg(&plain).args(["--iterations", "3"]).output().unwrap(),
+        "the stacked run has finished with --iterations 2 per stage and a stacked run's budget cannot change",
+    );
+    let same = wgnn().args(["train", "--resume"]).arg(&plain).output().unwrap();
+    assert!(same.status.success(), "{}", String::from_utf8_lossy(&same.stderr));
+    let said = String::from_utf8_lossy(&same.stdout);
+    assert!(said.contains("already finished its 2 iterations per stage: nothing to do"), "{said}");
+    assert!(snapshot(&runs) == before, "a refused or empty --resume changed the run folders");
+}

@@ -495,6 +495,16 @@ const MAY_CHANGE_ON_RESUME: &[&str] =
 fn restore_job(given: TrainArgs, dir: &std::path::Path) -> anyhow::Result<Option<TrainArgs>> {
     // A stacked pipeline's flags are stored with each stage: its first one always ran.
     let stacked = dir.join("layer1").is_dir();
+    // One stage's folder would otherwise restore the whole pipeline's flags and run it all
+    // again inside that folder.
+    if !stacked && let Some(top) = stacked_run_of(dir) {
+        bail!(
+            "{} is a stage of the stacked run {}: resume the whole run with wgnn train --resume {}",
+            dir.display(),
+            top.display(),
+            top.display()
+        );
+    }
     let checkpoint = resume_checkpoint(&if stacked { dir.join("layer1") } else { dir.to_path_buf() })?;
     if checkpoint.metadata.command.is_null() {
         if stacked || given.kind == Kind::Stacked {
@@ -520,6 +530,16 @@ fn restore_job(given: TrainArgs, dir: &std::path::Path) -> anyhow::Result<Option
     let mut stored: TrainArgs = serde_json::from_value(checkpoint.metadata.command.clone()).with_context(|| {
         format!("--resume {}: the run's stored flags are unreadable (written by another wgnn version?)", dir.display())
     })?;
+    if stored.kind == Kind::Stacked && !stacked {
+        // A stage moved out of its pipeline's folder (the check above finds it in place).
+        bail!(
+            "--resume {}: this folder holds one stage of a stacked run: resume the whole run from its top folder (the one holding layer1/) with wgnn train --resume TOP",
+            dir.display()
+        );
+    }
+    if stored.kind == Kind::Stacked && !stacked_budget_holds(&stored, &given, dir)? {
+        return Ok(None);
+    }
     // Compared as stored (paths absolute): `--data npy:x.npy` names the run's own file.
     let (given_values, stored_values) = (serde_json::to_value(stored_form(&given))?, serde_json::to_value(&stored)?);
     for id in &given.given {
@@ -563,6 +583,52 @@ fn restore_job(given: TrainArgs, dir: &std::path::Path) -> anyhow::Result<Option
     stored.init = "uniform".into();
     stored.given = given.given;
     budget_extends(stored, dir, &checkpoint)
+}
+
+/// The top folder of the stacked run whose stage `dir` is (`layerN`, `softmax` or
+/// `finetune` beside a `layer1` folder), if it is one.
+fn stacked_run_of(dir: &std::path::Path) -> Option<std::path::PathBuf> {
+    let name = dir.file_name()?.to_str()?;
+    let layer = name.strip_prefix("layer").is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()));
+    if !(layer || name == "softmax" || name == "finetune") {
+        return None;
+    }
+    let top = match dir.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => std::path::PathBuf::from("."),
+    };
+    top.join("layer1").is_dir().then_some(top)
+}
+
+/// Whether the stacked run in `dir`, trained with `stored`'s flags, is to continue with the
+/// `--iterations` of `given`. Its finished stages are kept as they are and the later ones were
+/// trained on them, so no stage can be extended: another budget is refused in one line (the
+/// run unfinished or finished). The same budget on a finished run has nothing to do: `false`,
+/// after saying so, and nothing is written.
+fn stacked_budget_holds(stored: &TrainArgs, given: &TrainArgs, dir: &std::path::Path) -> anyhow::Result<bool> {
+    let trained = stored.iterations.unwrap_or(wgnn::stacked::StackedConfig::default().iterations);
+    let finished = wgnn::train::recorded_status(dir).as_deref() == Some("finished");
+    if let Some(asked) = given.iterations.filter(|&n| n != trained) {
+        let (state, instead) = if finished {
+            ("has finished", String::new())
+        } else {
+            ("was started", "resume it without --iterations, or ".to_string())
+        };
+        bail!(
+            "--resume {}: the stacked run {state} with --iterations {trained} per stage and a stacked run's budget cannot change (each stage is trained on the ones before it): {instead}start a new run with --iterations {asked} (another --out, or --force)",
+            dir.display()
+        );
+    }
+    if finished {
+        if !given.quiet {
+            println!(
+                "the stacked run in {} has already finished its {trained} iterations per stage: nothing to do",
+                dir.display()
+            );
+        }
+        return Ok(false);
+    }
+    Ok(true)
 }
 
 /// `args` when their iteration budget is above what the run in `dir` has done (its
