@@ -1559,6 +1559,27 @@ pub mod char_model {
         pub stopping: bool,
     }
 
+    impl Step {
+        /// The report of update `step` as the trainers make it (`stopping` unset): the
+        /// minibatch's mean cross-entropy `data_nats` (nats per character) in bits.
+        fn after_update(
+            step: usize,
+            per_epoch: usize,
+            data_nats: f64,
+            grad_norm: f64,
+            held_out: Option<HeldOut>,
+        ) -> Step {
+            Step {
+                step,
+                per_epoch,
+                train_bits: data_nats / std::f64::consts::LN_2,
+                grad_norm,
+                held_out,
+                stopping: false,
+            }
+        }
+    }
+
     /// Trains θ (f64, updated in place; the network computes in `F`) on the training ids
     /// `train` for `job.steps` updates: minibatch k of [`StreamBatches`] continues minibatch
     /// k − 1 row by row, its state carried (gradients are not); a new pass over the text starts
@@ -1776,17 +1797,8 @@ pub mod char_model {
             theta_f.iter_mut().zip(theta.iter()).for_each(|(f, &v)| *f = F::of(v));
             let measure = !held_out.is_empty() && job.measures_after(step);
             let held = if measure { Some(bits_per_character_on_ranks(net, &theta_f, held_out, comm)?) } else { None };
-            if held.is_some() {
-                last = held;
-            }
-            let report = Step {
-                step,
-                per_epoch: streams.len(),
-                train_bits: cost.data / std::f64::consts::LN_2,
-                grad_norm,
-                held_out: held,
-                stopping: false,
-            };
+            last = held.or(last);
+            let report = Step::after_update(step, streams.len(), cost.data, grad_norm, held);
             let snapshot = || {
                 let progress =
                     Progress { updates: step, update: update.clone(), state: Progress::carried(&full), held_out: last };
@@ -1962,17 +1974,8 @@ pub mod char_model {
             } else {
                 None
             };
-            if held.is_some() {
-                last = held;
-            }
-            let report = Step {
-                step,
-                per_epoch: streams.len(),
-                train_bits: cost.data / std::f64::consts::LN_2,
-                grad_norm,
-                held_out: held,
-                stopping: false,
-            };
+            last = held.or(last);
+            let report = Step::after_update(step, streams.len(), cost.data, grad_norm, held);
             let device: &crate::gpu::GpuBackend = gpu;
             let full = &full;
             let snapshot = || {
@@ -2052,17 +2055,8 @@ pub mod char_model {
                     None
                 };
                 drop(g);
-                if held.is_some() {
-                    last = held;
-                }
-                let report = Step {
-                    step,
-                    per_epoch: streams.len(),
-                    train_bits: cost.data / std::f64::consts::LN_2,
-                    grad_norm,
-                    held_out: held,
-                    stopping: false,
-                };
+                last = held.or(last);
+                let report = Step::after_update(step, streams.len(), cost.data, grad_norm, held);
                 let snapshot = || {
                     let mut g = gpu.borrow_mut();
                     let state = g.recurrent_state().expect("the GPU keeps the state of the window it just evaluated");

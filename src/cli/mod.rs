@@ -530,7 +530,7 @@ pub fn check_sequence_input(source: &wgnn::data::DataSource, spec: &wgnn::model:
         return Ok(());
     };
     if let Some(shape) = wgnn::data::sequence::npy_sequence_shape(path)
-        && (shape.steps, shape.features) != (stack.input.height, stack.input.width)
+        && wgnn::model::InputShape::sequence(shape.steps, shape.features) != stack.input
     {
         bail!(
             "{} holds sequences of {} steps of {} values, but the model reads {}: give sequences like its training data",

@@ -211,10 +211,8 @@ pub fn load_npy_sequences_limited(
     }
     let a = read_3d(path, "sequences", "features")?;
     let (all, steps, features) = a.dim();
-    let kept = limit.map_or(all, |n| n.min(all));
-    let or_kept = if kept < all { format!(", or one per sequence --limit keeps ({kept})") } else { String::new() };
-    // A file of the kept sequences' entries only, or of every sequence's.
-    let fits = |count: usize| count == all || (count == kept && kept < all);
+    let limited = Kept { all, kept: limit.map_or(all, |n| n.min(all)) };
+    let (kept, fits, or_kept) = (limited.kept, |count| limited.fits(count), limited.or_kept());
     let a = a.slice_move(ndarray::s![..kept, .., ..]);
     let m = kept;
     let shape = SequenceShape { steps, features };
@@ -222,7 +220,7 @@ pub fn load_npy_sequences_limited(
         Some(lp) => {
             // --limit keeps the first `kept` sequences: a file of every sequence's labels or of
             // the kept ones' only, per sequence or per step (row-major m × T).
-            let (mut l, per_step) = read_sequence_labels(lp, all, kept, steps, path)?;
+            let (mut l, per_step) = read_sequence_labels(lp, limited, steps, path)?;
             l.truncate(if per_step { kept * steps } else { kept });
             (Some(l), per_step)
         }
@@ -273,23 +271,40 @@ pub fn load_npy_sequences_limited(
     })
 }
 
-/// The labels of m sequences of T steps (data file `data`) from `path`: a vector of m (one
+/// The sequences of a file (`all`) and those `--limit` keeps (`kept` ≤ `all`): a labels or
+/// targets file holds an entry for every sequence of the file, or for the kept ones only.
+#[derive(Clone, Copy)]
+struct Kept {
+    all: usize,
+    kept: usize,
+}
+
+impl Kept {
+    /// Whether a file of `count` entries (one per sequence) fits.
+    fn fits(self, count: usize) -> bool {
+        count == self.all || (count == self.kept && self.kept < self.all)
+    }
+
+    /// The end of a refusal naming the kept count, when --limit keeps fewer.
+    fn or_kept(self) -> String {
+        if self.kept < self.all {
+            format!(", or one per sequence --limit keeps ({})", self.kept)
+        } else {
+            String::new()
+        }
+    }
+}
+
+/// The labels of m sequences of T steps (data file `data`) from the file `--labels` names
+/// (`flag_text`: npy:F, csv:F or a bare file; every sequence's or the kept ones'): a vector of m (one
 /// class per sequence; also an m × 1 column) or a matrix m × T (one class per step: returned
 /// flat, sequence i's step t at i·T + t, with `true`). Refused in one line: another m or T,
 /// 3 or more axes (real per-step targets are `--targets`), values that are not class numbers.
-fn read_sequence_labels(
-    flag_text: &Path,
-    all: usize,
-    kept: usize,
-    steps: usize,
-    data: &Path,
-) -> Result<(Vec<usize>, bool)> {
+fn read_sequence_labels(flag_text: &Path, kept: Kept, steps: usize, data: &Path) -> Result<(Vec<usize>, bool)> {
     let file = super::FileArg::parse(&flag_text.to_string_lossy(), None)?;
     let path = file.path.as_path();
-    // A file of every sequence's entries, or of the kept sequences' only (with --limit).
-    let fits = |count: usize| count == all || (count == kept && kept < all);
-    let or_kept = if kept < all { format!(", or one per sequence --limit keeps ({kept})") } else { String::new() };
-    let m = all;
+    let (fits, or_kept) = (|count| kept.fits(count), kept.or_kept());
+    let m = kept.all;
     let shape = match file.format {
         super::FileFormat::Npy => header_shape(path),
         super::FileFormat::Csv => None,

@@ -336,21 +336,28 @@ impl TaskOf for PerStepRegressor {
     }
 }
 
-impl Trained<PerStepRegressor> {
-    /// The predicted values at every step (m × T × k).
-    ///
-    /// Errors: sequences of another T or n than the training ones ([`Error::Shape`]), NaN or
-    /// infinite values, a backend error.
-    pub fn predict(&self, x: &impl Sequences) -> Result<Array3<f64>> {
+impl<T> Trained<T> {
+    /// The network's output at every step of `x`, m × T × k (a per-step model's values or
+    /// class probabilities). Errors: as [`checked_rows`], and the backend's.
+    fn output_per_step(&self, x: &impl Sequences) -> Result<Array3<f64>> {
         let rows = checked_rows(&self.model, x)?;
-        let (m, steps) = (rows.nrows(), self.model.spec.output_steps());
-        let k = self.model.spec.outputs();
+        let (m, steps, k) = (rows.nrows(), self.model.spec.output_steps(), self.model.spec.outputs());
         let out = self.output(&rows)?;
         // Row-major first: a backend's output may be in another memory order.
         out.as_standard_layout()
             .into_owned()
             .into_shape_with_order((m, steps, k))
             .map_err(|e| Error::Shape(e.to_string()))
+    }
+}
+
+impl Trained<PerStepRegressor> {
+    /// The predicted values at every step (m × T × k).
+    ///
+    /// Errors: sequences of another T or n than the training ones ([`Error::Shape`]), NaN or
+    /// infinite values, a backend error.
+    pub fn predict(&self, x: &impl Sequences) -> Result<Array3<f64>> {
+        self.output_per_step(x)
     }
 
     /// R² over every (sequence, step) as one example of k outputs ([`crate::train::r2_score`],
@@ -427,13 +434,7 @@ impl Trained<PerStepClassifier> {
     ///
     /// Errors: as [`Trained::predict`].
     pub fn predict_proba(&self, x: &impl Sequences) -> Result<Array3<f64>> {
-        let rows = checked_rows(&self.model, x)?;
-        let (m, steps, k) = (rows.nrows(), self.model.spec.output_steps(), self.model.spec.outputs());
-        let out = self.output(&rows)?;
-        out.as_standard_layout()
-            .into_owned()
-            .into_shape_with_order((m, steps, k))
-            .map_err(|e| Error::Shape(e.to_string()))
+        self.output_per_step(x)
     }
 
     /// The accuracy over every (sequence, step) of (x, labels m × T), in [0, 1].
